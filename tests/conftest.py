@@ -1,0 +1,129 @@
+"""Shared fixtures: temporary homes, a PostgreSQL database, the casbin oracle."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import casbin
+import pytest
+
+from permrag import PermRAG
+from permrag.selectors import ATTR_NAME  # noqa: F401  (kept importable for tests)
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "policies" / "model.conf"
+PG_ADMIN_URL = os.environ.get("PERMRAG_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def rag(home: Path) -> Iterator[PermRAG]:
+    r = PermRAG.open(home)
+    yield r
+    r.close()
+
+
+def _pg_available() -> str | None:
+    """None when PostgreSQL answers, else the reason it does not."""
+    try:
+        import sqlalchemy as sa
+
+        eng = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with eng.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        eng.dispose()
+        return None
+    except Exception as exc:  # any failure means "unreachable" here
+        return f"PostgreSQL at {PG_ADMIN_URL} unreachable: {exc.__class__.__name__}: {str(exc).splitlines()[0]}"
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database, dropped afterwards.
+
+    Skips (with the reason) when the server is unreachable, unless
+    PERMRAG_REQUIRE_PG=1 (set by .ci/run), where that is a failure.
+    """
+    import sqlalchemy as sa
+
+    reason = _pg_available()
+    if reason is not None:
+        if os.environ.get("PERMRAG_REQUIRE_PG") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    name = f"permrag_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+# ---------------------------------------------------------------- the oracle
+def oracle_selector_match(row: dict, tenant: str, selector: str) -> bool:
+    """Selector semantics written independently of permrag.selectors."""
+    import re
+
+    if row["tenant"] != tenant:
+        return False
+    if selector == "*":
+        return True
+    kind, _, value = selector.partition(":")
+    if kind == "doc":
+        return row["external_id"] == value or row.get("parent") == value
+    pattern = "^" + ".*".join(re.escape(p) for p in value.split("*")) + "$"
+    have = row["attrs"].get(kind)
+    if have is None:
+        return False
+    values = [have] if isinstance(have, str) else list(have)
+    return any(re.match(pattern, v, re.S) for v in values)
+
+
+class Oracle:
+    """casbin's enforce over policies/model.conf, plus the derived-row rule."""
+
+    def __init__(self) -> None:
+        self.e = casbin.Enforcer(str(MODEL))
+        self.e.add_function("selectorMatch", lambda row, dom, sel: oracle_selector_match(row, dom, sel))
+        self.rows: dict[tuple[str, str], dict] = {}
+
+    def add_row(self, row: dict) -> None:
+        self.rows[(row["tenant"], row["external_id"])] = row
+
+    def allow(self, role: str, tenant: str, sel: str, eft: str = "allow") -> None:
+        self.e.add_policy(role, tenant, sel, "read", eft)
+
+    def revoke(self, role: str, tenant: str, sel: str) -> None:
+        for eft in ("allow", "deny"):
+            self.e.remove_policy(role, tenant, sel, "read", eft)
+
+    def assign(self, sub: str, role: str, tenant: str) -> None:
+        self.e.add_grouping_policy(sub, role, tenant)
+
+    def unassign(self, sub: str, role: str, tenant: str) -> None:
+        self.e.remove_grouping_policy(sub, role, tenant)
+
+    def can_read(self, user: str, tenant: str, row: dict) -> bool:
+        if row.get("derived_from"):
+            return all(self.can_read(user, tenant, self.rows[(tenant, s)]) for s in row["derived_from"])
+        return bool(self.e.enforce(user, tenant, row, "read"))
+
+    def visible_external_ids(self, user: str, tenant: str) -> set[str]:
+        return {ext for (t, ext), row in self.rows.items() if t == tenant and self.can_read(user, tenant, row)}
+
+
+@pytest.fixture
+def oracle() -> Oracle:
+    return Oracle()
