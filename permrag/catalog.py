@@ -38,6 +38,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from . import db
+from .bitmaps import MAX_ROW_ID
 from .errors import BackendError, CatalogError, DuplicateExternalIdError, UnknownRowError
 from .selectors import MAX_LEN, attr_pairs, check_attrs
 
@@ -420,7 +421,7 @@ class Catalog:
         batch_ids: dict[tuple[str, str], int] = {}
         records: list[RowRecord] = []
         if self.allocation == "sequential":
-            end = db.bump(conn, "next_row_id", len(specs))
+            end = _bump_ids(conn, len(specs))
             start = end - len(specs)
             for i, s in enumerate(specs):
                 batch_ids[(s.tenant, s.external_id)] = start + i
@@ -468,7 +469,7 @@ class Catalog:
                 continue
             need = n - len(ids)
             size = min(MAX_BLOCK, max(MIN_BLOCK, 2 * size, 1 << (need - 1).bit_length()))
-            end = db.bump(conn, "next_row_id", size)
+            end = _bump_ids(conn, size)
             nxt = end - size
         values = {"next_id": nxt, "end_id": end, "size": size}
         if row:
@@ -545,6 +546,13 @@ class Catalog:
         for tenant in touched:
             idx = self._tenants[tenant]
             idx.derived = dict(sorted(idx.derived.items(), key=lambda kv: (self._depth.get(kv[0], 1), kv[0])))
+
+
+def _bump_ids(conn: Connection, n: int) -> int:
+    end = db.bump(conn, "next_row_id", n)
+    if end - 1 > MAX_ROW_ID:
+        raise CatalogError(f"row IDs exhausted: permrag allocates 32-bit row IDs (at most {MAX_ROW_ID})")
+    return end
 
 
 def _record(rec: Any) -> RowRecord:

@@ -99,6 +99,7 @@ casbin_rule = Table(
     Column("v3", String(1024), nullable=True),
     Column("v4", String(1024), nullable=True),
     Column("v5", String(1024), nullable=True),
+    Index("ix_permrag_casbin_rule", "ptype", "v0", "v1"),
 )
 
 audit = Table(

@@ -48,9 +48,10 @@ log = logging.getLogger(__name__)
 MODEL_PATH = Path(__file__).resolve().parent / "model.conf"
 ACTION = "read"
 EFFECTS = ("allow", "deny")
-# casbin's role manager follows at most 10 links; deeper chains would make
-# casbin and the compiler disagree, so refuse them.
-MAX_DEPTH = 10
+# casbin's role manager (max_hierarchy_level=10) finds a role at most 9 links
+# above a user (measured: a 10-link chain enforces False). Deeper chains would
+# make casbin and the compiler disagree, so refuse them.
+MAX_DEPTH = 9
 
 Listener = Callable[[str, "set[str] | None"], None]
 
@@ -419,7 +420,7 @@ class Policy:
             for _, sub, role, t in grules:
                 if not replace and role in self.tenant(t).parents.get(sub, ()):
                     continue
-                gs.append({"ptype": "g", "v0": sub, "v1": role, "v2": t})
+                gs.append({"ptype": "g", "v0": sub, "v1": role, "v2": t, "v3": None, "v4": None})
             rows = list({tuple(sorted(d.items())): d for d in ps + gs}.values())
             if rows:
                 conn.execute(db.casbin_rule.insert(), rows)

@@ -1,0 +1,40 @@
+"""Small helpers over pyroaring bitmaps (row IDs are 32-bit)."""
+
+from __future__ import annotations
+
+import numpy as np
+from pyroaring import AbstractBitMap
+
+MAX_ROW_ID = 2**32 - 1
+
+
+def as_array(bm: AbstractBitMap) -> np.ndarray:
+    """The bitmap's values as a sorted uint32 array (no Python loop)."""
+    return np.frombuffer(bm.to_array(), dtype=np.uint32)
+
+
+def runs(bm: AbstractBitMap) -> list[tuple[int, int]]:
+    """Maximal runs of consecutive IDs as inclusive ``(first, last)`` pairs."""
+    arr = as_array(bm)
+    if arr.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(arr.astype(np.int64)) != 1)
+    starts = np.concatenate(([0], breaks + 1))
+    ends = np.concatenate((breaks, [arr.size - 1]))
+    return [(int(arr[s]), int(arr[e])) for s, e in zip(starts, ends)]
+
+
+def n_runs(bm: AbstractBitMap) -> int:
+    arr = as_array(bm)
+    if arr.size == 0:
+        return 0
+    return int(np.count_nonzero(np.diff(arr.astype(np.int64)) != 1)) + 1
+
+
+def size_bytes(bm: AbstractBitMap) -> int:
+    """Serialized size after run optimisation."""
+    from pyroaring import BitMap
+
+    copy = BitMap(bm)
+    copy.run_optimize()
+    return len(copy.serialize())

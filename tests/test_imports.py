@@ -1,0 +1,36 @@
+import permrag
+
+EXPECTED = {
+    "BackendError",
+    "CatalogError",
+    "ConfigError",
+    "DuplicateExternalIdError",
+    "Explanation",
+    "PermRAG",
+    "PermragError",
+    "PlanError",
+    "PolicyCSVError",
+    "PolicyError",
+    "RoleCycleError",
+    "RowRecord",
+    "Selector",
+    "SelectorError",
+    "UnknownRoleError",
+    "UnknownRowError",
+    "UnknownSubjectError",
+    "UnsupportedError",
+    "parse_selector",
+}
+
+
+def test_public_surface_is_pinned() -> None:
+    assert set(permrag.__all__) == EXPECTED
+    for name in permrag.__all__:
+        assert getattr(permrag, name) is not None
+
+
+def test_every_error_derives_from_permrag_error() -> None:
+    from permrag import errors
+
+    for name in errors.__all__:
+        assert issubclass(getattr(errors, name), errors.PermragError)

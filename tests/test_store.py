@@ -1,0 +1,145 @@
+"""The store round-trips on SQLite and PostgreSQL; the catalog behaves."""
+
+from __future__ import annotations
+
+import pytest
+from pyroaring import BitMap
+
+from permrag.bitmaps import n_runs
+from permrag import CatalogError, DuplicateExternalIdError, PermRAG, UnknownRowError
+
+from .conftest import Oracle
+from .worlds import apply_world_policy, make_world
+
+
+def roundtrip(open_store) -> None:
+    world = make_world(7, n_rows=240)
+    with open_store() as rag:
+        rag.add_documents(world.docs[:120])
+        apply_world_policy(rag, world)
+        rag.add_documents(world.docs[120:])
+        before = {(u, t): rag.visible(u, t) for t in world.tenants for u in world.users[t]}
+        versions = (rag.policy_version, rag.catalog_version)
+        csv_text = rag.policy.export_csv()
+    assert any(len(b) for b in before.values())
+    with open_store() as again:
+        assert (again.policy_version, again.catalog_version) == versions
+        assert again.policy.export_csv() == csv_text
+        for (u, t), bm in before.items():
+            assert again.visible(u, t) == bm
+        # the reloaded persisted index equals one rebuilt from the rows
+        snapshot = {t: again.catalog.tenant(t).rows for t in world.tenants}
+        again.catalog.rebuild_index()
+        for t in world.tenants:
+            assert again.catalog.tenant(t).rows == snapshot[t]
+        again.compiler.clear()
+        for (u, t), bm in before.items():
+            assert again.visible(u, t) == bm
+
+
+def test_roundtrip_sqlite(home) -> None:
+    roundtrip(lambda: PermRAG.open(home))
+
+
+@pytest.mark.postgres
+def test_roundtrip_postgres(home, pg_url) -> None:
+    roundtrip(lambda: PermRAG.open(home, database_url=pg_url))
+    assert not (home / "permrag.db").exists()
+
+
+@pytest.mark.postgres
+def test_postgres_matches_casbin(home, pg_url) -> None:
+    world = make_world(11, n_rows=200)
+    oracle = Oracle()
+    with PermRAG.open(home, database_url=pg_url) as rag:
+        rag.add_documents(world.docs)
+        for d in world.docs:
+            oracle.add_row(d)
+        apply_world_policy(rag, world, oracle)
+        for t in world.tenants:
+            for u in world.users[t]:
+                got = {r.external_id for r in rag.rows(rag.visible(u, t))}
+                assert got == oracle.visible_external_ids(u, t)
+
+
+def test_sync_sees_other_process_changes(home) -> None:
+    a = PermRAG.open(home)
+    b = PermRAG.open(home)
+    a.add_documents([{"external_id": "x", "attrs": {"dept": "eng"}}])
+    a.policy.add_role("eng")
+    a.policy.grant("eng", "dept:eng")
+    a.policy.assign("alice", "eng")
+    assert b.sync() is True
+    assert len(b.visible("alice")) == 1
+    a.policy.revoke("eng", "dept:eng")
+    assert b.sync() is True
+    assert len(b.visible("alice")) == 0
+    assert b.sync() is False
+    a.close()
+    b.close()
+
+
+def test_add_documents_validates_before_writing(rag) -> None:
+    rag.add_documents([{"external_id": "a"}])
+    version = rag.catalog_version
+    bad_batches = [
+        [{"external_id": "b"}, {"external_id": "a"}],  # duplicate of an existing row
+        [{"external_id": "c"}, {"external_id": "c"}],  # duplicate in the batch
+        [{"external_id": "d", "attrs": {"dept": 3}}],
+        [{"external_id": "e", "attrs": {"doc": "x"}}],
+        [{"external_id": "f", "attrs": {"bad name": "x"}}],
+        [{"external_id": ""}],
+        [{"external_id": "g", "derived_from": ["nope"]}],
+        [{"external_id": "h", "tenant": "  "}],
+        ["not a mapping"],
+    ]
+    for batch in bad_batches:
+        with pytest.raises(CatalogError):
+            rag.add_documents(batch)
+    with pytest.raises(DuplicateExternalIdError, match="'a'"):
+        rag.add_documents([{"external_id": "a"}])
+    assert rag.catalog_version == version
+    assert len(rag.catalog.tenant_rows("default")) == 1
+    with pytest.raises(UnknownRowError):
+        rag.row("b")
+
+
+def test_rows_returns_records_in_order(rag) -> None:
+    ids = rag.add_documents(
+        [
+            {"external_id": "a", "attrs": {"dept": "eng", "tags": ["x", "y"]}, "parent": "P"},
+            {"external_id": "b", "tenant": "other"},
+            {"external_id": "c", "derived_from": ["a"]},
+        ]
+    )
+    recs = rag.rows(list(reversed(ids)))
+    assert [r.external_id for r in recs] == ["c", "b", "a"]
+    assert recs[2].attrs == {"dept": "eng", "tags": ["x", "y"]} and recs[2].parent == "P"
+    assert recs[1].tenant == "other"
+    assert recs[0].derived_from == (ids[0],)
+    with pytest.raises(UnknownRowError):
+        rag.rows([max(ids) + 10_000])
+
+
+def test_same_class_rows_get_contiguous_ids(home) -> None:
+    docs = [{"external_id": f"d{i}", "attrs": {"dept": f"dep{i % 20}"}} for i in range(2000)]
+    with PermRAG.open(home / "c") as rag:
+        ids = rag.add_documents(docs)
+        classes = [BitMap(i for i, d in zip(ids, docs) if d["attrs"]["dept"] == f"dep{k}") for k in range(20)]
+        assert all(n_runs(bm) == 1 for bm in classes)  # one run per department
+        more = rag.add_documents([{"external_id": f"e{i}", "attrs": {"dept": "dep3"}} for i in range(300)])
+        # a class's blocks grow geometrically: 100 + 300 rows span at most 3 runs
+        assert n_runs(classes[3] | BitMap(more)) <= 3
+        union = BitMap.union(*classes[:5])
+        assert n_runs(union) <= 5
+    with PermRAG.open(home / "s", allocation="sequential") as seq:
+        ids = seq.add_documents(docs)
+        assert ids == list(range(ids[0], ids[0] + len(docs)))
+        assert n_runs(BitMap(i for i, d in zip(ids, docs) if d["attrs"]["dept"] == "dep0")) == 100
+
+
+def test_policy_attrs_limit_classes(home) -> None:
+    docs = [{"external_id": f"d{i}", "attrs": {"dept": f"dep{i % 4}", "title": f"t{i}"}} for i in range(400)]
+    with PermRAG.open(home, policy_attrs=["dept"]) as rag:
+        ids = rag.add_documents(docs)
+        assert n_runs(BitMap(i for i, d in zip(ids, docs) if d["attrs"]["dept"] == "dep1")) == 1
