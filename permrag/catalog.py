@@ -277,8 +277,22 @@ class Catalog:
         return _record(rec)
 
     # ------------------------------------------------------------------ ingest
-    def prepare(self, specs: Sequence[RowSpec]) -> PendingBatch:
-        """Validate, allocate IDs and insert ``specs`` as pending rows."""
+    def size_hint(self, specs: Sequence[RowSpec]) -> dict[tuple[str, str], int]:
+        """Rows per (tenant, class) of a whole ingest, so that batches of it
+        can share one block per class (see :meth:`prepare`)."""
+        hint: dict[tuple[str, str], int] = defaultdict(int)
+        for s in specs:
+            if not s.derived_from:
+                hint[(s.tenant, self._class_of(s.attrs))] += 1
+        return hint
+
+    def prepare(self, specs: Sequence[RowSpec], hint: dict[tuple[str, str], int] | None = None) -> PendingBatch:
+        """Validate, allocate IDs and insert ``specs`` as pending rows.
+
+        ``hint`` (from :meth:`size_hint` over the whole ingest, consumed as
+        rows are allocated) sizes each new block for the rows still to come,
+        so an ingest split into batches still gets one run per class.
+        """
         if not specs:
             return PendingBatch([])
         seen: set[tuple[str, str]] = set()
@@ -291,7 +305,7 @@ class Catalog:
             with self._lock, self.engine.begin() as conn:
                 self._check_new(conn, specs)
                 sources = self._resolve_sources(conn, specs)
-                records = self._allocate(conn, specs, sources)
+                records = self._allocate(conn, specs, sources, hint if hint is not None else {})
                 payload = [
                     {
                         "row_id": r.row_id,
@@ -424,9 +438,9 @@ class Catalog:
         with self.engine.connect() as conn:
             return [_record(r) for r in conn.execute(select(db.rows).where(db.rows.c.state == state))]
 
-    def add(self, specs: Sequence[RowSpec]) -> tuple[list[int], list[Change]]:
+    def add(self, specs: Sequence[RowSpec], hint: dict[tuple[str, str], int] | None = None) -> tuple[list[int], list[Change]]:
         """Prepare and publish in one go (catalog-only ingest)."""
-        batch = self.prepare(specs)
+        batch = self.prepare(specs, hint)
         try:
             changes = self.publish(batch)
         except BaseException:
@@ -488,6 +502,7 @@ class Catalog:
         conn: Connection,
         specs: Sequence[RowSpec],
         sources: dict[tuple[str, str], tuple[int | None, str]],
+        hint: dict[tuple[str, str], int],
     ) -> list[RowRecord]:
         batch_ids: dict[tuple[str, str], int] = {}
         records: list[RowRecord] = []
@@ -506,7 +521,10 @@ class Catalog:
         for s in plain:
             groups.setdefault((s.tenant, self._class_of(s.attrs)), []).append(s)
         for (tenant, key), members in groups.items():
-            for s, rid in zip(members, self._take_ids(conn, tenant, key, len(members))):
+            expected = max(len(members), hint.get((tenant, key), 0))
+            if (tenant, key) in hint:
+                hint[(tenant, key)] = max(0, hint[(tenant, key)] - len(members))
+            for s, rid in zip(members, self._take_ids(conn, tenant, key, len(members), expected)):
                 batch_ids[(s.tenant, s.external_id)] = rid
         for s in derived:  # one at a time: a derived source may be in the batch
             src_ids = sorted(self._source_id(s, x, batch_ids, sources) for x in s.derived_from)
@@ -525,7 +543,7 @@ class Catalog:
         src = tuple(sorted({self._source_id(s, x, batch_ids, sources) for x in s.derived_from}))
         return RowRecord(rid, s.tenant, s.external_id, s.attrs, s.parent, src)
 
-    def _take_ids(self, conn: Connection, tenant: str, key: str, n: int) -> list[int]:
+    def _take_ids(self, conn: Connection, tenant: str, key: str, n: int, expected: int = 0) -> list[int]:
         b = db.id_blocks.c
         row = conn.execute(
             select(b.next_id, b.end_id, b.size).where(b.tenant == tenant, b.class_key == key).with_for_update()
@@ -538,7 +556,7 @@ class Catalog:
                 ids.extend(range(nxt, nxt + take))
                 nxt += take
                 continue
-            need = n - len(ids)
+            need = max(n - len(ids), expected - len(ids))
             size = min(MAX_BLOCK, max(MIN_BLOCK, 2 * size, 1 << (need - 1).bit_length()))
             end = _bump_ids(conn, size)
             nxt = end - size

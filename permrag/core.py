@@ -51,8 +51,10 @@ class PermRAG:
         collection: str = "permrag",
         index: str = "FLAT",
         catalog_only: bool = False,
+        planner: Planner | None = None,
     ) -> None:
         self.settings = settings
+        self.planner = planner
         self._allocation = allocation
         self._policy_attrs = policy_attrs
         self._encoder_spec = encoder
@@ -89,6 +91,7 @@ class PermRAG:
         collection: str = "permrag",
         index: str = "FLAT",
         catalog_only: bool = False,
+        planner: Planner | None = None,
         create: bool = True,
     ) -> "PermRAG":
         """Open (creating if needed) the store under ``home``.
@@ -112,6 +115,7 @@ class PermRAG:
             collection=collection,
             index=index,
             catalog_only=catalog_only,
+            planner=planner,
         )
         rag._connect()
         return rag
@@ -214,10 +218,17 @@ class PermRAG:
         ids: list[int] = []
         with self._write_lock:
             self.sync()
+            hint = self.catalog.size_hint(specs)
             for start in range(0, len(specs), batch_size):
-                ids.extend(self._ingest_batch(specs[start : start + batch_size], texts[start : start + batch_size]))
+                ids.extend(self._ingest_batch(specs[start : start + batch_size], texts[start : start + batch_size], hint))
                 if progress is not None:
                     progress(min(start + batch_size, len(specs)), len(specs))
+            if self.store is not None and ids:
+                # Sealed segments score BM25 with segment-wide statistics; rows
+                # left in Milvus Lite's memtable are scored with statistics of
+                # the rows that pass the filter, so one caller's ranking would
+                # depend on the filter's form. Flush so it never does.
+                self.store.flush()
         return ids
 
     def _prepare_specs(self, docs: Sequence[Mapping[str, Any]], tenant: str | None) -> tuple[list[RowSpec], list[str]]:
@@ -253,14 +264,14 @@ class PermRAG:
             seen.add((s.tenant, s.external_id))
         return specs, texts
 
-    def _ingest_batch(self, specs: list[RowSpec], texts: list[str]) -> list[int]:
+    def _ingest_batch(self, specs: list[RowSpec], texts: list[str], hint: dict) -> list[int]:
         if self.catalog_only:
-            ids, changes = self.catalog.add(specs)
+            ids, changes = self.catalog.add(specs, hint)
             self.compiler.on_ingest(changes)
             return ids
         store = self._store()
         vectors = self.encoder.encode(texts)
-        batch = self.catalog.prepare(specs)
+        batch = self.catalog.prepare(specs, hint)
         rows = [
             {"row_id": r.row_id, "tenant": r.tenant, "text": t, "dense": v.tolist()}
             for r, t, v in zip(batch.records, texts, vectors)
@@ -335,6 +346,8 @@ class PermRAG:
         return self._plan(self.visible(user, tenant), tenant)
 
     def _planner(self) -> Planner:
+        if self.planner is not None:
+            return self.planner
         store = self.store
         return Planner(SERVER if store is not None and store.kind == "server" else LITE)
 

@@ -25,9 +25,52 @@ def home(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def rag(home: Path) -> Iterator[PermRAG]:
-    r = PermRAG.open(home)
+    """A catalog-only store (no vector store): policy and bitmap tests."""
+    r = PermRAG.open(home, catalog_only=True)
     yield r
     r.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory) -> Iterator[str]:
+    """A real Milvus server from the PyPI package `milvus`, for the session.
+
+    Skips with the reason when it cannot start, unless
+    PERMRAG_REQUIRE_MILVUS_SERVER=1 (set by .ci/run), where that fails.
+    """
+    try:
+        from milvus import MilvusServer
+
+        server = MilvusServer()
+        server.set_base_dir(str(tmp_path_factory.mktemp("milvus-server")))
+        server.listen_port = _free_port()
+        server.start()
+    except Exception as exc:  # the package raises several kinds
+        reason = f"Milvus server (PyPI package milvus) could not start: {exc.__class__.__name__}: {exc}"
+        if os.environ.get("PERMRAG_REQUIRE_MILVUS_SERVER") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    try:
+        yield f"http://127.0.0.1:{server.listen_port}"
+    finally:
+        server.stop()
+
+
+def open_backend(backend: str, tmp: Path, request, **kwargs) -> PermRAG:
+    """A PermRAG on Milvus Lite (a file under ``tmp``) or on the session's server."""
+    if backend == "server":
+        uri = request.getfixturevalue("milvus_server")
+        kwargs.setdefault("collection", f"c_{uuid.uuid4().hex[:12]}")
+        return PermRAG.open(tmp, milvus_uri=uri, **kwargs)
+    return PermRAG.open(tmp, **kwargs)
 
 
 def _pg_available() -> str | None:

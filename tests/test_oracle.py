@@ -38,7 +38,7 @@ def check_all(rag: PermRAG, oracle: Oracle, world) -> int:
 def test_visible_equals_casbin_enforce(seed: int, n_rows: int, batches: int) -> None:
     world = make_world(seed, n_rows=n_rows)
     oracle = Oracle()
-    with tempfile.TemporaryDirectory() as home, PermRAG.open(home) as rag:
+    with tempfile.TemporaryDirectory() as home, PermRAG.open(home, catalog_only=True) as rag:
         step = -(-len(world.docs) // batches)
         for i in range(0, len(world.docs), step):
             rag.add_documents(world.docs[i : i + step])
@@ -62,7 +62,7 @@ def test_incremental_equals_from_scratch(seed: int, n_ops: int) -> None:
     world = make_world(seed, n_rows=200)
     oracle = Oracle()
     with tempfile.TemporaryDirectory() as home:
-        rag = PermRAG.open(home)
+        rag = PermRAG.open(home, catalog_only=True)
         rag.add_documents(world.docs)
         for d in world.docs:
             oracle.add_row(d)
@@ -113,7 +113,7 @@ def test_incremental_equals_from_scratch(seed: int, n_ops: int) -> None:
         incremental = {(u, t): rag.visible(u, t) for t in world.tenants for u in world.users[t]}
         version = rag.policy_version
         rag.close()
-        with PermRAG.open(home) as fresh:
+        with PermRAG.open(home, catalog_only=True) as fresh:
             assert fresh.policy_version == version
             for (u, t), bm in incremental.items():
                 assert fresh.visible(u, t) == bm, (u, t)

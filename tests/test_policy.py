@@ -120,7 +120,7 @@ def test_csv_roundtrip(org: PermRAG, tmp_path) -> None:
     org.policy.export_csv(path)
     org.policy.add_role("orphan", tenant="other")
     org.policy.export_csv(path)
-    with PermRAG.open(tmp_path / "second") as other:
+    with PermRAG.open(tmp_path / "second", catalog_only=True) as other:
         other.add_documents([{"external_id": "eng-1", "attrs": {"dept": "eng", "cls": "internal"}}])
         n = other.policy.import_csv(path)
         assert n > 0
@@ -139,7 +139,7 @@ def test_csv_quoting_keeps_commas_and_quotes(rag: PermRAG, tmp_path) -> None:
     rag.policy.grant('R&D, "Europe"', "site:Paris, FR")
     path = tmp_path / "p.csv"
     rag.policy.export_csv(path)
-    with PermRAG.open(tmp_path / "b") as other:
+    with PermRAG.open(tmp_path / "b", catalog_only=True) as other:
         other.policy.import_csv(path)
         assert other.policy.rules(tenant="default") == [('R&D, "Europe"', "site:Paris, FR", "allow")]
 

@@ -38,12 +38,12 @@ def roundtrip(open_store) -> None:
 
 
 def test_roundtrip_sqlite(home) -> None:
-    roundtrip(lambda: PermRAG.open(home))
+    roundtrip(lambda: PermRAG.open(home, catalog_only=True))
 
 
 @pytest.mark.postgres
 def test_roundtrip_postgres(home, pg_url) -> None:
-    roundtrip(lambda: PermRAG.open(home, database_url=pg_url))
+    roundtrip(lambda: PermRAG.open(home, database_url=pg_url, catalog_only=True))
     assert not (home / "permrag.db").exists()
 
 
@@ -51,7 +51,7 @@ def test_roundtrip_postgres(home, pg_url) -> None:
 def test_postgres_matches_casbin(home, pg_url) -> None:
     world = make_world(11, n_rows=200)
     oracle = Oracle()
-    with PermRAG.open(home, database_url=pg_url) as rag:
+    with PermRAG.open(home, database_url=pg_url, catalog_only=True) as rag:
         rag.add_documents(world.docs)
         for d in world.docs:
             oracle.add_row(d)
@@ -63,8 +63,8 @@ def test_postgres_matches_casbin(home, pg_url) -> None:
 
 
 def test_sync_sees_other_process_changes(home) -> None:
-    a = PermRAG.open(home)
-    b = PermRAG.open(home)
+    a = PermRAG.open(home, catalog_only=True)
+    b = PermRAG.open(home, catalog_only=True)
     a.add_documents([{"external_id": "x", "attrs": {"dept": "eng"}}])
     a.policy.add_role("eng")
     a.policy.grant("eng", "dept:eng")
@@ -123,7 +123,7 @@ def test_rows_returns_records_in_order(rag) -> None:
 
 def test_same_class_rows_get_contiguous_ids(home) -> None:
     docs = [{"external_id": f"d{i}", "attrs": {"dept": f"dep{i % 20}"}} for i in range(2000)]
-    with PermRAG.open(home / "c") as rag:
+    with PermRAG.open(home / "c", catalog_only=True) as rag:
         ids = rag.add_documents(docs)
         classes = [BitMap(i for i, d in zip(ids, docs) if d["attrs"]["dept"] == f"dep{k}") for k in range(20)]
         assert all(n_runs(bm) == 1 for bm in classes)  # one run per department
@@ -132,7 +132,7 @@ def test_same_class_rows_get_contiguous_ids(home) -> None:
         assert n_runs(classes[3] | BitMap(more)) <= 3
         union = BitMap.union(*classes[:5])
         assert n_runs(union) <= 5
-    with PermRAG.open(home / "s", allocation="sequential") as seq:
+    with PermRAG.open(home / "s", allocation="sequential", catalog_only=True) as seq:
         ids = seq.add_documents(docs)
         assert ids == list(range(ids[0], ids[0] + len(docs)))
         assert n_runs(BitMap(i for i, d in zip(ids, docs) if d["attrs"]["dept"] == "dep0")) == 100
@@ -140,6 +140,6 @@ def test_same_class_rows_get_contiguous_ids(home) -> None:
 
 def test_policy_attrs_limit_classes(home) -> None:
     docs = [{"external_id": f"d{i}", "attrs": {"dept": f"dep{i % 4}", "title": f"t{i}"}} for i in range(400)]
-    with PermRAG.open(home, policy_attrs=["dept"]) as rag:
+    with PermRAG.open(home, policy_attrs=["dept"], catalog_only=True) as rag:
         ids = rag.add_documents(docs)
         assert n_runs(BitMap(i for i, d in zip(ids, docs) if d["attrs"]["dept"] == "dep1")) == 1
