@@ -17,6 +17,11 @@ bitmap is then a union of few runs (ARCHITECTURE.md: 178 bytes vs 126 KB for a
 20-of-200-departments union over 1M rows). ``allocation="sequential"`` hands
 out IDs in arrival order instead (the benchmark's baseline).
 
+Each class also has a small integer ``vclass``, stored with the row in the
+catalog and in Milvus: a visible set that is a union of whole classes becomes
+``vclass in [...]``, which Milvus evaluates with a hash lookup per row, however
+scattered the classes' IDs are.
+
 The inverted index ``(tenant, attr, value) → BitMap`` is kept in memory and
 persisted as serialized roaring bitmaps, so reopening a store loads a few
 thousand blobs instead of scanning every row.
@@ -46,6 +51,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TENANT = "default"
 TENANT_ROWS = ("", "")  # index key of "every live row of the tenant"
+CLASS_ATTR = "#class"  # index keys ("#class", "<id>"): rows of one visibility class
 MIN_BLOCK = 64
 MAX_BLOCK = 1 << 22
 INSERT_CHUNK = 5000
@@ -61,6 +67,7 @@ class RowRecord:
     attrs: dict[str, str | list[str]]
     parent: str | None = None
     derived_from: tuple[int, ...] = ()
+    vclass: int = 0
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,7 @@ class TenantIndex:
     attrs: dict[str, dict[str, BitMap]] = field(default_factory=lambda: defaultdict(dict))
     derived: dict[int, tuple[int, ...]] = field(default_factory=dict)  # in dependency order
     derived_all: BitMap = field(default_factory=BitMap)
+    classes: dict[int, BitMap] = field(default_factory=dict)  # visibility class → its rows
 
 
 @dataclass(frozen=True)
@@ -177,10 +185,7 @@ class Catalog:
                 ):
                     idx = tenants.setdefault(tenant, TenantIndex())
                     bm = BitMap.deserialize(blob)
-                    if (attr, value) == TENANT_ROWS:
-                        idx.rows = bm
-                    else:
-                        idx.attrs[attr][value] = bm
+                    _put(idx, attr, value, bm)
                 derived = conn.execute(
                     select(db.rows.c.row_id, db.rows.c.tenant, db.rows.c.derived_from).where(
                         db.rows.c.derived_from.is_not(None), db.rows.c.state == "live"
@@ -194,17 +199,19 @@ class Catalog:
         """Recompute the persisted index from the rows (repair tool)."""
         with self._lock, self.engine.begin() as conn:
             tenants: dict[str, TenantIndex] = {}
-            for row_id, tenant, attrs in conn.execute(
-                select(db.rows.c.row_id, db.rows.c.tenant, db.rows.c.attrs).where(db.rows.c.state == "live")
+            for row_id, tenant, attrs, vclass in conn.execute(
+                select(db.rows.c.row_id, db.rows.c.tenant, db.rows.c.attrs, db.rows.c.vclass).where(db.rows.c.state == "live")
             ):
                 idx = tenants.setdefault(tenant, TenantIndex())
                 idx.rows.add(int(row_id))
+                idx.classes.setdefault(int(vclass), BitMap()).add(int(row_id))
                 for a, v in attr_pairs(attrs):
                     idx.attrs[a].setdefault(v, BitMap()).add(int(row_id))
             conn.execute(delete(db.attr_index))
             payload = []
             for tenant, idx in tenants.items():
                 payload.append(self._blob_row(tenant, TENANT_ROWS, idx.rows))
+                payload.extend(self._blob_row(tenant, (CLASS_ATTR, str(c)), bm) for c, bm in idx.classes.items())
                 for a, values in idx.attrs.items():
                     payload.extend(self._blob_row(tenant, (a, v), bm) for v, bm in values.items())
             if payload:
@@ -315,6 +322,7 @@ class Catalog:
                         "parent": r.parent,
                         "derived_from": list(r.derived_from) if r.derived_from else None,
                         "state": "pending",
+                        "vclass": r.vclass,
                     }
                     for r in records
                 ]
@@ -353,10 +361,7 @@ class Catalog:
             for tenant, recs in by_tenant.items():
                 idx = self._tenants.setdefault(tenant, TenantIndex())
                 for key, bm in written[tenant].items():
-                    if key == TENANT_ROWS:
-                        idx.rows = bm
-                    else:
-                        idx.attrs[key[0]][key[1]] = bm
+                    _put(idx, key[0], key[1], bm)
                 derived = [(r.row_id, tenant, r.derived_from) for r in recs if r.derived_from]
                 self._add_derived(derived)
                 docs = {r.external_id for r in recs} | {r.parent for r in recs if r.parent}
@@ -403,7 +408,7 @@ class Catalog:
                 for i in range(0, len(ids), INSERT_CHUNK):
                     conn.execute(update(db.rows).where(t.row_id.in_(ids[i : i + INSERT_CHUNK])).values(state="deleted"))
                 gone = BitMap(ids)
-                keys = {TENANT_ROWS} | {p for r in recs.values() for p in attr_pairs(r.attrs)}
+                keys = {TENANT_ROWS} | {p for r in recs.values() for p in _index_keys(r)}
                 a = db.attr_index.c
                 for attr, value in keys:
                     row = conn.execute(
@@ -506,12 +511,18 @@ class Catalog:
     ) -> list[RowRecord]:
         batch_ids: dict[tuple[str, str], int] = {}
         records: list[RowRecord] = []
+        classes: dict[tuple[str, str], int] = {}
         if self.allocation == "sequential":
             end = _bump_ids(conn, len(specs))
             start = end - len(specs)
             for i, s in enumerate(specs):
                 batch_ids[(s.tenant, s.external_id)] = start + i
-                records.append(self._record(s, start + i, batch_ids, sources))
+            for s in specs:
+                src_ids = sorted(self._source_id(s, x, batch_ids, sources) for x in s.derived_from)
+                key = self._class_of(s.attrs, src_ids)
+                if (s.tenant, key) not in classes:
+                    classes[(s.tenant, key)] = self._class_row(conn, s.tenant, key)[0]
+                records.append(self._record(s, batch_ids[(s.tenant, s.external_id)], batch_ids, sources, classes[(s.tenant, key)]))
             return records
         # Group by (tenant, class) in input order; derived rows come after all
         # plain rows so their sources already have IDs.
@@ -520,17 +531,24 @@ class Catalog:
         derived = [s for s in specs if s.derived_from]
         for s in plain:
             groups.setdefault((s.tenant, self._class_of(s.attrs)), []).append(s)
+        vclass: dict[tuple[str, str], int] = {}
         for (tenant, key), members in groups.items():
             expected = max(len(members), hint.get((tenant, key), 0))
             if (tenant, key) in hint:
                 hint[(tenant, key)] = max(0, hint[(tenant, key)] - len(members))
-            for s, rid in zip(members, self._take_ids(conn, tenant, key, len(members), expected)):
+            cid, ids = self._take_ids(conn, tenant, key, len(members), expected)
+            for s, rid in zip(members, ids):
                 batch_ids[(s.tenant, s.external_id)] = rid
+                vclass[(s.tenant, s.external_id)] = cid
         for s in derived:  # one at a time: a derived source may be in the batch
             src_ids = sorted(self._source_id(s, x, batch_ids, sources) for x in s.derived_from)
-            (rid,) = self._take_ids(conn, s.tenant, self._class_of({}, src_ids), 1)
+            cid, (rid,) = self._take_ids(conn, s.tenant, self._class_of({}, src_ids), 1)
             batch_ids[(s.tenant, s.external_id)] = rid
-        return [self._record(s, batch_ids[(s.tenant, s.external_id)], batch_ids, sources) for s in specs]
+            vclass[(s.tenant, s.external_id)] = cid
+        return [
+            self._record(s, batch_ids[(s.tenant, s.external_id)], batch_ids, sources, vclass[(s.tenant, s.external_id)])
+            for s in specs
+        ]
 
     @staticmethod
     def _source_id(s: RowSpec, src: str, batch_ids: dict[tuple[str, str], int], sources: dict) -> int:
@@ -539,17 +557,27 @@ class Catalog:
             return batch_ids[key]
         return int(sources[key][0])
 
-    def _record(self, s: RowSpec, rid: int, batch_ids: dict, sources: dict) -> RowRecord:
+    def _record(self, s: RowSpec, rid: int, batch_ids: dict, sources: dict, vclass: int) -> RowRecord:
         src = tuple(sorted({self._source_id(s, x, batch_ids, sources) for x in s.derived_from}))
-        return RowRecord(rid, s.tenant, s.external_id, s.attrs, s.parent, src)
+        return RowRecord(rid, s.tenant, s.external_id, s.attrs, s.parent, src, vclass)
 
-    def _take_ids(self, conn: Connection, tenant: str, key: str, n: int, expected: int = 0) -> list[int]:
+    def _class_row(self, conn: Connection, tenant: str, key: str) -> tuple[int, int, int, int, bool]:
+        """(class_id, next_id, end_id, size, existed) of a class, created if new."""
         b = db.id_blocks.c
         row = conn.execute(
-            select(b.next_id, b.end_id, b.size).where(b.tenant == tenant, b.class_key == key).with_for_update()
+            select(b.class_id, b.next_id, b.end_id, b.size).where(b.tenant == tenant, b.class_key == key).with_for_update()
         ).first()
+        if row is not None:
+            return int(row[0]), int(row[1]), int(row[2]), int(row[3]), True
+        cid = db.bump(conn, "next_class_id") - 1
+        conn.execute(db.id_blocks.insert().values(tenant=tenant, class_key=key, class_id=cid, next_id=0, end_id=0, size=0))
+        return cid, 0, 0, 0, False
+
+    def _take_ids(self, conn: Connection, tenant: str, key: str, n: int, expected: int = 0) -> tuple[int, list[int]]:
+        """The class's ID and ``n`` fresh row IDs from its blocks."""
+        b = db.id_blocks.c
+        cid, nxt, end, size, _ = self._class_row(conn, tenant, key)
         ids: list[int] = []
-        nxt, end, size = (int(row[0]), int(row[1]), int(row[2])) if row else (0, 0, 0)
         while len(ids) < n:
             if nxt < end:
                 take = min(n - len(ids), end - nxt)
@@ -560,12 +588,10 @@ class Catalog:
             size = min(MAX_BLOCK, max(MIN_BLOCK, 2 * size, 1 << (need - 1).bit_length()))
             end = _bump_ids(conn, size)
             nxt = end - size
-        values = {"next_id": nxt, "end_id": end, "size": size}
-        if row:
-            conn.execute(update(db.id_blocks).where(b.tenant == tenant, b.class_key == key).values(**values))
-        else:
-            conn.execute(db.id_blocks.insert().values(tenant=tenant, class_key=key, **values))
-        return ids
+        conn.execute(
+            update(db.id_blocks).where(b.tenant == tenant, b.class_key == key).values(next_id=nxt, end_id=end, size=size)
+        )
+        return cid, ids
 
     @staticmethod
     def _blob_row(tenant: str, key: tuple[str, str], bm: BitMap) -> dict[str, Any]:
@@ -577,7 +603,7 @@ class Catalog:
         adds: dict[tuple[str, str], BitMap] = defaultdict(BitMap)
         for r in recs:
             adds[TENANT_ROWS].add(r.row_id)
-            for pair in attr_pairs(r.attrs):
+            for pair in _index_keys(r):
                 adds[pair].add(r.row_id)
         a = db.attr_index.c
         attrs = sorted({k[0] for k in adds})
@@ -637,6 +663,19 @@ class Catalog:
             idx.derived = dict(sorted(idx.derived.items(), key=lambda kv: (self._depth.get(kv[0], 1), kv[0])))
 
 
+def _index_keys(r: RowRecord) -> list[tuple[str, str]]:
+    return [(CLASS_ATTR, str(r.vclass)), *attr_pairs(r.attrs)]
+
+
+def _put(idx: TenantIndex, attr: str, value: str, bm: BitMap) -> None:
+    if (attr, value) == TENANT_ROWS:
+        idx.rows = bm
+    elif attr == CLASS_ATTR:
+        idx.classes[int(value)] = bm
+    else:
+        idx.attrs[attr][value] = bm
+
+
 def _bump_ids(conn: Connection, n: int) -> int:
     end = db.bump(conn, "next_row_id", n)
     if end - 1 > MAX_ROW_ID:
@@ -652,4 +691,5 @@ def _record(rec: Any) -> RowRecord:
         attrs=dict(rec.attrs),
         parent=rec.parent,
         derived_from=tuple(int(s) for s in rec.derived_from or ()),
+        vclass=int(rec.vclass),
     )

@@ -50,6 +50,7 @@ class PermRAG:
         chunk_overlap: int = 100,
         collection: str = "permrag",
         index: str = "FLAT",
+        consistency: str = "Bounded",
         catalog_only: bool = False,
         planner: Planner | None = None,
     ) -> None:
@@ -64,7 +65,9 @@ class PermRAG:
         self.chunker = Chunker(chunk_size, chunk_overlap)
         self.catalog_only = catalog_only
         self.store: MilvusStore | None = (
-            None if catalog_only else MilvusStore(settings.milvus_uri, token=settings.milvus_token, collection=collection, index=index)
+            None if catalog_only else MilvusStore(
+                settings.milvus_uri, token=settings.milvus_token, collection=collection, index=index, consistency=consistency
+            )
         )
         self._engine: Any = None
         self.policy: Policy = None  # type: ignore[assignment]
@@ -90,6 +93,7 @@ class PermRAG:
         chunk_overlap: int = 100,
         collection: str = "permrag",
         index: str = "FLAT",
+        consistency: str = "Bounded",
         catalog_only: bool = False,
         planner: Planner | None = None,
         create: bool = True,
@@ -114,6 +118,7 @@ class PermRAG:
             chunk_overlap=chunk_overlap,
             collection=collection,
             index=index,
+            consistency=consistency,
             catalog_only=catalog_only,
             planner=planner,
         )
@@ -273,7 +278,7 @@ class PermRAG:
         vectors = self.encoder.encode(texts)
         batch = self.catalog.prepare(specs, hint)
         rows = [
-            {"row_id": r.row_id, "tenant": r.tenant, "text": t, "dense": v.tolist()}
+            {"row_id": r.row_id, "tenant": r.tenant, "vclass": r.vclass, "text": t, "dense": v.tolist()}
             for r, t, v in zip(batch.records, texts, vectors)
         ]
         try:
@@ -356,7 +361,8 @@ class PermRAG:
         hit = self._plans.get(key)
         if hit is not None and hit[0] is visible:
             return hit[1]
-        plan = self._planner().plan(visible, self.catalog.tenant_rows(tenant), tenant)
+        idx = self.catalog.tenant(tenant)
+        plan = self._planner().plan(visible, idx.rows, tenant, idx.classes)
         if len(self._plans) > 4096:
             self._plans.clear()
         self._plans[key] = (visible, plan)

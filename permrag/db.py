@@ -58,6 +58,7 @@ rows = Table(
     Column("parent", String(1024), nullable=True),
     Column("derived_from", JSON(none_as_null=True), nullable=True),  # source row ids, or null
     Column("state", String(16), nullable=False, default="live"),
+    Column("vclass", BigInteger, nullable=False, default=0),  # visibility class (see catalog.py)
     UniqueConstraint("tenant", "external_id", name="uq_permrag_rows_ext"),
     Index("ix_permrag_rows_parent", "tenant", "parent"),
 )
@@ -76,6 +77,7 @@ id_blocks = Table(
     metadata,
     Column("tenant", String(256), primary_key=True),
     Column("class_key", String(64), primary_key=True),
+    Column("class_id", BigInteger, nullable=False),
     Column("next_id", BigInteger, nullable=False),
     Column("end_id", BigInteger, nullable=False),
     Column("size", BigInteger, nullable=False),
@@ -115,7 +117,7 @@ audit = Table(
     Index("ix_permrag_audit_user", "user", "ts"),
 )
 
-COUNTERS = ("schema_version", "policy_version", "catalog_version", "next_row_id")
+COUNTERS = ("schema_version", "policy_version", "catalog_version", "next_row_id", "next_class_id")
 
 
 def make_engine(url: str) -> Engine:
@@ -145,7 +147,7 @@ def init_schema(engine: Engine) -> None:
             have = {k: v for k, v in conn.execute(select(meta.c.key, meta.c.value))}
             for key in COUNTERS:
                 if key not in have:
-                    initial = SCHEMA_VERSION if key == "schema_version" else (1 if key == "next_row_id" else 0)
+                    initial = SCHEMA_VERSION if key == "schema_version" else (1 if key.startswith("next_") else 0)
                     conn.execute(meta.insert().values(key=key, value=initial))
             if have.get("schema_version", SCHEMA_VERSION) > SCHEMA_VERSION:
                 raise ConfigError(

@@ -14,6 +14,13 @@ are one range, because rows of other tenants (and unallocated IDs) in the gap
 are excluded by the partition key anyway. Permission-aware row IDs make most
 visible sets a handful of such ranges.
 
+Forms: ``vclass in [...]`` for the visibility classes wholly inside the visible
+set, plus ranges / IDs for the rest ("classes"); ID ranges from runs
+("ranges"); and the complement of either ("not-…") when the hidden side is
+smaller. OR-chains are built as balanced trees: a 2.3 server rejects a left-deep
+chain of more than about 32 terms ("unsupported expr proto node"), and accepts
+a balanced tree of 1,000.
+
 The forms and what they cost come from measurements (ARCHITECTURE.md and
 ``benchmarks/bench_planner_costs.py``): on Milvus Lite a search costs a fixed
 overhead plus a scan of the rows that pass the filter (so a narrower filter is
@@ -29,6 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Mapping
 
 import numpy as np
 from pyroaring import AbstractBitMap, BitMap
@@ -45,17 +53,21 @@ class CostModel:
     scan_ms_per_1k_rows: float
     range_term_ms: float
     id_ms: float
+    range_fixed_ms: float = 0.0  # paid once when any range term is present
     max_terms: int = 64
     max_ids: int = 20_000
 
     def cost(self, candidates: int, terms: int, ids: int) -> float:
-        return self.base_ms + self.scan_ms_per_1k_rows * candidates / 1000 + self.range_term_ms * terms + self.id_ms * ids
+        fixed = self.range_fixed_ms if terms else 0.0
+        return self.base_ms + self.scan_ms_per_1k_rows * candidates / 1000 + fixed + self.range_term_ms * terms + self.id_ms * ids
 
 
 # Calibrated on this project's benchmark machine (2 cores), 100k × 384 on
 # Lite 3.2.2 and 200k × 384 on a 2.3.5 server; see the module docstring.
 LITE = CostModel("milvus-lite", base_ms=40.0, scan_ms_per_1k_rows=1.0, range_term_ms=0.3, id_ms=0.005)
-SERVER = CostModel("milvus-server", base_ms=5.0, scan_ms_per_1k_rows=0.08, range_term_ms=0.05, id_ms=0.0055)
+SERVER = CostModel(
+    "milvus-server", base_ms=3.0, scan_ms_per_1k_rows=0.22, range_term_ms=0.2, id_ms=0.0045, range_fixed_ms=30.0
+)
 
 
 def quote(value: str) -> str:
@@ -100,7 +112,7 @@ class AllowAll:
 class Filter:
     tenant: str
     expr: str
-    strategy: str  # "ranges", "not-ranges", "superset"
+    strategy: str  # "classes", "not-classes", "ranges", "not-ranges", "superset"
     exact: bool
     visible: int
     candidates: int  # rows of the tenant the expression lets through
@@ -127,6 +139,9 @@ Plan = DenyAll | AllowAll | Filter
 
 def _tenant_runs(tenant_arr: np.ndarray, sub_arr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Runs of ``sub`` in tenant space: (first IDs, last IDs, hidden rows in each gap after a run)."""
+    if sub_arr.size == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
     pos = np.searchsorted(tenant_arr, sub_arr)
     breaks = np.flatnonzero(np.diff(pos) != 1)
     starts = np.concatenate(([0], breaks + 1))
@@ -135,14 +150,30 @@ def _tenant_runs(tenant_arr: np.ndarray, sub_arr: np.ndarray) -> tuple[np.ndarra
     return sub_arr[starts].astype(np.int64), sub_arr[ends].astype(np.int64), gaps
 
 
-def _terms_expr(firsts: np.ndarray, lasts: np.ndarray) -> tuple[str, int, int]:
-    singles = [int(a) for a, b in zip(firsts, lasts) if a == b]
+def balanced_or(parts: list[str]) -> str:
+    """``a or b or c …`` as a balanced tree of parenthesised pairs."""
+    if len(parts) == 1:
+        return parts[0]
+    mid = len(parts) // 2
+    return f"({balanced_or(parts[:mid])} or {balanced_or(parts[mid:])})"
+
+
+def _terms(firsts: np.ndarray, lasts: np.ndarray, classes: list[int] | None = None) -> tuple[list[str], int, int]:
+    """Expression parts for classes, single IDs and ranges; (parts, range terms, listed items)."""
     parts = []
+    if classes:
+        parts.append(f"vclass in [{', '.join(map(str, sorted(classes)))}]")
+    singles = [int(a) for a, b in zip(firsts, lasts) if a == b]
     if singles:
         parts.append(f"row_id in [{', '.join(map(str, singles))}]")
     ranges = [(int(a), int(b)) for a, b in zip(firsts, lasts) if a != b]
     parts.extend(f"(row_id >= {a} and row_id <= {b})" for a, b in ranges)
-    return " or ".join(parts), len(ranges), len(singles)
+    return parts, len(ranges), len(singles) + len(classes or ())
+
+
+def _terms_expr(firsts: np.ndarray, lasts: np.ndarray) -> tuple[str, int, int]:
+    parts, terms, ids = _terms(firsts, lasts)
+    return balanced_or(parts), terms, ids
 
 
 class Planner:
@@ -151,26 +182,53 @@ class Planner:
     def __init__(self, model: CostModel = LITE) -> None:
         self.model = model
 
-    def plan(self, visible: AbstractBitMap, tenant_rows: AbstractBitMap, tenant: str) -> Plan:
-        vis = BitMap(visible) & BitMap(tenant_rows) if not visible.issubset(tenant_rows) else visible
+    def plan(
+        self,
+        visible: AbstractBitMap,
+        tenant_rows: AbstractBitMap,
+        tenant: str,
+        classes: Mapping[int, AbstractBitMap] | None = None,
+    ) -> Plan:
+        vis = visible if visible.issubset(tenant_rows) else BitMap(visible) & BitMap(tenant_rows)
         n_vis, n_all = len(vis), len(tenant_rows)
         if n_vis == 0:
             return DenyAll(tenant, "the caller may read no row of this tenant")
         if n_vis == n_all:
             return AllowAll(tenant, n_vis)
-        t_arr, v_arr = as_array(tenant_rows), as_array(vis)
+        t_arr = as_array(tenant_rows)
         hidden = BitMap(tenant_rows) - vis
-        h_arr = as_array(hidden)
         m = self.model
         options: list[Filter] = []
-        vf, vl, v_gaps = _tenant_runs(t_arr, v_arr)
-        hf, hl, _ = _tenant_runs(t_arr, h_arr)
-        for strategy, firsts, lasts in (("ranges", vf, vl), ("not-ranges", hf, hl)):
-            body, terms, ids = _terms_expr(firsts, lasts)
-            if terms > m.max_terms or ids > m.max_ids:
-                continue
-            expr = f"{tenant_expr(tenant)} and ({body})" if strategy == "ranges" else f"{tenant_expr(tenant)} and not ({body})"
+
+        def add(strategy: str, parts: list[str], terms: int, ids: int) -> None:
+            if terms > m.max_terms or ids > m.max_ids or not parts:
+                return
+            body = balanced_or(parts)
+            expr = f"{tenant_expr(tenant)} and {'not ' if strategy.startswith('not') else ''}({body})"
             options.append(Filter(tenant, expr, strategy, True, n_vis, n_vis, terms, ids, m.cost(n_vis, terms, ids)))
+
+        vf, vl, v_gaps = _tenant_runs(t_arr, as_array(vis))
+        hf, hl, _ = _tenant_runs(t_arr, as_array(hidden))
+        add("ranges", *_terms(vf, vl))
+        add("not-ranges", *_terms(hf, hl))
+        if classes:
+            inside, outside = [], []
+            vis_rest, hid_rest = BitMap(), BitMap()
+            for cid, rows in classes.items():
+                seen = rows.intersection_cardinality(vis)
+                if seen == len(rows):
+                    inside.append(cid)
+                elif seen == 0:
+                    outside.append(cid)
+                else:
+                    vis_rest |= rows & vis
+                    hid_rest |= rows - vis
+            if inside:
+                f, l_, _ = _tenant_runs(t_arr, as_array(vis_rest))
+                add("classes", *_terms(f, l_, inside))
+            if outside:
+                f, l_, _ = _tenant_runs(t_arr, as_array(hid_rest))
+                add("not-classes", *_terms(f, l_, outside))
         if options:
             return min(options, key=lambda f: f.cost_ms)
         return self._superset(tenant, vf, vl, v_gaps, n_vis)

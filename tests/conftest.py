@@ -69,6 +69,7 @@ def open_backend(backend: str, tmp: Path, request, **kwargs) -> PermRAG:
     if backend == "server":
         uri = request.getfixturevalue("milvus_server")
         kwargs.setdefault("collection", f"c_{uuid.uuid4().hex[:12]}")
+        kwargs.setdefault("consistency", "Strong")  # tests search rows they just wrote
         return PermRAG.open(tmp, milvus_uri=uri, **kwargs)
     return PermRAG.open(tmp, **kwargs)
 

@@ -1,0 +1,266 @@
+"""Search benchmark: what permissions cost, side by side, in one run.
+
+For callers who see 0.1 %, 1 %, 10 %, 50 % and 100 % of a collection (each
+holding a random set of teams, the hard case for ID ranges), dense top-10:
+
+* **unfiltered** — a plain Milvus search over the whole collection (the 1.0);
+* **permrag** — ``rag.search`` (policy lookup, plan, Milvus, verify, catalog);
+* **post-filter** — unfiltered top-100, then drop what the caller may not see
+  (what FGA-style retriever wrappers do);
+* **id-in** — ``row_id in [every visible id]``;
+* **acl-array** — an ``acl`` ARRAY field with ``array_contains_any(acl, [teams])``
+  (the Milvus row-level RBAC article's pattern), in a second collection;
+* **silo** — a collection holding only the caller's rows (the limit to aim at).
+
+Reported per cell: median latency / unfiltered median, recall@10 against an
+exact brute-force top-10 over the visible rows, and mean rows returned.
+
+    python benchmarks/bench_search.py              # Lite 100k rows + server 200k rows
+    python benchmarks/bench_search.py --quick      # Lite 20k + server 40k
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from permrag import PermRAG  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DIM = 384
+TEAM_SIZE = 100  # rows per team: one team is 0.1 % of 100k rows
+FRACTIONS = [0.001, 0.01, 0.1, 0.5, 1.0]
+APPROACHES = ["permrag", "post-filter", "id-in", "acl-array", "silo"]
+
+
+class TableEncoder:
+    """Deterministic random unit vectors keyed by text (the model is not under test)."""
+
+    name = "bench-random"
+    dim = DIM
+
+    def encode(self, texts):
+        out = np.empty((len(texts), DIM), dtype=np.float32)
+        for i, t in enumerate(texts):
+            seed = int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little")
+            out[i] = np.random.default_rng(seed).standard_normal(DIM)
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def build(rag: PermRAG, n_rows: int, seed: int = 7):
+    """Ingest n_rows in random team order; returns (docs' teams, vectors by row id)."""
+    rng = random.Random(seed)
+    n_teams = n_rows // TEAM_SIZE
+    teams = [f"team{i % n_teams}" for i in range(n_rows)]
+    rng.shuffle(teams)
+    docs = [{"external_id": f"d{i}", "text": f"doc {i}", "tenant": "acme", "attrs": {"team": t}} for i, t in enumerate(teams)]
+    t0 = time.perf_counter()
+    ids = rag.add_documents(docs, batch_size=5000)
+    ingest_s = time.perf_counter() - t0
+    vecs = TableEncoder().encode([d["text"] for d in docs])
+    return teams, np.asarray(ids), vecs, n_teams, ingest_s
+
+
+def make_users(rag: PermRAG, n_teams: int, seed: int = 8) -> dict[float, tuple[str, list[str]]]:
+    rng = random.Random(seed)
+    users = {}
+    p = rag.policy
+    for f in FRACTIONS:
+        user = f"user-{f}"
+        role = f"role-{f}"
+        p.add_role(role, tenant="acme")
+        if f >= 1.0:
+            team_set = [f"team{i}" for i in range(n_teams)]
+            p.grant(role, "*", tenant="acme")
+        else:
+            team_set = [f"team{i}" for i in rng.sample(range(n_teams), max(1, round(f * n_teams)))]
+            for t in team_set:
+                p.grant(role, f"team:{t}", tenant="acme")
+        p.assign(user, role, tenant="acme")
+        users[f] = (user, team_set)
+    return users
+
+
+def acl_collection(client, name: str, ids, teams, vecs) -> None:
+    from pymilvus import DataType
+
+    if client.has_collection(name):
+        client.drop_collection(name)
+    s = client.create_schema(auto_id=False)
+    s.add_field("row_id", DataType.INT64, is_primary=True)
+    s.add_field("acl", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=4, max_length=64)
+    s.add_field("dense", DataType.FLOAT_VECTOR, dim=DIM)
+    ip = client.prepare_index_params()
+    ip.add_index("dense", index_type="FLAT", metric_type="COSINE")
+    client.create_collection(name, schema=s, index_params=ip, consistency_level="Strong")
+    rows = [{"row_id": int(i), "acl": [t], "dense": v.tolist()} for i, t, v in zip(ids, teams, vecs)]
+    for j in range(0, len(rows), 5000):
+        client.insert(name, rows[j : j + 5000])
+    client.flush(name)
+    client.load_collection(name)
+
+
+def silo_collection(client, name: str, ids, vecs) -> None:
+    from pymilvus import DataType
+
+    if client.has_collection(name):
+        client.drop_collection(name)
+    s = client.create_schema(auto_id=False)
+    s.add_field("row_id", DataType.INT64, is_primary=True)
+    s.add_field("dense", DataType.FLOAT_VECTOR, dim=DIM)
+    ip = client.prepare_index_params()
+    ip.add_index("dense", index_type="FLAT", metric_type="COSINE")
+    client.create_collection(name, schema=s, index_params=ip, consistency_level="Strong")
+    rows = [{"row_id": int(i), "dense": v.tolist()} for i, v in zip(ids, vecs)]
+    for j in range(0, len(rows), 5000):
+        client.insert(name, rows[j : j + 5000])
+    client.flush(name)
+    client.load_collection(name)
+
+
+def raw_search(client, coll, q, limit, expr=""):
+    res = client.search(coll, data=[q.tolist()], anns_field="dense", limit=limit, filter=expr, output_fields=["row_id"],
+                        search_params={"metric_type": "COSINE"})
+    return [int((h.get("entity") or {}).get("row_id", h.get("id"))) for h in res[0]]
+
+
+def run_backend(label: str, rag: PermRAG, n_rows: int, n_queries: int) -> dict:
+    teams, ids, vecs, n_teams, ingest_s = build(rag, n_rows)
+    users = make_users(rag, n_teams)
+    client = rag.store.client()
+    coll = rag.store.collection
+    acl_collection(client, f"{coll}_acl", ids, teams, vecs)
+    rng = np.random.default_rng(11)
+    queries = rng.standard_normal((n_queries, DIM)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    team_of = np.asarray([int(t[4:]) for t in teams])
+
+    def timeit(fn):
+        fn(queries[0])  # warm
+        out, times = [], []
+        for q in queries:
+            t = time.perf_counter()
+            out.append(fn(q))
+            times.append(time.perf_counter() - t)
+        return statistics.median(times), out
+
+    base_t, _ = timeit(lambda q: raw_search(client, coll, q, 10))
+    rows = []
+    for f in FRACTIONS:
+        user, team_set = users[f]
+        vis_mask = np.isin(team_of, [int(t[4:]) for t in team_set])
+        vis_ids = ids[vis_mask]
+        vis_set = set(int(x) for x in vis_ids)
+        vis_vecs = vecs[vis_mask]
+        exact = [set(int(x) for x in vis_ids[np.argsort(-(vis_vecs @ q))[:10]]) for q in queries]
+        plan = rag.plan(user, "acme")
+        silo = f"{coll}_silo"
+        if f < 1.0:
+            silo_collection(client, silo, vis_ids, vis_vecs)
+        id_expr = f'tenant == "acme" and row_id in [{", ".join(map(str, vis_ids.tolist()))}]'
+        team_list = ", ".join(f'"{t}"' for t in team_set)
+        fns = {
+            "permrag": lambda q: [h.row_id for h in rag.search_many(["q"], user=user, tenant="acme", k=10, mode="dense", vectors=q[None, :])[0]],
+            "post-filter": lambda q: [r for r in raw_search(client, coll, q, 100) if r in vis_set][:10],
+            "id-in": lambda q: raw_search(client, coll, q, 10, id_expr),
+            "acl-array": lambda q: raw_search(client, f"{coll}_acl", q, 10, f"array_contains_any(acl, [{team_list}])"),
+            "silo": (lambda q: raw_search(client, silo, q, 10)) if f < 1.0 else (lambda q: raw_search(client, coll, q, 10)),
+        }
+        cells = {}
+        for name, fn in fns.items():
+            t, outs = timeit(fn)
+            recall = statistics.mean(len(set(o) & e) / max(1, min(10, len(e))) for o, e in zip(outs, exact))
+            leaked = sum(1 for o in outs for r in o if r not in vis_set)
+            cells[name] = {"ms": 1e3 * t, "ratio": t / base_t, "recall": recall, "returned": statistics.mean(len(o) for o in outs), "leaked": leaked}
+        if f < 1.0:
+            client.drop_collection(silo)
+        rows.append({"fraction": f, "visible": int(vis_mask.sum()), "plan": plan.describe()[:160], "cells": cells})
+        print(f"  {label} {f:>6.1%}: " + ", ".join(f"{n} {c['ratio']:.2f}x r{c['recall']:.2f}" for n, c in cells.items()), flush=True)
+    client.drop_collection(f"{coll}_acl")
+    return {"backend": label, "rows": n_rows, "unfiltered_ms": 1e3 * base_t, "ingest_s": ingest_s, "table": rows, "stats": dict(rag.stats)}
+
+
+def table(res: dict) -> str:
+    out = [
+        f"### {res['backend']}: {res['rows']:,} rows, dim {DIM}, dense top-10, unfiltered median {res['unfiltered_ms']:.1f} ms",
+        "",
+        "| visible | " + " | ".join(f"{a} ratio / recall / rows" for a in APPROACHES) + " |",
+        "|---|" + "---|" * len(APPROACHES),
+    ]
+    for row in res["table"]:
+        cells = [f"{row['cells'][a]['ratio']:.2f}× / {row['cells'][a]['recall']:.2f} / {row['cells'][a]['returned']:.1f}" for a in APPROACHES]
+        out.append(f"| {row['fraction']:.1%} ({row['visible']:,}) | " + " | ".join(cells) + " |")
+    out.append("")
+    out.append("Plans: " + "; ".join(f"{r['fraction']:.1%}: {r['plan'].split(':')[0]}" for r in res["table"]))
+    leaks = {a: sum(r["cells"][a]["leaked"] for r in res["table"]) for a in APPROACHES}
+    out.append(f"Rows outside the caller's permissions returned: {leaks}")
+    return "\n".join(out)
+
+
+def start_server(base: Path):
+    from milvus import MilvusServer
+
+    server = MilvusServer()
+    server.set_base_dir(str(base))
+    server.listen_port = 19541
+    server.start()
+    return server
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--lite-rows", type=int, default=100_000)
+    ap.add_argument("--server-rows", type=int, default=200_000)
+    ap.add_argument("--queries", type=int, default=20)
+    ap.add_argument("--skip-server", action="store_true")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.lite_rows, args.server_rows, args.queries = 20_000, 40_000, 10
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        print(f"Milvus Lite, {args.lite_rows:,} rows", flush=True)
+        with PermRAG.open(Path(tmp) / "lite", encoder=TableEncoder()) as rag:
+            results.append(run_backend("Milvus Lite " + _version("milvus_lite"), rag, args.lite_rows, args.queries))
+        if not args.skip_server:
+            print(f"Milvus server, {args.server_rows:,} rows", flush=True)
+            server = start_server(Path(tmp) / "server")
+            try:
+                with PermRAG.open(Path(tmp) / "srv", encoder=TableEncoder(), milvus_uri=f"http://127.0.0.1:{server.listen_port}") as rag:
+                    results.append(run_backend("Milvus server " + rag.store.client().get_server_version(), rag, args.server_rows, args.queries))
+            finally:
+                server.stop()
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    text = f"Search benchmark ({machine}); cells: latency ÷ unfiltered, recall@10 vs exact, rows returned.\n\n"
+    text += "\n\n".join(table(r) for r in results)
+    print(text)
+    RESULTS.mkdir(exist_ok=True)
+    suffix = "_quick" if args.quick else ""
+    (RESULTS / f"search{suffix}.json").write_text(json.dumps({"machine": machine, "results": results}, indent=2))
+    (RESULTS / f"search{suffix}.md").write_text(text + "\n")
+
+
+def _version(module: str) -> str:
+    try:
+        from importlib.metadata import version
+
+        return version(module.replace("_", "-"))
+    except Exception:
+        return "?"
+
+
+if __name__ == "__main__":
+    main()
