@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
+import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from collections import Counter
@@ -74,6 +76,7 @@ class PermRAG:
         self.catalog: Catalog = None  # type: ignore[assignment]
         self.compiler: Compiler = None  # type: ignore[assignment]
         self.stats: Counter = Counter()
+        self.audit = True
         self._plans: dict[tuple, tuple[FrozenBitMap, Plan]] = {}
         self._write_lock = threading.RLock()
 
@@ -86,42 +89,24 @@ class PermRAG:
         database_url: str | None = None,
         milvus_uri: str | None = None,
         milvus_token: str | None = None,
-        allocation: str = "contiguous",
-        policy_attrs: Iterable[str] | None = None,
-        encoder: Encoder | str | None = None,
-        chunk_size: int = 1000,
-        chunk_overlap: int = 100,
-        collection: str = "permrag",
-        index: str = "FLAT",
-        consistency: str = "Bounded",
-        catalog_only: bool = False,
-        planner: Planner | None = None,
         create: bool = True,
+        **options: Any,
     ) -> "PermRAG":
         """Open (creating if needed) the store under ``home``.
 
         ``database_url`` moves the catalog and policy to any SQLAlchemy URL,
         ``milvus_uri`` (and ``milvus_token``) the vectors to a Milvus server.
-        ``encoder`` is an encoder object, a sentence-transformers model name or
-        path, or ``"hash"`` (no model); default: the packaged all-MiniLM-L6-v2.
-        ``catalog_only`` keeps rows and permissions without any vector store.
+        ``options`` are the constructor's: ``encoder`` (an encoder object, a
+        sentence-transformers model name or path, or ``"hash"`` for no model;
+        default the packaged all-MiniLM-L6-v2), ``chunk_size``,
+        ``chunk_overlap``, ``collection``, ``index`` (FLAT, HNSW, IVF_FLAT),
+        ``consistency``, ``allocation``, ``policy_attrs``, ``planner`` and
+        ``catalog_only`` (rows and permissions without a vector store).
         Milvus is connected on first use, so opening is cheap.
         """
         settings = config.resolve(home, database_url, milvus_uri, milvus_token)
         config.ensure_home(settings, create=create)
-        rag = cls(
-            settings,
-            allocation=allocation,
-            policy_attrs=policy_attrs,
-            encoder=encoder,
-            chunk_size=chunk_size,
-            chunk_overlap=chunk_overlap,
-            collection=collection,
-            index=index,
-            consistency=consistency,
-            catalog_only=catalog_only,
-            planner=planner,
-        )
+        rag = cls(settings, **options)
         rag._connect()
         return rag
 
@@ -415,7 +400,53 @@ class PermRAG:
         if mode != "keyword" and vectors is None:
             vectors = self.encoder.encode(list(queries))
         raw = Retrieval(store, self.stats).run(plan, visible, mode, vectors, list(queries), k, fusion, weights)
-        return [self._hits(r, version) for r in raw]
+        hits = [self._hits(r, version) for r in raw]
+        if self.audit:
+            self._audit(
+                "search",
+                user,
+                tenant,
+                version,
+                {"plan": plan.kind, "mode": mode, "k": k, "queries": [q[:200] for q in queries], "rows": [[h.row_id for h in hs] for hs in hits]},
+            )
+        return hits
+
+    # ------------------------------------------------------------------ audit
+    def _audit(self, event: str, user: str | None, tenant: str | None, version: int, detail: dict) -> None:
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(
+                    db.audit.insert().values(
+                        ts=time.time(), event=event, user=user, tenant=tenant, policy_version=version, detail=json.dumps(detail)
+                    )
+                )
+        except SQLAlchemyError as exc:
+            raise BackendError(f"cannot write the audit log: {exc}") from exc
+
+    def audit_log(self, *, user: str | None = None, since: float | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Logged searches, newest first: time, user, tenant, policy version, plan kind, returned row IDs."""
+        from sqlalchemy import select
+
+        a = db.audit.c
+        q = select(db.audit).order_by(a.id.desc()).limit(limit)
+        if user is not None:
+            q = q.where(a.user == user)
+        if since is not None:
+            q = q.where(a.ts >= since)
+        with self._engine.connect() as conn:
+            out = []
+            for r in conn.execute(q):
+                d = json.loads(r.detail or "{}")
+                out.append({"time": r.ts, "event": r.event, "user": r.user, "tenant": r.tenant, "policy_version": r.policy_version, **d})
+        return out
+
+    def who_can_see(self, external_id: str, tenant: str = DEFAULT_TENANT) -> dict[str, list[str]]:
+        """The users and roles that may read a row."""
+        rid = self.row(external_id, tenant).row_id
+        tp = self.policy.tenant(tenant)
+        users = sorted(u for u in tp.users() if rid in self.visible(u, tenant))
+        roles = sorted(r for r in tp.roles if rid in self.visible(r, tenant))
+        return {"users": users, "roles": roles}
 
     def _hits(self, raw: list, version: int) -> list[Hit]:
         if not raw:

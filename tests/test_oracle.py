@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from permrag import PermRAG
 
 from .conftest import Oracle
-from .worlds import DEPTS, TAGS, make_doc, make_world, random_selector, apply_world_policy
+from .worlds import apply_world_policy, load_world, make_doc, make_world, random_selector
 
 SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -63,10 +63,7 @@ def test_incremental_equals_from_scratch(seed: int, n_ops: int) -> None:
     oracle = Oracle()
     with tempfile.TemporaryDirectory() as home:
         rag = PermRAG.open(home, catalog_only=True)
-        rag.add_documents(world.docs)
-        for d in world.docs:
-            oracle.add_row(d)
-        apply_world_policy(rag, world, oracle)
+        load_world(rag, world, oracle)
         # Warm every cache so that the operations below must update them.
         for t in world.tenants:
             for u in world.users[t]:

@@ -9,7 +9,7 @@ from permrag.bitmaps import n_runs
 from permrag import CatalogError, DuplicateExternalIdError, PermRAG, UnknownRowError
 
 from .conftest import Oracle
-from .worlds import apply_world_policy, make_world
+from .worlds import apply_world_policy, load_world, make_world
 
 
 def roundtrip(open_store) -> None:
@@ -52,10 +52,7 @@ def test_postgres_matches_casbin(home, pg_url) -> None:
     world = make_world(11, n_rows=200)
     oracle = Oracle()
     with PermRAG.open(home, database_url=pg_url, catalog_only=True) as rag:
-        rag.add_documents(world.docs)
-        for d in world.docs:
-            oracle.add_row(d)
-        apply_world_policy(rag, world, oracle)
+        load_world(rag, world, oracle)
         for t in world.tenants:
             for u in world.users[t]:
                 got = {r.external_id for r in rag.rows(rag.visible(u, t))}

@@ -94,3 +94,12 @@ def apply_world_policy(rag, world: World, oracle=None) -> None:
         rag.policy.assign(sub, role, tenant=t)
         if oracle is not None:
             oracle.assign(sub, role, t)
+
+
+def load_world(rag, world: World, oracle=None) -> None:
+    """Ingest the world's rows and apply its policy (mirrored into the oracle)."""
+    rag.add_documents(world.docs)
+    if oracle is not None:
+        for d in world.docs:
+            oracle.add_row(d)
+    apply_world_policy(rag, world, oracle)
