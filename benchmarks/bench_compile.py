@@ -103,14 +103,14 @@ def run(n_rows: int, n_roles: int, n_users: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for allocation in ("contiguous", "sequential"):
             home = Path(tmp) / allocation
-            rag = PermRAG.open(home, allocation=allocation)
+            rag = PermRAG.open(home, allocation=allocation, catalog_only=True)
             docs = make_docs(n_rows)
-            t_ingest, _ = timed(lambda: [rag.add_documents(docs[i : i + 100_000]) for i in range(0, len(docs), 100_000)])
+            t_ingest, _ = timed(lambda: [rag.add_documents(docs[i : i + 100_000], batch_size=100_000) for i in range(0, len(docs), 100_000)])
             del docs  # a million live dicts would make every GC pass below slow
             gc.collect()
             users = build_policy(rag, n_roles, n_users)
             rag.close()
-            t_reopen, rag = timed(lambda: PermRAG.open(home, allocation=allocation))
+            t_reopen, rag = timed(lambda: PermRAG.open(home, allocation=allocation, catalog_only=True))
             t_compile, n = timed(rag.compiler.compile_all)
             assert n == n_users
             stats = bitmap_stats(rag, users)

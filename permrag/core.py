@@ -184,7 +184,7 @@ class PermRAG:
         *,
         tenant: str | None = None,
         replace: bool = False,
-        batch_size: int = 512,
+        batch_size: int = 4096,
         progress: Callable[[int, int], None] | None = None,
     ) -> list[int]:
         """Ingest documents; returns the row IDs allocated, in order.

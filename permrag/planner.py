@@ -129,7 +129,7 @@ class AllowAll:
 class Filter:
     tenant: str
     expr: str
-    strategy: str  # "classes", "not-classes", "ranges", "not-ranges", "superset"
+    strategy: str  # "classes", "ranges", "ids", their "not-" forms, or "superset"
     exact: bool
     visible: int
     candidates: int  # rows of the tenant the expression lets through
@@ -230,6 +230,11 @@ class Planner:
         hf, hl, _ = _tenant_runs(t_arr, as_array(hidden))
         add("ranges", *_terms(vf, vl))
         add("not-ranges", *_terms(hf, hl))
+        # Plain ID lists: on a server `row_id in [...]` is a primary-key lookup.
+        if n_vis <= m.max_ids:
+            add("ids", [f"row_id in [{', '.join(map(str, as_array(vis).tolist()))}]"], 0, n_vis)
+        if 0 < len(hidden) <= m.max_ids:
+            add("not-ids", [f"row_id in [{', '.join(map(str, as_array(hidden).tolist()))}]"], 0, len(hidden))
         if classes:
             inside, outside = [], []
             vis_rest, hid_rest = BitMap(), BitMap()
