@@ -399,6 +399,12 @@ class PermRAG:
         store.capabilities.require(mode)
         if mode != "keyword" and vectors is None:
             vectors = self.encoder.encode(list(queries))
+        elif vectors is not None:
+            vectors = np.asarray(vectors, dtype=np.float32)
+            if vectors.shape != (len(queries), self.encoder.dim):
+                raise PermragError(
+                    f"vectors must have shape ({len(queries)}, {self.encoder.dim}), not {tuple(vectors.shape)}"
+                )
         raw = Retrieval(store, self.stats).run(plan, visible, mode, vectors, list(queries), k, fusion, weights)
         hits = [self._hits(r, version) for r in raw]
         if self.audit:

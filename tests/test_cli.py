@@ -143,8 +143,29 @@ def test_malformed_csv_names_the_line(store, tmp_path) -> None:
     home, run = store
     bad = tmp_path / "bad.csv"
     bad.write_text("p, eng, default, dept:eng, read, allow\np, eng, default\n")
+    with PermRAG.open(home, catalog_only=True) as rag:
+        before = (rag.policy_version, rag.policy.export_csv())
     res = CliRunner().invoke(main, ["--home", str(home), "policy", "import", str(bad)])
-    assert res.exit_code == 1 and "line 2" in res.output
+    assert res.exit_code == 1 and "line 2" in res.output and len(res.output.strip().splitlines()) == 1
+    with PermRAG.open(home, catalog_only=True) as rag:
+        assert (rag.policy_version, rag.policy.export_csv()) == before
+
+
+def test_ingest_a_folder_with_folder_attrs_and_sidecars(tmp_path) -> None:
+    src = tmp_path / "kb"
+    (src / "hr" / "public").mkdir(parents=True)
+    (src / "eng").mkdir()
+    (src / "hr" / "public" / "leave.md").write_text("Parental leave is twenty weeks.")
+    (src / "eng" / "deploy.txt").write_text("Deploy on Tuesdays.")
+    (src / "eng" / "deploy.txt.attrs.json").write_text('{"dept": "eng", "level": "internal"}')
+    h = ["--home", str(tmp_path / "h")]
+    runner = CliRunner()
+    assert runner.invoke(main, h + ["init"]).exit_code == 0
+    res = runner.invoke(main, h + ["ingest", str(src), "--encoder", "hash", "--folder-attrs", "dept,level"])
+    assert res.exit_code == 0, res.output
+    with PermRAG.open(tmp_path / "h", catalog_only=True) as rag:
+        assert rag.row("hr/public/leave.md").attrs == {"dept": "hr", "level": "public"}
+        assert rag.row("eng/deploy.txt").attrs == {"dept": "eng", "level": "internal"}
 
 
 def test_missing_home_and_unreachable_milvus(tmp_path) -> None:

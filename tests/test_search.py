@@ -228,3 +228,5 @@ def test_bad_search_arguments(corpus) -> None:
     for q in ("", "   ", "x" * 20_000):
         with pytest.raises(PermragError):
             rag.search(q, user="user-all", tenant="acme")
+    with pytest.raises(PermragError, match="shape"):
+        rag.search_many(["q"], user="user-all", tenant="acme", mode="dense", vectors=np.zeros((1, 3)))
