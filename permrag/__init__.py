@@ -3,6 +3,7 @@
 from .catalog import RowRecord
 from .core import PermRAG
 from .errors import (
+    AccessDeniedError,
     BackendError,
     CatalogError,
     ConfigError,
@@ -24,6 +25,7 @@ from .selectors import Selector, parse_selector
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccessDeniedError",
     "BackendError",
     "CatalogError",
     "ConfigError",

@@ -417,6 +417,34 @@ class PermRAG:
             )
         return hits
 
+    # ------------------------------------------------------------------ recommendation
+    def recommend(self, vectors: np.ndarray, *, users: Sequence[str], tenant: str = DEFAULT_TENANT, k: int = 10) -> dict[str, list[Hit]]:
+        """Top-k rows per user's vector; users with equal bitmaps share one batched search."""
+        from .recommend import recommend
+
+        return recommend(self, vectors, users, tenant=tenant, k=k)
+
+    def similar(self, external_id: str, *, user: str, tenant: str = DEFAULT_TENANT, k: int = 10) -> list[Hit]:
+        """Rows like ``external_id``; refuses a seed row the caller may not read."""
+        from .recommend import similar
+
+        return similar(self, external_id, user=user, tenant=tenant, k=k)
+
+    def add_generated(
+        self,
+        text: str,
+        *,
+        sources: Sequence[str],
+        user: str,
+        tenant: str = DEFAULT_TENANT,
+        external_id: str | None = None,
+        attrs: Mapping[str, Any] | None = None,
+    ) -> list[int]:
+        """Store generated text visible exactly to those who may read all its sources."""
+        from .recommend import add_generated
+
+        return add_generated(self, text, sources=sources, user=user, tenant=tenant, external_id=external_id, attrs=attrs)
+
     # ------------------------------------------------------------------ audit
     def _audit(self, event: str, user: str | None, tenant: str | None, version: int, detail: dict) -> None:
         try:

@@ -45,6 +45,10 @@ class PolicyCSVError(PolicyError):
         self.problem = problem
 
 
+class AccessDeniedError(PermragError):
+    """The caller may not read a row the operation needs (and nothing was done)."""
+
+
 class CatalogError(PermragError):
     """A document or row is invalid (and nothing was ingested)."""
 
@@ -70,6 +74,7 @@ class UnsupportedError(BackendError):
 
 
 __all__ = [
+    "AccessDeniedError",
     "BackendError",
     "CatalogError",
     "ConfigError",

@@ -1,6 +1,7 @@
 import permrag
 
 EXPECTED = {
+    "AccessDeniedError",
     "BackendError",
     "CatalogError",
     "ConfigError",
