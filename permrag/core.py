@@ -417,6 +417,18 @@ class PermRAG:
             )
         return hits
 
+    def retrieve(self, query: str, *, user: str, tenant: str = DEFAULT_TENANT, k: int = 5, **options: Any) -> list[Hit]:
+        """Multi-stage retrieval (rerank, parent merge, RAG-Fusion): see :mod:`permrag.pipeline`."""
+        from .pipeline import retrieve
+
+        return retrieve(self, query, user=user, tenant=tenant, k=k, **options)
+
+    def as_retriever(self, *, user: str, tenant: str = DEFAULT_TENANT, k: int = 4, **options: Any) -> Any:
+        """A LangChain retriever bound to ``user`` in ``tenant``."""
+        from .integrations.langchain import PermissionedRetriever
+
+        return PermissionedRetriever(rag=self, user=user, tenant=tenant, k=k, **options)
+
     # ------------------------------------------------------------------ recommendation
     def recommend(self, vectors: np.ndarray, *, users: Sequence[str], tenant: str = DEFAULT_TENANT, k: int = 10) -> dict[str, list[Hit]]:
         """Top-k rows per user's vector; users with equal bitmaps share one batched search."""
