@@ -12,7 +12,8 @@ from .conftest import Oracle
 from .worlds import apply_world_policy, load_world, make_world
 
 
-def roundtrip(open_store) -> None:
+def roundtrip(open_store) -> int:
+    """Write, close, reopen; returns how many users' bitmaps were compared."""
     world = make_world(7, n_rows=240)
     with open_store() as rag:
         rag.add_documents(world.docs[:120])
@@ -35,15 +36,16 @@ def roundtrip(open_store) -> None:
         again.compiler.clear()
         for (u, t), bm in before.items():
             assert again.visible(u, t) == bm
+    return len(before)
 
 
 def test_roundtrip_sqlite(home) -> None:
-    roundtrip(lambda: PermRAG.open(home, catalog_only=True))
+    assert roundtrip(lambda: PermRAG.open(home, catalog_only=True)) > 0
 
 
 @pytest.mark.postgres
 def test_roundtrip_postgres(home, pg_url) -> None:
-    roundtrip(lambda: PermRAG.open(home, database_url=pg_url, catalog_only=True))
+    assert roundtrip(lambda: PermRAG.open(home, database_url=pg_url, catalog_only=True)) > 0
     assert not (home / "permrag.db").exists()
 
 
