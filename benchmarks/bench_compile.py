@@ -44,6 +44,12 @@ def make_docs(n: int, seed: int = 1) -> list[dict]:
     ]
 
 
+def ingest(rag: PermRAG, n_rows: int) -> None:
+    docs = make_docs(n_rows)
+    for i in range(0, len(docs), 100_000):
+        rag.add_documents(docs[i : i + 100_000], batch_size=100_000)
+
+
 def build_policy(rag: PermRAG, n_roles: int, n_users: int, seed: int = 2) -> list[str]:
     """Leaf roles grant departments, mid roles bundle leaves and deny a level,
     top roles bundle mids and grant a level everywhere: 3 levels deep."""
@@ -104,10 +110,8 @@ def run(n_rows: int, n_roles: int, n_users: int) -> dict:
         for allocation in ("contiguous", "sequential"):
             home = Path(tmp) / allocation
             rag = PermRAG.open(home, allocation=allocation, catalog_only=True)
-            docs = make_docs(n_rows)
-            t_ingest, _ = timed(lambda: [rag.add_documents(docs[i : i + 100_000], batch_size=100_000) for i in range(0, len(docs), 100_000)])
-            del docs  # a million live dicts would make every GC pass below slow
-            gc.collect()
+            t_ingest, _ = timed(lambda: ingest(rag, n_rows))
+            gc.collect()  # the million ingested dicts are garbage now; don't let them slow the timings below
             users = build_policy(rag, n_roles, n_users)
             rag.close()
             t_reopen, rag = timed(lambda: PermRAG.open(home, allocation=allocation, catalog_only=True))

@@ -3,7 +3,6 @@ add_generated() refuse what the caller may not read."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from permrag import AccessDeniedError, PermRAG
