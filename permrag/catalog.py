@@ -32,7 +32,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import socket
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
@@ -108,6 +111,7 @@ class PendingBatch:
     """Rows inserted as pending by :meth:`Catalog.prepare`."""
 
     records: list[RowRecord]
+    ingest_id: int | None = None
 
     @property
     def row_ids(self) -> list[int]:
@@ -328,11 +332,16 @@ class Catalog:
                 ]
                 for i in range(0, len(payload), INSERT_CHUNK):
                     conn.execute(db.rows.insert(), payload[i : i + INSERT_CHUNK])
+                ids = BitMap(r.row_id for r in records)
+                host, pid, start = owner()
+                ingest_id = conn.execute(
+                    db.ingests.insert().values(host=host, pid=pid, pid_start=start, started=time.time(), row_ids=ids.serialize())
+                ).inserted_primary_key[0]
         except IntegrityError as exc:
             raise DuplicateExternalIdError(f"an external id in this batch already exists: {exc.orig}") from exc
         except SQLAlchemyError as exc:
             raise BackendError(f"catalog write failed: {exc}") from exc
-        return PendingBatch(records)
+        return PendingBatch(records, int(ingest_id))
 
     def publish(self, batch: PendingBatch) -> list[Change]:
         """Make a prepared batch live and index it; returns what changed per tenant."""
@@ -344,12 +353,19 @@ class Catalog:
         try:
             with self._lock, self.engine.begin() as conn:
                 ids = batch.row_ids
+                if batch.ingest_id is not None:
+                    gone = conn.execute(delete(db.ingests).where(db.ingests.c.id == batch.ingest_id)).rowcount
+                    if gone != 1:
+                        raise CatalogError("this ingest was reconciled away (its writer was taken for dead); ingest it again")
+                made_live = 0
                 for i in range(0, len(ids), INSERT_CHUNK):
-                    conn.execute(
+                    made_live += conn.execute(
                         update(db.rows)
                         .where(db.rows.c.row_id.in_(ids[i : i + INSERT_CHUNK]), db.rows.c.state == "pending")
                         .values(state="live")
-                    )
+                    ).rowcount
+                if made_live != len(ids):
+                    raise CatalogError(f"only {made_live} of {len(ids)} pending rows were left to publish; ingest again")
                 written: dict[str, dict[tuple[str, str], BitMap]] = {}
                 for tenant, recs in by_tenant.items():
                     written[tenant] = self._write_index(conn, tenant, recs)
@@ -377,13 +393,74 @@ class Catalog:
         return changes
 
     def abort(self, batch: PendingBatch) -> None:
-        """Delete a prepared batch's pending rows."""
-        ids = batch.row_ids
-        with self.engine.begin() as conn:
-            for i in range(0, len(ids), INSERT_CHUNK):
-                conn.execute(
-                    delete(db.rows).where(db.rows.c.row_id.in_(ids[i : i + INSERT_CHUNK]), db.rows.c.state == "pending")
-                )
+        """Delete a prepared batch's pending rows (the vector store holds none of them)."""
+        self.drop_pending(batch.row_ids, batch.ingest_id)
+
+    def drop_pending(self, row_ids: Sequence[int], ingest_id: int | None) -> None:
+        ids = [int(r) for r in row_ids]
+        try:
+            with self.engine.begin() as conn:
+                for i in range(0, len(ids), INSERT_CHUNK):
+                    conn.execute(
+                        delete(db.rows).where(db.rows.c.row_id.in_(ids[i : i + INSERT_CHUNK]), db.rows.c.state == "pending")
+                    )
+                if ingest_id is not None:
+                    conn.execute(delete(db.ingests).where(db.ingests.c.id == ingest_id))
+        except SQLAlchemyError as exc:
+            raise BackendError(f"catalog write failed: {exc}") from exc
+
+    def abandon(self, batch: PendingBatch) -> None:
+        """Hand a batch whose vector-store state is unknown to the next reconcile."""
+        if batch.ingest_id is None:
+            return
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(update(db.ingests).where(db.ingests.c.id == batch.ingest_id).values(pid=-1))
+        except SQLAlchemyError:
+            log.warning("could not mark ingest %s abandoned; reconcile will find it once its process is gone", batch.ingest_id)
+
+    def dead_ingests(self, stale_after: float) -> list[tuple[int | None, list[int]]]:
+        """Pending batches whose writer is gone: ``(ingest id, row IDs)``.
+
+        A writer on this host is gone when its PID no longer runs (or runs a
+        newer process); one on another host when its batch is older than
+        ``stale_after`` seconds. Pending rows no batch claims (a schema older
+        than the ingest table) come last with id ``None``.
+        """
+        here = socket.gethostname()
+        now = time.time()
+        out: list[tuple[int | None, list[int]]] = []
+        claimed = BitMap()
+        with self.engine.connect() as conn:
+            for rec in conn.execute(select(db.ingests)):
+                ids = BitMap.deserialize(rec.row_ids)
+                claimed |= ids
+                if rec.pid == -1:
+                    dead = True
+                elif rec.host == here:
+                    dead = process_start(rec.pid) != rec.pid_start
+                else:
+                    dead = now - rec.started > stale_after
+                if dead:
+                    out.append((int(rec.id), list(ids)))
+            loose = [
+                int(r)
+                for (r,) in conn.execute(select(db.rows.c.row_id).where(db.rows.c.state == "pending"))
+                if int(r) not in claimed
+            ]
+        if loose:
+            out.append((None, loose))
+        return out
+
+    def live_ids(self) -> BitMap:
+        """Every live row ID, all tenants."""
+        with self._lock:
+            return BitMap.union(BitMap(), *(idx.rows for idx in self._tenants.values()))
+
+    def pending_ids(self) -> BitMap:
+        """Row IDs of batches still being written."""
+        with self.engine.connect() as conn:
+            return BitMap.union(BitMap(), *(BitMap.deserialize(b) for (b,) in conn.execute(select(db.ingests.c.row_ids))))
 
     def retire(self, tenant: str, external_ids: Sequence[str]) -> list[RowRecord]:
         """Take rows (and chunks whose parent is one of ``external_ids``) out of
@@ -681,6 +758,32 @@ def _bump_ids(conn: Connection, n: int) -> int:
     if end - 1 > MAX_ROW_ID:
         raise CatalogError(f"row IDs exhausted: permrag allocates 32-bit row IDs (at most {MAX_ROW_ID})")
     return end
+
+
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot), or None if none runs."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        if not os.path.isdir("/proc"):  # no procfs: fall back to "does it exist"
+            try:
+                os.kill(pid, 0)
+                return 0
+            except ProcessLookupError:
+                return None
+            except PermissionError:
+                return 0
+        return None
+    # the command name may hold spaces and parentheses: split after the last ')'
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return int(fields[19])
+
+
+def owner() -> tuple[str, int, int]:
+    """This process as an ingest owner: host, PID, start time."""
+    pid = os.getpid()
+    return socket.gethostname(), pid, process_start(pid) or 0
 
 
 def _record(rec: Any) -> RowRecord:

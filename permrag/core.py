@@ -10,10 +10,10 @@ import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from collections import Counter
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
-from pyroaring import FrozenBitMap
+from pyroaring import BitMap, FrozenBitMap
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import config, db
@@ -25,7 +25,7 @@ from .errors import BackendError, CatalogError, ConfigError, PermragError
 from .explain import Explanation, explain_row
 from .planner import LITE, SERVER, Plan, Planner
 from .policy import Policy
-from .retrieval import Hit, Retrieval
+from .retrieval import Hit, Hits, Retrieval
 from .store import MAX_LIMIT, MAX_TEXT_BYTES, MilvusStore
 
 MODES = ("hybrid", "dense", "keyword")
@@ -33,6 +33,37 @@ FUSIONS = ("rrf", "weighted")
 MAX_QUERY_CHARS = 10_000
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class RepairReport:
+    """What :meth:`PermRAG.reconcile` repaired."""
+
+    pending_removed: int = 0  # rows of interrupted ingests, removed from Milvus and the catalog
+    deleted_purged: int = 0  # retired rows whose deletion had not finished
+    orphans_removed: int = 0  # Milvus rows without a live catalog entry (full only)
+    missing: list[int] = field(default_factory=list)  # live rows Milvus lacks (full only)
+
+    @property
+    def repaired(self) -> bool:
+        return bool(self.pending_removed or self.deleted_purged or self.orphans_removed)
+
+    def describe(self) -> str:
+        text = (
+            f"{self.pending_removed} rows of interrupted ingests removed, {self.deleted_purged} deleted rows purged, "
+            f"{self.orphans_removed} orphan Milvus rows removed"
+        )
+        if self.missing:
+            text += f"; {len(self.missing)} live rows missing from Milvus (ingest them again)"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pending_removed": self.pending_removed,
+            "deleted_purged": self.deleted_purged,
+            "orphans_removed": self.orphans_removed,
+            "missing": self.missing,
+        }
 
 
 class PermRAG:
@@ -55,8 +86,11 @@ class PermRAG:
         consistency: str = "Bounded",
         catalog_only: bool = False,
         planner: Planner | None = None,
+        stale_ingest_after: float = 3600.0,
     ) -> None:
         self.settings = settings
+        self._stale_ingest_after = stale_ingest_after
+        self.last_repair: RepairReport | None = None
         self.planner = planner
         self._allocation = allocation
         self._policy_attrs = policy_attrs
@@ -108,7 +142,19 @@ class PermRAG:
         config.ensure_home(settings, create=create)
         rag = cls(settings, **options)
         rag._connect()
+        rag._repair_on_open()
         return rag
+
+    def _repair_on_open(self) -> None:
+        self.last_repair = None
+        if not self.catalog.dead_ingests(self._stale_ingest_after) and not self.catalog.by_state("deleted"):
+            return
+        try:
+            self.last_repair = self.reconcile()
+        except BackendError as exc:
+            # What is left to repair is invisible (in no bitmap); it waits for
+            # the next open or rag.reconcile().
+            log.warning("reconcile deferred, Milvus unreachable: %s", exc)
 
     def _connect(self) -> None:
         self._engine = db.make_engine(self.settings.database_url)
@@ -121,6 +167,51 @@ class PermRAG:
             self.policy.load()
         except SQLAlchemyError as exc:
             raise ConfigError(f"cannot read the permrag database: {exc}") from exc
+
+    def reconcile(self, *, full: bool = False) -> RepairReport:
+        """Bring catalog and Milvus back in step after a crash; returns what was repaired.
+
+        Batches whose writer died between prepare and publish are deleted from
+        Milvus and then from the catalog; rows retired but not yet purged are
+        deleted from Milvus and purged. ``full`` also lists every row ID in
+        Milvus: IDs the catalog does not hold live (or in a batch still being
+        written) are deleted, and live rows Milvus lacks are reported (they
+        need ingesting again). Safe to run while other processes work: a
+        batch whose writer still runs is left alone. :meth:`open` runs the
+        cheap part whenever there is something to repair.
+        """
+        report = RepairReport()
+        with self._write_lock:
+            dead = self.catalog.dead_ingests(self._stale_ingest_after)
+            retired = [r.row_id for r in self.catalog.by_state("deleted")]
+            store = None
+            if self.store is not None and (dead or retired or full) and self.store.exists():
+                store = self.store
+                store.load()
+            for ingest_id, ids in dead:
+                if store is not None:
+                    store.delete(ids)
+                self.catalog.drop_pending(ids, ingest_id)
+                report.pending_removed += len(ids)
+            if retired:
+                if store is not None:
+                    store.delete(retired)
+                self.catalog.purge(retired)
+                report.deleted_purged = len(retired)
+            if full and store is not None:
+                self.catalog.load()
+                have = BitMap(store.all_ids())
+                live = self.catalog.live_ids()
+                orphans = have - live - self.catalog.pending_ids()
+                if orphans:
+                    store.delete(list(orphans))
+                report.orphans_removed = len(orphans)
+                report.missing = list(live - have)
+            if report.repaired and store is not None:
+                store.flush()
+        if report.repaired or report.missing:
+            log.warning("reconcile: %s", report.describe())
+        return report
 
     def close(self) -> None:
         if self.store is not None:
@@ -161,8 +252,7 @@ class PermRAG:
             self.compiler.clear()
             changed = True
         if counters["policy_version"] != self.policy.version:
-            self.policy.load()
-            changed = True
+            changed = self.policy.load(if_changed=True) or changed
         return changed
 
     # ------------------------------------------------------------------ rows
@@ -268,16 +358,17 @@ class PermRAG:
         ]
         try:
             store.insert(rows)
-        except BaseException:
-            self.catalog.abort(batch)
-            raise
-        try:
             changes = self.catalog.publish(batch)
         except BaseException:
+            # Milvus may hold some of the batch (an insert can fail after
+            # landing): take them out before the catalog forgets the IDs. If
+            # that fails too, the batch is left to the next reconcile.
             try:
                 store.delete(batch.row_ids)
-            finally:
-                self.catalog.abort(batch)
+            except BaseException:
+                self.catalog.abandon(batch)
+                raise
+            self.catalog.abort(batch)
             raise
         self.compiler.on_ingest(changes)
         self._plans.clear()
@@ -316,6 +407,17 @@ class PermRAG:
         if not isinstance(user, str) or not isinstance(tenant, str):
             raise PermragError("user and tenant must be strings")
         return self.compiler.visible(user, tenant)
+
+    def snapshot(self, users: str | Sequence[str], tenant: str = DEFAULT_TENANT) -> tuple[int, list[FrozenBitMap]]:
+        """The policy version and the bitmaps of ``users`` under exactly that version.
+
+        Taken under the policy lock, which every policy change holds until the
+        caches it invalidates are gone: a change made by another thread is
+        either wholly before the snapshot or wholly after it.
+        """
+        names = [users] if isinstance(users, str) else list(users)
+        with self.policy.lock:
+            return self.policy.version, [self.visible(u, tenant) for u in names]
 
     def can_read(self, user: str, external_id: str, tenant: str = DEFAULT_TENANT) -> bool:
         return self.row(external_id, tenant).row_id in self.visible(user, tenant)
@@ -363,7 +465,7 @@ class PermRAG:
         mode: str = "hybrid",
         fusion: str = "rrf",
         weights: tuple[float, float] = (0.5, 0.5),
-    ) -> list[Hit]:
+    ) -> Hits:
         """The top ``k`` rows ``user`` may read, best first.
 
         ``mode``: ``hybrid`` (dense + BM25, fused), ``dense`` or ``keyword``;
@@ -384,17 +486,16 @@ class PermRAG:
         fusion: str = "rrf",
         weights: tuple[float, float] = (0.5, 0.5),
         vectors: np.ndarray | None = None,
-    ) -> list[list[Hit]]:
+    ) -> list[Hits]:
         """:meth:`search` for several queries of one caller in one Milvus call."""
         _check_search_args(queries, user, tenant, k, mode, fusion, weights)
         self.sync()
-        version = self.policy.version
-        visible = self.visible(user, tenant)
+        version, (visible,) = self.snapshot(user, tenant)
         plan = self._plan(visible, tenant)
         self.stats["searches"] += len(queries)
         self.stats[f"plan:{plan.kind}"] += 1
         if not visible:
-            return [[] for _ in queries]
+            return [Hits((), version) for _ in queries]
         store = self._store()
         store.capabilities.require(mode)
         if mode != "keyword" and vectors is None:
@@ -494,15 +595,15 @@ class PermRAG:
         roles = sorted(r for r in tp.roles if rid in self.visible(r, tenant))
         return {"users": users, "roles": roles}
 
-    def _hits(self, raw: list, version: int) -> list[Hit]:
+    def _hits(self, raw: list, version: int) -> Hits:
         if not raw:
-            return []
+            return Hits((), version)
         recs = {r.row_id: r for r in self.catalog.rows_if_live(h.row_id for h in raw)}
-        return [
+        return Hits([
             Hit(h.row_id, recs[h.row_id].external_id, h.text, h.score, recs[h.row_id].attrs, recs[h.row_id].tenant, recs[h.row_id].parent, version)
             for h in raw
             if h.row_id in recs
-        ]
+        ], version)
 
 
 def _check_search_args(queries, user, tenant, k, mode, fusion, weights) -> None:

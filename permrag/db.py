@@ -104,6 +104,19 @@ casbin_rule = Table(
     Index("ix_permrag_casbin_rule", "ptype", "v0", "v1"),
 )
 
+ingests = Table(
+    "permrag_ingests",
+    metadata,
+    # One row per prepared, not yet published batch: who is writing it, so a
+    # batch whose process died can be told from one still in progress.
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("host", String(256), nullable=False),
+    Column("pid", Integer, nullable=False),  # -1: abandoned by its writer
+    Column("pid_start", BigInteger, nullable=False),  # /proc start time, against PID reuse
+    Column("started", Float, nullable=False),
+    Column("row_ids", LargeBinary, nullable=False),  # serialized roaring bitmap
+)
+
 audit = Table(
     "permrag_audit",
     metadata,

@@ -149,23 +149,38 @@ class Policy:
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ state
-    def load(self) -> None:
-        """(Re)load every rule from the database."""
-        tenants: dict[str, TenantPolicy] = defaultdict(TenantPolicy)
+    def load(self, *, if_changed: bool = False) -> bool:
+        """(Re)load every rule from the database; True if anything was read.
+
+        Read and swap happen under the lock that every change holds while it
+        writes, so a load can never put back a state older than a change this
+        process has already applied (a thread that read the rules before a
+        concurrent change and swapped them in after it would). ``if_changed``
+        skips the read when the stored version equals the one in memory.
+        """
         c = db.casbin_rule.c
-        with self.engine.connect() as conn:
-            version = db.read_counter(conn, "policy_version")
-            for tenant, name in conn.execute(select(db.roles.c.tenant, db.roles.c.name)):
-                tenants[tenant].roles.add(name)
-            for ptype, v0, v1, v2, v3, v4 in conn.execute(select(c.ptype, c.v0, c.v1, c.v2, c.v3, c.v4)):
-                if ptype == "p":
-                    (tenants[v1].allow if v4 == "allow" else tenants[v1].deny)[v0].add(v2)
-                elif ptype == "g":
-                    tenants[v2].add_edge(v0, v1)
         with self._lock:
+            with self.engine.connect() as conn:
+                version = db.read_counter(conn, "policy_version")
+                if if_changed and version == self.version:
+                    return False
+                tenants: dict[str, TenantPolicy] = defaultdict(TenantPolicy)
+                for tenant, name in conn.execute(select(db.roles.c.tenant, db.roles.c.name)):
+                    tenants[tenant].roles.add(name)
+                for ptype, v0, v1, v2, v3, v4 in conn.execute(select(c.ptype, c.v0, c.v1, c.v2, c.v3, c.v4)):
+                    if ptype == "p":
+                        (tenants[v1].allow if v4 == "allow" else tenants[v1].deny)[v0].add(v2)
+                    elif ptype == "g":
+                        tenants[v2].add_edge(v0, v1)
             self._tenants = dict(tenants)
             self.version = version
-        self._notify(None, None)
+            self._notify(None, None)
+        return True
+
+    @property
+    def lock(self) -> threading.RLock:
+        """Held by every change until its listeners ran (see PermRAG.snapshot)."""
+        return self._lock
 
     def subscribe(self, listener: Listener) -> None:
         """Call ``listener(tenant, subjects)`` after every change (``None`` = everything)."""
@@ -339,7 +354,10 @@ class Policy:
             if tenant is not None and apply is not None:
                 apply(self._tenants.setdefault(tenant, TenantPolicy()))
             self.version = version
-        self._notify(tenant, affected)
+            # Still under the lock: a reader that takes it (PermRAG.snapshot)
+            # sees either the old version with the old bitmaps or the new
+            # version with caches already invalidated, never a mix.
+            self._notify(tenant, affected)
 
     def _notify(self, tenant: str | None, affected: set[str] | None) -> None:
         for listener in self._listeners:

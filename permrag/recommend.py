@@ -21,7 +21,7 @@ from pyroaring import FrozenBitMap
 
 from .catalog import DEFAULT_TENANT
 from .errors import AccessDeniedError, BackendError, PermragError
-from .retrieval import Hit, Retrieval
+from .retrieval import Hit, Hits, Retrieval
 
 if TYPE_CHECKING:
     from .core import PermRAG
@@ -35,15 +35,15 @@ def recommend(rag: "PermRAG", vectors: np.ndarray, users: Sequence[str], *, tena
     if len(set(users)) != len(users):
         raise PermragError("each user may appear once")
     rag.sync()
-    version = rag.policy.version
+    version, bitmaps = rag.snapshot(users, tenant)
     groups: dict[FrozenBitMap, list[int]] = {}
-    for i, u in enumerate(users):
-        groups.setdefault(rag.visible(u, tenant), []).append(i)
+    for i, bm in enumerate(bitmaps):
+        groups.setdefault(bm, []).append(i)
     out: dict[str, list[Hit]] = {}
     for visible, members in groups.items():
         rag.stats["recommend_groups"] += 1
         if not visible:
-            out.update({users[i]: [] for i in members})
+            out.update({users[i]: Hits((), version) for i in members})
             continue
         plan = rag._plan(visible, tenant)
         store = rag._store()

@@ -58,6 +58,15 @@ class Hit:
         }
 
 
+class Hits(list):
+    """The hits of one query, best first, and the policy version they were
+    computed under (also for an empty result)."""
+
+    def __init__(self, hits: Sequence[Hit] = (), policy_version: int = 0) -> None:
+        super().__init__(hits)
+        self.policy_version = policy_version
+
+
 class Retrieval:
     """Executes plans on one store; counts what verify dropped."""
 

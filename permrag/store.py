@@ -90,6 +90,14 @@ def _wrap(what: str, exc: Exception) -> BackendError:
     return BackendError(f"Milvus {what} failed: {msg}")
 
 
+_CONNECTION_LOST = ("connect", "unavailable", "deadline", "channel", "closed", "not ready")
+
+
+def _is_connection_error(exc: Exception) -> bool:
+    text = f"{exc.__class__.__name__} {exc}".lower()
+    return getattr(exc, "code", None) == 2 or any(w in text for w in _CONNECTION_LOST)
+
+
 class MilvusStore:
     """A permrag collection in one Milvus (Lite file or server URI)."""
 
@@ -126,10 +134,30 @@ class MilvusStore:
                             kwargs["token"] = self.token
                         if self.kind == "server":
                             kwargs["timeout"] = 10
+                            # our own channel: pymilvus shares one per address
+                            # and does not recover it after a server restart
+                            kwargs["dedicated"] = True
+                        kwargs["grpc_options"] = {"grpc.use_local_subchannel_pool": 1}
                         self._client = MilvusClient(**kwargs)
                     except Exception as exc:  # pymilvus raises many kinds
-                        raise _wrap(f"connection to {self.uri!r}", exc) from exc
+                        raise self._fail(f"connection to {self.uri!r}", exc) from exc
         return self._client
+
+    def _fail(self, what: str, exc: Exception) -> BackendError:
+        """The error to raise; a lost server connection also drops the client,
+        so the next call reconnects (pymilvus does not, after a server restart)."""
+        if "not loaded" in str(exc):
+            self._dim = None  # the next call loads it again (a restarted server forgets)
+        if self.kind == "server" and _is_connection_error(exc):
+            with self._lock:
+                client, self._client = self._client, None
+                self._dim = None
+            if client is not None:
+                try:
+                    client.close()
+                except Exception:  # closing a dead connection is not an error
+                    log.debug("closing Milvus client failed", exc_info=True)
+        return _wrap(what, exc)
 
     @property
     def capabilities(self) -> Capabilities:
@@ -137,7 +165,7 @@ class MilvusStore:
             try:
                 version = self.client().get_server_version()
             except Exception as exc:
-                raise _wrap("version check", exc) from exc
+                raise self._fail("version check", exc) from exc
             self._caps = detect(self.kind, str(version))
         return self._caps
 
@@ -169,14 +197,21 @@ class MilvusStore:
         except (ConfigError, BackendError):
             raise
         except Exception as exc:
-            raise _wrap("collection set-up", exc) from exc
+            raise self._fail("collection set-up", exc) from exc
         self._dim = dim
+
+    def load(self) -> None:
+        """Load an existing collection (for deletes and queries; no dimension check)."""
+        try:
+            self.client().load_collection(self.collection)
+        except Exception as exc:
+            raise self._fail("collection load", exc) from exc
 
     def exists(self) -> bool:
         try:
             return bool(self.client().has_collection(self.collection))
         except Exception as exc:
-            raise _wrap("collection check", exc) from exc
+            raise self._fail("collection check", exc) from exc
 
     def _existing_dim(self) -> int:
         info = self.client().describe_collection(self.collection)
@@ -218,7 +253,7 @@ class MilvusStore:
             if self.client().has_collection(self.collection):
                 self.client().drop_collection(self.collection)
         except Exception as exc:
-            raise _wrap("drop", exc) from exc
+            raise self._fail("drop", exc) from exc
         self._dim = None
 
     # ------------------------------------------------------------------ writes
@@ -227,7 +262,7 @@ class MilvusStore:
             for i in range(0, len(rows), 1000):
                 self.client().insert(self.collection, list(rows[i : i + 1000]))
         except Exception as exc:
-            raise _wrap("insert", exc) from exc
+            raise self._fail("insert", exc) from exc
 
     def delete(self, row_ids: Sequence[int]) -> None:
         ids = [int(r) for r in row_ids]
@@ -235,7 +270,7 @@ class MilvusStore:
             for i in range(0, len(ids), 1000):
                 self.client().delete(self.collection, ids=ids[i : i + 1000])
         except Exception as exc:
-            raise _wrap("delete", exc) from exc
+            raise self._fail("delete", exc) from exc
 
     def present(self, row_ids: Sequence[int]) -> set[int]:
         """Which of ``row_ids`` the collection holds."""
@@ -249,7 +284,7 @@ class MilvusStore:
                 )
                 out.update(int(r["row_id"]) for r in res)
         except Exception as exc:
-            raise _wrap("query", exc) from exc
+            raise self._fail("query", exc) from exc
         return out
 
     def all_ids(self, tenant_expr: str = "") -> set[int]:
@@ -266,14 +301,14 @@ class MilvusStore:
                     break
                 out.update(int(r["row_id"]) for r in batch)
         except Exception as exc:
-            raise _wrap("query", exc) from exc
+            raise self._fail("query", exc) from exc
         return out
 
     def flush(self) -> None:
         try:
             self.client().flush(self.collection)
         except Exception as exc:
-            raise _wrap("flush", exc) from exc
+            raise self._fail("flush", exc) from exc
 
     # ------------------------------------------------------------------ search
     def search(
@@ -288,6 +323,17 @@ class MilvusStore:
         weights: tuple[float, float] = (0.5, 0.5),
     ) -> list[list[RawHit]]:
         """Top ``limit`` rows per query under ``expr``, best first."""
+        try:
+            return self._search(mode, vectors, texts, expr, limit, fusion, weights)
+        except BackendError as exc:
+            if "not loaded" not in str(exc):
+                raise
+        # A restarted server comes back with the collection released: load it
+        # and ask once more.
+        self.load()
+        return self._search(mode, vectors, texts, expr, limit, fusion, weights)
+
+    def _search(self, mode, vectors, texts, expr, limit, fusion, weights) -> list[list[RawHit]]:
         self.capabilities.require(mode)
         limit = max(1, min(limit, MAX_LIMIT))
         c = self.client()
@@ -324,7 +370,7 @@ class MilvusStore:
         except (BackendError, UnsupportedError):
             raise
         except Exception as exc:
-            raise _wrap("search", exc) from exc
+            raise self._fail("search", exc) from exc
 
     def _dense_params(self, limit: int) -> dict[str, Any]:
         params: dict[str, Any] = {"metric_type": "COSINE"}
