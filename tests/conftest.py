@@ -39,6 +39,59 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_milvus_server(base_dir: Path, port: int | None = None):
+    """Start a Milvus server (PyPI package ``milvus``) on ``port`` (default: a free one).
+
+    The package checks that a port is free by binding it without
+    SO_REUSEADDR, so right after a kill (the port in TIME_WAIT) it would move
+    to the next port; our check lets a restarted server take its old port.
+    """
+    import socket
+
+    from milvus import MilvusServer
+
+    def bind(p: int):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", p))
+            sock.listen()
+            return sock
+        except OSError:
+            sock.close()
+            return None
+
+    server = MilvusServer()
+    server.config.try_bind_port = bind
+    server.set_base_dir(str(base_dir))
+    server.listen_port = port or _free_port()
+    server.start()
+    if port is not None and server.listen_port != port:
+        server.stop()
+        raise RuntimeError(f"Milvus server came up on {server.listen_port}, not {port}")
+    return server
+
+
+def kill_milvus_server(server) -> None:
+    """SIGKILL the server process (no shutdown of any kind)."""
+    server.server_proc.kill()
+    server.server_proc.wait()
+    server.server_proc = None
+    for fd in server.proc_fds.values():
+        fd.close()
+    server.proc_fds.clear()
+
+
+def _server_or_skip(base_dir: Path):
+    try:
+        return start_milvus_server(base_dir)
+    except Exception as exc:  # the package raises several kinds
+        reason = f"Milvus server (PyPI package milvus) could not start: {exc.__class__.__name__}: {exc}"
+        if os.environ.get("PERMRAG_REQUIRE_MILVUS_SERVER") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def milvus_server(tmp_path_factory) -> Iterator[str]:
     """A real Milvus server from the PyPI package `milvus`, for the session.
@@ -46,22 +99,22 @@ def milvus_server(tmp_path_factory) -> Iterator[str]:
     Skips with the reason when it cannot start, unless
     PERMRAG_REQUIRE_MILVUS_SERVER=1 (set by .ci/run), where that fails.
     """
-    try:
-        from milvus import MilvusServer
-
-        server = MilvusServer()
-        server.set_base_dir(str(tmp_path_factory.mktemp("milvus-server")))
-        server.listen_port = _free_port()
-        server.start()
-    except Exception as exc:  # the package raises several kinds
-        reason = f"Milvus server (PyPI package milvus) could not start: {exc.__class__.__name__}: {exc}"
-        if os.environ.get("PERMRAG_REQUIRE_MILVUS_SERVER") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
+    server = _server_or_skip(tmp_path_factory.mktemp("milvus-server"))
     try:
         yield f"http://127.0.0.1:{server.listen_port}"
     finally:
         server.stop()
+
+
+@pytest.fixture
+def own_milvus_server(tmp_path):
+    """A Milvus server of this test's own (it may kill and restart it)."""
+    server = _server_or_skip(tmp_path / "milvus")
+    try:
+        yield server
+    finally:
+        if server.server_proc is not None:
+            server.stop()
 
 
 def open_backend(backend: str, tmp: Path, request, **kwargs) -> PermRAG:
