@@ -1,7 +1,7 @@
 """permrag: row-level permissioned retrieval over roaring bitmaps and Milvus."""
 
 from .catalog import RowRecord
-from .core import PermRAG
+from .core import PermRAG, RepairReport
 from .errors import (
     AccessDeniedError,
     BackendError,
@@ -17,9 +17,11 @@ from .errors import (
     UnknownRoleError,
     UnknownRowError,
     UnknownSubjectError,
+    UnknownTenantError,
     UnsupportedError,
 )
 from .explain import Explanation
+from .retrieval import Hit, Hits
 from .selectors import Selector, parse_selector
 
 __version__ = "0.1.0"
@@ -31,11 +33,14 @@ __all__ = [
     "ConfigError",
     "DuplicateExternalIdError",
     "Explanation",
+    "Hit",
+    "Hits",
     "PermRAG",
     "PermragError",
     "PlanError",
     "PolicyCSVError",
     "PolicyError",
+    "RepairReport",
     "RoleCycleError",
     "RowRecord",
     "Selector",
@@ -43,6 +48,7 @@ __all__ = [
     "UnknownRoleError",
     "UnknownRowError",
     "UnknownSubjectError",
+    "UnknownTenantError",
     "UnsupportedError",
     "parse_selector",
 ]

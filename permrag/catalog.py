@@ -227,6 +227,9 @@ class Catalog:
     def tenants(self) -> list[str]:
         return sorted(self._tenants)
 
+    def has_tenant(self, tenant: str) -> bool:
+        return tenant in self._tenants
+
     def tenant(self, tenant: str) -> TenantIndex:
         return self._tenants.get(tenant) or TenantIndex()
 

@@ -438,6 +438,24 @@ def audit(ctx, user_name, since, limit, as_json, home, milvus_uri, database_url)
 
 
 @main.command()
+@click.option("--full", is_flag=True, help="Also list every row in Milvus: remove orphans, report live rows Milvus lacks.")
+@json_opt
+@with_common
+@click.pass_context
+def reconcile(ctx, full, as_json, home, milvus_uri, database_url) -> None:
+    """Repair catalog and Milvus after a crash (interrupted ingests and deletes)."""
+    with _store(_obj(ctx, home, milvus_uri, database_url)) as rag:
+        on_open = rag.last_repair
+        report = rag.reconcile(full=full)
+        if on_open is not None:  # opening the store already repaired something
+            report.pending_removed += on_open.pending_removed
+            report.deleted_purged += on_open.deleted_purged
+        _emit(as_json, report.to_dict(), lambda: click.echo(report.describe()))
+        if report.missing:
+            raise SystemExit(1)
+
+
+@main.command()
 @click.option("--encoder", default=None, help="Encoder (default: the packaged all-MiniLM-L6-v2).")
 @with_common
 @click.pass_context

@@ -21,7 +21,7 @@ from .catalog import DEFAULT_TENANT, Catalog, RowRecord, RowSpec, check_tenant, 
 from .chunking import Chunker
 from .compiler import Compiler
 from .embed import Encoder, resolve_encoder
-from .errors import BackendError, CatalogError, ConfigError, PermragError
+from .errors import BackendError, CatalogError, ConfigError, PermragError, UnknownTenantError
 from .explain import Explanation, explain_row
 from .planner import LITE, SERVER, Plan, Planner
 from .policy import Policy
@@ -31,6 +31,7 @@ from .store import MAX_LIMIT, MAX_TEXT_BYTES, MilvusStore
 MODES = ("hybrid", "dense", "keyword")
 FUSIONS = ("rrf", "weighted")
 MAX_QUERY_CHARS = 10_000
+MAX_DOCUMENT_CHARS = 2_000_000  # per document, before chunking (``max_document_chars``)
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +88,11 @@ class PermRAG:
         catalog_only: bool = False,
         planner: Planner | None = None,
         stale_ingest_after: float = 3600.0,
+        max_document_chars: int = MAX_DOCUMENT_CHARS,
     ) -> None:
         self.settings = settings
         self._stale_ingest_after = stale_ingest_after
+        self._max_document_chars = max_document_chars
         self.last_repair: RepairReport | None = None
         self.planner = planner
         self._allocation = allocation
@@ -262,6 +265,26 @@ class PermRAG:
             self._encoder = resolve_encoder(self._encoder_spec)
         return self._encoder
 
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        """The encoder's vectors, checked: one row per text, the encoder's dimension, finite."""
+        enc = self.encoder
+        try:
+            vectors = np.asarray(enc.encode(texts), dtype=np.float32)
+        except PermragError:
+            raise
+        except Exception as exc:  # a user-supplied encoder may raise anything
+            raise ConfigError(f"the encoder failed: {exc.__class__.__name__}: {exc}") from exc
+        if vectors.shape != (len(texts), enc.dim):
+            raise ConfigError(f"the encoder returned vectors of shape {tuple(vectors.shape)}, expected ({len(texts)}, {enc.dim})")
+        if not np.isfinite(vectors).all():
+            raise ConfigError("the encoder returned NaN or infinite values")
+        return vectors
+
+    def check_tenant_known(self, tenant: str) -> None:
+        """Raise :class:`UnknownTenantError` for a tenant with neither rows nor policy."""
+        if not self.catalog.has_tenant(tenant) and not self.policy.has_tenant(tenant):
+            raise UnknownTenantError(f"unknown tenant {tenant!r}: it has no rows and no policy")
+
     def _store(self) -> MilvusStore:
         if self.store is None:
             raise ConfigError("this PermRAG was opened with catalog_only=True: there is no vector store")
@@ -326,6 +349,11 @@ class PermRAG:
                 continue
             if not isinstance(text, str) or not text.strip():
                 raise CatalogError(f"document {spec.external_id!r} has no text")
+            if len(text) > self._max_document_chars:
+                raise CatalogError(
+                    f"document {spec.external_id!r} has {len(text):,} characters; the limit is "
+                    f"{self._max_document_chars:,} (max_document_chars): split it first"
+                )
             pieces = self.chunker.split(text)
             if len(pieces) == 1:
                 specs.append(spec)
@@ -350,7 +378,7 @@ class PermRAG:
             self.compiler.on_ingest(changes)
             return ids
         store = self._store()
-        vectors = self.encoder.encode(texts)
+        vectors = self._encode(texts)
         batch = self.catalog.prepare(specs, hint)
         rows = [
             {"row_id": r.row_id, "tenant": r.tenant, "vclass": r.vclass, "text": t, "dense": v.tolist()}
@@ -490,6 +518,7 @@ class PermRAG:
         """:meth:`search` for several queries of one caller in one Milvus call."""
         _check_search_args(queries, user, tenant, k, mode, fusion, weights)
         self.sync()
+        self.check_tenant_known(tenant)
         version, (visible,) = self.snapshot(user, tenant)
         plan = self._plan(visible, tenant)
         self.stats["searches"] += len(queries)
@@ -499,12 +528,12 @@ class PermRAG:
         store = self._store()
         store.capabilities.require(mode)
         if mode != "keyword" and vectors is None:
-            vectors = self.encoder.encode(list(queries))
+            vectors = self._encode(list(queries))
         elif vectors is not None:
             vectors = np.asarray(vectors, dtype=np.float32)
-            if vectors.shape != (len(queries), self.encoder.dim):
+            if vectors.shape != (len(queries), self.encoder.dim) or not np.isfinite(vectors).all():
                 raise PermragError(
-                    f"vectors must have shape ({len(queries)}, {self.encoder.dim}), not {tuple(vectors.shape)}"
+                    f"vectors must be finite, of shape ({len(queries)}, {self.encoder.dim}), not {tuple(vectors.shape)}"
                 )
         raw = Retrieval(store, self.stats).run(plan, visible, mode, vectors, list(queries), k, fusion, weights)
         hits = [self._hits(r, version) for r in raw]

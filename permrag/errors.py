@@ -61,6 +61,10 @@ class UnknownRowError(CatalogError):
     """An external id or row id that is not in the catalog."""
 
 
+class UnknownTenantError(CatalogError):
+    """A tenant with neither rows nor policy (a misspelt tenant, most often)."""
+
+
 class PlanError(PermragError):
     """A visible bitmap cannot be turned into a filter for this backend."""
 
@@ -88,5 +92,6 @@ __all__ = [
     "UnknownRoleError",
     "UnknownRowError",
     "UnknownSubjectError",
+    "UnknownTenantError",
     "UnsupportedError",
 ]

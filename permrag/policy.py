@@ -186,6 +186,9 @@ class Policy:
         """Call ``listener(tenant, subjects)`` after every change (``None`` = everything)."""
         self._listeners.append(listener)
 
+    def has_tenant(self, tenant: str) -> bool:
+        return tenant in self._tenants
+
     def tenant(self, tenant: str) -> TenantPolicy:
         return self._tenants.get(tenant) or TenantPolicy()
 

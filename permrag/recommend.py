@@ -34,7 +34,10 @@ def recommend(rag: "PermRAG", vectors: np.ndarray, users: Sequence[str], *, tena
         raise PermragError(f"need one vector per user: {len(users)} users, vectors of shape {tuple(vectors.shape)}")
     if len(set(users)) != len(users):
         raise PermragError("each user may appear once")
+    if vectors.shape[1] != rag.encoder.dim or not np.isfinite(vectors).all():
+        raise PermragError(f"vectors must be finite and {rag.encoder.dim}-dimensional, not of shape {tuple(vectors.shape)}")
     rag.sync()
+    rag.check_tenant_known(tenant)
     version, bitmaps = rag.snapshot(users, tenant)
     groups: dict[FrozenBitMap, list[int]] = {}
     for i, bm in enumerate(bitmaps):

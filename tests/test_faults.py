@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -84,7 +85,9 @@ def test_server_killed_mid_search_raises_then_recovers_without_reingest(own_milv
     threads = [threading.Thread(target=searcher, args=(s,)) for s in range(4)]
     for t in threads:
         t.start()
-    time.sleep(1.0)
+    deadline = time.monotonic() + 60
+    while sum(1 for o in outcomes if o[1] == "ok") < 12 and time.monotonic() < deadline:
+        time.sleep(0.05)
     killed_at = time.monotonic()
     kill_milvus_server(server)
     time.sleep(2.0)
@@ -123,9 +126,9 @@ def test_server_killed_mid_search_raises_then_recovers_without_reingest(own_milv
         restarted.stop()
 
 
-def _crash(point: str, home: Path, uri: str = "") -> None:
+def _crash(point: str, home: Path, uri: str = "", collection: str = "permrag") -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.helpers.crash_worker", point, str(home), uri],
+        [sys.executable, "-m", "tests.helpers.crash_worker", point, str(home), uri, collection],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -144,9 +147,10 @@ def _consistent(rag: PermRAG) -> None:
 def test_sigkill_mid_ingest_is_repaired_on_reopen(backend, tmp_path, request):
     uri = request.getfixturevalue("milvus_server") if backend == "server" else ""
     home = tmp_path / "home"
-    _crash("ingest", home, uri)
+    collection = f"crash_{uuid.uuid4().hex[:8]}" if uri else "permrag"
+    _crash("ingest", home, uri, collection)
 
-    rag = PermRAG.open(home, milvus_uri=uri or None, encoder=HashEncoder(64), collection="crash", consistency="Strong")
+    rag = PermRAG.open(home, milvus_uri=uri or None, encoder=HashEncoder(64), collection=collection, consistency="Strong")
     try:
         report = rag.last_repair
         # batch 1 of the second ingest was published; batch 2 reached Milvus
@@ -171,13 +175,30 @@ def test_sigkill_mid_ingest_is_repaired_on_reopen(backend, tmp_path, request):
 def test_sigkill_mid_delete_is_finished_on_reopen(tmp_path):
     home = tmp_path / "home"
     _crash("delete", home)
-    rag = PermRAG.open(home, encoder=HashEncoder(64), collection="crash")
+    rag = PermRAG.open(home, encoder=HashEncoder(64))
     try:
         assert rag.last_repair is not None and rag.last_repair.deleted_purged == 10
         assert len(rag.catalog.live_ids()) == 90
         _consistent(rag)
     finally:
         rag.close()
+
+
+def test_reconcile_command_reports_the_repair(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from permrag.cli import main
+
+    home = tmp_path / "home"
+    _crash("ingest", home)
+    res = CliRunner().invoke(main, ["--home", str(home), "reconcile", "--full", "--json"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output[res.output.index("{") :])
+    assert report == {"pending_removed": 50, "deleted_purged": 0, "orphans_removed": 0, "missing": []}
+    res = CliRunner().invoke(main, ["--home", str(home), "reconcile"], catch_exceptions=False)
+    assert res.exit_code == 0 and "0 rows of interrupted ingests removed" in res.output
 
 
 def test_reconcile_leaves_a_running_writers_batch_alone(tmp_path):

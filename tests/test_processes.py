@@ -6,7 +6,6 @@ version is measured and must be 0."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys

@@ -22,8 +22,8 @@ def docs(prefix: str, n: int) -> list[dict]:
 
 
 def main() -> None:
-    point, home, uri = sys.argv[1], sys.argv[2], sys.argv[3]
-    rag = PermRAG.open(home, milvus_uri=uri or None, encoder=HashEncoder(64), collection="crash", consistency="Strong")
+    point, home, uri, collection = sys.argv[1:5]
+    rag = PermRAG.open(home, milvus_uri=uri or None, encoder=HashEncoder(64), collection=collection, consistency="Strong")
     rag.add_documents(docs("a", 100))
     store = rag._store()
     if point == "ingest":
