@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 import statistics
 import sys
@@ -34,12 +32,15 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import RESULTS, acl_collection, measure, raw_search, version  # noqa: E402
+from common import machine as machine_line  # noqa: E402
 
 from permrag import PermRAG  # noqa: E402
 from permrag.embed import RandomEncoder  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 DIM = 384
 TEAM_SIZE = 100  # rows per team: one team is 0.1 % of 100k rows
 FRACTIONS = [0.001, 0.01, 0.1, 0.5, 1.0]
@@ -80,25 +81,6 @@ def make_users(rag: PermRAG, n_teams: int, seed: int = 8) -> dict[float, tuple[s
     return users
 
 
-def acl_collection(client, name: str, ids, teams, vecs) -> None:
-    from pymilvus import DataType
-
-    if client.has_collection(name):
-        client.drop_collection(name)
-    s = client.create_schema(auto_id=False)
-    s.add_field("row_id", DataType.INT64, is_primary=True)
-    s.add_field("acl", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=4, max_length=64)
-    s.add_field("dense", DataType.FLOAT_VECTOR, dim=DIM)
-    ip = client.prepare_index_params()
-    ip.add_index("dense", index_type="FLAT", metric_type="COSINE")
-    client.create_collection(name, schema=s, index_params=ip, consistency_level="Bounded")
-    rows = [{"row_id": int(i), "acl": [t], "dense": v.tolist()} for i, t, v in zip(ids, teams, vecs)]
-    for j in range(0, len(rows), 5000):
-        client.insert(name, rows[j : j + 5000])
-    client.flush(name)
-    client.load_collection(name)
-
-
 def silo_collection(client, name: str, ids, vecs) -> None:
     from pymilvus import DataType
 
@@ -117,12 +99,6 @@ def silo_collection(client, name: str, ids, vecs) -> None:
     client.load_collection(name)
 
 
-def raw_search(client, coll, q, limit, expr=""):
-    res = client.search(coll, data=[q.tolist()], anns_field="dense", limit=limit, filter=expr, output_fields=["row_id"],
-                        search_params={"metric_type": "COSINE"})
-    return [int((h.get("entity") or {}).get("row_id", h.get("id"))) for h in res[0]]
-
-
 def run_backend(label: str, rag: PermRAG, n_rows: int, n_queries: int) -> dict:
     teams, ids, vecs, n_teams, ingest_s = build(rag, n_rows)
     users = make_users(rag, n_teams)
@@ -133,24 +109,6 @@ def run_backend(label: str, rag: PermRAG, n_rows: int, n_queries: int) -> dict:
     queries = rng.standard_normal((n_queries, DIM)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     team_of = np.asarray([int(t[4:]) for t in teams])
-
-    def measure(fns: dict, budget_s: float = 8.0) -> dict:
-        """Latencies of every approach, interleaved query by query so that
-        background work in the backend (compaction after ingest) weighs on all
-        of them alike; a slow approach stops after 3 queries once it has used
-        its time budget."""
-        for fn in fns.values():
-            fn(queries[0])  # warm
-        times: dict = {n: [] for n in fns}
-        outs: dict = {n: [] for n in fns}
-        for q in queries:
-            for name, fn in fns.items():
-                if len(times[name]) >= 3 and sum(times[name]) > budget_s:
-                    continue
-                t = time.perf_counter()
-                outs[name].append(fn(q))
-                times[name].append(time.perf_counter() - t)
-        return {n: (statistics.median(times[n]), outs[n]) for n in fns}
 
     time.sleep(5)  # let the server settle after the bulk insert
     rows = []
@@ -176,7 +134,7 @@ def run_backend(label: str, rag: PermRAG, n_rows: int, n_queries: int) -> dict:
             "acl-array": lambda q: raw_search(client, f"{coll}_acl", q, 10, f"array_contains_any(acl, [{team_list}])"),
             "silo": (lambda q: raw_search(client, silo, q, 10)) if f < 1.0 else (lambda q: raw_search(client, coll, q, 10)),
         }
-        measured = measure(fns)
+        measured = measure(fns, queries)
         base_t = measured.pop("unfiltered")[0]
         base_all.append(base_t)
         cells = {}
@@ -234,7 +192,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         print(f"Milvus Lite, {args.lite_rows:,} rows", flush=True)
         with PermRAG.open(Path(tmp) / "lite", encoder=RandomEncoder(DIM)) as rag:
-            results.append(run_backend("Milvus Lite " + _version("milvus_lite"), rag, args.lite_rows, args.queries))
+            results.append(run_backend("Milvus Lite " + version("milvus-lite"), rag, args.lite_rows, args.queries))
         if not args.skip_server:
             print(f"Milvus server, {args.server_rows:,} rows", flush=True)
             server = start_server(Path(tmp) / "server")
@@ -243,7 +201,7 @@ def main(argv=None) -> None:
                     results.append(run_backend("Milvus server " + rag.store.client().get_server_version(), rag, args.server_rows, args.queries))
             finally:
                 server.stop()
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    machine = machine_line()
     text = f"Search benchmark ({machine}); cells: latency ÷ unfiltered, recall@10 vs exact, rows returned.\n\n"
     text += "\n\n".join(table(r) for r in results)
     print(text)
@@ -251,15 +209,6 @@ def main(argv=None) -> None:
     suffix = "_quick" if args.quick else ""
     (RESULTS / f"search{suffix}.json").write_text(json.dumps({"machine": machine, "results": results}, indent=2))
     (RESULTS / f"search{suffix}.md").write_text(text + "\n")
-
-
-def _version(module: str) -> str:
-    try:
-        from importlib.metadata import version
-
-        return version(module.replace("_", "-"))
-    except Exception:
-        return "?"
 
 
 if __name__ == "__main__":

@@ -85,6 +85,7 @@ class PermRAG:
         collection: str = "permrag",
         index: str = "FLAT",
         consistency: str = "Bounded",
+        analyzer: str | dict[str, Any] | None = None,
         catalog_only: bool = False,
         planner: Planner | None = None,
         stale_ingest_after: float = 3600.0,
@@ -105,7 +106,12 @@ class PermRAG:
         self.catalog_only = catalog_only
         self.store: MilvusStore | None = (
             None if catalog_only else MilvusStore(
-                settings.milvus_uri, token=settings.milvus_token, collection=collection, index=index, consistency=consistency
+                settings.milvus_uri,
+                token=settings.milvus_token,
+                collection=collection,
+                index=index,
+                consistency=consistency,
+                analyzer=analyzer,
             )
         )
         self._engine: Any = None
@@ -137,8 +143,12 @@ class PermRAG:
         sentence-transformers model name or path, or ``"hash"`` for no model;
         default the packaged all-MiniLM-L6-v2), ``chunk_size``,
         ``chunk_overlap``, ``collection``, ``index`` (FLAT, HNSW, IVF_FLAT),
-        ``consistency``, ``allocation``, ``policy_attrs``, ``planner`` and
-        ``catalog_only`` (rows and permissions without a vector store).
+        ``consistency``, ``analyzer`` (BM25 text analysis: ``"standard"``,
+        ``"jieba"`` for Chinese, ``"english"`` or Milvus analyzer params),
+        ``allocation``, ``policy_attrs``, ``planner``, ``max_document_chars``,
+        ``stale_ingest_after`` (seconds before another host's unfinished batch
+        counts as crashed) and ``catalog_only`` (rows and permissions without
+        a vector store).
         Milvus is connected on first use, so opening is cheap.
         """
         settings = config.resolve(home, database_url, milvus_uri, milvus_token)
@@ -496,8 +506,10 @@ class PermRAG:
     ) -> Hits:
         """The top ``k`` rows ``user`` may read, best first.
 
-        ``mode``: ``hybrid`` (dense + BM25, fused), ``dense`` or ``keyword``;
-        ``fusion``: ``rrf`` or ``weighted`` (``weights`` = dense, keyword).
+        ``mode``: ``hybrid`` (dense + BM25, each list verified, then fused),
+        ``dense`` or ``keyword``; ``fusion``: ``rrf`` (reciprocal rank, k=60)
+        or ``weighted`` (min-max normalised scores, ``weights`` = dense,
+        keyword); ties go to the better dense rank.
         Every hit was verified against the caller's bitmap and carries the
         policy version it was computed under.
         """

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import threading
 from typing import Protocol, Sequence, runtime_checkable
@@ -158,11 +159,64 @@ class SentenceTransformerEncoder:
         return normalize(np.asarray(vectors))
 
 
+def packaged_static_path() -> str | None:
+    """The multilingual static model shipped by ``tokenlearn-static-model``, if installed."""
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("static_model")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(list(spec.submodule_search_locations)[0], "model")
+    return path if os.path.isdir(path) else None
+
+
+class StaticEncoder:
+    """A model2vec static embedding model: no transformer, fast on a CPU,
+    multilingual with the packaged model (``encoder="static"``)."""
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path
+        self.name = f"static:{path or 'tokenlearn-static-model'}"
+        self._model = None
+        self._dim: int | None = None
+        self._lock = threading.Lock()
+
+    def _load(self):
+        with self._lock:
+            if self._model is None:
+                path = self.path or packaged_static_path()
+                if path is None:
+                    raise ConfigError("no static model: install tokenlearn-static-model and model2vec, or pass a path")
+                try:
+                    from model2vec import StaticModel
+
+                    self._model = StaticModel.from_pretrained(path)
+                except Exception as exc:  # import or load errors of several kinds
+                    raise ConfigError(f"cannot load static model {path!r}: {exc}") from exc
+                self._dim = int(self._model.dim)
+        return self._model
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            self._load()
+        assert self._dim is not None
+        return self._dim
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        return normalize(np.asarray(self._load().encode(list(texts)), dtype=np.float32))
+
+
 def resolve_encoder(encoder: "Encoder | str | None") -> Encoder:
     """An encoder object from an object, a name (``hash``, ``hash-128``, a model) or None."""
     if encoder is None or encoder == "default":
         return SentenceTransformerEncoder()
     if isinstance(encoder, str):
+        if encoder == "static":
+            return StaticEncoder()
         m = re.fullmatch(r"(hash|random)(?:-(\d+))?", encoder)
         if m:
             return (HashEncoder if m.group(1) == "hash" else RandomEncoder)(int(m.group(2) or 64))

@@ -78,6 +78,25 @@ def detect(kind: str, version_text: str) -> Capabilities:
     )
 
 
+def analyzer_params(analyzer: str | dict[str, Any] | None) -> dict[str, Any] | None:
+    """Milvus analyzer parameters for the BM25 text field.
+
+    ``None`` / ``"standard"``: Milvus' default; ``"jieba"``: Chinese word
+    segmentation (Milvus Lite needs the ``jieba`` package); ``"english"``:
+    the English analyzer (stemming, stop words) where the backend has it; a
+    dict is passed to Milvus as it is. Fixed when the collection is created.
+    """
+    if analyzer is None or analyzer == "standard":
+        return None
+    if isinstance(analyzer, dict):
+        return dict(analyzer)
+    if analyzer == "jieba":
+        return {"tokenizer": "jieba"}
+    if analyzer == "english":
+        return {"type": "english"}
+    raise ConfigError(f"analyzer {analyzer!r} must be 'standard', 'jieba', 'english' or a dict of Milvus analyzer params")
+
+
 @dataclass(frozen=True)
 class RawHit:
     row_id: int
@@ -102,7 +121,14 @@ class MilvusStore:
     """A permrag collection in one Milvus (Lite file or server URI)."""
 
     def __init__(
-        self, uri: str, *, token: str | None = None, collection: str = "permrag", index: str = "FLAT", consistency: str = "Bounded"
+        self,
+        uri: str,
+        *,
+        token: str | None = None,
+        collection: str = "permrag",
+        index: str = "FLAT",
+        consistency: str = "Bounded",
+        analyzer: str | dict[str, Any] | None = None,
     ) -> None:
         if consistency not in ("Strong", "Bounded", "Session", "Eventually"):
             raise ConfigError(f"consistency {consistency!r} must be Strong, Bounded, Session or Eventually")
@@ -111,6 +137,7 @@ class MilvusStore:
             raise ConfigError(f"collection name {collection!r} must be letters, digits and '_'")
         if index not in ("FLAT", "HNSW", "IVF_FLAT"):
             raise ConfigError(f"index {index!r} must be FLAT, HNSW or IVF_FLAT")
+        self.analyzer = analyzer_params(analyzer)
         self.uri = uri
         self.token = token
         self.collection = collection
@@ -229,7 +256,10 @@ class MilvusStore:
         s.add_field("row_id", DataType.INT64, is_primary=True)
         s.add_field("tenant", DataType.VARCHAR, max_length=256, is_partition_key=True)
         s.add_field("vclass", DataType.INT64)
-        s.add_field("text", DataType.VARCHAR, max_length=MAX_TEXT_BYTES, enable_analyzer=bm25)
+        text_kwargs: dict[str, Any] = {"enable_analyzer": bm25}
+        if bm25 and self.analyzer is not None:
+            text_kwargs["analyzer_params"] = self.analyzer
+        s.add_field("text", DataType.VARCHAR, max_length=MAX_TEXT_BYTES, **text_kwargs)
         s.add_field("dense", DataType.FLOAT_VECTOR, dim=dim)
         ip = c.prepare_index_params()
         params: dict[str, Any] = {}

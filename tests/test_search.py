@@ -161,8 +161,14 @@ def test_keyword_and_hybrid_are_exact(corpus) -> None:
         got = rag.search(q, user=user, tenant="acme", k=k, mode="hybrid")
         assert_same_topk([h.row_id for h in got], rrf, k, tol=1e-7)
         hybrid_checked += 1
+        # weighted: min-max normalised top-k lists, 0.7 dense + 0.3 keyword
+        wsum: dict[int, float] = {}
+        for lst, w in ((dense, 0.7), (kw, 0.3)):
+            lo, hi = lst[-1][1], lst[0][1]
+            for rid, sc in lst:
+                wsum[rid] = wsum.get(rid, 0.0) + w * ((sc - lo) / (hi - lo) if hi > lo else 1.0)
         weighted = rag.search(q, user=user, tenant="acme", k=k, mode="hybrid", fusion="weighted", weights=(0.7, 0.3))
-        assert {h.row_id for h in weighted} <= set(vis) and len(weighted) == k
+        assert_same_topk([h.row_id for h in weighted], wsum, k, tol=1e-5)
     assert hybrid_checked >= 3
 
 

