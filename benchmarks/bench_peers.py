@@ -18,8 +18,9 @@ set of teams each), dense top-10 on Milvus Lite, timed interleaved:
 * **langchain-expr** — a langchain-milvus ``Milvus`` store with a ``team``
   metadata field, searched with ``expr='team in [...]'`` (third collection).
 
-Cells: median latency ÷ unfiltered, recall@10 against an exact brute-force
-top-10 over the visible rows.
+Every approach fetches the hits' text, as an application does. Cells: median
+latency ÷ unfiltered, recall@10 against an exact brute-force top-10 over the
+visible rows (a row tying the 10th best within float error counts).
 
     python benchmarks/bench_peers.py            # 8,077 chunks x 13 = 105,001 rows
     python benchmarks/bench_peers.py --quick    # 1,500 chunks x 4 = 6,000 rows
@@ -41,7 +42,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import RESULTS, acl_collection, machine, measure, raw_search, version  # noqa: E402
+from common import RESULTS, acl_collection, machine, measure, raw_search, recall_at_k, version  # noqa: E402
 from corpora import bbc_articles, paragraphs  # noqa: E402
 
 from permrag import PermRAG  # noqa: E402
@@ -124,14 +125,14 @@ def run(n_chunks: int | None, replicas: int, home: Path) -> dict:
     teams = [f"team{i % n_teams}" for i in range(n)]
     rng.shuffle(teams)
     enc = TableEncoder(dict(zip(texts, vecs)), vecs.shape[1])
-    rag = PermRAG.open(home, encoder=enc)
+    rag = PermRAG.open(home, encoder=enc, chunk_size=16000)  # chunks are made above
     docs = [{"external_id": f"c{i}", "text": t, "attrs": {"team": teams[i], "dept": cats[i]}} for i, t in enumerate(texts)]
     t0 = time.perf_counter()
     ids = np.asarray(rag.add_documents(docs, batch_size=5000))
     ingest_s = time.perf_counter() - t0
     client = rag.store.client()
     coll = rag.store.collection
-    acl_collection(client, f"{coll}_acl", ids, teams, vecs)
+    acl_collection(client, f"{coll}_acl", ids, teams, vecs, texts)
     lc = langchain_store(rag.settings.milvus_uri, texts, vecs, ids, teams)
     team_of = np.asarray([int(t[4:]) for t in teams])
 
@@ -151,7 +152,11 @@ def run(n_chunks: int | None, replicas: int, home: Path) -> dict:
         mask = np.isin(team_of, [int(t[4:]) for t in team_set])
         vis_ids, vis_vecs = ids[mask], vecs[mask]
         vis_set = set(vis_ids.tolist())
-        exact = [set(vis_ids[np.argsort(-(vis_vecs @ q))[:K]].tolist()) for q in queries]
+        exact = []  # per query: (similarity of each visible row, k-th best similarity)
+        for q in queries:
+            sims = vis_vecs @ q
+            kth = float(np.sort(sims)[-K]) if len(sims) >= K else float(sims.min())
+            exact.append((dict(zip(vis_ids.tolist(), sims.tolist())), kth))
         id_expr = f"row_id in [{', '.join(map(str, vis_ids.tolist()))}]"
         team_list = ", ".join(f'"{t}"' for t in team_set)
 
@@ -160,18 +165,20 @@ def run(n_chunks: int | None, replicas: int, home: Path) -> dict:
             return [int(d.metadata["row_id"]) for d, _ in docs]
 
         fns = {
-            "unfiltered": lambda q: raw_search(client, coll, q, K),
+            "unfiltered": lambda q: raw_search(client, coll, q, K, with_text=True),
             "permrag": lambda q, user=user: [h.row_id for h in rag.search_many(["q"], user=user, k=K, mode="dense", vectors=q[None, :])[0]],
-            "post-filter": lambda q, vis_set=vis_set: [r for r in raw_search(client, coll, q, 10 * K) if r in vis_set][:K],
-            "id-in": lambda q, id_expr=id_expr: raw_search(client, coll, q, K, id_expr),
-            "acl-array": lambda q, team_list=team_list: raw_search(client, f"{coll}_acl", q, K, f"array_contains_any(acl, [{team_list}])"),
+            "post-filter": lambda q, vis_set=vis_set: [r for r in raw_search(client, coll, q, 10 * K, with_text=True) if r in vis_set][:K],
+            "id-in": lambda q, id_expr=id_expr: raw_search(client, coll, q, K, id_expr, with_text=True),
+            "acl-array": lambda q, team_list=team_list: raw_search(
+                client, f"{coll}_acl", q, K, f"array_contains_any(acl, [{team_list}])", with_text=True
+            ),
             "langchain-expr": lc_search,
         }
         measured = measure(fns, queries)
         base_t = measured.pop("unfiltered")[0]
         cells = {}
         for name, (t, outs) in measured.items():
-            recall = statistics.mean(len(set(o) & e) / max(1, min(K, len(e))) for o, e in zip(outs, exact))
+            recall = statistics.mean(recall_at_k(o, sims, kth, K) for o, (sims, kth) in zip(outs, exact))
             leaked = sum(1 for o in outs for r in o if r not in vis_set)
             cells[name] = {"ms": 1e3 * t, "ratio": t / base_t, "recall": recall, "returned": statistics.mean(len(o) for o in outs), "leaked": leaked}
         rows.append({"fraction": f, "visible": int(mask.sum()), "unfiltered_ms": 1e3 * base_t, "plan": rag.plan(user).describe()[:160], "cells": cells})

@@ -28,14 +28,17 @@ def version(dist: str) -> str:
         return "?"
 
 
-def raw_search(client, coll: str, q: np.ndarray, limit: int, expr: str = "", field: str = "dense", id_field: str = "row_id") -> list[int]:
-    """A plain pymilvus dense search; the IDs of the hits."""
-    res = client.search(coll, data=[q.tolist()], anns_field=field, limit=limit, filter=expr, output_fields=[id_field],
+def raw_search(client, coll: str, q: np.ndarray, limit: int, expr: str = "", field: str = "dense", id_field: str = "row_id",
+               with_text: bool = False) -> list[int]:
+    """A plain pymilvus dense search; the IDs of the hits (``with_text``:
+    fetching the text too, as permrag and an application do)."""
+    fields = [id_field, "text"] if with_text else [id_field]
+    res = client.search(coll, data=[q.tolist()], anns_field=field, limit=limit, filter=expr, output_fields=fields,
                         search_params={"metric_type": "COSINE"})
     return [int((h.get("entity") or {}).get(id_field, h.get("id"))) for h in res[0]]
 
 
-def acl_collection(client, name: str, ids, acl: list[str], vecs: np.ndarray) -> None:
+def acl_collection(client, name: str, ids, acl: list[str], vecs: np.ndarray, texts: list[str] | None = None) -> None:
     """A second collection with an ``acl`` ARRAY field (one group per row):
     the row-level RBAC pattern, filtered with ``array_contains_any``."""
     from pymilvus import DataType
@@ -46,14 +49,28 @@ def acl_collection(client, name: str, ids, acl: list[str], vecs: np.ndarray) -> 
     s.add_field("row_id", DataType.INT64, is_primary=True)
     s.add_field("acl", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=4, max_length=64)
     s.add_field("dense", DataType.FLOAT_VECTOR, dim=vecs.shape[1])
+    if texts is not None:
+        s.add_field("text", DataType.VARCHAR, max_length=65535)
     ip = client.prepare_index_params()
     ip.add_index("dense", index_type="FLAT", metric_type="COSINE")
     client.create_collection(name, schema=s, index_params=ip, consistency_level="Bounded")
     rows = [{"row_id": int(i), "acl": [t], "dense": v.tolist()} for i, t, v in zip(ids, acl, vecs)]
+    if texts is not None:
+        for r, t in zip(rows, texts):
+            r["text"] = t
     for j in range(0, len(rows), 5000):
         client.insert(name, rows[j : j + 5000])
     client.flush(name)
     client.load_collection(name)
+
+
+def recall_at_k(got: list[int], sims: dict[int, float], kth: float, k: int, tol: float = 1e-5) -> float:
+    """Share of the exact top-k found; a returned row whose exact similarity
+    ties the k-th best (within float error) counts as found."""
+    want = min(k, len(sims))
+    if want == 0:
+        return 1.0
+    return min(want, sum(1 for r in got if r in sims and sims[r] >= kth - tol)) / want
 
 
 def measure(fns: dict[str, Callable], queries, budget_s: float = 8.0) -> dict[str, tuple[float, list]]:

@@ -36,7 +36,7 @@ import os
 import socket
 import threading
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -58,6 +58,7 @@ CLASS_ATTR = "#class"  # index keys ("#class", "<id>"): rows of one visibility c
 MIN_BLOCK = 64
 MAX_BLOCK = 1 << 22
 INSERT_CHUNK = 5000
+RECORD_CACHE = 200_000  # row records kept for the search path
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,10 @@ class Catalog:
         self._tenants: dict[str, TenantIndex] = {}
         self._depth: dict[int, int] = {}
         self._lock = threading.RLock()
+        # Row records by ID for the search path. A record never changes while
+        # its ID lives (replacing a document gives it new IDs), and liveness
+        # is read from the in-memory index, so a hit costs no SQL query.
+        self._records: OrderedDict[int, RowRecord] = OrderedDict()
 
     # ------------------------------------------------------------------ loading
     def load(self) -> None:
@@ -268,16 +273,35 @@ class Catalog:
         return [found[r] for r in wanted]
 
     def rows_if_live(self, row_ids: Iterable[int]) -> list[RowRecord]:
-        """Records of those of ``row_ids`` that are live (no error for the rest)."""
+        """Records of those of ``row_ids`` that are live as this catalog last
+        loaded (no error for the rest); cached, so repeated hits cost no query."""
         wanted = [int(r) for r in row_ids]
-        t = db.rows.c
-        out: list[RowRecord] = []
-        with self.engine.connect() as conn:
-            for i in range(0, len(wanted), 1000):
-                out.extend(
-                    _record(rec)
-                    for rec in conn.execute(select(db.rows).where(t.row_id.in_(wanted[i : i + 1000]), t.state == "live"))
-                )
+        found: dict[int, RowRecord] = {}
+        with self._lock:
+            for r in wanted:
+                rec = self._records.get(r)
+                if rec is not None:
+                    self._records.move_to_end(r)
+                    found[r] = rec
+        missing = [r for r in wanted if r not in found]
+        if missing:
+            t = db.rows.c
+            with self.engine.connect() as conn:
+                for i in range(0, len(missing), 1000):
+                    for row in conn.execute(select(db.rows).where(t.row_id.in_(missing[i : i + 1000]), t.state == "live")):
+                        found[int(row.row_id)] = _record(row)
+            with self._lock:
+                for r in missing:
+                    if r in found:
+                        self._records[r] = found[r]
+                while len(self._records) > RECORD_CACHE:
+                    self._records.popitem(last=False)
+        out = []
+        for r in wanted:
+            rec = found.get(r)
+            idx = self._tenants.get(rec.tenant) if rec is not None else None
+            if idx is not None and r in idx.rows:
+                out.append(rec)
         return out
 
     def by_external_id(self, external_id: str, tenant: str = DEFAULT_TENANT) -> RowRecord:

@@ -283,7 +283,7 @@ class PermRAG:
         except PermragError:
             raise
         except Exception as exc:  # a user-supplied encoder may raise anything
-            raise ConfigError(f"the encoder failed: {exc.__class__.__name__}: {exc}") from exc
+            raise ConfigError(f"the encoder failed: {exc.__class__.__name__}: {str(exc)[:200]}") from exc
         if vectors.shape != (len(texts), enc.dim):
             raise ConfigError(f"the encoder returned vectors of shape {tuple(vectors.shape)}, expected ({len(texts)}, {enc.dim})")
         if not np.isfinite(vectors).all():
@@ -641,7 +641,7 @@ class PermRAG:
             return Hits((), version)
         recs = {r.row_id: r for r in self.catalog.rows_if_live(h.row_id for h in raw)}
         return Hits([
-            Hit(h.row_id, recs[h.row_id].external_id, h.text, h.score, recs[h.row_id].attrs, recs[h.row_id].tenant, recs[h.row_id].parent, version)
+            Hit(h.row_id, recs[h.row_id].external_id, h.text, h.score, dict(recs[h.row_id].attrs), recs[h.row_id].tenant, recs[h.row_id].parent, version)
             for h in raw
             if h.row_id in recs
         ], version)
