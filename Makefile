@@ -22,6 +22,11 @@ test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
 
 bench: $(BIN)/.installed
-	$(BIN)/python benchmarks/bench_compile.py
+	$(BIN)/pip install -q -e ".[bench]"
+	$(BIN)/python benchmarks/run_all.py
 
-.PHONY: install demo test bench
+bench-quick: $(BIN)/.installed
+	$(BIN)/pip install -q -e ".[bench]"
+	$(BIN)/python benchmarks/run_all.py --quick
+
+.PHONY: install demo test bench bench-quick

@@ -31,7 +31,10 @@ def main(argv=None) -> None:
     ap.add_argument("--rows", type=int, default=20_000)
     ap.add_argument("--users", type=int, default=1_000)
     ap.add_argument("--role-sets", type=int, default=10)
+    ap.add_argument("--quick", action="store_true", help="5,000 rows, 200 users")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.rows, args.users = 5_000, 200
     enc = RandomEncoder(384)
     with tempfile.TemporaryDirectory() as tmp, PermRAG.open(Path(tmp) / "h", encoder=enc) as rag:
         rag.audit = False
@@ -77,8 +80,9 @@ def main(argv=None) -> None:
     )
     print(text)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "recommend.json").write_text(json.dumps(res, indent=2))
-    (RESULTS / "recommend.md").write_text(text + "\n")
+    suffix = "_quick" if args.quick else ""
+    (RESULTS / f"recommend{suffix}.json").write_text(json.dumps(res, indent=2))
+    (RESULTS / f"recommend{suffix}.md").write_text(text + "\n")
 
 
 if __name__ == "__main__":

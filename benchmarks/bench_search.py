@@ -16,7 +16,7 @@ Reported per cell: median latency / unfiltered median, recall@10 against an
 exact brute-force top-10 over the visible rows, and mean rows returned.
 
     python benchmarks/bench_search.py              # Lite 100k rows + server 200k rows
-    python benchmarks/bench_search.py --quick      # Lite 20k + server 40k
+    python benchmarks/bench_search.py --quick      # Lite 10k + server 20k
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def silo_collection(client, name: str, ids, vecs) -> None:
     client.load_collection(name)
 
 
-def run_backend(label: str, rag: PermRAG, n_rows: int, n_queries: int) -> dict:
+def run_backend(label: str, rag: PermRAG, n_rows: int, n_queries: int, budget_s: float = 8.0) -> dict:
     teams, ids, vecs, n_teams, ingest_s = build(rag, n_rows)
     users = make_users(rag, n_teams)
     client = rag.store.client()
@@ -134,7 +134,7 @@ def run_backend(label: str, rag: PermRAG, n_rows: int, n_queries: int) -> dict:
             "acl-array": lambda q: raw_search(client, f"{coll}_acl", q, 10, f"array_contains_any(acl, [{team_list}])"),
             "silo": (lambda q: raw_search(client, silo, q, 10)) if f < 1.0 else (lambda q: raw_search(client, coll, q, 10)),
         }
-        measured = measure(fns, queries)
+        measured = measure(fns, queries, budget_s)
         base_t = measured.pop("unfiltered")[0]
         base_all.append(base_t)
         cells = {}
@@ -187,18 +187,19 @@ def main(argv=None) -> None:
     ap.add_argument("--skip-server", action="store_true")
     args = ap.parse_args(argv)
     if args.quick:
-        args.lite_rows, args.server_rows, args.queries = 20_000, 40_000, 10
+        args.lite_rows, args.server_rows, args.queries = 10_000, 20_000, 8
+    budget = 2.0 if args.quick else 8.0  # seconds per slow approach and fraction
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         print(f"Milvus Lite, {args.lite_rows:,} rows", flush=True)
         with PermRAG.open(Path(tmp) / "lite", encoder=RandomEncoder(DIM)) as rag:
-            results.append(run_backend("Milvus Lite " + version("milvus-lite"), rag, args.lite_rows, args.queries))
+            results.append(run_backend("Milvus Lite " + version("milvus-lite"), rag, args.lite_rows, args.queries, budget))
         if not args.skip_server:
             print(f"Milvus server, {args.server_rows:,} rows", flush=True)
             server = start_server(Path(tmp) / "server")
             try:
                 with PermRAG.open(Path(tmp) / "srv", encoder=RandomEncoder(DIM), milvus_uri=f"http://127.0.0.1:{server.listen_port}") as rag:
-                    results.append(run_backend("Milvus server " + rag.store.client().get_server_version(), rag, args.server_rows, args.queries))
+                    results.append(run_backend("Milvus server " + rag.store.client().get_server_version(), rag, args.server_rows, args.queries, budget))
             finally:
                 server.stop()
     machine = machine_line()
