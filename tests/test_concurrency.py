@@ -210,3 +210,7 @@ def test_revocation_under_load(tmp_path):
         if version < newest:
             stale += 1
     assert stale == 0, f"{stale} searches served on a policy older than a change that had returned"
+    print(
+        f"\n{elapsed:.0f} s: {len(log.changes)} changes ({len(revokes)} revokes), {len(log.searches)} searches "
+        f"({len(answered)} with rows) over {len({s[2] for s in log.searches})} versions; stale: {stale}"
+    )
