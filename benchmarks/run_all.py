@@ -1,6 +1,6 @@
 """Regenerate every benchmark table and plot in one go.
 
-    python benchmarks/run_all.py            # the full set (about an hour on 2 cores)
+    python benchmarks/run_all.py            # the full set (about 40 minutes on 2 cores)
     python benchmarks/run_all.py --quick    # a small version of each, under five minutes
 
 Writes ``benchmarks/results/<name>[_quick].{md,json}`` and the PNG plots,
