@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
-import os
-import platform
 import random
 import resource
 import statistics
@@ -27,12 +24,14 @@ from pathlib import Path
 
 from pyroaring import BitMap
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import machine, save  # noqa: E402
 
 from permrag import PermRAG  # noqa: E402
 from permrag.bitmaps import n_runs, size_bytes  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 DEPTS, LEVELS = 200, 5
 
 
@@ -219,13 +218,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.rows, args.roles, args.users = 100_000, 200, 1_000
     r = run(args.rows, args.roles, args.users)
-    r["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    r["machine"] = machine()
     text = table(r)
     print(text)
-    RESULTS.mkdir(exist_ok=True)
-    suffix = "_quick" if args.quick else ""
-    (RESULTS / f"compile{suffix}.json").write_text(json.dumps(r, indent=2))
-    (RESULTS / f"compile{suffix}.md").write_text(text + "\n")
+    save("compile", args.quick, r, text)
 
 
 if __name__ == "__main__":

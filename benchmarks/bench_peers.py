@@ -29,7 +29,6 @@ visible rows (a row tying the 10th best within float error counts).
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import sys
@@ -42,7 +41,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import RESULTS, acl_collection, machine, measure, raw_search, recall_at_k, version  # noqa: E402
+from common import acl_collection, machine, measure, raw_search, recall_at_k, save, version  # noqa: E402
 from corpora import bbc_articles, paragraphs  # noqa: E402
 
 from permrag import PermRAG  # noqa: E402
@@ -224,11 +223,8 @@ def main(argv=None) -> dict:
         res = run(n_chunks, replicas, Path(tmp) / "home")
     text = f"Peers on real text ({machine()}); cells: latency ÷ unfiltered, recall@10 vs exact.\n\n" + table(res)
     print(text)
-    RESULTS.mkdir(exist_ok=True)
-    suffix = "_quick" if args.quick else ""
     data = {"machine": machine(), "result": res}
-    (RESULTS / f"peers{suffix}.json").write_text(json.dumps(data, indent=2))
-    (RESULTS / f"peers{suffix}.md").write_text(text + "\n")
+    save("peers", args.quick, data, text)
     return data
 
 

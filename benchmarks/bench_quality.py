@@ -25,7 +25,6 @@ characters as one token, so BM25 without jieba finds almost nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import random
 import statistics
@@ -39,7 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import RESULTS, machine  # noqa: E402
+from common import machine, save  # noqa: E402
 from corpora import chatterbot_pairs  # noqa: E402
 
 from permrag import PermRAG  # noqa: E402
@@ -217,11 +216,8 @@ def main(argv=None) -> dict:
             results.append(evaluate(language, Path(tmp) / language, 300 if args.quick else None))
     text = f"Retrieval quality ({machine()}); nDCG@10 / recall@10 on chatterbot-corpus Q/A.\n\n" + "\n\n".join(table(r) for r in results)
     print(text)
-    RESULTS.mkdir(exist_ok=True)
-    suffix = "_quick" if args.quick else ""
     data = {"machine": machine(), "results": results}
-    (RESULTS / f"quality{suffix}.json").write_text(json.dumps(data, indent=2, ensure_ascii=False))
-    (RESULTS / f"quality{suffix}.md").write_text(text + "\n")
+    save("quality", args.quick, data, text)
     return data
 
 

@@ -10,20 +10,19 @@ same results checked equal.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import machine, save  # noqa: E402
 
 from permrag import PermRAG  # noqa: E402
 from permrag.embed import RandomEncoder  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main(argv=None) -> None:
@@ -69,7 +68,7 @@ def main(argv=None) -> None:
         "per_user_milvus_searches": n_single,
         "speedup": t_single / t_grouped,
         "same_results": same,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "machine": machine(),
     }
     text = (
         f"Recommendation, Milvus Lite, {args.rows:,} rows, {args.users:,} users over {args.role_sets} role sets ({res['machine']})\n\n"
@@ -79,10 +78,7 @@ def main(argv=None) -> None:
         f"Speed-up {res['speedup']:.1f}×; identical results: {same}."
     )
     print(text)
-    RESULTS.mkdir(exist_ok=True)
-    suffix = "_quick" if args.quick else ""
-    (RESULTS / f"recommend{suffix}.json").write_text(json.dumps(res, indent=2))
-    (RESULTS / f"recommend{suffix}.md").write_text(text + "\n")
+    save("recommend", args.quick, res, text)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ exact brute-force top-10 over the visible rows, and mean rows returned.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import sys
@@ -35,7 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import RESULTS, acl_collection, measure, raw_search, version  # noqa: E402
+from common import acl_collection, measure, raw_search, save, version  # noqa: E402
 from common import machine as machine_line  # noqa: E402
 
 from permrag import PermRAG  # noqa: E402
@@ -206,10 +205,7 @@ def main(argv=None) -> None:
     text = f"Search benchmark ({machine}); cells: latency ÷ unfiltered, recall@10 vs exact, rows returned.\n\n"
     text += "\n\n".join(table(r) for r in results)
     print(text)
-    RESULTS.mkdir(exist_ok=True)
-    suffix = "_quick" if args.quick else ""
-    (RESULTS / f"search{suffix}.json").write_text(json.dumps({"machine": machine, "results": results}, indent=2))
-    (RESULTS / f"search{suffix}.md").write_text(text + "\n")
+    save("search", args.quick, {"machine": machine, "results": results}, text)
 
 
 if __name__ == "__main__":

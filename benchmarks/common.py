@@ -3,6 +3,7 @@ raw Milvus searches for the peers, and interleaved timing."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -17,6 +18,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def save(name: str, quick: bool, data: object, text: str) -> None:
+    """Write ``results/<name>[_quick].json`` and ``.md``."""
+    RESULTS.mkdir(exist_ok=True)
+    suffix = "_quick" if quick else ""
+    (RESULTS / f"{name}{suffix}.json").write_text(json.dumps(data, indent=2, ensure_ascii=False))
+    (RESULTS / f"{name}{suffix}.md").write_text(text + "\n")
 
 
 def version(dist: str) -> str:

@@ -290,6 +290,13 @@ class PermRAG:
             raise ConfigError("the encoder returned NaN or infinite values")
         return vectors
 
+    def check_vectors(self, vectors: Any, n: int) -> np.ndarray:
+        """Caller-supplied query vectors as float32, checked: ``n`` finite rows of the encoder's dimension."""
+        arr = np.asarray(vectors, dtype=np.float32)
+        if arr.shape != (n, self.encoder.dim) or not np.isfinite(arr).all():
+            raise PermragError(f"vectors must be finite, of shape ({n}, {self.encoder.dim}), not {tuple(arr.shape)}")
+        return arr
+
     def check_tenant_known(self, tenant: str) -> None:
         """Raise :class:`UnknownTenantError` for a tenant with neither rows nor policy."""
         if not self.catalog.has_tenant(tenant) and not self.policy.has_tenant(tenant):
@@ -542,11 +549,7 @@ class PermRAG:
         if mode != "keyword" and vectors is None:
             vectors = self._encode(list(queries))
         elif vectors is not None:
-            vectors = np.asarray(vectors, dtype=np.float32)
-            if vectors.shape != (len(queries), self.encoder.dim) or not np.isfinite(vectors).all():
-                raise PermragError(
-                    f"vectors must be finite, of shape ({len(queries)}, {self.encoder.dim}), not {tuple(vectors.shape)}"
-                )
+            vectors = self.check_vectors(vectors, len(queries))
         raw = Retrieval(store, self.stats).run(plan, visible, mode, vectors, list(queries), k, fusion, weights)
         hits = [self._hits(r, version) for r in raw]
         if self.audit:

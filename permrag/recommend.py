@@ -29,13 +29,9 @@ if TYPE_CHECKING:
 
 def recommend(rag: "PermRAG", vectors: np.ndarray, users: Sequence[str], *, tenant: str = DEFAULT_TENANT, k: int = 10) -> dict[str, list[Hit]]:
     """Top-k rows for each user's vector (dense), one Milvus search per distinct bitmap."""
-    vectors = np.asarray(vectors, dtype=np.float32)
-    if vectors.ndim != 2 or vectors.shape[0] != len(users):
-        raise PermragError(f"need one vector per user: {len(users)} users, vectors of shape {tuple(vectors.shape)}")
+    vectors = rag.check_vectors(vectors, len(users))  # one per user
     if len(set(users)) != len(users):
         raise PermragError("each user may appear once")
-    if vectors.shape[1] != rag.encoder.dim or not np.isfinite(vectors).all():
-        raise PermragError(f"vectors must be finite and {rag.encoder.dim}-dimensional, not of shape {tuple(vectors.shape)}")
     rag.sync()
     rag.check_tenant_known(tenant)
     version, bitmaps = rag.snapshot(users, tenant)

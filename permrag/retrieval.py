@@ -107,8 +107,6 @@ class Retrieval:
                 texts=[texts[i] for i in pending],
                 expr=plan.expr,
                 limit=limit,
-                fusion=fusion,
-                weights=weights,
             )
             self.stats["milvus_searches"] += 1
             still = []
@@ -151,9 +149,8 @@ class Retrieval:
         for start in range(0, len(ids), CHUNK_IDS):
             chunk = ", ".join(str(int(x)) for x in ids[start : start + CHUNK_IDS])
             exact = Filter(plan.tenant, f"{tenant_expr(plan.tenant)} and row_id in [{chunk}]", "ids", True, 0, 0, 0, 0, 0.0)
-            sub_mode = "dense" if mode == "hybrid" else mode
             raw = self.store.search(
-                sub_mode,
+                mode,
                 vectors=vectors[[i]] if vectors is not None else None,
                 texts=[texts[i]],
                 expr=exact.expr,

@@ -1,4 +1,5 @@
-"""The Milvus side: schema, writes, dense / BM25 / hybrid search.
+"""The Milvus side: schema, writes, dense and BM25 search (hybrid is fused
+from the two by :mod:`permrag.retrieval`).
 
 One collection: ``row_id`` (INT64 primary key, permrag's row ID), ``tenant``
 (VARCHAR partition key), ``vclass`` (INT64 visibility class), ``text`` (VARCHAR; with an analyzer feeding a BM25
@@ -6,8 +7,8 @@ function into ``sparse`` where the backend has BM25) and ``dense`` (the
 encoder's vector, cosine).
 
 Capabilities are detected, not assumed: Milvus Lite (a local ``.db`` file) and
-servers ≥ 2.5 have BM25 and multi-vector hybrid search; a 2.3 server has
-neither, and asking for them raises :class:`UnsupportedError`.
+servers ≥ 2.5 have BM25; a 2.3 server has not, and asking for keyword or
+hybrid search there raises :class:`UnsupportedError`.
 
 Consistency is ``Bounded`` by default: a Strong search on a 2.3 server waits
 for the next time tick (measured: 200 ms against 21 ms). A row ingested a
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 MAX_TEXT_BYTES = 65_535
 MAX_LIMIT = 16_384  # Milvus' largest topk
-RRF_K = 60
+RRF_K = 60  # reciprocal-rank constant of hybrid fusion (permrag.retrieval.fuse)
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,6 @@ class Capabilities:
     kind: str  # "lite" or "server"
     version: tuple[int, int, int]
     bm25: bool
-    hybrid: bool
     templates: bool
     membership_match: bool
 
@@ -53,8 +53,6 @@ class Capabilities:
                 f"mode {mode!r} needs BM25, which Milvus {self.kind} {'.'.join(map(str, self.version))} lacks "
                 "(Milvus Lite and servers >= 2.5 have it); use mode='dense'"
             )
-        if mode == "hybrid" and not self.hybrid:
-            raise UnsupportedError("mode 'hybrid' needs multi-vector hybrid search (Milvus >= 2.4)")
 
 
 def parse_version(text: str) -> tuple[int, int, int]:
@@ -65,12 +63,11 @@ def parse_version(text: str) -> tuple[int, int, int]:
 def detect(kind: str, version_text: str) -> Capabilities:
     v = parse_version(version_text)
     if kind == "lite":
-        return Capabilities("lite", v, bm25=True, hybrid=True, templates=False, membership_match=False)
+        return Capabilities("lite", v, bm25=True, templates=False, membership_match=False)
     return Capabilities(
         "server",
         v,
         bm25=v >= (2, 5, 0),
-        hybrid=v >= (2, 4, 0),
         templates=v >= (2, 5, 0),
         # membership_match over a roaring blob is newer still; used only when
         # a server reports it, which none we can run here does.
@@ -349,21 +346,20 @@ class MilvusStore:
         texts: Sequence[str] | None,
         expr: str,
         limit: int,
-        fusion: str = "rrf",
-        weights: tuple[float, float] = (0.5, 0.5),
     ) -> list[list[RawHit]]:
-        """Top ``limit`` rows per query under ``expr``, best first."""
+        """Top ``limit`` rows per query under ``expr``, best first; ``mode`` is
+        ``dense`` or ``keyword`` (hybrid is fused by permrag.retrieval)."""
         try:
-            return self._search(mode, vectors, texts, expr, limit, fusion, weights)
+            return self._search(mode, vectors, texts, expr, limit)
         except BackendError as exc:
             if "not loaded" not in str(exc):
                 raise
         # A restarted server comes back with the collection released: load it
         # and ask once more.
         self.load()
-        return self._search(mode, vectors, texts, expr, limit, fusion, weights)
+        return self._search(mode, vectors, texts, expr, limit)
 
-    def _search(self, mode, vectors, texts, expr, limit, fusion, weights) -> list[list[RawHit]]:
+    def _search(self, mode, vectors, texts, expr, limit) -> list[list[RawHit]]:
         self.capabilities.require(mode)
         limit = max(1, min(limit, MAX_LIMIT))
         c = self.client()
@@ -396,8 +392,8 @@ class MilvusStore:
                 )
                 sign = -1.0 if self.kind == "lite" else 1.0  # Lite returns negated BM25 scores
                 return [[self._hit(h, sign) for h in hits] for hits in res]
-            return self._hybrid(vectors, texts, expr, limit, fusion, weights)
-        except (BackendError, UnsupportedError):
+            raise ConfigError(f"MilvusStore.search takes mode 'dense' or 'keyword', not {mode!r}")
+        except (BackendError, UnsupportedError, ConfigError):
             raise
         except Exception as exc:
             raise self._fail("search", exc) from exc
@@ -409,23 +405,6 @@ class MilvusStore:
         elif self.index == "IVF_FLAT":
             params["params"] = {"nprobe": 32}
         return params
-
-    def _hybrid(self, vectors, texts, expr, limit, fusion, weights) -> list[list[RawHit]]:
-        from pymilvus import AnnSearchRequest, RRFRanker, WeightedRanker
-
-        assert vectors is not None and texts is not None
-        ranker = RRFRanker(RRF_K) if fusion == "rrf" else WeightedRanker(*weights)
-        out = []
-        for vec, text in zip(vectors, texts):
-            reqs = [
-                AnnSearchRequest(data=[vec.tolist()], anns_field="dense", param=self._dense_params(limit), limit=limit, expr=expr),
-                AnnSearchRequest(data=[text], anns_field="sparse", param={"metric_type": "BM25"}, limit=limit, expr=expr),
-            ]
-            res = self.client().hybrid_search(
-                self.collection, reqs=reqs, ranker=ranker, limit=limit, output_fields=["row_id", "text"], consistency_level=self.consistency
-            )
-            out.append([self._hit(h, 1.0) for h in res[0]])
-        return out
 
     @staticmethod
     def _hit(h: Any, sign: float) -> RawHit:
