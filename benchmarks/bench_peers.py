@@ -23,7 +23,7 @@ latency ÷ unfiltered, recall@10 against an exact brute-force top-10 over the
 visible rows (a row tying the 10th best within float error counts).
 
     python benchmarks/bench_peers.py            # 7,510 distinct chunks x 14 = 105,140 rows
-    python benchmarks/bench_peers.py --quick    # 1,000 chunks x 5 = 5,000 rows
+    python benchmarks/bench_peers.py --quick    # 800 chunks x 5 = 4,000 rows
 """
 
 from __future__ import annotations
@@ -218,7 +218,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
-    n_chunks, replicas = (1000, 5) if args.quick else (None, 14)
+    n_chunks, replicas = (800, 5) if args.quick else (None, 14)
     with tempfile.TemporaryDirectory() as tmp:
         res = run(n_chunks, replicas, Path(tmp) / "home")
     text = f"Peers on real text ({machine()}); cells: latency ÷ unfiltered, recall@10 vs exact.\n\n" + table(res)

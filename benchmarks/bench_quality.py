@@ -19,7 +19,7 @@ for Chinese — Milvus Lite's standard analyzer keeps a run of Chinese
 characters as one token, so BM25 without jieba finds almost nothing.
 
     python benchmarks/bench_quality.py            # every query
-    python benchmarks/bench_quality.py --quick    # at most 300 queries per language
+    python benchmarks/bench_quality.py --quick    # at most 200 queries per language
 """
 
 from __future__ import annotations
@@ -213,7 +213,7 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for language in LANGS:
             print(f"{language}…", flush=True)
-            results.append(evaluate(language, Path(tmp) / language, 300 if args.quick else None))
+            results.append(evaluate(language, Path(tmp) / language, 200 if args.quick else None))
     text = f"Retrieval quality ({machine()}); nDCG@10 / recall@10 on chatterbot-corpus Q/A.\n\n" + "\n\n".join(table(r) for r in results)
     print(text)
     data = {"machine": machine(), "results": results}

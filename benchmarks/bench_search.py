@@ -16,7 +16,7 @@ Reported per cell: median latency / unfiltered median, recall@10 against an
 exact brute-force top-10 over the visible rows, and mean rows returned.
 
     python benchmarks/bench_search.py              # Lite 100k rows + server 200k rows
-    python benchmarks/bench_search.py --quick      # Lite 10k + server 20k
+    python benchmarks/bench_search.py --quick      # Lite 5k + server 10k
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def main(argv=None) -> None:
     ap.add_argument("--skip-server", action="store_true")
     args = ap.parse_args(argv)
     if args.quick:
-        args.lite_rows, args.server_rows, args.queries = 10_000, 20_000, 8
+        args.lite_rows, args.server_rows, args.queries = 5_000, 10_000, 8
     budget = 2.0 if args.quick else 8.0  # seconds per slow approach and fraction
     results = []
     with tempfile.TemporaryDirectory() as tmp:
