@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import machine, save  # noqa: E402
 
 from permrag import PermRAG  # noqa: E402
-from permrag.bitmaps import n_runs, size_bytes  # noqa: E402
+from permrag.catalog import n_runs, size_bytes  # noqa: E402
 
 DEPTS, LEVELS = 200, 5
 

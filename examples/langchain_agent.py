@@ -21,7 +21,7 @@ from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from permrag import PermRAG
 from permrag.demo import data_path
 from permrag.integrations.langchain import knowledge_tool
-from permrag.loaders import load_jsonl
+from permrag.ingest.loaders import load_jsonl
 
 
 class ScriptedModel(GenericFakeChatModel):

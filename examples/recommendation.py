@@ -11,7 +11,7 @@ import tempfile
 
 from permrag import AccessDeniedError, PermRAG
 from permrag.demo import data_path
-from permrag.loaders import load_jsonl
+from permrag.ingest.loaders import load_jsonl
 
 
 def main(home: str) -> dict:

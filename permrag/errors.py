@@ -1,7 +1,19 @@
 """Every error permrag raises on purpose, in one place.
 
 Messages are one line and say what was wrong and with which value, so the CLI
-can print them as they are.
+can print them as they are. One class per kind of failure:
+
+* :class:`ArgumentError` — a call's own arguments are wrong (a bad ``k``, an
+  empty query, a vector of the wrong shape); nothing was done;
+* :class:`ConfigError` — the home folder, a URL, an option or the store's
+  binding (its Milvus collection, its encoder) is unusable;
+* :class:`PolicyError` and its subclasses — a policy change is invalid;
+* :class:`CatalogError` and its subclasses — a document or row is invalid;
+* :class:`BackendError` — the database or Milvus failed; no result is returned.
+
+An error may carry advice: ``hint`` in Python terms (part of ``str(error)``)
+and ``cli_hint``, the same advice in CLI syntax, which the ``permrag``
+command prints instead.
 """
 
 from __future__ import annotations
@@ -10,9 +22,32 @@ from __future__ import annotations
 class PermragError(Exception):
     """Root of all permrag errors."""
 
+    def __init__(self, message: str = "", *, hint: str | None = None, cli_hint: str | None = None) -> None:
+        super().__init__(f"{message}; {hint}" if hint else message)
+        self.message = message
+        self.hint = hint
+        self.cli_hint = cli_hint
+
+    def for_cli(self) -> str:
+        """The message with the advice in CLI syntax."""
+        advice = self.cli_hint or self.hint
+        return f"{self.message}; {advice}" if advice else self.message
+
+
+class ArgumentError(PermragError, ValueError):
+    """An argument of a call is invalid (and nothing was done)."""
+
 
 class ConfigError(PermragError):
-    """The home folder, a URL or an option is unusable."""
+    """The home folder, a URL, an option or the store's binding is unusable."""
+
+
+class StoreMismatchError(ConfigError):
+    """The Milvus collection belongs to another permrag store (another catalog)."""
+
+
+class EncoderMismatchError(ConfigError):
+    """The encoder differs from the one the store's vectors were made with."""
 
 
 class PolicyError(PermragError):
@@ -61,16 +96,20 @@ class UnknownRowError(CatalogError):
     """An external id or row id that is not in the catalog."""
 
 
+class NotReadableError(UnknownRowError, AccessDeniedError):
+    """A row the caller names is hidden from them *or* does not exist.
+
+    Both cases raise this one error with the same message, so that an answer
+    never tells a caller whether a row they may not read exists.
+    """
+
+
 class UnknownTenantError(CatalogError):
     """A tenant with neither rows nor policy (a misspelt tenant, most often)."""
 
 
-class PlanError(PermragError):
-    """A visible bitmap cannot be turned into a filter for this backend."""
-
-
 class BackendError(PermragError):
-    """The search backend failed; no result is returned."""
+    """The search backend or the database failed; no result is returned."""
 
 
 class UnsupportedError(BackendError):
@@ -79,16 +118,19 @@ class UnsupportedError(BackendError):
 
 __all__ = [
     "AccessDeniedError",
+    "ArgumentError",
     "BackendError",
     "CatalogError",
     "ConfigError",
     "DuplicateExternalIdError",
+    "EncoderMismatchError",
+    "NotReadableError",
     "PermragError",
-    "PlanError",
     "PolicyCSVError",
     "PolicyError",
     "RoleCycleError",
     "SelectorError",
+    "StoreMismatchError",
     "UnknownRoleError",
     "UnknownRowError",
     "UnknownSubjectError",

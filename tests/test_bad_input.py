@@ -8,6 +8,8 @@ import pytest
 from permrag import BackendError, CatalogError, ConfigError, PermRAG, PermragError, UnknownTenantError
 from permrag.embed import HashEncoder
 
+from .conftest import milvus_ids
+
 
 def _state(rag: PermRAG) -> tuple:
     """Everything a failed call must leave as it was."""
@@ -69,7 +71,7 @@ def test_unknown_tenant_is_an_error_and_unknown_user_sees_nothing(store):
 
 def test_oversized_or_invalid_documents_write_nothing(store):
     before = _state(store)
-    n_milvus = len(store.store.all_ids())
+    n_milvus = len(milvus_ids(store))
     good = [{"external_id": f"n{i}", "text": "fine"} for i in range(5)]
     bad_batches = [
         good + [{"external_id": "huge", "text": "x" * 2_000_001}],
@@ -87,7 +89,7 @@ def test_oversized_or_invalid_documents_write_nothing(store):
         assert _state(store) == before
     with pytest.raises(CatalogError):
         store.add_documents({"external_id": "x", "text": "a mapping, not a list"})
-    assert len(store.store.all_ids()) == n_milvus
+    assert len(milvus_ids(store)) == n_milvus
     # the limit is an option
     small = PermRAG.open(store.settings.home / "other", encoder=HashEncoder(64), max_document_chars=10, catalog_only=False)
     with pytest.raises(CatalogError, match="max_document_chars"):

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from permrag import PermRAG
 from permrag.cli import main
-from permrag.clidoc import commands, readme_block, render
+from permrag.cli.doc import commands, readme_block, render
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -191,7 +191,7 @@ def test_usage_error_exits_2(tmp_path) -> None:
 def test_readme_cli_reference_is_generated_and_complete() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     block = readme_block(readme)
-    assert block == render().strip(), "README CLI reference is stale: run python -m permrag.clidoc --write"
+    assert block == render().strip(), "README CLI reference is stale: run python -m permrag.cli.doc --write"
     for full, _ in commands():
         assert f"#### `{full}`" in block, f"{full} is missing from the README"
 

@@ -137,8 +137,8 @@ def _searcher(rag: PermRAG, log: Log, stop: threading.Event, seed: int) -> None:
 
 def test_revocation_under_load(tmp_path):
     rng = random.Random(7)
-    rag = PermRAG.open(tmp_path / "home", encoder=HashEncoder(64))
-    rag.audit = False  # 8 threads x thousands of searches; the audit log is tested elsewhere
+    # 8 threads x thousands of searches; the audit log is tested elsewhere
+    rag = PermRAG.open(tmp_path / "home", encoder=HashEncoder(64), audit="off")
     rows = [
         {
             "external_id": f"x{i}",

@@ -16,7 +16,7 @@ import pytest
 from permrag import BackendError, PermRAG
 from permrag.embed import HashEncoder
 
-from .conftest import kill_milvus_server, start_milvus_server
+from .conftest import kill_milvus_server, milvus_ids, start_milvus_server
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPTS = ["eng", "hr", "sales", "legal"]
@@ -139,7 +139,7 @@ def _crash(point: str, home: Path, uri: str = "", collection: str = "permrag") -
 
 def _consistent(rag: PermRAG) -> None:
     """No Milvus row without a live catalog entry, no live row missing from Milvus."""
-    assert set(rag.store.all_ids()) == set(rag.catalog.live_ids())
+    assert milvus_ids(rag) == set(rag.catalog.live_ids())
     assert rag.catalog.by_state("pending") == [] and rag.catalog.by_state("deleted") == []
 
 
@@ -196,9 +196,9 @@ def test_reconcile_command_reports_the_repair(tmp_path):
     res = CliRunner().invoke(main, ["--home", str(home), "reconcile", "--full", "--json"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     report = json.loads(res.output[res.output.index("{") :])
-    assert report == {"pending_removed": 50, "deleted_purged": 0, "orphans_removed": 0, "missing": []}
+    assert report == {"pending_removed": 50, "deleted_purged": 0, "orphans_removed": 0, "missing": [], "full": True}
     res = CliRunner().invoke(main, ["--home", str(home), "reconcile"], catch_exceptions=False)
-    assert res.exit_code == 0 and "0 rows of interrupted ingests removed" in res.output
+    assert res.exit_code == 0 and "0 rows of interrupted ingests removed" in res.output and "not scanned" in res.output
 
 
 def test_reconcile_leaves_a_running_writers_batch_alone(tmp_path):
@@ -210,7 +210,7 @@ def test_reconcile_leaves_a_running_writers_batch_alone(tmp_path):
     a = PermRAG.open(home, encoder=HashEncoder(64))
     a.add_documents([{"external_id": "x0", "text": "hello"}])
     batch = a.catalog.prepare([row_spec({"external_id": "x1"})])
-    a.store.insert([{"row_id": batch.row_ids[0], "tenant": "default", "vclass": 0, "text": "hi", "dense": [0.1] * 64}])
+    a.store.insert(a.catalog.tenants.number("default"), [{"row_id": batch.row_ids[0], "tenant": "default", "external_id": "x1", "vclass": 0, "text": "hi", "dense": [0.1] * 64}])
     b = PermRAG.open(home, encoder=HashEncoder(64), catalog_only=True)
     assert b.last_repair is None and len(b.catalog.by_state("pending")) == 1
     b.close()
@@ -225,8 +225,8 @@ def test_an_abandoned_batch_cannot_be_published(tmp_path):
 
     rag = PermRAG.open(tmp_path / "home", catalog_only=True)
     batch = rag.catalog.prepare([row_spec({"external_id": "x1"})])
-    rag.catalog.abandon(batch)
+    rag.catalog.journal.abandon(batch)
     assert rag.reconcile().pending_removed == 1
-    with pytest.raises(CatalogError, match="reconciled away"):
+    with pytest.raises(CatalogError, match="cancelled by a reconcile"):
         rag.catalog.publish(batch)
     assert rag.catalog_version == 0 and rag.catalog.live_ids() == type(rag.catalog.live_ids())()

@@ -2,6 +2,11 @@ import permrag
 
 EXPECTED = {
     "AccessDeniedError",
+    "ArgumentError",
+    "DocumentRecord",
+    "EncoderMismatchError",
+    "NotReadableError",
+    "StoreMismatchError",
     "BackendError",
     "CatalogError",
     "ConfigError",
@@ -11,7 +16,6 @@ EXPECTED = {
     "Hits",
     "PermRAG",
     "PermragError",
-    "PlanError",
     "PolicyCSVError",
     "PolicyError",
     "RepairReport",

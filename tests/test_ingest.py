@@ -10,8 +10,10 @@ from pyroaring import FrozenBitMap
 
 from permrag import BackendError, CatalogError, PermRAG
 from permrag.embed import HashEncoder, RandomEncoder
-from permrag.planner import Filter, tenant_expr
-from permrag.retrieval import Retrieval
+from permrag.search import Filter
+from permrag.search.execute import Executor
+
+from .conftest import milvus_ids
 
 LONG = " ".join(f"sentence{i} about the quarterly budget." for i in range(120))
 
@@ -52,10 +54,10 @@ def test_delete_and_replace_keep_everything_in_step(lite) -> None:
     before = len(lite.visible("root"))
     assert lite.delete(["memo"]) == before - 1
     assert len(lite.visible("root")) == 1 and len(lite.visible("mia")) == 0
-    assert lite.store.all_ids() == set(lite.visible("root"))
+    assert milvus_ids(lite) == set(lite.visible("root"))
     assert [h.external_id for h in lite.search("budget", user="root", k=10)] == ["a"]
     ids = lite.add_documents([{"external_id": "a", "text": "gamma forecast"}], replace=True)
-    assert lite.store.all_ids() == set(ids) == set(lite.visible("root"))
+    assert milvus_ids(lite) == set(ids) == set(lite.visible("root"))
     assert lite.search("gamma", user="root", k=1, mode="keyword")[0].text == "gamma forecast"
     assert lite.delete(["no-such"]) == 0
 
@@ -87,7 +89,7 @@ def test_bad_documents_write_nothing(lite) -> None:
     for docs in ([{"external_id": "n", "text": ""}], [{"external_id": "n"}], [{"external_id": "n", "text": "t"}, {"external_id": "ok", "text": "dup"}]):
         with pytest.raises(CatalogError):
             lite.add_documents(docs)
-    assert lite.catalog_version == version and lite.store.all_ids() == set(lite.catalog.tenant_rows("default"))
+    assert lite.catalog_version == version and milvus_ids(lite) == set(lite.catalog.tenant_rows("default"))
 
 
 def test_progress_is_reported(lite) -> None:
@@ -98,13 +100,18 @@ def test_progress_is_reported(lite) -> None:
 
 def test_verify_drops_hits_a_filter_let_through(lite, caplog) -> None:
     """Simulate a backend that ignores the ID part of a filter: the plan claims
-    to be exact but only pins the tenant. Verify must drop, log and count."""
+    to be exact but filters nothing. Verify must drop, log and count."""
+    from dataclasses import replace
+
     lite.add_documents([{"external_id": f"d{i}", "text": f"budget {i}"} for i in range(30)])
+    setup_policy(lite)
     visible = FrozenBitMap(list(lite.catalog.tenant_rows("default"))[:5])
-    lying = Filter("default", tenant_expr("default"), "ranges", True, 5, 5, 0, 0, 0.0)
+    snap = replace(lite.snapshot("root"), visible=visible)
+    lying = Filter("default", "", "ranges", True, 5, 5, 0, 0, 0.0)
     vec = lite.encoder.encode(["budget"])
+    ex = Executor(lite.store, lite.catalog.tenants.number("default"), lite.catalog.rows.records, lite.stats)
     with caplog.at_level(logging.WARNING, logger="permrag.security"):
-        out = Retrieval(lite.store, lite.stats).run(lying, visible, "dense", vec, ["budget"], 10)
+        out = ex.run(lying, snap, "dense", vec, ["budget"], 10)
     assert {h.row_id for h in out[0]} <= set(visible)
     assert lite.stats["dropped_hits"] > 0
     assert any("outside the caller's bitmap" in r.message for r in caplog.records)

@@ -1,15 +1,15 @@
 """Strings from outside — tenants, attribute values, external ids, selectors,
 user and role names, queries — can never widen a filter.
 
-Only the tenant is ever written into a Milvus expression (as a string
-literal); everything else becomes bitmaps of integer row IDs before Milvus
-sees it, and a query is search data, never expression text. So:
+No string from outside is ever written into a Milvus expression: a tenant is
+pinned by its own collection (named by a number the catalog allocates), and
+everything else becomes bitmaps of integer row IDs before Milvus sees it; a
+query is search data, never expression text. So:
 
-* a hypothesis fuzz of the expression builder parses every generated
-  expression with an independent reader of Milvus' string-literal grammar and
-  checks that the tenant comes back unchanged and nothing but integers and
-  keywords follow it;
-* on Milvus Lite, hostile tenants' expressions select exactly their rows;
+* a hypothesis fuzz of the planner, for hostile tenants and random visible
+  sets, checks that every expression is made of integers and keywords only;
+* on Milvus Lite, hostile tenants' rows land in their own collections, and
+  each collection holds exactly its tenant's rows;
 * end to end, hostile names everywhere still give exactly the permitted rows.
 """
 
@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 from pyroaring import BitMap, FrozenBitMap
 
 from permrag import CatalogError, PermRAG
-from permrag.catalog import check_tenant
 from permrag.embed import HashEncoder
-from permrag.planner import LITE, SERVER, Planner, tenant_expr
+from permrag.names import check_tenant
+from permrag.search import LITE, SERVER, Planner
 
 HOSTILE = [
     'a" or row_id >= 0 or "',
@@ -51,55 +51,24 @@ tenants = st.one_of(
 def _valid(t: str) -> bool:
     try:
         check_tenant(t)
-        t.encode("utf-8")
         return True
-    except (CatalogError, UnicodeEncodeError):
+    except CatalogError:
         return False
 
 
-def read_literal(expr: str, start: int) -> tuple[str, int]:
-    """Milvus' double-quoted string literal at ``expr[start]``: its value and
-    the index after the closing quote. Written from the grammar (Plan.g4):
-    any char but ``"``, ``\\``, CR or LF, or a backslash escape."""
-    assert expr[start] == '"', expr
-    out, i = [], start + 1
-    simple = {'"': '"', "\\": "\\", "'": "'", "n": "\n", "t": "\t", "r": "\r", "a": "\a", "b": "\b", "f": "\f", "v": "\v", "?": "?"}
-    while True:
-        c = expr[i]
-        if c == '"':
-            return "".join(out), i + 1
-        assert c not in "\r\n", "raw line break inside a literal"
-        if c == "\\":
-            out.append(simple[expr[i + 1]])
-            i += 2
-        else:
-            out.append(c)
-            i += 1
-
-
-INT_ONLY = re.compile(r"^ and (not )?\((?:[ \[\](),0-9]|row_id|vclass|in|and|or|not|>=|<=|==|<|>)*\)$")
+INT_ONLY = re.compile(r"^(?:[ \[\](),0-9]|row_id|vclass|in|and|or|not|>=|<=|==|<|>)*$")
 
 
 @settings(max_examples=400, deadline=None)
 @given(tenant=tenants.filter(_valid), data=st.data())
-def test_expression_builder_keeps_every_tenant_a_single_literal(tenant, data):
-    expr = tenant_expr(tenant)
-    assert expr.startswith("tenant == ")
-    value, end = read_literal(expr, len("tenant == "))
-    assert value == tenant and end == len(expr)
-
-    # every plan: the same literal, then only integers and keywords
+def test_plans_hold_only_integers_and_keywords(tenant, data):
     rows = BitMap(range(100, 100 + data.draw(st.integers(2, 400))))
     picked = data.draw(st.lists(st.sampled_from(list(rows)), min_size=1, max_size=len(rows)))
     classes = {1: BitMap(r for r in rows if r % 3 == 0), 2: BitMap(r for r in rows if r % 3 != 0)}
     for model in (LITE, SERVER):
         plan = Planner(model).plan(FrozenBitMap(picked), rows, tenant, classes)
-        if not hasattr(plan, "expr"):
-            continue
-        value, end = read_literal(plan.expr, len("tenant == "))
-        assert value == tenant
-        rest = plan.expr[end:]
-        assert rest == "" or INT_ONLY.match(rest), rest
+        expr = getattr(plan, "expr", "")
+        assert INT_ONLY.match(expr), expr
 
 
 # ---------------------------------------------------------------- on Milvus Lite
@@ -115,25 +84,26 @@ def hostile_store(tmp_path_factory):
     rag.close()
 
 
-def _rows_matching(rag: PermRAG, expr: str) -> set[int]:
-    store = rag._store()
-    got = store.client().query(store.collection, filter=expr, output_fields=["row_id"], limit=16384)
-    return {int(g["row_id"]) for g in got}
-
-
-def test_hostile_tenants_select_exactly_their_rows_in_milvus(hostile_store):
+def test_hostile_tenants_get_collections_holding_exactly_their_rows(hostile_store):
     rag = hostile_store
+    numbers = set()
     for t in HOSTILE + ["plain"]:
         want = set(rag.catalog.tenant_rows(t))
         assert len(want) == 5
-        assert _rows_matching(rag, tenant_expr(t)) == want, t
+        no = rag.catalog.tenants.number(t)
+        numbers.add(no)
+        assert rag.store.all_ids(no) == want, t
+        assert rag.store.name(no) == f"permrag_t{no}"
+    assert len(numbers) == len(HOSTILE) + 1
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(tenant=tenants.filter(_valid))
-def test_fuzzed_tenants_never_widen_a_milvus_filter(hostile_store, tenant):
+def test_fuzzed_tenants_reach_only_their_own_rows(hostile_store, tenant):
     rag = hostile_store
-    assert _rows_matching(rag, tenant_expr(tenant)) == set(rag.catalog.tenant_rows(tenant))
+    no = rag.catalog.tenants.number(tenant)
+    got = rag.store.all_ids(no) if no is not None else set()
+    assert got == set(rag.catalog.tenant_rows(tenant))
 
 
 # ---------------------------------------------------------------- end to end

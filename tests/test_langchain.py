@@ -95,7 +95,7 @@ class ListRetriever(BaseRetriever):
 def test_wrapping_a_retriever_overfetches_until_k_visible(kb) -> None:
     # The hidden rows come first, so a plain top-k would return nothing visible.
     order = ["sec-1", "sec-2"] * 5 + ["pub-1", "pub-2", "pub-3"]
-    inner = ListRetriever(docs=[Document(page_content=x, metadata={"external_id": x}) for x in order], k=2)
+    inner = ListRetriever(docs=[Document(page_content=x, metadata={"external_id": x, "tenant": "default"}) for x in order], k=2)
     wrapped = permissioned(inner, kb, user="dave", k=3)
     got = [d.metadata["external_id"] for d in wrapped.invoke("anything")]
     assert got == ["pub-1", "pub-2", "pub-3"]
@@ -173,8 +173,8 @@ def test_langchain_milvus_gets_the_filter_pushed_into_expr(kb, tmp_path) -> None
     store = Milvus(embedding_function=Emb(), connection_args={"uri": str(tmp_path / "lc.db")}, collection_name="lc", auto_id=True)
     # Hidden rows are the closest matches: post-filtering a top-3 would come back empty.
     store.add_documents(
-        [Document(page_content="secret budget budget budget", metadata={"external_id": x}) for x in ("sec-1", "sec-2")]
-        + [Document(page_content=f"budget note {i}", metadata={"external_id": f"pub-{i}"}) for i in range(1, 5)]
+        [Document(page_content="secret budget budget budget", metadata={"external_id": x, "tenant": "default"}) for x in ("sec-1", "sec-2")]
+        + [Document(page_content=f"budget note {i}", metadata={"external_id": f"pub-{i}", "tenant": "default"}) for i in range(1, 5)]
     )
     got = permissioned(store.as_retriever(), kb, user="dave", k=3).invoke("secret budget")
     ids = [d.metadata["external_id"] for d in got]

@@ -65,4 +65,4 @@ def test_generated_rows_need_every_source(shop) -> None:
     assert "sum-1" not in {h.external_id for h in rag.search("summary of d1 and d2", user="partial", k=50, mode="dense")}
     with pytest.raises(AccessDeniedError):
         rag.add_generated("leak", sources=["d1", "d3"], user="u1")  # d3 is team t3
-    assert rag.catalog.by_external_id("sum-1").derived_from
+    assert rag.row("sum-1").derived_from

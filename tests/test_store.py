@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pyroaring import BitMap
 
-from permrag.bitmaps import n_runs
+from permrag.catalog import n_runs
 from permrag import CatalogError, DuplicateExternalIdError, PermRAG, UnknownRowError
 
 from .conftest import Oracle
@@ -84,7 +84,7 @@ def test_add_documents_validates_before_writing(rag) -> None:
     bad_batches = [
         [{"external_id": "b"}, {"external_id": "a"}],  # duplicate of an existing row
         [{"external_id": "c"}, {"external_id": "c"}],  # duplicate in the batch
-        [{"external_id": "d", "attrs": {"dept": 3}}],
+        [{"external_id": "d", "attrs": {"dept": {"nested": 3}}}],
         [{"external_id": "e", "attrs": {"doc": "x"}}],
         [{"external_id": "f", "attrs": {"bad name": "x"}}],
         [{"external_id": ""}],

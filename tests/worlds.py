@@ -16,7 +16,8 @@ class World:
     docs: list[dict]
     roles: list[tuple[str, str]]  # (tenant, role)
     rules: list[tuple[str, str, str, str]]  # (role, tenant, selector, effect)
-    edges: list[tuple[str, str, str]]  # (subject, role, tenant)
+    inherits: list[tuple[str, str, str]]  # (role, parent role, tenant)
+    assignments: list[tuple[str, str, str]]  # (user, role, tenant)
     users: dict[str, list[str]] = field(default_factory=dict)  # tenant → users
 
 
@@ -53,34 +54,38 @@ def random_selector(rng: random.Random, docs: list[dict]) -> str:
 
 
 def make_world(seed: int, n_rows: int = 220, n_tenants: int = 3, n_roles: int = 8, n_users: int = 6) -> World:
+    """Tenants with a role DAG (a chain r3 → r2 → r1 → r0 plus random links),
+    rules, and users — two of them called like roles (``r1``, ``r5``), as an
+    identity provider may send them, holding roles other than their namesakes."""
     rng = random.Random(seed)
     tenants = [f"t{i}" for i in range(n_tenants)]
     docs: list[dict] = []
     for i in range(n_rows):
         docs.append(make_doc(rng, i, rng.choice(tenants), docs))
-    roles, rules, edges = [], [], []
+    roles, rules, inherits, assignments = [], [], [], []
     users: dict[str, list[str]] = {}
     for t in tenants:
         names = [f"r{j}" for j in range(n_roles)]
         roles += [(t, r) for r in names]
-        # A chain r3 → r2 → r1 → r0 (3 links deep) plus random downward links (a DAG).
-        edges += [("r3", "r2", t), ("r2", "r1", t), ("r1", "r0", t)]
+        inherits += [("r3", "r2", t), ("r2", "r1", t), ("r1", "r0", t)]
         for _ in range(n_roles):
             i, j = sorted(rng.sample(range(n_roles), 2))
-            if (names[j], names[i], t) not in edges:
-                edges.append((names[j], names[i], t))
+            if (names[j], names[i], t) not in inherits:
+                inherits.append((names[j], names[i], t))
         tdocs = [d for d in docs if d["tenant"] == t]
         for r in names:
             for _ in range(rng.randint(1, 3)):
                 rule = (r, t, random_selector(rng, tdocs), "deny" if rng.random() < 0.25 else "allow")
                 if rule not in rules:
                     rules.append(rule)
-        us = [f"u{k}" for k in range(n_users)]
+        us = [f"u{k}" for k in range(n_users)] + ["r1", "r5"]
         users[t] = us
         for u in us:
             for r in rng.sample(names, k=rng.randint(0, 2)):
-                edges.append((u, r, t))
-    return World(tenants, docs, roles, rules, edges, users)
+                if u != r:
+                    assignments.append((u, r, t))
+        assignments.append(("r5", "r0", t))  # the user r5 holds r0, not the role r5
+    return World(tenants, docs, roles, rules, inherits, assignments, users)
 
 
 def apply_world_policy(rag, world: World, oracle=None) -> None:
@@ -90,10 +95,14 @@ def apply_world_policy(rag, world: World, oracle=None) -> None:
         (rag.policy.grant if eft == "allow" else rag.policy.deny)(role, sel, tenant=t)
         if oracle is not None:
             oracle.allow(role, t, sel, eft)
-    for sub, role, t in world.edges:
-        rag.policy.assign(sub, role, tenant=t)
+    for role, parent, t in world.inherits:
+        rag.policy.inherit(role, parent, tenant=t)
         if oracle is not None:
-            oracle.assign(sub, role, t)
+            oracle.inherit(role, parent, t)
+    for user, role, t in world.assignments:
+        rag.policy.assign_user(user, role, tenant=t)
+        if oracle is not None:
+            oracle.assign(user, role, t)
 
 
 def load_world(rag, world: World, oracle=None) -> None:

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..core import PermRAG
-from ..loaders import load_jsonl
+from ..ingest.loaders import load_jsonl
 
 USERS = ["alice", "bob", "carol", "dave", "erin", "li"]
 QUESTIONS = [
@@ -33,22 +33,36 @@ def data_path(name: str) -> Path:
     return Path(str(resources.files(__package__).joinpath(name)))
 
 
-def run_demo(home: Path, console: Console, *, encoder: str | None = None, k: int = 3) -> dict:
-    """Build the demo store under ``home`` (replacing it) and print what each user gets."""
+def run_demo(
+    home: Path,
+    console: Console,
+    *,
+    encoder: str | None = None,
+    k: int = 3,
+    database_url: str | None = None,
+    milvus_uri: str | None = None,
+    milvus_token: str | None = None,
+) -> dict:
+    """Build the demo store under ``home`` (replacing it) and print what each user gets.
+
+    With ``database_url`` / ``milvus_uri`` the demo's catalog and vectors go
+    to those servers instead (its documents and policy replace earlier demo runs' there).
+    """
     t0 = time.perf_counter()
     if home.exists():
         shutil.rmtree(home)
-    rag = PermRAG.open(home, encoder=encoder)
+    rag = PermRAG.open(home, encoder=encoder, database_url=database_url, milvus_uri=milvus_uri, milvus_token=milvus_token)
     try:
         docs = load_jsonl(data_path("kb.jsonl"))
         titles = {d["external_id"]: d["attrs"]["title"] for d in docs}
         console.print(f"[bold]permrag demo[/bold] — home {home}")
         console.print(f"Loading the embedding model and ingesting {len(docs)} documents …")
-        rag.add_documents(docs)
-        rag.policy.import_csv(data_path("policy.csv"))
+        rag.add_documents(docs, replace=True)
+        rag.policy.import_csv(data_path("policy.csv"), replace=True)
         roles = Table("user", "roles (inherited)", "rows visible", title="Who is who")
-        for u in USERS:
-            roles.add_row(u, ", ".join(rag.policy.roles_of(u, implicit=True)), f"{len(rag.visible(u))} of {len(docs)}")
+        for u in USERS + ["auditor"]:
+            held = ", ".join(rag.policy.roles_of(u, implicit=True)) or "(none: a user called like a role holds nothing by that)"
+            roles.add_row(u, held, f"{len(rag.visible(u))} of {len(docs)}")
         console.print(roles)
         results: dict = {}
         for q in QUESTIONS:

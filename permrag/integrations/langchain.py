@@ -1,52 +1,56 @@
 """LangChain faces: a permissioned retriever, a wrapper for any retriever, and
-an agent tool whose principal comes from the run's config, never the model.
+agent tools whose principal comes from the application, never the model.
 
-* :class:`PermissionedRetriever` — ``rag.as_retriever(user=..., tenant=...)``.
-* :func:`permissioned` — wraps any retriever whose documents carry an external
-  id in ``metadata[id_key]``: filters with the caller's bitmap and over-fetches
-  adaptively until ``k`` visible documents are found or the source runs dry.
-  For a langchain-milvus ``Milvus`` store the visibility filter is pushed into
-  its ``expr`` instead of post-filtering.
-* :func:`knowledge_tool` — a tool that searches as ``config["configurable"]["user"]``
-  (and ``tenant``); the model's arguments can carry only the query.
+* :func:`as_retriever` / :class:`PermissionedRetriever` — ``rag.as_retriever(user=…)``;
+  ``k``, ``mode``, ``fusion``, ``weights`` and ``pool`` directly or in
+  ``search_kwargs`` (as LangChain's own retrievers take them); anything else
+  is an error, never silently ignored.
+* :func:`permissioned` — wraps any retriever whose documents carry an
+  external id (``metadata[id_key]``, a row or a whole document) and their
+  tenant (``metadata[tenant_key]``): only documents of the caller's tenant
+  that the caller may read come back, over-fetching until ``k`` are found or
+  the source runs dry. The inner retriever's own settings (``k``,
+  ``search_type``, score thresholds, ``expr``) are kept; for a
+  langchain-milvus store the permission filter is AND-ed into its ``expr``.
+* :func:`knowledge_tool` and :func:`permission_tool` — tools that act as the
+  user named by the run: ``config["configurable"]["user"]`` (and
+  ``tenant``), or the LangChain 1.x runtime ``context`` (a mapping or an
+  object with ``user`` / ``user_id`` and ``tenant``). The model's arguments
+  can carry only the query or the document id.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import Any, Mapping
 
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool, tool
-from pydantic import ConfigDict
+from pydantic import ConfigDict, Field
 
 from ..catalog import DEFAULT_TENANT
-from ..errors import PermragError
-from ..planner import quote
-from ..retrieval import Hit
+from ..errors import ArgumentError, PermragError
+from ..names import quote
+from ..results import Hit
+
+log = logging.getLogger(__name__)
 
 MAX_FETCH = 1024
+MAX_PUSHDOWN_IDS = 5000  # beyond this an `expr` list costs more than over-fetching
+SEARCH_KEYS = frozenset({"k", "mode", "fusion", "weights", "pool"})
 
 
 def to_document(h: Hit) -> Document:
-    meta = {
-        "row_id": h.row_id,
-        "external_id": h.external_id,
-        "score": h.score,
-        "policy_version": h.policy_version,
-        "tenant": h.tenant,
-        "parent": h.parent,
-        "attrs": h.attrs,
-    }
-    return Document(page_content=h.text, metadata=meta, id=h.external_id)
+    return h.to_document()
 
 
 class PermissionedRetriever(BaseRetriever):
     """Retrieves only rows the bound principal may read."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     rag: Any
     user: str
@@ -54,46 +58,99 @@ class PermissionedRetriever(BaseRetriever):
     k: int = 4
     mode: str = "hybrid"
     fusion: str = "rrf"
+    weights: tuple[float, float] = (0.5, 0.5)
+    pool: int | None = None
+    search_kwargs: dict[str, Any] = Field(default_factory=dict)
 
-    def _get_relevant_documents(
-        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, k: int | None = None, **kwargs: Any
-    ) -> list[Document]:
-        hits = self.rag.search(query, user=self.user, tenant=self.tenant, k=k or self.k, mode=self.mode, fusion=self.fusion)
-        return [to_document(h) for h in hits]
+    def model_post_init(self, __context: Any) -> None:
+        unknown = set(self.search_kwargs) - SEARCH_KEYS
+        if unknown:
+            raise ArgumentError(f"unknown search_kwargs {sorted(unknown)}; permrag takes {sorted(SEARCH_KEYS)}")
+
+    def _settings(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
+        unknown = set(overrides) - SEARCH_KEYS
+        if unknown:
+            raise ArgumentError(f"unknown search arguments {sorted(unknown)}; permrag takes {sorted(SEARCH_KEYS)}")
+        out = {"k": self.k, "mode": self.mode, "fusion": self.fusion, "weights": self.weights, "pool": self.pool}
+        out.update(self.search_kwargs)
+        out.update(overrides)
+        return out
+
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any) -> list[Document]:
+        hits = self.rag.search(query, user=self.user, tenant=self.tenant, **self._settings(kwargs))
+        return [h.to_document() for h in hits]
+
+
+def as_retriever(rag: Any, *, user: str, tenant: str = DEFAULT_TENANT, **options: Any) -> PermissionedRetriever:
+    """A :class:`PermissionedRetriever` for ``user``; unknown options raise :class:`ArgumentError`."""
+    known = set(PermissionedRetriever.model_fields) - {"rag", "user", "tenant"}
+    unknown = set(options) - known
+    if unknown:
+        raise ArgumentError(f"unknown retriever option(s) {sorted(unknown)}; known: {sorted(known)}")
+    return PermissionedRetriever(rag=rag, user=user, tenant=tenant, **options)
 
 
 class PermissionFilteredRetriever(BaseRetriever):
     """Any retriever, filtered by the caller's bitmap (see :func:`permissioned`)."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     inner: BaseRetriever
     rag: Any
     user: str
     tenant: str = DEFAULT_TENANT
-    k: int = 4
+    k: int | None = None
     id_key: str = "external_id"
+    tenant_key: str | None = "tenant"
+    row_key: str = "row_id"
 
-    def _visible_ids(self) -> set[str]:
-        self.rag.sync()
-        return {r.external_id for r in self.rag.rows(self.rag.visible(self.user, self.tenant))}
+    def _inner_k(self) -> int:
+        if self.k is not None:
+            return self.k
+        kwargs = getattr(self.inner, "search_kwargs", None) or {}
+        return int(kwargs.get("k") or getattr(self.inner, "k", None) or 4)
 
-    def _get_relevant_documents(
-        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, k: int | None = None, **kwargs: Any
-    ) -> list[Document]:
-        k = k or self.k
-        visible = self._visible_ids()
-        if not visible:
+    def _readable(self, docs: list[Document], snap: Any) -> list[Document]:
+        """Documents of the caller's tenant whose row (or every chunk of whose document) the snapshot allows."""
+        rows = self.rag.catalog.rows
+        names = sorted({str(d.metadata.get(self.id_key)) for d in docs if isinstance(d.metadata.get(self.id_key), str)})
+        found = rows.documents(self.tenant, names) if names else {}
+        ok = []
+        for d in docs:
+            meta = d.metadata or {}
+            if self.tenant_key is not None and meta.get(self.tenant_key) != self.tenant:
+                continue  # another tenant's document, or one that does not say: fail closed
+            recs = found.get(meta.get(self.id_key)) or []
+            exact = [r for r in recs if r.external_id == meta.get(self.id_key)]
+            recs = exact or recs
+            if not recs or not all(r.row_id in snap.visible for r in recs):
+                continue
+            if self.row_key in meta and exact and meta[self.row_key] != exact[0].row_id:
+                continue  # same name, another row: not the row the catalog knows
+            ok.append(d)
+        return ok
+
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any) -> list[Document]:
+        k = int(kwargs.pop("k", None) or self._inner_k())
+        snap = self.rag.snapshot(self.user, self.tenant)
+        if not snap.visible:
             return []
         store = getattr(self.inner, "vectorstore", None)
-        if store is not None and type(store).__name__ == "Milvus" and hasattr(store, "similarity_search"):
-            expr = f"{self.id_key} in [{', '.join(quote(v) for v in sorted(visible))}]"
-            docs = store.similarity_search(query, k=k, expr=expr)
-            return [d for d in docs if d.metadata.get(self.id_key) in visible][:k]
+        if store is not None and type(store).__name__ == "Milvus" and len(snap.visible) <= MAX_PUSHDOWN_IDS:
+            recs = self.rag.catalog.rows.records(snap.visible).values()
+            names = sorted({r.document for r in recs} | {r.external_id for r in recs})
+            parts = [f"{self.id_key} in [{', '.join(quote(v) for v in names)}]"]
+            if self.tenant_key is not None:
+                parts.append(f"{self.tenant_key} == {quote(self.tenant)}")
+            inner_expr = (self.inner.search_kwargs or {}).get("expr")  # type: ignore[attr-defined]
+            if inner_expr:
+                parts.insert(0, f"({inner_expr})")
+            docs = self._fetch(query, k, expr=" and ".join(parts))
+            return self._readable(docs, snap)[:k]
         fetch = 2 * k
         while True:
             docs = self._fetch(query, fetch)
-            ok = [d for d in docs if d.metadata.get(self.id_key) in visible]
+            ok = self._readable(docs, snap)
             if len(ok) >= k or len(docs) < fetch or fetch >= MAX_FETCH or not self._takes_k():
                 return ok[:k]
             fetch = min(MAX_FETCH, fetch * 4)
@@ -101,35 +158,75 @@ class PermissionFilteredRetriever(BaseRetriever):
     def _takes_k(self) -> bool:
         return hasattr(self.inner, "search_kwargs") or "k" in type(self.inner).model_fields
 
-    def _fetch(self, query: str, n: int) -> list[Document]:
+    def _fetch(self, query: str, n: int, **extra: Any) -> list[Document]:
         inner = self.inner
         if hasattr(inner, "search_kwargs"):
-            inner = inner.model_copy(update={"search_kwargs": {**inner.search_kwargs, "k": n}})
+            inner = inner.model_copy(update={"search_kwargs": {**inner.search_kwargs, "k": n, **extra}})
         elif "k" in type(inner).model_fields:
             inner = inner.model_copy(update={"k": n})
         return inner.invoke(query)
 
 
 def permissioned(
-    retriever: BaseRetriever, rag: Any, *, user: str, tenant: str = DEFAULT_TENANT, k: int = 4, id_key: str = "external_id"
+    retriever: BaseRetriever,
+    rag: Any,
+    *,
+    user: str,
+    tenant: str = DEFAULT_TENANT,
+    k: int | None = None,
+    id_key: str = "external_id",
+    tenant_key: str | None = "tenant",
 ) -> PermissionFilteredRetriever:
-    """Wrap ``retriever`` so it returns only documents ``user`` may read."""
-    return PermissionFilteredRetriever(inner=retriever, rag=rag, user=user, tenant=tenant, k=k, id_key=id_key)
+    """Wrap ``retriever`` so it returns only documents ``user`` may read in ``tenant``.
+
+    Documents must carry their external id in ``metadata[id_key]`` and their
+    tenant in ``metadata[tenant_key]``; pass ``tenant_key=None`` only when
+    the inner store holds one tenant's documents. ``k`` defaults to the inner
+    retriever's.
+    """
+    return PermissionFilteredRetriever(inner=retriever, rag=rag, user=user, tenant=tenant, k=k, id_key=id_key, tenant_key=tenant_key)
+
+
+def principal(config: RunnableConfig | None) -> tuple[str, str]:
+    """(user, tenant) of a run: ``configurable`` first, else the LangChain 1.x runtime context."""
+    conf = dict((config or {}).get("configurable") or {})
+    user, tenant = conf.get("user"), conf.get("tenant")
+    runtime = conf.get("__pregel_runtime")
+    context = getattr(runtime, "context", None) if runtime is not None else None
+    if context is not None and not user:
+        get = context.get if isinstance(context, Mapping) else lambda key: getattr(context, key, None)
+        user = get("user") or get("user_id")
+        tenant = tenant or get("tenant")
+    if not isinstance(user, str) or not user:
+        raise PermragError("no principal: run with config={'configurable': {'user': ...}} or context={'user': ...}")
+    return user, tenant or DEFAULT_TENANT
 
 
 def knowledge_tool(rag: Any, *, k: int = 4, name: str = "search_knowledge_base") -> BaseTool:
-    """A retriever tool whose principal is read from the run's ``configurable``."""
+    """A search tool acting as the run's user (see :func:`principal`)."""
 
     @tool(name)
     def search_knowledge_base(query: str, config: RunnableConfig) -> str:
         """Search the company knowledge base; returns the passages you may read."""
-        conf = (config or {}).get("configurable", {})
-        user = conf.get("user")
-        if not user:
-            raise PermragError("no principal: pass config={'configurable': {'user': ...}}")
-        hits = rag.search(query, user=user, tenant=conf.get("tenant", DEFAULT_TENANT), k=k)
+        user, tenant = principal(config)
+        hits = rag.search(query, user=user, tenant=tenant, k=k)
         if not hits:
-            return "No readable passages found."
+            return f"No readable passages found (policy version {hits.policy_version})."
         return "\n\n".join(f"[{h.external_id}] {h.text}" for h in hits)
 
     return search_knowledge_base
+
+
+def permission_tool(rag: Any, *, name: str = "can_read_document") -> BaseTool:
+    """A tool answering "may the current user read document X?" — the same
+    answer for a hidden document and one that does not exist."""
+
+    @tool(name)
+    def can_read_document(document_id: str, config: RunnableConfig) -> str:
+        """Check whether you may read a document, by its id."""
+        user, tenant = principal(config)
+        if rag.can_read(user, document_id, tenant):
+            return f"yes: you may read {document_id!r}"
+        return f"no: there is no document {document_id!r} that you may read"
+
+    return can_read_document

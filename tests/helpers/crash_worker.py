@@ -25,22 +25,22 @@ def main() -> None:
     point, home, uri, collection = sys.argv[1:5]
     rag = PermRAG.open(home, milvus_uri=uri or None, encoder=HashEncoder(64), collection=collection, consistency="Strong")
     rag.add_documents(docs("a", 100))
-    store = rag._store()
+    store = rag.store
     if point == "ingest":
         real_insert, calls = store.insert, []
 
-        def insert_then_die(rows):
-            real_insert(rows)
+        def insert_then_die(tenant_no, rows):
+            real_insert(tenant_no, rows)
             calls.append(1)
             if len(calls) == 2:
-                store.flush()  # make sure Milvus really holds them
+                store.flush(tenant_no)  # make sure Milvus really holds them
                 os.kill(os.getpid(), signal.SIGKILL)
 
         store.insert = insert_then_die
         rag.add_documents(docs("b", 150), batch_size=50)
     elif point == "delete":
 
-        def die(ids):
+        def die(tenant_no, ids):
             os.kill(os.getpid(), signal.SIGKILL)
 
         store.delete = die

@@ -1,0 +1,8 @@
+"""Who may read what: bitmaps (compiler), explanations, lint, casbin, and the
+:class:`Access` view that answers at the stored versions."""
+
+from .compiler import Compiler, Snapshot
+from .explain import Explanation, Rule
+from .state import Access, check_principal
+
+__all__ = ["Access", "Compiler", "Explanation", "Rule", "Snapshot", "check_principal"]

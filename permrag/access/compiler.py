@@ -1,0 +1,216 @@
+"""Policy + catalog → roaring bitmaps, cached and updated incrementally.
+
+Caches, each per tenant, each filled lazily:
+
+* selector → rows it selects (from the catalog's inverted index);
+* role → (allow, deny): unions of the role's own rules' selector bitmaps;
+* user (or role) → visible rows: ``(∪ allow of its roles) − (∪ deny of its
+  roles)``, then derived rows added back iff all their sources are visible.
+
+A policy change drops the role entries it touched and the cached users and
+roles that hold them (the policy store reports exactly those). An ingest
+drops only the selectors whose attribute (or doc id) the new rows carry, the
+roles that use them and their holders; new derived rows are patched into the
+cached users. So a revoke costs a few set operations, and the next
+``visible()`` recomputes one user from cached role bitmaps.
+
+Every cache is read and filled under the state lock shared with the policy
+and the catalog, and every change invalidates under that same lock, so a
+bitmap and the versions it is reported with always belong together.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+from pyroaring import BitMap, FrozenBitMap
+
+from ..catalog import Catalog, Change
+from ..policy import Policy, TenantPolicy, parse_selector
+
+log = logging.getLogger(__name__)
+
+EMPTY = FrozenBitMap()
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One request's view: versions, the caller's bitmap and the tenant's rows."""
+
+    tenant: str
+    policy_version: int
+    catalog_version: int
+    visible: FrozenBitMap
+    tenant_rows: FrozenBitMap
+    classes: Mapping[int, FrozenBitMap]
+
+
+class Compiler:
+    """Computes and caches visible bitmaps for one catalog and policy."""
+
+    def __init__(self, catalog: Catalog, policy: Policy, lock: threading.RLock) -> None:
+        self.catalog = catalog
+        self.policy = policy
+        self.lock = lock
+        self._sel: dict[str, dict[str, FrozenBitMap]] = defaultdict(dict)
+        self._role: dict[str, dict[str, tuple[FrozenBitMap, FrozenBitMap]]] = defaultdict(dict)
+        self._user: dict[str, dict[str, FrozenBitMap]] = defaultdict(dict)
+        self._role_view: dict[str, dict[str, FrozenBitMap]] = defaultdict(dict)
+        self.stats = {"user_hits": 0, "user_misses": 0, "role_builds": 0, "selector_builds": 0}
+        policy.subscribe(self.on_policy_change)
+        catalog.subscribe(self.on_catalog_change)
+
+    # ------------------------------------------------------------------ lookups
+    def visible(self, user: str, tenant: str) -> FrozenBitMap:
+        """Rows *user* ``user`` may read in ``tenant`` (empty for unknown users)."""
+        with self.lock:
+            cached = self._user[tenant].get(user)
+            if cached is not None:
+                self.stats["user_hits"] += 1
+                return cached
+            self.stats["user_misses"] += 1
+            tp = self.policy.tenant(tenant)
+            bm = self._compute(tp.roles_of_user(user), tenant)
+            self._user[tenant][user] = bm
+            return bm
+
+    def role_visible(self, role: str, tenant: str) -> FrozenBitMap:
+        """Rows a holder of *role* ``role`` alone may read (empty for unknown roles)."""
+        with self.lock:
+            cached = self._role_view[tenant].get(role)
+            if cached is None:
+                tp = self.policy.tenant(tenant)
+                cached = self._compute(tp.inherited(role) if role in tp.roles else set(), tenant)
+                self._role_view[tenant][role] = cached
+            return cached
+
+    def snapshot(self, user: str, tenant: str) -> Snapshot:
+        """The caller's bitmap with the versions it belongs to, taken atomically."""
+        with self.lock:
+            idx = self.catalog.tenant(tenant)
+            return Snapshot(tenant, self.policy.version, self.catalog.version, self.visible(user, tenant), idx.rows, idx.classes)
+
+    def selector_rows(self, selector: str, tenant: str) -> FrozenBitMap:
+        """Rows of ``tenant`` that ``selector`` selects."""
+        with self.lock:
+            cached = self._sel[tenant].get(selector)
+            if cached is not None:
+                return cached
+            sel = parse_selector(selector)
+            idx = self.catalog.tenant(tenant)
+            if sel.kind == "all":
+                bm = idx.rows
+            elif sel.kind == "doc":
+                bm = FrozenBitMap(self.catalog.rows.doc_rows(tenant, sel.value) & idx.rows)
+            elif not sel.is_glob:
+                bm = idx.values(sel.attr).get(sel.value, EMPTY)
+            else:
+                bm = FrozenBitMap(BitMap.union(BitMap(), *(b for v, b in idx.values(sel.attr).items() if sel.matches_value(v))))
+            self.stats["selector_builds"] += 1
+            self._sel[tenant][selector] = bm
+            return bm
+
+    def role_rows(self, role: str, tenant: str) -> tuple[FrozenBitMap, FrozenBitMap]:
+        """(allow, deny) bitmaps of ``role``'s own rules."""
+        with self.lock:
+            cached = self._role[tenant].get(role)
+            if cached is not None:
+                return cached
+            tp = self.policy.tenant(tenant)
+            allow = BitMap.union(BitMap(), *(self.selector_rows(s, tenant) for s in tp.allow.get(role, ())))
+            deny = BitMap.union(BitMap(), *(self.selector_rows(s, tenant) for s in tp.deny.get(role, ())))
+            allow.run_optimize()
+            deny.run_optimize()
+            self.stats["role_builds"] += 1
+            pair = (FrozenBitMap(allow), FrozenBitMap(deny))
+            self._role[tenant][role] = pair
+            return pair
+
+    def compile_all(self, tenants: Iterable[str] | None = None) -> int:
+        """Compile every known user of ``tenants`` (all by default); returns how many."""
+        n = 0
+        with self.lock:
+            for tenant in tenants if tenants is not None else self.policy.tenants():
+                for user in self.policy.tenant(tenant).users():
+                    self.visible(user, tenant)
+                    n += 1
+        return n
+
+    def _compute(self, roles: set[str], tenant: str) -> FrozenBitMap:
+        if not roles:
+            return EMPTY
+        pairs = [self.role_rows(r, tenant) for r in roles]
+        allow = BitMap.union(BitMap(), *(a for a, _ in pairs))
+        allow -= BitMap.union(BitMap(), *(d for _, d in pairs))
+        idx = self.catalog.tenant(tenant)
+        if idx.derived:
+            allow -= idx.derived_all
+            for rid, sources in idx.derived.items():  # sources come before their derived rows
+                if all(s in allow for s in sources):
+                    allow.add(rid)
+        allow.run_optimize()
+        return FrozenBitMap(allow)
+
+    # ------------------------------------------------------------------ invalidation
+    def on_policy_change(self, tenant: str | None, roles: set[str] | None, users: set[str] | None) -> None:
+        with self.lock:
+            if tenant is None:
+                self.clear()
+                return
+            if roles is None or users is None:
+                self._drop_tenant(tenant)
+                return
+            for r in roles:
+                self._role[tenant].pop(r, None)
+            for u in users:
+                self._user[tenant].pop(u, None)
+            self._role_view[tenant].clear()
+
+    def on_catalog_change(self, changes: list[Change] | None) -> None:
+        with self.lock:
+            if changes is None:
+                self.clear()
+                return
+            for ch in changes:
+                self._apply_ingest(ch)
+
+    def _apply_ingest(self, ch: Change) -> None:
+        t = ch.tenant
+        stale = set()
+        for text in self._sel[t]:
+            sel = parse_selector(text)
+            if sel.kind == "all" or (sel.kind == "doc" and sel.value in ch.docs) or (sel.kind == "attr" and sel.attr in ch.attrs):
+                stale.add(text)
+        for text in stale:
+            del self._sel[t][text]
+        tp: TenantPolicy = self.policy.tenant(t)
+        stale_roles = {r for rules in (tp.allow, tp.deny) for r, sels in rules.items() if sels & stale}
+        stale_users: set[str] = set()
+        for r in stale_roles:
+            self._role[t].pop(r, None)
+            stale_users |= tp.holders(r)[1]
+        for u in stale_users:
+            self._user[t].pop(u, None)
+        self._role_view[t].clear()
+        if ch.derived:
+            derived = self.catalog.tenant(t).derived
+            for user, bm in list(self._user[t].items()):
+                patched = BitMap(bm)
+                for rid in ch.derived:
+                    if all(s in patched for s in derived[rid]):
+                        patched.add(rid)
+                if len(patched) != len(bm):
+                    self._user[t][user] = FrozenBitMap(patched)
+
+    def _drop_tenant(self, tenant: str) -> None:
+        for cache in (self._sel, self._role, self._user, self._role_view):
+            cache.pop(tenant, None)
+
+    def clear(self) -> None:
+        with self.lock:
+            for cache in (self._sel, self._role, self._user, self._role_view):
+                cache.clear()

@@ -1,0 +1,55 @@
+"""casbin itself, over the same rules: a SQLAlchemy adapter and an enforcer.
+
+permrag answers "which rows" with compiled bitmaps; casbin answers "may this
+user read this row" one request at a time. Both read the rules this adapter
+reads, and the tests hold the bitmaps to casbin's answers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import casbin
+from casbin import persist
+from sqlalchemy import Engine, select
+
+from .. import db
+from ..catalog import RowRecord
+from ..policy import MODEL_PATH, USER_PREFIX, parse_selector
+
+
+def selector_match(row: RowRecord, tenant: str, selector: str) -> bool:
+    """casbin function ``selectorMatch(r.obj, r.dom, p.sel)``."""
+    return row.tenant == tenant and parse_selector(selector).matches(row.external_id, row.attrs, row.parent)
+
+
+class SQLAdapter(persist.Adapter):  # type: ignore[misc]
+    """Loads casbin rules from ``permrag_casbin_rule`` (read-only: changes go
+    through :class:`permrag.policy.Policy`, which bumps the version)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def load_policy(self, model: casbin.Model) -> None:
+        c = db.casbin_rule.c
+        with db.reading(self.engine, "reading casbin rules") as conn:
+            for rec in conn.execute(select(c.ptype, c.v0, c.v1, c.v2, c.v3, c.v4).order_by(c.id)):
+                values = [v for v in rec[1:] if v is not None]
+                model.model[rec.ptype[0]][rec.ptype].policy.append(values)
+
+
+class UserEnforcer(casbin.Enforcer):  # type: ignore[misc]
+    """A casbin enforcer whose requests name users as permrag does: ``enforce("alice", …)``
+    asks for the *user* alice (stored as ``user:alice``), never a role called alice."""
+
+    def enforce(self, *rvals: Any) -> bool:
+        if rvals and isinstance(rvals[0], str):
+            rvals = (USER_PREFIX + rvals[0], *rvals[1:])
+        return bool(super().enforce(*rvals))
+
+
+def build_enforcer(engine: Engine) -> casbin.Enforcer:
+    """A casbin enforcer over the stored rules, with ``selectorMatch`` registered."""
+    enforcer = UserEnforcer(str(MODEL_PATH), SQLAdapter(engine))
+    enforcer.add_function("selectorMatch", selector_match)
+    return enforcer

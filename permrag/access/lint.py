@@ -1,0 +1,46 @@
+"""``permrag policy check``: rules that can never matter, and why."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyroaring import BitMap
+
+from ..policy import Policy
+from .compiler import Compiler
+
+
+def lint(policy: Policy, compiler: Compiler, tenant: str) -> list[dict[str, Any]]:
+    """Findings for one tenant: dict(kind, role, selector, message).
+
+    * ``no-match``: a rule's selector selects no row of the catalog;
+    * ``shadowed``: every row an allow rule selects is denied to the role
+      (by its own deny rules or those of roles it inherits);
+    * ``empty-role``: a role with no rules that inherits nothing;
+    * ``unused-role``: a role that no user holds, directly or through others.
+
+    Unknown roles and cycles cannot be stored (grant, assign and import refuse
+    them), so a stored policy never has them. Call it under the state lock
+    (``PermRAG.lint`` does) so that policy and bitmaps are of one version.
+    """
+    tp = policy.tenant(tenant)
+    findings: list[dict[str, Any]] = []
+    held: set[str] = set()
+    for u in tp.users():
+        held |= tp.roles_of_user(u)
+    for role in sorted(tp.roles):
+        deny = BitMap.union(BitMap(), *(compiler.role_rows(r, tenant)[1] for r in tp.inherited(role)))
+        rules = policy.rules(role, tenant)
+        for _, sel, eft in rules:
+            rows = compiler.selector_rows(sel, tenant)
+            if not rows:
+                findings.append({"kind": "no-match", "role": role, "selector": sel, "message": f"{eft} {sel} of role {role!r} selects no row"})
+            elif eft == "allow" and rows.issubset(deny):
+                findings.append(
+                    {"kind": "shadowed", "role": role, "selector": sel, "message": f"allow {sel} of role {role!r} is wholly overridden by deny rules"}
+                )
+        if not rules and not tp.parents.get(role):
+            findings.append({"kind": "empty-role", "role": role, "selector": None, "message": f"role {role!r} has no rules and inherits nothing"})
+        if role not in held:
+            findings.append({"kind": "unused-role", "role": role, "selector": None, "message": f"no user holds role {role!r}"})
+    return findings

@@ -1,0 +1,172 @@
+"""Who may read what, answered at the stored versions.
+
+:class:`Access` keeps this process's policy and catalog in step with the
+database and answers every permission question after checking that they
+are: each call first reads the stored policy and catalog versions (one small
+query) and reloads what another process changed, so a revoke committed in any
+process holds for the next answer in every process — a search, ``visible``,
+``can_read``, ``explain``, ``who_can_see`` or a plan.
+
+It also resolves names to rows: an external id is a row, or a document made
+of chunk rows (``<id>#<n>`` whose parent is ``<id>``); a document is readable
+when every one of its chunks is.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Sequence
+
+from pyroaring import FrozenBitMap
+from sqlalchemy import Engine
+
+from .. import db
+from ..catalog import DEFAULT_TENANT, Catalog, DocumentRecord, RowRecord
+from ..errors import ArgumentError, NotReadableError, UnknownRowError, UnknownTenantError
+from ..names import check_text
+from ..policy import Policy
+from .compiler import Compiler, Snapshot
+from .explain import Explanation, explain_document, explain_row
+from .lint import lint
+
+Record = RowRecord | DocumentRecord
+
+
+def check_principal(what: str, name: object) -> str:
+    """A user or tenant a caller asks about: any non-empty string UTF-8 can hold.
+
+    A name that could never be stored (surrounding spaces, control
+    characters, too long) is not an error here: it is simply unknown, and an
+    unknown user sees nothing.
+    """
+    if not isinstance(name, str) or not name:
+        raise ArgumentError(f"{what} must be a non-empty string, not {name!r}")
+    return check_text(what, name, ArgumentError)
+
+
+class Access:
+    """Permission answers for one store (policy + catalog + compiler)."""
+
+    def __init__(self, engine: Engine, policy: Policy, catalog: Catalog, compiler: Compiler, lock: threading.RLock) -> None:
+        self.engine = engine
+        self.policy = policy
+        self.catalog = catalog
+        self.compiler = compiler
+        self.lock = lock
+
+    # ------------------------------------------------------------------ versions
+    def sync(self) -> bool:
+        """Reload what another process changed; True if anything was reloaded."""
+        with db.reading(self.engine, "reading the policy version") as conn:
+            counters = db.read_counters(conn)
+        changed = False
+        with self.lock:
+            if counters["catalog_version"] != self.catalog.version:
+                self.catalog.load()
+                changed = True
+            if counters["policy_version"] != self.policy.version:
+                self.policy.load()
+                changed = True
+        return changed
+
+    def check_tenant_known(self, tenant: str) -> None:
+        """Raise :class:`UnknownTenantError` for a tenant with neither rows nor policy."""
+        check_principal("tenant", tenant)
+        if tenant != DEFAULT_TENANT and not self.catalog.has_tenant(tenant) and not self.policy.has_tenant(tenant):
+            raise UnknownTenantError(f"unknown tenant {tenant!r}: it has no rows and no policy")
+
+    # ------------------------------------------------------------------ bitmaps
+    def snapshot(self, user: str, tenant: str) -> Snapshot:
+        """The caller's bitmap and the versions it belongs to (after a sync)."""
+        check_principal("user", user)
+        self.sync()
+        self.check_tenant_known(tenant)
+        return self.compiler.snapshot(user, tenant)
+
+    def snapshots(self, users: Sequence[str], tenant: str) -> list[Snapshot]:
+        """Snapshots of several users, all of one version."""
+        for u in users:
+            check_principal("user", u)
+        self.sync()
+        self.check_tenant_known(tenant)
+        with self.lock:
+            return [self.compiler.snapshot(u, tenant) for u in users]
+
+    def visible(self, user: str, tenant: str) -> FrozenBitMap:
+        check_principal("user", user)
+        check_principal("tenant", tenant)
+        self.sync()
+        return self.compiler.visible(user, tenant)
+
+    # ------------------------------------------------------------------ rows and documents
+    def find(self, external_id: str, tenant: str) -> Record | None:
+        """The row, or the document of several chunks, called ``external_id``."""
+        if not isinstance(external_id, str) or not external_id:
+            raise ArgumentError(f"external id must be a non-empty string, not {external_id!r}")
+        rows = self.catalog.rows.document(external_id, tenant)
+        if not rows:
+            return None
+        if rows[0].external_id == external_id:
+            return rows[0]
+        return DocumentRecord(external_id, tenant, tuple(rows))
+
+    def row(self, external_id: str, tenant: str) -> Record:
+        rec = self.find(external_id, tenant)
+        if rec is None:
+            raise UnknownRowError(f"no row {external_id!r} in tenant {tenant!r} (nor a document of that name)")
+        return rec
+
+    def row_ids(self, rec: Record) -> list[int]:
+        return rec.row_ids if isinstance(rec, DocumentRecord) else [rec.row_id]
+
+    def can_read(self, user: str, external_id: str, tenant: str) -> bool:
+        """Whether ``user`` may read the row or document; False also when it does not exist."""
+        return self.readable(user, external_id, tenant, quiet=True) is not None
+
+    def readable(self, user: str, external_id: str, tenant: str, *, snapshot: Snapshot | None = None, quiet: bool = False) -> Record | None:
+        """The record if ``user`` may read it; else :class:`NotReadableError`
+        (or None when ``quiet``) — the same for a hidden and a missing row."""
+        check_principal("user", user)
+        check_principal("tenant", tenant)
+        snap = snapshot
+        if snap is None:
+            self.sync()
+            snap = self.compiler.snapshot(user, tenant)
+        rec = self.find(external_id, tenant) if isinstance(external_id, str) and external_id else None
+        if rec is not None and all(r in snap.visible for r in self.row_ids(rec)):
+            return rec
+        if quiet:
+            return None
+        raise NotReadableError(f"no row {external_id!r} that {user!r} may read in tenant {tenant!r}")
+
+    # ------------------------------------------------------------------ explanations
+    def explain(self, user: str, external_id: str, tenant: str) -> Explanation:
+        """Whether ``user`` may read the row or document, and the path and rule that decide it."""
+        check_principal("user", user)
+        self.sync()
+        rec = self.row(external_id, tenant)
+
+        def live(ids: Sequence[int]) -> dict[int, RowRecord]:
+            have = self.catalog.tenant(tenant).rows
+            return {i: r for i, r in self.catalog.rows.records(ids).items() if i in have}
+
+        with self.lock:
+            tp = self.policy.tenant(tenant)
+            if isinstance(rec, DocumentRecord):
+                return explain_document(tp, live, user, rec.external_id, rec.chunks)
+            return explain_row(tp, live, user, rec)
+
+    def who_can_see(self, external_id: str, tenant: str) -> dict[str, list[str]]:
+        """The users and roles that may read a row or document (every chunk of it)."""
+        self.sync()
+        ids = self.row_ids(self.row(external_id, tenant))
+        with self.lock:
+            tp = self.policy.tenant(tenant)
+            users = sorted(u for u in tp.users() if all(i in self.compiler.visible(u, tenant) for i in ids))
+            roles = sorted(r for r in tp.roles if all(i in self.compiler.role_visible(r, tenant) for i in ids))
+        return {"users": users, "roles": roles}
+
+    def lint(self, tenant: str) -> list[dict[str, Any]]:
+        self.sync()
+        with self.lock:
+            return lint(self.policy, self.compiler, tenant)

@@ -1,0 +1,100 @@
+"""The seam between permrag and a vector store: a small protocol.
+
+Everything permrag asks of a search backend is here: bind the store, keep
+one collection per tenant, write and delete rows, search under a filter,
+read texts and vectors back, list row IDs (for reconcile). The Milvus
+implementation is :mod:`permrag.backends.milvus`; nothing else in permrag
+calls pymilvus.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from ..errors import UnsupportedError
+
+MAX_LIMIT = 16_384  # Milvus' largest topk
+MAX_TEXT_BYTES = 65_535
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the connected backend can do."""
+
+    kind: str  # "lite" or "server"
+    version: tuple[int, int, int]
+    bm25: bool
+    templates: bool
+    membership_match: bool
+
+    def require(self, mode: str) -> None:
+        if mode in ("keyword", "hybrid") and not self.bm25:
+            raise UnsupportedError(
+                f"mode {mode!r} needs BM25, which Milvus {self.kind} {'.'.join(map(str, self.version))} lacks "
+                "(Milvus Lite and servers >= 2.5 have it)",
+                hint="use mode='dense'",
+                cli_hint="use --mode dense",
+            )
+
+
+def parse_version(text: str) -> tuple[int, int, int]:
+    m = re.search(r"(\d+)\.(\d+)\.(\d+)", text or "")
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else (0, 0, 0)
+
+
+def detect(kind: str, version_text: str) -> Capabilities:
+    """Capabilities by kind and version: Lite and servers ≥ 2.5 have BM25 and
+    templates; ``membership_match`` is used only where a server reports it,
+    which none that can run here does."""
+    v = parse_version(version_text)
+    if kind == "lite":
+        return Capabilities("lite", v, bm25=True, templates=False, membership_match=False)
+    return Capabilities("server", v, bm25=v >= (2, 5, 0), templates=v >= (2, 5, 0), membership_match=False)
+
+
+@dataclass(frozen=True)
+class RawHit:
+    """A hit as the backend stored it; verified against the catalog before use."""
+
+    row_id: int
+    score: float
+    text: str
+    tenant: str = ""
+    external_id: str = ""
+
+
+class SearchBackend(Protocol):
+    """What permrag needs from a vector store (tenants are named by number)."""
+
+    kind: str
+
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    def bind(self, store_id: str, *, bound_before: bool) -> None: ...
+
+    def ensure_tenant(self, tenant_no: int, dim: int) -> None: ...
+
+    def has_tenant(self, tenant_no: int) -> bool: ...
+
+    def insert(self, tenant_no: int, rows: Sequence[dict[str, Any]]) -> None: ...
+
+    def delete(self, tenant_no: int, row_ids: Sequence[int]) -> None: ...
+
+    def search(
+        self, tenant_no: int, mode: str, *, vectors: np.ndarray | None, texts: Sequence[str] | None, expr: str, limit: int
+    ) -> list[list[RawHit]]: ...
+
+    def texts(self, tenant_no: int, row_ids: Sequence[int]) -> dict[int, str]: ...
+
+    def vector(self, tenant_no: int, row_id: int) -> np.ndarray | None: ...
+
+    def all_ids(self, tenant_no: int, expr: str = "") -> set[int]: ...
+
+    def flush(self, tenant_no: int) -> None: ...
+
+    def close(self) -> None: ...

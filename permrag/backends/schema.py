@@ -1,0 +1,68 @@
+"""The Milvus schemas of a store: its root collection and a tenant's collection."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import ConfigError
+from .base import MAX_TEXT_BYTES
+
+
+def analyzer_params(analyzer: str | dict[str, Any] | None) -> dict[str, Any] | None:
+    """Milvus analyzer parameters for the BM25 text field.
+
+    ``None`` / ``"standard"``: Milvus' default; ``"jieba"``: Chinese word
+    segmentation (Milvus Lite needs the ``jieba`` package); ``"english"``:
+    the English analyzer (stemming, stop words) where the backend has it; a
+    dict is passed to Milvus as it is. Fixed when a collection is created.
+    """
+    if analyzer is None or analyzer == "standard":
+        return None
+    if isinstance(analyzer, dict):
+        return dict(analyzer)
+    if analyzer == "jieba":
+        return {"tokenizer": "jieba"}
+    if analyzer == "english":
+        return {"type": "english"}
+    raise ConfigError(f"analyzer {analyzer!r} must be 'standard', 'jieba', 'english' or a dict of Milvus analyzer params")
+
+
+def root_schema(client: Any) -> tuple[Any, Any]:
+    """The root collection: the store's identity (``key`` → ``value``)."""
+    from pymilvus import DataType
+
+    s = client.create_schema(auto_id=False, enable_dynamic_field=False)
+    s.add_field("key", DataType.VARCHAR, is_primary=True, max_length=64)
+    s.add_field("value", DataType.VARCHAR, max_length=1024)
+    s.add_field("v", DataType.FLOAT_VECTOR, dim=2)  # Milvus needs a vector field to load a collection
+    ip = client.prepare_index_params()
+    ip.add_index("v", index_type="FLAT", metric_type="L2")
+    return s, ip
+
+
+def tenant_schema(client: Any, dim: int, index: str, bm25: bool, analyzer: dict[str, Any] | None) -> tuple[Any, Any]:
+    """A tenant's collection: row identity, visibility class, text (+ BM25) and the dense vector."""
+    from pymilvus import DataType, Function, FunctionType
+
+    s = client.create_schema(auto_id=False, enable_dynamic_field=False)
+    s.add_field("row_id", DataType.INT64, is_primary=True)
+    s.add_field("tenant", DataType.VARCHAR, max_length=1024)
+    s.add_field("external_id", DataType.VARCHAR, max_length=4096)
+    s.add_field("vclass", DataType.INT64)
+    text_kwargs: dict[str, Any] = {"enable_analyzer": True} if bm25 else {}
+    if bm25 and analyzer is not None:
+        text_kwargs["analyzer_params"] = analyzer
+    s.add_field("text", DataType.VARCHAR, max_length=MAX_TEXT_BYTES, **text_kwargs)
+    s.add_field("dense", DataType.FLOAT_VECTOR, dim=dim)
+    ip = client.prepare_index_params()
+    params: dict[str, Any] = {}
+    if index == "HNSW":
+        params = {"M": 16, "efConstruction": 200}
+    elif index == "IVF_FLAT":
+        params = {"nlist": 128}
+    ip.add_index("dense", index_type=index, metric_type="COSINE", params=params)
+    if bm25:
+        s.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+        s.add_function(Function(name="text_bm25", function_type=FunctionType.BM25, input_field_names=["text"], output_field_names=["sparse"]))
+        ip.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25", params={"inverted_index_algo": "TAAT_NAIVE"})
+    return s, ip

@@ -1,0 +1,151 @@
+"""Permission-aware row IDs: rows that share their policy-relevant
+attributes get IDs from blocks of their own.
+
+Such rows ("a visibility class") are visible to exactly the same users, so
+if they sit in contiguous ID blocks, every compiled bitmap is a union of few
+runs (ARCHITECTURE.md: 178 bytes vs 126 KB for a 20-of-200-departments union
+over 1M rows) and runs become a few range terms in a filter. A class's blocks
+grow geometrically, so a class of n rows spans O(log n) runs however its rows
+were interleaved at ingest. ``mode="sequential"`` hands out IDs in arrival
+order instead (the benchmark's baseline).
+
+Each class also gets a small integer ``vclass``, stored with the row in the
+catalog and in Milvus: a visible set that is a union of whole classes can be
+filtered as ``vclass in [...]``, however scattered the classes' IDs are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from typing import Any, Iterable, Mapping, Sequence
+
+from sqlalchemy import select, update
+from sqlalchemy.engine import Connection
+
+from .. import db
+from ..errors import CatalogError
+from .bitmaps import MAX_ROW_ID
+from .rows import RowRecord, RowSpec
+
+MIN_BLOCK = 64
+MAX_BLOCK = 1 << 22
+
+
+def class_key(payload: object) -> str:
+    raw = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha1(raw.encode()).hexdigest()
+
+
+class Allocator:
+    """Row IDs and visibility classes for new rows."""
+
+    def __init__(self, mode: str = "contiguous", policy_attrs: Iterable[str] | None = None) -> None:
+        if mode not in ("contiguous", "sequential"):
+            raise CatalogError(f"allocation must be 'contiguous' or 'sequential', not {mode!r}")
+        self.mode = mode
+        self.policy_attrs = frozenset(policy_attrs) if policy_attrs is not None else None
+
+    def class_of(self, attrs: Mapping[str, Any], derived: Sequence[int] | None = None) -> str:
+        if derived:
+            return class_key(["derived", sorted(int(d) for d in derived)])
+        keep = {k: v for k, v in attrs.items() if self.policy_attrs is None or k in self.policy_attrs}
+        return class_key(keep)
+
+    def size_hint(self, specs: Sequence[RowSpec]) -> dict[tuple[str, str], int]:
+        """Rows per (tenant, class) of a whole ingest, so that its batches
+        share one block per class (see :meth:`allocate`)."""
+        hint: dict[tuple[str, str], int] = defaultdict(int)
+        for s in specs:
+            if not s.derived_from:
+                hint[(s.tenant, self.class_of(s.attrs))] += 1
+        return hint
+
+    def allocate(
+        self,
+        conn: Connection,
+        specs: Sequence[RowSpec],
+        sources: Mapping[tuple[str, str], int],
+        hint: dict[tuple[str, str], int],
+    ) -> list[RowRecord]:
+        """Records with fresh IDs for ``specs``, in order.
+
+        ``sources`` maps (tenant, external id) of already stored sources to
+        their row IDs; a source in the same batch must come before its
+        derived row. ``hint`` (from :meth:`size_hint`, consumed as rows are
+        allocated) sizes each new block for the rows still to come.
+        """
+        ids: dict[tuple[str, str], int] = {}
+        vclass: dict[tuple[str, str], int] = {}
+
+        def source_ids(s: RowSpec) -> list[int]:
+            return sorted({ids.get((s.tenant, x), sources.get((s.tenant, x), -1)) for x in s.derived_from})
+
+        if self.mode == "sequential":
+            end = _bump_ids(conn, len(specs))
+            for i, s in enumerate(specs):
+                ids[(s.tenant, s.external_id)] = end - len(specs) + i
+            for s in specs:
+                vclass[(s.tenant, s.external_id)] = self._class_row(conn, s.tenant, self.class_of(s.attrs, source_ids(s)))[0]
+        else:
+            # Group by (tenant, class) in input order; derived rows come after
+            # all plain rows so their sources already have IDs.
+            groups: dict[tuple[str, str], list[RowSpec]] = {}
+            for s in specs:
+                if not s.derived_from:
+                    groups.setdefault((s.tenant, self.class_of(s.attrs)), []).append(s)
+            for (tenant, key), members in groups.items():
+                expected = max(len(members), hint.get((tenant, key), 0))
+                if (tenant, key) in hint:
+                    hint[(tenant, key)] = max(0, hint[(tenant, key)] - len(members))
+                cid, got = self._take_ids(conn, tenant, key, len(members), expected)
+                for s, rid in zip(members, got):
+                    ids[(s.tenant, s.external_id)] = rid
+                    vclass[(s.tenant, s.external_id)] = cid
+            for s in specs:  # one at a time: a derived row's source may be in the batch
+                if s.derived_from:
+                    cid, (rid,) = self._take_ids(conn, s.tenant, self.class_of({}, source_ids(s)), 1)
+                    ids[(s.tenant, s.external_id)] = rid
+                    vclass[(s.tenant, s.external_id)] = cid
+        return [
+            RowRecord(ids[(s.tenant, s.external_id)], s.tenant, s.external_id, s.attrs, s.parent, tuple(source_ids(s)), vclass[(s.tenant, s.external_id)])
+            for s in specs
+        ]
+
+    def _class_row(self, conn: Connection, tenant: str, key: str) -> tuple[int, int, int, int]:
+        """(class_id, next_id, end_id, size) of a class, created if new."""
+        b = db.id_blocks.c
+        row = conn.execute(
+            select(b.class_id, b.next_id, b.end_id, b.size).where(b.tenant == tenant, b.class_key == key).with_for_update()
+        ).first()
+        if row is not None:
+            return int(row[0]), int(row[1]), int(row[2]), int(row[3])
+        cid = db.bump(conn, "next_class_id") - 1
+        conn.execute(db.id_blocks.insert().values(tenant=tenant, class_key=key, class_id=cid, next_id=0, end_id=0, size=0))
+        return cid, 0, 0, 0
+
+    def _take_ids(self, conn: Connection, tenant: str, key: str, n: int, expected: int = 0) -> tuple[int, list[int]]:
+        """The class's ID and ``n`` fresh row IDs from its blocks."""
+        b = db.id_blocks.c
+        cid, nxt, end, size = self._class_row(conn, tenant, key)
+        ids: list[int] = []
+        while len(ids) < n:
+            if nxt < end:
+                take = min(n - len(ids), end - nxt)
+                ids.extend(range(nxt, nxt + take))
+                nxt += take
+                continue
+            need = max(n - len(ids), expected - len(ids))
+            size = min(MAX_BLOCK, max(MIN_BLOCK, 2 * size, 1 << (need - 1).bit_length()))
+            end = _bump_ids(conn, size)
+            nxt = end - size
+        conn.execute(update(db.id_blocks).where(b.tenant == tenant, b.class_key == key).values(next_id=nxt, end_id=end, size=size))
+        return cid, ids
+
+
+def _bump_ids(conn: Connection, n: int) -> int:
+    end = db.bump(conn, "next_row_id", n)
+    if end - 1 > MAX_ROW_ID:
+        raise CatalogError(f"row IDs exhausted: permrag allocates 32-bit row IDs (at most {MAX_ROW_ID})")
+    return end

@@ -1,0 +1,223 @@
+"""The inverted index ``(tenant, attr, value) → rows``, in memory and persisted.
+
+Selectors resolve through it: ``dept:eng`` is one lookup, ``dept:e*`` a union
+of the matching values' bitmaps. Besides attribute values it holds, per
+tenant, every live row (``("", "")``) and the rows of each visibility class
+(``("#class", "<id>")``). It is persisted as serialized roaring bitmaps, so
+reopening a store loads a few thousand blobs instead of scanning every row
+(1M rows: ~0.1 s).
+
+In memory each tenant is a :class:`TenantIndex` that is never mutated: a
+publish or delete builds a new one and swaps it in (under the state lock), so
+a snapshot taken by a search stays valid while others write.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any, Iterable, Mapping
+
+from pyroaring import BitMap, FrozenBitMap
+from sqlalchemy import and_, delete, select, update
+from sqlalchemy.engine import Connection
+
+from .. import db
+from ..names import attr_pairs
+from .rows import RowRecord
+
+TENANT_ROWS = ("", "")  # index key of "every live row of the tenant"
+CLASS_ATTR = "#class"  # index keys ("#class", "<id>"): rows of one visibility class
+EMPTY = FrozenBitMap()
+
+
+@dataclass(frozen=True)
+class TenantIndex:
+    """One tenant's live rows, by attribute value and by visibility class (immutable)."""
+
+    rows: FrozenBitMap = EMPTY
+    attrs: Mapping[str, Mapping[str, FrozenBitMap]] = field(default_factory=dict)
+    classes: Mapping[int, FrozenBitMap] = field(default_factory=dict)
+    derived: Mapping[int, tuple[int, ...]] = field(default_factory=dict)  # derived row → sources, dependency order
+    derived_all: FrozenBitMap = EMPTY
+
+    def values(self, attr: str) -> Mapping[str, FrozenBitMap]:
+        return self.attrs.get(attr, {})
+
+
+def index_keys(r: RowRecord) -> list[tuple[str, str]]:
+    return [(CLASS_ATTR, str(r.vclass)), *attr_pairs(r.attrs)]
+
+
+def _blob(tenant: str, key: tuple[str, str], bm: BitMap) -> dict[str, Any]:
+    bm.run_optimize()
+    return {"tenant": tenant, "attr": key[0], "value": key[1], "bitmap": bm.serialize()}
+
+
+class AttrIndex:
+    """Every tenant's :class:`TenantIndex`, and their persisted form."""
+
+    def __init__(self) -> None:
+        self._tenants: dict[str, TenantIndex] = {}
+        self._depth: dict[int, int] = {}
+
+    def tenant(self, tenant: str) -> TenantIndex:
+        return self._tenants.get(tenant) or TenantIndex()
+
+    def tenants(self) -> list[str]:
+        return sorted(t for t, idx in self._tenants.items() if idx.rows)
+
+    def has_tenant(self, tenant: str) -> bool:
+        idx = self._tenants.get(tenant)
+        return idx is not None and bool(idx.rows)
+
+    def live_ids(self) -> BitMap:
+        return BitMap.union(BitMap(), *(idx.rows for idx in self._tenants.values()))
+
+    # ------------------------------------------------------------------ loading
+    def load(self, conn: Connection) -> None:
+        """Replace the in-memory index with the persisted one."""
+        raw: dict[str, dict[tuple[str, str], FrozenBitMap]] = defaultdict(dict)
+        a = db.attr_index.c
+        for tenant, attr, value, blob in conn.execute(select(a.tenant, a.attr, a.value, a.bitmap)):
+            raw[tenant][(attr, value)] = FrozenBitMap.deserialize(blob)
+        derived: dict[str, list[tuple[int, tuple[int, ...]]]] = defaultdict(list)
+        t = db.rows.c
+        for rid, tenant, src in conn.execute(
+            select(t.row_id, t.tenant, t.derived_from).where(t.derived_from.is_not(None), t.state == "live")
+        ):
+            derived[tenant].append((int(rid), tuple(int(s) for s in src)))
+        self._depth = {}
+        tenants = {}
+        for tenant in set(raw) | set(derived):
+            idx = _build(raw.get(tenant, {}))
+            tenants[tenant] = self._with_derived(idx, derived.get(tenant, []), ())
+        self._tenants = tenants
+
+    def rebuild(self, conn: Connection) -> None:
+        """Recompute the persisted index from the live rows (repair tool)."""
+        keys: dict[str, dict[tuple[str, str], BitMap]] = defaultdict(lambda: defaultdict(BitMap))
+        t = db.rows.c
+        for row_id, tenant, attrs, vclass in conn.execute(select(t.row_id, t.tenant, t.attrs, t.vclass).where(t.state == "live")):
+            rec = RowRecord(int(row_id), tenant, "", dict(attrs), vclass=int(vclass))
+            keys[tenant][TENANT_ROWS].add(rec.row_id)
+            for k in index_keys(rec):
+                keys[tenant][k].add(rec.row_id)
+        conn.execute(delete(db.attr_index))
+        payload = [_blob(tenant, k, bm) for tenant, per in keys.items() for k, bm in per.items()]
+        for part in db.chunks(payload, 500):
+            conn.execute(db.attr_index.insert(), list(part))
+
+    # ------------------------------------------------------------------ changes
+    def persist(self, conn: Connection, tenant: str, added: Iterable[RowRecord], removed: Iterable[RowRecord]) -> dict[tuple[str, str], FrozenBitMap]:
+        """Read-modify-write the persisted bitmaps the rows touch (rows locked
+        FOR UPDATE where the database has it); returns the new bitmaps."""
+        adds: dict[tuple[str, str], BitMap] = defaultdict(BitMap)
+        gone: dict[tuple[str, str], BitMap] = defaultdict(BitMap)
+        for r in added:
+            for k in (TENANT_ROWS, *index_keys(r)):
+                adds[k].add(r.row_id)
+        for r in removed:
+            for k in (TENANT_ROWS, *index_keys(r)):
+                gone[k].add(r.row_id)
+        keys = set(adds) | set(gone)
+        a = db.attr_index.c
+        current: dict[tuple[str, str], BitMap] = {}
+        attrs = sorted({k[0] for k in keys})
+        for part in db.chunks(attrs, 500):
+            q = select(a.attr, a.value, a.bitmap).where(a.tenant == tenant, a.attr.in_(list(part))).with_for_update()
+            for attr, value, blob in conn.execute(q):
+                if (attr, value) in keys:
+                    current[(attr, value)] = BitMap.deserialize(blob)
+        out: dict[tuple[str, str], FrozenBitMap] = {}
+        inserts = []
+        for key in keys:
+            bm = (current.get(key) or BitMap()) | adds.get(key, BitMap())
+            bm -= gone.get(key, BitMap())
+            where = and_(a.tenant == tenant, a.attr == key[0], a.value == key[1])
+            if key in current:
+                if bm or key == TENANT_ROWS:
+                    bm.run_optimize()
+                    conn.execute(update(db.attr_index).where(where).values(bitmap=bm.serialize()))
+                else:
+                    conn.execute(delete(db.attr_index).where(where))
+            elif bm or key == TENANT_ROWS:
+                inserts.append(_blob(tenant, key, bm))
+            out[key] = FrozenBitMap(bm)
+        if inserts:
+            conn.execute(db.attr_index.insert(), inserts)
+        return out
+
+    def apply(self, tenant: str, bitmaps: Mapping[tuple[str, str], FrozenBitMap], derived_added: list[tuple[int, tuple[int, ...]]], derived_removed: Iterable[int]) -> None:
+        """Swap in a new TenantIndex with ``bitmaps`` (from :meth:`persist`) replacing theirs."""
+        old = self.tenant(tenant)
+        rows = bitmaps.get(TENANT_ROWS, old.rows)
+        attrs: dict[str, Mapping[str, FrozenBitMap]] = dict(old.attrs)
+        classes = dict(old.classes)
+        by_attr: dict[str, dict[str, FrozenBitMap]] = defaultdict(dict)
+        for (attr, value), bm in bitmaps.items():
+            if (attr, value) == TENANT_ROWS:
+                continue
+            if attr == CLASS_ATTR:
+                if bm:
+                    classes[int(value)] = bm
+                else:
+                    classes.pop(int(value), None)
+            else:
+                by_attr[attr][value] = bm
+        for attr, changed in by_attr.items():
+            inner = dict(attrs.get(attr, {}))
+            for value, bm in changed.items():
+                if bm:
+                    inner[value] = bm
+                else:
+                    inner.pop(value, None)
+            if inner:
+                attrs[attr] = MappingProxyType(inner)
+            else:
+                attrs.pop(attr, None)
+        idx = replace(old, rows=rows, attrs=_frozen(attrs), classes=MappingProxyType(classes))
+        self._tenants[tenant] = self._with_derived(idx, derived_added, derived_removed)
+
+    def _with_derived(self, idx: TenantIndex, added: list[tuple[int, tuple[int, ...]]], removed: Iterable[int]) -> TenantIndex:
+        removed = set(removed)
+        if not added and not removed:
+            return idx
+        derived = {rid: src for rid, src in idx.derived.items() if rid not in removed}
+        for rid in removed:
+            self._depth.pop(rid, None)
+        pending = dict(added)
+
+        def depth(rid: int) -> int:
+            if rid in self._depth:
+                return self._depth[rid]
+            if rid not in pending:
+                return 0
+            d = 1 + max((depth(s) for s in pending[rid]), default=0)
+            self._depth[rid] = d
+            return d
+
+        for rid, src in added:
+            depth(rid)
+            derived[rid] = src
+        ordered = dict(sorted(derived.items(), key=lambda kv: (self._depth.get(kv[0], 1), kv[0])))
+        return replace(idx, derived=MappingProxyType(ordered), derived_all=FrozenBitMap(ordered.keys()))
+
+
+def _frozen(attrs: dict[str, dict[str, FrozenBitMap]]) -> Mapping[str, Mapping[str, FrozenBitMap]]:
+    return MappingProxyType({a: v if isinstance(v, MappingProxyType) else MappingProxyType(v) for a, v in attrs.items()})
+
+
+def _build(raw: Mapping[tuple[str, str], FrozenBitMap]) -> TenantIndex:
+    attrs: dict[str, dict[str, FrozenBitMap]] = defaultdict(dict)
+    classes: dict[int, FrozenBitMap] = {}
+    rows = EMPTY
+    for (attr, value), bm in raw.items():
+        if (attr, value) == TENANT_ROWS:
+            rows = bm
+        elif attr == CLASS_ATTR:
+            classes[int(value)] = bm
+        else:
+            attrs[attr][value] = bm
+    return TenantIndex(rows, _frozen(dict(attrs)), MappingProxyType(classes))

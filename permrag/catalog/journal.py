@@ -1,0 +1,314 @@
+"""Two-phase writes: rows enter and leave the catalog in steps that a second
+store (Milvus) can be written between, without ever exposing half-written
+rows, and that a crash at any point leaves repairable.
+
+Ingest:
+
+1. :meth:`Journal.prepare` validates a batch, allocates row IDs and inserts
+   the rows as ``pending``, with a record of their writer (host, PID, start
+   time). Pending rows are in no bitmap: nobody can see them. Milvus is
+   written only after this commits, so every row in Milvus is known to the
+   catalog (reconcile relies on it).
+2. :meth:`Journal.publish` makes them ``live`` and adds them to the inverted
+   index — and, for a replacement, retires the rows of the documents it
+   replaces — in one transaction with a bump of the catalog version: the old
+   version of a document stays visible until the new one is, then
+   disappears in the same step. :meth:`Journal.abort` deletes them instead.
+
+Delete: :meth:`Journal.retire` marks rows ``deleted`` and takes them out of
+the index (invisible at once), then the caller deletes them from Milvus, then
+:meth:`Journal.purge` removes them. A crash between leaves ``deleted`` rows
+that reconcile finishes.
+
+The version bump is each transaction's first statement (db.py), so publishes
+and deletes of all processes queue there, and every one of them reads the
+latest persisted bitmaps under that lock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+from pyroaring import BitMap, FrozenBitMap
+from sqlalchemy import Engine, delete, or_, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from .. import db
+from ..errors import CatalogError, DuplicateExternalIdError, UnknownRowError
+from ..names import attr_pairs
+from ..repair import owner, writer_alive
+from .allocation import Allocator
+from .index import AttrIndex
+from .rows import RowRecord, RowSpec, record
+
+INSERT_CHUNK = 5000
+
+
+@dataclass(frozen=True)
+class Change:
+    """What one publish touched in one tenant, for incremental recompiles."""
+
+    tenant: str
+    row_ids: BitMap
+    attrs: frozenset[str]
+    docs: frozenset[str]  # external ids and parents of the new rows
+    derived: tuple[int, ...]
+
+
+@dataclass
+class PendingBatch:
+    """Rows inserted as pending by :meth:`Journal.prepare`."""
+
+    records: list[RowRecord]
+    ingest_id: int | None = None
+    replaces: dict[str, set[str]] = field(default_factory=dict)  # tenant → documents this batch replaces
+
+    @property
+    def row_ids(self) -> list[int]:
+        return [r.row_id for r in self.records]
+
+
+@dataclass
+class Written:
+    """A committed publish or retire: what the in-memory index must take over."""
+
+    version: int
+    bitmaps: dict[str, dict[tuple[str, str], FrozenBitMap]]  # tenant → new persisted bitmaps
+    added: list[RowRecord] = field(default_factory=list)
+    retired: list[RowRecord] = field(default_factory=list)
+
+    def changes(self) -> list[Change]:
+        by_tenant: dict[str, list[RowRecord]] = defaultdict(list)
+        for r in self.added:
+            by_tenant[r.tenant].append(r)
+        return [
+            Change(
+                tenant,
+                BitMap(r.row_id for r in recs),
+                frozenset(a for r in recs for a, _ in attr_pairs(r.attrs)),
+                frozenset({r.external_id for r in recs} | {r.parent for r in recs if r.parent}),
+                tuple(r.row_id for r in recs if r.derived_from),
+            )
+            for tenant, recs in by_tenant.items()
+        ]
+
+
+def documents(specs: Sequence[RowSpec]) -> dict[str, set[str]]:
+    """tenant → the ingested documents ``specs`` stand for (a chunk's document, else the row itself)."""
+    out: dict[str, set[str]] = defaultdict(set)
+    for s in specs:
+        out[s.tenant].add(s.document)
+    return out
+
+
+class Journal:
+    """The catalog's writes: prepare / publish / abort, retire / purge, crash records."""
+
+    def __init__(self, engine: Engine, index: AttrIndex, allocator: Allocator) -> None:
+        self.engine = engine
+        self.index = index
+        self.allocator = allocator
+
+    # ------------------------------------------------------------------ ingest
+    def prepare(self, specs: Sequence[RowSpec], hint: dict[tuple[str, str], int], *, replace: bool = False) -> PendingBatch:
+        if not specs:
+            return PendingBatch([])
+        seen: set[tuple[str, str]] = set()
+        for s in specs:
+            if (s.tenant, s.external_id) in seen:
+                raise DuplicateExternalIdError(f"external id {s.external_id!r} appears twice in tenant {s.tenant!r}")
+            seen.add((s.tenant, s.external_id))
+        docs = documents(specs)
+        host, pid, start = owner()
+        try:
+            with db.transaction(self.engine, "preparing an ingest") as conn:
+                if not replace:
+                    self._check_new(conn, specs, docs)
+                sources = self._resolve_sources(conn, specs)
+                records = self.allocator.allocate(conn, specs, sources, hint)
+                ingest_id = conn.execute(
+                    db.ingests.insert().values(
+                        host=host, pid=pid, pid_start=start, started=time.time(), row_ids=_blob(r.row_id for r in records)
+                    )
+                ).inserted_primary_key[0]
+                payload = [
+                    {
+                        "row_id": r.row_id,
+                        "tenant": r.tenant,
+                        "external_id": r.external_id,
+                        "live_key": None,
+                        "attrs": r.attrs,
+                        "parent": r.parent,
+                        "derived_from": list(r.derived_from) or None,
+                        "state": "pending",
+                        "vclass": r.vclass,
+                        "ingest_id": ingest_id,
+                    }
+                    for r in records
+                ]
+                for part in db.chunks(payload, INSERT_CHUNK):
+                    conn.execute(db.rows.insert(), list(part))
+        except IntegrityError as exc:
+            raise CatalogError(f"ingest conflicts with the catalog: {str(exc.orig).splitlines()[0]}") from None
+        return PendingBatch(records, int(ingest_id), dict(docs) if replace else {})
+
+    def publish(self, batch: PendingBatch) -> Written:
+        """Make the batch live (retiring what it replaces) in one transaction."""
+        t = db.rows.c
+        try:
+            with db.transaction(self.engine, "publishing an ingest") as conn:
+                version = db.bump(conn, "catalog_version")
+                retired = self._take_live(conn, batch.replaces) if batch.replaces else []
+                done = 0
+                for part in db.chunks(batch.row_ids):
+                    done += conn.execute(
+                        update(db.rows).where(t.row_id.in_(list(part)), t.state == "pending").values(state="live", live_key=t.external_id)
+                    ).rowcount
+                if done != len(batch.records):
+                    raise CatalogError("this ingest was cancelled by a reconcile (its writer looked dead); nothing was published")
+                if batch.ingest_id is not None:
+                    conn.execute(delete(db.ingests).where(db.ingests.c.id == batch.ingest_id))
+                bitmaps = self._persist(conn, batch.records, retired)
+        except IntegrityError as exc:
+            raise DuplicateExternalIdError(
+                f"another writer published a row with one of these external ids meanwhile: {str(exc.orig).splitlines()[0]}"
+            ) from None
+        return Written(version, bitmaps, list(batch.records), retired)
+
+    def abort(self, batch: PendingBatch) -> None:
+        """Delete a prepared batch that will not be published."""
+        if not batch.records:
+            return
+        t = db.rows.c
+        with db.transaction(self.engine, "aborting an ingest") as conn:
+            for part in db.chunks(batch.row_ids):
+                conn.execute(delete(db.rows).where(t.row_id.in_(list(part)), t.state == "pending"))
+            if batch.ingest_id is not None:
+                conn.execute(delete(db.ingests).where(db.ingests.c.id == batch.ingest_id))
+
+    def abandon(self, batch: PendingBatch) -> None:
+        """Hand a batch whose cleanup failed to the next reconcile (it counts as dead)."""
+        if batch.ingest_id is not None:
+            with db.transaction(self.engine, "abandoning an ingest") as conn:
+                conn.execute(update(db.ingests).where(db.ingests.c.id == batch.ingest_id).values(pid=-1))
+
+    # ------------------------------------------------------------------ delete
+    def retire(self, tenant: str, external_ids: Sequence[str]) -> Written:
+        """Take documents (rows and their chunks) out of the index: invisible at once."""
+        with db.transaction(self.engine, "deleting rows") as conn:
+            version = db.bump(conn, "catalog_version")
+            retired = self._take_live(conn, {tenant: set(external_ids)})
+            bitmaps = self._persist(conn, [], retired) if retired else {}
+        return Written(version, bitmaps, [], retired)
+
+    def purge(self, row_ids: Sequence[int]) -> None:
+        """Physically remove rows already retired (state ``deleted``)."""
+        t = db.rows.c
+        with db.transaction(self.engine, "purging rows") as conn:
+            for part in db.chunks(sorted(int(r) for r in row_ids), INSERT_CHUNK):
+                conn.execute(delete(db.rows).where(t.row_id.in_(list(part)), t.state == "deleted"))
+
+    # ------------------------------------------------------------------ crash records
+    def dead_ingests(self, stale_after: float) -> list[tuple[int, list[int]]]:
+        """(ingest id, row IDs) of prepared batches whose writer is gone."""
+        i = db.ingests.c
+        now = time.time()
+        with db.reading(self.engine, "reading ingest records") as conn:
+            found = conn.execute(select(i.id, i.host, i.pid, i.pid_start, i.started, i.row_ids)).all()
+        return [
+            (int(ing_id), list(BitMap.deserialize(blob)))
+            for ing_id, host, pid, pid_start, started, blob in found
+            if not writer_alive(host, int(pid), int(pid_start), float(started), now, stale_after)
+        ]
+
+    def drop_pending(self, row_ids: Sequence[int], ingest_id: int) -> None:
+        """Remove a dead writer's pending rows and its record (after Milvus dropped them)."""
+        t = db.rows.c
+        with db.transaction(self.engine, "removing an interrupted ingest") as conn:
+            for part in db.chunks(sorted(int(r) for r in row_ids), INSERT_CHUNK):
+                conn.execute(delete(db.rows).where(t.row_id.in_(list(part)), t.state == "pending"))
+            conn.execute(delete(db.ingests).where(db.ingests.c.id == ingest_id))
+
+    # ------------------------------------------------------------------ internals
+    def _take_live(self, conn: Connection, docs: Mapping[str, set[str]]) -> list[RowRecord]:
+        """Retire the live rows of ``docs`` (tenant → external ids: rows and their chunks)."""
+        t = db.rows.c
+        found: dict[int, RowRecord] = {}
+        for tenant, names in docs.items():
+            ordered = sorted(names)
+            for part in db.chunks(ordered, 500):
+                q = select(db.rows).where(
+                    t.tenant == tenant, t.state == "live", or_(t.live_key.in_(list(part)), t.parent.in_(list(part)))
+                )
+                for row in conn.execute(q):
+                    found[int(row.row_id)] = record(row)
+        ids = sorted(found)
+        for part in db.chunks(ids, INSERT_CHUNK):
+            conn.execute(update(db.rows).where(t.row_id.in_(list(part))).values(state="deleted", live_key=None))
+        return list(found.values())
+
+    def _persist(self, conn: Connection, added: list[RowRecord], retired: list[RowRecord]) -> dict[str, dict[tuple[str, str], FrozenBitMap]]:
+        by_tenant: dict[str, tuple[list[RowRecord], list[RowRecord]]] = defaultdict(lambda: ([], []))
+        for r in added:
+            by_tenant[r.tenant][0].append(r)
+        for r in retired:
+            by_tenant[r.tenant][1].append(r)
+        return {tenant: self.index.persist(conn, tenant, a, d) for tenant, (a, d) in by_tenant.items()}
+
+    def _check_new(self, conn: Connection, specs: Sequence[RowSpec], docs: Mapping[str, set[str]]) -> None:
+        """No live row may have a new row's external id, and no chunked
+        document may exist already (as a row, or as the parent of chunks)."""
+        t = db.rows.c
+        names: dict[str, set[str]] = defaultdict(set)
+        chunked: dict[str, set[str]] = defaultdict(set)
+        for s in specs:
+            names[s.tenant] |= {s.external_id, s.document}
+            if s.chunk_of:
+                chunked[s.tenant].add(s.chunk_of)
+        for tenant, exts in names.items():
+            for part in db.chunks(sorted(exts)):
+                parents = [p for p in part if p in chunked[tenant]]
+                cond = t.live_key.in_(list(part)) if not parents else or_(t.live_key.in_(list(part)), t.parent.in_(parents))
+                dup = conn.execute(select(t.external_id, t.parent).where(t.tenant == tenant, t.state == "live", cond).limit(1)).first()
+                if dup is not None:
+                    name = dup[0] if dup[0] in exts else dup[1]
+                    raise DuplicateExternalIdError(
+                        f"external id {name!r} already exists in tenant {tenant!r}",
+                        hint="pass replace=True to replace it",
+                        cli_hint="pass --replace to replace it",
+                    )
+
+    def _resolve_sources(self, conn: Connection, specs: Sequence[RowSpec]) -> dict[tuple[str, str], int]:
+        """(tenant, source external id) → row ID, for sources already stored."""
+        wanted: dict[str, set[str]] = defaultdict(set)
+        for s in specs:
+            wanted[s.tenant].update(s.derived_from)
+        out: dict[tuple[str, str], int] = {}
+        t = db.rows.c
+        for tenant, exts in wanted.items():
+            for part in db.chunks(sorted(exts)):
+                for rid, ext in conn.execute(
+                    select(t.row_id, t.external_id).where(t.tenant == tenant, t.state == "live", t.live_key.in_(list(part)))
+                ):
+                    out[(tenant, ext)] = int(rid)
+        batch_pos = {(s.tenant, s.external_id): i for i, s in enumerate(specs)}
+        for i, s in enumerate(specs):
+            for src in s.derived_from:
+                if (s.tenant, src) in out:
+                    continue
+                j = batch_pos.get((s.tenant, src))
+                if j is None:
+                    raise UnknownRowError(f"source {src!r} of {s.external_id!r} is not a row of tenant {s.tenant!r}")
+                if j > i:
+                    raise CatalogError(f"source {src!r} of {s.external_id!r} must come before it in the batch")
+        return out
+
+
+def _blob(ids) -> bytes:
+    bm = BitMap(ids)
+    bm.run_optimize()
+    return bm.serialize()

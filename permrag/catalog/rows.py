@@ -1,0 +1,230 @@
+"""Row records: what a row is, how a document becomes row specs, and lookups.
+
+A *row* is one retrievable chunk: ``row_id`` (allocated by permrag),
+``external_id``, ``tenant``, ``attrs``, optional ``parent`` (chunk →
+document) and ``derived_from`` (generated content → its sources' row IDs). A
+*document* is what a caller ingests: one row, or several chunk rows
+``<external_id>#<n>`` whose ``parent`` is the document's id.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+from pyroaring import BitMap
+from sqlalchemy import Engine, or_, select
+
+from .. import db
+from ..errors import CatalogError, UnknownRowError
+from ..names import AttrValue, check_attrs, check_external_id, check_tenant
+
+DEFAULT_TENANT = "default"
+RECORD_CACHE = 200_000  # row records kept for the search path
+
+
+@dataclass(frozen=True)
+class RowRecord:
+    """One catalog row as callers see it."""
+
+    row_id: int
+    tenant: str
+    external_id: str
+    attrs: dict[str, AttrValue]
+    parent: str | None = None
+    derived_from: tuple[int, ...] = ()
+    vclass: int = 0
+
+    @property
+    def document(self) -> str:
+        """The document this row belongs to: its parent, or itself."""
+        return self.parent or self.external_id
+
+
+@dataclass(frozen=True)
+class DocumentRecord:
+    """A document stored as several chunk rows (``rag.row(<document id>)``)."""
+
+    external_id: str
+    tenant: str
+    chunks: tuple[RowRecord, ...]
+
+    @property
+    def row_ids(self) -> list[int]:
+        return [c.row_id for c in self.chunks]
+
+    @property
+    def attrs(self) -> dict[str, AttrValue]:
+        return self.chunks[0].attrs if self.chunks else {}
+
+    @property
+    def document(self) -> str:
+        return self.external_id
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """A validated row waiting for its ID."""
+
+    external_id: str
+    tenant: str
+    attrs: dict[str, AttrValue]
+    parent: str | None = None
+    derived_from: tuple[str, ...] = ()  # external ids of the sources
+    chunk_of: str | None = None  # the ingested document this row is a chunk of (set by chunking)
+
+    @property
+    def document(self) -> str:
+        """The ingested document this row stands for (itself, unless it is a chunk)."""
+        return self.chunk_of or self.external_id
+
+
+def row_spec(doc: Mapping[str, Any], default_tenant: str = DEFAULT_TENANT) -> RowSpec:
+    """Validate one document mapping into a :class:`RowSpec`."""
+    if not isinstance(doc, Mapping):
+        raise CatalogError(f"a document must be a mapping, not {type(doc).__name__}")
+    ext = check_external_id("external_id", doc.get("external_id"))
+    tenant = check_tenant(doc["tenant"]) if "tenant" in doc else default_tenant
+    parent = doc.get("parent")
+    if parent is not None:
+        parent = check_external_id(f"parent of {ext!r}", parent)
+    sources = doc.get("derived_from") or ()
+    if isinstance(sources, (str, bytes, Mapping)) or not isinstance(sources, Sequence):
+        raise CatalogError(f"derived_from of {ext!r} must be a list of external ids")
+    sources = tuple(check_external_id(f"source of {ext!r}", s) for s in sources)
+    if ext in sources:
+        raise CatalogError(f"row {ext!r} cannot be derived from itself")
+    return RowSpec(ext, tenant, check_attrs(doc.get("attrs")), parent, sources)
+
+
+def record(row: Any) -> RowRecord:
+    return RowRecord(
+        row_id=int(row.row_id),
+        tenant=row.tenant,
+        external_id=row.external_id,
+        attrs=dict(row.attrs),
+        parent=row.parent,
+        derived_from=tuple(int(s) for s in row.derived_from or ()),
+        vclass=int(row.vclass),
+    )
+
+
+class RowStore:
+    """Row lookups by ID, external id and state, with a cache for the search path.
+
+    A record never changes while its ID exists (a replaced document gets new
+    IDs), so cached records are never stale; whether a row is *visible* is
+    decided by bitmaps, never by this cache.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._cache: OrderedDict[int, RowRecord] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def records(self, row_ids: Iterable[int]) -> dict[int, RowRecord]:
+        """Records of those of ``row_ids`` that exist (any state), by ID."""
+        wanted = [int(r) for r in row_ids]
+        found: dict[int, RowRecord] = {}
+        with self._lock:
+            for r in wanted:
+                rec = self._cache.get(r)
+                if rec is not None:
+                    self._cache.move_to_end(r)
+                    found[r] = rec
+        missing = sorted({r for r in wanted if r not in found})
+        if missing:
+            t = db.rows.c
+            with db.reading(self.engine, "reading rows") as conn:
+                for part in db.chunks(missing):
+                    for row in conn.execute(select(db.rows).where(t.row_id.in_(part))):
+                        found[int(row.row_id)] = record(row)
+            with self._lock:
+                for r in missing:
+                    if r in found:
+                        self._cache[r] = found[r]
+                while len(self._cache) > RECORD_CACHE:
+                    self._cache.popitem(last=False)
+        return found
+
+    def live(self, row_ids: Iterable[int]) -> list[RowRecord]:
+        """Records of live ``row_ids`` in that order; an unknown or retired ID raises."""
+        wanted = [int(r) for r in row_ids]
+        found: dict[int, RowRecord] = {}
+        t = db.rows.c
+        with db.reading(self.engine, "reading rows") as conn:
+            for part in db.chunks(sorted(set(wanted))):
+                for row in conn.execute(select(db.rows).where(t.row_id.in_(part), t.state == "live")):
+                    found[int(row.row_id)] = record(row)
+        missing = [r for r in wanted if r not in found]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise UnknownRowError(f"unknown row id {missing[0]}{more}")
+        return [found[r] for r in wanted]
+
+    def by_external_id(self, external_id: str, tenant: str) -> RowRecord | None:
+        t = db.rows.c
+        with db.reading(self.engine, "reading rows") as conn:
+            row = conn.execute(
+                select(db.rows).where(t.tenant == tenant, t.live_key == external_id, t.state == "live")
+            ).first()
+        return None if row is None else record(row)
+
+    def document(self, external_id: str, tenant: str) -> list[RowRecord]:
+        """Live rows with this external id, or whose parent it is, in chunk order."""
+        t = db.rows.c
+        with db.reading(self.engine, "reading rows") as conn:
+            found = [
+                record(r)
+                for r in conn.execute(
+                    select(db.rows).where(
+                        t.tenant == tenant, t.state == "live", or_(t.live_key == external_id, t.parent == external_id)
+                    )
+                )
+            ]
+        return sorted(found, key=lambda r: (r.external_id != external_id, chunk_no(r.external_id), r.external_id))
+
+    def doc_rows(self, tenant: str, external_id: str) -> BitMap:
+        """Live rows with this external id or this parent (a ``doc:`` selector)."""
+        t = db.rows.c
+        with db.reading(self.engine, "reading rows") as conn:
+            ids = conn.execute(
+                select(t.row_id).where(t.tenant == tenant, t.state == "live", or_(t.live_key == external_id, t.parent == external_id))
+            ).scalars()
+            return BitMap(int(i) for i in ids)
+
+    def documents(self, tenant: str, parents: Sequence[str]) -> dict[str, list[RowRecord]]:
+        """Live rows of several documents at once (one query per 1,000), by document."""
+        return _documents_query(self.engine, tenant, parents)
+
+    def by_state(self, state: str) -> list[RowRecord]:
+        with db.reading(self.engine, "reading rows") as conn:
+            return [record(r) for r in conn.execute(select(db.rows).where(db.rows.c.state == state))]
+
+    def ids(self, states: Sequence[str] = ("live",)) -> BitMap:
+        """Every row ID in one of ``states``."""
+        with db.reading(self.engine, "reading rows") as conn:
+            return BitMap(int(i) for i in conn.execute(select(db.rows.c.row_id).where(db.rows.c.state.in_(list(states)))).scalars())
+
+
+def chunk_no(external_id: str) -> int:
+    """The ``n`` of a chunk id ``<document>#<n>`` (0 for other ids)."""
+    tail = external_id.rsplit("#", 1)[-1]
+    return int(tail) if "#" in external_id and tail.isdigit() else 0
+
+
+def _documents_query(engine: Engine, tenant: str, parents: Sequence[str]) -> dict[str, list[RowRecord]]:
+    t = db.rows.c
+    out: dict[str, list[RowRecord]] = {p: [] for p in parents}
+    with db.reading(engine, "reading rows") as conn:
+        for part in db.chunks(sorted(set(parents))):
+            q = select(db.rows).where(t.tenant == tenant, t.state == "live", or_(t.parent.in_(list(part)), t.live_key.in_(list(part))))
+            for row in conn.execute(q):
+                rec = record(row)
+                for key in {rec.parent, rec.external_id} & out.keys():
+                    out[key].append(rec)
+    for recs in out.values():
+        recs.sort(key=lambda r: (chunk_no(r.external_id), r.external_id))
+    return out

@@ -1,0 +1,220 @@
+"""``permrag init|config|ingest|delete|search|explain|who-can-see|audit|reconcile|demo``."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from .base import StoreCommand, emit, json_opt, main, store, tenant_opt
+
+console = Console()
+err_console = Console(stderr=True)
+encoder_opt = click.option("--encoder", default=None, help="Encoder: a sentence-transformers model name or path, 'hash' or 'static' (default: the store's own).")
+
+
+# ---------------------------------------------------------------------- set-up
+@main.command(cls=StoreCommand)
+@encoder_opt
+@click.pass_context
+def init(ctx, encoder) -> None:
+    """Create a home folder and record its settings (database, Milvus, collection, encoder) in config.toml."""
+    from .. import config
+
+    st = ctx.find_root().obj
+    if encoder:
+        st.given["encoder"] = encoder
+    settings = config.resolve(st.given.get("home"), **{k: v for k, v in st.given.items() if k != "home"})
+    config.ensure_home(settings, create=True)
+    with store(ctx, create=True, catalog_only=True):
+        pass
+    path = config.save(settings)
+    shown = settings.shown()
+    click.echo(
+        f"initialised {settings.home} (database {shown['database_url']['value']}, Milvus {shown['milvus_uri']['value']}); settings in {path}"
+    )
+
+
+@main.group("config")
+def config_group() -> None:
+    """The store's settings: show."""
+
+
+@config_group.command("show", cls=StoreCommand)
+@json_opt
+@click.pass_context
+def config_show(ctx, as_json) -> None:
+    """The settings every command uses, where each comes from; secrets masked."""
+    data = ctx.find_root().obj.settings().shown()
+
+    def render() -> None:
+        click.echo(f"home: {data.pop('home')}")
+        for key, v in data.items():
+            click.echo(f"{key}: {v['value'] if v['value'] is not None else '(none)'}  [{v['source']}]")
+
+    emit(as_json, data, render)
+
+
+# ---------------------------------------------------------------------- documents
+@main.command(cls=StoreCommand)
+@click.argument("path", type=click.Path())
+@tenant_opt
+@encoder_opt
+@click.option("--folder-attrs", default=None, help="Comma-separated attribute names for folder levels.")
+@click.option("--replace", is_flag=True, help="Replace documents that already exist.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.pass_context
+def ingest(ctx, path, tenant, encoder, folder_attrs, replace, quiet) -> None:
+    """Ingest a JSONL file or a folder of documents."""
+    from rich.progress import Progress
+
+    from ..ingest.loaders import load_path
+
+    with store(ctx, encoder=encoder) as rag:
+        docs = load_path(path, folder_attrs.split(",") if folder_attrs else None)
+        show = not quiet and err_console.is_terminal
+        with Progress(console=err_console, transient=True, disable=not show) as bar:
+            task = bar.add_task("ingesting", total=len(docs))
+            ids = rag.add_documents(docs, tenant=tenant, replace=replace, progress=lambda done, total: bar.update(task, completed=done, total=total))
+        click.echo(f"ingested {len(docs)} documents as {len(ids)} rows (catalog version {rag.catalog_version})")
+
+
+@main.command(cls=StoreCommand)
+@click.argument("external_ids", nargs=-1, required=True)
+@tenant_opt
+@click.pass_context
+def delete(ctx, external_ids, tenant) -> None:
+    """Delete rows or whole documents (with their chunks) by external id."""
+    with store(ctx) as rag:
+        rag.sync()
+        rag.access.check_tenant_known(tenant)
+        n = rag.delete(list(external_ids), tenant=tenant)
+        click.echo(f"deleted {n} rows (catalog version {rag.catalog_version})")
+
+
+# ---------------------------------------------------------------------- queries
+def known_user(rag, user: str, tenant: str) -> None:
+    from ..errors import UnknownSubjectError
+
+    rag.sync()
+    rag.access.check_tenant_known(tenant)
+    if not rag.policy.has_user(user, tenant):
+        raise UnknownSubjectError(f"unknown user {user!r} in tenant {tenant!r} (holds no role; would see nothing)")
+
+
+@main.command(cls=StoreCommand)
+@click.argument("query")
+@click.option("--as", "as_user", required=True, help="Search as this user.")
+@tenant_opt
+@click.option("--k", default=5, show_default=True, type=click.IntRange(1, 16384))
+@click.option("--mode", default="hybrid", show_default=True, type=click.Choice(["hybrid", "dense", "keyword"]))
+@encoder_opt
+@json_opt
+@click.pass_context
+def search(ctx, query, as_user, tenant, k, mode, encoder, as_json) -> None:
+    """Search as a user: only rows the user may read come back (chunks of one document grouped)."""
+    with store(ctx, encoder=encoder) as rag:
+        known_user(rag, as_user, tenant)
+        hits = rag.search(query, user=as_user, tenant=tenant, k=k, mode=mode)
+
+        def render() -> None:
+            if not hits:
+                console.print(f"{as_user} may read no matching row")
+                return
+            groups: dict[str, list] = {}
+            for h in hits:
+                groups.setdefault(h.document, []).append(h)
+            t = Table("#", "document", "chunks", "score", "text", title=f"{as_user} searches {query!r} (policy v{hits.policy_version})")
+            for i, (doc, part) in enumerate(groups.items(), 1):
+                chunks = ", ".join(h.external_id for h in part) if part[0].parent else "—"
+                t.add_row(str(i), doc, chunks, f"{part[0].score:.3f}", part[0].text[:100])
+            console.print(t)
+
+        emit(as_json, [h.to_dict() for h in hits], render)
+
+
+@main.command(cls=StoreCommand)
+@click.argument("external_id")
+@click.option("--as", "as_user", required=True, help="The user to explain for.")
+@tenant_opt
+@json_opt
+@click.pass_context
+def explain(ctx, external_id, as_user, tenant, as_json) -> None:
+    """Whether a user may read a row or document, and the path and rule that decide it."""
+    with store(ctx, catalog_only=True) as rag:
+        rag.sync()
+        rag.access.check_tenant_known(tenant)
+        e = rag.explain(as_user, external_id, tenant)
+        emit(as_json, e.to_dict(), lambda: click.echo(str(e)))
+
+
+@main.command("who-can-see", cls=StoreCommand)
+@click.argument("external_id")
+@tenant_opt
+@json_opt
+@click.pass_context
+def who_can_see(ctx, external_id, tenant, as_json) -> None:
+    """The users and roles that can read a row or a whole document."""
+    with store(ctx, catalog_only=True) as rag:
+        rag.sync()
+        rag.access.check_tenant_known(tenant)
+        data = rag.who_can_see(external_id, tenant)
+        emit(as_json, data, lambda: click.echo(f"users: {', '.join(data['users']) or '(none)'}\nroles: {', '.join(data['roles']) or '(none)'}"))
+
+
+@main.command(cls=StoreCommand)
+@click.option("--user", "user_name", default=None, help="Only this user's records.")
+@click.option("--since", default=None, type=float, help="Only since this many hours ago.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 100000))
+@json_opt
+@click.pass_context
+def audit(ctx, user_name, since, limit, as_json) -> None:
+    """Searches and recommendations: who, when, under which policy version, what came back."""
+    with store(ctx, catalog_only=True) as rag:
+        rows = rag.audit_log(user=user_name, since=time.time() - since * 3600 if since is not None else None, limit=limit)
+
+        def render() -> None:
+            t = Table("time", "event", "user", "tenant", "policy v", "plan", "query", "rows")
+            for r in rows:
+                t.add_row(
+                    time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["time"])),
+                    r["event"],
+                    r["user"] or "",
+                    r["tenant"] or "",
+                    str(r["policy_version"]),
+                    r.get("plan", ""),
+                    "; ".join(r.get("queries", []))[:40],
+                    str(sum(len(x) for x in r.get("rows", []))),
+                )
+            console.print(t)
+
+        emit(as_json, rows, render)
+
+
+@main.command(cls=StoreCommand)
+@click.option("--full", is_flag=True, help="Also list every row in Milvus: remove orphans, report live rows Milvus lacks.")
+@json_opt
+@click.pass_context
+def reconcile(ctx, full, as_json) -> None:
+    """Repair catalog and Milvus after a crash (interrupted ingests and deletes); exit 1 if rows are missing."""
+    with store(ctx) as rag:
+        report = rag.reconcile(full=full).merge(rag.last_repair)
+        emit(as_json, report.to_dict(), lambda: click.echo(report.describe()))
+    if report.missing:
+        sys.exit(1)
+
+
+@main.command(cls=StoreCommand)
+@encoder_opt
+@click.pass_context
+def demo(ctx, encoder) -> None:
+    """Build a small enterprise knowledge base under <home>/demo and show what each user gets."""
+    from ..demo import run_demo
+
+    st = ctx.find_root().obj
+    settings = st.settings()
+    run_demo(Path(settings.home) / "demo", console, encoder=encoder, database_url=st.given.get("database_url"), milvus_uri=st.given.get("milvus_uri"), milvus_token=st.given.get("milvus_token"))

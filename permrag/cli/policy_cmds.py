@@ -1,0 +1,284 @@
+"""``permrag role|grant|deny|revoke|user|tenant|policy …``: the policy, one library call each."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from .base import StoreCommand, emit, json_opt, main, store, tenant_opt
+
+console = Console()
+
+
+def _known_tenant(rag, tenant: str) -> None:
+    rag.sync()
+    rag.access.check_tenant_known(tenant)
+
+
+# ---------------------------------------------------------------------- roles
+@main.group()
+def role() -> None:
+    """Roles: add, remove, list, inherit, uninherit."""
+
+
+@role.command("add", cls=StoreCommand)
+@click.argument("name")
+@tenant_opt
+@click.pass_context
+def role_add(ctx, name, tenant) -> None:
+    """Create a role."""
+    with store(ctx, catalog_only=True) as rag:
+        created = rag.policy.add_role(name, tenant=tenant)
+        click.echo(f"role {name!r} {'added' if created else 'already exists'} (policy version {rag.policy_version})")
+
+
+@role.command("remove", cls=StoreCommand)
+@click.argument("name")
+@tenant_opt
+@click.pass_context
+def role_remove(ctx, name, tenant) -> None:
+    """Delete a role, its rules, its inheritance and its assignments."""
+    with store(ctx, catalog_only=True) as rag:
+        rag.policy.remove_role(name, tenant=tenant)
+        click.echo(f"role {name!r} removed (policy version {rag.policy_version})")
+
+
+@role.command("inherit", cls=StoreCommand)
+@click.argument("role_name")
+@click.argument("parent")
+@tenant_opt
+@click.pass_context
+def role_inherit(ctx, role_name, parent, tenant) -> None:
+    """Make ROLE inherit PARENT (its holders get PARENT's rules too)."""
+    with store(ctx, catalog_only=True) as rag:
+        rag.policy.inherit(role_name, parent, tenant=tenant)
+        click.echo(f"role {role_name!r} inherits {parent!r} (policy version {rag.policy_version})")
+
+
+@role.command("uninherit", cls=StoreCommand)
+@click.argument("role_name")
+@click.argument("parent")
+@tenant_opt
+@click.pass_context
+def role_uninherit(ctx, role_name, parent, tenant) -> None:
+    """Stop ROLE inheriting PARENT."""
+    with store(ctx, catalog_only=True) as rag:
+        rag.policy.uninherit(role_name, parent, tenant=tenant)
+        click.echo(f"role {role_name!r} no longer inherits {parent!r} (policy version {rag.policy_version})")
+
+
+@role.command("list", cls=StoreCommand)
+@tenant_opt
+@json_opt
+@click.pass_context
+def role_list(ctx, tenant, as_json) -> None:
+    """List roles with their rules, what they inherit and their users."""
+    with store(ctx, catalog_only=True) as rag:
+        _known_tenant(rag, tenant)
+        p = rag.policy
+        data = [
+            {"role": r, "rules": [f"{e} {s}" for _, s, e in p.rules(r, tenant)], "inherits": p.parents_of(r, tenant), "members": p.members(r, tenant)}
+            for r in p.roles(tenant)
+        ]
+
+        def render() -> None:
+            t = Table("role", "rules", "inherits", "users", title=f"roles in tenant {tenant!r}")
+            for d in data:
+                t.add_row(d["role"], "\n".join(d["rules"]), ", ".join(d["inherits"]), ", ".join(d["members"]))
+            console.print(t)
+
+        emit(as_json, data, render)
+
+
+# ---------------------------------------------------------------------- rules
+def _rule(ctx, role_name: str, selector: str, tenant: str, deny: bool) -> None:
+    with store(ctx, catalog_only=True) as rag:
+        changed = (rag.policy.deny if deny else rag.policy.grant)(role_name, selector, tenant=tenant)
+        what = f"{'deny' if deny else 'allow'} {selector} for {role_name!r}"
+        click.echo(f"{what} (policy version {rag.policy_version})" if changed else f"{what} was already there")
+
+
+@main.command(cls=StoreCommand)
+@click.argument("role_name")
+@click.argument("selector")
+@click.option("--deny", is_flag=True, help="Add a deny rule instead of an allow rule (same as `permrag deny`).")
+@tenant_opt
+@click.pass_context
+def grant(ctx, role_name, selector, deny, tenant) -> None:
+    """Allow ROLE the rows SELECTOR selects: *, doc:<id>, <attr>:<glob>."""
+    _rule(ctx, role_name, selector, tenant, deny)
+
+
+@main.command(cls=StoreCommand)
+@click.argument("role_name")
+@click.argument("selector")
+@tenant_opt
+@click.pass_context
+def deny(ctx, role_name, selector, tenant) -> None:
+    """Forbid ROLE (and everyone holding it) the rows SELECTOR selects."""
+    _rule(ctx, role_name, selector, tenant, True)
+
+
+@main.command(cls=StoreCommand)
+@click.argument("role_name")
+@click.argument("selector")
+@tenant_opt
+@click.pass_context
+def revoke(ctx, role_name, selector, tenant) -> None:
+    """Remove ROLE's allow and deny rules for SELECTOR."""
+    with store(ctx, catalog_only=True) as rag:
+        rag.policy.revoke(role_name, selector, tenant=tenant)
+        click.echo(f"revoked {selector} from {role_name!r} (policy version {rag.policy_version})")
+
+
+# ---------------------------------------------------------------------- users
+@main.group()
+def user() -> None:
+    """Users: assign, unassign, show, list."""
+
+
+@user.command("assign", cls=StoreCommand)
+@click.argument("subject")
+@click.argument("role_name")
+@click.option("--user", "force_user", is_flag=True, help="SUBJECT is a user even if a role has that name.")
+@tenant_opt
+@click.pass_context
+def user_assign(ctx, subject, role_name, force_user, tenant) -> None:
+    """Give SUBJECT ROLE: a user, or a role of that name (which then inherits ROLE)."""
+    with store(ctx, catalog_only=True) as rag:
+        is_role = not force_user and rag.policy.has_role(subject, tenant)
+        changed = rag.policy.inherit(subject, role_name, tenant) if is_role else rag.policy.assign_user(subject, role_name, tenant)
+        what = f"role {subject!r} inherits {role_name!r}" if is_role else f"user {subject!r} holds {role_name!r}"
+        click.echo(f"{what} (policy version {rag.policy_version})" if changed else f"{what} already")
+
+
+@user.command("unassign", cls=StoreCommand)
+@click.argument("subject")
+@click.argument("role_name")
+@click.option("--user", "force_user", is_flag=True, help="SUBJECT is a user even if a role has that name.")
+@tenant_opt
+@click.pass_context
+def user_unassign(ctx, subject, role_name, force_user, tenant) -> None:
+    """Take ROLE away from SUBJECT (a user, or a role that inherits it)."""
+    with store(ctx, catalog_only=True) as rag:
+        if force_user:
+            rag.policy.unassign_user(subject, role_name, tenant)
+        else:
+            rag.policy.unassign(subject, role_name, tenant)
+        click.echo(f"{subject!r} no longer holds {role_name!r} (policy version {rag.policy_version})")
+
+
+@user.command("show", cls=StoreCommand)
+@click.argument("name")
+@tenant_opt
+@json_opt
+@click.pass_context
+def user_show(ctx, name, tenant, as_json) -> None:
+    """A user's roles (assigned and inherited) and how many rows they see."""
+    from .data_cmds import known_user
+
+    with store(ctx, catalog_only=True) as rag:
+        known_user(rag, name, tenant)
+        vis = rag.visible(name, tenant)
+        data = {
+            "user": name,
+            "tenant": tenant,
+            "roles": rag.policy.roles_of(name, tenant),
+            "implicit_roles": rag.policy.roles_of(name, tenant, implicit=True),
+            "visible_rows": len(vis),
+            "tenant_rows": len(rag.catalog.tenant(tenant).rows),
+            "policy_version": rag.policy_version,
+        }
+
+        def render() -> None:
+            click.echo(
+                f"{name} in {tenant!r}: roles {', '.join(data['roles'])}; all roles {', '.join(data['implicit_roles'])}; "
+                f"sees {data['visible_rows']} of {data['tenant_rows']} rows"
+            )
+
+        emit(as_json, data, render)
+
+
+@user.command("list", cls=StoreCommand)
+@tenant_opt
+@json_opt
+@click.pass_context
+def user_list(ctx, tenant, as_json) -> None:
+    """Users of a tenant with their roles."""
+    with store(ctx, catalog_only=True) as rag:
+        _known_tenant(rag, tenant)
+        data = [{"user": u, "roles": rag.policy.roles_of(u, tenant)} for u in rag.policy.users(tenant)]
+        emit(as_json, data, lambda: click.echo("\n".join(f"{d['user']}: {', '.join(d['roles'])}" for d in data) or "no users"))
+
+
+@main.group()
+def tenant() -> None:
+    """Tenants: list."""
+
+
+@tenant.command("list", cls=StoreCommand)
+@json_opt
+@click.pass_context
+def tenant_list(ctx, as_json) -> None:
+    """Tenants with rows or policy, with their row, role and user counts."""
+    with store(ctx, catalog_only=True) as rag:
+        rag.sync()
+        names = sorted(set(rag.catalog.index.tenants()) | set(rag.policy.tenants()))
+        data = [
+            {"tenant": t, "rows": len(rag.catalog.tenant(t).rows), "roles": len(rag.policy.roles(t)), "users": len(rag.policy.users(t))}
+            for t in names
+        ]
+        emit(as_json, data, lambda: click.echo("\n".join(f"{d['tenant']}: {d['rows']} rows, {d['roles']} roles, {d['users']} users" for d in data) or "no tenants"))
+
+
+# ---------------------------------------------------------------------- policy files
+@main.group()
+def policy() -> None:
+    """Policy files: import, export, check."""
+
+
+@policy.command("import", cls=StoreCommand)
+@click.argument("file", type=click.Path())
+@click.option("--tenant", default=None, help="Require every line to be in this tenant.")
+@click.option("--replace", is_flag=True, help="Replace the roles and rules of the tenants in the file.")
+@click.pass_context
+def policy_import(ctx, file, tenant, replace) -> None:
+    """Import a casbin CSV policy (all or nothing)."""
+    with store(ctx, catalog_only=True) as rag:
+        n = rag.policy.import_csv(file, tenant=tenant, replace=replace)
+        click.echo(f"imported {n} lines (policy version {rag.policy_version})")
+
+
+@policy.command("export", cls=StoreCommand)
+@click.argument("file", type=click.Path())
+@click.option("--tenant", default=None, help="Only this tenant.")
+@click.pass_context
+def policy_export(ctx, file, tenant) -> None:
+    """Export the policy as casbin CSV (FILE '-' writes to standard output)."""
+    with store(ctx, catalog_only=True) as rag:
+        if tenant is not None:
+            _known_tenant(rag, tenant)
+        else:
+            rag.sync()
+        if file == "-":
+            sys.stdout.write(rag.policy.export_csv(tenant=tenant))
+            return
+        rag.policy.export_csv(file, tenant=tenant)
+        click.echo(f"exported policy version {rag.policy_version} to {file}")
+
+
+@policy.command("check", cls=StoreCommand)
+@tenant_opt
+@json_opt
+@click.pass_context
+def policy_check(ctx, tenant, as_json) -> None:
+    """Lint: rules that select nothing, allows shadowed by a deny, empty or unused roles (exit 1 if any)."""
+    with store(ctx, catalog_only=True) as rag:
+        _known_tenant(rag, tenant)
+        findings = rag.lint(tenant)
+        emit(as_json, findings, lambda: click.echo("\n".join(f"{f['kind']}: {f['message']}" for f in findings) or "no findings"))
+    if findings:
+        sys.exit(1)

@@ -1,0 +1,53 @@
+"""Generated content fed back into the store (an answer, a summary).
+
+A generated row is *derived* from its sources: it is visible exactly to
+callers who may read every source (the compiler enforces it), and its author
+may only cite sources they can read. A source the author may not read is
+refused exactly as one that does not exist (:class:`NotReadableError`), so
+the call cannot be used to probe for hidden documents. A source that is a
+document of several chunks stands for all of its chunks.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Mapping, Sequence
+
+from ..access import Access
+from ..catalog import DocumentRecord
+from ..errors import ArgumentError
+from ..names import as_list
+from .ingest import Ingester
+
+
+def add_generated(
+    ingester: Ingester,
+    access: Access,
+    text: str,
+    *,
+    sources: Sequence[str],
+    user: str,
+    tenant: str,
+    external_id: str | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> list[int]:
+    """Store generated ``text`` derived from ``sources``; returns its row IDs."""
+    names = as_list(sources, "sources")
+    if not names:
+        raise ArgumentError("a generated row needs at least one source")
+    snap = access.snapshot(user, tenant)
+    derived: list[str] = []
+    for ext in names:
+        rec = access.readable(user, ext, tenant, snapshot=snap)
+        if isinstance(rec, DocumentRecord):
+            derived.extend(c.external_id for c in rec.chunks)
+        elif rec is not None:
+            derived.append(rec.external_id)
+    doc = {
+        "external_id": external_id or f"gen-{uuid.uuid4().hex[:12]}",
+        "text": text,
+        "tenant": tenant,
+        "attrs": dict(attrs or {}),
+        "derived_from": list(dict.fromkeys(derived)),
+    }
+    return ingester.add_documents([doc])

@@ -1,0 +1,250 @@
+"""Documents in and out: validate, chunk, encode, two-phase write, replace, delete.
+
+Every document of a call is validated (and chunked) before anything is
+written; then batches — never splitting a document — are encoded, prepared
+in the catalog as pending rows, written to the tenant's Milvus collection and
+published (catalog/journal.py). A failure at any step leaves no visible
+half-written row: what reached Milvus is deleted again (or left to reconcile
+if even that fails), and the pending rows are removed.
+
+``replace=True`` is atomic per document: the new rows are prepared and
+written beside the old ones, and one catalog transaction publishes them and
+retires the old rows, so readers see the old version until the new one is
+visible and never neither; the old rows then leave Milvus. A replace that
+fails anywhere leaves the old version in place.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import replace as dc_replace
+from typing import Any, Callable, Mapping, Sequence
+
+from ..backends import MAX_TEXT_BYTES, Binding
+from ..catalog import DEFAULT_TENANT, Catalog, PendingBatch, RowRecord, RowSpec, row_spec
+from ..errors import ArgumentError, BackendError, CatalogError
+from ..names import check_external_id, check_tenant, check_text
+from .chunking import Chunker
+
+log = logging.getLogger(__name__)
+
+MAX_DOCUMENT_CHARS = 2_000_000  # per document, before chunking (``max_document_chars``)
+Progress = Callable[[int, int], None]
+
+
+def as_mapping(doc: Any) -> Mapping[str, Any]:
+    """A document as a mapping; a LangChain ``Document`` (``page_content``,
+    ``metadata``, ``id``) becomes ``text`` / ``attrs`` / ``external_id``
+    (``metadata`` keys ``tenant``, ``parent`` and ``external_id`` are taken
+    as such, the rest are attributes)."""
+    if isinstance(doc, Mapping):
+        return doc
+    if hasattr(doc, "page_content") and hasattr(doc, "metadata"):
+        meta = dict(doc.metadata or {})
+        out: dict[str, Any] = {"text": doc.page_content}
+        for key in ("tenant", "parent", "derived_from"):
+            if key in meta:
+                out[key] = meta.pop(key)
+        out["external_id"] = meta.pop("external_id", None) or getattr(doc, "id", None)
+        out["attrs"] = {k: v for k, v in meta.items() if v is not None}
+        return out
+    raise CatalogError(f"a document must be a mapping or a LangChain Document, not {type(doc).__name__}")
+
+
+class Ingester:
+    """Writes and deletes documents of one store (catalog + vectors)."""
+
+    def __init__(self, catalog: Catalog, binding: Binding | None, chunker: Chunker, max_document_chars: int = MAX_DOCUMENT_CHARS) -> None:
+        self.catalog = catalog
+        self.binding = binding  # None: a catalog without vectors
+        self.chunker = chunker
+        self.max_document_chars = max_document_chars
+
+    # ------------------------------------------------------------------ validate
+    def specs(self, docs: Any, tenant: str | None) -> tuple[list[RowSpec], list[str]]:
+        """Every document validated and chunked; nothing written."""
+        if docs is None or isinstance(docs, (str, bytes, Mapping)) or not isinstance(docs, Sequence):
+            raise CatalogError(f"add_documents takes a list of documents, not {type(docs).__name__}")
+        default_tenant = check_tenant(tenant) if tenant is not None else DEFAULT_TENANT
+        specs: list[RowSpec] = []
+        texts: list[str] = []
+        for n, raw in enumerate(docs):
+            d = as_mapping(raw)
+            spec = row_spec(d, default_tenant)
+            if self.binding is None:
+                specs.append(spec)
+                texts.append("")
+                continue
+            text = d.get("text")
+            check_text(f"text of document {spec.external_id!r}", text)
+            if not text.strip():
+                raise CatalogError(f"document {spec.external_id!r} has no text")
+            if len(text) > self.max_document_chars:
+                raise CatalogError(
+                    f"document {spec.external_id!r} has {len(text):,} characters; the limit is "
+                    f"{self.max_document_chars:,} (max_document_chars): split it first"
+                )
+            pieces = self.chunker.split(text)
+            if len(pieces) == 1:
+                specs.append(spec)
+                texts.append(pieces[0])
+            else:
+                for i, piece in enumerate(pieces):
+                    specs.append(dc_replace(spec, external_id=f"{spec.external_id}#{i}", parent=spec.external_id, chunk_of=spec.external_id))
+                    texts.append(piece)
+        for spec, text in zip(specs, texts):
+            check_external_id("chunk id", spec.external_id)
+            if len(text.encode("utf-8")) > MAX_TEXT_BYTES:
+                raise CatalogError(f"chunk {spec.external_id!r} is over {MAX_TEXT_BYTES} bytes; lower chunk_size")
+        seen: set[tuple[str, str]] = set()
+        for s in specs:
+            if (s.tenant, s.external_id) in seen:
+                raise CatalogError(f"external id {s.external_id!r} appears twice in tenant {s.tenant!r}")
+            seen.add((s.tenant, s.external_id))
+        return specs, texts
+
+    # ------------------------------------------------------------------ write
+    def add_documents(
+        self, docs: Any, *, tenant: str | None = None, replace: bool = False, batch_size: int = 4096, progress: Progress | None = None
+    ) -> list[int]:
+        """Ingest documents; returns the row IDs allocated, in order (see the module docstring)."""
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ArgumentError(f"batch_size must be a positive integer, not {batch_size!r}")
+        specs, texts = self.specs(docs, tenant)
+        if not specs:
+            return []
+        if self.binding is not None:
+            self.binding.encoder  # checks the encoder against the store's before anything is written
+        hint = self.catalog.allocator.size_hint(specs)
+        ids: list[int] = []
+        touched: set[int] = set()
+        done = 0
+        for lo, hi in _batches(specs, batch_size):
+            ids.extend(self._batch(specs[lo:hi], texts[lo:hi], hint, replace, touched))
+            done = hi
+            if progress is not None:
+                progress(done, len(specs))
+        if self.binding is not None:
+            # Sealed segments score BM25 with segment-wide statistics; rows left
+            # in Milvus Lite's memtable are scored with statistics of the rows
+            # that pass the filter, so one caller's ranking would depend on
+            # the filter's form. Flush so it never does.
+            backend = self.binding.backend()
+            for no in sorted(touched):
+                backend.flush(no)
+        return ids
+
+    def _batch(self, specs: list[RowSpec], texts: list[str], hint: dict, replace: bool, touched: set[int]) -> list[int]:
+        if self.binding is None:
+            batch = self.catalog.prepare(specs, hint, replace=replace)
+            try:
+                self.catalog.publish(batch)
+            except BaseException:
+                self.catalog.journal.abort(batch)
+                raise
+            return batch.row_ids
+        binding = self.binding
+        vectors = binding.encode(texts)
+        backend = binding.backend()
+        numbers = {t: self.catalog.tenants.ensure(t) for t in {s.tenant for s in specs}}
+        for no in numbers.values():
+            backend.ensure_tenant(no, binding.encoder.dim)
+        binding.record_encoder()
+        batch = self.catalog.prepare(specs, hint, replace=replace)
+        rows: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for r, text, v in zip(batch.records, texts, vectors):
+            rows[numbers[r.tenant]].append(
+                {"row_id": r.row_id, "tenant": r.tenant, "external_id": r.external_id, "vclass": r.vclass, "text": text, "dense": v.tolist()}
+            )
+        try:
+            for no, part in rows.items():
+                backend.insert(no, part)
+            written = self.catalog.publish(batch)
+        except BaseException:
+            self._undo(batch, numbers)
+            raise
+        touched.update(numbers.values())
+        if written.retired:
+            try:
+                self._drop(written.retired, touched)
+            except BackendError as exc:  # the replace is done; the old rows are invisible already
+                log.warning("replaced rows stay in Milvus until the next reconcile: %s", exc)
+        return batch.row_ids
+
+    def _undo(self, batch: PendingBatch, numbers: Mapping[str, int]) -> None:
+        """Milvus may hold some of the batch (an insert can fail after landing):
+        take them out before the catalog forgets the IDs. If that fails too,
+        the batch is left to the next reconcile."""
+        try:
+            backend = self.binding.backend() if self.binding else None
+            by_tenant: dict[str, list[int]] = defaultdict(list)
+            for r in batch.records:
+                by_tenant[r.tenant].append(r.row_id)
+            for tenant, ids in by_tenant.items():
+                if backend is not None:
+                    backend.delete(numbers[tenant], ids)
+        except BaseException:
+            self.catalog.journal.abandon(batch)
+            raise
+        self.catalog.journal.abort(batch)
+
+    def _drop(self, retired: Sequence[RowRecord], touched: set[int] | None = None) -> None:
+        """Delete retired rows from Milvus, then from the catalog (reconcile
+        finishes it if this is cut short)."""
+        if self.binding is not None:
+            backend = self.binding.backend()
+            by_tenant: dict[str, list[int]] = defaultdict(list)
+            for r in retired:
+                by_tenant[r.tenant].append(r.row_id)
+            for tenant, ids in by_tenant.items():
+                no = self.catalog.tenants.number(tenant)
+                if no is not None:
+                    backend.delete(no, ids)
+                    if touched is not None:
+                        touched.add(no)
+        self.catalog.journal.purge([r.row_id for r in retired])
+
+    # ------------------------------------------------------------------ delete
+    def delete(self, external_ids: Any, *, tenant: str = DEFAULT_TENANT) -> int:
+        """Delete rows and whole documents (all their chunks) by external id; returns how many rows.
+
+        Rows leave every bitmap first (invisible at once), then Milvus, then the catalog.
+        """
+        if isinstance(external_ids, str):
+            external_ids = [external_ids]
+        if external_ids is None or isinstance(external_ids, Mapping) or not isinstance(external_ids, Sequence):
+            raise ArgumentError("delete takes an external id or a list of them")
+        tenant = check_tenant(tenant, ArgumentError)
+        ids = [check_external_id("external id", e, ArgumentError) for e in external_ids]
+        if not ids:
+            return 0
+        written = self.catalog.retire(tenant, ids)
+        if written.retired:
+            self._drop(written.retired)
+            if self.binding is not None and self.binding.opened is not None:
+                no = self.catalog.tenants.number(tenant)
+                if no is not None:
+                    self.binding.backend().flush(no)
+        return len(written.retired)
+
+
+def _batches(specs: Sequence[RowSpec], size: int) -> list[tuple[int, int]]:
+    """Slices of at most ``size`` rows that never split a document (a larger
+    document is a batch of its own), so a replace is atomic per document."""
+    out: list[tuple[int, int]] = []
+    start = 0
+    i = 0
+    n = len(specs)
+    while i < n:
+        doc_end = i + 1
+        key = (specs[i].tenant, specs[i].document)
+        while doc_end < n and specs[doc_end].chunk_of is not None and (specs[doc_end].tenant, specs[doc_end].document) == key:
+            doc_end += 1
+        if doc_end - start > size and i > start:
+            out.append((start, i))
+            start = i
+        i = doc_end
+    if start < n:
+        out.append((start, n))
+    return out

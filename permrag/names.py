@@ -1,0 +1,156 @@
+"""Every name and value that comes from outside, checked in one place.
+
+Tenants, user / group / role names, external ids and attribute values reach
+SQL, casbin CSV lines and Milvus rows. One rule covers them all: a non-empty
+string of bounded length, without leading or trailing whitespace, without
+control characters, line or paragraph separators (U+2028, U+2029, U+0085,
+``\\r``: a CSV reader would split a line there) and without lone surrogates
+(they cannot be stored as UTF-8). Anything else — quotes, backslashes,
+commas, ``*``, any script — is allowed, because nothing here is ever written
+into an expression: only integers reach Milvus filters (see search/planner).
+
+Attribute values may be strings, integers, floats, booleans or lists of them;
+they are normalised to strings once, here: ``True`` → ``"true"``, ``3`` →
+``"3"``, ``0.5`` → ``"0.5"`` (Python's shortest round-trip form; ``1.0`` stays
+``"1.0"``, distinct from ``"1"``), so a selector ``level:3`` matches an
+attribute given as ``3`` or ``"3"``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Mapping, Sequence
+
+from .errors import ArgumentError, CatalogError, PermragError
+
+MAX_NAME = 256  # tenants, users, groups, roles
+MAX_ID = 1024  # external ids, attribute values, selectors
+ATTR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*\Z")
+RESERVED_ATTRS = frozenset({"doc"})
+# Prefixes that name a principal's kind in CSV lines and ACL entries; no role
+# may start with one, so "user:alice" can never be read as a role.
+PRINCIPAL_PREFIXES = ("user:", "group:", "role:")
+_BAD_CHAR = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+AttrValue = str | list[str]
+
+
+def problem(text: object, max_len: int = MAX_NAME) -> str | None:
+    """Why ``text`` is not an acceptable name or value, or None."""
+    if not isinstance(text, str):
+        return f"must be a string, not {type(text).__name__}"
+    if not text:
+        return "is empty"
+    if len(text) > max_len:
+        return f"is longer than {max_len} characters"
+    if text != text.strip():
+        return "has leading or trailing whitespace"
+    bad = _BAD_CHAR.search(text)
+    if bad is not None:
+        ch = bad.group()
+        kind = "a lone surrogate" if "\ud800" <= ch <= "\udfff" else "a control or line-separator character"
+        return f"contains {kind} (U+{ord(ch):04X})"
+    return None
+
+
+def check(what: str, value: object, *, max_len: int = MAX_NAME, error: type[PermragError] = ArgumentError) -> str:
+    """``value`` if acceptable, else ``error`` naming ``what`` and why."""
+    why = problem(value, max_len)
+    if why is not None:
+        raise error(f"{what} {_show(value)} {why}")
+    return value  # type: ignore[return-value]
+
+
+def check_tenant(tenant: object, error: type[PermragError] = CatalogError) -> str:
+    return check("tenant", tenant, error=error)
+
+
+def check_role(role: object, error: type[PermragError]) -> str:
+    name = check("role", role, error=error)
+    if name.startswith(PRINCIPAL_PREFIXES):
+        raise error(f"role {name!r} must not start with {', '.join(PRINCIPAL_PREFIXES)} (they name principals' kinds)")
+    return name
+
+
+def check_external_id(what: str, value: object, error: type[PermragError] = CatalogError) -> str:
+    return check(what, value, max_len=MAX_ID, error=error)
+
+
+def check_text(what: str, text: object, error: type[PermragError] = CatalogError) -> str:
+    """A document text or query: a string that UTF-8 can hold."""
+    if not isinstance(text, str):
+        raise error(f"{what} must be a string, not {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise error(f"{what} contains a lone surrogate at position {exc.start}") from None
+    return text
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "…"
+
+
+def normalize_value(name: str, value: object) -> str:
+    """One attribute value as the string selectors match."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise CatalogError(f"attribute {name!r} holds {value!r}; numbers must be finite")
+        return repr(value)
+    if isinstance(value, str):
+        return check(f"attribute {name!r} value", value, max_len=MAX_ID, error=CatalogError)
+    raise CatalogError(
+        f"attribute {name!r} holds a {type(value).__name__}; use a string, number, boolean or a list of them"
+    )
+
+
+def check_attrs(attrs: object) -> dict[str, AttrValue]:
+    """Validate a row's attributes; returns a normalised copy (lists sorted, deduplicated)."""
+    if attrs is None:
+        return {}
+    if not isinstance(attrs, Mapping):
+        raise CatalogError(f"attrs must be a mapping, not {type(attrs).__name__}")
+    out: dict[str, AttrValue] = {}
+    for name, value in attrs.items():
+        if not isinstance(name, str) or not ATTR_NAME.match(name):
+            raise CatalogError(f"attribute name {_show(name)} is not a valid name (letters, digits, _ . -)")
+        if name in RESERVED_ATTRS:
+            raise CatalogError(f"attribute name {name!r} is reserved")
+        if isinstance(value, (list, tuple, set, frozenset)):
+            out[name] = sorted({normalize_value(name, v) for v in value})
+        else:
+            out[name] = normalize_value(name, value)
+    return out
+
+
+def attr_pairs(attrs: Mapping[str, AttrValue]) -> list[tuple[str, str]]:
+    """Every (attr, value) pair of a row, list values flattened."""
+    pairs: list[tuple[str, str]] = []
+    for name, value in attrs.items():
+        if isinstance(value, str):
+            pairs.append((name, value))
+        else:
+            pairs.extend((name, v) for v in value)
+    return pairs
+
+
+def quote(value: str) -> str:
+    """A Milvus string literal: double quotes, with ``\\`` and ``"`` escaped.
+
+    permrag's own filters hold only integers; this is for filters it writes
+    into other stores' queries (the langchain-milvus push-down).
+    """
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def as_list(value: object, what: str) -> list[Any]:
+    """A list argument that must not be a lone string or mapping."""
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
+        raise ArgumentError(f"{what} must be a list, not {type(value).__name__}")
+    return list(value)

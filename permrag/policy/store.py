@@ -1,0 +1,437 @@
+"""The policy store: versioned, transactional changes with casbin semantics.
+
+Rules persist as casbin rules of ``model.conf`` through SQLAlchemy, in the
+same database as the catalog:
+
+* ``p, <role>, <tenant>, <selector>, read, allow|deny``
+* ``g, <role>, <parent role>, <tenant>`` — a role inherits a role;
+* ``g, user:<id>, <role>, <tenant>`` — a user holds a role.
+
+**Every change runs against the stored policy, not this process's copy.**
+Its transaction first bumps the policy version (``db.bump``: the row lock on
+PostgreSQL, the write lock on SQLite, so writers in all processes queue
+there); if the version it took is not this copy's plus one, another process
+changed the policy since, and the copy is reloaded inside the same
+transaction. Only then is the change validated (unknown role, cycle, depth,
+already present) and written, so a deny is never skipped, a revoke of a rule
+granted elsewhere is found, and two processes cannot build a cycle between
+them. A change that turns out to change nothing, or fails validation, rolls
+back and leaves the version where it was.
+
+Changes hold the state lock (shared with the catalog and the compiler) from
+before their transaction until listeners (the compiler's cache invalidation)
+have run, so a reader under that lock sees either the old version with old
+bitmaps or the new version with the caches already invalidated.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable
+
+from sqlalchemy import Engine, and_, delete, select
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from .. import db
+from ..errors import PolicyError, UnknownRoleError, UnknownSubjectError
+from ..names import check, check_role, check_tenant
+from .csv import import_change as csv_import_change
+from .csv import parse as csv_parse
+from .csv import render as csv_render
+from .model import USER_PREFIX, Change, TenantPolicy
+from .selectors import parse_selector
+
+log = logging.getLogger(__name__)
+
+MODEL_PATH = Path(__file__).resolve().parent / "model.conf"
+ACTION = "read"
+DEFAULT_TENANT = "default"
+
+Listener = Callable[["str | None", "set[str] | None", "set[str] | None"], None]
+
+
+class _NoChange(Exception):
+    """Raised inside a change's transaction when it would change nothing."""
+
+
+def _tenant(tenant: object) -> str:
+    return check_tenant(tenant, PolicyError)
+
+
+def _user(user: object) -> str:
+    return check("user", user, error=PolicyError)
+
+
+class Policy:
+    """Roles, assignments and rules of every tenant; ``rag.policy``."""
+
+    def __init__(self, engine: Engine, lock: threading.RLock | None = None) -> None:
+        self.engine = engine
+        self.version = 0
+        self._tenants: dict[str, TenantPolicy] = {}
+        self._listeners: list[Listener] = []
+        self.lock = lock or threading.RLock()
+
+    # ------------------------------------------------------------------ state
+    def load(self) -> None:
+        """Reload every rule from the database (under the state lock)."""
+        with self.lock:
+            for _ in range(10):
+                with db.reading(self.engine, "reading the policy") as conn:
+                    version = db.read_counter(conn, "policy_version")
+                    tenants = _read(conn)
+                    if db.read_counter(conn, "policy_version") == version:
+                        break
+            self._tenants, self.version = tenants, version
+            self._notify(None, None, None)
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call ``listener(tenant, roles, users)`` after every change (``None`` = everything)."""
+        self._listeners.append(listener)
+
+    def _notify(self, tenant: str | None, roles: set[str] | None, users: set[str] | None) -> None:
+        for listener in self._listeners:
+            listener(tenant, roles, users)
+
+    # ------------------------------------------------------------------ reading (this process's copy;
+    # PermRAG syncs it with the database before answering)
+    def has_tenant(self, tenant: str) -> bool:
+        return tenant in self._tenants
+
+    def tenant(self, tenant: str) -> TenantPolicy:
+        return self._tenants.get(tenant) or TenantPolicy()
+
+    def tenants(self) -> list[str]:
+        return sorted(self._tenants)
+
+    def roles(self, tenant: str = DEFAULT_TENANT) -> list[str]:
+        return sorted(self.tenant(tenant).roles)
+
+    def has_role(self, role: str, tenant: str = DEFAULT_TENANT) -> bool:
+        return role in self.tenant(tenant).roles
+
+    def rules(self, role: str | None = None, tenant: str = DEFAULT_TENANT) -> list[tuple[str, str, str]]:
+        """(role, selector, effect) rules of the tenant, or of one role."""
+        return [r for r in self.tenant(tenant).rules() if role is None or r[0] == role]
+
+    def roles_of(self, user: str, tenant: str = DEFAULT_TENANT, *, implicit: bool = False) -> list[str]:
+        """The roles a *user* holds (assigned, or with ``implicit`` also inherited)."""
+        return sorted(self.tenant(tenant).roles_of_user(user, implicit=implicit))
+
+    def parents_of(self, role: str, tenant: str = DEFAULT_TENANT, *, implicit: bool = False) -> list[str]:
+        """The roles a *role* inherits (directly, or with ``implicit`` transitively)."""
+        tp = self.tenant(tenant)
+        return sorted(tp.inherited(role) - {role} if implicit else tp.parents.get(role, set()))
+
+    def members(self, role: str, tenant: str = DEFAULT_TENANT) -> list[str]:
+        """Users assigned ``role`` directly."""
+        return sorted(self.tenant(tenant).role_users.get(role, set()))
+
+    def heirs(self, role: str, tenant: str = DEFAULT_TENANT) -> list[str]:
+        """Roles that inherit ``role`` directly."""
+        return sorted(self.tenant(tenant).children.get(role, set()))
+
+    def has_user(self, user: str, tenant: str = DEFAULT_TENANT) -> bool:
+        """Whether ``user`` holds any role in ``tenant``."""
+        return bool(self.tenant(tenant).user_roles.get(user))
+
+    def users(self, tenant: str = DEFAULT_TENANT) -> list[str]:
+        """Users with at least one role in ``tenant``."""
+        return sorted(self.tenant(tenant).users())
+
+    # ------------------------------------------------------------------ the one way to change
+    def _change(self, tenants: set[str], make: Callable[[dict[str, TenantPolicy]], Change | None]) -> bool:
+        """Validate and apply one change against the stored policy (see the module docstring)."""
+        with self.lock:
+            reloaded = False
+            try:
+                with db.transaction(self.engine, "policy change") as conn:
+                    version = db.bump(conn, "policy_version")
+                    if version != self.version + 1:
+                        self._tenants, self.version = _read(conn), version - 1
+                        reloaded = True
+                    current = {t: self._tenants.get(t) or TenantPolicy() for t in tenants}
+                    change = make(current)
+                    if change is None:
+                        raise _NoChange
+                    change.write(conn)
+            except _NoChange:
+                if reloaded:
+                    self._notify(None, None, None)
+                return False
+            except IntegrityError as exc:
+                if reloaded:
+                    self._notify(None, None, None)
+                raise PolicyError(f"policy change conflicts with the stored policy: {str(exc.orig).splitlines()[0]}") from None
+            except BaseException:
+                if reloaded:
+                    self._notify(None, None, None)
+                raise
+            for t in change.tenants:
+                self._tenants.setdefault(t, TenantPolicy())
+            change.apply(self._tenants)
+            self.version = version
+            if reloaded:
+                self._notify(None, None, None)
+            else:
+                for t in change.tenants:
+                    self._notify(t, change.roles, change.users)
+            return True
+
+    def _one(self, tenant: str, make: Callable[[TenantPolicy], Change | None]) -> bool:
+        return self._change({tenant}, lambda cur: make(cur[tenant]))
+
+    # ------------------------------------------------------------------ changes
+    def add_role(self, role: str, tenant: str = DEFAULT_TENANT) -> bool:
+        """Create a role; False if it already exists."""
+        role, tenant = check_role(role, PolicyError), _tenant(tenant)
+
+        def make(tp: TenantPolicy) -> Change | None:
+            if role in tp.roles:
+                return None
+            return Change(
+                lambda conn: conn.execute(db.roles.insert().values(tenant=tenant, name=role)),
+                lambda s: s[tenant].roles.add(role),
+                {tenant},
+                {role},
+                set(),
+            )
+
+        return self._one(tenant, make)
+
+    def remove_role(self, role: str, tenant: str = DEFAULT_TENANT) -> None:
+        """Delete a role with its rules, its inheritance and its assignments."""
+        tenant = _tenant(tenant)
+        c = db.casbin_rule.c
+
+        def make(tp: TenantPolicy) -> Change:
+            _need_role(tp, role, tenant)
+            roles, users = tp.holders(role)
+
+            def write(conn: Connection) -> None:
+                conn.execute(delete(db.roles).where(db.roles.c.tenant == tenant, db.roles.c.name == role))
+                conn.execute(delete(db.casbin_rule).where(c.ptype == "p", c.v0 == role, c.v1 == tenant))
+                conn.execute(delete(db.casbin_rule).where(c.ptype == "g", c.v2 == tenant, (c.v0 == role) | (c.v1 == role)))
+
+            return Change(write, lambda s: s[tenant].drop_role(role), {tenant}, roles, users)
+
+        self._one(tenant, make)
+
+    def assign(self, subject: str, role: str, tenant: str = DEFAULT_TENANT) -> bool:
+        """Give ``subject`` ``role``; False if it already holds it.
+
+        ``subject`` names a role when the tenant has a role of that name (the
+        role then inherits ``role``), else a user. For names that come from an
+        identity provider — which may equal a role's name — use
+        :meth:`assign_user`, and :meth:`inherit` for role inheritance.
+        """
+        tenant = _tenant(tenant)
+        name = check("subject", subject, error=PolicyError)
+
+        def make(tp: TenantPolicy) -> Change | None:
+            return self._inherit(tp, name, role, tenant) if name in tp.roles else self._assign_user(tp, name, role, tenant)
+
+        return self._one(tenant, make)
+
+    def assign_user(self, user: str, role: str, tenant: str = DEFAULT_TENANT) -> bool:
+        """Give user ``user`` ``role`` (``user`` is always a user id, whatever roles exist)."""
+        user, tenant = _user(user), _tenant(tenant)
+        return self._one(tenant, lambda tp: self._assign_user(tp, user, role, tenant))
+
+    def inherit(self, role: str, parent: str, tenant: str = DEFAULT_TENANT) -> bool:
+        """Make ``role`` inherit ``parent`` (both roles); False if it already does."""
+        tenant = _tenant(tenant)
+        return self._one(tenant, lambda tp: self._inherit(tp, role, parent, tenant))
+
+    def _assign_user(self, tp: TenantPolicy, user: str, role: str, tenant: str) -> Change | None:
+        _need_role(tp, role, tenant)
+        if role in tp.user_roles.get(user, ()):
+            return None
+        tp.check_assign(user, role)
+        return Change(
+            lambda conn: conn.execute(db.casbin_rule.insert().values(ptype="g", v0=USER_PREFIX + user, v1=role, v2=tenant)),
+            lambda s: s[tenant].add_user(user, role),
+            {tenant},
+            set(),
+            {user},
+        )
+
+    def _inherit(self, tp: TenantPolicy, role: str, parent: str, tenant: str) -> Change | None:
+        _need_role(tp, role, tenant)
+        _need_role(tp, parent, tenant)
+        if parent in tp.parents.get(role, ()):
+            return None
+        tp.check_inherit(role, parent)
+        roles, users = tp.holders(role)
+        return Change(
+            lambda conn: conn.execute(db.casbin_rule.insert().values(ptype="g", v0=role, v1=parent, v2=tenant)),
+            lambda s: s[tenant].add_inherit(role, parent),
+            {tenant},
+            roles,
+            users,
+        )
+
+    def unassign(self, subject: str, role: str, tenant: str = DEFAULT_TENANT) -> None:
+        """Take ``role`` away from ``subject`` (a role that inherits it, else a user)."""
+        tenant = _tenant(tenant)
+
+        def make(tp: TenantPolicy) -> Change:
+            if subject in tp.roles and role in tp.parents.get(subject, ()):
+                return self._uninherit(tp, subject, role, tenant)
+            return self._unassign_user(tp, subject, role, tenant)
+
+        self._one(tenant, make)
+
+    def unassign_user(self, user: str, role: str, tenant: str = DEFAULT_TENANT) -> None:
+        """Take ``role`` away from user ``user``."""
+        tenant = _tenant(tenant)
+        self._one(tenant, lambda tp: self._unassign_user(tp, user, role, tenant))
+
+    def uninherit(self, role: str, parent: str, tenant: str = DEFAULT_TENANT) -> None:
+        """Stop ``role`` inheriting ``parent``."""
+        tenant = _tenant(tenant)
+        self._one(tenant, lambda tp: self._uninherit(tp, role, parent, tenant))
+
+    def _unassign_user(self, tp: TenantPolicy, user: str, role: str, tenant: str) -> Change:
+        if role not in tp.user_roles.get(user, ()):
+            raise UnknownSubjectError(f"user {user!r} does not hold role {role!r} in tenant {tenant!r}")
+        c = db.casbin_rule.c
+        return Change(
+            lambda conn: conn.execute(
+                delete(db.casbin_rule).where(c.ptype == "g", c.v0 == USER_PREFIX + user, c.v1 == role, c.v2 == tenant)
+            ),
+            lambda s: s[tenant].remove_user(user, role),
+            {tenant},
+            set(),
+            {user},
+        )
+
+    def _uninherit(self, tp: TenantPolicy, role: str, parent: str, tenant: str) -> Change:
+        if parent not in tp.parents.get(role, ()):
+            raise UnknownSubjectError(f"role {role!r} does not inherit {parent!r} in tenant {tenant!r}")
+        roles, users = tp.holders(role)
+        c = db.casbin_rule.c
+        return Change(
+            lambda conn: conn.execute(delete(db.casbin_rule).where(c.ptype == "g", c.v0 == role, c.v1 == parent, c.v2 == tenant)),
+            lambda s: s[tenant].remove_inherit(role, parent),
+            {tenant},
+            roles,
+            users,
+        )
+
+    def grant(self, role: str, selector: str, tenant: str = DEFAULT_TENANT) -> bool:
+        """Allow ``role`` to read the rows ``selector`` selects; False if already allowed."""
+        return self._add_rule(role, selector, "allow", tenant)
+
+    def deny(self, role: str, selector: str, tenant: str = DEFAULT_TENANT) -> bool:
+        """Forbid ``role`` (and everyone holding it) the rows ``selector`` selects."""
+        return self._add_rule(role, selector, "deny", tenant)
+
+    def revoke(self, role: str, selector: str, tenant: str = DEFAULT_TENANT) -> None:
+        """Remove the allow and deny rules of ``role`` for ``selector``."""
+        tenant = _tenant(tenant)
+        sel = str(parse_selector(selector))
+        c = db.casbin_rule.c
+
+        def make(tp: TenantPolicy) -> Change:
+            _need_role(tp, role, tenant)
+            if sel not in tp.allow.get(role, ()) and sel not in tp.deny.get(role, ()):
+                raise PolicyError(f"role {role!r} has no rule for {sel!r} in tenant {tenant!r}")
+            roles, users = tp.holders(role)
+
+            def apply(s: dict[str, TenantPolicy]) -> None:
+                s[tenant].allow.get(role, set()).discard(sel)
+                s[tenant].deny.get(role, set()).discard(sel)
+
+            return Change(
+                lambda conn: conn.execute(delete(db.casbin_rule).where(c.ptype == "p", c.v0 == role, c.v1 == tenant, c.v2 == sel)),
+                apply,
+                {tenant},
+                roles,
+                users,
+            )
+
+        self._one(tenant, make)
+
+    def _add_rule(self, role: str, selector: str, effect: str, tenant: str) -> bool:
+        tenant = _tenant(tenant)
+        sel = str(parse_selector(selector))
+
+        def make(tp: TenantPolicy) -> Change | None:
+            _need_role(tp, role, tenant)
+            if sel in (tp.allow if effect == "allow" else tp.deny).get(role, ()):
+                return None
+            roles, users = tp.holders(role)
+            return Change(
+                lambda conn: conn.execute(db.casbin_rule.insert().values(ptype="p", v0=role, v1=tenant, v2=sel, v3=ACTION, v4=effect)),
+                lambda s: (s[tenant].allow if effect == "allow" else s[tenant].deny)[role].add(sel),
+                {tenant},
+                roles,
+                users,
+            )
+
+        return self._one(tenant, make)
+
+    # ------------------------------------------------------------------ CSV
+    def export_csv(self, path: str | os.PathLike[str] | None = None, tenant: str | None = None) -> str:
+        """The policy as casbin CSV (all tenants, or one); written to ``path`` if given."""
+        with self.lock:
+            names = [tenant] if tenant is not None else self.tenants()
+            text = csv_render(self.version, {t: self.tenant(t) for t in names})
+        if path is not None:
+            try:
+                Path(path).write_text(text, encoding="utf-8")
+            except OSError as exc:
+                raise PolicyError(f"cannot write policy file {path}: {exc.strerror or exc}") from None
+        return text
+
+    def import_csv(self, path: str | os.PathLike[str], tenant: str | None = None, *, replace: bool = False) -> int:
+        """Add the rules of a casbin CSV file, all or nothing; returns how many lines took effect.
+
+        ``tenant`` (optional) requires every line to be in that tenant.
+        ``replace`` first removes every role, rule and assignment of the
+        tenants the file names (and of ``tenant``).
+        """
+        name = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise PolicyError(f"cannot read policy file {name}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+        except OSError as exc:
+            raise PolicyError(f"cannot read policy file {name}: {exc.strerror or exc}") from None
+        return self.import_text(text, name=name, tenant=tenant, replace=replace)
+
+    def import_text(self, text: str, *, name: str = "<policy>", tenant: str | None = None, replace: bool = False) -> int:
+        """:meth:`import_csv` for CSV text already in memory."""
+        parsed = csv_parse(name, text, tenant)
+        tenants = parsed.tenants() | ({tenant} if tenant else set())
+        counted: list[int] = [0]
+        self._change(tenants, lambda current: csv_import_change(name, parsed, tenants, current, replace, counted))
+        return counted[0]
+
+
+def _need_role(tp: TenantPolicy, role: str, tenant: str) -> None:
+    if role not in tp.roles:
+        raise UnknownRoleError(f"unknown role {role!r} in tenant {tenant!r}")
+
+
+def _read(conn: Connection) -> dict[str, TenantPolicy]:
+    """Every tenant's policy as stored."""
+    c = db.casbin_rule.c
+    tenants: dict[str, TenantPolicy] = defaultdict(TenantPolicy)
+    for tenant, name in conn.execute(select(db.roles.c.tenant, db.roles.c.name)):
+        tenants[tenant].roles.add(name)
+    for ptype, v0, v1, v2, v4 in conn.execute(select(c.ptype, c.v0, c.v1, c.v2, c.v4)):
+        if ptype == "p":
+            (tenants[v1].allow if v4 == "allow" else tenants[v1].deny)[v0].add(v2)
+        elif ptype == "g":
+            if v0.startswith(USER_PREFIX):
+                tenants[v2].add_user(v0[len(USER_PREFIX) :], v1)
+            else:
+                tenants[v2].add_inherit(v0, v1)
+    return dict(tenants)

@@ -1,0 +1,75 @@
+"""What a search returns: :class:`Hit` and :class:`Hits`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result, stamped with the policy version it was computed under.
+
+    ``external_id`` is the row's own id (a chunk's carries its ``#n`` suffix);
+    ``document`` is the document it belongs to (its ``parent``, or itself).
+    """
+
+    row_id: int
+    external_id: str
+    text: str
+    score: float
+    attrs: dict[str, Any]
+    tenant: str
+    parent: str | None
+    policy_version: int
+
+    @property
+    def document(self) -> str:
+        return self.parent or self.external_id
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "row_id": self.row_id,
+            "external_id": self.external_id,
+            "document": self.document,
+            "text": self.text,
+            "score": self.score,
+            "attrs": self.attrs,
+            "tenant": self.tenant,
+            "parent": self.parent,
+            "policy_version": self.policy_version,
+        }
+
+    def to_document(self) -> Any:
+        """This hit as a LangChain ``Document`` (needs ``langchain-core``)."""
+        from langchain_core.documents import Document
+
+        meta = self.to_dict()
+        text = meta.pop("text")
+        return Document(page_content=text, metadata=meta, id=self.external_id)
+
+
+class Hits(list):
+    """The hits of one query, best first, and the policy version they were
+    computed under (also for an empty result)."""
+
+    def __init__(self, hits: Sequence[Hit] = (), policy_version: int = 0) -> None:
+        super().__init__(hits)
+        self.policy_version = policy_version
+
+
+class Stats(dict):
+    """Counters of what searches did (``rag.stats``), safe to bump from many threads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import threading
+
+        self._lock = threading.Lock()
+
+    def __missing__(self, key: str) -> int:
+        return 0
+
+    def add(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self[key] = self.get(key, 0) + n

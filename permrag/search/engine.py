@@ -1,0 +1,160 @@
+"""The search path: one snapshot per request, one plan, one verified run.
+
+A request takes a :class:`~permrag.access.Snapshot` (the caller's bitmap and
+the versions it belongs to, after checking the stored versions), plans a
+filter for it, runs the plan on the tenant's collection with over-fetch and
+verification, stamps every hit with the snapshot's policy version and writes
+the audit record. Every later stage of the same request (rerank, parent
+merge, recommendations) uses that same snapshot, so nothing in one answer
+comes from two versions.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from pyroaring import FrozenBitMap
+
+from ..access import Access, Snapshot
+from ..audit import AuditLog
+from ..backends import MAX_LIMIT, Binding, RawHit
+from ..catalog import Catalog
+from ..errors import ArgumentError
+from ..names import check_text
+from ..results import Hit, Hits, Stats
+from .execute import Executor
+from .planner import DenyAll, Plan, Planner
+
+MODES = ("hybrid", "dense", "keyword")
+FUSIONS = ("rrf", "weighted")
+MAX_QUERY_CHARS = 10_000
+MAX_PLANS = 4096
+
+
+class Searcher:
+    """Permissioned search over one store."""
+
+    def __init__(self, access: Access, catalog: Catalog, binding: Binding, planner: Callable[[], Planner], audit: AuditLog, stats: Stats) -> None:
+        self.access = access
+        self.catalog = catalog
+        self.binding = binding
+        self.planner = planner
+        self.audit = audit
+        self.stats = stats
+        self._plans: dict[tuple[str, int, int], tuple[FrozenBitMap, Plan]] = {}
+        self._plans_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ plans
+    def plan(self, snap: Snapshot) -> Plan:
+        """The filter for ``snap`` (cached per tenant, catalog version and bitmap)."""
+        key = (snap.tenant, snap.catalog_version, id(snap.visible))
+        with self._plans_lock:
+            hit = self._plans.get(key)
+        if hit is not None and hit[0] is snap.visible:
+            return hit[1]
+        plan = self.planner().plan(snap.visible, snap.tenant_rows, snap.tenant, snap.classes)
+        with self._plans_lock:
+            if len(self._plans) >= MAX_PLANS:
+                self._plans.clear()
+            self._plans[key] = (snap.visible, plan)
+        return plan
+
+    def executor(self, tenant: str) -> Executor | None:
+        no = self.catalog.tenants.number(tenant)
+        if no is None:
+            return None
+        return Executor(self.binding.backend(), no, self.catalog.rows.records, self.stats)
+
+    # ------------------------------------------------------------------ search
+    def search_many(
+        self,
+        queries: Sequence[str],
+        *,
+        user: str,
+        tenant: str,
+        k: int = 10,
+        mode: str = "hybrid",
+        fusion: str = "rrf",
+        weights: Sequence[float] = (0.5, 0.5),
+        vectors: Any = None,
+        pool: int | None = None,
+        snapshot: Snapshot | None = None,
+    ) -> list[Hits]:
+        """The top ``k`` rows ``user`` may read for each query, best first."""
+        queries = check_search_args(queries, user, tenant, k, mode, fusion, weights, pool)
+        snap = snapshot or self.access.snapshot(user, tenant)
+        plan = self.plan(snap)
+        self.stats.add("searches", len(queries))
+        self.stats.add(f"plan:{plan.kind}")
+        if isinstance(plan, DenyAll):
+            out = [Hits((), snap.policy_version) for _ in queries]
+        else:
+            self.binding.backend().capabilities.require(mode)
+            if vectors is not None:
+                vectors = self.binding.check_vectors(vectors, len(queries))
+            elif mode != "keyword":
+                vectors = self.binding.encode(list(queries))
+            ex = self.executor(tenant)
+            raw = ex.run(plan, snap, mode, vectors, list(queries), k, fusion=fusion, weights=(float(weights[0]), float(weights[1])), pool=pool) if ex else [[] for _ in queries]
+            out = [self.hits(r, snap) for r in raw]
+        self.audit.record(
+            "search",
+            user,
+            tenant,
+            snap.policy_version,
+            {"plan": plan.kind, "mode": mode, "k": k, "queries": [q[:200] for q in queries], "rows": [[h.row_id for h in hs] for hs in out]},
+        )
+        return out
+
+    def hits(self, raw: list[RawHit], snap: Snapshot) -> Hits:
+        """Verified raw hits as :class:`Hit` objects with their catalog records."""
+        if not raw:
+            return Hits((), snap.policy_version)
+        recs = self.catalog.rows.records(h.row_id for h in raw)
+        return Hits(
+            [
+                Hit(h.row_id, recs[h.row_id].external_id, h.text, h.score, dict(recs[h.row_id].attrs), recs[h.row_id].tenant, recs[h.row_id].parent, snap.policy_version)
+                for h in raw
+                if h.row_id in recs
+            ],
+            snap.policy_version,
+        )
+
+
+def check_k(k: object, what: str = "k") -> int:
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_LIMIT:
+        raise ArgumentError(f"{what} must be an integer from 1 to {MAX_LIMIT}, not {k!r}")
+    return k
+
+
+def check_search_args(queries, user, tenant, k, mode, fusion, weights, pool=None) -> list[str]:
+    if not isinstance(user, str) or not user:
+        raise ArgumentError(f"user must be a non-empty string, not {user!r}")
+    if not isinstance(tenant, str) or not tenant:
+        raise ArgumentError(f"tenant must be a non-empty string, not {tenant!r}")
+    if isinstance(queries, (str, bytes)) or not isinstance(queries, Sequence) or not queries:
+        raise ArgumentError("give at least one query (a list of strings)")
+    for q in queries:
+        if not isinstance(q, str) or not q.strip():
+            raise ArgumentError("a query must be a non-empty string")
+        if len(q) > MAX_QUERY_CHARS:
+            raise ArgumentError(f"a query is at most {MAX_QUERY_CHARS} characters")
+        check_text("a query", q, ArgumentError)
+    check_k(k)
+    if pool is not None:
+        check_k(pool, "pool")
+    if mode not in MODES:
+        raise ArgumentError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if fusion not in FUSIONS:
+        raise ArgumentError(f"fusion must be 'rrf' or 'weighted', not {fusion!r}")
+    if (
+        isinstance(weights, (str, bytes))
+        or not isinstance(weights, Sequence)
+        or len(weights) != 2
+        or any(isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0 for w in weights)
+    ):
+        raise ArgumentError(f"weights must be two finite non-negative numbers (dense, keyword), not {weights!r}")
+    return list(queries)

@@ -1,0 +1,265 @@
+"""Visible bitmap → the cheapest exact Milvus filter (or an honest superset).
+
+A plan is one of three values, never ``None`` (STYLE.md §7):
+
+* :class:`DenyAll` — the caller sees nothing here: no search is made;
+* :class:`AllowAll` — the caller sees the whole tenant: only the partition key;
+* :class:`Filter` — a filter expression, either *exact* (it selects exactly
+  the visible rows of the tenant) or a *superset* (more rows, so the search
+  over-fetches and the verify step discards the rest).
+
+The tenant is pinned by the collection itself (each tenant's rows live in a
+collection of their own, backends/milvus.py), so an expression holds only
+integers: no name from outside ever reaches Milvus' expression parser. Runs
+are taken in *tenant space*: two runs of visible IDs with no hidden row of the
+tenant between them are one range, because other tenants' (and unallocated)
+IDs in the gap are not in the collection anyway. Permission-aware row IDs make
+most visible sets a handful of such ranges. Rows not yet published (or being
+deleted) may sit inside a range; the verify step drops them and the search
+asks for more (search/execute.py).
+
+Forms: ``vclass in [...]`` for the visibility classes wholly inside the visible
+set, plus ranges / IDs for the rest ("classes"); ID ranges from runs
+("ranges"); and the complement of either ("not-…") when the hidden side is
+smaller. OR-chains are built as balanced trees: a 2.3 server rejects a left-deep
+chain of more than about 32 terms ("unsupported expr proto node"), and accepts
+a balanced tree of 1,000.
+
+The forms and what they cost come from measurements (ARCHITECTURE.md and
+``benchmarks/bench_search.py``): on Milvus Lite a search costs a fixed
+overhead plus a scan of the rows that pass the filter (so a narrower filter is
+*cheaper* than none), about 0.3 ms per range term and 5 µs per listed ID; on a
+2.3 server listed IDs cost about 5.5 µs each and range terms are cheap. The
+planner prices each exact form with the backend's :class:`CostModel`, and
+falls back to a superset of at most ``max_terms`` ranges (merged across the
+smallest gaps) when no exact form fits; the search then over-fetches in
+proportion and verifies.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+from pyroaring import AbstractBitMap, BitMap
+
+from ..catalog import as_array
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Relative cost (ms) of filter forms on one backend."""
+
+    name: str
+    base_ms: float
+    scan_ms_per_1k_rows: float
+    range_term_ms: float
+    id_ms: float
+    range_fixed_ms: float = 0.0  # paid once when any range term is present
+    field_ms_per_1k_rows: float = 0.0  # a non-primary-key term is evaluated on every row of the tenant
+    max_terms: int = 64
+    max_ids: int = 20_000
+
+    def cost(self, candidates: int, terms: int, ids: int, field_rows: int = 0) -> float:
+        fixed = self.range_fixed_ms if terms else 0.0
+        return (
+            self.base_ms
+            + self.scan_ms_per_1k_rows * candidates / 1000
+            + fixed
+            + self.range_term_ms * terms
+            + self.id_ms * ids
+            + self.field_ms_per_1k_rows * field_rows / 1000
+        )
+
+
+# Calibrated on this project's benchmark machine (2 cores), 100k × 384 on
+# Lite 3.2.2 and 200k × 384 on a 2.3.5 server; see the module docstring.
+# On the server `row_id in [...]` is answered from the primary-key index
+# (100 IDs: 3 ms at 200k rows) while `vclass in [...]` is evaluated row by row
+# (about 12 ms over 200k rows, whatever the list's length).
+LITE = CostModel("milvus-lite", base_ms=40.0, scan_ms_per_1k_rows=1.0, range_term_ms=0.3, id_ms=0.005, field_ms_per_1k_rows=0.05)
+SERVER = CostModel(
+    "milvus-server",
+    base_ms=3.0,
+    scan_ms_per_1k_rows=0.08,
+    range_term_ms=0.2,
+    id_ms=0.0045,
+    range_fixed_ms=30.0,
+    field_ms_per_1k_rows=0.06,
+)
+
+
+@dataclass(frozen=True)
+class DenyAll:
+    tenant: str
+    reason: str = "no visible rows"
+    kind: str = "deny-all"
+    exact: bool = True
+
+    def describe(self) -> str:
+        return f"deny-all in tenant {self.tenant!r}: {self.reason}; no search is made"
+
+
+@dataclass(frozen=True)
+class AllowAll:
+    tenant: str
+    visible: int
+    kind: str = "allow-all"
+    exact: bool = True
+    expr: str = ""  # the tenant's collection holds only its rows: no filter
+
+    def fetch_limit(self, k: int) -> int:
+        return k
+
+    def describe(self) -> str:
+        return f"allow-all in tenant {self.tenant!r} ({self.visible} rows): no filter"
+
+
+@dataclass(frozen=True)
+class Filter:
+    tenant: str
+    expr: str
+    strategy: str  # "classes", "ranges", "ids", their "not-" forms, or "superset"
+    exact: bool
+    visible: int
+    candidates: int  # rows of the tenant the expression lets through
+    terms: int
+    ids: int
+    cost_ms: float
+    kind: str = field(default="filter")
+
+    def fetch_limit(self, k: int) -> int:
+        """How many hits to ask for so that k visible ones are likely among them."""
+        if self.exact:
+            return k
+        ratio = self.candidates / max(1, self.visible)
+        return int(math.ceil(k * ratio * 1.5)) + 10
+
+    def describe(self) -> str:
+        head = "exact" if self.exact else f"superset ({self.candidates} candidates for {self.visible} visible; over-fetch and verify)"
+        expr = self.expr if len(self.expr) <= 300 else self.expr[:300] + f"… ({len(self.expr)} chars)"
+        return f"{self.strategy} filter, {head}, {self.terms} range terms + {self.ids} ids, est. {self.cost_ms:.1f} ms: {expr}"
+
+
+Plan = DenyAll | AllowAll | Filter
+
+
+def _tenant_runs(tenant_arr: np.ndarray, sub_arr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Runs of ``sub`` in tenant space: (first IDs, last IDs, hidden rows in each gap after a run)."""
+    if sub_arr.size == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    pos = np.searchsorted(tenant_arr, sub_arr)
+    breaks = np.flatnonzero(np.diff(pos) != 1)
+    starts = np.concatenate(([0], breaks + 1))
+    ends = np.concatenate((breaks, [len(pos) - 1]))
+    gaps = pos[starts[1:]] - pos[ends[:-1]] - 1
+    return sub_arr[starts].astype(np.int64), sub_arr[ends].astype(np.int64), gaps
+
+
+def balanced_or(parts: list[str]) -> str:
+    """``a or b or c …`` as a balanced tree of parenthesised pairs."""
+    if len(parts) == 1:
+        return parts[0]
+    mid = len(parts) // 2
+    return f"({balanced_or(parts[:mid])} or {balanced_or(parts[mid:])})"
+
+
+def _terms(firsts: np.ndarray, lasts: np.ndarray, classes: list[int] | None = None) -> tuple[list[str], int, int]:
+    """Expression parts for classes, single IDs and ranges; (parts, range terms, listed items)."""
+    parts = []
+    if classes:
+        parts.append(f"vclass in [{', '.join(map(str, sorted(classes)))}]")
+    singles = [int(a) for a, b in zip(firsts, lasts) if a == b]
+    if singles:
+        parts.append(f"row_id in [{', '.join(map(str, singles))}]")
+    ranges = [(int(a), int(b)) for a, b in zip(firsts, lasts) if a != b]
+    parts.extend(f"(row_id >= {a} and row_id <= {b})" for a, b in ranges)
+    return parts, len(ranges), len(singles) + len(classes or ())
+
+
+def _terms_expr(firsts: np.ndarray, lasts: np.ndarray) -> tuple[str, int, int]:
+    parts, terms, ids = _terms(firsts, lasts)
+    return balanced_or(parts), terms, ids
+
+
+class Planner:
+    """Plans for one backend's cost model."""
+
+    def __init__(self, model: CostModel = LITE) -> None:
+        self.model = model
+
+    def plan(
+        self,
+        visible: AbstractBitMap,
+        tenant_rows: AbstractBitMap,
+        tenant: str,
+        classes: Mapping[int, AbstractBitMap] | None = None,
+    ) -> Plan:
+        vis = visible if visible.issubset(tenant_rows) else BitMap(visible) & BitMap(tenant_rows)
+        n_vis, n_all = len(vis), len(tenant_rows)
+        if n_vis == 0:
+            return DenyAll(tenant, "the caller may read no row of this tenant")
+        if n_vis == n_all:
+            return AllowAll(tenant, n_vis)
+        t_arr = as_array(tenant_rows)
+        hidden = BitMap(tenant_rows) - vis
+        m = self.model
+        options: list[Filter] = []
+
+        def add(strategy: str, parts: list[str], terms: int, ids: int) -> None:
+            if terms > m.max_terms or ids > m.max_ids or not parts:
+                return
+            body = balanced_or(parts)
+            expr = f"not ({body})" if strategy.startswith("not") else body
+            field_rows = n_all if "classes" in strategy else 0
+            cost = m.cost(n_vis, terms, ids, field_rows)
+            options.append(Filter(tenant, expr, strategy, True, n_vis, n_vis, terms, ids, cost))
+
+        vf, vl, v_gaps = _tenant_runs(t_arr, as_array(vis))
+        hf, hl, _ = _tenant_runs(t_arr, as_array(hidden))
+        add("ranges", *_terms(vf, vl))
+        add("not-ranges", *_terms(hf, hl))
+        # Plain ID lists: on a server `row_id in [...]` is a primary-key lookup.
+        if n_vis <= m.max_ids:
+            add("ids", [f"row_id in [{', '.join(map(str, as_array(vis).tolist()))}]"], 0, n_vis)
+        if 0 < len(hidden) <= m.max_ids:
+            add("not-ids", [f"row_id in [{', '.join(map(str, as_array(hidden).tolist()))}]"], 0, len(hidden))
+        if classes:
+            inside, outside = [], []
+            vis_rest, hid_rest = BitMap(), BitMap()
+            for cid, rows in classes.items():
+                seen = rows.intersection_cardinality(vis)
+                if seen == len(rows):
+                    inside.append(cid)
+                elif seen == 0:
+                    outside.append(cid)
+                else:
+                    vis_rest |= rows & vis
+                    hid_rest |= rows - vis
+            if inside:
+                f, l_, _ = _tenant_runs(t_arr, as_array(vis_rest))
+                add("classes", *_terms(f, l_, inside))
+            if outside:
+                f, l_, _ = _tenant_runs(t_arr, as_array(hid_rest))
+                add("not-classes", *_terms(f, l_, outside))
+        if options:
+            return min(options, key=lambda f: f.cost_ms)
+        return self._superset(tenant, vf, vl, v_gaps, n_vis)
+
+    def _superset(self, tenant: str, firsts: np.ndarray, lasts: np.ndarray, gaps: np.ndarray, n_vis: int) -> Filter:
+        """Merge the runs across the smallest gaps until at most max_terms remain."""
+        m = self.model
+        n_merge = len(firsts) - m.max_terms
+        merge = np.zeros(len(gaps), dtype=bool)
+        merge[np.argsort(gaps, kind="stable")[:n_merge]] = True
+        keep_start = np.concatenate(([True], ~merge))
+        keep_end = np.concatenate((~merge, [True]))
+        f2, l2 = firsts[keep_start], lasts[keep_end]
+        extra = int(gaps[merge].sum())
+        body, terms, ids = _terms_expr(f2, l2)
+        candidates = n_vis + extra
+        expr = body
+        return Filter(tenant, expr, "superset", False, n_vis, candidates, terms, ids, m.cost(candidates, terms, ids))
