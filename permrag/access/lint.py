@@ -30,7 +30,7 @@ def lint(policy: Policy, compiler: Compiler, tenant: str) -> list[dict[str, Any]
         held |= tp.roles_of_user(u)
     for role in sorted(tp.roles):
         deny = BitMap.union(BitMap(), *(compiler.role_rows(r, tenant)[1] for r in tp.inherited(role)))
-        rules = policy.rules(role, tenant)
+        rules = [r for r in tp.rules() if r[0] == role]
         for _, sel, eft in rules:
             rows = compiler.selector_rows(sel, tenant)
             if not rows:

@@ -54,6 +54,7 @@ class Binding:
                 backend.bind(store_id, bound_before=bound == backend.collection)
                 if bound is None:
                     with db.transaction(self.engine, "recording the store's collection") as conn:
+                        db.bump(conn, "schema_version", 0)  # the write lock first (see db.bump)
                         if db.get_setting(conn, "milvus_collection") is None:
                             db.set_setting(conn, "milvus_collection", backend.collection)
                 self._backend = backend
@@ -103,6 +104,7 @@ class Binding:
         if self._recorded is not None:
             return
         with db.transaction(self.engine, "recording the store's encoder") as conn:
+            db.bump(conn, "schema_version", 0)  # the write lock first (see db.bump)
             name, dim = db.get_setting(conn, "encoder"), db.get_setting(conn, "encoder_dim")
             if name is None:
                 db.set_setting(conn, "encoder", enc.name)

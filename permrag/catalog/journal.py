@@ -126,6 +126,12 @@ class Journal:
         host, pid, start = owner()
         try:
             with db.transaction(self.engine, "preparing an ingest") as conn:
+                # One allocation at a time across processes: take the row-ID
+                # counter's lock first (a write as the first statement also
+                # keeps SQLite from failing a read-then-write transaction).
+                # Without it two ingests lock visibility classes in opposite
+                # orders and deadlock (seen on PostgreSQL in the two-process test).
+                db.bump(conn, "next_row_id", 0)
                 if not replace:
                     self._check_new(conn, specs, docs)
                 sources = self._resolve_sources(conn, specs)

@@ -125,11 +125,12 @@ class Ingester:
             done = hi
             if progress is not None:
                 progress(done, len(specs))
-        if self.binding is not None:
-            # Sealed segments score BM25 with segment-wide statistics; rows left
-            # in Milvus Lite's memtable are scored with statistics of the rows
-            # that pass the filter, so one caller's ranking would depend on
-            # the filter's form. Flush so it never does.
+        if self.binding is not None and self.binding.backend().kind == "lite":
+            # Milvus Lite scores BM25 for rows still in its memtable with
+            # statistics of the rows that pass the filter, so one caller's
+            # ranking would depend on the filter's form; sealed segments use
+            # segment-wide statistics. Flush so it never does. (A server seals
+            # on its own; a flush there costs seconds.)
             backend = self.binding.backend()
             for no in sorted(touched):
                 backend.flush(no)

@@ -90,6 +90,15 @@ class Policy:
             self._tenants, self.version = tenants, version
             self._notify(None, None, None)
 
+    def refresh(self) -> bool:
+        """Reload if another process changed the stored policy; True if it did."""
+        with db.reading(self.engine, "reading the policy version") as conn:
+            stored = db.read_counter(conn, "policy_version")
+        if stored == self.version:
+            return False
+        self.load()
+        return True
+
     def subscribe(self, listener: Listener) -> None:
         """Call ``listener(tenant, roles, users)`` after every change (``None`` = everything)."""
         self._listeners.append(listener)
@@ -98,8 +107,9 @@ class Policy:
         for listener in self._listeners:
             listener(tenant, roles, users)
 
-    # ------------------------------------------------------------------ reading (this process's copy;
-    # PermRAG syncs it with the database before answering)
+    # ------------------------------------------------------------------ reading
+    # has_tenant / tenant / tenants answer from this process's copy (callers
+    # sync first); the named queries below refresh it from the store first.
     def has_tenant(self, tenant: str) -> bool:
         return tenant in self._tenants
 
@@ -110,38 +120,47 @@ class Policy:
         return sorted(self._tenants)
 
     def roles(self, tenant: str = DEFAULT_TENANT) -> list[str]:
+        self.refresh()
         return sorted(self.tenant(tenant).roles)
 
     def has_role(self, role: str, tenant: str = DEFAULT_TENANT) -> bool:
+        self.refresh()
         return role in self.tenant(tenant).roles
 
     def rules(self, role: str | None = None, tenant: str = DEFAULT_TENANT) -> list[tuple[str, str, str]]:
         """(role, selector, effect) rules of the tenant, or of one role."""
+        self.refresh()
         return [r for r in self.tenant(tenant).rules() if role is None or r[0] == role]
 
     def roles_of(self, user: str, tenant: str = DEFAULT_TENANT, *, implicit: bool = False) -> list[str]:
         """The roles a *user* holds (assigned, or with ``implicit`` also inherited)."""
+        self.refresh()
         return sorted(self.tenant(tenant).roles_of_user(user, implicit=implicit))
 
     def parents_of(self, role: str, tenant: str = DEFAULT_TENANT, *, implicit: bool = False) -> list[str]:
         """The roles a *role* inherits (directly, or with ``implicit`` transitively)."""
+        self.refresh()
         tp = self.tenant(tenant)
         return sorted(tp.inherited(role) - {role} if implicit else tp.parents.get(role, set()))
 
     def members(self, role: str, tenant: str = DEFAULT_TENANT) -> list[str]:
         """Users assigned ``role`` directly."""
+        self.refresh()
         return sorted(self.tenant(tenant).role_users.get(role, set()))
 
     def heirs(self, role: str, tenant: str = DEFAULT_TENANT) -> list[str]:
         """Roles that inherit ``role`` directly."""
+        self.refresh()
         return sorted(self.tenant(tenant).children.get(role, set()))
 
     def has_user(self, user: str, tenant: str = DEFAULT_TENANT) -> bool:
         """Whether ``user`` holds any role in ``tenant``."""
+        self.refresh()
         return bool(self.tenant(tenant).user_roles.get(user))
 
     def users(self, tenant: str = DEFAULT_TENANT) -> list[str]:
         """Users with at least one role in ``tenant``."""
+        self.refresh()
         return sorted(self.tenant(tenant).users())
 
     # ------------------------------------------------------------------ the one way to change
@@ -380,6 +399,7 @@ class Policy:
     # ------------------------------------------------------------------ CSV
     def export_csv(self, path: str | os.PathLike[str] | None = None, tenant: str | None = None) -> str:
         """The policy as casbin CSV (all tenants, or one); written to ``path`` if given."""
+        self.refresh()
         with self.lock:
             names = [tenant] if tenant is not None else self.tenants()
             text = csv_render(self.version, {t: self.tenant(t) for t in names})

@@ -85,6 +85,7 @@ class Searcher:
     ) -> list[Hits]:
         """The top ``k`` rows ``user`` may read for each query, best first."""
         queries = check_search_args(queries, user, tenant, k, mode, fusion, weights, pool)
+        backend = self.binding.backend()  # a store bound to another catalog fails here, whatever the caller sees
         snap = snapshot or self.access.snapshot(user, tenant)
         plan = self.plan(snap)
         self.stats.add("searches", len(queries))
@@ -92,7 +93,7 @@ class Searcher:
         if isinstance(plan, DenyAll):
             out = [Hits((), snap.policy_version) for _ in queries]
         else:
-            self.binding.backend().capabilities.require(mode)
+            backend.capabilities.require(mode)
             if vectors is not None:
                 vectors = self.binding.check_vectors(vectors, len(queries))
             elif mode != "keyword":

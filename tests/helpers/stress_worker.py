@@ -1,0 +1,95 @@
+"""One of two processes of tests/test_multiprocess.py's stress test.
+
+For ``seconds`` it ingests, grants, denies, revokes, assigns and unassigns at
+random and searches in between, on a store shared with the other process
+(PostgreSQL + one Milvus server). It logs every change with the policy
+version that change produced, every ingested row, and every search with the
+version its hits are stamped with. When time is up it waits for the other
+process to stop too, then logs its final ``visible()`` of every user.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+from permrag import PermRAG, PolicyError
+from permrag.embed import HashEncoder
+
+TENANT = "acme"
+DEPTS = [f"d{i}" for i in range(6)]
+LEVELS = ["1", "2", "3"]
+ROLES = [f"r{i}" for i in range(6)]
+USERS = [f"u{i}" for i in range(8)]
+WORDS = ["budget", "hiring", "roadmap", "merger", "audit", "launch"]
+
+
+def selectors() -> list[str]:
+    return [f"dept:{d}" for d in DEPTS] + [f"lvl:{lv}" for lv in LEVELS] + ["dept:d1*"]
+
+
+def main() -> None:
+    home, db_url, uri, collection, seed, seconds, out, me, other = sys.argv[1:10]
+    rng = random.Random(int(seed))
+    rag = PermRAG.open(home, database_url=db_url, milvus_uri=uri, collection=collection, encoder=HashEncoder(32))
+    p = rag.policy
+    n = 0
+    deadline = time.monotonic() + float(seconds)
+    with open(out, "w") as f:
+
+        def log(**rec) -> None:
+            f.write(json.dumps(rec) + "\n")
+
+        while time.monotonic() < deadline:
+            roll = rng.random()
+            role = rng.choice(ROLES)
+            try:
+                if roll < 0.5:
+                    user = rng.choice(USERS)
+                    hits = rag.search(" ".join(rng.sample(WORDS, 2)), user=user, tenant=TENANT, k=30, mode="dense")
+                    log(kind="search", user=user, v=hits.policy_version, rows=[h.external_id for h in hits])
+                elif roll < 0.58:
+                    docs = []
+                    for _ in range(5):
+                        attrs = {"dept": rng.choice(DEPTS), "lvl": rng.choice(LEVELS)}
+                        docs.append({"external_id": f"{me}-{n}", "text": " ".join(rng.sample(WORDS, 3)), "tenant": TENANT, "attrs": attrs})
+                        n += 1
+                    rag.add_documents(docs)
+                    log(kind="ingest", rows={d["external_id"]: d["attrs"] for d in docs})
+                elif roll < 0.70:
+                    sel = rng.choice(selectors())
+                    if p.grant(role, sel, tenant=TENANT):
+                        log(kind="change", v=p.version, op="grant", role=role, sel=sel)
+                elif roll < 0.76:
+                    sel = rng.choice(selectors())
+                    if p.deny(role, sel, tenant=TENANT):
+                        log(kind="change", v=p.version, op="deny", role=role, sel=sel)
+                elif roll < 0.88:
+                    sel = rng.choice(selectors())
+                    p.revoke(role, sel, tenant=TENANT)  # often a rule the other process granted
+                    log(kind="change", v=p.version, op="revoke", role=role, sel=sel)
+                elif roll < 0.95:
+                    user = rng.choice(USERS)
+                    if p.assign_user(user, role, tenant=TENANT):
+                        log(kind="change", v=p.version, op="assign", role=role, user=user)
+                else:
+                    user = rng.choice(USERS)
+                    p.unassign_user(user, role, tenant=TENANT)
+                    log(kind="change", v=p.version, op="unassign", role=role, user=user)
+            except PolicyError:
+                pass  # the stored policy says no (a revoke of nothing): nothing changed
+        Path(out + ".done").touch()
+        wait = time.monotonic() + 120
+        while not Path(other + ".done").exists() and time.monotonic() < wait:
+            time.sleep(0.05)
+        rag.sync()
+        final = {u: sorted(r.external_id for r in rag.rows(rag.visible(u, TENANT))) for u in USERS}
+        log(kind="final", v=rag.policy_version, cv=rag.catalog_version, visible=final)
+    rag.close()
+
+
+if __name__ == "__main__":
+    main()
