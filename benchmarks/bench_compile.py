@@ -76,7 +76,7 @@ def build_policy(rag: PermRAG, n_roles: int, n_users: int, seed: int = 2) -> lis
     pool = leaves + mids + tops
     for u in users:
         for r in rng.sample(pool, rng.randint(1, 3)):
-            p.assign(u, r)
+            p.assign_user(u, r)
     return users
 
 

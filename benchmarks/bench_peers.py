@@ -136,7 +136,7 @@ def run(n_chunks: int | None, replicas: int, home: Path) -> dict:
     ids = np.asarray(rag.add_documents(docs, batch_size=5000))
     ingest_s = time.perf_counter() - t0
     client = rag.store.client()
-    coll = rag.store.collection
+    coll = rag.store.name(rag.catalog.tenants.number("default"))  # the tenant's own collection
     acl_collection(client, f"{coll}_acl", ids, teams, vecs, texts)
     lc = langchain_store(rag.settings.milvus_uri, texts, vecs, ids, teams)
     team_of = np.asarray([int(t[4:]) for t in teams])
@@ -153,7 +153,7 @@ def run(n_chunks: int | None, replicas: int, home: Path) -> dict:
             team_set = [f"team{i}" for i in prng.sample(range(n_teams), max(1, round(f * n_teams)))]
             for t in team_set:
                 rag.policy.grant(role, f"team:{t}")
-        rag.policy.assign(user, role)
+        rag.policy.assign_user(user, role)
         mask = np.isin(team_of, [int(t[4:]) for t in team_set])
         vis_ids, vis_vecs = ids[mask], vecs[mask]
         vis_set = set(vis_ids.tolist())

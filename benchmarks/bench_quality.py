@@ -88,7 +88,7 @@ def build(language: str, home: Path):
     p = rag.policy
     p.add_role("everyone")
     p.grant("everyone", "*")
-    p.assign("all", "everyone")
+    p.assign_user("all", "everyone")
     return rag, docs, queries, depts, ingest_s
 
 
@@ -104,7 +104,7 @@ def make_users(rag: PermRAG, depts: list[str], seed: int = 4) -> dict[str, list[
             rag.policy.add_role(role)
             for d in chosen:
                 rag.policy.grant(role, f"dept:{d}")
-            rag.policy.assign(user, role)
+            rag.policy.assign_user(user, role)
             users[user] = chosen
     return users
 
@@ -112,14 +112,15 @@ def make_users(rag: PermRAG, depts: list[str], seed: int = 4) -> dict[str, list[
 def exact_filtered(store, mode, fusion, weights, vectors, texts, visible):
     """The reference: the same Milvus searches with an explicit ``row_id in
     [visible]`` filter (and the same client-side fusion for hybrid)."""
-    from permrag.retrieval import fuse
+    from permrag.search.execute import fuse
 
+    store, no = store
     expr = f"row_id in [{', '.join(map(str, sorted(visible)))}]"
     if mode == "hybrid":
-        dense = store.search("dense", vectors=vectors, texts=texts, expr=expr, limit=K)
-        keyword = store.search("keyword", vectors=vectors, texts=texts, expr=expr, limit=K)
+        dense = store.search(no, "dense", vectors=vectors, texts=texts, expr=expr, limit=K)
+        keyword = store.search(no, "keyword", vectors=vectors, texts=texts, expr=expr, limit=K)
         return [fuse(d, k, K, fusion, weights) for d, k in zip(dense, keyword)]
-    return store.search(mode, vectors=vectors, texts=texts, expr=expr, limit=K)
+    return store.search(no, mode, vectors=vectors, texts=texts, expr=expr, limit=K)
 
 
 def evaluate(language: str, home: Path, max_queries: int | None) -> dict:
@@ -145,7 +146,7 @@ def evaluate(language: str, home: Path, max_queries: int | None) -> dict:
     dept_of = {d["external_id"]: d["attrs"]["dept"] for d in docs}
     row_vecs = rag.encoder.encode([d["text"] for d in docs])
     ext_ids = [d["external_id"] for d in docs]
-    store = rag.store
+    store = (rag.store, rag.catalog.tenants.number("default"))
     for mode, fusion, weights in MODES:
         name = label(mode, fusion, weights)
         ndcgs, same_q, equal, compared, brute_equal, brute_compared = [], [], 0, 0, 0, 0

@@ -75,7 +75,7 @@ def make_users(rag: PermRAG, n_teams: int, seed: int = 8) -> dict[float, tuple[s
             team_set = [f"team{i}" for i in rng.sample(range(n_teams), max(1, round(f * n_teams)))]
             for t in team_set:
                 p.grant(role, f"team:{t}", tenant="acme")
-        p.assign(user, role, tenant="acme")
+        p.assign_user(user, role, tenant="acme")
         users[f] = (user, team_set)
     return users
 
@@ -102,7 +102,7 @@ def run_backend(label: str, rag: PermRAG, n_rows: int, n_queries: int, budget_s:
     teams, ids, vecs, n_teams, ingest_s = build(rag, n_rows)
     users = make_users(rag, n_teams)
     client = rag.store.client()
-    coll = rag.store.collection
+    coll = rag.store.name(rag.catalog.tenants.number("acme"))  # the tenant's own collection
     acl_collection(client, f"{coll}_acl", ids, teams, vecs)
     rng = np.random.default_rng(11)
     queries = rng.standard_normal((n_queries, DIM)).astype(np.float32)
@@ -123,7 +123,7 @@ def run_backend(label: str, rag: PermRAG, n_rows: int, n_queries: int, budget_s:
         silo = f"{coll}_silo"
         if f < 1.0:
             silo_collection(client, silo, vis_ids, vis_vecs)
-        id_expr = f'tenant == "acme" and row_id in [{", ".join(map(str, vis_ids.tolist()))}]'
+        id_expr = f'row_id in [{", ".join(map(str, vis_ids.tolist()))}]'
         team_list = ", ".join(f'"{t}"' for t in team_set)
         fns = {
             "unfiltered": lambda q: raw_search(client, coll, q, 10),

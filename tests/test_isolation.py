@@ -25,7 +25,6 @@ from permrag import (
     StoreMismatchError,
     UnknownRowError,
 )
-from permrag.backends import RawHit
 from permrag.embed import HashEncoder
 from permrag.names import problem
 

@@ -179,3 +179,76 @@ def test_langchain_milvus_gets_the_filter_pushed_into_expr(kb, tmp_path) -> None
     got = permissioned(store.as_retriever(), kb, user="dave", k=3).invoke("secret budget")
     ids = [d.metadata["external_id"] for d in got]
     assert len(ids) == 3 and set(ids) <= visible_ext(kb, "dave")
+
+
+def test_as_retriever_takes_search_kwargs_and_refuses_unknown_arguments(kb) -> None:
+    from permrag import ArgumentError
+
+    assert len(kb.as_retriever(user="dave", search_kwargs={"k": 1}).invoke("budget")) == 1
+    assert len(kb.as_retriever(user="dave", k=2, mode="dense").invoke("budget")) == 2
+    with pytest.raises(ArgumentError):
+        kb.as_retriever(user="dave", top_k=3)
+    with pytest.raises(ArgumentError):
+        kb.as_retriever(user="dave", search_kwargs={"filter": "x"})
+
+
+def _lc_milvus(tmp_path):
+    from langchain_core.embeddings import Embeddings
+    from langchain_milvus import Milvus
+
+    class Emb(Embeddings):
+        enc = HashEncoder(32)
+
+        def embed_documents(self, texts: list[str]) -> list[list[float]]:
+            return self.enc.encode(texts).tolist()
+
+        def embed_query(self, text: str) -> list[float]:
+            return self.enc.encode([text])[0].tolist()
+
+    store = Milvus(embedding_function=Emb(), connection_args={"uri": str(tmp_path / "lc.db")}, collection_name="lc", auto_id=True)
+    docs = []
+    for x in ("sec-1", "sec-2", "pub-1", "pub-2", "pub-3", "pub-4"):
+        for lang in ("en", "fr"):
+            docs.append(Document(page_content=f"budget note {x} {lang}", metadata={"external_id": x, "tenant": "default", "lang": lang}))
+    store.add_documents(docs)
+    return store
+
+
+def test_permissioned_keeps_the_inner_retrievers_settings(kb, tmp_path) -> None:
+    store = _lc_milvus(tmp_path)
+    inner = store.as_retriever(search_kwargs={"k": 2, "expr": 'lang == "fr"'})
+    got = permissioned(inner, kb, user="dave").invoke("budget note")
+    assert len(got) == 2  # the inner k
+    assert all(d.metadata["lang"] == "fr" and d.metadata["external_id"].startswith("pub-") for d in got)
+    thresholded = store.as_retriever(search_type="similarity_score_threshold", search_kwargs={"k": 8, "score_threshold": 0.99})
+    strict = permissioned(thresholded, kb, user="dave").invoke("budget note pub-1 en")
+    assert all(d.metadata["external_id"] == "pub-1" for d in strict)
+
+
+def test_the_tool_takes_its_principal_from_the_runtime_context(kb) -> None:
+    from langchain.agents import create_agent
+
+    model = FakeToolModel(
+        messages=iter(
+            [
+                AIMessage(content="", tool_calls=[{"name": "search_knowledge_base", "args": {"query": "secret salary merger budget"}, "id": "c1"}]),
+                AIMessage(content="done"),
+            ]
+        )
+    )
+    agent = create_agent(model, tools=[knowledge_tool(kb, k=10)], context_schema=dict)
+    out = agent.invoke({"messages": [HumanMessage("find the merger budget")]}, context={"user": "dave"})
+    text = next(m.content for m in out["messages"] if isinstance(m, ToolMessage))
+    cited = set(re.findall(r"\[([^\]]+)\]", text))
+    assert cited and cited <= visible_ext(kb, "dave") and "sec-" not in text
+
+
+def test_permission_tool_does_not_reveal_hidden_documents(kb) -> None:
+    from permrag.integrations.langchain import permission_tool
+
+    tool = permission_tool(kb)
+    conf = {"configurable": {"user": "dave"}}
+    hidden = tool.invoke({"document_id": "sec-1"}, config=conf)
+    missing = tool.invoke({"document_id": "no-such-doc"}, config=conf)
+    assert hidden.replace("sec-1", "X") == missing.replace("no-such-doc", "X") and hidden.startswith("no")
+    assert tool.invoke({"document_id": "pub-1"}, config=conf).startswith("yes")

@@ -40,7 +40,9 @@ SHARED = (
 
 
 def _shared_options() -> list[click.Option]:
-    return [click.Option([flag], envvar=env, help=help_text, expose_value=True) for _, flag, env, help_text in SHARED]
+    # The environment is read by permrag.config (flags > PERMRAG_* > config.toml > defaults),
+    # not by click, so that `config show` can say where each value came from.
+    return [click.Option([flag], help=f"{help_text[:-1]} [env {env}]", expose_value=True) for _, flag, env, help_text in SHARED]
 
 
 class StoreCommand(click.Command):

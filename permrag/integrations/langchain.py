@@ -87,6 +87,9 @@ def as_retriever(rag: Any, *, user: str, tenant: str = DEFAULT_TENANT, **options
     unknown = set(options) - known
     if unknown:
         raise ArgumentError(f"unknown retriever option(s) {sorted(unknown)}; known: {sorted(known)}")
+    bad = set(options.get("search_kwargs") or {}) - SEARCH_KEYS
+    if bad:
+        raise ArgumentError(f"unknown search_kwargs {sorted(bad)}; permrag takes {sorted(SEARCH_KEYS)}")
     return PermissionedRetriever(rag=rag, user=user, tenant=tenant, **options)
 
 

@@ -29,11 +29,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
-from sqlalchemy import Engine, and_, delete, select
+from sqlalchemy import Engine, delete
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -44,6 +43,7 @@ from .csv import import_change as csv_import_change
 from .csv import parse as csv_parse
 from .csv import render as csv_render
 from .model import USER_PREFIX, Change, TenantPolicy
+from .persist import read_all
 from .selectors import parse_selector
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class Policy:
             for _ in range(10):
                 with db.reading(self.engine, "reading the policy") as conn:
                     version = db.read_counter(conn, "policy_version")
-                    tenants = _read(conn)
+                    tenants = read_all(conn)
                     if db.read_counter(conn, "policy_version") == version:
                         break
             self._tenants, self.version = tenants, version
@@ -172,7 +172,7 @@ class Policy:
                 with db.transaction(self.engine, "policy change") as conn:
                     version = db.bump(conn, "policy_version")
                     if version != self.version + 1:
-                        self._tenants, self.version = _read(conn), version - 1
+                        self._tenants, self.version = read_all(conn), version - 1
                         reloaded = True
                     current = {t: self._tenants.get(t) or TenantPolicy() for t in tenants}
                     change = make(current)
@@ -438,20 +438,3 @@ class Policy:
 def _need_role(tp: TenantPolicy, role: str, tenant: str) -> None:
     if role not in tp.roles:
         raise UnknownRoleError(f"unknown role {role!r} in tenant {tenant!r}")
-
-
-def _read(conn: Connection) -> dict[str, TenantPolicy]:
-    """Every tenant's policy as stored."""
-    c = db.casbin_rule.c
-    tenants: dict[str, TenantPolicy] = defaultdict(TenantPolicy)
-    for tenant, name in conn.execute(select(db.roles.c.tenant, db.roles.c.name)):
-        tenants[tenant].roles.add(name)
-    for ptype, v0, v1, v2, v4 in conn.execute(select(c.ptype, c.v0, c.v1, c.v2, c.v4)):
-        if ptype == "p":
-            (tenants[v1].allow if v4 == "allow" else tenants[v1].deny)[v0].add(v2)
-        elif ptype == "g":
-            if v0.startswith(USER_PREFIX):
-                tenants[v2].add_user(v0[len(USER_PREFIX) :], v1)
-            else:
-                tenants[v2].add_inherit(v0, v1)
-    return dict(tenants)

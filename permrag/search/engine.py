@@ -15,7 +15,6 @@ import math
 import threading
 from typing import Any, Callable, Sequence
 
-import numpy as np
 from pyroaring import FrozenBitMap
 
 from ..access import Access, Snapshot

@@ -1,0 +1,122 @@
+"""The package's shape (issue 13): no import cycle, and no import from a lower
+layer to a higher one. The layer order is the README's architecture:
+
+    faces    cli · integrations · demo
+    core     core (and the package's __init__)
+    search   search/
+    ingest   ingest/
+    access   access/
+    stores   policy/ · catalog/ · backends/   (none imports another)
+    base     names · results · errors · config · db · embed · audit · repair
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parents[1] / "permrag"
+LAYERS = [
+    ["permrag.cli", "permrag.integrations", "permrag.demo", "permrag.mcp"],
+    ["permrag.core", "permrag"],
+    ["permrag.search"],
+    ["permrag.ingest"],
+    ["permrag.access"],
+    ["permrag.policy", "permrag.catalog", "permrag.backends"],
+    ["permrag.names", "permrag.results", "permrag.errors", "permrag.config", "permrag.db", "permrag.embed", "permrag.audit", "permrag.repair"],
+]
+SEPARATE = {"permrag.policy", "permrag.catalog", "permrag.backends"}  # same layer, but never import each other
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for path in PKG.rglob("*.py"):
+        parts = list(path.relative_to(PKG.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    is_pkg = path.name == "__init__.py"
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("permrag"))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = name.split(".") if is_pkg else name.split(".")[:-1]
+                base = base[: len(base) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            if not mod.startswith("permrag"):
+                continue
+            for alias in node.names:
+                sub = f"{mod}.{alias.name}"
+                found.add(sub if sub in known else mod)
+    return {m for m in found if m in known}
+
+
+def layer_of(module: str) -> tuple[int, str]:
+    best = None
+    for i, layer in enumerate(LAYERS):
+        for prefix in layer:
+            if module == prefix or module.startswith(prefix + ".") and prefix != "permrag":
+                if best is None or len(prefix) > len(best[1]):
+                    best = (i, prefix)
+    assert best is not None, f"{module} is in no layer: add it to the README's architecture and to LAYERS"
+    return best
+
+
+def graph() -> dict[str, set[str]]:
+    known = modules()
+    return {m: imports(m, p, known) - {m} for m, p in known.items()}
+
+
+def test_every_module_is_in_a_layer_and_imports_only_downwards():
+    bad = []
+    for mod, deps in graph().items():
+        (li, lp) = layer_of(mod)
+        for dep in deps:
+            (di, dp) = layer_of(dep)
+            if di < li:
+                bad.append(f"{mod} (layer {li}) imports {dep} (layer {di})")
+            elif di == li and lp != dp and (lp in SEPARATE or dp in SEPARATE):
+                bad.append(f"{mod} imports {dep}: {lp} and {dp} must not depend on each other")
+    assert not bad, "\n".join(sorted(bad))
+
+
+def test_no_import_cycles():
+    g = graph()
+    state: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for d in sorted(g[m]):
+            if state.get(d) == 1:
+                cycles.append(stack[stack.index(d) :] + [d])
+            elif d not in state:
+                visit(d)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(g):
+        if m not in state:
+            visit(m)
+    assert not cycles, "\n".join(" → ".join(c) for c in cycles)
+
+
+def test_modules_stay_small():
+    big = {m: len(p.read_text().splitlines()) for m, p in modules().items() if len(p.read_text().splitlines()) > 450}
+    assert not big, big
+
+
+def test_the_facade_does_not_import_its_faces():
+    deps = graph()["permrag.core"]
+    assert not [d for d in deps if layer_of(d)[0] == 0]
