@@ -168,13 +168,10 @@ def table(res: dict) -> str:
 
 
 def start_server(base: Path):
-    from milvus import MilvusServer
+    """A Milvus server on free ports (its embedded etcd too)."""
+    from tests.helpers.milvus_server import start
 
-    server = MilvusServer()
-    server.set_base_dir(str(base))
-    server.listen_port = 19541
-    server.start()
-    return server
+    return start(base)
 
 
 def main(argv=None) -> None:

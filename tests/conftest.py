@@ -30,45 +30,12 @@ def rag(home: Path) -> Iterator[PermRAG]:
     r.close()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_milvus_server(base_dir: Path, port: int | None = None):
-    """Start a Milvus server (PyPI package ``milvus``) on ``port`` (default: a free one).
+    """Start a Milvus server (PyPI package ``milvus``) on ``port`` (default: a
+    free one), its embedded etcd on free ports too (tests/helpers/milvus_server.py)."""
+    from .helpers.milvus_server import start
 
-    The package checks that a port is free by binding it without
-    SO_REUSEADDR, so right after a kill (the port in TIME_WAIT) it would move
-    to the next port; our check lets a restarted server take its old port.
-    """
-    import socket
-
-    from milvus import MilvusServer
-
-    def bind(p: int):
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", p))
-            sock.listen()
-            return sock
-        except OSError:
-            sock.close()
-            return None
-
-    server = MilvusServer()
-    server.config.try_bind_port = bind
-    server.set_base_dir(str(base_dir))
-    server.listen_port = port or _free_port()
-    server.start()
-    if port is not None and server.listen_port != port:
-        server.stop()
-        raise RuntimeError(f"Milvus server came up on {server.listen_port}, not {port}")
-    return server
+    return start(base_dir, port)
 
 
 def kill_milvus_server(server) -> None:

@@ -49,6 +49,22 @@ def kb(tmp_path_factory):
     rag.close()
 
 
+def hash_embeddings():
+    """A LangChain Embeddings class over the hash encoder (no model)."""
+    from langchain_core.embeddings import Embeddings
+
+    class Emb(Embeddings):
+        enc = HashEncoder(32)
+
+        def embed_documents(self, texts: list[str]) -> list[list[float]]:
+            return self.enc.encode(texts).tolist()
+
+        def embed_query(self, text: str) -> list[float]:
+            return self.enc.encode([text])[0].tolist()
+
+    return Emb
+
+
 def visible_ext(rag: PermRAG, user: str) -> set[str]:
     return {r.external_id for r in rag.rows(rag.visible(user))}
 
@@ -158,17 +174,9 @@ def test_rag_fusion_and_rerank_stay_inside_the_bitmap(kb) -> None:
 
 
 def test_langchain_milvus_gets_the_filter_pushed_into_expr(kb, tmp_path) -> None:
-    from langchain_core.embeddings import Embeddings
     from langchain_milvus import Milvus
 
-    class Emb(Embeddings):
-        enc = HashEncoder(32)
-
-        def embed_documents(self, texts: list[str]) -> list[list[float]]:
-            return self.enc.encode(texts).tolist()
-
-        def embed_query(self, text: str) -> list[float]:
-            return self.enc.encode([text])[0].tolist()
+    Emb = hash_embeddings()
 
     store = Milvus(embedding_function=Emb(), connection_args={"uri": str(tmp_path / "lc.db")}, collection_name="lc", auto_id=True)
     # Hidden rows are the closest matches: post-filtering a top-3 would come back empty.
@@ -193,17 +201,9 @@ def test_as_retriever_takes_search_kwargs_and_refuses_unknown_arguments(kb) -> N
 
 
 def _lc_milvus(tmp_path):
-    from langchain_core.embeddings import Embeddings
     from langchain_milvus import Milvus
 
-    class Emb(Embeddings):
-        enc = HashEncoder(32)
-
-        def embed_documents(self, texts: list[str]) -> list[list[float]]:
-            return self.enc.encode(texts).tolist()
-
-        def embed_query(self, text: str) -> list[float]:
-            return self.enc.encode([text])[0].tolist()
+    Emb = hash_embeddings()
 
     store = Milvus(embedding_function=Emb(), connection_args={"uri": str(tmp_path / "lc.db")}, collection_name="lc", auto_id=True)
     docs = []

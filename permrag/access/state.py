@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 
 from .. import db
 from ..catalog import DEFAULT_TENANT, Catalog, DocumentRecord, RowRecord
-from ..errors import ArgumentError, NotReadableError, UnknownRowError, UnknownTenantError
+from ..errors import ArgumentError, NotReadableError, UnknownRowError, UnknownSubjectError, UnknownTenantError
 from ..names import check_text
 from ..policy import Policy
 from .compiler import Compiler, Snapshot
@@ -74,6 +74,15 @@ class Access:
         check_principal("tenant", tenant)
         if tenant != DEFAULT_TENANT and not self.catalog.has_tenant(tenant) and not self.policy.has_tenant(tenant):
             raise UnknownTenantError(f"unknown tenant {tenant!r}: it has no rows and no policy")
+
+    def check_user_known(self, user: str, tenant: str) -> None:
+        """Raise :class:`UnknownSubjectError` for a user who holds no role in the
+        tenant. (The library lets unknown users see nothing; a tool that names
+        a user — the CLI — reports a typo instead.)"""
+        self.sync()
+        self.check_tenant_known(tenant)
+        if not self.policy.tenant(tenant).user_roles.get(user):
+            raise UnknownSubjectError(f"unknown user {user!r} in tenant {tenant!r} (holds no role; would see nothing)")
 
     # ------------------------------------------------------------------ bitmaps
     def snapshot(self, user: str, tenant: str) -> Snapshot:

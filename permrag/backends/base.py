@@ -28,8 +28,6 @@ class Capabilities:
     kind: str  # "lite" or "server"
     version: tuple[int, int, int]
     bm25: bool
-    templates: bool
-    membership_match: bool
 
     def require(self, mode: str) -> None:
         if mode in ("keyword", "hybrid") and not self.bm25:
@@ -47,13 +45,14 @@ def parse_version(text: str) -> tuple[int, int, int]:
 
 
 def detect(kind: str, version_text: str) -> Capabilities:
-    """Capabilities by kind and version: Lite and servers ≥ 2.5 have BM25 and
-    templates; ``membership_match`` is used only where a server reports it,
-    which none that can run here does."""
+    """Capabilities by kind and version: Milvus Lite and servers ≥ 2.5 have
+    BM25. (Servers ≥ 2.5 also have filter templates, and newer ones
+    ``membership_match`` over a roaring blob; permrag does not use them yet —
+    its filters hold few terms — and no server that runs here has them.)"""
     v = parse_version(version_text)
     if kind == "lite":
-        return Capabilities("lite", v, bm25=True, templates=False, membership_match=False)
-    return Capabilities("server", v, bm25=v >= (2, 5, 0), templates=v >= (2, 5, 0), membership_match=False)
+        return Capabilities("lite", v, bm25=True)
+    return Capabilities("server", v, bm25=v >= (2, 5, 0))
 
 
 @dataclass(frozen=True)

@@ -97,15 +97,6 @@ def delete(ctx, external_ids, tenant) -> None:
 
 
 # ---------------------------------------------------------------------- queries
-def known_user(rag, user: str, tenant: str) -> None:
-    from ..errors import UnknownSubjectError
-
-    rag.sync()
-    rag.access.check_tenant_known(tenant)
-    if not rag.policy.has_user(user, tenant):
-        raise UnknownSubjectError(f"unknown user {user!r} in tenant {tenant!r} (holds no role; would see nothing)")
-
-
 @main.command(cls=StoreCommand)
 @click.argument("query")
 @click.option("--as", "as_user", required=True, help="Search as this user.")
@@ -118,7 +109,7 @@ def known_user(rag, user: str, tenant: str) -> None:
 def search(ctx, query, as_user, tenant, k, mode, encoder, as_json) -> None:
     """Search as a user: only rows the user may read come back (chunks of one document grouped)."""
     with store(ctx, encoder=encoder) as rag:
-        known_user(rag, as_user, tenant)
+        rag.access.check_user_known(as_user, tenant)
         hits = rag.search(query, user=as_user, tenant=tenant, k=k, mode=mode)
 
         def render() -> None:

@@ -18,6 +18,13 @@ def _known_tenant(rag, tenant: str) -> None:
     rag.access.check_tenant_known(tenant)
 
 
+def _change(ctx: click.Context, method: str, args: tuple, tenant: str, done: str) -> None:
+    """One policy change: ``rag.policy.<method>(*args, tenant=tenant)``, then ``done``."""
+    with store(ctx, catalog_only=True) as rag:
+        getattr(rag.policy, method)(*args, tenant=tenant)
+        click.echo(f"{done} (policy version {rag.policy_version})")
+
+
 # ---------------------------------------------------------------------- roles
 @main.group()
 def role() -> None:
@@ -41,9 +48,7 @@ def role_add(ctx, name, tenant) -> None:
 @click.pass_context
 def role_remove(ctx, name, tenant) -> None:
     """Delete a role, its rules, its inheritance and its assignments."""
-    with store(ctx, catalog_only=True) as rag:
-        rag.policy.remove_role(name, tenant=tenant)
-        click.echo(f"role {name!r} removed (policy version {rag.policy_version})")
+    _change(ctx, "remove_role", (name,), tenant, f"role {name!r} removed")
 
 
 @role.command("inherit", cls=StoreCommand)
@@ -53,9 +58,7 @@ def role_remove(ctx, name, tenant) -> None:
 @click.pass_context
 def role_inherit(ctx, role_name, parent, tenant) -> None:
     """Make ROLE inherit PARENT (its holders get PARENT's rules too)."""
-    with store(ctx, catalog_only=True) as rag:
-        rag.policy.inherit(role_name, parent, tenant=tenant)
-        click.echo(f"role {role_name!r} inherits {parent!r} (policy version {rag.policy_version})")
+    _change(ctx, "inherit", (role_name, parent), tenant, f"role {role_name!r} inherits {parent!r}")
 
 
 @role.command("uninherit", cls=StoreCommand)
@@ -65,9 +68,7 @@ def role_inherit(ctx, role_name, parent, tenant) -> None:
 @click.pass_context
 def role_uninherit(ctx, role_name, parent, tenant) -> None:
     """Stop ROLE inheriting PARENT."""
-    with store(ctx, catalog_only=True) as rag:
-        rag.policy.uninherit(role_name, parent, tenant=tenant)
-        click.echo(f"role {role_name!r} no longer inherits {parent!r} (policy version {rag.policy_version})")
+    _change(ctx, "uninherit", (role_name, parent), tenant, f"role {role_name!r} no longer inherits {parent!r}")
 
 
 @role.command("list", cls=StoreCommand)
@@ -129,9 +130,7 @@ def deny(ctx, role_name, selector, tenant) -> None:
 @click.pass_context
 def revoke(ctx, role_name, selector, tenant) -> None:
     """Remove ROLE's allow and deny rules for SELECTOR."""
-    with store(ctx, catalog_only=True) as rag:
-        rag.policy.revoke(role_name, selector, tenant=tenant)
-        click.echo(f"revoked {selector} from {role_name!r} (policy version {rag.policy_version})")
+    _change(ctx, "revoke", (role_name, selector), tenant, f"revoked {selector} from {role_name!r}")
 
 
 # ---------------------------------------------------------------------- users
@@ -163,12 +162,7 @@ def user_assign(ctx, subject, role_name, force_user, tenant) -> None:
 @click.pass_context
 def user_unassign(ctx, subject, role_name, force_user, tenant) -> None:
     """Take ROLE away from SUBJECT (a user, or a role that inherits it)."""
-    with store(ctx, catalog_only=True) as rag:
-        if force_user:
-            rag.policy.unassign_user(subject, role_name, tenant)
-        else:
-            rag.policy.unassign(subject, role_name, tenant)
-        click.echo(f"{subject!r} no longer holds {role_name!r} (policy version {rag.policy_version})")
+    _change(ctx, "unassign_user" if force_user else "unassign", (subject, role_name), tenant, f"{subject!r} no longer holds {role_name!r}")
 
 
 @user.command("show", cls=StoreCommand)
@@ -178,10 +172,8 @@ def user_unassign(ctx, subject, role_name, force_user, tenant) -> None:
 @click.pass_context
 def user_show(ctx, name, tenant, as_json) -> None:
     """A user's roles (assigned and inherited) and how many rows they see."""
-    from .data_cmds import known_user
-
     with store(ctx, catalog_only=True) as rag:
-        known_user(rag, name, tenant)
+        rag.access.check_user_known(name, tenant)
         vis = rag.visible(name, tenant)
         data = {
             "user": name,

@@ -32,7 +32,7 @@ from langchain_core.tools import BaseTool, tool
 from pydantic import ConfigDict, Field
 
 from ..catalog import DEFAULT_TENANT
-from ..errors import ArgumentError, PermragError
+from ..errors import ArgumentError, ConfigError
 from ..names import quote
 from ..results import Hit
 
@@ -201,7 +201,7 @@ def principal(config: RunnableConfig | None) -> tuple[str, str]:
         user = get("user") or get("user_id")
         tenant = tenant or get("tenant")
     if not isinstance(user, str) or not user:
-        raise PermragError("no principal: run with config={'configurable': {'user': ...}} or context={'user': ...}")
+        raise ConfigError("no principal: run with config={'configurable': {'user': ...}} or context={'user': ...}")
     return user, tenant or DEFAULT_TENANT
 
 

@@ -31,6 +31,18 @@ def _graph() -> defaultdict[str, set[str]]:
     return defaultdict(set)
 
 
+def _reach(edges: dict[str, set[str]], start: str) -> set[str]:
+    """``start`` and everything reachable from it along ``edges``."""
+    seen = {start}
+    stack = [start]
+    while stack:
+        for nxt in edges.get(stack.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    return seen
+
+
 @dataclass
 class TenantPolicy:
     """One tenant's roles, rules, role hierarchy and user assignments."""
@@ -58,14 +70,7 @@ class TenantPolicy:
     # ------------------------------------------------------------------ reading
     def inherited(self, role: str) -> set[str]:
         """``role`` and every role it inherits, transitively."""
-        seen = {role}
-        stack = [role]
-        while stack:
-            for p in self.parents.get(stack.pop(), ()):
-                if p not in seen:
-                    seen.add(p)
-                    stack.append(p)
-        return seen
+        return _reach(self.parents, role)
 
     def roles_of_user(self, user: str, *, implicit: bool = True) -> set[str]:
         """The roles ``user`` holds: assigned ones, and (implicit) what they inherit."""
@@ -79,14 +84,7 @@ class TenantPolicy:
 
     def heirs(self, role: str) -> set[str]:
         """``role`` and every role that inherits it, transitively."""
-        seen = {role}
-        stack = [role]
-        while stack:
-            for c in self.children.get(stack.pop(), ()):
-                if c not in seen:
-                    seen.add(c)
-                    stack.append(c)
-        return seen
+        return _reach(self.children, role)
 
     def holders(self, role: str) -> tuple[set[str], set[str]]:
         """(roles, users) whose visibility ``role``'s rules reach: its heirs and their users."""

@@ -60,8 +60,7 @@ def similar(searcher: Searcher, external_id: str, *, user: str, tenant: str, k: 
     check_k(k)
     snap = searcher.access.snapshot(user, tenant)
     seed = searcher.access.readable(user, external_id, tenant, snapshot=snap)
-    assert seed is not None  # readable() raises rather than return None here
-    ids = seed.row_ids if isinstance(seed, DocumentRecord) else [seed.row_id]
+    ids = seed.row_ids if isinstance(seed, DocumentRecord) else [seed.row_id] if seed is not None else []
     ex = searcher.executor(tenant)
     got = [ex.backend.vector(ex.tenant_no, i) for i in ids] if ex else []
     found = [v for v in got if v is not None]

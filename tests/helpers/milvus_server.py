@@ -1,0 +1,79 @@
+"""Start a Milvus server from the PyPI package ``milvus`` on free ports only.
+
+The package picks a free port for Milvus itself and for the address its
+components use to reach etcd, but the embedded etcd server listens on etcd's
+defaults (2379 for clients, 2380 for peers) unless told otherwise, so a second
+server on one machine collides with the first (seen here: its start took
+three minutes of retries). This gives the embedded etcd a config file of its
+own with free client and peer ports (Milvus' ``etcd.config.path``). Shared by
+the tests' fixtures and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _bind(port: int):
+    """Bind with SO_REUSEADDR, so a restarted server can take its old port
+    back while it is in TIME_WAIT (the package's own check would move on)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+        return sock
+    except OSError:
+        sock.close()
+        return None
+
+
+def start(base_dir: Path, port: int | None = None):
+    """A started ``milvus.MilvusServer`` with its data under ``base_dir`` on
+    ``port`` (default: a free one), its embedded etcd on free ports too."""
+    from milvus import MilvusServer
+
+    base_dir = Path(base_dir)
+    server = MilvusServer()
+    server.config.try_bind_port = _bind
+    server.set_base_dir(str(base_dir))
+    server.listen_port = port or free_port()
+    etcd_yaml = base_dir / "etcd.yaml"
+    etcd_state = base_dir / "etcd-ports.txt"
+    if etcd_state.exists():  # a restart keeps its etcd ports (its data says where it listened)
+        client, peer = map(int, etcd_state.read_text().split())
+    else:
+        client, peer = free_port(), free_port()
+        base_dir.mkdir(parents=True, exist_ok=True)
+        etcd_state.write_text(f"{client} {peer}")
+    server.config.set("etcd_port", client)
+    original = server.config.write_config
+
+    def write_config() -> None:
+        original()
+        cfg = Path(server.config.base_data_dir) / "configs" / "milvus.yaml"
+        etcd_yaml.write_text(
+            "name: default\n"
+            f"listen-client-urls: http://127.0.0.1:{client}\n"
+            f"advertise-client-urls: http://127.0.0.1:{client}\n"
+            f"listen-peer-urls: http://127.0.0.1:{peer}\n"
+            f"initial-advertise-peer-urls: http://127.0.0.1:{peer}\n"
+            f"initial-cluster: default=http://127.0.0.1:{peer}\n"
+        )
+        text = cfg.read_text(encoding="utf-8")
+        text = text.replace("\netcd:\n", f"\netcd:\n  config:\n    path: {etcd_yaml}\n", 1)
+        cfg.write_text(text, encoding="utf-8")
+
+    server.config.write_config = write_config
+    server.start()
+    if port is not None and server.listen_port != port:
+        server.stop()
+        raise RuntimeError(f"Milvus server came up on {server.listen_port}, not {port}")
+    return server
