@@ -35,8 +35,7 @@ def main(argv=None) -> None:
     if args.quick:
         args.rows, args.users = 5_000, 200
     enc = RandomEncoder(384)
-    with tempfile.TemporaryDirectory() as tmp, PermRAG.open(Path(tmp) / "h", encoder=enc) as rag:
-        rag.audit = False
+    with tempfile.TemporaryDirectory() as tmp, PermRAG.open(Path(tmp) / "h", encoder=enc, audit="off") as rag:
         rag.add_documents([{"external_id": f"d{i}", "text": f"item {i}", "attrs": {"team": f"t{i % 50}"}} for i in range(args.rows)], batch_size=5000)
         p = rag.policy
         for s in range(args.role_sets):

@@ -125,9 +125,9 @@ class PermRAG:
         self.compiler = Compiler(self.catalog, self.policy, self._lock)
         self.access = Access(self._engine, self.policy, self.catalog, self.compiler, self._lock)
         self.binding = None if self._catalog_only else Binding(self._engine, self._make_backend, self._collection, self._encoder)
-        self.audit = AuditLog(self._engine, o["audit"])
+        self._audit = AuditLog(self._engine, o["audit"])
         self.ingester = Ingester(self.catalog, self.binding, self._chunker, o["max_document_chars"])
-        self.searcher = Searcher(self.access, self.catalog, self._binding(), self._planner, self.audit, self.stats)
+        self.searcher = Searcher(self.access, self.catalog, self._binding(), self._planner, self._audit, self.stats)
         self.catalog.load()
         self.policy.load()
 
@@ -162,7 +162,7 @@ class PermRAG:
     def close(self) -> None:
         if self._engine is None:
             return
-        self.audit.close()
+        self._audit.close()
         if self.binding is not None:
             self.binding.close()
         self._engine.dispose()
@@ -173,6 +173,15 @@ class PermRAG:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def audit(self) -> AuditLog:
+        """The audit log; ``rag.audit = False`` turns it off, ``True`` on (synchronous)."""
+        return self._audit
+
+    @audit.setter
+    def audit(self, on: bool) -> None:
+        self._audit.mode = "sync" if on else "off"
 
     # ------------------------------------------------------------------ versions and parts
     @property
@@ -280,7 +289,7 @@ class PermRAG:
 
     def audit_log(self, *, user: str | None = None, since: float | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Logged searches and recommendations, newest first."""
-        return self.audit.query(user=user, since=since, limit=limit)
+        return self._audit.query(user=user, since=since, limit=limit)
 
 
 class _NoVectors(Binding):
