@@ -154,6 +154,11 @@ def test_reconcile_removes_real_orphans(tmp_path):
     rag.store.insert(no, [{"row_id": 999_999, "tenant": "default", "external_id": "ghost", "vclass": 0, "text": "x", "dense": [1.0] + [0.0] * 31}])
     report = rag.reconcile(full=True)
     assert report.orphans_removed == 1 and 999_999 not in milvus_ids(rag)
+    rag.add_documents([{"external_id": "o", "text": "other tenant", "tenant": "other"}])
+    assert rag.store.all_ids() == milvus_ids(rag) | milvus_ids(rag, "other") and len(rag.store.all_ids()) == 6
+    assert rag.catalog.by_external_id("a0").row_id in milvus_ids(rag)
+    with pytest.raises(UnknownRowError):
+        rag.catalog.by_external_id("o")  # a row of another tenant
     rag.close()
 
 

@@ -305,8 +305,20 @@ class MilvusBackend:
             raise self._fail("flush", exc) from None
 
     # ------------------------------------------------------------------ reads
-    def all_ids(self, tenant_no: int, expr: str = "") -> set[int]:
-        """Every row ID of the tenant's collection matching ``expr`` (all by default)."""
+    def tenant_numbers(self) -> list[int]:
+        """Numbers of the tenants that have a collection of this store."""
+        prefix = f"{self.collection}_t"
+        try:
+            names = self.client().list_collections()
+        except Exception as exc:
+            raise self._fail("listing collections", exc) from None
+        return sorted(int(n[len(prefix) :]) for n in names if n.startswith(prefix) and n[len(prefix) :].isdigit())
+
+    def all_ids(self, tenant_no: int | None = None, expr: str = "") -> set[int]:
+        """Every row ID of the tenant's collection matching ``expr`` (all by
+        default); without a tenant, of every tenant's collection of the store."""
+        if tenant_no is None:
+            return set().union(*(self.all_ids(no, expr) for no in self.tenant_numbers()))
         if not self._known(tenant_no):
             return set()
         out: set[int] = set()

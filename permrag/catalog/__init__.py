@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Sequence
 from pyroaring import BitMap
 
 from .. import db
+from ..errors import UnknownRowError
 from .allocation import Allocator
 from .bitmaps import as_array, n_runs, size_bytes
 from .index import AttrIndex, TenantIndex
@@ -77,6 +78,13 @@ class Catalog:
 
     def live_ids(self) -> BitMap:
         return self.index.live_ids()
+
+    def by_external_id(self, external_id: str, tenant: str = DEFAULT_TENANT) -> RowRecord:
+        """The live row called ``external_id`` (chunks have ids of their own)."""
+        rec = self.rows.by_external_id(external_id, tenant)
+        if rec is None:
+            raise UnknownRowError(f"no row {external_id!r} in tenant {tenant!r}")
+        return rec
 
     def by_state(self, state: str) -> list[RowRecord]:
         return self.rows.by_state(state)
