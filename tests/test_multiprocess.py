@@ -170,7 +170,53 @@ class Model:
         return allow - deny
 
 
+def check_store(logs: list[list[dict]], v0: int, initial: dict[str, dict], fresh: PermRAG) -> dict[str, int]:
+    """One store's logs (from every process writing it) against the model the
+    logs themselves describe; returns what was checked."""
+    changes = sorted((r for log in logs for r in log if r["kind"] == "change"), key=lambda r: r["v"])
+    versions = [c["v"] for c in changes]
+    # no lost update: every change has a version of its own, and together they are every version
+    assert versions == list(range(v0 + 1, v0 + 1 + len(changes))), "two changes claimed one version, or one was lost"
+    rows = dict(initial)  # acme's rows: a row of globex, or of another store, is never permitted here
+    for log in logs:
+        for r in log:
+            if r["kind"] == "ingest" and r["tenant"] == "acme":
+                rows.update(r["rows"])
+    m = Model()
+    state = {v0: (set(), set(), set())}
+    for c in changes:
+        m.apply(c)
+        state[c["v"]] = (set(m.allow), set(m.deny), set(m.users))
+    cache: dict[tuple[int, str], set[str]] = {}
+    matched: dict[str, set[str]] = {}
+    searches = [r for log in logs for r in log if r["kind"] == "search"]
+    for s in searches:
+        key = (s["v"], s["user"])
+        if key not in cache:
+            mv = Model()
+            mv.allow, mv.deny, mv.users = state[s["v"]]
+            cache[key] = mv.visible(s["user"], rows, matched)
+        leaked = set(s["rows"]) - cache[key]
+        assert not leaked, f"{s['user']} at version {s['v']} got rows not permitted then: {sorted(leaked)[:5]}"
+    # afterwards every process agrees with a from-scratch compile
+    for fin in (next(r for r in log if r["kind"] == "final") for log in logs):
+        assert fin["v"] == fresh.policy_version == (versions[-1] if versions else v0)
+        for user, got in fin["visible"].items():
+            assert set(got) == {r.external_id for r in fresh.rows(fresh.visible(user, "acme"))} == m.visible(user, rows), user
+    return {
+        "changes": len(changes),
+        "revokes": sum(1 for c in changes if c["op"] == "revoke"),
+        "ingests": sum(1 for log in logs for r in log if r["kind"] == "ingest"),
+        "globex_ingests": sum(1 for log in logs for r in log if r["kind"] == "ingest" and r["tenant"] == "globex"),
+        "rows": len(rows) - len(initial),
+        "searches": len(searches),
+        "with_rows": sum(1 for s in searches if s["rows"]),
+    }
+
+
 def test_two_processes_ingest_change_and_search_for_30_seconds(tmp_path, pg_url, milvus_server):
+    """Two processes write one store (PostgreSQL) in two tenants while a third
+    process writes a second store on the same Milvus server, for 30 s."""
     from permrag.embed import HashEncoder
 
     from .helpers.stress_worker import ROLES
@@ -183,61 +229,32 @@ def test_two_processes_ingest_change_and_search_for_30_seconds(tmp_path, pg_url,
         setup.policy.add_role(r, tenant="acme")
     v0 = setup.policy_version
     setup.close()
-    outs = [tmp_path / f"w{i}.jsonl" for i in range(2)]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.helpers.stress_worker", str(tmp_path / f"h{i}"), pg_url, milvus_server, collection, str(i + 1), str(SECONDS), str(outs[i]), f"p{i}", str(outs[1 - i])],
-            cwd=ROOT,
-            stderr=open(tmp_path / f"w{i}.err", "w"),
+    outs = [tmp_path / f"w{i}.jsonl" for i in range(3)]
+    # workers 0 and 1 share the PostgreSQL store; worker 2 is another store (its own SQLite catalog
+    # and collection) on the same Milvus: any of the shared store's rows in its results is a leak
+    stores = [(pg_url, collection, "p0"), (pg_url, collection, "p1"), ("", f"{collection}_other", "q")]
+    procs = []
+    for i, (db_url, coll, prefix) in enumerate(stores):
+        peers = ",".join(str(o) for j, o in enumerate(outs) if j != i)
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "tests.helpers.stress_worker", str(tmp_path / f"h{i}"), db_url, milvus_server, coll, str(i + 1), str(SECONDS), str(outs[i]), prefix, peers],
+                cwd=ROOT,
+                stderr=open(tmp_path / f"w{i}.err", "w"),
+            )
         )
-        for i in range(2)
-    ]
     t0 = time.monotonic()
     for i, proc in enumerate(procs):
-        assert proc.wait(SECONDS + 240) == 0, (tmp_path / f"w{i}.err").read_text()[-3000:]
+        assert proc.wait(SECONDS + 300) == 0, (tmp_path / f"w{i}.err").read_text()[-3000:]
     assert time.monotonic() - t0 >= SECONDS
     logs = [[json.loads(line) for line in out.read_text().splitlines()] for out in outs]
 
-    changes = sorted((r for log in logs for r in log if r["kind"] == "change"), key=lambda r: r["v"])
-    versions = [c["v"] for c in changes]
-    # no lost update: every change has a version of its own, and together they are every version
-    assert versions == list(range(v0 + 1, v0 + 1 + len(changes))), "two changes claimed one version, or one was lost"
-    rows = dict(initial)
-    for log in logs:
-        for r in log:
-            if r["kind"] == "ingest":
-                rows.update(r["rows"])
-    models: dict[int, Model] = {}
-    m = Model()
-    models[v0] = m
-    snapshot = {v0: (set(), set(), set())}
-    for c in changes:
-        m.apply(c)
-        snapshot[c["v"]] = (set(m.allow), set(m.deny), set(m.users))
-    cache: dict[tuple[int, str], set[str]] = {}
-    matched: dict[str, set[str]] = {}
-    searches = [r for log in logs for r in log if r["kind"] == "search"]
-    for s in searches:
-        key = (s["v"], s["user"])
-        if key not in cache:
-            mv = Model()
-            mv.allow, mv.deny, mv.users = snapshot[s["v"]]
-            cache[key] = mv.visible(s["user"], rows, matched)
-        leaked = set(s["rows"]) - cache[key]
-        assert not leaked, f"{s['user']} at version {s['v']} got rows not permitted then: {sorted(leaked)[:5]}"
-    # afterwards both processes agree with a from-scratch compile
     fresh = PermRAG.open(tmp_path / "fresh", database_url=pg_url, catalog_only=True)
-    finals = [next(r for r in log if r["kind"] == "final") for log in logs]
-    for fin in finals:
-        assert fin["v"] == fresh.policy_version == versions[-1]
-        for user, got in fin["visible"].items():
-            assert set(got) == {r.external_id for r in fresh.rows(fresh.visible(user, "acme"))} == m.visible(user, rows), user
+    shared = check_store(logs[:2], v0, initial, fresh)
     fresh.close()
-    ingests = sum(1 for log in logs for r in log if r["kind"] == "ingest")
-    revokes = sum(1 for c in changes if c["op"] == "revoke")
-    with_rows = sum(1 for s in searches if s["rows"])
-    assert len(changes) >= 100 and revokes >= 10 and ingests >= 20 and with_rows >= 100
-    print(
-        f"\n2 processes, {SECONDS} s: {len(changes)} policy changes ({revokes} revokes), {ingests} ingests "
-        f"({len(rows) - len(initial)} rows), {len(searches)} searches ({with_rows} with rows); leaks: 0, lost updates: 0"
-    )
+    other = PermRAG.open(tmp_path / "h2", milvus_uri=milvus_server, collection=f"{collection}_other", catalog_only=True)
+    alone = check_store(logs[2:], 0, {}, other)
+    other.close()
+    assert shared["changes"] >= 100 and shared["revokes"] >= 10 and shared["ingests"] >= 20 and shared["with_rows"] >= 100
+    assert shared["globex_ingests"] >= 3 and alone["with_rows"] >= 20
+    print(f"\nshared store, 2 processes, {SECONDS} s: {shared}; other store on the same Milvus: {alone}; leaks 0, lost updates 0")

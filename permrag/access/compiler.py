@@ -170,13 +170,16 @@ class Compiler:
                 self._user[tenant].pop(u, None)
             self._role_view[tenant].clear()
 
-    def on_catalog_change(self, changes: list[Change] | None) -> None:
+    def on_catalog_change(self, changes: list[Change] | None, retired: set[str] | None) -> None:
         with self.lock:
             if changes is None:
                 self.clear()
                 return
+            for tenant in retired or ():
+                self._drop_tenant(tenant)  # a delete or replace: that tenant only
             for ch in changes:
-                self._apply_ingest(ch)
+                if ch.tenant not in (retired or ()):
+                    self._apply_ingest(ch)
 
     def _apply_ingest(self, ch: Change) -> None:
         t = ch.tenant

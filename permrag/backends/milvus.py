@@ -193,9 +193,12 @@ class MilvusBackend:
         except Exception as exc:
             raise self._fail("reading the store identity", exc) from None
         values = {g["key"]: g["value"] for g in got}
-        if values.get("format") != ROOT_FORMAT or "store_id" not in values:
+        owners = {g["value"] for g in got if g["key"] == "store_id"}
+        if values.get("format") != ROOT_FORMAT or not owners:
             raise StoreMismatchError(f"Milvus collection {self.collection!r} at {self._where()} is not a permrag store root")
-        return str(values["store_id"])
+        if len(owners) > 1:  # two stores created it at the same moment: neither may use it
+            raise StoreMismatchError(f"Milvus collection {self.collection!r} at {self._where()} was claimed by {len(owners)} stores at once")
+        return owners.pop()
 
     def _create_root(self, store_id: str) -> None:
         c = self.client()

@@ -25,7 +25,10 @@ from .journal import Change, Journal, PendingBatch, Written
 from .rows import DEFAULT_TENANT, DocumentRecord, RowRecord, RowSpec, RowStore, chunk_no, row_spec
 from .tenants import TenantRegistry
 
-Listener = Callable[["list[Change] | None"], None]  # None: everything may have changed
+# (changes, tenants): the publishes' changes for incremental recompiles, and
+# the tenants whose rows were retired (their caches are dropped); (None, None):
+# everything may have changed (a reload).
+Listener = Callable[["list[Change] | None", "set[str] | None"], None]
 
 
 class Catalog:
@@ -56,7 +59,7 @@ class Catalog:
                         break
             self.version = version
             for listener in self._listeners:
-                listener(None)
+                listener(None, None)
 
     def rebuild_index(self) -> None:
         """Recompute the persisted index from the rows (repair tool)."""
@@ -128,9 +131,9 @@ class Catalog:
         for tenant in set(written.bitmaps) | set(derived_added) | set(derived_removed):
             self.index.apply(tenant, written.bitmaps.get(tenant, {}), derived_added.get(tenant, []), derived_removed.get(tenant, []))
         self.version = written.version
-        changes: list[Change] | None = written.changes() if not written.retired else None
+        retired = {r.tenant for r in written.retired}
         for listener in self._listeners:
-            listener(changes)
+            listener(written.changes(), retired)
         return written
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 from pyroaring import FrozenBitMap
 
-from ..access import Access, Snapshot
+from ..access import Access, Snapshot, check_principal
 from ..audit import AuditLog
 from ..backends import MAX_LIMIT, Binding, RawHit
 from ..catalog import Catalog
@@ -131,10 +131,8 @@ def check_k(k: object, what: str = "k") -> int:
 
 
 def check_search_args(queries, user, tenant, k, mode, fusion, weights, pool=None) -> list[str]:
-    if not isinstance(user, str) or not user:
-        raise ArgumentError(f"user must be a non-empty string, not {user!r}")
-    if not isinstance(tenant, str) or not tenant:
-        raise ArgumentError(f"tenant must be a non-empty string, not {tenant!r}")
+    check_principal("user", user)
+    check_principal("tenant", tenant)
     if isinstance(queries, (str, bytes)) or not isinstance(queries, Sequence) or not queries:
         raise ArgumentError("give at least one query (a list of strings)")
     for q in queries:

@@ -1,11 +1,13 @@
-"""One of two processes of tests/test_multiprocess.py's stress test.
+"""One process of tests/test_multiprocess.py's stress test.
 
-For ``seconds`` it ingests, grants, denies, revokes, assigns and unassigns at
-random and searches in between, on a store shared with the other process
-(PostgreSQL + one Milvus server). It logs every change with the policy
-version that change produced, every ingested row, and every search with the
-version its hits are stamped with. When time is up it waits for the other
-process to stop too, then logs its final ``visible()`` of every user.
+For ``seconds`` it ingests (into tenant ``acme``, and now and then into
+``globex``), grants, denies, revokes, assigns and unassigns at random and
+searches ``acme`` in between, on a store it may share with other processes
+(PostgreSQL + one Milvus server, which another *store* uses at the same
+time). It logs every change with the policy version that change produced,
+every ingested row, and every search with the version its hits are stamped
+with. When time is up it waits for the other processes to stop too, then
+logs its final ``visible()`` of every user.
 """
 
 from __future__ import annotations
@@ -32,16 +34,20 @@ def selectors() -> list[str]:
 
 
 def main() -> None:
-    home, db_url, uri, collection, seed, seconds, out, me, other = sys.argv[1:10]
+    home, db_url, uri, collection, seed, seconds, out, me, others = sys.argv[1:10]
     rng = random.Random(int(seed))
-    rag = PermRAG.open(home, database_url=db_url, milvus_uri=uri, collection=collection, encoder=HashEncoder(32))
+    rag = PermRAG.open(home, database_url=db_url or None, milvus_uri=uri, collection=collection, encoder=HashEncoder(32))
     p = rag.policy
     n = 0
-    deadline = time.monotonic() + float(seconds)
     with open(out, "w") as f:
 
         def log(**rec) -> None:
             f.write(json.dumps(rec) + "\n")
+
+        for role in ROLES:  # a store of its own starts empty
+            if p.add_role(role, tenant=TENANT):
+                log(kind="change", v=p.version, op="add_role", role=role)
+        deadline = time.monotonic() + float(seconds)
 
         while time.monotonic() < deadline:
             roll = rng.random()
@@ -53,12 +59,13 @@ def main() -> None:
                     log(kind="search", user=user, v=hits.policy_version, rows=[h.external_id for h in hits])
                 elif roll < 0.58:
                     docs = []
+                    tenant = "globex" if rng.random() < 0.25 else TENANT
                     for _ in range(5):
                         attrs = {"dept": rng.choice(DEPTS), "lvl": rng.choice(LEVELS)}
-                        docs.append({"external_id": f"{me}-{n}", "text": " ".join(rng.sample(WORDS, 3)), "tenant": TENANT, "attrs": attrs})
+                        docs.append({"external_id": f"{me}-{n}", "text": " ".join(rng.sample(WORDS, 3)), "tenant": tenant, "attrs": attrs})
                         n += 1
                     rag.add_documents(docs)
-                    log(kind="ingest", rows={d["external_id"]: d["attrs"] for d in docs})
+                    log(kind="ingest", tenant=tenant, rows={d["external_id"]: d["attrs"] for d in docs})
                 elif roll < 0.70:
                     sel = rng.choice(selectors())
                     if p.grant(role, sel, tenant=TENANT):
@@ -83,7 +90,7 @@ def main() -> None:
                 pass  # the stored policy says no (a revoke of nothing): nothing changed
         Path(out + ".done").touch()
         wait = time.monotonic() + 120
-        while not Path(other + ".done").exists() and time.monotonic() < wait:
+        while not all(Path(o + ".done").exists() for o in others.split(",") if o) and time.monotonic() < wait:
             time.sleep(0.05)
         rag.sync()
         final = {u: sorted(r.external_id for r in rag.rows(rag.visible(u, TENANT))) for u in USERS}
