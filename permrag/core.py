@@ -29,6 +29,8 @@ from .policy import Policy
 from .repair import RepairReport
 from .results import Hits, Stats
 from .search import LITE, SERVER, Plan, Planner, Searcher
+from .search.aio import DEFAULT_WORKERS, AsyncRunner
+from .search.fetch import fetch
 from .search.pipeline import retrieve
 from .search.recommend import recommend, similar
 
@@ -56,6 +58,7 @@ class PermRAG:
         stale_ingest_after: float = 3600.0,
         max_document_chars: int = MAX_DOCUMENT_CHARS,
         audit: str = "sync",
+        async_workers: int = DEFAULT_WORKERS,
     ) -> None:
         if chunk_size > 16_000:
             raise ConfigError("chunk_size is at most 16000 characters (Milvus VARCHAR holds 65535 bytes)")
@@ -74,6 +77,7 @@ class PermRAG:
         if not catalog_only:
             MilvusBackend(settings.milvus_uri, **self._backend_options)  # checks the options; no I/O
         self._engine: Any = None
+        self.aio = AsyncRunner(async_workers)  # the bounded pool of asearch & co.; threads start on first use
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -98,7 +102,8 @@ class PermRAG:
         ``analyzer`` (``"standard"``, ``"jieba"``, ``"english"`` or Milvus
         params), ``allocation``, ``policy_attrs``, ``planner``,
         ``max_document_chars``, ``stale_ingest_after``, ``audit`` (``"sync"``,
-        ``"async"``, ``"off"``) and ``catalog_only`` (no vector store).
+        ``"async"``, ``"off"``), ``async_workers`` (threads of the pool the
+        async methods run on) and ``catalog_only`` (no vector store).
         Milvus is connected on first use, so opening is cheap.
         """
         encoder = options.get("encoder")
@@ -160,6 +165,7 @@ class PermRAG:
         return reconcile(self.catalog, self.binding, full=full, stale_after=self._stale_ingest_after)
 
     def close(self) -> None:
+        self.aio.close()  # first: running async calls finish before the engine goes
         if self._engine is None:
             return
         self._audit.close()
@@ -266,6 +272,22 @@ class PermRAG:
     def search_many(self, queries: Sequence[str], *, user: str, tenant: str = DEFAULT_TENANT, k: int = 10, mode: str = "hybrid", fusion: str = "rrf", weights: Sequence[float] = (0.5, 0.5), vectors: Any = None, pool: int | None = None) -> list[Hits]:
         """:meth:`search` for several queries of one caller in one Milvus call."""
         return self.searcher.search_many(queries, user=user, tenant=tenant, k=k, mode=mode, fusion=fusion, weights=weights, vectors=vectors, pool=pool)
+
+    async def asearch(self, query: str, **options: Any) -> Hits:
+        """:meth:`search` without blocking the event loop (on ``rag.aio``'s bounded pool; see :mod:`permrag.search.aio`)."""
+        return await self.aio.run(self.search, query, **options)
+
+    async def aretrieve(self, query: str, **options: Any) -> Hits:
+        """:meth:`retrieve` without blocking the event loop."""
+        return await self.aio.run(self.retrieve, query, **options)
+
+    async def arecommend(self, vectors: Any, **options: Any) -> dict[str, Hits]:
+        """:meth:`recommend` without blocking the event loop."""
+        return await self.aio.run(self.recommend, vectors, **options)
+
+    def fetch(self, external_id: str, *, user: str, tenant: str = DEFAULT_TENANT) -> Hits:
+        """The rows of a row or document ``user`` may read, in order, with their text (else :class:`NotReadableError`)."""
+        return fetch(self.searcher, external_id, user=user, tenant=tenant)
 
     def retrieve(self, query: str, *, user: str, tenant: str = DEFAULT_TENANT, k: int = 5, **options: Any) -> Hits:
         """Multi-stage retrieval (rerank, parent merge, RAG-Fusion): see :mod:`permrag.search.pipeline`."""

@@ -1,0 +1,31 @@
+"""A row or a whole document by its id, for a caller who may read it.
+
+The read an agent makes after a search cites a document (the MCP ``fetch``
+tool). It is answered like every other question that names a row: a row the
+caller may not read and a row that does not exist raise the same
+:class:`~permrag.errors.NotReadableError`, and a document is readable only if
+every chunk of it is. The text comes from Milvus under the same snapshot that
+decided the answer, and the read is written to the audit log as ``fetch``.
+"""
+
+from __future__ import annotations
+
+from ..catalog import DocumentRecord
+from ..errors import BackendError
+from ..results import Hit, Hits
+from .engine import Searcher
+
+
+def fetch(searcher: Searcher, external_id: str, *, user: str, tenant: str) -> Hits:
+    """The rows of ``external_id`` (one row, or a document's chunks in order), each stamped with the policy version."""
+    snap = searcher.access.snapshot(user, tenant)
+    rec = searcher.access.readable(user, external_id, tenant, snapshot=snap)
+    rows = list(rec.chunks) if isinstance(rec, DocumentRecord) else [rec]
+    ex = searcher.executor(tenant)
+    texts = ex.backend.texts(ex.tenant_no, [r.row_id for r in rows]) if ex else {}
+    missing = [r.external_id for r in rows if r.row_id not in texts]
+    if missing:
+        raise BackendError(f"row {missing[0]!r} is in the catalog but not in Milvus (run reconcile --full)")
+    hits = Hits([Hit(r.row_id, r.external_id, texts[r.row_id], 1.0, dict(r.attrs), r.tenant, r.parent, snap.policy_version) for r in rows], snap.policy_version)
+    searcher.audit.record("fetch", user, tenant, snap.policy_version, {"external_id": external_id, "rows": [r.row_id for r in rows]})
+    return hits
