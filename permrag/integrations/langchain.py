@@ -21,14 +21,15 @@ agent tools whose principal comes from the application, never the model.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any, Mapping
 
-from langchain_core.callbacks import CallbackManagerForRetrieverRun
+from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnableConfig
-from langchain_core.tools import BaseTool, tool
+from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import ConfigDict, Field
 
 from ..catalog import DEFAULT_TENANT
@@ -78,6 +79,10 @@ class PermissionedRetriever(BaseRetriever):
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any) -> list[Document]:
         hits = self.rag.search(query, user=self.user, tenant=self.tenant, **self._settings(kwargs))
+        return [h.to_document() for h in hits]
+
+    async def _aget_relevant_documents(self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any) -> list[Document]:
+        hits = await self.rag.asearch(query, user=self.user, tenant=self.tenant, **self._settings(kwargs))
         return [h.to_document() for h in hits]
 
 
@@ -158,6 +163,10 @@ class PermissionFilteredRetriever(BaseRetriever):
                 return ok[:k]
             fetch = min(MAX_FETCH, fetch * 4)
 
+    async def _aget_relevant_documents(self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any) -> list[Document]:
+        # The same over-fetch loop, on the store's bounded pool (see permrag.search.aio).
+        return await self.rag.aio.run(self._get_relevant_documents, query, run_manager=run_manager.get_sync(), **kwargs)
+
     def _takes_k(self) -> bool:
         return hasattr(self.inner, "search_kwargs") or "k" in type(self.inner).model_fields
 
@@ -206,9 +215,8 @@ def principal(config: RunnableConfig | None) -> tuple[str, str]:
 
 
 def knowledge_tool(rag: Any, *, k: int = 4, name: str = "search_knowledge_base") -> BaseTool:
-    """A search tool acting as the run's user (see :func:`principal`)."""
+    """A search tool acting as the run's user (see :func:`principal`); async runs use ``rag.aio``."""
 
-    @tool(name)
     def search_knowledge_base(query: str, config: RunnableConfig) -> str:
         """Search the company knowledge base; returns the passages you may read."""
         user, tenant = principal(config)
@@ -217,14 +225,14 @@ def knowledge_tool(rag: Any, *, k: int = 4, name: str = "search_knowledge_base")
             return f"No readable passages found (policy version {hits.policy_version})."
         return "\n\n".join(f"[{h.external_id}] {h.text}" for h in hits)
 
-    return search_knowledge_base
+    return _tool(rag, search_knowledge_base, name)
 
 
 def permission_tool(rag: Any, *, name: str = "can_read_document") -> BaseTool:
     """A tool answering "may the current user read document X?" — the same
-    answer for a hidden document and one that does not exist."""
+    answer for a hidden document and one that does not exist (one
+    :meth:`~permrag.core.PermRAG.can_read` call, False for both)."""
 
-    @tool(name)
     def can_read_document(document_id: str, config: RunnableConfig) -> str:
         """Check whether you may read a document, by its id."""
         user, tenant = principal(config)
@@ -232,4 +240,14 @@ def permission_tool(rag: Any, *, name: str = "can_read_document") -> BaseTool:
             return f"yes: you may read {document_id!r}"
         return f"no: there is no document {document_id!r} that you may read"
 
-    return can_read_document
+    return _tool(rag, can_read_document, name)
+
+
+def _tool(rag: Any, fn: Any, name: str) -> BaseTool:
+    """A tool running ``fn`` directly, or on ``rag.aio``'s bounded pool when awaited."""
+
+    @functools.wraps(fn)  # the same signature: the tool injects the run's config into both
+    async def run_async(*args: Any, **kwargs: Any) -> str:
+        return await rag.aio.run(fn, *args, **kwargs)
+
+    return StructuredTool.from_function(func=fn, coroutine=run_async, name=name, description=fn.__doc__)
