@@ -171,6 +171,20 @@ audit = Table(
     Index("ix_permrag_audit_user", "user", "ts"),
 )
 
+tokens = Table(
+    "permrag_tokens",
+    metadata,
+    # Bearer tokens of the MCP HTTP server (permrag/mcp/tokens.py): only a
+    # SHA-256 of each token is kept; the token itself is shown once.
+    Column("id", String(32), primary_key=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("user", String(256), nullable=False),
+    Column("tenant", String(256), nullable=False),
+    Column("name", String(256), nullable=True),
+    Column("created", Float, nullable=False),
+    Column("revoked", Float, nullable=True),
+)
+
 COUNTERS = {
     "schema_version": SCHEMA_VERSION,
     "policy_version": 0,

@@ -1,0 +1,162 @@
+"""Who an MCP tool call acts as: fixed at start, or the verified bearer token's owner.
+
+The rule of every permrag face holds here too: the principal (user and
+tenant) comes from the server's configuration or the authenticated request,
+never from the model. A tool takes no user argument; :func:`principal_of`
+reads the identity that the server was started with (``permrag mcp --as``,
+for a local stdio server) or that the HTTP layer verified for this very
+request (the SDK's bearer middleware puts it on the request before the tool
+runs, and refuses requests without a valid token with 401).
+
+Two verifiers, usable together (:class:`AnyOf`):
+
+* :class:`TableVerifier` — tokens made with ``permrag token add`` (only their
+  hash is stored; see :mod:`permrag.mcp.tokens`);
+* :class:`JWTVerifier` — JWTs signed by your identity provider: ``sub`` is
+  the user, a ``tenant`` claim (configurable) the tenant, ``exp`` required;
+  audience and issuer checked when configured.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import jwt
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken, TokenVerifier
+from mcp.server.mcpserver.exceptions import ToolError
+
+from ..catalog import DEFAULT_TENANT
+from ..access import check_principal
+from ..errors import ArgumentError, ConfigError
+from .tokens import Tokens
+
+log = logging.getLogger(__name__)
+
+HMAC = ("HS256", "HS384", "HS512")
+ALGORITHMS = HMAC + ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "EdDSA")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The user and tenant a call acts as."""
+
+    user: str
+    tenant: str = DEFAULT_TENANT
+
+
+def principal_of(context: Any, fixed: Principal | None) -> Principal:
+    """The call's principal: the server's fixed one, else the request's verified token."""
+    if fixed is not None:
+        return fixed
+    request = getattr(context.request_context, "request", None)
+    scope = getattr(request, "scope", None) or {}
+    user = scope.get("user")
+    if isinstance(user, AuthenticatedUser) and user.access_token.subject:
+        claims = user.access_token.claims or {}
+        return Principal(user.access_token.subject, str(claims.get("tenant") or DEFAULT_TENANT))
+    # The bearer middleware already answers 401 to such a request; this is the second lock.
+    raise ToolError("not authenticated: this server acts only for the owner of a valid bearer token")
+
+
+def _identity(subject: object, tenant: object) -> tuple[str, str] | None:
+    """A token's user and tenant when both are usable names, else None (the token is refused)."""
+    try:
+        return check_principal("user", subject), check_principal("tenant", tenant)
+    except ArgumentError:
+        return None
+
+
+class TableVerifier(TokenVerifier):
+    """Bearer tokens from the store's ``permrag_tokens`` table."""
+
+    def __init__(self, tokens: Tokens, runner: Any) -> None:
+        self.tokens = tokens
+        self.runner = runner  # the store's AsyncRunner: the lookup is a SQL query
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        info = await self.runner.run(self.tokens.lookup, token)
+        if info is None:
+            return None
+        return AccessToken(token=token, client_id=f"permrag-token:{info.id}", scopes=[], subject=info.user, claims={"tenant": info.tenant, "iss": "permrag"})
+
+
+class JWTVerifier(TokenVerifier):
+    """JWTs checked against one key: an HMAC secret, or a public key (PEM) for RS/ES/PS/EdDSA."""
+
+    def __init__(
+        self,
+        key: str,
+        *,
+        algorithm: str = "HS256",
+        audience: str | None = None,
+        issuer: str | None = None,
+        tenant_claim: str = "tenant",
+        default_tenant: str = DEFAULT_TENANT,
+    ) -> None:
+        if algorithm not in ALGORITHMS:
+            raise ConfigError(f"JWT algorithm must be one of {', '.join(ALGORITHMS)}, not {algorithm!r}")
+        if not key.strip():
+            raise ConfigError("the JWT key is empty")
+        if algorithm in HMAC and len(key.encode()) < 32:
+            raise ConfigError("an HMAC JWT secret must be at least 32 bytes")
+        if algorithm not in HMAC and "PUBLIC KEY" not in key:
+            raise ConfigError(f"{algorithm} needs a PEM public key (-----BEGIN PUBLIC KEY-----)")
+        self.key = key
+        self.algorithm = algorithm
+        self.audience = audience
+        self.issuer = issuer
+        self.tenant_claim = tenant_claim
+        self.default_tenant = default_tenant
+
+    @classmethod
+    def from_file(cls, path: str | Path, **options: Any) -> "JWTVerifier":
+        try:
+            key = Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeError) as exc:
+            raise ConfigError(f"cannot read the JWT key file {str(path)!r}: {exc.__class__.__name__}") from None
+        return cls(key, **options)
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        try:
+            claims = jwt.decode(
+                token,
+                self.key,
+                algorithms=[self.algorithm],
+                audience=self.audience,
+                issuer=self.issuer,
+                options={"require": ["sub", "exp"]},
+            )
+        except jwt.PyJWTError as exc:
+            log.info("bearer JWT refused: %s", exc.__class__.__name__)
+            return None
+        who = _identity(claims.get("sub"), claims.get(self.tenant_claim, self.default_tenant))
+        if who is None:
+            log.info("bearer JWT refused: unusable sub or %s claim", self.tenant_claim)
+            return None
+        scopes = claims.get("scope")
+        return AccessToken(
+            token=token,
+            client_id=str(claims.get("azp") or claims.get("client_id") or "jwt"),
+            scopes=scopes.split() if isinstance(scopes, str) else [],
+            expires_at=int(claims["exp"]),
+            subject=who[0],
+            claims={"tenant": who[1], "iss": claims.get("iss")},
+        )
+
+
+class AnyOf(TokenVerifier):
+    """The first verifier that accepts the token."""
+
+    def __init__(self, verifiers: Sequence[TokenVerifier]) -> None:
+        self.verifiers = list(verifiers)
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        for v in self.verifiers:
+            found = await v.verify_token(token)
+            if found is not None:
+                return found
+        return None

@@ -1,0 +1,164 @@
+"""The MCP server (``permrag mcp``): search, can_read and fetch as one principal.
+
+Three tools, each one library call on the store's bounded pool
+(:mod:`permrag.search.aio`):
+
+* ``search(query, k, mode)`` — :meth:`~permrag.core.PermRAG.search`;
+* ``can_read(document_id)`` — yes (with the role and rule that allow it) or
+  no; the *same* no for a hidden document and one that does not exist;
+* ``fetch(document_id)`` — :meth:`~permrag.core.PermRAG.fetch`: a document's
+  text, only if readable (the same error for hidden and missing).
+
+None takes a user or tenant: the principal is fixed when the server starts
+(``--as``, stdio) or is the owner of the request's verified bearer token
+(HTTP; see :mod:`permrag.mcp.auth`). A call that passes any argument its tool
+does not declare — ``user`` above all — is refused, never silently ignored,
+so a model cannot even believe it changed whom it acts as. Every output cites
+external ids and the policy version it was computed under.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any, Callable, Literal
+
+from mcp.server.auth.settings import AuthSettings
+from mcp.server.auth.provider import TokenVerifier
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import CallToolResult, TextContent
+from pydantic import BaseModel, Field
+
+from ..errors import ConfigError, PermragError
+from .auth import Principal, principal_of
+
+log = logging.getLogger(__name__)
+
+MAX_K = 50
+IDENTITY_ARGS = frozenset({"user", "user_id", "tenant", "as", "as_user", "principal", "subject", "sub"})
+INSTRUCTIONS = (
+    "A permissioned knowledge base. Every answer is computed for the user this connection is authenticated as; "
+    "no argument can change that. Cite passages by their external id; each answer carries the policy version "
+    "it was computed under."
+)
+Mode = Literal["hybrid", "dense", "keyword"]
+
+
+class Passage(BaseModel):
+    external_id: str = Field(description="The row's id (a chunk's ends in #n); cite it.")
+    document: str = Field(description="The document the row belongs to.")
+    text: str
+    score: float
+    policy_version: int
+
+
+class SearchResult(BaseModel):
+    user: str = Field(description="Whom the search ran as (fixed by the server).")
+    tenant: str
+    policy_version: int = Field(description="The policy version the answer was computed under.")
+    passages: list[Passage]
+
+
+class Permission(BaseModel):
+    document_id: str
+    readable: bool
+    why: str | None = Field(description="The role and rule that allow reading; none when not readable.")
+    policy_version: int
+
+
+class FetchedDocument(BaseModel):
+    document_id: str
+    rows: list[str] = Field(description="External ids of the rows the text is made of, in order.")
+    text: str
+    policy_version: int
+
+
+class PermragMCP(MCPServer):
+    """An :class:`MCPServer` that refuses arguments a tool does not declare."""
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        tool = next((t for t in await self.list_tools() if t.name == name), None)
+        if tool is not None:
+            extra = sorted(set(arguments) - set((tool.input_schema or {}).get("properties") or {}))
+            if set(extra) & IDENTITY_ARGS:
+                raise ToolError(f"refused: {', '.join(extra)} is not an argument; this server acts only as the user it authenticated")
+            if extra:
+                raise ToolError(f"unknown argument(s) {', '.join(extra)} for {name}")
+        return await super().call_tool(name, arguments, context)
+
+
+def build_server(
+    rag: Any,
+    *,
+    principal: Principal | None = None,
+    verifier: TokenVerifier | None = None,
+    mode: Mode = "hybrid",
+    issuer_url: str = "http://127.0.0.1",
+) -> PermragMCP:
+    """The server for ``rag``, acting as ``principal`` (stdio) or as each request's token owner (HTTP, ``verifier``)."""
+    if (principal is None) == (verifier is None):
+        raise ConfigError("an MCP server acts as one fixed principal (--as) or as each request's bearer token owner, not both or neither")
+    auth = AuthSettings(issuer_url=issuer_url, resource_server_url=None) if verifier is not None else None  # type: ignore[arg-type]
+    server = PermragMCP("permrag", instructions=INSTRUCTIONS, token_verifier=verifier, auth=auth, log_level="WARNING")
+    default_mode = mode
+
+    async def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await rag.aio.run(fn, *args, **kwargs)
+        except PermragError as exc:  # the library's one-line message, for the model to read
+            raise ToolError(str(exc)) from None
+
+    @server.tool(description="Search the knowledge base as the authenticated user; returns only passages that user may read, each with its external id and the policy version of the answer.")
+    async def search(
+        query: str, ctx: Context, k: Annotated[int, Field(ge=1, le=MAX_K)] = 5, mode: Mode | None = None
+    ) -> Annotated[CallToolResult, SearchResult]:
+        who = principal_of(ctx, principal)
+        hits = await call(rag.search, query, user=who.user, tenant=who.tenant, k=k, mode=mode or default_mode)
+        out = SearchResult(
+            user=who.user,
+            tenant=who.tenant,
+            policy_version=hits.policy_version,
+            passages=[Passage(external_id=h.external_id, document=h.document, text=h.text, score=h.score, policy_version=h.policy_version) for h in hits],
+        )
+        text = "\n\n".join(f"[{p.external_id}] {p.text}" for p in out.passages) or "No readable passages found."
+        return _result(f"{text}\n\n(policy version {out.policy_version})", out)
+
+    @server.tool(description="May the authenticated user read a document (by external id)? The answer is the same 'no' for a document that is hidden and one that does not exist.")
+    async def can_read(document_id: str, ctx: Context) -> Annotated[CallToolResult, Permission]:
+        who = principal_of(ctx, principal)
+
+        def decide() -> Permission:
+            snap = rag.snapshot(who.user, who.tenant)
+            ok = rag.access.readable(who.user, document_id, who.tenant, snapshot=snap, quiet=True) is not None
+            why = rag.explain(who.user, document_id, who.tenant) if ok else None
+            if why is not None and not why.visible:  # revoked between the two answers: say no, like any hidden row
+                ok, why = False, None
+            return Permission(document_id=document_id, readable=ok, why=str(why) if why else None, policy_version=snap.policy_version)
+
+        out = await call(decide)
+        answer = f"yes: you may read {document_id!r} ({out.why})" if out.readable else f"no: there is no document {document_id!r} that you may read"
+        return _result(f"{answer} (policy version {out.policy_version})", out)
+
+    @server.tool(description="The full text of a document (by external id) the authenticated user may read; a hidden and a missing document get the same error.")
+    async def fetch(document_id: str, ctx: Context) -> Annotated[CallToolResult, FetchedDocument]:
+        who = principal_of(ctx, principal)
+        hits = await call(rag.fetch, document_id, user=who.user, tenant=who.tenant)
+        out = FetchedDocument(document_id=document_id, rows=[h.external_id for h in hits], text="\n".join(h.text for h in hits), policy_version=hits.policy_version)
+        return _result(f"[{document_id}] {out.text}\n\n(policy version {out.policy_version})", out)
+
+    return server
+
+
+def _result(text: str, structured: BaseModel) -> CallToolResult:
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=structured.model_dump(mode="json"))
+
+
+def serve(rag: Any, *, transport: str = "stdio", host: str = "127.0.0.1", port: int = 8000, **options: Any) -> None:
+    """Run :func:`build_server` until interrupted: ``stdio``, or ``http`` (streamable HTTP at ``/mcp``)."""
+    server = build_server(rag, issuer_url=f"http://{host}:{port}", **options)
+    if transport == "stdio":
+        server.run("stdio")
+    elif transport == "http":
+        server.run("streamable-http", host=host, port=port)
+    else:
+        raise ConfigError(f"transport must be 'stdio' or 'http', not {transport!r}")
