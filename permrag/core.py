@@ -25,6 +25,7 @@ from .catalog import DEFAULT_TENANT, Catalog, DocumentRecord, RowRecord
 from .embed import Encoder
 from .errors import BackendError, ConfigError
 from .ingest import MAX_DOCUMENT_CHARS, Chunker, Ingester, add_generated, reconcile
+from .ingest.sync import SyncReport, sync_folder
 from .policy import Policy
 from .repair import RepairReport
 from .results import Hits, Stats
@@ -49,6 +50,7 @@ class PermRAG:
         encoder: Encoder | str | None = None,
         chunk_size: int = 1000,
         chunk_overlap: int = 100,
+        chunk_unit: str = "chars",
         collection: str | None = None,
         index: str = "FLAT",
         consistency: str = "Bounded",
@@ -69,7 +71,7 @@ class PermRAG:
         self._stale_ingest_after = stale_ingest_after
         self._lock = threading.RLock()  # the state lock: policy, catalog index and compiler caches
         self._options = dict(allocation=allocation, policy_attrs=policy_attrs, audit=audit, max_document_chars=max_document_chars)
-        self._chunker = Chunker(chunk_size, chunk_overlap)
+        self._chunker = Chunker(chunk_size, chunk_overlap, chunk_unit)
         self._catalog_only = catalog_only
         self._encoder = encoder if encoder is not None else settings.encoder
         self._collection = collection or (settings.collection if settings.sources.get("collection") else None)
@@ -98,7 +100,7 @@ class PermRAG:
         constructor's: ``encoder`` (an encoder, a model name or path,
         ``"hash"``, ``"static"``; default: the store's own, else the
         packaged all-MiniLM-L6-v2), ``collection``, ``chunk_size``,
-        ``chunk_overlap``, ``index`` (FLAT, HNSW, IVF_FLAT), ``consistency``,
+        ``chunk_overlap``, ``chunk_unit`` (``"chars"`` or ``"tokens"`` of the encoder), ``index`` (FLAT, HNSW, IVF_FLAT), ``consistency``,
         ``analyzer`` (``"standard"``, ``"jieba"``, ``"english"`` or Milvus
         params), ``allocation``, ``policy_attrs``, ``planner``,
         ``max_document_chars``, ``stale_ingest_after``, ``audit`` (``"sync"``,
@@ -216,6 +218,10 @@ class PermRAG:
         """Ingest documents (``external_id``, ``text``, optional ``tenant``, ``attrs``, ``parent``,
         ``derived_from``; or LangChain ``Document``s); returns the row IDs. See :mod:`permrag.ingest.ingest`."""
         return self.ingester.add_documents(docs, tenant=tenant, replace=replace, batch_size=batch_size, progress=progress)
+
+    def sync_folder(self, path: str | os.PathLike[str], *, tenant: str = DEFAULT_TENANT, **options: Any) -> SyncReport:
+        """Make ``tenant``'s documents from folder ``path`` equal to its files: see :mod:`permrag.ingest.sync`."""
+        return sync_folder(self.ingester, path, tenant=tenant, update_metadata=getattr(self, "update_metadata", None), **options)
 
     def delete(self, external_ids: Sequence[str] | str, *, tenant: str = DEFAULT_TENANT) -> int:
         """Delete rows and whole documents by external id; returns how many rows."""

@@ -185,6 +185,18 @@ tokens = Table(
     Column("revoked", Float, nullable=True),
 )
 
+sync_state = Table(
+    "permrag_sync",
+    metadata,
+    # Folder sync (permrag/ingest/sync.py): what each synced file was when it
+    # was last written, so a re-sync re-embeds only changed content.
+    Column("tenant", String(256), primary_key=True),
+    Column("root", String(1024), primary_key=True),  # the folder, resolved
+    Column("external_id", String(1024), primary_key=True),  # the file's relative path
+    Column("content_hash", String(64), nullable=False),  # text and chunking settings
+    Column("meta_hash", String(64), nullable=False),  # attributes and ACL
+)
+
 COUNTERS = {
     "schema_version": SCHEMA_VERSION,
     "policy_version": 0,

@@ -11,8 +11,8 @@ command name, also as ``PERMRAG_*`` variables; the home's ``config.toml``
 supplies whatever is not given.
 
 Exit codes: 0 success; 1 a library error, or a check that found something
-(``policy check`` findings, ``reconcile`` missing rows, ``ingest`` skipped
-files); 2 a usage error; 130 interrupted.
+(``policy check`` findings, ``reconcile`` missing rows, ``ingest`` files that
+failed to load); 2 a usage error; 130 interrupted.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -66,21 +67,63 @@ def config_show(ctx, as_json) -> None:
 @encoder_opt
 @click.option("--folder-attrs", default=None, help="Comma-separated attribute names for folder levels.")
 @click.option("--replace", is_flag=True, help="Replace documents that already exist.")
+@click.option("--sync", "sync_", is_flag=True, help="Folder sync: add new files, re-embed changed ones, update metadata-only changes, delete documents whose files are gone.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@json_opt
 @click.pass_context
-def ingest(ctx, path, tenant, encoder, folder_attrs, replace, quiet) -> None:
-    """Ingest a JSONL file or a folder of documents."""
-    from rich.progress import Progress
+def ingest(ctx, path, tenant, encoder, folder_attrs, replace, sync_, quiet, as_json) -> None:
+    """Ingest a JSONL file or a folder of documents (PDF, DOCX, HTML, Markdown, reStructuredText, text).
 
+    Files that cannot be loaded are listed on stderr and the rest go in; the
+    exit code is 1 if any file failed to load."""
     from ..ingest.loaders import load_path
 
-    with store(ctx, encoder=encoder) as rag:
-        docs = load_path(path, folder_attrs.split(",") if folder_attrs else None)
-        show = not quiet and err_console.is_terminal
-        with Progress(console=err_console, transient=True, disable=not show) as bar:
-            task = bar.add_task("ingesting", total=len(docs))
-            ids = rag.add_documents(docs, tenant=tenant, replace=replace, progress=lambda done, total: bar.update(task, completed=done, total=total))
-        click.echo(f"ingested {len(docs)} documents as {len(ids)} rows (catalog version {rag.catalog_version})")
+    attrs = folder_attrs.split(",") if folder_attrs else None
+    with store(ctx, encoder=encoder) as rag, _progress(quiet or as_json) as bar:
+        if sync_:
+            if not Path(path).is_dir():
+                raise click.UsageError("--sync takes a folder")
+            task = bar.add_task("syncing", total=None, chunks=0, rate="")
+            report = rag.sync_folder(path, tenant=tenant, folder_attrs=attrs, progress=lambda p: bar.update(
+                task, completed=p.done, total=p.files, chunks=p.chunks, rate=f"{p.done / p.elapsed:.1f} files/s" if p.elapsed else ""))
+            bar.stop()
+            data = {**report.to_dict(), "catalog_version": rag.catalog_version}
+            emit(as_json, data, lambda: click.echo(report.describe().split("\n", 1)[0]))
+            failed, skipped = report.failed, report.skipped
+        else:
+            loaded = load_path(path, attrs, max_chars=rag.ingester.max_document_chars)
+            docs = loaded.documents
+            task = bar.add_task("ingesting", total=None, chunks=0, rate="")
+            started = time.perf_counter()
+            ids = rag.add_documents(docs, tenant=tenant, replace=replace, batch_size=256, progress=lambda done, total: bar.update(
+                task, completed=done, total=total, chunks=done, rate=f"{done / max(1e-9, time.perf_counter() - started):.0f} chunks/s"))
+            bar.stop()
+            data = {"documents": len(docs), "rows": len(ids), "skipped": [list(x) for x in loaded.skipped], "failed": [list(x) for x in loaded.failed], "catalog_version": rag.catalog_version}
+            emit(as_json, data, lambda: click.echo(f"ingested {len(docs)} documents as {len(ids)} rows (catalog version {rag.catalog_version})"))
+            failed, skipped = loaded.failed, loaded.skipped
+    if (failed or skipped) and not as_json:
+        from ..ingest.loaders import LoadReport
+
+        click.echo(LoadReport(skipped=skipped, failed=failed).describe(), err=True)
+    if failed:
+        sys.exit(1)
+
+
+@contextmanager
+def _progress(off: bool):
+    """A per-document progress bar on stderr (files or chunks, rate, ETA);
+    none with ``--quiet``/``--json`` or when stderr is not a terminal."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[chunks]} chunks"), TextColumn("{task.fields[rate]}"), TimeRemainingColumn()]
+    with Progress(*columns, console=err_console, transient=True, disable=off or not err_console.is_terminal) as bar:
+        yield bar
 
 
 @main.command(cls=StoreCommand)

@@ -21,15 +21,25 @@ from collections import defaultdict
 from dataclasses import replace as dc_replace
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
+
 from ..backends import MAX_TEXT_BYTES, Binding
-from ..catalog import DEFAULT_TENANT, Catalog, PendingBatch, RowRecord, RowSpec, row_spec
+from ..catalog import (
+    DEFAULT_TENANT,
+    Catalog,
+    PendingBatch,
+    RowRecord,
+    RowSpec,
+    row_spec,
+)
 from ..errors import ArgumentError, BackendError, CatalogError
-from ..names import check_external_id, check_tenant, check_text
-from .chunking import Chunker
+from ..names import check_attrs, check_external_id, check_tenant, check_text
+from .chunking import Chunker, Length, token_length
 
 log = logging.getLogger(__name__)
 
 MAX_DOCUMENT_CHARS = 2_000_000  # per document, before chunking (``max_document_chars``)
+ENCODE_STEP = 256  # rows encoded between two progress reports
 Progress = Callable[[int, int], None]
 
 
@@ -43,7 +53,7 @@ def as_mapping(doc: Any) -> Mapping[str, Any]:
     if hasattr(doc, "page_content") and hasattr(doc, "metadata"):
         meta = dict(doc.metadata or {})
         out: dict[str, Any] = {"text": doc.page_content}
-        for key in ("tenant", "parent", "derived_from"):
+        for key in ("tenant", "parent", "derived_from", "acl"):
             if key in meta:
                 out[key] = meta.pop(key)
         out["external_id"] = meta.pop("external_id", None) or getattr(doc, "id", None)
@@ -60,6 +70,15 @@ class Ingester:
         self.binding = binding  # None: a catalog without vectors
         self.chunker = chunker
         self.max_document_chars = max_document_chars
+        self._length: Length | None = None
+
+    def length(self) -> Length | None:
+        """The chunker's length function: None for characters, else the encoder's token count."""
+        if self.chunker.unit != "tokens" or self.binding is None:
+            return None
+        if self._length is None:
+            self._length = token_length(self.binding.encoder)
+        return self._length
 
     # ------------------------------------------------------------------ validate
     def specs(self, docs: Any, tenant: str | None) -> tuple[list[RowSpec], list[str]]:
@@ -71,7 +90,7 @@ class Ingester:
         texts: list[str] = []
         for n, raw in enumerate(docs):
             d = as_mapping(raw)
-            spec = row_spec(d, default_tenant)
+            spec = row_spec({k: v for k, v in d.items() if k != "sections"}, default_tenant)
             if self.binding is None:
                 specs.append(spec)
                 texts.append("")
@@ -85,14 +104,16 @@ class Ingester:
                     f"document {spec.external_id!r} has {len(text):,} characters; the limit is "
                     f"{self.max_document_chars:,} (max_document_chars): split it first"
                 )
-            pieces = self.chunker.split(text)
+            pieces = self.chunker.chunks(text, check_sections(spec.external_id, d.get("sections")), self.length())
             if len(pieces) == 1:
                 specs.append(spec)
-                texts.append(pieces[0])
+                texts.append(pieces[0].text)
             else:
                 for i, piece in enumerate(pieces):
-                    specs.append(dc_replace(spec, external_id=f"{spec.external_id}#{i}", parent=spec.external_id, chunk_of=spec.external_id))
-                    texts.append(piece)
+                    where = {k: str(v) for k, v in (("page", piece.page), ("heading", piece.heading)) if v is not None}
+                    attrs = check_attrs({**spec.attrs, **where}) if where else spec.attrs
+                    specs.append(dc_replace(spec, external_id=f"{spec.external_id}#{i}", parent=spec.external_id, chunk_of=spec.external_id, attrs=attrs))
+                    texts.append(piece.text)
         for spec, text in zip(specs, texts):
             check_external_id("chunk id", spec.external_id)
             if len(text.encode("utf-8")) > MAX_TEXT_BYTES:
@@ -121,7 +142,8 @@ class Ingester:
         touched: set[int] = set()
         done = 0
         for lo, hi in _batches(specs, batch_size):
-            ids.extend(self._batch(specs[lo:hi], texts[lo:hi], hint, replace, touched))
+            step = (lambda n, lo=lo: progress(lo + n, len(specs))) if progress is not None else None
+            ids.extend(self._batch(specs[lo:hi], texts[lo:hi], hint, replace, touched, step))
             done = hi
             if progress is not None:
                 progress(done, len(specs))
@@ -136,7 +158,7 @@ class Ingester:
                 backend.flush(no)
         return ids
 
-    def _batch(self, specs: list[RowSpec], texts: list[str], hint: dict, replace: bool, touched: set[int]) -> list[int]:
+    def _batch(self, specs: list[RowSpec], texts: list[str], hint: dict, replace: bool, touched: set[int], step: Callable[[int], None] | None = None) -> list[int]:
         if self.binding is None:
             batch = self.catalog.prepare(specs, hint, replace=replace)
             try:
@@ -146,7 +168,7 @@ class Ingester:
                 raise
             return batch.row_ids
         binding = self.binding
-        vectors = binding.encode(texts)
+        vectors = self._encode(texts, step)
         backend = binding.backend()
         numbers = {t: self.catalog.tenants.ensure(t) for t in {s.tenant for s in specs}}
         for no in numbers.values():
@@ -172,6 +194,20 @@ class Ingester:
             except BackendError as exc:  # the replace is done; the old rows are invisible already
                 log.warning("replaced rows stay in Milvus until the next reconcile: %s", exc)
         return batch.row_ids
+
+    def _encode(self, texts: list[str], step: Callable[[int], None] | None) -> Any:
+        """Vectors of ``texts``, encoded in slices of ``ENCODE_STEP`` so that a
+        progress bar moves during a large batch (encoding is most of an
+        ingest's time with a real model)."""
+        binding: Binding = self.binding  # type: ignore[assignment]  # only called with vectors
+        if step is None or len(texts) <= ENCODE_STEP:
+            return binding.encode(texts)
+        parts = []
+        for lo in range(0, len(texts), ENCODE_STEP):
+            parts.append(binding.encode(texts[lo : lo + ENCODE_STEP]))
+            if lo + ENCODE_STEP < len(texts):
+                step(lo + ENCODE_STEP)
+        return np.concatenate(parts)
 
     def _undo(self, batch: PendingBatch, numbers: Mapping[str, int]) -> None:
         """Milvus may hold some of the batch (an insert can fail after landing):
@@ -228,6 +264,24 @@ class Ingester:
                 if no is not None:
                     self.binding.backend().flush(no)
         return len(written.retired)
+
+
+def check_sections(ext: str, sections: Any) -> list[Mapping[str, Any]] | None:
+    """A document's optional ``sections`` (as loaders make them): a list of
+    mappings with a ``text`` string and optional ``page`` (int) and ``heading``."""
+    if sections is None:
+        return None
+    if isinstance(sections, (str, bytes, Mapping)) or not isinstance(sections, Sequence):
+        raise CatalogError(f"sections of {ext!r} must be a list of mappings")
+    for s in sections:
+        if not isinstance(s, Mapping) or not isinstance(s.get("text"), str):
+            raise CatalogError(f"each section of {ext!r} needs a 'text' string")
+        page, heading = s.get("page"), s.get("heading")
+        if page is not None and (isinstance(page, bool) or not isinstance(page, int)):
+            raise CatalogError(f"a section page of {ext!r} must be an integer, not {page!r}")
+        if heading is not None:
+            check_text(f"a section heading of {ext!r}", heading)
+    return list(sections)
 
 
 def _batches(specs: Sequence[RowSpec], size: int) -> list[tuple[int, int]]:
