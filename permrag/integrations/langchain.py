@@ -25,7 +25,10 @@ import functools
 import logging
 from typing import Any, Mapping
 
-from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForRetrieverRun,
+    CallbackManagerForRetrieverRun,
+)
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnableConfig
@@ -36,10 +39,10 @@ from ..catalog import DEFAULT_TENANT
 from ..errors import ArgumentError, ConfigError
 from ..names import quote
 from ..results import Hit
+from .filtering import overfetch, readable
 
 log = logging.getLogger(__name__)
 
-MAX_FETCH = 1024
 MAX_PUSHDOWN_IDS = 5000  # beyond this an `expr` list costs more than over-fetching
 SEARCH_KEYS = frozenset({"k", "mode", "fusion", "weights", "pool"})
 
@@ -120,23 +123,8 @@ class PermissionFilteredRetriever(BaseRetriever):
 
     def _readable(self, docs: list[Document], snap: Any) -> list[Document]:
         """Documents of the caller's tenant whose row (or every chunk of whose document) the snapshot allows."""
-        rows = self.rag.catalog.rows
-        names = sorted({str(d.metadata.get(self.id_key)) for d in docs if isinstance(d.metadata.get(self.id_key), str)})
-        found = rows.documents(self.tenant, names) if names else {}
-        ok = []
-        for d in docs:
-            meta = d.metadata or {}
-            if self.tenant_key is not None and meta.get(self.tenant_key) != self.tenant:
-                continue  # another tenant's document, or one that does not say: fail closed
-            recs = found.get(meta.get(self.id_key)) or []
-            exact = [r for r in recs if r.external_id == meta.get(self.id_key)]
-            recs = exact or recs
-            if not recs or not all(r.row_id in snap.visible for r in recs):
-                continue
-            if self.row_key in meta and exact and meta[self.row_key] != exact[0].row_id:
-                continue  # same name, another row: not the row the catalog knows
-            ok.append(d)
-        return ok
+        ok = readable(self.rag, [d.metadata or {} for d in docs], snap, self.tenant, id_key=self.id_key, tenant_key=self.tenant_key, row_key=self.row_key)
+        return [d for d, keep in zip(docs, ok) if keep]
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any) -> list[Document]:
         k = int(kwargs.pop("k", None) or self._inner_k())
@@ -155,13 +143,7 @@ class PermissionFilteredRetriever(BaseRetriever):
                 parts.insert(0, f"({inner_expr})")
             docs = self._fetch(query, k, expr=" and ".join(parts))
             return self._readable(docs, snap)[:k]
-        fetch = 2 * k
-        while True:
-            docs = self._fetch(query, fetch)
-            ok = self._readable(docs, snap)
-            if len(ok) >= k or len(docs) < fetch or fetch >= MAX_FETCH or not self._takes_k():
-                return ok[:k]
-            fetch = min(MAX_FETCH, fetch * 4)
+        return overfetch(lambda n: self._fetch(query, n), lambda docs: self._readable(docs, snap), k, adjustable=self._takes_k())
 
     async def _aget_relevant_documents(self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any) -> list[Document]:
         # The same over-fetch loop, on the store's bounded pool (see permrag.search.aio).
