@@ -1,0 +1,165 @@
+"""LlamaIndex faces: a permissioned retriever and a wrapper for any retriever.
+
+* :func:`retriever` — a LlamaIndex ``BaseRetriever`` over ``rag.search``
+  (sync) and ``rag.asearch`` (async), returning ``NodeWithScore``s whose
+  node id is the row's external id and whose metadata carries the document,
+  tenant and the policy version of the answer;
+* :func:`permissioned` — wraps any LlamaIndex retriever (a vector index's, a
+  BM25 one, a fusion of several) whose nodes carry their external id and
+  tenant in their metadata: only nodes the caller may read come back,
+  over-fetching (by the inner ``similarity_top_k``) until ``k`` are found
+  (the same check as the LangChain wrapper: :mod:`permrag.integrations.filtering`).
+
+The principal is fixed when the retriever is made; nothing at query time can
+change it. ``llama-index-core`` is an optional extra (``pip install
+"permrag[llamaindex]"``): this module imports without it, builds its classes
+on first use, and raises :class:`~permrag.errors.ConfigError` saying so when
+it is missing.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+from types import SimpleNamespace
+from typing import Any, Sequence
+
+from ..catalog import DEFAULT_TENANT
+from ..access import check_principal
+from ..errors import ArgumentError, ConfigError
+from ..results import Hit
+from ..search import check_k, check_search_args
+from .filtering import overfetch, readable
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def classes() -> SimpleNamespace:
+    """The LlamaIndex classes, built once (needs ``llama-index-core``)."""
+    try:
+        from llama_index.core.retrievers import BaseRetriever
+        from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+    except ImportError:
+        raise ConfigError('the LlamaIndex integration needs llama-index-core: pip install "permrag[llamaindex]"') from None
+
+    def to_node(h: Hit) -> NodeWithScore:
+        meta = h.to_dict()
+        text = meta.pop("text")
+        meta.pop("score")
+        return NodeWithScore(node=TextNode(id_=h.external_id, text=text, metadata=meta), score=h.score)
+
+    class PermissionedRetriever(BaseRetriever):
+        """Retrieves only rows the bound principal may read."""
+
+        def __init__(
+            self,
+            rag: Any,
+            *,
+            user: str,
+            tenant: str = DEFAULT_TENANT,
+            k: int = 4,
+            mode: str = "hybrid",
+            fusion: str = "rrf",
+            weights: Sequence[float] = (0.5, 0.5),
+            pool: int | None = None,
+            callback_manager: Any = None,
+        ) -> None:
+            check_search_args(["(none yet)"], user, tenant, k, mode, fusion, weights, pool)  # bad options fail here, not at the first query
+            self.rag = rag
+            self.user = user
+            self.tenant = tenant
+            self.options = dict(k=k, mode=mode, fusion=fusion, weights=tuple(weights), pool=pool)
+            super().__init__(callback_manager=callback_manager)
+
+        def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+            return [to_node(h) for h in self.rag.search(query_bundle.query_str, user=self.user, tenant=self.tenant, **self.options)]
+
+        async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+            return [to_node(h) for h in await self.rag.asearch(query_bundle.query_str, user=self.user, tenant=self.tenant, **self.options)]
+
+    class PermissionFilteredRetriever(BaseRetriever):
+        """Any LlamaIndex retriever, filtered by the caller's bitmap (see :func:`permissioned`)."""
+
+        def __init__(
+            self,
+            inner: BaseRetriever,
+            rag: Any,
+            *,
+            user: str,
+            tenant: str = DEFAULT_TENANT,
+            k: int | None = None,
+            id_key: str = "external_id",
+            tenant_key: str | None = "tenant",
+            row_key: str = "row_id",
+            callback_manager: Any = None,
+        ) -> None:
+            if not isinstance(inner, BaseRetriever):
+                raise ArgumentError(f"permissioned() wraps a LlamaIndex BaseRetriever, not {type(inner).__name__}")
+            check_principal("user", user)
+            check_principal("tenant", tenant)
+            if k is not None:
+                check_k(k)
+            self.inner = inner
+            self.rag = rag
+            self.user = user
+            self.tenant = tenant
+            self.k = k
+            self.keys = dict(id_key=id_key, tenant_key=tenant_key, row_key=row_key)
+            super().__init__(callback_manager=callback_manager or inner.callback_manager)
+
+        def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+            k = self.k or int(getattr(self.inner, "similarity_top_k", None) or 4)
+            snap = self.rag.snapshot(self.user, self.tenant)
+            if not snap.visible:
+                return []
+
+            def keep(nodes: list[NodeWithScore]) -> list[NodeWithScore]:
+                ok = readable(self.rag, [n.node.metadata or {} for n in nodes], snap, self.tenant, **self.keys)
+                return [n for n, yes in zip(nodes, ok) if yes]
+
+            return overfetch(lambda n: self._fetch(query_bundle, n), keep, k, adjustable=hasattr(self.inner, "similarity_top_k"))
+
+        async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+            # The same over-fetch loop, on the store's bounded pool (see permrag.search.aio).
+            return await self.rag.aio.run(self._retrieve, query_bundle)
+
+        def _fetch(self, query_bundle: QueryBundle, n: int) -> list[NodeWithScore]:
+            inner = self.inner
+            if hasattr(inner, "similarity_top_k"):
+                inner = copy.copy(inner)  # the caller's retriever keeps its own top-k
+                inner.similarity_top_k = n
+            return inner.retrieve(query_bundle)
+
+    return SimpleNamespace(PermissionedRetriever=PermissionedRetriever, PermissionFilteredRetriever=PermissionFilteredRetriever, to_node=to_node)
+
+
+def retriever(rag: Any, *, user: str, tenant: str = DEFAULT_TENANT, **options: Any) -> Any:
+    """A LlamaIndex retriever bound to ``user``: ``k``, ``mode``, ``fusion``, ``weights``, ``pool`` as for ``rag.search``."""
+    known = {"k", "mode", "fusion", "weights", "pool", "callback_manager"}
+    unknown = set(options) - known
+    if unknown:
+        raise ArgumentError(f"unknown retriever option(s) {sorted(unknown)}; known: {sorted(known)}")
+    return classes().PermissionedRetriever(rag, user=user, tenant=tenant, **options)
+
+
+def permissioned(inner: Any, rag: Any, *, user: str, tenant: str = DEFAULT_TENANT, k: int | None = None, id_key: str = "external_id", tenant_key: str | None = "tenant") -> Any:
+    """Wrap the LlamaIndex retriever ``inner`` so it returns only nodes ``user`` may read in ``tenant``.
+
+    Nodes must carry their external id in ``metadata[id_key]`` and their
+    tenant in ``metadata[tenant_key]`` (``tenant_key=None`` only when the
+    inner index holds one tenant's nodes). ``k`` defaults to the inner
+    retriever's ``similarity_top_k``.
+    """
+    return classes().PermissionFilteredRetriever(inner, rag, user=user, tenant=tenant, k=k, id_key=id_key, tenant_key=tenant_key)
+
+
+def __getattr__(name: str) -> Any:
+    # `from permrag.integrations.llamaindex import PermissionedRetriever` builds the classes then.
+    if name in ("PermissionedRetriever", "PermissionFilteredRetriever"):
+        return getattr(classes(), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["PermissionFilteredRetriever", "PermissionedRetriever", "classes", "permissioned", "retriever"]
