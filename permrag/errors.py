@@ -80,6 +80,17 @@ class PolicyCSVError(PolicyError):
         self.problem = problem
 
 
+class IdentityFileError(PolicyError):
+    """An identity export (SCIM JSON, LDIF, CSV) is malformed; the message names
+    the line or JSON path, and nothing of it was applied."""
+
+    def __init__(self, path: str, where: str, problem: str) -> None:
+        super().__init__(f"{path}, {where}: {problem}")
+        self.path = path
+        self.where = where
+        self.problem = problem
+
+
 class AccessDeniedError(PermragError):
     """The caller may not read a row the operation needs (and nothing was done)."""
 
@@ -121,6 +132,7 @@ __all__ = [
     "ArgumentError",
     "BackendError",
     "CatalogError",
+    "IdentityFileError",
     "ConfigError",
     "DuplicateExternalIdError",
     "EncoderMismatchError",

@@ -140,6 +140,49 @@ def attr_pairs(attrs: Mapping[str, AttrValue]) -> list[tuple[str, str]]:
     return pairs
 
 
+def principal(value: object, error: type[PermragError] = CatalogError) -> str:
+    """An ACL entry's principal, normalised: ``user:<id>``, ``group:<id>`` or
+    ``role:<name>``; a bare name is a role (as in a policy rule)."""
+    text = check("principal", value, max_len=MAX_NAME + 6, error=error)
+    for prefix in PRINCIPAL_PREFIXES:
+        if text.startswith(prefix):
+            check(prefix[:-1], text[len(prefix) :], error=error)
+            return text
+    return "role:" + check_role(text, error)
+
+
+def expiry(value: object, what: str, error: type[PermragError] = ArgumentError) -> float | None:
+    """An ``expires_at``: None, epoch seconds, an aware ``datetime`` or an ISO 8601
+    string with a time zone (``2026-12-31T00:00:00Z``); returned as epoch seconds."""
+    import datetime as _dt
+
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise error(f"{what} must be a time, not {value!r}")
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value) or value <= 0:
+            raise error(f"{what} must be a positive, finite epoch time, not {value!r}")
+        return float(value)
+    if isinstance(value, str):
+        try:
+            value = _dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise error(f"{what} {value!r} is not an ISO 8601 time (e.g. 2026-12-31T00:00:00Z)") from None
+    if isinstance(value, _dt.datetime):
+        if value.tzinfo is None:
+            raise error(f"{what} {value.isoformat()!r} has no time zone; add one (e.g. Z or +01:00)")
+        return value.timestamp()
+    raise error(f"{what} must be a time, not {type(value).__name__}")
+
+
+def show_time(ts: float) -> str:
+    """Epoch seconds as ISO 8601 UTC (how explain and exports show expiries)."""
+    import datetime as _dt
+
+    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
 def quote(value: str) -> str:
     """A Milvus string literal: double quotes, with ``\\`` and ``"`` escaped.
 

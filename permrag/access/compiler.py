@@ -4,8 +4,19 @@ Caches, each per tenant, each filled lazily:
 
 * selector → rows it selects (from the catalog's inverted index);
 * role → (allow, deny): unions of the role's own rules' selector bitmaps;
-* user (or role) → visible rows: ``(∪ allow of its roles) − (∪ deny of its
-  roles)``, then derived rows added back iff all their sources are visible.
+* ACLs (access/acls.py) → principal → rows its document and folder ACL
+  entries allow and deny;
+* user (or role) → visible rows: ``(∪ allow of its roles ∪ ACL allow of its
+  principals) − (∪ deny of its roles ∪ ACL deny of its principals)``, then
+  derived rows added back iff all their sources are visible. A user's roles
+  come through assignments, its groups (nested) and inheritance; its
+  principals are ``user:<id>``, each ``group:<g>`` it is in, each
+  ``role:<r>`` it holds. A deny — of a rule or of an ACL — always wins.
+
+Expiring grants, assignments, memberships and ACL entries are read at the
+compiler's clock: each tenant's caches hold until the first expiry after
+they were filled, and the first lookup at or after it drops them, so an
+expiry takes effect at the next query in every process without a cron.
 
 A policy change drops the role entries it touched and the cached users and
 roles that hold them (the policy store reports exactly those). An ingest
@@ -23,14 +34,17 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from pyroaring import BitMap, FrozenBitMap
 
 from ..catalog import Catalog, Change
 from ..policy import Policy, TenantPolicy, parse_selector
+from ..policy.model import GROUP_PREFIX, ROLE_PREFIX
+from .acls import TenantAcls
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +66,13 @@ class Snapshot:
 class Compiler:
     """Computes and caches visible bitmaps for one catalog and policy."""
 
-    def __init__(self, catalog: Catalog, policy: Policy, lock: threading.RLock) -> None:
+    def __init__(self, catalog: Catalog, policy: Policy, lock: threading.RLock, clock: Callable[[], float] = time.time) -> None:
         self.catalog = catalog
         self.policy = policy
         self.lock = lock
+        self.clock = clock
+        self._acls: dict[str, TenantAcls] = {}
+        self._until: dict[str, float | None] = {}  # tenant → when its caches expire (None: never)
         self._sel: dict[str, dict[str, FrozenBitMap]] = defaultdict(dict)
         self._role: dict[str, dict[str, tuple[FrozenBitMap, FrozenBitMap]]] = defaultdict(dict)
         self._user: dict[str, dict[str, FrozenBitMap]] = defaultdict(dict)
@@ -68,25 +85,67 @@ class Compiler:
     def visible(self, user: str, tenant: str) -> FrozenBitMap:
         """Rows *user* ``user`` may read in ``tenant`` (empty for unknown users)."""
         with self.lock:
+            now = self._fresh(tenant)
             cached = self._user[tenant].get(user)
             if cached is not None:
                 self.stats["user_hits"] += 1
                 return cached
             self.stats["user_misses"] += 1
             tp = self.policy.tenant(tenant)
-            bm = self._compute(tp.roles_of_user(user), tenant)
+            bm = self._compute(tp.roles_of_user(user, now=now), tp.principals(user, now), tenant, now)
             self._user[tenant][user] = bm
             return bm
 
     def role_visible(self, role: str, tenant: str) -> FrozenBitMap:
         """Rows a holder of *role* ``role`` alone may read (empty for unknown roles)."""
         with self.lock:
+            now = self._fresh(tenant)
             cached = self._role_view[tenant].get(role)
             if cached is None:
                 tp = self.policy.tenant(tenant)
-                cached = self._compute(tp.inherited(role) if role in tp.roles else set(), tenant)
+                roles = tp.inherited(role, now) if role in tp.roles else set()
+                cached = self._compute(roles, {ROLE_PREFIX + r for r in roles}, tenant, now)
                 self._role_view[tenant][role] = cached
             return cached
+
+    def group_visible(self, group: str, tenant: str) -> FrozenBitMap:
+        """Rows a member of ``group`` alone (no other group, role or ACL entry) may read."""
+        with self.lock:
+            now = self._fresh(tenant)
+            tp = self.policy.tenant(tenant)
+            key = GROUP_PREFIX + group
+            groups = {group} | tp.groups_of(key, now)
+            roles: set[str] = set()
+            for g in groups:
+                for r in tp.group_roles.get(g, ()):
+                    if tp.live(("g", GROUP_PREFIX + g, r), now):
+                        roles |= tp.inherited(r, now)
+            principals = {GROUP_PREFIX + g for g in groups} | {ROLE_PREFIX + r for r in roles}
+            return self._compute(roles, principals, tenant, now)
+
+    def acls(self, tenant: str) -> TenantAcls:
+        """The tenant's ACL bitmaps at the compiler's clock."""
+        with self.lock:
+            self._fresh(tenant)
+            return self._acls[tenant]
+
+    def _fresh(self, tenant: str) -> float:
+        """The clock's reading, after dropping the tenant's caches if an expiry has passed."""
+        now = self.clock()
+        if tenant in self._until:
+            until = self._until[tenant]
+            if until is None or now < until:
+                return now
+            self._drop_tenant(tenant)
+        acls = self._acls.get(tenant)
+        if acls is not None and acls.until is not None and acls.until <= now:
+            self._drop_tenant(tenant)
+            acls = None
+        if acls is None:
+            acls = self._acls[tenant] = TenantAcls.build(self.catalog.tenant(tenant), self.policy.tenant(tenant), now)
+        times = [t for t in (self.policy.tenant(tenant).next_expiry(now), acls.until) if t is not None]
+        self._until[tenant] = min(times, default=None)
+        return now
 
     def snapshot(self, user: str, tenant: str) -> Snapshot:
         """The caller's bitmap with the versions it belongs to, taken atomically."""
@@ -121,8 +180,9 @@ class Compiler:
             if cached is not None:
                 return cached
             tp = self.policy.tenant(tenant)
-            allow = BitMap.union(BitMap(), *(self.selector_rows(s, tenant) for s in tp.allow.get(role, ())))
-            deny = BitMap.union(BitMap(), *(self.selector_rows(s, tenant) for s in tp.deny.get(role, ())))
+            now = self.clock()
+            allow = BitMap.union(BitMap(), *(self.selector_rows(s, tenant) for s in tp.selectors(role, "allow", now)))
+            deny = BitMap.union(BitMap(), *(self.selector_rows(s, tenant) for s in tp.selectors(role, "deny", now)))
             allow.run_optimize()
             deny.run_optimize()
             self.stats["role_builds"] += 1
@@ -140,12 +200,13 @@ class Compiler:
                     n += 1
         return n
 
-    def _compute(self, roles: set[str], tenant: str) -> FrozenBitMap:
-        if not roles:
-            return EMPTY
+    def _compute(self, roles: set[str], principals: set[str], tenant: str, now: float) -> FrozenBitMap:
         pairs = [self.role_rows(r, tenant) for r in roles]
-        allow = BitMap.union(BitMap(), *(a for a, _ in pairs))
-        allow -= BitMap.union(BitMap(), *(d for _, d in pairs))
+        acl_allow, acl_deny = self.acls(tenant).rows(principals)
+        if not pairs and not acl_allow:
+            return EMPTY
+        allow = BitMap.union(acl_allow, *(a for a, _ in pairs))
+        allow -= BitMap.union(acl_deny, *(d for _, d in pairs))
         idx = self.catalog.tenant(tenant)
         if idx.derived:
             allow -= idx.derived_all
@@ -161,6 +222,7 @@ class Compiler:
             if tenant is None:
                 self.clear()
                 return
+            self._until.pop(tenant, None)  # the change may add or remove an expiry
             if roles is None or users is None:
                 self._drop_tenant(tenant)
                 return
@@ -183,6 +245,11 @@ class Compiler:
 
     def _apply_ingest(self, ch: Change) -> None:
         t = ch.tenant
+        self._until.pop(t, None)
+        self._acls.pop(t, None)
+        if any(a.startswith("@") for a in ch.attrs):
+            self._drop_tenant(t)  # new ACL entries: whose principals they name is not worth tracking
+            return
         stale = set()
         for text in self._sel[t]:
             sel = parse_selector(text)
@@ -210,10 +277,10 @@ class Compiler:
                     self._user[t][user] = FrozenBitMap(patched)
 
     def _drop_tenant(self, tenant: str) -> None:
-        for cache in (self._sel, self._role, self._user, self._role_view):
+        for cache in (self._sel, self._role, self._user, self._role_view, self._acls, self._until):
             cache.pop(tenant, None)
 
     def clear(self) -> None:
         with self.lock:
-            for cache in (self._sel, self._role, self._user, self._role_view):
+            for cache in (self._sel, self._role, self._user, self._role_view, self._acls, self._until):
                 cache.clear()

@@ -7,6 +7,7 @@ reads, and the tests hold the bitmaps to casbin's answers.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import casbin
@@ -25,16 +26,31 @@ def selector_match(row: RowRecord, tenant: str, selector: str) -> bool:
 
 class SQLAdapter(persist.Adapter):  # type: ignore[misc]
     """Loads casbin rules from ``permrag_casbin_rule`` (read-only: changes go
-    through :class:`permrag.policy.Policy`, which bumps the version)."""
+    through :class:`permrag.policy.Policy`, which bumps the version).
 
-    def __init__(self, engine: Engine) -> None:
+    casbin knows roles, groups (``g`` edges like any other) and rules; it
+    knows neither time nor ACLs, so rules and edges expired at ``now`` are
+    left out, their expiry field dropped, and folder ACL rows skipped:
+    document and folder ACLs are checked against their own reference in
+    the tests."""
+
+    def __init__(self, engine: Engine, now: float | None = None) -> None:
         self.engine = engine
+        self.now = now
 
     def load_policy(self, model: casbin.Model) -> None:
         c = db.casbin_rule.c
+        now = time.time() if self.now is None else self.now
         with db.reading(self.engine, "reading casbin rules") as conn:
-            for rec in conn.execute(select(c.ptype, c.v0, c.v1, c.v2, c.v3, c.v4).order_by(c.id)):
-                values = [v for v in rec[1:] if v is not None]
+            for rec in conn.execute(select(c.ptype, c.v0, c.v1, c.v2, c.v3, c.v4, c.v5).order_by(c.id)):
+                if rec.ptype == "p":
+                    values, until = [rec.v0, rec.v1, rec.v2, rec.v3, rec.v4], rec.v5
+                elif rec.ptype == "g":
+                    values, until = [rec.v0, rec.v1, rec.v2], rec.v3
+                else:
+                    continue
+                if until is not None and float(until) <= now:
+                    continue
                 model.model[rec.ptype[0]][rec.ptype].policy.append(values)
 
 
@@ -48,8 +64,8 @@ class UserEnforcer(casbin.Enforcer):  # type: ignore[misc]
         return bool(super().enforce(*rvals))
 
 
-def build_enforcer(engine: Engine) -> casbin.Enforcer:
-    """A casbin enforcer over the stored rules, with ``selectorMatch`` registered."""
-    enforcer = UserEnforcer(str(MODEL_PATH), SQLAdapter(engine))
+def build_enforcer(engine: Engine, now: float | None = None) -> casbin.Enforcer:
+    """A casbin enforcer over the stored rules as they stand at ``now``, with ``selectorMatch`` registered."""
+    enforcer = UserEnforcer(str(MODEL_PATH), SQLAdapter(engine, now))
     enforcer.add_function("selectorMatch", selector_match)
     return enforcer

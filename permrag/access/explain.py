@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from ..catalog import RowRecord
+from ..names import show_time
 from ..policy import TenantPolicy, parse_selector
+from ..policy.model import GROUP_PREFIX, ROLE_PREFIX, USER_PREFIX
+from .acls import effective_folder
 
 
 @dataclass(frozen=True)
@@ -20,9 +23,25 @@ class Rule:
     role: str
     selector: str
     effect: str
+    expires_at: float | None = None
 
     def __str__(self) -> str:
-        return f"{self.effect} {self.selector} (role {self.role})"
+        until = f", until {show_time(self.expires_at)}" if self.expires_at is not None else ""
+        return f"{self.effect} {self.selector} (role {self.role}{until})"
+
+
+@dataclass(frozen=True)
+class AclRule:
+    """An ACL entry that decides: ``principal`` on the document's own ACL or a folder's."""
+
+    principal: str
+    effect: str
+    source: str  # "document" or "folder /a/b"
+    expires_at: float | None = None
+
+    def __str__(self) -> str:
+        until = f", until {show_time(self.expires_at)}" if self.expires_at is not None else ""
+        return f"{self.effect} {self.principal} in the ACL of the {self.source}{until}"
 
 
 @dataclass(frozen=True)
@@ -42,7 +61,8 @@ class Explanation:
     visible: bool
     decision: str
     path: tuple[str, ...] = ()
-    rule: Rule | None = None
+    rule: Rule | AclRule | None = None
+    expires_at: float | None = None  # when this decision's path or rule expires (None: never)
     sources: tuple["Explanation", ...] = field(default=())
     missing_sources: int = 0
     chunks: tuple["Explanation", ...] = field(default=())
@@ -50,9 +70,9 @@ class Explanation:
     def __str__(self) -> str:
         head = f"{self.user} {'CAN' if self.visible else 'CANNOT'} read {self.external_id!r} (tenant {self.tenant!r})"
         if self.decision == "unknown-user":
-            return f"{head}: {self.user!r} holds no role in this tenant"
+            return f"{head}: {self.user!r} holds no role, is in no group and is named in no ACL in this tenant"
         if self.decision == "no-rule":
-            return f"{head}: no rule of the user's roles selects this row"
+            return f"{head}: no rule of the user's roles selects this row and no ACL entry names the user, its groups or roles"
         if self.decision == "derived":
             if self.missing_sources:
                 return f"{head}: derived row, {self.missing_sources} of its sources are gone (deleted or replaced)"
@@ -65,7 +85,8 @@ class Explanation:
                 return f"{head}: every one of its {len(self.chunks)} chunks is readable — {_reason(self.chunks[0])}"
             first = blocked[0]
             return f"{head}: {len(blocked)} of its {len(self.chunks)} chunks are not readable; {first.external_id!r}: {_reason(first)}"
-        return f"{head}: {' → '.join(self.path)} — {self.rule}"
+        until = f" (access through this path ends {show_time(self.expires_at)})" if self.expires_at is not None and self.visible else ""
+        return f"{head}: {' → '.join(self.path)} — {self.rule}{until}"
 
     def to_dict(self) -> dict:
         return {
@@ -76,6 +97,7 @@ class Explanation:
             "decision": self.decision,
             "path": list(self.path),
             "rule": str(self.rule) if self.rule else None,
+            "expires_at": show_time(self.expires_at) if self.expires_at is not None else None,
             "chunks": [c.to_dict() for c in self.chunks],
             "explanation": str(self),
         }
@@ -86,53 +108,122 @@ def _reason(e: Explanation) -> str:
     return text.split(": ", 1)[1] if ": " in text else text
 
 
-def role_paths(tp: TenantPolicy, user: str) -> dict[str, tuple[str, ...]]:
-    """Shortest path from ``user`` to each role it holds (user first)."""
-    paths: dict[str, tuple[str, ...]] = {}
-    queue: deque[tuple[str, tuple[str, ...]]] = deque()
-    for role in sorted(tp.user_roles.get(user, ())):
-        paths[role] = (user, role)
-        queue.append((role, paths[role]))
+@dataclass(frozen=True)
+class Reach:
+    """How a user reaches a principal: the path (user first) and when its first edge expires."""
+
+    path: tuple[str, ...]
+    expires_at: float | None
+
+
+def _sooner(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def principal_paths(tp: TenantPolicy, user: str, now: float) -> dict[str, Reach]:
+    """Shortest live path from ``user`` to each principal it holds: ``user:<id>``,
+    ``group:<g>`` and ``role:<r>`` (paths show groups as ``group:<g>``, roles bare)."""
+    start = USER_PREFIX + user
+    out: dict[str, Reach] = {start: Reach((user,), None)}
+    queue: deque[str] = deque([start])
     while queue:
-        role, path = queue.popleft()
-        for parent in sorted(tp.parents.get(role, ())):
-            if parent not in paths:
-                paths[parent] = path + (parent,)
-                queue.append((parent, paths[parent]))
-    return paths
+        here = queue.popleft()
+        reach = out[here]
+        steps: list[tuple[str, tuple[str, ...], str]] = []  # (principal, edge key, shown as)
+        if here.startswith(ROLE_PREFIX):
+            role = here[len(ROLE_PREFIX) :]
+            steps += [(ROLE_PREFIX + p, ("g", role, p), p) for p in sorted(tp.parents.get(role, ()))]
+        else:
+            steps += [(GROUP_PREFIX + g, ("g", here, GROUP_PREFIX + g), GROUP_PREFIX + g) for g in sorted(tp.member_of.get(here, ()))]
+            roles = tp.user_roles.get(user, ()) if here == start else tp.group_roles.get(here[len(GROUP_PREFIX) :], ())
+            steps += [(ROLE_PREFIX + r, ("g", here, r), r) for r in sorted(roles)]
+        for key, edge, shown in steps:
+            if key not in out and tp.live(edge, now):
+                out[key] = Reach(reach.path + (shown,), _sooner(reach.expires_at, tp.expires.get(edge)))
+                queue.append(key)
+    return out
 
 
-def explain_row(tp: TenantPolicy, live: Callable[[Sequence[int]], dict[int, RowRecord]], user: str, row: RowRecord) -> Explanation:
+def role_paths(tp: TenantPolicy, user: str, now: float | None = None) -> dict[str, tuple[str, ...]]:
+    """Shortest path from ``user`` to each role it holds (user first)."""
+    reach = principal_paths(tp, user, _clock(now))
+    return {k[len(ROLE_PREFIX) :]: r.path for k, r in reach.items() if k.startswith(ROLE_PREFIX)}
+
+
+def _clock(now: float | None) -> float:
+    import time
+
+    return time.time() if now is None else now
+
+
+def acl_rules(tp: TenantPolicy, row: RowRecord, now: float) -> list[AclRule]:
+    """The unexpired ACL entries that apply to ``row``: its own, then its folders' (nearest first)."""
+    acl = row.acl
+    if acl is None:
+        return []
+    out = [
+        AclRule(e.principal, effect, "document", e.expires_at)
+        for effect, entries in (("allow", acl.allow), ("deny", acl.deny))
+        for e in entries
+        if e.expires_at is None or e.expires_at > now
+    ]
+    if acl.folder is not None and acl.inherit:
+        allow, deny = effective_folder(tp, acl.folder, now)
+        for effect, entries in (("allow", allow), ("deny", deny)):
+            for who, folders in entries.items():
+                t = (tp.folders[folders[0]].allow if effect == "allow" else tp.folders[folders[0]].deny).get(who)
+                out.append(AclRule(who, effect, f"folder {folders[0]}", t))
+    return out
+
+
+def explain_row(
+    tp: TenantPolicy, live: Callable[[Sequence[int]], dict[int, RowRecord]], user: str, row: RowRecord, now: float | None = None
+) -> Explanation:
     """``live(ids)`` returns the live records among ``ids`` (derived rows' sources)."""
+    now = _clock(now)
     base = dict(user=user, tenant=row.tenant, external_id=row.external_id, row_id=row.row_id)
     if row.derived_from:
         found = live(row.derived_from)
-        sources = tuple(explain_row(tp, live, user, found[s]) for s in row.derived_from if s in found)
+        sources = tuple(explain_row(tp, live, user, found[s], now) for s in row.derived_from if s in found)
         missing = len(row.derived_from) - len(sources)
         return Explanation(
             **base, visible=not missing and all(s.visible for s in sources), decision="derived", sources=sources, missing_sources=missing
         )
-    paths = role_paths(tp, user)
-    if not paths:
+    reach = principal_paths(tp, user, now)
+    entries = acl_rules(tp, row, now)
+    if len(reach) == 1 and not any(e.principal == USER_PREFIX + user for e in entries):
         return Explanation(**base, visible=False, decision="unknown-user")
-    order = sorted(paths, key=lambda r: (len(paths[r]), r))
+    roles = sorted((k for k in reach if k.startswith(ROLE_PREFIX)), key=lambda k: (len(reach[k].path), k))
 
     def first(effect: str) -> Explanation | None:
-        rules = tp.allow if effect == "allow" else tp.deny
-        for role in order:
-            for sel in sorted(rules.get(role, ())):
+        found: list[tuple[int, int, Explanation]] = []
+        for key in roles:
+            role = key[len(ROLE_PREFIX) :]
+            for sel in sorted(tp.selectors(role, effect, now)):
                 if parse_selector(sel).matches(row.external_id, row.attrs, row.parent):
-                    return Explanation(**base, visible=effect == "allow", decision=effect, path=paths[role], rule=Rule(role, sel, effect))
-        return None
+                    t = tp.expires.get(("p", role, sel, effect))
+                    rule = Rule(role, sel, effect, t)
+                    found.append((len(reach[key].path), 1, Explanation(**base, visible=effect == "allow", decision=effect, path=reach[key].path, rule=rule, expires_at=_sooner(reach[key].expires_at, t))))
+                    break
+        for e in entries:
+            if e.effect == effect and e.principal in reach:
+                r = reach[e.principal]
+                found.append((len(r.path), 0, Explanation(**base, visible=effect == "allow", decision=effect, path=r.path, rule=e, expires_at=_sooner(r.expires_at, e.expires_at))))
+        return min(found, key=lambda f: (f[0], f[1]))[2] if found else None
 
     return first("deny") or first("allow") or Explanation(**base, visible=False, decision="no-rule")
 
 
 def explain_document(
-    tp: TenantPolicy, live: Callable[[Sequence[int]], dict[int, RowRecord]], user: str, document: str, chunks: Sequence[RowRecord]
+    tp: TenantPolicy,
+    live: Callable[[Sequence[int]], dict[int, RowRecord]],
+    user: str,
+    document: str,
+    chunks: Sequence[RowRecord],
+    now: float | None = None,
 ) -> Explanation:
     """A document of several chunks: readable iff every chunk is."""
-    parts = tuple(explain_row(tp, live, user, c) for c in chunks)
+    parts = tuple(explain_row(tp, live, user, c, now) for c in chunks)
     return Explanation(
         user=user,
         tenant=chunks[0].tenant,

@@ -22,9 +22,16 @@ from sqlalchemy import Engine
 
 from .. import db
 from ..catalog import DEFAULT_TENANT, Catalog, DocumentRecord, RowRecord
-from ..errors import ArgumentError, NotReadableError, UnknownRowError, UnknownSubjectError, UnknownTenantError
+from ..errors import (
+    ArgumentError,
+    NotReadableError,
+    UnknownRowError,
+    UnknownSubjectError,
+    UnknownTenantError,
+)
 from ..names import check_text
 from ..policy import Policy
+from ..policy.model import USER_PREFIX
 from .compiler import Compiler, Snapshot
 from .explain import Explanation, explain_document, explain_row
 from .lint import lint
@@ -81,8 +88,18 @@ class Access:
         a user — the CLI — reports a typo instead.)"""
         self.sync()
         self.check_tenant_known(tenant)
-        if not self.policy.tenant(tenant).user_roles.get(user):
-            raise UnknownSubjectError(f"unknown user {user!r} in tenant {tenant!r} (holds no role; would see nothing)")
+        if not self.is_known(user, tenant):
+            raise UnknownSubjectError(
+                f"unknown user {user!r} in tenant {tenant!r} (holds no role, is in no group, no ACL names it; would see nothing)"
+            )
+
+    def is_known(self, user: str, tenant: str) -> bool:
+        """Whether ``user`` holds a role, is in a group, or is named by an ACL entry."""
+        with self.lock:
+            tp = self.policy.tenant(tenant)
+            if tp.user_roles.get(user) or tp.member_of.get(USER_PREFIX + user):
+                return True
+            return USER_PREFIX + user in self.compiler.acls(tenant).principals()
 
     # ------------------------------------------------------------------ bitmaps
     def snapshot(self, user: str, tenant: str) -> Snapshot:
@@ -161,19 +178,27 @@ class Access:
 
         with self.lock:
             tp = self.policy.tenant(tenant)
+            now = self.compiler.clock()
             if isinstance(rec, DocumentRecord):
-                return explain_document(tp, live, user, rec.external_id, rec.chunks)
-            return explain_row(tp, live, user, rec)
+                return explain_document(tp, live, user, rec.external_id, rec.chunks, now)
+            return explain_row(tp, live, user, rec, now)
 
     def who_can_see(self, external_id: str, tenant: str) -> dict[str, list[str]]:
-        """The users and roles that may read a row or document (every chunk of it)."""
+        """The users, groups and roles that may read a row or document (every chunk of it).
+
+        Users are every user the tenant knows — assigned a role, in a group,
+        or named by an ACL — who can read it, however they reach it (through
+        nested groups included). A group or role is listed when a member
+        holding only it could read it."""
         self.sync()
         ids = self.row_ids(self.row(external_id, tenant))
         with self.lock:
             tp = self.policy.tenant(tenant)
-            users = sorted(u for u in tp.users() if all(i in self.compiler.visible(u, tenant) for i in ids))
+            named = {p[len(USER_PREFIX) :] for p in self.compiler.acls(tenant).principals() if p.startswith(USER_PREFIX)}
+            users = sorted(u for u in tp.users() | named if all(i in self.compiler.visible(u, tenant) for i in ids))
+            groups = sorted(g for g in tp.groups() if all(i in self.compiler.group_visible(g, tenant) for i in ids))
             roles = sorted(r for r in tp.roles if all(i in self.compiler.role_visible(r, tenant) for i in ids))
-        return {"users": users, "roles": roles}
+        return {"users": users, "groups": groups, "roles": roles}
 
     def lint(self, tenant: str) -> list[dict[str, Any]]:
         self.sync()

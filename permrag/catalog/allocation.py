@@ -109,7 +109,9 @@ class Allocator:
                     ids[(s.tenant, s.external_id)] = rid
                     vclass[(s.tenant, s.external_id)] = cid
         return [
-            RowRecord(ids[(s.tenant, s.external_id)], s.tenant, s.external_id, s.attrs, s.parent, tuple(source_ids(s)), vclass[(s.tenant, s.external_id)])
+            RowRecord(
+                ids[(s.tenant, s.external_id)], s.tenant, s.external_id, s.attrs, s.parent, tuple(source_ids(s)), vclass[(s.tenant, s.external_id)], s.acl
+            )
             for s in specs
         ]
 

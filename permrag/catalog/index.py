@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection
 
 from .. import db
 from ..names import attr_pairs
-from .rows import RowRecord
+from .rows import RowRecord, split_attrs
 
 TENANT_ROWS = ("", "")  # index key of "every live row of the tenant"
 CLASS_ATTR = "#class"  # index keys ("#class", "<id>"): rows of one visibility class
@@ -47,7 +47,7 @@ class TenantIndex:
 
 
 def index_keys(r: RowRecord) -> list[tuple[str, str]]:
-    return [(CLASS_ATTR, str(r.vclass)), *attr_pairs(r.attrs)]
+    return [(CLASS_ATTR, str(r.vclass)), *attr_pairs(r.attrs), *(r.acl.index_keys() if r.acl is not None else ())]
 
 
 def _blob(tenant: str, key: tuple[str, str], bm: BitMap) -> dict[str, Any]:
@@ -100,7 +100,8 @@ class AttrIndex:
         keys: dict[str, dict[tuple[str, str], BitMap]] = defaultdict(lambda: defaultdict(BitMap))
         t = db.rows.c
         for row_id, tenant, attrs, vclass in conn.execute(select(t.row_id, t.tenant, t.attrs, t.vclass).where(t.state == "live")):
-            rec = RowRecord(int(row_id), tenant, "", dict(attrs), vclass=int(vclass))
+            plain, acl = split_attrs(attrs)
+            rec = RowRecord(int(row_id), tenant, "", plain, vclass=int(vclass), acl=acl)
             keys[tenant][TENANT_ROWS].add(rec.row_id)
             for k in index_keys(rec):
                 keys[tenant][k].add(rec.row_id)

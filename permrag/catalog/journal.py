@@ -89,7 +89,7 @@ class Written:
             Change(
                 tenant,
                 BitMap(r.row_id for r in recs),
-                frozenset(a for r in recs for a, _ in attr_pairs(r.attrs)),
+                frozenset(a for r in recs for a, _ in attr_pairs(r.attrs) + (r.acl.index_keys() if r.acl else [])),
                 frozenset({r.external_id for r in recs} | {r.parent for r in recs if r.parent}),
                 tuple(r.row_id for r in recs if r.derived_from),
             )
@@ -147,7 +147,7 @@ class Journal:
                         "tenant": r.tenant,
                         "external_id": r.external_id,
                         "live_key": None,
-                        "attrs": r.attrs,
+                        "attrs": r.stored_attrs(),
                         "parent": r.parent,
                         "derived_from": list(r.derived_from) or None,
                         "state": "pending",

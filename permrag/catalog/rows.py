@@ -18,11 +18,13 @@ from pyroaring import BitMap
 from sqlalchemy import Engine, or_, select
 
 from .. import db
+from ..acl import Acl, parse_acl
 from ..errors import CatalogError, UnknownRowError
 from ..names import AttrValue, check_attrs, check_external_id, check_tenant
 
 DEFAULT_TENANT = "default"
 RECORD_CACHE = 200_000  # row records kept for the search path
+ACL_FIELD = "@acl"  # where a row's ACL is kept in its stored attrs (no attribute name starts with @)
 
 
 @dataclass(frozen=True)
@@ -36,11 +38,16 @@ class RowRecord:
     parent: str | None = None
     derived_from: tuple[int, ...] = ()
     vclass: int = 0
+    acl: Acl | None = None  # the document's own ACL (acl.py), if it has one
 
     @property
     def document(self) -> str:
         """The document this row belongs to: its parent, or itself."""
         return self.parent or self.external_id
+
+    def stored_attrs(self) -> dict[str, Any]:
+        """``attrs`` as the catalog stores them: with the ACL under ``@acl``."""
+        return self.attrs if self.acl is None else {**self.attrs, ACL_FIELD: self.acl.to_json()}
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,7 @@ class RowSpec:
     parent: str | None = None
     derived_from: tuple[str, ...] = ()  # external ids of the sources
     chunk_of: str | None = None  # the ingested document this row is a chunk of (set by chunking)
+    acl: Acl | None = None
 
     @property
     def document(self) -> str:
@@ -96,15 +104,27 @@ def row_spec(doc: Mapping[str, Any], default_tenant: str = DEFAULT_TENANT) -> Ro
     sources = tuple(check_external_id(f"source of {ext!r}", s) for s in sources)
     if ext in sources:
         raise CatalogError(f"row {ext!r} cannot be derived from itself")
-    return RowSpec(ext, tenant, check_attrs(doc.get("attrs")), parent, sources)
+    acl = parse_acl(doc.get("acl"), f"acl of {ext!r}")
+    if acl is not None and sources:
+        raise CatalogError(f"row {ext!r} is derived: it is readable exactly when its sources are, so it takes no acl")
+    return RowSpec(ext, tenant, check_attrs(doc.get("attrs")), parent, sources, acl=acl)
+
+
+def split_attrs(stored: Mapping[str, Any]) -> tuple[dict[str, Any], Acl | None]:
+    """Stored attrs → (attrs, ACL)."""
+    attrs = dict(stored)
+    raw = attrs.pop(ACL_FIELD, None)
+    return attrs, parse_acl(raw) if raw is not None else None
 
 
 def record(row: Any) -> RowRecord:
+    attrs, acl = split_attrs(row.attrs)
     return RowRecord(
         row_id=int(row.row_id),
         tenant=row.tenant,
         external_id=row.external_id,
-        attrs=dict(row.attrs),
+        attrs=attrs,
+        acl=acl,
         parent=row.parent,
         derived_from=tuple(int(s) for s in row.derived_from or ()),
         vclass=int(row.vclass),

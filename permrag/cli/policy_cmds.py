@@ -95,9 +95,12 @@ def role_list(ctx, tenant, as_json) -> None:
 
 
 # ---------------------------------------------------------------------- rules
-def _rule(ctx, role_name: str, selector: str, tenant: str, deny: bool) -> None:
+expires_opt = click.option("--expires", "expires", default=None, metavar="TIME", help="Ends at TIME (ISO 8601 with a zone, e.g. 2027-01-01T00:00:00Z).")
+
+
+def _rule(ctx, role_name: str, selector: str, tenant: str, deny: bool, expires: str | None = None) -> None:
     with store(ctx, catalog_only=True) as rag:
-        changed = (rag.policy.deny if deny else rag.policy.grant)(role_name, selector, tenant=tenant)
+        changed = (rag.policy.deny if deny else rag.policy.grant)(role_name, selector, tenant=tenant, expires_at=expires)
         what = f"{'deny' if deny else 'allow'} {selector} for {role_name!r}"
         click.echo(f"{what} (policy version {rag.policy_version})" if changed else f"{what} was already there")
 
@@ -106,21 +109,23 @@ def _rule(ctx, role_name: str, selector: str, tenant: str, deny: bool) -> None:
 @click.argument("role_name")
 @click.argument("selector")
 @click.option("--deny", is_flag=True, help="Add a deny rule instead of an allow rule (same as `permrag deny`).")
+@expires_opt
 @tenant_opt
 @click.pass_context
-def grant(ctx, role_name, selector, deny, tenant) -> None:
+def grant(ctx, role_name, selector, deny, expires, tenant) -> None:
     """Allow ROLE the rows SELECTOR selects: *, doc:<id>, <attr>:<glob>."""
-    _rule(ctx, role_name, selector, tenant, deny)
+    _rule(ctx, role_name, selector, tenant, deny, expires)
 
 
 @main.command(cls=StoreCommand)
 @click.argument("role_name")
 @click.argument("selector")
+@expires_opt
 @tenant_opt
 @click.pass_context
-def deny(ctx, role_name, selector, tenant) -> None:
+def deny(ctx, role_name, selector, expires, tenant) -> None:
     """Forbid ROLE (and everyone holding it) the rows SELECTOR selects."""
-    _rule(ctx, role_name, selector, tenant, True)
+    _rule(ctx, role_name, selector, tenant, True, expires)
 
 
 @main.command(cls=StoreCommand)
@@ -143,13 +148,16 @@ def user() -> None:
 @click.argument("subject")
 @click.argument("role_name")
 @click.option("--user", "force_user", is_flag=True, help="SUBJECT is a user even if a role has that name.")
+@expires_opt
 @tenant_opt
 @click.pass_context
-def user_assign(ctx, subject, role_name, force_user, tenant) -> None:
+def user_assign(ctx, subject, role_name, force_user, expires, tenant) -> None:
     """Give SUBJECT ROLE: a user, or a role of that name (which then inherits ROLE)."""
     with store(ctx, catalog_only=True) as rag:
         is_role = not force_user and rag.policy.has_role(subject, tenant)
-        changed = rag.policy.inherit(subject, role_name, tenant) if is_role else rag.policy.assign_user(subject, role_name, tenant)
+        if is_role and expires:
+            raise click.UsageError("--expires applies to a user's assignment; role inheritance does not expire")
+        changed = rag.policy.inherit(subject, role_name, tenant) if is_role else rag.policy.assign_user(subject, role_name, tenant, expires_at=expires)
         what = f"role {subject!r} inherits {role_name!r}" if is_role else f"user {subject!r} holds {role_name!r}"
         click.echo(f"{what} (policy version {rag.policy_version})" if changed else f"{what} already")
 
@@ -180,6 +188,7 @@ def user_show(ctx, name, tenant, as_json) -> None:
             "tenant": tenant,
             "roles": rag.policy.roles_of(name, tenant),
             "implicit_roles": rag.policy.roles_of(name, tenant, implicit=True),
+            "groups": rag.identity.groups_of(name, tenant),
             "visible_rows": len(vis),
             "tenant_rows": len(rag.catalog.tenant(tenant).rows),
             "policy_version": rag.policy_version,
@@ -188,6 +197,7 @@ def user_show(ctx, name, tenant, as_json) -> None:
         def render() -> None:
             click.echo(
                 f"{name} in {tenant!r}: roles {', '.join(data['roles'])}; all roles {', '.join(data['implicit_roles'])}; "
+                f"groups {', '.join(data['groups']) or '-'}; "
                 f"sees {data['visible_rows']} of {data['tenant_rows']} rows"
             )
 

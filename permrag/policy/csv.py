@@ -7,6 +7,14 @@
     p, auditor, default, *, read, allow
     g, auditor, staff, default          (role auditor inherits role staff)
     g, user:auditor, viewer, default    (user auditor holds role viewer)
+    g, user:ann, group:eng, default     (user ann is in group eng)
+    g, group:eng, group:staff, default  (group eng is in group staff)
+    g, group:eng, viewer, default, 2027-01-01T00:00:00Z   (group eng holds viewer until then)
+    acl, /eng/specs, default, group:eng, allow             (a folder's ACL entry)
+    noinherit, /eng/specs, default                         (the folder ignores its parent's ACL)
+
+A ``p`` line's 7th field and a ``g`` line's 5th are an expiry (ISO 8601);
+casbin itself reads neither (``rag.enforcer()`` drops expired lines).
 
 Every role is declared on a ``# role`` line (casbin skips them as comments),
 so a ``g`` line's subject is a role exactly when the file declares it (or the
@@ -25,13 +33,16 @@ import io
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from ..errors import PermragError, PolicyCSVError, PolicyError, RoleCycleError
-from ..names import check, check_role, check_tenant
 from sqlalchemy import and_, delete
 from sqlalchemy.engine import Connection
 
 from .. import db
-from .model import USER_PREFIX, Change, TenantPolicy
+from ..acl import folder_path
+from ..errors import PermragError, PolicyCSVError, PolicyError, RoleCycleError
+from ..names import check, check_role, check_tenant, expiry, principal, show_time
+from .changes import set_expiry
+from .model import GROUP_PREFIX, USER_PREFIX, Change, Folder, TenantPolicy
+from .persist import FOLDER_ACL, NO_INHERIT, stamp
 from .selectors import parse_selector
 
 ACTION = "read"
@@ -57,24 +68,50 @@ def render(version: int, tenants: dict[str, TenantPolicy]) -> str:
         for role in sorted(tp.roles):
             out.write("# " + _line(["role", role, t]))
         for role, sel, eft in tp.rules():
-            out.write(_line(["p", role, t, sel, ACTION, eft]))
+            out.write(_line(["p", role, t, sel, ACTION, eft, *_until(tp, ("p", role, sel, eft))]))
         for role in sorted(tp.parents):
             for parent in sorted(tp.parents[role]):
-                out.write(_line(["g", role, parent, t]))
+                out.write(_line(["g", role, parent, t, *_until(tp, ("g", role, parent))]))
         for user in sorted(tp.user_roles):
             for role in sorted(tp.user_roles[user]):
-                out.write(_line(["g", USER_PREFIX + user, role, t]))
+                out.write(_line(["g", USER_PREFIX + user, role, t, *_until(tp, ("g", USER_PREFIX + user, role))]))
+        for group in sorted(tp.group_roles):
+            for role in sorted(tp.group_roles[group]):
+                out.write(_line(["g", GROUP_PREFIX + group, role, t, *_until(tp, ("g", GROUP_PREFIX + group, role))]))
+        for member in sorted(tp.member_of):
+            for group in sorted(tp.member_of[member]):
+                out.write(_line(["g", member, GROUP_PREFIX + group, t, *_until(tp, ("g", member, GROUP_PREFIX + group))]))
+        for path in sorted(tp.folders):
+            f = tp.folders[path]
+            for eft, entries in (("allow", f.allow), ("deny", f.deny)):
+                for who in sorted(entries):
+                    out.write(_line([FOLDER_ACL, path, t, who, eft, *([show_time(entries[who])] if entries[who] is not None else [])]))
+            if not f.inherit:
+                out.write(_line([NO_INHERIT, path, t]))
     return out.getvalue()
+
+
+def _until(tp: TenantPolicy, key: tuple[str, ...]) -> list[str]:
+    t = tp.expires.get(key)
+    return [] if t is None else [show_time(t)]
 
 
 @dataclass
 class Parsed:
     roles: list[tuple[int, str, str]] = field(default_factory=list)  # (line, tenant, role)
-    rules: list[tuple[int, str, str, str, str]] = field(default_factory=list)  # (line, role, tenant, selector, effect)
-    edges: list[tuple[int, str, str, str]] = field(default_factory=list)  # (line, subject as written, role, tenant)
+    rules: list[tuple[int, str, str, str, str, float | None]] = field(default_factory=list)  # (line, role, tenant, selector, effect, until)
+    edges: list[tuple[int, str, str, str, float | None]] = field(default_factory=list)  # (line, subject as written, object, tenant, until)
+    folders: list[tuple[int, str, str, str, str, float | None]] = field(default_factory=list)  # (line, folder, tenant, principal, effect, until)
+    no_inherit: list[tuple[int, str, str]] = field(default_factory=list)  # (line, folder, tenant)
 
     def tenants(self) -> set[str]:
-        return {t for _, t, _ in self.roles} | {t for _, _, t, _, _ in self.rules} | {t for *_, t in self.edges}
+        return (
+            {t for _, t, _ in self.roles}
+            | {r[2] for r in self.rules}
+            | {e[3] for e in self.edges}
+            | {f[2] for f in self.folders}
+            | {n[2] for n in self.no_inherit}
+        )
 
 
 def _fields(name: str, lineno: int, text: str) -> list[str]:
@@ -108,23 +145,43 @@ def parse(name: str, text: str, only_tenant: str | None) -> Parsed:
             fields = _fields(name, lineno, stripped)
             ptype, rest = fields[0], fields[1:]
             if ptype == "p":
-                if len(rest) not in (4, 5):
-                    raise PolicyError(f"a p line needs role, tenant, selector, action[, effect]; got {len(rest)} fields")
+                if len(rest) not in (4, 5, 6):
+                    raise PolicyError(f"a p line needs role, tenant, selector, action[, effect[, expires]]; got {len(rest)} fields")
                 role, tenant = check_role(rest[0], PolicyError), check_tenant(rest[1], PolicyError)
-                act, eft = rest[3], rest[4] if len(rest) == 5 else "allow"
+                act, eft = rest[3], rest[4] if len(rest) >= 5 else "allow"
                 if act != ACTION:
                     raise PolicyError(f"action must be {ACTION!r}, not {act!r}")
                 if eft not in EFFECTS:
                     raise PolicyError(f"effect must be 'allow' or 'deny', not {eft!r}")
-                out.rules.append((lineno, role, tenant, str(parse_selector(rest[2])), eft))
+                until = expiry(rest[5], "expires", PolicyError) if len(rest) == 6 else None
+                out.rules.append((lineno, role, tenant, str(parse_selector(rest[2])), eft, until))
             elif ptype == "g":
-                if len(rest) != 3:
-                    raise PolicyError(f"a g line needs subject, role, tenant; got {len(rest)} fields")
+                if len(rest) not in (3, 4):
+                    raise PolicyError(f"a g line needs subject, role or group:<id>, tenant[, expires]; got {len(rest)} fields")
                 subject = check("subject", rest[0], max_len=len(USER_PREFIX) + 256, error=PolicyError)
-                role, tenant = check_role(rest[1], PolicyError), check_tenant(rest[2], PolicyError)
-                out.edges.append((lineno, subject, role, tenant))
+                obj = rest[1]
+                if obj.startswith(GROUP_PREFIX):
+                    check("group", obj[len(GROUP_PREFIX) :], error=PolicyError)
+                else:
+                    check_role(obj, PolicyError)
+                tenant = check_tenant(rest[2], PolicyError)
+                until = expiry(rest[3], "expires", PolicyError) if len(rest) == 4 else None
+                out.edges.append((lineno, subject, obj, tenant, until))
+            elif ptype == FOLDER_ACL:
+                if len(rest) not in (4, 5):
+                    raise PolicyError(f"an acl line needs folder, tenant, principal, allow|deny[, expires]; got {len(rest)} fields")
+                tenant = check_tenant(rest[1], PolicyError)
+                if rest[3] not in EFFECTS:
+                    raise PolicyError(f"effect must be 'allow' or 'deny', not {rest[3]!r}")
+                until = expiry(rest[4], "expires", PolicyError) if len(rest) == 5 else None
+                out.folders.append((lineno, folder_path(rest[0], PolicyError), tenant, principal(rest[2], PolicyError), rest[3], until))
+            elif ptype == NO_INHERIT:
+                if len(rest) != 2:
+                    raise PolicyError(f"a noinherit line needs folder, tenant; got {len(rest)} fields")
+                tenant = check_tenant(rest[1], PolicyError)
+                out.no_inherit.append((lineno, folder_path(rest[0], PolicyError), tenant))
             else:
-                raise PolicyError(f"unknown rule type {ptype!r} (expected 'p' or 'g')")
+                raise PolicyError(f"unknown rule type {ptype!r} (expected p, g, acl or noinherit)")
             _only(tenant, only_tenant)
         except PolicyCSVError:
             raise
@@ -143,10 +200,11 @@ def apply(name: str, parsed: Parsed, states: dict[str, TenantPolicy]) -> dict[st
     declared: dict[str, set[str]] = {t: set(tp.roles) for t, tp in states.items()}
     for _, t, role in parsed.roles:
         declared[t].add(role)
-    for _, role, t, _, _ in parsed.rules:
+    for _, role, t, *_ in parsed.rules:
         declared[t].add(role)
-    for _, subject, role, t in parsed.edges:
-        declared[t].add(role)
+    for _, subject, obj, t, _ in parsed.edges:
+        if not obj.startswith(GROUP_PREFIX):
+            declared[t].add(obj)
         if subject.startswith(ROLE_PREFIX):
             declared[t].add(subject[len(ROLE_PREFIX) :])
     rows: dict[str, list[dict]] = {"roles": [], "p": [], "g": []}
@@ -154,22 +212,37 @@ def apply(name: str, parsed: Parsed, states: dict[str, TenantPolicy]) -> dict[st
         for role in sorted(declared[t] - states[t].roles):
             states[t].roles.add(role)
             rows["roles"].append({"tenant": t, "name": role})
-    for _, role, t, sel, eft in parsed.rules:
+    for _, role, t, sel, eft, until in parsed.rules:
         rules = states[t].allow if eft == "allow" else states[t].deny
         if sel not in rules.get(role, ()):
             rules[role].add(sel)
-            rows["p"].append({"ptype": "p", "v0": role, "v1": t, "v2": sel, "v3": ACTION, "v4": eft, "v5": None})
-    for lineno, subject, role, t in parsed.edges:
+            set_expiry(states[t], ("p", role, sel, eft), until)
+            rows["p"].append({"ptype": "p", "v0": role, "v1": t, "v2": sel, "v3": ACTION, "v4": eft, "v5": stamp(until)})
+    for lineno, folder, t, who, eft, until in parsed.folders:
+        f = states[t].folders.setdefault(folder, Folder())
+        entries = f.allow if eft == "allow" else f.deny
+        if who not in entries:
+            entries[who] = until
+            rows["g"].append({"ptype": FOLDER_ACL, "v0": folder, "v1": t, "v2": who, "v3": eft, "v4": stamp(until), "v5": None})
+    for lineno, folder, t in parsed.no_inherit:
+        f = states[t].folders.setdefault(folder, Folder())
+        if f.inherit:
+            f.inherit = False
+            rows["g"].append({"ptype": NO_INHERIT, "v0": folder, "v1": t, "v2": "", "v3": None, "v4": None, "v5": None})
+    for lineno, subject, role, t, until in parsed.edges:
         tp = states[t]
         try:
-            if subject.startswith(USER_PREFIX) or not (subject.startswith(ROLE_PREFIX) or subject in declared[t]):
+            if role.startswith(GROUP_PREFIX) or subject.startswith(GROUP_PREFIX):
+                _group_edge(tp, subject, role, t, until, rows)
+            elif subject.startswith(USER_PREFIX) or not (subject.startswith(ROLE_PREFIX) or subject in declared[t]):
                 user = subject[len(USER_PREFIX) :] if subject.startswith(USER_PREFIX) else subject
                 check("user", user, error=PolicyError)
                 if role in tp.user_roles.get(user, ()):
                     continue
                 tp.check_assign(user, role)
                 tp.add_user(user, role)
-                rows["g"].append({"ptype": "g", "v0": USER_PREFIX + user, "v1": role, "v2": t, "v3": None, "v4": None, "v5": None})
+                set_expiry(tp, ("g", USER_PREFIX + user, role), until)
+                rows["g"].append({"ptype": "g", "v0": USER_PREFIX + user, "v1": role, "v2": t, "v3": stamp(until), "v4": None, "v5": None})
             else:
                 child = subject[len(ROLE_PREFIX) :] if subject.startswith(ROLE_PREFIX) else subject
                 check_role(child, PolicyError)
@@ -177,10 +250,33 @@ def apply(name: str, parsed: Parsed, states: dict[str, TenantPolicy]) -> dict[st
                     continue
                 tp.check_inherit(child, role)
                 tp.add_inherit(child, role)
-                rows["g"].append({"ptype": "g", "v0": child, "v1": role, "v2": t, "v3": None, "v4": None, "v5": None})
+                set_expiry(tp, ("g", child, role), until)
+                rows["g"].append({"ptype": "g", "v0": child, "v1": role, "v2": t, "v3": stamp(until), "v4": None, "v5": None})
         except (RoleCycleError, PolicyError) as exc:
             raise PolicyCSVError(name, lineno, str(exc)) from None
     return rows
+
+
+def _group_edge(tp: TenantPolicy, subject: str, obj: str, t: str, until: float | None, rows: dict[str, list[dict]]) -> None:
+    """A ``g`` line about a group: membership (object ``group:<g>``) or a group holding a role."""
+    if obj.startswith(GROUP_PREFIX):
+        group = obj[len(GROUP_PREFIX) :]
+        member = subject if subject.startswith(GROUP_PREFIX) else USER_PREFIX + check("user", subject.removeprefix(USER_PREFIX), error=PolicyError)
+        if group in tp.member_of.get(member, ()):
+            return
+        tp.check_member(member, group)
+        tp.add_member(member, group)
+    else:
+        group = check("group", subject[len(GROUP_PREFIX) :], error=PolicyError)
+        if obj not in tp.roles:
+            raise PolicyError(f"unknown role {obj!r}")
+        if obj in tp.group_roles.get(group, ()):
+            return
+        tp.check_group_role(group, obj)
+        tp.add_group_role(group, obj)
+        member = subject
+    set_expiry(tp, ("g", member, obj), until)
+    rows["g"].append({"ptype": "g", "v0": member, "v1": obj, "v2": t, "v3": stamp(until), "v4": None, "v5": None})
 
 
 def import_change(
@@ -198,7 +294,7 @@ def import_change(
         if replace:
             for t in tenants:
                 conn.execute(delete(db.roles).where(db.roles.c.tenant == t))
-                conn.execute(delete(db.casbin_rule).where(and_(c.ptype == "p", c.v1 == t)))
+                conn.execute(delete(db.casbin_rule).where(and_(c.ptype.in_(["p", FOLDER_ACL, NO_INHERIT]), c.v1 == t)))
                 conn.execute(delete(db.casbin_rule).where(and_(c.ptype == "g", c.v2 == t)))
         if rows["roles"]:
             conn.execute(db.roles.insert(), rows["roles"])

@@ -1,20 +1,30 @@
-"""One tenant's policy in memory: roles, their rules, role inheritance and
-user assignments, kept as separate namespaces.
+"""One tenant's policy in memory: roles, their rules, role inheritance,
+user assignments, groups and folder ACLs, kept as separate namespaces.
 
 A *role* holds allow and deny rules and may inherit other roles (casbin
 ``g, role, parent``). A *user* holds roles only through assignments
-(``g, user:<id>, role``): a user whose id equals a role's name holds nothing
-by that, and a role is never a user. A user's roles are its assigned roles
-and everything they inherit.
+(``g, user:<id>, role``) or through the *groups* it is a member of
+(``g, user:<id>, group:<g>``; groups nest: ``g, group:<a>, group:<b>``; a
+group holds roles: ``g, group:<g>, role``). A user whose id equals a role's
+or a group's name holds nothing by that: the three are separate namespaces.
+A user's roles are its assigned roles, its groups' roles, and everything
+they inherit.
+
+Every assignment, membership, inheritance and rule may carry an expiry
+(``expires``, epoch seconds): from that instant it counts as absent. Every
+reading method takes ``now``; there is no cron: the compiler recomputes at
+the next expiry (access/compiler.py).
 
 Chains are bounded: casbin's role manager (``max_hierarchy_level=10``) finds
 a role at most 9 links above a user (measured: a 10-link chain enforces
-False), so no change may make a user → … → role chain longer than
-:data:`MAX_DEPTH` links, or casbin and the compiled bitmaps would disagree.
+False), so no change may make a user → … → role chain (through groups or
+roles) longer than :data:`MAX_DEPTH` links, or casbin and the compiled
+bitmaps would disagree. Group chains obey the same bound.
 """
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -25,27 +35,58 @@ from ..errors import RoleCycleError
 
 MAX_DEPTH = 9
 USER_PREFIX = "user:"  # how a user is written as a casbin subject
+GROUP_PREFIX = "group:"
+ROLE_PREFIX = "role:"
 
 
 def _graph() -> defaultdict[str, set[str]]:
     return defaultdict(set)
 
 
-def _reach(edges: dict[str, set[str]], start: str) -> set[str]:
-    """``start`` and everything reachable from it along ``edges``."""
+def _reach(edges: dict[str, set[str]], start: str, ok: Callable[[str, str], bool] | None = None) -> set[str]:
+    """``start`` and everything reachable from it along ``edges`` (those ``ok`` keeps)."""
     seen = {start}
     stack = [start]
     while stack:
-        for nxt in edges.get(stack.pop(), ()):
-            if nxt not in seen:
+        here = stack.pop()
+        for nxt in edges.get(here, ()):
+            if nxt not in seen and (ok is None or ok(here, nxt)):
                 seen.add(nxt)
                 stack.append(nxt)
     return seen
 
 
+def _now(now: float | None) -> float:
+    return time.time() if now is None else now
+
+
+@dataclass
+class Folder:
+    """A folder's own ACL: principal → expiry (None: never), and whether it
+    inherits its parent folder's ACL."""
+
+    allow: dict[str, float | None] = field(default_factory=dict)
+    deny: dict[str, float | None] = field(default_factory=dict)
+    inherit: bool = True
+
+    def copy(self) -> "Folder":
+        return Folder(dict(self.allow), dict(self.deny), self.inherit)
+
+    def empty(self) -> bool:
+        return not self.allow and not self.deny and self.inherit
+
+
+def parent_folder(path: str) -> str | None:
+    """``/a/b`` → ``/a`` → ``/`` → None."""
+    if path == "/":
+        return None
+    head = path.rsplit("/", 1)[0]
+    return head or "/"
+
+
 @dataclass
 class TenantPolicy:
-    """One tenant's roles, rules, role hierarchy and user assignments."""
+    """One tenant's roles, rules, role hierarchy, assignments, groups and folder ACLs."""
 
     roles: set[str] = field(default_factory=set)
     allow: dict[str, set[str]] = field(default_factory=_graph)  # role → selectors
@@ -54,6 +95,13 @@ class TenantPolicy:
     children: dict[str, set[str]] = field(default_factory=_graph)  # role → roles inheriting it
     user_roles: dict[str, set[str]] = field(default_factory=_graph)  # user → roles assigned
     role_users: dict[str, set[str]] = field(default_factory=_graph)  # role → users assigned to it
+    member_of: dict[str, set[str]] = field(default_factory=_graph)  # "user:<id>" / "group:<id>" → groups it is in
+    members: dict[str, set[str]] = field(default_factory=_graph)  # group → "user:<id>" / "group:<id>" members
+    group_roles: dict[str, set[str]] = field(default_factory=_graph)  # group → roles assigned to it
+    role_groups: dict[str, set[str]] = field(default_factory=_graph)  # role → groups assigned it
+    # ("g", subject as stored, object as stored) or ("p", role, selector, effect) → epoch seconds
+    expires: dict[tuple[str, ...], float] = field(default_factory=dict)
+    folders: dict[str, Folder] = field(default_factory=dict)
 
     def copy(self) -> "TenantPolicy":
         def dup(d: dict[str, set[str]]) -> defaultdict[str, set[str]]:
@@ -64,39 +112,121 @@ class TenantPolicy:
             return out
 
         return TenantPolicy(
-            set(self.roles), dup(self.allow), dup(self.deny), dup(self.parents), dup(self.children), dup(self.user_roles), dup(self.role_users)
+            set(self.roles),
+            dup(self.allow),
+            dup(self.deny),
+            dup(self.parents),
+            dup(self.children),
+            dup(self.user_roles),
+            dup(self.role_users),
+            dup(self.member_of),
+            dup(self.members),
+            dup(self.group_roles),
+            dup(self.role_groups),
+            dict(self.expires),
+            {f: acl.copy() for f, acl in self.folders.items()},
         )
 
-    # ------------------------------------------------------------------ reading
-    def inherited(self, role: str) -> set[str]:
-        """``role`` and every role it inherits, transitively."""
-        return _reach(self.parents, role)
+    # ------------------------------------------------------------------ expiry
+    def live(self, key: tuple[str, ...], now: float | None) -> bool:
+        """Whether the edge or rule ``key`` has not expired at ``now``."""
+        t = self.expires.get(key)
+        return t is None or t > _now(now)
 
-    def roles_of_user(self, user: str, *, implicit: bool = True) -> set[str]:
-        """The roles ``user`` holds: assigned ones, and (implicit) what they inherit."""
-        direct = self.user_roles.get(user, set())
+    def next_expiry(self, now: float) -> float | None:
+        """The first expiry after ``now`` of anything in this policy (None: none)."""
+        times = [t for t in self.expires.values() if t > now]
+        for acl in self.folders.values():
+            times += [t for t in (*acl.allow.values(), *acl.deny.values()) if t is not None and t > now]
+        return min(times, default=None)
+
+    # ------------------------------------------------------------------ reading
+    def inherited(self, role: str, now: float | None = None) -> set[str]:
+        """``role`` and every role it inherits, transitively."""
+        t = _now(now)
+        return _reach(self.parents, role, lambda r, p: self.live(("g", r, p), t))
+
+    def groups_of(self, subject: str, now: float | None = None) -> set[str]:
+        """Groups ``subject`` (``user:<id>`` or ``group:<id>``) is in, directly or through groups."""
+        t = _now(now)
+        out: set[str] = set()
+        stack = [subject]
+        while stack:
+            here = stack.pop()
+            for g in self.member_of.get(here, ()):
+                if g not in out and self.live(("g", here, GROUP_PREFIX + g), t):
+                    out.add(g)
+                    stack.append(GROUP_PREFIX + g)
+        return out
+
+    def roles_of_user(self, user: str, *, implicit: bool = True, now: float | None = None) -> set[str]:
+        """The roles ``user`` holds: assigned ones (to it or, implicit, to its
+        groups), and (implicit) what they inherit."""
+        t = _now(now)
+        key = USER_PREFIX + user
+        direct = {r for r in self.user_roles.get(user, set()) if self.live(("g", key, r), t)}
         if not implicit:
-            return set(direct)
+            return direct
+        for g in self.groups_of(key, t):
+            direct |= {r for r in self.group_roles.get(g, ()) if self.live(("g", GROUP_PREFIX + g, r), t)}
         out: set[str] = set()
         for r in direct:
-            out |= self.inherited(r)
+            out |= self.inherited(r, t)
         return out
+
+    def principals(self, user: str, now: float | None = None) -> set[str]:
+        """What ACL entries may name to reach ``user``: ``user:<id>``, its groups, its roles."""
+        t = _now(now)
+        key = USER_PREFIX + user
+        return {key} | {GROUP_PREFIX + g for g in self.groups_of(key, t)} | {ROLE_PREFIX + r for r in self.roles_of_user(user, now=t)}
+
+    def selectors(self, role: str, effect: str, now: float | None = None) -> set[str]:
+        """The role's own allow or deny selectors that have not expired."""
+        t = _now(now)
+        rules = self.allow if effect == "allow" else self.deny
+        return {s for s in rules.get(role, ()) if self.live(("p", role, s, effect), t)}
 
     def heirs(self, role: str) -> set[str]:
         """``role`` and every role that inherits it, transitively."""
         return _reach(self.children, role)
 
+    def group_users(self, group: str) -> set[str]:
+        """Users in ``group`` directly or through nested groups (expiry ignored: a superset)."""
+        users: set[str] = set()
+        for g in self._groups_below(group):
+            users |= {m[len(USER_PREFIX) :] for m in self.members.get(g, ()) if m.startswith(USER_PREFIX)}
+        return users
+
+    def _groups_below(self, group: str) -> set[str]:
+        out = {group}
+        stack = [group]
+        while stack:
+            for m in self.members.get(stack.pop(), ()):
+                if m.startswith(GROUP_PREFIX) and m[len(GROUP_PREFIX) :] not in out:
+                    out.add(m[len(GROUP_PREFIX) :])
+                    stack.append(m[len(GROUP_PREFIX) :])
+        return out
+
     def holders(self, role: str) -> tuple[set[str], set[str]]:
-        """(roles, users) whose visibility ``role``'s rules reach: its heirs and their users."""
+        """(roles, users) whose visibility ``role``'s rules reach: its heirs,
+        their users and their groups' users (ignoring expiry: a superset)."""
         roles = self.heirs(role)
         users: set[str] = set()
         for r in roles:
             users |= self.role_users.get(r, set())
+            for g in self.role_groups.get(r, ()):
+                users |= self.group_users(g)
         return roles, users
 
     def users(self) -> set[str]:
-        """Users with at least one assignment."""
-        return {u for u, rs in self.user_roles.items() if rs}
+        """Users with at least one assignment or group membership."""
+        out = {u for u, rs in self.user_roles.items() if rs}
+        return out | {k[len(USER_PREFIX) :] for k, gs in self.member_of.items() if gs and k.startswith(USER_PREFIX)}
+
+    def groups(self) -> set[str]:
+        """Groups with a member, a parent group or a role."""
+        out = {g for g, ms in self.members.items() if ms} | {g for g, rs in self.group_roles.items() if rs}
+        return out | {k[len(GROUP_PREFIX) :] for k, gs in self.member_of.items() if gs and k.startswith(GROUP_PREFIX)}
 
     def rules(self) -> Iterator[tuple[str, str, str]]:
         """(role, selector, effect) for every rule, sorted."""
@@ -115,6 +245,25 @@ class TenantPolicy:
             memo[role] = max((1 + self._up(p, memo) for p in self.parents.get(role, ())), default=0)
         return memo[role]
 
+    def _up_group(self, group: str, memo: dict[str, int]) -> int:
+        """Most links from ``group`` up through parent groups and roles."""
+        key = GROUP_PREFIX + group
+        if key not in memo:
+            memo[key] = 0
+            ups = [1 + self._up_group(p, memo) for p in self.member_of.get(key, ())]
+            ups += [1 + self._up(r, memo) for r in self.group_roles.get(group, ())]
+            memo[key] = max(ups, default=0)
+        return memo[key]
+
+    def _down_group(self, group: str, memo: dict[str, int]) -> int:
+        """Most links from a user down below ``group`` up to it."""
+        key = GROUP_PREFIX + group
+        if key not in memo:
+            memo[key] = 0
+            below = [1 + self._down_group(m[len(GROUP_PREFIX) :], memo) if m.startswith(GROUP_PREFIX) else 1 for m in self.members.get(group, ())]
+            memo[key] = max(below, default=0)
+        return memo[key]
+
     def _down(self, role: str, memo: dict[str, int]) -> int:
         """Most links from ``role`` down to a user (or a role nobody holds)."""
         if role not in memo:
@@ -122,26 +271,33 @@ class TenantPolicy:
             below = [1 + self._down(c, memo) for c in self.children.get(role, ())]
             if self.role_users.get(role):
                 below.append(1)
+            below += [1 + self._down_group(g, memo) for g in self.role_groups.get(role, ())]
             memo[role] = max(below, default=0)
         return memo[role]
 
+    def _too_deep(self, depth: int, what: str) -> None:
+        if depth > MAX_DEPTH:
+            raise RoleCycleError(f"{what} makes a chain of {depth} links, too deep (at most {MAX_DEPTH}, casbin's reach)")
+
     def check_inherit(self, role: str, parent: str) -> None:
         """Raise if ``role`` inheriting ``parent`` makes a cycle or too long a chain."""
-        if role == parent or role in self.inherited(parent):
+        if role == parent or role in self.inherited(parent, 0.0):
             raise RoleCycleError(f"role {role!r} inheriting {parent!r} would make a role cycle")
-        depth = self._down(role, {}) + 1 + self._up(parent, {})
-        if depth > MAX_DEPTH:
-            raise RoleCycleError(
-                f"role {role!r} inheriting {parent!r} makes a chain of {depth} links, too deep (at most {MAX_DEPTH}, casbin's reach)"
-            )
+        self._too_deep(self._down(role, {}) + 1 + self._up(parent, {}), f"role {role!r} inheriting {parent!r}")
 
     def check_assign(self, user: str, role: str) -> None:
         """Raise if assigning ``role`` to ``user`` makes too long a chain."""
-        depth = 1 + self._up(role, {})
-        if depth > MAX_DEPTH:
-            raise RoleCycleError(
-                f"assigning {role!r} to {user!r} makes a chain of {depth} links, too deep (at most {MAX_DEPTH}, casbin's reach)"
-            )
+        self._too_deep(1 + self._up(role, {}), f"assigning {role!r} to {user!r}")
+
+    def check_group_role(self, group: str, role: str) -> None:
+        self._too_deep(self._down_group(group, {}) + 1 + self._up(role, {}), f"assigning {role!r} to group {group!r}")
+
+    def check_member(self, member: str, group: str) -> None:
+        """Raise if putting ``member`` (``user:`` / ``group:`` key) in ``group`` makes a cycle or too long a chain."""
+        if member == GROUP_PREFIX + group or (member.startswith(GROUP_PREFIX) and member[len(GROUP_PREFIX) :] in self.groups_of(GROUP_PREFIX + group, 0.0)):
+            raise RoleCycleError(f"{member!r} in group {group!r} would make a group cycle")
+        below = self._down_group(member[len(GROUP_PREFIX) :], {}) if member.startswith(GROUP_PREFIX) else 0
+        self._too_deep(below + 1 + self._up_group(group, {}), f"{member!r} in group {group!r}")
 
     # ------------------------------------------------------------------ changes (validated by the caller)
     def add_inherit(self, role: str, parent: str) -> None:
@@ -151,6 +307,7 @@ class TenantPolicy:
     def remove_inherit(self, role: str, parent: str) -> None:
         self.parents[role].discard(parent)
         self.children[parent].discard(role)
+        self.expires.pop(("g", role, parent), None)
 
     def add_user(self, user: str, role: str) -> None:
         self.user_roles[user].add(role)
@@ -159,9 +316,31 @@ class TenantPolicy:
     def remove_user(self, user: str, role: str) -> None:
         self.user_roles[user].discard(role)
         self.role_users[role].discard(user)
+        self.expires.pop(("g", USER_PREFIX + user, role), None)
+
+    def add_member(self, member: str, group: str) -> None:
+        self.member_of[member].add(group)
+        self.members[group].add(member)
+
+    def remove_member(self, member: str, group: str) -> None:
+        self.member_of[member].discard(group)
+        self.members[group].discard(member)
+        self.expires.pop(("g", member, GROUP_PREFIX + group), None)
+
+    def add_group_role(self, group: str, role: str) -> None:
+        self.group_roles[group].add(role)
+        self.role_groups[role].add(group)
+
+    def remove_group_role(self, group: str, role: str) -> None:
+        self.group_roles[group].discard(role)
+        self.role_groups[role].discard(group)
+        self.expires.pop(("g", GROUP_PREFIX + group, role), None)
 
     def drop_role(self, role: str) -> None:
         self.roles.discard(role)
+        for eft in ("allow", "deny"):
+            for sel in (self.allow if eft == "allow" else self.deny).get(role, ()):
+                self.expires.pop(("p", role, sel, eft), None)
         self.allow.pop(role, None)
         self.deny.pop(role, None)
         for child in list(self.children.get(role, ())):
@@ -170,7 +349,9 @@ class TenantPolicy:
             self.remove_inherit(role, parent)
         for user in list(self.role_users.get(role, ())):
             self.remove_user(user, role)
-        for d in (self.children, self.parents, self.role_users):
+        for group in list(self.role_groups.get(role, ())):
+            self.remove_group_role(group, role)
+        for d in (self.children, self.parents, self.role_users, self.role_groups):
             d.pop(role, None)
 
 

@@ -1,4 +1,16 @@
-"""Reading the stored policy: casbin rules → one :class:`TenantPolicy` per tenant."""
+"""Reading the stored policy: casbin rules → one :class:`TenantPolicy` per tenant.
+
+Rows of ``permrag_casbin_rule``:
+
+* ``p, role, tenant, selector, read, allow|deny[, expires]``
+* ``g, subject, object, tenant[, expires]`` — subject ``user:<id>``,
+  ``group:<id>`` or a role; object ``group:<id>`` or a role;
+* ``acl, folder, tenant, principal, allow|deny[, expires]`` — a folder's ACL entry;
+* ``noinherit, folder, tenant`` — the folder does not inherit its parent's ACL.
+
+``expires`` is epoch seconds as text (casbin itself never reads it: the
+enforcer adapter drops expired rows and the extra field).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +20,15 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from .. import db
-from .model import USER_PREFIX, TenantPolicy
+from .model import GROUP_PREFIX, USER_PREFIX, Folder, TenantPolicy
+
+FOLDER_ACL = "acl"
+NO_INHERIT = "noinherit"
+
+
+def stamp(expires: float | None) -> str | None:
+    """How an expiry is stored."""
+    return None if expires is None else repr(float(expires))
 
 
 def read_all(conn: Connection) -> dict[str, TenantPolicy]:
@@ -17,12 +37,27 @@ def read_all(conn: Connection) -> dict[str, TenantPolicy]:
     tenants: dict[str, TenantPolicy] = defaultdict(TenantPolicy)
     for tenant, name in conn.execute(select(db.roles.c.tenant, db.roles.c.name)):
         tenants[tenant].roles.add(name)
-    for ptype, v0, v1, v2, v4 in conn.execute(select(c.ptype, c.v0, c.v1, c.v2, c.v4)):
+    for ptype, v0, v1, v2, v3, v4, v5 in conn.execute(select(c.ptype, c.v0, c.v1, c.v2, c.v3, c.v4, c.v5)):
         if ptype == "p":
-            (tenants[v1].allow if v4 == "allow" else tenants[v1].deny)[v0].add(v2)
+            tp = tenants[v1]
+            (tp.allow if v4 == "allow" else tp.deny)[v0].add(v2)
+            if v5:
+                tp.expires[("p", v0, v2, v4)] = float(v5)
         elif ptype == "g":
-            if v0.startswith(USER_PREFIX):
-                tenants[v2].add_user(v0[len(USER_PREFIX) :], v1)
+            tp = tenants[v2]
+            if v1.startswith(GROUP_PREFIX):
+                tp.add_member(v0, v1[len(GROUP_PREFIX) :])
+            elif v0.startswith(USER_PREFIX):
+                tp.add_user(v0[len(USER_PREFIX) :], v1)
+            elif v0.startswith(GROUP_PREFIX):
+                tp.add_group_role(v0[len(GROUP_PREFIX) :], v1)
             else:
-                tenants[v2].add_inherit(v0, v1)
+                tp.add_inherit(v0, v1)
+            if v3:
+                tp.expires[("g", v0, v1)] = float(v3)
+        elif ptype == FOLDER_ACL:
+            acl = tenants[v1].folders.setdefault(v0, Folder())
+            (acl.allow if v3 == "allow" else acl.deny)[v2] = float(v4) if v4 else None
+        elif ptype == NO_INHERIT:
+            tenants[v1].folders.setdefault(v0, Folder()).inherit = False
     return dict(tenants)

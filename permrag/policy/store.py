@@ -37,13 +37,15 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from .. import db
-from ..errors import PolicyError, UnknownRoleError, UnknownSubjectError
-from ..names import check, check_role, check_tenant
+from ..errors import PolicyError, UnknownSubjectError
+from ..names import check, check_role, check_tenant, expiry
+from .changes import edge_change, set_expiry
+from .changes import need_role as _need_role
 from .csv import import_change as csv_import_change
 from .csv import parse as csv_parse
 from .csv import render as csv_render
 from .model import USER_PREFIX, Change, TenantPolicy
-from .persist import read_all
+from .persist import read_all, stamp
 from .selectors import parse_selector
 
 log = logging.getLogger(__name__)
@@ -257,28 +259,27 @@ class Policy:
 
         return self._one(tenant, make)
 
-    def assign_user(self, user: str, role: str, tenant: str = DEFAULT_TENANT) -> bool:
-        """Give user ``user`` ``role`` (``user`` is always a user id, whatever roles exist)."""
+    def assign_user(self, user: str, role: str, tenant: str = DEFAULT_TENANT, *, expires_at: object = None) -> bool:
+        """Give user ``user`` ``role`` (``user`` is always a user id, whatever roles exist),
+        until ``expires_at`` if given (epoch seconds, aware datetime or ISO 8601)."""
         user, tenant = _user(user), _tenant(tenant)
-        return self._one(tenant, lambda tp: self._assign_user(tp, user, role, tenant))
+        until = expiry(expires_at, "expires_at", PolicyError)
+        return self._one(tenant, lambda tp: self._assign_user(tp, user, role, tenant, until))
 
     def inherit(self, role: str, parent: str, tenant: str = DEFAULT_TENANT) -> bool:
         """Make ``role`` inherit ``parent`` (both roles); False if it already does."""
         tenant = _tenant(tenant)
         return self._one(tenant, lambda tp: self._inherit(tp, role, parent, tenant))
 
-    def _assign_user(self, tp: TenantPolicy, user: str, role: str, tenant: str) -> Change | None:
+    def _assign_user(self, tp: TenantPolicy, user: str, role: str, tenant: str, until: float | None = None) -> Change | None:
         _need_role(tp, role, tenant)
-        if role in tp.user_roles.get(user, ()):
+        key = ("g", USER_PREFIX + user, role)
+        held = role in tp.user_roles.get(user, ())
+        if held and tp.expires.get(key) == until:
             return None
-        tp.check_assign(user, role)
-        return Change(
-            lambda conn: conn.execute(db.casbin_rule.insert().values(ptype="g", v0=USER_PREFIX + user, v1=role, v2=tenant)),
-            lambda s: s[tenant].add_user(user, role),
-            {tenant},
-            set(),
-            {user},
-        )
+        if not held:
+            tp.check_assign(user, role)
+        return edge_change(tenant, key, held, until, lambda t: t.add_user(user, role), set(), {user})
 
     def _inherit(self, tp: TenantPolicy, role: str, parent: str, tenant: str) -> Change | None:
         _need_role(tp, role, tenant)
@@ -343,13 +344,13 @@ class Policy:
             users,
         )
 
-    def grant(self, role: str, selector: str, tenant: str = DEFAULT_TENANT) -> bool:
-        """Allow ``role`` to read the rows ``selector`` selects; False if already allowed."""
-        return self._add_rule(role, selector, "allow", tenant)
+    def grant(self, role: str, selector: str, tenant: str = DEFAULT_TENANT, *, expires_at: object = None) -> bool:
+        """Allow ``role`` to read the rows ``selector`` selects (until ``expires_at``); False if already allowed."""
+        return self._add_rule(role, selector, "allow", tenant, expires_at)
 
-    def deny(self, role: str, selector: str, tenant: str = DEFAULT_TENANT) -> bool:
-        """Forbid ``role`` (and everyone holding it) the rows ``selector`` selects."""
-        return self._add_rule(role, selector, "deny", tenant)
+    def deny(self, role: str, selector: str, tenant: str = DEFAULT_TENANT, *, expires_at: object = None) -> bool:
+        """Forbid ``role`` (and everyone holding it) the rows ``selector`` selects (until ``expires_at``)."""
+        return self._add_rule(role, selector, "deny", tenant, expires_at)
 
     def revoke(self, role: str, selector: str, tenant: str = DEFAULT_TENANT) -> None:
         """Remove the allow and deny rules of ``role`` for ``selector``."""
@@ -366,6 +367,8 @@ class Policy:
             def apply(s: dict[str, TenantPolicy]) -> None:
                 s[tenant].allow.get(role, set()).discard(sel)
                 s[tenant].deny.get(role, set()).discard(sel)
+                for eft in ("allow", "deny"):
+                    s[tenant].expires.pop(("p", role, sel, eft), None)
 
             return Change(
                 lambda conn: conn.execute(delete(db.casbin_rule).where(c.ptype == "p", c.v0 == role, c.v1 == tenant, c.v2 == sel)),
@@ -377,22 +380,30 @@ class Policy:
 
         self._one(tenant, make)
 
-    def _add_rule(self, role: str, selector: str, effect: str, tenant: str) -> bool:
+    def _add_rule(self, role: str, selector: str, effect: str, tenant: str, expires_at: object = None) -> bool:
         tenant = _tenant(tenant)
         sel = str(parse_selector(selector))
+        until = expiry(expires_at, "expires_at", PolicyError)
+        key = ("p", role, sel, effect)
+        c = db.casbin_rule.c
 
         def make(tp: TenantPolicy) -> Change | None:
             _need_role(tp, role, tenant)
-            if sel in (tp.allow if effect == "allow" else tp.deny).get(role, ()):
+            held = sel in (tp.allow if effect == "allow" else tp.deny).get(role, ())
+            if held and tp.expires.get(key) == until:
                 return None
             roles, users = tp.holders(role)
-            return Change(
-                lambda conn: conn.execute(db.casbin_rule.insert().values(ptype="p", v0=role, v1=tenant, v2=sel, v3=ACTION, v4=effect)),
-                lambda s: (s[tenant].allow if effect == "allow" else s[tenant].deny)[role].add(sel),
-                {tenant},
-                roles,
-                users,
-            )
+
+            def write(conn: Connection) -> None:
+                if held:
+                    conn.execute(delete(db.casbin_rule).where(c.ptype == "p", c.v0 == role, c.v1 == tenant, c.v2 == sel, c.v4 == effect))
+                conn.execute(db.casbin_rule.insert().values(ptype="p", v0=role, v1=tenant, v2=sel, v3=ACTION, v4=effect, v5=stamp(until)))
+
+            def apply(s: dict[str, TenantPolicy]) -> None:
+                (s[tenant].allow if effect == "allow" else s[tenant].deny)[role].add(sel)
+                set_expiry(s[tenant], key, until)
+
+            return Change(write, apply, {tenant}, roles, users)
 
         return self._one(tenant, make)
 
@@ -433,8 +444,3 @@ class Policy:
         counted: list[int] = [0]
         self._change(tenants, lambda current: csv_import_change(name, parsed, tenants, current, replace, counted))
         return counted[0]
-
-
-def _need_role(tp: TenantPolicy, role: str, tenant: str) -> None:
-    if role not in tp.roles:
-        raise UnknownRoleError(f"unknown role {role!r} in tenant {tenant!r}")
