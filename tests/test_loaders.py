@@ -1,0 +1,201 @@
+"""Loaders on real files written here (PDF, DOCX, HTML, Markdown, reST,
+Latin-1 and UTF-16 text, empty and corrupt files): extracted text, metadata,
+the report of what was left out, the registry, and the CLI's exit code."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from permrag import CatalogError, PermRAG
+from permrag.cli import main
+from permrag.ingest.loaders import Parsed, Section, load_folder, load_path, loader_for, register_loader, unregister_loader
+
+from .helpers.files import LATIN1, MD, PDF_PAGES, UTF16, make_folder, write_pdf
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return make_folder(tmp_path_factory.mktemp("files") / "docs")
+
+
+@pytest.fixture(scope="module")
+def loaded(folder):
+    return load_folder(folder)
+
+
+def doc(report, ext):
+    return next(d for d in report.documents if d["external_id"] == ext)
+
+
+def test_every_good_file_is_a_document_and_every_bad_one_is_reported(loaded) -> None:
+    assert sorted(d["external_id"] for d in loaded.documents) == [
+        "eng/cafe.txt", "eng/resume.txt", "eng/security.rst", "hr/benefits.html", "hr/expenses.pdf", "hr/leave.MD", "hr/onboarding.docx",
+    ]
+    assert dict(loaded.skipped) == {"misc/empty.txt": "empty file", "misc/photo.png": "no loader for .png"}
+    assert sorted(p for p, _ in loaded.failed) == ["misc/broken.docx", "misc/broken.pdf"]
+    reasons = dict(loaded.failed)
+    assert "not a readable PDF" in reasons["misc/broken.pdf"] and "not a readable DOCX" in reasons["misc/broken.docx"]
+    assert not loaded.ok
+    assert "2 file(s) failed" in loaded.describe() and "misc/photo.png" in loaded.describe()
+    assert not any(".hidden" in d["external_id"] for d in loaded.documents)  # hidden folders are passed over
+
+
+def test_pdf_text_pages_and_title(loaded) -> None:
+    d = doc(loaded, "hr/expenses.pdf")
+    assert [s["page"] for s in d["sections"]] == [1, 2]
+    assert [" ".join(s["text"].split()) for s in d["sections"]] == PDF_PAGES
+    assert d["attrs"] == {"folder": "hr", "source": "hr/expenses.pdf", "title": "Expense policy"}
+
+
+def test_docx_headings_tables_and_title(loaded) -> None:
+    d = doc(loaded, "hr/onboarding.docx")
+    assert d["attrs"]["title"] == "Onboarding guide"
+    assert [s["heading"] for s in d["sections"]] == [None, "Accounts", "Accounts > Badges"]
+    assert "IT creates your accounts on the first morning." in d["sections"][1]["text"]
+    assert "Contact | helpdesk" in d["text"]  # the table's row
+
+
+def test_markdown_sections_follow_headings_not_code(loaded) -> None:
+    d = doc(loaded, "hr/leave.MD")  # upper-case suffix: still Markdown
+    assert d["attrs"]["title"] == "Leave policy"
+    assert [s["heading"] for s in d["sections"]] == ["Leave policy", "Leave policy > Sick leave", "Leave policy > Parental leave"]
+    assert "# not a heading" in d["sections"][1]["text"]  # the fenced line stays in its section
+    assert d["text"].split() == MD.split()
+
+
+def test_html_main_text_without_navigation_or_script(loaded) -> None:
+    d = doc(loaded, "hr/benefits.html")
+    assert d["attrs"]["title"] == "Benefits overview"
+    assert "pension plan matches contributions" in d["text"]
+    assert "tracking" not in d["text"] and "Copyright ACME" not in d["text"] and "About" not in d["text"]
+    assert [s["heading"] for s in d["sections"]][1:] == [f"Benefits overview > Benefit {i}" for i in range(3)]
+
+
+def test_rst_sections(loaded) -> None:
+    d = doc(loaded, "eng/security.rst")
+    assert d["attrs"]["title"] == "Security handbook"
+    assert [s["heading"] for s in d["sections"]] == ["Security handbook", "Security handbook > Passwords"]
+
+
+def test_latin1_and_utf16_text_decoded(loaded) -> None:
+    assert doc(loaded, "eng/cafe.txt")["text"] == LATIN1
+    assert doc(loaded, "eng/resume.txt")["text"] == UTF16
+
+
+def test_sidecars_give_attrs_and_acl_and_bad_ones_fail_alone(tmp_path) -> None:
+    root = tmp_path / "d"
+    root.mkdir()
+    for name in ("a.txt", "b.txt", "c.txt"):
+        (root / name).write_text(f"text of {name}")
+    (root / "a.txt.meta.json").write_text(json.dumps({"attrs": {"level": 3, "public": True, "tags": ["x", 2]}, "acl": {"allow": ["user:bob"]}}))
+    (root / "b.txt.attrs.json").write_text(json.dumps({"dept": "eng"}))
+    (root / "c.txt.meta.json").write_text("{not json")
+    rep = load_folder(root)
+    a, b = doc(rep, "a.txt"), doc(rep, "b.txt")
+    assert a["attrs"] == {"source": "a.txt", "level": 3, "public": True, "tags": ["x", 2]}
+    assert a["acl"] == {"allow": ["user:bob"]}
+    assert b["attrs"] == {"source": "b.txt", "dept": "eng"} and "acl" not in b
+    assert [p for p, _ in rep.failed] == ["c.txt"] and "not JSON" in rep.failed[0][1]
+
+
+def test_folder_attrs_name_the_levels(folder) -> None:
+    rep = load_folder(folder, ["dept"])
+    assert doc(rep, "hr/leave.MD")["attrs"]["dept"] == "hr"
+
+
+def test_a_registered_loader_is_used_and_can_be_removed(tmp_path) -> None:
+    root = tmp_path / "d"
+    root.mkdir()
+    (root / "t.CSVX").write_text("a;b\n1;2")
+
+    @register_loader(".csvx")
+    def read(path: Path) -> Parsed:
+        return Parsed([Section(path.read_text().replace(";", " "))], title="table")
+
+    try:
+        assert loader_for(root / "t.CSVX") is read
+        rep = load_folder(root)
+        assert doc(rep, "t.CSVX")["text"] == "a b\n1 2" and doc(rep, "t.CSVX")["attrs"]["title"] == "table"
+    finally:
+        unregister_loader(".csvx")
+    assert load_folder(root).skipped == [("t.CSVX", "no loader for .csvx")]
+
+
+def test_a_loader_that_crashes_is_reported_not_raised(tmp_path) -> None:
+    root = tmp_path / "d"
+    root.mkdir()
+    (root / "x.boom").write_text("x")
+    (root / "ok.txt").write_text("fine")
+    register_loader(".boom", loader=lambda p: 1 / 0)
+    try:
+        rep = load_folder(root)
+    finally:
+        unregister_loader(".boom")
+    assert [d["external_id"] for d in rep.documents] == ["ok.txt"]
+    assert rep.failed == [("x.boom", "ZeroDivisionError: division by zero")]
+
+
+def test_too_long_and_bad_names_fail_per_file(tmp_path) -> None:
+    root = tmp_path / "d"
+    root.mkdir()
+    (root / "long.txt").write_text("word " * 100)
+    (root / "fine.txt").write_text("short")
+    rep = load_folder(root, max_chars=100)
+    assert [d["external_id"] for d in rep.documents] == ["fine.txt"]
+    assert rep.failed[0][0] == "long.txt" and "max_document_chars" in rep.failed[0][1]
+
+
+def test_bad_register_arguments() -> None:
+    from permrag import ArgumentError
+
+    with pytest.raises(ArgumentError):
+        register_loader("pdf")
+    with pytest.raises(ArgumentError):
+        register_loader()
+
+
+def test_load_path_of_nothing(tmp_path) -> None:
+    with pytest.raises(CatalogError, match="no such file"):
+        load_path(tmp_path / "nope")
+
+
+def test_folder_ingest_stores_chunks_with_page_and_heading(tmp_path, folder) -> None:
+    rag = PermRAG.open(tmp_path / "h", encoder="hash", chunk_size=120, chunk_overlap=10)
+    try:
+        rep = load_folder(folder)
+        rag.add_documents(rep.documents)
+        pdf = rag.row("hr/expenses.pdf")
+        assert [c.attrs["page"] for c in pdf.chunks] == ["1", "2"]
+        assert all(c.attrs["title"] == "Expense policy" and c.attrs["source"] == "hr/expenses.pdf" for c in pdf.chunks)
+        md = rag.row("hr/leave.MD")
+        assert {c.attrs.get("heading") for c in md.chunks} == {"Leave policy", "Leave policy > Sick leave", "Leave policy > Parental leave"}
+        rag.policy.add_role("all")
+        rag.policy.grant("all", "*")
+        rag.policy.assign_user("u", "all")
+        hit = rag.search("hotel stays need director approval", user="u", k=1, mode="keyword")[0]
+        assert hit.parent == "hr/expenses.pdf" and hit.attrs["page"] == "2"
+        d = hit.to_document()
+        assert d.metadata["attrs"]["page"] == "2" and d.id == hit.external_id
+    finally:
+        rag.close()
+
+
+def test_cli_reports_skipped_and_failed_files_and_exits_1(tmp_path, folder) -> None:
+    runner = CliRunner()
+    for home in ("h", "h2"):
+        assert runner.invoke(main, ["--home", str(tmp_path / home), "init", "--encoder", "hash"]).exit_code == 0
+    res = runner.invoke(main, ["--home", str(tmp_path / "h"), "ingest", str(folder), "--json"])
+    assert res.exit_code == 1, res.output
+    data = json.loads(res.stdout)
+    assert data["documents"] == 7 and sorted(p for p, _ in data["failed"]) == ["misc/broken.docx", "misc/broken.pdf"]
+    assert sorted(p for p, _ in data["skipped"]) == ["misc/empty.txt", "misc/photo.png"]
+    good = tmp_path / "good"
+    good.mkdir()
+    write_pdf(good / "a.PDF")
+    res = runner.invoke(main, ["--home", str(tmp_path / "h2"), "ingest", str(good)])
+    assert res.exit_code == 0, res.output
+    assert "ingested 1 documents" in res.output

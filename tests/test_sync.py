@@ -1,0 +1,200 @@
+"""Folder sync against Milvus Lite: add, change, metadata-only change,
+delete, unreadable changes, progress and the CLI — checked on the catalog,
+the rows in Milvus and what the encoder was asked to encode."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from permrag import ArgumentError, PermRAG
+from permrag.cli import main
+from permrag.embed import HashEncoder
+from permrag.ingest.sync import FolderSync
+
+from .conftest import milvus_ids
+from .helpers.files import make_folder
+
+
+class CountingEncoder(HashEncoder):
+    """The hash encoder, counting the texts it encodes."""
+
+    def __init__(self) -> None:
+        super().__init__(32)
+        self.name = "hash"
+        self.texts: list[str] = []
+
+    def encode(self, texts):
+        self.texts.extend(texts)
+        return super().encode(texts)
+
+
+@pytest.fixture
+def world(tmp_path):
+    folder = make_folder(tmp_path / "docs")
+    enc = CountingEncoder()
+    rag = PermRAG.open(tmp_path / "h", encoder=enc, chunk_size=120, chunk_overlap=10)
+    yield rag, folder, enc
+    rag.close()
+
+
+def live_rows(rag: PermRAG) -> dict[str, int]:
+    return {r.external_id: r.row_id for r in rag.rows(rag.catalog.live_ids())}
+
+
+def check_milvus_equals_catalog(rag: PermRAG, tenant: str = "default") -> None:
+    assert milvus_ids(rag, tenant) == set(rag.catalog.tenant_rows(tenant))
+
+
+def test_first_sync_adds_every_readable_file(world) -> None:
+    rag, folder, enc = world
+    rep = rag.sync_folder(folder)
+    assert sorted(rep.added) == ["eng/cafe.txt", "eng/resume.txt", "eng/security.rst", "hr/benefits.html", "hr/expenses.pdf", "hr/leave.MD", "hr/onboarding.docx"]
+    assert sorted(p for p, _ in rep.failed) == ["misc/broken.docx", "misc/broken.pdf"] and not rep.ok
+    assert sorted(p for p, _ in rep.skipped) == ["misc/empty.txt", "misc/photo.png"]
+    rows = live_rows(rag)
+    assert rep.chunks == len(rows) == len(enc.texts)
+    check_milvus_equals_catalog(rag)
+
+
+def test_resync_of_an_unchanged_folder_writes_nothing(world) -> None:
+    rag, folder, enc = world
+    rag.sync_folder(folder)
+    before, version, n = live_rows(rag), rag.catalog_version, len(enc.texts)
+    rep = rag.sync_folder(folder)
+    assert rep.unchanged == 7 and not (rep.added or rep.changed or rep.metadata or rep.deleted)
+    assert live_rows(rag) == before and rag.catalog_version == version and len(enc.texts) == n
+
+
+def test_a_changed_file_alone_is_reembedded(world) -> None:
+    rag, folder, enc = world
+    rag.sync_folder(folder)
+    before = live_rows(rag)
+    (folder / "hr" / "leave.MD").write_text("# Leave\n\nEveryone now gets thirty days of paid leave.\n")
+    n = len(enc.texts)
+    rep = rag.sync_folder(folder)
+    assert rep.changed == ["hr/leave.MD"] and rep.unchanged == 6
+    assert enc.texts[n:] == ["# Leave\n\nEveryone now gets thirty days of paid leave."]
+    after = live_rows(rag)
+    assert {e: r for e, r in after.items() if not e.startswith("hr/leave.MD")} == {e: r for e, r in before.items() if not e.startswith("hr/leave.MD")}
+    assert [e for e in after if e.startswith("hr/leave.MD")] == ["hr/leave.MD"]  # the old chunks are gone, one row now
+    check_milvus_equals_catalog(rag)
+
+
+def test_a_metadata_only_change_updates_attributes(world) -> None:
+    rag, folder, enc = world
+    rag.sync_folder(folder)
+    (folder / "eng" / "cafe.txt.meta.json").write_text(json.dumps({"attrs": {"level": 3, "public": True}}))
+    n = len(enc.texts)
+    rep = rag.sync_folder(folder)
+    assert rep.metadata == ["eng/cafe.txt"] and not rep.changed and rep.unchanged == 6
+    assert rag.row("eng/cafe.txt").attrs == {"folder": "eng", "source": "eng/cafe.txt", "level": "3", "public": "true"}
+    if hasattr(rag, "update_metadata"):  # the store's metadata-only update: nothing re-encoded
+        assert len(enc.texts) == n
+    check_milvus_equals_catalog(rag)
+    assert rag.sync_folder(folder).unchanged == 7
+
+
+def test_metadata_only_changes_go_through_the_one_update_call(world) -> None:
+    rag, folder, enc = world
+    calls = []
+    sync = FolderSync(rag.ingester, lambda ext, *, tenant, attrs, acl: calls.append((ext, tenant, attrs, acl)))
+    sync.sync(folder)
+    (folder / "eng" / "cafe.txt.meta.json").write_text(json.dumps({"attrs": {"dept": "ops"}, "acl": {"allow": ["user:bob"]}}))
+    n, rows = len(enc.texts), live_rows(rag)
+    rep = sync.sync(folder)
+    assert rep.metadata == ["eng/cafe.txt"]
+    assert calls == [("eng/cafe.txt", "default", {"folder": "eng", "source": "eng/cafe.txt", "dept": "ops"}, {"allow": ["user:bob"]})]
+    assert len(enc.texts) == n and live_rows(rag) == rows  # nothing encoded or written by the sync itself
+
+
+def test_files_gone_are_deleted_and_renames_are_delete_plus_add(world) -> None:
+    rag, folder, enc = world
+    rag.sync_folder(folder)
+    (folder / "eng" / "security.rst").unlink()
+    (folder / "hr" / "expenses.pdf").rename(folder / "hr" / "travel.pdf")
+    rep = rag.sync_folder(folder)
+    assert rep.deleted == ["eng/security.rst", "hr/expenses.pdf"] and rep.added == ["hr/travel.pdf"]
+    ext = {e.split("#")[0] for e in live_rows(rag)}
+    assert "eng/security.rst" not in ext and "hr/expenses.pdf" not in ext and "hr/travel.pdf" in ext
+    check_milvus_equals_catalog(rag)
+    # a folder emptied out deletes everything it added
+    for f in [p for p in folder.rglob("*") if p.is_file()]:
+        f.unlink()
+    rep = rag.sync_folder(folder)
+    assert len(rep.deleted) == 6 and live_rows(rag) == {} and milvus_ids(rag) == set()
+
+
+def test_an_unreadable_change_keeps_the_stored_version(world) -> None:
+    rag, folder, enc = world
+    rag.sync_folder(folder)
+    before = live_rows(rag)
+    (folder / "hr" / "onboarding.docx").write_bytes(b"PK\x03\x04 truncated")
+    rep = rag.sync_folder(folder)
+    assert ("hr/onboarding.docx" in dict(rep.failed)) and not rep.changed
+    assert live_rows(rag) == before
+    assert "hr/onboarding.docx" in dict(rag.sync_folder(folder).failed)  # tried again next time
+
+
+def test_tenants_and_folders_sync_independently(world, tmp_path) -> None:
+    rag, folder, enc = world
+    rag.sync_folder(folder)
+    rag.sync_folder(folder, tenant="t2")
+    (folder / "eng" / "cafe.txt").unlink()
+    assert rag.sync_folder(folder).deleted == ["eng/cafe.txt"]
+    assert rag.row("eng/cafe.txt", "t2").external_id == "eng/cafe.txt"  # t2 not synced yet
+    check_milvus_equals_catalog(rag)
+    check_milvus_equals_catalog(rag, "t2")
+    assert len(rag.catalog.tenant_rows("t2")) == len(rag.catalog.tenant_rows("default")) + 1
+    with pytest.raises(ArgumentError):
+        rag.sync_folder(tmp_path / "missing")
+
+
+def test_progress_counts_every_file_to_the_end(world) -> None:
+    rag, folder, enc = world
+    seen = []
+    rag.sync_folder(folder, progress=seen.append)
+    assert seen[0].done == 0 and seen[-1].done == seen[-1].files == 11  # 7 documents, 2 failed, 2 skipped
+    assert [p.done for p in seen] == sorted(p.done for p in seen)
+    assert seen[-1].chunks == len(live_rows(rag))
+
+
+def test_dry_run_writes_nothing(world) -> None:
+    rag, folder, enc = world
+    rep = rag.sync_folder(folder, dry_run=True)
+    assert len(rep.added) == 7 and live_rows(rag) == {} and enc.texts == []
+
+
+def test_changed_chunk_settings_reembed_everything(world, tmp_path) -> None:
+    rag, folder, enc = world
+    rag.sync_folder(folder)
+    rag.close()
+    rag2 = PermRAG.open(tmp_path / "h", encoder=CountingEncoder(), chunk_size=400, chunk_overlap=10)
+    try:
+        rep = rag2.sync_folder(folder)
+        assert len(rep.changed) == 7
+        check_milvus_equals_catalog(rag2)
+    finally:
+        rag2.close()
+
+
+def test_cli_sync(tmp_path) -> None:
+    folder = make_folder(tmp_path / "docs")
+    runner = CliRunner()
+    home = ["--home", str(tmp_path / "h")]
+    assert runner.invoke(main, [*home, "init", "--encoder", "hash"]).exit_code == 0
+    res = runner.invoke(main, [*home, "ingest", str(folder), "--sync", "--json"])
+    assert res.exit_code == 1  # two files failed to load
+    data = json.loads(res.stdout)
+    assert len(data["added"]) == 7 and data["unchanged"] == 0
+    for bad in ("broken.pdf", "broken.docx"):
+        (folder / "misc" / bad).unlink()
+    (folder / "eng" / "cafe.txt").write_text("changed text")
+    res = runner.invoke(main, [*home, "ingest", str(folder), "--sync"])
+    assert res.exit_code == 0, res.output
+    assert "0 added, 1 changed, 0 metadata only, 0 deleted, 6 unchanged" in res.stdout
+    res = runner.invoke(main, [*home, "ingest", str(Path(folder) / "eng" / "cafe.txt"), "--sync"])
+    assert res.exit_code == 2 and "--sync takes a folder" in res.output
