@@ -31,6 +31,11 @@ MODES = ("hybrid", "dense", "keyword")
 FUSIONS = ("rrf", "weighted")
 MAX_QUERY_CHARS = 10_000
 MAX_PLANS = 4096
+# Candidates per list that hybrid search fuses when no ``pool`` is given.
+# Fusing only each list's top k loses rows that rank fairly well in both;
+# chosen on the dev half of the Q/A sets of benchmarks/bench_quality.py
+# (scores in benchmarks/results/quality.md).
+DEFAULT_POOL = 40
 
 
 class Searcher:
@@ -84,6 +89,8 @@ class Searcher:
     ) -> list[Hits]:
         """The top ``k`` rows ``user`` may read for each query, best first."""
         queries = check_search_args(queries, user, tenant, k, mode, fusion, weights, pool)
+        if mode == "hybrid" and pool is None:
+            pool = min(MAX_LIMIT, max(k, DEFAULT_POOL))
         backend = self.binding.backend()  # a store bound to another catalog fails here, whatever the caller sees
         snap = snapshot or self.access.snapshot(user, tenant)
         plan = self.plan(snap)

@@ -13,7 +13,7 @@ all chunks would leak).
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from ..access import Snapshot
 from ..errors import ArgumentError, ConfigError
@@ -25,6 +25,20 @@ Reranker = Callable[[str, list[Hit]], Sequence[float]]
 Variants = Callable[[str], Sequence[str]]
 
 
+def as_reranker(rerank: Any) -> Reranker | None:
+    """The reranker seam: a callable ``(query, hits) -> scores``, or a model
+    with ``predict(pairs)`` such as a sentence-transformers ``CrossEncoder``
+    (scored on ``(query, hit.text)`` pairs). It only ever sees verified hits."""
+    if rerank is None:
+        return None
+    predict = getattr(rerank, "predict", None)  # checked first: a CrossEncoder is also callable (a torch module)
+    if callable(predict):
+        return lambda query, hits: list(predict([(query, h.text) for h in hits]))
+    if callable(rerank):
+        return rerank
+    raise ArgumentError(f"rerank must be a callable (query, hits) -> scores or a CrossEncoder, not {type(rerank).__name__}")
+
+
 def retrieve(
     searcher: Searcher,
     query: str,
@@ -34,13 +48,14 @@ def retrieve(
     k: int = 5,
     candidates: int = 20,
     mode: str = "hybrid",
-    rerank: Reranker | None = None,
+    rerank: Reranker | Any = None,
     merge_parents: bool = True,
     variants: Variants | None = None,
 ) -> Hits:
     """Top ``k`` after the stages; ``variants`` turns on RAG-Fusion."""
     check_k(k)
     check_k(candidates, "candidates")
+    scorer = as_reranker(rerank)
     if candidates < k:
         raise ArgumentError(f"candidates ({candidates}) must be at least k ({k})")
     snap = searcher.access.snapshot(user, tenant)
@@ -53,9 +68,9 @@ def retrieve(
         queries += list(dict.fromkeys(extra))
     lists = searcher.search_many(queries, user=user, tenant=tenant, k=candidates, mode=mode, snapshot=snap)
     hits: list[Hit] = list(lists[0]) if len(lists) == 1 else fuse_hits(lists)
-    if rerank is not None:
+    if scorer is not None and hits:
         try:
-            scores = [float(s) for s in rerank(query, hits)]
+            scores = [float(s) for s in scorer(query, hits)]
         except Exception as exc:  # a user's reranker may raise anything
             raise ConfigError(f"the reranker failed: {exc.__class__.__name__}: {str(exc)[:200]}") from exc
         if len(scores) != len(hits):

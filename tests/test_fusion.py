@@ -1,0 +1,140 @@
+"""Hybrid fusion over candidate pools larger than k, checked against a
+reference (the same Milvus searches with an explicit ``row_id in [visible]``
+filter, fused by the same function), the reranker seam, and LangChain
+documents in and out with typed attributes."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from langchain_core.documents import Document
+
+from permrag import ArgumentError, ConfigError, PermRAG
+from permrag.embed import HashEncoder
+from permrag.search.engine import DEFAULT_POOL
+from permrag.search.execute import fuse
+
+WORDS = "budget leave travel hotel pension laptop badge salary audit policy report review security training".split()
+DEPTS = ["hr", "eng", "fin", "ops"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    rng = random.Random(7)
+    rag = PermRAG.open(tmp_path_factory.mktemp("fusion") / "h", encoder=HashEncoder(32), chunk_size=4000)
+    docs = [
+        {"external_id": f"d{i}", "text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))), "attrs": {"dept": rng.choice(DEPTS)}}
+        for i in range(400)
+    ]
+    rag.add_documents(docs)
+    p = rag.policy
+    p.add_role("all")
+    p.grant("all", "*")
+    p.assign_user("root", "all")
+    for d in DEPTS:
+        p.add_role(d)
+        p.grant(d, f"dept:{d}")
+    p.assign_user("h", "hr")
+    p.assign_user("he", "hr")
+    p.assign_user("he", "eng")
+    yield rag
+    rag.close()
+
+
+def reference(rag: PermRAG, user: str, query: str, k: int, pool: int, fusion: str, weights=(0.5, 0.5)) -> list[int]:
+    visible = rag.visible(user)
+    expr = f"row_id in [{', '.join(map(str, sorted(visible)))}]"
+    no = rag.catalog.tenants.number("default")
+    vec = rag.encoder.encode([query])
+    dense = rag.store.search(no, "dense", vectors=vec, texts=[query], expr=expr, limit=pool)[0]
+    keyword = rag.store.search(no, "keyword", vectors=vec, texts=[query], expr=expr, limit=pool)[0]
+    return [h.row_id for h in fuse(dense, keyword, k, fusion, weights)]
+
+
+QUERIES = ["hotel travel budget", "pension salary review", "laptop security training", "audit report", "badge"]
+
+
+@pytest.mark.parametrize("user", ["root", "h", "he"])
+@pytest.mark.parametrize("fusion,weights", [("rrf", (0.5, 0.5)), ("weighted", (0.8, 0.2))])
+def test_hybrid_with_pools_equals_the_exact_filtered_reference(world, user, fusion, weights) -> None:
+    for q in QUERIES:
+        for pool in (None, 10, 25, 100):
+            got = [h.row_id for h in world.search(q, user=user, k=10, fusion=fusion, weights=weights, pool=pool)]
+            want = reference(world, user, q, 10, pool or DEFAULT_POOL, fusion, weights)
+            assert got == want, (q, pool)
+            assert set(got) <= set(world.visible(user))
+
+
+def test_the_default_pool_is_larger_than_k_and_changes_what_fusion_sees(world) -> None:
+    assert DEFAULT_POOL > 10
+    differs = 0
+    for q in QUERIES:
+        default = [h.row_id for h in world.search(q, user="root", k=10)]
+        assert default == [h.row_id for h in world.search(q, user="root", k=10, pool=DEFAULT_POOL)]
+        differs += default != [h.row_id for h in world.search(q, user="root", k=10, pool=10)]
+    assert differs > 0  # fusing more candidates changes some rankings
+    with pytest.raises(ArgumentError):
+        world.search("x", user="root", pool=0)
+
+
+def test_a_callable_reranker_orders_verified_hits(world) -> None:
+    seen = []
+
+    def by_length(query, hits):
+        seen.extend(h.row_id for h in hits)
+        return [-len(h.text) for h in hits]
+
+    hits = world.retrieve("hotel travel budget", user="h", k=5, candidates=20, rerank=by_length, merge_parents=False)
+    assert [len(h.text) for h in hits] == sorted(len(h.text) for h in hits)
+    assert set(seen) <= set(world.visible("h")) and len(seen) == 20
+
+
+def test_a_cross_encoder_like_model_is_used_through_predict(world) -> None:
+    class Model:  # the sentence-transformers CrossEncoder interface: predict(pairs) -> scores; also callable
+        def __init__(self):
+            self.pairs = []
+
+        def predict(self, pairs):
+            self.pairs.extend(pairs)
+            return [p[1].count("hotel") for p in pairs]
+
+        def __call__(self, *a):
+            raise AssertionError("a model with predict() is not called directly")
+
+    m = Model()
+    hits = world.retrieve("hotel", user="he", k=5, candidates=30, rerank=m, merge_parents=False)
+    counts = [h.text.count("hotel") for h in hits]
+    assert counts == sorted(counts, reverse=True) and all(p[0] == "hotel" for p in m.pairs)
+    with pytest.raises(ArgumentError):
+        world.retrieve("hotel", user="he", rerank=42)
+    with pytest.raises(ConfigError):
+        world.retrieve("hotel", user="he", rerank=lambda q, hs: [1.0])
+
+
+def test_langchain_documents_with_typed_metadata_in_and_out(tmp_path) -> None:
+    rag = PermRAG.open(tmp_path / "h", encoder=HashEncoder(16))
+    try:
+        rag.add_documents([
+            Document(page_content="quarterly budget review", metadata={"level": 3, "public": True, "score": 0.5, "tags": ["a", 2, False]}, id="lc1"),
+            Document(page_content="hotel policy", metadata={"level": 1, "public": False}, id="lc2"),
+        ])
+        rec = rag.row("lc1")
+        assert rec.attrs == {"level": "3", "public": "true", "score": "0.5", "tags": ["2", "a", "false"]}
+        p = rag.policy
+        p.add_role("r")
+        p.grant("r", "level:3")
+        p.assign_user("u", "r")
+        p.add_role("pub")
+        p.grant("pub", "public:true")
+        p.assign_user("v", "pub")
+        p.add_role("t")
+        p.grant("t", "tags:2")
+        p.assign_user("w", "t")
+        for user in ("u", "v", "w"):
+            hits = rag.search("budget hotel", user=user, k=5)
+            assert [h.external_id for h in hits] == ["lc1"]
+            doc = hits[0].to_document()
+            assert doc.page_content == "quarterly budget review" and doc.id == "lc1" and doc.metadata["attrs"]["level"] == "3"
+    finally:
+        rag.close()
