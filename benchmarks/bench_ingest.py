@@ -1,0 +1,236 @@
+"""Ingest through the folder path: throughput, overhead over a bare insert,
+the cost of a re-sync, and what per-chunk metadata does to visibility classes.
+
+A generated folder of real files (Markdown with headings, plain text, HTML,
+PDF via fpdf2 and DOCX via python-docx, in department folders; the words
+are drawn from a fixed vocabulary) is synced into a fresh store:
+
+* throughput — documents/s and chunks/s of ``rag.sync_folder``, with the
+  default model (all-MiniLM-L6-v2) and with the hash encoder;
+* overhead — the same files loaded and chunked by the same loaders, the
+  same vectors encoded, and inserted with a bare pymilvus ``insert`` into a
+  Milvus Lite collection of the same fields (no catalog, no permissions):
+  permrag's time over that;
+* re-sync — 1 % of the files changed, then ``sync_folder`` again: its time
+  as a share of the full ingest (goal ≤ 5 %);
+* visibility classes — how many distinct classes the rows fall into with
+  per-chunk ``source``/``title``/``page``/``heading`` attributes, and with
+  ``policy_attrs=["folder"]`` (classes keyed on the folder alone), and the
+  size of the Milvus filter a one-folder role gets in each case.
+
+    python benchmarks/bench_ingest.py            # 300 files
+    python benchmarks/bench_ingest.py --quick    # 60 files
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import machine, save  # noqa: E402
+
+from permrag import PermRAG  # noqa: E402
+from permrag.embed import resolve_encoder  # noqa: E402
+from permrag.ingest import Chunker  # noqa: E402
+from permrag.ingest.loaders import load_folder  # noqa: E402
+
+DEPTS = ["hr", "eng", "finance", "legal", "sales", "ops"]
+VOCAB = (
+    "budget leave travel hotel pension laptop badge salary audit policy report review security training contract "
+    "invoice customer release deploy incident backup password vendor meeting quarter forecast hiring onboarding "
+    "expense approval director manager team project roadmap design test service network storage cloud privacy"
+).split()
+CHUNK = 500
+
+
+def sentence(rng: random.Random) -> str:
+    words = [rng.choice(VOCAB) for _ in range(rng.randint(6, 16))]
+    return " ".join(words).capitalize() + "."
+
+
+def paragraph(rng: random.Random) -> str:
+    return " ".join(sentence(rng) for _ in range(rng.randint(2, 6)))
+
+
+def make_folder(root: Path, n: int, seed: int = 3) -> None:
+    from fpdf import FPDF
+
+    import docx
+
+    rng = random.Random(seed)
+    for d in DEPTS:
+        (root / d).mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        dept = DEPTS[i % len(DEPTS)]
+        kind = ["md", "txt", "html", "md", "txt", "pdf", "docx", "md", "txt", "html"][i % 10]
+        name = root / dept / f"doc{i:04d}.{kind}"
+        sections = [(f"Part {j}", [paragraph(rng) for _ in range(rng.randint(1, 3))]) for j in range(rng.randint(1, 4))]
+        if kind == "md":
+            name.write_text(f"# Document {i}\n\n" + "\n\n".join(f"## {h}\n\n" + "\n\n".join(ps) for h, ps in sections))
+        elif kind == "txt":
+            name.write_text("\n\n".join(p for _, ps in sections for p in ps))
+        elif kind == "html":
+            body = "".join(f"<h2>{h}</h2>" + "".join(f"<p>{p}</p>" for p in ps) for h, ps in sections)
+            name.write_text(f"<html><head><title>Document {i}</title></head><body><nav>Home</nav><article><h1>Document {i}</h1>{body}</article></body></html>")
+        elif kind == "pdf":
+            pdf = FPDF()
+            pdf.set_title(f"Document {i}")
+            pdf.set_font("Helvetica", size=11)
+            for _, ps in sections:
+                pdf.add_page()
+                pdf.multi_cell(0, 6, "\n\n".join(ps))
+            pdf.output(str(name))
+        else:
+            d = docx.Document()
+            d.add_heading(f"Document {i}", 0)
+            for h, ps in sections:
+                d.add_heading(h, 1)
+                for p in ps:
+                    d.add_paragraph(p)
+            d.save(str(name))
+
+
+def bare_insert(tmp: Path, folder: Path, encoder) -> dict:
+    """The same files loaded, chunked and encoded, inserted with pymilvus alone."""
+    from pymilvus import DataType, MilvusClient
+
+    t0 = time.perf_counter()
+    report = load_folder(folder)
+    chunker = Chunker(CHUNK, 50)
+    texts = [c.text for d in report.documents for c in chunker.chunks(d["text"], d["sections"])]
+    t1 = time.perf_counter()
+    vecs = encoder.encode(texts)
+    t2 = time.perf_counter()
+    client = MilvusClient(str(tmp / "bare.db"))
+    s = client.create_schema(auto_id=False)
+    s.add_field("row_id", DataType.INT64, is_primary=True)
+    s.add_field("text", DataType.VARCHAR, max_length=65535)
+    s.add_field("dense", DataType.FLOAT_VECTOR, dim=vecs.shape[1])
+    ip = client.prepare_index_params()
+    ip.add_index("dense", index_type="FLAT", metric_type="COSINE")
+    client.create_collection("bare", schema=s, index_params=ip)
+    rows = [{"row_id": i, "text": t, "dense": v.tolist()} for i, (t, v) in enumerate(zip(texts, vecs))]
+    for j in range(0, len(rows), 1000):
+        client.insert("bare", rows[j : j + 1000])
+    client.flush("bare")
+    t3 = time.perf_counter()
+    client.close()
+    return {"load_chunk_s": t1 - t0, "encode_s": t2 - t1, "insert_s": t3 - t2, "total_s": t3 - t0, "chunks": len(texts)}
+
+
+def classes(rag: PermRAG) -> int:
+    return len({r.vclass for r in rag.rows(rag.catalog.live_ids())})
+
+
+def one_folder_filter(rag: PermRAG) -> dict:
+    rag.policy.add_role("eng")
+    rag.policy.grant("eng", "folder:eng")
+    rag.policy.assign_user("e", "eng")
+    plan = rag.plan("e")
+    return {"plan": plan.kind, "strategy": getattr(plan, "strategy", ""), "expr_chars": len(getattr(plan, "expr", "") or "")}
+
+
+def run(tmp: Path, folder: Path, n: int, encoder_name: str) -> dict:
+    enc = resolve_encoder(None if encoder_name == "default" else encoder_name)
+    enc.encode(["warm up"])  # model load is not ingest time
+    home = tmp / f"h-{encoder_name}"
+    rag = PermRAG.open(home, encoder=enc, chunk_size=CHUNK, chunk_overlap=50)
+    t0 = time.perf_counter()
+    rep = rag.sync_folder(folder)
+    full_s = time.perf_counter() - t0
+    assert not rep.failed and len(rep.added) == n, rep.describe()
+    chunks = len(rag.catalog.live_ids())
+    out = {"encoder": enc.name, "files": n, "chunks": chunks, "full_s": full_s, "docs_per_s": n / full_s, "chunks_per_s": chunks / full_s,
+           "classes": classes(rag), "one_folder_filter": one_folder_filter(rag)}
+    # re-sync after 1 % of the files changed (at least one)
+    rng = random.Random(11)
+    files = sorted(p for p in folder.rglob("*.md")) + sorted(p for p in folder.rglob("*.txt"))
+    changed = rng.sample(files, max(1, n // 100))
+    for f in changed:
+        f.write_text(f.read_text() + "\n\nAn added closing paragraph about the travel budget.\n")
+    t0 = time.perf_counter()
+    rep = rag.sync_folder(folder)
+    out["resync_s"] = time.perf_counter() - t0
+    assert sorted(rep.changed) == sorted(f.relative_to(folder).as_posix() for f in changed), rep.describe()
+    out["resync_changed"] = len(rep.changed)
+    out["resync_share"] = out["resync_s"] / full_s
+    t0 = time.perf_counter()
+    rep = rag.sync_folder(folder)
+    out["noop_sync_s"] = time.perf_counter() - t0
+    rag.close()
+    for f in changed:  # back to what the other encoder's run sees
+        f.write_text(f.read_text().replace("\n\nAn added closing paragraph about the travel budget.\n", ""))
+    (tmp / f"bare-{encoder_name}").mkdir()
+    bare = out["bare"] = bare_insert(tmp / f"bare-{encoder_name}", folder, enc)
+    out["overhead"] = full_s / bare["total_s"]
+    # the same folder with classes keyed on the folder alone
+    rag = PermRAG.open(tmp / f"p-{encoder_name}", encoder=enc, chunk_size=CHUNK, chunk_overlap=50, policy_attrs=["folder"])
+    t0 = time.perf_counter()
+    rag.sync_folder(folder)
+    out["policy_attrs_full_s"] = time.perf_counter() - t0
+    out["policy_attrs_classes"] = classes(rag)
+    out["policy_attrs_filter"] = one_folder_filter(rag)
+    rag.close()
+    return out
+
+
+def table(results: list[dict]) -> str:
+    lines = [
+        "| encoder | files | chunks | full sync | docs/s | chunks/s | bare pymilvus (load+chunk / encode / insert) | overhead | re-sync, 1 % changed | share of full | no-op sync |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        b = r["bare"]
+        lines.append(
+            f"| {r['encoder']} | {r['files']} | {r['chunks']:,} | {r['full_s']:.2f} s | {r['docs_per_s']:.1f} | {r['chunks_per_s']:.0f} | "
+            f"{b['total_s']:.2f} s ({b['load_chunk_s']:.2f} / {b['encode_s']:.2f} / {b['insert_s']:.2f}) | {r['overhead']:.2f}× | "
+            f"{r['resync_s']:.2f} s ({r['resync_changed']} files) | {100 * r['resync_share']:.1f} % | {r['noop_sync_s']:.2f} s |"
+        )
+    lines += [
+        "",
+        "Visibility classes (catalog/allocation.py keys a class on every attribute unless `policy_attrs` is set):",
+        "",
+        "| encoder | classes, all attributes | filter for a one-folder role | classes, `policy_attrs=[\"folder\"]` | filter | full sync with policy_attrs |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        f, g = r["one_folder_filter"], r["policy_attrs_filter"]
+        lines.append(
+            f"| {r['encoder']} | {r['classes']:,} | {f['plan']} {f['strategy']}, {f['expr_chars']:,} chars | {r['policy_attrs_classes']:,} | "
+            f"{g['plan']} {g['strategy']}, {g['expr_chars']:,} chars | {r['policy_attrs_full_s']:.2f} s |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args(argv)
+    n = 60 if args.quick else 300
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "docs"
+        make_folder(folder, n)
+        for name in ("hash", "default"):
+            print(f"{name}…", flush=True)
+            results.append(run(Path(tmp), folder, n, name))
+        shutil.rmtree(folder)
+    text = f"Folder ingest ({machine()}); {n} generated files (Markdown, text, HTML, PDF, DOCX), chunks of {CHUNK} characters.\n\n" + table(results)
+    print(text)
+    data = {"machine": machine(), "results": results}
+    save("ingest", args.quick, data, text)
+    return data
+
+
+if __name__ == "__main__":
+    main()
