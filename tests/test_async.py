@@ -179,3 +179,15 @@ def test_one_pool_serves_every_store_call(tmp_path, request) -> None:
         assert rag.aio.threads == 2
     finally:
         rag.close()
+
+
+def test_the_readme_async_snippet_runs_as_written(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from .test_readme import blocks, env_for
+
+    (code,) = blocks("async")
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env_for(tmp_path, PERMRAG_ENCODER="hash"), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip() == "200 answers, all {'hr-leave'}"

@@ -158,3 +158,13 @@ def test_the_module_imports_without_llama_index() -> None:
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert 'pip install "permrag[llamaindex]"' in res.stdout
+
+
+def test_the_readme_llamaindex_snippet_runs_as_written(tmp_path) -> None:
+    from .test_readme import blocks, env_for
+
+    (code,) = blocks("llamaindex")
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env_for(tmp_path, PERMRAG_ENCODER="hash"), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.startswith("hr-leave ") and "policy version 3" in res.stdout
+    assert res.stdout.strip().endswith("['hr-leave']") and "hr-pay" not in res.stdout

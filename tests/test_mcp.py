@@ -313,3 +313,14 @@ def test_token_commands(tmp_path) -> None:
     rag = PermRAG.open(home, catalog_only=True)
     assert Tokens(rag.catalog.engine).lookup(token) is None
     rag.close()
+
+
+def test_the_readme_mcp_snippet_runs_as_written(tmp_path) -> None:
+    from .test_readme import blocks, env_for
+
+    (script,) = blocks("mcp")
+    res = subprocess.run(["bash", "-e", "-c", script], cwd=tmp_path, env=env_for(tmp_path), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    out = res.stdout
+    assert "[leave] Parental leave is 20 weeks." in out and "Salary" not in out
+    assert "no: there is no document 'pay' that you may read" in out and "refused: user is not an argument" in out
