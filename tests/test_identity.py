@@ -455,3 +455,14 @@ def test_cli_identity_workflow(tmp_path) -> None:
         r = run_cli(home, *args)
         lines = [line for line in r.output.strip().splitlines() if line.strip()]
         assert r.exit_code == 1 and "Traceback" not in r.output and len(lines) == 1 and needle in r.output, r.output
+
+
+def test_the_readme_identity_snippet_runs_as_written(tmp_path) -> None:
+    from tests.test_readme import blocks, env_for
+
+    (code,) = blocks("identity")
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env_for(tmp_path, PERMRAG_ENCODER="hash"), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = res.stdout
+    assert "bob@example.com CAN read 'design' (tenant 'default'): bob@example.com → group:platform → group:engineering — allow group:engineering in the ACL of the folder /eng" in out
+    assert "'users': ['alice@example.com', 'bob@example.com']" in out and out.rstrip().endswith("False")
