@@ -32,24 +32,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import machine, save  # noqa: E402
+from common import machine, save
 
-from permrag import PermRAG  # noqa: E402
-from permrag.embed import resolve_encoder  # noqa: E402
-from permrag.ingest import Chunker  # noqa: E402
-from permrag.ingest.loaders import load_folder  # noqa: E402
+from permrag import PermRAG
+from permrag.embed import resolve_encoder
+from permrag.ingest import Chunker
+from permrag.ingest.loaders import load_folder
 
 DEPTS = ["hr", "eng", "finance", "legal", "sales", "ops"]
-VOCAB = (
-    "budget leave travel hotel pension laptop badge salary audit policy report review security training contract "
-    "invoice customer release deploy incident backup password vendor meeting quarter forecast hiring onboarding "
-    "expense approval director manager team project roadmap design test service network storage cloud privacy"
-).split()
+VOCAB = ["budget", "leave", "travel", "hotel", "pension", "laptop", "badge", "salary", "audit", "policy", "report", "review", "security", "training", "contract", "invoice", "customer", "release", "deploy", "incident", "backup", "password", "vendor", "meeting", "quarter", "forecast", "hiring", "onboarding", "expense", "approval", "director", "manager", "team", "project", "roadmap", "design", "test", "service", "network", "storage", "cloud", "privacy"]
 CHUNK = 500
 
 
@@ -63,9 +57,8 @@ def paragraph(rng: random.Random) -> str:
 
 
 def make_folder(root: Path, n: int, seed: int = 3) -> None:
-    from fpdf import FPDF
-
     import docx
+    from fpdf import FPDF
 
     rng = random.Random(seed)
     for d in DEPTS:

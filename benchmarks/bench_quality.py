@@ -46,11 +46,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import machine, save  # noqa: E402
-from corpora import chatterbot_pairs  # noqa: E402
+from common import machine, save
+from corpora import chatterbot_pairs
 
-from permrag import PermRAG  # noqa: E402
-from permrag.embed import resolve_encoder  # noqa: E402
+from permrag import PermRAG
+from permrag.embed import resolve_encoder
 
 K = 10
 POOLS = (10, 20, 40, 100)  # candidates per list before fusion, tried on the dev split
@@ -257,11 +257,15 @@ def evaluate(language: str, home: Path, max_queries: int | None) -> dict:
 def table(res: dict) -> str:
     t = res["tuned_on_dev"]
     lines = [
-        f"### {res['language'].capitalize()}: {res['rows']:,} rows, {res['queries']:,} test queries, {res['departments']} departments; "
-        f"encoder {res['encoder']}, BM25 analyzer `{res['analyzer']}`",
+        (
+            f"### {res['language'].capitalize()}: {res['rows']:,} rows, {res['queries']:,} test queries, {res['departments']} departments; "
+            f"encoder {res['encoder']}, BM25 analyzer `{res['analyzer']}`"
+        ),
         "",
-        f"Chosen on the {t['dev_queries']:,} dev queries: RRF pool {t['rrf_pool']}; weighted fusion {t['weight']:g}/{1 - t['weight']:.2g}, "
-        f"pool {t['weighted_pool']}. `rag.search` fuses the top k of each list unless given `pool`.",
+        (
+            f"Chosen on the {t['dev_queries']:,} dev queries: RRF pool {t['rrf_pool']}; weighted fusion {t['weight']:g}/{1 - t['weight']:.2g}, "
+            f"pool {t['weighted_pool']}. `rag.search` fuses the top k of each list unless given `pool`."
+        ),
         "",
         "| mode | nDCG@10 | recall@10 | with permissions (1–3 depts): nDCG@10 | same queries, no permissions | = exact filtered | = brute force |",
         "|---|---|---|---|---|---|---|",

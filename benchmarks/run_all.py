@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_compile  # noqa: E402
+import bench_ingest  # noqa: E402
 import bench_peers  # noqa: E402
 import bench_quality  # noqa: E402
 import bench_recommend  # noqa: E402
@@ -32,6 +33,7 @@ STEPS = [
     ("search", bench_search.main, []),
     ("recommend", bench_recommend.main, []),
     ("quality", bench_quality.main, []),
+    ("ingest", bench_ingest.main, []),
     ("peers", bench_peers.main, []),
 ]
 

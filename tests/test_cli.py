@@ -164,8 +164,8 @@ def test_ingest_a_folder_with_folder_attrs_and_sidecars(tmp_path) -> None:
     res = runner.invoke(main, h + ["ingest", str(src), "--encoder", "hash", "--folder-attrs", "dept,level"])
     assert res.exit_code == 0, res.output
     with PermRAG.open(tmp_path / "h", catalog_only=True) as rag:
-        assert rag.row("hr/public/leave.md").attrs == {"dept": "hr", "level": "public"}
-        assert rag.row("eng/deploy.txt").attrs == {"dept": "eng", "level": "internal"}
+        assert rag.row("hr/public/leave.md").attrs == {"dept": "hr", "level": "public", "source": "hr/public/leave.md"}
+        assert rag.row("eng/deploy.txt").attrs == {"dept": "eng", "level": "internal", "source": "eng/deploy.txt"}
 
 
 def test_missing_home_and_unreachable_milvus(tmp_path) -> None:

@@ -14,7 +14,7 @@ from permrag import ArgumentError, ConfigError, PermRAG
 from permrag.embed import HashEncoder
 from permrag.search.execute import fuse
 
-WORDS = "budget leave travel hotel pension laptop badge salary audit policy report review security training".split()
+WORDS = ["budget", "leave", "travel", "hotel", "pension", "laptop", "badge", "salary", "audit", "policy", "report", "review", "security", "training"]
 DEPTS = ["hr", "eng", "fin", "ops"]
 
 

@@ -12,7 +12,15 @@ from click.testing import CliRunner
 
 from permrag import CatalogError, PermRAG
 from permrag.cli import main
-from permrag.ingest.loaders import Parsed, Section, load_folder, load_path, loader_for, register_loader, unregister_loader
+from permrag.ingest.loaders import (
+    Parsed,
+    Section,
+    load_folder,
+    load_path,
+    loader_for,
+    register_loader,
+    unregister_loader,
+)
 
 from .helpers.files import LATIN1, MD, PDF_PAGES, UTF16, make_folder, write_pdf
 

@@ -112,7 +112,7 @@ def test_metadata_only_changes_go_through_the_one_update_call(world) -> None:
 
 
 def test_files_gone_are_deleted_and_renames_are_delete_plus_add(world) -> None:
-    rag, folder, enc = world
+    rag, folder, _enc = world
     rag.sync_folder(folder)
     (folder / "eng" / "security.rst").unlink()
     (folder / "hr" / "expenses.pdf").rename(folder / "hr" / "travel.pdf")
@@ -129,7 +129,7 @@ def test_files_gone_are_deleted_and_renames_are_delete_plus_add(world) -> None:
 
 
 def test_an_unreadable_change_keeps_the_stored_version(world) -> None:
-    rag, folder, enc = world
+    rag, folder, _enc = world
     rag.sync_folder(folder)
     before = live_rows(rag)
     (folder / "hr" / "onboarding.docx").write_bytes(b"PK\x03\x04 truncated")
@@ -140,7 +140,7 @@ def test_an_unreadable_change_keeps_the_stored_version(world) -> None:
 
 
 def test_tenants_and_folders_sync_independently(world, tmp_path) -> None:
-    rag, folder, enc = world
+    rag, folder, _enc = world
     rag.sync_folder(folder)
     rag.sync_folder(folder, tenant="t2")
     (folder / "eng" / "cafe.txt").unlink()
@@ -154,7 +154,7 @@ def test_tenants_and_folders_sync_independently(world, tmp_path) -> None:
 
 
 def test_progress_counts_every_file_to_the_end(world) -> None:
-    rag, folder, enc = world
+    rag, folder, _enc = world
     seen = []
     rag.sync_folder(folder, progress=seen.append)
     assert seen[0].done == 0 and seen[-1].done == seen[-1].files == 11  # 7 documents, 2 failed, 2 skipped
@@ -169,7 +169,7 @@ def test_dry_run_writes_nothing(world) -> None:
 
 
 def test_changed_chunk_settings_reembed_everything(world, tmp_path) -> None:
-    rag, folder, enc = world
+    rag, folder, _enc = world
     rag.sync_folder(folder)
     rag.close()
     rag2 = PermRAG.open(tmp_path / "h", encoder=CountingEncoder(), chunk_size=400, chunk_overlap=10)
