@@ -8,6 +8,6 @@ token names the user). See :mod:`permrag.mcp.server` and
 
 from .auth import AnyOf, JWTVerifier, Principal, TableVerifier
 from .server import build_server, serve
-from .tokens import Tokens, TokenInfo
+from .tokens import TokenInfo, Tokens
 
 __all__ = ["AnyOf", "JWTVerifier", "Principal", "TableVerifier", "TokenInfo", "Tokens", "build_server", "serve"]

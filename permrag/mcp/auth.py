@@ -29,8 +29,8 @@ from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken, TokenVerifier
 from mcp.server.mcpserver.exceptions import ToolError
 
-from ..catalog import DEFAULT_TENANT
 from ..access import check_principal
+from ..catalog import DEFAULT_TENANT
 from ..errors import ArgumentError, ConfigError
 from .tokens import Tokens
 

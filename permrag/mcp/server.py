@@ -22,8 +22,8 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any, Callable, Literal
 
-from mcp.server.auth.settings import AuthSettings
 from mcp.server.auth.provider import TokenVerifier
+from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent
