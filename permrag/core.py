@@ -12,6 +12,7 @@ import importlib
 import logging
 import os
 import threading
+import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from pyroaring import FrozenBitMap
@@ -26,7 +27,9 @@ from .embed import Encoder
 from .errors import BackendError, ConfigError
 from .ingest import MAX_DOCUMENT_CHARS, Chunker, Ingester, add_generated, reconcile
 from .ingest.sync import SyncReport, sync_folder
+from .ingest.update import KEEP, update_metadata
 from .policy import Policy
+from .policy.identity import Identity
 from .repair import RepairReport
 from .results import Hits, Stats
 from .search import LITE, SERVER, Plan, Planner, Searcher
@@ -61,6 +64,7 @@ class PermRAG:
         max_document_chars: int = MAX_DOCUMENT_CHARS,
         audit: str = "sync",
         async_workers: int = DEFAULT_WORKERS,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         if chunk_size > 16_000:
             raise ConfigError("chunk_size is at most 16000 characters (Milvus VARCHAR holds 65535 bytes)")
@@ -71,6 +75,7 @@ class PermRAG:
         self._stale_ingest_after = stale_ingest_after
         self._lock = threading.RLock()  # the state lock: policy, catalog index and compiler caches
         self._options = dict(allocation=allocation, policy_attrs=policy_attrs, audit=audit, max_document_chars=max_document_chars)
+        self._clock = clock or (lambda: time.time())  # when expiring access ends (tests pass a fake clock)
         self._chunker = Chunker(chunk_size, chunk_overlap, chunk_unit)
         self._catalog_only = catalog_only
         self._encoder = encoder if encoder is not None else settings.encoder
@@ -129,7 +134,8 @@ class PermRAG:
         o = self._options
         self.policy = Policy(self._engine, self._lock)
         self.catalog = Catalog(self._engine, self._lock, allocation=o["allocation"], policy_attrs=o["policy_attrs"])
-        self.compiler = Compiler(self.catalog, self.policy, self._lock)
+        self.compiler = Compiler(self.catalog, self.policy, self._lock, self._clock)
+        self.identity = Identity(self.policy)
         self.access = Access(self._engine, self.policy, self.catalog, self.compiler, self._lock)
         self.binding = None if self._catalog_only else Binding(self._engine, self._make_backend, self._collection, self._encoder)
         self._audit = AuditLog(self._engine, o["audit"])
@@ -223,6 +229,10 @@ class PermRAG:
         """Make ``tenant``'s documents from folder ``path`` equal to its files: see :mod:`permrag.ingest.sync`."""
         return sync_folder(self.ingester, path, tenant=tenant, update_metadata=getattr(self, "update_metadata", None), **options)
 
+    def update_metadata(self, external_id: str, *, tenant: str = DEFAULT_TENANT, attrs: Any = KEEP, acl: Any = KEEP) -> list[int]:
+        """Change a document's ``attrs`` and/or ``acl`` (None removes it) without re-encoding; atomic. See :mod:`permrag.ingest.update`."""
+        return update_metadata(self.ingester, external_id, tenant=tenant, attrs=attrs, acl=acl)
+
     def delete(self, external_ids: Sequence[str] | str, *, tenant: str = DEFAULT_TENANT) -> int:
         """Delete rows and whole documents by external id; returns how many rows."""
         return self.ingester.delete(external_ids, tenant=tenant)
@@ -262,7 +272,7 @@ class PermRAG:
 
     def enforcer(self) -> Any:
         """A casbin ``Enforcer`` over the stored rules (``enforce(user, tenant, row, "read")``)."""
-        return build_enforcer(self._engine)
+        return build_enforcer(self._engine, self._clock())
 
     # ------------------------------------------------------------------ search
     def plan(self, user: str, tenant: str = DEFAULT_TENANT) -> Plan:

@@ -151,7 +151,7 @@ def worlds(draw) -> World:
     for path in draw(st.lists(st.sampled_from(FOLDERS), max_size=3, unique=True)):
         fa = dict(draw(st.lists(entry, max_size=2)))
         fd = dict(draw(st.lists(entry, max_size=1)))
-        w.folders[path] = ([(("role:" + p) if ":" not in p else p, t) for p, t in fa.items()], [(p, t) for p, t in fd.items()], draw(st.booleans()))
+        w.folders[path] = ([(("role:" + p) if ":" not in p else p, t) for p, t in fa.items()], [(("role:" + p) if ":" not in p else p, t) for p, t in fd.items()], draw(st.booleans()))
     for i in range(draw(st.integers(3, 12))):
         doc = {"external_id": f"d{i}", "attrs": {"dept": draw(st.sampled_from(depts))}}
         if draw(st.booleans()):

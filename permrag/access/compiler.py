@@ -51,6 +51,10 @@ log = logging.getLogger(__name__)
 EMPTY = FrozenBitMap()
 
 
+def _wall() -> float:
+    return time.time()  # looked up at each call, so a patched time.time (freezegun, tests) is seen
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """One request's view: versions, the caller's bitmap and the tenant's rows."""
@@ -66,11 +70,11 @@ class Snapshot:
 class Compiler:
     """Computes and caches visible bitmaps for one catalog and policy."""
 
-    def __init__(self, catalog: Catalog, policy: Policy, lock: threading.RLock, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, catalog: Catalog, policy: Policy, lock: threading.RLock, clock: Callable[[], float] | None = None) -> None:
         self.catalog = catalog
         self.policy = policy
         self.lock = lock
-        self.clock = clock
+        self.clock = clock or _wall
         self._acls: dict[str, TenantAcls] = {}
         self._until: dict[str, float | None] = {}  # tenant → when its caches expire (None: never)
         self._sel: dict[str, dict[str, FrozenBitMap]] = defaultdict(dict)

@@ -189,7 +189,8 @@ class Access:
         Users are every user the tenant knows — assigned a role, in a group,
         or named by an ACL — who can read it, however they reach it (through
         nested groups included). A group or role is listed when a member
-        holding only it could read it."""
+        holding only it could read it; ``groups`` is there when the tenant
+        has groups."""
         self.sync()
         ids = self.row_ids(self.row(external_id, tenant))
         with self.lock:
@@ -198,7 +199,10 @@ class Access:
             users = sorted(u for u in tp.users() | named if all(i in self.compiler.visible(u, tenant) for i in ids))
             groups = sorted(g for g in tp.groups() if all(i in self.compiler.group_visible(g, tenant) for i in ids))
             roles = sorted(r for r in tp.roles if all(i in self.compiler.role_visible(r, tenant) for i in ids))
-        return {"users": users, "groups": groups, "roles": roles}
+        out = {"users": users, "roles": roles}
+        if tp.groups():
+            out["groups"] = groups
+        return out
 
     def lint(self, tenant: str) -> list[dict[str, Any]]:
         self.sync()

@@ -192,12 +192,12 @@ def explain(ctx, external_id, as_user, tenant, as_json) -> None:
 @json_opt
 @click.pass_context
 def who_can_see(ctx, external_id, tenant, as_json) -> None:
-    """The users and roles that can read a row or a whole document."""
+    """The users (through groups too), groups and roles that can read a row or a whole document."""
     with store(ctx, catalog_only=True) as rag:
         rag.sync()
         rag.access.check_tenant_known(tenant)
         data = rag.who_can_see(external_id, tenant)
-        emit(as_json, data, lambda: click.echo(f"users: {', '.join(data['users']) or '(none)'}\nroles: {', '.join(data['roles']) or '(none)'}"))
+        emit(as_json, data, lambda: click.echo("\n".join(f"{k}: {', '.join(v) or '(none)'}" for k, v in data.items())))
 
 
 @main.command(cls=StoreCommand)

@@ -158,7 +158,9 @@ class Ingester:
                 backend.flush(no)
         return ids
 
-    def _batch(self, specs: list[RowSpec], texts: list[str], hint: dict, replace: bool, touched: set[int], step: Callable[[int], None] | None = None) -> list[int]:
+    def _batch(
+        self, specs: list[RowSpec], texts: list[str], hint: dict, replace: bool, touched: set[int], step: Callable[[int], None] | None = None, vectors: Any = None
+    ) -> list[int]:
         if self.binding is None:
             batch = self.catalog.prepare(specs, hint, replace=replace)
             try:
@@ -168,7 +170,8 @@ class Ingester:
                 raise
             return batch.row_ids
         binding = self.binding
-        vectors = self._encode(texts, step)
+        if vectors is None:  # given: a metadata update re-inserting stored vectors (ingest/update.py)
+            vectors = self._encode(texts, step)
         backend = binding.backend()
         numbers = {t: self.catalog.tenants.ensure(t) for t in {s.tenant for s in specs}}
         for no in numbers.values():

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..acl import parse_acl
-from ..catalog import RowRecord, RowSpec
+from ..catalog import RowSpec
 from ..errors import BackendError, CatalogError, UnknownRowError
 from ..names import check_attrs, check_external_id, check_tenant
 from .ingest import Ingester
@@ -25,15 +25,13 @@ from .ingest import Ingester
 KEEP: Any = object()  # "leave as it is"
 
 
-def _doc_level(rows: list[RowRecord]) -> set[str]:
-    """Attributes every chunk has with one value: the document's own (others are per chunk: page, heading …)."""
-    first = rows[0].attrs
-    return {k for k, v in first.items() if all(r.attrs.get(k) == v for r in rows[1:])}
+CHUNK_ATTRS = ("page", "heading")  # set per chunk by chunking: kept unless ``attrs`` names them
 
 
 def update_metadata(ingester: Ingester, external_id: str, *, tenant: str, attrs: Mapping[str, Any] | None | Any = KEEP, acl: Any = KEEP) -> list[int]:
-    """Replace the document's attributes (``attrs``; per-chunk ones such as a
-    chunk's page are kept) and/or its ACL (``acl``; None removes it). Returns the new row IDs."""
+    """Replace the document's attributes (``attrs``; each chunk's own ``page`` and
+    ``heading`` are kept unless ``attrs`` gives them) and/or its ACL (``acl``;
+    None removes it). Returns the new row IDs."""
     ext = check_external_id("external id", external_id)
     tenant = check_tenant(tenant)
     catalog = ingester.catalog
@@ -47,10 +45,9 @@ def update_metadata(ingester: Ingester, external_id: str, *, tenant: str, attrs:
         raise CatalogError(f"{ext!r} is derived content: its visibility follows its sources; it has no metadata of its own to update")
     new_attrs = None if attrs is KEEP else check_attrs(attrs)
     new_acl = rows[0].acl if acl is KEEP else parse_acl(acl, f"acl of {ext!r}")
-    shared = _doc_level(rows)
     specs = []
     for r in rows:
-        row_attrs = r.attrs if new_attrs is None else {**{k: v for k, v in r.attrs.items() if k not in shared}, **new_attrs}
+        row_attrs = r.attrs if new_attrs is None else {**{k: v for k, v in r.attrs.items() if k in CHUNK_ATTRS}, **new_attrs}
         specs.append(RowSpec(r.external_id, tenant, row_attrs, r.parent, (), chunk_of=ext if chunked else None, acl=new_acl))
     if all(s.attrs == r.attrs and s.acl == r.acl for s, r in zip(specs, rows)):
         return [r.row_id for r in rows]

@@ -113,8 +113,9 @@ def document(root: Path, f: Path, parsed: Parsed, folder_attrs: Sequence[str] | 
         "attrs": attrs,
         "sections": [{"text": s.text, "page": s.page, "heading": label(s.heading)} for s in parsed.sections if s.text.strip()],
     }
-    if acl is not None:
-        doc["acl"] = acl
+    # Every file sits in its folder: folder ACLs (rag.identity.set_folder_acl)
+    # reach it unless its sidecar's acl says "inherit": false.
+    doc["acl"] = {"folder": "/" + "/".join(parts), **acl} if isinstance(acl, dict) else acl if acl is not None else {"folder": "/" + "/".join(parts)}
     return doc
 
 
