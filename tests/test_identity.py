@@ -437,7 +437,7 @@ def test_cli_identity_workflow(tmp_path) -> None:
     assert r.exit_code == 0 and "would change" in r.output and "+ user:carol@example.com in group:platform" in r.output
     r = run_cli(home, "identity", "sync", str(DATA / "directory.scim.json"))
     assert r.exit_code == 0 and "9 memberships added" in r.output, r.output
-    r = run_cli(home, "explain", "carol@example.com", "plan")
+    r = run_cli(home, "explain", "--as", "carol@example.com", "plan")
     assert r.exit_code == 0 and "carol@example.com → group:platform → group:engineering" in r.output, r.output
     r = run_cli(home, "who-can-see", "plan")
     assert r.exit_code == 0 and "carol@example.com" in r.output and "erin@example.com" not in r.output

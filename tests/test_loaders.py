@@ -105,8 +105,8 @@ def test_sidecars_give_attrs_and_acl_and_bad_ones_fail_alone(tmp_path) -> None:
     rep = load_folder(root)
     a, b = doc(rep, "a.txt"), doc(rep, "b.txt")
     assert a["attrs"] == {"source": "a.txt", "level": 3, "public": True, "tags": ["x", 2]}
-    assert a["acl"] == {"allow": ["user:bob"]}
-    assert b["attrs"] == {"source": "b.txt", "dept": "eng"} and "acl" not in b
+    assert a["acl"] == {"folder": "/", "allow": ["user:bob"]}  # files sit in their folder (for folder ACLs)
+    assert b["attrs"] == {"source": "b.txt", "dept": "eng"} and b["acl"] == {"folder": "/"}  # no entries of its own
     assert [p for p, _ in rep.failed] == ["c.txt"] and "not JSON" in rep.failed[0][1]
 
 

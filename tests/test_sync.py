@@ -107,7 +107,7 @@ def test_metadata_only_changes_go_through_the_one_update_call(world) -> None:
     n, rows = len(enc.texts), live_rows(rag)
     rep = sync.sync(folder)
     assert rep.metadata == ["eng/cafe.txt"]
-    assert calls == [("eng/cafe.txt", "default", {"folder": "eng", "source": "eng/cafe.txt", "dept": "ops"}, {"allow": ["user:bob"]})]
+    assert calls == [("eng/cafe.txt", "default", {"folder": "eng", "source": "eng/cafe.txt", "dept": "ops"}, {"folder": "/eng", "allow": ["user:bob"]})]
     assert len(enc.texts) == n and live_rows(rag) == rows  # nothing encoded or written by the sync itself
 
 
