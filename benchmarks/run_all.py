@@ -19,7 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_async  # noqa: E402
 import bench_compile  # noqa: E402
+import bench_identity  # noqa: E402
 import bench_ingest  # noqa: E402
 import bench_peers  # noqa: E402
 import bench_quality  # noqa: E402
@@ -34,6 +36,8 @@ STEPS = [
     ("recommend", bench_recommend.main, []),
     ("quality", bench_quality.main, []),
     ("ingest", bench_ingest.main, []),
+    ("identity", bench_identity.main, []),
+    ("async", bench_async.main, []),
     ("peers", bench_peers.main, []),
 ]
 
