@@ -466,3 +466,29 @@ def test_the_readme_identity_snippet_runs_as_written(tmp_path) -> None:
     out = res.stdout
     assert "bob@example.com CAN read 'design' (tenant 'default'): bob@example.com → group:platform → group:engineering — allow group:engineering in the ACL of the folder /eng" in out
     assert "'users': ['alice@example.com', 'bob@example.com']" in out and out.rstrip().endswith("False")
+
+
+def test_policy_csv_round_trip_keeps_groups_folders_and_expiry(tmp_path) -> None:
+    clock = Clock(T0)
+    a = PermRAG.open(tmp_path / "a", catalog_only=True, clock=clock)
+    a.policy.add_role("reader")
+    a.policy.grant("reader", "dept:eng", expires_at=T0 + 100)
+    a.policy.assign_user("reader", "reader", expires_at=T0 + 50)  # a user called like the role
+    a.identity.sync(DATA / "directory.csv")
+    a.identity.assign_group("engineering", "reader")
+    a.identity.add_member("finance", "user:zoe", expires_at=T0 + 10)
+    a.identity.set_folder_acl("/eng", allow=["group:finance", {"principal": "user:kim", "expires_at": T0 + 20}], deny=["role:reader"], inherit=False)
+    docs = [{"external_id": f"d{i}", "attrs": {"dept": "eng"}, "acl": {"folder": "/eng/x" if i % 2 else "/other"}} for i in range(6)]
+    a.add_documents(docs)
+    text = a.policy.export_csv()
+    b = PermRAG.open(tmp_path / "b", catalog_only=True, clock=clock)
+    b.add_documents(docs)
+    b.policy.import_text(text)
+    assert b.policy.export_csv().split("\n", 1)[1] == text.split("\n", 1)[1]
+    users = ["reader", "zoe", "kim", "carol@example.com", "dave@example.com", "nobody"]
+    for now in (T0, T0 + 15, T0 + 60, T0 + 200):
+        clock.t = now
+        assert [list(a.visible(u)) for u in users] == [list(b.visible(u)) for u in users], now
+    assert any(f["kind"] == "expired" for f in a.lint())
+    a.close()
+    b.close()

@@ -6,6 +6,7 @@ from typing import Any
 
 from pyroaring import BitMap
 
+from ..names import show_time
 from ..policy import Policy
 from .compiler import Compiler
 
@@ -17,7 +18,9 @@ def lint(policy: Policy, compiler: Compiler, tenant: str) -> list[dict[str, Any]
     * ``shadowed``: every row an allow rule selects is denied to the role
       (by its own deny rules or those of roles it inherits);
     * ``empty-role``: a role with no rules that inherits nothing;
-    * ``unused-role``: a role that no user holds, directly or through others.
+    * ``unused-role``: a role that no user holds, directly or through others;
+    * ``expired``: a rule, assignment or membership whose expiry has passed
+      (it counts for nothing; remove it to keep exports short).
 
     Unknown roles and cycles cannot be stored (grant, assign and import refuse
     them), so a stored policy never has them. Call it under the state lock
@@ -43,4 +46,10 @@ def lint(policy: Policy, compiler: Compiler, tenant: str) -> list[dict[str, Any]
             findings.append({"kind": "empty-role", "role": role, "selector": None, "message": f"role {role!r} has no rules and inherits nothing"})
         if role not in held:
             findings.append({"kind": "unused-role", "role": role, "selector": None, "message": f"no user holds role {role!r}"})
+    now = compiler.clock()
+    for key, t in sorted(tp.expires.items()):
+        if t <= now:
+            what = f"{key[3]} {key[2]} of role {key[1]!r}" if key[0] == "p" else f"{key[1]} → {key[2]}"
+            findings.append({"kind": "expired", "role": key[1] if key[0] == "p" else None, "selector": key[2] if key[0] == "p" else None,
+                             "message": f"{what} expired at {show_time(t)}"})
     return findings
