@@ -16,6 +16,7 @@ import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -23,6 +24,7 @@ from hypothesis import strategies as st
 from permrag import PermRAG
 from permrag.errors import IdentityFileError, PermragError, PolicyError
 from permrag.policy.directory import Directory
+from tests.conftest import milvus_ids
 
 DATA = Path(__file__).parent / "data" / "identity"
 
@@ -492,3 +494,35 @@ def test_policy_csv_round_trip_keeps_groups_folders_and_expiry(tmp_path) -> None
     assert any(f["kind"] == "expired" for f in a.lint())
     a.close()
     b.close()
+
+
+def test_acl_update_is_metadata_only_and_atomic(tmp_path) -> None:
+    from permrag.embed import HashEncoder
+
+    class Counting(HashEncoder):
+        calls = 0
+
+        def encode(self, texts):
+            Counting.calls += len(texts)
+            return super().encode(texts)
+
+    rag = PermRAG.open(tmp_path, encoder=Counting(64), chunk_size=200, chunk_overlap=0)
+    long = " ".join(f"word{i} budget plan" for i in range(200))
+    rag.add_documents([{"external_id": "big", "text": long, "attrs": {"dept": "eng"}, "acl": {"allow": ["user:ann"]}}])
+    before_rows = {r.external_id: r for r in rag.row("big").chunks}
+    encoded = Counting.calls
+    stored = rag.store.stored(rag.catalog.tenants.number("default"), [r.row_id for r in before_rows.values()])
+    assert rag.can_read("ann", "big") and not rag.can_read("bo", "big")
+    rag.update_metadata("big", acl={"allow": ["user:bo"]})
+    assert Counting.calls == encoded  # no chunk re-encoded
+    after = rag.row("big").chunks
+    assert [r.external_id for r in after] == list(before_rows) and len(after) > 3
+    new = rag.store.stored(rag.catalog.tenants.number("default"), [r.row_id for r in after])
+    for r in after:
+        old = stored[before_rows[r.external_id].row_id]
+        assert new[r.row_id]["text"] == old["text"] and np.allclose(new[r.row_id]["dense"], old["dense"])
+    assert rag.can_read("bo", "big") and not rag.can_read("ann", "big")
+    assert {h.external_id for h in rag.search("budget", user="bo", k=50, mode="dense")} == {r.external_id for r in after}
+    assert rag.search("budget", user="ann", k=50, mode="dense") == []
+    assert sorted(milvus_ids(rag)) == sorted(r.row_id for r in after)  # the old rows left Milvus
+    rag.close()
