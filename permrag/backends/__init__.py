@@ -2,7 +2,8 @@
 
 from .base import MAX_LIMIT, MAX_TEXT_BYTES, Capabilities, RawHit, SearchBackend, detect
 from .binding import Binding
+from .layout import Grouping
 from .milvus import MilvusBackend
 from .schema import analyzer_params
 
-__all__ = ["MAX_LIMIT", "MAX_TEXT_BYTES", "Binding", "Capabilities", "MilvusBackend", "RawHit", "SearchBackend", "analyzer_params", "detect"]
+__all__ = ["MAX_LIMIT", "MAX_TEXT_BYTES", "Binding", "Capabilities", "Grouping", "MilvusBackend", "RawHit", "SearchBackend", "analyzer_params", "detect"]

@@ -1,7 +1,8 @@
 """The seam between permrag and a vector store: a small protocol.
 
 Everything permrag asks of a search backend is here: bind the store, keep
-one collection per tenant, write and delete rows, search under a filter,
+one collection per tenant (its rows in partitions by visibility-class group,
+layout.py), write and delete rows, search under a filter in named groups,
 read texts and vectors back, list row IDs (for reconcile). The Milvus
 implementation is :mod:`permrag.backends.milvus`; nothing else in permrag
 calls pymilvus.
@@ -85,14 +86,16 @@ class SearchBackend(Protocol):
     def delete(self, tenant_no: int, row_ids: Sequence[int]) -> None: ...
 
     def search(
-        self, tenant_no: int, mode: str, *, vectors: np.ndarray | None, texts: Sequence[str] | None, expr: str, limit: int
+        self, tenant_no: int, mode: str, *, vectors: np.ndarray | None, texts: Sequence[str] | None, expr: str, limit: int, groups: Sequence[int] = ()
     ) -> list[list[RawHit]]: ...
+
+    def grouping(self, tenant_no: int) -> Any: ...  # layout.Grouping | None
 
     def texts(self, tenant_no: int, row_ids: Sequence[int]) -> dict[int, str]: ...
 
     def vector(self, tenant_no: int, row_id: int) -> np.ndarray | None: ...
 
-    def all_ids(self, tenant_no: int, expr: str = "") -> set[int]: ...
+    def all_ids(self, tenant_no: int, expr: str = "", groups: Sequence[int] = ()) -> set[int]: ...
 
     def flush(self, tenant_no: int) -> None: ...
 

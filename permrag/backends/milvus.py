@@ -1,5 +1,5 @@
 """Milvus behind the :class:`~permrag.backends.base.SearchBackend` protocol —
-the only module that calls pymilvus.
+with root.py and layout.py, the only code that calls pymilvus.
 
 **Layout.** A store owns a *root* collection (default ``permrag``) holding
 its identity, and one collection per tenant, ``<root>_t<n>`` (``n`` is the
@@ -10,6 +10,8 @@ function into ``sparse`` where the backend has BM25) and ``dense`` (the
 encoder's vector, cosine). One collection per tenant means no tenant's BM25
 statistics (IDF, average length) ever include another tenant's rows, a
 tenant is pinned without any filter, and a filter bug cannot cross tenants.
+Inside it, rows live in partitions by visibility-class group (layout.py), so
+a search names only the groups that hold the caller's rows.
 
 **Binding.** The root holds the store id of the catalog that created it.
 Opening it from another catalog raises :class:`StoreMismatchError` — two
@@ -34,11 +36,12 @@ import numpy as np
 from ..config import milvus_kind
 from ..errors import BackendError, ConfigError, StoreMismatchError, UnsupportedError
 from .base import MAX_LIMIT, Capabilities, RawHit, detect
-from .schema import analyzer_params, root_schema, tenant_schema
+from .layout import DEFAULT_GROUPS, Grouping, Partitions, by_partition
+from .root import create_root, read_owner
+from .schema import analyzer_params, tenant_schema
 
 log = logging.getLogger(__name__)
 
-ROOT_FORMAT = "permrag-root-2"
 ID_CHUNK = 1000  # IDs per `row_id in [...]` query
 _CONNECTION_LOST = ("connect", "unavailable", "deadline", "channel", "closed", "not ready")
 
@@ -65,11 +68,14 @@ class MilvusBackend:
         index: str = "FLAT",
         consistency: str = "Bounded",
         analyzer: str | dict[str, Any] | None = None,
+        groups: int | None = None,
     ) -> None:
         if consistency not in ("Strong", "Bounded", "Session", "Eventually"):
             raise ConfigError(f"consistency {consistency!r} must be Strong, Bounded, Session or Eventually")
         if index not in ("FLAT", "HNSW", "IVF_FLAT"):
             raise ConfigError(f"index {index!r} must be FLAT, HNSW or IVF_FLAT")
+        if groups is not None and (isinstance(groups, bool) or not isinstance(groups, int) or not 0 <= groups <= 4000):
+            raise ConfigError(f"groups {groups!r} must be an integer from 0 (one flat partition) to 4000")
         self.kind = milvus_kind(uri)
         if self.kind == "lite" and not uri.endswith(".db"):
             raise ConfigError(f"Milvus URI {uri!r}: a Milvus Lite file must end in .db (or give http://host:port for a server)")
@@ -79,9 +85,11 @@ class MilvusBackend:
         self.token = token
         self.collection = collection
         self.index = index
+        self.groups = DEFAULT_GROUPS[self.kind] if groups is None else groups  # new tenant collections (layout.py); 0: flat
         self._client: Any = None
         self._caps: Capabilities | None = None
         self._ready: dict[int, int] = {}  # tenant number → dim of its loaded collection
+        self._parts: dict[int, Partitions] = {}  # tenant number → its collection's partitions and grouping
         self._bound: str | None = None
         self._lock = threading.RLock()
 
@@ -177,38 +185,16 @@ class MilvusBackend:
         return self.uri if self.kind == "lite" else "the server"
 
     def _root_owner(self) -> str:
-        c = self.client()
         try:
-            info = c.describe_collection(self.collection)
-            fields = {f.get("name") for f in info.get("fields", [])}
-            if fields != {"key", "value", "v"}:
-                raise StoreMismatchError(
-                    f"Milvus collection {self.collection!r} at {self._where()} was not made by this version of permrag "
-                    "(an older permrag, or another application): choose another collection name"
-                )
-            c.load_collection(self.collection)
-            got = c.query(self.collection, filter='key in ["store_id", "format"]', output_fields=["key", "value"], consistency_level="Strong")
+            return read_owner(self.client(), self.collection, self._where())
         except StoreMismatchError:
             raise
         except Exception as exc:
             raise self._fail("reading the store identity", exc) from None
-        values = {g["key"]: g["value"] for g in got}
-        owners = {g["value"] for g in got if g["key"] == "store_id"}
-        if values.get("format") != ROOT_FORMAT or not owners:
-            raise StoreMismatchError(f"Milvus collection {self.collection!r} at {self._where()} is not a permrag store root")
-        if len(owners) > 1:  # two stores created it at the same moment: neither may use it
-            raise StoreMismatchError(f"Milvus collection {self.collection!r} at {self._where()} was claimed by {len(owners)} stores at once")
-        return owners.pop()
 
     def _create_root(self, store_id: str) -> None:
-        c = self.client()
         try:
-            schema, ip = root_schema(c)
-            c.create_collection(self.collection, schema=schema, consistency_level="Strong")
-            c.create_index(self.collection, ip, sync=self.kind == "server")
-            c.load_collection(self.collection)
-            c.insert(self.collection, [{"key": "store_id", "value": store_id, "v": [1.0, 0.0]}, {"key": "format", "value": ROOT_FORMAT, "v": [0.0, 1.0]}])
-            c.flush(self.collection)
+            create_root(self.client(), self.collection, store_id, server=self.kind == "server")
         except Exception as exc:
             raise self._fail("creating the store's root collection", exc) from None
 
@@ -246,6 +232,7 @@ class MilvusBackend:
                 if self._dim(name) != dim:
                     raise ConfigError(f"collection {name!r} holds vectors of another dimension than {dim}") from None
                 c.load_collection(name)
+            self._read_layout(tenant_no)
             self._ready[tenant_no] = dim
 
     def _dim(self, name: str) -> int:
@@ -262,7 +249,27 @@ class MilvusBackend:
         # sync=False: Milvus Lite builds the index at once, but pymilvus would
         # poll for it every 0.5 s (measured: 1.0 s per collection vs 15 ms).
         c.create_index(name, ip, sync=self.kind == "server")
+        if self.groups:
+            c.create_partition(name, Grouping(self.groups).marker)
         c.load_collection(name)
+
+    def _read_layout(self, tenant_no: int) -> None:
+        self._parts[tenant_no] = Partitions(self.client(), self.name(tenant_no))
+
+    def grouping(self, tenant_no: int) -> Grouping | None:
+        """How the tenant's collection groups rows into partitions (None: flat or absent)."""
+        if not self._known(tenant_no):
+            return None
+        if tenant_no not in self._parts:
+            self._read_layout(tenant_no)
+        return self._parts[tenant_no].grouping
+
+    def _partition_names(self, tenant_no: int, groups: Sequence[int]) -> list[str] | None:
+        self.grouping(tenant_no)
+        try:
+            return self._parts[tenant_no].names(self.client(), groups)
+        except Exception as exc:
+            raise self._fail("listing partitions", exc) from None
 
     def _known(self, tenant_no: int) -> bool:
         """Whether the tenant's collection exists, loading it if needed (reads)."""
@@ -274,6 +281,7 @@ class MilvusBackend:
             if not c.has_collection(name):
                 return False
             c.load_collection(name)
+            self._read_layout(tenant_no)
             self._ready[tenant_no] = self._dim(name)
         except (ConfigError, BackendError):
             raise
@@ -283,9 +291,17 @@ class MilvusBackend:
 
     # ------------------------------------------------------------------ writes
     def insert(self, tenant_no: int, rows: Sequence[dict[str, Any]]) -> None:
+        """Write rows (each with its ``vclass``) into their class group's partition."""
+        grouping = self.grouping(tenant_no)
+        parts = by_partition(grouping, rows) if grouping else {"": list(rows)}
         try:
-            for i in range(0, len(rows), 1000):
-                self.client().insert(self.name(tenant_no), list(rows[i : i + 1000]))
+            for part, members in parts.items():
+                if part:
+                    self._parts[tenant_no].ensure(self.client(), part, load=self.kind == "server")
+                for i in range(0, len(members), 5000):
+                    self.client().insert(self.name(tenant_no), list(members[i : i + 5000]), partition_name=part)
+        except BackendError:
+            raise
         except Exception as exc:
             raise self._fail("insert", exc) from None
 
@@ -317,17 +333,20 @@ class MilvusBackend:
             raise self._fail("listing collections", exc) from None
         return sorted(int(n[len(prefix) :]) for n in names if n.startswith(prefix) and n[len(prefix) :].isdigit())
 
-    def all_ids(self, tenant_no: int | None = None, expr: str = "") -> set[int]:
+    def all_ids(self, tenant_no: int | None = None, expr: str = "", groups: Sequence[int] = ()) -> set[int]:
         """Every row ID of the tenant's collection matching ``expr`` (all by
-        default); without a tenant, of every tenant's collection of the store."""
+        default; in the class groups ``groups`` only, if given); without a
+        tenant, of every tenant's collection of the store."""
         if tenant_no is None:
             return set().union(*(self.all_ids(no, expr) for no in self.tenant_numbers()))
         if not self._known(tenant_no):
             return set()
         out: set[int] = set()
         try:
+            if (parts := self._partition_names(tenant_no, groups)) == []:
+                return out
             it = self.client().query_iterator(
-                self.name(tenant_no), filter=expr or "row_id >= 0", output_fields=["row_id"], batch_size=1000, consistency_level="Strong"
+                self.name(tenant_no), filter=expr or "row_id >= 0", output_fields=["row_id"], batch_size=1000, consistency_level="Strong", partition_names=parts
             )
             while True:
                 batch = it.next()
@@ -369,30 +388,34 @@ class MilvusBackend:
 
     # ------------------------------------------------------------------ search
     def search(
-        self, tenant_no: int, mode: str, *, vectors: np.ndarray | None, texts: Sequence[str] | None, expr: str, limit: int
+        self, tenant_no: int, mode: str, *, vectors: np.ndarray | None, texts: Sequence[str] | None, expr: str, limit: int, groups: Sequence[int] = ()
     ) -> list[list[RawHit]]:
-        """Top ``limit`` rows per query under ``expr``, best first; ``mode`` is
-        ``dense`` or ``keyword`` (hybrid is fused by permrag.search.fusion)."""
+        """Top ``limit`` rows per query under ``expr`` (in the class groups
+        ``groups`` only, if given), best first; ``mode`` is ``dense`` or
+        ``keyword`` (hybrid is fused by permrag.search.fusion)."""
         self.capabilities.require(mode)
         n = len(vectors) if vectors is not None else len(texts or ())
         if not self._known(tenant_no):
             return [[] for _ in range(n)]
+        if (parts := self._partition_names(tenant_no, groups)) == []:  # none of the groups holds a row yet
+            return [[] for _ in range(n)]
         try:
-            return self._search(tenant_no, mode, vectors, texts, expr, limit)
+            return self._search(tenant_no, mode, vectors, texts, expr, limit, parts)
         except BackendError as exc:
             if "not loaded" not in str(exc):
                 raise
         # A restarted server comes back with the collection released: load it
         # and ask once more.
         self._known(tenant_no)
-        return self._search(tenant_no, mode, vectors, texts, expr, limit)
+        return self._search(tenant_no, mode, vectors, texts, expr, limit, parts)
 
-    def _search(self, tenant_no, mode, vectors, texts, expr, limit) -> list[list[RawHit]]:
+    def _search(self, tenant_no, mode, vectors, texts, expr, limit, parts) -> list[list[RawHit]]:
         limit = max(1, min(limit, MAX_LIMIT))
         c = self.client()
         common: dict[str, Any] = {
             "limit": limit,
             "filter": expr,
+            "partition_names": parts,
             "output_fields": ["row_id", "tenant", "external_id", "text"],
             "consistency_level": self.consistency,
         }

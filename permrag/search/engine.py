@@ -19,9 +19,9 @@ from pyroaring import FrozenBitMap
 
 from ..access import Access, Snapshot, check_principal
 from ..audit import AuditLog
-from ..backends import MAX_LIMIT, Binding, RawHit
+from ..backends import MAX_LIMIT, Binding, Grouping, RawHit
 from ..catalog import Catalog
-from ..errors import ArgumentError
+from ..errors import ArgumentError, ConfigError
 from ..names import check_text
 from ..results import Hit, Hits, Stats
 from .execute import Executor
@@ -60,12 +60,24 @@ class Searcher:
             hit = self._plans.get(key)
         if hit is not None and hit[0] is snap.visible:
             return hit[1]
-        plan = self.planner().plan(snap.visible, snap.tenant_rows, snap.tenant, snap.classes)
+        grouping = self.grouping(snap.tenant) if 0 < len(snap.visible) < len(snap.tenant_rows) else None
+        plan = self.planner().plan(snap.visible, snap.tenant_rows, snap.tenant, snap.classes, grouping)
         with self._plans_lock:
             if len(self._plans) >= MAX_PLANS:
                 self._plans.clear()
             self._plans[key] = (snap.visible, plan)
         return plan
+
+    def grouping(self, tenant: str) -> Grouping | None:
+        """How the tenant's collection keeps rows in class groups (None: flat, or no vectors)."""
+        no = self.catalog.tenants.number(tenant)
+        if no is None:
+            return None
+        try:
+            backend = self.binding.backend()
+        except ConfigError:  # a catalog-only store: plans without groups
+            return None
+        return backend.grouping(no)
 
     def executor(self, tenant: str) -> Executor | None:
         no = self.catalog.tenants.number(tenant)

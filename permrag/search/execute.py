@@ -17,6 +17,10 @@ its publish) are counted in ``stats["overfetch_discarded"]``. Either way the
 search asks again with a larger limit until it has ``k`` verified hits or
 the candidates are exhausted, so nothing is lost to post-filtering. Past
 Milvus' largest limit it falls back to exact ID-list filters in chunks.
+
+A plan may name class groups (partitions, backends/layout.py) instead of,
+or besides, a filter. A row searched through a group is verified like any
+other, so a stale plan naming a group cannot make a row visible.
 """
 
 from __future__ import annotations
@@ -86,6 +90,7 @@ class Executor:
                 texts=[texts[i] for i in pending],
                 expr=plan.expr,
                 limit=limit,
+                groups=getattr(plan, "groups", ()),
             )
             self.stats.add("milvus_searches", 1)
             still = []

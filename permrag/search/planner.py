@@ -25,6 +25,13 @@ smaller. OR-chains are built as balanced trees: a 2.3 server rejects a left-deep
 chain of more than about 32 terms ("unsupported expr proto node"), and accepts
 a balanced tree of 1,000.
 
+**Class groups.** Where the tenant's collection keeps rows in partitions by
+visibility-class group (backends/layout.py), a plan may name the groups that
+hold visible rows: no filter at all when they hold nothing else, else a
+residual filter in any of the forms above, taken over the named groups' rows
+only. On Milvus Lite that is the only way under the cost of a pass over every
+row; the cost model weighs it against whole-collection filters on a server.
+
 The forms and what they cost come from measurements (ARCHITECTURE.md and
 ``benchmarks/bench_search.py``): on Milvus Lite a search costs a fixed
 overhead plus a scan of the rows that pass the filter (so a narrower filter is
@@ -45,24 +52,36 @@ from typing import Mapping
 import numpy as np
 from pyroaring import AbstractBitMap, BitMap
 
+from ..backends import Grouping
 from ..catalog import as_array
 
 
 @dataclass(frozen=True)
 class CostModel:
-    """Relative cost (ms) of filter forms on one backend."""
+    """Estimated cost (ms) of one search on one backend, by what it touches.
+
+    ``scope`` is the rows of the partitions searched (the whole tenant
+    collection unless the plan names class groups): Milvus Lite makes a
+    Python pass over each of them, twice as dear when any filter is given
+    (``filter_ms_per_1k``); ``partition_ms`` is paid per named partition.
+    search/calibrate.py measures these per store instead of trusting the
+    defaults below (the old fixed-base model estimated 42 ms for a search
+    that took 593 ms at 1M rows)."""
 
     name: str
     base_ms: float
-    scan_ms_per_1k_rows: float
+    scan_ms_per_1k_rows: float  # rows that pass the filter
     range_term_ms: float
     id_ms: float
     range_fixed_ms: float = 0.0  # paid once when any range term is present
-    field_ms_per_1k_rows: float = 0.0  # a non-primary-key term is evaluated on every row of the tenant
+    field_ms_per_1k_rows: float = 0.0  # a non-primary-key term is evaluated on every row in scope
+    scope_ms_per_1k: float = 0.0  # every row of the searched partitions, filter or not
+    filter_ms_per_1k: float = 0.0  # every row in scope, when there is a filter
+    partition_ms: float = 0.0  # per named partition
     max_terms: int = 64
     max_ids: int = 20_000
 
-    def cost(self, candidates: int, terms: int, ids: int, field_rows: int = 0) -> float:
+    def cost(self, candidates: int, terms: int, ids: int, field_rows: int = 0, *, scope: int = 0, filtered: bool = True, partitions: int = 0) -> float:
         fixed = self.range_fixed_ms if terms else 0.0
         return (
             self.base_ms
@@ -71,15 +90,30 @@ class CostModel:
             + self.range_term_ms * terms
             + self.id_ms * ids
             + self.field_ms_per_1k_rows * field_rows / 1000
+            + self.scope_ms_per_1k * scope / 1000
+            + (self.filter_ms_per_1k * scope / 1000 if filtered else 0.0)
+            + self.partition_ms * partitions
         )
 
 
-# Calibrated on this project's benchmark machine (2 cores), 100k × 384 on
-# Lite 3.2.2 and 200k × 384 on a 2.3.5 server; see the module docstring.
-# On the server `row_id in [...]` is answered from the primary-key index
-# (100 IDs: 3 ms at 200k rows) while `vclass in [...]` is evaluated row by row
+# Defaults from this project's benchmark machine (2 cores), used until a
+# store is calibrated (search/calibrate.py). Milvus Lite 3.2.2, 100k × 384
+# FLAT in 1,000 partitions: one partition 3.6 ms, ten 6.2 ms, 100 35 ms,
+# a filter matching nothing over all rows 108 ms (backends/layout.py). On a
+# 2.3 server `row_id in [...]` is answered from the primary-key index (100
+# IDs: 3 ms at 200k rows) while `vclass in [...]` is evaluated row by row
 # (about 12 ms over 200k rows, whatever the list's length).
-LITE = CostModel("milvus-lite", base_ms=40.0, scan_ms_per_1k_rows=1.0, range_term_ms=0.3, id_ms=0.005, field_ms_per_1k_rows=0.05)
+LITE = CostModel(
+    "milvus-lite",
+    base_ms=1.5,
+    scan_ms_per_1k_rows=0.0,
+    range_term_ms=0.3,
+    id_ms=0.005,
+    field_ms_per_1k_rows=0.05,
+    scope_ms_per_1k=0.5,
+    filter_ms_per_1k=0.9,
+    partition_ms=0.15,
+)
 SERVER = CostModel(
     "milvus-server",
     base_ms=3.0,
@@ -88,6 +122,8 @@ SERVER = CostModel(
     id_ms=0.0045,
     range_fixed_ms=30.0,
     field_ms_per_1k_rows=0.06,
+    scope_ms_per_1k=0.01,
+    partition_ms=0.02,
 )
 
 
@@ -129,6 +165,7 @@ class Filter:
     ids: int
     cost_ms: float
     kind: str = field(default="filter")
+    groups: tuple[int, ...] = ()  # class groups (partitions) searched; () = the whole collection
 
     def fetch_limit(self, k: int) -> int:
         """How many hits to ask for so that k visible ones are likely among them."""
@@ -140,7 +177,8 @@ class Filter:
     def describe(self) -> str:
         head = "exact" if self.exact else f"superset ({self.candidates} candidates for {self.visible} visible; over-fetch and verify)"
         expr = self.expr if len(self.expr) <= 300 else self.expr[:300] + f"… ({len(self.expr)} chars)"
-        return f"{self.strategy} filter, {head}, {self.terms} range terms + {self.ids} ids, est. {self.cost_ms:.1f} ms: {expr}"
+        where = f" in {len(self.groups)} class group(s)" if self.groups else ""
+        return f"{self.strategy} filter{where}, {head}, {self.terms} range terms + {self.ids} ids, est. {self.cost_ms:.1f} ms: {expr or '(none)'}"
 
 
 Plan = DenyAll | AllowAll | Filter
@@ -197,15 +235,54 @@ class Planner:
         tenant_rows: AbstractBitMap,
         tenant: str,
         classes: Mapping[int, AbstractBitMap] | None = None,
+        grouping: Grouping | None = None,
     ) -> Plan:
+        """The cheapest exact plan (or a superset): over the whole collection,
+        or — where the collection is grouped (backends/layout.py) — over the
+        class groups that hold visible rows, with a residual filter only if
+        those groups hold hidden rows too."""
         vis = visible if visible.issubset(tenant_rows) else BitMap(visible) & BitMap(tenant_rows)
         n_vis, n_all = len(vis), len(tenant_rows)
         if n_vis == 0:
             return DenyAll(tenant, "the caller may read no row of this tenant")
         if n_vis == n_all:
             return AllowAll(tenant, n_vis)
-        t_arr = as_array(tenant_rows)
-        hidden = BitMap(tenant_rows) - vis
+        options = self._options(tenant, vis, tenant_rows, classes, ())
+        if grouping is not None and classes:
+            options += self._grouped(tenant, vis, tenant_rows, classes, grouping)
+        exact = [o for o in options if o.exact]
+        return min(exact or options, key=lambda f: f.cost_ms)
+
+    def _grouped(self, tenant: str, vis: AbstractBitMap, tenant_rows: AbstractBitMap, classes: Mapping[int, AbstractBitMap], grouping: Grouping) -> list[Filter]:
+        """Plans over the groups that hold visible rows."""
+        by_group: dict[int, list[int]] = {}
+        for cid in classes:
+            by_group.setdefault(grouping.of(cid), []).append(cid)
+        named: list[int] = []
+        scope = BitMap()
+        for g, cids in by_group.items():
+            rows = BitMap.union(*(classes[c] for c in cids)) if len(cids) > 1 else BitMap(classes[cids[0]])
+            if rows.intersect(vis):
+                named.append(g)
+                scope |= rows
+        covered = sum(len(classes[c]) for c in classes)
+        if covered != len(tenant_rows) or not vis.issubset(scope):
+            return []  # rows outside every class: only a whole-collection plan finds them
+        groups = tuple(sorted(named))
+        if len(scope) == len(vis):
+            cost = self.model.cost(len(vis), 0, 0, scope=len(scope), filtered=False, partitions=len(groups))
+            return [Filter(tenant, "", "groups", True, len(vis), len(vis), 0, 0, cost, groups=groups)]
+        in_scope = {c: classes[c] for g in groups for c in by_group[g]}
+        return self._options(tenant, vis, scope, in_scope, groups)
+
+    def _options(
+        self, tenant: str, vis: AbstractBitMap, scope_rows: AbstractBitMap, classes: Mapping[int, AbstractBitMap] | None, groups: tuple[int, ...]
+    ) -> list[Filter]:
+        """Every exact form that fits the budget over ``scope_rows`` (the
+        rows searched), or else one superset of at most ``max_terms`` ranges."""
+        n_vis, n_all = len(vis), len(scope_rows)
+        t_arr = as_array(scope_rows)
+        hidden = BitMap(scope_rows) - vis
         m = self.model
         options: list[Filter] = []
 
@@ -215,8 +292,8 @@ class Planner:
             body = balanced_or(parts)
             expr = f"not ({body})" if strategy.startswith("not") else body
             field_rows = n_all if "classes" in strategy else 0
-            cost = m.cost(n_vis, terms, ids, field_rows)
-            options.append(Filter(tenant, expr, strategy, True, n_vis, n_vis, terms, ids, cost))
+            cost = m.cost(n_vis, terms, ids, field_rows, scope=n_all, partitions=len(groups))
+            options.append(Filter(tenant, expr, strategy, True, n_vis, n_vis, terms, ids, cost, groups=groups))
 
         vf, vl, v_gaps = _tenant_runs(t_arr, as_array(vis))
         hf, hl, _ = _tenant_runs(t_arr, as_array(hidden))
@@ -245,11 +322,9 @@ class Planner:
             if outside:
                 f, l_, _ = _tenant_runs(t_arr, as_array(hid_rest))
                 add("not-classes", *_terms(f, l_, outside))
-        if options:
-            return min(options, key=lambda f: f.cost_ms)
-        return self._superset(tenant, vf, vl, v_gaps, n_vis)
+        return options or [self._superset(tenant, vf, vl, v_gaps, n_vis, n_all, groups)]
 
-    def _superset(self, tenant: str, firsts: np.ndarray, lasts: np.ndarray, gaps: np.ndarray, n_vis: int) -> Filter:
+    def _superset(self, tenant: str, firsts: np.ndarray, lasts: np.ndarray, gaps: np.ndarray, n_vis: int, scope: int, groups: tuple[int, ...]) -> Filter:
         """Merge the runs across the smallest gaps until at most max_terms remain."""
         m = self.model
         n_merge = len(firsts) - m.max_terms
@@ -261,5 +336,5 @@ class Planner:
         extra = int(gaps[merge].sum())
         body, terms, ids = _terms_expr(f2, l2)
         candidates = n_vis + extra
-        expr = body
-        return Filter(tenant, expr, "superset", False, n_vis, candidates, terms, ids, m.cost(candidates, terms, ids))
+        cost = m.cost(candidates, terms, ids, scope=scope, partitions=len(groups))
+        return Filter(tenant, body, "superset", False, n_vis, candidates, terms, ids, cost, groups=groups)

@@ -1,0 +1,45 @@
+"""A store's root collection: its identity (``key`` → ``value``) in Milvus.
+
+The root holds the store id of the catalog that created it and a format tag;
+backends/milvus.py checks it before any tenant collection is used, so two
+catalogs never share rows silently. These functions raise pymilvus' own
+errors (the backend wraps them) or :class:`StoreMismatchError`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import StoreMismatchError
+from .schema import root_schema
+
+ROOT_FORMAT = "permrag-root-2"
+
+
+def read_owner(c: Any, collection: str, where: str) -> str:
+    """The store id the root collection ``collection`` belongs to."""
+    info = c.describe_collection(collection)
+    fields = {f.get("name") for f in info.get("fields", [])}
+    if fields != {"key", "value", "v"}:
+        raise StoreMismatchError(
+            f"Milvus collection {collection!r} at {where} was not made by this version of permrag "
+            "(an older permrag, or another application): choose another collection name"
+        )
+    c.load_collection(collection)
+    got = c.query(collection, filter='key in ["store_id", "format"]', output_fields=["key", "value"], consistency_level="Strong")
+    values = {g["key"]: g["value"] for g in got}
+    owners = {g["value"] for g in got if g["key"] == "store_id"}
+    if values.get("format") != ROOT_FORMAT or not owners:
+        raise StoreMismatchError(f"Milvus collection {collection!r} at {where} is not a permrag store root")
+    if len(owners) > 1:  # two stores created it at the same moment: neither may use it
+        raise StoreMismatchError(f"Milvus collection {collection!r} at {where} was claimed by {len(owners)} stores at once")
+    return owners.pop()
+
+
+def create_root(c: Any, collection: str, store_id: str, *, server: bool) -> None:
+    schema, ip = root_schema(c)
+    c.create_collection(collection, schema=schema, consistency_level="Strong")
+    c.create_index(collection, ip, sync=server)
+    c.load_collection(collection)
+    c.insert(collection, [{"key": "store_id", "value": store_id, "v": [1.0, 0.0]}, {"key": "format", "value": ROOT_FORMAT, "v": [0.0, 1.0]}])
+    c.flush(collection)
