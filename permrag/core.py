@@ -65,6 +65,7 @@ class PermRAG:
         audit: str = "sync",
         async_workers: int = DEFAULT_WORKERS,
         clock: Callable[[], float] | None = None,
+        groups: int | None = None,
     ) -> None:
         if chunk_size > 16_000:
             raise ConfigError("chunk_size is at most 16000 characters (Milvus VARCHAR holds 65535 bytes)")
@@ -80,7 +81,7 @@ class PermRAG:
         self._catalog_only = catalog_only
         self._encoder = encoder if encoder is not None else settings.encoder
         self._collection = collection or (settings.collection if settings.sources.get("collection") else None)
-        self._backend_options = dict(token=settings.milvus_token, index=index, consistency=consistency, analyzer=analyzer)
+        self._backend_options = dict(token=settings.milvus_token, index=index, consistency=consistency, analyzer=analyzer, groups=groups)
         if not catalog_only:
             MilvusBackend(settings.milvus_uri, **self._backend_options)  # checks the options; no I/O
         self._engine: Any = None
@@ -110,7 +111,9 @@ class PermRAG:
         params), ``allocation``, ``policy_attrs``, ``planner``,
         ``max_document_chars``, ``stale_ingest_after``, ``audit`` (``"sync"``,
         ``"async"``, ``"off"``), ``async_workers`` (threads of the pool the
-        async methods run on) and ``catalog_only`` (no vector store).
+        async methods run on), ``groups`` (partitions by visibility-class group
+        in a new tenant collection; 0: flat; default by backend, see
+        backends/layout.py) and ``catalog_only`` (no vector store).
         Milvus is connected on first use, so opening is cheap.
         """
         encoder = options.get("encoder")
