@@ -100,3 +100,10 @@ class SearchBackend(Protocol):
     def flush(self, tenant_no: int) -> None: ...
 
     def close(self) -> None: ...
+
+
+def raw_hit(h: Any, sign: float) -> RawHit:
+    """A pymilvus search hit as a :class:`RawHit` (``sign`` undoes Lite's negated BM25 scores)."""
+    entity = h.get("entity", {}) or {}
+    rid = entity.get("row_id", h.get("id", h.get("row_id")))
+    return RawHit(int(rid), sign * float(h["distance"]), entity.get("text", ""), entity.get("tenant", ""), entity.get("external_id", ""))

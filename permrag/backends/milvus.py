@@ -35,7 +35,7 @@ import numpy as np
 
 from ..config import milvus_kind
 from ..errors import BackendError, ConfigError, StoreMismatchError, UnsupportedError
-from .base import MAX_LIMIT, Capabilities, RawHit, detect
+from .base import MAX_LIMIT, Capabilities, RawHit, detect, raw_hit
 from .layout import DEFAULT_GROUPS, Grouping, Partitions, by_partition
 from .root import create_root, read_owner
 from .schema import analyzer_params, tenant_schema
@@ -424,13 +424,13 @@ class MilvusBackend:
                 if vectors is None:
                     raise ConfigError("a dense search needs query vectors")
                 res = c.search(self.name(tenant_no), data=[v.tolist() for v in vectors], anns_field="dense", search_params=self._dense_params(limit), **common)
-                return [[_hit(h, 1.0) for h in hits] for hits in res]
+                return [[raw_hit(h, 1.0) for h in hits] for hits in res]
             if mode == "keyword":
                 if texts is None:
                     raise ConfigError("a keyword search needs query texts")
                 res = c.search(self.name(tenant_no), data=list(texts), anns_field="sparse", search_params={"metric_type": "BM25"}, **common)
                 sign = -1.0 if self.kind == "lite" else 1.0  # Lite returns negated BM25 scores
-                return [[_hit(h, sign) for h in hits] for hits in res]
+                return [[raw_hit(h, sign) for h in hits] for hits in res]
             raise ConfigError(f"a backend search takes mode 'dense' or 'keyword', not {mode!r}")
         except (BackendError, UnsupportedError, ConfigError):
             raise
@@ -445,8 +445,3 @@ class MilvusBackend:
             params["params"] = {"nprobe": 32}
         return params
 
-
-def _hit(h: Any, sign: float) -> RawHit:
-    entity = h.get("entity", {}) or {}
-    rid = entity.get("row_id", h.get("id", h.get("row_id")))
-    return RawHit(int(rid), sign * float(h["distance"]), entity.get("text", ""), entity.get("tenant", ""), entity.get("external_id", ""))
