@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import delete
+from sqlalchemy import bindparam, delete
 from sqlalchemy.engine import Connection
 
 from .. import db
@@ -270,20 +270,22 @@ class Identity:
             )
             if dry_run or not (added or removed):
                 return None
-            new = tp.copy()
-            for m, g in removed:
-                new.remove_member(m, g)
-            for m, g in added:
-                new.add_member(m, g)
-            _check_depth(new)
             users: set[str] = set()
             for m, _ in added + removed:
-                users |= _affected(tp, m) | _affected(new, m)
+                users |= _affected(tp, m)
+            _check_added(tp, removed, added)  # applies and reverts: depth and cycles of the new state
+            for m, _ in added + removed:
+                if m.startswith(GROUP_PREFIX):
+                    users = None  # nesting changed: every cached user of the tenant is recomputed
+                    break
             c = db.casbin_rule.c
 
             def write(conn: Connection) -> None:
-                for m, g in removed:
-                    conn.execute(delete(db.casbin_rule).where(c.ptype == "g", c.v0 == m, c.v1 == GROUP_PREFIX + g, c.v2 == tenant))
+                if removed:
+                    gone = delete(db.casbin_rule).where(
+                        c.ptype == "g", c.v0 == bindparam("m"), c.v1 == bindparam("g"), c.v2 == tenant
+                    )
+                    conn.execute(gone, [{"m": m, "g": GROUP_PREFIX + g} for m, g in removed])
                 rows = [{"ptype": "g", "v0": m, "v1": GROUP_PREFIX + g, "v2": tenant, "v3": None, "v4": None, "v5": None} for m, g in added]
                 for part in db.chunks(rows, 1000):
                     conn.execute(db.casbin_rule.insert(), list(part))
@@ -294,18 +296,38 @@ class Identity:
                 for m, g in added:
                     s[tenant].add_member(m, g)
 
-            return Change(write, apply, {tenant}, set(), users)
+            return Change(write, apply, {tenant}, None if users is None else set(), users)
 
         applied = self.policy._one(tenant, make)
         r = report[-1]
         return SyncReport(r.tenant, r.added, r.removed, r.unchanged, r.users, r.groups, applied, self.policy.version)
 
 
-def _check_depth(tp: TenantPolicy) -> None:
-    memo: dict[str, int] = {}
-    for g in tp.groups():
-        depth = tp._down_group(g, memo) + tp._up_group(g, {})
-        if depth > MAX_DEPTH:
-            raise PolicyError(
-                f"group {g!r} sits in a chain of {depth} links from a user to its top group or role; at most {MAX_DEPTH} (casbin's reach)"
-            )
+def _check_added(tp: TenantPolicy, removed: list[tuple[str, str]], added: list[tuple[str, str]]) -> None:
+    """Raise if the memberships after the change hold a cycle or a chain over
+    :data:`MAX_DEPTH` links. The old state was valid and removals only shorten
+    chains, so only chains through an added edge are checked — on ``tp``
+    itself, changed and changed back (the caller holds the state lock)."""
+    kept = {("g", m, GROUP_PREFIX + g): tp.expires[("g", m, GROUP_PREFIX + g)] for m, g in removed if ("g", m, GROUP_PREFIX + g) in tp.expires}
+    for m, g in removed:
+        tp.remove_member(m, g)
+    for m, g in added:
+        tp.add_member(m, g)
+    try:
+        down: dict[str, int] = {}
+        up: dict[str, int] = {}
+        for m, g in added:
+            if m.startswith(GROUP_PREFIX) and g in tp.groups_of(GROUP_PREFIX + g, 0.0):
+                raise PolicyError(f"group {g!r} would contain itself through {m!r} (a group cycle)")
+            below = tp._down_group(m[len(GROUP_PREFIX) :], down) if m.startswith(GROUP_PREFIX) else 0
+            depth = below + 1 + tp._up_group(g, up)
+            if depth > MAX_DEPTH:
+                raise PolicyError(
+                    f"{m!r} in group {g!r} makes a chain of {depth} links from a user to its top group or role; at most {MAX_DEPTH} (casbin's reach)"
+                )
+    finally:
+        for m, g in added:
+            tp.remove_member(m, g)
+        for m, g in removed:
+            tp.add_member(m, g)
+        tp.expires.update(kept)
