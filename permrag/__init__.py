@@ -1,10 +1,14 @@
-"""permrag: row-level permissioned retrieval over roaring bitmaps and Milvus."""
+"""permrag: row-level permissioned retrieval over roaring bitmaps and Milvus.
 
+The library's classes load on first use (PEP 562): ``import permrag`` and
+``permrag --help`` do not pay for SQLAlchemy, numpy, pymilvus and casbin
+(issue 17: ``--help`` took 0.7 s, most of it those imports).
+"""
+
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
-from .access import Explanation
-from .catalog import DocumentRecord, RowRecord
-from .core import PermRAG
 from .errors import (
     AccessDeniedError,
     ArgumentError,
@@ -26,9 +30,35 @@ from .errors import (
     UnknownTenantError,
     UnsupportedError,
 )
-from .policy import Selector, parse_selector
-from .repair import RepairReport
-from .results import Hit, Hits
+
+if TYPE_CHECKING:
+    from .access import Explanation
+    from .catalog import DocumentRecord, RowRecord
+    from .core import PermRAG
+    from .policy import Selector, parse_selector
+    from .repair import RepairReport
+    from .results import Hit, Hits
+
+_LAZY = {
+    "Explanation": ".access",
+    "DocumentRecord": ".catalog",
+    "RowRecord": ".catalog",
+    "PermRAG": ".core",
+    "Selector": ".policy",
+    "parse_selector": ".policy",
+    "RepairReport": ".repair",
+    "Hit": ".results",
+    "Hits": ".results",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'permrag' has no attribute {name!r}")
+
 
 try:
     __version__ = version("permrag")

@@ -86,11 +86,10 @@ def test_unreadable_files(home, tmp_path):
     bad_jsonl.write_text('{"external_id": "x", "text": "ok"}\n{"external_id": 5, "text": "bad"}\n')
     folder = tmp_path / "folder"
     folder.mkdir()
-    (folder / "a.txt").write_bytes(b"\xff\xfe\xfa broken")
+    (folder / "a.pdf").write_bytes(b"%PDF-1.4 not really a pdf")  # (text files are decoded by detection now)
     for args, fragment in (
         (["ingest", str(tmp_path / "missing.jsonl")], "no such file"),
         (["ingest", str(bad_jsonl)], "line 2"),
-        (["ingest", str(folder)], "a.txt"),
         (["policy", "import", str(tmp_path / "missing.csv")], "missing.csv"),
         (["policy", "import", str(latin)], "not UTF-8"),
         (["policy", "export", "/proc/no/such/file.csv"], "cannot write"),
@@ -98,6 +97,9 @@ def test_unreadable_files(home, tmp_path):
         res = invoke(home, *args)
         check(res, 1)
         assert fragment in res.output, res.output
+    # a folder reports every file that failed (several lines) and exits 1
+    res = invoke(home, "ingest", str(folder))
+    assert res.exit_code == 1 and "Traceback" not in res.output and "a.pdf: not a readable PDF" in res.output, res.output
 
 
 def test_unreachable_servers(home):
