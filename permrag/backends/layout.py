@@ -41,7 +41,14 @@ from typing import Any, Iterable, Mapping, Sequence
 # suffers from many: with 1,000 partitions of 100 rows (100k rows, flushed)
 # an unfiltered search took 1.2 s and a one-partition search 138 ms, against
 # 3.7 ms with 100 partitions of 1,000 rows.
-DEFAULT_GROUPS = {"lite": 1024, "server": 64}
+#
+# Off by default (0: one flat partition, filters as before) until it is
+# measured at 1M rows (issue 17 is open): SIGKILLed mid-ingest with 16
+# groups, Milvus Lite failed to load its own files afterwards in 1 of 4 runs
+# ("LoadCollection failed: No data left in file"; 0 of 6 flat), and the
+# server's cost per partition at scale is not known yet. Opt in with
+# ``PermRAG.open(..., groups=N)`` (suggested: 1024 on Lite, 64 on a server).
+DEFAULT_GROUPS = {"lite": 0, "server": 0}
 MARKER = "permrag_groups_"
 _MARKER_RE = re.compile(rf"^{MARKER}(\d+)$")
 
