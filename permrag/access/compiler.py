@@ -222,6 +222,17 @@ class Compiler:
             self._role[tenant][role] = pair
             return pair
 
+    def compile_groups(self, tenant: str) -> int:
+        """Build every group's view (roles and ACL bitmaps through its parents) of
+        ``tenant``; a user's first lookup is then a union of its direct groups'. Returns how many."""
+        with self.lock:
+            now = self._fresh(tenant)
+            tp = self.policy.tenant(tenant)
+            groups = tp.groups()
+            for g in groups:
+                self._group_view(tp, tenant, g, now)
+            return len(groups)
+
     def compile_all(self, tenants: Iterable[str] | None = None) -> int:
         """Compile every known user of ``tenants`` (all by default); returns how many."""
         n = 0
