@@ -12,7 +12,7 @@ from langchain_core.documents import Document
 
 from permrag import ArgumentError, ConfigError, PermRAG
 from permrag.embed import HashEncoder
-from permrag.search.execute import fuse
+from permrag.search.execute import canonical, fuse
 
 WORDS = ["budget", "leave", "travel", "hotel", "pension", "laptop", "badge", "salary", "audit", "policy", "report", "review", "security", "training"]
 DEPTS = ["hr", "eng", "fin", "ops"]
@@ -42,13 +42,14 @@ def world(tmp_path_factory):
 
 
 def reference(rag: PermRAG, user: str, query: str, k: int, pool: int, fusion: str, weights=(0.5, 0.5)) -> list[int]:
+    """Each list over every visible row (exact ``row_id in`` filter, no cutoff
+    inside a tie), best first with ties by row ID, cut to the pool, fused."""
     visible = rag.visible(user)
     expr = f"row_id in [{', '.join(map(str, sorted(visible)))}]"
     no = rag.catalog.tenants.number("default")
     vec = rag.encoder.encode([query])
-    dense = rag.store.search(no, "dense", vectors=vec, texts=[query], expr=expr, limit=pool)[0]
-    keyword = rag.store.search(no, "keyword", vectors=vec, texts=[query], expr=expr, limit=pool)[0]
-    return [h.row_id for h in fuse(dense, keyword, k, fusion, weights)]
+    lists = [canonical(rag.store.search(no, m, vectors=vec, texts=[query], expr=expr, limit=len(visible))[0])[:pool] for m in ("dense", "keyword")]
+    return [h.row_id for h in fuse(lists[0], lists[1], k, fusion, weights)]
 
 
 QUERIES = ["hotel travel budget", "pension salary review", "laptop security training", "audit report", "badge"]

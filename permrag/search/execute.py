@@ -96,8 +96,14 @@ class Executor:
             still = []
             for i, hits in zip(pending, raw):
                 ok = self.verify(plan, snap, hits)
-                if len(ok) >= k or len(hits) < limit:
-                    results[i] = ok[:k]
+                complete = len(hits) < limit
+                if len(ok) >= k and not complete and limit < MAX_LIMIT and hits[-1].score >= ok[k - 1].score:
+                    # Rows tied with the k-th may lie beyond what Milvus
+                    # returned, and which of them it returns depends on the
+                    # filter form: fetch past the tie, then break it by row ID.
+                    still.append(i)
+                elif len(ok) >= k or complete:
+                    results[i] = canonical(ok)[:k]
                 elif limit >= MAX_LIMIT:
                     results[i] = self._by_id_chunks(snap, mode, vectors, texts, i, k)
                 else:
@@ -153,8 +159,13 @@ class Executor:
                 self.tenant_no, mode, vectors=vectors[[i]] if vectors is not None else None, texts=[texts[i]], expr=exact.expr, limit=k
             )
             merged.extend(self.verify(exact, snap, raw[0]))
-        merged.sort(key=lambda h: -h.score)
-        return merged[:k]
+        return canonical(merged)[:k]
+
+
+def canonical(hits: list[RawHit]) -> list[RawHit]:
+    """Best first; equal scores by row ID, so a top-k is one list whatever
+    filter form or over-fetch produced its candidates."""
+    return sorted(hits, key=lambda h: (-h.score, h.row_id))
 
 
 def fuse(dense: list[RawHit], keyword: list[RawHit], k: int, fusion: str, weights: tuple[float, float]) -> list[RawHit]:
