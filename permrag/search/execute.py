@@ -97,7 +97,7 @@ class Executor:
             for i, hits in zip(pending, raw):
                 ok = self.verify(plan, snap, hits)
                 complete = len(hits) < limit
-                if len(ok) >= k and not complete and limit < MAX_LIMIT and hits[-1].score >= ok[k - 1].score:
+                if len(ok) >= k and not complete and limit < TIE_FETCH and hits[-1].score >= ok[k - 1].score:
                     # Rows tied with the k-th may lie beyond what Milvus
                     # returned, and which of them it returns depends on the
                     # filter form: fetch past the tie, then break it by row ID.
@@ -160,6 +160,12 @@ class Executor:
             )
             merged.extend(self.verify(exact, snap, raw[0]))
         return canonical(merged)[:k]
+
+
+# How far a search fetches past a tie at its k-th score (beyond it, rows tied
+# with the k-th are ordered by row ID among those Milvus returned): a query of
+# one common word ties thousands of BM25 scores.
+TIE_FETCH = 1024
 
 
 def canonical(hits: list[RawHit]) -> list[RawHit]:
