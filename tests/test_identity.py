@@ -526,3 +526,18 @@ def test_acl_update_is_metadata_only_and_atomic(tmp_path) -> None:
     assert rag.search("budget", user="ann", k=50, mode="dense") == []
     assert sorted(milvus_ids(rag)) == sorted(r.row_id for r in after)  # the old rows left Milvus
     rag.close()
+
+
+def test_groups_and_acls_stay_in_their_tenant_on_one_milvus(tmp_path) -> None:
+    rag = PermRAG.open(tmp_path, encoder="hash")
+    for t in ("acme", "globex"):
+        rag.add_documents([{"external_id": f"{t}-{i}", "text": f"plan budget {i}", "acl": {"allow": ["group:eng"]}} for i in range(5)], tenant=t)
+    rag.identity.sync(Directory({"alice"}, {"eng": {"user:alice"}}), tenant="acme")
+    rag.identity.sync(Directory({"bob"}, {"eng": {"user:bob"}}), tenant="globex")
+    assert {h.external_id for h in rag.search("plan", user="alice", tenant="acme", k=10, mode="dense")} == {f"acme-{i}" for i in range(5)}
+    assert rag.search("plan", user="alice", tenant="globex", k=10, mode="dense") == []
+    assert {h.tenant for h in rag.search("plan", user="bob", tenant="globex", k=10)} == {"globex"}
+    rag.identity.sync(Directory(set(), {}), tenant="acme")  # acme's export is now empty
+    assert not rag.visible("alice", "acme") and len(rag.visible("bob", "globex")) == 5
+    assert rag.identity.members("eng", "globex") == ["user:bob"]
+    rag.close()

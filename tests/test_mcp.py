@@ -97,8 +97,9 @@ def passages(result) -> list[tuple[str, str, int]]:
     return [(p["external_id"], p["text"], p["policy_version"]) for p in result.structured_content["passages"]]
 
 
-async def exercise(client: Client, user: str, tenant: str, world: dict) -> None:
-    """Every tool, compared with the library's answers for ``user``."""
+async def exercise(client: Client, user: str, tenant: str, world: dict) -> int:
+    """Every tool, compared with the library's answers for ``user``; returns how
+    many documents the server fetched as ``user``."""
     tools = (await client.list_tools()).tools
     assert {t.name for t in tools} == {"search", "can_read", "fetch"}
     for t in tools:
@@ -115,6 +116,7 @@ async def exercise(client: Client, user: str, tenant: str, world: dict) -> None:
         assert not r.is_error and r.structured_content["text"] == world["texts"][ext]
         c = await client.call_tool("can_read", {"document_id": ext})
         assert c.structured_content["readable"] is True and user in c.structured_content["why"]
+    return len(readable & set(world["texts"]))
 
 
 async def refusals(client: Client, hidden: str, world: dict) -> None:
@@ -142,12 +144,13 @@ def stdio(home: Path, *args: str) -> Client:
 
 
 def test_stdio_server_acts_as_the_bound_user(world) -> None:
-    async def main() -> None:
+    async def main() -> int:
         async with stdio(world["home"], "--as", "alice") as client:
-            await exercise(client, "alice", "default", world)
+            fetched = await exercise(client, "alice", "default", world)
             await refusals(client, "merger", world)
+            return fetched
 
-    run(main())
+    assert run(main()) >= 1  # the server fetched alice's documents as alice
 
 
 def test_stdio_server_in_another_tenant(world) -> None:
@@ -222,23 +225,24 @@ def http(url: str, token: str | None) -> tuple[object, Client]:
     return session, Client(streamable_http_client(url, http_client=session))
 
 
-async def call_as(url: str, token: str | None, body) -> None:
+async def call_as(url: str, token: str | None, body):
     session, client = http(url, token)
     async with session, client:
-        await body(client)
+        return await body(client)
 
 
 def test_http_table_token_acts_as_its_owner(world, http_server) -> None:
-    async def body(client: Client) -> None:
-        await exercise(client, "alice", "default", world)
+    async def body(client: Client) -> int:
+        fetched = await exercise(client, "alice", "default", world)
         await refusals(client, "pay", world)
+        return fetched
 
-    run(call_as(http_server, world["alice_token"], body))
+    assert run(call_as(http_server, world["alice_token"], body)) >= 1
 
 
 def test_http_jwt_acts_as_its_subject_in_its_tenant(world, http_server) -> None:
-    run(call_as(http_server, token_for("bob"), lambda c: exercise(c, "bob", "default", world)))
-    run(call_as(http_server, token_for("carol", "acme"), lambda c: exercise(c, "carol", "acme", world)))
+    assert run(call_as(http_server, token_for("bob"), lambda c: exercise(c, "bob", "default", world))) >= 1
+    assert run(call_as(http_server, token_for("carol", "acme"), lambda c: exercise(c, "carol", "acme", world))) >= 1
 
 
 @pytest.mark.parametrize(
