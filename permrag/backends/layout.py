@@ -43,10 +43,11 @@ from typing import Any, Iterable, Mapping, Sequence
 # 3.7 ms with 100 partitions of 1,000 rows.
 #
 # Off by default (0: one flat partition, filters as before) until it is
-# measured at 1M rows (issue 17 is open): SIGKILLed mid-ingest with 16
-# groups, Milvus Lite failed to load its own files afterwards in 1 of 4 runs
-# ("LoadCollection failed: No data left in file"; 0 of 6 flat), and the
-# server's cost per partition at scale is not known yet. Opt in with
+# measured at 1M rows (issue 17 is open): the server's cost per partition
+# at scale is not known yet. (A Lite store SIGKILLed mid-ingest could fail
+# to load afterwards, "No data left in file", flat or grouped: Lite writes
+# index sidecars in place from a background thread; lite_files.py rebuilds
+# a torn one.) Opt in with
 # ``PermRAG.open(..., groups=N)`` (suggested: 1024 on Lite, 64 on a server).
 DEFAULT_GROUPS = {"lite": 0, "server": 0}
 MARKER = "permrag_groups_"

@@ -37,6 +37,7 @@ from ..config import milvus_kind
 from ..errors import BackendError, ConfigError, StoreMismatchError, UnsupportedError
 from .base import MAX_LIMIT, Capabilities, RawHit, detect, raw_hit
 from .layout import DEFAULT_GROUPS, Grouping, Partitions, by_partition
+from .lite_files import load_collection
 from .root import create_root, read_owner
 from .schema import analyzer_params, tenant_schema
 
@@ -82,6 +83,7 @@ class MilvusBackend:
         self.consistency = consistency
         self.analyzer = analyzer_params(analyzer)
         self.uri = uri
+        self._lite = uri if self.kind == "lite" else None  # Lite's data folder, for lite_files' repair
         self.token = token
         self.collection = collection
         self.index = index
@@ -186,7 +188,7 @@ class MilvusBackend:
 
     def _root_owner(self) -> str:
         try:
-            return read_owner(self.client(), self.collection, self._where())
+            return read_owner(self.client(), self.collection, self._where(), self._lite)
         except StoreMismatchError:
             raise
         except Exception as exc:
@@ -220,7 +222,7 @@ class MilvusBackend:
                     have = self._dim(name)
                     if have != dim:
                         raise ConfigError(f"collection {name!r} holds {have}-dim vectors but the encoder makes {dim}-dim ones")
-                    c.load_collection(name)
+                    load_collection(c, name, self._lite)
                 else:
                     self._create(name, dim)
             except (ConfigError, BackendError):
@@ -231,7 +233,7 @@ class MilvusBackend:
                 # another process created it at the same moment: use theirs
                 if self._dim(name) != dim:
                     raise ConfigError(f"collection {name!r} holds vectors of another dimension than {dim}") from None
-                c.load_collection(name)
+                load_collection(c, name, self._lite)
             self._read_layout(tenant_no)
             self._ready[tenant_no] = dim
 
@@ -251,7 +253,7 @@ class MilvusBackend:
         c.create_index(name, ip, sync=self.kind == "server")
         if self.groups:
             c.create_partition(name, Grouping(self.groups).marker)
-        c.load_collection(name)
+        load_collection(c, name, self._lite)
 
     def _read_layout(self, tenant_no: int) -> None:
         self._parts[tenant_no] = Partitions(self.client(), self.name(tenant_no))
@@ -280,7 +282,7 @@ class MilvusBackend:
             c = self.client()
             if not c.has_collection(name):
                 return False
-            c.load_collection(name)
+            load_collection(c, name, self._lite)
             self._read_layout(tenant_no)
             self._ready[tenant_no] = self._dim(name)
         except (ConfigError, BackendError):

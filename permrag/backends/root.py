@@ -11,12 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import StoreMismatchError
+from .lite_files import load_collection
 from .schema import root_schema
 
 ROOT_FORMAT = "permrag-root-2"
 
 
-def read_owner(c: Any, collection: str, where: str) -> str:
+def read_owner(c: Any, collection: str, where: str, lite_dir: str | None = None) -> str:
     """The store id the root collection ``collection`` belongs to."""
     info = c.describe_collection(collection)
     fields = {f.get("name") for f in info.get("fields", [])}
@@ -25,7 +26,7 @@ def read_owner(c: Any, collection: str, where: str) -> str:
             f"Milvus collection {collection!r} at {where} was not made by this version of permrag "
             "(an older permrag, or another application): choose another collection name"
         )
-    c.load_collection(collection)
+    load_collection(c, collection, lite_dir)
     got = c.query(collection, filter='key in ["store_id", "format"]', output_fields=["key", "value"], consistency_level="Strong")
     values = {g["key"]: g["value"] for g in got}
     owners = {g["value"] for g in got if g["key"] == "store_id"}
