@@ -100,6 +100,26 @@ def test_dense_equals_brute_force_at_every_fraction(corpus, user) -> None:
     assert rag.stats["dropped_hits"] == 0
 
 
+@pytest.mark.parametrize("user", ["user-p0001", "user-p001", "user-all"])
+def test_an_exact_plan_without_ties_asks_milvus_once(corpus, user) -> None:
+    """The tie check fetches one row past k: when it scores below the k-th,
+    one search is enough (fetching exactly k made every search twice)."""
+    rag, docs, vecs, _ = corpus
+    assert rag.plan(user, "acme").exact
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        q = rng.standard_normal(64).astype(np.float32)
+        q /= np.linalg.norm(q)
+        recs = rag.rows(rag.visible(user, "acme"))
+        ref = {r.row_id: float(np.dot(vecs[r.external_id], q) / np.linalg.norm(vecs[r.external_id])) for r in recs}
+        scores = sorted(ref.values(), reverse=True)
+        before = rag.stats["milvus_searches"]
+        hits = rag.search_many(["q"], user=user, tenant="acme", k=10, mode="dense", vectors=q[None, :])[0]
+        assert_same_topk([h.row_id for h in hits], ref, 10)
+        if len(scores) > 10 and scores[9] - scores[10] > 1e-4:  # no tie at the cut
+            assert rag.stats["milvus_searches"] - before == 1
+
+
 def test_superset_plans_are_exact_too(corpus) -> None:
     rag, docs, vecs, backend = corpus
     p = rag.policy

@@ -81,7 +81,10 @@ class Executor:
             return [fuse(d, s, k, fusion, weights) for d, s in zip(dense, keyword)]
         results: list[list[RawHit] | None] = [None] * len(texts)
         pending = list(range(len(texts)))
-        limit = plan.fetch_limit(k)
+        # One row past what the plan needs: when it scores below the k-th,
+        # no row beyond can tie with the k-th and one search is enough (with
+        # exactly k, the k-th itself looked like a tie: every search was made twice).
+        limit = plan.fetch_limit(k) + 1
         while pending:
             raw = self.backend.search(
                 self.tenant_no,
@@ -97,7 +100,7 @@ class Executor:
             for i, hits in zip(pending, raw):
                 ok = self.verify(plan, snap, hits)
                 complete = len(hits) < limit
-                if len(ok) >= k and not complete and limit < TIE_FETCH and hits[-1].score >= ok[k - 1].score:
+                if len(ok) >= k and not complete and limit < TIE_FETCH and hits[-1].row_id != ok[k - 1].row_id and hits[-1].score >= ok[k - 1].score:
                     # Rows tied with the k-th may lie beyond what Milvus
                     # returned, and which of them it returns depends on the
                     # filter form: fetch past the tie, then break it by row ID.
