@@ -17,6 +17,7 @@ granted a random set of teams: whole visibility classes) and **ACL-heavy**
 (documents carry per-document ACLs naming the user; ACLs are not part of
 the visibility class, so the visible rows are scattered over every class).
 
+Every approach fetches the hits' text (as permrag and an application do).
 Reported per cell: median latency / unfiltered median, recall@10 against an
 exact brute-force top-10 over the visible rows, and mean rows returned; and
 the goal's ratio, permrag ÷ silo.
@@ -103,18 +104,19 @@ def make_users(rag: PermRAG, n_teams: int, seed: int = 8) -> dict[float, tuple[s
     return users
 
 
-def silo_collection(client, name: str, ids, vecs) -> None:
+def silo_collection(client, name: str, ids, vecs, texts) -> None:
     from pymilvus import DataType
 
     if client.has_collection(name):
         client.drop_collection(name)
     s = client.create_schema(auto_id=False)
     s.add_field("row_id", DataType.INT64, is_primary=True)
+    s.add_field("text", DataType.VARCHAR, max_length=256)
     s.add_field("dense", DataType.FLOAT_VECTOR, dim=DIM)
     ip = client.prepare_index_params()
     ip.add_index("dense", index_type="FLAT", metric_type="COSINE")
     client.create_collection(name, schema=s, index_params=ip, consistency_level="Bounded")
-    rows = [{"row_id": int(i), "dense": v.tolist()} for i, v in zip(ids, vecs)]
+    rows = [{"row_id": int(i), "text": t, "dense": v.tolist()} for i, v, t in zip(ids, vecs, texts)]
     for j in range(0, len(rows), 5000):
         client.insert(name, rows[j : j + 5000])
     client.flush(name)
@@ -126,7 +128,8 @@ def run_backend(label: str, rag: PermRAG, n_rows: int, n_queries: int, budget_s:
     users = make_users(rag, n_teams)
     client = rag.store.client()
     coll = rag.store.name(rag.catalog.tenants.number("acme"))  # the tenant's own collection
-    acl_collection(client, f"{coll}_acl", ids, teams, vecs)
+    texts = [f"doc {i}" for i in range(n_rows)]  # as ingested: every approach fetches the hits' text, as permrag does
+    acl_collection(client, f"{coll}_acl", ids, teams, vecs, texts)
     rng = np.random.default_rng(11)
     queries = rng.standard_normal((n_queries, DIM)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
@@ -150,16 +153,16 @@ def run_backend(label: str, rag: PermRAG, n_rows: int, n_queries: int, budget_s:
         plan = rag.plan(user, "acme")
         silo = f"{coll}_silo"
         if f < 1.0:
-            silo_collection(client, silo, vis_ids, vis_vecs)
+            silo_collection(client, silo, vis_ids, vis_vecs, [texts[j] for j in np.flatnonzero(vis_mask)])
         id_expr = f'row_id in [{", ".join(map(str, vis_ids.tolist()))}]'
         team_list = ", ".join(f'"{t}"' for t in team_set)
         fns = {
-            "unfiltered": lambda q: raw_search(client, coll, q, 10),
+            "unfiltered": lambda q: raw_search(client, coll, q, 10, with_text=True),
             "permrag": lambda q: [h.row_id for h in rag.search_many(["q"], user=user, tenant="acme", k=10, mode="dense", vectors=q[None, :])[0]],
-            "post-filter": lambda q: [r for r in raw_search(client, coll, q, 100) if r in vis_set][:10],
-            "id-in": lambda q: raw_search(client, coll, q, 10, id_expr),
-            "acl-array": (lambda q: raw_search(client, f"{coll}_acl", q, 10, f"array_contains_any(acl, [{team_list}])")) if kind == "role" else (lambda q: []),
-            "silo": (lambda q: raw_search(client, silo, q, 10)) if f < 1.0 else (lambda q: raw_search(client, coll, q, 10)),
+            "post-filter": lambda q: [r for r in raw_search(client, coll, q, 100, with_text=True) if r in vis_set][:10],
+            "id-in": lambda q: raw_search(client, coll, q, 10, id_expr, with_text=True),
+            "acl-array": (lambda q: raw_search(client, f"{coll}_acl", q, 10, f"array_contains_any(acl, [{team_list}])", with_text=True)) if kind == "role" else (lambda q: []),
+            "silo": (lambda q: raw_search(client, silo, q, 10, with_text=True)) if f < 1.0 else (lambda q: raw_search(client, coll, q, 10, with_text=True)),
         }
         measured = measure(fns, queries, budget_s)
         base_t = measured.pop("unfiltered")[0]
@@ -199,6 +202,12 @@ def table(res: dict) -> str:
     return "\n".join(out)
 
 
+def layout(rag: PermRAG) -> str:
+    """How the store lays out new tenant collections, for the table's title."""
+    n = rag.store.groups
+    return f", {n} class-group partitions" if n else ", flat (one partition, filters)"
+
+
 def start_server(base: Path):
     """A Milvus server on free ports (its embedded etcd too)."""
     from tests.helpers.milvus_server import start
@@ -213,28 +222,34 @@ def main(argv=None) -> None:
     ap.add_argument("--server-rows", type=int, default=200_000)
     ap.add_argument("--queries", type=int, default=20)
     ap.add_argument("--skip-server", action="store_true")
+    ap.add_argument("--skip-lite", action="store_true")
+    ap.add_argument("--lite-groups", type=int, default=None, help="class-group partitions per collection on Lite (default: the library's)")
+    ap.add_argument("--server-groups", type=int, default=None, help="the same on the server")
+    ap.add_argument("--tag", default="", help="suffix of the results' file name (e.g. 1m)")
     args = ap.parse_args(argv)
     if args.quick:
         args.lite_rows, args.server_rows, args.queries = 5_000, 10_000, 8
     budget = 2.0 if args.quick else 8.0  # seconds per slow approach and fraction
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        print(f"Milvus Lite, {args.lite_rows:,} rows", flush=True)
-        with PermRAG.open(Path(tmp) / "lite", encoder=RandomEncoder(DIM)) as rag:
-            results.append(run_backend("Milvus Lite " + version("milvus-lite"), rag, args.lite_rows, args.queries, budget))
+        if not args.skip_lite:
+            print(f"Milvus Lite, {args.lite_rows:,} rows", flush=True)
+            with PermRAG.open(Path(tmp) / "lite", encoder=RandomEncoder(DIM), groups=args.lite_groups) as rag:
+                results.append(run_backend("Milvus Lite " + version("milvus-lite") + layout(rag), rag, args.lite_rows, args.queries, budget))
         if not args.skip_server:
             print(f"Milvus server, {args.server_rows:,} rows", flush=True)
             server = start_server(Path(tmp) / "server")
             try:
-                with PermRAG.open(Path(tmp) / "srv", encoder=RandomEncoder(DIM), milvus_uri=f"http://127.0.0.1:{server.listen_port}") as rag:
-                    results.append(run_backend("Milvus server " + rag.store.client().get_server_version(), rag, args.server_rows, args.queries, budget))
+                uri = f"http://127.0.0.1:{server.listen_port}"
+                with PermRAG.open(Path(tmp) / "srv", encoder=RandomEncoder(DIM), milvus_uri=uri, groups=args.server_groups) as rag:
+                    results.append(run_backend("Milvus server " + rag.store.client().get_server_version() + layout(rag), rag, args.server_rows, args.queries, budget))
             finally:
                 server.stop()
     machine = machine_line()
     text = f"Search benchmark ({machine}); cells: latency ÷ unfiltered, recall@10 vs exact, rows returned.\n\n"
     text += "\n\n".join(table(r) for r in results)
     print(text)
-    save("search", args.quick, {"machine": machine, "results": results}, text)
+    save("search" + (f"_{args.tag}" if args.tag else ""), args.quick, {"machine": machine, "results": results}, text)
 
 
 if __name__ == "__main__":

@@ -32,8 +32,9 @@ from .policy import Policy
 from .policy.identity import Identity
 from .repair import RepairReport
 from .results import Hits, Stats
-from .search import LITE, SERVER, Plan, Planner, Searcher
+from .search import LITE, SERVER, CostModel, Plan, Planner, Searcher
 from .search.aio import DEFAULT_WORKERS, AsyncRunner
+from .search.calibrate import Calibration
 from .search.fetch import fetch
 from .search.pipeline import retrieve
 from .search.recommend import recommend, similar
@@ -143,6 +144,8 @@ class PermRAG:
         self.binding = None if self._catalog_only else Binding(self._engine, self._make_backend, self._collection, self._encoder)
         self._audit = AuditLog(self._engine, o["audit"])
         self.ingester = Ingester(self.catalog, self.binding, self._chunker, o["max_document_chars"])
+        kind = self.settings.milvus_kind
+        self.calibration = Calibration(self._engine, kind, SERVER if kind == "server" else LITE)
         self.searcher = Searcher(self.access, self.catalog, self._binding(), self._planner, self._audit, self.stats)
         self.catalog.load()
         self.policy.load()
@@ -158,7 +161,28 @@ class PermRAG:
     def _planner(self) -> Planner:
         if self.planner is not None:
             return self.planner
-        return Planner(SERVER if self.settings.milvus_kind == "server" else LITE)
+        return Planner(self.calibration.model())
+
+    def calibrate(self, tenant: str | None = None) -> CostModel:
+        """Measure this store's search costs on ``tenant``'s collection (default:
+        the largest) and keep them for the planner; see :mod:`permrag.search.calibrate`."""
+        sizes = {t: len(self.catalog.tenant_rows(t)) for t in self.catalog.tenants.all()}
+        if tenant is None:
+            tenant = max(sizes, key=lambda t: sizes[t], default=DEFAULT_TENANT)
+        no = self.catalog.tenants.number(tenant)
+        if not sizes.get(tenant) or no is None or not self.store.has_tenant(no):
+            raise ConfigError(f"tenant {tenant!r} holds no rows to measure searches on")
+        return self.calibration.run(self.store, no, sizes[tenant], self.encoder.dim)
+
+    def _calibrate_if_grown(self) -> None:
+        if self.binding is None or self.planner is not None:
+            return
+        sizes = [len(self.catalog.tenant_rows(t)) for t in self.catalog.tenants.all()]
+        if sizes and self.calibration.due(max(sizes)):
+            try:
+                self.calibrate()
+            except BackendError as exc:  # the defaults serve until the next ingest
+                log.warning("measuring search costs failed: %s", exc)
 
     def _repair_on_open(self) -> None:
         self.last_repair = None
@@ -226,7 +250,9 @@ class PermRAG:
     def add_documents(self, docs: Sequence[Mapping[str, Any]], *, tenant: str | None = None, replace: bool = False, batch_size: int = 4096, progress: Callable[[int, int], None] | None = None) -> list[int]:
         """Ingest documents (``external_id``, ``text``, optional ``tenant``, ``attrs``, ``parent``,
         ``derived_from``; or LangChain ``Document``s); returns the row IDs. See :mod:`permrag.ingest.ingest`."""
-        return self.ingester.add_documents(docs, tenant=tenant, replace=replace, batch_size=batch_size, progress=progress)
+        ids = self.ingester.add_documents(docs, tenant=tenant, replace=replace, batch_size=batch_size, progress=progress)
+        self._calibrate_if_grown()
+        return ids
 
     def sync_folder(self, path: str | os.PathLike[str], *, tenant: str = DEFAULT_TENANT, **options: Any) -> SyncReport:
         """Make ``tenant``'s documents from folder ``path`` equal to its files: see :mod:`permrag.ingest.sync`."""

@@ -1,0 +1,141 @@
+"""A store's search costs, measured instead of assumed (issue 17).
+
+The planner prices each filter form with a :class:`~.planner.CostModel`. Its
+defaults come from one benchmark machine at 100k rows; at 1M rows the old
+fixed-base model estimated 42 ms for a Lite search that took 593 ms. A
+*probe* measures the rates that grow with the collection on this store's own
+backend and machine, on the tenant collection it is given:
+
+* an unfiltered search → ``scope_ms_per_1k`` (every row in scope is passed);
+* a filter that matches nothing (``row_id < 0``) → ``filter_ms_per_1k``
+  (Milvus Lite evaluates any filter row by row over the whole scope);
+* 1,000 listed IDs that match nothing → ``id_ms``;
+* 16 ID ranges that match nothing → ``range_term_ms``.
+
+Each probe is the median of a few searches after a warm-up. The result is
+kept in the store's settings (``cost_model``) with the row count it was
+measured at, loaded by every later open (no probe at open: it would slow the
+first search), and measured again after an ingest once the largest tenant
+has doubled since (``PermRAG.calibrate()`` measures on demand). Stores below
+``PROBE_ROWS`` rows keep the defaults: there every plan costs a few ms.
+Calibration changes only which exact form is chosen, never what a search
+may return: every plan is still verified against the caller's bitmap.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from dataclasses import asdict, replace
+from typing import Any
+
+import numpy as np
+
+from .planner import CostModel
+
+PROBE_ROWS = 20_000
+SETTING = "cost_model"
+FORMAT = 1
+_IDS = 1_000
+_RANGES = 16
+
+
+def probe(backend: Any, tenant_no: int, rows: int, dim: int, defaults: CostModel, *, repeat: int = 3) -> CostModel:
+    """Measure ``defaults``' per-row and per-term rates on the tenant's collection."""
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((1, dim)).astype(np.float32)
+    q /= np.linalg.norm(q)
+
+    def ms(expr: str) -> float:
+        times = []
+        for i in range(repeat + 1):  # the first one warms caches up
+            t0 = time.perf_counter()
+            backend.search(tenant_no, "dense", vectors=q, texts=[""], expr=expr, limit=10)
+            if i:
+                times.append(1e3 * (time.perf_counter() - t0))
+        return statistics.median(times)
+
+    per_1k = max(rows, 1) / 1000
+    plain = ms("")
+    nothing = ms("row_id < 0")
+    ids = ms(f"row_id in [{', '.join(str(-1 - j) for j in range(_IDS))}]")
+    ranges = ms(" or ".join(f"(row_id >= {-4 * j - 3} and row_id <= {-4 * j - 2})" for j in range(_RANGES)))
+    return replace(
+        defaults,
+        name=f"{defaults.name}, measured at {rows:,} rows",
+        scope_ms_per_1k=max(0.0, plain - defaults.base_ms) / per_1k,
+        filter_ms_per_1k=max(0.0, nothing - plain) / per_1k,
+        id_ms=max(0.0, ids - nothing) / _IDS,
+        range_term_ms=max(0.0, ranges - nothing - defaults.range_fixed_ms) / _RANGES,
+    )
+
+
+def dump(model: CostModel, kind: str, rows: int) -> str:
+    return json.dumps({"format": FORMAT, "backend": kind, "rows": rows, "model": asdict(model)}, sort_keys=True)
+
+
+def load(text: str | None, kind: str) -> tuple[CostModel, int] | None:
+    """The stored model and the rows it was measured at; None when there is
+    none for this kind of backend, or it cannot be read (the defaults serve)."""
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+        if data.get("format") != FORMAT or data.get("backend") != kind:
+            return None
+        model = CostModel(**data["model"])
+        rows = int(data["rows"])
+    except (ValueError, TypeError, KeyError):
+        return None
+    numbers = [v for v in asdict(model).values() if isinstance(v, (int, float))]
+    if not all(math.isfinite(v) and v >= 0 for v in numbers):
+        return None
+    return model, rows
+
+
+class Calibration:
+    """A store's cost model: the stored measurement for its kind of backend,
+    else ``defaults``; measured again as the store grows (see the module)."""
+
+    def __init__(self, engine: Any, kind: str, defaults: CostModel) -> None:
+        self._engine = engine
+        self.kind = kind
+        self.defaults = defaults
+        self._stored: tuple[CostModel, int] | None = None
+        self._read = False
+
+    def _load(self) -> tuple[CostModel, int] | None:
+        if not self._read:
+            from .. import db
+
+            with db.reading(self._engine, "reading the cost model") as conn:
+                self._stored = load(db.get_setting(conn, SETTING), self.kind)
+            self._read = True
+        return self._stored
+
+    def model(self) -> CostModel:
+        stored = self._load()
+        return stored[0] if stored else self.defaults
+
+    @property
+    def measured_rows(self) -> int:
+        """The rows of the collection the stored model was measured on (0: none)."""
+        stored = self._load()
+        return stored[1] if stored else 0
+
+    def due(self, rows: int) -> bool:
+        """Whether a tenant of ``rows`` rows should be measured: large enough,
+        and at least twice what the stored model was measured on."""
+        return rows >= PROBE_ROWS and rows >= 2 * self.measured_rows
+
+    def run(self, backend: Any, tenant_no: int, rows: int, dim: int) -> CostModel:
+        """Probe the tenant's collection and store the result."""
+        from .. import db
+
+        model = probe(backend, tenant_no, rows, dim, self.defaults)
+        with db.transaction(self._engine, "storing the cost model") as conn:
+            db.set_setting(conn, SETTING, dump(model, self.kind, rows))
+        self._stored, self._read = (model, rows), True
+        return model
