@@ -157,7 +157,7 @@ def lookups(rag: PermRAG, users: list[str]) -> dict:
     # revoke → next lookup: time the revoke (a committed transaction) plus the
     # lookup, and check the lookup lost exactly the revoked rows.
     revoke_times, checked = [], 0
-    for u in sample[:60]:
+    for u in sample:  # 200 users
         roles = rag.policy.roles_of(u, implicit=True)
         rules = [(r, s) for r in roles for (_, s, e) in rag.policy.rules(r) if e == "allow"]
         if not rules:
@@ -179,6 +179,7 @@ def lookups(rag: PermRAG, users: list[str]) -> dict:
         "visible_cached_us": 1e6 * cached,
         "visible_checked_us": 1e6 * checked_lookup,
         "revoke_to_lookup_ms_median": 1e3 * statistics.median(revoke_times),
+        "revoke_to_lookup_ms_p99": 1e3 * statistics.quantiles(revoke_times, n=100)[98],
         "revoke_to_lookup_ms_max": 1e3 * max(revoke_times),
         "revokes_checked": checked,
     }
@@ -199,7 +200,7 @@ def table(r: dict) -> str:
         f"| visible(), role bitmaps cached, median | {c['visible_roles_cached_us_median']:.1f} µs | |",
         f"| visible(), cached (the compiled bitmap, at a known version) | {c['visible_cached_us']:.2f} µs | < 50 µs |",
         f"| rag.visible(), cached, with the stored-version check (one SQL query) | {c['visible_checked_us']:.1f} µs | |",
-        f"| revoke → next correct visible(), median / max | {c['revoke_to_lookup_ms_median']:.2f} / {c['revoke_to_lookup_ms_max']:.2f} ms | < 5 ms |",
+        f"| revoke → next correct visible(), median / p99 / max ({c['revokes_checked']} revokes) | {c['revoke_to_lookup_ms_median']:.2f} / {c.get('revoke_to_lookup_ms_p99', float('nan')):.2f} / {c['revoke_to_lookup_ms_max']:.2f} ms | p99 < 5 ms |",
         f"| peak RSS | {c['peak_rss_mb']:.0f} MB | |",
         "",
         "| row-ID allocation | user bitmap bytes | user bitmap runs | role bitmap bytes | role bitmap runs | full compile |",

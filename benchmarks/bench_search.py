@@ -116,9 +116,8 @@ def silo_collection(client, name: str, ids, vecs, texts) -> None:
     ip = client.prepare_index_params()
     ip.add_index("dense", index_type="FLAT", metric_type="COSINE")
     client.create_collection(name, schema=s, index_params=ip, consistency_level="Bounded")
-    rows = [{"row_id": int(i), "text": t, "dense": v.tolist()} for i, v, t in zip(ids, vecs, texts)]
-    for j in range(0, len(rows), 5000):
-        client.insert(name, rows[j : j + 5000])
+    for j in range(0, len(ids), 5000):  # built per batch (memory at 1M rows)
+        client.insert(name, [{"row_id": int(i), "text": t, "dense": v.tolist()} for i, v, t in zip(ids[j : j + 5000], vecs[j : j + 5000], texts[j : j + 5000])])
     client.flush(name)
     client.load_collection(name)
 

@@ -63,12 +63,12 @@ def acl_collection(client, name: str, ids, acl: list[str], vecs: np.ndarray, tex
     ip = client.prepare_index_params()
     ip.add_index("dense", index_type="FLAT", metric_type="COSINE")
     client.create_collection(name, schema=s, index_params=ip, consistency_level="Bounded")
-    rows = [{"row_id": int(i), "acl": [t], "dense": v.tolist()} for i, t, v in zip(ids, acl, vecs)]
-    if texts is not None:
-        for r, t in zip(rows, texts):
-            r["text"] = t
-    for j in range(0, len(rows), 5000):
-        client.insert(name, rows[j : j + 5000])
+    for j in range(0, len(ids), 5000):  # built per batch: 1M rows of float lists at once would take ~10 GB
+        rows = [{"row_id": int(i), "acl": [t], "dense": v.tolist()} for i, t, v in zip(ids[j : j + 5000], acl[j : j + 5000], vecs[j : j + 5000])]
+        if texts is not None:
+            for r, t in zip(rows, texts[j : j + 5000]):
+                r["text"] = t
+        client.insert(name, rows)
     client.flush(name)
     client.load_collection(name)
 

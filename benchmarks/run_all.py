@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_async  # noqa: E402
+import bench_coldstart  # noqa: E402
 import bench_compile  # noqa: E402
 import bench_identity  # noqa: E402
 import bench_ingest  # noqa: E402
@@ -38,6 +39,7 @@ STEPS = [
     ("ingest", bench_ingest.main, []),
     ("identity", bench_identity.main, []),
     ("async", bench_async.main, []),
+    ("coldstart", bench_coldstart.main, []),
     ("peers", bench_peers.main, []),
 ]
 
