@@ -41,7 +41,7 @@ def test_the_model_is_measured_kept_and_reused(backend, tmp_path, request, small
         assert rag.calibration.measured_rows == 800 and measured != defaults
         assert "measured at 800 rows" in measured.name
         rates = [measured.scope_ms_per_1k, measured.filter_ms_per_1k, measured.id_ms, measured.range_term_ms]
-        assert all(np.isfinite(r) and r >= 0 for r in rates) and measured.scope_ms_per_1k > 0  # a search over rows costs something
+        assert all(np.isfinite(r) and r >= 0 for r in rates)  # (a fast machine may measure 0 over the base at 800 rows)
         assert rag._planner().model == measured
         rag.add_documents(docs(800, 300))  # 1,100 < 2 × 800: not measured again
         assert rag.calibration.measured_rows == 800
