@@ -166,7 +166,7 @@ class PermRAG:
     def calibrate(self, tenant: str | None = None) -> CostModel:
         """Measure this store's search costs on ``tenant``'s collection (default:
         the largest) and keep them for the planner; see :mod:`permrag.search.calibrate`."""
-        sizes = {t: len(self.catalog.tenant_rows(t)) for t in self.catalog.tenants.all()}
+        sizes = self._tenant_sizes()
         if tenant is None:
             tenant = max(sizes, key=lambda t: sizes[t], default=DEFAULT_TENANT)
         no = self.catalog.tenants.number(tenant)
@@ -174,10 +174,14 @@ class PermRAG:
             raise ConfigError(f"tenant {tenant!r} holds no rows to measure searches on")
         return self.calibration.run(self.store, no, sizes[tenant], self.encoder.dim)
 
+    def _tenant_sizes(self) -> dict[str, int]:
+        """Live rows per tenant, from the in-memory catalog index (no query, no copy)."""
+        return {t: len(self.catalog.tenant(t).rows) for t in self.catalog.index.tenants()}
+
     def _calibrate_if_grown(self) -> None:
         if self.binding is None or self.planner is not None:
             return
-        sizes = [len(self.catalog.tenant_rows(t)) for t in self.catalog.tenants.all()]
+        sizes = self._tenant_sizes().values()
         if sizes and self.calibration.due(max(sizes)):
             try:
                 self.calibrate()

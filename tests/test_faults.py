@@ -292,3 +292,31 @@ def test_a_lite_load_failure_without_index_files_still_raises(tmp_path):
     with pytest.raises(RuntimeError, match="segment data unreadable"):
         load_collection(Broken(), "permrag_t1", str(tmp_path / "milvus.db"))
     assert Broken.calls == 1  # nothing to remove: not retried, the real error raised
+
+
+def test_the_repair_touches_only_the_failing_collections_files(tmp_path):
+    """Two stores on one Milvus Lite file: a torn index of one store's
+    collection never costs the other store its index files."""
+    from permrag.backends.lite_files import load_collection
+
+    lite = tmp_path / "milvus.db"
+    for coll in ("storea_t1", "storeb_t1"):
+        d = lite / "collections" / coll / "partitions" / "_default" / "indexes"
+        d.mkdir(parents=True)
+        (d / "data_1.dense.flat.idx").write_bytes(b"x")
+        (d / "data_1.vclass.inverted.sidx").write_bytes(b"x")
+        (d.parent / "data_1.parquet").write_bytes(b"segment")
+
+    class TornOnce:
+        calls: list[str] = []
+
+        def load_collection(self, name):
+            TornOnce.calls.append(name)
+            if len(TornOnce.calls) == 1:
+                raise RuntimeError("No data left in file")
+
+    load_collection(TornOnce(), "storea_t1", str(lite))
+    assert TornOnce.calls == ["storea_t1", "storea_t1"]
+    assert not list((lite / "collections" / "storea_t1").rglob("*idx"))
+    assert len(list((lite / "collections" / "storeb_t1").rglob("*idx"))) == 2  # the other store's, untouched
+    assert (lite / "collections" / "storea_t1" / "partitions" / "_default" / "data_1.parquet").exists()  # data stays
