@@ -4,7 +4,11 @@ For callers who see 0.1 %, 1 %, 10 %, 50 % and 100 % of a collection (each
 holding a random set of teams, the hard case for ID ranges), dense top-10:
 
 * **unfiltered** — a plain Milvus search over the whole collection (the 1.0);
-* **permrag** — ``rag.search`` (policy lookup, plan, Milvus, verify, catalog);
+* **permrag** — ``rag.search`` (policy lookup, plan, Milvus or — for a
+  visible set of at most ``local_rows`` rows — exact ranking in process from
+  cached stored vectors (search/local.py), verify, catalog);
+* **permrag-milvus** — the same with in-process ranking off: every search
+  asks Milvus with the planned filter or class groups;
 * **post-filter** — unfiltered top-100, then drop what the caller may not see
   (what FGA-style retriever wrappers do);
 * **id-in** — ``row_id in [every visible id]``;
@@ -51,7 +55,7 @@ from permrag.embed import RandomEncoder  # noqa: E402
 DIM = 384
 TEAM_SIZE = 100  # rows per team: one team is 0.1 % of 100k rows
 FRACTIONS = [0.001, 0.01, 0.1, 0.5, 1.0]
-APPROACHES = ["permrag", "post-filter", "id-in", "acl-array", "silo"]
+APPROACHES = ["permrag", "permrag-milvus", "post-filter", "id-in", "acl-array", "silo"]
 
 
 def acl_sets(n_rows: int, seed: int = 9) -> dict[float, set[int]]:
@@ -154,10 +158,23 @@ def run_backend(label: str, rag: PermRAG, n_rows: int, n_queries: int, budget_s:
         if f < 1.0:
             silo_collection(client, silo, vis_ids, vis_vecs, [texts[j] for j in np.flatnonzero(vis_mask)])
         id_expr = f'row_id in [{", ".join(map(str, vis_ids.tolist()))}]'
+        local = rag.searcher.local
+        local.clear()  # the first search reads the visible rows back (when in-process ranking takes the set)
+        t0 = time.perf_counter()
+        rag.search_many(["q"], user=user, tenant="acme", k=10, mode="dense", vectors=queries[:1])
+        first_ms = 1e3 * (time.perf_counter() - t0)
+
+        def milvus_only(q, user=user, local=local):
+            rag.searcher.local = None
+            try:
+                return [h.row_id for h in rag.search_many(["q"], user=user, tenant="acme", k=10, mode="dense", vectors=q[None, :])[0]]
+            finally:
+                rag.searcher.local = local
         team_list = ", ".join(f'"{t}"' for t in team_set)
         fns = {
             "unfiltered": lambda q: raw_search(client, coll, q, 10, with_text=True),
             "permrag": lambda q: [h.row_id for h in rag.search_many(["q"], user=user, tenant="acme", k=10, mode="dense", vectors=q[None, :])[0]],
+            "permrag-milvus": milvus_only,
             "post-filter": lambda q: [r for r in raw_search(client, coll, q, 100, with_text=True) if r in vis_set][:10],
             "id-in": lambda q: raw_search(client, coll, q, 10, id_expr, with_text=True),
             "acl-array": (lambda q: raw_search(client, f"{coll}_acl", q, 10, f"array_contains_any(acl, [{team_list}])", with_text=True)) if kind == "role" else (lambda q: []),
@@ -174,8 +191,10 @@ def run_backend(label: str, rag: PermRAG, n_rows: int, n_queries: int, budget_s:
         if f < 1.0:
             client.drop_collection(silo)
         silo_ratio = cells["permrag"]["ms"] / cells["silo"]["ms"]
+        where = "in process" if local.takes(int(vis_mask.sum()), rag.store) and plan.kind in ("filter", "allow-all") else "Milvus"
         rows.append({"kind": kind, "fraction": f, "visible": int(vis_mask.sum()), "unfiltered_ms": 1e3 * base_t, "plan": plan.describe()[:160],
-                     "cells": cells, "permrag_ms": cells["permrag"]["ms"], "silo_ms": cells["silo"]["ms"], "silo_ratio": silo_ratio})
+                     "cells": cells, "permrag_ms": cells["permrag"]["ms"], "silo_ms": cells["silo"]["ms"], "silo_ratio": silo_ratio,
+                     "milvus_silo_ratio": cells["permrag-milvus"]["ms"] / cells["silo"]["ms"], "first_ms": first_ms, "ranked": where})
         print(f"  {label} {kind} {f:>6.1%}: permrag ÷ silo {silo_ratio:.2f}; unfiltered {1e3 * base_t:.1f} ms; " + ", ".join(f"{n} {c['ratio']:.2f}x r{c['recall']:.2f}" for n, c in cells.items()), flush=True)
     client.drop_collection(f"{coll}_acl")
     return {"backend": label, "rows": n_rows, "unfiltered_ms": 1e3 * statistics.median(base_all), "ingest_s": ingest_s, "table": rows, "stats": dict(rag.stats)}
@@ -186,16 +205,19 @@ def table(res: dict) -> str:
         f"### {res['backend']}: {res['rows']:,} rows, dim {DIM}, dense top-10, unfiltered median {res['unfiltered_ms']:.1f} ms "
         "(measured beside each row, interleaved)",
         "",
-        "| permissions | visible | **permrag ÷ silo** | permrag ms | silo ms | " + " | ".join(f"{a} ratio / recall / rows" for a in APPROACHES) + " |",
-        "|---|---|---|---|---|" + "---|" * len(APPROACHES),
+        "| permissions | visible | ranked | **permrag ÷ silo** | permrag-milvus ÷ silo | permrag ms | first search ms | silo ms | "
+        + " | ".join(f"{a} ratio / recall / rows" for a in APPROACHES) + " |",
+        "|---|---|---|---|---|---|---|---|" + "---|" * len(APPROACHES),
     ]
     for row in res["table"]:
         cells = [f"{row['cells'][a]['ratio']:.2f}× / {row['cells'][a]['recall']:.2f} / {row['cells'][a]['returned']:.1f}" for a in APPROACHES]
-        head = f"| {row['kind']} | {row['fraction']:.1%} ({row['visible']:,}) | **{row['silo_ratio']:.2f}×** | {row['permrag_ms']:.1f} | {row['silo_ms']:.1f} | "
+        head = (f"| {row['kind']} | {row['fraction']:.1%} ({row['visible']:,}) | {row['ranked']} | **{row['silo_ratio']:.2f}×** | {row['milvus_silo_ratio']:.2f}× "
+                f"| {row['permrag_ms']:.1f} | {row['first_ms']:.1f} | {row['silo_ms']:.1f} | ")
         out.append(head + " | ".join(cells) + " |")
     out.append("")
     out.append("Plans: " + "; ".join(f"{r['kind']} {r['fraction']:.1%}: {r['plan'].split(':')[0]}" for r in res["table"]))
-    out.append("(acl-array is the role-based pattern only: one group per row; empty for ACL users.)")
+    out.append("(acl-array is the role-based pattern only: one group per row; empty for ACL users. ranked: where permrag's dense ranking ran; "
+               "first search: permrag's first search of the cell with an empty row cache, which reads the visible rows back by primary key when ranked in process.)")
     leaks = {a: sum(r["cells"][a]["leaked"] for r in res["table"]) for a in APPROACHES}
     out.append(f"Rows outside the caller's permissions returned: {leaks}")
     return "\n".join(out)

@@ -17,6 +17,7 @@ from common import RESULTS  # noqa: E402
 STYLE = {
     "unfiltered": ("black", ":"),
     "permrag": ("tab:blue", "-"),
+    "permrag-milvus": ("tab:cyan", "--"),
     "post-filter": ("tab:red", "--"),
     "id-in": ("tab:orange", "-."),
     "acl-array": ("tab:purple", "--"),

@@ -36,6 +36,7 @@ from .search import LITE, SERVER, CostModel, Plan, Planner, Searcher
 from .search.aio import DEFAULT_WORKERS, AsyncRunner
 from .search.calibrate import Calibration
 from .search.fetch import fetch
+from .search.local import LOCAL_ROWS, LocalRanker
 from .search.pipeline import retrieve
 from .search.recommend import recommend, similar
 
@@ -67,6 +68,7 @@ class PermRAG:
         async_workers: int = DEFAULT_WORKERS,
         clock: Callable[[], float] | None = None,
         groups: int | None = None,
+        local_rows: int = LOCAL_ROWS,
     ) -> None:
         if chunk_size > 16_000:
             raise ConfigError("chunk_size is at most 16000 characters (Milvus VARCHAR holds 65535 bytes)")
@@ -85,6 +87,9 @@ class PermRAG:
         self._backend_options = dict(token=settings.milvus_token, index=index, consistency=consistency, analyzer=analyzer, groups=groups)
         if not catalog_only:
             MilvusBackend(settings.milvus_uri, **self._backend_options)  # checks the options; no I/O
+        if isinstance(local_rows, bool) or not isinstance(local_rows, int) or local_rows < 0:
+            raise ConfigError(f"local_rows {local_rows!r} must be a non-negative integer (0: always search in Milvus)")
+        self._local = LocalRanker(local_rows)
         self._engine: Any = None
         self.aio = AsyncRunner(async_workers)  # the bounded pool of asearch & co.; threads start on first use
 
@@ -114,7 +119,9 @@ class PermRAG:
         ``"async"``, ``"off"``), ``async_workers`` (threads of the pool the
         async methods run on), ``groups`` (partitions by visibility-class group
         in a new tenant collection; 0: flat; default by backend, see
-        backends/layout.py) and ``catalog_only`` (no vector store).
+        backends/layout.py), ``local_rows`` (largest visible set whose dense
+        ranking runs in process, exact, from cached stored vectors; 0: never;
+        see search/local.py) and ``catalog_only`` (no vector store).
         Milvus is connected on first use, so opening is cheap.
         """
         encoder = options.get("encoder")
@@ -146,7 +153,7 @@ class PermRAG:
         self.ingester = Ingester(self.catalog, self.binding, self._chunker, o["max_document_chars"])
         kind = self.settings.milvus_kind
         self.calibration = Calibration(self._engine, kind, SERVER if kind == "server" else LITE)
-        self.searcher = Searcher(self.access, self.catalog, self._binding(), self._planner, self._audit, self.stats)
+        self.searcher = Searcher(self.access, self.catalog, self._binding(), self._planner, self._audit, self.stats, self._local)
         self.catalog.load()
         self.policy.load()
 
@@ -208,6 +215,7 @@ class PermRAG:
         if self._engine is None:
             return
         self._audit.close()
+        self._local.clear()
         if self.binding is not None:
             self.binding.close()
         self._engine.dispose()
@@ -249,6 +257,26 @@ class PermRAG:
     def store(self) -> MilvusBackend:
         """The Milvus backend (bound to this store on first use)."""
         return self._binding().backend()
+
+    def warm(self) -> dict[str, float]:
+        """Pay now what a process's first search would: connect to Milvus
+        (importing pymilvus), check the store's binding, load the encoder,
+        load every tenant's collection and search one row in it. For servers
+        (``permrag mcp`` calls it at start); returns seconds per step."""
+        steps: dict[str, float] = {}
+        t = time.perf_counter()
+        store = self.store
+        steps["connect"] = time.perf_counter() - t
+        t = time.perf_counter()
+        probe = self.encoder.encode(["warm"])
+        steps["encoder"] = time.perf_counter() - t
+        t = time.perf_counter()
+        for tenant in self.catalog.index.tenants():
+            no = self.catalog.tenants.number(tenant)
+            if no is not None and store.has_tenant(no):
+                store.search(no, "dense", vectors=probe, texts=None, expr="", limit=1)
+        steps["collections"] = time.perf_counter() - t
+        return steps
 
     # ------------------------------------------------------------------ documents
     def add_documents(self, docs: Sequence[Mapping[str, Any]], *, tenant: str | None = None, replace: bool = False, batch_size: int = 4096, progress: Callable[[int, int], None] | None = None) -> list[int]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from contextlib import contextmanager
 from dataclasses import replace
 
 import numpy as np
@@ -85,18 +86,34 @@ def assert_same_topk(got: list[int], ref: dict[int, float], k: int, tol: float =
     assert must <= set(got) <= may
 
 
+@contextmanager
+def through(rag: PermRAG, path: str):
+    """Search ``path``: "local" (small visible sets ranked in process,
+    search/local.py — the default) or "milvus" (every search asks Milvus)."""
+    saved = rag.searcher.local
+    if path == "milvus":
+        rag.searcher.local = None
+    try:
+        yield
+    finally:
+        rag.searcher.local = saved
+
+
 QUERIES = ["budget hiring w3 w17", "apple merger", "w100 w200 w300 roadmap", "secret", "w5"]
 
 
+@pytest.mark.parametrize("path", ["local", "milvus"])
 @pytest.mark.parametrize("user", ["user-p0001", "user-p001", "user-p01", "user-p05", "user-all"])
-def test_dense_equals_brute_force_at_every_fraction(corpus, user) -> None:
+def test_dense_equals_brute_force_at_every_fraction(corpus, user, path) -> None:
     rag, docs, vecs, _ = corpus
-    for q in QUERIES:
-        for k in (1, 10, 50):
-            hits = rag.search(q, user=user, tenant="acme", k=k, mode="dense")
-            ref = dense_reference(rag, vecs, user, q)
-            assert_same_topk([h.row_id for h in hits], ref, k)
-            assert all(h.tenant == "acme" and h.policy_version == rag.policy_version for h in hits)
+    with through(rag, path):
+        for q in QUERIES:
+            for k in (1, 10, 50):
+                hits = rag.search(q, user=user, tenant="acme", k=k, mode="dense")
+                ref = dense_reference(rag, vecs, user, q)
+                assert_same_topk([h.row_id for h in hits], ref, k)
+                assert all(abs(h.score - ref[h.row_id]) < 1e-5 for h in hits)  # Milvus' cosine, on either path
+                assert all(h.tenant == "acme" and h.policy_version == rag.policy_version for h in hits)
     assert rag.stats["dropped_hits"] == 0
 
 
@@ -107,6 +124,11 @@ def test_an_exact_plan_without_ties_asks_milvus_once(corpus, user) -> None:
     rag, docs, vecs, _ = corpus
     assert rag.plan(user, "acme").exact
     rng = np.random.default_rng(3)
+    with through(rag, "milvus"):
+        _asks_once(rag, vecs, user, rng)
+
+
+def _asks_once(rag, vecs, user, rng) -> None:
     for _ in range(5):
         q = rng.standard_normal(64).astype(np.float32)
         q /= np.linalg.norm(q)
@@ -122,6 +144,11 @@ def test_an_exact_plan_without_ties_asks_milvus_once(corpus, user) -> None:
 
 def test_superset_plans_are_exact_too(corpus) -> None:
     rag, docs, vecs, backend = corpus
+    with through(rag, "milvus"):  # superset plans are Milvus' (in process, every visible row is scored)
+        _superset_exact(rag, docs, vecs)
+
+
+def _superset_exact(rag, docs, vecs) -> None:
     p = rag.policy
     role = f"scatter-{uuid.uuid4().hex[:6]}"
     p.add_role(role, tenant="acme")
@@ -149,8 +176,14 @@ def _distinct(scores: list[float], n: int) -> bool:
     return len(top) > n and all(a - b > 1e-4 for a, b in zip(top, top[1:]))
 
 
-def test_keyword_and_hybrid_are_exact(corpus) -> None:
+@pytest.mark.parametrize("path", ["local", "milvus"])
+def test_keyword_and_hybrid_are_exact(corpus, path) -> None:
     rag, docs, vecs, backend = corpus
+    with through(rag, path):
+        _keyword_and_hybrid(rag, vecs)
+
+
+def _keyword_and_hybrid(rag, vecs) -> None:
     if not rag.store.capabilities.bm25:
         for mode in ("keyword", "hybrid"):
             with pytest.raises(UnsupportedError):
@@ -217,9 +250,15 @@ SEL = st.one_of(
     rules=st.lists(st.tuples(SEL, st.booleans()), min_size=1, max_size=6),
     query=st.lists(st.sampled_from(WORDS), min_size=1, max_size=5).map(" ".join),
     k=st.integers(1, 40),
+    path=st.sampled_from(["local", "milvus"]),
 )
-def test_no_row_outside_the_bitmap_in_any_mode(corpus, rules, query, k) -> None:
+def test_no_row_outside_the_bitmap_in_any_mode(corpus, rules, query, k, path) -> None:
     rag, docs, vecs, backend = corpus
+    with through(rag, path):
+        _no_leak(rag, rules, query, k)
+
+
+def _no_leak(rag, rules, query, k) -> None:
     role = f"h-{uuid.uuid4().hex[:8]}"
     user = f"u-{role}"
     p = rag.policy

@@ -363,17 +363,17 @@ class MilvusBackend:
     def texts(self, tenant_no: int, row_ids: Sequence[int]) -> dict[int, str]:
         return {i: r["text"] for i, r in self.stored(tenant_no, row_ids, ["text"]).items()}
 
-    def stored(self, tenant_no: int, row_ids: Sequence[int], fields: Sequence[str] = ("text", "dense")) -> dict[int, dict[str, Any]]:
-        """``fields`` of the stored rows ``row_ids`` (text, dense vector …), by row ID."""
+    def stored(self, tenant_no: int, row_ids: Sequence[int], fields: Sequence[str] = ("text", "dense"), *, strong: bool = True) -> dict[int, dict[str, Any]]:
+        """``fields`` of the stored rows ``row_ids`` (text, dense vector …), by
+        row ID; at the store's search consistency unless ``strong``."""
         ids = sorted({int(r) for r in row_ids})
         if not ids or not self._known(tenant_no):
             return {}
         out: dict[int, dict[str, Any]] = {}
         try:
+            level = "Strong" if strong else self.consistency
             for i in range(0, len(ids), ID_CHUNK):
-                got = self.client().query(
-                    self.name(tenant_no), filter=f"row_id in {ids[i : i + ID_CHUNK]}", output_fields=["row_id", *fields], consistency_level="Strong"
-                )
+                got = self.client().query(self.name(tenant_no), filter=f"row_id in {ids[i : i + ID_CHUNK]}", output_fields=["row_id", *fields], consistency_level=level)
                 out.update((int(g["row_id"]), dict(g)) for g in got)
         except Exception as exc:
             raise self._fail("query", exc) from None

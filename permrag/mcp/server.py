@@ -29,7 +29,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent
 from pydantic import BaseModel, Field
 
-from ..errors import ConfigError, PermragError
+from ..errors import BackendError, ConfigError, PermragError
 from .auth import Principal, principal_of
 
 log = logging.getLogger(__name__)
@@ -156,6 +156,10 @@ def _result(text: str, structured: BaseModel) -> CallToolResult:
 def serve(rag: Any, *, transport: str = "stdio", host: str = "127.0.0.1", port: int = 8000, **options: Any) -> None:
     """Run :func:`build_server` until interrupted: ``stdio``, or ``http`` (streamable HTTP at ``/mcp``)."""
     server = build_server(rag, issuer_url=f"http://{host}:{port}", **options)
+    try:
+        rag.warm()  # the first tool call answers at warm speed (benchmarks/bench_coldstart.py)
+    except BackendError as exc:  # served anyway: each search raises until Milvus answers
+        log.warning("warming the store failed: %s", exc)
     if transport == "stdio":
         server.run("stdio")
     elif transport == "http":

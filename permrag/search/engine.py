@@ -25,6 +25,7 @@ from ..errors import ArgumentError, ConfigError
 from ..names import check_text
 from ..results import Hit, Hits, Stats
 from .execute import Executor
+from .local import LocalRanker
 from .planner import DenyAll, Plan, Planner
 
 MODES = ("hybrid", "dense", "keyword")
@@ -42,13 +43,16 @@ MAX_PLANS = 4096
 class Searcher:
     """Permissioned search over one store."""
 
-    def __init__(self, access: Access, catalog: Catalog, binding: Binding, planner: Callable[[], Planner], audit: AuditLog, stats: Stats) -> None:
+    def __init__(
+        self, access: Access, catalog: Catalog, binding: Binding, planner: Callable[[], Planner], audit: AuditLog, stats: Stats, local: LocalRanker | None = None
+    ) -> None:
         self.access = access
         self.catalog = catalog
         self.binding = binding
         self.planner = planner
         self.audit = audit
         self.stats = stats
+        self.local = local  # small visible sets ranked in process (search/local.py); None: always Milvus
         self._plans: dict[tuple[str, int, int], tuple[FrozenBitMap, Plan]] = {}
         self._plans_lock = threading.Lock()
 
@@ -83,7 +87,7 @@ class Searcher:
         no = self.catalog.tenants.number(tenant)
         if no is None:
             return None
-        return Executor(self.binding.backend(), no, self.catalog.rows.records, self.stats)
+        return Executor(self.binding.backend(), no, self.catalog.rows.records, self.stats, self.local)
 
     # ------------------------------------------------------------------ search
     def search_many(

@@ -35,7 +35,8 @@ from ..backends import MAX_LIMIT, RawHit, SearchBackend
 from ..catalog import RowRecord, as_array
 from ..results import Stats
 from .fusion import order, rrf, weighted
-from .planner import DenyAll, Plan
+from .local import LocalRanker
+from .planner import AllowAll, DenyAll, Filter, Plan
 
 log = logging.getLogger(__name__)
 security_log = logging.getLogger("permrag.security")
@@ -48,11 +49,12 @@ Records = Callable[[Sequence[int]], Mapping[int, RowRecord]]
 class Executor:
     """Executes plans on one backend for one tenant collection; counts what verify dropped."""
 
-    def __init__(self, backend: SearchBackend, tenant_no: int, records: Records, stats: Stats) -> None:
+    def __init__(self, backend: SearchBackend, tenant_no: int, records: Records, stats: Stats, local: LocalRanker | None = None) -> None:
         self.backend = backend
         self.tenant_no = tenant_no
         self.records = records
         self.stats = stats
+        self.local = local
 
     def run(
         self,
@@ -79,6 +81,8 @@ class Executor:
             dense = self.run(plan, snap, "dense", vectors, texts, n)
             keyword = self.run(plan, snap, "keyword", vectors, texts, n)
             return [fuse(d, s, k, fusion, weights) for d, s in zip(dense, keyword)]
+        if mode == "dense" and vectors is not None and isinstance(plan, (Filter, AllowAll)) and self.local is not None and self.local.takes(plan.visible, self.backend):
+            return self._local(self.local, plan, snap, vectors, k)
         results: list[list[RawHit] | None] = [None] * len(texts)
         pending = list(range(len(texts)))
         # One row past what the plan needs: when it scores below the k-th,
@@ -118,6 +122,21 @@ class Executor:
             # on Milvus Lite, 8 against 20 hybrid q/s in bench_async --quick)
             limit = min(MAX_LIMIT, limit * 4)
         return [r or [] for r in results]
+
+    def _local(self, local: LocalRanker, plan: Filter | AllowAll, snap: Snapshot, vectors: np.ndarray, k: int) -> list[list[RawHit]]:
+        """Every visible row scored in process (search/local.py); verified like Milvus hits."""
+        ranked = local.rank(self.backend, self.tenant_no, snap.visible, snap.tenant_rows, vectors, k)
+        self.stats.add("local_searches", len(ranked))
+        out = []
+        for i, hits in enumerate(ranked):
+            ok = self.verify(plan, snap, hits)
+            if len(ok) < k and len(hits) < plan.visible:
+                # verify dropped some: rank the whole set and verify the rows past these
+                # (the order is canonical, so the first len(hits) are the same rows)
+                whole = local.rank(self.backend, self.tenant_no, snap.visible, snap.tenant_rows, vectors[[i]], plan.visible)[0]
+                ok += self.verify(plan, snap, whole[len(hits) :])
+            out.append(ok[:k])
+        return out
 
     def verify(self, plan: Plan, snap: Snapshot, hits: list[RawHit]) -> list[RawHit]:
         inside = [h for h in hits if h.row_id in snap.visible]

@@ -1,0 +1,273 @@
+"""Small visible sets ranked in process (search/local.py): exact against brute
+force and against the Milvus path, no Milvus call once the rows are read, no
+row outside the snapshot, forged rows dropped, bounded memory, and correct
+after another process replaced, deleted and re-permissioned rows — on Milvus
+Lite and on a real server."""
+
+from __future__ import annotations
+
+import logging
+import random
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from permrag import ConfigError, PermRAG
+from permrag.embed import HashEncoder
+from permrag.search.local import LocalRanker
+
+from .conftest import open_backend
+from .test_search import assert_same_topk
+
+ROOT = Path(__file__).resolve().parents[1]
+ENC = HashEncoder(48)
+WORDS = [f"w{i}" for i in range(300)] + ["budget", "roadmap", "hiring"]
+DEPTS = ["eng", "hr", "sales", "legal", "ops"]
+QUERIES = ["budget w1 w2", "roadmap hiring", "w7", "w100 w101 w102 w103"]
+
+
+def _docs(n: int, seed: int = 4) -> list[dict]:
+    rng = random.Random(seed)
+    docs = []
+    for i in range(n):
+        d = {"external_id": f"d{i}", "text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 10))), "tenant": "acme", "attrs": {"dept": DEPTS[i % 5], "lvl": str(i % 3)}}
+        if i % 11 == 0:  # document ACLs cut across classes
+            d["acl"] = {"allow": [f"user:acl-{i % 4}"]}
+        docs.append(d)
+    return docs
+
+
+@pytest.fixture(scope="module", params=["lite", "server"])
+def world(request, tmp_path_factory):
+    rag = open_backend(request.param, tmp_path_factory.mktemp(f"local-{request.param}"), request, encoder=ENC)
+    docs = _docs(1200)
+    rag.add_documents(docs)
+    p = rag.policy
+    for d in DEPTS:
+        p.add_role(d, tenant="acme")
+        p.grant(d, f"dept:{d}", tenant="acme")
+        p.assign_user(f"u-{d}", d, tenant="acme")
+    p.add_role("eng-l1", tenant="acme")
+    p.grant("eng-l1", "dept:eng", tenant="acme")
+    p.deny("eng-l1", "lvl:0", tenant="acme")
+    p.assign_user("narrow", "eng-l1", tenant="acme")
+    text = {d["external_id"]: d["text"] for d in docs}
+    yield rag, text
+    rag.close()
+
+
+USERS = ["u-eng", "narrow", "acl-0", "acl-3", "u-hr"]
+
+
+def reference(rag: PermRAG, text: dict[str, str], user: str, query: str) -> dict[int, float]:
+    """Exact cosine of every visible row, from the texts the test wrote."""
+    q = ENC.encode([query])[0]
+    q = q / np.linalg.norm(q)
+    out = {}
+    for r in rag.rows(rag.visible(user, "acme")):
+        v = ENC.encode([text[r.external_id]])[0]
+        out[r.row_id] = float(np.dot(v / np.linalg.norm(v), q))
+    return out
+
+
+class Calls:
+    """Counts what the backend is asked (wraps the real methods; nothing is faked)."""
+
+    def __init__(self, backend) -> None:
+        self.backend, self.n = backend, {"search": 0, "stored": 0}
+        self.real = {name: getattr(backend, name) for name in self.n}
+        for name in self.n:
+            setattr(backend, name, self._counting(name))
+
+    def _counting(self, name):
+        def call(*a, **kw):
+            self.n[name] += 1
+            return self.real[name](*a, **kw)
+
+        return call
+
+    def restore(self) -> None:
+        for name, fn in self.real.items():
+            setattr(self.backend, name, fn)
+
+
+@pytest.mark.parametrize("user", USERS)
+def test_in_process_ranking_equals_brute_force_and_the_milvus_path(world, user) -> None:
+    rag, text = world
+    assert rag.plan(user, "acme").kind == "filter"
+    before = rag.stats["local_searches"]
+    for q in QUERIES:
+        ref = reference(rag, text, user, q)
+        for k in (1, 10, 60):
+            local = rag.search(q, user=user, tenant="acme", k=k, mode="dense")
+            assert_same_topk([h.row_id for h in local], ref, k)
+            assert all(abs(h.score - ref[h.row_id]) < 1e-5 for h in local)
+            assert {h.row_id for h in local} <= set(rag.visible(user, "acme"))
+            saved, rag.searcher.local = rag.searcher.local, None
+            try:
+                milvus = rag.search(q, user=user, tenant="acme", k=k, mode="dense")
+            finally:
+                rag.searcher.local = saved
+            assert [h.external_id for h in local] == [h.external_id for h in milvus] or _tied(local, milvus)
+            assert [h.text for h in local] == [text[h.external_id] for h in local]
+    assert rag.stats["local_searches"] - before == len(QUERIES) * 3
+    assert rag.stats["dropped_hits"] == 0
+
+
+def _tied(a, b) -> bool:
+    return len(a) == len(b) and all(abs(x.score - y.score) < 1e-5 for x, y in zip(a, b))
+
+
+def test_once_read_a_visible_set_costs_no_milvus_call(world) -> None:
+    rag, text = world
+    calls = Calls(rag.store)
+    try:
+        rag.searcher.local.clear()
+        first = rag.search("budget w1", user="u-sales", tenant="acme", k=10, mode="dense")
+        assert calls.n == {"search": 0, "stored": 1}  # one primary-key read of the visible rows
+        for q in QUERIES:
+            hits = rag.search(q, user="u-sales", tenant="acme", k=10, mode="dense")
+            assert_same_topk([h.row_id for h in hits], reference(rag, text, "u-sales", q), 10)
+        assert calls.n == {"search": 0, "stored": 1}
+        # a second user whose rows are cached already (a subset of u-sales') reads nothing either
+        rag.policy.add_role("sales-l2", tenant="acme")
+        rag.policy.grant("sales-l2", "dept:sales", tenant="acme")
+        rag.policy.deny("sales-l2", "lvl:1", tenant="acme")
+        rag.policy.assign_user("sally", "sales-l2", tenant="acme")
+        hits = rag.search("budget w1", user="sally", tenant="acme", k=10, mode="dense")
+        assert_same_topk([h.row_id for h in hits], reference(rag, text, "sally", "budget w1"), 10)
+        assert calls.n == {"search": 0, "stored": 1}
+        # hybrid: the dense half in process, the keyword half in Milvus
+        if rag.store.capabilities.bm25:
+            rag.search("budget w1", user="u-sales", tenant="acme", k=10, mode="hybrid")
+            assert calls.n == {"search": 1, "stored": 1}
+        assert len(first) == 10
+    finally:
+        calls.restore()
+
+
+def test_sets_larger_than_local_rows_go_to_milvus(world) -> None:
+    rag, text = world
+    saved = rag.searcher.local
+    rag.searcher.local = LocalRanker(max_rows=50)
+    calls = Calls(rag.store)
+    try:
+        assert len(rag.visible("u-eng", "acme")) > 50
+        hits = rag.search("budget w1", user="u-eng", tenant="acme", k=10, mode="dense")
+        assert calls.n["search"] >= 1 and calls.n["stored"] == 0
+        assert_same_topk([h.row_id for h in hits], reference(rag, text, "u-eng", "budget w1"), 10)
+    finally:
+        calls.restore()
+        rag.searcher.local = saved
+
+
+def test_forged_stored_rows_are_dropped_in_process_too(world, caplog) -> None:
+    """A row whose tenant or external id as stored in Milvus disagrees with the
+    catalog is dropped and logged, as on the Milvus path."""
+    rag, text = world
+    saved = rag.searcher.local
+    rag.searcher.local = LocalRanker()
+    backend = rag.store
+    real = backend.stored
+
+    def forged(tenant_no, row_ids, fields=("text", "dense"), **kw):
+        out = real(tenant_no, row_ids, fields, **kw)
+        ids = sorted(out)
+        out[ids[0]] = {**out[ids[0]], "tenant": "other"}
+        out[ids[1]] = {**out[ids[1]], "external_id": "forged"}
+        return out
+
+    backend.stored = forged
+    before = rag.stats["mismatched_hits"]
+    try:
+        with caplog.at_level(logging.WARNING, logger="permrag.security"):
+            n = len(rag.visible("u-ops", "acme"))
+            hits = rag.search("budget", user="u-ops", tenant="acme", k=n, mode="dense")
+        assert len(hits) == n - 2 and all(h.external_id in text and h.tenant == "acme" for h in hits)
+        assert rag.stats["mismatched_hits"] - before == 2
+        assert any("disagree with the catalog" in r.message for r in caplog.records)
+        # k smaller than the set: the search ranks past the dropped rows and still returns k
+        top = rag.search("budget", user="u-ops", tenant="acme", k=5, mode="dense")
+        assert len(top) == 5 and "forged" not in {h.external_id for h in top}
+    finally:
+        backend.stored = real
+        rag.searcher.local = saved
+
+
+def test_the_cache_stays_within_its_budget(world) -> None:
+    rag, text = world
+    saved = rag.searcher.local
+    small = rag.searcher.local = LocalRanker(cache_mb=0.05)  # about 200 rows of 48 dims with texts
+    try:
+        for user in USERS + [f"u-{d}" for d in DEPTS]:
+            for q in QUERIES[:2]:
+                hits = rag.search(q, user=user, tenant="acme", k=10, mode="dense")
+                assert_same_topk([h.row_id for h in hits], reference(rag, text, user, q), 10)
+            assert small._row_bytes <= small.budget and small._set_bytes <= small.budget
+    finally:
+        rag.searcher.local = saved
+
+
+def test_local_rows_must_be_a_non_negative_integer(tmp_path) -> None:
+    for bad in (-1, 1.5, "10", True):
+        with pytest.raises(ConfigError, match="local_rows"):
+            PermRAG.open(tmp_path / "h", encoder=ENC, local_rows=bad)
+    with PermRAG.open(tmp_path / "h", encoder=ENC, local_rows=0) as rag:
+        rag.add_documents(_docs(40))
+        rag.policy.add_role("eng", tenant="acme")
+        rag.policy.grant("eng", "dept:eng", tenant="acme")
+        rag.policy.assign_user("e", "eng", tenant="acme")
+        assert len(rag.search("budget", user="e", tenant="acme", k=5, mode="dense")) == 5
+        assert rag.stats["local_searches"] == 0 and rag.stats["milvus_searches"] >= 1
+
+
+CHANGER = textwrap.dedent(
+    """
+    import sys
+    from permrag import PermRAG
+    from permrag.embed import HashEncoder
+    home, db, uri, coll = sys.argv[1:5]
+    with PermRAG.open(home, database_url=db, milvus_uri=uri, collection=coll, encoder=HashEncoder(48), consistency="Strong") as rag:
+        rag.add_documents([{"external_id": "d0", "text": "budget budget replaced text", "tenant": "acme", "attrs": {"dept": "eng", "lvl": "0"}}], replace=True)
+        rag.delete(["d5"], tenant="acme")
+        rag.update_metadata("d10", tenant="acme", attrs={"dept": "hr", "lvl": "1"})
+        rag.add_documents([{"external_id": "new1", "text": "budget w1 fresh row", "tenant": "acme", "attrs": {"dept": "eng", "lvl": "2"}}])
+    """
+)
+
+
+def test_another_process_replacing_deleting_and_moving_rows(tmp_path, pg_url, milvus_server) -> None:
+    """Process A fills its cache; process B (PostgreSQL, same Milvus server)
+    replaces, deletes, re-permissions and adds rows; A's next searches equal
+    brute force over the new state and never return a retired row."""
+    coll = f"c_{uuid.uuid4().hex[:10]}"
+    rag = PermRAG.open(tmp_path / "a", database_url=pg_url, milvus_uri=milvus_server, collection=coll, encoder=ENC, consistency="Strong")
+    docs = _docs(200)
+    rag.add_documents(docs)
+    rag.policy.add_role("eng", tenant="acme")
+    rag.policy.grant("eng", "dept:eng", tenant="acme")
+    rag.policy.assign_user("e", "eng", tenant="acme")
+    text = {d["external_id"]: d["text"] for d in docs}
+    for q in QUERIES:
+        rag.search(q, user="e", tenant="acme", k=40, mode="dense")  # the cache now holds every eng row
+    old_ids = {r.row_id for r in rag.rows(rag.visible("e", "acme"))}
+    assert rag.stats["local_searches"] >= len(QUERIES)
+    done = subprocess.run([sys.executable, "-c", CHANGER, str(tmp_path / "b"), pg_url, milvus_server, coll], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text.update({"d0": "budget budget replaced text", "new1": "budget w1 fresh row"})
+    now = {r.external_id: r.row_id for r in rag.rows(rag.visible("e", "acme"))}
+    assert "d0" in now and "new1" in now and "d5" not in now and "d10" not in now
+    retired = old_ids - set(now.values())
+    assert len(retired) == 3  # d0's old row, d5, d10
+    for q in QUERIES + ["budget budget replaced"]:
+        hits = rag.search(q, user="e", tenant="acme", k=40, mode="dense")
+        assert_same_topk([h.row_id for h in hits], reference(rag, text, "e", q), 40)
+        assert not {h.row_id for h in hits} & retired
+        assert all(h.text == text[h.external_id] for h in hits)
+    assert rag.stats["dropped_hits"] == 0
+    rag.close()
