@@ -258,11 +258,14 @@ class PermRAG:
         """The Milvus backend (bound to this store on first use)."""
         return self._binding().backend()
 
-    def warm(self) -> dict[str, float]:
-        """Pay now what a process's first search would: connect to Milvus
+    def warm(self, *, users: Sequence[str] = (), tenant: str = DEFAULT_TENANT) -> dict[str, float]:
+        """Pay now what a process's first searches would: connect to Milvus
         (importing pymilvus), check the store's binding, load the encoder,
-        load every tenant's collection and search one row in it. For servers
-        (``permrag mcp`` calls it at start); returns seconds per step."""
+        load every tenant's collection and search one row in it, and read
+        back the rows in-process ranking will need (search/local.py): every
+        row of each tenant of at most ``local_rows`` rows, and the visible
+        rows of ``users`` in ``tenant``. For servers (``permrag mcp`` calls
+        it at start); returns seconds per step."""
         steps: dict[str, float] = {}
         t = time.perf_counter()
         store = self.store
@@ -271,11 +274,24 @@ class PermRAG:
         probe = self.encoder.encode(["warm"])
         steps["encoder"] = time.perf_counter() - t
         t = time.perf_counter()
-        for tenant in self.catalog.index.tenants():
-            no = self.catalog.tenants.number(tenant)
+        for name in self.catalog.index.tenants():
+            no = self.catalog.tenants.number(name)
             if no is not None and store.has_tenant(no):
                 store.search(no, "dense", vectors=probe, texts=None, expr="", limit=1)
+                rows = self.catalog.tenant(name).rows
+                self.catalog.rows.records(list(rows[:1]))  # the catalog's queries compiled once
+                if self._local.takes(len(rows), store):
+                    self._local.prefill(store, no, rows, rows)
+        self._planner()  # the measured cost model, read once
         steps["collections"] = time.perf_counter() - t
+        t = time.perf_counter()
+        no = self.catalog.tenants.number(tenant)
+        for user in users:
+            snap = self.access.snapshot(user, tenant)
+            if no is not None and self._local.takes(len(snap.visible), store):
+                self._local.prefill(store, no, snap.visible, snap.tenant_rows)
+        steps["users"] = time.perf_counter() - t
+        self._audit.record("warm", None, None, self.policy_version, {"steps": steps})  # when this process began to serve
         return steps
 
     # ------------------------------------------------------------------ documents

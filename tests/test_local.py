@@ -271,3 +271,37 @@ def test_another_process_replacing_deleting_and_moving_rows(tmp_path, pg_url, mi
         assert all(h.text == text[h.external_id] for h in hits)
     assert rag.stats["dropped_hits"] == 0
     rag.close()
+
+
+def test_warm_loads_every_collection_and_reads_back_what_will_be_ranked(tmp_path) -> None:
+    """After ``warm()`` a new process's first searches read nothing back and
+    make no Milvus call, and still equal brute force."""
+    home = tmp_path / "h"
+    docs = _docs(300)
+    with PermRAG.open(home, encoder=ENC) as rag:
+        rag.add_documents(docs)
+        rag.add_documents([{**d, "tenant": "beta"} for d in _docs(30, seed=9)])
+        for t in ("acme", "beta"):
+            rag.policy.add_role("eng", tenant=t)
+            rag.policy.grant("eng", "dept:eng", tenant=t)
+            rag.policy.assign_user("e", "eng", tenant=t)
+    text = {d["external_id"]: d["text"] for d in docs}
+    with PermRAG.open(home, encoder=ENC, local_rows=100) as rag:  # acme (300 rows) is too big to read whole
+        steps = rag.warm(users=["e"], tenant="acme")
+        assert set(steps) == {"connect", "encoder", "collections", "users"}
+        calls = Calls(rag.store)
+        try:
+            for q in QUERIES:
+                hits = rag.search(q, user="e", tenant="acme", k=10, mode="dense")
+                assert_same_topk([h.row_id for h in hits], reference(rag, text, "e", q), 10)
+                assert len(rag.search(q, user="e", tenant="beta", k=3, mode="dense")) == 3
+            assert calls.n == {"search": 0, "stored": 0}
+        finally:
+            calls.restore()
+    with PermRAG.open(home, encoder=ENC, local_rows=0) as rag:  # nothing is read back when nothing is ranked in process
+        calls = Calls(rag.store)
+        try:
+            rag.warm(users=["e"], tenant="acme")
+            assert calls.n["stored"] == 0
+        finally:
+            calls.restore()

@@ -104,6 +104,10 @@ class LocalRanker:
             out.append([RawHit(int(s.ids[i]), float(sc[i]), s.rows[i].text, s.rows[i].tenant, s.rows[i].external_id) for i in order])
         return out
 
+    def prefill(self, backend: Any, tenant_no: int, visible: AbstractBitMap, tenant_rows: AbstractBitMap) -> int:
+        """Read back (and keep) the rows of ``visible`` now; returns how many are kept."""
+        return len(self._set(backend, tenant_no, visible, tenant_rows).ids)
+
     # ------------------------------------------------------------------ caches
     def _set(self, backend: Any, tenant_no: int, visible: AbstractBitMap, tenant_rows: AbstractBitMap) -> _Set:
         key = (tenant_no, id(visible))
