@@ -1,5 +1,5 @@
 """Small visible sets ranked in process (search/local.py): exact against brute
-force and against the Milvus path, no Milvus call once the rows are read, no
+force and against the Milvus path, no Milvus search once the rows are read, no
 row outside the snapshot, forged rows dropped, bounded memory, and correct
 after another process replaced, deleted and re-permissioned rows — on Milvus
 Lite and on a real server."""

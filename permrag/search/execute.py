@@ -18,6 +18,12 @@ search asks again with a larger limit until it has ``k`` verified hits or
 the candidates are exhausted, so nothing is lost to post-filtering. Past
 Milvus' largest limit it falls back to exact ID-list filters in chunks.
 
+A dense search of at most ``local_rows`` visible rows is ranked in process
+instead (search/local.py): every visible row scored from its stored vector,
+read back once; its hits pass the same verify. Milvus is still asked whether
+it holds the collection, so a search while the backend is down raises on
+either path.
+
 A plan may name class groups (partitions, backends/layout.py) instead of,
 or besides, a filter. A row searched through a group is verified like any
 other, so a stale plan naming a group cannot make a row visible.
@@ -82,7 +88,11 @@ class Executor:
             keyword = self.run(plan, snap, "keyword", vectors, texts, n)
             return [fuse(d, s, k, fusion, weights) for d, s in zip(dense, keyword)]
         if mode == "dense" and vectors is not None and isinstance(plan, (Filter, AllowAll)) and self.local is not None and self.local.takes(plan.visible, self.backend):
-            return self._local(self.local, plan, snap, vectors, k)
+            # Milvus must answer, and still hold the collection, even when every row is
+            # read back already: a search while the backend is down raises, on either path
+            # (0.26 ms on Lite); a dropped collection goes the Milvus way.
+            if self.backend.has_tenant(self.tenant_no):
+                return self._local(self.local, plan, snap, vectors, k)
         results: list[list[RawHit] | None] = [None] * len(texts)
         pending = list(range(len(texts)))
         # One row past what the plan needs: when it scores below the k-th,
