@@ -27,12 +27,23 @@ def shop(tmp_path_factory):
     rag.close()
 
 
-def test_one_search_per_distinct_bitmap(shop) -> None:
+@pytest.mark.parametrize("path", ["local", "milvus"])
+def test_one_search_per_distinct_bitmap(shop, path) -> None:
     rag, users = shop
+    saved = rag.searcher.local
+    if path == "milvus":
+        rag.searcher.local = None
+    try:
+        _one_search_per_bitmap(rag, users)
+    finally:
+        rag.searcher.local = saved
+
+
+def _one_search_per_bitmap(rag, users) -> None:
     vecs = RandomEncoder(32).encode([f"taste of {u}" for u in users])
-    before = rag.stats["milvus_searches"]
+    before = rag.stats["milvus_searches"] + rag.stats["local_searches"]
     recs = rag.recommend(vecs, users=users, k=5)
-    assert rag.stats["milvus_searches"] - before == 3
+    assert rag.stats["milvus_searches"] + rag.stats["local_searches"] - before == 3  # in Milvus or ranked in process
     for u, v in zip(users, vecs):
         solo = rag.search_many(["x"], user=u, k=5, mode="dense", vectors=v[None, :])[0]
         assert [h.row_id for h in recs[u]] == [h.row_id for h in solo]

@@ -136,7 +136,7 @@ class Executor:
     def _local(self, local: LocalRanker, plan: Filter | AllowAll, snap: Snapshot, vectors: np.ndarray, k: int) -> list[list[RawHit]]:
         """Every visible row scored in process (search/local.py); verified like Milvus hits."""
         ranked = local.rank(self.backend, self.tenant_no, snap.visible, snap.tenant_rows, vectors, k)
-        self.stats.add("local_searches", len(ranked))
+        self.stats.add("local_searches", 1)  # one per batch of queries, as milvus_searches counts
         out = []
         for i, hits in enumerate(ranked):
             ok = self.verify(plan, snap, hits)
