@@ -104,7 +104,8 @@ def test_a_store_bound_to_its_collection_refuses_a_milvus_without_it(tmp_path):
 
 
 def test_verify_drops_hits_whose_milvus_identity_disagrees(tmp_path, caplog):
-    rag = PermRAG.open(tmp_path / "h", encoder=ENC)
+    # Milvus' search path (the in-process one: tests/test_local.py)
+    rag = PermRAG.open(tmp_path / "h", encoder=ENC, local_rows=0)
     rag.add_documents(_docs("d", 10))
     _everyone(rag)
     backend = rag.store
