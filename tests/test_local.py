@@ -305,3 +305,33 @@ def test_warm_loads_every_collection_and_reads_back_what_will_be_ranked(tmp_path
             assert calls.n["stored"] == 0
         finally:
             calls.restore()
+
+
+@pytest.mark.parametrize("backend", ["lite", "server"])
+def test_two_stores_on_one_milvus_never_share_read_back_rows(backend, tmp_path, request) -> None:
+    """Two stores (catalogs) on one Milvus, in one process, each with a tenant
+    "acme" — tenant number 1 in both — rank in process side by side: each
+    answers from its own rows only, equal to brute force over them."""
+    uri = request.getfixturevalue("milvus_server") if backend == "server" else str(tmp_path / "shared.db")
+    stores, texts = [], []
+    for name in ("one", "two"):
+        rag = PermRAG.open(tmp_path / name, milvus_uri=uri, collection=f"{name}_{uuid.uuid4().hex[:6]}", encoder=ENC, consistency="Strong")
+        docs = [{**d, "external_id": f"{name}-{d['external_id']}"} for d in _docs(150, seed=len(stores) + 11)]
+        rag.add_documents(docs)
+        rag.policy.add_role("eng", tenant="acme")
+        rag.policy.grant("eng", "dept:eng", tenant="acme")
+        rag.policy.assign_user("e", "eng", tenant="acme")
+        assert rag.catalog.tenants.number("acme") == 1
+        stores.append(rag)
+        texts.append({d["external_id"]: d["text"] for d in docs})
+    try:
+        for _ in range(2):  # the second round answers from the read-back rows
+            for (name, rag), text in zip(zip(("one", "two"), stores), texts):
+                for q in QUERIES:
+                    hits = rag.search(q, user="e", tenant="acme", k=20, mode="dense")
+                    assert hits and all(h.external_id.startswith(f"{name}-") and h.text == text[h.external_id] for h in hits)
+                    assert_same_topk([h.row_id for h in hits], reference(rag, text, "e", q), 20)
+        assert all(r.stats["local_searches"] >= 2 * len(QUERIES) and r.stats["dropped_hits"] == 0 for r in stores)
+    finally:
+        for rag in stores:
+            rag.close()
