@@ -218,7 +218,7 @@ class PermRAG:
         self._local.clear()
         if self.binding is not None:
             self.binding.close()
-        self._engine.dispose()
+        db.dispose(self._engine)
         self._engine = None
 
     def __enter__(self) -> "PermRAG":
