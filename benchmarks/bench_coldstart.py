@@ -9,9 +9,10 @@ once; then, for each of ``--runs`` fresh Python processes:
   policy load, the collection load, pymilvus' import, the plan);
 * **warm search** — the median of the next 20 searches in that process;
 
-and the same in processes that call ``rag.warm()`` after opening (what
-``permrag mcp`` does at start): **warm-up** is that call, and the first
-search after it is compared with a warm one.
+and the same in processes that call ``rag.warm()`` after opening, and
+``rag.warm(users=["u"])`` (what ``permrag mcp --as u`` does at start):
+**warm-up** is that call, and the first search after it is compared with a
+warm one.
 
 The goal (issue 17): first search < 2× a warm one on the server. Also
 ``permrag --help`` in a fresh process (goal < 0.3 s).
@@ -37,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import machine, save  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+HOW = {"none": "", "all": ", warm()", "user": ", warm(users=[u])"}
 
 CHILD = r"""
 import json, statistics, sys, time
@@ -44,11 +46,13 @@ t0 = time.perf_counter()
 import permrag
 from permrag.embed import RandomEncoder
 t1 = time.perf_counter()
-home, uri, warm_up = sys.argv[1], sys.argv[2] or None, sys.argv[3] == "1"
+home, uri, warm_up = sys.argv[1], sys.argv[2] or None, sys.argv[3]
 rag = permrag.PermRAG.open(home, encoder=RandomEncoder(384), milvus_uri=uri, collection="cold")
 tw = time.perf_counter()
-if warm_up:
+if warm_up == "all":
     rag.warm()
+elif warm_up == "user":
+    rag.warm(users=["u"])
 t2 = time.perf_counter()
 rag.search("first question", user="u", k=10, mode="dense")
 t3 = time.perf_counter()
@@ -74,8 +78,8 @@ def build(home: Path, uri: str | None, rows: int) -> None:
         rag.store.flush(rag.catalog.tenants.number("default"))
 
 
-def child(home: Path, uri: str | None, warm_up: bool = False) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, str(home), uri or "", "1" if warm_up else "0"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+def child(home: Path, uri: str | None, warm_up: str = "none") -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, str(home), uri or "", warm_up], cwd=ROOT, capture_output=True, text=True, timeout=600)
     if out.returncode:
         raise SystemExit(out.stderr[-2000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -114,12 +118,12 @@ def main(argv=None) -> None:
                 home = Path(tmp) / label.replace(" ", "_")
                 # built in a process of its own: Milvus Lite lets one process hold a data folder
                 subprocess.run([sys.executable, __file__, "--build", str(home), uri or "", str(args.rows)], cwd=ROOT, check=True, timeout=1800)
-                for warm_up in (False, True):
+                for warm_up in ("none", "all", "user"):
                     runs = [child(home, uri, warm_up) for _ in range(args.runs)]
                     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
                     med["first_over_warm"] = statistics.median(r["first_s"] / r["warm_s"] for r in runs)
                     results.append({"backend": label, "warm_up": warm_up, "rows": args.rows, "runs": runs, "median": med})
-                    print(f"  {label}{' + warm()' if warm_up else ''}: first search {1e3 * med['first_s']:.1f} ms, warm {1e3 * med['warm_s']:.1f} ms "
+                    print(f"  {label}{HOW[warm_up]}: first search {1e3 * med['first_s']:.1f} ms, warm {1e3 * med['warm_s']:.1f} ms "
                           f"({med['first_over_warm']:.2f}x)", flush=True)
         finally:
             if server is not None:
@@ -133,8 +137,8 @@ def main(argv=None) -> None:
     ]
     for r in results:
         m = r["median"]
-        how, warm_up = ("open, warm(), search", f"{1e3 * m['warmup_s']:.0f} ms") if r["warm_up"] else ("open, search", "—")
-        lines.append(f"| {r['backend']} | {how} | {1e3 * m['import_s']:.0f} ms | {1e3 * m['open_s']:.0f} ms | {warm_up} | {1e3 * m['first_s']:.1f} ms "
+        warm_up = f"{1e3 * m['warmup_s']:.0f} ms" if r["warm_up"] != "none" else "—"
+        lines.append(f"| {r['backend']} | open{HOW[r['warm_up']]}, search | {1e3 * m['import_s']:.0f} ms | {1e3 * m['open_s']:.0f} ms | {warm_up} | {1e3 * m['first_s']:.1f} ms "
                      f"| {1e3 * m['warm_s']:.1f} ms | {m['first_over_warm']:.2f}× |")
     lines += ["", f"`permrag --help` in a fresh process: median {statistics.median(helps):.2f} s (5 runs)."]
     text = "\n".join(lines)

@@ -264,8 +264,9 @@ class PermRAG:
         load every tenant's collection and search one row in it, and read
         back the rows in-process ranking will need (search/local.py): every
         row of each tenant of at most ``local_rows`` rows, and the visible
-        rows of ``users`` in ``tenant``. For servers (``permrag mcp`` calls
-        it at start); returns seconds per step."""
+        rows of ``users`` in ``tenant`` with their records (a larger set gets its filter form
+        chosen). For servers (``permrag mcp`` calls it at start, naming its
+        ``--as`` user); returns seconds per step."""
         steps: dict[str, float] = {}
         t = time.perf_counter()
         store = self.store
@@ -290,6 +291,9 @@ class PermRAG:
             snap = self.access.snapshot(user, tenant)
             if no is not None and self._local.takes(len(snap.visible), store):
                 self._local.prefill(store, no, snap.visible, snap.tenant_rows)
+                self.catalog.rows.records(snap.visible)  # the records every hit is verified against
+            elif no is not None:
+                self.searcher.plan(snap)  # its filter form chosen once (cached per bitmap)
         steps["users"] = time.perf_counter() - t
         self._audit.record("warm", None, None, self.policy_version, {"steps": steps})  # when this process began to serve
         return steps

@@ -166,6 +166,69 @@ def test_sets_larger_than_local_rows_go_to_milvus(world) -> None:
         rag.searcher.local = saved
 
 
+class CountingPlanner:
+    """The store's real planner, with its calls counted."""
+
+    def __init__(self, real) -> None:
+        self.real, self.calls = real, 0
+
+    def plan(self, *a, **kw):
+        self.calls += 1
+        return self.real.plan(*a, **kw)
+
+
+def test_a_set_ranked_in_process_is_not_planned(world) -> None:
+    """Choosing a filter form costs more than ranking 100s of rows, so a dense
+    search ranked in process plans none; hybrid (its keyword half is a Milvus
+    search) and sets over local_rows are planned as before; every result is
+    brute-force exact."""
+    rag, text = world
+    saved_planner, saved_local = rag.searcher.planner, rag.searcher.local
+    counting = CountingPlanner(saved_planner())
+    rag.searcher.planner = lambda: counting
+    rag.searcher._plans.clear()
+    try:
+        rag.policy.add_role("ops-l2", tenant="acme")  # a fresh bitmap: no cached plan
+        rag.policy.grant("ops-l2", "dept:ops", tenant="acme")
+        rag.policy.deny("ops-l2", "lvl:2", tenant="acme")
+        rag.policy.assign_user("olga", "ops-l2", tenant="acme")
+        for q in QUERIES:
+            hits = rag.search(q, user="olga", tenant="acme", k=10, mode="dense")
+            assert_same_topk([h.row_id for h in hits], reference(rag, text, "olga", q), 10)
+            assert {h.row_id for h in hits} <= set(rag.visible("olga", "acme"))
+        assert counting.calls == 0
+        if rag.store.capabilities.bm25:
+            rag.search("budget w1", user="olga", tenant="acme", k=10, mode="hybrid")
+            assert counting.calls == 1
+        rag.searcher.local = LocalRanker(max_rows=50)
+        hits = rag.search("budget w1", user="olga", tenant="acme", k=10, mode="dense")
+        assert_same_topk([h.row_id for h in hits], reference(rag, text, "olga", "budget w1"), 10)
+        assert counting.calls >= 1
+    finally:
+        rag.searcher.planner, rag.searcher.local = saved_planner, saved_local
+
+
+def test_in_process_plan_of_a_dropped_collection_finds_nothing(tmp_path) -> None:
+    """Dropped behind permrag's back, a tenant's collection holds no row to
+    return: a small set's dense search gives none and never asks Milvus for an
+    unfiltered search (an in-process plan carries no filter)."""
+    rag = PermRAG.open(tmp_path / "h", encoder=ENC)
+    rag.add_documents(_docs(200))
+    rag.policy.add_role("eng", tenant="acme")
+    rag.policy.grant("eng", "dept:eng", tenant="acme")
+    rag.policy.assign_user("e", "eng", tenant="acme")
+    assert len(rag.search("budget", user="e", tenant="acme", k=5, mode="dense")) == 5
+    no = rag.catalog.tenants.number("acme")
+    rag.store.client().drop_collection(rag.store.name(no))
+    calls = Calls(rag.store)
+    try:
+        assert len(rag.search("budget", user="e", tenant="acme", k=5, mode="dense")) == 0
+        assert calls.n["search"] == 0
+    finally:
+        calls.restore()
+        rag.close()
+
+
 def test_forged_stored_rows_are_dropped_in_process_too(world, caplog) -> None:
     """A row whose tenant or external id as stored in Milvus disagrees with the
     catalog is dropped and logged, as on the Milvus path."""

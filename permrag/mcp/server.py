@@ -157,7 +157,10 @@ def serve(rag: Any, *, transport: str = "stdio", host: str = "127.0.0.1", port: 
     """Run :func:`build_server` until interrupted: ``stdio``, or ``http`` (streamable HTTP at ``/mcp``)."""
     server = build_server(rag, issuer_url=f"http://{host}:{port}", **options)
     try:
-        rag.warm()  # the first tool call answers at warm speed (benchmarks/bench_coldstart.py)
+        # the first tool call answers at warm speed (benchmarks/bench_coldstart.py);
+        # a server bound to one principal (--as) also reads back that user's rows
+        fixed = options.get("principal")
+        rag.warm(**({"users": [fixed.user], "tenant": fixed.tenant} if fixed is not None else {}))
     except BackendError as exc:  # served anyway: each search raises until Milvus answers
         log.warning("warming the store failed: %s", exc)
     if transport == "stdio":

@@ -26,7 +26,7 @@ from ..names import check_text
 from ..results import Hit, Hits, Stats
 from .execute import Executor
 from .local import LocalRanker
-from .planner import DenyAll, Plan, Planner
+from .planner import DenyAll, Filter, Plan, Planner, in_process
 
 MODES = ("hybrid", "dense", "keyword")
 FUSIONS = ("rrf", "weighted")
@@ -72,6 +72,16 @@ class Searcher:
             self._plans[key] = (snap.visible, plan)
         return plan
 
+    def _in_process(self, snap: Snapshot, mode: str, backend: Any) -> Filter | None:
+        """A dense search of a small, partly visible set is ranked in process
+        (search/local.py): it needs no filter form, so none is planned."""
+        if mode != "dense" or self.local is None:
+            return None
+        n = snap.visible.intersection_cardinality(snap.tenant_rows)
+        if n == len(snap.tenant_rows) or not self.local.takes(n, backend):
+            return None  # nothing visible, or everything (allow-all), or too many rows: the planner's way
+        return in_process(snap.tenant, n)
+
     def grouping(self, tenant: str) -> Grouping | None:
         """How the tenant's collection keeps rows in class groups (None: flat, or no vectors)."""
         no = self.catalog.tenants.number(tenant)
@@ -108,7 +118,7 @@ class Searcher:
         queries = check_search_args(queries, user, tenant, k, mode, fusion, weights, pool)
         backend = self.binding.backend()  # a store bound to another catalog fails here, whatever the caller sees
         snap = snapshot or self.access.snapshot(user, tenant)
-        plan = self.plan(snap)
+        plan = self._in_process(snap, mode, backend) or self.plan(snap)
         self.stats.add("searches", len(queries))
         self.stats.add(f"plan:{plan.kind}")
         if isinstance(plan, DenyAll):

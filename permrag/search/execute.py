@@ -42,7 +42,7 @@ from ..catalog import RowRecord, as_array
 from ..results import Stats
 from .fusion import order, rrf, weighted
 from .local import LocalRanker
-from .planner import AllowAll, DenyAll, Filter, Plan
+from .planner import IN_PROCESS, AllowAll, DenyAll, Filter, Plan
 
 log = logging.getLogger(__name__)
 security_log = logging.getLogger("permrag.security")
@@ -93,6 +93,12 @@ class Executor:
             # (0.26 ms on Lite); a dropped collection goes the Milvus way.
             if self.backend.has_tenant(self.tenant_no):
                 return self._local(self.local, plan, snap, vectors, k)
+        if getattr(plan, "strategy", None) == IN_PROCESS:
+            # planned for in-process ranking (search/engine.py), so there is no filter to
+            # give Milvus: the collection is gone (nothing to find) or the set can't be ranked here
+            if mode == "dense" and self.local is not None and self.local.takes(plan.visible, self.backend):
+                return [[] for _ in texts]
+            raise RuntimeError("an in-process plan reached the Milvus path")  # never: engine.py plans it only for dense searches ranked here
         results: list[list[RawHit] | None] = [None] * len(texts)
         pending = list(range(len(texts)))
         # One row past what the plan needs: when it scores below the k-th,

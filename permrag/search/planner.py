@@ -183,6 +183,15 @@ class Filter:
 
 Plan = DenyAll | AllowAll | Filter
 
+IN_PROCESS = "in-process"  # the strategy of a dense search ranked in process (search/local.py)
+
+
+def in_process(tenant: str, visible: int) -> Filter:
+    """The plan of a dense search whose visible set is ranked in process: no
+    filter form is chosen (that costs ~2.5 ms for 100 rows of 10k, more than
+    the search), and Milvus is never asked to filter."""
+    return Filter(tenant, "", IN_PROCESS, True, visible, visible, 0, 0, 0.0)
+
 
 def _tenant_runs(tenant_arr: np.ndarray, sub_arr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Runs of ``sub`` in tenant space: (first IDs, last IDs, hidden rows in each gap after a run)."""
