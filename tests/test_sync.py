@@ -198,3 +198,52 @@ def test_cli_sync(tmp_path) -> None:
     assert "0 added, 1 changed, 0 metadata only, 0 deleted, 6 unchanged" in res.stdout
     res = runner.invoke(main, [*home, "ingest", str(Path(folder) / "eng" / "cafe.txt"), "--sync"])
     assert res.exit_code == 2 and "--sync takes a folder" in res.output
+
+
+def test_a_sync_of_many_batches_flushes_milvus_lite_once(tmp_path, monkeypatch) -> None:
+    """Each batch used to flush Milvus Lite (a sealed segment per batch); a
+    sync flushes once at its end, also when it stops half-way, and a plain
+    ingest afterwards flushes on its own again. Keyword search over the
+    synced rows stays exact (the flush is what keeps Lite's BM25 statistics
+    independent of the filter form)."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(12):
+        (folder / f"f{i:02d}.txt").write_text(f"note {i} about budget travel and roadmap item {i}\n" * 8, encoding="utf-8")
+    monkeypatch.setattr("permrag.ingest.sync.BATCH_ROWS", 5)  # several writes per sync
+    rag = PermRAG.open(tmp_path / "h", encoder=HashEncoder(32), chunk_size=120, chunk_overlap=10)
+    store = rag.store
+    real, flushes, writes = store.flush, [], []
+    store.flush = lambda no: (flushes.append(no), real(no))[1]
+    real_add = rag.ingester.add_documents
+    rag.ingester.add_documents = lambda *a, **kw: (writes.append(1), real_add(*a, **kw))[1]
+    try:
+        rep = rag.sync_folder(folder)
+        assert len(rep.added) == 12 and len(writes) >= 3
+        assert len(flushes) == 1
+        check_milvus_equals_catalog(rag)
+        # stopped half-way (the progress callback raises after the first write): still flushed once
+        for i in range(12):
+            (folder / f"f{i:02d}.txt").write_text(f"changed note {i} about hiring\n" * 8, encoding="utf-8")
+        flushes.clear()
+
+        def stop(p) -> None:
+            if p.chunks:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            rag.sync_folder(folder, progress=stop)
+        assert len(flushes) == 1
+        flushes.clear()
+        rag.add_documents([{"external_id": "plain", "text": "a plain ingest"}])
+        assert len(flushes) == 1  # no deferral left behind
+        rag.sync_folder(folder)
+        check_milvus_equals_catalog(rag)
+        rag.policy.add_role("all")
+        rag.policy.grant("all", "*")
+        rag.policy.assign_user("u", "all")
+        hits = rag.search("hiring", user="u", k=50, mode="keyword")
+        assert {h.external_id.split("#")[0] for h in hits} >= {f"f{i:02d}.txt" for i in range(12)}
+    finally:
+        store.flush = real
+        rag.close()

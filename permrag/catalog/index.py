@@ -20,7 +20,7 @@ from types import MappingProxyType
 from typing import Any, Iterable, Mapping
 
 from pyroaring import BitMap, FrozenBitMap
-from sqlalchemy import and_, delete, select, update
+from sqlalchemy import and_, bindparam, delete, select, update
 from sqlalchemy.engine import Connection
 
 from .. import db
@@ -132,20 +132,26 @@ class AttrIndex:
                 if (attr, value) in keys:
                     current[(attr, value)] = BitMap.deserialize(blob)
         out: dict[tuple[str, str], FrozenBitMap] = {}
-        inserts = []
+        inserts, updates, deletes = [], [], []
         for key in keys:
             bm = (current.get(key) or BitMap()) | adds.get(key, BitMap())
             bm -= gone.get(key, BitMap())
-            where = and_(a.tenant == tenant, a.attr == key[0], a.value == key[1])
             if key in current:
                 if bm or key == TENANT_ROWS:
                     bm.run_optimize()
-                    conn.execute(update(db.attr_index).where(where).values(bitmap=bm.serialize()))
+                    updates.append({"k_attr": key[0], "k_value": key[1], "k_bitmap": bm.serialize()})
                 else:
-                    conn.execute(delete(db.attr_index).where(where))
+                    deletes.append({"k_attr": key[0], "k_value": key[1]})
             elif bm or key == TENANT_ROWS:
                 inserts.append(_blob(tenant, key, bm))
             out[key] = FrozenBitMap(bm)
+        # one statement each, executed for many keys (a statement per key cost
+        # ~0.8 ms of SQLAlchemy construction: 0.2 s of a 1,785-chunk folder sync)
+        where = and_(a.tenant == tenant, a.attr == bindparam("k_attr"), a.value == bindparam("k_value"))
+        if updates:
+            conn.execute(update(db.attr_index).where(where).values(bitmap=bindparam("k_bitmap")), updates)
+        if deletes:
+            conn.execute(delete(db.attr_index).where(where), deletes)
         if inserts:
             conn.execute(db.attr_index.insert(), inserts)
         return out

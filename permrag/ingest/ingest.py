@@ -17,9 +17,11 @@ fails anywhere leaves the old version in place.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import replace as dc_replace
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -71,6 +73,7 @@ class Ingester:
         self.chunker = chunker
         self.max_document_chars = max_document_chars
         self._length: Length | None = None
+        self._deferred = threading.local()  # .tenants: Milvus Lite flushes held back in this thread
 
     def length(self) -> Length | None:
         """The chunker's length function: None for characters, else the encoder's token count."""
@@ -147,16 +150,38 @@ class Ingester:
             done = hi
             if progress is not None:
                 progress(done, len(specs))
-        if self.binding is not None and self.binding.backend().kind == "lite":
+        held = getattr(self._deferred, "tenants", None)
+        if held is not None:
+            held.update(touched)
+        else:
+            self._flush(touched)
+        return ids
+
+    def _flush(self, tenant_nos: set[int]) -> None:
+        if self.binding is not None and tenant_nos and self.binding.backend().kind == "lite":
             # Milvus Lite scores BM25 for rows still in its memtable with
             # statistics of the rows that pass the filter, so one caller's
             # ranking would depend on the filter's form; sealed segments use
             # segment-wide statistics. Flush so it never does. (A server seals
             # on its own; a flush there costs seconds.)
             backend = self.binding.backend()
-            for no in sorted(touched):
+            for no in sorted(tenant_nos):
                 backend.flush(no)
-        return ids
+
+    @contextmanager
+    def one_flush(self) -> Iterator[None]:
+        """Ingests in this thread within the block flush Milvus Lite once, at
+        its end (also when it raises): a folder sync of many batches seals
+        one segment, not one per batch."""
+        if getattr(self._deferred, "tenants", None) is not None:
+            yield  # nested: the outer block flushes
+            return
+        self._deferred.tenants = set()
+        try:
+            yield
+        finally:
+            held, self._deferred.tenants = self._deferred.tenants, None
+            self._flush(held)
 
     def _batch(
         self, specs: list[RowSpec], texts: list[str], hint: dict, replace: bool, touched: set[int], step: Callable[[int], None] | None = None, vectors: Any = None

@@ -159,6 +159,10 @@ class FolderSync:
     ) -> SyncReport:
         """Add new files, re-embed changed ones, update metadata-only changes,
         delete documents whose files are gone; returns what it did."""
+        with self.ingester.one_flush():  # one Milvus Lite flush for the whole sync, not one per batch
+            return self._sync(path, tenant, folder_attrs, progress, dry_run)
+
+    def _sync(self, path, tenant, folder_attrs, progress, dry_run) -> SyncReport:
         root = Path(path)
         if not root.is_dir():
             raise ArgumentError(f"{path}: not a folder")
