@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import threading
 import uuid
 import weakref
@@ -269,35 +270,44 @@ class Checkpointer:
     INTERVAL = 0.25  # seconds between checks
 
     def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+        self._engine = weakref.ref(engine)  # a store never closed still lets its engine go (and this thread ends)
         self._dirty = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pid = 0  # the process the thread runs in (a forked child starts its own)
         self._lock = threading.Lock()
         self.runs = 0  # checkpoints run (for tests)
         event.listen(engine, "commit", self._committed)
 
     def _committed(self, _conn: object) -> None:
         self._dirty.set()
-        if self._thread is None:
+        if self._thread is None or self._pid != os.getpid():
             with self._lock:
-                if self._thread is None and not self._stop.is_set():
+                if (self._thread is None or self._pid != os.getpid()) and not self._stop.is_set():
+                    self._pid = os.getpid()
                     self._thread = threading.Thread(target=self._run, name="permrag-wal-checkpoint", daemon=True)
                     self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.wait(self.INTERVAL):
+            if self._engine() is None:
+                return  # its store was dropped without close()
             if self._dirty.is_set():
                 self._dirty.clear()
                 self.checkpoint()
 
-    def checkpoint(self) -> None:
+    def checkpoint(self) -> bool:
+        """One passive checkpoint; False once the engine is gone."""
+        engine = self._engine()
+        if engine is None:
+            return False
         try:
-            with self._engine.connect() as conn:
+            with engine.connect() as conn:
                 conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
             self.runs += 1
         except SQLAlchemyError as exc:  # the next commit tries again; the WAL only grows meanwhile
             log.debug("WAL checkpoint failed: %s", exc)
+        return True
 
     def close(self) -> None:
         with self._lock:

@@ -222,3 +222,18 @@ def test_persisted_index_equals_a_rebuild_after_growth_replace_and_delete(home, 
         persisted = _index_state(again, ["a", "b"])
         again.catalog.rebuild_index()
         assert persisted == _index_state(again, ["a", "b"]) == live
+
+
+def test_a_store_dropped_without_close_ends_its_checkpointer(tmp_path) -> None:
+    import gc
+
+    rag = PermRAG.open(tmp_path / "h", catalog_only=True)
+    rag.policy.add_role("r")  # a commit starts the thread
+    thread = db._CHECKPOINTERS[rag._engine]._thread
+    assert thread is not None and thread.is_alive()
+    del rag
+    gc.collect()
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+    with PermRAG.open(tmp_path / "h", catalog_only=True) as again:  # nothing committed was lost
+        assert again.policy.roles() == ["r"]
