@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import resource
 import statistics
 import sys
 import tempfile
@@ -197,7 +198,9 @@ def run_backend(label: str, rag: PermRAG, n_rows: int, n_queries: int, budget_s:
                      "milvus_silo_ratio": cells["permrag-milvus"]["ms"] / cells["silo"]["ms"], "first_ms": first_ms, "ranked": where})
         print(f"  {label} {kind} {f:>6.1%}: permrag ÷ silo {silo_ratio:.2f}; unfiltered {1e3 * base_t:.1f} ms; " + ", ".join(f"{n} {c['ratio']:.2f}x r{c['recall']:.2f}" for n, c in cells.items()), flush=True)
     client.drop_collection(f"{coll}_acl")
-    return {"backend": label, "rows": n_rows, "unfiltered_ms": 1e3 * statistics.median(base_all), "ingest_s": ingest_s, "table": rows, "stats": dict(rag.stats)}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MB, this process (Lite's server process apart)
+    print(f"  peak RSS of the benchmark process: {peak:,.0f} MB", flush=True)
+    return {"backend": label, "rows": n_rows, "unfiltered_ms": 1e3 * statistics.median(base_all), "ingest_s": ingest_s, "table": rows, "stats": dict(rag.stats), "peak_rss_mb": peak}
 
 
 def table(res: dict) -> str:
@@ -247,7 +250,9 @@ def main(argv=None) -> None:
     ap.add_argument("--lite-groups", type=int, default=None, help="class-group partitions per collection on Lite (default: the library's)")
     ap.add_argument("--server-groups", type=int, default=None, help="the same on the server")
     ap.add_argument("--tag", default="", help="suffix of the results' file name (e.g. 1m)")
+    ap.add_argument("--local-rows", type=int, default=None, help="largest visible set ranked in process (default: the library's)")
     args = ap.parse_args(argv)
+    local = {"local_rows": args.local_rows} if args.local_rows is not None else {}
     if args.quick:
         args.lite_rows, args.server_rows, args.queries = 5_000, 10_000, 8
     budget = 2.0 if args.quick else 8.0  # seconds per slow approach and fraction
@@ -255,14 +260,14 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_lite:
             print(f"Milvus Lite, {args.lite_rows:,} rows", flush=True)
-            with PermRAG.open(Path(tmp) / "lite", encoder=RandomEncoder(DIM), groups=args.lite_groups) as rag:
+            with PermRAG.open(Path(tmp) / "lite", encoder=RandomEncoder(DIM), groups=args.lite_groups, **local) as rag:
                 results.append(run_backend("Milvus Lite " + version("milvus-lite") + layout(rag), rag, args.lite_rows, args.queries, budget))
         if not args.skip_server:
             print(f"Milvus server, {args.server_rows:,} rows", flush=True)
             server = start_server(Path(tmp) / "server")
             try:
                 uri = f"http://127.0.0.1:{server.listen_port}"
-                with PermRAG.open(Path(tmp) / "srv", encoder=RandomEncoder(DIM), milvus_uri=uri, groups=args.server_groups) as rag:
+                with PermRAG.open(Path(tmp) / "srv", encoder=RandomEncoder(DIM), milvus_uri=uri, groups=args.server_groups, **local) as rag:
                     results.append(run_backend("Milvus server " + rag.store.client().get_server_version() + layout(rag), rag, args.server_rows, args.queries, budget))
             finally:
                 server.stop()

@@ -22,7 +22,7 @@ from .access import Access, Compiler, Explanation, Snapshot
 from .access.enforcer import build_enforcer
 from .audit import AuditLog
 from .backends import Binding, MilvusBackend
-from .catalog import DEFAULT_TENANT, Catalog, DocumentRecord, RowRecord
+from .catalog import DEFAULT_TENANT, Catalog, DocumentRecord, RowRecord, as_array
 from .embed import Encoder
 from .errors import BackendError, ConfigError
 from .ingest import MAX_DOCUMENT_CHARS, Chunker, Ingester, add_generated, reconcile
@@ -179,7 +179,7 @@ class PermRAG:
         no = self.catalog.tenants.number(tenant)
         if not sizes.get(tenant) or no is None or not self.store.has_tenant(no):
             raise ConfigError(f"tenant {tenant!r} holds no rows to measure searches on")
-        return self.calibration.run(self.store, no, sizes[tenant], self.encoder.dim)
+        return self.calibration.run(self.store, no, sizes[tenant], self.encoder.dim, as_array(self.catalog.tenant(tenant).rows))
 
     def _tenant_sizes(self) -> dict[str, int]:
         """Live rows per tenant, from the in-memory catalog index (no query, no copy)."""

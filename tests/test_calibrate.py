@@ -105,3 +105,24 @@ def test_a_stored_model_that_cannot_be_read_gives_the_defaults(tmp_path) -> None
             rag.calibrate("nobody")
     finally:
         rag.close()
+
+
+@pytest.mark.server
+def test_listed_ids_have_a_price_on_the_server(tmp_path, request) -> None:
+    """A 2.3 server skips segments whose ID bounds exclude every listed ID, so
+    the old probe — absent IDs, measured against a filter every row passes —
+    read exactly 0 ms per ID, and the planner then sent 20,000 listed IDs at
+    200k rows (3.3–4.4× an unfiltered search). Probed over the tenant's own
+    rows, as the slope between a short and a long list, an ID has a price,
+    and no measured rate falls below the default's (noise reads 0 as often as not)."""
+    rag = open_backend("server", tmp_path / "h", request, encoder=HashEncoder(32))
+    try:
+        rag.add_documents(docs(0, cal.PROBE_ROWS), batch_size=5000)
+        model = rag.calibration.model()
+        assert rag.calibration.measured_rows == cal.PROBE_ROWS
+        assert model.id_ms >= SERVER.id_ms > 0, model
+        for rate in ("scope_ms_per_1k", "filter_ms_per_1k", "field_ms_per_1k_rows", "range_term_ms"):
+            assert getattr(model, rate) >= getattr(SERVER, rate), rate
+        assert rag._planner().model == model
+    finally:
+        rag.close()
