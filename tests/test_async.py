@@ -145,7 +145,10 @@ def test_cancelled_calls_leave_nothing_half_done(tmp_path, request) -> None:
         cancelled = asyncio.run(main())
         ran = rag.stats["searches"] - searches_before
         assert cancelled >= 30  # most never started
-        assert ran <= 60 - cancelled + 1 + 1  # those that finished, at most one running when cancelled, and the last one
+        # those that finished, the one running when cancel() was called, one more the worker
+        # may start before the event loop delivers the cancellations (task.cancel() only
+        # schedules them: seen once in ~20 full runs), and the last one
+        assert ran <= (60 - cancelled) + 1 + 1 + 1
         assert len(rag.audit_log(limit=100_000)) - audited_before == ran  # each search that ran is audited, whole
         assert [h.row_id for h in rag.search("salary bands", user="bob")] == [h.row_id for h in asyncio.run(rag.asearch("salary bands", user="bob"))]
     finally:
