@@ -146,8 +146,9 @@ def test_cancelled_calls_leave_nothing_half_done(tmp_path, request) -> None:
         ran = rag.stats["searches"] - searches_before
         assert cancelled >= 30  # most never started
         # those that finished, the one running when cancel() was called, one more the worker
-        # may start before the event loop delivers the cancellations (task.cancel() only
-        # schedules them: seen once in ~20 full runs), and the last one
+        # may start while the loop above cancels the tasks in turn, and the last one.
+        # (task.cancel() cancels the queued call at once — search/aio.py; through
+        # run_in_executor it waited for the next loop run, and 6 more calls started once)
         assert ran <= (60 - cancelled) + 1 + 1 + 1
         assert len(rag.audit_log(limit=100_000)) - audited_before == ran  # each search that ran is audited, whole
         assert [h.row_id for h in rag.search("salary bands", user="bob")] == [h.row_id for h in asyncio.run(rag.asearch("salary bands", user="bob"))]
@@ -196,3 +197,30 @@ def test_the_readme_async_snippet_runs_as_written(tmp_path) -> None:
     res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env_for(tmp_path, PERMRAG_ENCODER="hash"), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip() == "200 answers, all {'hr-leave'}"
+
+
+def test_a_cancelled_queued_call_never_starts_even_before_the_loop_runs_again() -> None:
+    """task.cancel() cancels a queued call at once: the worker, freed right after,
+    does not start it even while the event loop is blocked (run_in_executor passed
+    the cancellation on only at the loop's next run, and the call started)."""
+    import time
+
+    runner = AsyncRunner(1)
+    gate, ran = threading.Event(), []
+
+    async def main() -> None:
+        first = asyncio.create_task(runner.run(gate.wait, 10))
+        second = asyncio.create_task(runner.run(ran.append, "second"))
+        await asyncio.sleep(0.05)  # both submitted; the first runs, the second waits
+        second.cancel()
+        gate.set()  # the worker is free now
+        time.sleep(0.3)  # the loop is blocked: nothing it schedules runs meanwhile
+        assert await first is True
+        with pytest.raises(asyncio.CancelledError):
+            await second
+
+    try:
+        asyncio.run(main())
+    finally:
+        runner.close()
+    assert ran == []

@@ -28,7 +28,7 @@ import functools
 import itertools
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
 from ..errors import ConfigError
@@ -64,7 +64,10 @@ class AsyncRunner:
     async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` on the pool; its result or its exception."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor(), functools.partial(fn, *args, **kwargs))
+        queued = self._executor().submit(functools.partial(fn, *args, **kwargs))
+        waiter = _Call(queued, loop)
+        queued.add_done_callback(waiter.copy_from)
+        return await waiter
 
     @property
     def threads(self) -> int:
@@ -78,3 +81,38 @@ class AsyncRunner:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Call(asyncio.Future):
+    """What a task awaits for one pool call. ``Task.cancel()`` cancels the future
+    it awaits at once, in the caller's thread: so does this one the pool's future,
+    and a call still queued never starts. (``run_in_executor`` passes the
+    cancellation on only when the event loop next runs, and meanwhile the worker
+    may start queued calls that are being cancelled.)"""
+
+    def __init__(self, queued: Future, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop=loop)
+        self._queued = queued
+
+    def cancel(self, msg: Any = None) -> bool:
+        self._queued.cancel()  # False once running: it finishes, its result is dropped
+        return super().cancel(msg=msg)
+
+    def copy_from(self, done: Future) -> None:
+        """The pool's outcome, handed to the event loop (called in the worker thread)."""
+        try:
+            self.get_loop().call_soon_threadsafe(self._settle, done)
+        except RuntimeError:  # the loop is closed: nobody awaits this any more
+            pass
+
+    def _settle(self, done: Future) -> None:
+        if self.done():
+            return
+        if done.cancelled():
+            super().cancel()
+            return
+        exc = done.exception()
+        if exc is not None:
+            self.set_exception(exc)
+        else:
+            self.set_result(done.result())
