@@ -36,7 +36,7 @@ from .search import LITE, SERVER, CostModel, Plan, Planner, Searcher
 from .search.aio import DEFAULT_WORKERS, AsyncRunner
 from .search.calibrate import Calibration
 from .search.fetch import fetch
-from .search.local import LOCAL_ROWS, LocalRanker
+from .search.local import LOCAL_ROWS, PREFETCH_ROWS, LocalRanker
 from .search.pipeline import retrieve
 from .search.recommend import recommend, similar
 
@@ -69,6 +69,7 @@ class PermRAG:
         clock: Callable[[], float] | None = None,
         groups: int | None = None,
         local_rows: int = LOCAL_ROWS,
+        prefetch_rows: int = PREFETCH_ROWS,
     ) -> None:
         if chunk_size > 16_000:
             raise ConfigError("chunk_size is at most 16000 characters (Milvus VARCHAR holds 65535 bytes)")
@@ -89,7 +90,9 @@ class PermRAG:
             MilvusBackend(settings.milvus_uri, **self._backend_options)  # checks the options; no I/O
         if isinstance(local_rows, bool) or not isinstance(local_rows, int) or local_rows < 0:
             raise ConfigError(f"local_rows {local_rows!r} must be a non-negative integer (0: always search in Milvus)")
-        self._local = LocalRanker(local_rows)
+        if isinstance(prefetch_rows, bool) or not isinstance(prefetch_rows, int) or prefetch_rows < 0:
+            raise ConfigError(f"prefetch_rows {prefetch_rows!r} must be a non-negative integer (0: no background read)")
+        self._local = LocalRanker(local_rows, prefetch_rows=prefetch_rows)
         self._engine: Any = None
         self.aio = AsyncRunner(async_workers)  # the bounded pool of asearch & co.; threads start on first use
 
@@ -121,7 +124,9 @@ class PermRAG:
         in a new tenant collection; 0: flat; default by backend, see
         backends/layout.py), ``local_rows`` (largest visible set whose dense
         ranking runs in process, exact, from cached stored vectors; 0: never;
-        see search/local.py) and ``catalog_only`` (no vector store).
+        see search/local.py), ``prefetch_rows`` (largest set read back in the
+        background while its first searches go to Milvus, then ranked in process;
+        0: none) and ``catalog_only`` (no vector store).
         Milvus is connected on first use, so opening is cheap.
         """
         encoder = options.get("encoder")
@@ -215,7 +220,7 @@ class PermRAG:
         if self._engine is None:
             return
         self._audit.close()
-        self._local.clear()
+        self._local.close()  # its background reader stops before the Milvus client goes
         if self.binding is not None:
             self.binding.close()
         db.dispose(self._engine)
@@ -265,7 +270,7 @@ class PermRAG:
         back the rows in-process ranking will need (search/local.py): every
         row of each tenant of at most ``local_rows`` rows, and the visible
         rows of ``users`` in ``tenant`` with their records (a larger set gets its filter form
-        chosen). For servers (``permrag mcp`` calls it at start, naming its
+        chosen, and one of at most ``prefetch_rows`` its background read queued). For servers (``permrag mcp`` calls it at start, naming its
         ``--as`` user); returns seconds per step."""
         steps: dict[str, float] = {}
         t = time.perf_counter()
@@ -294,6 +299,7 @@ class PermRAG:
                 self.catalog.rows.records(snap.visible)  # the records every hit is verified against
             elif no is not None:
                 self.searcher.plan(snap)  # its filter form chosen once (cached per bitmap)
+                self._local.ready(store, no, snap.visible, snap.tenant_rows, len(snap.visible))  # a larger set: read back in the background
         steps["users"] = time.perf_counter() - t
         self._audit.record("warm", None, None, self.policy_version, {"steps": steps})  # when this process began to serve
         return steps

@@ -304,12 +304,15 @@ CHANGER = textwrap.dedent(
 )
 
 
-def test_another_process_replacing_deleting_and_moving_rows(tmp_path, pg_url, milvus_server) -> None:
-    """Process A fills its cache; process B (PostgreSQL, same Milvus server)
-    replaces, deletes, re-permissions and adds rows; A's next searches equal
-    brute force over the new state and never return a retired row."""
+@pytest.mark.parametrize("read", ["by-search", "background"])
+def test_another_process_replacing_deleting_and_moving_rows(read, tmp_path, pg_url, milvus_server) -> None:
+    """Process A fills its cache (read back by a search, or — for a set over
+    ``local_rows`` — in the background); process B (PostgreSQL, same Milvus
+    server) replaces, deletes, re-permissions and adds rows; A's next searches
+    equal brute force over the new state and never return a retired row."""
     coll = f"c_{uuid.uuid4().hex[:10]}"
-    rag = PermRAG.open(tmp_path / "a", database_url=pg_url, milvus_uri=milvus_server, collection=coll, encoder=ENC, consistency="Strong")
+    sizes = {"local_rows": 5, "prefetch_rows": 10_000} if read == "background" else {}
+    rag = PermRAG.open(tmp_path / "a", database_url=pg_url, milvus_uri=milvus_server, collection=coll, encoder=ENC, consistency="Strong", **sizes)
     docs = _docs(200)
     rag.add_documents(docs)
     rag.policy.add_role("eng", tenant="acme")
@@ -318,8 +321,9 @@ def test_another_process_replacing_deleting_and_moving_rows(tmp_path, pg_url, mi
     text = {d["external_id"]: d["text"] for d in docs}
     for q in QUERIES:
         rag.search(q, user="e", tenant="acme", k=40, mode="dense")  # the cache now holds every eng row
+        assert rag.searcher.local.wait(60)
     old_ids = {r.row_id for r in rag.rows(rag.visible("e", "acme"))}
-    assert rag.stats["local_searches"] >= len(QUERIES)
+    assert rag.stats["local_searches"] >= len(QUERIES) - (read == "background")
     done = subprocess.run([sys.executable, "-c", CHANGER, str(tmp_path / "b"), pg_url, milvus_server, coll], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     text.update({"d0": "budget budget replaced text", "new1": "budget w1 fresh row"})
@@ -327,11 +331,14 @@ def test_another_process_replacing_deleting_and_moving_rows(tmp_path, pg_url, mi
     assert "d0" in now and "new1" in now and "d5" not in now and "d10" not in now
     retired = old_ids - set(now.values())
     assert len(retired) == 3  # d0's old row, d5, d10
+    local_before = rag.stats["local_searches"]
     for q in QUERIES + ["budget budget replaced"]:
         hits = rag.search(q, user="e", tenant="acme", k=40, mode="dense")
         assert_same_topk([h.row_id for h in hits], reference(rag, text, "e", q), 40)
         assert not {h.row_id for h in hits} & retired
         assert all(h.text == text[h.external_id] for h in hits)
+        assert rag.searcher.local.wait(60)
+    assert rag.stats["local_searches"] - local_before >= len(QUERIES)  # the new set ranked in process too
     assert rag.stats["dropped_hits"] == 0
     rag.close()
 
@@ -398,3 +405,111 @@ def test_two_stores_on_one_milvus_never_share_read_back_rows(backend, tmp_path, 
     finally:
         for rag in stores:
             rag.close()
+
+
+def test_a_larger_set_is_read_back_in_the_background(world) -> None:
+    """A set over ``local_rows`` (up to ``prefetch_rows``): its first search goes
+    to Milvus and queues a background read; once read, its searches make no
+    Milvus call and no read, and equal brute force — the dense half of hybrid
+    too. A policy change makes a new set: Milvus again, then in process again,
+    exact on the new state throughout."""
+    rag, text = world
+    saved = rag.searcher.local
+    rag.searcher.local = local = LocalRanker(max_rows=50, prefetch_rows=1_000)
+    calls = Calls(rag.store)
+    try:
+        rag.policy.add_role("eng-all", tenant="acme")
+        rag.policy.grant("eng-all", "dept:eng", tenant="acme")
+        rag.policy.assign_user("erin", "eng-all", tenant="acme")
+        assert 50 < len(rag.visible("erin", "acme")) <= 1_000
+        hits = rag.search("budget w1", user="erin", tenant="acme", k=10, mode="dense")
+        assert_same_topk([h.row_id for h in hits], reference(rag, text, "erin", "budget w1"), 10)
+        assert calls.n["search"] >= 1  # not read yet: Milvus' filtered search
+        assert local.wait(60) and local.prefetched == 1 and calls.n["stored"] >= 1
+        before = dict(calls.n)
+        for q in QUERIES:
+            hits = rag.search(q, user="erin", tenant="acme", k=10, mode="dense")
+            assert_same_topk([h.row_id for h in hits], reference(rag, text, "erin", q), 10)
+        assert calls.n == before  # ranked in process: no search, no read
+        if rag.store.capabilities.bm25:
+            rag.search("budget w1", user="erin", tenant="acme", k=10, mode="hybrid")
+            assert calls.n == {"search": before["search"] + 1, "stored": before["stored"]}  # the keyword half only
+        # a policy change: a new bitmap, not built yet (its rows are) — exact on the new state throughout
+        rag.policy.deny("eng-all", "lvl:0", tenant="acme")
+        hidden = {r.row_id for r in rag.rows(rag.visible("u-eng", "acme"))} - set(rag.visible("erin", "acme"))
+        assert hidden
+        searched = calls.n["search"]
+        for i, q in enumerate(QUERIES):
+            hits = rag.search(q, user="erin", tenant="acme", k=10, mode="dense")
+            assert_same_topk([h.row_id for h in hits], reference(rag, text, "erin", q), 10)
+            assert not {h.row_id for h in hits} & hidden
+            assert i == 0 or calls.n["search"] == searched  # the first may go to Milvus (its rows are cached: the build is quick); then in process
+            assert local.wait(60)
+            searched = calls.n["search"]
+        assert local.prefetched == 2
+    finally:
+        calls.restore()
+        local.close()
+        rag.searcher.local = saved
+
+
+def test_sets_over_prefetch_rows_or_the_cache_are_never_read_back(world) -> None:
+    rag, text = world
+    saved = rag.searcher.local
+    calls = Calls(rag.store)
+    try:
+        for local in (LocalRanker(max_rows=50, prefetch_rows=100), LocalRanker(max_rows=50, cache_mb=0.01, prefetch_rows=1_000)):
+            rag.searcher.local = local
+            for q in QUERIES:
+                hits = rag.search(q, user="u-eng", tenant="acme", k=10, mode="dense")
+                assert_same_topk([h.row_id for h in hits], reference(rag, text, "u-eng", q), 10)
+            assert local.wait(60) and local.prefetched == 0
+            local.close()
+        assert calls.n["stored"] == 0 and calls.n["search"] >= 2 * len(QUERIES)
+    finally:
+        calls.restore()
+        rag.searcher.local = saved
+
+
+def test_close_stops_the_background_reader(tmp_path) -> None:
+    rag = PermRAG.open(tmp_path / "h", encoder=ENC, local_rows=5, prefetch_rows=10_000)
+    rag.add_documents(_docs(300))
+    rag.policy.add_role("eng", tenant="acme")
+    rag.policy.grant("eng", "*", tenant="acme")
+    rag.policy.assign_user("e", "eng", tenant="acme")
+    assert len(rag.search("budget", user="e", tenant="acme", k=5, mode="dense")) == 5  # allow-all, 300 rows: queued
+    worker = rag.searcher.local._worker
+    assert worker is not None
+    rag.close()  # while it reads, or after
+    assert not worker.is_alive()
+    with PermRAG.open(tmp_path / "h", encoder=ENC, local_rows=0) as off:
+        assert off.searcher.local.prefetch_rows == 0  # local_rows=0: nothing ranked in process, nothing read in the background
+    for bad in (-1, 1.5, True, "10"):
+        with pytest.raises(ConfigError, match="prefetch_rows"):
+            PermRAG.open(tmp_path / "h", encoder=ENC, prefetch_rows=bad)
+
+
+def test_a_forked_child_gets_fresh_locks_and_no_reader() -> None:
+    """Forked while the parent's reader held the cache lock, a child can still use
+    its cache (the lock, and the thread holding it, do not exist in the child)."""
+    import os
+    import time
+
+    local = LocalRanker(max_rows=10, prefetch_rows=1_000)
+    with local._lock:  # as the background reader holds it mid-update
+        pid = os.fork()
+        if pid == 0:  # the child: must not block on the parent's lock
+            code = 0 if local.wait(2) and local._worker is None else 3
+            local.clear()
+            os._exit(code)
+    deadline = time.monotonic() + 20
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child blocked on the parent's cache lock")
+        time.sleep(0.05)
+    assert os.waitstatus_to_exitcode(status) == 0

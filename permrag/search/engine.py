@@ -74,7 +74,10 @@ class Searcher:
 
     def _in_process(self, snap: Snapshot, mode: str, backend: Any) -> Filter | None:
         """A dense search of a small, partly visible set is ranked in process
-        (search/local.py): it needs no filter form, so none is planned."""
+        (search/local.py): it needs no filter form, so none is planned. (A larger
+        set read back in the background is planned — once per bitmap, cached —
+        and the executor ranks it in process while its rows stay cached, or
+        searches Milvus with that plan.)"""
         if mode != "dense" or self.local is None:
             return None
         n = snap.visible.intersection_cardinality(snap.tenant_rows)

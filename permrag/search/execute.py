@@ -18,9 +18,10 @@ search asks again with a larger limit until it has ``k`` verified hits or
 the candidates are exhausted, so nothing is lost to post-filtering. Past
 Milvus' largest limit it falls back to exact ID-list filters in chunks.
 
-A dense search of at most ``local_rows`` visible rows is ranked in process
-instead (search/local.py): every visible row scored from its stored vector,
-read back once; its hits pass the same verify. Milvus is still asked whether
+A dense search of at most ``local_rows`` visible rows — or of a larger set
+read back in the background already (up to ``prefetch_rows``) — is ranked in
+process instead (search/local.py): every visible row scored from its stored
+vector, read back once; its hits pass the same verify. Milvus is still asked whether
 it holds the collection, so a search while the backend is down raises on
 either path.
 
@@ -87,16 +88,19 @@ class Executor:
             dense = self.run(plan, snap, "dense", vectors, texts, n)
             keyword = self.run(plan, snap, "keyword", vectors, texts, n)
             return [fuse(d, s, k, fusion, weights) for d, s in zip(dense, keyword)]
-        if mode == "dense" and vectors is not None and isinstance(plan, (Filter, AllowAll)) and self.local is not None and self.local.takes(plan.visible, self.backend):
+        in_process = getattr(plan, "strategy", None) == IN_PROCESS
+        if mode == "dense" and vectors is not None and isinstance(plan, (Filter, AllowAll)) and self.local is not None and self._local_ready(plan, snap):
             # Milvus must answer, and still hold the collection, even when every row is
             # read back already: a search while the backend is down raises, on either path
             # (0.26 ms on Lite); a dropped collection goes the Milvus way.
             if self.backend.has_tenant(self.tenant_no):
-                return self._local(self.local, plan, snap, vectors, k)
-        if getattr(plan, "strategy", None) == IN_PROCESS:
+                ranked = self._local(self.local, plan, snap, vectors, k)
+                if ranked is not None:
+                    return ranked  # (None: a background-read set left the cache meanwhile; Milvus answers)
+        if in_process:
             # planned for in-process ranking (search/engine.py), so there is no filter to
             # give Milvus: the collection is gone (nothing to find) or the set can't be ranked here
-            if mode == "dense" and self.local is not None and self.local.takes(plan.visible, self.backend):
+            if mode == "dense" and vectors is not None and self.local is not None and self.local.takes(plan.visible, self.backend):
                 return [[] for _ in texts]
             raise RuntimeError("an in-process plan reached the Milvus path")  # never: engine.py plans it only for dense searches ranked here
         results: list[list[RawHit] | None] = [None] * len(texts)
@@ -139,19 +143,32 @@ class Executor:
             limit = min(MAX_LIMIT, limit * 4)
         return [r or [] for r in results]
 
-    def _local(self, local: LocalRanker, plan: Filter | AllowAll, snap: Snapshot, vectors: np.ndarray, k: int) -> list[list[RawHit]]:
-        """Every visible row scored in process (search/local.py); verified like Milvus hits."""
-        ranked = local.rank(self.backend, self.tenant_no, snap.visible, snap.tenant_rows, vectors, k)
-        self.stats.add("local_searches", 1)  # one per batch of queries, as milvus_searches counts
+    def _local_ready(self, plan: Filter | AllowAll, snap: Snapshot) -> bool:
+        """Whether a dense search is ranked in process: a small set (read back now if
+        need be), or a larger one read back in the background already — if not, its
+        background read is queued and the plan goes to Milvus (search/local.py)."""
+        assert self.local is not None
+        return self.local.takes(plan.visible, self.backend) or self.local.ready(self.backend, self.tenant_no, snap.visible, snap.tenant_rows, plan.visible)
+
+    def _local(self, local: LocalRanker, plan: Filter | AllowAll, snap: Snapshot, vectors: np.ndarray, k: int) -> list[list[RawHit]] | None:
+        """Every visible row scored in process (search/local.py); verified like Milvus hits.
+        A small set is read back now if need be; a larger one only if built already (else None)."""
+        read = local.takes(plan.visible, self.backend)
+        ranked = local.rank(self.backend, self.tenant_no, snap.visible, snap.tenant_rows, vectors, k, read=read)
+        if ranked is None:
+            return None
         out = []
         for i, hits in enumerate(ranked):
             ok = self.verify(plan, snap, hits)
             if len(ok) < k and len(hits) < plan.visible:
                 # verify dropped some: rank the whole set and verify the rows past these
                 # (the order is canonical, so the first len(hits) are the same rows)
-                whole = local.rank(self.backend, self.tenant_no, snap.visible, snap.tenant_rows, vectors[[i]], plan.visible)[0]
-                ok += self.verify(plan, snap, whole[len(hits) :])
+                whole = local.rank(self.backend, self.tenant_no, snap.visible, snap.tenant_rows, vectors[[i]], plan.visible, read=read)
+                if whole is None:
+                    return None
+                ok += self.verify(plan, snap, whole[0][len(hits) :])
             out.append(ok[:k])
+        self.stats.add("local_searches", 1)  # one per batch of queries, as milvus_searches counts
         return out
 
     def verify(self, plan: Plan, snap: Snapshot, hits: list[RawHit]) -> list[RawHit]:
