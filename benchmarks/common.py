@@ -84,14 +84,19 @@ def recall_at_k(got: list[int], sims: dict[int, float], kth: float, k: int, tol:
 
 def measure(fns: dict[str, Callable], queries, budget_s: float = 8.0) -> dict[str, tuple[float, list]]:
     """Median latency and outputs of every approach, interleaved query by
-    query so that background work in the backend weighs on all alike; a slow
-    approach stops after 3 queries once it has used its time budget."""
+    query so that background work in the backend weighs on all alike; the
+    order turns by one approach each query, so no approach always runs right
+    after the same other one (a full scan just before leaves the CPU caches
+    cold for whatever follows). A slow approach stops after 3 queries once
+    it has used its time budget."""
     for fn in fns.values():
         fn(queries[0])  # warm
     times: dict = {n: [] for n in fns}
     outs: dict = {n: [] for n in fns}
-    for q in queries:
-        for name, fn in fns.items():
+    names = list(fns)
+    for qi, q in enumerate(queries):
+        for name in names[qi % len(names) :] + names[: qi % len(names)]:
+            fn = fns[name]
             if len(times[name]) >= 3 and sum(times[name]) > budget_s:
                 continue
             t = time.perf_counter()
