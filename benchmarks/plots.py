@@ -91,13 +91,17 @@ def make_all(quick: bool = False) -> list[Path]:
         res = json.loads(peers.read_text())["result"]
         approaches = [a for a in STYLE if a in res["table"][0]["cells"]]
         made.append(fraction_plot(res["table"], approaches, f"BBC News, {res['rows']:,} rows, {res['backend']}", RESULTS / f"peers{suffix}.png"))
-    search = RESULTS / f"search{suffix}.json"
-    if search.exists():
+    runs = [(RESULTS / f"search{suffix}.json", "search")]
+    if not quick:  # the 1M runs: one file per backend
+        runs += [(p, p.stem) for p in sorted(RESULTS.glob("search_1m_*.json"))]
+    for search, stem in runs:
+        if not search.exists():
+            continue
         for res in json.loads(search.read_text())["results"]:
             kind = "server" if "server" in res["backend"].lower() else "lite"
             approaches = [a for a in STYLE if a in res["table"][0]["cells"]]
-            made.append(fraction_plot(res["table"], approaches, f"{res['backend']}, {res['rows']:,} rows (random vectors)",
-                                      RESULTS / f"search_{kind}{suffix}.png"))
+            name = f"search_{kind}{suffix}.png" if stem == "search" else f"{stem}.png"
+            made.append(fraction_plot(res["table"], approaches, f"{res['backend']}, {res['rows']:,} rows (random vectors)", RESULTS / name))
     quality = RESULTS / f"quality{suffix}.json"
     if quality.exists():
         made.append(quality_plot(json.loads(quality.read_text())["results"], RESULTS / f"quality{suffix}.png"))
