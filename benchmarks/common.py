@@ -85,10 +85,12 @@ def recall_at_k(got: list[int], sims: dict[int, float], kth: float, k: int, tol:
 def measure(fns: dict[str, Callable], queries, budget_s: float = 8.0) -> dict[str, tuple[float, list]]:
     """Median latency and outputs of every approach, interleaved query by
     query so that background work in the backend weighs on all alike; the
-    order turns by one approach each query, so no approach always runs right
-    after the same other one (a full scan just before leaves the CPU caches
-    cold for whatever follows). A slow approach stops after 3 queries once
-    it has used its time budget."""
+    order turns by one approach each query, so the first of a round varies
+    (each keeps its neighbours within the cycle: to compare two approaches
+    without the others' full scans just before them — which leave the CPU
+    caches cold — measure them again alone, as bench_search's side by side
+    does). A slow approach stops after 3 queries once it has used its time
+    budget."""
     for fn in fns.values():
         fn(queries[0])  # warm
     times: dict = {n: [] for n in fns}
