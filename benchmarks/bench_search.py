@@ -133,9 +133,12 @@ def silo_collection(client, name: str, ids, vecs, texts) -> None:
     client.load_collection(name)
 
 
-def run_backend(label: str, rag: PermRAG, n_rows: int, n_queries: int, budget_s: float = 8.0) -> dict:
+def run_backend(label: str, rag: PermRAG, n_rows: int, n_queries: int, budget_s: float = 8.0, policy_first: bool = False) -> dict:
+    if policy_first:  # the roles exist before the rows arrive (what co-visibility placement places by)
+        users = make_users(rag, n_rows // TEAM_SIZE)
     teams, ids, vecs, n_teams, ingest_s = build(rag, n_rows)
-    users = make_users(rag, n_teams)
+    if not policy_first:
+        users = make_users(rag, n_teams)
     client = rag.store.client()
     coll = rag.store.name(rag.catalog.tenants.number("acme"))  # the tenant's own collection
     texts = [f"doc {i}" for i in range(n_rows)]  # as ingested: every approach fetches the hits' text, as permrag does
@@ -253,10 +256,13 @@ def table(res: dict) -> str:
     return "\n".join(out)
 
 
-def layout(rag: PermRAG) -> str:
+def layout(rag: PermRAG, group_by: str, policy_first: bool) -> str:
     """How the store lays out new tenant collections, for the table's title."""
     n = rag.store.groups
-    return f", {n} class-group partitions" if n else ", flat (one partition, filters)"
+    when = "; policy made before the ingest" if policy_first else "; policy made after the ingest"
+    if not n:
+        return ", flat (one partition, filters)" + when
+    return f", {n} class-group partitions (" + ("classes by co-visibility" if group_by == "visibility" else "classes by first appearance") + ")" + when
 
 
 def start_server(base: Path):
@@ -276,6 +282,8 @@ def main(argv=None) -> None:
     ap.add_argument("--skip-lite", action="store_true")
     ap.add_argument("--lite-groups", type=int, default=None, help="class-group partitions per collection on Lite (default: the library's)")
     ap.add_argument("--server-groups", type=int, default=None, help="the same on the server")
+    ap.add_argument("--group-by", default="class", choices=["class", "visibility"], help="how classes map to groups (with --*-groups; visibility: catalog/placement.py)")
+    ap.add_argument("--policy-first", action="store_true", help="make the roles before the ingest (co-visibility placement needs them)")
     ap.add_argument("--tag", default="", help="suffix of the results' file name (e.g. 1m)")
     ap.add_argument("--local-rows", type=int, default=None, help="largest visible set read back by a search, ranked in process (default: the library's)")
     ap.add_argument("--prefetch-rows", type=int, default=None, help="largest set read back in the background (default: the library's; 0: none)")
@@ -295,15 +303,19 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_lite:
             print(f"Milvus Lite, {args.lite_rows:,} rows", flush=True)
-            with PermRAG.open(Path(tmp) / "lite", encoder=RandomEncoder(DIM), groups=args.lite_groups, **local) as rag:
-                results.append(run_backend("Milvus Lite " + version("milvus-lite") + layout(rag), rag, args.lite_rows, args.queries, budget))
+            gb = {"group_by": args.group_by} if args.lite_groups else {}
+            with PermRAG.open(Path(tmp) / "lite", encoder=RandomEncoder(DIM), groups=args.lite_groups, **gb, **local) as rag:
+                label = "Milvus Lite " + version("milvus-lite") + layout(rag, args.group_by, args.policy_first)
+                results.append(run_backend(label, rag, args.lite_rows, args.queries, budget, args.policy_first))
         if not args.skip_server:
             print(f"Milvus server, {args.server_rows:,} rows", flush=True)
             server = start_server(Path(tmp) / "server")
             try:
                 uri = f"http://127.0.0.1:{server.listen_port}"
-                with PermRAG.open(Path(tmp) / "srv", encoder=RandomEncoder(DIM), milvus_uri=uri, groups=args.server_groups, **local) as rag:
-                    results.append(run_backend("Milvus server " + rag.store.client().get_server_version() + layout(rag), rag, args.server_rows, args.queries, budget))
+                gb = {"group_by": args.group_by} if args.server_groups else {}
+                with PermRAG.open(Path(tmp) / "srv", encoder=RandomEncoder(DIM), milvus_uri=uri, groups=args.server_groups, **gb, **local) as rag:
+                    label = "Milvus server " + rag.store.client().get_server_version() + layout(rag, args.group_by, args.policy_first)
+                    results.append(run_backend(label, rag, args.server_rows, args.queries, budget, args.policy_first))
             finally:
                 server.stop()
     machine = machine_line()

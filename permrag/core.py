@@ -23,6 +23,7 @@ from .access.enforcer import build_enforcer
 from .audit import AuditLog
 from .backends import Binding, MilvusBackend
 from .catalog import DEFAULT_TENANT, Catalog, DocumentRecord, RowRecord, as_array
+from .catalog.placement import Placement
 from .embed import Encoder
 from .errors import BackendError, ConfigError
 from .ingest import MAX_DOCUMENT_CHARS, Chunker, Ingester, add_generated, reconcile
@@ -30,6 +31,7 @@ from .ingest.sync import SyncReport, sync_folder
 from .ingest.update import KEEP, update_metadata
 from .policy import Policy
 from .policy.identity import Identity
+from .policy.signature import Signer
 from .repair import RepairReport
 from .results import Hits, Stats
 from .search import LITE, SERVER, CostModel, Plan, Planner, Searcher
@@ -68,6 +70,7 @@ class PermRAG:
         async_workers: int = DEFAULT_WORKERS,
         clock: Callable[[], float] | None = None,
         groups: int | None = None,
+        group_by: str = "class",
         local_rows: int = LOCAL_ROWS,
         prefetch_rows: int = PREFETCH_ROWS,
     ) -> None:
@@ -86,8 +89,14 @@ class PermRAG:
         self._encoder = encoder if encoder is not None else settings.encoder
         self._collection = collection or (settings.collection if settings.sources.get("collection") else None)
         self._backend_options = dict(token=settings.milvus_token, index=index, consistency=consistency, analyzer=analyzer, groups=groups)
+        if group_by not in ("class", "visibility"):
+            raise ConfigError(f"group_by must be 'class' or 'visibility', not {group_by!r}")
+        self._group_by = None
         if not catalog_only:
-            MilvusBackend(settings.milvus_uri, **self._backend_options)  # checks the options; no I/O
+            n = MilvusBackend(settings.milvus_uri, **self._backend_options).groups  # checks the options; no I/O
+            if group_by == "visibility" and not n:
+                raise ConfigError("group_by='visibility' places rows in class groups: give groups=N (N > 0) too")
+            self._group_by = (group_by, n)
         if isinstance(local_rows, bool) or not isinstance(local_rows, int) or local_rows < 0:
             raise ConfigError(f"local_rows {local_rows!r} must be a non-negative integer (0: always search in Milvus)")
         if isinstance(prefetch_rows, bool) or not isinstance(prefetch_rows, int) or prefetch_rows < 0:
@@ -122,7 +131,9 @@ class PermRAG:
         ``"async"``, ``"off"``), ``async_workers`` (threads of the pool the
         async methods run on), ``groups`` (partitions by visibility-class group
         in a new tenant collection; 0: flat; default by backend, see
-        backends/layout.py), ``local_rows`` (largest visible set whose dense
+        backends/layout.py), ``group_by`` (``"class"``: a class's group by order
+        of first appearance; ``"visibility"``: classes that the same role rules
+        select share a group, catalog/placement.py), ``local_rows`` (largest visible set whose dense
         ranking runs in process, exact, from cached stored vectors; 0: never;
         see search/local.py), ``prefetch_rows`` (largest set read back in the
         background while its first searches go to Milvus, then ranked in process;
@@ -161,6 +172,8 @@ class PermRAG:
         self.searcher = Searcher(self.access, self.catalog, self._binding(), self._planner, self._audit, self.stats, self._local)
         self.catalog.load()
         self.policy.load()
+        if self._group_by and self._group_by[0] == "visibility":
+            self.catalog.allocator.placement = Placement(self._group_by[1], Signer(self.policy))
 
     def _make_backend(self, collection: str) -> MilvusBackend:
         return MilvusBackend(self.settings.milvus_uri, collection=collection, **self._backend_options)

@@ -125,6 +125,17 @@ id_blocks = Table(
     Column("size", BigInteger, nullable=False),
 )
 
+# Co-visibility placement (catalog/placement.py): which class group the
+# classes of one role-rule signature go to, per tenant.
+class_groups = Table(
+    "permrag_class_groups",
+    metadata,
+    Column("tenant", String(256), primary_key=True),
+    Column("signature", String(64), primary_key=True),  # sha1 of the sorted rule tokens
+    Column("grp", Integer, nullable=False),
+    Column("tokens", Text, nullable=False),  # the tokens, JSON (for the nearest signature once groups run out)
+)
+
 roles = Table(
     "permrag_roles",
     metadata,

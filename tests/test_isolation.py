@@ -456,3 +456,48 @@ def test_recommend_writes_audit_records(small):
     small.recommend(ENC.encode(["budget"]), users=["ann"], k=3)
     rec = small.audit_log(limit=1)[0]
     assert rec["event"] == "recommend" and rec["user"] == "ann" and len(rec["rows"][0]) == 3
+
+
+FIRST_USE = """
+import sys, time
+from permrag import PermRAG
+from permrag.embed import HashEncoder
+home, db_url, uri, collection, start, me = sys.argv[1:7]
+rag = PermRAG.open(home, database_url=db_url, milvus_uri=uri, encoder=HashEncoder(32), collection=collection, consistency="Strong", groups=4)
+while time.time() < float(start):  # all processes reach the fresh store's first use at one moment
+    time.sleep(0.001)
+rag.add_documents([{"external_id": f"{me}-{i}", "text": f"budget {me} {i}", "attrs": {"dept": f"d{i % 3}"}} for i in range(20)])
+print(rag.store.grouping(rag.catalog.tenants.number("default")))
+rag.close()
+"""
+
+
+def test_processes_of_one_store_first_use_a_fresh_milvus_at_once(tmp_path, pg_url, milvus_server):
+    """Three processes of one store (PostgreSQL) make its root and tenant collections at the
+    same moment: none is refused, none takes the grouped collection for a flat one, no row is lost."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    collection = f"first_{uuid.uuid4().hex[:10]}"
+    PermRAG.open(tmp_path / "main", database_url=pg_url, milvus_uri=milvus_server, encoder=ENC, catalog_only=True).close()  # the catalog only
+    start = time.time() + 12
+    root = Path(__file__).resolve().parents[1]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", FIRST_USE, str(tmp_path / p), pg_url, milvus_server, collection, str(start), p], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for p in ("p", "q", "r")
+    ]
+    outs = [proc.communicate(timeout=300) for proc in procs]
+    for proc, (out, err) in zip(procs, outs):
+        assert proc.returncode == 0, err[-3000:]
+        assert out.strip() == "Grouping(groups=4)", out
+    rag = PermRAG.open(tmp_path / "main", database_url=pg_url, milvus_uri=milvus_server, encoder=ENC, collection=collection, consistency="Strong")
+    try:
+        live = rag.catalog.live_ids()
+        assert len(live) == 60 and milvus_ids(rag) == set(live)
+        no = rag.catalog.tenants.number("default")
+        empty = rag.store.client().query(rag.store.name(no), filter="row_id >= 0", output_fields=["row_id"], partition_names=["_default"], consistency_level="Strong")
+        assert empty == []  # every row in a class-group partition
+    finally:
+        rag.close()

@@ -51,12 +51,17 @@ class Binding:
                     store_id = db.get_setting(conn, "store_id") or ""
                     bound = db.get_setting(conn, "milvus_collection")
                 backend = self._make_backend(self._collection or bound or "permrag")
-                backend.bind(store_id, bound_before=bound == backend.collection)
                 if bound is None:
+                    # A store's first use: its processes make the root one at a time
+                    # (two at once on a server once left it with only one of its two
+                    # identity rows). The lock is held only for this, once per store.
                     with db.transaction(self.engine, "recording the store's collection") as conn:
                         db.bump(conn, "schema_version", 0)  # the write lock first (see db.bump)
+                        backend.bind(store_id, bound_before=False)
                         if db.get_setting(conn, "milvus_collection") is None:
                             db.set_setting(conn, "milvus_collection", backend.collection)
+                else:
+                    backend.bind(store_id, bound_before=bound == backend.collection)
                 self._backend = backend
         return self._backend
 

@@ -26,8 +26,12 @@ classes get a partition each and later ones share. Partitions are created
 on first use, so a tenant with 20 classes has 20 partitions.
 
 A collection records its layout in a marker partition ``permrag_groups_<n>``
-created with it; a collection without one (made by an older permrag) stays
-flat: rows in ``_default`` and filters only, so old stores keep working.
+created right after it, before its index: a collection cannot be loaded
+without its index, and a process that finds one another process is creating
+reads the layout only once it loads (backends/milvus.py), so it never takes
+a grouped collection for a flat one. A collection without a marker (made by
+an older permrag) stays flat: rows in ``_default`` and filters only, so old
+stores keep working.
 """
 
 from __future__ import annotations

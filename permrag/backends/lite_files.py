@@ -12,6 +12,7 @@ that fails is retried once after the collection's sidecars are removed.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -51,3 +52,18 @@ def load_collection(c: Any, collection: str, lite_dir: str | None) -> None:
         len(files),
     )
     c.load_collection(collection)
+
+
+def load_when_ready(c: Any, collection: str, lite_dir: str | None, wait_s: float = 10.0) -> None:
+    """:func:`load_collection` for a collection another process may be creating
+    at this moment (its index not made yet, so it cannot load): retried for up
+    to ``wait_s`` seconds, then the last failure raises."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            load_collection(c, collection, lite_dir)
+            return
+        except Exception:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)

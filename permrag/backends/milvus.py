@@ -10,8 +10,7 @@ function into ``sparse`` where the backend has BM25) and ``dense`` (the
 encoder's vector, cosine). One collection per tenant means no tenant's BM25
 statistics (IDF, average length) ever include another tenant's rows, a
 tenant is pinned without any filter, and a filter bug cannot cross tenants.
-Inside it, rows live in partitions by visibility-class group (layout.py), so
-a search names only the groups that hold the caller's rows.
+Inside it, rows may live in partitions by visibility-class group (layout.py).
 
 **Binding.** The root holds the store id of the catalog that created it.
 Opening it from another catalog raises :class:`StoreMismatchError` — two
@@ -19,10 +18,10 @@ homes on one Milvus, or one home opened against the wrong database, never
 share rows silently.
 
 Capabilities are detected, not assumed: Milvus Lite and servers ≥ 2.5 have
-BM25; a 2.3 server has not, and keyword or hybrid search there raises
-:class:`UnsupportedError`. Consistency is ``Bounded`` by default: a Strong
-search on a 2.3 server waits for the next time tick (measured: 200 ms
-against 21 ms). Every pymilvus failure becomes :class:`BackendError`.
+BM25; a 2.3 server has not (keyword or hybrid search raises
+:class:`UnsupportedError`). Consistency is ``Bounded`` by default (a Strong
+search on a 2.3 server waits for the next time tick: 200 ms against 21 ms).
+Every pymilvus failure becomes :class:`BackendError`.
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ from ..config import milvus_kind
 from ..errors import BackendError, ConfigError, StoreMismatchError, UnsupportedError
 from .base import MAX_LIMIT, Capabilities, RawHit, detect, raw_hit
 from .layout import DEFAULT_GROUPS, Grouping, Partitions, by_partition
-from .lite_files import load_collection
+from .lite_files import load_collection, load_when_ready
 from .root import create_root, read_owner
 from .schema import analyzer_params, tenant_schema
 
@@ -230,10 +229,13 @@ class MilvusBackend:
             except Exception as exc:
                 if not c.has_collection(name):
                     raise self._fail("collection set-up", exc) from None
-                # another process created it at the same moment: use theirs
+                # another process is creating it at this moment: use theirs once it loads
                 if self._dim(name) != dim:
                     raise ConfigError(f"collection {name!r} holds vectors of another dimension than {dim}") from None
-                load_collection(c, name, self._lite)
+                try:
+                    load_when_ready(c, name, self._lite)
+                except Exception as again:
+                    raise self._fail("loading the collection", again) from None
             self._read_layout(tenant_no)
             self._ready[tenant_no] = dim
 
@@ -248,11 +250,10 @@ class MilvusBackend:
         c = self.client()
         schema, ip = tenant_schema(c, dim, self.index, self.capabilities.bm25, self.analyzer)
         c.create_collection(name, schema=schema, consistency_level=self.consistency)
-        # sync=False: Milvus Lite builds the index at once, but pymilvus would
-        # poll for it every 0.5 s (measured: 1.0 s per collection vs 15 ms).
-        c.create_index(name, ip, sync=self.kind == "server")
-        if self.groups:
+        if self.groups:  # the layout before the index: no process loads it, or reads its layout, before both
             c.create_partition(name, Grouping(self.groups).marker)
+        # sync=False on Lite: it builds at once, pymilvus would poll every 0.5 s (1.0 s vs 15 ms)
+        c.create_index(name, ip, sync=self.kind == "server")
         load_collection(c, name, self._lite)
 
     def _read_layout(self, tenant_no: int) -> None:
@@ -291,7 +292,6 @@ class MilvusBackend:
             raise self._fail("collection load", exc) from None
         return True
 
-    # ------------------------------------------------------------------ writes
     def insert(self, tenant_no: int, rows: Sequence[dict[str, Any]]) -> None:
         """Write rows (each with its ``vclass``) into their class group's partition."""
         grouping = self.grouping(tenant_no)
@@ -406,8 +406,7 @@ class MilvusBackend:
         except BackendError as exc:
             if "not loaded" not in str(exc):
                 raise
-        # A restarted server comes back with the collection released: load it
-        # and ask once more.
+        # A restarted server comes back with the collection released: load it and ask again.
         self._known(tenant_no)
         return self._search(tenant_no, mode, vectors, texts, expr, limit, parts)
 

@@ -8,16 +8,17 @@ errors (the backend wraps them) or :class:`StoreMismatchError`.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from ..errors import StoreMismatchError
-from .lite_files import load_collection
+from .lite_files import load_when_ready
 from .schema import root_schema
 
 ROOT_FORMAT = "permrag-root-2"
 
 
-def read_owner(c: Any, collection: str, where: str, lite_dir: str | None = None) -> str:
+def read_owner(c: Any, collection: str, where: str, lite_dir: str | None = None, wait_s: float = 10.0) -> str:
     """The store id the root collection ``collection`` belongs to."""
     info = c.describe_collection(collection)
     fields = {f.get("name") for f in info.get("fields", [])}
@@ -26,8 +27,16 @@ def read_owner(c: Any, collection: str, where: str, lite_dir: str | None = None)
             f"Milvus collection {collection!r} at {where} was not made by this version of permrag "
             "(an older permrag, or another application): choose another collection name"
         )
-    load_collection(c, collection, lite_dir)
-    got = c.query(collection, filter='key in ["store_id", "format"]', output_fields=["key", "value"], consistency_level="Strong")
+    # Another process of this store may be creating the root at this moment
+    # (seen: two processes' first ingests on a fresh server): its index, load
+    # and rows come within a second of the collection, so wait for them.
+    deadline = time.monotonic() + wait_s
+    while True:
+        load_when_ready(c, collection, lite_dir, max(0.0, deadline - time.monotonic()))
+        got = c.query(collection, filter='key in ["store_id", "format"]', output_fields=["key", "value"], consistency_level="Strong")
+        if {g["key"] for g in got} == {"store_id", "format"} or time.monotonic() >= deadline:  # (seen: the format row alone)
+            break
+        time.sleep(0.2)
     values = {g["key"]: g["value"] for g in got}
     owners = {g["value"] for g in got if g["key"] == "store_id"}
     if values.get("format") != ROOT_FORMAT or not owners:
@@ -38,9 +47,21 @@ def read_owner(c: Any, collection: str, where: str, lite_dir: str | None = None)
 
 
 def create_root(c: Any, collection: str, store_id: str, *, server: bool) -> None:
+    """Create the root and write this store's identity into it. Processes (of
+    one store or of two) may do this at the same moment: a step another one
+    did first is fine, and each writes its identity, so two stores racing for
+    one name both see two owners (:func:`read_owner`) and neither uses it."""
     schema, ip = root_schema(c)
-    c.create_collection(collection, schema=schema, consistency_level="Strong")
-    c.create_index(collection, ip, sync=server)
-    c.load_collection(collection)
+    try:
+        c.create_collection(collection, schema=schema, consistency_level="Strong")
+    except Exception:
+        if not c.has_collection(collection):
+            raise
+    try:
+        c.create_index(collection, ip, sync=server)
+    except Exception:
+        if not c.list_indexes(collection):
+            raise
+    load_when_ready(c, collection, None)
     c.insert(collection, [{"key": "store_id", "value": store_id, "v": [1.0, 0.0]}, {"key": "format", "value": ROOT_FORMAT, "v": [0.0, 1.0]}])
     c.flush(collection)

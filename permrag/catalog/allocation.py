@@ -52,6 +52,7 @@ class Allocator:
             raise CatalogError(f"allocation must be 'contiguous' or 'sequential', not {mode!r}")
         self.mode = mode
         self.policy_attrs = frozenset(policy_attrs) if policy_attrs is not None else None
+        self.placement: Any = None  # catalog/placement.Placement: class IDs by co-visibility (set by the store)
 
     def class_of(self, attrs: Mapping[str, Any], derived: Sequence[int] | None = None) -> str:
         if derived:
@@ -96,7 +97,8 @@ class Allocator:
             for i, s in enumerate(specs):
                 ids[(s.tenant, s.external_id)] = end - len(specs) + i
             for s in specs:
-                vclass[(s.tenant, s.external_id)] = self._class_row(conn, s.tenant, self.class_of(s.attrs, source_ids(s)))[0]
+                attrs = None if s.derived_from else s.attrs
+                vclass[(s.tenant, s.external_id)] = self._class_row(conn, s.tenant, self.class_of(s.attrs, source_ids(s)), attrs)[0]
         else:
             # Group by (tenant, class) in input order; derived rows come after
             # all plain rows so their sources already have IDs.
@@ -108,7 +110,7 @@ class Allocator:
                 expected = max(len(members), hint.get((tenant, key), 0))
                 if (tenant, key) in hint:
                     hint[(tenant, key)] = max(0, hint[(tenant, key)] - len(members))
-                cid, got = self._take_ids(conn, tenant, key, len(members), expected)
+                cid, got = self._take_ids(conn, tenant, key, len(members), expected, members[0].attrs)
                 for s, rid in zip(members, got):
                     ids[(s.tenant, s.external_id)] = rid
                     vclass[(s.tenant, s.external_id)] = cid
@@ -124,22 +126,25 @@ class Allocator:
             for s in specs
         ]
 
-    def _class_row(self, conn: Connection, tenant: str, key: str) -> tuple[int, int, int, int]:
-        """(class_id, next_id, end_id, size) of a class, created if new."""
+    def _class_row(self, conn: Connection, tenant: str, key: str, attrs: Mapping[str, Any] | None = None) -> tuple[int, int, int, int]:
+        """(class_id, next_id, end_id, size) of a class, created if new (placed
+        by co-visibility where the store asks for it and ``attrs`` are given)."""
         b = db.id_blocks.c
         row = conn.execute(
             select(b.class_id, b.next_id, b.end_id, b.size).where(b.tenant == tenant, b.class_key == key).with_for_update()
         ).first()
         if row is not None:
             return int(row[0]), int(row[1]), int(row[2]), int(row[3])
-        cid = db.bump(conn, "next_class_id") - 1
+        cid = self.placement.class_id(conn, tenant, attrs) if self.placement is not None and attrs is not None else None
+        if cid is None:
+            cid = db.bump(conn, "next_class_id") - 1
         conn.execute(db.id_blocks.insert().values(tenant=tenant, class_key=key, class_id=cid, next_id=0, end_id=0, size=0))
         return cid, 0, 0, 0
 
-    def _take_ids(self, conn: Connection, tenant: str, key: str, n: int, expected: int = 0) -> tuple[int, list[int]]:
+    def _take_ids(self, conn: Connection, tenant: str, key: str, n: int, expected: int = 0, attrs: Mapping[str, Any] | None = None) -> tuple[int, list[int]]:
         """The class's ID and ``n`` fresh row IDs from its blocks."""
         b = db.id_blocks.c
-        cid, nxt, end, size = self._class_row(conn, tenant, key)
+        cid, nxt, end, size = self._class_row(conn, tenant, key, attrs)
         ids: list[int] = []
         while len(ids) < n:
             if nxt < end:
