@@ -34,6 +34,8 @@ the goal's ratio, permrag ÷ silo.
         # the 1M Lite run as measured (acl-array: ~200 s a query at 10 %; the 50 % silo: 19 GB)
     python benchmarks/bench_search.py --skip-lite --server-rows 1000000 --skip acl-array --tag 1m_server
         # the 1M server run as measured (22 min on 2 cores)
+    python benchmarks/bench_search.py --skip-lite --server-rows 1000000 --server-groups 64 --group-by visibility --policy-first --skip post-filter,id-in,acl-array --tag 1m_server_covis
+        # the same with co-visibility placement (catalog/placement.py): the roles made before the ingest
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import acl_collection, measure, raw_search, save, version  # noqa: E402
+from common import acl_collection, measure, raw_search, save, settle, version  # noqa: E402
 from common import machine as machine_line  # noqa: E402
 
 from permrag import PermRAG  # noqa: E402
@@ -115,7 +117,7 @@ def make_users(rag: PermRAG, n_teams: int, seed: int = 8) -> dict[float, tuple[s
     return users
 
 
-def silo_collection(client, name: str, ids, vecs, texts) -> None:
+def silo_collection(client, name: str, ids, vecs, texts, uri: str = "") -> None:
     from pymilvus import DataType
 
     if client.has_collection(name):
@@ -131,6 +133,7 @@ def silo_collection(client, name: str, ids, vecs, texts) -> None:
         client.insert(name, [{"row_id": int(i), "text": t, "dense": v.tolist()} for i, v, t in zip(ids[j : j + 5000], vecs[j : j + 5000], texts[j : j + 5000])])
     client.flush(name)
     client.load_collection(name)
+    settle(uri, name, len(ids))  # a server: searched once its sealed segments serve every row
 
 
 def run_backend(label: str, rag: PermRAG, n_rows: int, n_queries: int, budget_s: float = 8.0, policy_first: bool = False) -> dict:
@@ -149,7 +152,9 @@ def run_backend(label: str, rag: PermRAG, n_rows: int, n_queries: int, budget_s:
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     team_of = np.asarray([int(t[4:]) for t in teams])
 
-    time.sleep(5)  # let the server settle after the bulk insert
+    uri = rag.store.uri
+    rag.store.flush(rag.catalog.tenants.number("acme"))  # at rest, as the silo will be: sealed segments loaded
+    settle(uri, coll, n_rows)
     rows = []
     base_all = []
     acls = acl_sets(n_rows)
@@ -167,7 +172,7 @@ def run_backend(label: str, rag: PermRAG, n_rows: int, n_queries: int, budget_s:
         plan = rag.plan(user, "acme")
         silo = f"{coll}_silo"
         if f < 1.0:
-            silo_collection(client, silo, vis_ids, vis_vecs, [texts[j] for j in np.flatnonzero(vis_mask)])
+            silo_collection(client, silo, vis_ids, vis_vecs, [texts[j] for j in np.flatnonzero(vis_mask)], uri)
         id_expr = f'row_id in [{", ".join(map(str, vis_ids.tolist()))}]'
         local = rag.searcher.local
         local.clear()  # the first search reads the visible rows back (when in-process ranking takes the set)

@@ -1,7 +1,7 @@
 """Regenerate every benchmark table and plot in one go.
 
-    python benchmarks/run_all.py            # the full set (about 40 minutes on 2 cores)
-    python benchmarks/run_all.py --quick    # a small version of each, under five minutes
+    python benchmarks/run_all.py            # the full set (about 50 minutes on 2 cores)
+    python benchmarks/run_all.py --quick    # a small version of each, about six minutes
 
 Writes ``benchmarks/results/<name>[_quick].{md,json}`` and the PNG plots,
 then prints every table. Needs the benchmark extras:
@@ -24,6 +24,7 @@ import bench_coldstart  # noqa: E402
 import bench_compile  # noqa: E402
 import bench_identity  # noqa: E402
 import bench_ingest  # noqa: E402
+import bench_layout  # noqa: E402
 import bench_peers  # noqa: E402
 import bench_quality  # noqa: E402
 import bench_recommend  # noqa: E402
@@ -34,6 +35,7 @@ from common import RESULTS, machine  # noqa: E402
 STEPS = [
     ("compile", bench_compile.main, []),
     ("search", bench_search.main, []),
+    ("layout", bench_layout.main, []),
     ("recommend", bench_recommend.main, []),
     ("quality", bench_quality.main, []),
     ("ingest", bench_ingest.main, []),

@@ -46,13 +46,17 @@ from typing import Any, Iterable, Mapping, Sequence
 # an unfiltered search took 1.2 s and a one-partition search 138 ms, against
 # 3.7 ms with 100 partitions of 1,000 rows.
 #
-# Off by default (0: one flat partition, filters as before) until it is
-# measured at 1M rows (issue 17 is open): the server's cost per partition
-# at scale is not known yet. (A Lite store SIGKILLed mid-ingest could fail
-# to load afterwards, "No data left in file", flat or grouped: Lite writes
-# index sidecars in place from a background thread; lite_files.py rebuilds
-# a torn one.) Opt in with
-# ``PermRAG.open(..., groups=N)`` (suggested: 1024 on Lite, 64 on a server).
+# Off by default (0: one flat partition, filters as before). Measured at 1M
+# rows on a 2.3.5 server with co-visibility placement (catalog/placement.py,
+# ``group_by="visibility"``, roles made before the ingest): a role seeing
+# 50 % at 0.84x a silo (0.94x against 2.68x flat at 200k, bench_layout.py).
+# It stays opt-in because what it gains depends on the policy existing before the rows (a later policy
+# leaves groups partly visible: exact, not faster) and on how many
+# signatures a tenant has, which the store cannot know when it is created.
+# (A Lite store SIGKILLed mid-ingest could fail to load afterwards, "No data
+# left in file", flat or grouped: Lite writes index sidecars in place from a
+# background thread; lite_files.py rebuilds a torn one.) Opt in with
+# ``PermRAG.open(..., groups=N, group_by="visibility")`` (suggested: 64).
 DEFAULT_GROUPS = {"lite": 0, "server": 0}
 MARKER = "permrag_groups_"
 _MARKER_RE = re.compile(rf"^{MARKER}(\d+)$")
