@@ -47,10 +47,11 @@ def read_owner(c: Any, collection: str, where: str, lite_dir: str | None = None,
 
 
 def create_root(c: Any, collection: str, store_id: str, *, server: bool) -> None:
-    """Create the root and write this store's identity into it. Processes (of
-    one store or of two) may do this at the same moment: a step another one
-    did first is fine, and each writes its identity, so two stores racing for
-    one name both see two owners (:func:`read_owner`) and neither uses it."""
+    """Create the root and write this store's identity into it. A store's own
+    processes do this one at a time (binding.py holds its catalog's lock);
+    processes of two stores may race for one name: a step the other did
+    first is fine, each writes its identity, and a store that then reads
+    another's (or two) refuses the collection (:func:`read_owner`)."""
     schema, ip = root_schema(c)
     try:
         c.create_collection(collection, schema=schema, consistency_level="Strong")
