@@ -145,14 +145,14 @@ def run_backend(label: str, rag: PermRAG, n_rows: int, n_queries: int, budget_s:
     client = rag.store.client()
     coll = rag.store.name(rag.catalog.tenants.number("acme"))  # the tenant's own collection
     texts = [f"doc {i}" for i in range(n_rows)]  # as ingested: every approach fetches the hits' text, as permrag does
+    uri = rag.store.uri
     if "acl-array" not in SKIPPED:
-        acl_collection(client, f"{coll}_acl", ids, teams, vecs, texts)
+        acl_collection(client, f"{coll}_acl", ids, teams, vecs, texts, uri)
     rng = np.random.default_rng(11)
     queries = rng.standard_normal((n_queries, DIM)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     team_of = np.asarray([int(t[4:]) for t in teams])
 
-    uri = rag.store.uri
     rag.store.flush(rag.catalog.tenants.number("acme"))  # at rest, as the silo will be: sealed segments loaded
     settle(uri, coll, n_rows)
     rows = []

@@ -47,9 +47,10 @@ def raw_search(client, coll: str, q: np.ndarray, limit: int, expr: str = "", fie
     return [int((h.get("entity") or {}).get(id_field, h.get("id"))) for h in res[0]]
 
 
-def acl_collection(client, name: str, ids, acl: list[str], vecs: np.ndarray, texts: list[str] | None = None) -> None:
+def acl_collection(client, name: str, ids, acl: list[str], vecs: np.ndarray, texts: list[str] | None = None, uri: str = "") -> None:
     """A second collection with an ``acl`` ARRAY field (one group per row):
-    the row-level RBAC pattern, filtered with ``array_contains_any``."""
+    the row-level RBAC pattern, filtered with ``array_contains_any`` (on a
+    server, searched once settled: :func:`settle`)."""
     from pymilvus import DataType
 
     if client.has_collection(name):
@@ -71,6 +72,7 @@ def acl_collection(client, name: str, ids, acl: list[str], vecs: np.ndarray, tex
         client.insert(name, rows)
     client.flush(name)
     client.load_collection(name)
+    settle(uri, name, len(ids))
 
 
 def recall_at_k(got: list[int], sims: dict[int, float], kth: float, k: int, tol: float = 1e-5) -> float:
