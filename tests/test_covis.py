@@ -26,7 +26,15 @@ from permrag.policy.selectors import parse_selector
 from permrag.search import LITE, SERVER, AllowAll, Filter, Planner
 
 from .conftest import open_backend
-from .test_layout import DEPTS, QUERIES, assert_top_k, docs_for, placement, reference
+from .test_layout import (
+    DEPTS,
+    QUERIES,
+    assert_top_k,
+    docs_for,
+    draw_role,
+    placement,
+    reference,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUPS = 32  # more than the fixture's signatures: each gets a group of its own
@@ -153,19 +161,7 @@ def test_partly_visible_groups_and_acl_users_stay_exact(store, user) -> None:
 def test_no_leak_fuzz_after_the_policy_moves_on(store, data) -> None:
     """Rules made after placement cut across the groups: answers stay exact."""
     rag, vecs, _ = store
-    p = rag.policy
-    role = f"fz{data.draw(st.integers(0, 10**9))}"
-    p.add_role(role)
-    for d in data.draw(st.lists(st.sampled_from(DEPTS), max_size=8, unique=True)):
-        p.grant(role, f"dept:{d}")
-    for lvl in data.draw(st.lists(st.sampled_from(["1", "2", "3"]), max_size=1)):
-        p.deny(role, f"lvl:{lvl}")
-    if data.draw(st.booleans()):
-        p.inherit(role, data.draw(st.sampled_from(sorted(ROLES))))
-    user = f"user-{role}"
-    p.assign(user, role)
-    q = data.draw(st.sampled_from(QUERIES))
-    k = data.draw(st.sampled_from([1, 5, 30]))
+    user, q, k = draw_role(rag, data, parents=sorted(ROLES))
     dropped = rag.stats["dropped_hits"]
     hits = rag.search(q, user=user, k=k, mode="dense")
     assert {h.row_id for h in hits} <= set(rag.visible(user))

@@ -157,12 +157,9 @@ def test_a_stale_plan_naming_groups_cannot_reveal_rows(store) -> None:
     assert rag.stats["dropped_hits"] + rag.stats["overfetch_discarded"] > before  # the wide plan's extra rows were dropped
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(data=st.data())
-def test_no_leak_fuzz_across_groups(store, data) -> None:
-    """Random grants, denies and document grants over many classes and groups:
-    every answer is inside the caller's bitmap and equals brute force."""
-    rag, vecs, _ = store
+def draw_role(rag: PermRAG, data, parents: list[str] | None = None) -> tuple[str, str, int]:
+    """A random role (department grants, a level deny, document grants, maybe a
+    parent from ``parents``) held by a new user; returns (user, query, k)."""
     p = rag.policy
     role = f"fz{data.draw(st.integers(0, 10**9))}"
     p.add_role(role)
@@ -172,10 +169,20 @@ def test_no_leak_fuzz_across_groups(store, data) -> None:
         p.deny(role, f"lvl:{lvl}")
     for i in data.draw(st.lists(st.integers(0, 1499), max_size=6, unique=True)):
         p.grant(role, f"doc:r{i}")
+    if parents and data.draw(st.booleans()):
+        p.inherit(role, data.draw(st.sampled_from(parents)))
     user = f"user-{role}"
     p.assign(user, role)
-    q = data.draw(st.sampled_from(QUERIES))
-    k = data.draw(st.sampled_from([1, 5, 30]))
+    return user, data.draw(st.sampled_from(QUERIES)), data.draw(st.sampled_from([1, 5, 30]))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_no_leak_fuzz_across_groups(store, data) -> None:
+    """Random grants, denies and document grants over many classes and groups:
+    every answer is inside the caller's bitmap and equals brute force."""
+    rag, vecs, _ = store
+    user, q, k = draw_role(rag, data)
     dropped = rag.stats["dropped_hits"]
     hits = rag.search(q, user=user, k=k, mode="dense")
     assert {h.row_id for h in hits} <= set(rag.visible(user))
