@@ -37,7 +37,7 @@ from .test_layout import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-GROUPS = 32  # more than the fixture's signatures: each gets a group of its own
+GROUPS = 80  # more than the fixture's signatures (68, ACLs included): each gets a group of its own
 ROLES = {  # role → (allowed departments, denied levels)
     "eng": (DEPTS[0:5], []),
     "fin": (DEPTS[3:10], []),  # overlaps eng on d3, d4
@@ -46,14 +46,19 @@ ROLES = {  # role → (allowed departments, denied levels)
 }
 
 
-def tokens(rag: PermRAG, attrs: dict, tenant: str = "default") -> tuple[str, ...]:
+def tokens(rag: PermRAG, attrs: dict, tenant: str = "default", acl=None) -> tuple[str, ...]:
     """The reference signature: every attribute rule that selects ``attrs``,
-    found by matching each rule (not through the signer's index)."""
+    found by matching each rule (not through the signer's index), and every
+    principal the row's ACL names (its class key holds the ACL)."""
     out = set()
     for role, sel, effect in rag.policy.tenant(tenant).rules():
         s = parse_selector(sel)
         if s.kind == "attr" and s.matches("", attrs):
             out.add(("+" if effect == "allow" else "-") + role)
+    if acl is not None:
+        out |= {f"@allow:{e.principal}" for e in acl.allow} | {f"@deny:{e.principal}" for e in acl.deny}
+        if acl.folder is not None and acl.inherit:
+            out.add(f"@folder:{acl.folder}")
     return tuple(sorted(out))
 
 
@@ -74,7 +79,7 @@ def assert_covisible(rag: PermRAG, n: int, tenant: str = "default", placed: list
     for r in live:
         assert where[r.row_id] == f"g{r.vclass % n}" and r.vclass % n in table.values(), (r.row_id, where[r.row_id], r.vclass)
         if placed is None or r.external_id in placed:
-            g = table[tokens(rag, dict(r.attrs), tenant)]
+            g = table[tokens(rag, dict(r.attrs), tenant, r.acl)]
             assert r.vclass % n == g, (r.external_id, r.vclass, g)
     return table
 
@@ -126,12 +131,15 @@ def test_classes_of_one_signature_share_a_group(store) -> None:
     assert len(rag.store.client().list_partitions(rag.store.name(no))) == len(table) + 2  # + _default and the marker
 
 
-@pytest.mark.parametrize("user", ["u-eng", "u-fin", "u-big", "u-glob"])
+@pytest.mark.parametrize("user", ["u-eng", "u-fin", "u-big", "u-glob", "acl-1", "acl-4"])
 def test_a_role_searches_whole_groups_without_a_filter(store, user) -> None:
+    """A role's rows, and the rows whose ACL names a user (the ACL is in the
+    class key), fill whole groups: the plan names them with no filter."""
     rag, vecs, _ = store
     table = stored_groups(rag)
-    role = user[2:]
-    holding = {g for sig, g in table.items() if f"+{role}" in sig}
+    token = f"@allow:user:{user}" if user.startswith("acl-") else f"+{user[2:]}"
+    holding = {g for sig, g in table.items() if token in sig}
+    assert holding
     plan = rag.plan(user)
     if user != "u-eng":  # (u-eng's document rule adds r5: a partly visible group, the planner's choice)
         assert isinstance(plan, Filter) and set(plan.groups) == holding, plan.describe()
@@ -175,11 +183,18 @@ def test_writes_keep_rows_in_their_signature_group(store) -> None:
     rag.add_documents([{"external_id": "mv", "text": "budget w3 w17 moving row", "attrs": {"dept": "d1", "lvl": "1"}}])
     rag.add_documents([{"external_id": "mv", "text": "budget w3 w17 replaced row", "attrs": {"dept": "d12", "lvl": "1"}}], replace=True)
     rag.update_metadata("mv", attrs={"dept": ["d4", "d12"], "lvl": "3"})  # a new class: signature +big +eng +fin
+    rag.update_metadata("mv", acl={"allow": ["user:acl-new"]})  # and a new ACL: a class (and group) of its own
+    mv = rag.row("mv")
+    own = stored_groups(rag)[tokens(rag, dict(mv.attrs), acl=mv.acl)]
+    assert mv.vclass % GROUPS == own
+    plan = rag.plan("acl-new")
+    assert plan.groups == (own,) and plan.expr == "", plan.describe()
+    assert [h.external_id for h in rag.search("budget", user="acl-new", k=5, mode="dense")] == ["mv"]
     rag.add_documents([{"external_id": "gone", "text": "budget w3 w17 deleted", "attrs": {"dept": "d4", "lvl": "2"}}])
     assert rag.delete(["gone"]) == 1
     table = assert_covisible(rag, GROUPS, placed=["mv"])  # (the fuzz test changed the policy after the rest was placed)
-    sig = tokens(rag, dict(rag.row("mv").attrs))
-    assert {"+big", "+eng", "+fin"} <= set(sig) and sig in table
+    sig = tokens(rag, dict(rag.row("mv").attrs), acl=rag.row("mv").acl)
+    assert {"+big", "+eng", "+fin", "@allow:user:acl-new"} <= set(sig) and sig in table
     hits = rag.search("budget w3 w17 replaced row", user="u-big", k=10, mode="dense")
     assert hits[0].external_id == "mv" and "gone" not in {h.external_id for h in hits}
     vecs = {**vecs, "mv": rag.encoder.encode(["budget w3 w17 replaced row"])[0]}
@@ -219,6 +234,23 @@ def test_when_groups_run_out_a_signature_joins_the_nearest(tmp_path) -> None:
         assert {h.external_id for h in hits} == {"x02", "x12", "y"}
     finally:
         rag.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.frozensets(st.sampled_from("abcdefg"), max_size=4), min_size=1, max_size=12, unique=True), st.frozensets(st.sampled_from("abcdefgh"), max_size=4))
+def test_the_nearest_signature_is_found_through_shared_tokens_only(known_sigs, mine) -> None:
+    """The token index finds what comparing with every known signature finds."""
+    from permrag.catalog.placement import _add, _Known, _nearest
+
+    known = _Known()
+    for i, toks in enumerate(known_sigs):
+        _add(known, f"s{i}", i % 5, toks)
+
+    def jaccard(a, b):
+        return 1.0 if not a and not b else len(a & b) / len(a | b)
+
+    want = min(((i % 5, toks) for i, toks in enumerate(known_sigs)), key=lambda k: (-jaccard(mine, k[1]), k[0]))[0]
+    assert _nearest(known, mine) == want
 
 
 def test_group_by_is_checked(tmp_path) -> None:
@@ -268,7 +300,7 @@ def test_two_processes_place_classes_at_once(tmp_path, pg_url, milvus_server) ->
         table = stored_groups(rag)
         assert len(table) > 8 and set(table.values()) == set(range(8))  # more signatures than groups: all groups used
         for r in rag.rows(rag.catalog.live_ids()):
-            assert r.vclass % 8 == table[tokens(rag, dict(r.attrs))], r.external_id
+            assert r.vclass % 8 == table[tokens(rag, dict(r.attrs), acl=r.acl)], r.external_id
         where = placement(rag)
         assert all(where[r.row_id] == f"g{r.vclass % 8}" for r in rag.rows(rag.catalog.live_ids()))
         vecs = dict((r.external_id, v) for r, v in zip(rag.rows(rag.catalog.live_ids()), rag.encoder.encode([f"budget {r.external_id[0]} {r.external_id[1:].replace('-', ' ')}" for r in rag.rows(rag.catalog.live_ids())])))

@@ -25,6 +25,7 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
 
 from .. import db
+from ..acl import Acl
 from ..errors import CatalogError
 from .bitmaps import MAX_ROW_ID
 from .rows import RowRecord, RowSpec
@@ -54,14 +55,21 @@ class Allocator:
         self.policy_attrs = frozenset(policy_attrs) if policy_attrs is not None else None
         self.placement: Any = None  # catalog/placement.Placement: class IDs by co-visibility (set by the store)
 
-    def class_of(self, attrs: Mapping[str, Any], derived: Sequence[int] | None = None) -> str:
+    def class_of(self, attrs: Mapping[str, Any], derived: Sequence[int] | None = None, acl: Acl | None = None) -> str:
+        """The class key of a row. Under co-visibility placement the row's ACL
+        is part of it: rows named by one ACL are then classes (and groups) of
+        their own, so a user they name searches whole partitions instead of
+        ACL rows scattered over every class (benchmarks/bench_search.py,
+        ACL-heavy). Elsewhere it is not: a store whose every document has an
+        ACL of its own would get a class per document."""
         if derived:
             return class_key(["derived", sorted(int(d) for d in derived)])
         if self.policy_attrs is None:
             keep = {k: v for k, v in attrs.items() if k not in SOURCE_ATTRS}
         else:
             keep = {k: v for k, v in attrs.items() if k in self.policy_attrs}
-        return class_key(keep)
+        keys = acl.index_keys() if acl is not None and self.placement is not None else []
+        return class_key([keep, sorted(keys)]) if keys else class_key(keep)
 
     def size_hint(self, specs: Sequence[RowSpec]) -> dict[tuple[str, str], int]:
         """Rows per (tenant, class) of a whole ingest, so that its batches
@@ -69,7 +77,7 @@ class Allocator:
         hint: dict[tuple[str, str], int] = defaultdict(int)
         for s in specs:
             if not s.derived_from:
-                hint[(s.tenant, self.class_of(s.attrs))] += 1
+                hint[(s.tenant, self.class_of(s.attrs, acl=s.acl))] += 1
         return hint
 
     def allocate(
@@ -97,20 +105,20 @@ class Allocator:
             for i, s in enumerate(specs):
                 ids[(s.tenant, s.external_id)] = end - len(specs) + i
             for s in specs:
-                attrs = None if s.derived_from else s.attrs
-                vclass[(s.tenant, s.external_id)] = self._class_row(conn, s.tenant, self.class_of(s.attrs, source_ids(s)), attrs)[0]
+                row = (None, None) if s.derived_from else (s.attrs, s.acl)
+                vclass[(s.tenant, s.external_id)] = self._class_row(conn, s.tenant, self.class_of(s.attrs, source_ids(s), s.acl), *row)[0]
         else:
             # Group by (tenant, class) in input order; derived rows come after
             # all plain rows so their sources already have IDs.
             groups: dict[tuple[str, str], list[RowSpec]] = {}
             for s in specs:
                 if not s.derived_from:
-                    groups.setdefault((s.tenant, self.class_of(s.attrs)), []).append(s)
+                    groups.setdefault((s.tenant, self.class_of(s.attrs, acl=s.acl)), []).append(s)
             for (tenant, key), members in groups.items():
                 expected = max(len(members), hint.get((tenant, key), 0))
                 if (tenant, key) in hint:
                     hint[(tenant, key)] = max(0, hint[(tenant, key)] - len(members))
-                cid, got = self._take_ids(conn, tenant, key, len(members), expected, members[0].attrs)
+                cid, got = self._take_ids(conn, tenant, key, len(members), expected, members[0].attrs, members[0].acl)
                 for s, rid in zip(members, got):
                     ids[(s.tenant, s.external_id)] = rid
                     vclass[(s.tenant, s.external_id)] = cid
@@ -126,7 +134,7 @@ class Allocator:
             for s in specs
         ]
 
-    def _class_row(self, conn: Connection, tenant: str, key: str, attrs: Mapping[str, Any] | None = None) -> tuple[int, int, int, int]:
+    def _class_row(self, conn: Connection, tenant: str, key: str, attrs: Mapping[str, Any] | None = None, acl: Acl | None = None) -> tuple[int, int, int, int]:
         """(class_id, next_id, end_id, size) of a class, created if new (placed
         by co-visibility where the store asks for it and ``attrs`` are given)."""
         b = db.id_blocks.c
@@ -135,16 +143,18 @@ class Allocator:
         ).first()
         if row is not None:
             return int(row[0]), int(row[1]), int(row[2]), int(row[3])
-        cid = self.placement.class_id(conn, tenant, attrs) if self.placement is not None and attrs is not None else None
+        cid = self.placement.class_id(conn, tenant, attrs, acl) if self.placement is not None and attrs is not None else None
         if cid is None:
             cid = db.bump(conn, "next_class_id") - 1
         conn.execute(db.id_blocks.insert().values(tenant=tenant, class_key=key, class_id=cid, next_id=0, end_id=0, size=0))
         return cid, 0, 0, 0
 
-    def _take_ids(self, conn: Connection, tenant: str, key: str, n: int, expected: int = 0, attrs: Mapping[str, Any] | None = None) -> tuple[int, list[int]]:
+    def _take_ids(
+        self, conn: Connection, tenant: str, key: str, n: int, expected: int = 0, attrs: Mapping[str, Any] | None = None, acl: Acl | None = None
+    ) -> tuple[int, list[int]]:
         """The class's ID and ``n`` fresh row IDs from its blocks."""
         b = db.id_blocks.c
-        cid, nxt, end, size = self._class_row(conn, tenant, key, attrs)
+        cid, nxt, end, size = self._class_row(conn, tenant, key, attrs, acl)
         ids: list[int] = []
         while len(ids) < n:
             if nxt < end:

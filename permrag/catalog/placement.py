@@ -18,6 +18,11 @@ search names them with no filter, as over a silo of its own.
   counter's lock: one allocation at a time across processes, so a signature
   never gets two groups. (A mapping whose class never got a live row is
   harmless: it only reserves a group.)
+* Finding the nearest costs what shares a token with the new signature:
+  each process keeps the tenant's signatures with an index token →
+  signatures, refreshed when the stored count differs (signatures are
+  never removed), so an ACL-heavy store with thousands of signatures does
+  not compare each new one with every other.
 * Class IDs skip at most ``N - 1`` numbers per new class; they are 64-bit.
 * Placement never decides visibility: a plan checks every class against the
   caller's bitmap (search/planner.py) and every hit is verified. A policy
@@ -29,15 +34,27 @@ search names them with no filter, as over a silo of its own.
 from __future__ import annotations
 
 import json
+import threading
+from collections import defaultdict
 from typing import Any, Callable, Mapping, Sequence
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
 from .. import db
+from ..acl import Acl
 from .allocation import class_key
 
-Signer = Callable[[str, Mapping[str, Any]], "Sequence[str] | None"]
+Signer = Callable[[str, Mapping[str, Any], "Acl | None"], "Sequence[str] | None"]
+
+
+class _Known:
+    """One tenant's stored signatures, as this process last read them."""
+
+    def __init__(self) -> None:
+        self.sigs: dict[str, tuple[int, frozenset[str]]] = {}  # signature key → (group, tokens)
+        self.by_token: dict[str, list[str]] = defaultdict(list)
+        self.empty_groups: set[int] = set()  # groups of the empty signature (at most one)
 
 
 class Placement:
@@ -48,10 +65,13 @@ class Placement:
             raise ValueError("co-visibility placement needs groups > 0")
         self.groups = groups
         self.signer = signer
+        self._known: dict[str, _Known] = {}
+        self._lock = threading.Lock()
 
-    def class_id(self, conn: Connection, tenant: str, attrs: Mapping[str, Any]) -> int | None:
-        """A fresh class ID in the group of ``attrs``' signature (None: place as usual)."""
-        tokens = self.signer(tenant, attrs)
+    def class_id(self, conn: Connection, tenant: str, attrs: Mapping[str, Any], acl: Acl | None = None) -> int | None:
+        """A fresh class ID in the group of the signature of ``attrs`` and
+        ``acl`` (None: place as usual)."""
+        tokens = self.signer(tenant, attrs, acl)
         if tokens is None:
             return None
         g = self.group(conn, tenant, tuple(tokens))
@@ -67,19 +87,58 @@ class Placement:
         row = conn.execute(select(t.grp).where(t.tenant == tenant, t.signature == key)).first()
         if row is not None:
             return int(row[0]) % self.groups
-        known = [(int(g) % self.groups, set(json.loads(toks))) for g, toks in conn.execute(select(t.grp, t.tokens).where(t.tenant == tenant))]
-        used = {g for g, _ in known}
+        known = self._refresh(conn, tenant)
+        used = {g for g, _ in known.sigs.values()}
         free = [g for g in range(self.groups) if g not in used]
         if free:
             g = free[0]
-        else:  # every group taken: the nearest signature's (ties: the lower group)
-            mine = set(tokens)
-            g = min(known, key=lambda k: (-_jaccard(mine, k[1]), k[0]))[0]
+        else:
+            g = _nearest(known, frozenset(tokens))
         conn.execute(db.class_groups.insert().values(tenant=tenant, signature=key, grp=g, tokens=json.dumps(list(tokens))))
+        with self._lock:
+            _add(known, key, g, frozenset(tokens))
         return g
 
+    def _refresh(self, conn: Connection, tenant: str) -> _Known:
+        """The tenant's stored signatures (read again only when their count changed)."""
+        t = db.class_groups.c
+        with self._lock:
+            known = self._known.setdefault(tenant, _Known())
+        stored = conn.execute(select(func.count()).select_from(db.class_groups).where(t.tenant == tenant)).scalar_one()
+        if stored != len(known.sigs):
+            fresh = _Known()
+            for sig, g, toks in conn.execute(select(t.signature, t.grp, t.tokens).where(t.tenant == tenant)):
+                _add(fresh, sig, int(g) % self.groups, frozenset(json.loads(toks)))
+            with self._lock:
+                self._known[tenant] = known = fresh
+        return known
 
-def _jaccard(a: set[str], b: set[str]) -> float:
-    if not a and not b:
-        return 1.0
-    return len(a & b) / len(a | b)
+
+def _add(known: _Known, sig: str, g: int, tokens: frozenset[str]) -> None:
+    if sig in known.sigs:
+        return
+    known.sigs[sig] = (g, tokens)
+    for tok in tokens:
+        known.by_token[tok].append(sig)
+    if not tokens:
+        known.empty_groups.add(g)
+
+
+def _nearest(known: _Known, mine: frozenset[str]) -> int:
+    """Every group taken: the group of the most similar known signature
+    (Jaccard over the tokens; ties: the lower group). Only signatures that
+    share a token (or, for the empty signature, the empty one) can score
+    above 0; with none, every known signature ties at 0: the lowest group."""
+    best = (0.0, min(g for g, _ in known.sigs.values()))
+    if not mine:
+        return min(known.empty_groups) if known.empty_groups else best[1]
+    shared: dict[str, int] = defaultdict(int)
+    for tok in mine:
+        for sig in known.by_token.get(tok, ()):
+            shared[sig] += 1
+    for sig, n in shared.items():
+        g, toks = known.sigs[sig]
+        score = n / (len(mine) + len(toks) - n)
+        if score > best[0] or (score == best[0] and g < best[1]):
+            best = (score, g)
+    return best[1]

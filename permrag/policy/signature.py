@@ -8,10 +8,13 @@ roles, whatever the role hierarchy, assignments and groups say. So the
 sorted set of ``+role`` / ``-role`` tokens of the attribute rules that
 select a class's attributes is a co-visibility key. Rules on every row
 (``*``) select every class alike and rules on one document (``doc:…``)
-select rows, not classes: neither is in the key. Document ACLs are not
-either (they are not in the class key). The key only places rows; it never
-decides visibility, so a policy that changes after a class was placed
-costs search speed (a partly visible group), never exactness.
+select rows, not classes: neither is in the key. A row's ACL is, one
+token per index key of it (``@allow:user:bob``, ``@folder:/eng``…): under
+co-visibility placement the ACL is part of the class key
+(catalog/allocation.py), and classes whose ACLs name the same principals
+are visible to the same users through ACLs too. The key only places rows;
+it never decides visibility, so a policy that changes after a class was
+placed costs search speed (a partly visible group), never exactness.
 """
 
 from __future__ import annotations
@@ -19,19 +22,21 @@ from __future__ import annotations
 import threading
 from typing import Any, Mapping
 
+from ..acl import Acl
 from .selectors import Selector, parse_selector
 
 
 class Signer:
-    """``signer(tenant, attrs)`` → the sorted rule tokens selecting ``attrs``
-    under the policy as this process holds it (None if it changed while read)."""
+    """``signer(tenant, attrs, acl)`` → the sorted tokens of the rules selecting
+    ``attrs`` under the policy as this process holds it, and of ``acl``'s
+    entries (None if the policy changed while read)."""
 
     def __init__(self, policy: Any) -> None:
         self.policy = policy
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[int, dict[tuple[str, str], set[str]], list[tuple[Selector, str]]]] = {}
 
-    def __call__(self, tenant: str, attrs: Mapping[str, Any]) -> tuple[str, ...] | None:
+    def __call__(self, tenant: str, attrs: Mapping[str, Any], acl: Acl | None = None) -> tuple[str, ...] | None:
         rules = self._rules(tenant)
         if rules is None:
             return None
@@ -41,6 +46,8 @@ class Signer:
             for v in [values] if isinstance(values, str) else values if isinstance(values, (list, tuple)) else [str(values)]:
                 tokens |= exact.get((attr, v), set())
         tokens.update(tok for sel, tok in globs if sel.matches("", attrs))
+        if acl is not None:
+            tokens.update(f"{attr}:{value}" for attr, value in acl.index_keys())
         return tuple(sorted(tokens))
 
     def _rules(self, tenant: str) -> tuple[dict[tuple[str, str], set[str]], list[tuple[Selector, str]]] | None:
