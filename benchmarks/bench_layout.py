@@ -7,8 +7,10 @@ ingest (co-visibility placement places by them). In-process ranking is off
 (``local_rows=0``): every permrag search asks Milvus, so the cells show
 what the layout does. Per visible fraction, interleaved query by query:
 each store's unfiltered search, each store's permrag search for the role
-user, and a silo holding only that user's rows. Also an ACL user (rows
-scattered over every class, which no class grouping keeps apart).
+user, and a silo holding only that user's rows. Also an ACL user: rows
+scattered over every class in the flat and first-appearance layouts; under
+co-visibility a row's ACL is part of its class key, so they fill groups of
+their own.
 
     python benchmarks/bench_layout.py            # 200k rows (about 10 minutes on 2 cores)
     python benchmarks/bench_layout.py --quick    # 20k rows

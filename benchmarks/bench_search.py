@@ -19,8 +19,10 @@ holding a random set of teams, the hard case for ID ranges), dense top-10:
 
 Two kinds of permissions, each at every fraction: **role-based** (a role
 granted a random set of teams: whole visibility classes) and **ACL-heavy**
-(documents carry per-document ACLs naming the user; ACLs are not part of
-the visibility class, so the visible rows are scattered over every class).
+(documents carry per-document ACLs naming the user; in a flat store or
+one grouped by class the ACL is not part of the visibility class, so the
+visible rows are scattered over every class; under co-visibility placement
+it is, and the rows an ACL names fill groups of their own).
 
 Every approach fetches the hits' text (as permrag and an application do).
 Reported per cell: median latency / unfiltered median, recall@10 against an

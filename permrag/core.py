@@ -133,7 +133,8 @@ class PermRAG:
         in a new tenant collection; 0: flat; default by backend, see
         backends/layout.py), ``group_by`` (``"class"``: a class's group by order
         of first appearance; ``"visibility"``: classes that the same role rules
-        select share a group, catalog/placement.py), ``local_rows`` (largest visible set whose dense
+        select and whose ACLs name the same principals share a group,
+        catalog/placement.py), ``local_rows`` (largest visible set whose dense
         ranking runs in process, exact, from cached stored vectors; 0: never;
         see search/local.py), ``prefetch_rows`` (largest set read back in the
         background while its first searches go to Milvus, then ranked in process;

@@ -38,7 +38,7 @@ def docs_for(n: int, seed: int = 3) -> list[dict]:
             "text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))),
             "attrs": {"dept": rng.choice(DEPTS), "lvl": rng.choice(["1", "2", "3"])},
         }
-        if i % 7 == 0:  # document ACLs cut across classes (they are not in the class key)
+        if i % 7 == 0:  # document ACLs cut across classes (not in the class key but under co-visibility placement)
             d["acl"] = {"allow": [f"user:acl-{i % 5}"]}
         out.append(d)
     return out
