@@ -9,8 +9,9 @@ what the layout does. Per visible fraction, interleaved query by query:
 each store's unfiltered search, each store's permrag search for the role
 user, and a silo holding only that user's rows. Also an ACL user: rows
 scattered over every class in the flat and first-appearance layouts; under
-co-visibility a row's ACL is part of its class key, so they fill groups of
-their own.
+co-visibility with ACLs (``group_by="visibility+acl"``) a row's ACL is part
+of its class key, so they fill groups of their own (``"visibility"``, roles
+only, was measured here before: README).
 
     python benchmarks/bench_layout.py            # 200k rows (about 10 minutes on 2 cores)
     python benchmarks/bench_layout.py --quick    # 20k rows
@@ -35,7 +36,7 @@ from common import machine, measure, raw_search, save, settle  # noqa: E402
 from permrag import PermRAG  # noqa: E402
 from permrag.embed import RandomEncoder  # noqa: E402
 
-LAYOUTS = {"flat": dict(groups=0), "class groups": dict(groups=64), "co-visibility": dict(groups=64, group_by="visibility")}
+LAYOUTS = {"flat": dict(groups=0), "class groups": dict(groups=64), "co-visibility+acl": dict(groups=64, group_by="visibility+acl")}
 FRACTIONS = [0.01, 0.1, 0.5]
 
 

@@ -22,7 +22,8 @@ granted a random set of teams: whole visibility classes) and **ACL-heavy**
 (documents carry per-document ACLs naming the user; in a flat store or
 one grouped by class the ACL is not part of the visibility class, so the
 visible rows are scattered over every class; under co-visibility placement
-it is, and the rows an ACL names fill groups of their own).
+with ACLs, ``group_by="visibility+acl"``, it is, and the rows an ACL names
+fill groups of their own).
 
 Every approach fetches the hits' text (as permrag and an application do).
 Reported per cell: median latency / unfiltered median, recall@10 against an
@@ -38,6 +39,7 @@ the goal's ratio, permrag ÷ silo.
         # the 1M server run as measured (22 min on 2 cores)
     python benchmarks/bench_search.py --skip-lite --server-rows 1000000 --server-groups 64 --group-by visibility --policy-first --skip post-filter,id-in,acl-array --tag 1m_server_covis
         # the same with co-visibility placement (catalog/placement.py): the roles made before the ingest
+        # (the latest 1M run, results/search_1m_server_covis.md: --group-by visibility+acl)
 """
 
 from __future__ import annotations
@@ -269,7 +271,7 @@ def layout(rag: PermRAG, group_by: str, policy_first: bool) -> str:
     when = "; policy made before the ingest" if policy_first else "; policy made after the ingest"
     if not n:
         return ", flat (one partition, filters)" + when
-    return f", {n} class-group partitions (" + ("classes by co-visibility" if group_by == "visibility" else "classes by first appearance") + ")" + when
+    return f", {n} class-group partitions (" + ({"visibility": "classes by co-visibility", "visibility+acl": "classes by co-visibility, ACLs in the class key"}.get(group_by, "classes by first appearance")) + ")" + when
 
 
 def start_server(base: Path):
@@ -289,7 +291,7 @@ def main(argv=None) -> None:
     ap.add_argument("--skip-lite", action="store_true")
     ap.add_argument("--lite-groups", type=int, default=None, help="class-group partitions per collection on Lite (default: the library's)")
     ap.add_argument("--server-groups", type=int, default=None, help="the same on the server")
-    ap.add_argument("--group-by", default="class", choices=["class", "visibility"], help="how classes map to groups (with --*-groups; visibility: catalog/placement.py)")
+    ap.add_argument("--group-by", default="class", choices=["class", "visibility", "visibility+acl"], help="how classes map to groups (with --*-groups; visibility: catalog/placement.py)")
     ap.add_argument("--policy-first", action="store_true", help="make the roles before the ingest (co-visibility placement needs them)")
     ap.add_argument("--tag", default="", help="suffix of the results' file name (e.g. 1m)")
     ap.add_argument("--local-rows", type=int, default=None, help="largest visible set read back by a search, ranked in process (default: the library's)")

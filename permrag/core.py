@@ -89,13 +89,13 @@ class PermRAG:
         self._encoder = encoder if encoder is not None else settings.encoder
         self._collection = collection or (settings.collection if settings.sources.get("collection") else None)
         self._backend_options = dict(token=settings.milvus_token, index=index, consistency=consistency, analyzer=analyzer, groups=groups)
-        if group_by not in ("class", "visibility"):
-            raise ConfigError(f"group_by must be 'class' or 'visibility', not {group_by!r}")
+        if group_by not in ("class", "visibility", "visibility+acl"):
+            raise ConfigError(f"group_by must be 'class', 'visibility' or 'visibility+acl', not {group_by!r}")
         self._group_by = None
         if not catalog_only:
             n = MilvusBackend(settings.milvus_uri, **self._backend_options).groups  # checks the options; no I/O
-            if group_by == "visibility" and not n:
-                raise ConfigError("group_by='visibility' places rows in class groups: give groups=N (N > 0) too")
+            if group_by != "class" and not n:
+                raise ConfigError(f"group_by={group_by!r} places rows in class groups: give groups=N (N > 0) too")
             self._group_by = (group_by, n)
         if isinstance(local_rows, bool) or not isinstance(local_rows, int) or local_rows < 0:
             raise ConfigError(f"local_rows {local_rows!r} must be a non-negative integer (0: always search in Milvus)")
@@ -133,8 +133,8 @@ class PermRAG:
         in a new tenant collection; 0: flat; default by backend, see
         backends/layout.py), ``group_by`` (``"class"``: a class's group by order
         of first appearance; ``"visibility"``: classes that the same role rules
-        select and whose ACLs name the same principals share a group,
-        catalog/placement.py), ``local_rows`` (largest visible set whose dense
+        select share a group; ``"visibility+acl"``: and whose ACLs name the
+        same principals, catalog/placement.py), ``local_rows`` (largest visible set whose dense
         ranking runs in process, exact, from cached stored vectors; 0: never;
         see search/local.py), ``prefetch_rows`` (largest set read back in the
         background while its first searches go to Milvus, then ranked in process;
@@ -173,8 +173,8 @@ class PermRAG:
         self.searcher = Searcher(self.access, self.catalog, self._binding(), self._planner, self._audit, self.stats, self._local)
         self.catalog.load()
         self.policy.load()
-        if self._group_by and self._group_by[0] == "visibility":
-            self.catalog.allocator.placement = Placement(self._group_by[1], Signer(self.policy))
+        if self._group_by and self._group_by[0] != "class":
+            self.catalog.allocator.placement = Placement(self._group_by[1], Signer(self.policy), acls=self._group_by[0] == "visibility+acl")
 
     def _make_backend(self, collection: str) -> MilvusBackend:
         return MilvusBackend(self.settings.milvus_uri, collection=collection, **self._backend_options)

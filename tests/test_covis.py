@@ -1,5 +1,6 @@
-"""Co-visibility placement (catalog/placement.py, ``group_by="visibility"``):
-classes that the same role rules select share a class group, so a role's
+"""Co-visibility placement (catalog/placement.py, ``group_by="visibility"``,
+and ``"visibility+acl"`` with rows' ACLs in the class key and signature):
+classes that the same role rules (and ACL principals) select share a class group, so a role's
 rows fill whole partitions and its search names them with no filter — and
 placement never changes an answer: every search equals brute force over the
 caller's rows, before and after the policy changes, on Milvus Lite and on a
@@ -49,13 +50,13 @@ ROLES = {  # role → (allowed departments, denied levels)
 def tokens(rag: PermRAG, attrs: dict, tenant: str = "default", acl=None) -> tuple[str, ...]:
     """The reference signature: every attribute rule that selects ``attrs``,
     found by matching each rule (not through the signer's index), and every
-    principal the row's ACL names (its class key holds the ACL)."""
+    principal the row's ACL names where the store places by ACLs too."""
     out = set()
     for role, sel, effect in rag.policy.tenant(tenant).rules():
         s = parse_selector(sel)
         if s.kind == "attr" and s.matches("", attrs):
             out.add(("+" if effect == "allow" else "-") + role)
-    if acl is not None:
+    if acl is not None and rag.catalog.allocator.placement.acls:
         out |= {f"@allow:{e.principal}" for e in acl.allow} | {f"@deny:{e.principal}" for e in acl.deny}
         if acl.folder is not None and acl.inherit:
             out.add(f"@folder:{acl.folder}")
@@ -104,20 +105,25 @@ def make_policy(rag: PermRAG) -> None:
     p.assign("u-all", "all")
 
 
-@pytest.fixture(scope="module", params=["lite", "server"])
+def with_acls(rag: PermRAG) -> bool:
+    return rag.catalog.allocator.placement.acls
+
+
+@pytest.fixture(scope="module", params=[("lite", "visibility+acl"), ("server", "visibility+acl"), ("lite", "visibility")], ids=["lite-acl", "server-acl", "lite"])
 def store(request, tmp_path_factory):
+    kind, group_by = request.param
     # Partitions priced at nothing, so the plans searched here name groups: at 1,500 rows a
     # scan of the whole collection is priced lower than six partitions (at 1M rows the
     # default prices choose the groups: benchmarks/results/search_1m_server_covis.md).
-    planner = Planner(dataclasses.replace(SERVER if request.param == "server" else LITE, partition_ms=0.0))
+    planner = Planner(dataclasses.replace(SERVER if kind == "server" else LITE, partition_ms=0.0))
     rag = open_backend(
-        request.param, tmp_path_factory.mktemp(f"covis-{request.param}"), request, encoder=HashEncoder(48), groups=GROUPS, group_by="visibility", local_rows=0, planner=planner
+        kind, tmp_path_factory.mktemp(f"covis-{kind}"), request, encoder=HashEncoder(48), groups=GROUPS, group_by=group_by, local_rows=0, planner=planner
     )
     make_policy(rag)  # the roles exist before the rows arrive
     docs = docs_for(1500)
     rag.add_documents(docs, batch_size=400)
     vecs = dict(zip((d["external_id"] for d in docs), rag.encoder.encode([d["text"] for d in docs])))
-    yield rag, vecs, request.param
+    yield rag, vecs, kind
     rag.close()
 
 
@@ -127,6 +133,7 @@ def test_classes_of_one_signature_share_a_group(store) -> None:
     assert len(table) == len(set(table.values())) > 8  # every signature a group of its own (fewer than GROUPS)
     assert () in table  # classes no attribute rule selects are a signature too
     assert not any(t.endswith("one-doc") or t.endswith("all") for sig in table for t in sig)
+    assert any(t.startswith("@allow:user:acl-") for sig in table for t in sig) == with_acls(rag)
     no = rag.catalog.tenants.number("default")
     assert len(rag.store.client().list_partitions(rag.store.name(no))) == len(table) + 2  # + _default and the marker
 
@@ -137,11 +144,12 @@ def test_a_role_searches_whole_groups_without_a_filter(store, user) -> None:
     class key), fill whole groups: the plan names them with no filter."""
     rag, vecs, _ = store
     table = stored_groups(rag)
-    token = f"@allow:user:{user}" if user.startswith("acl-") else f"+{user[2:]}"
+    acl_user = user.startswith("acl-")
+    token = f"@allow:user:{user}" if acl_user else f"+{user[2:]}"
     holding = {g for sig, g in table.items() if token in sig}
-    assert holding
+    assert bool(holding) == (with_acls(rag) or not acl_user)
     plan = rag.plan(user)
-    if user != "u-eng":  # (u-eng's document rule adds r5: a partly visible group, the planner's choice)
+    if user != "u-eng" and holding:  # (u-eng's document rule adds r5: a partly visible group, the planner's choice)
         assert isinstance(plan, Filter) and set(plan.groups) == holding, plan.describe()
         assert plan.expr == "" and plan.exact, plan.describe()  # whole groups: no filter at all
     for q in QUERIES:
@@ -188,13 +196,14 @@ def test_writes_keep_rows_in_their_signature_group(store) -> None:
     own = stored_groups(rag)[tokens(rag, dict(mv.attrs), acl=mv.acl)]
     assert mv.vclass % GROUPS == own
     plan = rag.plan("acl-new")
-    assert plan.groups == (own,) and plan.expr == "", plan.describe()
+    if with_acls(rag):  # without ACLs in the class key the row shares its role signature's group: a residual filter
+        assert plan.groups == (own,) and plan.expr == "", plan.describe()
     assert [h.external_id for h in rag.search("budget", user="acl-new", k=5, mode="dense")] == ["mv"]
     rag.add_documents([{"external_id": "gone", "text": "budget w3 w17 deleted", "attrs": {"dept": "d4", "lvl": "2"}}])
     assert rag.delete(["gone"]) == 1
     table = assert_covisible(rag, GROUPS, placed=["mv"])  # (the fuzz test changed the policy after the rest was placed)
     sig = tokens(rag, dict(rag.row("mv").attrs), acl=rag.row("mv").acl)
-    assert {"+big", "+eng", "+fin", "@allow:user:acl-new"} <= set(sig) and sig in table
+    assert {"+big", "+eng", "+fin"} <= set(sig) and sig in table and ("@allow:user:acl-new" in sig) == with_acls(rag)
     hits = rag.search("budget w3 w17 replaced row", user="u-big", k=10, mode="dense")
     assert hits[0].external_id == "mv" and "gone" not in {h.external_id for h in hits}
     vecs = {**vecs, "mv": rag.encoder.encode(["budget w3 w17 replaced row"])[0]}
@@ -256,6 +265,8 @@ def test_the_nearest_signature_is_found_through_shared_tokens_only(known_sigs, m
 def test_group_by_is_checked(tmp_path) -> None:
     with pytest.raises(ConfigError, match="groups=N"):
         PermRAG.open(tmp_path / "a", encoder=HashEncoder(48), group_by="visibility", groups=0)
+    with pytest.raises(ConfigError, match="groups=N"):
+        PermRAG.open(tmp_path / "c", encoder=HashEncoder(48), group_by="visibility+acl")
     with pytest.raises(ConfigError, match="group_by"):
         PermRAG.open(tmp_path / "b", encoder=HashEncoder(48), groups=4, group_by="role")
 

@@ -56,19 +56,20 @@ class Allocator:
         self.placement: Any = None  # catalog/placement.Placement: class IDs by co-visibility (set by the store)
 
     def class_of(self, attrs: Mapping[str, Any], derived: Sequence[int] | None = None, acl: Acl | None = None) -> str:
-        """The class key of a row. Under co-visibility placement the row's ACL
-        is part of it: rows named by one ACL are then classes (and groups) of
-        their own, so a user they name searches whole partitions instead of
-        ACL rows scattered over every class (benchmarks/bench_search.py,
-        ACL-heavy). Elsewhere it is not: a store whose every document has an
-        ACL of its own would get a class per document."""
+        """The class key of a row. Under co-visibility placement with ACLs
+        (``group_by="visibility+acl"``) the row's ACL is part of it: rows
+        named by one ACL are then classes (and groups) of their own, so a
+        user they name searches whole partitions instead of ACL rows
+        scattered over every class (benchmarks/bench_search.py, ACL-heavy).
+        Elsewhere it is not: a store whose every document has an ACL of its
+        own would get a class per document, and role groups split by ACL."""
         if derived:
             return class_key(["derived", sorted(int(d) for d in derived)])
         if self.policy_attrs is None:
             keep = {k: v for k, v in attrs.items() if k not in SOURCE_ATTRS}
         else:
             keep = {k: v for k, v in attrs.items() if k in self.policy_attrs}
-        keys = acl.index_keys() if acl is not None and self.placement is not None else []
+        keys = acl.index_keys() if acl is not None and self.placement is not None and self.placement.acls else []
         return class_key([keep, sorted(keys)]) if keys else class_key(keep)
 
     def size_hint(self, specs: Sequence[RowSpec]) -> dict[tuple[str, str], int]:

@@ -60,18 +60,19 @@ class _Known:
 class Placement:
     """Class IDs by co-visibility for a store whose collections have ``groups`` groups."""
 
-    def __init__(self, groups: int, signer: Signer) -> None:
+    def __init__(self, groups: int, signer: Signer, acls: bool = False) -> None:
         if groups <= 0:
             raise ValueError("co-visibility placement needs groups > 0")
         self.groups = groups
         self.signer = signer
+        self.acls = acls  # rows' ACLs in the class key and the signature (group_by="visibility+acl")
         self._known: dict[str, _Known] = {}
         self._lock = threading.Lock()
 
     def class_id(self, conn: Connection, tenant: str, attrs: Mapping[str, Any], acl: Acl | None = None) -> int | None:
         """A fresh class ID in the group of the signature of ``attrs`` and
         ``acl`` (None: place as usual)."""
-        tokens = self.signer(tenant, attrs, acl)
+        tokens = self.signer(tenant, attrs, acl if self.acls else None)
         if tokens is None:
             return None
         g = self.group(conn, tenant, tuple(tokens))

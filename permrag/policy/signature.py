@@ -9,9 +9,9 @@ sorted set of ``+role`` / ``-role`` tokens of the attribute rules that
 select a class's attributes is a co-visibility key. Rules on every row
 (``*``) select every class alike and rules on one document (``doc:…``)
 select rows, not classes: neither is in the key. A row's ACL is, one
-token per index key of it (``@allow:user:bob``, ``@folder:/eng``…): under
-co-visibility placement the ACL is part of the class key
-(catalog/allocation.py), and classes whose ACLs name the same principals
+token per index key of it (``@allow:user:bob``, ``@folder:/eng``…), where
+placement takes ACLs (``group_by="visibility+acl"``: the ACL is then part of
+the class key, catalog/allocation.py), and classes whose ACLs name the same principals
 are visible to the same users through ACLs too. The key only places rows;
 it never decides visibility, so a policy that changes after a class was
 placed costs search speed (a partly visible group), never exactness.
