@@ -30,6 +30,7 @@ from .conftest import open_backend
 from .test_layout import (
     DEPTS,
     QUERIES,
+    assert_exact_search,
     assert_top_k,
     docs_for,
     draw_role,
@@ -177,12 +178,7 @@ def test_partly_visible_groups_and_acl_users_stay_exact(store, user) -> None:
 def test_no_leak_fuzz_after_the_policy_moves_on(store, data) -> None:
     """Rules made after placement cut across the groups: answers stay exact."""
     rag, vecs, _ = store
-    user, q, k = draw_role(rag, data, parents=sorted(ROLES))
-    dropped = rag.stats["dropped_hits"]
-    hits = rag.search(q, user=user, k=k, mode="dense")
-    assert {h.row_id for h in hits} <= set(rag.visible(user))
-    assert_top_k([h.row_id for h in hits], reference(rag, vecs, user, q), k)
-    assert rag.stats["dropped_hits"] == dropped
+    assert_exact_search(rag, vecs, *draw_role(rag, data, parents=sorted(ROLES)))
 
 
 def test_writes_keep_rows_in_their_signature_group(store) -> None:
@@ -277,20 +273,21 @@ from permrag import PermRAG
 from permrag.embed import HashEncoder
 home, db_url, uri, collection, prefix = sys.argv[1:6]
 rag = PermRAG.open(home, database_url=db_url, milvus_uri=uri, encoder=HashEncoder(48), collection=collection,
-                   consistency="Strong", groups=8, group_by="visibility", local_rows=0)
+                   consistency="Strong", groups=8, group_by="visibility+acl", local_rows=0)
 rng = random.Random(prefix)
-for b in range(12):  # many small ingests, each bringing classes the other process may be creating too
+for b in range(12):  # many small ingests, each bringing classes (and ACL signatures) the other process may be creating too
     rag.add_documents([{"external_id": f"{prefix}{b}-{i}", "text": f"budget {prefix} {b} {i}",
-                        "attrs": {"dept": f"d{rng.randrange(40)}", "lvl": str(rng.randrange(3))}} for i in range(25)])
+                        "attrs": {"dept": f"d{rng.randrange(40)}", "lvl": str(rng.randrange(3))},
+                        **({"acl": {"allow": [f"user:acl-{i % 3}"]}} if i % 4 == 0 else {})} for i in range(25)])
 rag.close()
 print("done")
 """
 
 
 def test_two_processes_place_classes_at_once(tmp_path, pg_url, milvus_server) -> None:
-    """Both ingests succeed, one group per signature, every row in its signature's group."""
+    """Both ingests succeed, one group per signature (ACLs included), every row in its signature's group."""
     collection = f"cv_{abs(hash(str(tmp_path))) % 10**8}"
-    opts = dict(database_url=pg_url, milvus_uri=milvus_server, encoder=HashEncoder(48), collection=collection, consistency="Strong", groups=8, group_by="visibility", local_rows=0)
+    opts = dict(database_url=pg_url, milvus_uri=milvus_server, encoder=HashEncoder(48), collection=collection, consistency="Strong", groups=8, group_by="visibility+acl", local_rows=0)
     rag = PermRAG.open(tmp_path / "main", **opts)
     try:
         rng = random.Random(5)
@@ -310,12 +307,13 @@ def test_two_processes_place_classes_at_once(tmp_path, pg_url, milvus_server) ->
         assert len(rag.catalog.live_ids()) == 2 * 12 * 25
         table = stored_groups(rag)
         assert len(table) > 8 and set(table.values()) == set(range(8))  # more signatures than groups: all groups used
+        assert any(t.startswith("@allow:user:acl-") for sig in table for t in sig)
         for r in rag.rows(rag.catalog.live_ids()):
             assert r.vclass % 8 == table[tokens(rag, dict(r.attrs), acl=r.acl)], r.external_id
         where = placement(rag)
         assert all(where[r.row_id] == f"g{r.vclass % 8}" for r in rag.rows(rag.catalog.live_ids()))
         vecs = dict((r.external_id, v) for r, v in zip(rag.rows(rag.catalog.live_ids()), rag.encoder.encode([f"budget {r.external_id[0]} {r.external_id[1:].replace('-', ' ')}" for r in rag.rows(rag.catalog.live_ids())])))
-        for user in ("u-r1", "u-r3", "u-r5"):
+        for user in ("u-r1", "u-r3", "u-r5", "acl-1"):
             hits = rag.search("budget p 3", user=user, k=20, mode="dense")
             assert_top_k([h.row_id for h in hits], reference(rag, vecs, user, "budget p 3"), 20)
     finally:

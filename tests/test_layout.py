@@ -157,6 +157,15 @@ def test_a_stale_plan_naming_groups_cannot_reveal_rows(store) -> None:
     assert rag.stats["dropped_hits"] + rag.stats["overfetch_discarded"] > before  # the wide plan's extra rows were dropped
 
 
+def assert_exact_search(rag: PermRAG, vecs, user: str, q: str, k: int) -> None:
+    """A dense search: inside the caller's bitmap, equal to brute force, no hit dropped by verify."""
+    dropped = rag.stats["dropped_hits"]
+    hits = rag.search(q, user=user, k=k, mode="dense")
+    assert {h.row_id for h in hits} <= set(rag.visible(user))
+    assert_top_k([h.row_id for h in hits], reference(rag, vecs, user, q), k)
+    assert rag.stats["dropped_hits"] == dropped
+
+
 def draw_role(rag: PermRAG, data, parents: list[str] | None = None) -> tuple[str, str, int]:
     """A random role (department grants, a level deny, document grants, maybe a
     parent from ``parents``) held by a new user; returns (user, query, k)."""
@@ -182,12 +191,7 @@ def test_no_leak_fuzz_across_groups(store, data) -> None:
     """Random grants, denies and document grants over many classes and groups:
     every answer is inside the caller's bitmap and equals brute force."""
     rag, vecs, _ = store
-    user, q, k = draw_role(rag, data)
-    dropped = rag.stats["dropped_hits"]
-    hits = rag.search(q, user=user, k=k, mode="dense")
-    assert {h.row_id for h in hits} <= set(rag.visible(user))
-    assert_top_k([h.row_id for h in hits], reference(rag, vecs, user, q), k)
-    assert rag.stats["dropped_hits"] == dropped
+    assert_exact_search(rag, vecs, *draw_role(rag, data))
 
 
 def test_writes_keep_rows_in_their_groups(store) -> None:
