@@ -103,6 +103,11 @@ class DuplicateExternalIdError(CatalogError):
     """An external id already exists in the tenant (or twice in one batch)."""
 
 
+class ConcurrentChangeError(CatalogError):
+    """A document changed between the read and the write of an operation
+    that rewrites it (a metadata update, a regroup): nothing was written."""
+
+
 class UnknownRowError(CatalogError):
     """An external id or row id that is not in the catalog."""
 

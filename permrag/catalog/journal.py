@@ -38,7 +38,12 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from .. import db
-from ..errors import CatalogError, DuplicateExternalIdError, UnknownRowError
+from ..errors import (
+    CatalogError,
+    ConcurrentChangeError,
+    DuplicateExternalIdError,
+    UnknownRowError,
+)
 from ..names import attr_pairs
 from ..repair import owner, writer_alive
 from .allocation import Allocator
@@ -66,6 +71,10 @@ class PendingBatch:
     records: list[RowRecord]
     ingest_id: int | None = None
     replaces: dict[str, set[str]] = field(default_factory=dict)  # tenant → documents this batch replaces
+    # The row IDs the replace must retire, read before it was prepared (a metadata
+    # update or a regroup rewrites what it read): if the documents' live rows are
+    # not exactly these at publish, another writer changed them and nothing is published.
+    expect: frozenset[int] | None = None
 
     @property
     def row_ids(self) -> list[int]:
@@ -169,6 +178,8 @@ class Journal:
             with db.transaction(self.engine, "publishing an ingest") as conn:
                 version = db.bump(conn, "catalog_version")
                 retired = self._take_live(conn, batch.replaces) if batch.replaces else []
+                if batch.expect is not None and {r.row_id for r in retired} != batch.expect:
+                    raise ConcurrentChangeError("another writer changed these documents meanwhile; nothing was written (read them again and retry)")
                 done = 0
                 for part in db.chunks(batch.row_ids):
                     done += conn.execute(

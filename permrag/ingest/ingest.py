@@ -184,10 +184,21 @@ class Ingester:
             self._flush(held)
 
     def _batch(
-        self, specs: list[RowSpec], texts: list[str], hint: dict, replace: bool, touched: set[int], step: Callable[[int], None] | None = None, vectors: Any = None
+        self,
+        specs: list[RowSpec],
+        texts: list[str],
+        hint: dict,
+        replace: bool,
+        touched: set[int],
+        step: Callable[[int], None] | None = None,
+        vectors: Any = None,
+        expect: frozenset[int] | None = None,
     ) -> list[int]:
+        """One batch written and published (``expect``: the row IDs a replace
+        must find live at publish, else ConcurrentChangeError and nothing written)."""
         if self.binding is None:
             batch = self.catalog.prepare(specs, hint, replace=replace)
+            batch.expect = expect
             try:
                 self.catalog.publish(batch)
             except BaseException:
@@ -203,6 +214,7 @@ class Ingester:
             backend.ensure_tenant(no, binding.encoder.dim)
         binding.record_encoder()
         batch = self.catalog.prepare(specs, hint, replace=replace)
+        batch.expect = expect
         rows: dict[int, list[dict[str, Any]]] = defaultdict(list)
         # float32 rows as they are: pymilvus packs an array's bytes (a list of
         # Python floats cost 17 % more per insert, measured at 5,000 × 384)

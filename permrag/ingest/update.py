@@ -12,17 +12,18 @@ in every process at its next read. A catalog-only store just re-publishes.
 from __future__ import annotations
 
 from dataclasses import replace as dc_replace
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from ..acl import parse_acl
-from ..catalog import RowSpec
-from ..errors import BackendError, CatalogError, UnknownRowError
+from ..catalog import RowRecord, RowSpec
+from ..errors import BackendError, CatalogError, ConcurrentChangeError, UnknownRowError
 from ..names import check_attrs, check_external_id, check_tenant
 from .ingest import Ingester
 
 KEEP: Any = object()  # "leave as it is"
+RETRIES = 5  # reads of a document another writer keeps rewriting meanwhile
 
 
 CHUNK_ATTRS = ("page", "heading")  # set per chunk by chunking: kept unless ``attrs`` names them
@@ -34,38 +35,68 @@ def update_metadata(ingester: Ingester, external_id: str, *, tenant: str, attrs:
     None removes it). Returns the new row IDs."""
     ext = check_external_id("external id", external_id)
     tenant = check_tenant(tenant)
+    for attempt in range(RETRIES):
+        try:
+            return _update(ingester, ext, tenant, attrs, acl)
+        except ConcurrentChangeError:  # another writer (a regroup, an ingest) rewrote it meanwhile: read it again
+            if attempt == RETRIES - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _update(ingester: Ingester, ext: str, tenant: str, attrs: Any, acl: Any) -> list[int]:
     catalog = ingester.catalog
     rows = catalog.rows.document(ext, tenant)
     if not rows:
         raise UnknownRowError(f"no document {ext!r} in tenant {tenant!r}")
     chunked = rows[0].external_id != ext
-    if not chunked:
-        rows = rows[:1]
-    if any(r.derived_from for r in rows):
-        raise CatalogError(f"{ext!r} is derived content: its visibility follows its sources; it has no metadata of its own to update")
+    derived = [r.external_id for r in rows if r.derived_from]
+    if derived:
+        what = f"{ext!r} is derived content" if ext in derived or chunked else f"{ext!r} is the parent of derived rows ({', '.join(map(repr, derived[:3]))}), which a metadata update would rewrite"
+        raise CatalogError(f"{what}: a derived row's visibility follows its sources; it has no metadata of its own to update")
     new_attrs = None if attrs is KEEP else check_attrs(attrs)
     new_acl = rows[0].acl if acl is KEEP else parse_acl(acl, f"acl of {ext!r}")
     specs = []
     for r in rows:
-        row_attrs = r.attrs if new_attrs is None else {**{k: v for k, v in r.attrs.items() if k in CHUNK_ATTRS}, **new_attrs}
-        specs.append(RowSpec(r.external_id, tenant, row_attrs, r.parent, (), chunk_of=ext if chunked else None, acl=new_acl))
+        if chunked or r.external_id == ext:  # the document's own rows: itself, or its chunks
+            row_attrs = r.attrs if new_attrs is None else {**{k: v for k, v in r.attrs.items() if k in CHUNK_ATTRS}, **new_attrs}
+            row_acl = new_acl
+        else:  # a row whose parent the document is: rewritten as it is (the replace retires it with its parent)
+            row_attrs, row_acl = r.attrs, r.acl
+        specs.append(RowSpec(r.external_id, tenant, row_attrs, r.parent, (), chunk_of=None if r.external_id == ext else ext, acl=row_acl))
     if all(s.attrs == r.attrs and s.acl == r.acl for s, r in zip(specs, rows)):
         return [r.row_id for r in rows]
+    return republish(ingester, tenant, rows, specs)
+
+
+def republish(ingester: Ingester, tenant: str, rows: Sequence[RowRecord], specs: Sequence[RowSpec], *, flush: bool = True) -> list[int]:
+    """Re-insert ``rows`` (whole documents) as ``specs`` under new IDs with their
+    stored texts and vectors, retiring them in the publishing transaction — only
+    if they are still exactly the documents' live rows then (else
+    ConcurrentChangeError, nothing written: a re-ingest or another update
+    meanwhile is never overwritten with what was read before it). ``flush``:
+    flush Milvus Lite afterwards (a caller writing many batches flushes once)."""
+    catalog = ingester.catalog
     hint = catalog.allocator.size_hint(specs)
+    expect = frozenset(r.row_id for r in rows)
     binding = ingester.binding
     if binding is None:
-        return ingester._batch(specs, [""] * len(specs), hint, True, set())
+        return ingester._batch(list(specs), [""] * len(specs), hint, True, set(), expect=expect)
     backend = binding.backend()
     no = catalog.tenants.number(tenant)
     stored = backend.stored(no, [r.row_id for r in rows]) if no is not None else {}
     missing = [r.external_id for r in rows if r.row_id not in stored]
     if missing:
-        raise BackendError(f"Milvus lacks stored rows of {ext!r} ({', '.join(missing[:3])}); run `permrag reconcile --full`")
+        try:
+            catalog.rows.live([r.row_id for r in rows if r.row_id not in stored])
+        except UnknownRowError:  # retired since they were read: another writer replaced or deleted the document
+            raise ConcurrentChangeError("another writer changed these documents meanwhile; nothing was written (read them again and retry)") from None
+        raise BackendError(f"Milvus lacks stored rows of {', '.join(sorted({r.document for r in rows if r.row_id not in stored})[:3])!r} ({', '.join(missing[:3])}); run `permrag reconcile --full`")
     texts = [stored[r.row_id]["text"] for r in rows]
     vectors = np.asarray([stored[r.row_id]["dense"] for r in rows], dtype=np.float32)
     touched: set[int] = set()
-    ids = ingester._batch([dc_replace(s) for s in specs], texts, hint, True, touched, vectors=vectors)
-    if backend.kind == "lite":
+    ids = ingester._batch([dc_replace(s) for s in specs], texts, hint, True, touched, vectors=vectors, expect=expect)
+    if flush and backend.kind == "lite":
         for t in sorted(touched):
             backend.flush(t)  # as after an ingest (ingest.py): BM25 statistics from sealed segments
     return ids
