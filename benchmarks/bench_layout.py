@@ -23,6 +23,7 @@ import argparse
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -40,16 +41,18 @@ LAYOUTS = {"flat": dict(groups=0), "class groups": dict(groups=64), "co-visibili
 FRACTIONS = [0.01, 0.1, 0.5]
 
 
-def run(n_rows: int, n_queries: int, budget_s: float) -> dict:
+def run(n_rows: int, n_queries: int, budget_s: float, layouts: dict | None = None) -> dict:
+    """``layouts``: name → PermRAG.open options, plus ``policy="after"`` (roles
+    made after the ingest) and ``regroup=True`` (then ``rag.regroup()``, timed)."""
     saved = bench_search.FRACTIONS[:]  # bench_search's users and ACLs are made per fraction: ours, for this run
     bench_search.FRACTIONS[:] = FRACTIONS
     try:
-        return _run(n_rows, n_queries, budget_s)
+        return _run(n_rows, n_queries, budget_s, layouts or LAYOUTS)
     finally:
         bench_search.FRACTIONS[:] = saved
 
 
-def _run(n_rows: int, n_queries: int, budget_s: float) -> dict:
+def _run(n_rows: int, n_queries: int, budget_s: float, layouts: dict) -> dict:
     dim = bench_search.DIM
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -57,13 +60,22 @@ def _run(n_rows: int, n_queries: int, budget_s: float) -> dict:
         stores: dict[str, PermRAG] = {}
         try:
             uri = f"http://127.0.0.1:{server.listen_port}"
-            ingest_s = {}
-            for i, (name, opts) in enumerate(LAYOUTS.items()):
+            ingest_s, regroup_s = {}, {}
+            for i, (name, spec) in enumerate(layouts.items()):
+                opts = {k: v for k, v in spec.items() if k not in ("policy", "regroup")}
                 rag = PermRAG.open(Path(tmp) / f"s{i}", encoder=RandomEncoder(dim), milvus_uri=uri, collection=f"lay{i}", local_rows=0, **opts)
                 stores[name] = rag
-                users = bench_search.make_users(rag, n_rows // bench_search.TEAM_SIZE)  # the same seed: the same users everywhere
+                if spec.get("policy") != "after":
+                    users = bench_search.make_users(rag, n_rows // bench_search.TEAM_SIZE)  # the same seed: the same users everywhere
                 teams, _, vecs, _, ingest_s[name] = bench_search.build(rag, n_rows)
-            client = stores["flat"].store.client()
+                if spec.get("policy") == "after":
+                    users = bench_search.make_users(rag, n_rows // bench_search.TEAM_SIZE)
+                if spec.get("regroup"):
+                    t0 = time.perf_counter()
+                    report = rag.regroup("acme")
+                    regroup_s[name] = time.perf_counter() - t0
+                    print(f"  {name}: {report.describe()} in {regroup_s[name]:.1f} s", flush=True)
+            client = next(iter(stores.values())).store.client()
             colls = {n: r.store.name(r.catalog.tenants.number("acme")) for n, r in stores.items()}
             for n, r in stores.items():  # at rest everywhere, as the silo will be: sealed segments loaded
                 r.store.flush(r.catalog.tenants.number("acme"))
@@ -106,13 +118,13 @@ def _run(n_rows: int, n_queries: int, budget_s: float) -> dict:
             for r in stores.values():
                 r.close()
             server.stop()
-    return {"rows": n_rows, "ingest_s": ingest_s, "table": rows}
+    return {"rows": n_rows, "ingest_s": ingest_s, "regroup_s": regroup_s, "layouts": list(layouts), "table": rows}
 
 
-def table(res: dict) -> str:
-    names = list(LAYOUTS)
+def table(res: dict, when: str = "roles made before the ingest") -> str:
+    names = res.get("layouts", list(LAYOUTS))
     out = [
-        f"### Milvus server 2.3.5, {res['rows']:,} rows, dim {bench_search.DIM}, dense top-10, in-process ranking off; roles made before the ingest",
+        f"### Milvus server 2.3.5, {res['rows']:,} rows, dim {bench_search.DIM}, dense top-10, in-process ranking off; {when}",
         "",
         "| permissions | visible | silo ms | " + " | ".join(f"{n}: ÷ silo (ms)" for n in names) + " | " + " | ".join(f"unfiltered ms, {n}" for n in names) + " |",
         "|---|---|---|" + "---|" * (2 * len(names)),
@@ -126,7 +138,8 @@ def table(res: dict) -> str:
     recall = min(c["layouts"][n]["recall"] for c in res["table"] for n in names)
     leaks = sum(c["layouts"][n]["leaked"] for c in res["table"] for n in names)
     out.append(f"Lowest recall@10 of any cell: {recall:.2f}; rows outside the caller's permissions returned: {leaks}. "
-               f"Ingest s: " + ", ".join(f"{n} {s:.1f}" for n, s in res["ingest_s"].items()))
+               f"Ingest s: " + ", ".join(f"{n} {s:.1f}" for n, s in res["ingest_s"].items())
+               + "".join(f"; regroup s, {n}: {s:.1f}" for n, s in res.get("regroup_s", {}).items()))
     return "\n".join(out)
 
 

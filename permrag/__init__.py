@@ -14,6 +14,7 @@ from .errors import (
     ArgumentError,
     BackendError,
     CatalogError,
+    ConcurrentChangeError,
     ConfigError,
     DuplicateExternalIdError,
     EncoderMismatchError,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from .access import Explanation
     from .catalog import DocumentRecord, RowRecord
     from .core import PermRAG
+    from .ingest.regroup import RegroupReport
     from .policy import Selector, parse_selector
     from .repair import RepairReport
     from .results import Hit, Hits
@@ -44,6 +46,7 @@ _LAZY = {
     "DocumentRecord": ".catalog",
     "RowRecord": ".catalog",
     "PermRAG": ".core",
+    "RegroupReport": ".ingest.regroup",
     "Selector": ".policy",
     "parse_selector": ".policy",
     "RepairReport": ".repair",
@@ -70,6 +73,7 @@ __all__ = [
     "ArgumentError",
     "BackendError",
     "CatalogError",
+    "ConcurrentChangeError",
     "ConfigError",
     "DocumentRecord",
     "DuplicateExternalIdError",
@@ -82,6 +86,7 @@ __all__ = [
     "PermragError",
     "PolicyCSVError",
     "PolicyError",
+    "RegroupReport",
     "RepairReport",
     "RoleCycleError",
     "RowRecord",

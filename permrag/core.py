@@ -27,6 +27,7 @@ from .catalog.placement import Placement
 from .embed import Encoder
 from .errors import BackendError, ConfigError
 from .ingest import MAX_DOCUMENT_CHARS, Chunker, Ingester, add_generated, reconcile
+from .ingest.regroup import RegroupReport, regroup
 from .ingest.sync import SyncReport, sync_folder
 from .ingest.update import KEEP, update_metadata
 from .policy import Policy
@@ -333,6 +334,10 @@ class PermRAG:
     def update_metadata(self, external_id: str, *, tenant: str = DEFAULT_TENANT, attrs: Any = KEEP, acl: Any = KEEP) -> list[int]:
         """Change a document's ``attrs`` and/or ``acl`` (None removes it) without re-encoding; atomic. See :mod:`permrag.ingest.update`."""
         return update_metadata(self.ingester, external_id, tenant=tenant, attrs=attrs, acl=acl)
+
+    def regroup(self, tenant: str = DEFAULT_TENANT, *, dry_run: bool = False) -> RegroupReport:
+        """Move ``tenant``'s rows to their co-visibility groups under the policy of now (stored, after :meth:`sync`); see :mod:`permrag.ingest.regroup`."""
+        return regroup(self.ingester, self.catalog.allocator.placement, tenant, dry_run=dry_run, before=self.sync)
 
     def delete(self, external_ids: Sequence[str] | str, *, tenant: str = DEFAULT_TENANT) -> int:
         """Delete rows and whole documents by external id; returns how many rows."""

@@ -218,6 +218,7 @@ COUNTERS = {
     "next_row_id": 1,
     "next_class_id": 1,
     "next_tenant_no": 1,
+    "placement_version": 0,  # bumped when a regroup rewrites the signature → group map (catalog/placement.py)
 }
 
 

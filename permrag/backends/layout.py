@@ -52,7 +52,7 @@ from typing import Any, Iterable, Mapping, Sequence
 # 50 % at 0.84-1.10x a silo (0.94x against 2.68x flat at 200k,
 # bench_layout.py); an ACL user seeing 50 % at 1.28x (ACLs in the class key).
 # It stays opt-in because what it gains depends on the policy existing before the rows (a later policy
-# leaves groups partly visible: exact, not faster) and on how many
+# leaves groups partly visible: exact, not faster, until rag.regroup()) and on how many
 # signatures a tenant has, which the store cannot know when it is created.
 # (A Lite store SIGKILLed mid-ingest could fail to load afterwards, "No data
 # left in file", flat or grouped: Lite writes index sidecars in place from a

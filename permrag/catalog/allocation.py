@@ -19,9 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection
 
 from .. import db
@@ -71,6 +71,16 @@ class Allocator:
             keep = {k: v for k, v in attrs.items() if k in self.policy_attrs}
         keys = acl.index_keys() if acl is not None and self.placement is not None and self.placement.acls else []
         return class_key([keep, sorted(keys)]) if keys else class_key(keep)
+
+    def forget(self, conn: Connection, tenant: str, keep: Callable[[str, int], bool]) -> int:
+        """Drop the tenant's class records (key → class ID and ID blocks) that
+        ``keep(key, class_id)`` rejects: the next row of such a class starts a
+        new class, placed anew (ingest/regroup.py). Rows keep their class."""
+        b = db.id_blocks.c
+        gone = [k for k, cid in conn.execute(select(b.class_key, b.class_id).where(b.tenant == tenant)) if not keep(k, int(cid))]
+        for part in db.chunks(gone):
+            conn.execute(delete(db.id_blocks).where(b.tenant == tenant, b.class_key.in_(list(part))))
+        return len(gone)
 
     def size_hint(self, specs: Sequence[RowSpec]) -> dict[tuple[str, str], int]:
         """Rows per (tenant, class) of a whole ingest, so that its batches

@@ -23,12 +23,15 @@ search names them with no filter, as over a silo of its own.
   signatures, refreshed when the stored count differs (signatures are
   never removed), so an ACL-heavy store with thousands of signatures does
   not compare each new one with every other.
+* ``rag.regroup()`` (ingest/regroup.py) rebuilds the map from the classes
+  live now under the policy of now and moves the rows outside their group;
+  other processes see the new map through ``placement_version``.
 * Class IDs skip at most ``N - 1`` numbers per new class; they are 64-bit.
 * Placement never decides visibility: a plan checks every class against the
   caller's bitmap (search/planner.py) and every hit is verified. A policy
-  that changes after a class was placed leaves it where it is (a row never
-  moves): that class's group becomes partly visible, a residual filter runs
-  there, and answers stay exact.
+  that changes after a class was placed leaves it where it is (a row moves
+  only in a regroup): that class's group becomes partly visible, a residual
+  filter runs there, and answers stay exact.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class _Known:
         self.sigs: dict[str, tuple[int, frozenset[str]]] = {}  # signature key → (group, tokens)
         self.by_token: dict[str, list[str]] = defaultdict(list)
         self.empty_groups: set[int] = set()  # groups of the empty signature (at most one)
+        self.version = -1  # the map's placement_version when read (a regroup rewrites the map)
 
 
 class Placement:
@@ -100,14 +104,57 @@ class Placement:
             _add(known, key, g, frozenset(tokens))
         return g
 
+    def replan(self, conn: Connection, tenant: str, classes: Sequence[tuple[int, tuple[str, ...], int]], write: bool = True) -> dict[tuple[str, ...], int]:
+        """A new signature → group map for the tenant's live classes under the
+        policy of now (``classes``: class ID, signature tokens, live rows; a
+        regroup, ingest/regroup.py). Largest signature first, each keeps the
+        group that holds most of its rows unless a larger one took it, else
+        takes the lowest free group, else the nearest's — so a settled store
+        gets the map it has, and nothing moves. ``write``: stored in place of
+        the old map (with ``placement_version`` bumped: every process reads
+        it again). The caller holds the allocation lock."""
+        rows: dict[tuple[str, ...], int] = defaultdict(int)
+        where: dict[tuple[str, ...], dict[int, int]] = defaultdict(lambda: defaultdict(int))
+        for cid, tokens, n in classes:
+            rows[tokens] += n
+            where[tokens][cid % self.groups] += n
+        known = _Known()
+        claimed: set[int] = set()
+        free = 0  # no group below it is free (groups are only ever claimed)
+        out: dict[tuple[str, ...], int] = {}
+        for tokens in sorted(rows, key=lambda tk: (-rows[tk], tk)):
+            home = max(where[tokens].items(), key=lambda gn: (gn[1], -gn[0]))[0]
+            while free in claimed:
+                free += 1
+            if home not in claimed:
+                g = home
+            elif free < self.groups:
+                g = free
+            else:
+                g = _nearest(known, frozenset(tokens))
+            claimed.add(g)
+            _add(known, class_key(["covis", list(tokens)]), g, frozenset(tokens))
+            out[tokens] = g
+        if write:
+            t = db.class_groups
+            conn.execute(t.delete().where(t.c.tenant == tenant))
+            for part in db.chunks([{"tenant": tenant, "signature": class_key(["covis", list(tk)]), "grp": g, "tokens": json.dumps(list(tk))} for tk, g in out.items()]):
+                conn.execute(t.insert(), list(part))
+            db.bump(conn, "placement_version")
+            with self._lock:
+                self._known.pop(tenant, None)
+        return out
+
     def _refresh(self, conn: Connection, tenant: str) -> _Known:
         """The tenant's stored signatures (read again only when their count changed)."""
         t = db.class_groups.c
         with self._lock:
             known = self._known.setdefault(tenant, _Known())
         stored = conn.execute(select(func.count()).select_from(db.class_groups).where(t.tenant == tenant)).scalar_one()
-        if stored != len(known.sigs):
+        version = db.read_counter(conn, "placement_version")
+        if stored != len(known.sigs) or version != known.version:
             fresh = _Known()
+            fresh.version = version
             for sig, g, toks in conn.execute(select(t.signature, t.grp, t.tokens).where(t.tenant == tenant)):
                 _add(fresh, sig, int(g) % self.groups, frozenset(json.loads(toks)))
             with self._lock:

@@ -1,0 +1,210 @@
+"""Rows moved to their co-visibility group under the policy of now
+(``rag.regroup()``, ``permrag regroup``).
+
+Co-visibility placement (catalog/placement.py) puts a new class in the group
+of its signature under the policy of the moment, and a row never moves by
+itself. So classes placed before a policy change — or before any role
+existed, when every class has the empty signature and shares one group —
+stay where they were: exact, but their readers' searches name partly visible
+groups with a residual filter instead of whole groups. A regroup re-places
+every class of a tenant under the current policy:
+
+* In one catalog transaction holding the allocation lock (no class is placed
+  meanwhile, in any process): the tenant's live classes and their signatures
+  now; a new signature → group map, largest signature first (each keeps the
+  group that holds most of its rows if no larger one took it, else a free
+  group, else the nearest signature's), stored in place of the old one; the
+  class records (key → class ID) whose ID is in the wrong group are dropped,
+  so the next row of such a class is placed anew.
+* Then the rows of every class outside its group are rewritten, whole
+  documents at a time, as a metadata update rewrites them (ingest/update.py):
+  stored texts and vectors re-inserted under new IDs in the right group, the
+  old rows retired in the publishing transaction — only if they are still
+  the documents' live rows then. A document another writer changed meanwhile
+  is left as it is (it was just rewritten under the current placement
+  anyway); a run cut short leaves every document either moved or not, and
+  running it again finishes the job (a second run over a settled store moves
+  nothing).
+* Not moved: documents whose rows are the sources of live derived rows (a
+  derived row names its sources' row IDs; new IDs would hide it) and derived
+  rows themselves (they have no class of their own to place).
+
+Placement never decides visibility, so a regroup changes search speed only:
+every search before, during and after it is exact (tests/test_regroup.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+from sqlalchemy import func, select
+
+from .. import db
+from ..catalog import RowRecord, RowSpec
+from ..catalog.rows import record
+from ..errors import ArgumentError, ConcurrentChangeError, ConfigError
+from ..names import check_tenant
+from .ingest import Ingester
+from .update import republish
+
+BATCH_ROWS = 2048
+
+
+@dataclass(frozen=True)
+class RegroupReport:
+    tenant: str
+    groups: int  # partitions of the tenant's collection (0: flat, nothing to do)
+    classes: int  # live classes looked at
+    signatures: int  # distinct signatures under the current policy
+    misplaced_rows: int  # rows outside their signature's group when the run began
+    moved_rows: int
+    moved_documents: int
+    kept_documents: int  # sources of derived rows: left where they are
+    changed_documents: int  # changed by another writer during the run: left as they are
+    dry_run: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        if not self.groups:
+            return f"tenant {self.tenant!r}: its collection is not grouped (flat); nothing to regroup"
+        head = f"tenant {self.tenant!r}: {self.classes} classes, {self.signatures} signatures over {self.groups} groups; {self.misplaced_rows} rows outside their group"
+        if self.dry_run:
+            return head + " (dry run: nothing moved)"
+        tail = f"; moved {self.moved_rows} rows of {self.moved_documents} documents"
+        if self.kept_documents:
+            tail += f"; kept {self.kept_documents} documents that derived rows name"
+        if self.changed_documents:
+            tail += f"; {self.changed_documents} documents changed meanwhile (left as they are; run again)"
+        return head + tail
+
+
+def regroup(
+    ingester: Ingester, placement: Any, tenant: str, *, dry_run: bool = False, batch_rows: int = BATCH_ROWS, before: Callable[[], Any] | None = None
+) -> RegroupReport:
+    """Move ``tenant``'s rows to their co-visibility group (see the module
+    docstring); ``before``: called once the arguments are checked (the
+    store's sync, so the policy of now is the stored one)."""
+    tenant = check_tenant(tenant, ArgumentError)
+    if placement is None:
+        raise ConfigError(
+            "regroup places rows by co-visibility: open the store with groups=N and group_by='visibility' "
+            "(or 'visibility+acl'), as every process writing to it should"
+        )
+    catalog = ingester.catalog
+    no = catalog.tenants.number(tenant)
+    grouping = ingester.binding.backend().grouping(no) if ingester.binding is not None and no is not None else None
+    if grouping is None:
+        return RegroupReport(tenant, 0, 0, 0, 0, 0, 0, 0, 0, dry_run)
+    if grouping.groups != placement.groups:
+        raise ConfigError(f"tenant {tenant!r}'s collection has {grouping.groups} groups, the store was opened with groups={placement.groups}")
+    if before is not None:
+        before()
+    with db.transaction(catalog.engine, "regrouping") as conn:
+        db.bump(conn, "next_row_id", 0)  # the allocation lock: no class is placed meanwhile (catalog/journal.py)
+        classes = _live_classes(conn, tenant)
+        signed = []
+        for cid, n, sample in classes:
+            tokens = placement.signer(tenant, sample.attrs, sample.acl if placement.acls else None)
+            if tokens is None:
+                raise ConcurrentChangeError("the policy changed while it was read; run the regroup again")
+            signed.append((cid, tuple(tokens), n, catalog.allocator.class_of(sample.attrs, acl=sample.acl)))
+        target = placement.replan(conn, tenant, [(cid, toks, n) for cid, toks, n, _ in signed], write=not dry_run)
+        misplaced = sorted(((n, cid) for cid, toks, n, _ in signed if cid % placement.groups != target[toks]), reverse=True)
+        if not dry_run:
+            home = {key: target[toks] for _, toks, _, key in signed}
+            catalog.allocator.forget(conn, tenant, lambda key, cid: key not in home or cid % placement.groups == home[key])
+    counts = [len(classes), len(set(target)), sum(n for n, _ in misplaced)]
+    if dry_run or not misplaced:
+        return RegroupReport(tenant, placement.groups, *counts, 0, 0, 0, 0, dry_run)
+    mover = _Mover(ingester, tenant, batch_rows)
+    backend = ingester.binding.backend()
+    try:
+        for _, cid in misplaced:
+            mover.move_class(cid)
+        mover.flush()
+    finally:
+        if backend.kind == "lite":
+            backend.flush(no)  # once, at the end (BM25 statistics from sealed segments, as after an ingest)
+    return RegroupReport(tenant, placement.groups, *counts, mover.moved_rows, mover.moved_docs, len(mover.kept), mover.changed)
+
+
+def _live_classes(conn: Any, tenant: str) -> list[tuple[int, int, RowRecord]]:
+    """(class ID, live rows, a sample row) of the tenant's classes, derived rows apart."""
+    t = db.rows.c
+    live = (t.tenant == tenant) & (t.state == "live") & t.derived_from.is_(None)
+    counts = conn.execute(select(t.vclass, func.count(), func.min(t.row_id)).where(live).group_by(t.vclass)).all()
+    samples: dict[int, RowRecord] = {}
+    for part in db.chunks(sorted(int(r) for _, _, r in counts)):
+        for row in conn.execute(select(db.rows).where(t.row_id.in_(list(part)))):
+            samples[int(row.row_id)] = record(row)
+    return [(int(c), int(n), samples[int(r)]) for c, n, r in counts]
+
+
+class _Mover:
+    """Rewrites whole documents in batches of about ``batch_rows`` rows."""
+
+    def __init__(self, ingester: Ingester, tenant: str, batch_rows: int) -> None:
+        self.ingester = ingester
+        self.tenant = tenant
+        self.batch_rows = batch_rows
+        self.catalog = ingester.catalog
+        self.sources = self._sources()
+        self.kept: set[str] = set()
+        self.done: set[str] = set()
+        self.moved_rows = self.moved_docs = self.changed = 0
+        self.pending: dict[str, list[RowRecord]] = {}
+
+    def _sources(self) -> set[int]:
+        """Row IDs that live derived rows of the tenant name as sources."""
+        t = db.rows.c
+        out: set[int] = set()
+        with db.reading(self.catalog.engine, "reading derived rows") as conn:
+            for (srcs,) in conn.execute(select(t.derived_from).where(t.tenant == self.tenant, t.state == "live", t.derived_from.is_not(None))):
+                out.update(int(s) for s in srcs or ())
+        return out
+
+    def move_class(self, cid: int) -> None:
+        t = db.rows.c
+        with db.reading(self.catalog.engine, "reading rows") as conn:
+            found = conn.execute(select(t.external_id, t.parent).where(t.tenant == self.tenant, t.state == "live", t.vclass == cid))
+            docs = sorted({parent or ext for ext, parent in found})
+        todo = [d for d in docs if d not in self.done and d not in self.kept]
+        for lo in range(0, len(todo), 1000):
+            for doc, rows in self.catalog.rows.documents(self.tenant, todo[lo : lo + 1000]).items():
+                if not rows or doc in self.done:
+                    continue
+                if any(r.derived_from or r.row_id in self.sources for r in rows):
+                    self.kept.add(doc)
+                    continue
+                self.done.add(doc)
+                self.pending[doc] = rows
+                if sum(len(r) for r in self.pending.values()) >= self.batch_rows:
+                    self.flush()
+
+    def flush(self) -> None:
+        batch, self.pending = self.pending, {}
+        if not batch:
+            return
+        try:
+            self._write(batch)
+        except ConcurrentChangeError:
+            for doc, rows in batch.items():  # one document at a time: only the changed ones stay behind
+                try:
+                    self._write({doc: rows})
+                except ConcurrentChangeError:
+                    self.changed += 1
+
+    def _write(self, batch: dict[str, list[RowRecord]]) -> None:
+        rows = [r for recs in batch.values() for r in recs]
+        republish(self.ingester, self.tenant, rows, [_spec(doc, r) for doc, recs in batch.items() for r in recs], flush=False)
+        self.moved_rows += len(rows)
+        self.moved_docs += len(batch)
+
+
+def _spec(doc: str, r: RowRecord) -> RowSpec:
+    """The row as it is, to be written again (a chunk or a child names its document)."""
+    return RowSpec(r.external_id, r.tenant, r.attrs, r.parent, (), chunk_of=None if r.external_id == doc else doc, acl=r.acl)
+
