@@ -111,21 +111,30 @@ def test_a_policy_change_then_a_regroup(late) -> None:
 
 
 def test_regroup_keeps_the_sources_of_derived_rows(tmp_path) -> None:
-    rag = PermRAG.open(tmp_path / "h", encoder=HashEncoder(48), groups=8, group_by="visibility", local_rows=0)
+    rag = PermRAG.open(tmp_path / "h", encoder=HashEncoder(48), groups=8, group_by="visibility", local_rows=0, chunk_size=200, chunk_overlap=0)
     try:
-        rag.add_documents([{"external_id": f"{d}{i}", "text": f"{d} note {i}", "attrs": {"dept": d}} for d, n in (("a", 3), ("b", 4)) for i in range(n)])
+        rag.add_documents([{"external_id": f"{d}{i}", "text": f"{d} note {i}", "attrs": {"dept": d}} for d, n in (("a", 3), ("b", 15)) for i in range(n)])
+        long_text = " ".join(f"chapter{i} words" for i in range(120))
+        rag.add_documents([{"external_id": "book", "text": long_text, "attrs": {"dept": "a"}}])  # chunks: moved as one document
         rag.add_documents([{"external_id": "sum", "text": "a summary", "derived_from": ["a0", "a1"]}])
         for role, dept in (("ra", "a"), ("rb", "b")):
             rag.policy.add_role(role)
             rag.policy.grant(role, f"dept:{dept}")
             rag.policy.assign(f"u-{role}", role)
         before = {e: rag.row(e).vclass for e in ("a0", "a1", "a2", "b0")}
-        report = rag.regroup()  # +rb (4 rows) keeps the group all rows share; +ra's 3 rows move
-        assert report.misplaced_rows == 3 and report.kept_documents == 2 and report.moved_documents == 1  # a0, a1 stay: "sum" names their row IDs
+        chunks = [(c.external_id, c.row_id) for c in rag.row("book").chunks]
+        assert len(chunks) > 3
+        report = rag.regroup()  # +rb (15 rows) keeps the group all rows share; +ra's 13 move
+        assert report.misplaced_rows == 3 + len(chunks) and report.kept_documents == 2 and report.moved_documents == 2  # a0, a1 stay: "sum" names their row IDs
         assert rag.can_read("u-ra", "sum") and not rag.can_read("u-rb", "sum")
-        assert {h.external_id for h in rag.search("summary note", user="u-ra", k=10, mode="dense")} == {"a0", "a1", "a2", "sum"}
+        assert {h.external_id for h in rag.search("summary note", user="u-ra", k=10, mode="dense")} >= {"a0", "a1", "a2", "sum"}
         table = stored_groups(rag)
         assert rag.row("b0").vclass == before["b0"] and rag.row("a0").vclass == before["a0"] and rag.row("a2").vclass % 8 == table[("+ra",)] != table[("+rb",)]
+        book = rag.row("book").chunks
+        assert [c.external_id for c in book] == [e for e, _ in chunks] and not {c.row_id for c in book} & {r for _, r in chunks}
+        assert all(c.vclass % 8 == table[("+ra",)] and c.parent == "book" for c in book)
+        assert rag.search("chapter7 words", user="u-ra", k=1, mode="dense")[0].external_id.startswith("book")
+        assert milvus_ids(rag) == set(rag.catalog.live_ids())
     finally:
         rag.close()
 
