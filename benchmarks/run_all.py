@@ -1,7 +1,7 @@
 """Regenerate every benchmark table and plot in one go.
 
-    python benchmarks/run_all.py            # the full set (about 50 minutes on 2 cores)
-    python benchmarks/run_all.py --quick    # a small version of each, about six minutes
+    python benchmarks/run_all.py            # the full set (about 60 minutes on 2 cores)
+    python benchmarks/run_all.py --quick    # a small version of each, about ten minutes
 
 Writes ``benchmarks/results/<name>[_quick].{md,json}`` and the PNG plots,
 then prints every table. Needs the benchmark extras:
@@ -28,6 +28,7 @@ import bench_layout  # noqa: E402
 import bench_peers  # noqa: E402
 import bench_quality  # noqa: E402
 import bench_recommend  # noqa: E402
+import bench_regroup  # noqa: E402
 import bench_search  # noqa: E402
 import plots  # noqa: E402
 from common import RESULTS, machine  # noqa: E402
@@ -36,6 +37,7 @@ STEPS = [
     ("compile", bench_compile.main, []),
     ("search", bench_search.main, []),
     ("layout", bench_layout.main, []),
+    ("regroup", bench_regroup.main, []),
     ("recommend", bench_recommend.main, []),
     ("quality", bench_quality.main, []),
     ("ingest", bench_ingest.main, []),

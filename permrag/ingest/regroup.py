@@ -48,7 +48,7 @@ from ..names import check_tenant
 from .ingest import Ingester
 from .update import republish
 
-BATCH_ROWS = 2048
+BATCH_ROWS = 5000  # as an ingest batch
 
 
 @dataclass(frozen=True)
@@ -122,9 +122,7 @@ def regroup(
     mover = _Mover(ingester, tenant, batch_rows)
     backend = ingester.binding.backend()
     try:
-        for _, cid in misplaced:
-            mover.move_class(cid)
-        mover.flush()
+        mover.move({cid for _, cid in misplaced})
     finally:
         if backend.kind == "lite":
             backend.flush(no)  # once, at the end (BM25 statistics from sealed segments, as after an ingest)
@@ -153,9 +151,9 @@ class _Mover:
         self.catalog = ingester.catalog
         self.sources = self._sources()
         self.kept: set[str] = set()
-        self.done: set[str] = set()
         self.moved_rows = self.moved_docs = self.changed = 0
         self.pending: dict[str, list[RowRecord]] = {}
+        self.pending_rows = 0
 
     def _sources(self) -> set[int]:
         """Row IDs that live derived rows of the tenant name as sources."""
@@ -166,26 +164,27 @@ class _Mover:
                 out.update(int(s) for s in srcs or ())
         return out
 
-    def move_class(self, cid: int) -> None:
+    def move(self, misplaced: set[int]) -> None:
+        """Rewrite every document with a live row in one of the ``misplaced`` classes."""
         t = db.rows.c
         with db.reading(self.catalog.engine, "reading rows") as conn:
-            found = conn.execute(select(t.external_id, t.parent).where(t.tenant == self.tenant, t.state == "live", t.vclass == cid))
-            docs = sorted({parent or ext for ext, parent in found})
-        todo = [d for d in docs if d not in self.done and d not in self.kept]
-        for lo in range(0, len(todo), 1000):
-            for doc, rows in self.catalog.rows.documents(self.tenant, todo[lo : lo + 1000]).items():
-                if not rows or doc in self.done:
-                    continue
+            found = conn.execute(select(t.external_id, t.parent, t.vclass).where(t.tenant == self.tenant, t.state == "live"))
+            docs = sorted({parent or ext for ext, parent, cid in found if int(cid) in misplaced})
+        for lo in range(0, len(docs), 1000):
+            for doc, rows in self.catalog.rows.documents(self.tenant, docs[lo : lo + 1000]).items():
+                if not rows:
+                    continue  # deleted meanwhile
                 if any(r.derived_from or r.row_id in self.sources for r in rows):
                     self.kept.add(doc)
                     continue
-                self.done.add(doc)
                 self.pending[doc] = rows
-                if sum(len(r) for r in self.pending.values()) >= self.batch_rows:
+                self.pending_rows += len(rows)
+                if self.pending_rows >= self.batch_rows:
                     self.flush()
+        self.flush()
 
     def flush(self) -> None:
-        batch, self.pending = self.pending, {}
+        batch, self.pending, self.pending_rows = self.pending, {}, 0
         if not batch:
             return
         try:
