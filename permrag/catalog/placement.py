@@ -20,9 +20,10 @@ search names them with no filter, as over a silo of its own.
   harmless: it only reserves a group.)
 * Finding the nearest costs what shares a token with the new signature:
   each process keeps the tenant's signatures with an index token →
-  signatures, refreshed when the stored count differs (signatures are
-  never removed), so an ACL-heavy store with thousands of signatures does
-  not compare each new one with every other.
+  signatures, refreshed when the stored count or the map's version
+  (``placement_version``, bumped by a regroup) differs, so an ACL-heavy
+  store with thousands of signatures does not compare each new one with
+  every other.
 * ``rag.regroup()`` (ingest/regroup.py) rebuilds the map from the classes
   live now under the policy of now and moves the rows outside their group;
   other processes see the new map through ``placement_version``.
@@ -146,7 +147,7 @@ class Placement:
         return out
 
     def _refresh(self, conn: Connection, tenant: str) -> _Known:
-        """The tenant's stored signatures (read again only when their count changed)."""
+        """The tenant's stored signatures (read again only when their count or the map's version changed)."""
         t = db.class_groups.c
         with self._lock:
             known = self._known.setdefault(tenant, _Known())
