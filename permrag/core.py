@@ -23,7 +23,7 @@ from .access.enforcer import build_enforcer
 from .audit import AuditLog
 from .backends import Binding, MilvusBackend
 from .catalog import DEFAULT_TENANT, Catalog, DocumentRecord, RowRecord, as_array
-from .catalog.placement import Placement
+from .catalog.placement import check_layout, layout_placement
 from .embed import Encoder
 from .errors import BackendError, ConfigError
 from .ingest import MAX_DOCUMENT_CHARS, Chunker, Ingester, add_generated, reconcile
@@ -71,7 +71,7 @@ class PermRAG:
         async_workers: int = DEFAULT_WORKERS,
         clock: Callable[[], float] | None = None,
         groups: int | None = None,
-        group_by: str = "class",
+        group_by: str | None = None,
         local_rows: int = LOCAL_ROWS,
         prefetch_rows: int = PREFETCH_ROWS,
     ) -> None:
@@ -90,14 +90,9 @@ class PermRAG:
         self._encoder = encoder if encoder is not None else settings.encoder
         self._collection = collection or (settings.collection if settings.sources.get("collection") else None)
         self._backend_options = dict(token=settings.milvus_token, index=index, consistency=consistency, analyzer=analyzer, groups=groups)
-        if group_by not in ("class", "visibility", "visibility+acl"):
-            raise ConfigError(f"group_by must be 'class', 'visibility' or 'visibility+acl', not {group_by!r}")
-        self._group_by = None
+        self._layout = (groups, group_by)  # as given; the store's recorded layout fills in on connect (catalog/placement.py)
         if not catalog_only:
-            n = MilvusBackend(settings.milvus_uri, **self._backend_options).groups  # checks the options; no I/O
-            if group_by != "class" and not n:
-                raise ConfigError(f"group_by={group_by!r} places rows in class groups: give groups=N (N > 0) too")
-            self._group_by = (group_by, n)
+            check_layout(MilvusBackend(settings.milvus_uri, **self._backend_options).groups, group_by)  # checks the options; no I/O
         if isinstance(local_rows, bool) or not isinstance(local_rows, int) or local_rows < 0:
             raise ConfigError(f"local_rows {local_rows!r} must be a non-negative integer (0: always search in Milvus)")
         if isinstance(prefetch_rows, bool) or not isinstance(prefetch_rows, int) or prefetch_rows < 0:
@@ -135,7 +130,9 @@ class PermRAG:
         backends/layout.py), ``group_by`` (``"class"``: a class's group by order
         of first appearance; ``"visibility"``: classes that the same role rules
         select share a group; ``"visibility+acl"``: and whose ACLs name the
-        same principals, catalog/placement.py), ``local_rows`` (largest visible set whose dense
+        same principals, catalog/placement.py; ``groups`` and ``group_by``
+        given are recorded in the store, and a process that gives neither
+        uses the recorded ones), ``local_rows`` (largest visible set whose dense
         ranking runs in process, exact, from cached stored vectors; 0: never;
         see search/local.py), ``prefetch_rows`` (largest set read back in the
         background while its first searches go to Milvus, then ranked in process;
@@ -174,8 +171,8 @@ class PermRAG:
         self.searcher = Searcher(self.access, self.catalog, self._binding(), self._planner, self._audit, self.stats, self._local)
         self.catalog.load()
         self.policy.load()
-        if self._group_by and self._group_by[0] != "class":
-            self.catalog.allocator.placement = Placement(self._group_by[1], Signer(self.policy), acls=self._group_by[0] == "visibility+acl")
+        if not self._catalog_only:
+            self.catalog.allocator.placement = layout_placement(self._engine, self._layout, self._backend_options, lambda: Signer(self.policy))
 
     def _make_backend(self, collection: str) -> MilvusBackend:
         return MilvusBackend(self.settings.milvus_uri, collection=collection, **self._backend_options)

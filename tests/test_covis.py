@@ -272,8 +272,10 @@ import random, sys
 from permrag import PermRAG
 from permrag.embed import HashEncoder
 home, db_url, uri, collection, prefix = sys.argv[1:6]
+layout = dict(groups=8, group_by="visibility+acl") if prefix == "p" else {}  # q: the layout the store recorded
 rag = PermRAG.open(home, database_url=db_url, milvus_uri=uri, encoder=HashEncoder(48), collection=collection,
-                   consistency="Strong", groups=8, group_by="visibility+acl", local_rows=0)
+                   consistency="Strong", local_rows=0, **layout)
+assert rag.catalog.allocator.placement.groups == 8 and rag.catalog.allocator.placement.acls
 rng = random.Random(prefix)
 for b in range(12):  # many small ingests, each bringing classes (and ACL signatures) the other process may be creating too
     rag.add_documents([{"external_id": f"{prefix}{b}-{i}", "text": f"budget {prefix} {b} {i}",
@@ -285,7 +287,9 @@ print("done")
 
 
 def test_two_processes_place_classes_at_once(tmp_path, pg_url, milvus_server) -> None:
-    """Both ingests succeed, one group per signature (ACLs included), every row in its signature's group."""
+    """Both ingests succeed, one group per signature (ACLs included), every row in
+    its signature's group — also the rows of the process opened without
+    ``groups``/``group_by``, which takes the layout the store recorded."""
     collection = f"cv_{abs(hash(str(tmp_path))) % 10**8}"
     opts = dict(database_url=pg_url, milvus_uri=milvus_server, encoder=HashEncoder(48), collection=collection, consistency="Strong", groups=8, group_by="visibility+acl", local_rows=0)
     rag = PermRAG.open(tmp_path / "main", **opts)

@@ -200,12 +200,13 @@ def test_the_cli_regroups(tmp_path) -> None:
         rag.policy.grant(f"r{i}", f"dept:d{i}")
     rag.close()
     runner = CliRunner()
-    res = runner.invoke(main, ["--home", str(home), "regroup", "--groups", "8", "--group-by", "visibility", "--dry-run"])
+    res = runner.invoke(main, ["--home", str(home), "regroup", "--dry-run"])  # the layout the store recorded
     assert res.exit_code == 0 and "30 rows outside their group" in res.output and "dry run" in res.output, res.output
-    res = runner.invoke(main, ["--home", str(home), "regroup", "--groups", "8", "--group-by", "visibility", "--json"])
+    res = runner.invoke(main, ["--home", str(home), "regroup", "--json"])
     assert res.exit_code == 0 and '"moved_rows": 30' in res.output, res.output
-    res = runner.invoke(main, ["--home", str(home), "regroup", "--groups", "4", "--group-by", "visibility"])
-    assert res.exit_code == 1 and res.output.startswith("error:") and "8 groups" in res.output and "Traceback" not in res.output, res.output
+    PermRAG.open(tmp_path / "plain", encoder=HashEncoder(48), groups=4).close()  # groups by first appearance
+    res = runner.invoke(main, ["--home", str(tmp_path / "plain"), "regroup"])
+    assert res.exit_code == 1 and res.output.startswith("error:") and "group_by='visibility'" in res.output and "Traceback" not in res.output, res.output
     rag = PermRAG.open(home, encoder=HashEncoder(48), groups=8, group_by="visibility", local_rows=0)
     try:
         table = stored_groups(rag)
@@ -266,5 +267,37 @@ def test_a_regroup_beside_another_writing_process(tmp_path, pg_url, milvus_serve
         table = stored_groups(rag)
         for r in rag.rows(rag.catalog.live_ids()):
             assert r.vclass % 8 == table[tokens(rag, dict(r.attrs))], r.external_id
+    finally:
+        rag.close()
+
+
+def test_the_layout_is_recorded_for_processes_opened_without_it(tmp_path) -> None:
+    """A process (the CLI, a worker) that opens the store with neither
+    ``groups`` nor ``group_by`` groups and places as the store was set up;
+    explicit options win for their process and are recorded."""
+    home = tmp_path / "h"
+    rag = PermRAG.open(home, encoder=HashEncoder(48), groups=8, group_by="visibility", local_rows=0)
+    for i in range(3):
+        rag.policy.add_role(f"r{i}")
+        rag.policy.grant(f"r{i}", f"dept:d{i}")
+    rag.close()
+    rag = PermRAG.open(home, encoder=HashEncoder(48), local_rows=0)  # the defaults
+    try:
+        assert rag.catalog.allocator.placement.groups == 8 and not rag.catalog.allocator.placement.acls
+        rag.add_documents([{"external_id": f"x{i}", "text": f"note {i}", "attrs": {"dept": f"d{i % 3}"}} for i in range(9)])
+        rag.add_documents([{"external_id": "t", "text": "other tenant"}], tenant="other")
+        assert rag.store.grouping(rag.catalog.tenants.number("other")).groups == 8  # a new tenant's collection is grouped too
+        table = stored_groups(rag)
+        assert len(table) == 3 and all(r.vclass % 8 == table[tokens(rag, dict(r.attrs))] for r in rag.rows(rag.catalog.live_ids()) if r.tenant == "default")
+    finally:
+        rag.close()
+    runner = CliRunner()
+    res = runner.invoke(main, ["--home", str(home), "regroup", "--dry-run"])  # no flags: the recorded layout
+    assert res.exit_code == 0 and "0 rows outside their group" in res.output and "over 8 groups" in res.output, res.output
+    rag = PermRAG.open(home, encoder=HashEncoder(48), groups=4)  # explicit: wins, and is recorded
+    rag.close()
+    rag = PermRAG.open(home, encoder=HashEncoder(48))
+    try:
+        assert rag.catalog.allocator.placement is None and rag.store.groups == 4
     finally:
         rag.close()

@@ -47,9 +47,43 @@ from sqlalchemy.engine import Connection
 
 from .. import db
 from ..acl import Acl
+from ..errors import ConfigError
 from .allocation import class_key
 
 Signer = Callable[[str, Mapping[str, Any], "Acl | None"], "Sequence[str] | None"]
+GROUP_BY = ("class", "visibility", "visibility+acl")
+LAYOUT_SETTING = "layout"  # {"groups": N, "group_by": ...}: what the store was last opened with
+
+
+def check_layout(groups: int, group_by: str | None) -> None:
+    """``group_by`` as given to ``PermRAG.open`` (``groups``: the groups the backend will use)."""
+    if group_by is not None and group_by not in GROUP_BY:
+        raise ConfigError(f"group_by must be 'class', 'visibility' or 'visibility+acl', not {group_by!r}")
+    if group_by not in (None, "class") and not groups:
+        raise ConfigError(f"group_by={group_by!r} places rows in class groups: give groups=N (N > 0) too")
+
+
+def layout_placement(engine: Any, given: tuple[int | None, str | None], backend_options: dict[str, Any], signer: Callable[[], Signer]) -> "Placement | None":
+    """The layout of this process: the ``groups`` and ``group_by`` it was given,
+    recorded in the store (settings ``layout``); if it was given neither, the
+    recorded ones — so every process of a store (the CLI, a worker opened
+    with defaults) groups new collections and places new classes alike.
+    Sets ``backend_options["groups"]``; returns the co-visibility placement, if any."""
+    groups, group_by = given
+    with db.transaction(engine, "reading the store's layout") as conn:
+        raw = db.get_setting(conn, LAYOUT_SETTING)
+        stored = json.loads(raw) if raw else None
+        if groups is None and group_by is None:
+            if stored is not None:
+                groups, group_by = stored["groups"], stored["group_by"]
+        else:
+            mine = {"groups": groups, "group_by": group_by or "class"}
+            if mine != stored:
+                db.set_setting(conn, LAYOUT_SETTING, json.dumps(mine))
+    backend_options["groups"] = groups
+    if group_by in (None, "class"):
+        return None
+    return Placement(int(groups), signer(), acls=group_by == "visibility+acl")
 
 
 class _Known:

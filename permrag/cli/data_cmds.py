@@ -243,15 +243,13 @@ def reconcile(ctx, full, as_json) -> None:
 
 
 @main.command(cls=StoreCommand)
-@click.option("--groups", type=click.IntRange(1, 4096), required=True, help="The groups the store was opened with (PermRAG.open(groups=N)).")
-@click.option("--group-by", type=click.Choice(["visibility", "visibility+acl"]), required=True, help="The placement the store was opened with.")
 @tenant_opt
 @click.option("--dry-run", is_flag=True, help="Only count the rows outside their group; move nothing.")
 @json_opt
 @click.pass_context
-def regroup(ctx, groups, group_by, tenant, dry_run, as_json) -> None:
+def regroup(ctx, tenant, dry_run, as_json) -> None:
     """Move a tenant's rows to their co-visibility groups under the current policy (after policy changes; searches stay exact throughout)."""
-    with store(ctx, groups=groups, group_by=group_by) as rag:
+    with store(ctx) as rag:  # the layout the store recorded (catalog/placement.py)
         report = rag.regroup(tenant, dry_run=dry_run)
         emit(as_json, report.to_dict(), lambda: click.echo(report.describe()))
 

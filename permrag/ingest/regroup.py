@@ -90,8 +90,8 @@ def regroup(
     tenant = check_tenant(tenant, ArgumentError)
     if placement is None:
         raise ConfigError(
-            "regroup places rows by co-visibility: open the store with groups=N and group_by='visibility' "
-            "(or 'visibility+acl'), as every process writing to it should"
+            "regroup places rows by co-visibility: this store does not; open it once with "
+            "PermRAG.open(..., groups=N, group_by='visibility') (or 'visibility+acl'), which every later process, the CLI too, takes over"
         )
     catalog = ingester.catalog
     no = catalog.tenants.number(tenant)
