@@ -155,6 +155,11 @@ def test_a_rewrite_never_overwrites_a_change_made_after_its_read(tmp_path, vecto
         with pytest.raises(ConcurrentChangeError):
             republish(rag.ingester, "default", read, specs)
         assert rag.row("x").attrs == {"dept": "b"} and rag.row("y").attrs == {"dept": "a"}
+        read_y = rag.catalog.rows.document("y", "default")
+        rag.delete(["y"])  # deleted meanwhile: a stale rewrite must not bring it back
+        with pytest.raises(ConcurrentChangeError):
+            republish(rag.ingester, "default", read_y, [RowSpec("y", "default", r.attrs, None, (), acl=r.acl) for r in read_y])
+        assert "y" not in {r.external_id for r in rag.rows(rag.catalog.live_ids())}
         if not vectors:
             return
         assert milvus_ids(rag) == set(rag.catalog.live_ids())  # nothing of the stale write left

@@ -35,6 +35,7 @@ every search before, during and after it is exact (tests/test_regroup.py).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
@@ -123,9 +124,13 @@ def regroup(
     backend = ingester.binding.backend()
     try:
         mover.move({cid for _, cid in misplaced})
-    finally:
+    except BaseException:
         if backend.kind == "lite":
-            backend.flush(no)  # once, at the end (BM25 statistics from sealed segments, as after an ingest)
+            with contextlib.suppress(Exception):  # what was moved is published; the failure is what the caller sees
+                backend.flush(no)
+        raise
+    if backend.kind == "lite":
+        backend.flush(no)  # once, at the end (BM25 statistics from sealed segments, as after an ingest)
     return RegroupReport(tenant, placement.groups, *counts, mover.moved_rows, mover.moved_docs, len(mover.kept), mover.changed)
 
 
