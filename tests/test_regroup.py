@@ -306,3 +306,33 @@ def test_the_layout_is_recorded_for_processes_opened_without_it(tmp_path) -> Non
         assert rag.catalog.allocator.placement is None and rag.store.groups == 4
     finally:
         rag.close()
+
+
+def test_a_regroup_touches_one_tenant_of_one_store(tmp_path, milvus_server) -> None:
+    """Two stores on one Milvus server (each its own catalog, collections and
+    recorded layout) and two tenants in the first: a regroup of one tenant
+    leaves the other tenant and the other store exactly as they were."""
+    tag = f"rt_{abs(hash(str(tmp_path))) % 10**8}"
+    opts = dict(milvus_uri=milvus_server, encoder=HashEncoder(48), consistency="Strong", local_rows=0)
+    a = PermRAG.open(tmp_path / "a", collection=f"{tag}_a", groups=8, group_by="visibility", **opts)
+    b = PermRAG.open(tmp_path / "b", collection=f"{tag}_b", groups=8, group_by="visibility", **opts)
+    try:
+        docs = [{"external_id": f"x{i}", "text": f"note {i}", "attrs": {"dept": f"d{i % 3}"}} for i in range(30)]
+        for rag in (a, b):
+            for tenant in ("default", "other"):
+                rag.add_documents(docs, tenant=tenant)
+                for i in range(3):
+                    rag.policy.add_role(f"r{i}", tenant=tenant)
+                    rag.policy.grant(f"r{i}", f"dept:d{i}", tenant=tenant)
+        before = {(name, t): (sorted(milvus_ids(rag, t)), placement(rag, t)) for name, rag in (("a", a), ("b", b)) for t in ("default", "other")}
+        assert a.regroup("default").moved_rows == 20  # two of the three signatures leave the group all rows share
+        assert sorted(milvus_ids(a, "default")) != before[("a", "default")][0]
+        for key in (("a", "other"), ("b", "default"), ("b", "other")):
+            rag = a if key[0] == "a" else b
+            assert (sorted(milvus_ids(rag, key[1])), placement(rag, key[1])) == before[key], key
+        assert b.regroup("default", dry_run=True).misplaced_rows == 20 and a.regroup("other", dry_run=True).misplaced_rows == 20
+        table = stored_groups(a)
+        assert all(r.vclass % 8 == table[tokens(a, dict(r.attrs))] for r in a.rows(a.catalog.live_ids()) if r.tenant == "default")
+    finally:
+        a.close()
+        b.close()

@@ -42,12 +42,12 @@ from typing import Any, Callable
 from sqlalchemy import func, select
 
 from .. import db
-from ..catalog import RowRecord, RowSpec
+from ..catalog import RowRecord
 from ..catalog.rows import record
 from ..errors import ArgumentError, ConcurrentChangeError, ConfigError
 from ..names import check_tenant
 from .ingest import Ingester
-from .update import republish
+from .update import republish, rewrite_spec
 
 BATCH_ROWS = 5000  # as an ingest batch
 
@@ -203,12 +203,7 @@ class _Mover:
 
     def _write(self, batch: dict[str, list[RowRecord]]) -> None:
         rows = [r for recs in batch.values() for r in recs]
-        republish(self.ingester, self.tenant, rows, [_spec(doc, r) for doc, recs in batch.items() for r in recs], flush=False)
+        republish(self.ingester, self.tenant, rows, [rewrite_spec(doc, r) for doc, recs in batch.items() for r in recs], flush=False)
         self.moved_rows += len(rows)
         self.moved_docs += len(batch)
-
-
-def _spec(doc: str, r: RowRecord) -> RowSpec:
-    """The row as it is, to be written again (a chunk or a child names its document)."""
-    return RowSpec(r.external_id, r.tenant, r.attrs, r.parent, (), chunk_of=None if r.external_id == doc else doc, acl=r.acl)
 

@@ -60,13 +60,19 @@ def _update(ingester: Ingester, ext: str, tenant: str, attrs: Any, acl: Any) -> 
     for r in rows:
         if chunked or r.external_id == ext:  # the document's own rows: itself, or its chunks
             row_attrs = r.attrs if new_attrs is None else {**{k: v for k, v in r.attrs.items() if k in CHUNK_ATTRS}, **new_attrs}
-            row_acl = new_acl
+            specs.append(rewrite_spec(ext, r, row_attrs, new_acl))
         else:  # a row whose parent the document is: rewritten as it is (the replace retires it with its parent)
-            row_attrs, row_acl = r.attrs, r.acl
-        specs.append(RowSpec(r.external_id, tenant, row_attrs, r.parent, (), chunk_of=None if r.external_id == ext else ext, acl=row_acl))
+            specs.append(rewrite_spec(ext, r))
     if all(s.attrs == r.attrs and s.acl == r.acl for s, r in zip(specs, rows)):
         return [r.row_id for r in rows]
     return republish(ingester, tenant, rows, specs)
+
+
+def rewrite_spec(doc: str, r: RowRecord, attrs: Mapping[str, Any] | None = None, acl: Any = KEEP) -> RowSpec:
+    """Row ``r`` of document ``doc`` to be written again (a chunk or a child
+    names its document, so the replace retires exactly the rows read), with
+    ``attrs`` and ``acl`` in place of its own where given."""
+    return RowSpec(r.external_id, r.tenant, dict(r.attrs if attrs is None else attrs), r.parent, (), chunk_of=None if r.external_id == doc else doc, acl=r.acl if acl is KEEP else acl)
 
 
 def republish(ingester: Ingester, tenant: str, rows: Sequence[RowRecord], specs: Sequence[RowSpec], *, flush: bool = True) -> list[int]:
