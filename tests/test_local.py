@@ -224,6 +224,11 @@ def test_in_process_plan_of_a_dropped_collection_finds_nothing(tmp_path) -> None
     try:
         assert len(rag.search("budget", user="e", tenant="acme", k=5, mode="dense")) == 0
         assert calls.n["search"] == 0
+        # not read back yet: the read-back (beside the collection check) fails on the
+        # dropped collection, and the check's answer decides: nothing, not an error
+        rag.searcher.local.clear()
+        assert len(rag.search("budget", user="e", tenant="acme", k=5, mode="dense")) == 0
+        assert calls.n["search"] == 0
     finally:
         calls.restore()
         rag.close()

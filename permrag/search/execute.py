@@ -23,7 +23,7 @@ read back in the background already (up to ``prefetch_rows``) — is ranked in
 process instead (search/local.py): every visible row scored from its stored
 vector, read back once; its hits pass the same verify. Milvus is still asked whether
 it holds the collection, so a search while the backend is down raises on
-either path.
+either path (the question runs beside the ranking: search/probe.py).
 
 A plan may name class groups (partitions, backends/layout.py) instead of,
 or besides, a filter. A row searched through a group is verified like any
@@ -41,6 +41,7 @@ from ..access import Snapshot
 from ..backends import MAX_LIMIT, RawHit, SearchBackend
 from ..catalog import RowRecord, as_array
 from ..results import Stats
+from . import probe
 from .fusion import order, rrf, weighted
 from .local import LocalRanker
 from .planner import IN_PROCESS, AllowAll, DenyAll, Filter, Plan
@@ -91,12 +92,19 @@ class Executor:
         in_process = getattr(plan, "strategy", None) == IN_PROCESS
         if mode == "dense" and vectors is not None and isinstance(plan, (Filter, AllowAll)) and self.local is not None and self._local_ready(plan, snap):
             # Milvus must answer, and still hold the collection, even when every row is
-            # read back already: a search while the backend is down raises, on either path
-            # (0.26 ms on Lite); a dropped collection goes the Milvus way.
-            if self.backend.has_tenant(self.tenant_no):
-                ranked = self._local(self.local, plan, snap, vectors, k)
-                if ranked is not None:
-                    return ranked  # (None: a background-read set left the cache meanwhile; Milvus answers)
+            # read back already: a search while the backend is down raises, on either path;
+            # a dropped collection goes the Milvus way. The question runs beside the
+            # ranking (search/probe.py) and its answer is awaited before anything returns.
+            held = probe.ask(self.backend.has_tenant, self.tenant_no)
+            try:
+                ranked, failed = self._local(self.local, plan, snap, vectors, k), None
+            except Exception as exc:  # (a read-back from a collection dropped meanwhile: the Milvus way)
+                ranked, failed = None, exc
+            exists = held.result()  # raises what has_tenant raised (the backend is down)
+            if failed is not None and exists:
+                raise failed
+            if exists and ranked is not None:
+                return ranked  # (None: a background-read set left the cache meanwhile; Milvus answers)
         if in_process:
             # planned for in-process ranking (search/engine.py), so there is no filter to
             # give Milvus: the collection is gone (nothing to find) or the set can't be ranked here
