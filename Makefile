@@ -19,7 +19,7 @@ demo: $(BIN)/.installed
 	$(BIN)/permrag demo
 
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: $(BIN)/.installed
 	$(BIN)/pip install -q -e ".[bench]"

@@ -5,8 +5,10 @@ components use to reach etcd, but the embedded etcd server listens on etcd's
 defaults (2379 for clients, 2380 for peers) unless told otherwise, so a second
 server on one machine collides with the first (seen here: its start took
 three minutes of retries). This gives the embedded etcd a config file of its
-own with free client and peer ports (Milvus' ``etcd.config.path``). Shared by
-the tests' fixtures and the benchmarks.
+own with free client and peer ports (Milvus' ``etcd.config.path``), and every
+other port a free start, so servers started at the same moment by parallel
+test workers do not race for the package's fixed bases. Shared by the tests'
+fixtures and the benchmarks.
 """
 
 from __future__ import annotations
@@ -54,6 +56,14 @@ def start(base_dir: Path, port: int | None = None):
         base_dir.mkdir(parents=True, exist_ok=True)
         etcd_state.write_text(f"{client} {peer}")
     server.config.set("etcd_port", client)
+    # Every other component port starts from a free one too: the package
+    # starts each at a fixed base (rootcoord 53100, querycoord 19531, ...,
+    # the health/metrics port 9091) and takes the first it can bind, then lets
+    # go of it before Milvus binds it, so two servers started at the same
+    # moment (two pytest-xdist workers) both took 53100 and one died.
+    for key in [k for k in server.config.configurable_items if k.endswith("_port") and k not in ("etcd_port", "proxy_port")]:
+        server.config.set(key, free_port())
+    server.webservice_port = free_port()
     original = server.config.write_config
 
     def write_config() -> None:
