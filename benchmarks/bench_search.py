@@ -60,7 +60,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import acl_collection, measure, raw_search, save, settle, version  # noqa: E402
+from common import (  # noqa: E402
+    acl_collection,
+    loaded_segments,
+    measure,
+    raw_search,
+    save,
+    settle,
+    version,
+)
 from common import machine as machine_line  # noqa: E402
 
 from permrag import PermRAG  # noqa: E402
@@ -161,6 +169,7 @@ def run_backend(label: str, rag: PermRAG, n_rows: int, n_queries: int, budget_s:
 
     rag.store.flush(rag.catalog.tenants.number("acme"))  # at rest, as the silo will be: sealed segments loaded
     settle(uri, coll, n_rows)
+    coll_segments = loaded_segments(uri, coll)
     rows = []
     base_all = []
     acls = acl_sets(n_rows)
@@ -221,6 +230,7 @@ def run_backend(label: str, rag: PermRAG, n_rows: int, n_queries: int, budget_s:
             recall = statistics.mean(len(set(o) & e) / max(1, min(10, len(e))) for o, e in zip(outs, exact))  # zip: queries run
             leaked = sum(1 for o in outs for r in o if r not in vis_set)
             cells[name] = {"ms": 1e3 * t, "ratio": t / base_t, "recall": recall, "returned": statistics.mean(len(o) for o in outs), "leaked": leaked}
+        silo_segments = loaded_segments(uri, silo if f < 1.0 else coll)
         if f < 1.0:
             client.drop_collection(silo)
         silo_ratio = cells["permrag"]["ms"] / cells["silo"]["ms"]
@@ -230,13 +240,15 @@ def run_backend(label: str, rag: PermRAG, n_rows: int, n_queries: int, budget_s:
         rows.append({"kind": kind, "fraction": f, "visible": int(vis_mask.sum()), "unfiltered_ms": 1e3 * base_t, "plan": plan.describe()[:160],
                      "cells": cells, "permrag_ms": cells["permrag"]["ms"], "silo_ms": cells["silo"]["ms"], "silo_ratio": silo_ratio,
                      "pair_ratio": pair_ratio, "pair_ms": [1e3 * pair["permrag"][0], 1e3 * pair["silo"][0]],
-                     "milvus_silo_ratio": cells["permrag-milvus"]["ms"] / cells["silo"]["ms"], "first_ms": first_ms, "ready_s": ready_s, "ranked": where})
+                     "milvus_silo_ratio": cells["permrag-milvus"]["ms"] / cells["silo"]["ms"], "first_ms": first_ms, "ready_s": ready_s, "ranked": where,
+                     "silo_segments": silo_segments})
         print(f"  {label} {kind} {f:>6.1%}: permrag ÷ silo {silo_ratio:.2f} (side by side {pair_ratio:.2f}); unfiltered {1e3 * base_t:.1f} ms; " + ", ".join(f"{n} {c['ratio']:.2f}x r{c['recall']:.2f}" for n, c in cells.items()), flush=True)
     if "acl-array" not in SKIPPED:
         client.drop_collection(f"{coll}_acl")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MB, this process (Lite's server process apart)
     print(f"  peak RSS of the benchmark process: {peak:,.0f} MB", flush=True)
-    return {"backend": label, "rows": n_rows, "unfiltered_ms": 1e3 * statistics.median(base_all), "ingest_s": ingest_s, "table": rows, "stats": dict(rag.stats), "peak_rss_mb": peak}
+    return {"backend": label, "rows": n_rows, "unfiltered_ms": 1e3 * statistics.median(base_all), "ingest_s": ingest_s, "table": rows, "stats": dict(rag.stats), "peak_rss_mb": peak,
+            "segments": coll_segments}
 
 
 def table(res: dict) -> str:
@@ -262,6 +274,9 @@ def table(res: dict) -> str:
                "permrag ÷ silo there, permrag ms / silo ms. acl-array is the role-based pattern only: one group per row; empty for ACL users. ranked: where permrag's dense ranking ran; "
                "first search: permrag's first search of the cell with an empty row cache, which reads the visible rows back by primary key when ranked in process "
                "(a set over local_rows, up to prefetch_rows, goes to Milvus and is read back in the background: the time until that read is done).)")
+    if res.get("segments"):
+        out.append(f"Sealed segments served: the tenant's collection {res['segments']}; silos " + ", ".join(
+            f"{r['kind']} {r['fraction']:.1%} {r['silo_segments']}" for r in res["table"] if r.get("silo_segments")) + ".")
     leaks = {a: sum(r["cells"][a]["leaked"] for r in res["table"] if a in r["cells"]) for a in APPROACHES}
     out.append(f"Rows outside the caller's permissions returned: {leaks}")
     return "\n".join(out)

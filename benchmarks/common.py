@@ -133,3 +133,19 @@ def settle(uri: str, name: str, rows: int, timeout_s: float = 300.0) -> float:
                 break
             time.sleep(0.5)
     return time.perf_counter() - t0
+
+
+def loaded_segments(uri: str, name: str) -> int:
+    """How many sealed segments a server serves collection ``name`` from (Lite: 0).
+    A search pays a fixed cost per segment: a collection split over many
+    partitions holds more, smaller ones than one collection of the same rows."""
+    if not uri.startswith("http"):
+        return 0
+    import warnings
+
+    from pymilvus import connections, utility
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        connections.connect("settle", uri=uri)
+        return len(utility.get_query_segment_info(name, using="settle"))
