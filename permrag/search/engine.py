@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import threading
+from concurrent.futures import Future
 from typing import Any, Callable, Sequence
 
 from pyroaring import FrozenBitMap
@@ -24,6 +25,7 @@ from ..catalog import Catalog
 from ..errors import ArgumentError, ConfigError
 from ..names import check_text
 from ..results import Hit, Hits, Stats
+from . import probe
 from .execute import Executor
 from .local import LocalRanker
 from .planner import DenyAll, Filter, Plan, Planner, in_process
@@ -120,6 +122,7 @@ class Searcher:
         """The top ``k`` rows ``user`` may read for each query, best first."""
         queries = check_search_args(queries, user, tenant, k, mode, fusion, weights, pool)
         backend = self.binding.backend()  # a store bound to another catalog fails here, whatever the caller sees
+        held = self._ask_early(backend, tenant, mode)
         snap = snapshot or self.access.snapshot(user, tenant)
         plan = self._in_process(snap, mode, backend) or self.plan(snap)
         self.stats.add("searches", len(queries))
@@ -133,7 +136,7 @@ class Searcher:
             elif mode != "keyword":
                 vectors = self.binding.encode(list(queries))
             ex = self.executor(tenant)
-            raw = ex.run(plan, snap, mode, vectors, list(queries), k, fusion=fusion, weights=(float(weights[0]), float(weights[1])), pool=pool) if ex else [[] for _ in queries]
+            raw = ex.run(plan, snap, mode, vectors, list(queries), k, fusion=fusion, weights=(float(weights[0]), float(weights[1])), pool=pool, held=held) if ex else [[] for _ in queries]
             out = [self.hits(r, snap) for r in raw]
         self.audit.record(
             "search",
@@ -143,6 +146,16 @@ class Searcher:
             {"plan": plan.kind, "mode": mode, "k": k, "queries": [q[:200] for q in queries], "rows": [[h.row_id for h in hs] for hs in out]},
         )
         return out
+
+    def _ask_early(self, backend: Any, tenant: str, mode: str) -> Future | None:
+        """A dense search may be ranked in process, which asks Milvus whether it holds
+        the collection (search/execute.py): asked now, on a worker thread, the answer
+        comes while the snapshot, the plan, the encoding and the ranking run. A search
+        that goes to Milvus after all leaves it unread (one metadata call, in the background)."""
+        if mode != "dense" or self.local is None or self.local.max_rows <= 0:
+            return None
+        no = self.catalog.tenants.number(tenant)
+        return None if no is None else probe.ask(backend.has_tenant, no)
 
     def hits(self, raw: list[RawHit], snap: Snapshot) -> Hits:
         """Verified raw hits as :class:`Hit` objects with their catalog records."""

@@ -33,6 +33,7 @@ other, so a stale plan naming a group cannot make a row visible.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -76,8 +77,10 @@ class Executor:
         fusion: str = "rrf",
         weights: tuple[float, float] = (0.5, 0.5),
         pool: int | None = None,
+        held: Future | None = None,
     ) -> list[list[RawHit]]:
-        """Verified top-k per query (``pool``: candidates per list before hybrid fusion)."""
+        """Verified top-k per query (``pool``: candidates per list before hybrid fusion;
+        ``held``: the collection check of this search, asked already — search/engine.py)."""
         if isinstance(plan, DenyAll):
             return [[] for _ in texts]
         if mode == "hybrid":
@@ -95,7 +98,7 @@ class Executor:
             # read back already: a search while the backend is down raises, on either path;
             # a dropped collection goes the Milvus way. The question runs beside the
             # ranking (search/probe.py) and its answer is awaited before anything returns.
-            held = probe.ask(self.backend.has_tenant, self.tenant_no)
+            held = held or probe.ask(self.backend.has_tenant, self.tenant_no)
             try:
                 ranked, failed = self._local(self.local, plan, snap, vectors, k), None
             except Exception as exc:  # (a read-back from a collection dropped meanwhile: the Milvus way)

@@ -4,11 +4,15 @@ A search ranked in process (search/local.py) still asks Milvus whether it
 holds the tenant's collection, so a search while the backend is down raises
 and a collection dropped behind permrag's back returns nothing. That round
 trip (a gRPC call: 1–1.5 ms to a server on the 2-core test machine) used to
-run before the ranking, and it was most of a small set's search. It runs on
-a worker thread now, beside the ranking and verification (the gRPC call
-releases the GIL), and the search waits for its answer before anything is
+run before the ranking, and it was most of a small set's search. A dense
+search asks it on a worker thread as it starts (search/engine.py), and the
+snapshot, the plan, the encoding and the ranking run meanwhile (the gRPC
+call releases the GIL); the search waits for the answer before anything is
 returned or audited, so the guarantee is the same and the cost is the
-longer of the two, not their sum.
+longer of the two, not their sum. (Measured on the server at 50k rows, a
+1,000-row set, each search after an unfiltered one: 3.3 ms with the check
+first, 2.7 ms beside the ranking and the snapshot.) A dense search that goes
+to Milvus after all leaves the answer unread.
 
 The pool belongs to the process: a forked child makes its own (the parent's
 worker threads do not exist in it).
