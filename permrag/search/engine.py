@@ -25,10 +25,10 @@ from ..catalog import Catalog
 from ..errors import ArgumentError, ConfigError
 from ..names import check_text
 from ..results import Hit, Hits, Stats
-from . import probe
 from .execute import Executor
 from .local import LocalRanker
 from .planner import DenyAll, Filter, Plan, Planner, in_process
+from .probe import ask
 
 MODES = ("hybrid", "dense", "keyword")
 FUSIONS = ("rrf", "weighted")
@@ -155,7 +155,7 @@ class Searcher:
         if mode != "dense" or self.local is None or self.local.max_rows <= 0:
             return None
         no = self.catalog.tenants.number(tenant)
-        return None if no is None else probe.ask(backend.has_tenant, no)
+        return None if no is None else ask(backend.has_tenant, no)
 
     def hits(self, raw: list[RawHit], snap: Snapshot) -> Hits:
         """Verified raw hits as :class:`Hit` objects with their catalog records."""

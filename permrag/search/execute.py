@@ -42,10 +42,10 @@ from ..access import Snapshot
 from ..backends import MAX_LIMIT, RawHit, SearchBackend
 from ..catalog import RowRecord, as_array
 from ..results import Stats
-from . import probe
 from .fusion import order, rrf, weighted
 from .local import LocalRanker
 from .planner import IN_PROCESS, AllowAll, DenyAll, Filter, Plan
+from .probe import ask
 
 log = logging.getLogger(__name__)
 security_log = logging.getLogger("permrag.security")
@@ -98,7 +98,7 @@ class Executor:
             # read back already: a search while the backend is down raises, on either path;
             # a dropped collection goes the Milvus way. The question runs beside the
             # ranking (search/probe.py) and its answer is awaited before anything returns.
-            held = held or probe.ask(self.backend.has_tenant, self.tenant_no)
+            held = held or ask(self.backend.has_tenant, self.tenant_no)
             try:
                 ranked, failed = self._local(self.local, plan, snap, vectors, k), None
             except Exception as exc:  # (a read-back from a collection dropped meanwhile: the Milvus way)
