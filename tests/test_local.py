@@ -208,11 +208,12 @@ def test_a_set_ranked_in_process_is_not_planned(world) -> None:
         rag.searcher.planner, rag.searcher.local = saved_planner, saved_local
 
 
-def test_in_process_plan_of_a_dropped_collection_finds_nothing(tmp_path) -> None:
+@pytest.mark.parametrize("backend", ["lite", "server"])
+def test_in_process_plan_of_a_dropped_collection_finds_nothing(backend, tmp_path, request) -> None:
     """Dropped behind permrag's back, a tenant's collection holds no row to
     return: a small set's dense search gives none and never asks Milvus for an
     unfiltered search (an in-process plan carries no filter)."""
-    rag = PermRAG.open(tmp_path / "h", encoder=ENC)
+    rag = open_backend(backend, tmp_path / "h", request, encoder=ENC)
     rag.add_documents(_docs(200))
     rag.policy.add_role("eng", tenant="acme")
     rag.policy.grant("eng", "dept:eng", tenant="acme")
