@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 class Other:
     """A second process acting on the same store."""
 
-    def __init__(self, home: Path, db_url: str) -> None:
+    def __init__(self, home: Path, db_url: str, *store: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.helpers.policy_worker", str(home), db_url],
+            [sys.executable, "-m", "tests.helpers.policy_worker", str(home), db_url, *store],
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

@@ -62,10 +62,14 @@ class Access:
         self.lock = lock
 
     # ------------------------------------------------------------------ versions
+    def versions(self) -> dict[str, int]:
+        """The stored versions (one read; another process may have moved them)."""
+        with db.reading(self.engine, "reading the policy version") as conn:
+            return db.read_counters(conn)
+
     def sync(self) -> bool:
         """Reload what another process changed; True if anything was reloaded."""
-        with db.reading(self.engine, "reading the policy version") as conn:
-            counters = db.read_counters(conn)
+        counters = self.versions()
         changed = False
         with self.lock:
             if counters["catalog_version"] != self.catalog.version:
@@ -107,6 +111,19 @@ class Access:
         check_principal("user", user)
         self.sync()
         self.check_tenant_known(tenant)
+        return self.compiler.snapshot(user, tenant)
+
+    def held_snapshot(self, user: str, tenant: str) -> Snapshot | None:
+        """The caller's bitmap as this process holds it, *without* reading the stored
+        versions: valid only once :meth:`Snapshot.is_current` says so against versions read
+        after the request began (search/engine.py reads them beside the search).
+        None for a tenant this process does not know (another process may have made it)."""
+        check_principal("user", user)
+        check_principal("tenant", tenant)
+        try:
+            self.check_tenant_known(tenant)
+        except UnknownTenantError:
+            return None
         return self.compiler.snapshot(user, tenant)
 
     def snapshots(self, users: Sequence[str], tenant: str) -> list[Snapshot]:

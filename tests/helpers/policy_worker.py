@@ -23,7 +23,13 @@ def _plain(value):
 
 def main() -> None:
     home, db_url = sys.argv[1:3]
-    rag = PermRAG.open(home, database_url=db_url, catalog_only=True)
+    if len(sys.argv) > 3:  # a store with vectors: Milvus URI, collection, HashEncoder dimension
+        from permrag.embed import HashEncoder
+
+        uri, collection, dim = sys.argv[3:6]
+        rag = PermRAG.open(home, database_url=db_url, milvus_uri=uri, collection=collection, encoder=HashEncoder(int(dim)))
+    else:
+        rag = PermRAG.open(home, database_url=db_url, catalog_only=True)
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         cmd = json.loads(line)
