@@ -84,22 +84,38 @@ def recall_at_k(got: list[int], sims: dict[int, float], kth: float, k: int, tol:
     return min(want, sum(1 for r in got if r in sims and sims[r] >= kth - tol)) / want
 
 
+def williams(n: int) -> list[list[int]]:
+    """Orders of ``n`` approaches in which each is run right after every other one
+    equally often (a Williams design: ``n`` orders for even ``n``, ``2n`` for odd)."""
+    first, lo, hi = [0], 1, n - 1
+    while len(first) < n:
+        first.append(lo)
+        lo += 1
+        if len(first) < n:
+            first.append(hi)
+            hi -= 1
+    rows = [[(j + i) % n for j in first] for i in range(n)]
+    return rows if n % 2 == 0 else rows + [r[::-1] for r in rows]
+
+
 def measure(fns: dict[str, Callable], queries, budget_s: float = 8.0) -> dict[str, tuple[float, list]]:
     """Median latency and outputs of every approach, interleaved query by
-    query so that background work in the backend weighs on all alike; the
-    order turns by one approach each query, so the first of a round varies
-    (each keeps its neighbours within the cycle: to compare two approaches
-    without the others' full scans just before them — which leave the CPU
-    caches cold — measure them again alone, as bench_search's side by side
-    does). A slow approach stops after 3 queries once it has used its time
-    budget."""
+    query so that background work in the backend weighs on all alike. The
+    order changes each query so that every approach follows every other one
+    equally often (:func:`williams`): what ran just before weighs — a
+    full-collection scan leaves the CPU caches cold for whatever follows, and
+    a fixed turn of one order would put one approach after the scan every
+    time. (To compare two approaches without the others' scans between them,
+    measure them again alone, as bench_search's side by side does.) A slow
+    approach stops after 3 queries once it has used its time budget."""
     for fn in fns.values():
         fn(queries[0])  # warm
     times: dict = {n: [] for n in fns}
     outs: dict = {n: [] for n in fns}
     names = list(fns)
+    orders = williams(len(names))
     for qi, q in enumerate(queries):
-        for name in names[qi % len(names) :] + names[: qi % len(names)]:
+        for name in (names[j] for j in orders[qi % len(orders)]):
             fn = fns[name]
             if len(times[name]) >= 3 and sum(times[name]) > budget_s:
                 continue
