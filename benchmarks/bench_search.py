@@ -56,6 +56,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import (  # noqa: E402
     acl_collection,
+    fresh_postgres,
     loaded_segments,
     measure,
     raw_search,
@@ -308,6 +310,11 @@ def start_server(base: Path):
     return start(base)
 
 
+def opened(options: dict) -> dict:
+    """``PermRAG.open``'s options, each callable one called now (a fresh database per store)."""
+    return {k: v() if callable(v) else v for k, v in options.items()}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -324,6 +331,8 @@ def main(argv=None) -> None:
     ap.add_argument("--local-rows", type=int, default=None, help="largest visible set read back by a search, ranked in process (default: the library's)")
     ap.add_argument("--prefetch-rows", type=int, default=None, help="largest set read back in the background (default: the library's; 0: none)")
     ap.add_argument("--fractions", default=None, help="comma-separated visible fractions (default: 0.001,0.01,0.1,0.5,1)")
+    ap.add_argument("--postgres", default=None, help="keep the catalog and policy in a fresh database on this PostgreSQL server "
+                    "(an admin URL, e.g. postgresql://postgres@127.0.0.1:5432/test; default: SQLite under the home)")
     ap.add_argument("--skip", default="", help="comparison approaches not to run, comma-separated (e.g. acl-array: 200 s a query at 1M rows)")
     args = ap.parse_args(argv)
     if args.fractions:
@@ -336,12 +345,15 @@ def main(argv=None) -> None:
         args.lite_rows, args.server_rows, args.queries = 5_000, 10_000, 8
     budget = 2.0 if args.quick else 8.0  # seconds per slow approach and fraction
     results = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        db_label = "; catalog on PostgreSQL" if args.postgres else ""
+        if args.postgres:  # one fresh database per store
+            local["database_url"] = lambda: stack.enter_context(fresh_postgres(args.postgres))
         if not args.skip_lite:
             print(f"Milvus Lite, {args.lite_rows:,} rows", flush=True)
             gb = {"group_by": args.group_by} if args.lite_groups else {}
-            with PermRAG.open(Path(tmp) / "lite", encoder=RandomEncoder(DIM), groups=args.lite_groups, **gb, **local) as rag:
-                label = "Milvus Lite " + version("milvus-lite") + layout(rag, args.group_by, args.policy_first)
+            with PermRAG.open(Path(tmp) / "lite", encoder=RandomEncoder(DIM), groups=args.lite_groups, **gb, **opened(local)) as rag:
+                label = "Milvus Lite " + version("milvus-lite") + layout(rag, args.group_by, args.policy_first) + db_label
                 results.append(run_backend(label, rag, args.lite_rows, args.queries, budget, args.policy_first))
         if not args.skip_server:
             print(f"Milvus server, {args.server_rows:,} rows", flush=True)
@@ -349,8 +361,8 @@ def main(argv=None) -> None:
             try:
                 uri = f"http://127.0.0.1:{server.listen_port}"
                 gb = {"group_by": args.group_by} if args.server_groups else {}
-                with PermRAG.open(Path(tmp) / "srv", encoder=RandomEncoder(DIM), milvus_uri=uri, groups=args.server_groups, **gb, **local) as rag:
-                    label = "Milvus server " + rag.store.client().get_server_version() + layout(rag, args.group_by, args.policy_first)
+                with PermRAG.open(Path(tmp) / "srv", encoder=RandomEncoder(DIM), milvus_uri=uri, groups=args.server_groups, **gb, **opened(local)) as rag:
+                    label = "Milvus server " + rag.store.client().get_server_version() + layout(rag, args.group_by, args.policy_first) + db_label
                     results.append(run_backend(label, rag, args.server_rows, args.queries, budget, args.policy_first))
             finally:
                 server.stop()

@@ -8,8 +8,10 @@ import os
 import platform
 import statistics
 import time
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -165,3 +167,20 @@ def loaded_segments(uri: str, name: str) -> int:
         warnings.simplefilter("ignore")
         connections.connect("settle", uri=uri)
         return len(utility.get_query_segment_info(name, using="settle"))
+
+
+@contextmanager
+def fresh_postgres(admin_url: str) -> Iterator[str]:
+    """A new, empty database on the PostgreSQL server of ``admin_url`` (dropped afterwards)."""
+    import sqlalchemy as sa
+
+    name = f"permrag_bench_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin_url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
