@@ -333,6 +333,7 @@ def main(argv=None) -> None:
     ap.add_argument("--fractions", default=None, help="comma-separated visible fractions (default: 0.001,0.01,0.1,0.5,1)")
     ap.add_argument("--postgres", default=None, help="keep the catalog and policy in a fresh database on this PostgreSQL server "
                     "(an admin URL, e.g. postgresql://postgres@127.0.0.1:5432/test; default: SQLite under the home)")
+    ap.add_argument("--audit", default=None, choices=["sync", "async", "off"], help="the store's audit mode (default: the library's, sync)")
     ap.add_argument("--skip", default="", help="comparison approaches not to run, comma-separated (e.g. acl-array: 200 s a query at 1M rows)")
     args = ap.parse_args(argv)
     if args.fractions:
@@ -346,7 +347,9 @@ def main(argv=None) -> None:
     budget = 2.0 if args.quick else 8.0  # seconds per slow approach and fraction
     results = []
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
-        db_label = "; catalog on PostgreSQL" if args.postgres else ""
+        db_label = ("; catalog on PostgreSQL" if args.postgres else "") + (f"; audit {args.audit}" if args.audit else "")
+        if args.audit:
+            local["audit"] = args.audit
         if args.postgres:  # one fresh database per store
             local["database_url"] = lambda: stack.enter_context(fresh_postgres(args.postgres))
         if not args.skip_lite:
