@@ -10,9 +10,6 @@ holding a random set of teams, the hard case for ID ranges), dense top-10:
   vectors (search/local.py), verify, catalog);
 * **permrag-milvus** — the same with in-process ranking off: every search
   asks Milvus with the planned filter or class groups;
-* **permrag-read-first** — permrag reading the stored policy and catalog
-  versions *before* the search starts (``searcher.held_snapshots = False``),
-  not beside it (search/engine.py): what that overlap saves;
 * **post-filter** — unfiltered top-100, then drop what the caller may not see
   (what FGA-style retriever wrappers do);
 * **id-in** — ``row_id in [every visible id]``;
@@ -82,7 +79,7 @@ from permrag.embed import RandomEncoder  # noqa: E402
 DIM = 384
 TEAM_SIZE = 100  # rows per team: one team is 0.1 % of 100k rows
 FRACTIONS = [0.001, 0.01, 0.1, 0.5, 1.0]
-APPROACHES = ["permrag", "permrag-milvus", "permrag-read-first", "post-filter", "id-in", "acl-array", "silo"]
+APPROACHES = ["permrag", "permrag-milvus", "post-filter", "id-in", "acl-array", "silo"]
 SKIPPED: set[str] = set()  # --skip: comparison approaches left out of a run (never permrag, the silo or unfiltered)
 
 
@@ -210,18 +207,11 @@ def run_backend(label: str, rag: PermRAG, n_rows: int, n_queries: int, budget_s:
                 return [h.row_id for h in rag.search_many(["q"], user=user, tenant="acme", k=10, mode="dense", vectors=q[None, :])[0]]
             finally:
                 rag.searcher.local = local
-        def read_first(q, user=user):  # the stored versions read before the search starts, not beside it
-            rag.searcher.held_snapshots = False
-            try:
-                return [h.row_id for h in rag.search_many(["q"], user=user, tenant="acme", k=10, mode="dense", vectors=q[None, :])[0]]
-            finally:
-                rag.searcher.held_snapshots = True
         team_list = ", ".join(f'"{t}"' for t in team_set)
         fns = {
             "unfiltered": lambda q: raw_search(client, coll, q, 10, with_text=True),
             "permrag": lambda q: [h.row_id for h in rag.search_many(["q"], user=user, tenant="acme", k=10, mode="dense", vectors=q[None, :])[0]],
             "permrag-milvus": milvus_only,
-            "permrag-read-first": read_first,
             "post-filter": lambda q: [r for r in raw_search(client, coll, q, 100, with_text=True) if r in vis_set][:10],
             "id-in": lambda q: raw_search(client, coll, q, 10, id_expr, with_text=True),
             "acl-array": (lambda q: raw_search(client, f"{coll}_acl", q, 10, f"array_contains_any(acl, [{team_list}])", with_text=True)) if kind == "role" else (lambda q: []),
@@ -339,8 +329,8 @@ def main(argv=None) -> None:
     if args.fractions:
         FRACTIONS[:] = sorted(float(x) for x in args.fractions.split(","))
     SKIPPED.update(x for x in args.skip.split(",") if x)
-    if SKIPPED - {"post-filter", "id-in", "acl-array", "permrag-read-first"}:
-        ap.error("--skip takes post-filter, id-in, acl-array, permrag-read-first")
+    if SKIPPED - {"post-filter", "id-in", "acl-array"}:
+        ap.error("--skip takes post-filter, id-in, acl-array")
     local = {k: v for k, v in (("local_rows", args.local_rows), ("prefetch_rows", args.prefetch_rows)) if v is not None}
     if args.quick:
         args.lite_rows, args.server_rows, args.queries = 5_000, 10_000, 8

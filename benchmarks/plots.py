@@ -18,7 +18,6 @@ STYLE = {
     "unfiltered": ("black", ":"),
     "permrag": ("tab:blue", "-"),
     "permrag-milvus": ("tab:cyan", "--"),
-    "permrag-read-first": ("tab:olive", ":"),
     "post-filter": ("tab:red", "--"),
     "id-in": ("tab:orange", "-."),
     "acl-array": ("tab:purple", "--"),

@@ -66,10 +66,6 @@ class Snapshot:
     tenant_rows: FrozenBitMap
     classes: Mapping[int, FrozenBitMap]
 
-    def is_current(self, versions: Mapping[str, int]) -> bool:
-        """Whether the stored ``versions`` (:meth:`Access.versions`) are the ones this was taken at."""
-        return versions.get("policy_version") == self.policy_version and versions.get("catalog_version") == self.catalog_version
-
 
 class Compiler:
     """Computes and caches visible bitmaps for one catalog and policy."""

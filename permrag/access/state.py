@@ -113,19 +113,6 @@ class Access:
         self.check_tenant_known(tenant)
         return self.compiler.snapshot(user, tenant)
 
-    def held_snapshot(self, user: str, tenant: str) -> Snapshot | None:
-        """The caller's bitmap as this process holds it, *without* reading the stored
-        versions: valid only once :meth:`Snapshot.is_current` says so against versions read
-        after the request began (search/engine.py reads them beside the search).
-        None for a tenant this process does not know (another process may have made it)."""
-        check_principal("user", user)
-        check_principal("tenant", tenant)
-        try:
-            self.check_tenant_known(tenant)
-        except UnknownTenantError:
-            return None
-        return self.compiler.snapshot(user, tenant)
-
     def snapshots(self, users: Sequence[str], tenant: str) -> list[Snapshot]:
         """Snapshots of several users, all of one version."""
         for u in users:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from concurrent.futures import Future
 from typing import Any, Callable, Sequence
 
@@ -35,7 +34,6 @@ MODES = ("hybrid", "dense", "keyword")
 FUSIONS = ("rrf", "weighted")
 MAX_QUERY_CHARS = 10_000
 MAX_PLANS = 4096
-CALM_S = 1.0  # after a search under a stale snapshot, searches read the versions first for this long
 # Hybrid search fuses each list's top ``pool`` candidates; without ``pool``
 # that is the top k. Larger pools were measured on the dev half of the Q/A
 # sets (benchmarks/bench_quality.py, results/quality.md) and *hurt* RRF in
@@ -59,8 +57,6 @@ class Searcher:
         self.local = local  # small visible sets ranked in process (search/local.py); None: always Milvus
         self._plans: dict[tuple[str, int, int], tuple[FrozenBitMap, Plan]] = {}
         self._plans_lock = threading.Lock()
-        self._calm_until = 0.0  # (monotonic) until then, searches read the stored versions before they start
-        self.held_snapshots = True  # False: every search reads the stored versions before it starts (see _current)
 
     # ------------------------------------------------------------------ plans
     def plan(self, snap: Snapshot) -> Plan:
@@ -127,24 +123,21 @@ class Searcher:
         queries = check_search_args(queries, user, tenant, k, mode, fusion, weights, pool)
         backend = self.binding.backend()  # a store bound to another catalog fails here, whatever the caller sees
         held = self._ask_early(backend, tenant, mode)
-        snap, versions = snapshot, None
-        if snap is None and self.held_snapshots and time.monotonic() >= self._calm_until:
-            versions = ask(self.access.versions)  # read beside the search (see _current)
-            snap = self.access.held_snapshot(user, tenant)
-        if snap is None:  # (a tenant this process does not know yet: read, reload, then search)
-            snap, versions = self.access.snapshot(user, tenant), None
-        args = (queries, mode, k, fusion, (float(weights[0]), float(weights[1])), pool)
-        try:
-            plan, vectors, out = self._answer(snap, backend, held, vectors, *args)
-        except Exception:
-            if versions is None or self._current(snap, versions):
-                raise
-            plan = None  # a search under a stale snapshot failed: asked again under the stored versions
-        if plan is None or not self._current(snap, versions):
-            snap = self.access.snapshot(user, tenant)
-            plan, vectors, out = self._answer(snap, backend, self._ask_early(backend, tenant, mode), vectors, *args)
+        snap = snapshot or self.access.snapshot(user, tenant)
+        plan = self._in_process(snap, mode, backend) or self.plan(snap)
         self.stats.add("searches", len(queries))
         self.stats.add(f"plan:{plan.kind}")
+        if isinstance(plan, DenyAll):
+            out = [Hits((), snap.policy_version) for _ in queries]
+        else:
+            backend.capabilities.require(mode)
+            if vectors is not None:
+                vectors = self.binding.check_vectors(vectors, len(queries))
+            elif mode != "keyword":
+                vectors = self.binding.encode(list(queries))
+            ex = self.executor(tenant)
+            raw = ex.run(plan, snap, mode, vectors, list(queries), k, fusion=fusion, weights=(float(weights[0]), float(weights[1])), pool=pool, held=held) if ex else [[] for _ in queries]
+            out = [self.hits(r, snap) for r in raw]
         self.audit.record(
             "search",
             user,
@@ -153,40 +146,6 @@ class Searcher:
             {"plan": plan.kind, "mode": mode, "k": k, "queries": [q[:200] for q in queries], "rows": [[h.row_id for h in hs] for hs in out]},
         )
         return out
-
-    def _current(self, snap: Snapshot, versions: Future | None) -> bool:
-        """Whether a search under ``snap`` stands. A search without a given snapshot
-        starts from the bitmaps this process holds and reads the stored versions on a
-        worker thread meanwhile (the read was a round trip to the database before the
-        search could start: 0.8 ms to SQLite after a full-collection scan, 1.4–2.1 ms to
-        PostgreSQL). The answer stands only if those versions — read after the request
-        began, so every change committed before it is in them — are the snapshot's;
-        otherwise it is discarded (nothing returned, nothing audited), this process
-        reloads and the search runs again. So no search is staler than one that read
-        the versions first, as :meth:`Access.snapshot` does. After a miss, searches
-        read first for ``CALM_S`` (another process writing steadily costs each
-        search one read, not two searches)."""
-        if versions is None:
-            return True
-        if snap.is_current(versions.result()):  # raises what the read raised (the database is down)
-            return True
-        self.stats.add("stale_snapshots")
-        self._calm_until = time.monotonic() + CALM_S
-        return False
-
-    def _answer(self, snap: Snapshot, backend: Any, held: Future | None, vectors: Any, queries: list[str], mode: str, k: int, fusion: str, weights: tuple[float, float], pool: int | None) -> tuple[Plan, Any, list[Hits]]:
-        """The plan, the query vectors (encoded once, kept for a second run) and the hits under ``snap``."""
-        plan = self._in_process(snap, mode, backend) or self.plan(snap)
-        if isinstance(plan, DenyAll):
-            return plan, vectors, [Hits((), snap.policy_version) for _ in queries]
-        backend.capabilities.require(mode)
-        if vectors is not None:
-            vectors = self.binding.check_vectors(vectors, len(queries))
-        elif mode != "keyword":
-            vectors = self.binding.encode(list(queries))
-        ex = self.executor(snap.tenant)
-        raw = ex.run(plan, snap, mode, vectors, queries, k, fusion=fusion, weights=weights, pool=pool, held=held) if ex else [[] for _ in queries]
-        return plan, vectors, [self.hits(r, snap) for r in raw]
 
     def _ask_early(self, backend: Any, tenant: str, mode: str) -> Future | None:
         """A dense search may be ranked in process, which asks Milvus whether it holds

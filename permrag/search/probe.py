@@ -15,9 +15,6 @@ beside the ranking, 2.7 ms asked as the search starts, 2.3 ms with the
 check asking for the load state instead of has_collection.) A dense search
 that goes to Milvus after all leaves the answer unread.
 
-Every search also reads the stored policy and catalog versions here, beside
-the search, instead of before it (search/engine.py, ``Searcher._current``).
-
 The pool belongs to the process: a forked child makes its own (the parent's
 worker threads do not exist in it).
 """
@@ -29,7 +26,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
-WORKERS = 8
+WORKERS = 4
 
 _lock = threading.Lock()
 _pool: tuple[int, ThreadPoolExecutor] | None = None
