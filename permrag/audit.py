@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from . import db
+from . import db, direct
 from .errors import ArgumentError
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,10 @@ class AuditLog:
             "detail": json.dumps(detail, ensure_ascii=False),
         }
         if self.mode == "sync":
+            quick = direct.for_engine(self.engine)
+            if quick is not None:
+                quick.insert_audit(row)
+                return
             with db.transaction(self.engine, "writing the audit log") as conn:
                 conn.execute(db.audit.insert(), [row])
             return

@@ -332,6 +332,13 @@ class Checkpointer:
 _CHECKPOINTERS: "weakref.WeakKeyDictionary[Engine, Checkpointer]" = weakref.WeakKeyDictionary()
 
 
+def note_commit(engine: Engine) -> None:
+    """A commit made on a connection outside the engine's pool (permrag/direct.py): SQLite's checkpointer follows it too."""
+    ckpt = _CHECKPOINTERS.get(engine)
+    if ckpt is not None:
+        ckpt._committed(None)
+
+
 def init_schema(engine: Engine) -> None:
     """Create missing tables, counters and the store id; refuse other schemas."""
     url = mask(str(engine.url))
@@ -356,10 +363,10 @@ def init_schema(engine: Engine) -> None:
             if attempt == 2:
                 raise
         except SQLAlchemyError as exc:
-            raise ConfigError(f"cannot open the permrag database {url}: {_first_line(exc)}") from None
+            raise ConfigError(f"cannot open the permrag database {url}: {first_line(exc)}") from None
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return mask(text[0]) if text else exc.__class__.__name__
 
@@ -377,7 +384,7 @@ def transaction(engine: Engine, what: str) -> Iterator[Connection]:
     except IntegrityError:
         raise
     except SQLAlchemyError as exc:
-        raise BackendError(f"{what} failed: {_first_line(exc)}") from exc
+        raise BackendError(f"{what} failed: {first_line(exc)}") from exc
 
 
 @contextmanager
@@ -387,7 +394,7 @@ def reading(engine: Engine, what: str) -> Iterator[Connection]:
         with engine.connect() as conn:
             yield conn
     except SQLAlchemyError as exc:
-        raise BackendError(f"{what} failed: {_first_line(exc)}") from exc
+        raise BackendError(f"{what} failed: {first_line(exc)}") from exc
 
 
 def chunks(values: Sequence[T], size: int = IN_CHUNK) -> Iterator[Sequence[T]]:

@@ -1,0 +1,195 @@
+"""The versions read and the audit insert of every search run on driver
+connections of their own (permrag/direct.py). These tests check what the
+engine's pool gave them and what they must keep: a connection the server
+dropped is replaced without failing the search; a forked child never uses its
+parent's sessions; an audit write that fails fails the search; the record is
+committed before the search returns; SQLite's checkpointer follows those
+writes. Each search is compared with the casbin oracle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from permrag import BackendError, PermRAG, db, direct
+from permrag.embed import HashEncoder
+
+from .conftest import PG_ADMIN_URL, Oracle
+from .test_multiprocess import Other
+
+DEPTS = ("eng", "hr", "fin")
+
+
+def make_store(home, database_url=None) -> tuple[PermRAG, Oracle]:
+    opts = {"database_url": database_url} if database_url else {}
+    rag = PermRAG.open(home, encoder=HashEncoder(32), **opts)
+    oracle = Oracle()
+    docs = [{"external_id": f"r{i}", "text": f"quarterly budget note {i}", "attrs": {"dept": DEPTS[i % 3]}} for i in range(24)]
+    rag.add_documents(docs)
+    for d in docs:
+        oracle.add_row({"tenant": "default", **d})
+    for role in DEPTS:
+        rag.policy.add_role(role)
+    rag.policy.grant("eng", "dept:eng")
+    oracle.allow("eng", "default", "dept:eng")
+    rag.policy.assign_user("ann", "eng")
+    oracle.assign("ann", "eng", "default")
+    return rag, oracle
+
+
+def found(rag: PermRAG) -> set[str]:
+    return {h.external_id for h in rag.search("quarterly budget", user="ann", k=50, mode="dense")}  # k over the store's size
+
+
+def audited(url: str) -> int:
+    """Search records as a new connection of another engine sees them (committed ones only)."""
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(sa.text("SELECT count(*) FROM permrag_audit WHERE event = 'search'")).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def terminate_others(name: str) -> int:
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            return len(conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n AND pid <> pg_backend_pid()"), {"n": name}).all())
+    finally:
+        admin.dispose()
+
+
+def test_every_search_is_committed_to_the_audit_before_it_returns(tmp_path, pg_url):
+    rag, oracle = make_store(tmp_path / "a", pg_url)
+    quick = direct.for_engine(rag._engine)
+    assert quick is not None
+    before = audited(pg_url)
+    for n in range(1, 6):
+        assert found(rag) == oracle.visible_external_ids("ann", "default")
+        assert audited(pg_url) == before + n  # another connection sees it at once
+    assert quick.opened == 1  # one connection served every read and insert of one thread
+    rag.close()
+    assert terminate_others(pg_url.rsplit("/", 1)[1]) == 0  # close() closed it (and the pool's)
+
+
+def test_a_search_after_the_server_dropped_every_connection_succeeds_at_the_new_version(tmp_path, pg_url):
+    rag, oracle = make_store(tmp_path / "a", pg_url)
+    other = Other(tmp_path / "b", pg_url)  # a real second process changes the policy
+    try:
+        assert found(rag) == oracle.visible_external_ids("ann", "default")
+        quick = direct.for_engine(rag._engine)
+        opened = quick.opened
+        before = audited(pg_url)
+        name = pg_url.rsplit("/", 1)[1]
+        for step in range(3):
+            assert terminate_others(name) >= 1  # our idle direct connection among them
+            sel = ("dept:hr", "dept:fin", "dept:eng")[step]
+            if step < 2:
+                assert "error" not in other("policy.grant", "eng", sel)
+                oracle.allow("eng", "default", sel)
+            else:
+                assert "error" not in other("policy.revoke", "eng", sel)
+                oracle.revoke("eng", "default", sel)
+            assert found(rag) == oracle.visible_external_ids("ann", "default")
+            assert audited(pg_url) == before + step + 1
+        assert quick.opened >= opened + 3  # each dropped connection was replaced
+    finally:
+        other.close()
+        rag.close()
+
+
+def test_a_forked_child_opens_its_own_connections(tmp_path, pg_url):
+    rag, oracle = make_store(tmp_path / "a", pg_url)
+    expected = oracle.visible_external_ids("ann", "default")
+    assert found(rag) == expected
+    quick = direct.for_engine(rag._engine)
+    parent_pid = quick._idle[0].dbapi_connection.info.backend_pid
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        try:
+            got = sorted(found(rag))
+            mine = quick._idle[0].dbapi_connection.info.backend_pid
+            os.write(write, json.dumps({"found": got, "backend": mine}).encode())
+        except BaseException as exc:
+            os.write(write, json.dumps({"error": repr(exc)}).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        answer = json.loads(f.read())
+    os.waitpid(child, 0)
+    assert "error" not in answer, answer
+    assert set(answer["found"]) == expected
+    assert answer["backend"] != parent_pid  # not the parent's session
+    for _ in range(3):  # the parent's session is intact and still its own
+        assert found(rag) == expected
+        assert quick._idle[0].dbapi_connection.info.backend_pid == parent_pid
+    rag.close()
+
+
+REFUSE = {
+    "postgresql": [
+        "CREATE FUNCTION refuse_audit() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'audit refused'; END $$ LANGUAGE plpgsql",
+        "CREATE TRIGGER refuse BEFORE INSERT ON permrag_audit FOR EACH ROW EXECUTE FUNCTION refuse_audit()",
+    ],
+    "sqlite": ["CREATE TRIGGER refuse BEFORE INSERT ON permrag_audit BEGIN SELECT RAISE(ABORT, 'audit refused'); END"],
+}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_an_audit_write_that_fails_fails_the_search(tmp_path, request, backend):
+    url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
+    rag, oracle = make_store(tmp_path / "a", url)
+    assert found(rag) == oracle.visible_external_ids("ann", "default")
+    count = len(rag.audit.query(limit=1000))
+    with rag._engine.begin() as conn:
+        for stmt in REFUSE[backend]:
+            conn.exec_driver_sql(stmt)
+    for _ in range(2):
+        with pytest.raises(BackendError, match="audit refused"):
+            found(rag)
+    with rag._engine.begin() as conn:
+        conn.exec_driver_sql("DROP TRIGGER refuse" + (" ON permrag_audit" if backend == "postgresql" else ""))
+    assert found(rag) == oracle.visible_external_ids("ann", "default")
+    assert len(rag.audit.query(limit=1000)) == count + 1  # the refused searches left nothing
+    rag.close()
+
+
+def test_sqlite_checkpoints_after_audited_searches_alone(tmp_path):
+    """Searches alone commit audit records (on their own connections): the
+    checkpointer follows them and the WAL stays bounded. Control: with the
+    checkpointer stopped the WAL grows round after round."""
+    rag, oracle = make_store(tmp_path / "a")
+    ckpt = db._CHECKPOINTERS[rag._engine]
+    wal = tmp_path / "a" / "permrag.db-wal"
+
+    def rounds() -> list[int]:
+        sizes = []
+        for _ in range(3):
+            for _ in range(150):
+                assert found(rag) == oracle.visible_external_ids("ann", "default")
+            time.sleep(0.8)
+            sizes.append(wal.stat().st_size)
+        return sizes
+
+    runs = ckpt.runs
+    kept = rounds()
+    assert ckpt.runs >= runs + 2
+    assert kept[-1] <= kept[0], kept
+    ckpt.close()
+    grown = rounds()
+    assert grown[0] < grown[1] < grown[2], grown
+    rag.close()
+
+
+def test_an_in_memory_database_uses_the_engine():
+    engine = sa.create_engine("sqlite://")
+    assert direct.for_engine(engine) is None  # every connection of it is another database
+    engine.dispose()
