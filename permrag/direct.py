@@ -39,7 +39,7 @@ from sqlalchemy.pool import QueuePool
 from . import db
 from .errors import BackendError
 
-KEEP = 4  # idle connections kept per engine; more threads at once open and close extra ones
+KEEP = 8  # idle connections kept per engine (the async pool's default threads); more threads at once open and close extra ones
 AUDIT_FIELDS = ("ts", "event", "user", "tenant", "policy_version", "detail")  # as permrag/audit.py writes them
 _ORPHANS: list[Any] = []  # a forked parent's connections: never used, never closed here
 
@@ -140,6 +140,12 @@ class Direct:
         except Exception:  # pragma: no cover - a broken connection may refuse even that
             pass
 
+    def forked(self) -> None:
+        """In a forked child: the parent's idle connections set aside, a fresh lock (another thread may have held it)."""
+        self._lock = threading.Lock()
+        _ORPHANS.extend(self._idle)
+        self._idle, self._pid = [], os.getpid()
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
@@ -172,3 +178,14 @@ def _disposed(engine: Engine) -> None:
         found = _DIRECT.pop(engine, None)
     if found is not None:
         found.close()
+
+
+def _after_fork() -> None:
+    global _DIRECT_LOCK
+    _DIRECT_LOCK = threading.Lock()
+    for found in list(_DIRECT.values()):
+        found.forked()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)

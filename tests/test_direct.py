@@ -193,3 +193,17 @@ def test_an_in_memory_database_uses_the_engine():
     engine = sa.create_engine("sqlite://")
     assert direct.for_engine(engine) is None  # every connection of it is another database
     engine.dispose()
+
+
+def test_threads_searching_at_once_each_get_a_connection_and_every_search_is_audited(tmp_path, pg_url):
+    from concurrent.futures import ThreadPoolExecutor
+
+    rag, oracle = make_store(tmp_path / "a", pg_url)
+    expected = oracle.visible_external_ids("ann", "default")
+    before = audited(pg_url)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda _: found(rag), range(200)))
+    assert all(r == expected for r in results)
+    assert audited(pg_url) == before + 200
+    assert 1 <= direct.for_engine(rag._engine).opened <= direct.KEEP  # kept, not opened per search
+    rag.close()
