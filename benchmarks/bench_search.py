@@ -38,6 +38,7 @@ the goal's ratio, permrag ÷ silo.
     python benchmarks/bench_search.py --skip-lite --server-rows 1000000 --skip acl-array --tag 1m_server
         # the 1M server run as measured (22 min on 2 cores)
     python benchmarks/bench_search.py --skip-lite --server-rows 1000000 --server-groups 64 --group-by visibility --policy-first --skip post-filter,id-in,acl-array --tag 1m_server_covis
+    python benchmarks/bench_search.py --skip-lite --server-rows 1000000 --server-groups 32 --group-by visibility+acl --policy-first --skip post-filter,id-in,acl-array --tag 1m_server_covis32
         # the same with co-visibility placement (catalog/placement.py): the roles made before the ingest
         # (the latest 1M run, results/search_1m_server_covis.md: --group-by visibility+acl)
     python benchmarks/bench_search.py --skip-server --lite-rows 1000000 --lite-groups 64 --group-by visibility+acl --policy-first --skip post-filter,id-in,acl-array --tag 1m_lite_covis

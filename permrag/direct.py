@@ -16,7 +16,9 @@ README, "PostgreSQL"). Here they run on such connections:
 * a connection the server closed (restart, terminated backend, idle timeout)
   is dropped and the statement runs once more on a new one, which is what
   the pool's ping gave; any other driver error, or a second failure, is a
-  :class:`BackendError` — never a stale answer or a silent loss;
+  :class:`BackendError` — never a stale answer or a silent loss (a server
+  that dies after committing an audit record but before answering may get
+  it twice: a search is never audited less than once);
 * after a fork the parent's connections are neither used nor closed in the
   child (closing would end the parent's sessions); the child opens its own.
 
