@@ -20,7 +20,10 @@ README, "PostgreSQL"). Here they run on such connections:
   that dies after committing an audit record but before answering may get
   it twice: a search is never audited less than once);
 * after a fork the parent's connections are neither used nor closed in the
-  child (closing would end the parent's sessions); the child opens its own.
+  child (closing would end the parent's sessions); the child opens its own;
+* only the driver's connections are kept (not the pool's wrappers, which
+  refer back to the engine): a store dropped without ``close()`` lets its
+  engine go, and its connections close with it.
 
 Only engines with a pool of real connections take this path (a file or a
 server; not an in-memory SQLite database, whose every connection is another
@@ -50,12 +53,13 @@ class Direct:
     """Versions read and audit inserts of one engine on detached driver connections."""
 
     def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+        self._engine = weakref.ref(engine)  # a store dropped without close() still lets its engine go
         self.dialect = engine.dialect
         self.dbapi_error = engine.dialect.loaded_dbapi.Error
-        self._idle: list[Any] = []
+        self._idle = _Idle()
         self._lock = threading.Lock()
         self._pid = os.getpid()
+        weakref.finalize(engine, self._idle.close_all)  # ... and its connections close with it
         self._closed = False
         self.counters_sql = self._compile(select(db.meta.c.key, db.meta.c.value))
         self.audit_sql = self._compile(db.audit.insert().values({k: bindparam(k) for k in AUDIT_FIELDS}))
@@ -74,7 +78,9 @@ class Direct:
     def insert_audit(self, row: dict[str, Any]) -> None:
         """One audit record, committed when this returns."""
         self._run(self.audit_sql, row, False, "writing the audit log")
-        db.note_commit(self.engine)
+        engine = self._engine()
+        if engine is not None:
+            db.note_commit(engine)
 
     def _run(self, compiled: tuple[str, Sequence[str] | None], params: dict[str, Any], fetch: bool, what: str) -> Any:
         sql, order = compiled
@@ -82,7 +88,7 @@ class Direct:
         for attempt in (0, 1):
             conn = self._checkout(what)
             try:
-                cur = conn.dbapi_connection.cursor()
+                cur = conn.cursor()
                 try:
                     cur.execute(sql, args) if args else cur.execute(sql)
                     out = cur.fetchall() if fetch else None
@@ -103,7 +109,7 @@ class Direct:
 
     def _is_disconnect(self, exc: BaseException, conn: Any) -> bool:
         try:
-            return bool(self.dialect.is_disconnect(exc, conn.dbapi_connection, None))
+            return bool(self.dialect.is_disconnect(exc, conn, None))
         except Exception:  # pragma: no cover - a dialect that cannot tell
             return False
 
@@ -111,20 +117,23 @@ class Direct:
     def _checkout(self, what: str) -> Any:
         with self._lock:
             if self._pid != os.getpid():  # a forked child: the parent's sessions are not ours
-                _ORPHANS.extend(self._idle)
-                self._idle, self._pid = [], os.getpid()
-            if self._closed:
+                self._set_aside()
+            engine = self._engine()
+            if self._closed or engine is None:
                 raise BackendError(f"{what} failed: the store is closed")
             if self._idle:
                 return self._idle.pop()
         try:
-            fairy = self.engine.raw_connection()
+            fairy = engine.raw_connection()
             fairy.detach()
-            self.dialect.set_isolation_level(fairy.dbapi_connection, "AUTOCOMMIT")
+            # the driver's connection alone: the pool's wrapper refers back to the engine
+            conn = fairy.dbapi_connection
+            del fairy
+            self.dialect.set_isolation_level(conn, "AUTOCOMMIT")
         except Exception as exc:
             raise BackendError(f"{what} failed: {db.first_line(exc)}") from exc
         self.opened += 1
-        return fairy
+        return conn
 
     def _checkin(self, conn: Any) -> None:
         with self._lock:
@@ -138,22 +147,41 @@ class Direct:
             _ORPHANS.append(conn)
             return
         try:
-            conn.close()  # detached: really closed
+            conn.close()
         except Exception:  # pragma: no cover - a broken connection may refuse even that
             pass
 
     def forked(self) -> None:
         """In a forked child: the parent's idle connections set aside, a fresh lock (another thread may have held it)."""
         self._lock = threading.Lock()
+        self._set_aside()
+
+    def _set_aside(self) -> None:
         _ORPHANS.extend(self._idle)
-        self._idle, self._pid = [], os.getpid()
+        self._idle.clear()
+        self._idle.pid = self._pid = os.getpid()
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            self._discard(conn)
+        self._idle.close_all()
+
+
+class _Idle(list):
+    """Idle connections, and the process they belong to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pid = os.getpid()
+
+    def close_all(self) -> None:
+        if self.pid != os.getpid():
+            return  # the parent's: never closed from a child
+        while self:
+            try:
+                self.pop().close()
+            except Exception:  # pragma: no cover - a broken connection may refuse even that
+                pass
 
 
 _DIRECT: "weakref.WeakKeyDictionary[Engine, Direct]" = weakref.WeakKeyDictionary()

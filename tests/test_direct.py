@@ -109,13 +109,13 @@ def test_a_forked_child_opens_its_own_connections(tmp_path, pg_url):
     expected = oracle.visible_external_ids("ann", "default")
     assert found(rag) == expected
     quick = direct.for_engine(rag._engine)
-    parent_pid = quick._idle[0].dbapi_connection.info.backend_pid
+    parent_pid = quick._idle[0].info.backend_pid
     read, write = os.pipe()
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the child
         try:
             got = sorted(found(rag))
-            mine = quick._idle[0].dbapi_connection.info.backend_pid
+            mine = quick._idle[0].info.backend_pid
             os.write(write, json.dumps({"found": got, "backend": mine}).encode())
         except BaseException as exc:
             os.write(write, json.dumps({"error": repr(exc)}).encode())
@@ -130,7 +130,7 @@ def test_a_forked_child_opens_its_own_connections(tmp_path, pg_url):
     assert answer["backend"] != parent_pid  # not the parent's session
     for _ in range(3):  # the parent's session is intact and still its own
         assert found(rag) == expected
-        assert quick._idle[0].dbapi_connection.info.backend_pid == parent_pid
+        assert quick._idle[0].info.backend_pid == parent_pid
     rag.close()
 
 
@@ -207,3 +207,21 @@ def test_threads_searching_at_once_each_get_a_connection_and_every_search_is_aud
     assert audited(pg_url) == before + 200
     assert 1 <= direct.for_engine(rag._engine).opened <= direct.KEEP  # kept, not opened per search
     rag.close()
+
+
+def test_a_store_dropped_without_close_lets_its_engine_and_connections_go(tmp_path):
+    import gc
+    import weakref
+
+    rag, oracle = make_store(tmp_path / "a")
+    assert found(rag) == oracle.visible_external_ids("ann", "default")  # the direct connections exist now
+    quick = direct.for_engine(rag._engine)
+    assert quick is not None and quick._idle
+    engine = weakref.ref(rag._engine)
+    thread = db._CHECKPOINTERS[rag._engine]._thread
+    del rag, quick
+    gc.collect()
+    assert engine() is None  # nothing of direct.py keeps it
+    if thread is not None:
+        thread.join(timeout=5)
+        assert not thread.is_alive()
