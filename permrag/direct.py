@@ -58,7 +58,6 @@ class Direct:
         self.dbapi_error = engine.dialect.loaded_dbapi.Error
         self._idle = _Idle()
         self._lock = threading.Lock()
-        self._pid = os.getpid()
         weakref.finalize(engine, self._idle.close_all)  # ... and its connections close with it
         self._closed = False
         self.counters_sql = self._compile(select(db.meta.c.key, db.meta.c.value))
@@ -116,8 +115,6 @@ class Direct:
     # ------------------------------------------------------------------ connections
     def _checkout(self, what: str) -> Any:
         with self._lock:
-            if self._pid != os.getpid():  # a forked child: the parent's sessions are not ours
-                self._set_aside()
             engine = self._engine()
             if self._closed or engine is None:
                 raise BackendError(f"{what} failed: the store is closed")
@@ -137,29 +134,25 @@ class Direct:
 
     def _checkin(self, conn: Any) -> None:
         with self._lock:
-            if not self._closed and self._pid == os.getpid() and len(self._idle) < KEEP:
+            if not self._closed and len(self._idle) < KEEP:
                 self._idle.append(conn)
                 return
         self._discard(conn)
 
     def _discard(self, conn: Any) -> None:
-        if self._pid != os.getpid():
-            _ORPHANS.append(conn)
-            return
         try:
             conn.close()
         except Exception:  # pragma: no cover - a broken connection may refuse even that
             pass
 
     def forked(self) -> None:
-        """In a forked child: the parent's idle connections set aside, a fresh lock (another thread may have held it)."""
+        """In a forked child (before anything else runs in it): the parent's
+        idle connections set aside, never used or closed here; a fresh lock
+        (another thread may have held it at the fork)."""
         self._lock = threading.Lock()
-        self._set_aside()
-
-    def _set_aside(self) -> None:
         _ORPHANS.extend(self._idle)
         self._idle.clear()
-        self._idle.pid = self._pid = os.getpid()
+        self._idle.pid = os.getpid()
 
     def close(self) -> None:
         with self._lock:
