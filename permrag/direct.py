@@ -33,12 +33,14 @@ the engine.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import weakref
 from typing import Any, Sequence
 
-from sqlalchemy import Engine, bindparam, event, select
+from sqlalchemy import JSON, Engine, Table, bindparam, event, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.pool import QueuePool
 
 from . import db
@@ -177,6 +179,39 @@ class _Idle(list):
                 pass
 
 
+def insert_many(conn: Connection, table: Table, columns: Sequence[str], values: Sequence[tuple], *, as_text: Sequence[str] = ()) -> None:
+    """Rows (tuples in ``columns``' order) inserted in ``conn``'s transaction by
+    one ``executemany`` of the driver: SQLAlchemy's per-row parameter
+    processing was most of the catalog's insert of an ingest's rows. JSON
+    columns are serialised here as SQLAlchemy would (None: SQL NULL where the
+    column says ``none_as_null``, else JSON ``null``), except those named in
+    ``as_text``, which the caller gives as JSON text already."""
+    if not values:
+        return
+    key = (type(conn.dialect), conn.dialect.paramstyle, table.name, tuple(columns))
+    found = _INSERTS.get(key)
+    if found is None:
+        c = table.insert().values({k: bindparam(k) for k in columns}).compile(dialect=conn.dialect)
+        order = [list(columns).index(k) for k in c.positiontup] if c.positional else None
+        if order == list(range(len(columns))):
+            order = []  # the columns' own order
+        found = _INSERTS[key] = (str(c), order)
+    sql, order = found
+    json_at = {i: table.c[k].type.none_as_null for i, k in enumerate(columns) if isinstance(table.c[k].type, JSON) and k not in as_text}
+    if json_at:
+        values = [tuple(_json(v, json_at[i]) if i in json_at else v for i, v in enumerate(row)) for row in values]
+    if order is None:
+        args: Sequence[Any] = [dict(zip(columns, row)) for row in values]
+    else:
+        args = [tuple(row[i] for i in order) for row in values] if order else values
+    conn.exec_driver_sql(sql, args)
+
+
+def _json(value: Any, none_as_null: bool) -> str | None:
+    return None if value is None and none_as_null else json.dumps(value)
+
+
+_INSERTS: dict[tuple[Any, str, str, tuple[str, ...]], tuple[str, list[int] | None]] = {}
 _DIRECT: "weakref.WeakKeyDictionary[Engine, Direct]" = weakref.WeakKeyDictionary()
 _DIRECT_LOCK = threading.Lock()
 

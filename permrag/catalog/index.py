@@ -23,7 +23,7 @@ from pyroaring import BitMap, FrozenBitMap
 from sqlalchemy import and_, bindparam, delete, select, update
 from sqlalchemy.engine import Connection
 
-from .. import db
+from .. import db, direct
 from ..names import attr_pairs
 from .rows import RowRecord, split_attrs
 
@@ -48,6 +48,20 @@ class TenantIndex:
 
 def index_keys(r: RowRecord) -> list[tuple[str, str]]:
     return [(CLASS_ATTR, str(r.vclass)), *attr_pairs(r.attrs), *(r.acl.index_keys() if r.acl is not None else ())]
+
+
+def _keyed(rows: Iterable[RowRecord]) -> dict[tuple[str, str], BitMap]:
+    """Index key → the rows' IDs under it (TENANT_ROWS: all of them)."""
+    ids: dict[tuple[str, str], list[int]] = defaultdict(list)
+    every: list[int] = []
+    for r in rows:
+        every.append(r.row_id)
+        for k in index_keys(r):
+            ids[k].append(r.row_id)
+    out = {k: BitMap(v) for k, v in ids.items()}
+    if every:
+        out[TENANT_ROWS] = BitMap(every)
+    return out
 
 
 def _blob(tenant: str, key: tuple[str, str], bm: BitMap) -> dict[str, Any]:
@@ -114,22 +128,20 @@ class AttrIndex:
     def persist(self, conn: Connection, tenant: str, added: Iterable[RowRecord], removed: Iterable[RowRecord]) -> dict[tuple[str, str], FrozenBitMap]:
         """Read-modify-write the persisted bitmaps the rows touch (rows locked
         FOR UPDATE where the database has it); returns the new bitmaps."""
-        adds: dict[tuple[str, str], BitMap] = defaultdict(BitMap)
-        gone: dict[tuple[str, str], BitMap] = defaultdict(BitMap)
-        for r in added:
-            for k in (TENANT_ROWS, *index_keys(r)):
-                adds[k].add(r.row_id)
-        for r in removed:
-            for k in (TENANT_ROWS, *index_keys(r)):
-                gone[k].add(r.row_id)
+        adds = _keyed(added)
+        gone = _keyed(removed)
         keys = set(adds) | set(gone)
         a = db.attr_index.c
         current: dict[tuple[str, str], BitMap] = {}
-        attrs = sorted({k[0] for k in keys})
-        for part in db.chunks(attrs, 500):
-            q = select(a.attr, a.value, a.bitmap).where(a.tenant == tenant, a.attr.in_(list(part))).with_for_update()
-            for attr, value, blob in conn.execute(q):
-                if (attr, value) in keys:
+        by_attr: dict[str, list[str]] = defaultdict(list)
+        for attr, value in sorted(keys):
+            by_attr[attr].append(value)
+        # the touched keys alone, an attribute at a time (``source`` has a value per file: reading
+        # all of an attribute's bitmaps made a write cost 14 ms at 5,000 files against 2.5 ms)
+        for attr, values in by_attr.items():
+            for part in db.chunks(values, 500):
+                q = select(a.value, a.bitmap).where(a.tenant == tenant, a.attr == attr, a.value.in_(list(part))).with_for_update()
+                for value, blob in conn.execute(q):
                     current[(attr, value)] = BitMap.deserialize(blob)
         out: dict[tuple[str, str], FrozenBitMap] = {}
         inserts, updates, deletes = [], [], []
@@ -143,7 +155,8 @@ class AttrIndex:
                 else:
                     deletes.append({"k_attr": key[0], "k_value": key[1]})
             elif bm or key == TENANT_ROWS:
-                inserts.append(_blob(tenant, key, bm))
+                bm.run_optimize()
+                inserts.append((tenant, key[0], key[1], bm.serialize()))
             out[key] = FrozenBitMap(bm)
         # one statement each, executed for many keys (a statement per key cost
         # ~0.8 ms of SQLAlchemy construction: 0.2 s of a 1,785-chunk folder sync)
@@ -152,8 +165,8 @@ class AttrIndex:
             conn.execute(update(db.attr_index).where(where).values(bitmap=bindparam("k_bitmap")), updates)
         if deletes:
             conn.execute(delete(db.attr_index).where(where), deletes)
-        if inserts:
-            conn.execute(db.attr_index.insert(), inserts)
+        if inserts:  # new keys: one per file for ``source`` and ``title`` in a folder sync
+            direct.insert_many(conn, db.attr_index, ("tenant", "attr", "value", "bitmap"), inserts)
         return out
 
     def apply(self, tenant: str, bitmaps: Mapping[tuple[str, str], FrozenBitMap], derived_added: list[tuple[int, tuple[int, ...]]], derived_removed: Iterable[int]) -> None:

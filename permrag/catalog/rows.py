@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 from pyroaring import BitMap
-from sqlalchemy import Engine, or_, select
+from sqlalchemy import ColumnElement, Engine, and_, or_, select
 
 from .. import db
 from ..acl import Acl, parse_acl
@@ -27,7 +27,7 @@ RECORD_CACHE = 200_000  # row records kept for the search path
 ACL_FIELD = "@acl"  # where a row's ACL is kept in its stored attrs (no attribute name starts with @)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one object per row, not two (an ingest makes one per chunk)
 class RowRecord:
     """One catalog row as callers see it."""
 
@@ -71,7 +71,7 @@ class DocumentRecord:
         return self.external_id
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RowSpec:
     """A validated row waiting for its ID."""
 
@@ -194,14 +194,11 @@ class RowStore:
 
     def document(self, external_id: str, tenant: str) -> list[RowRecord]:
         """Live rows with this external id, or whose parent it is, in chunk order."""
-        t = db.rows.c
         with db.reading(self.engine, "reading rows") as conn:
             found = [
                 record(r)
                 for r in conn.execute(
-                    select(db.rows).where(
-                        t.tenant == tenant, t.state == "live", or_(t.live_key == external_id, t.parent == external_id)
-                    )
+                    select(db.rows).where(named(tenant, [external_id]))
                 )
             ]
         return sorted(found, key=lambda r: (r.external_id != external_id, chunk_no(r.external_id), r.external_id))
@@ -211,7 +208,7 @@ class RowStore:
         t = db.rows.c
         with db.reading(self.engine, "reading rows") as conn:
             ids = conn.execute(
-                select(t.row_id).where(t.tenant == tenant, t.state == "live", or_(t.live_key == external_id, t.parent == external_id))
+                select(t.row_id).where(named(tenant, [external_id]))
             ).scalars()
             return BitMap(int(i) for i in ids)
 
@@ -229,6 +226,20 @@ class RowStore:
             return BitMap(int(i) for i in conn.execute(select(db.rows.c.row_id).where(db.rows.c.state.in_(list(states)))).scalars())
 
 
+def named(tenant: str, names: Sequence[str], parents: Sequence[str] | None = None) -> ColumnElement[bool]:
+    """Live rows of ``tenant`` called one of ``names``, or chunks of one of
+    ``parents`` (default: ``names``), as a condition each database answers
+    from its two indexes. ``live_key`` is set exactly while a row is live;
+    written as ``state = 'live' AND (live_key IN … OR parent IN …)``, SQLite
+    scanned every live row instead (measured: 39 ms a write at 30,000 files)."""
+    t = db.rows.c
+    by_name = and_(t.tenant == tenant, t.live_key.in_(list(names)))
+    chunks_of = list(names if parents is None else parents)
+    if not chunks_of:
+        return by_name
+    return or_(by_name, and_(t.tenant == tenant, t.parent.in_(chunks_of), t.live_key.is_not(None)))
+
+
 def chunk_no(external_id: str) -> int:
     """The ``n`` of a chunk id ``<document>#<n>`` (0 for other ids)."""
     tail = external_id.rsplit("#", 1)[-1]
@@ -236,11 +247,10 @@ def chunk_no(external_id: str) -> int:
 
 
 def _documents_query(engine: Engine, tenant: str, parents: Sequence[str]) -> dict[str, list[RowRecord]]:
-    t = db.rows.c
     out: dict[str, list[RowRecord]] = {p: [] for p in parents}
     with db.reading(engine, "reading rows") as conn:
         for part in db.chunks(sorted(set(parents))):
-            q = select(db.rows).where(t.tenant == tenant, t.state == "live", or_(t.parent.in_(list(part)), t.live_key.in_(list(part))))
+            q = select(db.rows).where(named(tenant, part))
             for row in conn.execute(q):
                 rec = record(row)
                 for key in {rec.parent, rec.external_id} & out.keys():
