@@ -13,14 +13,53 @@ fixtures and the benchmarks.
 
 from __future__ import annotations
 
+import os
+import random
 import socket
+import threading
 from pathlib import Path
+
+_GIVEN: set[int] = set()  # ports this process handed out (never twice)
+_LOCK = threading.Lock()
+SLICES = 32  # the range below the ephemeral one, split by process
+
+
+def _ephemeral() -> tuple[int, int]:
+    try:
+        lo, hi = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on, for a server that binds it later.
+
+    Not from the kernel's ephemeral range, which a port-0 bind draws from:
+    between the choice and the server's bind, an outgoing connection (every
+    gRPC client of a booting server makes some) could take it, and did: a
+    second server's etcd failed "bind: address already in use" on such a
+    port and the start timed out. Never one this process handed out before,
+    and from a slice of the range of its own per process (two test workers
+    starting servers at once); each is checked free when chosen."""
+    lo_e, _ = _ephemeral()
+    low, high = (10000, lo_e) if lo_e - 10000 >= 4096 else (1024, lo_e)
+    span = (high - low) // SLICES
+    base = low + (os.getpid() % SLICES) * span
+    rng = random.Random()
+    with _LOCK:
+        for _ in range(2000):
+            port = base + rng.randrange(span)
+            if port in _GIVEN:
+                continue
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _GIVEN.add(port)
+            return port
+    raise RuntimeError(f"no free port in {base}-{base + span}")
 
 
 def _bind(port: int):
