@@ -243,12 +243,14 @@ def test_a_store_dropped_without_close_ends_its_checkpointer(tmp_path) -> None:
 def test_document_lookups_use_the_indexes_not_a_scan_of_live_rows(tmp_path, request, backend):
     """The lookups of every write (a replace's old rows, a new document's
     duplicates) and of ``rag.document``: by name through (tenant, live_key), by
-    parent through (tenant, parent). Written with ``state = 'live'`` beside an
-    OR, SQLite scanned every live row (a write's cost grew with the store).
-    Checked on the plans, and on the rows found: equal to a filter in Python."""
+    parent through (tenant, parent), one statement each. Written as one
+    condition (``state = 'live'`` beside an OR, or an OR of the two forms),
+    SQLite's planner picked the state or the tenant index and read every live
+    row (a write's cost grew with the store). Checked on the plans, and on the
+    rows found: equal to a filter in Python."""
     import sqlalchemy as sa
 
-    from permrag.catalog.rows import named
+    from permrag.catalog.rows import named, named_rows
 
     url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
     rag = PermRAG.open(tmp_path / "s", **({"database_url": url} if url else {}))
@@ -259,13 +261,51 @@ def test_document_lookups_use_the_indexes_not_a_scan_of_live_rows(tmp_path, requ
     t = db.rows.c
     names = ["d1", "d3", "c2", "c7", "nope"]
     with rag._engine.connect() as conn:
-        stmt = sa.select(t.row_id, t.external_id, t.parent).where(named("default", names))
-        got = {int(r.row_id) for r in conn.execute(stmt)}
+        got = sorted(int(r.row_id) for r in named_rows(conn, "default", names))
         every = conn.execute(sa.select(t.row_id, t.external_id, t.parent, t.state, t.tenant)).all()
         if backend == "sqlite":
-            sql = str(stmt.compile(conn, compile_kwargs={"literal_binds": True}))
-            plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql))
-            assert "ix_permrag_rows_parent" in plan and "ix_permrag_rows_state" not in plan and "SCAN" not in plan, plan
-    want = {int(r.row_id) for r in every if r.state == "live" and r.tenant == "default" and (r.external_id in names or r.parent in names)}
+            by_name, by_parent = named("default", names)
+            for stmt, index in ((by_name, "(tenant=? AND live_key=?)"), (by_parent, "ix_permrag_rows_parent (tenant=? AND parent=?)")):
+                sql = str(stmt.compile(conn, compile_kwargs={"literal_binds": True}))
+                plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql))
+                assert index in plan and "SCAN" not in plan, plan
+    want = sorted(int(r.row_id) for r in every if r.state == "live" and r.tenant == "default" and (r.external_id in names or r.parent in names))
     assert got == want and len(want) == 2 + 6
     rag.close()
+
+
+def test_layered_maps_equal_a_dict_and_every_snapshot_stays_as_it_was():
+    """The index's per-attribute maps (catalog/layered.py): random sets and
+    removals, across folds, equal a dict; each earlier snapshot still equals
+    the dict it was made from (searches read them while writes go on)."""
+    import random
+
+    from permrag.catalog import layered
+    from permrag.catalog.layered import Layered
+
+    rng = random.Random(5)
+    ref: dict[str, int] = {f"k{i}": i for i in range(300)}
+    m: Layered[int] = Layered(dict(ref))
+    snapshots = [(m, dict(ref))]
+    folds = 0
+    for step in range(400):
+        changes: dict[str, int | None] = {}
+        for _ in range(rng.randint(1, 40)):
+            key = f"k{rng.randint(0, 600)}"
+            changes[key] = None if rng.random() < 0.4 else step
+        before = m
+        m = m.changed(changes)
+        folds += m._base is not before._base
+        for k, v in changes.items():
+            if v is None:
+                ref.pop(k, None)
+            else:
+                ref[k] = v
+        assert dict(m.items()) == ref and len(m) == len(ref) and sorted(m) == sorted(ref)
+        probe = f"k{rng.randint(0, 600)}"
+        assert (probe in m) == (probe in ref) and m.get(probe) == ref.get(probe)
+        if step % 50 == 0:
+            snapshots.append((m, dict(ref)))
+    assert folds >= 3 and len(m._top) <= max(layered.MIN_LAYER, len(m._base) // 16)
+    for snap, want in snapshots:
+        assert dict(snap.items()) == want and len(snap) == len(want)

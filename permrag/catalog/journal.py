@@ -27,17 +27,18 @@ latest persisted bitmaps under that lock.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 from pyroaring import BitMap, FrozenBitMap
-from sqlalchemy import Engine, delete, or_, select, update
+from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from .. import db
+from .. import db, direct
 from ..errors import (
     CatalogError,
     ConcurrentChangeError,
@@ -48,9 +49,10 @@ from ..names import attr_pairs
 from ..repair import owner, writer_alive
 from .allocation import Allocator
 from .index import AttrIndex
-from .rows import RowRecord, RowSpec, record
+from .rows import ACL_FIELD, RowRecord, RowSpec, named_rows, record
 
 INSERT_CHUNK = 5000
+ROW_COLUMNS = ("row_id", "tenant", "external_id", "live_key", "attrs", "parent", "derived_from", "state", "vclass", "ingest_id")
 
 
 @dataclass(frozen=True)
@@ -150,23 +152,13 @@ class Journal:
                         host=host, pid=pid, pid_start=start, started=time.time(), row_ids=_blob(r.row_id for r in records)
                     )
                 ).inserted_primary_key[0]
+                acls: dict[int, str] = {}  # id(acl) → its JSON (a document's chunks share one)
                 payload = [
-                    {
-                        "row_id": r.row_id,
-                        "tenant": r.tenant,
-                        "external_id": r.external_id,
-                        "live_key": None,
-                        "attrs": r.stored_attrs(),
-                        "parent": r.parent,
-                        "derived_from": list(r.derived_from) or None,
-                        "state": "pending",
-                        "vclass": r.vclass,
-                        "ingest_id": ingest_id,
-                    }
+                    (r.row_id, r.tenant, r.external_id, None, stored_json(r, acls), r.parent, json.dumps(list(r.derived_from)) if r.derived_from else None, "pending", r.vclass, ingest_id)
                     for r in records
                 ]
                 for part in db.chunks(payload, INSERT_CHUNK):
-                    conn.execute(db.rows.insert(), list(part))
+                    direct.insert_many(conn, db.rows, ROW_COLUMNS, part, as_text=("attrs", "derived_from"))
         except IntegrityError as exc:
             raise CatalogError(f"ingest conflicts with the catalog: {str(exc.orig).splitlines()[0]}") from None
         return PendingBatch(records, int(ingest_id), dict(docs) if replace else {})
@@ -258,10 +250,7 @@ class Journal:
         for tenant, names in docs.items():
             ordered = sorted(names)
             for part in db.chunks(ordered, 500):
-                q = select(db.rows).where(
-                    t.tenant == tenant, t.state == "live", or_(t.live_key.in_(list(part)), t.parent.in_(list(part)))
-                )
-                for row in conn.execute(q):
+                for row in named_rows(conn, tenant, part):
                     found[int(row.row_id)] = record(row)
         ids = sorted(found)
         for part in db.chunks(ids, INSERT_CHUNK):
@@ -289,10 +278,10 @@ class Journal:
         for tenant, exts in names.items():
             for part in db.chunks(sorted(exts)):
                 parents = [p for p in part if p in chunked[tenant]]
-                cond = t.live_key.in_(list(part)) if not parents else or_(t.live_key.in_(list(part)), t.parent.in_(parents))
-                dup = conn.execute(select(t.external_id, t.parent).where(t.tenant == tenant, t.state == "live", cond).limit(1)).first()
-                if dup is not None:
-                    name = dup[0] if dup[0] in exts else dup[1]
+                found = named_rows(conn, tenant, part, parents, columns=[t.row_id, t.external_id, t.parent])
+                if found:
+                    dup = found[0]
+                    name = dup.external_id if dup.external_id in exts else dup.parent
                     raise DuplicateExternalIdError(
                         f"external id {name!r} already exists in tenant {tenant!r}",
                         hint="pass replace=True to replace it",
@@ -323,6 +312,19 @@ class Journal:
                 if j > i:
                     raise CatalogError(f"source {src!r} of {s.external_id!r} must come before it in the batch")
         return out
+
+
+def stored_json(r: RowRecord, acls: dict[int, str]) -> str:
+    """``r.stored_attrs()`` as JSON text (what SQLAlchemy's JSON type writes),
+    built without a dict per row: an ingest's payload holds text alone."""
+    text = json.dumps(r.attrs)
+    if r.acl is None:
+        return text
+    acl = acls.get(id(r.acl))
+    if acl is None:
+        acl = acls[id(r.acl)] = json.dumps(r.acl.to_json())
+    field = f"{json.dumps(ACL_FIELD)}: {acl}"
+    return "{" + field + "}" if text == "{}" else f"{text[:-1]}, {field}}}"
 
 
 def _blob(ids) -> bytes:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 from pyroaring import BitMap
-from sqlalchemy import ColumnElement, Engine, and_, or_, select
+from sqlalchemy import Engine, select
 
 from .. import db
 from ..acl import Acl, parse_acl
@@ -195,22 +195,14 @@ class RowStore:
     def document(self, external_id: str, tenant: str) -> list[RowRecord]:
         """Live rows with this external id, or whose parent it is, in chunk order."""
         with db.reading(self.engine, "reading rows") as conn:
-            found = [
-                record(r)
-                for r in conn.execute(
-                    select(db.rows).where(named(tenant, [external_id]))
-                )
-            ]
+            found = [record(r) for r in named_rows(conn, tenant, [external_id])]
         return sorted(found, key=lambda r: (r.external_id != external_id, chunk_no(r.external_id), r.external_id))
 
     def doc_rows(self, tenant: str, external_id: str) -> BitMap:
         """Live rows with this external id or this parent (a ``doc:`` selector)."""
         t = db.rows.c
         with db.reading(self.engine, "reading rows") as conn:
-            ids = conn.execute(
-                select(t.row_id).where(named(tenant, [external_id]))
-            ).scalars()
-            return BitMap(int(i) for i in ids)
+            return BitMap(int(r.row_id) for r in named_rows(conn, tenant, [external_id], columns=[t.row_id]))
 
     def documents(self, tenant: str, parents: Sequence[str]) -> dict[str, list[RowRecord]]:
         """Live rows of several documents at once (one query per 1,000), by document."""
@@ -226,18 +218,31 @@ class RowStore:
             return BitMap(int(i) for i in conn.execute(select(db.rows.c.row_id).where(db.rows.c.state.in_(list(states)))).scalars())
 
 
-def named(tenant: str, names: Sequence[str], parents: Sequence[str] | None = None) -> ColumnElement[bool]:
-    """Live rows of ``tenant`` called one of ``names``, or chunks of one of
-    ``parents`` (default: ``names``), as a condition each database answers
-    from its two indexes. ``live_key`` is set exactly while a row is live;
-    written as ``state = 'live' AND (live_key IN … OR parent IN …)``, SQLite
-    scanned every live row instead (measured: 39 ms a write at 30,000 files)."""
+def named(tenant: str, names: Sequence[str], parents: Sequence[str] | None = None, columns: Sequence[Any] = ()) -> list[Any]:
+    """Statements for the live rows of ``tenant`` called one of ``names``, and
+    for the chunks of one of ``parents`` (default: ``names``): one per index,
+    (tenant, live_key) and (tenant, parent), run apart and merged by row ID
+    (:func:`named_rows`). ``live_key`` is set exactly while a row is live.
+    As one condition (``state = 'live' AND (live_key IN … OR parent IN …)``,
+    or even an OR of the two forms) SQLite's planner could pick the state or
+    the tenant index and read every live row of the tenant: 39 ms a write at
+    30,000 files (benchmarks/bench_writes.py)."""
     t = db.rows.c
-    by_name = and_(t.tenant == tenant, t.live_key.in_(list(names)))
+    cols = list(columns) or [db.rows]
+    out = [select(*cols).where(t.tenant == tenant, t.live_key.in_(list(names)))]
     chunks_of = list(names if parents is None else parents)
-    if not chunks_of:
-        return by_name
-    return or_(by_name, and_(t.tenant == tenant, t.parent.in_(chunks_of), t.live_key.is_not(None)))
+    if chunks_of:
+        out.append(select(*cols).where(t.tenant == tenant, t.parent.in_(chunks_of), t.live_key.is_not(None)))
+    return out
+
+
+def named_rows(conn: Any, tenant: str, names: Sequence[str], parents: Sequence[str] | None = None, columns: Sequence[Any] = ()) -> list[Any]:
+    """The rows of :func:`named`'s statements, each once (``columns`` must include ``row_id``)."""
+    found: dict[int, Any] = {}
+    for stmt in named(tenant, names, parents, columns):
+        for row in conn.execute(stmt):
+            found.setdefault(int(row.row_id), row)
+    return list(found.values())
 
 
 def chunk_no(external_id: str) -> int:
@@ -250,8 +255,7 @@ def _documents_query(engine: Engine, tenant: str, parents: Sequence[str]) -> dic
     out: dict[str, list[RowRecord]] = {p: [] for p in parents}
     with db.reading(engine, "reading rows") as conn:
         for part in db.chunks(sorted(set(parents))):
-            q = select(db.rows).where(named(tenant, part))
-            for row in conn.execute(q):
+            for row in named_rows(conn, tenant, part):
                 rec = record(row)
                 for key in {rec.parent, rec.external_id} & out.keys():
                     out[key].append(rec)
