@@ -25,6 +25,7 @@ from sqlalchemy.engine import Connection
 
 from .. import db, direct
 from ..names import attr_pairs
+from .layered import Layered
 from .rows import RowRecord, split_attrs
 
 TENANT_ROWS = ("", "")  # index key of "every live row of the tenant"
@@ -187,14 +188,11 @@ class AttrIndex:
             else:
                 by_attr[attr][value] = bm
         for attr, changed in by_attr.items():
-            inner = dict(attrs.get(attr, {}))
-            for value, bm in changed.items():
-                if bm:
-                    inner[value] = bm
-                else:
-                    inner.pop(value, None)
+            # the changed values alone are copied (catalog/layered.py), not every value of the attribute
+            was = attrs.get(attr)
+            inner = (was if isinstance(was, Layered) else Layered(was)).changed({v: bm if bm else None for v, bm in changed.items()})
             if inner:
-                attrs[attr] = MappingProxyType(inner)
+                attrs[attr] = inner
             else:
                 attrs.pop(attr, None)
         idx = replace(old, rows=rows, attrs=_frozen(attrs), classes=MappingProxyType(classes))
@@ -225,8 +223,8 @@ class AttrIndex:
         return replace(idx, derived=MappingProxyType(ordered), derived_all=FrozenBitMap(ordered.keys()))
 
 
-def _frozen(attrs: dict[str, dict[str, FrozenBitMap]]) -> Mapping[str, Mapping[str, FrozenBitMap]]:
-    return MappingProxyType({a: v if isinstance(v, MappingProxyType) else MappingProxyType(v) for a, v in attrs.items()})
+def _frozen(attrs: dict[str, Mapping[str, FrozenBitMap]]) -> Mapping[str, Mapping[str, FrozenBitMap]]:
+    return MappingProxyType({a: v if isinstance(v, (MappingProxyType, Layered)) else MappingProxyType(v) for a, v in attrs.items()})
 
 
 def _build(raw: Mapping[tuple[str, str], FrozenBitMap]) -> TenantIndex:
