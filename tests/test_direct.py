@@ -253,3 +253,47 @@ def test_a_store_dropped_without_close_lets_its_engine_and_connections_go(tmp_pa
     if thread is not None:
         thread.join(timeout=5)
         assert not thread.is_alive()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_rows_inserted_on_the_driver_are_what_sqlalchemy_inserts(tmp_path, request, backend):
+    """An ingest's rows go in by one driver executemany (direct.insert_many),
+    their stored attrs built as JSON text (journal.stored_json). The same rows
+    through SQLAlchemy's insert must store the same text, byte for byte, and
+    read back equal; so must insert_many serialising the JSON itself."""
+    from permrag.acl import parse_acl
+    from permrag.catalog.journal import ROW_COLUMNS, stored_json
+    from permrag.catalog.rows import RowRecord
+
+    url = request.getfixturevalue("pg_url") if backend == "postgresql" else f"sqlite:///{tmp_path}/c.db"
+    engine = db.make_engine(url)
+    db.init_schema(engine)
+    acl = parse_acl({"allow": ["user:ann", {"principal": "group:x", "expires_at": 4102444800.5}], "deny": ["user:eve"], "folder": "/eng/ops"})
+    recs = [
+        RowRecord(1, "t", "plain", {}),
+        RowRecord(2, "t", 'quo"te\\', {"dept": 'a "b" \\c', "tags": ["é", "中文", "😀"]}, parent="doc"),
+        RowRecord(3, "t", "acl", {"n": "3"}, acl=acl),
+        RowRecord(4, "t", "acl-only", {}, acl=parse_acl({"allow": ["role:r"], "inherit": False})),
+        RowRecord(5, "t", "derived", {"x": "y"}, derived_from=(1, 2)),
+    ]
+
+    def row(r: RowRecord, off: int, attrs: object, derived: object) -> tuple:
+        return (r.row_id + off, r.tenant, r.external_id, None, attrs, r.parent, derived, "pending", r.vclass, None)
+
+    with engine.begin() as conn:
+        conn.execute(db.rows.insert(), [dict(zip(ROW_COLUMNS, row(r, 0, r.stored_attrs(), list(r.derived_from) or None))) for r in recs])
+        as_text = [row(r, 100, stored_json(r, {}), json.dumps(list(r.derived_from)) if r.derived_from else None) for r in recs]
+        direct.insert_many(conn, db.rows, ROW_COLUMNS, as_text, as_text=("attrs", "derived_from"))
+        direct.insert_many(conn, db.rows, ROW_COLUMNS, [row(r, 200, r.stored_attrs(), list(r.derived_from) or None) for r in recs])
+    t = db.rows.c
+    with engine.connect() as conn:
+        raw = {
+            int(i): (a, d)
+            for i, a, d in conn.execute(sa.select(t.row_id, sa.cast(t.attrs, sa.Text), sa.cast(t.derived_from, sa.Text)))
+        }
+        read = {int(i): (a, d) for i, a, d in conn.execute(sa.select(t.row_id, t.attrs, t.derived_from))}
+    for r in recs:
+        assert raw[r.row_id + 100] == raw[r.row_id] == raw[r.row_id + 200]
+        assert read[r.row_id + 100] == read[r.row_id] == (r.stored_attrs(), list(r.derived_from) or None)
+    assert raw[1][1] is None and raw[5][1] is not None  # no derivation: SQL NULL, as SQLAlchemy writes it
+    db.dispose(engine)

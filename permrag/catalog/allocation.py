@@ -38,11 +38,27 @@ MAX_BLOCK = 1 << 22
 # Rules may still select by them: classes only speed plans up, the planner
 # checks every class against the caller's bitmap (search/planner.py).
 SOURCE_ATTRS = frozenset({"source", "title", "page", "heading"})
+MEMO = 4096  # class keys remembered (the memo starts again when full)
 
 
 def class_key(payload: object) -> str:
     raw = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha1(raw.encode()).hexdigest()
+
+
+def _memo_key(keep: Mapping[str, Any], keys: list[tuple[str, str]]) -> tuple | None:
+    """A hashable form of normalised attributes (strings and lists of
+    strings); None for anything else, which is keyed by its JSON alone (a
+    tuple would equate ``True`` with ``1``)."""
+    out = []
+    for k, v in keep.items():
+        if type(v) is str:
+            out.append((k, v))
+        elif type(v) is list and all(type(x) is str for x in v):
+            out.append((k, tuple(v)))
+        else:
+            return None
+    return (tuple(out), tuple(sorted(keys)))
 
 
 class Allocator:
@@ -54,6 +70,7 @@ class Allocator:
         self.mode = mode
         self.policy_attrs = frozenset(policy_attrs) if policy_attrs is not None else None
         self.placement: Any = None  # catalog/placement.Placement: class IDs by co-visibility (set by the store)
+        self._memo: dict[tuple, str] = {}  # kept (attr, value) pairs and ACL keys → class key
 
     def class_of(self, attrs: Mapping[str, Any], derived: Sequence[int] | None = None, acl: Acl | None = None) -> str:
         """The class key of a row. Under co-visibility placement with ACLs
@@ -65,12 +82,20 @@ class Allocator:
         own would get a class per document, and role groups split by ACL."""
         if derived:
             return class_key(["derived", sorted(int(d) for d in derived)])
-        if self.policy_attrs is None:
-            keep = {k: v for k, v in attrs.items() if k not in SOURCE_ATTRS}
-        else:
-            keep = {k: v for k, v in attrs.items() if k in self.policy_attrs}
+        names = self.policy_attrs
+        keep = {k: v for k, v in attrs.items() if (k not in SOURCE_ATTRS if names is None else k in names)}
         keys = acl.index_keys() if acl is not None and self.placement is not None and self.placement.acls else []
-        return class_key([keep, sorted(keys)]) if keys else class_key(keep)
+        # a memo keyed on the kept pairs (a document's chunks share their class):
+        # the key costs a fraction of the JSON and hash it saves
+        memo = _memo_key(keep, keys)
+        found = self._memo.get(memo) if memo is not None else None
+        if found is None:
+            found = class_key([keep, sorted(keys)]) if keys else class_key(keep)
+            if memo is not None:
+                if len(self._memo) >= MEMO:
+                    self._memo.clear()
+                self._memo[memo] = found
+        return found
 
     def forget(self, conn: Connection, tenant: str, keep: Callable[[str, int], bool]) -> int:
         """Drop the tenant's class records (key → class ID and ID blocks) that
@@ -109,6 +134,8 @@ class Allocator:
         vclass: dict[tuple[str, str], int] = {}
 
         def source_ids(s: RowSpec) -> list[int]:
+            if not s.derived_from:
+                return []
             return sorted({ids.get((s.tenant, x), sources.get((s.tenant, x), -1)) for x in s.derived_from})
 
         if self.mode == "sequential":

@@ -20,7 +20,6 @@ import logging
 import threading
 from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import replace as dc_replace
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -112,10 +111,12 @@ class Ingester:
                 specs.append(spec)
                 texts.append(pieces[0].text)
             else:
+                ext = spec.external_id
                 for i, piece in enumerate(pieces):
                     where = {k: str(v) for k, v in (("page", piece.page), ("heading", piece.heading)) if v is not None}
-                    attrs = check_attrs({**spec.attrs, **where}) if where else spec.attrs
-                    specs.append(dc_replace(spec, external_id=f"{spec.external_id}#{i}", parent=spec.external_id, chunk_of=spec.external_id, attrs=attrs))
+                    # the document's attrs are checked already: only what the chunk adds is
+                    attrs = {**spec.attrs, **check_attrs(where)} if where else spec.attrs
+                    specs.append(RowSpec(f"{ext}#{i}", spec.tenant, attrs, ext, spec.derived_from, ext, spec.acl))
                     texts.append(piece.text)
         for spec, text in zip(specs, texts):
             check_external_id("chunk id", spec.external_id)

@@ -208,7 +208,7 @@ class FolderSync:
             if len(loaded.documents) == before:  # skipped or failed: reported, stored version left alone
                 step()
                 continue
-            doc = loaded.documents[-1]
+            doc = loaded.documents.pop()  # held by the batch until written, not for the whole sync
             if what == "meta" and self.update_metadata is not None:
                 if not dry_run:
                     self.update_metadata(ext, tenant=tenant, attrs=doc["attrs"], acl=doc.get("acl"))
