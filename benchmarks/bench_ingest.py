@@ -11,9 +11,9 @@ are drawn from a fixed vocabulary) is synced into a fresh store:
   same vectors encoded, and inserted with a bare pymilvus ``insert`` into a
   Milvus Lite collection of the same fields (no catalog, no permissions):
   permrag's time over that (both after the same imports: ``warm_imports``;
-  bare and sync alternate, each sync into a fresh store, three syncs with the
+  bare and sync alternate, each sync into a fresh store, seven syncs with the
   hash encoder and two with a model, one more bare run than syncs: the
-  faster run of each side counts), and
+  faster run of each side counts; each run starts from a collected heap), and
   over a dense-only collection (row ID, text, vector: no BM25 to compute);
 * re-sync — 1 % of the files changed, then ``sync_folder`` again: its time
   as a share of the full ingest (goal ≤ 5 %);
@@ -29,6 +29,7 @@ are drawn from a fixed vocabulary) is synced into a fresh store:
 from __future__ import annotations
 
 import argparse
+import gc
 import random
 import shutil
 import statistics
@@ -52,6 +53,7 @@ from permrag.ingest.loaders import load_folder
 DEPTS = ["hr", "eng", "finance", "legal", "sales", "ops"]
 VOCAB = ["budget", "leave", "travel", "hotel", "pension", "laptop", "badge", "salary", "audit", "policy", "report", "review", "security", "training", "contract", "invoice", "customer", "release", "deploy", "incident", "backup", "password", "vendor", "meeting", "quarter", "forecast", "hiring", "onboarding", "expense", "approval", "director", "manager", "team", "project", "roadmap", "design", "test", "service", "network", "storage", "cloud", "privacy"]
 CHUNK = 500
+SYNCS = 7  # hash-encoder syncs (a single run of either side varied by ±15 % here), against one more bare run
 
 
 def sentence(rng: random.Random) -> str:
@@ -100,6 +102,39 @@ def make_folder(root: Path, n: int, seed: int = 3) -> None:
             d.save(str(name))
 
 
+class GcClock:
+    """The collector's time within the timed region of a run. Each run starts
+    from a collected heap (``gc.collect()`` before the clock, on both sides):
+    a full collection walks every object of the process (~190k after the
+    imports here, 80-190 ms) and falls on whichever run crosses its threshold,
+    so one side paid for the garbage the other left."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.seconds = 0.0
+        self._t = 0.0
+        gc.callbacks.append(self._tick)
+
+    def _tick(self, phase: str, _info: dict) -> None:
+        if not self.on:
+            return
+        if phase == "start":
+            self._t = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._t
+
+    def start(self) -> None:
+        gc.collect()
+        self.seconds, self.on = 0.0, True
+
+    def stop(self) -> float:
+        self.on = False
+        return self.seconds
+
+
+GC = GcClock()
+
+
 def bare_insert(tmp: Path, folder: Path, encoder, same_schema: bool = True) -> dict:
     """The same files loaded, chunked and encoded, inserted with pymilvus
     alone. ``same_schema``: into a collection of the fields permrag's has
@@ -110,6 +145,7 @@ def bare_insert(tmp: Path, folder: Path, encoder, same_schema: bool = True) -> d
     from permrag.backends.schema import tenant_schema
 
     client = MilvusClient(str(tmp / "bare.db"))  # Lite's start is not ingest time (permrag's store is open before its sync too)
+    GC.start()
     t0 = time.perf_counter()
     report = load_folder(folder)
     chunker = Chunker(CHUNK, 50)
@@ -140,8 +176,9 @@ def bare_insert(tmp: Path, folder: Path, encoder, same_schema: bool = True) -> d
         client.insert("bare", rows[j : j + 1000])
     client.flush("bare")
     t3 = time.perf_counter()
+    gc_s = GC.stop()
     client.close()
-    return {"load_chunk_s": t1 - t0, "encode_s": t2 - t1, "insert_s": t3 - t2, "total_s": t3 - t0, "chunks": len(texts)}
+    return {"load_chunk_s": t1 - t0, "encode_s": t2 - t1, "insert_s": t3 - t2, "total_s": t3 - t0, "chunks": len(texts), "gc_s": gc_s}
 
 
 def warm_imports(folder: Path) -> None:
@@ -182,9 +219,11 @@ def full_sync(home: Path, folder: Path, enc, n: int) -> tuple[PermRAG, float]:
     # as the bare side's client is (it was ~0.13-0.16 s of the timed sync; creating the
     # store's collections stays timed, as the bare side's create_collection is)
     rag.store.client()
+    GC.start()
     t0 = time.perf_counter()
     rep = rag.sync_folder(folder)
     took = time.perf_counter() - t0
+    GC.stop()
     assert not rep.failed and len(rep.added) == n, rep.describe()
     return rag, took
 
@@ -195,16 +234,17 @@ def run(tmp: Path, folder: Path, n: int, encoder_name: str) -> dict:
     # bare, permrag, bare, permrag, ..., bare: the faster run of each side counts (one more bare
     # run than syncs: whatever the order or the noise favours, it is not permrag); and each sync
     # against the mean of the bare runs either side of it, the median of those ratios (the machine's
-    # drift over the run cancels). Five syncs with the hash encoder (1-1.5 s each: a single run of
-    # either side varied by ±15 % here), two with a model.
+    # drift over the run cancels). SYNCS syncs with the hash encoder, two with a model.
     bares: list[dict] = []
     syncs: list[float] = []
+    sync_gc: list[float] = []
     rag = None
-    for i in range(5 if encoder_name == "hash" else 2):
+    for i in range(SYNCS if encoder_name == "hash" else 2):
         (tmp / f"bare-{encoder_name}-{i}").mkdir()
         bares.append(bare_insert(tmp / f"bare-{encoder_name}-{i}", folder, enc))
         store, took = full_sync(tmp / f"h{i}-{encoder_name}", folder, enc, n)
         syncs.append(took)
+        sync_gc.append(GC.seconds)
         if rag is None:
             rag = store  # the first store is the one re-synced below
         else:
@@ -236,6 +276,7 @@ def run(tmp: Path, folder: Path, n: int, encoder_name: str) -> dict:
         f.write_text(f.read_text().replace("\n\nAn added closing paragraph about the travel budget.\n", ""))
     bare = out["bare"] = min(bares, key=lambda b: b["total_s"])
     out["bare_runs_s"] = [b["total_s"] for b in bares]
+    out["gc_s"] = {"permrag": statistics.median(sync_gc), "bare": statistics.median(b["gc_s"] for b in bares)}
     out["overhead"] = full_s / bare["total_s"]
     out["overhead_paired"] = statistics.median(x / ((b["total_s"] + c["total_s"]) / 2) for x, b, c in zip(syncs, bares, bares[1:]))
     (tmp / f"bare-dense-{encoder_name}").mkdir()
@@ -270,10 +311,12 @@ def table(results: list[dict]) -> str:
     lines += [
         "",
         "Same schema: permrag's collection fields (row identity, visibility class, text with its BM25 function, dense), the goal's baseline; "
-        "runs alternate — bare, permrag, bare, …, bare; each sync into a fresh store; 5 syncs with hash, 2 with a model — and the faster run of each side counts "
+        f"runs alternate — bare, permrag, bare, …, bare; each sync into a fresh store; {SYNCS} syncs with hash, 2 with a model — and the faster run of each side counts "
         "(overhead; paired: the median of each sync over the mean of the bare runs either side of it) "
         "(every run: " + "; ".join(f"{r['encoder']} permrag {' / '.join(f'{x:.2f}' for x in r['full_runs_s'])} s, bare {' / '.join(f'{x:.2f}' for x in r['bare_runs_s'])} s" for r in results)
-        + "). Dense only: row ID, text and dense (no BM25 to compute).",
+        + "). Each run starts from a collected heap (both sides); the collector's time within the runs, median: "
+        + "; ".join(f"{r['encoder']} permrag {1e3 * r['gc_s']['permrag']:.0f} ms, bare {1e3 * r['gc_s']['bare']:.0f} ms" for r in results)
+        + ". Dense only: row ID, text and dense (no BM25 to compute).",
         "",
         "Visibility classes (catalog/allocation.py keys a class on every attribute unless `policy_attrs` is set):",
         "",
