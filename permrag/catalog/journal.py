@@ -45,7 +45,6 @@ from ..errors import (
     DuplicateExternalIdError,
     UnknownRowError,
 )
-from ..names import attr_pairs
 from ..repair import owner, writer_alive
 from .allocation import Allocator
 from .index import AttrIndex
@@ -96,16 +95,22 @@ class Written:
         by_tenant: dict[str, list[RowRecord]] = defaultdict(list)
         for r in self.added:
             by_tenant[r.tenant].append(r)
-        return [
-            Change(
-                tenant,
-                BitMap(r.row_id for r in recs),
-                frozenset(a for r in recs for a, _ in attr_pairs(r.attrs) + (r.acl.index_keys() if r.acl else [])),
-                frozenset({r.external_id for r in recs} | {r.parent for r in recs if r.parent}),
-                tuple(r.row_id for r in recs if r.derived_from),
-            )
-            for tenant, recs in by_tenant.items()
-        ]
+        out = []
+        for tenant, recs in by_tenant.items():
+            attrs: set[str] = set()
+            docs: set[str] = set()
+            acls: set[int] = set()  # id() of the ACLs seen (a document's chunks share one)
+            for r in recs:
+                attrs.update(r.attrs)  # the attribute names
+                if r.acl is not None and id(r.acl) not in acls:
+                    acls.add(id(r.acl))
+                    attrs.update(a for a, _ in r.acl.index_keys())
+                docs.add(r.external_id)
+                if r.parent:
+                    docs.add(r.parent)
+            derived = tuple(r.row_id for r in recs if r.derived_from)
+            out.append(Change(tenant, BitMap([r.row_id for r in recs]), frozenset(attrs), frozenset(docs), derived))
+        return out
 
 
 def documents(specs: Sequence[RowSpec]) -> dict[str, set[str]]:
