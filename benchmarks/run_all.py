@@ -30,6 +30,7 @@ import bench_quality  # noqa: E402
 import bench_recommend  # noqa: E402
 import bench_regroup  # noqa: E402
 import bench_search  # noqa: E402
+import bench_writes  # noqa: E402
 import plots  # noqa: E402
 from common import RESULTS, machine  # noqa: E402
 
@@ -41,6 +42,7 @@ STEPS = [
     ("recommend", bench_recommend.main, []),
     ("quality", bench_quality.main, []),
     ("ingest", bench_ingest.main, []),
+    ("writes", bench_writes.main, []),
     ("identity", bench_identity.main, []),
     ("async", bench_async.main, []),
     ("coldstart", bench_coldstart.main, []),
