@@ -25,6 +25,10 @@ README, "PostgreSQL"). Here they run on such connections:
   refer back to the engine): a store dropped without ``close()`` lets its
   engine go, and its connections close with it.
 
+Also here, for writes: :func:`insert_many`, many rows inserted in a write
+transaction by one ``executemany`` of the driver (an ingest's pending rows,
+the inverted index's new keys), without SQLAlchemy's per-row processing.
+
 Only engines with a pool of real connections take this path (a file or a
 server; not an in-memory SQLite database, whose every connection is another
 database): :func:`for_engine` returns None for the others and callers use
