@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
 from pyroaring import BitMap, FrozenBitMap
 from sqlalchemy import and_, bindparam, delete, select, update
@@ -65,9 +65,21 @@ def _keyed(rows: Iterable[RowRecord]) -> dict[tuple[str, str], BitMap]:
     return out
 
 
-def _blob(tenant: str, key: tuple[str, str], bm: BitMap) -> dict[str, Any]:
+INDEX_COLUMNS = ("tenant", "attr", "value", "bitmap")
+
+
+def _live(conn: Connection, tenant: str) -> Iterator[RowRecord]:
+    """The tenant's live rows as far as the index needs them (ID, attrs, ACL, class)."""
+    t = db.rows.c
+    for row_id, attrs, vclass in conn.execute(select(t.row_id, t.attrs, t.vclass).where(t.tenant == tenant, t.state == "live")):
+        plain, acl = split_attrs(attrs)
+        yield RowRecord(int(row_id), tenant, "", plain, vclass=int(vclass), acl=acl)
+
+
+def _stored(tenant: str, key: tuple[str, str], bm: BitMap) -> tuple[str, str, str, bytes]:
+    """A persisted index row (INDEX_COLUMNS) of ``bm``, run-optimised."""
     bm.run_optimize()
-    return {"tenant": tenant, "attr": key[0], "value": key[1], "bitmap": bm.serialize()}
+    return (tenant, key[0], key[1], bm.serialize())
 
 
 class AttrIndex:
@@ -112,18 +124,14 @@ class AttrIndex:
 
     def rebuild(self, conn: Connection) -> None:
         """Recompute the persisted index from the live rows (repair tool)."""
-        keys: dict[str, dict[tuple[str, str], BitMap]] = defaultdict(lambda: defaultdict(BitMap))
         t = db.rows.c
-        for row_id, tenant, attrs, vclass in conn.execute(select(t.row_id, t.tenant, t.attrs, t.vclass).where(t.state == "live")):
-            plain, acl = split_attrs(attrs)
-            rec = RowRecord(int(row_id), tenant, "", plain, vclass=int(vclass), acl=acl)
-            keys[tenant][TENANT_ROWS].add(rec.row_id)
-            for k in index_keys(rec):
-                keys[tenant][k].add(rec.row_id)
+        tenants = [str(x) for x in conn.execute(select(t.tenant).where(t.state == "live").distinct()).scalars()]
         conn.execute(delete(db.attr_index))
-        payload = [_blob(tenant, k, bm) for tenant, per in keys.items() for k, bm in per.items()]
-        for part in db.chunks(payload, 500):
-            conn.execute(db.attr_index.insert(), list(part))
+        for tenant in tenants:
+            keys = _keyed(_live(conn, tenant))
+            payload = [_stored(tenant, k, bm) for k, bm in keys.items()]
+            for part in db.chunks(payload, 500):
+                direct.insert_many(conn, db.attr_index, INDEX_COLUMNS, part)
 
     # ------------------------------------------------------------------ changes
     def persist(self, conn: Connection, tenant: str, added: Iterable[RowRecord], removed: Iterable[RowRecord]) -> dict[tuple[str, str], FrozenBitMap]:
@@ -156,8 +164,7 @@ class AttrIndex:
                 else:
                     deletes.append({"k_attr": key[0], "k_value": key[1]})
             elif bm or key == TENANT_ROWS:
-                bm.run_optimize()
-                inserts.append((tenant, key[0], key[1], bm.serialize()))
+                inserts.append(_stored(tenant, key, bm))
             out[key] = FrozenBitMap(bm)
         # one statement each, executed for many keys (a statement per key cost
         # ~0.8 ms of SQLAlchemy construction: 0.2 s of a 1,785-chunk folder sync)
@@ -167,7 +174,7 @@ class AttrIndex:
         if deletes:
             conn.execute(delete(db.attr_index).where(where), deletes)
         if inserts:  # new keys: one per file for ``source`` and ``title`` in a folder sync
-            direct.insert_many(conn, db.attr_index, ("tenant", "attr", "value", "bitmap"), inserts)
+            direct.insert_many(conn, db.attr_index, INDEX_COLUMNS, inserts)
         return out
 
     def apply(self, tenant: str, bitmaps: Mapping[tuple[str, str], FrozenBitMap], derived_added: list[tuple[int, tuple[int, ...]]], derived_removed: Iterable[int]) -> None:
