@@ -138,3 +138,53 @@ def test_hnsw_index_recall(tmp_path) -> None:
         recalls.append(len(got & exact) / 10)
     rag.close()
     assert np.mean(recalls) >= 0.99
+
+
+def test_chunk_ids_and_texts_over_the_limits_write_nothing(tmp_path) -> None:
+    """A chunk's id (``<id>#<n>``) must fit MAX_ID and its text MAX_TEXT_BYTES
+    (UTF-8): either refused, the whole call writes nothing; just within both, it goes in."""
+    from permrag.backends import MAX_TEXT_BYTES
+    from permrag.names import MAX_ID
+
+    with PermRAG.open(tmp_path / "h", encoder=HashEncoder(32), chunk_size=300, chunk_overlap=30) as rag:
+        n = len(rag.ingester.chunker.chunks(LONG))
+        assert 10 < n <= 100
+        fits, over = "d" * (MAX_ID - 3), "d" * (MAX_ID - 2)  # ids up to <id>#99 / <id>#10 and more
+        with pytest.raises(CatalogError, match="chunk id"):
+            rag.add_documents([{"external_id": "first", "text": "fine"}, {"external_id": over, "text": LONG}])
+        assert rag.catalog_version == 0 and milvus_ids(rag) == set()
+        ids = rag.add_documents([{"external_id": fits, "text": LONG}])
+        assert [r.external_id for r in rag.rows(ids)][-1] == f"{fits}#{n - 1}"
+    # sized in tokens (the hash encoder's words), a chunk of few tokens can be many bytes
+    with PermRAG.open(tmp_path / "w", encoder=HashEncoder(32), chunk_size=10_000, chunk_overlap=0, chunk_unit="tokens") as rag:
+        word = "\u00e9" * 8  # 16 bytes in UTF-8, one token
+        over = " ".join([word] * (MAX_TEXT_BYTES // 17 + 1))  # 17 bytes a word with its space
+        assert len(over.encode()) > MAX_TEXT_BYTES and len(over) * 4 > MAX_TEXT_BYTES
+        with pytest.raises(CatalogError, match=f"over {MAX_TEXT_BYTES} bytes"):
+            rag.add_documents([{"external_id": "ok", "text": "fine"}, {"external_id": "big", "text": over}])
+        assert rag.catalog_version == 0 and milvus_ids(rag) == set()
+        edge = " ".join([word] * (MAX_TEXT_BYTES // 17))
+        assert len(edge.encode()) <= MAX_TEXT_BYTES < len(edge) * 4  # just fits, though a count of characters could not tell
+        rag.add_documents([{"external_id": "edge", "text": edge}, {"external_id": "ascii", "text": "a" * 16_000}])
+        assert len(rag.catalog.tenant_rows("default")) == 2
+
+
+def test_an_ingest_stopped_by_its_progress_callback_flushes_what_it_wrote(lite) -> None:
+    """Milvus Lite's rows are flushed after each ingest (its BM25 statistics
+    for unflushed rows depend on the filter); a callback that raises after
+    the first batch leaves that batch written and flushed."""
+    store = lite.store
+    real, flushes = store.flush, []
+    store.flush = lambda no: (flushes.append(no), real(no))[1]
+
+    def stop(done: int, total: int) -> None:
+        if done >= 10:
+            raise KeyboardInterrupt
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            lite.add_documents([{"external_id": f"d{i}", "text": f"note {i} about budgets"} for i in range(25)], batch_size=10, progress=stop)
+        assert len(flushes) == 1
+        assert len(lite.catalog.tenant_rows("default")) == 10 and milvus_ids(lite) == set(lite.catalog.tenant_rows("default"))
+    finally:
+        store.flush = real

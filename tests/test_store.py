@@ -140,6 +140,61 @@ def test_same_class_rows_get_contiguous_ids(home) -> None:
         assert n_runs(BitMap(i for i, d in zip(ids, docs) if d["attrs"]["dept"] == "dep0")) == 100
 
 
+@pytest.mark.parametrize("database", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_class_blocks_taken_together_equal_one_class_at_a_time(home, request, database, monkeypatch) -> None:
+    """A batch's classes take their row IDs in a few statements
+    (``_take_blocks``); the IDs, class IDs and block records are what the
+    class-at-a-time rule gives (the reference below): the rest of the current
+    block first, then new blocks of twice the last size, of ``expected`` rows
+    at least, cut from the row-ID counter in the classes' order."""
+    import random
+
+    from sqlalchemy import select
+
+    from permrag.catalog import allocation
+
+    monkeypatch.setattr(allocation, "MAX_BLOCK", 256)  # a large request spans several blocks
+    extra = {"database_url": request.getfixturevalue("pg_url")} if database == "postgres" else {}
+    rng = random.Random(5)
+    blocks: dict[tuple[str, str], tuple[int, int, int]] = {}  # the reference: (next, end, size) per class
+    cids: dict[tuple[str, str], int] = {}
+
+    def reference(tenant: str, key: str, n: int, expected: int, counter: list[int]) -> list[int]:
+        nxt, end, size = blocks.get((tenant, key), (0, 0, 0))
+        ids: list[int] = []
+        while len(ids) < n:
+            if nxt < end:
+                take = min(n - len(ids), end - nxt)
+                ids += range(nxt, nxt + take)
+                nxt += take
+                continue
+            need = max(n - len(ids), expected - len(ids))
+            size = min(256, max(allocation.MIN_BLOCK, 2 * size, 1 << (need - 1).bit_length()))
+            counter[0] += size
+            end, nxt = counter[0], counter[0] - size
+        blocks[(tenant, key)] = (nxt, end, size)
+        return ids
+
+    with PermRAG.open(home, catalog_only=True, **extra) as rag:
+        engine, alloc = rag.catalog.engine, rag.catalog.allocator
+        for _ in range(40):
+            picked = sorted({(rng.choice("ab"), f"k{rng.randrange(10)}") for _ in range(rng.randint(1, 6))})
+            wanted = [(t, k, rng.randint(1, 700), rng.choice([0, rng.randint(1, 1500)]), {"dept": k}, None) for t, k in picked]
+            with db.transaction(engine, "allocating") as conn:
+                counter = [db.read_counter(conn, "next_row_id")]
+                got = alloc._take_blocks(conn, wanted)
+                expect = [reference(t, k, n, e, counter) for t, k, n, e, *_ in wanted]
+                assert db.read_counter(conn, "next_row_id") == counter[0]
+            assert [ids for _, ids in got] == expect
+            for (t, k, *_), (cid, _) in zip(wanted, got):
+                assert cids.setdefault((t, k), cid) == cid  # a class keeps its ID
+        assert len(set(cids.values())) == len(cids)  # and no two classes share one
+        b = db.id_blocks.c
+        with db.reading(engine, "reading") as conn:
+            stored = {(t, k): (int(n), int(e), int(z)) for t, k, n, e, z in conn.execute(select(b.tenant, b.class_key, b.next_id, b.end_id, b.size))}
+        assert stored == blocks
+
+
 def test_policy_attrs_limit_classes(home) -> None:
     docs = [{"external_id": f"d{i}", "attrs": {"dept": f"dep{i % 4}", "title": f"t{i}"}} for i in range(400)]
     with PermRAG.open(home, policy_attrs=["dept"], catalog_only=True) as rag:

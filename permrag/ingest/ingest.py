@@ -112,15 +112,21 @@ class Ingester:
                 texts.append(pieces[0].text)
             else:
                 ext = spec.external_id
+                # the document's id and attrs are checked already: only what a chunk adds is
+                # (its id's length, and its page and heading, once per section)
+                check_external_id("chunk id", f"{ext}#{len(pieces) - 1}")
+                added: dict[tuple[Any, Any], dict[str, Any]] = {}
                 for i, piece in enumerate(pieces):
-                    where = {k: str(v) for k, v in (("page", piece.page), ("heading", piece.heading)) if v is not None}
-                    # the document's attrs are checked already: only what the chunk adds is
-                    attrs = {**spec.attrs, **check_attrs(where)} if where else spec.attrs
+                    where = (piece.page, piece.heading)
+                    attrs = added.get(where)
+                    if attrs is None:
+                        more = {k: str(v) for k, v in (("page", piece.page), ("heading", piece.heading)) if v is not None}
+                        attrs = added[where] = {**spec.attrs, **check_attrs(more)} if more else spec.attrs
                     specs.append(RowSpec(f"{ext}#{i}", spec.tenant, attrs, ext, spec.derived_from, ext, spec.acl))
                     texts.append(piece.text)
         for spec, text in zip(specs, texts):
-            check_external_id("chunk id", spec.external_id)
-            if len(text.encode("utf-8")) > MAX_TEXT_BYTES:
+            # a character is at most 4 bytes in UTF-8: a short chunk needs no encoding to tell
+            if len(text) * 4 > MAX_TEXT_BYTES and len(text.encode("utf-8")) > MAX_TEXT_BYTES:
                 raise CatalogError(f"chunk {spec.external_id!r} is over {MAX_TEXT_BYTES} bytes; lower chunk_size")
         seen: set[tuple[str, str]] = set()
         for s in specs:
@@ -144,19 +150,31 @@ class Ingester:
         hint = self.catalog.allocator.size_hint(specs)
         ids: list[int] = []
         touched: set[int] = set()
-        done = 0
-        for lo, hi in _batches(specs, batch_size):
-            step = (lambda n, lo=lo: progress(lo + n, len(specs))) if progress is not None else None
-            ids.extend(self._batch(specs[lo:hi], texts[lo:hi], hint, replace, touched, step))
-            done = hi
-            if progress is not None:
-                progress(done, len(specs))
-        held = getattr(self._deferred, "tenants", None)
-        if held is not None:
-            held.update(touched)
-        else:
-            self._flush(touched)
+        finished = False
+        try:
+            for lo, hi in _batches(specs, batch_size):
+                step = (lambda n, lo=lo: progress(lo + n, len(specs))) if progress is not None else None
+                ids.extend(self._batch(specs[lo:hi], texts[lo:hi], hint, replace, touched, step))
+                if progress is not None:
+                    progress(hi, len(specs))
+            finished = True
+        finally:
+            # the batches written are flushed also when a later one (or a progress callback) raised
+            held = self.deferred()
+            if held is not None:
+                held.update(touched)
+            elif finished:
+                self._flush(touched)
+            elif touched:
+                try:
+                    self._flush(touched)
+                except Exception as exc:  # noqa: BLE001 - the error that ended the ingest goes on
+                    log.warning("flushing the rows written before an ingest stopped failed: %s", exc)
         return ids
+
+    def deferred(self) -> set[int] | None:
+        """The Milvus Lite flushes held back in this thread (within :meth:`one_flush`), else None."""
+        return getattr(self._deferred, "tenants", None)
 
     def _flush(self, tenant_nos: set[int]) -> None:
         if self.binding is not None and tenant_nos and self.binding.backend().kind == "lite":
@@ -174,7 +192,7 @@ class Ingester:
         """Ingests in this thread within the block flush Milvus Lite once, at
         its end (also when it raises): a folder sync of many batches seals
         one segment, not one per batch."""
-        if getattr(self._deferred, "tenants", None) is not None:
+        if self.deferred() is not None:
             yield  # nested: the outer block flushes
             return
         self._deferred.tenants = set()

@@ -35,7 +35,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from sqlalchemy import delete, select
 
-from .. import db
+from .. import db, direct
 from ..catalog import DEFAULT_TENANT
 from ..errors import ArgumentError, CatalogError
 from ..names import check_tenant
@@ -44,7 +44,10 @@ from .loaders.folder import SIDECARS, LoadReport, files_of, load_file
 
 log = logging.getLogger(__name__)
 
-BATCH_ROWS = 256  # rows per write: a progress step, and the most work a crash repeats
+# rows per write (as Chunker.estimate counts them): the most work a crash repeats. A
+# write's constant cost (three catalog transactions, a Milvus insert) was ~3 % of a folder
+# sync at 256 rows a write (benchmarks/bench_ingest.py); progress moves within a write
+BATCH_ROWS = 1024
 
 
 class UpdateMetadata(Protocol):
@@ -109,12 +112,13 @@ def _sha(*parts: bytes) -> str:
     return h.hexdigest()
 
 
-def hashes(root: Path, f: Path, folder_attrs: Sequence[str] | None, settings: bytes) -> tuple[str, str]:
-    """(content hash, metadata hash) of one file, without parsing it."""
+def hashes(root: Path, f: Path, folder_attrs: Sequence[str] | None, settings: bytes, sidecars: set[Path] | None = None, rel: Path | None = None) -> tuple[str, str]:
+    """(content hash, metadata hash) of one file, without parsing it
+    (``sidecars``: the folder's sidecar files, as :func:`files_of` lists
+    them, else each is looked for; ``rel``: ``f`` relative to ``root``)."""
     content = _sha(f.read_bytes(), settings)
-    sides = [s.read_bytes() if s.is_file() else b"-" for s in (f.with_name(f.name + x) for x in SIDECARS)]
-    rel = f.relative_to(root)
-    meta = _sha(json.dumps([list(folder_attrs or ()), list(rel.parent.parts)]).encode(), *sides)
+    sides = [s.read_bytes() if (s in sidecars if sidecars is not None else s.is_file()) else b"-" for s in (f.with_name(f.name + x) for x in SIDECARS)]
+    meta = _sha(json.dumps([list(folder_attrs or ()), list((rel or f.relative_to(root)).parent.parts)]).encode(), *sides)
     return content, meta
 
 
@@ -138,9 +142,8 @@ class FolderSync:
         with db.transaction(self.engine, "recording sync state") as conn:
             for part in db.chunks(sorted(entries)):
                 conn.execute(delete(db.sync_state).where(t.tenant == tenant, t.root == root, t.external_id.in_(list(part))))
-            rows = [{"tenant": tenant, "root": root, "external_id": e, "content_hash": h[0], "meta_hash": h[1]} for e, h in entries.items() if h is not None]
-            if rows:
-                conn.execute(db.sync_state.insert(), rows)
+            rows = [(tenant, root, e, h[0], h[1]) for e, h in entries.items() if h is not None]
+            direct.insert_many(conn, db.sync_state, ("tenant", "root", "external_id", "content_hash", "meta_hash"), rows)
 
     def settings(self) -> bytes:
         """What, besides a file's bytes, decides its chunks: a change re-embeds every file."""
@@ -172,12 +175,16 @@ class FolderSync:
         report = SyncReport()
         known = self.state(tenant, key)
         settings = self.settings()
-        files = files_of(root)
+        sidecars: set[Path] = set()
+        files = files_of(root, sidecars)
         todo: list[tuple[Path, str, tuple[str, str], str]] = []  # (file, external id, hashes, what)
+        present: set[str] = set()
         for f in files:
-            ext = f.relative_to(root).as_posix()
+            rel = f.relative_to(root)
+            ext = rel.as_posix()
+            present.add(ext)
             try:
-                h = hashes(root, f, folder_attrs, settings)
+                h = hashes(root, f, folder_attrs, settings, sidecars, rel)
             except OSError as exc:
                 report.failed.append((ext, exc.strerror or str(exc)))
                 continue
@@ -186,7 +193,6 @@ class FolderSync:
                 report.unchanged += 1
             else:
                 todo.append((f, ext, h, "add" if old is None else "change" if old[0] != h[0] else "meta"))
-        present = {f.relative_to(root).as_posix() for f in files}
         gone = sorted(e for e in known if e not in present)
         total = len(todo) + len(gone)
         done = 0
@@ -196,6 +202,10 @@ class FolderSync:
             done += n
             if progress is not None:
                 progress(SyncProgress(done, total, report.chunks, time.perf_counter() - t0))
+
+        def moving(rows: int) -> None:  # chunks of the write in progress encoded so far
+            if progress is not None:
+                progress(SyncProgress(done, total, report.chunks + rows, time.perf_counter() - t0))
 
         if progress is not None:
             progress(SyncProgress(0, total, 0, 0.0))
@@ -218,12 +228,12 @@ class FolderSync:
                 continue
             (report.added if what == "add" else report.changed if what == "change" else report.metadata).append(ext)
             batch.append((doc, ext, h, what))
-            rows += max(1, len(doc["text"]) // max(1, self.ingester.chunker.size))
+            rows += self.ingester.chunker.estimate(doc["text"], doc.get("sections"))
             if rows >= BATCH_ROWS:
-                self._write(batch, tenant, key, report, dry_run, step)
+                self._write(batch, tenant, key, report, dry_run, step, moving)
                 batch, rows = [], 0
         if batch:
-            self._write(batch, tenant, key, report, dry_run, step)
+            self._write(batch, tenant, key, report, dry_run, step, moving)
         report.skipped, report.failed = loaded.skipped, report.failed + loaded.failed
         if gone:
             if not dry_run:
@@ -236,17 +246,18 @@ class FolderSync:
         log.info("sync of %s into %r: %s", key, tenant, report.describe())
         return report
 
-    def _write(self, batch, tenant: str, key: str, report: SyncReport, dry_run: bool, step: Callable[[int], None]) -> None:
+    def _write(self, batch, tenant: str, key: str, report: SyncReport, dry_run: bool, step: Callable[[int], None], moving: Callable[[int], None]) -> None:
         """Write new and changed documents (replace: atomic per document), then
         record their hashes. A document the store refuses (a chunk too long,
         an ACL refused) is reported as failed; the others still go in."""
         if not dry_run:
             try:
-                report.chunks += len(self.ingester.add_documents([d for d, *_ in batch], tenant=tenant, replace=True))
+                ids = self.ingester.add_documents([d for d, *_ in batch], tenant=tenant, replace=True, progress=lambda n, _total: moving(n))
+                report.chunks += len(ids)
             except CatalogError as exc:
                 if len(batch) > 1:
                     for item in batch:
-                        self._write([item], tenant, key, report, dry_run, step)
+                        self._write([item], tenant, key, report, dry_run, step, moving)
                     return
                 ext = batch[0][1]
                 for bucket in (report.added, report.changed, report.metadata):

@@ -119,12 +119,17 @@ def document(root: Path, f: Path, parsed: Parsed, folder_attrs: Sequence[str] | 
     return doc
 
 
-def files_of(root: Path) -> list[Path]:
-    """Every file below ``root`` that is neither hidden nor a sidecar, sorted."""
+def files_of(root: Path, sidecars: set[Path] | None = None) -> list[Path]:
+    """Every file below ``root`` that is neither hidden nor a sidecar, sorted
+    (and the sidecars' paths added to ``sidecars``, where given)."""
     out = []
     for f in root.rglob("*"):
         rel = f.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts) or f.name.endswith(SIDECARS) or not f.is_file():
+        if any(part.startswith(".") for part in rel.parts) or not f.is_file():
+            continue
+        if f.name.endswith(SIDECARS):
+            if sidecars is not None:
+                sidecars.add(f)
             continue
         out.append(f)
     return sorted(out)
