@@ -145,20 +145,3 @@ def test_store_chunks_in_tokens(tmp_path) -> None:
     finally:
         rag.close()
 
-
-@pytest.mark.parametrize("size,overlap", [(120, 10), (500, 50), (1000, 0)])
-def test_the_estimate_a_sync_batches_by_is_near_the_real_count(size, overlap) -> None:
-    """``Chunker.estimate`` sizes a folder sync's writes without splitting:
-    within a factor of 1.5 of the chunks made, whole documents and sections alike."""
-    chunker = Chunker(size, overlap)
-    real = est = 0
-    for seed in range(12):
-        text = words_text(seed, 200 + 300 * seed)
-        cut = len(text) // 3
-        sections = [{"text": text[:cut], "page": 1}, {"text": text[cut:], "page": 2}]
-        for secs in (None, sections):
-            n, e = len(chunker.chunks(text, secs)), chunker.estimate(text, secs)
-            assert e >= 1 and (n <= 2 or 1 / 1.5 <= e / n <= 1.5), (seed, secs is None, n, e)
-            real, est = real + n, est + e
-    assert 0.75 <= est / real <= 1.33
-    assert chunker.estimate("short") == len(chunker.chunks("short")) == 1

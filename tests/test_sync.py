@@ -215,8 +215,8 @@ def test_a_sync_of_many_batches_flushes_milvus_lite_once(tmp_path, monkeypatch) 
     store = rag.store
     real, flushes, writes = store.flush, [], []
     store.flush = lambda no: (flushes.append(no), real(no))[1]
-    real_add = rag.ingester.add_documents
-    rag.ingester.add_documents = lambda *a, **kw: (writes.append(1), real_add(*a, **kw))[1]
+    real_write = rag.ingester.write
+    rag.ingester.write = lambda *a, **kw: (writes.append(1), real_write(*a, **kw))[1]
     try:
         rep = rag.sync_folder(folder)
         assert len(rep.added) == 12 and len(writes) >= 3
@@ -247,3 +247,39 @@ def test_a_sync_of_many_batches_flushes_milvus_lite_once(tmp_path, monkeypatch) 
     finally:
         store.flush = real
         rag.close()
+
+
+def test_a_file_the_store_refuses_is_reported_and_the_rest_go_in_one_write(world) -> None:
+    """Each file is checked (id, attributes, ACL) as it is loaded: one with a
+    bad sidecar is reported as failed, with the store's reason, and does not
+    cost the others their shared write; nor does a metadata-only change that
+    turns bad touch the stored version. Fixed, it goes in on the next sync."""
+    rag, folder, _enc = world
+    side = folder / "eng" / "cafe.txt.meta.json"
+    side.write_text(json.dumps({"attrs": {"bad name": "x"}}))
+    writes = []
+    real = rag.ingester.write
+    rag.ingester.write = lambda *a, **kw: (writes.append(len(a[0])), real(*a, **kw))[1]
+    rep = rag.sync_folder(folder)
+    assert dict(rep.failed)["eng/cafe.txt"].startswith("attribute name 'bad name'")
+    assert "eng/cafe.txt" not in rep.added and len(rep.added) == 6 and len(writes) == 1
+    assert "eng/cafe.txt" not in {e.split("#")[0] for e in live_rows(rag)}
+    check_milvus_equals_catalog(rag)
+    side.write_text(json.dumps({"attrs": {"dept": "ops"}}))
+    assert rag.sync_folder(folder).added == ["eng/cafe.txt"]
+    before = live_rows(rag)
+    side.write_text(json.dumps({"attrs": {"dept": {"nested": 1}}}))  # metadata only, and bad
+    rep = rag.sync_folder(folder)
+    assert "eng/cafe.txt" in dict(rep.failed) and not rep.metadata and not rep.changed
+    assert live_rows(rag) == before
+
+
+def test_progress_moves_within_a_write(world, monkeypatch) -> None:
+    """A write of many rows reports its chunks as they are encoded, not only at its end."""
+    rag, folder, _enc = world
+    monkeypatch.setattr("permrag.ingest.ingest.ENCODE_STEP", 2)
+    seen = []
+    rep = rag.sync_folder(folder, progress=seen.append)
+    inside = [p for p in seen if 0 < p.chunks < rep.chunks]  # one write here: its chunks come at its end
+    assert len(inside) >= 2 and all(p.done < p.files for p in inside) and [p.chunks for p in seen] == sorted(p.chunks for p in seen)
+    assert seen[-1].chunks == rep.chunks == len(live_rows(rag))

@@ -81,17 +81,6 @@ class Chunker:
         """``text`` in chunks (one if it fits)."""
         return [c.text for c in self.chunks(text, length=length)]
 
-    def estimate(self, text: str, sections: Sequence[Mapping[str, Any]] | None = None) -> int:
-        """About how many chunks :meth:`chunks` makes of ``text``, without
-        splitting it (a batch's size, not a limit): a chunk per 4/5 of ``size -
-        overlap`` units of each section (chunks end at a sentence or
-        paragraph, short of the size), a token taken as 4 characters."""
-        per = max(1, (self.size - self.overlap) * (16 if self.unit == "tokens" else 4) // 5)
-        if len(text) <= per:
-            return 1
-        bodies = [s.get("text") or "" for s in sections] if sections else [text]
-        return sum(-(-len(b) // per) for b in bodies if b) or 1
-
     def chunks(self, text: str, sections: Sequence[Mapping[str, Any]] | None = None, length: Length | None = None) -> list[Chunk]:
         """``text`` in chunks; with ``sections`` (``text``, ``page``,
         ``heading`` mappings whose texts make up ``text``) section by section.

@@ -143,6 +143,14 @@ class Ingester:
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ArgumentError(f"batch_size must be a positive integer, not {batch_size!r}")
         specs, texts = self.specs(docs, tenant)
+        return self.write(specs, texts, replace=replace, batch_size=batch_size, progress=progress)
+
+    def write(
+        self, specs: list[RowSpec], texts: list[str], *, replace: bool = False, batch_size: int = 4096, progress: Progress | None = None
+    ) -> list[int]:
+        """Rows as :meth:`specs` made them (validated, chunked) written: the
+        rest of :meth:`add_documents` (a folder sync checks each file as it
+        loads it, and writes many files' rows at once)."""
         if not specs:
             return []
         if self.binding is not None:

@@ -36,7 +36,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 from sqlalchemy import delete, select
 
 from .. import db, direct
-from ..catalog import DEFAULT_TENANT
+from ..catalog import DEFAULT_TENANT, RowSpec, row_spec
 from ..errors import ArgumentError, CatalogError
 from ..names import check_tenant
 from .ingest import Ingester
@@ -44,7 +44,7 @@ from .loaders.folder import SIDECARS, LoadReport, files_of, load_file
 
 log = logging.getLogger(__name__)
 
-# rows per write (as Chunker.estimate counts them): the most work a crash repeats. A
+# rows per write: the most work a crash repeats. A
 # write's constant cost (three catalog transactions, a Milvus insert) was ~3 % of a folder
 # sync at 256 rows a write (benchmarks/bench_ingest.py); progress moves within a write
 BATCH_ROWS = 1024
@@ -210,16 +210,25 @@ class FolderSync:
         if progress is not None:
             progress(SyncProgress(0, total, 0, 0.0))
         loaded = LoadReport()
-        batch: list[tuple[dict[str, Any], str, tuple[str, str], str]] = []
+        batch: list[tuple[tuple[list[RowSpec], list[str]], str, tuple[str, str], str]] = []
         rows = 0
         for f, ext, h, what in todo:
             before = len(loaded.documents)
-            load_file(root, f, folder_attrs, loaded, self.ingester.max_document_chars)
+            load_file(root, f, folder_attrs, loaded, self.ingester.max_document_chars, validate=False)
             if len(loaded.documents) == before:  # skipped or failed: reported, stored version left alone
                 step()
                 continue
-            doc = loaded.documents.pop()  # held by the batch until written, not for the whole sync
-            if what == "meta" and self.update_metadata is not None:
+            doc = loaded.documents.pop()
+            meta = what == "meta" and self.update_metadata is not None
+            try:  # checked once, as the write checks it: a file it refuses is reported, its stored version left alone
+                rows_of = None if meta else self.ingester.specs([doc], tenant)  # held by the batch until written
+                if meta:
+                    row_spec(doc)
+            except CatalogError as exc:
+                report.failed.append((ext, str(exc)))
+                step()
+                continue
+            if meta:
                 if not dry_run:
                     self.update_metadata(ext, tenant=tenant, attrs=doc["attrs"], acl=doc.get("acl"))
                     self.record(tenant, key, {ext: h})
@@ -227,8 +236,8 @@ class FolderSync:
                 step()
                 continue
             (report.added if what == "add" else report.changed if what == "change" else report.metadata).append(ext)
-            batch.append((doc, ext, h, what))
-            rows += self.ingester.chunker.estimate(doc["text"], doc.get("sections"))
+            batch.append((rows_of, ext, h, what))
+            rows += len(rows_of[0])
             if rows >= BATCH_ROWS:
                 self._write(batch, tenant, key, report, dry_run, step, moving)
                 batch, rows = [], 0
@@ -252,7 +261,9 @@ class FolderSync:
         an ACL refused) is reported as failed; the others still go in."""
         if not dry_run:
             try:
-                ids = self.ingester.add_documents([d for d, *_ in batch], tenant=tenant, replace=True, progress=lambda n, _total: moving(n))
+                specs = [s for (made, _), *_ in batch for s in made]
+                texts = [t for (_, chunks), *_ in batch for t in chunks]
+                ids = self.ingester.write(specs, texts, replace=True, progress=lambda n, _total: moving(n))
                 report.chunks += len(ids)
             except CatalogError as exc:
                 if len(batch) > 1:

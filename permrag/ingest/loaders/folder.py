@@ -135,8 +135,9 @@ def files_of(root: Path, sidecars: set[Path] | None = None) -> list[Path]:
     return sorted(out)
 
 
-def load_file(root: Path, f: Path, folder_attrs: Sequence[str] | None, report: LoadReport, max_chars: int | None) -> None:
-    """Load one file into ``report`` (a document, or the reason it is not one)."""
+def load_file(root: Path, f: Path, folder_attrs: Sequence[str] | None, report: LoadReport, max_chars: int | None, *, validate: bool = True) -> None:
+    """Load one file into ``report`` (a document, or the reason it is not one;
+    ``validate=False``: its id, attributes and ACL are left for the caller to check)."""
     rel = f.relative_to(root).as_posix()
     loader = loader_for(f)
     if loader is None:
@@ -152,7 +153,8 @@ def load_file(root: Path, f: Path, folder_attrs: Sequence[str] | None, report: L
             return
         if max_chars is not None and len(doc["text"]) > max_chars:
             raise CatalogError(f"{len(doc['text']):,} characters, over the limit of {max_chars:,} (max_document_chars)")
-        row_spec(doc)  # the external id and attributes, checked per file
+        if validate:
+            row_spec(doc)  # the external id and attributes, checked per file
     except PermragError as exc:
         report.failed.append((rel, str(exc).replace(f"{f}: ", "").replace(str(f), rel)))
         return
