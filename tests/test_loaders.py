@@ -188,8 +188,13 @@ def test_folder_ingest_stores_chunks_with_page_and_heading(tmp_path, folder) -> 
         assert hit.parent == "hr/expenses.pdf" and hit.attrs["page"] == "2"
         d = hit.to_document()
         assert d.metadata["attrs"]["page"] == "2" and d.id == hit.external_id
+        written = {r.external_id: r.stored_attrs() for r in rag.rows(rag.catalog.live_ids())}
     finally:
         rag.close()
+    # what the catalog stored (each chunk's attrs as JSON, made once for chunks that share them) reads back equal
+    with PermRAG.open(tmp_path / "h", encoder="hash", chunk_size=120, chunk_overlap=10) as again:
+        stored = {r.external_id: r.stored_attrs() for r in again.rows(again.catalog.live_ids())}
+    assert stored == written and len({str(a) for a in stored.values()}) > 10
 
 
 def test_cli_reports_skipped_and_failed_files_and_exits_1(tmp_path, folder) -> None:
