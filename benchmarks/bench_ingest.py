@@ -13,10 +13,8 @@ are drawn from a fixed vocabulary) is synced into a fresh store:
   permrag's time over that (both after the same imports: ``warm_imports``;
   bare and sync alternate, each sync into a fresh store, eleven syncs with the
   hash encoder and two with a model, one more bare run than syncs: the
-  faster run of each side counts; each run starts from a collected heap), in
-  wall time and in the process's CPU time (every thread: less moved by what
-  else the machine runs), and over a dense-only collection (row ID, text,
-  vector: no BM25 to compute);
+  faster run of each side counts; each run starts from a collected heap), and
+  over a dense-only collection (row ID, text, vector: no BM25 to compute);
 * re-sync — 1 % of the files changed, then ``sync_folder`` again: its time
   as a share of the full ingest (goal ≤ 5 %);
 * visibility classes — how many distinct classes the rows fall into with
@@ -128,11 +126,9 @@ class GcClock:
     def start(self) -> None:
         gc.collect()
         self.seconds, self.on = 0.0, True
-        self._cpu = time.process_time()
 
     def stop(self) -> float:
         self.on = False
-        self.cpu = time.process_time() - self._cpu  # the process's CPU time, every thread (Milvus Lite serves on one)
         return self.seconds
 
 
@@ -182,7 +178,7 @@ def bare_insert(tmp: Path, folder: Path, encoder, same_schema: bool = True) -> d
     t3 = time.perf_counter()
     gc_s = GC.stop()
     client.close()
-    return {"load_chunk_s": t1 - t0, "encode_s": t2 - t1, "insert_s": t3 - t2, "total_s": t3 - t0, "chunks": len(texts), "gc_s": gc_s, "cpu_s": GC.cpu}
+    return {"load_chunk_s": t1 - t0, "encode_s": t2 - t1, "insert_s": t3 - t2, "total_s": t3 - t0, "chunks": len(texts), "gc_s": gc_s}
 
 
 def warm_imports(folder: Path) -> None:
@@ -242,7 +238,6 @@ def run(tmp: Path, folder: Path, n: int, encoder_name: str) -> dict:
     bares: list[dict] = []
     syncs: list[float] = []
     sync_gc: list[float] = []
-    sync_cpu: list[float] = []
     rag = None
     for i in range(SYNCS if encoder_name == "hash" else 2):
         (tmp / f"bare-{encoder_name}-{i}").mkdir()
@@ -250,7 +245,6 @@ def run(tmp: Path, folder: Path, n: int, encoder_name: str) -> dict:
         store, took = full_sync(tmp / f"h{i}-{encoder_name}", folder, enc, n)
         syncs.append(took)
         sync_gc.append(GC.seconds)
-        sync_cpu.append(GC.cpu)
         if rag is None:
             rag = store  # the first store is the one re-synced below
         else:
@@ -285,10 +279,6 @@ def run(tmp: Path, folder: Path, n: int, encoder_name: str) -> dict:
     out["gc_s"] = {"permrag": statistics.median(sync_gc), "bare": statistics.median(b["gc_s"] for b in bares)}
     out["overhead"] = full_s / bare["total_s"]
     out["overhead_paired"] = statistics.median(x / ((b["total_s"] + c["total_s"]) / 2) for x, b, c in zip(syncs, bares, bares[1:]))
-    # CPU time (every thread of the process): less moved than wall time by what else the machine runs
-    out["cpu_runs_s"] = {"permrag": sync_cpu, "bare": [b["cpu_s"] for b in bares]}
-    out["overhead_cpu"] = min(sync_cpu) / min(b["cpu_s"] for b in bares)
-    out["overhead_cpu_paired"] = statistics.median(x / ((b["cpu_s"] + c["cpu_s"]) / 2) for x, b, c in zip(sync_cpu, bares, bares[1:]))
     (tmp / f"bare-dense-{encoder_name}").mkdir()
     dense_only = out["bare_dense_only"] = bare_insert(tmp / f"bare-dense-{encoder_name}", folder, enc, same_schema=False)
     out["overhead_dense_only"] = full_s / dense_only["total_s"]
@@ -307,15 +297,14 @@ def run(tmp: Path, folder: Path, n: int, encoder_name: str) -> dict:
 def table(results: list[dict]) -> str:
     lines = [
         "| encoder | files | chunks | full sync | docs/s | chunks/s | bare pymilvus, same schema (load+chunk / encode / insert) | **overhead** | paired | "
-        "CPU time (paired) | bare, dense only | overhead over it | re-sync, 1 % changed | share of full | no-op sync |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "bare, dense only | overhead over it | re-sync, 1 % changed | share of full | no-op sync |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         b = r["bare"]
         lines.append(
             f"| {r['encoder']} | {r['files']} | {r['chunks']:,} | {r['full_s']:.2f} s | {r['docs_per_s']:.1f} | {r['chunks_per_s']:.0f} | "
             f"{b['total_s']:.2f} s ({b['load_chunk_s']:.2f} / {b['encode_s']:.2f} / {b['insert_s']:.2f}) | **{r['overhead']:.2f}×** | {r['overhead_paired']:.2f}× | "
-            f"{r['overhead_cpu']:.2f}× ({r['overhead_cpu_paired']:.2f}×) | "
             f"{r['bare_dense_only']['total_s']:.2f} s | {r['overhead_dense_only']:.2f}× | "
             f"{r['resync_s']:.2f} s ({r['resync_changed']} files) | {100 * r['resync_share']:.1f} % | {r['noop_sync_s']:.2f} s |"
         )
@@ -327,8 +316,6 @@ def table(results: list[dict]) -> str:
         "(every run: " + "; ".join(f"{r['encoder']} permrag {' / '.join(f'{x:.2f}' for x in r['full_runs_s'])} s, bare {' / '.join(f'{x:.2f}' for x in r['bare_runs_s'])} s" for r in results)
         + "). Each run starts from a collected heap (both sides); the collector's time within the runs, median: "
         + "; ".join(f"{r['encoder']} permrag {1e3 * r['gc_s']['permrag']:.0f} ms, bare {1e3 * r['gc_s']['bare']:.0f} ms" for r in results)
-        + ". CPU time: the process's, every thread (Milvus Lite serves in one), per run — "
-        + "; ".join(f"{r['encoder']} permrag {' / '.join(f'{x:.2f}' for x in r['cpu_runs_s']['permrag'])} s, bare {' / '.join(f'{x:.2f}' for x in r['cpu_runs_s']['bare'])} s" for r in results)
         + ". Dense only: row ID, text and dense (no BM25 to compute).",
         "",
         "Visibility classes (catalog/allocation.py keys a class on every attribute unless `policy_attrs` is set):",
