@@ -155,8 +155,13 @@ class AttrIndex:
         out: dict[tuple[str, str], FrozenBitMap] = {}
         inserts, updates, deletes = [], [], []
         for key in keys:
-            bm = (current.get(key) or BitMap()) | adds.get(key, BitMap())
-            bm -= gone.get(key, BitMap())
+            had, more, less = current.get(key), adds.get(key), gone.get(key)
+            if had is None and less is None and more is not None:
+                bm = more  # a key new in this write (one per file for ``source``): its rows as they are
+            else:
+                bm = (had or BitMap()) | (more or BitMap())
+                if less is not None:
+                    bm -= less
             if key in current:
                 if bm or key == TENANT_ROWS:
                     bm.run_optimize()
