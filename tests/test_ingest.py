@@ -188,3 +188,19 @@ def test_an_ingest_stopped_by_its_progress_callback_flushes_what_it_wrote(lite) 
         assert len(lite.catalog.tenant_rows("default")) == 10 and milvus_ids(lite) == set(lite.catalog.tenant_rows("default"))
     finally:
         store.flush = real
+
+
+def test_vectors_encoded_in_slices_for_progress_are_in_the_texts_order(lite, monkeypatch) -> None:
+    """With a progress callback a batch is encoded in slices, longest texts
+    first; every row still gets its own text's vector (the hash encoder is
+    exact per text), and progress counts rows encoded."""
+    monkeypatch.setattr("permrag.ingest.ingest.ENCODE_STEP", 7)
+    texts = [f"{'word ' * ((i * 7919) % 23)}text {i}" for i in range(40)]
+    seen = []
+    vectors = lite.ingester._encode(texts, seen.append)
+    assert np.array_equal(vectors, lite.ingester.binding.encode(texts))
+    assert seen == [7, 14, 21, 28, 35]
+    ids = lite.add_documents([{"external_id": f"d{i}", "text": t} for i, t in enumerate(texts)], progress=lambda d, t: None)
+    stored = {r["row_id"]: np.asarray(r["dense"], dtype=np.float32) for r in lite.store.client().query(
+        lite.store.name(lite.catalog.tenants.number("default")), filter="row_id >= 0", output_fields=["row_id", "dense"])}
+    assert all(np.allclose(stored[i], v, atol=1e-6) for i, v in zip(ids, lite.ingester.binding.encode(texts)))

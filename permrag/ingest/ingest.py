@@ -266,16 +266,21 @@ class Ingester:
     def _encode(self, texts: list[str], step: Callable[[int], None] | None) -> Any:
         """Vectors of ``texts``, encoded in slices of ``ENCODE_STEP`` so that a
         progress bar moves during a large batch (encoding is most of an
-        ingest's time with a real model)."""
+        ingest's time with a real model). The slices take the texts longest
+        first, as a model orders one call's texts into its own batches: slices
+        in the texts' order padded short texts to long ones (all-MiniLM-L6-v2
+        here: 5-25 % slower than one call; by length, as fast)."""
         binding: Binding = self.binding  # type: ignore[assignment]  # only called with vectors
         if step is None or len(texts) <= ENCODE_STEP:
             return binding.encode(texts)
-        parts = []
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+        out = np.empty((len(texts), binding.encoder.dim), dtype=np.float32)
         for lo in range(0, len(texts), ENCODE_STEP):
-            parts.append(binding.encode(texts[lo : lo + ENCODE_STEP]))
+            part = order[lo : lo + ENCODE_STEP]
+            out[part] = binding.encode([texts[i] for i in part])
             if lo + ENCODE_STEP < len(texts):
                 step(lo + ENCODE_STEP)
-        return np.concatenate(parts)
+        return out
 
     def _undo(self, batch: PendingBatch, numbers: Mapping[str, int]) -> None:
         """Milvus may hold some of the batch (an insert can fail after landing):
