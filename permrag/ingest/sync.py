@@ -44,9 +44,9 @@ from .loaders.folder import SIDECARS, LoadReport, files_of, load_file
 
 log = logging.getLogger(__name__)
 
-# rows per write: the most work a crash repeats. A
-# write's constant cost (three catalog transactions, a Milvus insert) was ~3 % of a folder
-# sync at 256 rows a write (benchmarks/bench_ingest.py); progress moves within a write
+# Rows per write: the most work a crash repeats. A write's constant cost (three catalog
+# transactions, a Milvus insert) was ~3 % of a folder sync at 256 rows a write
+# (benchmarks/bench_ingest.py); progress moves within a write.
 BATCH_ROWS = 1024
 
 
@@ -112,13 +112,13 @@ def _sha(*parts: bytes) -> str:
     return h.hexdigest()
 
 
-def hashes(root: Path, f: Path, folder_attrs: Sequence[str] | None, settings: bytes, sidecars: set[Path] | None = None, rel: Path | None = None) -> tuple[str, str]:
-    """(content hash, metadata hash) of one file, without parsing it
-    (``sidecars``: the folder's sidecar files, as :func:`files_of` lists
-    them, else each is looked for; ``rel``: ``f`` relative to ``root``)."""
+def hashes(f: Path, rel: Path, folder_attrs: Sequence[str] | None, settings: bytes, sidecars: set[Path]) -> tuple[str, str]:
+    """(content hash, metadata hash) of file ``f`` (``rel`` below the synced
+    folder), without parsing it; ``sidecars``: the folder's sidecar files, as
+    :func:`files_of` lists them."""
     content = _sha(f.read_bytes(), settings)
-    sides = [s.read_bytes() if (s in sidecars if sidecars is not None else s.is_file()) else b"-" for s in (f.with_name(f.name + x) for x in SIDECARS)]
-    meta = _sha(json.dumps([list(folder_attrs or ()), list((rel or f.relative_to(root)).parent.parts)]).encode(), *sides)
+    sides = [s.read_bytes() if s in sidecars else b"-" for s in (f.with_name(f.name + x) for x in SIDECARS)]
+    meta = _sha(json.dumps([list(folder_attrs or ()), list(rel.parent.parts)]).encode(), *sides)
     return content, meta
 
 
@@ -184,7 +184,7 @@ class FolderSync:
             ext = rel.as_posix()
             present.add(ext)
             try:
-                h = hashes(root, f, folder_attrs, settings, sidecars, rel)
+                h = hashes(f, rel, folder_attrs, settings, sidecars)
             except OSError as exc:
                 report.failed.append((ext, exc.strerror or str(exc)))
                 continue
@@ -197,15 +197,14 @@ class FolderSync:
         total = len(todo) + len(gone)
         done = 0
 
+        def moving(rows: int) -> None:  # ``rows``: chunks of the write in progress encoded so far
+            if progress is not None:
+                progress(SyncProgress(done, total, report.chunks + rows, time.perf_counter() - t0))
+
         def step(n: int = 1) -> None:
             nonlocal done
             done += n
-            if progress is not None:
-                progress(SyncProgress(done, total, report.chunks, time.perf_counter() - t0))
-
-        def moving(rows: int) -> None:  # chunks of the write in progress encoded so far
-            if progress is not None:
-                progress(SyncProgress(done, total, report.chunks + rows, time.perf_counter() - t0))
+            moving(0)
 
         if progress is not None:
             progress(SyncProgress(0, total, 0, 0.0))
@@ -221,9 +220,10 @@ class FolderSync:
             doc = loaded.documents.pop()
             meta = what == "meta" and self.update_metadata is not None
             try:  # checked once, as the write checks it: a file it refuses is reported, its stored version left alone
-                rows_of = None if meta else self.ingester.specs([doc], tenant)  # held by the batch until written
                 if meta:
-                    row_spec(doc)
+                    row_spec(doc)  # its attributes and ACL, as update_metadata takes them
+                else:
+                    rows_of = self.ingester.specs([doc], tenant)  # checked and chunked; held by the batch until written
             except CatalogError as exc:
                 report.failed.append((ext, str(exc)))
                 step()
