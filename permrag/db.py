@@ -427,5 +427,44 @@ def get_setting(conn: Connection, key: str) -> str | None:
 
 
 def set_setting(conn: Connection, key: str, value: str) -> None:
-    if conn.execute(update(settings).where(settings.c.key == key).values(value=value)).rowcount == 0:
-        conn.execute(settings.insert().values(key=key, value=value))
+    upsert(conn, settings, ("key",), [{"key": key, "value": value}])
+
+
+def upsert(conn: Connection, table: Table, keys: Sequence[str], rows: Sequence[dict]) -> None:
+    """Insert ``rows`` into ``table``, or overwrite the rows whose primary key
+    (``keys``) is there: one ``INSERT … ON CONFLICT DO UPDATE`` a slice, so
+    writers racing on a new key never fail on the key (an UPDATE that finds
+    nothing, then an INSERT, did on PostgreSQL: both found nothing, the second
+    insert broke the key). The last writer's values stay. Rows are written in
+    key order, so two writers of overlapping keys lock them in one order (no
+    deadlock)."""
+    if not rows:
+        return
+    rows = sorted(rows, key=lambda r: tuple(r[k] for k in keys))
+    name = conn.dialect.name
+    if name not in ("postgresql", "sqlite"):
+        upsert_rowwise(conn, table, keys, rows)
+        return
+    if name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    stmt = insert(table)
+    stmt = stmt.on_conflict_do_update(index_elements=list(keys), set_={c: stmt.excluded[c] for c in rows[0] if c not in keys})
+    for part in chunks(rows):
+        conn.execute(stmt, list(part))
+
+
+def upsert_rowwise(conn: Connection, table: Table, keys: Sequence[str], rows: Sequence[dict]) -> None:
+    """:func:`upsert` for a database without ``ON CONFLICT``: each row updated,
+    else inserted in a savepoint; an insert that lost the race to another
+    writer becomes an update."""
+    for row in rows:
+        match = [table.c[k] == row[k] for k in keys]
+        if conn.execute(update(table).where(*match).values(row)).rowcount:
+            continue
+        try:
+            with conn.begin_nested():
+                conn.execute(table.insert().values(row))
+        except IntegrityError:
+            conn.execute(update(table).where(*match).values(row))

@@ -35,7 +35,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from sqlalchemy import delete, select
 
-from .. import db, direct
+from .. import db
 from ..catalog import DEFAULT_TENANT, RowSpec, row_spec
 from ..errors import ArgumentError, CatalogError
 from ..names import check_tenant
@@ -137,13 +137,16 @@ class FolderSync:
             return {r.external_id: (r.content_hash, r.meta_hash) for r in rows}
 
     def record(self, tenant: str, root: str, entries: Mapping[str, tuple[str, str] | None]) -> None:
-        """Store (or, for None, forget) the hashes of synced documents."""
+        """Store (or, for None, forget) the hashes of synced documents; two
+        syncs of one folder at once (two processes) both record, the last one's
+        hashes stay."""
         t = db.sync_state.c
+        gone = sorted(e for e, h in entries.items() if h is None)
+        rows = [{"tenant": tenant, "root": root, "external_id": e, "content_hash": h[0], "meta_hash": h[1]} for e, h in entries.items() if h is not None]
         with db.transaction(self.engine, "recording sync state") as conn:
-            for part in db.chunks(sorted(entries)):
+            for part in db.chunks(gone):
                 conn.execute(delete(db.sync_state).where(t.tenant == tenant, t.root == root, t.external_id.in_(list(part))))
-            rows = [(tenant, root, e, h[0], h[1]) for e, h in entries.items() if h is not None]
-            direct.insert_many(conn, db.sync_state, ("tenant", "root", "external_id", "content_hash", "meta_hash"), rows)
+            db.upsert(conn, db.sync_state, ("tenant", "root", "external_id"), rows)
 
     def settings(self) -> bytes:
         """What, besides a file's bytes, decides its chunks: a change re-embeds every file."""
