@@ -248,8 +248,8 @@ def make_engine(url: str) -> Engine:
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # pragma: no cover - trivial
             cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA busy_timeout=30000")  # first: switching a fresh file to WAL waits for another opener's lock
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer does it, off the write path
             cur.close()
@@ -339,13 +339,26 @@ def note_commit(engine: Engine) -> None:
         ckpt._committed(None)
 
 
+SCHEMA_LOCK = 0x7065726D72616701  # PostgreSQL advisory lock key: making a database's tables ("permrag" + 1)
+
+
 def init_schema(engine: Engine) -> None:
-    """Create missing tables, counters and the store id; refuse other schemas."""
+    """Create missing tables, counters and the store id; refuse other schemas.
+
+    One transaction that first takes the database's write lock (SQLite:
+    ``BEGIN IMMEDIATE``; PostgreSQL: an advisory lock), so processes that open
+    a fresh database at once make its tables one after the other, and the
+    later ones find them (each checking, then creating, failed on "table
+    already exists")."""
     url = mask(str(engine.url))
     for attempt in range(3):
         try:
-            metadata.create_all(engine)
-            with engine.begin() as conn:
+            with engine.connect() as conn:
+                if engine.dialect.name == "sqlite":
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+                elif engine.dialect.name == "postgresql":
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
+                metadata.create_all(conn)
                 have = {k: int(v) for k, v in conn.execute(select(meta.c.key, meta.c.value))}
                 schema = have.get("schema_version", SCHEMA_VERSION)
                 if schema != SCHEMA_VERSION:
@@ -358,8 +371,9 @@ def init_schema(engine: Engine) -> None:
                     conn.execute(meta.insert(), missing)
                 if conn.execute(select(settings.c.value).where(settings.c.key == "store_id")).first() is None:
                     conn.execute(settings.insert().values(key="store_id", value=uuid.uuid4().hex))
+                conn.commit()
             return
-        except IntegrityError:  # another process initialised it at the same moment
+        except IntegrityError:  # another database: another process initialised it at the same moment
             if attempt == 2:
                 raise
         except SQLAlchemyError as exc:

@@ -1,9 +1,10 @@
 """Writers of one store in several processes that create the same new key at
 the same moment: a store setting (the layout every process records at open,
 the cost model a probe stores, the encoder) and a folder sync's record of
-what it wrote. Read-then-write on a key that is not there yet must never
-fail on the key, on PostgreSQL (where an UPDATE that finds nothing locks
-nothing) as on SQLite; the last writer's value stays."""
+what it wrote; and the first open of a fresh database, which makes its
+tables. Read-then-write on a key or a table that is not there yet must never
+fail on it, on PostgreSQL (where an UPDATE that finds nothing locks nothing)
+as on SQLite; the last writer's value stays."""
 
 from __future__ import annotations
 
@@ -156,5 +157,39 @@ def test_processes_recording_one_folders_sync_at_once_all_succeed(tmp_path, pg_u
         for content, meta in state.values():
             assert content[0] == "c" and meta == "m" + content[1:]  # one writer's pair, never a mix
         assert all(state[f"f{j}.txt"][0].endswith(f"-{last}") for j in range(last % 7, last % 7 + 20))  # the last round's
+    finally:
+        rag.close()
+
+
+def _open_fresh(url: str, me: int, barrier, out) -> None:
+    try:
+        barrier.wait(timeout=60)
+        rag = PermRAG.open(Path(url.rsplit("#", 1)[1]) / f"w{me}", database_url=url.rsplit("#", 1)[0], catalog_only=True)
+        rag.policy.add_role(f"r{me}")
+        rag.close()
+        out.put((me, "ok"))
+    except BaseException as exc:
+        barrier.abort()
+        out.put((me, f"{type(exc).__name__}: {exc}"))
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_processes_opening_a_fresh_database_at_once_all_succeed(store, tmp_path, request):
+    """Workers started together against a database no permrag has used (its
+    tables, counters and store id made by whichever comes first): each opens
+    it and writes; all see one store."""
+    url = request.getfixturevalue("pg_url") if store == "postgres" else f"sqlite:///{tmp_path / 'permrag.db'}"
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(PROCS), ctx.Queue()
+    procs = [ctx.Process(target=_open_fresh, args=(f"{url}#{tmp_path}", me, barrier, out)) for me in range(PROCS)]
+    for p in procs:
+        p.start()
+    got = sorted(out.get(timeout=300) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    assert got == [(me, "ok") for me in range(PROCS)]
+    rag = PermRAG.open(tmp_path / "main", database_url=url, catalog_only=True)
+    try:
+        assert sorted(rag.policy.roles()) == [f"r{me}" for me in range(PROCS)]
     finally:
         rag.close()
