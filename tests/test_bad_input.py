@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from permrag import BackendError, CatalogError, ConfigError, PermRAG, PermragError, UnknownTenantError
+from permrag import (
+    BackendError,
+    CatalogError,
+    ConfigError,
+    PermRAG,
+    PermragError,
+    UnknownTenantError,
+)
 from permrag.embed import HashEncoder
 
 from .conftest import milvus_ids
@@ -190,3 +197,28 @@ def test_unreachable_milvus_server_raises_backend_error_and_writes_nothing(tmp_p
         rag.add_documents([{"external_id": "a", "text": "text"}])
     assert _state(rag) == before
     rag.close()
+
+
+@pytest.mark.parametrize("store_kind", ["sqlite", "postgres"])
+def test_a_store_of_another_schema_is_refused_and_left_as_it_was(store_kind, tmp_path, request):
+    """A database written by another permrag schema (here: its version counter
+    moved on and one table it no longer has) is refused at open, and the open
+    adds nothing to it: neither the table nor a counter."""
+    from sqlalchemy import inspect, text
+
+    from permrag import db
+
+    url = request.getfixturevalue("pg_url") if store_kind == "postgres" else f"sqlite:///{tmp_path / 'permrag.db'}"
+    PermRAG.open(tmp_path / "home", database_url=url, catalog_only=True).close()
+    engine = db.make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE permrag_meta SET value = 999 WHERE key = 'schema_version'"))
+        conn.execute(text("DELETE FROM permrag_meta WHERE key = 'placement_version'"))
+        conn.execute(text("DROP TABLE permrag_sync"))
+    with pytest.raises(ConfigError, match="schema 999"):
+        PermRAG.open(tmp_path / "home", database_url=url, catalog_only=True)
+    with engine.connect() as conn:
+        assert "permrag_sync" not in inspect(conn).get_table_names()
+        assert dict(conn.execute(text("SELECT key, value FROM permrag_meta")).all()).get("placement_version") is None
+        assert conn.execute(text("SELECT value FROM permrag_meta WHERE key = 'schema_version'")).scalar_one() == 999
+    engine.dispose()

@@ -193,3 +193,21 @@ def test_processes_opening_a_fresh_database_at_once_all_succeed(store, tmp_path,
         assert sorted(rag.policy.roles()) == [f"r{me}" for me in range(PROCS)]
     finally:
         rag.close()
+
+
+def test_a_made_store_opens_while_another_process_holds_its_write_lock(tmp_path):
+    """Opening a store whose tables are made only reads them: a writer
+    holding SQLite's write lock (another process mid-transaction) does not
+    stop the open, nor does the open wait for it."""
+    import sqlite3
+
+    PermRAG.open(tmp_path, catalog_only=True).close()
+    writer = sqlite3.connect(tmp_path / "permrag.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        rag = PermRAG.open(tmp_path, catalog_only=True)
+        assert rag.policy.roles() == []
+        rag.close()
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
