@@ -32,6 +32,7 @@ from sqlalchemy import select  # noqa: E402
 
 from permrag import db  # noqa: E402
 from permrag.catalog import Catalog, RowSpec  # noqa: E402
+from permrag.dbinit import init_schema  # noqa: E402
 
 DEPTS = ("eng", "hr", "finance", "legal", "sales", "ops")
 WRITE_FILES = 50
@@ -58,7 +59,7 @@ def old_read(catalog: Catalog) -> None:
 
 def one_size(url: str, files: int) -> dict:
     engine = db.make_engine(url)
-    db.init_schema(engine)
+    init_schema(engine)
     catalog = Catalog(engine)
     catalog.load()
     for lo in range(0, files, 1000):

@@ -24,6 +24,7 @@ from .audit import AuditLog
 from .backends import Binding, MilvusBackend
 from .catalog import DEFAULT_TENANT, Catalog, DocumentRecord, RowRecord, as_array
 from .catalog.placement import check_layout, layout_placement
+from .dbinit import init_schema
 from .embed import Encoder
 from .errors import BackendError, ConfigError
 from .ingest import MAX_DOCUMENT_CHARS, Chunker, Ingester, add_generated, reconcile
@@ -156,7 +157,7 @@ class PermRAG:
 
     def _connect(self) -> None:
         self._engine = db.make_engine(self.settings.database_url)
-        db.init_schema(self._engine)
+        init_schema(self._engine)
         o = self._options
         self.policy = Policy(self._engine, self._lock)
         self.catalog = Catalog(self._engine, self._lock, allocation=o["allocation"], policy_attrs=o["policy_attrs"])

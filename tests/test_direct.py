@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from permrag import BackendError, PermRAG, db, direct
+from permrag.dbinit import init_schema
 from permrag.embed import HashEncoder
 
 from .conftest import PG_ADMIN_URL, Oracle
@@ -267,7 +268,7 @@ def test_rows_inserted_on_the_driver_are_what_sqlalchemy_inserts(tmp_path, reque
 
     url = request.getfixturevalue("pg_url") if backend == "postgresql" else f"sqlite:///{tmp_path}/c.db"
     engine = db.make_engine(url)
-    db.init_schema(engine)
+    init_schema(engine)
     acl = parse_acl({"allow": ["user:ann", {"principal": "group:x", "expires_at": 4102444800.5}], "deny": ["user:eve"], "folder": "/eng/ops"})
     recs = [
         RowRecord(1, "t", "plain", {}),

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from permrag import PermRAG, db
+from permrag.dbinit import init_schema
 from permrag.embed import HashEncoder
 
 from .conftest import milvus_ids
@@ -47,7 +48,7 @@ def _set_settings(url: str, me: int, barrier, rowwise: bool, out) -> None:
 def test_processes_writing_one_new_setting_at_once_all_succeed(store, tmp_path, request):
     url = request.getfixturevalue("pg_url") if store.startswith("postgres") else f"sqlite:///{tmp_path / 'permrag.db'}"
     engine = db.make_engine(url)
-    db.init_schema(engine)
+    init_schema(engine)
     ctx = mp.get_context("spawn")
     barrier, out = ctx.Barrier(PROCS), ctx.Queue()
     procs = [ctx.Process(target=_set_settings, args=(url, me, barrier, store.endswith("rowwise"), out)) for me in range(PROCS)]
