@@ -7,7 +7,7 @@ layer to a higher one. The layer order is the README's architecture:
     ingest   ingest/
     access   access/
     stores   policy/ · catalog/ · backends/   (none imports another)
-    base     names · acl · results · errors · config · db · direct · embed · audit · repair
+    base     names · acl · results · errors · config · db · dbinit · direct · embed · audit · repair
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ LAYERS = [
     ["permrag.ingest"],
     ["permrag.access"],
     ["permrag.policy", "permrag.catalog", "permrag.backends"],
-    ["permrag.names", "permrag.acl", "permrag.results", "permrag.errors", "permrag.config", "permrag.db", "permrag.direct", "permrag.embed", "permrag.audit", "permrag.repair"],
+    ["permrag.names", "permrag.acl", "permrag.results", "permrag.errors", "permrag.config", "permrag.db", "permrag.dbinit", "permrag.direct", "permrag.embed", "permrag.audit", "permrag.repair"],
 ]
 SEPARATE = {"permrag.policy", "permrag.catalog", "permrag.backends"}  # same layer, but never import each other
 
