@@ -24,7 +24,20 @@ KEYS = 40
 PROCS = 4
 
 
-def _set_settings(url: str, me: int, barrier, rowwise: bool, out) -> None:
+def _race(target, args, n: int = PROCS) -> list[tuple[int, str]]:
+    """``n`` spawned processes run ``target(*args(me), barrier, out)``; what each put on ``out``, by process."""
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*args(me), barrier, out)) for me in range(n)]
+    for p in procs:
+        p.start()
+    got = sorted(out.get(timeout=600) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    return got
+
+
+def _set_settings(url: str, me: int, rowwise: bool, barrier, out) -> None:
     """Each key: read it, wait for every process, write it (as layout_placement does at open)."""
     try:
         engine = db.make_engine(url)
@@ -49,14 +62,7 @@ def test_processes_writing_one_new_setting_at_once_all_succeed(store, tmp_path, 
     url = request.getfixturevalue("pg_url") if store.startswith("postgres") else f"sqlite:///{tmp_path / 'permrag.db'}"
     engine = db.make_engine(url)
     init_schema(engine)
-    ctx = mp.get_context("spawn")
-    barrier, out = ctx.Barrier(PROCS), ctx.Queue()
-    procs = [ctx.Process(target=_set_settings, args=(url, me, barrier, store.endswith("rowwise"), out)) for me in range(PROCS)]
-    for p in procs:
-        p.start()
-    got = sorted(out.get(timeout=300) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
+    got = _race(_set_settings, lambda me: (url, me, store.endswith("rowwise")))
     assert got == [(me, "ok") for me in range(PROCS)]
     with db.reading(engine, "test") as conn:
         for i in range(KEYS):
@@ -74,15 +80,7 @@ def test_two_processes_syncing_one_folder_at_once_both_succeed(tmp_path, pg_url,
     for i in range(30):
         (folder / f"f{i:02d}.txt").write_text(f"budget travel note {i} round 0")
     collection = f"race_{uuid.uuid4().hex[:10]}"
-    ctx = mp.get_context("spawn")
-    rounds = 3
-    barrier, out = ctx.Barrier(2), ctx.Queue()
-    procs = [ctx.Process(target=_sync_worker, args=(str(tmp_path / f"w{me}"), pg_url, milvus_server, collection, str(folder), me, rounds, barrier, out)) for me in range(2)]
-    for p in procs:
-        p.start()
-    got = [out.get(timeout=600) for _ in procs]
-    for p in procs:
-        p.join(timeout=60)
+    got = _race(_sync_worker, lambda me: (str(tmp_path / f"w{me}"), pg_url, milvus_server, collection, str(folder), me, 3), n=2)
     assert sorted(got) == [(me, "ok") for me in range(2)], got
     rag = PermRAG.open(tmp_path / "main", database_url=pg_url, milvus_uri=milvus_server, collection=collection, encoder=HashEncoder(32), consistency="Strong")
     try:
@@ -140,15 +138,8 @@ def test_processes_recording_one_folders_sync_at_once_all_succeed(tmp_path, pg_u
     (PostgreSQL): no writer fails on the key, each file keeps one writer's hashes."""
     from permrag.ingest.sync import FolderSync
 
-    ctx = mp.get_context("spawn")
-    barrier, out = ctx.Barrier(PROCS), ctx.Queue()
     PermRAG.open(tmp_path / "main", database_url=pg_url, catalog_only=True).close()
-    procs = [ctx.Process(target=_record_worker, args=(str(tmp_path / f"w{me}"), pg_url, me, barrier, out)) for me in range(PROCS)]
-    for p in procs:
-        p.start()
-    got = sorted(out.get(timeout=300) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
+    got = _race(_record_worker, lambda me: (str(tmp_path / f"w{me}"), pg_url, me))
     assert got == [(me, "ok") for me in range(PROCS)]
     rag = PermRAG.open(tmp_path / "main", database_url=pg_url, catalog_only=True)
     try:
@@ -180,14 +171,7 @@ def test_processes_opening_a_fresh_database_at_once_all_succeed(store, tmp_path,
     tables, counters and store id made by whichever comes first): each opens
     it and writes; all see one store."""
     url = request.getfixturevalue("pg_url") if store == "postgres" else f"sqlite:///{tmp_path / 'permrag.db'}"
-    ctx = mp.get_context("spawn")
-    barrier, out = ctx.Barrier(PROCS), ctx.Queue()
-    procs = [ctx.Process(target=_open_fresh, args=(f"{url}#{tmp_path}", me, barrier, out)) for me in range(PROCS)]
-    for p in procs:
-        p.start()
-    got = sorted(out.get(timeout=300) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
+    got = _race(_open_fresh, lambda me: (f"{url}#{tmp_path}", me))
     assert got == [(me, "ok") for me in range(PROCS)]
     rag = PermRAG.open(tmp_path / "main", database_url=url, catalog_only=True)
     try:
