@@ -46,6 +46,16 @@ class StoreMismatchError(ConfigError):
     """The Milvus collection belongs to another permrag store (another catalog)."""
 
 
+class NoStoreError(StoreMismatchError):
+    """The database holds no permrag store, and this open may not create one
+    (only ``permrag init`` or ``PermRAG.open(..., create=True)`` does)."""
+
+
+class RepointError(ConfigError):
+    """``permrag init`` would point a home that holds a store at another
+    database, Milvus or collection (allowed only with ``--force``)."""
+
+
 class EncoderMismatchError(ConfigError):
     """The encoder differs from the one the store's vectors were made with."""
 
@@ -124,12 +134,31 @@ class UnknownTenantError(CatalogError):
     """A tenant with neither rows nor policy (a misspelt tenant, most often)."""
 
 
+class SyncError(CatalogError):
+    """A folder sync was refused before it changed anything."""
+
+
+class MassDeleteError(SyncError):
+    """A folder sync would delete more than half of its source's documents, or
+    all of them (an emptied or unmounted share, most often); it runs only with
+    ``allow_mass_delete=True`` / ``--allow-mass-delete``."""
+
+
+class SourceClashError(SyncError):
+    """A sync source name already belongs to another folder of the tenant, or
+    the folder is already synced under another source name."""
+
+
 class BackendError(PermragError):
     """The search backend or the database failed; no result is returned."""
 
 
 class UnsupportedError(BackendError):
     """The backend does not support the requested mode."""
+
+
+class StoreLockedError(BackendError):
+    """Another process holds the store's Milvus Lite folder (Lite serves one process at a time)."""
 
 
 __all__ = [
@@ -141,12 +170,15 @@ __all__ = [
     "ConfigError",
     "DuplicateExternalIdError",
     "EncoderMismatchError",
+    "NoStoreError",
     "NotReadableError",
     "PermragError",
     "PolicyCSVError",
     "PolicyError",
+    "RepointError",
     "RoleCycleError",
     "SelectorError",
+    "StoreLockedError",
     "StoreMismatchError",
     "UnknownRoleError",
     "UnknownRowError",
