@@ -24,7 +24,7 @@ from .audit import AuditLog
 from .backends import Binding, MilvusBackend
 from .catalog import DEFAULT_TENANT, Catalog, DocumentRecord, RowRecord, as_array
 from .catalog.placement import check_layout, layout_placement
-from .dbinit import init_schema
+from .dbinit import open_store
 from .embed import Encoder
 from .errors import BackendError, ConfigError
 from .ingest import MAX_DOCUMENT_CHARS, Chunker, Ingester, add_generated, reconcile

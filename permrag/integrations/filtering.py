@@ -9,6 +9,10 @@ that row's id, so a stale copy of a replaced row does not pass under its
 name. Over-fetching asks the inner retriever for 2k, then 4x more, until
 ``k`` readable results are found, the source runs dry or ``MAX_FETCH`` is
 reached.
+
+Every answer of a wrapper is written to the audit log (:func:`audit_served`)
+as a ``wrapped-search``, like ``rag.search``'s own: what was served (external ids),
+to whom, in which tenant, under which policy version, and from which retriever.
 """
 
 from __future__ import annotations
@@ -36,6 +40,17 @@ def readable(rag: Any, metas: Sequence[Mapping[str, Any]], snap: Any, tenant: st
             ok = False  # same name, another row: not the row the catalog knows
         out.append(ok)
     return out
+
+
+def audit_served(rag: Any, wrapper: str, inner: Any, user: str, tenant: str, snap: Any, query: str, served: Sequence[Mapping[str, Any]], *, id_key: str) -> None:
+    """Record one answer of a ``permissioned()`` wrapper (``served``: the metadata of what it returned)."""
+    detail = {
+        "wrapper": wrapper,
+        "retriever": type(inner).__name__,
+        "queries": [query[:200]],
+        "external_ids": [str(m.get(id_key)) for m in served],
+    }
+    rag.audit.record("wrapped-search", user, tenant, snap.policy_version, detail)
 
 
 def overfetch(fetch: Callable[[int], list[T]], keep: Callable[[list[T]], list[T]], k: int, *, adjustable: bool) -> list[T]:

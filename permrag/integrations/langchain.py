@@ -39,7 +39,7 @@ from ..catalog import DEFAULT_TENANT
 from ..errors import ArgumentError, ConfigError
 from ..names import quote
 from ..results import Hit
-from .filtering import overfetch, readable
+from .filtering import audit_served, overfetch, readable
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +127,12 @@ class PermissionFilteredRetriever(BaseRetriever):
         return [d for d, keep in zip(docs, ok) if keep]
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any) -> list[Document]:
-        k = int(kwargs.pop("k", None) or self._inner_k())
         snap = self.rag.snapshot(self.user, self.tenant)
+        docs = self._serve(query, snap, int(kwargs.pop("k", None) or self._inner_k()))
+        audit_served(self.rag, "langchain", self.inner, self.user, self.tenant, snap, query, [d.metadata or {} for d in docs], id_key=self.id_key)
+        return docs
+
+    def _serve(self, query: str, snap: Any, k: int) -> list[Document]:
         if not snap.visible:
             return []
         store = getattr(self.inner, "vectorstore", None)

@@ -30,7 +30,7 @@ from ..access import check_principal
 from ..errors import ArgumentError, ConfigError
 from ..results import Hit
 from ..search import check_k, check_search_args
-from .filtering import overfetch, readable
+from .filtering import audit_served, overfetch, readable
 
 log = logging.getLogger(__name__)
 
@@ -112,14 +112,15 @@ def classes() -> SimpleNamespace:
         def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
             k = self.k or int(getattr(self.inner, "similarity_top_k", None) or 4)
             snap = self.rag.snapshot(self.user, self.tenant)
-            if not snap.visible:
-                return []
 
             def keep(nodes: list[NodeWithScore]) -> list[NodeWithScore]:
                 ok = readable(self.rag, [n.node.metadata or {} for n in nodes], snap, self.tenant, **self.keys)
                 return [n for n, yes in zip(nodes, ok) if yes]
 
-            return overfetch(lambda n: self._fetch(query_bundle, n), keep, k, adjustable=hasattr(self.inner, "similarity_top_k"))
+            served = overfetch(lambda n: self._fetch(query_bundle, n), keep, k, adjustable=hasattr(self.inner, "similarity_top_k")) if snap.visible else []
+            metas = [n.node.metadata or {} for n in served]
+            audit_served(self.rag, "llamaindex", self.inner, self.user, self.tenant, snap, query_bundle.query_str, metas, id_key=self.keys["id_key"])
+            return served
 
         async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
             # The same over-fetch loop, on the store's bounded pool (see permrag.search.aio).

@@ -133,6 +133,7 @@ def build_server(
             why = rag.explain(who.user, document_id, who.tenant) if ok else None
             if why is not None and not why.visible:  # revoked between the two answers: say no, like any hidden row
                 ok, why = False, None
+            rag.audit.record("check", who.user, who.tenant, snap.policy_version, {"external_id": document_id, "readable": ok, "via": "mcp"})
             return Permission(document_id=document_id, readable=ok, why=str(why) if why else None, policy_version=snap.policy_version)
 
         out = await call(decide)

@@ -5,13 +5,14 @@ tool). It is answered like every other question that names a row: a row the
 caller may not read and a row that does not exist raise the same
 :class:`~permrag.errors.NotReadableError`, and a document is readable only if
 every chunk of it is. The text comes from Milvus under the same snapshot that
-decided the answer, and the read is written to the audit log as ``fetch``.
+decided the answer, and the read is written to the audit log as ``fetch`` —
+a refused one too (``refused: true``, no rows).
 """
 
 from __future__ import annotations
 
 from ..catalog import DocumentRecord
-from ..errors import BackendError
+from ..errors import BackendError, NotReadableError
 from ..results import Hit, Hits
 from .engine import Searcher
 
@@ -19,7 +20,10 @@ from .engine import Searcher
 def fetch(searcher: Searcher, external_id: str, *, user: str, tenant: str) -> Hits:
     """The rows of ``external_id`` (one row, or a document's chunks in order), each stamped with the policy version."""
     snap = searcher.access.snapshot(user, tenant)
-    rec = searcher.access.readable(user, external_id, tenant, snapshot=snap)
+    rec = searcher.access.readable(user, external_id, tenant, snapshot=snap, quiet=True)
+    if rec is None:  # refused reads are audited too: a probe for hidden documents leaves a trace
+        searcher.audit.record("fetch", user, tenant, snap.policy_version, {"external_id": external_id, "rows": [], "refused": True})
+        raise NotReadableError(f"no row {external_id!r} that {user!r} may read in tenant {tenant!r}")
     rows = list(rec.chunks) if isinstance(rec, DocumentRecord) else [rec]
     ex = searcher.executor(tenant)
     texts = ex.backend.texts(ex.tenant_no, [r.row_id for r in rows]) if ex else {}
