@@ -359,8 +359,10 @@ class PermRAG:
         return self.access.snapshot(user, tenant)
 
     def can_read(self, user: str, external_id: str, tenant: str = DEFAULT_TENANT) -> bool:
-        """Whether ``user`` may read a row or a whole document (False also if it does not exist)."""
-        return self.access.can_read(user, external_id, tenant)
+        """Whether ``user`` may read a row or a whole document (False also if it does not exist); audited as a ``check``."""
+        ok = self.access.can_read(user, external_id, tenant)
+        self._audit.record("check", user, tenant, self.policy.version, {"external_id": external_id, "readable": ok})
+        return ok
 
     def explain(self, user: str, external_id: str, tenant: str = DEFAULT_TENANT) -> Explanation:
         """Whether ``user`` may read a row or document, and the path and rule that decide it."""
