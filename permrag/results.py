@@ -50,12 +50,14 @@ class Hit:
 
 
 class Hits(list):
-    """The hits of one query, best first, and the policy version they were
-    computed under (also for an empty result)."""
+    """The hits of one query, best first, the policy version they were
+    computed under (also for an empty result), and the search mode that ran
+    (``mode="auto"`` resolves to ``hybrid`` or ``dense`` by the backend)."""
 
-    def __init__(self, hits: Sequence[Hit] = (), policy_version: int = 0) -> None:
+    def __init__(self, hits: Sequence[Hit] = (), policy_version: int = 0, mode: str = "dense") -> None:
         super().__init__(hits)
         self.policy_version = policy_version
+        self.mode = mode
 
 
 class Stats(dict):

@@ -13,7 +13,7 @@ import pytest
 from permrag import PermRAG
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = ROOT / "permrag" / "policy" / "model.conf"
+MODEL = ROOT / "policies" / "model.conf"  # the reference model; the package ships an equal copy (test_packaging)
 PG_ADMIN_URL = os.environ.get("PERMRAG_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 
 
@@ -161,7 +161,7 @@ def oracle_selector_match(row: dict, tenant: str, selector: str) -> bool:
 
 
 class Oracle:
-    """casbin's enforce over the packaged model.conf, plus the derived-row rule.
+    """casbin's enforce over the reference policies/model.conf, plus the derived-row rule.
 
     Users and roles are separate namespaces: a user is the casbin subject
     ``user:<id>`` (no role may start with ``user:``), so a user called like a

@@ -191,7 +191,7 @@ def test_the_readme_async_snippet_runs_as_written(tmp_path) -> None:
     import subprocess
     import sys
 
-    from .test_readme import blocks, env_for
+    from .test_docs import blocks, env_for
 
     (code,) = blocks("async")
     res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env_for(tmp_path, PERMRAG_ENCODER="hash"), capture_output=True, text=True, timeout=600)

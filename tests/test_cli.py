@@ -10,7 +10,6 @@ from click.testing import CliRunner
 
 from permrag import PermRAG
 from permrag.cli import main
-from permrag.cli.doc import commands, readme_block, render
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -186,14 +185,6 @@ def test_missing_home_and_unreachable_milvus(tmp_path) -> None:
 def test_usage_error_exits_2(tmp_path) -> None:
     assert CliRunner().invoke(main, ["search"]).exit_code == 2
     assert CliRunner().invoke(main, ["no-such-command"]).exit_code == 2
-
-
-def test_readme_cli_reference_is_generated_and_complete() -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    block = readme_block(readme)
-    assert block == render().strip(), "README CLI reference is stale: run python -m permrag.cli.doc --write"
-    for full, _ in commands():
-        assert f"#### `{full}`" in block, f"{full} is missing from the README"
 
 
 def test_demo_runs_on_the_embedded_default(tmp_path) -> None:

@@ -460,7 +460,7 @@ def test_cli_identity_workflow(tmp_path) -> None:
 
 
 def test_the_readme_identity_snippet_runs_as_written(tmp_path) -> None:
-    from tests.test_readme import blocks, env_for
+    from tests.test_docs import blocks, env_for
 
     (code,) = blocks("identity")
     res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env_for(tmp_path, PERMRAG_ENCODER="hash"), capture_output=True, text=True, timeout=600)

@@ -1,5 +1,5 @@
 """The package's shape (issue 13): no import cycle, and no import from a lower
-layer to a higher one. The layer order is the README's architecture:
+layer to a higher one. The layer order is the architecture page (docs/architecture.md):
 
     faces    cli · integrations · demo
     core     core (and the package's __init__)
@@ -17,7 +17,7 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "permrag"
 LAYERS = [
-    ["permrag.cli", "permrag.integrations", "permrag.demo", "permrag.mcp"],
+    ["permrag.cli", "permrag.integrations", "permrag.demo", "permrag.mcp", "permrag.__main__"],
     ["permrag.core", "permrag"],
     ["permrag.search"],
     ["permrag.ingest"],
@@ -67,7 +67,7 @@ def layer_of(module: str) -> tuple[int, str]:
             if module == prefix or module.startswith(prefix + ".") and prefix != "permrag":
                 if best is None or len(prefix) > len(best[1]):
                     best = (i, prefix)
-    assert best is not None, f"{module} is in no layer: add it to the README's architecture and to LAYERS"
+    assert best is not None, f"{module} is in no layer: add it to docs/architecture.md and to LAYERS"
     return best
 
 

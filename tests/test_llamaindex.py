@@ -161,7 +161,7 @@ def test_the_module_imports_without_llama_index() -> None:
 
 
 def test_the_readme_llamaindex_snippet_runs_as_written(tmp_path) -> None:
-    from .test_readme import blocks, env_for
+    from .test_docs import blocks, env_for
 
     (code,) = blocks("llamaindex")
     res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env_for(tmp_path, PERMRAG_ENCODER="hash"), capture_output=True, text=True, timeout=600)

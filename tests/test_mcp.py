@@ -320,7 +320,7 @@ def test_token_commands(tmp_path) -> None:
 
 
 def test_the_readme_mcp_snippet_runs_as_written(tmp_path) -> None:
-    from .test_readme import blocks, env_for
+    from .test_docs import blocks, env_for
 
     (script,) = blocks("mcp")
     res = subprocess.run(["bash", "-e", "-c", script], cwd=tmp_path, env=env_for(tmp_path), capture_output=True, text=True, timeout=600)

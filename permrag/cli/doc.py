@@ -1,8 +1,7 @@
-"""The README's CLI reference, generated from ``--help`` (``python -m permrag.cli.doc``).
+"""The CLI reference page, generated from ``--help`` (``python -m permrag.cli.doc``).
 
-``python -m permrag.cli.doc --write`` rewrites the block between the
-``<!-- cli-start -->`` and ``<!-- cli-end -->`` markers of README.md; a test
-fails when the README and the commands disagree.
+``python -m permrag.cli.doc --write`` rewrites ``docs/cli.md``; a test fails
+when the page and the commands disagree, so the reference cannot drift.
 """
 
 from __future__ import annotations
@@ -14,7 +13,14 @@ import click
 
 from . import main
 
-START, END = "<!-- cli-start -->", "<!-- cli-end -->"
+HEADER = """# CLI reference
+
+Generated from each command's `--help` by `python -m permrag.cli.doc --write`
+(a test fails when this page and the commands disagree). Every command takes
+the global options of `permrag` (`--home`, `--json` where offered); errors
+are one line on stderr with exit code 1 (2 for a usage error), never a
+traceback.
+"""
 
 
 def commands(group: click.Group = main, prefix: str = "permrag") -> list[tuple[str, click.Command]]:
@@ -33,26 +39,19 @@ def commands(group: click.Group = main, prefix: str = "permrag") -> list[tuple[s
 
 
 def render() -> str:
-    parts = []
+    parts = [HEADER]
     for full, cmd in commands():
         ctx = click.Context(cmd, info_name=full, help_option_names=["-h", "--help"], terminal_width=100, max_content_width=100)
-        parts.append(f"#### `{full}`\n\n```\n{cmd.get_help(ctx)}\n```\n")
+        parts.append(f"## `{full}`\n\n```\n{cmd.get_help(ctx)}\n```\n")
     return "\n".join(parts)
 
 
-def readme_block(readme: str) -> str:
-    return readme.split(START, 1)[1].split(END, 1)[0].strip()
-
-
-def write(readme_path: Path) -> None:
-    text = readme_path.read_text(encoding="utf-8")
-    head, rest = text.split(START, 1)
-    tail = rest.split(END, 1)[1]
-    readme_path.write_text(f"{head}{START}\n{render()}\n{END}{tail}", encoding="utf-8")
+def page_path() -> Path:
+    return Path(__file__).resolve().parents[2] / "docs" / "cli.md"
 
 
 if __name__ == "__main__":
     if "--write" in sys.argv:
-        write(Path(__file__).resolve().parents[2] / "README.md")
+        page_path().write_text(render(), encoding="utf-8")
     else:
         print(render())

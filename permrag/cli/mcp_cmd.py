@@ -21,7 +21,7 @@ from .base import StoreCommand, emit, json_opt, main, store, tenant_opt
 @click.option("--jwt-audience", default=None, help="http: required `aud` of the JWTs.")
 @click.option("--jwt-issuer", default=None, help="http: required `iss` of the JWTs.")
 @click.option("--tenant-claim", default="tenant", show_default=True, help="http: the JWT claim naming the tenant (else --tenant).")
-@click.option("--mode", default="hybrid", show_default=True, type=click.Choice(["hybrid", "dense", "keyword"]), help="Default search mode.")
+@click.option("--mode", default="auto", show_default=True, type=click.Choice(["auto", "hybrid", "dense", "keyword"]), help="Default search mode (auto: hybrid where the backend has BM25, else dense).")
 @click.option("--encoder", default=None, help="Encoder (default: the store's own).")
 @click.pass_context
 def mcp_cmd(ctx, as_user, tenant, transport, host, port, use_tokens, jwt_key, jwt_algorithm, jwt_audience, jwt_issuer, tenant_claim, mode, encoder) -> None:

@@ -68,7 +68,7 @@ def run_demo(
         for q in QUESTIONS:
             t = Table("user", f"top {k} results they may read", title=f"Q: {q}", show_lines=True)
             for u in USERS:
-                hits = rag.search(q, user=u, k=k, mode="hybrid")
+                hits = rag.search(q, user=u, k=k, mode="auto")
                 results[(q, u)] = [h.external_id for h in hits]
                 t.add_row(u, "\n".join(f"{titles.get(h.external_id, h.external_id)}  [dim]({h.external_id})[/dim]" for h in hits) or "[dim](nothing)[/dim]")
             console.print(t)

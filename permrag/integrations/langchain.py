@@ -39,6 +39,7 @@ from ..catalog import DEFAULT_TENANT
 from ..errors import ArgumentError, ConfigError
 from ..names import quote
 from ..results import Hit
+from ..search import check_search_args
 from .filtering import audit_served, overfetch, readable
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class PermissionedRetriever(BaseRetriever):
     user: str
     tenant: str = DEFAULT_TENANT
     k: int = 4
-    mode: str = "hybrid"
+    mode: str = "auto"
     fusion: str = "rrf"
     weights: tuple[float, float] = (0.5, 0.5)
     pool: int | None = None
@@ -200,13 +201,17 @@ def principal(config: RunnableConfig | None) -> tuple[str, str]:
     return user, tenant or DEFAULT_TENANT
 
 
-def knowledge_tool(rag: Any, *, k: int = 4, name: str = "search_knowledge_base") -> BaseTool:
-    """A search tool acting as the run's user (see :func:`principal`); async runs use ``rag.aio``."""
+def knowledge_tool(rag: Any, *, k: int = 4, mode: str = "auto", fusion: str = "rrf", name: str = "search_knowledge_base") -> BaseTool:
+    """A search tool acting as the run's user (see :func:`principal`); async runs use ``rag.aio``.
+
+    ``k``, ``mode`` and ``fusion`` are fixed when the tool is made (checked
+    now, not at the first call); the model chooses only the query."""
+    check_search_args(["(none yet)"], "(tool)", DEFAULT_TENANT, k, mode, fusion, (0.5, 0.5))
 
     def search_knowledge_base(query: str, config: RunnableConfig) -> str:
         """Search the company knowledge base; returns the passages you may read."""
         user, tenant = principal(config)
-        hits = rag.search(query, user=user, tenant=tenant, k=k)
+        hits = rag.search(query, user=user, tenant=tenant, k=k, mode=mode, fusion=fusion)
         if not hits:
             return f"No readable passages found (policy version {hits.policy_version})."
         return "\n\n".join(f"[{h.external_id}] {h.text}" for h in hits)

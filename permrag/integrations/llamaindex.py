@@ -60,7 +60,7 @@ def classes() -> SimpleNamespace:
             user: str,
             tenant: str = DEFAULT_TENANT,
             k: int = 4,
-            mode: str = "hybrid",
+            mode: str = "auto",
             fusion: str = "rrf",
             weights: Sequence[float] = (0.5, 0.5),
             pool: int | None = None,

@@ -41,7 +41,7 @@ INSTRUCTIONS = (
     "no argument can change that. Cite passages by their external id; each answer carries the policy version "
     "it was computed under."
 )
-Mode = Literal["hybrid", "dense", "keyword"]
+Mode = Literal["auto", "hybrid", "dense", "keyword"]
 
 
 class Passage(BaseModel):
@@ -56,6 +56,7 @@ class SearchResult(BaseModel):
     user: str = Field(description="Whom the search ran as (fixed by the server).")
     tenant: str
     policy_version: int = Field(description="The policy version the answer was computed under.")
+    mode: str = Field(description="The search mode that ran: 'auto' resolves to hybrid where the backend has BM25, else dense.")
     passages: list[Passage]
 
 
@@ -92,7 +93,7 @@ def build_server(
     *,
     principal: Principal | None = None,
     verifier: TokenVerifier | None = None,
-    mode: Mode = "hybrid",
+    mode: Mode = "auto",
     issuer_url: str = "http://127.0.0.1",
 ) -> PermragMCP:
     """The server for ``rag``, acting as ``principal`` (stdio) or as each request's token owner (HTTP, ``verifier``)."""
@@ -118,6 +119,7 @@ def build_server(
             user=who.user,
             tenant=who.tenant,
             policy_version=hits.policy_version,
+            mode=hits.mode,
             passages=[Passage(external_id=h.external_id, document=h.document, text=h.text, score=h.score, policy_version=h.policy_version) for h in hits],
         )
         text = "\n\n".join(f"[{p.external_id}] {p.text}" for p in out.passages) or "No readable passages found."

@@ -30,7 +30,7 @@ from .local import LocalRanker
 from .planner import DenyAll, Filter, Plan, Planner, in_process
 from .probe import ask
 
-MODES = ("hybrid", "dense", "keyword")
+MODES = ("auto", "hybrid", "dense", "keyword")  # auto: hybrid where the backend has BM25, else dense
 FUSIONS = ("rrf", "weighted")
 MAX_QUERY_CHARS = 10_000
 MAX_PLANS = 4096
@@ -112,7 +112,7 @@ class Searcher:
         user: str,
         tenant: str,
         k: int = 10,
-        mode: str = "hybrid",
+        mode: str = "auto",
         fusion: str = "rrf",
         weights: Sequence[float] = (0.5, 0.5),
         vectors: Any = None,
@@ -122,13 +122,14 @@ class Searcher:
         """The top ``k`` rows ``user`` may read for each query, best first."""
         queries = check_search_args(queries, user, tenant, k, mode, fusion, weights, pool)
         backend = self.binding.backend()  # a store bound to another catalog fails here, whatever the caller sees
+        mode = resolve_mode(mode, backend.capabilities)
         held = self._ask_early(backend, tenant, mode)
         snap = snapshot or self.access.snapshot(user, tenant)
         plan = self._in_process(snap, mode, backend) or self.plan(snap)
         self.stats.add("searches", len(queries))
         self.stats.add(f"plan:{plan.kind}")
         if isinstance(plan, DenyAll):
-            out = [Hits((), snap.policy_version) for _ in queries]
+            out = [Hits((), snap.policy_version, mode) for _ in queries]
         else:
             backend.capabilities.require(mode)
             if vectors is not None:
@@ -137,7 +138,7 @@ class Searcher:
                 vectors = self.binding.encode(list(queries))
             ex = self.executor(tenant)
             raw = ex.run(plan, snap, mode, vectors, list(queries), k, fusion=fusion, weights=(float(weights[0]), float(weights[1])), pool=pool, held=held) if ex else [[] for _ in queries]
-            out = [self.hits(r, snap) for r in raw]
+            out = [self.hits(r, snap, mode) for r in raw]
         self.audit.record(
             "search",
             user,
@@ -157,10 +158,10 @@ class Searcher:
         no = self.catalog.tenants.number(tenant)
         return None if no is None else ask(backend.has_tenant, no)
 
-    def hits(self, raw: list[RawHit], snap: Snapshot) -> Hits:
+    def hits(self, raw: list[RawHit], snap: Snapshot, mode: str = "dense") -> Hits:
         """Verified raw hits as :class:`Hit` objects with their catalog records."""
         if not raw:
-            return Hits((), snap.policy_version)
+            return Hits((), snap.policy_version, mode)
         recs = self.catalog.rows.records(h.row_id for h in raw)
         return Hits(
             [
@@ -169,7 +170,17 @@ class Searcher:
                 if h.row_id in recs
             ],
             snap.policy_version,
+            mode,
         )
+
+
+def resolve_mode(mode: str, capabilities: Any) -> str:
+    """The mode that runs: ``auto`` is hybrid where the backend has BM25
+    (Milvus Lite, servers >= 2.5) and dense elsewhere; a named mode is kept
+    (and refused later if the backend cannot run it)."""
+    if mode != "auto":
+        return mode
+    return "hybrid" if capabilities.bm25 else "dense"
 
 
 def check_k(k: object, what: str = "k") -> int:

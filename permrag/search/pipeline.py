@@ -47,7 +47,7 @@ def retrieve(
     tenant: str,
     k: int = 5,
     candidates: int = 20,
-    mode: str = "hybrid",
+    mode: str = "auto",
     rerank: Reranker | Any = None,
     merge_parents: bool = True,
     variants: Variants | None = None,
@@ -78,7 +78,7 @@ def retrieve(
         hits = [replace(h, score=s) for h, s in sorted(zip(hits, scores), key=lambda hs: -hs[1])]
     if merge_parents:
         hits = merge(searcher, hits, snap)
-    return Hits(hits[:k], snap.policy_version)
+    return Hits(hits[:k], snap.policy_version, lists[0].mode)
 
 
 def fuse_hits(lists: Sequence[Sequence[Hit]]) -> list[Hit]:
