@@ -52,7 +52,7 @@ def check_milvus_equals_catalog(rag: PermRAG, tenant: str = "default") -> None:
 def test_first_sync_adds_every_readable_file(world) -> None:
     rag, folder, enc = world
     rep = rag.sync_folder(folder)
-    assert sorted(rep.added) == ["eng/cafe.txt", "eng/resume.txt", "eng/security.rst", "hr/benefits.html", "hr/expenses.pdf", "hr/leave.MD", "hr/onboarding.docx"]
+    assert sorted(rep.added) == [f"docs/{p}" for p in ["eng/cafe.txt", "eng/resume.txt", "eng/security.rst", "hr/benefits.html", "hr/expenses.pdf", "hr/leave.MD", "hr/onboarding.docx"]]
     assert sorted(p for p, _ in rep.failed) == ["misc/broken.docx", "misc/broken.pdf"] and not rep.ok
     assert sorted(p for p, _ in rep.skipped) == ["misc/empty.txt", "misc/photo.png"]
     rows = live_rows(rag)
@@ -76,11 +76,11 @@ def test_a_changed_file_alone_is_reembedded(world) -> None:
     (folder / "hr" / "leave.MD").write_text("# Leave\n\nEveryone now gets thirty days of paid leave.\n")
     n = len(enc.texts)
     rep = rag.sync_folder(folder)
-    assert rep.changed == ["hr/leave.MD"] and rep.unchanged == 6
+    assert rep.changed == ["docs/hr/leave.MD"] and rep.unchanged == 6
     assert enc.texts[n:] == ["# Leave\n\nEveryone now gets thirty days of paid leave."]
     after = live_rows(rag)
-    assert {e: r for e, r in after.items() if not e.startswith("hr/leave.MD")} == {e: r for e, r in before.items() if not e.startswith("hr/leave.MD")}
-    assert [e for e in after if e.startswith("hr/leave.MD")] == ["hr/leave.MD"]  # the old chunks are gone, one row now
+    assert {e: r for e, r in after.items() if not e.startswith("docs/hr/leave.MD")} == {e: r for e, r in before.items() if not e.startswith("docs/hr/leave.MD")}
+    assert [e for e in after if e.startswith("docs/hr/leave.MD")] == ["docs/hr/leave.MD"]  # the old chunks are gone, one row now
     check_milvus_equals_catalog(rag)
 
 
@@ -90,8 +90,8 @@ def test_a_metadata_only_change_updates_attributes(world) -> None:
     (folder / "eng" / "cafe.txt.meta.json").write_text(json.dumps({"attrs": {"level": 3, "public": True}}))
     n = len(enc.texts)
     rep = rag.sync_folder(folder)
-    assert rep.metadata == ["eng/cafe.txt"] and not rep.changed and rep.unchanged == 6
-    assert rag.row("eng/cafe.txt").attrs == {"folder": "eng", "source": "eng/cafe.txt", "level": "3", "public": "true"}
+    assert rep.metadata == ["docs/eng/cafe.txt"] and not rep.changed and rep.unchanged == 6
+    assert rag.row("docs/eng/cafe.txt").attrs == {"folder": "eng", "source": "eng/cafe.txt", "level": "3", "public": "true"}
     if hasattr(rag, "update_metadata"):  # the store's metadata-only update: nothing re-encoded
         assert len(enc.texts) == n
     check_milvus_equals_catalog(rag)
@@ -106,8 +106,8 @@ def test_metadata_only_changes_go_through_the_one_update_call(world) -> None:
     (folder / "eng" / "cafe.txt.meta.json").write_text(json.dumps({"attrs": {"dept": "ops"}, "acl": {"allow": ["user:bob"]}}))
     n, rows = len(enc.texts), live_rows(rag)
     rep = sync.sync(folder)
-    assert rep.metadata == ["eng/cafe.txt"]
-    assert calls == [("eng/cafe.txt", "default", {"folder": "eng", "source": "eng/cafe.txt", "dept": "ops"}, {"folder": "/eng", "allow": ["user:bob"]})]
+    assert rep.metadata == ["docs/eng/cafe.txt"]
+    assert calls == [("docs/eng/cafe.txt", "default", {"folder": "eng", "source": "eng/cafe.txt", "dept": "ops"}, {"folder": "/eng", "allow": ["user:bob"]})]
     assert len(enc.texts) == n and live_rows(rag) == rows  # nothing encoded or written by the sync itself
 
 
@@ -117,14 +117,14 @@ def test_files_gone_are_deleted_and_renames_are_delete_plus_add(world) -> None:
     (folder / "eng" / "security.rst").unlink()
     (folder / "hr" / "expenses.pdf").rename(folder / "hr" / "travel.pdf")
     rep = rag.sync_folder(folder)
-    assert rep.deleted == ["eng/security.rst", "hr/expenses.pdf"] and rep.added == ["hr/travel.pdf"]
+    assert rep.deleted == ["docs/eng/security.rst", "docs/hr/expenses.pdf"] and rep.added == ["docs/hr/travel.pdf"]
     ext = {e.split("#")[0] for e in live_rows(rag)}
-    assert "eng/security.rst" not in ext and "hr/expenses.pdf" not in ext and "hr/travel.pdf" in ext
+    assert "docs/eng/security.rst" not in ext and "docs/hr/expenses.pdf" not in ext and "docs/hr/travel.pdf" in ext
     check_milvus_equals_catalog(rag)
-    # a folder emptied out deletes everything it added
+    # a folder emptied out deletes everything it added, when told to (tests/test_sync_safety.py: the guard)
     for f in [p for p in folder.rglob("*") if p.is_file()]:
         f.unlink()
-    rep = rag.sync_folder(folder)
+    rep = rag.sync_folder(folder, allow_mass_delete=True)
     assert len(rep.deleted) == 6 and live_rows(rag) == {} and milvus_ids(rag) == set()
 
 
@@ -144,8 +144,8 @@ def test_tenants_and_folders_sync_independently(world, tmp_path) -> None:
     rag.sync_folder(folder)
     rag.sync_folder(folder, tenant="t2")
     (folder / "eng" / "cafe.txt").unlink()
-    assert rag.sync_folder(folder).deleted == ["eng/cafe.txt"]
-    assert rag.row("eng/cafe.txt", "t2").external_id == "eng/cafe.txt"  # t2 not synced yet
+    assert rag.sync_folder(folder).deleted == ["docs/eng/cafe.txt"]
+    assert rag.row("docs/eng/cafe.txt", "t2").external_id == "docs/eng/cafe.txt"  # t2 not synced yet
     check_milvus_equals_catalog(rag)
     check_milvus_equals_catalog(rag, "t2")
     assert len(rag.catalog.tenant_rows("t2")) == len(rag.catalog.tenant_rows("default")) + 1
@@ -195,7 +195,7 @@ def test_cli_sync(tmp_path) -> None:
     (folder / "eng" / "cafe.txt").write_text("changed text")
     res = runner.invoke(main, [*home, "ingest", str(folder), "--sync"])
     assert res.exit_code == 0, res.output
-    assert "0 added, 1 changed, 0 metadata only, 0 deleted, 6 unchanged" in res.stdout
+    assert "0 added, 1 changed, 0 metadata only, 0 restored, 0 deleted, 6 unchanged" in res.stdout
     res = runner.invoke(main, [*home, "ingest", str(Path(folder) / "eng" / "cafe.txt"), "--sync"])
     assert res.exit_code == 2 and "--sync takes a folder" in res.output
 
@@ -243,7 +243,7 @@ def test_a_sync_of_many_batches_flushes_milvus_lite_once(tmp_path, monkeypatch) 
         rag.policy.grant("all", "*")
         rag.policy.assign_user("u", "all")
         hits = rag.search("hiring", user="u", k=50, mode="keyword")
-        assert {h.external_id.split("#")[0] for h in hits} >= {f"f{i:02d}.txt" for i in range(12)}
+        assert {h.external_id.split("#")[0] for h in hits} >= {f"many/f{i:02d}.txt" for i in range(12)}
     finally:
         store.flush = real
         rag.close()
@@ -262,11 +262,11 @@ def test_a_file_the_store_refuses_is_reported_and_the_rest_go_in_one_write(world
     rag.ingester.write = lambda *a, **kw: (writes.append(len(a[0])), real(*a, **kw))[1]
     rep = rag.sync_folder(folder)
     assert dict(rep.failed)["eng/cafe.txt"].startswith("attribute name 'bad name'")
-    assert "eng/cafe.txt" not in rep.added and len(rep.added) == 6 and len(writes) == 1
-    assert "eng/cafe.txt" not in {e.split("#")[0] for e in live_rows(rag)}
+    assert "docs/eng/cafe.txt" not in rep.added and len(rep.added) == 6 and len(writes) == 1
+    assert "docs/eng/cafe.txt" not in {e.split("#")[0] for e in live_rows(rag)}
     check_milvus_equals_catalog(rag)
     side.write_text(json.dumps({"attrs": {"dept": "ops"}}))
-    assert rag.sync_folder(folder).added == ["eng/cafe.txt"]
+    assert rag.sync_folder(folder).added == ["docs/eng/cafe.txt"]
     before = live_rows(rag)
     side.write_text(json.dumps({"attrs": {"dept": {"nested": 1}}}))  # metadata only, and bad
     rep = rag.sync_folder(folder)

@@ -12,9 +12,12 @@ Its attributes are, in increasing priority:
   the attributes alone.
 
 Nothing in a folder aborts the others. A file no loader is registered for,
-an empty file, and one that cannot be read (corrupt, not text, bad sidecar,
-too long) is reported in :class:`LoadReport` with the reason; hidden files
-and folders (``.git``, ``.DS_Store``) and sidecars are passed over silently.
+an empty file, one that cannot be read (corrupt, not text, bad sidecar, too
+long), a folder that cannot be listed and a link out of the folder are
+reported in :class:`LoadReport` with the reason (the listing:
+:mod:`.walk`); hidden files and folders (``.git``, ``.DS_Store``) and
+sidecars are passed over silently. Each file is read once, with its
+sidecars, and parsed from the bytes read.
 """
 
 from __future__ import annotations
@@ -23,17 +26,17 @@ import json
 import logging
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Sequence
 
 from ...catalog import row_spec
 from ...errors import CatalogError, PermragError
 from .jsonl import load_jsonl
-from .registry import Parsed, loader_for
+from .registry import Parsed, loader_for, parse, takes_data
+from .walk import SIDECARS, Listing, list_folder
 
 log = logging.getLogger(__name__)
 
-SIDECARS = (".meta.json", ".attrs.json")
 MAX_LABEL = 200  # characters kept of a title or heading attribute
 
 
@@ -71,44 +74,61 @@ def label(text: str | None) -> str | None:
     return one[:MAX_LABEL].rstrip() or None
 
 
-def read_sidecar(f: Path) -> tuple[dict[str, Any] | None, Any]:
-    """(attrs, acl) from ``f``'s sidecar; (None, None) when it has none."""
+@dataclass
+class FileBytes:
+    """One file as read, once: the bytes that are hashed are the bytes that are parsed."""
+
+    rel: str  # path relative to the folder
+    path: Path  # the real file
+    data: bytes
+    sides: dict[str, bytes]  # sidecar suffix → the sidecar's bytes, for those it has
+
+
+def read_file(listing: Listing, rel: str) -> FileBytes:
+    """Read the file ``rel`` of ``listing`` and its sidecars (OSError if it cannot)."""
+    path = listing.files[rel]
+    sides = {x: listing.sidecars[rel + x].read_bytes() for x in SIDECARS if rel + x in listing.sidecars}
+    return FileBytes(rel, path, path.read_bytes(), sides)
+
+
+def read_sidecar(sides: dict[str, bytes]) -> tuple[dict[str, Any] | None, Any]:
+    """(attrs, acl) from a file's sidecar bytes; (None, None) when it has none."""
     for suffix in SIDECARS:
-        side = f.with_name(f.name + suffix)
-        if not side.is_file():
+        if suffix not in sides:
             continue
+        name = f"<file>{suffix}"
         try:
-            data = json.loads(side.read_text(encoding="utf-8"))
+            data = json.loads(sides[suffix].decode("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CatalogError(f"sidecar {side.name} is not JSON ({exc})") from None
+            raise CatalogError(f"sidecar {name} is not JSON ({exc})") from None
         if not isinstance(data, dict):
-            raise CatalogError(f"sidecar {side.name} must hold a JSON object")
+            raise CatalogError(f"sidecar {name} must hold a JSON object")
         if suffix == ".attrs.json":
             return data, None
         unknown = set(data) - {"attrs", "acl"}
         if unknown:
-            raise CatalogError(f"sidecar {side.name}: unknown key(s) {sorted(unknown)} (expected 'attrs', 'acl')")
+            raise CatalogError(f"sidecar {name}: unknown key(s) {sorted(unknown)} (expected 'attrs', 'acl')")
         attrs = data.get("attrs") or {}
         if not isinstance(attrs, dict):
-            raise CatalogError(f"sidecar {side.name}: 'attrs' must be an object")
+            raise CatalogError(f"sidecar {name}: 'attrs' must be an object")
         return attrs, data.get("acl")
     return None, None
 
 
-def document(root: Path, f: Path, parsed: Parsed, folder_attrs: Sequence[str] | None) -> dict[str, Any]:
+def document(item: FileBytes, parsed: Parsed, folder_attrs: Sequence[str] | None, external_id: str | None = None) -> dict[str, Any]:
     """The document mapping of one parsed file (see the module docstring)."""
-    rel = f.relative_to(root)
+    rel = PurePosixPath(item.rel)
     parts = list(rel.parent.parts)
     attrs: dict[str, Any] = dict(zip(folder_attrs, parts)) if folder_attrs else ({"folder": "/".join(parts)} if parts else {})
-    attrs["source"] = rel.as_posix()
+    attrs["source"] = item.rel
     title = label(parsed.title)
     if title:
         attrs["title"] = title
     attrs.update(parsed.meta)
-    side_attrs, acl = read_sidecar(f)
+    side_attrs, acl = read_sidecar(item.sides)
     attrs.update(side_attrs or {})
     doc: dict[str, Any] = {
-        "external_id": rel.as_posix(),
+        "external_id": external_id or item.rel,
         "text": parsed.text,
         "attrs": attrs,
         "sections": [{"text": s.text, "page": s.page, "heading": label(s.heading)} for s in parsed.sections if s.text.strip()],
@@ -119,35 +139,30 @@ def document(root: Path, f: Path, parsed: Parsed, folder_attrs: Sequence[str] | 
     return doc
 
 
-def files_of(root: Path, sidecars: set[Path] | None = None) -> list[Path]:
-    """Every file below ``root`` that is neither hidden nor a sidecar, sorted
-    (and the sidecars' paths added to ``sidecars``, where given)."""
-    out = []
-    for f in root.rglob("*"):
-        rel = f.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts) or not f.is_file():
-            continue
-        if f.name.endswith(SIDECARS):
-            if sidecars is not None:
-                sidecars.add(f)
-            continue
-        out.append(f)
-    return sorted(out)
+def skip_reason(rel: str) -> str | None:
+    """Why a file is not loaded at all (no loader for its type), or None."""
+    if loader_for(Path(rel)) is None:
+        return f"no loader for {PurePosixPath(rel).suffix.lower() or 'files without a suffix'}"
+    return None
 
 
-def load_file(root: Path, f: Path, folder_attrs: Sequence[str] | None, report: LoadReport, max_chars: int | None, *, validate: bool = True) -> None:
-    """Load one file into ``report`` (a document, or the reason it is not one;
-    ``validate=False``: its id, attributes and ACL are left for the caller to check)."""
-    rel = f.relative_to(root).as_posix()
-    loader = loader_for(f)
+def load_file(item: FileBytes, folder_attrs: Sequence[str] | None, report: LoadReport, max_chars: int | None, *, validate: bool = True, external_id: str | None = None) -> None:
+    """Load one file, as read, into ``report`` (a document, or the reason it is
+    not one; ``validate=False``: its id, attributes and ACL are left for the
+    caller to check)."""
+    rel, f = item.rel, item.path
+    loader = loader_for(Path(rel))
     if loader is None:
-        report.skipped.append((rel, f"no loader for {f.suffix.lower() or 'files without a suffix'}"))
+        report.skipped.append((rel, skip_reason(rel) or ""))
         return
     try:
-        if f.stat().st_size == 0:
+        if not item.data:
             report.skipped.append((rel, "empty file"))
             return
-        doc = document(root, f, loader(f), folder_attrs)
+        parsed = parse(loader, f, item.data)
+        if not takes_data(loader) and f.read_bytes() != item.data:  # it read the file itself: what it read may not be what was hashed
+            raise CatalogError("changed while it was read; it is read again at the next sync")
+        doc = document(item, parsed, folder_attrs, external_id)
         if not doc["text"].strip():
             report.skipped.append((rel, "no text in it"))
             return
@@ -174,9 +189,18 @@ def load_folder(path: str | Path, folder_attrs: Sequence[str] | None = None, *, 
     root = Path(path)
     if not root.is_dir():
         raise CatalogError(f"{path}: not a folder")
-    report = LoadReport()
-    for f in files_of(root):
-        load_file(root, f, folder_attrs, report, max_chars)
+    listing = list_folder(root)
+    report = LoadReport(skipped=list(listing.skipped), failed=list(listing.failed))
+    for rel in listing.files:
+        if skip_reason(rel):
+            report.skipped.append((rel, skip_reason(rel) or ""))
+            continue
+        try:
+            item = read_file(listing, rel)
+        except OSError as exc:
+            report.failed.append((rel, exc.strerror or str(exc)))
+            continue
+        load_file(item, folder_attrs, report, max_chars)
     return report
 
 

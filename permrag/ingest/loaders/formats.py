@@ -1,8 +1,11 @@
-"""Built-in loaders, each a thin layer over a maintained parser.
+"""Built-in loaders, each a thin layer over a maintained parser. Each takes
+the bytes its caller read (``data``), so that what is parsed is what was hashed.
 
-* plain text (``.txt``, ``.text``, ``.log``, ``.csv``): bytes decoded as UTF-8
-  when they are, else with the encoding charset-normalizer detects (Latin-1,
-  UTF-16 with or without BOM, …); bytes no encoding fits are refused.
+* plain text (``.txt``, ``.text``, ``.log``, ``.csv``): bytes decoded by
+  their byte-order mark, else as UTF-8 when they are, else as Windows-1252
+  (which reads Latin-1 too) when that reads cleanly, else with the encoding
+  charset-normalizer detects (UTF-16 without BOM, Cyrillic, CJK, …); bytes no
+  encoding fits are refused. Markdown, reStructuredText and HTML the same.
 * Markdown (``.md``, ``.markdown``): sections at headings, found by
   markdown-it-py's CommonMark parser (so a ``#`` inside a code block is not a
   heading); the title is the first level-1 heading.
@@ -22,6 +25,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
@@ -30,26 +34,50 @@ from .registry import Parsed, Section, register_loader
 
 
 # ---------------------------------------------------------------------- text
+BOMS = ((b"\x00\x00\xfe\xff", "utf-32"), (b"\xff\xfe\x00\x00", "utf-32"), (b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
+WESTERN_SLACK = 0.1  # how much messier than the detector's best reading a Windows-1252 reading may look
+
+
 def decode(data: bytes, where: Path | str) -> str:
-    """Bytes as text: UTF-8 (BOM dropped) if valid, else charset-normalizer's best guess."""
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
+    """Bytes as text: by their byte-order mark (UTF-8, UTF-16, UTF-32) if they
+    have one, else UTF-8 if valid, else Windows-1252 when it reads as well as
+    charset-normalizer's best guess, else that guess."""
+    for bom, codec in BOMS:
+        if data.startswith(bom):
+            try:
+                return data.decode(codec).lstrip("\ufeff")
+            except UnicodeDecodeError:
+                raise CatalogError(f"{where}: not text (its {codec.upper()} byte-order mark does not fit its bytes)") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         pass
     from charset_normalizer import from_bytes
+    from charset_normalizer.md import mess_ratio
 
-    results = from_bytes(data)
-    best = results.best()
+    best = from_bytes(data).best()
+    # Short Western text fits many single-byte code pages at once, and the
+    # detector's pick among them is arbitrary (Mac Iceland for a Windows-1252
+    # text with smart quotes, cp1250 for a Latin-1 one). Windows-1252 is the
+    # superset of Latin-1 that WHATWG decodes "latin1" as; its bytes 0x80-0x9F
+    # are the quotes, dashes and euro sign, which in Latin-1 are C1 control
+    # codes that never occur in real text. So it is taken whenever it reads as
+    # cleanly as the best guess; text of other scripts read as Windows-1252 is
+    # a mess (a ratio near 1) and keeps the guess.
+    try:
+        western = data.decode("cp1252")
+    except UnicodeDecodeError:
+        western = None
+    if western is not None and mess_ratio(western, 1.0) <= (best.chaos if best is not None else 0.0) + WESTERN_SLACK:
+        return western
     if best is None:
         raise CatalogError(f"{where}: not text (no character encoding fits its bytes)")
-    # Short Western text fits several single-byte code pages equally well
-    # (charset-normalizer picked cp1250 for a Latin-1 "crème" → "crčme");
-    # among equally good readings prefer Windows-1252, the superset of
-    # Latin-1 that WHATWG decodes "latin1" as.
-    western = next((m for m in results if m.chaos <= best.chaos and "cp1252" in m.could_be_from_charset), None)
-    return str(western or best).lstrip("\ufeff")
+    return str(best).lstrip("\ufeff")
+
+
+def _bytes(path: Path, data: bytes | None) -> bytes:
+    """The file's bytes: those the caller read (and hashed) already, else read now."""
+    return data if data is not None else path.read_bytes()
 
 
 def clean(text: str) -> str:
@@ -60,8 +88,8 @@ def clean(text: str) -> str:
 
 
 @register_loader(".txt", ".text", ".log", ".csv")
-def load_text(path: Path) -> Parsed:
-    return Parsed([Section(clean(decode(path.read_bytes(), path)))])
+def load_text(path: Path, data: bytes | None = None) -> Parsed:
+    return Parsed([Section(clean(decode(_bytes(path, data), path)))])
 
 
 # ---------------------------------------------------------------------- markdown
@@ -98,8 +126,8 @@ def _sections(lines: list[str], starts: list[tuple[int, int, str]]) -> tuple[lis
 
 
 @register_loader(".md", ".markdown", ".mdown", ".mkd")
-def load_markdown(path: Path) -> Parsed:
-    sections, title = markdown_sections(clean(decode(path.read_bytes(), path)))
+def load_markdown(path: Path, data: bytes | None = None) -> Parsed:
+    sections, title = markdown_sections(clean(decode(_bytes(path, data), path)))
     return Parsed(sections, title)
 
 
@@ -131,17 +159,17 @@ def rst_sections(text: str) -> tuple[list[Section], str | None]:
 
 
 @register_loader(".rst", ".rest")
-def load_rst(path: Path) -> Parsed:
-    sections, title = rst_sections(clean(decode(path.read_bytes(), path)))
+def load_rst(path: Path, data: bytes | None = None) -> Parsed:
+    sections, title = rst_sections(clean(decode(_bytes(path, data), path)))
     return Parsed(sections, title)
 
 
 # ---------------------------------------------------------------------- HTML
 @register_loader(".html", ".htm", ".xhtml")
-def load_html(path: Path) -> Parsed:
+def load_html(path: Path, data: bytes | None = None) -> Parsed:
     import trafilatura
 
-    html = decode(path.read_bytes(), path)
+    html = decode(_bytes(path, data), path)
     text = trafilatura.extract(html, output_format="markdown", include_formatting=True, include_tables=True, include_comments=False)
     if not text or not text.strip():
         text = trafilatura.html2txt(html) or ""
@@ -152,12 +180,12 @@ def load_html(path: Path) -> Parsed:
 
 # ---------------------------------------------------------------------- PDF
 @register_loader(".pdf")
-def load_pdf(path: Path) -> Parsed:
+def load_pdf(path: Path, data: bytes | None = None) -> Parsed:
     from pypdf import PdfReader
     from pypdf.errors import PyPdfError
 
     try:
-        reader = PdfReader(path)
+        reader = PdfReader(io.BytesIO(_bytes(path, data)))
         if reader.is_encrypted and not reader.decrypt(""):
             raise CatalogError(f"{path}: the PDF is encrypted")
         sections = [Section(clean(page.extract_text() or "").strip(), page=n) for n, page in enumerate(reader.pages, start=1)]
@@ -173,14 +201,14 @@ def load_pdf(path: Path) -> Parsed:
 
 # ---------------------------------------------------------------------- DOCX
 @register_loader(".docx")
-def load_docx(path: Path) -> Parsed:
+def load_docx(path: Path, data: bytes | None = None) -> Parsed:
     import zipfile
 
     import docx
     from docx.opc.exceptions import PackageNotFoundError
 
     try:
-        document = docx.Document(str(path))
+        document = docx.Document(io.BytesIO(_bytes(path, data)))
     except (PackageNotFoundError, zipfile.BadZipFile, KeyError, ValueError) as exc:
         raise CatalogError(f"{path}: not a readable DOCX ({exc})") from None
     lines: list[str] = []

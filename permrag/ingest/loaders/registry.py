@@ -11,6 +11,11 @@ and heading it comes from, so that chunks can keep them. Built-in loaders
     def read_csv(path):
         return Parsed([Section(path.read_text())])
 
+A loader that takes a ``data`` keyword gets the file's bytes as the caller
+read (and hashed) them, and should parse those rather than read the file
+again; one that does not is given the path alone, and a folder sync then
+checks that the file did not change while it was read.
+
 Suffixes are matched case-insensitively (``.MD`` is Markdown). A loader
 raises :class:`~permrag.errors.CatalogError` for a file it cannot read (the
 folder loader reports it and goes on); any other exception is reported the
@@ -19,6 +24,7 @@ same way with its type, since parsers of real files fail in many ways.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -85,6 +91,20 @@ def unregister_loader(*suffixes: str) -> None:
 def loader_for(path: Path) -> Loader | None:
     """The loader for ``path``'s suffix, or None."""
     return _LOADERS.get(path.suffix.lower())
+
+
+def takes_data(loader: Loader) -> bool:
+    """Whether ``loader`` accepts the file's bytes as ``data=``."""
+    try:
+        params = inspect.signature(loader).parameters
+    except (TypeError, ValueError):  # a builtin or C callable without a signature
+        return False
+    return "data" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def parse(loader: Loader, path: Path, data: bytes) -> Parsed:
+    """``loader``'s reading of ``path``, from ``data`` where it takes them."""
+    return loader(path, data=data) if takes_data(loader) else loader(path)  # type: ignore[call-arg]
 
 
 def suffixes() -> list[str]:
