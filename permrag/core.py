@@ -162,7 +162,7 @@ class PermRAG:
         self.policy = Policy(self._engine, self._lock)
         self.catalog = Catalog(self._engine, self._lock, allocation=o["allocation"], policy_attrs=o["policy_attrs"])
         self.compiler = Compiler(self.catalog, self.policy, self._lock, self._clock)
-        self.identity = Identity(self.policy)
+        self.identity = Identity(self.policy, denied=lambda tenant: self.access.denied_principals(tenant))
         self.access = Access(self._engine, self.policy, self.catalog, self.compiler, self._lock)
         self.binding = None if self._catalog_only else Binding(self._engine, self._make_backend, self._collection, self._encoder)
         self._audit = AuditLog(self._engine, o["audit"])

@@ -101,6 +101,17 @@ class IdentityFileError(PolicyError):
         self.problem = problem
 
 
+class MassRemovalError(PolicyError):
+    """An identity sync would remove more than half of a tenant's memberships,
+    all of them, or every member of a group that holds a deny; refused (nothing
+    applied) unless the caller allows a mass removal."""
+
+
+class AmbiguousNameError(PolicyError):
+    """A name given to an admin call is the label of several users or groups;
+    the message lists their ids."""
+
+
 class AccessDeniedError(PermragError):
     """The caller may not read a row the operation needs (and nothing was done)."""
 
@@ -163,10 +174,12 @@ class StoreLockedError(BackendError):
 
 __all__ = [
     "AccessDeniedError",
+    "AmbiguousNameError",
     "ArgumentError",
     "BackendError",
     "CatalogError",
     "IdentityFileError",
+    "MassRemovalError",
     "ConfigError",
     "DuplicateExternalIdError",
     "EncoderMismatchError",

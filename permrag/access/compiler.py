@@ -12,6 +12,7 @@ Caches, each per tenant, each filled lazily:
   come through assignments, its groups (nested) and inheritance; its
   principals are ``user:<id>``, each ``group:<g>`` it is in, each
   ``role:<r>`` it holds. A deny — of a rule or of an ACL — always wins.
+  A user the identity provider deactivated sees nothing.
 
 Expiring grants, assignments, memberships and ACL entries are read at the
 compiler's clock: each tenant's caches hold until the first expiry after
@@ -97,6 +98,9 @@ class Compiler:
                 return cached
             self.stats["user_misses"] += 1
             tp = self.policy.tenant(tenant)
+            if user in tp.inactive:  # deactivated by the identity provider: every edge and ACL entry masked
+                self._user[tenant][user] = EMPTY
+                return EMPTY
             key = USER_PREFIX + user
             roles: set[str] = set()
             allows, denies = [], []
@@ -323,6 +327,8 @@ class Compiler:
         if ch.derived:
             derived = self.catalog.tenant(t).derived
             for user, bm in list(self._user[t].items()):
+                if user in tp.inactive:
+                    continue
                 patched = BitMap(bm)
                 for rid in ch.derived:
                     if all(s in patched for s in derived[rid]):

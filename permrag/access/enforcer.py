@@ -17,6 +17,7 @@ from sqlalchemy import Engine, select
 from .. import db
 from ..catalog import RowRecord
 from ..policy import MODEL_PATH, USER_PREFIX, parse_selector
+from ..policy.persist import IDENT, INACTIVE
 
 
 def selector_match(row: RowRecord, tenant: str, selector: str) -> bool:
@@ -32,7 +33,7 @@ class SQLAdapter(persist.Adapter):  # type: ignore[misc]
     knows neither time nor ACLs, so rules and edges expired at ``now`` are
     left out, their expiry field dropped, and folder ACL rows skipped:
     document and folder ACLs are checked against their own reference in
-    the tests."""
+    the tests. A deactivated user's edges are left out: it holds nothing."""
 
     def __init__(self, engine: Engine, now: float | None = None) -> None:
         self.engine = engine
@@ -42,16 +43,18 @@ class SQLAdapter(persist.Adapter):  # type: ignore[misc]
         c = db.casbin_rule.c
         now = time.time() if self.now is None else self.now
         with db.reading(self.engine, "reading casbin rules") as conn:
-            for rec in conn.execute(select(c.ptype, c.v0, c.v1, c.v2, c.v3, c.v4, c.v5).order_by(c.id)):
-                if rec.ptype == "p":
-                    values, until = [rec.v0, rec.v1, rec.v2, rec.v3, rec.v4], rec.v5
-                elif rec.ptype == "g":
-                    values, until = [rec.v0, rec.v1, rec.v2], rec.v3
-                else:
-                    continue
-                if until is not None and float(until) <= now:
-                    continue
-                model.model[rec.ptype[0]][rec.ptype].policy.append(values)
+            recs = list(conn.execute(select(c.ptype, c.v0, c.v1, c.v2, c.v3, c.v4, c.v5).order_by(c.id)))
+        inactive = {(rec.v0, rec.v1) for rec in recs if rec.ptype == IDENT and rec.v3 == INACTIVE}
+        for rec in recs:
+            if rec.ptype == "p":
+                values, until = [rec.v0, rec.v1, rec.v2, rec.v3, rec.v4], rec.v5
+            elif rec.ptype == "g" and (rec.v0, rec.v2) not in inactive:
+                values, until = [rec.v0, rec.v1, rec.v2], rec.v3
+            else:
+                continue
+            if until is not None and float(until) <= now:
+                continue
+            model.model[rec.ptype[0]][rec.ptype].policy.append(values)
 
 
 class UserEnforcer(casbin.Enforcer):  # type: ignore[misc]

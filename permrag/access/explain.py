@@ -48,7 +48,8 @@ class AclRule:
 class Explanation:
     """The decision for one (user, row) or (user, document) pair.
 
-    ``decision``: ``"allow"``, ``"deny"``, ``"no-rule"``, ``"unknown-user"``;
+    ``decision``: ``"allow"``, ``"deny"``, ``"no-rule"``, ``"unknown-user"``,
+    ``"deactivated"`` (the identity provider deactivated the user);
     for derived rows ``"derived"`` (see ``sources``; ``missing_sources``
     counts sources since deleted); for a document of several chunks
     ``"document"`` (see ``chunks``: readable only if every chunk is).
@@ -69,6 +70,8 @@ class Explanation:
 
     def __str__(self) -> str:
         head = f"{self.user} {'CAN' if self.visible else 'CANNOT'} read {self.external_id!r} (tenant {self.tenant!r})"
+        if self.decision == "deactivated":
+            return f"{head}: {self.user!r} is deactivated in the identity provider; its memberships, roles and ACL entries hold nothing until it is active again"
         if self.decision == "unknown-user":
             return f"{head}: {self.user!r} holds no role, is in no group and is named in no ACL in this tenant"
         if self.decision == "no-rule":
@@ -124,7 +127,8 @@ def principal_paths(tp: TenantPolicy, user: str, now: float) -> dict[str, Reach]
     """Shortest live path from ``user`` to each principal it holds: ``user:<id>``,
     ``group:<g>`` and ``role:<r>`` (paths show groups as ``group:<g>``, roles bare)."""
     start = USER_PREFIX + user
-    out: dict[str, Reach] = {start: Reach((user,), None)}
+    label = tp.label(start)
+    out: dict[str, Reach] = {start: Reach((user if label in (None, user) else f"{user} ({label})",), None)}
     queue: deque[str] = deque([start])
     while queue:
         here = queue.popleft()
@@ -134,7 +138,7 @@ def principal_paths(tp: TenantPolicy, user: str, now: float) -> dict[str, Reach]
             role = here[len(ROLE_PREFIX) :]
             steps += [(ROLE_PREFIX + p, ("g", role, p), p) for p in sorted(tp.parents.get(role, ()))]
         else:
-            steps += [(GROUP_PREFIX + g, ("g", here, GROUP_PREFIX + g), GROUP_PREFIX + g) for g in sorted(tp.member_of.get(here, ()))]
+            steps += [(GROUP_PREFIX + g, ("g", here, GROUP_PREFIX + g), tp.shown(GROUP_PREFIX + g)) for g in sorted(tp.member_of.get(here, ()))]
             roles = tp.user_roles.get(user, ()) if here == start else tp.group_roles.get(here[len(GROUP_PREFIX) :], ())
             steps += [(ROLE_PREFIX + r, ("g", here, r), r) for r in sorted(roles)]
         for key, edge, shown in steps:
@@ -182,6 +186,8 @@ def explain_row(
     """``live(ids)`` returns the live records among ``ids`` (derived rows' sources)."""
     now = _clock(now)
     base = dict(user=user, tenant=row.tenant, external_id=row.external_id, row_id=row.row_id)
+    if user in tp.inactive:
+        return Explanation(**base, visible=False, decision="deactivated")
     if row.derived_from:
         found = live(row.derived_from)
         sources = tuple(explain_row(tp, live, user, found[s], now) for s in row.derived_from if s in found)

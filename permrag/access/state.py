@@ -108,6 +108,12 @@ class Access:
                 return True
             return USER_PREFIX + user in self.compiler.acls(tenant).principals()
 
+    def denied_principals(self, tenant: str) -> set[str]:
+        """Principals some document or folder ACL of ``tenant`` denies (at the stored versions)."""
+        self.sync()
+        with self.lock:
+            return set(self.compiler.acls(tenant).deny)
+
     # ------------------------------------------------------------------ bitmaps
     def snapshot(self, user: str, tenant: str) -> Snapshot:
         """The caller's bitmap and the versions it belongs to (after a sync)."""

@@ -18,30 +18,45 @@ def identity() -> None:
 @identity.command("sync", cls=StoreCommand)
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["scim", "ldif", "csv"]), default=None, help="Export format (default: from the suffix or content).")
-@click.option("--dry-run", is_flag=True, help="Print what would change; change nothing.")
+@click.option("--dry-run", is_flag=True, help="Print what would change, with the removal counts and the deny groups emptied; change nothing.")
+@click.option("--allow-mass-removal", is_flag=True, help="Apply a sync that removes more than half of the memberships, all of them, or every member of a deny group.")
 @tenant_opt
 @json_opt
 @click.pass_context
-def identity_sync(ctx, files, fmt, dry_run, tenant, as_json) -> None:
-    """Make TENANT's group memberships those of FILES (SCIM 2.0 JSON, LDIF or CSV).
+def identity_sync(ctx, files, fmt, dry_run, allow_mass_removal, tenant, as_json) -> None:
+    """Make TENANT's identity state that of FILES (SCIM 2.0 JSON, LDIF or CSV): memberships, labels, deactivations.
 
-    Incremental: memberships gone from the export are removed, unchanged ones
-    cost nothing, and the policy version moves once (not at all if nothing changed)."""
+    All FILES are one export: users and groups may come in separate files, and
+    the pages of a SCIM listing are merged (a listing missing pages is refused).
+    Users and groups are keyed by the provider's id; names are labels. A mass
+    removal is refused unless --allow-mass-removal. The policy version moves
+    once (not at all if nothing changed)."""
     with store(ctx, catalog_only=True) as rag:
-        report = rag.identity.sync(list(files), tenant=tenant, format=fmt, dry_run=dry_run)
+        report = rag.identity.sync(list(files), tenant=tenant, format=fmt, dry_run=dry_run, allow_mass_removal=allow_mass_removal)
+        emit(as_json, report.to_dict(), lambda: _render_sync(report, dry_run))
 
-        def render() -> None:
-            for m, g in report.added:
-                click.echo(f"+ {m} in group:{g}")
-            for m, g in report.removed:
-                click.echo(f"- {m} in group:{g}")
-            verb = "would change" if dry_run else "changed" if report.applied else "nothing to change"
-            click.echo(
-                f"{report.users} users, {report.groups} groups: {len(report.added)} memberships added, "
-                f"{len(report.removed)} removed, {report.unchanged} unchanged — {verb} (policy version {report.policy_version})"
-            )
 
-        emit(as_json, report.to_dict(), render)
+def _render_sync(report, dry_run: bool) -> None:
+    for m, g in report.added:
+        click.echo(f"+ {m} in group:{g}")
+    for m, g in report.removed:
+        click.echo(f"- {m} in group:{g}")
+    for m, g in report.renewed:
+        click.echo(f"= {m} in group:{g} (made permanent)")
+    for key, old, new in report.relabelled:
+        click.echo(f"~ {key} labelled {new!r}" + (f" (was {old!r})" if old else "") if new else f"~ {key} no longer labelled {old!r}")
+    for u in report.deactivated:
+        click.echo(f"! user:{u} deactivated")
+    for u in report.reactivated:
+        click.echo(f"! user:{u} active again")
+    for why in report.mass_removal:
+        click.echo(f"mass removal{' (refused without --allow-mass-removal)' if dry_run else ''}: {why}")
+    verb = "would change" if dry_run else "changed" if report.applied else "nothing to change"
+    click.echo(
+        f"{report.users} users, {report.groups} groups: {len(report.added)} memberships added, "
+        f"{len(report.removed)} removed of {report.memberships_before}, {report.unchanged} unchanged, "
+        f"{len(report.deactivated)} deactivated, {len(report.reactivated)} reactivated — {verb} (policy version {report.policy_version})"
+    )
 
 
 # ---------------------------------------------------------------------- groups
@@ -57,7 +72,7 @@ def group() -> None:
 @tenant_opt
 @click.pass_context
 def group_add_member(ctx, group_name, member, expires, tenant) -> None:
-    """Put MEMBER (user:<id>, group:<id>, or a user id) in GROUP."""
+    """Put MEMBER (user:<id>, group:<id>, or a user id) in GROUP; ids or unambiguous labels."""
     with store(ctx, catalog_only=True) as rag:
         changed = rag.identity.add_member(group_name, member, tenant, expires_at=expires)
         click.echo(f"{member!r} in group {group_name!r}" + (f" (policy version {rag.policy_version})" if changed else " already"))
@@ -110,12 +125,13 @@ def group_list(ctx, tenant, as_json) -> None:
         rag.sync()
         tp = rag.policy.tenant(tenant)
         data = [
-            {"group": g, "members": rag.identity.members(g, tenant), "roles": sorted(tp.group_roles.get(g, ()))} for g in rag.identity.groups(tenant)
+            {"group": g, "label": tp.label("group:" + g), "members": rag.identity.members(g, tenant), "roles": sorted(tp.group_roles.get(g, ()))}
+            for g in rag.identity.groups(tenant)
         ]
 
         def render() -> None:
             for d in data:
-                click.echo(f"{d['group']}: {len(d['members'])} members; roles {', '.join(d['roles']) or '-'}")
+                click.echo(f"{tp.shown('group:' + d['group'])[len('group:'):]}: {len(d['members'])} members; roles {', '.join(d['roles']) or '-'}")
             if not data:
                 click.echo(f"no groups in tenant {tenant!r}")
 

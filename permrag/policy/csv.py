@@ -283,7 +283,7 @@ def import_change(
     name: str, parsed: Parsed, tenants: set[str], current: dict[str, TenantPolicy], replace: bool, counted: list[int]
 ) -> Change | None:
     """The change an import makes, validated against the stored policy (``current``)."""
-    states = {t: (TenantPolicy() if replace else current[t].copy()) for t in tenants}
+    states = {t: (current[t].identity_only() if replace else current[t].copy()) for t in tenants}
     rows = apply(name, parsed, states)
     counted[0] = len(rows["p"]) + len(rows["g"]) + len(rows["roles"])
     if not counted[0] and not replace:

@@ -1,23 +1,22 @@
 """Identity-provider exports → a :class:`Directory` of users and nested groups.
 
-Three formats, each parsed completely before anything is applied, each error
-naming where it is (a JSON path or a line number):
+Users and groups are keyed by the provider's immutable id, never by a name an
+administrator can edit: a rename keeps every rule, ACL entry, deny and expiry
+that names the id. Names are labels, shown in explanations and listings.
 
-* **SCIM 2.0** (Okta, Entra ID, OneLogin …): a ``ListResponse`` (or a bare
-  list, or one resource) of ``User`` and ``Group`` resources; a group's
-  ``members`` reference users and groups by SCIM ``id`` (``value``) with an
-  optional ``type``. Users are named by ``userName``, groups by
-  ``displayName`` (ids are only used to resolve references). Users and
-  groups may come in separate files of one sync.
+* **SCIM 2.0** (Okta, Entra ID, OneLogin …): policy/scim.py.
 * **LDIF** (OpenLDAP, Active Directory exports): ``groupOfNames`` /
   ``groupOfUniqueNames`` / ``group`` entries with ``member`` /
-  ``uniqueMember`` DNs, person entries with optional ``memberOf``; a user is
-  named by ``uid`` (else ``sAMAccountName``, else ``cn``), a group by ``cn``.
-  Folded lines and base64 (``attr::``) values are read.
+  ``uniqueMember`` DNs, person entries with optional ``memberOf``. An entry is
+  keyed by its ``entryUUID``, else by its DN (lower-cased, spaces around
+  commas dropped); a user is labelled ``uid`` (else ``sAMAccountName``, else
+  ``cn``), a group ``cn``. Folded lines and base64 (``attr::``) values are read.
 * **CSV**: ``group,member`` rows (a header row is optional); ``member`` is
-  ``user:<id>``, ``group:<id>`` or a bare user id.
+  ``user:<id>``, ``group:<id>`` or a bare user id. The names are the ids.
 
-A cycle among groups is refused with the cycle spelled out.
+Each file is parsed completely before anything is applied, each error naming
+where it is (a JSON path or a line number). A cycle among groups is refused
+with the cycle spelled out.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ import base64
 import binascii
 import csv
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,22 +38,31 @@ FORMATS = ("scim", "ldif", "csv")
 
 @dataclass
 class Directory:
-    """Users and groups as an identity provider exports them."""
+    """Users and groups as an identity provider exports them, by id."""
 
     users: set[str] = field(default_factory=set)
-    groups: dict[str, set[str]] = field(default_factory=dict)  # group → member keys (user:<id> / group:<id>)
+    groups: dict[str, set[str]] = field(default_factory=dict)  # group id → member keys (user:<id> / group:<id>)
+    labels: dict[str, str] = field(default_factory=dict)  # user:<id> / group:<id> → userName / displayName
+    inactive: set[str] = field(default_factory=set)  # user ids the provider deactivated
 
     def edges(self) -> set[tuple[str, str]]:
         """Every (member key, group) membership."""
         return {(m, g) for g, ms in self.groups.items() for m in ms}
 
+    def keys(self) -> set[str]:
+        """Every user and group of the export, as ``user:<id>`` / ``group:<id>``."""
+        return {USER_PREFIX + u for u in self.users} | {GROUP_PREFIX + g for g in self.groups}
+
     def merge(self, other: "Directory") -> None:
+        """Add ``other``'s users and groups; a user deactivated in either stays deactivated."""
         self.users |= other.users
         for g, ms in other.groups.items():
             self.groups.setdefault(g, set()).update(ms)
+        self.labels.update(other.labels)
+        self.inactive |= other.inactive
 
 
-def _name(path: str, where: str, what: str, value: Any) -> str:
+def name_of(path: str, where: str, what: str, value: Any) -> str:
     try:
         return check(what, value, error=PolicyError)
     except PermragError as exc:
@@ -77,17 +84,6 @@ def detect(path: str, text: str) -> str:
     if text.lstrip().lower().startswith(("dn:", "version:")):
         return "ldif"
     return "csv"
-
-
-def parse(path: str, text: str, fmt: str | None = None) -> Directory:
-    fmt = fmt or detect(path, text)
-    if fmt == "scim":
-        return parse_scim(path, text)
-    if fmt == "ldif":
-        return parse_ldif(path, text)
-    if fmt == "csv":
-        return parse_csv(path, text)
-    raise PolicyError(f"unknown identity format {fmt!r} (expected one of {', '.join(FORMATS)})")
 
 
 def check_acyclic(path: str, d: Directory) -> None:
@@ -114,72 +110,6 @@ def check_acyclic(path: str, d: Directory) -> None:
                 state[nxt] = 1
                 trail.append(nxt)
                 stack.append((nxt, sorted(m[len(GROUP_PREFIX) :] for m in d.groups.get(nxt, ()) if m.startswith(GROUP_PREFIX))))
-
-
-# ---------------------------------------------------------------------- SCIM
-def parse_scim(path: str, text: str) -> Directory:
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise IdentityFileError(path, f"line {exc.lineno}, column {exc.colno}", f"not valid JSON ({exc.msg})") from None
-    if isinstance(doc, dict) and "Resources" in doc:
-        resources, base = doc["Resources"], "$.Resources"
-    elif isinstance(doc, list):
-        resources, base = doc, "$"
-    elif isinstance(doc, dict):
-        resources, base = [doc], "$"
-    else:
-        raise IdentityFileError(path, "$", "expected a SCIM ListResponse, a list of resources or one resource")
-    if not isinstance(resources, list):
-        raise IdentityFileError(path, base, "Resources must be a list")
-    users: dict[str, str] = {}  # SCIM id → userName
-    groups: dict[str, tuple[str, list[Any], str]] = {}  # SCIM id → (displayName, members, json path)
-    for i, res in enumerate(resources):
-        where = f"{base}[{i}]"
-        if not isinstance(res, dict):
-            raise IdentityFileError(path, where, "a resource must be an object")
-        kind = _scim_kind(res)
-        rid = res.get("id")
-        if not isinstance(rid, str) or not rid:
-            raise IdentityFileError(path, f"{where}.id", "missing or not a string")
-        if kind == "User":
-            users[rid] = _name(path, f"{where}.userName", "userName", res.get("userName"))
-        elif kind == "Group":
-            members = res.get("members", [])
-            if not isinstance(members, list):
-                raise IdentityFileError(path, f"{where}.members", "must be a list")
-            groups[rid] = (_name(path, f"{where}.displayName", "displayName", res.get("displayName")), members, where)
-        else:
-            raise IdentityFileError(path, f"{where}.schemas", "neither a SCIM User nor a Group resource")
-    out = Directory(set(users.values()), {name: set() for name, _, _ in groups.values()})
-    for name, members, where in groups.values():
-        for j, m in enumerate(members):
-            mw = f"{where}.members[{j}]"
-            ref = m.get("value") if isinstance(m, dict) else None
-            if not isinstance(ref, str) or not ref:
-                raise IdentityFileError(path, f"{mw}.value", "missing or not a string")
-            kind = m.get("type")
-            if ref in users and kind in (None, "User"):
-                out.groups[name].add(USER_PREFIX + users[ref])
-            elif ref in groups and kind in (None, "Group"):
-                out.groups[name].add(GROUP_PREFIX + groups[ref][0])
-            else:
-                raise IdentityFileError(path, f"{mw}.value", f"references {ref!r}, which is no {kind or 'User or Group'} of this export")
-    return out
-
-
-def _scim_kind(res: dict[str, Any]) -> str | None:
-    schemas = res.get("schemas") or []
-    text = " ".join(s for s in schemas if isinstance(s, str)) if isinstance(schemas, list) else ""
-    if text.endswith(":User") or ":User " in text or "core:2.0:User" in text:
-        return "User"
-    if "core:2.0:Group" in text or text.endswith(":Group"):
-        return "Group"
-    if "userName" in res:
-        return "User"
-    if "displayName" in res and "members" in res:
-        return "Group"
-    return None
 
 
 # ---------------------------------------------------------------------- LDIF
@@ -229,40 +159,48 @@ def _dn_key(dn: str) -> str:
     return ",".join(part.strip().lower() for part in dn.split(","))
 
 
+def _ldif_key(path: str, line: int, e: dict[str, list[str]]) -> str:
+    """An entry's id: its entryUUID, else its normalised DN."""
+    uuid = (e.get("entryuuid") or [None])[0]
+    if uuid is not None:
+        return name_of(path, f"line {line}", "entryUUID", uuid)
+    return name_of(path, f"line {line}", "DN", _dn_key(e["dn"][0]))
+
+
 def parse_ldif(path: str, text: str) -> Directory:
     entries = _ldif_entries(path, text)
-    names: dict[str, tuple[str, str]] = {}  # dn key → (kind, name)
+    keys: dict[str, str] = {}  # dn key → user:<id> / group:<id>
+    out = Directory()
     for line, e in entries:
         classes = {c.lower() for c in e.get("objectclass", [])}
+        ident = _ldif_key(path, line, e)
         if classes & GROUP_CLASSES:
-            names[_dn_key(e["dn"][0])] = ("group", _name(path, f"line {line}", "group cn", (e.get("cn") or [None])[0]))
+            key = GROUP_PREFIX + ident
+            out.groups.setdefault(ident, set())
+            out.labels[key] = name_of(path, f"line {line}", "group cn", (e.get("cn") or [None])[0])
         else:
+            key = USER_PREFIX + ident
+            out.users.add(ident)
             uid = (e.get("uid") or e.get("samaccountname") or e.get("cn") or [None])[0]
-            names[_dn_key(e["dn"][0])] = ("user", _name(path, f"line {line}", "user uid", uid))
-    out = Directory()
-    for kind, name in names.values():
-        if kind == "user":
-            out.users.add(name)
-        else:
-            out.groups.setdefault(name, set())
+            out.labels[key] = name_of(path, f"line {line}", "user uid", uid)
+        keys[_dn_key(e["dn"][0])] = key
 
-    def key_of(dn: str, line: int) -> tuple[str, str]:
-        hit = names.get(_dn_key(dn))
+    def key_of(dn: str, line: int) -> str:
+        hit = keys.get(_dn_key(dn))
         if hit is None:
             raise IdentityFileError(path, f"entry at line {line}", f"references {dn!r}, which is not an entry of this export")
         return hit
 
     for line, e in entries:
-        kind, name = names[_dn_key(e["dn"][0])]
-        if kind == "group":
+        key = keys[_dn_key(e["dn"][0])]
+        if key.startswith(GROUP_PREFIX):
             for dn in e.get("member", []) + e.get("uniquemember", []):
-                mkind, mname = key_of(dn, line)
-                out.groups[name].add((USER_PREFIX if mkind == "user" else GROUP_PREFIX) + mname)
+                out.groups[key[len(GROUP_PREFIX) :]].add(key_of(dn, line))
         for dn in e.get("memberof", []):
-            gkind, gname = key_of(dn, line)
-            if gkind != "group":
+            group = key_of(dn, line)
+            if not group.startswith(GROUP_PREFIX):
                 raise IdentityFileError(path, f"entry at line {line}", f"memberOf {dn!r} is not a group")
-            out.groups[gname].add((USER_PREFIX if kind == "user" else GROUP_PREFIX) + name)
+            out.groups[group[len(GROUP_PREFIX) :]].add(key)
     return out
 
 
@@ -279,13 +217,13 @@ def parse_csv(path: str, text: str) -> Directory:
                 continue
             if len(fields) != 2:
                 raise IdentityFileError(path, f"line {no}", f"expected group,member; got {len(fields)} fields")
-            group = _name(path, f"line {no}", "group", fields[0])
+            group = name_of(path, f"line {no}", "group", fields[0])
             member = fields[1]
             if member.startswith(GROUP_PREFIX):
-                out.groups.setdefault(_name(path, f"line {no}", "group", member[len(GROUP_PREFIX) :]), set())
+                out.groups.setdefault(name_of(path, f"line {no}", "group", member[len(GROUP_PREFIX) :]), set())
                 key = member
             else:
-                user = _name(path, f"line {no}", "user", member.removeprefix(USER_PREFIX))
+                user = name_of(path, f"line {no}", "user", member.removeprefix(USER_PREFIX))
                 out.users.add(user)
                 key = USER_PREFIX + user
             out.groups.setdefault(group, set()).add(key)

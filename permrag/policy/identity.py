@@ -10,60 +10,35 @@ seen by every process at its next read, like a role change:
 * folder ACLs (``acl`` / ``noinherit`` rows); documents carry their own ACL
   in the catalog (catalog/rows.py) and inherit their folder's.
 
-:meth:`Identity.sync` makes the tenant's memberships equal to an export's:
-edges that disappeared are removed, unchanged ones cost nothing, and the
-policy version moves once (not at all when nothing changed).
+* what the provider says of an id (``ident`` rows): its label and whether
+  the user is deactivated.
+
+Users and groups are keyed by the provider's immutable id; admin calls take
+an id or an unambiguous label (:meth:`TenantPolicy.resolve`).
+:meth:`Identity.sync` makes the tenant's identity state equal to an export's
+(policy/sync.py): one policy version, none when nothing changed.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterable, Sequence
+from dataclasses import replace
+from typing import Callable, Iterable, Sequence
 
 from sqlalchemy import bindparam, delete
 from sqlalchemy.engine import Connection
 
 from .. import db
 from ..acl import Acl, AclEntry, acl_entries, folder_path
-from ..errors import IdentityFileError, PolicyError, UnknownSubjectError
+from ..errors import PolicyError, UnknownSubjectError
 from ..names import check, check_tenant, expiry
 from .changes import edge_change, need_role
-from .directory import Directory, check_acyclic, parse
+from .directory import Directory, check_acyclic
+from .exports import read as read_exports
 from .model import GROUP_PREFIX, MAX_DEPTH, USER_PREFIX, Change, Folder, TenantPolicy
-from .persist import FOLDER_ACL, NO_INHERIT, stamp
+from .persist import FOLDER_ACL, IDENT, NO_INHERIT, ident_row, stamp
 from .store import DEFAULT_TENANT, Policy
-
-
-@dataclass(frozen=True)
-class SyncReport:
-    """What a sync changed (or, dry, would change)."""
-
-    tenant: str
-    added: tuple[tuple[str, str], ...]  # (member key, group)
-    removed: tuple[tuple[str, str], ...]
-    unchanged: int
-    users: int
-    groups: int
-    applied: bool
-    policy_version: int
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.added or self.removed)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "tenant": self.tenant,
-            "added": [f"{m} → group:{g}" for m, g in self.added],
-            "removed": [f"{m} → group:{g}" for m, g in self.removed],
-            "unchanged": self.unchanged,
-            "users": self.users,
-            "groups": self.groups,
-            "applied": self.applied,
-            "policy_version": self.policy_version,
-        }
+from .sync import Plan, SyncReport, plan, refuse
 
 
 def _member(member: object) -> str:
@@ -84,23 +59,38 @@ def _affected(tp: TenantPolicy, member: str) -> set[str]:
 class Identity:
     """Groups, memberships, folder ACLs and directory sync of one store."""
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, denied: Callable[[str], set[str]] | None = None) -> None:
+        """``denied(tenant)``: the principals document ACLs deny in ``tenant``
+        (the catalog's side of the mass-removal guard)."""
         self.policy = policy
+        self._denied = denied
 
     # ------------------------------------------------------------------ reading
     def groups(self, tenant: str = DEFAULT_TENANT) -> list[str]:
         self.policy.refresh()
         return sorted(self.policy.tenant(tenant).groups())
 
+    def labels(self, tenant: str = DEFAULT_TENANT) -> dict[str, str]:
+        """``user:<id>`` / ``group:<id>`` → the provider's label (userName / displayName)."""
+        self.policy.refresh()
+        return dict(sorted(self.policy.tenant(tenant).labels.items()))
+
+    def deactivated(self, tenant: str = DEFAULT_TENANT) -> list[str]:
+        """Ids of the users the provider deactivated: they hold nothing."""
+        self.policy.refresh()
+        return sorted(self.policy.tenant(tenant).inactive)
+
     def members(self, group: str, tenant: str = DEFAULT_TENANT) -> list[str]:
         """Direct members of ``group`` (``user:<id>`` / ``group:<id>``)."""
         self.policy.refresh()
-        return sorted(self.policy.tenant(tenant).members.get(group, ()))
+        tp = self.policy.tenant(tenant)
+        return sorted(tp.members.get(tp.resolve(GROUP_PREFIX, group), ()))
 
     def groups_of(self, user: str, tenant: str = DEFAULT_TENANT, *, now: float | None = None) -> list[str]:
         """Groups ``user`` is in, directly or through nested groups (unexpired)."""
         self.policy.refresh()
-        return sorted(self.policy.tenant(tenant).groups_of(USER_PREFIX + user, now))
+        tp = self.policy.tenant(tenant)
+        return sorted(tp.groups_of(USER_PREFIX + tp.resolve(USER_PREFIX, user), now))
 
     def folder_acl(self, folder: str, tenant: str = DEFAULT_TENANT) -> Acl:
         self.policy.refresh()
@@ -112,13 +102,15 @@ class Identity:
 
     # ------------------------------------------------------------------ memberships and group roles
     def add_member(self, group: str, member: str, tenant: str = DEFAULT_TENANT, *, expires_at: object = None) -> bool:
-        """Put ``member`` (``user:<id>``, ``group:<id>``, or a bare user id) in ``group``."""
-        tenant, key = check_tenant(tenant, PolicyError), _member(member)
-        group = check("group", group, error=PolicyError)
+        """Put ``member`` (``user:<id>``, ``group:<id>``, or a bare user id) in ``group``
+        (each an id or an unambiguous label)."""
+        tenant, given = check_tenant(tenant, PolicyError), _member(member)
+        named = check("group", group, error=PolicyError)
         until = expiry(expires_at, "expires_at", PolicyError)
-        edge = ("g", key, GROUP_PREFIX + group)
 
         def make(tp: TenantPolicy) -> Change | None:
+            key, group = tp.resolve_key(given), tp.resolve(GROUP_PREFIX, named)
+            edge = ("g", key, GROUP_PREFIX + group)
             held = group in tp.member_of.get(key, ())
             if held and tp.expires.get(edge) == until:
                 return None
@@ -129,10 +121,12 @@ class Identity:
         return self.policy._one(tenant, make)
 
     def remove_member(self, group: str, member: str, tenant: str = DEFAULT_TENANT) -> None:
-        tenant, key = check_tenant(tenant, PolicyError), _member(member)
+        named = group
+        tenant, given = check_tenant(tenant, PolicyError), _member(member)
         c = db.casbin_rule.c
 
         def make(tp: TenantPolicy) -> Change:
+            key, group = tp.resolve_key(given), tp.resolve(GROUP_PREFIX, named)
             if group not in tp.member_of.get(key, ()):
                 raise UnknownSubjectError(f"{key!r} is not a member of group {group!r} in tenant {tenant!r}")
             return Change(
@@ -148,11 +142,12 @@ class Identity:
     def assign_group(self, group: str, role: str, tenant: str = DEFAULT_TENANT, *, expires_at: object = None) -> bool:
         """Give every member of ``group`` (transitively) ``role``."""
         tenant = check_tenant(tenant, PolicyError)
-        group = check("group", group, error=PolicyError)
+        named = check("group", group, error=PolicyError)
         until = expiry(expires_at, "expires_at", PolicyError)
-        edge = ("g", GROUP_PREFIX + group, role)
 
         def make(tp: TenantPolicy) -> Change | None:
+            group = tp.resolve(GROUP_PREFIX, named)
+            edge = ("g", GROUP_PREFIX + group, role)
             need_role(tp, role, tenant)
             held = role in tp.group_roles.get(group, ())
             if held and tp.expires.get(edge) == until:
@@ -166,8 +161,10 @@ class Identity:
     def unassign_group(self, group: str, role: str, tenant: str = DEFAULT_TENANT) -> None:
         tenant = check_tenant(tenant, PolicyError)
         c = db.casbin_rule.c
+        named = group
 
         def make(tp: TenantPolicy) -> Change:
+            group = tp.resolve(GROUP_PREFIX, named)
             if role not in tp.group_roles.get(group, ()):
                 raise UnknownSubjectError(f"group {group!r} does not hold role {role!r} in tenant {tenant!r}")
             return Change(
@@ -229,19 +226,8 @@ class Identity:
 
     # ------------------------------------------------------------------ sync
     def read(self, sources: Sequence[str | os.PathLike[str]], fmt: str | None = None) -> Directory:
-        """Parse one or more export files (all formats are read before anything is applied)."""
-        out = Directory()
-        for src in sources:
-            name = str(src)
-            try:
-                text = Path(src).read_text(encoding="utf-8-sig")
-            except UnicodeDecodeError as exc:
-                raise IdentityFileError(name, f"byte {exc.start}", "not UTF-8") from None
-            except OSError as exc:
-                raise PolicyError(f"cannot read identity file {name}: {exc.strerror or exc}") from None
-            out.merge(parse(name, text, fmt))
-        check_acyclic(", ".join(map(str, sources)), out)
-        return out
+        """Parse one sync's export files (all of them are read before anything is applied)."""
+        return read_exports(sources, fmt)
 
     def sync(
         self,
@@ -250,57 +236,75 @@ class Identity:
         tenant: str = DEFAULT_TENANT,
         format: str | None = None,
         dry_run: bool = False,
+        allow_mass_removal: bool = False,
     ) -> SyncReport:
-        """Make ``tenant``'s memberships those of the export (files or a :class:`Directory`)."""
+        """Make ``tenant``'s identity state that of the export (files or a :class:`Directory`):
+        memberships (permanent), labels, deactivations; see policy/sync.py.
+
+        Raises :class:`MassRemovalError` (nothing applied) for a mass removal
+        unless ``allow_mass_removal``; a ``dry_run`` reports it instead."""
         tenant = check_tenant(tenant, PolicyError)
         if isinstance(source, Directory):
             directory = source
             check_acyclic("<directory>", directory)
         else:
-            files = [source] if isinstance(source, (str, os.PathLike)) else list(source)
-            directory = self.read(files, format)
-        want = directory.edges()
+            directory = self.read([source] if isinstance(source, (str, os.PathLike)) else list(source), format)
+        denied = self._denied(tenant) if self._denied is not None else set()
         report: list[SyncReport] = []
 
         def make(tp: TenantPolicy) -> Change | None:
-            have = {(m, g) for m, gs in tp.member_of.items() for g in gs}
-            added, removed = sorted(want - have), sorted(have - want)
-            report.append(
-                SyncReport(tenant, tuple(added), tuple(removed), len(want & have), len(directory.users), len(directory.groups), False, self.policy.version)
-            )
-            if dry_run or not (added or removed):
+            p = plan(tp, directory)
+            report.append(p.report(tp, tenant, directory, self.policy.version, denied))
+            if dry_run or not report[-1].changed:
                 return None
-            users: set[str] = set()
-            for m, _ in added + removed:
-                users |= _affected(tp, m)
-            _check_added(tp, removed, added)  # applies and reverts: depth and cycles of the new state
-            for m, _ in added + removed:
-                if m.startswith(GROUP_PREFIX):
-                    users = None  # nesting changed: every cached user of the tenant is recomputed
-                    break
-            c = db.casbin_rule.c
-
-            def write(conn: Connection) -> None:
-                if removed:
-                    gone = delete(db.casbin_rule).where(
-                        c.ptype == "g", c.v0 == bindparam("m"), c.v1 == bindparam("g"), c.v2 == tenant
-                    )
-                    conn.execute(gone, [{"m": m, "g": GROUP_PREFIX + g} for m, g in removed])
-                rows = [{"ptype": "g", "v0": m, "v1": GROUP_PREFIX + g, "v2": tenant, "v3": None, "v4": None, "v5": None} for m, g in added]
-                for part in db.chunks(rows, 1000):
-                    conn.execute(db.casbin_rule.insert(), list(part))
-
-            def apply(s: dict[str, TenantPolicy]) -> None:
-                for m, g in removed:
-                    s[tenant].remove_member(m, g)
-                for m, g in added:
-                    s[tenant].add_member(m, g)
-
-            return Change(write, apply, {tenant}, None if users is None else set(), users)
+            if not allow_mass_removal:
+                refuse(report[-1])
+            return _sync_change(tp, tenant, p)
 
         applied = self.policy._one(tenant, make)
-        r = report[-1]
-        return SyncReport(r.tenant, r.added, r.removed, r.unchanged, r.users, r.groups, applied, self.policy.version)
+        return replace(report[-1], applied=applied, policy_version=self.policy.version)
+
+
+def _sync_change(tp: TenantPolicy, tenant: str, p: Plan) -> Change:
+    """The validated change that applies plan ``p``."""
+    added, removed = p.added, p.removed
+    _check_added(tp, removed, added)  # applies and reverts: depth and cycles of the new state
+    users: set[str] | None = set()
+    for m, _ in added + removed + p.renewed:
+        users |= _affected(tp, m)  # type: ignore[operator]
+    users |= {k[len(USER_PREFIX) :] for k in p.ident if k.startswith(USER_PREFIX)}  # type: ignore[operator]
+    if any(m.startswith(GROUP_PREFIX) for m, _ in added + removed + p.renewed):
+        users = None  # nesting changed: every cached user of the tenant is recomputed
+    c = db.casbin_rule.c
+    gone = removed + p.renewed
+    rows = [{"ptype": "g", "v0": m, "v1": GROUP_PREFIX + g, "v2": tenant, "v3": None, "v4": None, "v5": None} for m, g in added + p.renewed]
+    idents = [ident_row(k, tenant, label, off) for k, (label, off) in sorted(p.ident.items()) if label is not None or off]
+
+    def write(conn: Connection) -> None:
+        if gone:
+            where = [c.ptype == "g", c.v0 == bindparam("m"), c.v1 == bindparam("g"), c.v2 == tenant]
+            conn.execute(delete(db.casbin_rule).where(*where), [{"m": m, "g": GROUP_PREFIX + g} for m, g in gone])
+        if p.ident:
+            stale = delete(db.casbin_rule).where(c.ptype == IDENT, c.v0 == bindparam("k"), c.v1 == tenant)
+            conn.execute(stale, [{"k": k} for k in sorted(p.ident)])
+        for part in db.chunks(rows + idents, 1000):
+            conn.execute(db.casbin_rule.insert(), list(part))
+
+    def apply(s: dict[str, TenantPolicy]) -> None:
+        t = s[tenant]
+        for m, g in removed + p.renewed:
+            t.remove_member(m, g)
+        for m, g in added + p.renewed:
+            t.add_member(m, g)
+        for k, (label, off) in p.ident.items():
+            if label is None:
+                t.labels.pop(k, None)
+            else:
+                t.labels[k] = label
+            if k.startswith(USER_PREFIX):
+                (t.inactive.add if off else t.inactive.discard)(k[len(USER_PREFIX) :])
+
+    return Change(write, apply, {tenant}, None if users is None else set(), users)
 
 
 def _check_added(tp: TenantPolicy, removed: list[tuple[str, str]], added: list[tuple[str, str]]) -> None:

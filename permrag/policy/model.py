@@ -31,7 +31,7 @@ from typing import Callable, Iterator
 
 from sqlalchemy.engine import Connection
 
-from ..errors import RoleCycleError
+from ..errors import AmbiguousNameError, RoleCycleError
 
 MAX_DEPTH = 9
 USER_PREFIX = "user:"  # how a user is written as a casbin subject
@@ -102,6 +102,11 @@ class TenantPolicy:
     # ("g", subject as stored, object as stored) or ("p", role, selector, effect) → epoch seconds
     expires: dict[tuple[str, ...], float] = field(default_factory=dict)
     folders: dict[str, Folder] = field(default_factory=dict)
+    # Identity-provider facts, keyed "user:<id>" / "group:<id>": the label
+    # (userName / displayName) shown for the immutable id, and users the
+    # provider deactivated (they hold nothing; their edges stay, masked).
+    labels: dict[str, str] = field(default_factory=dict)
+    inactive: set[str] = field(default_factory=set)
 
     def copy(self) -> "TenantPolicy":
         def dup(d: dict[str, set[str]]) -> defaultdict[str, set[str]]:
@@ -125,7 +130,55 @@ class TenantPolicy:
             dup(self.role_groups),
             dict(self.expires),
             {f: acl.copy() for f, acl in self.folders.items()},
+            dict(self.labels),
+            set(self.inactive),
         )
+
+    def identity_only(self) -> "TenantPolicy":
+        """An empty policy that keeps the provider's labels and deactivations
+        (a policy import that replaces everything must not reactivate anyone)."""
+        return TenantPolicy(labels=dict(self.labels), inactive=set(self.inactive))
+
+    # ------------------------------------------------------------------ identity
+    def label(self, key: str) -> str | None:
+        """The provider's label of ``user:<id>`` / ``group:<id>`` (None: none stored)."""
+        return self.labels.get(key)
+
+    def shown(self, key: str) -> str:
+        """``key`` with its label, when it has one that differs from the id."""
+        label = self.labels.get(key)
+        ident = key.partition(":")[2]
+        return key if label is None or label == ident else f"{key} ({label})"
+
+    def matching(self, prefix: str, name: str) -> list[str]:
+        """Ids of kind ``prefix`` whose id or label is ``name``: the id alone when it
+        is one; else every id labelled ``name`` (several: ambiguous)."""
+        if self.known(prefix + name):
+            return [name]
+        return sorted(k[len(prefix) :] for k, v in self.labels.items() if v == name and k.startswith(prefix))
+
+    def resolve(self, prefix: str, name: str) -> str:
+        """The id an administrator means by ``name`` (an id, or an unambiguous
+        label of kind ``prefix``); an unknown name is returned as it is."""
+        hits = self.matching(prefix, name)
+        if len(hits) > 1:
+            kind = prefix.rstrip(":")
+            raise AmbiguousNameError(f"{kind} {name!r} is the label of {len(hits)} {kind}s: {', '.join(map(repr, hits))}; give the id")
+        return hits[0] if hits else name
+
+    def resolve_key(self, key: str) -> str:
+        """``user:<id or label>`` / ``group:<id or label>`` → the same key by id."""
+        prefix = GROUP_PREFIX if key.startswith(GROUP_PREFIX) else USER_PREFIX
+        return prefix + self.resolve(prefix, key[len(prefix) :])
+
+    def known(self, key: str) -> bool:
+        """Whether ``user:<id>`` / ``group:<id>`` is stored anywhere as that id."""
+        if key in self.labels or self.member_of.get(key):
+            return True
+        if key.startswith(GROUP_PREFIX):
+            g = key[len(GROUP_PREFIX) :]
+            return bool(self.members.get(g) or self.group_roles.get(g))
+        return bool(self.user_roles.get(key[len(USER_PREFIX) :]))
 
     # ------------------------------------------------------------------ expiry
     def live(self, key: tuple[str, ...], now: float | None) -> bool:

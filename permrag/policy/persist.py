@@ -6,7 +6,12 @@ Rows of ``permrag_casbin_rule``:
 * ``g, subject, object, tenant[, expires]`` — subject ``user:<id>``,
   ``group:<id>`` or a role; object ``group:<id>`` or a role;
 * ``acl, folder, tenant, principal, allow|deny[, expires]`` — a folder's ACL entry;
-* ``noinherit, folder, tenant`` — the folder does not inherit its parent's ACL.
+* ``noinherit, folder, tenant`` — the folder does not inherit its parent's ACL;
+* ``ident, user:<id>|group:<id>, tenant, label, inactive`` — what the identity
+  provider says of an id: its label (``userName`` / ``displayName``, may be
+  empty) and, for a user, ``inactive`` when it is deactivated. Stored with the
+  policy so that a rename or a deactivation moves the policy version and every
+  process sees it at its next read.
 
 ``expires`` is epoch seconds as text (casbin itself never reads it: the
 enforcer adapter drops expired rows and the extra field).
@@ -24,6 +29,13 @@ from .model import GROUP_PREFIX, USER_PREFIX, Folder, TenantPolicy
 
 FOLDER_ACL = "acl"
 NO_INHERIT = "noinherit"
+IDENT = "ident"
+INACTIVE = "inactive"
+
+
+def ident_row(key: str, tenant: str, label: str | None, inactive: bool) -> dict[str, str | None]:
+    """The stored row of an id's label and deactivation."""
+    return {"ptype": IDENT, "v0": key, "v1": tenant, "v2": label or "", "v3": INACTIVE if inactive else None, "v4": None, "v5": None}
 
 
 def stamp(expires: float | None) -> str | None:
@@ -60,4 +72,9 @@ def read_all(conn: Connection) -> dict[str, TenantPolicy]:
             (acl.allow if v3 == "allow" else acl.deny)[v2] = float(v4) if v4 else None
         elif ptype == NO_INHERIT:
             tenants[v1].folders.setdefault(v0, Folder()).inherit = False
+        elif ptype == IDENT:
+            if v2:
+                tenants[v1].labels[v0] = v2
+            if v3 == INACTIVE and v0.startswith(USER_PREFIX):
+                tenants[v1].inactive.add(v0[len(USER_PREFIX) :])
     return dict(tenants)

@@ -273,6 +273,7 @@ class Policy:
 
     def _assign_user(self, tp: TenantPolicy, user: str, role: str, tenant: str, until: float | None = None) -> Change | None:
         _need_role(tp, role, tenant)
+        user = tp.resolve(USER_PREFIX, user)
         key = ("g", USER_PREFIX + user, role)
         held = role in tp.user_roles.get(user, ())
         if held and tp.expires.get(key) == until:
@@ -318,6 +319,7 @@ class Policy:
         self._one(tenant, lambda tp: self._uninherit(tp, role, parent, tenant))
 
     def _unassign_user(self, tp: TenantPolicy, user: str, role: str, tenant: str) -> Change:
+        user = tp.resolve(USER_PREFIX, user)
         if role not in tp.user_roles.get(user, ()):
             raise UnknownSubjectError(f"user {user!r} does not hold role {role!r} in tenant {tenant!r}")
         c = db.casbin_rule.c
