@@ -266,7 +266,7 @@ def run(tmp: Path, folder: Path, n: int, encoder_name: str) -> dict:
     t0 = time.perf_counter()
     rep = rag.sync_folder(folder)
     out["resync_s"] = time.perf_counter() - t0
-    assert sorted(rep.changed) == sorted(f.relative_to(folder).as_posix() for f in changed), rep.describe()
+    assert sorted(rep.changed) == sorted(f"{rep.source}/{f.relative_to(folder).as_posix()}" for f in changed), rep.describe()
     out["resync_changed"] = len(rep.changed)
     out["resync_share"] = out["resync_s"] / full_s
     t0 = time.perf_counter()

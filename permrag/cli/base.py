@@ -143,8 +143,16 @@ def _log_traceback(exc: BaseException) -> None:
     log.debug("command failed", exc_info=exc)
 
 
+BACKEND_LOGGERS = ("pymilvus", "milvus_lite", "grpc", "grpc._server", "sentence_transformers", "transformers", "huggingface_hub", "jieba")
+LOADER_LOGGERS = ("pypdf", "trafilatura", "htmldate", "courlan", "justext", "charset_normalizer", "docx", "markdown_it", "PIL", "fontTools")
+
+
 def quiet(verbose: bool) -> None:
     """Backends' progress bars and warnings off the user's terminal unless --verbose."""
+    # Loaders' parsers log what they tolerate ("EOF marker not found"); Python
+    # warnings of any library go to logging too, so stdout and stderr carry
+    # only the command's output (--json: JSON alone).
+    logging.captureWarnings(True)
     if verbose:
         logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
         return
@@ -154,7 +162,7 @@ def quiet(verbose: bool) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     os.environ.setdefault("GLOG_minloglevel", "2")
-    for name in ("pymilvus", "milvus_lite", "grpc", "grpc._server", "sentence_transformers", "transformers", "huggingface_hub", "jieba", "permrag"):
+    for name in (*BACKEND_LOGGERS, *LOADER_LOGGERS, "py.warnings", "permrag"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 

@@ -67,29 +67,32 @@ def config_show(ctx, as_json) -> None:
 @encoder_opt
 @click.option("--folder-attrs", default=None, help="Comma-separated attribute names for folder levels.")
 @click.option("--replace", is_flag=True, help="Replace documents that already exist.")
-@click.option("--sync", "sync_", is_flag=True, help="Folder sync: add new files, re-embed changed ones, update metadata-only changes, delete documents whose files are gone.")
+@click.option("--sync", "sync_", is_flag=True, help="Folder sync: add new files, re-embed changed ones, update metadata-only changes, restore documents changed behind the sync, delete documents whose files are gone.")
+@click.option("--source", default=None, help="With --sync: the folder's source name (default: the folder's name); its documents' ids are <source>/<relative path>.")
+@click.option("--allow-mass-delete", is_flag=True, help="With --sync: let the sync delete more than half of the source's documents, or all of them.")
+@click.option("--dry-run", is_flag=True, help="With --sync: list what the sync would add, change, restore and delete; change nothing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @json_opt
 @click.pass_context
-def ingest(ctx, path, tenant, encoder, folder_attrs, replace, sync_, quiet, as_json) -> None:
+def ingest(ctx, path, tenant, encoder, folder_attrs, replace, sync_, source, allow_mass_delete, dry_run, quiet, as_json) -> None:
     """Ingest a JSONL file or a folder of documents (PDF, DOCX, HTML, Markdown, reStructuredText, text).
 
     Files that cannot be loaded are listed on stderr and the rest go in; the
-    exit code is 1 if any file failed to load."""
-    from ..ingest.loaders import load_path
+    exit code is 1 if any file or folder could not be read (with --sync,
+    nothing below an unreadable folder is deleted) or a --dry-run finds the
+    sync would be refused."""
+    from ..ingest.loaders import LoadReport, load_path
 
+    if not sync_ and (source is not None or allow_mass_delete or dry_run):
+        raise click.UsageError("--source, --allow-mass-delete and --dry-run go with --sync")
+    if sync_ and not Path(path).is_dir():
+        raise click.UsageError("--sync takes a folder")
     attrs = folder_attrs.split(",") if folder_attrs else None
+    refused = None
     with store(ctx, encoder=encoder) as rag, _progress(quiet or as_json) as bar:
         if sync_:
-            if not Path(path).is_dir():
-                raise click.UsageError("--sync takes a folder")
-            task = bar.add_task("syncing", total=None, chunks=0, rate="")
-            report = rag.sync_folder(path, tenant=tenant, folder_attrs=attrs, progress=lambda p: bar.update(
-                task, completed=p.done, total=p.files, chunks=p.chunks, rate=f"{p.done / p.elapsed:.1f} files/s" if p.elapsed else ""))
-            bar.stop()
-            data = {**report.to_dict(), "catalog_version": rag.catalog_version}
-            emit(as_json, data, lambda: click.echo(report.describe().split("\n", 1)[0]))
-            failed, skipped = report.failed, report.skipped
+            report = _sync(rag, bar, path, tenant, attrs, as_json, source=source, allow_mass_delete=allow_mass_delete, dry_run=dry_run)
+            failed, skipped, refused = report.failed, report.skipped, report.refused
         else:
             loaded = load_path(path, attrs, max_chars=rag.ingester.max_document_chars)
             docs = loaded.documents
@@ -102,11 +105,32 @@ def ingest(ctx, path, tenant, encoder, folder_attrs, replace, sync_, quiet, as_j
             emit(as_json, data, lambda: click.echo(f"ingested {len(docs)} documents as {len(ids)} rows (catalog version {rag.catalog_version})"))
             failed, skipped = loaded.failed, loaded.skipped
     if (failed or skipped) and not as_json:
-        from ..ingest.loaders import LoadReport
-
         click.echo(LoadReport(skipped=skipped, failed=failed).describe(), err=True)
-    if failed:
+    if failed or refused:
         sys.exit(1)
+
+
+def _sync(rag, bar, path, tenant, attrs, as_json, **options):
+    """One folder sync with a progress bar, its report printed; returns the report."""
+    task = bar.add_task("checking" if options["dry_run"] else "syncing", total=None, chunks=0, rate="")
+    report = rag.sync_folder(path, tenant=tenant, folder_attrs=attrs, progress=lambda p: bar.update(
+        task, completed=p.done, total=p.files, chunks=p.chunks, rate=f"{p.done / p.elapsed:.1f} files/s" if p.elapsed else ""), **options)
+    bar.stop()
+    data = {**report.to_dict(), "dry_run": options["dry_run"], "catalog_version": rag.catalog_version}
+
+    def render() -> None:
+        if not options["dry_run"]:
+            click.echo(report.describe().split("\n", 1)[0] + f" (source {report.source!r})")
+            return
+        click.echo(f"dry run of source {report.source!r}, nothing changed:")
+        for what, ids in (("add", report.added), ("change", report.changed), ("update metadata of", report.metadata), ("restore", report.restored), ("delete", report.deleted)):
+            click.echo(f"would {what} {len(ids)}" + "".join(f"\n  {e}" for e in ids))
+        click.echo(f"{report.unchanged} unchanged")
+        if report.refused:
+            click.echo(f"the sync would be refused without --allow-mass-delete: {report.refused}")
+
+    emit(as_json, data, render)
+    return report
 
 
 @contextmanager
