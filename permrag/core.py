@@ -36,7 +36,7 @@ from .policy.identity import Identity
 from .policy.signature import Signer
 from .repair import RepairReport
 from .results import Hits, Stats
-from .search import LITE, SERVER, CostModel, Plan, Planner, Searcher
+from .search import DEFAULT_FUSION, DEFAULT_WEIGHTS, LITE, SERVER, CostModel, Plan, Planner, Searcher
 from .search.aio import DEFAULT_WORKERS, AsyncRunner
 from .search.calibrate import Calibration
 from .search.fetch import fetch
@@ -385,13 +385,14 @@ class PermRAG:
         """The filter plan a search by ``user`` in ``tenant`` would use."""
         return self.searcher.plan(self.access.snapshot(user, tenant))
 
-    def search(self, query: str, *, user: str, tenant: str = DEFAULT_TENANT, k: int = 10, mode: str = "auto", fusion: str = "rrf", weights: Sequence[float] = (0.5, 0.5), pool: int | None = None) -> Hits:
+    def search(self, query: str, *, user: str, tenant: str = DEFAULT_TENANT, k: int = 10, mode: str = "auto", fusion: str = DEFAULT_FUSION, weights: Sequence[float] = DEFAULT_WEIGHTS, pool: int | None = None) -> Hits:
         """The top ``k`` rows ``user`` may read, best first; every hit verified and stamped with
-        its policy version. ``mode``: hybrid, dense, keyword; ``fusion``: rrf or weighted
-        (``weights`` = dense, keyword); ``pool``: candidates per list before hybrid fusion."""
+        its policy version. ``mode``: auto (hybrid where the backend has BM25, else dense), hybrid,
+        dense, keyword; ``fusion``: weighted or rrf (``weights`` = dense, keyword); ``pool``:
+        candidates per list before hybrid fusion (default 4·k for weighted fusion, k for rrf)."""
         return self.searcher.search_many([query], user=user, tenant=tenant, k=k, mode=mode, fusion=fusion, weights=weights, pool=pool)[0]
 
-    def search_many(self, queries: Sequence[str], *, user: str, tenant: str = DEFAULT_TENANT, k: int = 10, mode: str = "auto", fusion: str = "rrf", weights: Sequence[float] = (0.5, 0.5), vectors: Any = None, pool: int | None = None) -> list[Hits]:
+    def search_many(self, queries: Sequence[str], *, user: str, tenant: str = DEFAULT_TENANT, k: int = 10, mode: str = "auto", fusion: str = DEFAULT_FUSION, weights: Sequence[float] = DEFAULT_WEIGHTS, vectors: Any = None, pool: int | None = None) -> list[Hits]:
         """:meth:`search` for several queries of one caller in one Milvus call."""
         return self.searcher.search_many(queries, user=user, tenant=tenant, k=k, mode=mode, fusion=fusion, weights=weights, vectors=vectors, pool=pool)
 

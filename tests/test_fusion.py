@@ -13,6 +13,7 @@ from langchain_core.documents import Document
 from permrag import ArgumentError, ConfigError, PermRAG
 from permrag.embed import HashEncoder
 from permrag.search.execute import canonical, fuse
+from permrag.search.fusion import DEFAULT_FUSION, DEFAULT_WEIGHTS, default_pool
 
 WORDS = ["budget", "leave", "travel", "hotel", "pension", "laptop", "badge", "salary", "audit", "policy", "report", "review", "security", "training"]
 DEPTS = ["hr", "eng", "fin", "ops"]
@@ -78,7 +79,7 @@ def test_hybrid_with_pools_equals_the_exact_filtered_reference(world, user, fusi
             for pool in (None, 10, 25, 100):
                 got = [h.row_id for h in world.search(q, user=user, k=10, fusion=fusion, weights=weights, pool=pool)]
                 near: list[bool] = []
-                want = reference(world, user, q, 10, pool or 10, fusion, weights, near)
+                want = reference(world, user, q, 10, pool or default_pool(fusion, 10, 16384), fusion, weights, near)
                 assert set(got) <= set(world.visible(user))
                 if path == "milvus" or not near[0]:
                     assert got == want, (q, pool)
@@ -91,9 +92,11 @@ def test_hybrid_with_pools_equals_the_exact_filtered_reference(world, user, fusi
 def test_pools_larger_than_k_change_what_fusion_sees(world) -> None:
     differs = 0
     for q in QUERIES:
-        default = [h.row_id for h in world.search(q, user="root", k=10)]
-        assert default == [h.row_id for h in world.search(q, user="root", k=10, pool=10)]  # the default pool is k
-        differs += default != [h.row_id for h in world.search(q, user="root", k=10, pool=50)]
+        default = [h.row_id for h in world.search(q, user="root", k=10)]  # weighted fusion over the top 4k
+        assert default == [h.row_id for h in world.search(q, user="root", k=10, fusion=DEFAULT_FUSION, weights=DEFAULT_WEIGHTS, pool=40)]
+        rrf = [h.row_id for h in world.search(q, user="root", k=10, fusion="rrf")]
+        assert rrf == [h.row_id for h in world.search(q, user="root", k=10, fusion="rrf", pool=10)]  # RRF's default pool is k
+        differs += rrf != [h.row_id for h in world.search(q, user="root", k=10, fusion="rrf", pool=50)]
     assert differs > 0  # fusing more candidates changes some rankings
     with pytest.raises(ArgumentError):
         world.search("x", user="root", pool=0)

@@ -213,7 +213,7 @@ def _keyword_and_hybrid(rag, vecs) -> int | None:
         for lst in (dense, kw):
             for rank, (rid, _) in enumerate(lst, start=1):
                 rrf[rid] = rrf.get(rid, 0.0) + 1 / (60 + rank)
-        got = rag.search(q, user=user, tenant="acme", k=k, mode="hybrid")
+        got = rag.search(q, user=user, tenant="acme", k=k, mode="hybrid", fusion="rrf")
         assert_same_topk([h.row_id for h in got], rrf, k, tol=1e-7)
         hybrid_checked += 1
         # weighted: min-max normalised top-k lists, 0.7 dense + 0.3 keyword
@@ -222,7 +222,7 @@ def _keyword_and_hybrid(rag, vecs) -> int | None:
             lo, hi = lst[-1][1], lst[0][1]
             for rid, sc in lst:
                 wsum[rid] = wsum.get(rid, 0.0) + w * ((sc - lo) / (hi - lo) if hi > lo else 1.0)
-        weighted = rag.search(q, user=user, tenant="acme", k=k, mode="hybrid", fusion="weighted", weights=(0.7, 0.3))
+        weighted = rag.search(q, user=user, tenant="acme", k=k, mode="hybrid", fusion="weighted", weights=(0.7, 0.3), pool=k)
         assert_same_topk([h.row_id for h in weighted], wsum, k, tol=1e-5)
     return hybrid_checked
 

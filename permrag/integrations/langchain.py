@@ -39,7 +39,7 @@ from ..catalog import DEFAULT_TENANT
 from ..errors import ArgumentError, ConfigError
 from ..names import quote
 from ..results import Hit
-from ..search import check_search_args
+from ..search import DEFAULT_FUSION, DEFAULT_WEIGHTS, check_search_args
 from .filtering import audit_served, overfetch, readable
 
 log = logging.getLogger(__name__)
@@ -62,8 +62,8 @@ class PermissionedRetriever(BaseRetriever):
     tenant: str = DEFAULT_TENANT
     k: int = 4
     mode: str = "auto"
-    fusion: str = "rrf"
-    weights: tuple[float, float] = (0.5, 0.5)
+    fusion: str = DEFAULT_FUSION
+    weights: tuple[float, float] = DEFAULT_WEIGHTS
     pool: int | None = None
     search_kwargs: dict[str, Any] = Field(default_factory=dict)
 
@@ -201,17 +201,17 @@ def principal(config: RunnableConfig | None) -> tuple[str, str]:
     return user, tenant or DEFAULT_TENANT
 
 
-def knowledge_tool(rag: Any, *, k: int = 4, mode: str = "auto", fusion: str = "rrf", name: str = "search_knowledge_base") -> BaseTool:
+def knowledge_tool(rag: Any, *, k: int = 4, mode: str = "auto", fusion: str = DEFAULT_FUSION, weights: tuple[float, float] = DEFAULT_WEIGHTS, name: str = "search_knowledge_base") -> BaseTool:
     """A search tool acting as the run's user (see :func:`principal`); async runs use ``rag.aio``.
 
-    ``k``, ``mode`` and ``fusion`` are fixed when the tool is made (checked
-    now, not at the first call); the model chooses only the query."""
-    check_search_args(["(none yet)"], "(tool)", DEFAULT_TENANT, k, mode, fusion, (0.5, 0.5))
+    ``k``, ``mode``, ``fusion`` and ``weights`` are fixed when the tool is made
+    (checked now, not at the first call); the model chooses only the query."""
+    check_search_args(["(none yet)"], "(tool)", DEFAULT_TENANT, k, mode, fusion, weights)
 
     def search_knowledge_base(query: str, config: RunnableConfig) -> str:
         """Search the company knowledge base; returns the passages you may read."""
         user, tenant = principal(config)
-        hits = rag.search(query, user=user, tenant=tenant, k=k, mode=mode, fusion=fusion)
+        hits = rag.search(query, user=user, tenant=tenant, k=k, mode=mode, fusion=fusion, weights=weights)
         if not hits:
             return f"No readable passages found (policy version {hits.policy_version})."
         return "\n\n".join(f"[{h.external_id}] {h.text}" for h in hits)

@@ -29,7 +29,7 @@ from ..catalog import DEFAULT_TENANT
 from ..access import check_principal
 from ..errors import ArgumentError, ConfigError
 from ..results import Hit
-from ..search import check_k, check_search_args
+from ..search import DEFAULT_FUSION, DEFAULT_WEIGHTS, check_k, check_search_args
 from .filtering import audit_served, overfetch, readable
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,8 @@ def classes() -> SimpleNamespace:
             tenant: str = DEFAULT_TENANT,
             k: int = 4,
             mode: str = "auto",
-            fusion: str = "rrf",
-            weights: Sequence[float] = (0.5, 0.5),
+            fusion: str = DEFAULT_FUSION,
+            weights: Sequence[float] = DEFAULT_WEIGHTS,
             pool: int | None = None,
             callback_manager: Any = None,
         ) -> None:

@@ -2,9 +2,12 @@
 :class:`Searcher` engine, multi-stage retrieval and recommendations."""
 
 from .engine import FUSIONS, MAX_QUERY_CHARS, MODES, Searcher, check_k, check_search_args
+from .fusion import DEFAULT_FUSION, DEFAULT_WEIGHTS
 from .planner import LITE, SERVER, AllowAll, CostModel, DenyAll, Filter, Plan, Planner
 
 __all__ = [
+    "DEFAULT_FUSION",
+    "DEFAULT_WEIGHTS",
     "FUSIONS",
     "LITE",
     "MAX_QUERY_CHARS",

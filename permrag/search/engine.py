@@ -26,6 +26,7 @@ from ..errors import ArgumentError, ConfigError
 from ..names import check_text
 from ..results import Hit, Hits, Stats
 from .execute import Executor
+from .fusion import DEFAULT_FUSION, DEFAULT_WEIGHTS, default_pool
 from .local import LocalRanker
 from .planner import DenyAll, Filter, Plan, Planner, in_process
 from .probe import ask
@@ -35,11 +36,8 @@ FUSIONS = ("rrf", "weighted")
 MAX_QUERY_CHARS = 10_000
 MAX_PLANS = 4096
 # Hybrid search fuses each list's top ``pool`` candidates; without ``pool``
-# that is the top k. Larger pools were measured on the dev half of the Q/A
-# sets (benchmarks/bench_quality.py, results/quality.md) and *hurt* RRF in
-# both languages (English nDCG@10 0.64 at pool 10, 0.37 at 40, 0.21 at 100:
-# a row in both lists at middling ranks outscores the best dense row) and
-# changed weighted fusion by under 0.01, so the default stays k.
+# that is fusion.default_pool: k for RRF (a larger pool lets a row at middling
+# ranks in both lists outscore the best dense row), 4·k for weighted fusion.
 
 
 class Searcher:
@@ -113,14 +111,15 @@ class Searcher:
         tenant: str,
         k: int = 10,
         mode: str = "auto",
-        fusion: str = "rrf",
-        weights: Sequence[float] = (0.5, 0.5),
+        fusion: str = DEFAULT_FUSION,
+        weights: Sequence[float] = DEFAULT_WEIGHTS,
         vectors: Any = None,
         pool: int | None = None,
         snapshot: Snapshot | None = None,
     ) -> list[Hits]:
         """The top ``k`` rows ``user`` may read for each query, best first."""
         queries = check_search_args(queries, user, tenant, k, mode, fusion, weights, pool)
+        pool = pool if pool is not None else default_pool(fusion, k, MAX_LIMIT)
         backend = self.binding.backend()  # a store bound to another catalog fails here, whatever the caller sees
         mode = resolve_mode(mode, backend.capabilities)
         held = self._ask_early(backend, tenant, mode)
