@@ -1,8 +1,8 @@
 """permrag: row-level permissioned retrieval over roaring bitmaps and Milvus.
 
 The library's classes load on first use (PEP 562): ``import permrag`` and
-``permrag --help`` do not pay for SQLAlchemy, numpy, pymilvus and casbin
-(issue 17: ``--help`` took 0.7 s, most of it those imports).
+``permrag --help`` do not pay for SQLAlchemy, numpy, pymilvus and casbin,
+whose imports would be most of a short command's run time.
 """
 
 from importlib import import_module

@@ -3,10 +3,9 @@
 Each search reads the stored versions (one ``SELECT`` of ``permrag_meta``)
 and, with the synchronous audit, commits its audit record. Through the
 engine each of them costs a pool checkout with a liveness ping, SQLAlchemy's
-statement machinery and a rollback on return; on PostgreSQL (localhost,
-psycopg 3) that was 0.57 ms for the read and 0.81 ms for the insert, against
-0.09 ms and 0.27 ms on a driver connection of its own (``benchmarks/`` and
-README, "PostgreSQL"). Here they run on such connections:
+statement machinery and a rollback on return — several times the statement
+itself on a local PostgreSQL. Here they run on driver connections of their
+own:
 
 * taken from the engine's pool once and detached from it (the engine's
   ``connect`` hooks, SQLite's WAL and busy timeout among them, ran on it),

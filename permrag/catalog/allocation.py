@@ -3,8 +3,8 @@ attributes get IDs from blocks of their own.
 
 Such rows ("a visibility class") are visible to exactly the same users, so
 if they sit in contiguous ID blocks, every compiled bitmap is a union of few
-runs (ARCHITECTURE.md: 178 bytes vs 126 KB for a 20-of-200-departments union
-over 1M rows) and runs become a few range terms in a filter. A class's blocks
+runs (a small fraction of the bytes of the same rows with scattered IDs)
+and runs become a few range terms in a filter. A class's blocks
 grow geometrically, so a class of n rows spans O(log n) runs however its rows
 were interleaved at ingest. ``mode="sequential"`` hands out IDs in arrival
 order instead (the benchmark's baseline).
@@ -34,7 +34,7 @@ MIN_BLOCK = 64
 MAX_BLOCK = 1 << 22
 # Where a row came from (set by the file loaders and chunking): per file or
 # per chunk, so in the class key they would make every file, or every page of
-# it, a class of its own (measured: 165 classes for 349 chunks of 60 files).
+# it, a class of its own, and a class per file splits every role's rows.
 # Rules may still select by them: classes only speed plans up, the planner
 # checks every class against the caller's bitmap (search/planner.py).
 SOURCE_ATTRS = frozenset({"source", "title", "page", "heading"})
@@ -77,7 +77,7 @@ class Allocator:
         (``group_by="visibility+acl"``) the row's ACL is part of it: rows
         named by one ACL are then classes (and groups) of their own, so a
         user they name searches whole partitions instead of ACL rows
-        scattered over every class (benchmarks/bench_search.py, ACL-heavy).
+        scattered over every class.
         Elsewhere it is not: a store whose every document has an ACL of its
         own would get a class per document, and role groups split by ACL."""
         if derived:
@@ -222,8 +222,8 @@ class Allocator:
         classes' blocks: what is left of each current block first, then a new
         block each, of ``expected`` rows at least and twice the last block.
 
-        A few statements for all classes (a statement costs ~0.1 ms, and a
-        folder sync's batch touches a class per folder): one read of their
+        A few statements for all classes (each statement has a fixed cost,
+        and a folder sync's batch touches a class per folder): one read of their
         block records per tenant, one bump of the row-ID counter for every new
         block (carved in order, so the IDs are those one class at a time
         would get), one write of the records."""

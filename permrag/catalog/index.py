@@ -4,8 +4,7 @@ Selectors resolve through it: ``dept:eng`` is one lookup, ``dept:e*`` a union
 of the matching values' bitmaps. Besides attribute values it holds, per
 tenant, every live row (``("", "")``) and the rows of each visibility class
 (``("#class", "<id>")``). It is persisted as serialized roaring bitmaps, so
-reopening a store loads a few thousand blobs instead of scanning every row
-(1M rows: ~0.1 s).
+reopening a store loads a few thousand blobs instead of scanning every row.
 
 In memory each tenant is a :class:`TenantIndex` that is never mutated: a
 publish or delete builds a new one and swaps it in (under the state lock), so
@@ -143,7 +142,7 @@ class AttrIndex:
         a = db.attr_index.c
         current: dict[tuple[str, str], BitMap] = {}
         # the touched keys alone (``source`` has a value per file: reading every bitmap of the
-        # touched attributes cost 110 ms a write at 30,000 files, benchmarks/bench_writes.py), in
+        # touched attributes would make a write's cost grow with the store), in
         # one statement per 500 values: attr IN … AND value IN … is a seek per pair in the primary
         # key; the few pairs no row touched are left out here
         names = sorted({k[0] for k in keys})
@@ -171,8 +170,8 @@ class AttrIndex:
             elif bm or key == TENANT_ROWS:
                 inserts.append(_stored(tenant, key, bm))
             out[key] = FrozenBitMap(bm)
-        # one statement each, executed for many keys (a statement per key cost
-        # ~0.8 ms of SQLAlchemy construction: 0.2 s of a 1,785-chunk folder sync)
+        # one statement each, executed for many keys (SQLAlchemy's construction
+        # of a statement per key would dominate a large folder sync)
         where = and_(a.tenant == tenant, a.attr == bindparam("k_attr"), a.value == bindparam("k_value"))
         if updates:
             conn.execute(update(db.attr_index).where(where).values(bitmap=bindparam("k_bitmap")), updates)

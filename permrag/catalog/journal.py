@@ -304,7 +304,7 @@ class Journal:
             if s.derived_from:
                 wanted[s.tenant].update(s.derived_from)
         out: dict[tuple[str, str], int] = {}
-        if not wanted:  # no derived rows: nothing to resolve (a position map of every spec cost 3 ms a sync)
+        if not wanted:  # no derived rows: nothing to resolve (and no position map of every spec to build)
             return out
         t = db.rows.c
         for tenant, exts in wanted.items():

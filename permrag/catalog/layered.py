@@ -2,9 +2,8 @@
 
 The catalog's in-memory index is a snapshot that searches read while a
 write builds the next one (catalog/index.py). An attribute such as
-``source`` has a value per file; copying its whole map for each write made
-a write's cost grow with the store (8 ms at 30,000 files, growing
-linearly). A :class:`Layered` map is a base dict that is never changed and a
+``source`` has a value per file; copying its whole map for each write would
+make a write's cost grow linearly with the store. A :class:`Layered` map is a base dict that is never changed and a
 small top layer of the values changed since (``None``: removed): a write
 copies the top layer alone, and folds it into a new base once it holds a
 sixteenth of the base, so the copying per write stays a small share of the

@@ -225,8 +225,7 @@ def named(tenant: str, names: Sequence[str], parents: Sequence[str] | None = Non
     (:func:`named_rows`). ``live_key`` is set exactly while a row is live.
     As one condition (``state = 'live' AND (live_key IN … OR parent IN …)``,
     or even an OR of the two forms) SQLite's planner could pick the state or
-    the tenant index and read every live row of the tenant: 39 ms a write at
-    30,000 files (benchmarks/bench_writes.py)."""
+    the tenant index and read every live row of the tenant on every write."""
     t = db.rows.c
     cols = list(columns) or [db.rows]
     out = [select(*cols).where(t.tenant == tenant, t.live_key.in_(list(names)))]

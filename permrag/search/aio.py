@@ -36,7 +36,7 @@ from ..errors import ConfigError
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-DEFAULT_WORKERS = 8  # Milvus calls release the GIL; more threads than this only queue inside Milvus Lite (bench_async.py)
+DEFAULT_WORKERS = 8  # Milvus calls release the GIL; more threads than this only queue inside Milvus Lite
 MAX_WORKERS = 256
 _numbers = itertools.count(1)
 

@@ -1,29 +1,26 @@
-"""A store's search costs, measured instead of assumed (issue 17).
+"""A store's search costs, measured on its own backend instead of assumed.
 
 The planner prices each filter form with a :class:`~.planner.CostModel`. Its
-defaults come from one benchmark machine at 100k rows; at 1M rows the old
-fixed-base model estimated 42 ms for a Lite search that took 593 ms. A
-*probe* measures the rates that grow with the collection on this store's own
-backend and machine, on the tenant collection it is given:
+defaults come from one benchmark machine at a fixed size, and the rates that
+grow with the collection are far from them on a larger store or another
+backend. A *probe* measures those rates on this store's own backend and
+machine, on the tenant collection it is given:
 
 * an unfiltered search → ``scope_ms_per_1k`` (every row in scope is passed);
 * a filter that every row passes (``row_id >= 0``) → ``filter_ms_per_1k``
   (Milvus Lite evaluates any filter row by row over the whole scope; a
   filter that matches nothing can be cheaper, as segments whose ID bounds
-  exclude it are skipped: measured 0 at 1M rows);
+  exclude it are skipped);
 * ``vclass in [...]`` of four absent classes → ``field_ms_per_1k_rows``;
 * listed IDs of the tenant's own rows, a short and a long list → ``id_ms``,
-  the slope between them (at 1M rows on Lite about 12 ms per ID, against
-  0.1 ms assumed; on a 2.3.5 server ~0.01 ms);
+  the slope between them;
 * ID ranges over its rows, 8 and 32 of them → ``range_term_ms``, the slope.
 
 IDs and ranges are probed over rows that exist, and priced as a slope: a
-list of absent IDs costs the server almost nothing (segments whose ID bounds
-exclude them are skipped: 100 absent IDs 5 ms against 38 ms for a filter
-every row passes, at 100k rows), so the old probe — absent IDs, measured
-against that filter — read 0 ms per ID, and the planner sent 20,000 listed
-IDs at 200k rows (3.3–4.4× the unfiltered search; 10,000 of them measured
-96–109 ms).
+list of absent IDs costs the backend almost nothing (segments whose ID
+bounds exclude them are skipped), so a probe of absent IDs would price
+listed IDs near zero and the planner would send long ID lists that cost
+more than the unfiltered search.
 
 Each probe is the median of a few searches after a warm-up; a measured rate
 below the default's keeps the default (measurements only raise rates). The result is
@@ -100,9 +97,8 @@ def probe(backend: Any, tenant_no: int, rows: int, dim: int, defaults: CostModel
         "range_term_ms": (t_ranges[1] - t_ranges[0]) / max(1, len(runs[1]) - len(runs[0])),
     }
     # A rate never falls below the default's: a difference of a few ms between
-    # two searches on a busy 2-core machine, right after an ingest, is noise as
-    # often as not (a server at 20k rows measured 0 ms per listed ID in two
-    # runs of three); the probe is there to find what grows with the store.
+    # two searches on a busy machine, right after an ingest, is noise as often
+    # as not; the probe is there to find what grows with the store.
     return replace(
         defaults,
         name=f"{defaults.name}, measured at {rows:,} rows",

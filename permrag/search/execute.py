@@ -86,8 +86,8 @@ class Executor:
         if mode == "hybrid":
             # Fusion is done here, over two verified candidate lists (each with
             # its own over-fetch under a superset plan); ties break towards
-            # the dense list, which Milvus' rankers do not do (measured on the
-            # English Q/A set: RRF nDCG@10 0.50 in Milvus, 0.61 here).
+            # the dense list, which Milvus' rankers do not do, and which ranks
+            # better.
             n = max(k, pool or k)
             dense = self.run(plan, snap, "dense", vectors, texts, n)
             keyword = self.run(plan, snap, "keyword", vectors, texts, n)
@@ -149,8 +149,8 @@ class Executor:
             if still:
                 self.stats.add("overfetch_rounds", 1)
             pending = still
-            # (past a tie too: jumping straight to TIE_FETCH rows was measured slower
-            # on Milvus Lite, 8 against 20 hybrid q/s in bench_async --quick)
+            # (past a tie too: a geometric step stays cheaper than jumping
+            # straight to TIE_FETCH rows, which most ties never need)
             limit = min(MAX_LIMIT, limit * 4)
         return [r or [] for r in results]
 

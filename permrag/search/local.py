@@ -5,10 +5,8 @@ holds only the caller's rows. For a small visible set permrag can do better
 than ask Milvus at all: it keeps the rows' vectors (read back from Milvus by
 primary key, once) and scores every visible row itself — one matrix product,
 exact by construction (no index, no filter form, no over-fetch), the same
-cosine Milvus computes. Measured on Milvus Lite at 100k rows: a primary-key
-read of 1,000 scattered rows 49 ms once, then 0.2 ms per query against 46 ms
-for a filtered Milvus search (benchmarks/bench_search.py has the side-by-side
-numbers against a per-user silo).
+cosine Milvus computes. The primary-key read is paid once per set; every
+later query is a matrix product, far cheaper than a filtered Milvus search.
 
 Why a cache keyed by row ID is safe across processes: a row's record, text
 and vector never change while its ID exists (an update or replace publishes
@@ -24,8 +22,8 @@ A set of at most ``max_rows`` rows is read back by the search that first
 needs it. A larger one, up to ``prefetch_rows`` (and what fits the cache), is
 read back *in the background*: the searches that find it not read yet go to
 Milvus with the planner's filter, exact as ever, and once the read is done
-the set is ranked here (:meth:`LocalRanker.ready`). A read of 50,000 rows
-takes seconds on Milvus Lite; no search waits for it.
+the set is ranked here (:meth:`LocalRanker.ready`). A read that large takes
+far longer than a search, so no search waits for it.
 """
 
 from __future__ import annotations
@@ -292,7 +290,7 @@ class LocalRanker:
         missing = [i for i, r in got.items() if r is None]
         if missing and read:
             # at the store's search consistency, as a Milvus search would read (a 2.3
-            # server's Strong read waits for the next time tick: ~200 ms)
+            # server's Strong read waits for the next time tick)
             stored = backend.stored(tenant_no, missing, ("text", "dense", "tenant", "external_id"), strong=False)
             fresh = {i: _row(rec) for i, rec in stored.items()}
             with self._lock:

@@ -1,6 +1,7 @@
 """Visible bitmap → the cheapest exact Milvus filter (or an honest superset).
 
-A plan is one of three values, never ``None`` (STYLE.md §7):
+A plan is one of three values, never ``None`` (a caller must be able to tell
+"sees nothing" from "cannot express"):
 
 * :class:`DenyAll` — the caller sees nothing here: no search is made;
 * :class:`AllowAll` — the caller sees the whole tenant: only the partition key;
@@ -21,9 +22,9 @@ asks for more (search/execute.py).
 Forms: ``vclass in [...]`` for the visibility classes wholly inside the visible
 set, plus ranges / IDs for the rest ("classes"); ID ranges from runs
 ("ranges"); and the complement of either ("not-…") when the hidden side is
-smaller. OR-chains are built as balanced trees: a 2.3 server rejects a left-deep
-chain of more than about 32 terms ("unsupported expr proto node"), and accepts
-a balanced tree of 1,000.
+smaller. OR-chains are built as balanced trees: a 2.3 server rejects a long
+left-deep chain ("unsupported expr proto node") and accepts a balanced tree
+of many more terms.
 
 **Class groups.** Where the tenant's collection keeps rows in partitions by
 visibility-class group (backends/layout.py), a plan may name the groups that
@@ -32,12 +33,11 @@ residual filter in any of the forms above, taken over the named groups' rows
 only. On Milvus Lite that is the only way under the cost of a pass over every
 row; the cost model weighs it against whole-collection filters on a server.
 
-The forms and what they cost come from measurements (ARCHITECTURE.md and
-``benchmarks/bench_search.py``): on Milvus Lite a search costs a fixed
-overhead plus a scan of the rows that pass the filter (so a narrower filter is
-*cheaper* than none), about 0.3 ms per range term and 5 µs per listed ID; on a
-2.3 server listed IDs cost about 5.5 µs each and range terms are cheap. The
-planner prices each exact form with the backend's :class:`CostModel`, and
+What each form costs depends on the backend: on Milvus Lite a search costs a
+fixed overhead plus a scan of the rows that pass the filter (so a narrower
+filter is *cheaper* than none), plus a price per range term and per listed
+ID; on a 2.3 server listed IDs are answered from the primary-key index and
+range terms are cheap. The planner prices each exact form with the backend's :class:`CostModel`, and
 falls back to a superset of at most ``max_terms`` ranges (merged across the
 smallest gaps) when no exact form fits; the search then over-fetches in
 proportion and verifies.
@@ -65,8 +65,8 @@ class CostModel:
     Python pass over each of them, twice as dear when any filter is given
     (``filter_ms_per_1k``); ``partition_ms`` is paid per named partition.
     search/calibrate.py measures these per store instead of trusting the
-    defaults below (the old fixed-base model estimated 42 ms for a search
-    that took 593 ms at 1M rows)."""
+    defaults below: on a larger store the rates that grow with the
+    collection dominate the fixed costs."""
 
     name: str
     base_ms: float
@@ -96,19 +96,17 @@ class CostModel:
         )
 
 
-# Defaults from this project's benchmark machine (2 cores), used until a
-# store is calibrated (search/calibrate.py). Milvus Lite 3.2.2, 100k × 384
-# FLAT in 1,000 partitions: one partition 3.6 ms, ten 6.2 ms, 100 35 ms,
-# a filter matching nothing over all rows 108 ms (backends/layout.py). On a
-# 2.3 server `row_id in [...]` is answered from the primary-key index (100
-# IDs: 3 ms at 200k rows) while `vclass in [...]` is evaluated row by row
-# (about 12 ms over 200k rows, whatever the list's length).
+# Defaults from this project's benchmark machine, used until a store is
+# calibrated (search/calibrate.py). On Milvus Lite any filter is a pass over
+# every row in scope, so naming partitions is the only way under that pass.
+# On a 2.3 server `row_id in [...]` is answered from the primary-key index
+# while `vclass in [...]` is evaluated row by row, whatever the list's length.
 LITE = CostModel(
     "milvus-lite",
     base_ms=1.5,
     scan_ms_per_1k_rows=0.0,
     range_term_ms=0.3,
-    id_ms=0.1,  # 200k rows: `row_id in [1k ids]` 359 ms, [10k ids] 1,377 ms, unfiltered 91 ms
+    id_ms=0.1,  # per listed ID
     field_ms_per_1k_rows=0.05,
     scope_ms_per_1k=0.5,
     filter_ms_per_1k=0.9,
@@ -188,8 +186,8 @@ IN_PROCESS = "in-process"  # the strategy of a dense search ranked in process (s
 
 def in_process(tenant: str, visible: int) -> Filter:
     """The plan of a dense search whose visible set is ranked in process: no
-    filter form is chosen (that costs ~2.5 ms for 100 rows of 10k, more than
-    the search), and Milvus is never asked to filter."""
+    filter form is chosen (choosing one can cost more than the search
+    itself), and Milvus is never asked to filter."""
     return Filter(tenant, "", IN_PROCESS, True, visible, visible, 0, 0, 0.0)
 
 
@@ -336,8 +334,8 @@ class Planner:
         if n_vis * SCAN_DENSITY >= n_all:
             # No filter at all, over-fetching in proportion: a dense visible
             # set scattered over every class (document ACLs) costs hundreds of
-            # IDs or ranges, but a filterless search of 2× k rows is cheap
-            # (measured, 5k rows at 50 %: a 2,500-ID filter 576 ms, this 17 ms).
+            # IDs or ranges, but a filterless search of a few times k rows is
+            # far cheaper than evaluating that long a filter.
             cost = m.cost(n_all, 0, 0, scope=n_all, filtered=False, partitions=len(groups))
             options.append(Filter(tenant, "", "scan", False, n_vis, n_all, 0, 0, cost, groups=groups))
         return options or [self._superset(tenant, vf, vl, v_gaps, n_vis, n_all, groups)]

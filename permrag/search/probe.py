@@ -3,17 +3,15 @@
 A search ranked in process (search/local.py) still asks Milvus whether it
 holds the tenant's collection, so a search while the backend is down raises
 and a collection dropped behind permrag's back returns nothing. That round
-trip (a gRPC call: 1–1.5 ms to a server on the 2-core test machine) used to
-run before the ranking, and it was most of a small set's search. A dense
-search asks it on a worker thread as it starts (search/engine.py), and the
-snapshot, the plan, the encoding and the ranking run meanwhile (the gRPC
-call releases the GIL); the search waits for the answer before anything is
-returned or audited, so the guarantee is the same and the cost is the
-longer of the two, not their sum. (Measured on the server at 50k rows, a
-1,000-row set, each search after an unfiltered one: 3.3 ms with the check
-beside the ranking, 2.7 ms asked as the search starts, 2.3 ms with the
-check asking for the load state instead of has_collection.) A dense search
-that goes to Milvus after all leaves the answer unread.
+trip (a gRPC call to a server) costs about as much as ranking a small set,
+so it must not run before the ranking. A dense search asks it on a worker
+thread as it starts (search/engine.py), and the snapshot, the plan, the
+encoding and the ranking run meanwhile (the gRPC call releases the GIL); the
+search waits for the answer before anything is returned or audited, so the
+guarantee is the same and the cost is the longer of the two, not their sum.
+The question asks for the collection's load state, the cheapest call that
+gives the same answer as ``has_collection``. A dense search that goes to
+Milvus after all leaves the answer unread.
 
 The pool belongs to the process: a forked child makes its own (the parent's
 worker threads do not exist in it).
