@@ -212,3 +212,73 @@ def test_cli_reports_skipped_and_failed_files_and_exits_1(tmp_path, folder) -> N
     res = runner.invoke(main, ["--home", str(tmp_path / "h2"), "ingest", str(good)])
     assert res.exit_code == 0, res.output
     assert "ingested 1 documents" in res.output
+
+
+# Realistic sentences in each encoding a file share holds (issue 34): the bytes
+# are written here, as the editors that made them would have.
+WIN1252 = "The committee’s “final” report – due in March — puts the budget at €40,000; it’s ‘approved’ … mostly."
+FRENCH = "Le comité a approuvé la réunion à Genève; coût total réglé, à l'œil près."
+GERMAN = "Die Größe der Büroräume wird überprüft; Straßenlärm stört die Mitarbeiter."
+ENCODED = {
+    "utf8.txt": GERMAN.encode("utf-8"),
+    "utf8bom.txt": b"\xef\xbb\xbf" + WIN1252.encode("utf-8"),
+    "utf16le.txt": b"\xff\xfe" + WIN1252.encode("utf-16-le"),
+    "utf16be.txt": b"\xfe\xff" + FRENCH.encode("utf-16-be"),
+    "latin1.txt": FRENCH.replace("œ", "oe").encode("latin-1"),
+    "latin1de.txt": GERMAN.encode("latin-1"),
+    "cp1252.txt": WIN1252.encode("cp1252"),
+    "cp1252.md": ("# Memo\n\n" + WIN1252).encode("cp1252"),
+    "cp1252fr.txt": FRENCH.encode("cp1252"),  # œ is 0x9C: a C1 control in Latin-1
+}
+
+
+@pytest.mark.parametrize("name", sorted(ENCODED))
+def test_encodings_decode_right(tmp_path, name) -> None:
+    (tmp_path / name).write_bytes(ENCODED[name])
+    rep = load_folder(tmp_path)
+    text = doc(rep, name)["text"]
+    expected = {"utf8.txt": GERMAN, "utf8bom.txt": WIN1252, "utf16le.txt": WIN1252, "utf16be.txt": FRENCH, "latin1.txt": FRENCH.replace("œ", "oe"),
+                "latin1de.txt": GERMAN, "cp1252.txt": WIN1252, "cp1252.md": "# Memo\n\n" + WIN1252, "cp1252fr.txt": FRENCH}[name]
+    assert text == expected
+
+
+def test_other_scripts_keep_their_detected_encoding_and_binary_is_refused(tmp_path) -> None:
+    """Windows-1252 is preferred only where it reads cleanly: Cyrillic in
+    cp1251 and Polish in cp1250 read as Windows-1252 are a mess, and stay
+    with the detector's reading; bytes that are no text are refused."""
+    from permrag.ingest.loaders.formats import decode
+
+    russian = "Отчёт комитета о бюджете на следующий год утверждён в пятницу, все согласны."
+    assert decode(russian.encode("cp1251"), "r.txt") == russian
+    polish = "Zażółć gęślą jaźń — Łódź, Kraków i Wrocław są w Polsce; budżet zatwierdzony."
+    assert "ż" in decode(polish.encode("cp1250"), "p.txt")
+    (tmp_path / "blob.txt").write_bytes(bytes(range(256)) * 4)
+    assert [p for p, _ in load_folder(tmp_path).failed] == ["blob.txt"]
+
+
+def test_a_sync_stores_windows_1252_text_right(tmp_path) -> None:
+    from permrag.embed import HashEncoder
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "memo.txt").write_bytes(WIN1252.encode("cp1252"))
+    rag = PermRAG.open(tmp_path / "h", encoder=HashEncoder(32), chunk_size=400, chunk_overlap=10)
+    try:
+        assert rag.sync_folder(tmp_path / "docs").added == ["docs/memo.txt"]
+        no = rag.catalog.tenants.number("default")
+        stored = rag.store.client().query(rag.store.name(no), filter="row_id >= 0", output_fields=["text"])
+        assert [h["text"] for h in stored] == [WIN1252]
+    finally:
+        rag.close()
+
+
+def test_listing_reports_what_it_cannot_list(tmp_path, monkeypatch) -> None:
+    """load_folder (plain ingest) lists with errors reported too."""
+    import os
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.txt").write_text("inside a folder that cannot be listed")
+    (tmp_path / "b.txt").write_text("beside it")
+    real = os.scandir
+    monkeypatch.setattr(os, "scandir", lambda p=".": (_ for _ in ()).throw(PermissionError(13, "Permission denied")) if str(p).endswith("/a") else real(p))
+    rep = load_folder(tmp_path)
+    assert [d["external_id"] for d in rep.documents] == ["b.txt"] and rep.failed == [("a/", "folder not listed: Permission denied")]

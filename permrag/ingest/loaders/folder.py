@@ -91,12 +91,12 @@ def read_file(listing: Listing, rel: str) -> FileBytes:
     return FileBytes(rel, path, path.read_bytes(), sides)
 
 
-def read_sidecar(sides: dict[str, bytes]) -> tuple[dict[str, Any] | None, Any]:
-    """(attrs, acl) from a file's sidecar bytes; (None, None) when it has none."""
+def read_sidecar(sides: dict[str, bytes], file_name: str) -> tuple[dict[str, Any] | None, Any]:
+    """(attrs, acl) from the sidecar bytes of the file ``file_name``; (None, None) when it has none."""
     for suffix in SIDECARS:
         if suffix not in sides:
             continue
-        name = f"<file>{suffix}"
+        name = file_name + suffix
         try:
             data = json.loads(sides[suffix].decode("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -125,7 +125,7 @@ def document(item: FileBytes, parsed: Parsed, folder_attrs: Sequence[str] | None
     if title:
         attrs["title"] = title
     attrs.update(parsed.meta)
-    side_attrs, acl = read_sidecar(item.sides)
+    side_attrs, acl = read_sidecar(item.sides, rel.name)
     attrs.update(side_attrs or {})
     doc: dict[str, Any] = {
         "external_id": external_id or item.rel,
