@@ -26,13 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, RepointError
 
 CONFIG_FILE = "config.toml"
 KEYS = ("database_url", "milvus_uri", "milvus_token", "collection", "encoder")
 SECRET_KEYS = frozenset({"milvus_token"})
 ENV = {key: f"PERMRAG_{key.upper()}" for key in KEYS}
 DEFAULT_COLLECTION = "permrag"
+DEFAULT_DATABASE = "permrag.db"
+BINDING_KEYS = ("database_url", "milvus_uri", "collection")  # what binds a home to its store
+PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600  # the modes of a store's folders and files
 _SERVER_SCHEMES = ("http://", "https://", "tcp://", "grpc://", "grpcs://", "unix:")
 
 
@@ -115,11 +118,51 @@ def resolve(home: str | os.PathLike[str] | None = None, **given: str | None) -> 
             values[key], sources[key] = os.environ[ENV[key]], "environment"
         elif file.get(key):
             values[key], sources[key] = file[key], "config file"
-    values.setdefault("database_url", f"sqlite:///{path / 'permrag.db'}")
-    values.setdefault("milvus_uri", str(path / "milvus.db"))
+    return _settings(path, values, sources)
+
+
+def recorded(home: Path) -> Settings:
+    """The store ``home`` records: its config.toml's values, else the defaults
+    (no flags, no environment) — what ``permrag init`` compares against."""
+    file = read_file(home)
+    values = {key: file[key] for key in KEYS if file.get(key)}
+    return _settings(home, values, dict.fromkeys(values, "config file"))
+
+
+def _settings(home: Path, values: dict[str, Any], sources: dict[str, str]) -> Settings:
+    values.setdefault("database_url", f"sqlite:///{home / DEFAULT_DATABASE}")
+    values.setdefault("milvus_uri", str(home / "milvus.db"))
     values.setdefault("collection", DEFAULT_COLLECTION)
     check_collection(values["collection"])
-    return Settings(path, sources=sources, **values)
+    return Settings(home, sources=sources, **values)
+
+
+def holds_store(home: Path) -> bool:
+    """Whether ``home`` records a store: its config.toml (written by ``permrag
+    init``) or its own SQLite catalog. Such a home's store must be found
+    where it is; an open pointed at a database without it creates nothing."""
+    return (home / CONFIG_FILE).is_file() or (home / DEFAULT_DATABASE).exists()
+
+
+def check_repoint(settings: Settings, *, force: bool = False) -> list[str]:
+    """What recording ``settings`` in their home would change of the store it
+    holds (database, Milvus, collection), secrets masked; unless ``force``,
+    a change raises :class:`RepointError` (``permrag init`` without --force)."""
+    if not holds_store(settings.home):
+        return []
+    changes = repointed(recorded(settings.home), settings)
+    if changes and not force:
+        raise RepointError(
+            f"the home {settings.home} holds a store; this would change its {', '.join(changes)}",
+            hint="pass force=True to point the home there (the old store is left as it is)",
+            cli_hint="run it again with --force to point the home there (the old store is left as it is)",
+        )
+    return changes
+
+
+def repointed(old: Settings, new: Settings) -> list[str]:
+    """What pointing a store at ``new`` instead of ``old`` changes, secrets masked."""
+    return [f"{key} {mask(getattr(old, key))} -> {mask(getattr(new, key))}" for key in BINDING_KEYS if getattr(old, key) != getattr(new, key)]
 
 
 def check_collection(name: str) -> str:
@@ -139,8 +182,11 @@ def save(settings: Settings, keys: tuple[str, ...] = KEYS) -> Path:
         lines.append(f"{key} = {json.dumps(value, ensure_ascii=False)}")
     path = settings.config_path
     try:
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        os.chmod(path, 0o600)  # it may hold a token
+        # Made private before the first byte (it may hold a token), and kept so when it existed wider.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+        os.fchmod(fd, PRIVATE_FILE)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {exc}") from None
     return path
@@ -157,7 +203,7 @@ def mask(text: str) -> str:
 
 
 def ensure_home(settings: Settings, *, create: bool = True) -> None:
-    """Create the home folder (or check it exists)."""
+    """Create the home folder, private to its owner (or check it exists)."""
     home = settings.home
     if home.exists() and not home.is_dir():
         raise ConfigError(f"home {str(home)!r} exists and is not a folder")
@@ -165,6 +211,42 @@ def ensure_home(settings: Settings, *, create: bool = True) -> None:
         if not create:
             raise ConfigError(f"home {str(home)!r} does not exist; run `permrag init` first")
         try:
-            home.mkdir(parents=True)
+            home.mkdir(parents=True, mode=PRIVATE_DIR)
+            os.chmod(home, PRIVATE_DIR)  # whatever the umask: the home holds documents, the audit log and token hashes
         except OSError as exc:
             raise ConfigError(f"cannot create home {str(home)!r}: {exc}") from exc
+
+
+def wide_files(settings: Settings) -> list[str]:
+    """One warning per store file or folder that other local users may open
+    (the home, the SQLite catalog and its WAL/SHM, config.toml, the Milvus Lite folder)."""
+    wanted: list[tuple[Path, int]] = [(settings.home, PRIVATE_DIR), (settings.config_path, PRIVATE_FILE)]
+    db_file = sqlite_path(settings.database_url)
+    if db_file is not None:
+        wanted += [(Path(f"{db_file}{end}"), PRIVATE_FILE) for end in ("", "-wal", "-shm")]
+    if settings.milvus_kind == "lite":
+        wanted.append((Path(settings.milvus_uri), PRIVATE_DIR))
+    out = []
+    for path, mode in wanted:
+        try:
+            have = path.stat().st_mode & 0o777
+        except OSError:  # not made yet
+            continue
+        if have & 0o077:
+            out.append(f"{path} is mode {have:04o}: other local users can open it; run chmod {mode:o} {path}")
+    return out
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite database URL (None for another database or one in memory)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError as SAArgumentError
+
+    try:
+        parsed = make_url(url)
+    except SAArgumentError:
+        return None
+    name = parsed.database
+    if not parsed.drivername.startswith("sqlite") or not name or name == ":memory:" or name.startswith("file:"):
+        return None
+    return Path(name).expanduser().absolute()

@@ -111,10 +111,11 @@ class PermRAG:
         database_url: str | None = None,
         milvus_uri: str | None = None,
         milvus_token: str | None = None,
-        create: bool = True,
+        create: bool | None = None,
         **options: Any,
     ) -> "PermRAG":
-        """Open (creating if needed) the store under ``home``.
+        """Open the store under ``home``. ``create``: True makes one where the database has none, False never does
+        (:class:`NoStoreError`), None only for a home that records no store yet (:func:`permrag.dbinit.open_store`).
 
         Settings not given come from ``PERMRAG_*`` variables, then the home's
         ``config.toml`` (see :mod:`permrag.config`). ``options`` are the
@@ -149,15 +150,14 @@ class PermRAG:
             collection=options.get("collection"),
             encoder=encoder if isinstance(encoder, str) else None,
         )
-        config.ensure_home(settings, create=create)
+        config.ensure_home(settings, create=create is not False)
         rag = cls(settings, **options)
-        rag._connect()
+        rag._connect(create)
         rag._repair_on_open()
         return rag
 
-    def _connect(self) -> None:
-        self._engine = db.make_engine(self.settings.database_url)
-        init_schema(self._engine)
+    def _connect(self, create: bool | None) -> None:
+        self._engine = open_store(self.settings, create)
         o = self._options
         self.policy = Policy(self._engine, self._lock)
         self.catalog = Catalog(self._engine, self._lock, allocation=o["allocation"], policy_attrs=o["policy_attrs"])

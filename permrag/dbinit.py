@@ -1,8 +1,10 @@
 """A store's first open: its tables, counters and store id made, once,
-however many processes open a fresh database at the same moment."""
+however many processes open a fresh database at the same moment — and only
+by an open that may create a store; any other finds one or creates nothing."""
 
 from __future__ import annotations
 
+import os
 import uuid
 
 from sqlalchemy import inspect, select
@@ -11,6 +13,8 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from .db import (
     COUNTERS,
+    dispose,
+    make_engine,
     SCHEMA_VERSION,
     first_line,
     get_setting,
@@ -20,13 +24,52 @@ from .db import (
     read_counter,
     settings,
 )
-from .errors import ConfigError
+from .config import PRIVATE_FILE, Settings, holds_store, recorded, sqlite_path
+from .errors import ConfigError, NoStoreError
 
 SCHEMA_LOCK = 0x7065726D72616701  # PostgreSQL advisory lock key: making a database's tables ("permrag" + 1)
 
 
-def init_schema(engine: Engine) -> None:
+def open_store(settings: Settings, create: bool | None) -> Engine:
+    """The engine of the store ``settings`` point at, its schema checked.
+
+    ``create``: True makes a store where there is none (``permrag init``,
+    ``PermRAG.open(..., create=True)``); False never does (every other
+    command); None makes one only for a home that records no store yet (a new
+    user's first open), so a home whose store is elsewhere, pointed at a
+    database without it, is refused with nothing created there."""
+    refused = None
+    if create is None:
+        create = not holds_store(settings.home)
+        if not create:
+            refused = _elsewhere(settings)
+    engine = make_engine(settings.database_url)
+    try:
+        init_schema(engine, create=create, refused=refused)
+    except BaseException:
+        dispose(engine)
+        raise
+    return engine
+
+
+def _elsewhere(settings: Settings) -> NoStoreError:
+    url, own = mask(settings.database_url), recorded(settings.home).database_url
+    where = "there, which holds none now" if own == settings.database_url else f"in {mask(own)}"
+    return NoStoreError(
+        f"no permrag store in {url}: the home {settings.home} records its store {where}",
+        hint="open it with create=True to make a new store in that database, or give the store's own database_url",
+        cli_hint="run `permrag init` (with --force to point the home at another database)",
+    )
+
+
+def init_schema(engine: Engine, *, create: bool = True, refused: NoStoreError | None = None) -> None:
     """Create missing tables, counters and the store id; refuse other schemas.
+
+    Without ``create``, a database that holds no store (no store id) raises
+    ``refused`` (default: :class:`NoStoreError` naming the database) and is
+    left as it was: a missing SQLite file is not made, no table is added.
+    A new SQLite file is made private (0600) before SQLite opens it; its
+    WAL and SHM files take the database file's mode.
 
     A store that has them all is only read. Else they are made in one
     transaction that first takes the database's write lock (SQLite: ``BEGIN
@@ -35,9 +78,14 @@ def init_schema(engine: Engine) -> None:
     find them (each checking, then creating, failed on "table already
     exists")."""
     url = mask(str(engine.url))
+    refused = refused or NoStoreError(f"no permrag store in {url}", hint="run `permrag init` (or open it with create=True)", cli_hint="run `permrag init`")
+    _sqlite_file(engine, create, refused)
     for attempt in range(3):
         try:
             with engine.connect() as conn:
+                if not create and not _has_store(conn):
+                    conn.rollback()
+                    raise refused
                 if not _initialised(conn):
                     conn.rollback()  # the check's reads end before the lock is taken
                     if engine.dialect.name == "sqlite":
@@ -72,3 +120,25 @@ def _initialised(conn: Connection) -> bool:
         return False
     have = {k for (k,) in conn.execute(select(meta.c.key))}
     return set(COUNTERS) <= have and get_setting(conn, "store_id") is not None
+
+
+def _has_store(conn: Connection) -> bool:
+    """Whether the database holds a permrag store (its settings table with a store id)."""
+    return settings.name in inspect(conn).get_table_names() and get_setting(conn, "store_id") is not None
+
+
+def _sqlite_file(engine: Engine, create: bool, refused: NoStoreError) -> None:
+    """A SQLite store's file: made empty and private here when missing (SQLite
+    would make it with the umask's mode), or, when this open may not create a
+    store, the refusal — before SQLite makes the file."""
+    path = sqlite_path(engine.url.render_as_string(hide_password=False))
+    if path is None or path.exists():
+        return
+    if not create:
+        raise refused
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE))
+    except FileExistsError:  # another process made it this moment
+        pass
+    except OSError as exc:
+        raise ConfigError(f"cannot create the permrag database {path}: {exc.strerror}") from None

@@ -51,19 +51,26 @@ class Binding:
                     store_id = db.get_setting(conn, "store_id") or ""
                     bound = db.get_setting(conn, "milvus_collection")
                 backend = self._make_backend(self._collection or bound or "permrag")
-                if bound is None:
-                    # A store's first use: its processes make the root one at a time
-                    # (two at once on a server once left it with only one of its two
-                    # identity rows). The lock is held only for this, once per store.
-                    with db.transaction(self.engine, "recording the store's collection") as conn:
-                        db.bump(conn, "schema_version", 0)  # the write lock first (see db.bump)
-                        backend.bind(store_id, bound_before=False)
-                        if db.get_setting(conn, "milvus_collection") is None:
-                            db.set_setting(conn, "milvus_collection", backend.collection)
-                else:
-                    backend.bind(store_id, bound_before=bound == backend.collection)
+                try:
+                    self._bind(backend, store_id, bound)
+                except BaseException:
+                    backend.close()  # a refused backend keeps no client (nor a Milvus Lite folder) open
+                    raise
                 self._backend = backend
         return self._backend
+
+    def _bind(self, backend: MilvusBackend, store_id: str, bound: str | None) -> None:
+        if bound is None:
+            # A store's first use: its processes make the root one at a time
+            # (two at once on a server once left it with only one of its two
+            # identity rows). The lock is held only for this, once per store.
+            with db.transaction(self.engine, "recording the store's collection") as conn:
+                db.bump(conn, "schema_version", 0)  # the write lock first (see db.bump)
+                backend.bind(store_id, bound_before=False)
+                if db.get_setting(conn, "milvus_collection") is None:
+                    db.set_setting(conn, "milvus_collection", backend.collection)
+        else:
+            backend.bind(store_id, bound_before=bound == backend.collection)
 
     @property
     def opened(self) -> MilvusBackend | None:
@@ -149,5 +156,6 @@ class Binding:
         return arr
 
     def close(self) -> None:
+        """Close the backend's client; on Milvus Lite this releases the folder to other processes."""
         if self._backend is not None:
             self._backend.close()

@@ -1,6 +1,15 @@
-"""Milvus Lite's derived files, repaired when a crash left them torn.
+"""Milvus Lite's folder: made private, handed over between processes, and
+its derived files repaired when a crash left them torn.
 
-Milvus Lite (3.x) builds each segment's index in a background thread and
+**One process at a time.** pymilvus serves a Lite folder from an in-process
+server (``milvus_lite.server_manager``) that holds an exclusive lock on the
+folder until it is released; closing a client does not release it. This
+process's backends count their clients per folder and release the server
+when the last one closes, so another process can open the store while this
+one lives on. A folder another process holds raises :class:`StoreLockedError`
+saying what may hold it, not pymilvus' "Open local milvus failed".
+
+**Torn index files.** Milvus Lite (3.x) builds each segment's index in a background thread and
 writes it as a sidecar file (``*.idx`` for vectors, ``*.sidx`` for scalars)
 in place, not by rename. A process killed while that thread writes leaves a
 truncated sidecar, and every later load of the collection fails ("No data
@@ -12,11 +21,18 @@ that fails is retried once after the collection's sidecars are removed.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from ..config import PRIVATE_DIR
+from ..errors import StoreLockedError
 
 log = logging.getLogger("permrag.backends")
+_users: dict[str, int] = {}  # Lite folder → this process's open clients of it
+_users_lock = threading.Lock()
 
 SIDECAR_SUFFIXES = (".idx", ".sidx")
 
@@ -67,3 +83,82 @@ def load_when_ready(c: Any, collection: str, lite_dir: str | None, wait_s: float
             if time.monotonic() >= deadline:
                 raise
             time.sleep(0.2)
+
+
+def connect(uri: str, make: Callable[[], Any]) -> Any:
+    """``make()``, a client of the Lite folder ``uri``: the folder made private
+    (0700) if new, refused with :class:`StoreLockedError` when another process
+    holds it, and counted until :func:`closed`."""
+    opening(uri)
+    try:
+        client = make()
+    except Exception:
+        check_free(os.path.abspath(uri))  # another process took it since the check
+        raise
+    with _users_lock:
+        _users[os.path.abspath(uri)] = _users.get(os.path.abspath(uri), 0) + 1
+    return client
+
+
+def opening(uri: str) -> None:
+    """Before a client of the Lite folder ``uri`` is made: the folder is made
+    private (0700) if new, and one another process holds raises."""
+    path = os.path.abspath(uri)
+    if not os.path.exists(path) and os.path.isdir(os.path.dirname(path)):
+        try:
+            os.mkdir(path, PRIVATE_DIR)
+        except FileExistsError:  # another process made it this moment
+            pass
+    if not _served_here(path):
+        check_free(path)
+
+
+def closed(uri: str) -> None:
+    """A client of the folder was closed; the last one releases the folder's
+    server and with it the lock, so another process may open the store."""
+    path = os.path.abspath(uri)
+    with _users_lock:
+        left = _users.get(path, 0) - 1
+        if left > 0:
+            _users[path] = left
+            return
+        _users.pop(path, None)
+    try:
+        from milvus_lite.server_manager import server_manager_instance
+
+        server_manager_instance.release_server(path)
+    except Exception:  # releasing is best effort: the process's exit releases it too
+        log.debug("releasing the Milvus Lite folder %s failed", path, exc_info=True)
+
+
+def _served_here(path: str) -> bool:
+    try:
+        from milvus_lite.server_manager import server_manager_instance
+    except ImportError:
+        return False
+    return path in getattr(server_manager_instance, "_servers", {})
+
+
+def check_free(path: str) -> None:
+    """Raise :class:`StoreLockedError` when another process holds the Lite
+    folder's lock (milvus-lite takes an exclusive ``flock`` on its LOCK file)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: milvus-lite's own error stands
+        return
+    try:
+        fd = os.open(os.path.join(path, "LOCK"), os.O_RDWR)
+    except OSError:  # no LOCK file: nobody has opened it yet
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except OSError:
+        raise StoreLockedError(
+            f"the Milvus Lite folder {path} is in use by another process: a running `permrag mcp` or `permrag serve`, "
+            "or another program with this store open; Milvus Lite serves one process at a time",
+            hint="stop that process (or close its PermRAG), or put the store on a Milvus server to share it between processes",
+            cli_hint="stop that process, or put the store on a Milvus server to share it between processes (permrag init --milvus-uri http://HOST:19530 --force)",
+        ) from None
+    finally:
+        os.close(fd)

@@ -33,10 +33,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..config import milvus_kind
-from ..errors import BackendError, ConfigError, StoreMismatchError, UnsupportedError
+from ..errors import BackendError, ConfigError, StoreLockedError, StoreMismatchError, UnsupportedError
 from .base import MAX_LIMIT, Capabilities, RawHit, detect, raw_hit
 from .layout import DEFAULT_GROUPS, Grouping, Partitions, by_partition
-from .lite_files import load_collection, load_when_ready
+from .lite_files import closed as lite_closed, connect as lite_connect, load_collection, load_when_ready
 from .root import create_root, read_owner
 from .schema import analyzer_params, tenant_schema
 
@@ -82,7 +82,7 @@ class MilvusBackend:
         self.consistency = consistency
         self.analyzer = analyzer_params(analyzer)
         self.uri = uri
-        self._lite = uri if self.kind == "lite" else None  # Lite's data folder, for lite_files' repair
+        self._lite = uri if self.kind == "lite" else None  # Lite's data folder (lite_files: its lock, its repair)
         self.token = token
         self.collection = collection
         self.index = index
@@ -101,16 +101,16 @@ class MilvusBackend:
                 if self._client is None:
                     from pymilvus import MilvusClient
 
+                    kwargs: dict[str, Any] = {"uri": self.uri, "grpc_options": {"grpc.use_local_subchannel_pool": 1}}
+                    if self.token:
+                        kwargs["token"] = self.token
+                    if self.kind == "server":
+                        kwargs["timeout"] = 10
+                        kwargs["dedicated"] = True  # our own channel: pymilvus shares one per address, not recovered after a restart
                     try:
-                        kwargs: dict[str, Any] = {"uri": self.uri, "grpc_options": {"grpc.use_local_subchannel_pool": 1}}
-                        if self.token:
-                            kwargs["token"] = self.token
-                        if self.kind == "server":
-                            kwargs["timeout"] = 10
-                            # our own channel: pymilvus shares one per address
-                            # and does not recover it after a server restart
-                            kwargs["dedicated"] = True
-                        self._client = MilvusClient(**kwargs)
+                        self._client = lite_connect(self.uri, lambda: MilvusClient(**kwargs)) if self._lite else MilvusClient(**kwargs)
+                    except StoreLockedError:
+                        raise
                     except Exception as exc:  # pymilvus raises many kinds
                         raise self._fail("connection", exc) from None
         return self._client
@@ -150,6 +150,8 @@ class MilvusBackend:
                     log.debug("closing Milvus client failed", exc_info=True)
                 self._client = None
                 self._ready.clear()
+                if self._lite:  # the last client of the folder releases it to other processes
+                    lite_closed(self._lite)
 
     # ------------------------------------------------------------------ binding
     def bind(self, store_id: str, *, bound_before: bool) -> None:

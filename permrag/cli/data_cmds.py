@@ -21,23 +21,49 @@ encoder_opt = click.option("--encoder", default=None, help="Encoder: a sentence-
 # ---------------------------------------------------------------------- set-up
 @main.command(cls=StoreCommand)
 @encoder_opt
+@click.option("--force", is_flag=True, help="Point a home that holds a store at another database, Milvus or collection.")
 @click.pass_context
-def init(ctx, encoder) -> None:
-    """Create a home folder and record its settings (database, Milvus, collection, encoder) in config.toml."""
+def init(ctx, encoder, force) -> None:
+    """Create a home folder and record its settings (database, Milvus, collection, encoder) in config.toml.
+
+    The only command that creates a store. On a home that holds one, another
+    database, Milvus or collection is refused (the change is printed) unless
+    --force; a Milvus server must answer before anything is written."""
     from .. import config
 
     st = ctx.find_root().obj
     if encoder:
         st.given["encoder"] = encoder
     settings = config.resolve(st.given.get("home"), **{k: v for k, v in st.given.items() if k != "home"})
+    changes = config.check_repoint(settings, force=force)
+    _check_milvus_server(settings)
     config.ensure_home(settings, create=True)
     with store(ctx, create=True, catalog_only=True):
         pass
     path = config.save(settings)
+    for change in changes:
+        click.echo(f"changed {change}")
     shown = settings.shown()
     click.echo(
         f"initialised {settings.home} (database {shown['database_url']['value']}, Milvus {shown['milvus_uri']['value']}); settings in {path}"
     )
+
+
+def _check_milvus_server(settings) -> None:
+    """A Milvus server must answer (Milvus Lite is a folder, made on first use)."""
+    from ..backends import MilvusBackend
+    from ..config import mask
+    from ..errors import BackendError
+
+    if settings.milvus_kind != "server":
+        return
+    backend = MilvusBackend(settings.milvus_uri, token=settings.milvus_token)
+    try:
+        backend.capabilities
+    except BackendError as exc:
+        raise BackendError(f"cannot reach the Milvus server at {mask(settings.milvus_uri)} ({exc.message}); nothing was written") from None
+    finally:
+        backend.close()
 
 
 @main.group("config")
@@ -49,15 +75,22 @@ def config_group() -> None:
 @json_opt
 @click.pass_context
 def config_show(ctx, as_json) -> None:
-    """The settings every command uses, where each comes from; secrets masked."""
-    data = ctx.find_root().obj.settings().shown()
+    """The settings every command uses, where each comes from; secrets masked.
+
+    Warns about store files or folders that other local users may open."""
+    from .. import config
+
+    settings = ctx.find_root().obj.settings()
+    data, warnings = settings.shown(), config.wide_files(settings)
 
     def render() -> None:
         click.echo(f"home: {data.pop('home')}")
         for key, v in data.items():
             click.echo(f"{key}: {v['value'] if v['value'] is not None else '(none)'}  [{v['source']}]")
+        for warning in warnings:
+            click.echo(f"warning: {warning}", err=True)
 
-    emit(as_json, data, render)
+    emit(as_json, {**data, "warnings": warnings}, render)
 
 
 # ---------------------------------------------------------------------- documents
