@@ -139,9 +139,17 @@ def _settings(home: Path, values: dict[str, Any], sources: dict[str, str]) -> Se
 
 def holds_store(home: Path) -> bool:
     """Whether ``home`` records a store: its config.toml (written by ``permrag
-    init``) or its own SQLite catalog. Such a home's store must be found
-    where it is; an open pointed at a database without it creates nothing."""
+    init``) or its own SQLite catalog."""
     return (home / CONFIG_FILE).is_file() or (home / DEFAULT_DATABASE).exists()
+
+
+def store_elsewhere(settings: Settings) -> bool:
+    """Whether an open of ``settings`` must find its store rather than make
+    one: the home's config.toml records it, or the home has its own SQLite
+    catalog and this open points at another database. (A home's own file
+    may be completed: processes opening a new home at once all find it.)"""
+    own = settings.home / DEFAULT_DATABASE
+    return settings.config_path.is_file() or own.exists() and sqlite_path(settings.database_url) != own
 
 
 def check_repoint(settings: Settings, *, force: bool = False) -> list[str]:
@@ -249,4 +257,4 @@ def sqlite_path(url: str) -> Path | None:
     name = parsed.database
     if not parsed.drivername.startswith("sqlite") or not name or name == ":memory:" or name.startswith("file:"):
         return None
-    return Path(name).expanduser().absolute()
+    return Path(name).expanduser().resolve()

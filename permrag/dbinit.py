@@ -24,7 +24,7 @@ from .db import (
     read_counter,
     settings,
 )
-from .config import PRIVATE_FILE, Settings, holds_store, recorded, sqlite_path
+from .config import PRIVATE_FILE, Settings, recorded, sqlite_path, store_elsewhere
 from .errors import ConfigError, NoStoreError
 
 SCHEMA_LOCK = 0x7065726D72616701  # PostgreSQL advisory lock key: making a database's tables ("permrag" + 1)
@@ -36,11 +36,12 @@ def open_store(settings: Settings, create: bool | None) -> Engine:
     ``create``: True makes a store where there is none (``permrag init``,
     ``PermRAG.open(..., create=True)``); False never does (every other
     command); None makes one only for a home that records no store yet (a new
-    user's first open), so a home whose store is elsewhere, pointed at a
-    database without it, is refused with nothing created there."""
+    user's first open; :func:`permrag.config.store_elsewhere`), so a home
+    whose store is elsewhere, pointed at a database without it, is refused
+    with nothing created there."""
     refused = None
     if create is None:
-        create = not holds_store(settings.home)
+        create = not store_elsewhere(settings)
         if not create:
             refused = _elsewhere(settings)
     engine = make_engine(settings.database_url)

@@ -10,6 +10,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -183,6 +184,35 @@ def test_a_new_user_s_first_open_still_creates_the_store(tmp_path):
         rag.policy.add_role("r")
     with PermRAG.open(tmp_path / "fresh", catalog_only=True) as rag:
         assert rag.policy.roles() == ["r"]
+
+
+FIRST_OPEN = """
+import sys, time
+from pathlib import Path
+from permrag import PermRAG
+import permrag.core  # imported before the start line, so that the opens meet
+Path(sys.argv[2] + sys.argv[3]).touch()
+while not Path(sys.argv[2]).exists():
+    time.sleep(0.001)
+with PermRAG.open(sys.argv[1], catalog_only=True) as rag:
+    rag.policy.add_role("r" + sys.argv[3])
+print("ok")
+"""
+
+
+def test_processes_opening_a_new_home_at_once_all_find_or_make_its_store(tmp_path):
+    """The first to come makes the home's permrag.db; the others, finding the
+    file, complete or find the store there rather than being refused."""
+    home, go = tmp_path / "h", tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", FIRST_OPEN, str(home), str(go), str(i)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(4)]
+    deadline = time.monotonic() + 120
+    while not all(Path(f"{go}{i}").exists() for i in range(4)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    go.touch()
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [out.strip() for out, _ in results] == ["ok"] * 4, [err[-500:] for _, err in results]
+    with PermRAG.open(home, catalog_only=True) as rag:
+        assert rag.policy.roles() == ["r0", "r1", "r2", "r3"]
 
 
 def test_init_checks_that_the_milvus_server_answers(tmp_path):
