@@ -23,7 +23,7 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
