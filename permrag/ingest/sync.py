@@ -29,23 +29,23 @@ short anywhere is finished by the next one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from sqlalchemy import delete, select
 
 from .. import db
-from ..catalog import DEFAULT_TENANT, RowRecord, RowSpec, row_spec
+from ..catalog import DEFAULT_TENANT, RowSpec, row_spec
 from ..errors import ArgumentError, CatalogError, MassDeleteError
 from ..names import check_tenant
 from .ingest import Ingester
 from .loaders.folder import FileBytes, LoadReport, load_file, read_file, skip_reason
-from .loaders.walk import SIDECARS, Listing, list_folder
+from .loaders.walk import Listing, list_folder
+from .records import doc_print, hashes, pack, unpack
 from .sources import Source, register, resolve_source
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,6 @@ log = logging.getLogger(__name__)
 # transactions, a Milvus insert) was ~3 % of a folder sync at 256 rows a write
 # (benchmarks/bench_ingest.py); progress moves within a write.
 BATCH_ROWS = 1024
-NO_PRINT = "0" * 32  # the print of a document the catalog did not hold right after its write
 
 
 class UpdateMetadata(Protocol):
@@ -116,44 +115,6 @@ class SyncReport:
         rest = LoadReport(skipped=self.skipped, failed=self.failed).describe()
         refused = f"\nrefused without --allow-mass-delete: {self.refused}" if self.refused else ""
         return head + refused + ("\n" + rest if rest else "")
-
-
-def _sha(*parts: bytes) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(len(p).to_bytes(8, "big"))
-        h.update(p)
-    return h.hexdigest()
-
-
-def hashes(item: FileBytes, folder_attrs: Sequence[str] | None, settings: bytes) -> tuple[str, str]:
-    """(content hash, metadata hash) of one file as read, without parsing it."""
-    content = _sha(item.data, settings)
-    sides = [item.sides.get(x, b"-") for x in SIDECARS]
-    meta = _sha(json.dumps([list(folder_attrs or ()), list(PurePosixPath(item.rel).parent.parts)]).encode(), *sides)
-    return content, meta
-
-
-def doc_print(rows: Sequence[RowRecord]) -> str | None:
-    """A document's rows in the catalog as one value (None: it has none): their
-    ids, attributes and ACL. Not their row IDs, which a regroup or a
-    metadata update renews without changing the document."""
-    if not rows:
-        return None
-    parts = sorted([r.external_id, r.attrs, r.acl.to_json() if r.acl is not None else None] for r in rows)
-    return _sha(json.dumps(parts, sort_keys=True, default=str).encode())[:32]
-
-
-def pack(meta: str, printed: str | None) -> str:
-    """The metadata column: the metadata hash's first 31 digits, '.', the print."""
-    return f"{meta[:31]}.{printed or NO_PRINT}"
-
-
-def unpack(stored: str) -> tuple[str, str | None]:
-    """(metadata hash prefix, print); records written before prints have none."""
-    if len(stored) == 64 and stored[31] == ".":
-        return stored[:31], stored[32:]
-    return stored[:31], None
 
 
 @dataclass
