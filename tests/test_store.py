@@ -118,7 +118,7 @@ def test_rows_returns_records_in_order(rag) -> None:
     assert [r.external_id for r in recs] == ["c", "b", "a"]
     assert recs[2].attrs == {"dept": "eng", "tags": ["x", "y"]} and recs[2].parent == "P"
     assert recs[1].tenant == "other"
-    assert recs[0].derived_from == (ids[0],)
+    assert recs[0].derived_from == ("a",)  # lineage by name: it outlives the row IDs of a replaced source
     with pytest.raises(UnknownRowError):
         rag.rows([max(ids) + 10_000])
 

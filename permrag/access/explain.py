@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from types import MappingProxyType
+from typing import Callable, Mapping, Sequence
 
 from ..catalog import RowRecord
+from ..catalog.bitmaps import GONE
 from ..names import show_time
 from ..policy import TenantPolicy, parse_selector
 from ..policy.model import GROUP_PREFIX, ROLE_PREFIX, USER_PREFIX
@@ -78,7 +80,7 @@ class Explanation:
             return f"{head}: no rule of the user's roles selects this row and no ACL entry names the user, its groups or roles"
         if self.decision == "derived":
             if self.missing_sources:
-                return f"{head}: derived row, {self.missing_sources} of its sources are gone (deleted or replaced)"
+                return f"{head}: derived row, {self.missing_sources} of its sources are gone (deleted)"
             hidden = [s.external_id for s in self.sources if not s.visible]
             why = "all its sources are readable" if not hidden else f"source(s) {', '.join(map(repr, hidden))} are not readable"
             return f"{head}: derived row, {why}"
@@ -181,17 +183,24 @@ def acl_rules(tp: TenantPolicy, row: RowRecord, now: float) -> list[AclRule]:
 
 
 def explain_row(
-    tp: TenantPolicy, live: Callable[[Sequence[int]], dict[int, RowRecord]], user: str, row: RowRecord, now: float | None = None
+    tp: TenantPolicy,
+    live: Callable[[Sequence[int]], dict[int, RowRecord]],
+    user: str,
+    row: RowRecord,
+    now: float | None = None,
+    lineage: Mapping[int, tuple[int, ...]] = MappingProxyType({}),
 ) -> Explanation:
-    """``live(ids)`` returns the live records among ``ids`` (derived rows' sources)."""
+    """``live(ids)`` returns the live records among ``ids``; ``lineage`` maps a
+    derived row to its sources' live rows (the index's ``derived``)."""
     now = _clock(now)
     base = dict(user=user, tenant=row.tenant, external_id=row.external_id, row_id=row.row_id)
     if user in tp.inactive:
         return Explanation(**base, visible=False, decision="deactivated")
     if row.derived_from:
-        found = live(row.derived_from)
-        sources = tuple(explain_row(tp, live, user, found[s], now) for s in row.derived_from if s in found)
-        missing = len(row.derived_from) - len(sources)
+        needed = lineage.get(row.row_id, (GONE,))  # the live rows of its source documents (GONE: one is gone)
+        found = live(needed)
+        sources = tuple(explain_row(tp, live, user, found[s], now, lineage) for s in needed if s in found)
+        missing = len(needed) - len(sources)
         return Explanation(
             **base, visible=not missing and all(s.visible for s in sources), decision="derived", sources=sources, missing_sources=missing
         )
@@ -227,9 +236,10 @@ def explain_document(
     document: str,
     chunks: Sequence[RowRecord],
     now: float | None = None,
+    lineage: Mapping[int, tuple[int, ...]] = MappingProxyType({}),
 ) -> Explanation:
     """A document of several chunks: readable iff every chunk is."""
-    parts = tuple(explain_row(tp, live, user, c, now) for c in chunks)
+    parts = tuple(explain_row(tp, live, user, c, now, lineage) for c in chunks)
     return Explanation(
         user=user,
         tenant=chunks[0].tenant,

@@ -192,9 +192,10 @@ class Access:
         with self.lock:
             tp = self.policy.tenant(tenant)
             now = self.compiler.clock()
+            lineage = self.catalog.tenant(tenant).derived
             if isinstance(rec, DocumentRecord):
-                return explain_document(tp, live, user, rec.external_id, rec.chunks, now)
-            return explain_row(tp, live, user, rec, now)
+                return explain_document(tp, live, user, rec.external_id, rec.chunks, now, lineage)
+            return explain_row(tp, live, user, rec, now, lineage)
 
     def who_can_see(self, external_id: str, tenant: str) -> dict[str, list[str]]:
         """The users, groups and roles that may read a row or document (every chunk of it).

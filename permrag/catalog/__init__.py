@@ -120,7 +120,7 @@ class Catalog:
         if written.version != self.version + 1:
             self.load()  # another process wrote in between: take it all
             return written
-        derived_added: dict[str, list[tuple[int, tuple[int, ...]]]] = {}
+        derived_added: dict[str, list[tuple[int, tuple[str | int, ...]]]] = {}
         for r in written.added:
             if r.derived_from:
                 derived_added.setdefault(r.tenant, []).append((r.row_id, r.derived_from))
@@ -128,10 +128,12 @@ class Catalog:
         for r in written.retired:
             if r.derived_from:
                 derived_removed.setdefault(r.tenant, []).append(r.row_id)
-        for tenant in set(written.bitmaps) | set(derived_added) | set(derived_removed):
-            self.index.apply(tenant, written.bitmaps.get(tenant, {}), derived_added.get(tenant, []), derived_removed.get(tenant, []))
-        self.version = written.version
         retired = {r.tenant for r in written.retired}
+        for tenant in set(written.bitmaps) | set(derived_added) | set(derived_removed) | set(written.sources):
+            w = written
+            if self.index.apply(tenant, w.bitmaps.get(tenant, {}), derived_added.get(tenant, []), derived_removed.get(tenant, []), w.sources.get(tenant)):
+                retired.add(tenant)  # a source document's rows changed: its derived rows' readers are recomputed
+        self.version = written.version
         for listener in self._listeners:
             listener(written.changes(), retired)
         return written

@@ -72,7 +72,7 @@ class Allocator:
         self.placement: Any = None  # catalog/placement.Placement: class IDs by co-visibility (set by the store)
         self._memo: dict[tuple, str] = {}  # kept (attr, value) pairs and ACL keys → class key
 
-    def class_of(self, attrs: Mapping[str, Any], derived: Sequence[int] | None = None, acl: Acl | None = None) -> str:
+    def class_of(self, attrs: Mapping[str, Any], derived: Sequence[str] | None = None, acl: Acl | None = None) -> str:
         """The class key of a row. Under co-visibility placement with ACLs
         (``group_by="visibility+acl"``) the row's ACL is part of it: rows
         named by one ACL are then classes (and groups) of their own, so a
@@ -81,7 +81,7 @@ class Allocator:
         Elsewhere it is not: a store whose every document has an ACL of its
         own would get a class per document, and role groups split by ACL."""
         if derived:
-            return class_key(["derived", sorted(int(d) for d in derived)])
+            return class_key(["derived", sorted(derived)])  # by source documents: readable by the same callers
         names = self.policy_attrs
         keep = {k: v for k, v in attrs.items() if (k not in SOURCE_ATTRS if names is None else k in names)}
         keys = acl.index_keys() if acl is not None and self.placement is not None and self.placement.acls else []
@@ -137,33 +137,28 @@ class Allocator:
         self,
         conn: Connection,
         specs: Sequence[RowSpec],
-        sources: Mapping[tuple[str, str], int],
+        sources: Mapping[tuple[str, str], str],
         hint: dict[tuple[str, str], int],
     ) -> list[RowRecord]:
         """Records with fresh IDs for ``specs``, in order.
 
-        ``sources`` maps (tenant, external id) of already stored sources to
-        their row IDs; a source in the same batch must come before its
-        derived row. ``hint`` (from :meth:`size_hint`, consumed as rows are
+        ``sources`` maps (tenant, external id) of every derived row's sources
+        to their documents (journal.py); a record's ``derived_from`` holds
+        those documents. ``hint`` (from :meth:`size_hint`, consumed as rows are
         allocated) sizes each new block for the rows still to come.
         """
         n = len(specs)
         rid_at = [0] * n  # by position in ``specs``
         cid_at = [0] * n
-        # a derived row's sources in this batch, by (tenant, external id): built only when there are any
-        pos = {(s.tenant, s.external_id): i for i, s in enumerate(specs)} if any(s.derived_from for s in specs) else {}
-
-        def source_ids(s: RowSpec) -> tuple[int, ...]:
-            if not s.derived_from:
-                return ()
-            return tuple(sorted({rid_at[pos[(s.tenant, x)]] if (s.tenant, x) in pos else sources.get((s.tenant, x), -1) for x in s.derived_from}))
+        def source_docs(s: RowSpec) -> tuple[str, ...]:
+            return tuple(sorted({sources[(s.tenant, x)] for x in s.derived_from})) if s.derived_from else ()
 
         if self.mode == "sequential":
             end = _bump_ids(conn, n)
             rid_at = list(range(end - n, end))
             for i, s in enumerate(specs):
                 row = (None, None) if s.derived_from else (s.attrs, s.acl)
-                cid_at[i] = self._class_row(conn, s.tenant, self.class_of(s.attrs, source_ids(s), s.acl), *row)[0]
+                cid_at[i] = self._class_row(conn, s.tenant, self.class_of(s.attrs, source_docs(s), s.acl), *row)[0]
         else:
             # Group by (tenant, class) in input order; derived rows come after
             # all plain rows so their sources already have IDs.
@@ -184,11 +179,11 @@ class Allocator:
                     cid_at[i] = cid
             for i, s in enumerate(specs):  # one at a time: a derived row's source may be in the batch
                 if s.derived_from:
-                    cid, (rid,) = self._take_ids(conn, s.tenant, self.class_of({}, source_ids(s)), 1)
+                    cid, (rid,) = self._take_ids(conn, s.tenant, self.class_of({}, source_docs(s)), 1)
                     rid_at[i] = rid
                     cid_at[i] = cid
         return [
-            RowRecord(rid, s.tenant, s.external_id, s.attrs, s.parent, source_ids(s), cid, s.acl)
+            RowRecord(rid, s.tenant, s.external_id, s.attrs, s.parent, source_docs(s), cid, s.acl)
             for s, rid, cid in zip(specs, rid_at, cid_at)
         ]
 

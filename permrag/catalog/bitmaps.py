@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 from pyroaring import AbstractBitMap, BitMap
 
-MAX_ROW_ID = 2**32 - 1
+MAX_ROW_ID = 2**32 - 2
+GONE = 2**32 - 1  # never allocated: stands for a derived row's source that is gone (catalog/index.py)
 
 
 def as_array(bm: AbstractBitMap) -> np.ndarray:

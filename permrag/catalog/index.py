@@ -24,8 +24,9 @@ from sqlalchemy.engine import Connection
 
 from .. import db, direct
 from ..names import attr_pairs
+from .bitmaps import GONE
 from .layered import Layered
-from .rows import RowRecord, split_attrs
+from .rows import RowRecord, document_rows, split_attrs
 
 TENANT_ROWS = ("", "")  # index key of "every live row of the tenant"
 CLASS_ATTR = "#class"  # index keys ("#class", "<id>"): rows of one visibility class
@@ -39,8 +40,12 @@ class TenantIndex:
     rows: FrozenBitMap = EMPTY
     attrs: Mapping[str, Mapping[str, FrozenBitMap]] = field(default_factory=dict)
     classes: Mapping[int, FrozenBitMap] = field(default_factory=dict)
-    derived: Mapping[int, tuple[int, ...]] = field(default_factory=dict)  # derived row → sources, dependency order
+    # derived row → the live rows of its source documents (GONE, never in a
+    # bitmap, for a document gone), in dependency order; resolved from ``lineage``
+    derived: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
     derived_all: FrozenBitMap = EMPTY
+    lineage: Mapping[int, tuple[str | int, ...]] = field(default_factory=dict)  # derived row → source documents (ints: older stores' row IDs)
+    sources: Mapping[str, FrozenBitMap] = field(default_factory=dict)  # source document → its live rows
 
     def values(self, attr: str) -> Mapping[str, FrozenBitMap]:
         return self.attrs.get(attr, {})
@@ -86,7 +91,6 @@ class AttrIndex:
 
     def __init__(self) -> None:
         self._tenants: dict[str, TenantIndex] = {}
-        self._depth: dict[int, int] = {}
 
     def tenant(self, tenant: str) -> TenantIndex:
         return self._tenants.get(tenant) or TenantIndex()
@@ -108,17 +112,17 @@ class AttrIndex:
         a = db.attr_index.c
         for tenant, attr, value, blob in conn.execute(select(a.tenant, a.attr, a.value, a.bitmap)):
             raw[tenant][(attr, value)] = FrozenBitMap.deserialize(blob)
-        derived: dict[str, list[tuple[int, tuple[int, ...]]]] = defaultdict(list)
+        derived: dict[str, list[tuple[int, tuple[str | int, ...]]]] = defaultdict(list)
         t = db.rows.c
         for rid, tenant, src in conn.execute(
             select(t.row_id, t.tenant, t.derived_from).where(t.derived_from.is_not(None), t.state == "live")
         ):
-            derived[tenant].append((int(rid), tuple(int(s) for s in src)))
-        self._depth = {}
+            derived[tenant].append((int(rid), tuple(s if isinstance(s, str) else int(s) for s in src)))
         tenants = {}
         for tenant in set(raw) | set(derived):
             idx = _build(raw.get(tenant, {}))
-            tenants[tenant] = self._with_derived(idx, derived.get(tenant, []), ())
+            docs = {d for _, src in derived.get(tenant, []) for d in src if isinstance(d, str)}
+            tenants[tenant] = _with_derived(idx, derived.get(tenant, []), (), document_rows(conn, tenant, docs))[0]
         self._tenants = tenants
 
     def rebuild(self, conn: Connection) -> None:
@@ -181,8 +185,18 @@ class AttrIndex:
             direct.insert_many(conn, db.attr_index, INDEX_COLUMNS, inserts)
         return out
 
-    def apply(self, tenant: str, bitmaps: Mapping[tuple[str, str], FrozenBitMap], derived_added: list[tuple[int, tuple[int, ...]]], derived_removed: Iterable[int]) -> None:
-        """Swap in a new TenantIndex with ``bitmaps`` (from :meth:`persist`) replacing theirs."""
+    def apply(
+        self,
+        tenant: str,
+        bitmaps: Mapping[tuple[str, str], FrozenBitMap],
+        derived_added: list[tuple[int, tuple[str | int, ...]]],
+        derived_removed: Iterable[int],
+        sources: Mapping[str, FrozenBitMap] | None = None,
+    ) -> bool:
+        """Swap in a new TenantIndex with ``bitmaps`` (from :meth:`persist`)
+        replacing theirs, and ``sources`` (source document → its live rows
+        now) replacing those; True if a source of a derived row that was
+        already live changed its rows (its readers must be recomputed)."""
         old = self.tenant(tenant)
         rows = bitmaps.get(TENANT_ROWS, old.rows)
         attrs: dict[str, Mapping[str, FrozenBitMap]] = dict(old.attrs)
@@ -207,31 +221,53 @@ class AttrIndex:
             else:
                 attrs.pop(attr, None)
         idx = replace(old, rows=rows, attrs=_frozen(attrs), classes=MappingProxyType(classes))
-        self._tenants[tenant] = self._with_derived(idx, derived_added, derived_removed)
+        self._tenants[tenant], moved = _with_derived(idx, derived_added, derived_removed, sources or {})
+        return moved
 
-    def _with_derived(self, idx: TenantIndex, added: list[tuple[int, tuple[int, ...]]], removed: Iterable[int]) -> TenantIndex:
-        removed = set(removed)
-        if not added and not removed:
-            return idx
-        derived = {rid: src for rid, src in idx.derived.items() if rid not in removed}
-        for rid in removed:
-            self._depth.pop(rid, None)
-        pending = dict(added)
 
-        def depth(rid: int) -> int:
-            if rid in self._depth:
-                return self._depth[rid]
-            if rid not in pending:
-                return 0
-            d = 1 + max((depth(s) for s in pending[rid]), default=0)
-            self._depth[rid] = d
-            return d
+def _with_derived(
+    idx: TenantIndex, added: list[tuple[int, tuple[str | int, ...]]], removed: Iterable[int], sources: Mapping[str, FrozenBitMap]
+) -> tuple[TenantIndex, bool]:
+    """``idx`` with derived rows added and removed and source documents' rows
+    replaced, lineage resolved again; and whether an already known source
+    document's rows changed."""
+    removed = set(removed)
+    if not added and not removed and not sources:
+        return idx, False
+    lineage = {rid: src for rid, src in idx.lineage.items() if rid not in removed}
+    lineage.update(added)
+    moved = any(d in idx.sources and idx.sources[d] != bm for d, bm in sources.items())
+    wanted = {d for src in lineage.values() for d in src if isinstance(d, str)}
+    rows = {d: bm for d, bm in {**idx.sources, **sources}.items() if d in wanted}
+    resolved = {rid: _resolve(rid, src, rows) for rid, src in lineage.items()}
+    depth: dict[int, int] = {}
 
-        for rid, src in added:
-            depth(rid)
-            derived[rid] = src
-        ordered = dict(sorted(derived.items(), key=lambda kv: (self._depth.get(kv[0], 1), kv[0])))
-        return replace(idx, derived=MappingProxyType(ordered), derived_all=FrozenBitMap(ordered.keys()))
+    def level(rid: int, path: frozenset[int]) -> int:
+        if rid not in resolved or rid in path:  # a plain row, or a cycle (its rows are never visible)
+            return 0
+        if rid not in depth:
+            depth[rid] = 1 + max((level(s, path | {rid}) for s in resolved[rid]), default=0)
+        return depth[rid]
+
+    ordered = dict(sorted(resolved.items(), key=lambda kv: (level(kv[0], frozenset()), kv[0])))
+    out = replace(idx, derived=MappingProxyType(ordered), derived_all=FrozenBitMap(ordered.keys()), lineage=MappingProxyType(lineage), sources=MappingProxyType(rows))
+    return out, moved
+
+
+def _resolve(rid: int, lineage: tuple[str | int, ...], rows: Mapping[str, FrozenBitMap]) -> tuple[int, ...]:
+    """The rows a derived row's visibility needs: every live row of each source
+    document (GONE, never visible, for a document with none), or the row IDs
+    an older store recorded."""
+    out: set[int] = set()
+    for d in lineage:
+        if isinstance(d, int):
+            out.add(d)
+        elif rows.get(d):
+            out.update(rows[d])
+        else:
+            out.add(GONE)
+    out.discard(rid)
+    return tuple(sorted(out))
 
 
 def _frozen(attrs: dict[str, Mapping[str, FrozenBitMap]]) -> Mapping[str, Mapping[str, FrozenBitMap]]:

@@ -48,7 +48,7 @@ from ..errors import (
 from ..repair import owner, writer_alive
 from .allocation import Allocator
 from .index import AttrIndex
-from .rows import ACL_FIELD, RowRecord, RowSpec, named_rows, record
+from .rows import ACL_FIELD, RowRecord, RowSpec, document_rows, named_rows, record
 
 INSERT_CHUNK = 5000
 ROW_COLUMNS = ("row_id", "tenant", "external_id", "live_key", "attrs", "parent", "derived_from", "state", "vclass", "ingest_id")
@@ -90,6 +90,7 @@ class Written:
     bitmaps: dict[str, dict[tuple[str, str], FrozenBitMap]]  # tenant → new persisted bitmaps
     added: list[RowRecord] = field(default_factory=list)
     retired: list[RowRecord] = field(default_factory=list)
+    sources: dict[str, dict[str, FrozenBitMap]] = field(default_factory=dict)  # tenant → source document → its live rows now
 
     def changes(self) -> list[Change]:
         by_tenant: dict[str, list[RowRecord]] = defaultdict(list)
@@ -191,11 +192,12 @@ class Journal:
                 if batch.ingest_id is not None:
                     conn.execute(delete(db.ingests).where(db.ingests.c.id == batch.ingest_id))
                 bitmaps = self._persist(conn, batch.records, retired)
+                sources = self._source_rows(conn, batch.records, retired)
         except IntegrityError as exc:
             raise DuplicateExternalIdError(
                 f"another writer published a row with one of these external ids meanwhile: {str(exc.orig).splitlines()[0]}"
             ) from None
-        return Written(version, bitmaps, list(batch.records), retired)
+        return Written(version, bitmaps, list(batch.records), retired, sources)
 
     def abort(self, batch: PendingBatch) -> None:
         """Delete a prepared batch that will not be published."""
@@ -221,7 +223,8 @@ class Journal:
             version = db.bump(conn, "catalog_version")
             retired = self._take_live(conn, {tenant: set(external_ids)})
             bitmaps = self._persist(conn, [], retired) if retired else {}
-        return Written(version, bitmaps, [], retired)
+            sources = self._source_rows(conn, [], retired)
+        return Written(version, bitmaps, [], retired, sources)
 
     def purge(self, row_ids: Sequence[int]) -> None:
         """Physically remove rows already retired (state ``deleted``)."""
@@ -297,33 +300,47 @@ class Journal:
                         cli_hint="pass --replace to replace it",
                     )
 
-    def _resolve_sources(self, conn: Connection, specs: Sequence[RowSpec]) -> dict[tuple[str, str], int]:
-        """(tenant, source external id) → row ID, for sources already stored."""
+    def _resolve_sources(self, conn: Connection, specs: Sequence[RowSpec]) -> dict[tuple[str, str], str]:
+        """(tenant, source name) → the name a derived row's lineage keeps: every
+        source must name a live row or document (its rows: the row called so
+        and the rows whose parent it is), or a row earlier in the batch."""
         wanted: dict[str, set[str]] = defaultdict(set)
         for s in specs:
             if s.derived_from:
                 wanted[s.tenant].update(s.derived_from)
-        out: dict[tuple[str, str], int] = {}
+        out: dict[tuple[str, str], str] = {}
         if not wanted:  # no derived rows: nothing to resolve (and no position map of every spec to build)
             return out
-        t = db.rows.c
         for tenant, exts in wanted.items():
-            for part in db.chunks(sorted(exts)):
-                for rid, ext in conn.execute(
-                    select(t.row_id, t.external_id).where(t.tenant == tenant, t.state == "live", t.live_key.in_(list(part)))
-                ):
-                    out[(tenant, ext)] = int(rid)
-        batch_pos = {(s.tenant, s.external_id): i for i, s in enumerate(specs)}
+            out.update(((tenant, d), d) for d, rows in document_rows(conn, tenant, exts).items() if rows)
+        batch_pos: dict[tuple[str, str], int] = {}
+        for i, s in enumerate(specs):
+            batch_pos.setdefault((s.tenant, s.external_id), i)
+            batch_pos.setdefault((s.tenant, s.document), i)
         for i, s in enumerate(specs):
             for src in s.derived_from:
-                if (s.tenant, src) in out:
-                    continue
                 j = batch_pos.get((s.tenant, src))
-                if j is None:
-                    raise UnknownRowError(f"source {src!r} of {s.external_id!r} is not a row of tenant {s.tenant!r}")
-                if j > i:
+                if j is not None and j < i:
+                    out[(s.tenant, src)] = src
+                elif (s.tenant, src) not in out:
+                    if j is None:
+                        raise UnknownRowError(f"source {src!r} of {s.external_id!r} is not a row of tenant {s.tenant!r}")
                     raise CatalogError(f"source {src!r} of {s.external_id!r} must come before it in the batch")
         return out
+
+    def _source_rows(self, conn: Connection, added: Sequence[RowRecord], retired: Sequence[RowRecord]) -> dict[str, dict[str, FrozenBitMap]]:
+        """tenant → source document → its live rows, read in the writing
+        transaction for every document that a derived row names and that
+        this write touched (or that a new derived row names): lineage by
+        document follows a replaced source at once."""
+        docs: dict[str, set[str]] = defaultdict(set)
+        for r in added:
+            docs[r.tenant].update(d for d in r.derived_from if isinstance(d, str))
+        known = {t: self.index.tenant(t).sources for t in {r.tenant for r in (*added, *retired)}}
+        for r in (*added, *retired) if any(known.values()) else ():
+            named = known[r.tenant]
+            docs[r.tenant].update(d for d in (r.external_id, r.parent) if d is not None and d in named)
+        return {t: document_rows(conn, t, ds) for t, ds in docs.items() if ds}
 
 
 def stored_json(r: RowRecord, acls: dict[int, str]) -> str:

@@ -2,9 +2,18 @@
 
 A *row* is one retrievable chunk: ``row_id`` (allocated by permrag),
 ``external_id``, ``tenant``, ``attrs``, optional ``parent`` (chunk →
-document) and ``derived_from`` (generated content → its sources' row IDs). A
+document) and ``derived_from`` (generated content → its sources). A
 *document* is what a caller ingests: one row, or several chunk rows
 ``<external_id>#<n>`` whose ``parent`` is the document's id.
+
+Lineage is kept by document identity: ``derived_from`` holds the sources'
+external ids (of a row or a whole document), never row IDs, so that
+replacing a source (a re-ingest, a metadata or ACL update, a regroup — each
+gives it new row IDs) keeps its derived rows; the index resolves each name
+to its live rows (the row of that id and the rows whose parent it is, as a
+``doc:`` selector does; catalog/index.py). Stores written before hold row IDs there (ints):
+those are read as they are, and such a row is readable only while those
+exact rows live.
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
-from pyroaring import BitMap
+from pyroaring import BitMap, FrozenBitMap
 from sqlalchemy import Engine, select
 
 from .. import db
@@ -36,7 +45,7 @@ class RowRecord:
     external_id: str
     attrs: dict[str, AttrValue]
     parent: str | None = None
-    derived_from: tuple[int, ...] = ()
+    derived_from: tuple[str | int, ...] = ()  # sources' external ids (row IDs in older stores)
     vclass: int = 0
     acl: Acl | None = None  # the document's own ACL (acl.py), if it has one
 
@@ -126,7 +135,7 @@ def record(row: Any) -> RowRecord:
         attrs=attrs,
         acl=acl,
         parent=row.parent,
-        derived_from=tuple(int(s) for s in row.derived_from or ()),
+        derived_from=tuple(s if isinstance(s, str) else int(s) for s in row.derived_from or ()),
         vclass=int(row.vclass),
     )
 
@@ -242,6 +251,17 @@ def named_rows(conn: Any, tenant: str, names: Sequence[str], parents: Sequence[s
         for row in conn.execute(stmt):
             found.setdefault(int(row.row_id), row)
     return list(found.values())
+
+
+def document_rows(conn: Any, tenant: str, docs: Iterable[str]) -> dict[str, FrozenBitMap]:
+    """Each document's live rows (itself and the rows whose parent it is); EMPTY for one with none."""
+    t = db.rows.c
+    found: dict[str, BitMap] = {d: BitMap() for d in docs}
+    for part in db.chunks(sorted(found)):
+        for row in named_rows(conn, tenant, part, columns=[t.row_id, t.external_id, t.parent]):
+            for d in {row.external_id, row.parent} & found.keys():
+                found[d].add(int(row.row_id))
+    return {d: FrozenBitMap(bm) for d, bm in found.items()}
 
 
 def chunk_no(external_id: str) -> int:

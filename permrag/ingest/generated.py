@@ -5,7 +5,14 @@ callers who may read every source (the compiler enforces it), and its author
 may only cite sources they can read. A source the author may not read is
 refused exactly as one that does not exist (:class:`NotReadableError`), so
 the call cannot be used to probe for hidden documents. A source that is a
-document of several chunks stands for all of its chunks.
+document of several chunks stands for all of its chunks, and a chunk for
+its document.
+
+Lineage is kept by document identity (catalog/rows.py): the row stays
+readable while every source document exists and the caller may read all of
+it — a metadata or ACL update, a replace or a regroup of a source keeps it,
+and its visibility follows the source's new ACL at once; deleting a source
+hides it.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import uuid
 from typing import Any, Mapping, Sequence
 
 from ..access import Access
-from ..catalog import DocumentRecord
+from ..catalog import RowRecord, chunk_no
 from ..errors import ArgumentError
 from ..names import as_list
 from .ingest import Ingester
@@ -39,8 +46,8 @@ def add_generated(
     derived: list[str] = []
     for ext in names:
         rec = access.readable(user, ext, tenant, snapshot=snap)
-        if isinstance(rec, DocumentRecord):
-            derived.extend(c.external_id for c in rec.chunks)
+        if isinstance(rec, RowRecord) and rec.parent and rec.external_id == f"{rec.parent}#{chunk_no(rec.external_id)}":
+            derived.append(rec.parent)  # a chunk stands for its document: chunks come and go when it is replaced
         elif rec is not None:
             derived.append(rec.external_id)
     doc = {

@@ -161,12 +161,14 @@ class _Mover:
         self.pending_rows = 0
 
     def _sources(self) -> set[int]:
-        """Row IDs that live derived rows of the tenant name as sources."""
+        """Row IDs that live derived rows of older stores name as sources (lineage
+        by row ID: moving them would orphan those rows; lineage by document
+        follows a move)."""
         t = db.rows.c
         out: set[int] = set()
         with db.reading(self.catalog.engine, "reading derived rows") as conn:
             for (srcs,) in conn.execute(select(t.derived_from).where(t.tenant == self.tenant, t.state == "live", t.derived_from.is_not(None))):
-                out.update(int(s) for s in srcs or ())
+                out.update(int(s) for s in srcs or () if not isinstance(s, str))
         return out
 
     def move(self, misplaced: set[int]) -> None:
