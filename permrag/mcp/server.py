@@ -127,18 +127,7 @@ def build_server(
 
     @server.tool(description="May the authenticated user read a document (by external id)? The answer is the same 'no' for a document that is hidden and one that does not exist.")
     async def can_read(document_id: str, ctx: Context) -> Annotated[CallToolResult, Permission]:
-        who = principal_of(ctx, principal)
-
-        def decide() -> Permission:
-            snap = rag.snapshot(who.user, who.tenant)
-            ok = rag.access.readable(who.user, document_id, who.tenant, snapshot=snap, quiet=True) is not None
-            why = rag.explain(who.user, document_id, who.tenant) if ok else None
-            if why is not None and not why.visible:  # revoked between the two answers: say no, like any hidden row
-                ok, why = False, None
-            rag.audit.record("check", who.user, who.tenant, snap.policy_version, {"external_id": document_id, "readable": ok, "via": "mcp"})
-            return Permission(document_id=document_id, readable=ok, why=str(why) if why else None, policy_version=snap.policy_version)
-
-        out = await call(decide)
+        out = await call(_permission, rag, principal_of(ctx, principal), document_id)
         answer = f"yes: you may read {document_id!r} ({out.why})" if out.readable else f"no: there is no document {document_id!r} that you may read"
         return _result(f"{answer} (policy version {out.policy_version})", out)
 
@@ -150,6 +139,17 @@ def build_server(
         return _result(f"[{document_id}] {out.text}\n\n(policy version {out.policy_version})", out)
 
     return server
+
+
+def _permission(rag: Any, who: Principal, document_id: str) -> Permission:
+    """May ``who`` read the document, and why; audited as a ``check``."""
+    snap = rag.snapshot(who.user, who.tenant)
+    ok = rag.access.readable(who.user, document_id, who.tenant, snapshot=snap, quiet=True) is not None
+    why = rag.explain(who.user, document_id, who.tenant) if ok else None
+    if why is not None and not why.visible:  # revoked between the two answers: say no, like any hidden row
+        ok, why = False, None
+    rag.audit.record("check", who.user, who.tenant, snap.policy_version, {"external_id": document_id, "readable": ok, "via": "mcp"})
+    return Permission(document_id=document_id, readable=ok, why=str(why) if why else None, policy_version=snap.policy_version)
 
 
 def _result(text: str, structured: BaseModel) -> CallToolResult:
