@@ -39,7 +39,7 @@ def open_store(settings: Settings, create: bool | None) -> Engine:
     user's first open; :func:`permrag.config.store_elsewhere`), so a home
     whose store is elsewhere, pointed at a database without it, is refused
     with nothing created there."""
-    refused = None
+    refused = no_store(mask(settings.database_url))  # the URL as the user gave it, not the driver's
     if create is None:
         create = not store_elsewhere(settings)
         if not create:
@@ -51,6 +51,10 @@ def open_store(settings: Settings, create: bool | None) -> Engine:
         dispose(engine)
         raise
     return engine
+
+
+def no_store(url: str) -> NoStoreError:
+    return NoStoreError(f"no permrag store in {url}", hint="run `permrag init` (or open it with create=True)", cli_hint="run `permrag init`")
 
 
 def _elsewhere(settings: Settings) -> NoStoreError:
@@ -79,7 +83,7 @@ def init_schema(engine: Engine, *, create: bool = True, refused: NoStoreError | 
     find them (each checking, then creating, failed on "table already
     exists")."""
     url = mask(str(engine.url))
-    refused = refused or NoStoreError(f"no permrag store in {url}", hint="run `permrag init` (or open it with create=True)", cli_hint="run `permrag init`")
+    refused = refused or no_store(url)
     _sqlite_file(engine, create, refused)
     for attempt in range(3):
         try:

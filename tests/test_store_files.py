@@ -279,6 +279,7 @@ def test_a_lite_folder_held_by_another_process_says_what_holds_it(tmp_path):
         out = run("--home", home, "search", "budget", "--as", "ann", code=1)
         assert out.startswith("error: ") and len(out.strip().splitlines()) == 1
         assert "in use by another process" in out and "permrag init --milvus-uri" in out
+        assert "eng" in run("--home", home, "role", "list")  # commands without vectors keep working
     finally:
         proc.communicate("go\n", timeout=60)
     with PermRAG.open(home) as rag:  # the holder exited: the folder is free

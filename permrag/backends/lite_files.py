@@ -155,10 +155,10 @@ def check_free(path: str) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
     except OSError:
         raise StoreLockedError(
-            f"the Milvus Lite folder {path} is in use by another process: a running `permrag mcp` or `permrag serve`, "
+            f"the Milvus Lite folder {path} is in use by another process: a running `permrag mcp` server, "
             "or another program with this store open; Milvus Lite serves one process at a time",
-            hint="stop that process (or close its PermRAG), or put the store on a Milvus server to share it between processes",
-            cli_hint="stop that process, or put the store on a Milvus server to share it between processes (permrag init --milvus-uri http://HOST:19530 --force)",
+            hint="stop that process (or close its PermRAG), or keep a store that several processes use on a Milvus server",
+            cli_hint="stop that process, or keep a store that several processes use on a Milvus server (permrag init --milvus-uri http://HOST:19530)",
         ) from None
     finally:
         os.close(fd)
