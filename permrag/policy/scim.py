@@ -143,13 +143,23 @@ def merge_pages(pages: Sequence[Page]) -> dict[tuple[str, str], Resource]:
     return out
 
 
+def _one_listing(pages: Sequence[Page]) -> bool:
+    """Whether ``pages`` can be one listing's: each says where it starts and no two overlap."""
+    spans = sorted((p.start, p.start + len(p.resources)) for p in pages if p.start is not None)
+    return len(spans) == len(pages) and all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+
+
 def _check_complete(pages: Sequence[Page]) -> None:
-    """Pages of one listing declare the same ``totalResults`` and hold the same
-    resource types; together they must give that many distinct resources."""
+    """Pages of one listing declare the same ``totalResults``; together they must
+    give that many distinct resources. Pages of equal totals that cannot be one
+    listing (no ``startIndex``, or overlapping) count only with pages of the same
+    resource types, so a users and a groups listing never make up for each other."""
     for page in pages:
         if page.total is None:
             continue
-        same = [p for p in pages if p.total == page.total and (not p.kinds() or not page.kinds() or p.kinds() == page.kinds())]
+        same = [p for p in pages if p.total == page.total]
+        if not _one_listing(same):
+            same = [p for p in same if not p.kinds() or not page.kinds() or p.kinds() == page.kinds()]
         given = {(r.kind, r.ident) for p in same for r in p.resources}
         if page.total > len(given):
             what = " and ".join(sorted(page.kinds())) or "resource"
