@@ -44,7 +44,8 @@ def _render_sync(report, dry_run: bool) -> None:
     for m, g in report.renewed:
         click.echo(f"= {m} in group:{g} (made permanent)")
     for key, old, new in report.relabelled:
-        click.echo(f"~ {key} labelled {new!r}" + (f" (was {old!r})" if old else "") if new else f"~ {key} no longer labelled {old!r}")
+        if old and new:  # a rename; first labels and labels dropped with their id are only counted
+            click.echo(f"~ {key} renamed {old!r} → {new!r}")
     for u in report.deactivated:
         click.echo(f"! user:{u} deactivated")
     for u in report.reactivated:
@@ -55,7 +56,8 @@ def _render_sync(report, dry_run: bool) -> None:
     click.echo(
         f"{report.users} users, {report.groups} groups: {len(report.added)} memberships added, "
         f"{len(report.removed)} removed of {report.memberships_before}, {report.unchanged} unchanged, "
-        f"{len(report.deactivated)} deactivated, {len(report.reactivated)} reactivated — {verb} (policy version {report.policy_version})"
+        f"{len(report.relabelled)} labels changed, {len(report.deactivated)} deactivated, {len(report.reactivated)} reactivated — {verb} "
+        f"(policy version {report.policy_version})"
     )
 
 
