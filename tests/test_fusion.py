@@ -162,3 +162,21 @@ def test_langchain_documents_with_typed_metadata_in_and_out(tmp_path) -> None:
             assert doc.page_content == "quarterly budget review" and doc.id == "lc1" and doc.metadata["attrs"]["level"] == "3"
     finally:
         rag.close()
+
+
+def test_the_default_fusion_is_the_benchmarks_choice_and_not_below_dense() -> None:
+    """benchmarks/bench_quality.py chooses the default fusion on the dev halves
+    of its English and Chinese Q/A sets; the library must hold that choice, and
+    on the test halves the default must score at least what dense search does."""
+    import json
+    from pathlib import Path
+
+    from permrag.search.fusion import POOL_FACTOR
+
+    data = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "quality.json").read_text())
+    choice = data["default_choice"]
+    assert (choice["fusion"], tuple(choice["weights"]), choice["pool_factor"]) == (DEFAULT_FUSION, DEFAULT_WEIGHTS, POOL_FACTOR)
+    assert choice["not_below_dense_on_dev"]
+    for res in data["results"]:
+        default = next(m for name, m in res["modes"].items() if name.startswith("default"))
+        assert default["ndcg"] >= res["modes"]["dense"]["ndcg"] - 1e-9, res["language"]
