@@ -12,9 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import PurePosixPath
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
-from ..catalog import RowRecord
+from sqlalchemy.engine import Engine
+
+from .. import db
+from ..catalog.rows import named_rows
 from .loaders.folder import FileBytes
 from .loaders.walk import SIDECARS
 
@@ -37,14 +40,29 @@ def hashes(item: FileBytes, folder_attrs: Sequence[str] | None, settings: bytes)
     return content, meta
 
 
-def doc_print(rows: Sequence[RowRecord]) -> str | None:
-    """A document's rows in the catalog as one value (None: it has none): their
-    ids, attributes and ACL. Not their row IDs, which a regroup or a
-    metadata update renews without changing the document."""
+def doc_print(rows: Sequence[tuple[str, Mapping[str, Any]]]) -> str | None:
+    """A document's live rows in the catalog, ``(external id, stored
+    attributes)`` each (the ACL among them), as one value (None: it has
+    none). Not their row IDs, which a regroup or a metadata update renews
+    without changing the document."""
     if not rows:
         return None
-    parts = sorted(([r.external_id, r.attrs, r.acl.to_json() if r.acl is not None else None] for r in rows), key=lambda p: p[0])
+    parts = sorted(([ext, attrs] for ext, attrs in rows), key=lambda p: p[0])
     return _sha(json.dumps(parts, sort_keys=True, default=str).encode())[:32]
+
+
+def catalog_prints(engine: Engine, tenant: str, ids: Sequence[str]) -> dict[str, str | None]:
+    """The print of each document of ``ids`` as the catalog holds it now: one
+    read of the stored rows (their attributes as stored, nothing parsed)."""
+    t = db.rows.c
+    found: dict[str, list[tuple[str, Mapping[str, Any]]]] = {e: [] for e in ids}
+    with db.reading(engine, "reading documents") as conn:
+        for part in db.chunks(sorted(found)):
+            for row in named_rows(conn, tenant, part, columns=[t.row_id, t.external_id, t.parent, t.attrs]):
+                doc = row.parent if row.parent in found else row.external_id
+                if doc in found:
+                    found[doc].append((row.external_id, row.attrs))
+    return {e: doc_print(rows) for e, rows in found.items()}
 
 
 def pack(meta: str, printed: str | None) -> str:

@@ -45,7 +45,7 @@ from ..names import check_tenant
 from .ingest import Ingester
 from .loaders.folder import FileBytes, LoadReport, load_file, read_file, skip_reason
 from .loaders.walk import Listing, list_folder
-from .records import doc_print, hashes, pack, unpack
+from .records import catalog_prints, hashes, pack, unpack
 from .sources import Source, register, resolve_source
 
 log = logging.getLogger(__name__)
@@ -163,9 +163,8 @@ class FolderSync:
         return json.dumps([c.size, c.overlap, c.unit, enc]).encode()
 
     def prints(self, tenant: str, ids: Sequence[str]) -> dict[str, str | None]:
-        """The catalog's print (:func:`doc_print`) of each document in ``ids``."""
-        docs = self.ingester.catalog.rows.documents(tenant, list(ids)) if ids else {}
-        return {e: doc_print(docs.get(e, [])) for e in ids}
+        """The catalog's print (:func:`.records.doc_print`) of each document in ``ids``."""
+        return catalog_prints(self.engine, tenant, ids) if ids else {}
 
     def owners(self, tenant: str, root: str, ids: Sequence[str]) -> dict[str, str]:
         """Those of ``ids`` that another folder's sync records hold, and that folder."""
