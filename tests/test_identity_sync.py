@@ -390,3 +390,27 @@ def test_incremental_sync_equals_a_fresh_import(request, tmp_path, backend) -> N
         check()
     finally:
         rag.close()
+
+
+def test_ldif_entries_are_keyed_by_entry_uuid_and_scim_by_external_id_without_an_id(tmp_path) -> None:
+    rag = PermRAG.open(tmp_path, catalog_only=True)
+
+    def ldif(group_cn: str, people_ou: str) -> Path:
+        path = tmp_path / f"{group_cn}.ldif"
+        path.write_text(
+            f"dn: uid=ann,ou={people_ou},dc=e\nobjectClass: person\nuid: ann\nentryUUID: 11111111-aaaa\n\n"
+            f"dn: cn={group_cn},ou=groups,dc=e\nobjectClass: groupOfNames\ncn: {group_cn}\nentryUUID: 22222222-bbbb\n"
+            f"member: uid=ann,ou={people_ou},dc=e\n"
+        )
+        return path
+
+    rag.identity.sync(ldif("contractors", "people"))
+    rag.add_documents([{"external_id": "ledger", "acl": {"allow": ["user:11111111-aaaa"], "deny": ["group:22222222-bbbb"]}}])
+    assert not rag.can_read("11111111-aaaa", "ledger")
+    report = rag.identity.sync(ldif("external-staff", "staff"))  # renamed and moved: new DNs, same entryUUIDs
+    assert not report.added and not report.removed and not rag.can_read("11111111-aaaa", "ledger")
+    assert rag.identity.labels()["group:22222222-bbbb"] == "external-staff"
+    scim = write(tmp_path / "ext.json", listing([{"schemas": [USER], "externalId": "emp-7", "userName": "kim"},
+                                                 {"schemas": [GROUP], "externalId": "grp-1", "displayName": "ops", "members": [{"value": "emp-7"}]}]))  # fmt: skip
+    assert rag.identity.sync(scim, tenant="t2").applied and rag.identity.members("ops", "t2") == ["user:emp-7"]
+    rag.close()
