@@ -223,6 +223,12 @@ def test_init_checks_that_the_milvus_server_answers(tmp_path):
     out = run("--home", home, "init", "--milvus-uri", f"http://127.0.0.1:{port}", "--milvus-token", "root:pw-secret", code=1)
     assert "cannot reach the Milvus server" in out and "nothing was written" in out and "pw-secret" not in out
     assert not home.exists()
+    out = run("--home", home, "init", "--milvus-uri", tmp_path / "no" / "such" / "m.db", code=1)
+    assert "does not exist" in out and not home.exists()
+    out = run("--home", home, "init", "--milvus-uri", tmp_path / "vectors", code=1)
+    assert "must end in .db" in out and not home.exists()
+    run("--home", home, "init", "--milvus-uri", tmp_path / "m.db")  # a Lite folder outside the home
+    assert config.resolve(home).milvus_uri == str(tmp_path / "m.db")
 
 
 # ---------------------------------------------------------------- 11. Milvus Lite hand-over

@@ -28,7 +28,8 @@ def init(ctx, encoder, force) -> None:
 
     The only command that creates a store. On a home that holds one, another
     database, Milvus or collection is refused (the change is printed) unless
-    --force; a Milvus server must answer before anything is written."""
+    --force; a Milvus server must answer (a Milvus Lite folder's parent must
+    exist) before anything is written."""
     from .. import config
 
     st = ctx.find_root().obj
@@ -36,7 +37,7 @@ def init(ctx, encoder, force) -> None:
         st.given["encoder"] = encoder
     settings = config.resolve(st.given.get("home"), **{k: v for k, v in st.given.items() if k != "home"})
     changes = config.check_repoint(settings, force=force)
-    _check_milvus_server(settings)
+    _check_milvus(settings)
     config.ensure_home(settings, create=True)
     with store(ctx, create=True, catalog_only=True):
         pass
@@ -49,15 +50,21 @@ def init(ctx, encoder, force) -> None:
     )
 
 
-def _check_milvus_server(settings) -> None:
-    """A Milvus server must answer (Milvus Lite is a folder, made on first use)."""
+def _check_milvus(settings) -> None:
+    """The Milvus URI must be usable: a server must answer; a Milvus Lite
+    folder (made on first use) needs its parent folder, or to be in the home."""
+    from pathlib import Path
+
     from ..backends import MilvusBackend
     from ..config import mask
-    from ..errors import BackendError
+    from ..errors import BackendError, ConfigError
 
-    if settings.milvus_kind != "server":
+    backend = MilvusBackend(settings.milvus_uri, token=settings.milvus_token)  # checks the URI's form
+    if settings.milvus_kind == "lite":
+        parent = Path(settings.milvus_uri).expanduser().absolute().parent
+        if not parent.is_dir() and parent != settings.home:
+            raise ConfigError(f"the Milvus Lite folder {settings.milvus_uri} cannot be made: {parent} does not exist; nothing was written")
         return
-    backend = MilvusBackend(settings.milvus_uri, token=settings.milvus_token)
     try:
         backend.capabilities
     except BackendError as exc:
