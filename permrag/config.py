@@ -170,7 +170,18 @@ def check_repoint(settings: Settings, *, force: bool = False) -> list[str]:
 
 def repointed(old: Settings, new: Settings) -> list[str]:
     """What pointing a store at ``new`` instead of ``old`` changes, secrets masked."""
-    return [f"{key} {mask(getattr(old, key))} -> {mask(getattr(new, key))}" for key in BINDING_KEYS if getattr(old, key) != getattr(new, key)]
+    return [f"{key} {mask(getattr(old, key))} -> {mask(getattr(new, key))}" for key in BINDING_KEYS if not _same(key, getattr(old, key), getattr(new, key))]
+
+
+def _same(key: str, a: str, b: str) -> bool:
+    """Whether two values of a binding setting name the same place (a file by any of its paths)."""
+    if a == b:
+        return True
+    if key == "database_url":
+        return sqlite_path(a) is not None and sqlite_path(a) == sqlite_path(b)
+    if key == "milvus_uri" and milvus_kind(a) == milvus_kind(b) == "lite":
+        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    return False
 
 
 def check_collection(name: str) -> str:

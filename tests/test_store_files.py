@@ -112,7 +112,7 @@ def test_config_show_warns_about_files_other_users_can_open(tmp_path, umask_022)
 
 # ---------------------------------------------------------------- 9. no silent repointing
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
-def test_init_refuses_to_repoint_a_home_without_force(kind, tmp_path, request):
+def test_init_refuses_to_repoint_a_home_without_force(kind, tmp_path, request, monkeypatch):
     home = tmp_path / "h"
     run("--home", home, "init", "--encoder", "hash")
     run("--home", home, "role", "add", "eng")
@@ -124,8 +124,11 @@ def test_init_refuses_to_repoint_a_home_without_force(kind, tmp_path, request):
     assert "database_url" in out and "collection permrag -> other" in out and "--force" in out
     assert (home / "config.toml").read_bytes() == before and has_no_store(url, tmp_path)
     assert "eng" in run("--home", home, "role", "list")  # still the home's own store
-    # a re-run with the same settings is not a change
+    # a re-run with the same settings is not a change, nor the same files named by other paths
     run("--home", home, "init", "--encoder", "hash")
+    monkeypatch.chdir(tmp_path)
+    run("--home", home, "init", "--database-url", "sqlite:///h/../h/permrag.db", "--milvus-uri", "h/milvus.db")
+    (home / "config.toml").write_bytes(before)
     # --force repoints, says what changed, and makes the store there
     out = run("--home", home, "init", "--database-url", url, "--force")
     assert "changed database_url" in out
