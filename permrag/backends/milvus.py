@@ -47,6 +47,8 @@ _CONNECTION_LOST = ("connect", "unavailable", "deadline", "channel", "closed", "
 
 
 def _wrap(what: str, exc: Exception) -> BackendError:
+    if isinstance(exc, StoreLockedError):  # it says what holds the folder and what to do: kept as it is
+        return exc
     msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
     return BackendError(f"Milvus {what} failed: {msg}")
 
@@ -109,8 +111,6 @@ class MilvusBackend:
                         kwargs["dedicated"] = True  # our own channel: pymilvus shares one per address, not recovered after a restart
                     try:
                         self._client = lite_connect(self.uri, lambda: MilvusClient(**kwargs)) if self._lite else MilvusClient(**kwargs)
-                    except StoreLockedError:
-                        raise
                     except Exception as exc:  # pymilvus raises many kinds
                         raise self._fail("connection", exc) from None
         return self._client
