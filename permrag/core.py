@@ -159,13 +159,13 @@ class PermRAG:
     def _connect(self, create: bool | None) -> None:
         self._engine = open_store(self.settings, create)
         o = self._options
-        self.policy = Policy(self._engine, self._lock)
+        self.policy = Policy(self._engine, self._lock, self._clock)
         self.catalog = Catalog(self._engine, self._lock, allocation=o["allocation"], policy_attrs=o["policy_attrs"])
         self.compiler = Compiler(self.catalog, self.policy, self._lock, self._clock)
         self.identity = Identity(self.policy, denied=lambda tenant: self.access.denied_principals(tenant))
-        self.access = Access(self._engine, self.policy, self.catalog, self.compiler, self._lock)
-        self.binding = None if self._catalog_only else Binding(self._engine, self._make_backend, self._collection, self._encoder)
         self._audit = AuditLog(self._engine, o["audit"])
+        self.access = Access(self._engine, self.policy, self.catalog, self.compiler, self._lock, self._audit)
+        self.binding = None if self._catalog_only else Binding(self._engine, self._make_backend, self._collection, self._encoder)
         self.ingester = Ingester(self.catalog, self.binding, self._chunker, o["max_document_chars"])
         kind = self.settings.milvus_kind
         self.calibration = Calibration(self._engine, kind, SERVER if kind == "server" else LITE)
@@ -360,9 +360,7 @@ class PermRAG:
 
     def can_read(self, user: str, external_id: str, tenant: str = DEFAULT_TENANT) -> bool:
         """Whether ``user`` may read a row or a whole document (False also if it does not exist); audited as a ``check``."""
-        ok = self.access.can_read(user, external_id, tenant)
-        self._audit.record("check", user, tenant, self.policy.version, {"external_id": external_id, "readable": ok})
-        return ok
+        return self.access.can_read(user, external_id, tenant)
 
     def explain(self, user: str, external_id: str, tenant: str = DEFAULT_TENANT) -> Explanation:
         """Whether ``user`` may read a row or document, and the path and rule that decide it."""

@@ -72,6 +72,12 @@ class UnknownSubjectError(PolicyError):
     """An unassign or lookup names a subject with no such assignment."""
 
 
+class UnknownPrincipalError(PolicyError):
+    """An administrator named a user, group or role the tenant does not know
+    (in a folder ACL, a group membership or a group's role); the message names
+    the closest known one. ``allow_unknown=True`` names it anyway."""
+
+
 class SelectorError(PolicyError):
     """A selector is not `*`, `doc:<external_id>` or `<attr>:<value>`."""
 
@@ -193,6 +199,7 @@ __all__ = [
     "SelectorError",
     "StoreLockedError",
     "StoreMismatchError",
+    "UnknownPrincipalError",
     "UnknownRoleError",
     "UnknownRowError",
     "UnknownSubjectError",

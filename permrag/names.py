@@ -31,6 +31,7 @@ RESERVED_ATTRS = frozenset({"doc"})
 # Prefixes that name a principal's kind in CSV lines and ACL entries; no role
 # may start with one, so "user:alice" can never be read as a role.
 PRINCIPAL_PREFIXES = ("user:", "group:", "role:")
+_KIND = re.compile(r"([A-Za-z][A-Za-z0-9_\-]*):")  # what a principal's kind looks like: a word and a colon
 _BAD_CHAR = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 AttrValue = str | list[str]
@@ -142,12 +143,21 @@ def attr_pairs(attrs: Mapping[str, AttrValue]) -> list[tuple[str, str]]:
 
 def principal(value: object, error: type[PermragError] = CatalogError) -> str:
     """An ACL entry's principal, normalised: ``user:<id>``, ``group:<id>`` or
-    ``role:<name>``; a bare name is a role (as in a policy rule)."""
+    ``role:<name>``; a bare name is a role (as in a policy rule).
+
+    A name that starts like a kind of principal — a word and a colon
+    (``usr:dave``, ``bogus:x``, ``Group:eng``) — is an error, never a role:
+    a misspelt kind stored as a role name would name nobody, and a deny
+    entry naming nobody fails open. A role whose name holds such a colon is
+    written ``role:<name>``."""
     text = check("principal", value, max_len=MAX_NAME + 6, error=error)
     for prefix in PRINCIPAL_PREFIXES:
         if text.startswith(prefix):
             check(prefix[:-1], text[len(prefix) :], error=error)
             return text
+    kind = _KIND.match(text)
+    if kind is not None:
+        raise error(f"principal {_show(text)} has an unknown kind {kind.group(1)!r}: write user:<id>, group:<id>, role:<name> or a bare role name")
     return "role:" + check_role(text, error)
 
 
@@ -181,6 +191,27 @@ def show_time(ts: float) -> str:
     import datetime as _dt
 
     return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+class Held(str):
+    """A role, group or member as a listing shows it: the name (it *is* the
+    string), and when holding it ends — ``expires_at``, epoch seconds; None:
+    never. Listings leave out what has expired."""
+
+    expires_at: float | None
+
+    def __new__(cls, name: str, expires_at: float | None = None) -> "Held":
+        obj = super().__new__(cls, name)
+        obj.expires_at = expires_at
+        return obj
+
+    def shown(self) -> str:
+        """``name`` or ``name (until <ISO time>)``."""
+        return str(self) if self.expires_at is None else f"{self} (until {show_time(self.expires_at)})"
+
+    def to_json(self) -> Any:
+        """``name``, or ``{"name": …, "expires_at": "<ISO time>"}`` for an expiring one."""
+        return str(self) if self.expires_at is None else {"name": str(self), "expires_at": show_time(self.expires_at)}
 
 
 def quote(value: str) -> str:

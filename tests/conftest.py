@@ -140,6 +140,12 @@ def pg_url() -> Iterator[str]:
         admin.dispose()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request) -> str | None:
+    """A store's database URL: None (SQLite in the home), then a fresh PostgreSQL database."""
+    return request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+
+
 # ---------------------------------------------------------------- the oracle
 def oracle_selector_match(row: dict, tenant: str, selector: str) -> bool:
     """Selector semantics written independently of permrag.selectors."""

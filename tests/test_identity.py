@@ -108,12 +108,13 @@ def apply(rag: PermRAG, w: World) -> None:
     for u, r, t in w.user_roles:
         rag.policy.assign_user(u, r, expires_at=t)
     for m, g, t in w.members:
-        rag.identity.add_member(g, m, expires_at=t)
+        rag.identity.add_member(g, m, expires_at=t, allow_unknown=True)  # random names: groups are made here
     for g, r, t in w.group_roles:
-        rag.identity.assign_group(g, r, expires_at=t)
+        rag.identity.assign_group(g, r, expires_at=t, allow_unknown=True)
     for path, (fa, fd, inherit) in w.folders.items():
         rag.identity.set_folder_acl(
-            path, allow=[{"principal": p, "expires_at": t} for p, t in fa], deny=[{"principal": p, "expires_at": t} for p, t in fd], inherit=inherit
+            path, allow=[{"principal": p, "expires_at": t} for p, t in fa], deny=[{"principal": p, "expires_at": t} for p, t in fd], inherit=inherit,
+            replace=True, allow_unknown=True,
         )
     rag.add_documents(w.docs)
 
@@ -207,7 +208,7 @@ def test_expiry_is_shown_and_ends_access_without_a_change(tmp_path) -> None:
     rag = PermRAG.open(tmp_path, catalog_only=True, clock=clock)
     rag.policy.add_role("reader")
     rag.policy.grant("reader", "dept:eng")
-    rag.identity.add_member("eng", "user:ann", expires_at=T0 + 60)
+    rag.identity.add_member("eng", "user:ann", expires_at=T0 + 60, allow_unknown=True)
     rag.identity.assign_group("eng", "reader")
     rag.add_documents([{"external_id": "spec", "attrs": {"dept": "eng"}}, {"external_id": "memo", "attrs": {"dept": "x"}, "acl": {"allow": [{"principal": "user:bo", "expires_at": "1970-01-12T14:00:00Z"}]}}])
     e = rag.explain("ann", "spec")
@@ -362,14 +363,14 @@ def test_malformed_exports_name_the_place_and_apply_nothing(tmp_path, name, text
 
 def test_group_rules_refuse_cycles_and_depth(tmp_path) -> None:
     rag = PermRAG.open(tmp_path, catalog_only=True)
-    rag.identity.add_member("a", "group:b")
+    rag.identity.add_member("a", "group:b", allow_unknown=True)
     with pytest.raises(PolicyError, match="cycle"):
         rag.identity.add_member("b", "group:a")
     for i in range(8):
-        rag.identity.add_member(f"c{i + 1}", f"group:c{i}")
-    rag.identity.add_member("c0", "user:x")  # x → c0 → … → c8: 9 links, casbin's reach
+        rag.identity.add_member(f"c{i + 1}", f"group:c{i}", allow_unknown=True)
+    rag.identity.add_member("c0", "user:x", allow_unknown=True)  # x → c0 → … → c8: 9 links, casbin's reach
     with pytest.raises(PolicyError, match="too deep"):
-        rag.identity.add_member("c9", "group:c8")
+        rag.identity.add_member("c9", "group:c8", allow_unknown=True)
     assert rag.identity.groups_of("x") == [f"c{i}" for i in range(9)]
     with pytest.raises(PermragError):
         rag.policy.add_role("group:eng")  # roles cannot be named like principals
@@ -388,7 +389,7 @@ def test_acl_search_equals_brute_force_on_lite(tmp_path) -> None:
     ]
     rag.add_documents(docs)
     rag.identity.sync(Directory({"a", "b"}, {"leads": {"user:a"}, "all": {"group:leads", "user:b"}}))
-    rag.identity.set_folder_acl("/team1", allow=["group:all"], deny=["user:u1"])
+    rag.identity.set_folder_acl("/team1", allow=["group:all"], deny=["user:u1"], allow_unknown=True)  # u1: named by document ACLs only
     vecs = {d["external_id"]: v for d, v in zip(docs, rag.encoder.encode([d["text"] for d in docs]))}
     for user in ["u0", "u1", "a", "b", "stranger"]:
         for q in ["budget w3", "review w5 plan"]:
@@ -421,12 +422,12 @@ def test_another_process_sees_membership_changes_and_expiry(tmp_path, pg_url) ->
 
     rag = PermRAG.open(tmp_path / "home", database_url=pg_url, catalog_only=True)
     rag.add_documents([{"external_id": f"d{i}", "acl": {"allow": ["group:eng"] if i % 2 else ["user:ann"]}} for i in range(10)])
-    rag.identity.add_member("eng", "user:ann")
+    rag.identity.add_member("eng", "user:ann", allow_unknown=True)
     until = time.time() + 4
     proc = subprocess.Popen([sys.executable, "-c", WORKER, str(tmp_path / "home"), pg_url, str(until)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "10"
     rag.identity.remove_member("eng", "user:ann")
-    rag.identity.set_folder_acl("/", allow=[])  # a no-op change
+    rag.identity.set_folder_acl("/", replace=True)  # a no-op change
     rag.update_metadata("d0", acl={"allow": [{"principal": "user:ann", "expires_at": until}]})
     proc.stdin.write("go\n")
     proc.stdin.flush()
@@ -461,7 +462,7 @@ def test_cli_identity_workflow(tmp_path) -> None:
     r = run_cli(home, "folder", "acl", "/eng", "--allow", "group:finance", "--no-inherit")
     assert r.exit_code == 0
     r = run_cli(home, "folder", "acl", "/eng", "--show", "--json")
-    assert json.loads(r.output) == {"allow": ["group:finance"], "deny": [], "inherit": False, "folder": "/eng"}
+    assert json.loads(r.output) == {"allow": ["group:00g3"], "deny": [], "inherit": False, "folder": "/eng"}  # the label, stored by id
     bad = tmp_path / "bad.json"
     bad.write_text("{")
     for args, needle in (
@@ -493,8 +494,8 @@ def test_policy_csv_round_trip_keeps_groups_folders_and_expiry(tmp_path) -> None
     a.policy.assign_user("reader", "reader", expires_at=T0 + 50)  # a user called like the role
     a.identity.sync(DATA / "directory.csv")
     a.identity.assign_group("engineering", "reader")
-    a.identity.add_member("finance", "user:zoe", expires_at=T0 + 10)
-    a.identity.set_folder_acl("/eng", allow=["group:finance", {"principal": "user:kim", "expires_at": T0 + 20}], deny=["role:reader"], inherit=False)
+    a.identity.add_member("finance", "user:zoe", expires_at=T0 + 10, allow_unknown=True)
+    a.identity.set_folder_acl("/eng", allow=["group:finance", {"principal": "user:kim", "expires_at": T0 + 20}], deny=["role:reader"], inherit=False, allow_unknown=True)
     docs = [{"external_id": f"d{i}", "attrs": {"dept": "eng"}, "acl": {"folder": "/eng/x" if i % 2 else "/other"}} for i in range(6)]
     a.add_documents(docs)
     text = a.policy.export_csv()

@@ -110,7 +110,7 @@ def test_a_policy_change_then_a_regroup(late) -> None:
     assert rag.regroup().moved_rows == 0
 
 
-def test_regroup_keeps_the_sources_of_derived_rows(tmp_path) -> None:
+def test_regroup_moves_the_sources_of_derived_rows_and_keeps_their_lineage(tmp_path) -> None:
     rag = PermRAG.open(tmp_path / "h", encoder=HashEncoder(48), groups=8, group_by="visibility", local_rows=0, chunk_size=200, chunk_overlap=0)
     try:
         rag.add_documents([{"external_id": f"{d}{i}", "text": f"{d} note {i}", "attrs": {"dept": d}} for d, n in (("a", 3), ("b", 15)) for i in range(n)])
@@ -125,11 +125,11 @@ def test_regroup_keeps_the_sources_of_derived_rows(tmp_path) -> None:
         chunks = [(c.external_id, c.row_id) for c in rag.row("book").chunks]
         assert len(chunks) > 3
         report = rag.regroup()  # +rb (15 rows) keeps the group all rows share; +ra's 13 move
-        assert report.misplaced_rows == 3 + len(chunks) and report.kept_documents == 2 and report.moved_documents == 2  # a0, a1 stay: "sum" names their row IDs
-        assert rag.can_read("u-ra", "sum") and not rag.can_read("u-rb", "sum")
+        assert report.misplaced_rows == 3 + len(chunks) and report.kept_documents == 0 and report.moved_documents == 4  # lineage by name: a0, a1 move too
+        assert rag.can_read("u-ra", "sum") and not rag.can_read("u-rb", "sum")  # "sum" follows its sources' new row IDs
         assert {h.external_id for h in rag.search("summary note", user="u-ra", k=10, mode="dense")} >= {"a0", "a1", "a2", "sum"}
         table = stored_groups(rag)
-        assert rag.row("b0").vclass == before["b0"] and rag.row("a0").vclass == before["a0"] and rag.row("a2").vclass % 8 == table[("+ra",)] != table[("+rb",)]
+        assert rag.row("b0").vclass == before["b0"] and rag.row("a0").vclass % 8 == rag.row("a2").vclass % 8 == table[("+ra",)] != table[("+rb",)]
         book = rag.row("book").chunks
         assert [c.external_id for c in book] == [e for e, _ in chunks] and not {c.row_id for c in book} & {r for _, r in chunks}
         assert all(c.vclass % 8 == table[("+ra",)] and c.parent == "book" for c in book)

@@ -7,7 +7,8 @@ from typing import Any
 from pyroaring import BitMap
 
 from ..names import show_time
-from ..policy import Policy
+from ..policy import Policy, TenantPolicy
+from ..policy.principals import exists
 from .compiler import Compiler
 
 
@@ -20,7 +21,11 @@ def lint(policy: Policy, compiler: Compiler, tenant: str) -> list[dict[str, Any]
     * ``empty-role``: a role with no rules that inherits nothing;
     * ``unused-role``: a role that no user holds, directly or through others;
     * ``expired``: a rule, assignment or membership whose expiry has passed
-      (it counts for nothing; remove it to keep exports short).
+      (it counts for nothing; remove it to keep exports short);
+    * ``unknown-principal``: a user, group or role that a document's or a
+      folder's ACL names but the tenant does not know (not synced yet, or a
+      typo in a source system): it names nobody, so its allow grants nothing
+      and its deny holds for no one (see ``principal`` and ``where``).
 
     Unknown roles and cycles cannot be stored (grant, assign and import refuse
     them), so a stored policy never has them. Call it under the state lock
@@ -46,6 +51,7 @@ def lint(policy: Policy, compiler: Compiler, tenant: str) -> list[dict[str, Any]
             findings.append({"kind": "empty-role", "role": role, "selector": None, "message": f"role {role!r} has no rules and inherits nothing"})
         if role not in held:
             findings.append({"kind": "unused-role", "role": role, "selector": None, "message": f"no user holds role {role!r}"})
+    findings += unknown_principals(tp, compiler, tenant)
     now = compiler.clock()
     for key, t in sorted(tp.expires.items()):
         if t <= now:
@@ -53,3 +59,23 @@ def lint(policy: Policy, compiler: Compiler, tenant: str) -> list[dict[str, Any]
             findings.append({"kind": "expired", "role": key[1] if key[0] == "p" else None, "selector": key[2] if key[0] == "p" else None,
                              "message": f"{what} expired at {show_time(t)}"})
     return findings
+
+
+def unknown_principals(tp: TenantPolicy, compiler: Compiler, tenant: str) -> list[dict[str, Any]]:
+    """A finding per principal that a document or folder ACL names and that names nobody."""
+    acls = compiler.acls(tenant)
+    where: dict[str, list[str]] = {}
+    for effect, by in (("allow", acls.allow), ("deny", acls.deny)):
+        for p, rows in by.items():
+            where.setdefault(p, []).append(f"{effect} of {len(rows)} row(s)")
+    for path, f in sorted(tp.folders.items()):
+        for effect, entries in (("allow", f.allow), ("deny", f.deny)):
+            for p in entries:
+                where.setdefault(p, []).append(f"{effect} of folder {path}")
+    out = []
+    for p in sorted(where):
+        if not exists(tp, p):
+            kind = p.partition(":")[0]
+            out.append({"kind": "unknown-principal", "role": None, "selector": None, "principal": p, "where": where[p],
+                        "message": f"{p} names no {kind} of the tenant, yet the ACLs name it ({'; '.join(where[p])})"})
+    return out

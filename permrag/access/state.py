@@ -54,8 +54,9 @@ def check_principal(what: str, name: object) -> str:
 class Access:
     """Permission answers for one store (policy + catalog + compiler)."""
 
-    def __init__(self, engine: Engine, policy: Policy, catalog: Catalog, compiler: Compiler, lock: threading.RLock) -> None:
+    def __init__(self, engine: Engine, policy: Policy, catalog: Catalog, compiler: Compiler, lock: threading.RLock, audit: Any = None) -> None:
         self.engine = engine
+        self.audit = audit  # the audit log (audit.AuditLog): can_read records a check
         self.policy = policy
         self.catalog = catalog
         self.compiler = compiler
@@ -159,8 +160,12 @@ class Access:
         return rec.row_ids if isinstance(rec, DocumentRecord) else [rec.row_id]
 
     def can_read(self, user: str, external_id: str, tenant: str) -> bool:
-        """Whether ``user`` may read the row or document; False also when it does not exist."""
-        return self.readable(user, external_id, tenant, quiet=True) is not None
+        """Whether ``user`` may read the row or document; False also when it does not
+        exist. Audited as a ``check`` (the answer is a serve: it tells what exists)."""
+        ok = self.readable(user, external_id, tenant, quiet=True) is not None
+        if self.audit is not None:
+            self.audit.record("check", user, tenant, self.policy.version, {"external_id": external_id, "readable": ok})
+        return ok
 
     def readable(self, user: str, external_id: str, tenant: str, *, snapshot: Snapshot | None = None, quiet: bool = False) -> Record | None:
         """The record if ``user`` may read it; else :class:`NotReadableError`

@@ -8,7 +8,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from ..names import show_time
+from ..policy import parse_selector
 from .base import StoreCommand, emit, json_opt, main, store, tenant_opt
+from .group_cmds import until
 
 console = Console()
 
@@ -80,28 +83,33 @@ def role_list(ctx, tenant, as_json) -> None:
     with store(ctx, catalog_only=True) as rag:
         _known_tenant(rag, tenant)
         p = rag.policy
+        tp, now = p.tenant(tenant), rag.policy.clock()
+        listed = [(r, [(s, e, tp.expires.get(("p", r, s, e))) for _, s, e in p.rules(r, tenant) if tp.live(("p", r, s, e), now)], p.members(r, tenant)) for r in p.roles(tenant)]
         data = [
-            {"role": r, "rules": [f"{e} {s}" for _, s, e in p.rules(r, tenant)], "inherits": p.parents_of(r, tenant), "members": p.members(r, tenant)}
-            for r in p.roles(tenant)
+            {"role": r, "rules": [f"{e} {s}" if t is None else {"rule": f"{e} {s}", "expires_at": show_time(t)} for s, e, t in rules],
+             "inherits": p.parents_of(r, tenant), "members": [m.to_json() for m in members]}
+            for r, rules, members in listed
         ]
 
         def render() -> None:
             t = Table("role", "rules", "inherits", "users", title=f"roles in tenant {tenant!r}")
-            for d in data:
-                t.add_row(d["role"], "\n".join(d["rules"]), ", ".join(d["inherits"]), ", ".join(d["members"]))
+            for (r, rules, members), d in zip(listed, data):
+                shown = [f"{e} {s}{until(end)}" for s, e, end in rules]
+                t.add_row(r, "\n".join(shown), ", ".join(d["inherits"]), ", ".join(m.shown() for m in members))
             console.print(t)
 
         emit(as_json, data, render)
 
 
 # ---------------------------------------------------------------------- rules
-expires_opt = click.option("--expires", "expires", default=None, metavar="TIME", help="Ends at TIME (ISO 8601 with a zone, e.g. 2027-01-01T00:00:00Z).")
+expires_opt = click.option("--expires", "expires", default=None, metavar="TIME", help="Ends at TIME, in the future (ISO 8601 with a zone, e.g. 2027-01-01T00:00:00Z).")
 
 
 def _rule(ctx, role_name: str, selector: str, tenant: str, deny: bool, expires: str | None = None) -> None:
     with store(ctx, catalog_only=True) as rag:
         changed = (rag.policy.deny if deny else rag.policy.grant)(role_name, selector, tenant=tenant, expires_at=expires)
-        what = f"{'deny' if deny else 'allow'} {selector} for {role_name!r}"
+        end = rag.policy.tenant(tenant).expires.get(("p", role_name, str(parse_selector(selector)), "deny" if deny else "allow"))
+        what = f"{'deny' if deny else 'allow'} {selector} for {role_name!r}{until(end)}"
         click.echo(f"{what} (policy version {rag.policy_version})" if changed else f"{what} was already there")
 
 
@@ -158,7 +166,8 @@ def user_assign(ctx, subject, role_name, force_user, expires, tenant) -> None:
         if is_role and expires:
             raise click.UsageError("--expires applies to a user's assignment; role inheritance does not expire")
         changed = rag.policy.inherit(subject, role_name, tenant) if is_role else rag.policy.assign_user(subject, role_name, tenant, expires_at=expires)
-        what = f"role {subject!r} inherits {role_name!r}" if is_role else f"user {subject!r} holds {role_name!r}"
+        end = None if is_role else rag.policy.tenant(tenant).expires.get(("g", f"user:{subject}", role_name))
+        what = f"role {subject!r} inherits {role_name!r}" if is_role else f"user {subject!r} holds {role_name!r}{until(end)}"
         click.echo(f"{what} (policy version {rag.policy_version})" if changed else f"{what} already")
 
 
@@ -183,12 +192,13 @@ def user_show(ctx, name, tenant, as_json) -> None:
     with store(ctx, catalog_only=True) as rag:
         rag.access.check_user_known(name, tenant)
         vis = rag.visible(name, tenant)
+        roles, groups = rag.policy.roles_of(name, tenant), rag.identity.groups_of(name, tenant)
         data = {
             "user": name,
             "tenant": tenant,
-            "roles": rag.policy.roles_of(name, tenant),
+            "roles": [r.to_json() for r in roles],
             "implicit_roles": rag.policy.roles_of(name, tenant, implicit=True),
-            "groups": rag.identity.groups_of(name, tenant),
+            "groups": [g.to_json() for g in groups],
             "visible_rows": len(vis),
             "tenant_rows": len(rag.catalog.tenant(tenant).rows),
             "policy_version": rag.policy_version,
@@ -196,8 +206,8 @@ def user_show(ctx, name, tenant, as_json) -> None:
 
         def render() -> None:
             click.echo(
-                f"{name} in {tenant!r}: roles {', '.join(data['roles'])}; all roles {', '.join(data['implicit_roles'])}; "
-                f"groups {', '.join(data['groups']) or '-'}; "
+                f"{name} in {tenant!r}: roles {', '.join(r.shown() for r in roles) or '-'}; all roles {', '.join(data['implicit_roles']) or '-'}; "
+                f"groups {', '.join(g.shown() for g in groups) or '-'}; "
                 f"sees {data['visible_rows']} of {data['tenant_rows']} rows"
             )
 
@@ -212,8 +222,9 @@ def user_list(ctx, tenant, as_json) -> None:
     """Users of a tenant with their roles."""
     with store(ctx, catalog_only=True) as rag:
         _known_tenant(rag, tenant)
-        data = [{"user": u, "roles": rag.policy.roles_of(u, tenant)} for u in rag.policy.users(tenant)]
-        emit(as_json, data, lambda: click.echo("\n".join(f"{d['user']}: {', '.join(d['roles'])}" for d in data) or "no users"))
+        listed = [(u, rag.policy.roles_of(u, tenant)) for u in rag.policy.users(tenant)]
+        data = [{"user": u, "roles": [r.to_json() for r in roles]} for u, roles in listed]
+        emit(as_json, data, lambda: click.echo("\n".join(f"{u}: {', '.join(r.shown() for r in roles) or '-'}" for u, roles in listed) or "no users"))
 
 
 @main.group()

@@ -12,6 +12,7 @@ from .. import db
 from ..errors import UnknownRoleError
 from .model import Change, TenantPolicy
 from .persist import stamp
+from .principals import closest
 
 
 def set_expiry(tp: TenantPolicy, key: tuple[str, ...], until: float | None) -> None:
@@ -42,5 +43,7 @@ def edge_change(
 
 
 def need_role(tp: TenantPolicy, role: str, tenant: str) -> None:
+    """Raise :class:`UnknownRoleError`, naming the closest role, if ``role`` does not exist."""
     if role not in tp.roles:
-        raise UnknownRoleError(f"unknown role {role!r} in tenant {tenant!r}")
+        near = closest(tp, "role", role)
+        raise UnknownRoleError(f"unknown role {role!r} in tenant {tenant!r}" + (f"; did you mean {near!r}?" if near else ""))

@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable
 
 from sqlalchemy import and_, delete
@@ -42,7 +44,9 @@ from ..errors import PermragError, PolicyCSVError, PolicyError, RoleCycleError
 from ..names import check, check_role, check_tenant, expiry, principal, show_time
 from .changes import set_expiry
 from .model import GROUP_PREFIX, USER_PREFIX, Change, Folder, TenantPolicy
-from .persist import FOLDER_ACL, NO_INHERIT, stamp
+from .persist import FOLDER_ACL, NO_INHERIT, NO_INHERIT_TYPES, stamp
+
+NO_INHERIT_LINE = "noinherit"  # the line type in files (stored as NO_INHERIT)
 from .selectors import parse_selector
 
 ACTION = "read"
@@ -87,7 +91,7 @@ def render(version: int, tenants: dict[str, TenantPolicy]) -> str:
                 for who in sorted(entries):
                     out.write(_line([FOLDER_ACL, path, t, who, eft, *([show_time(entries[who])] if entries[who] is not None else [])]))
             if not f.inherit:
-                out.write(_line([NO_INHERIT, path, t]))
+                out.write(_line([NO_INHERIT_LINE, path, t]))
     return out.getvalue()
 
 
@@ -120,6 +124,16 @@ def _fields(name: str, lineno: int, text: str) -> list[str]:
     except (csv.Error, StopIteration) as exc:
         raise PolicyCSVError(name, lineno, f"not valid CSV ({exc})") from None
     return [f.strip() for f in fields]
+
+
+def read(path: str | os.PathLike[str]) -> str:
+    """A policy file's text (UTF-8), or :class:`PolicyError` saying why it cannot be read."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise PolicyError(f"cannot read policy file {path}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise PolicyError(f"cannot read policy file {path}: {exc.strerror or exc}") from None
 
 
 def parse(name: str, text: str, only_tenant: str | None) -> Parsed:
@@ -175,7 +189,7 @@ def parse(name: str, text: str, only_tenant: str | None) -> Parsed:
                     raise PolicyError(f"effect must be 'allow' or 'deny', not {rest[3]!r}")
                 until = expiry(rest[4], "expires", PolicyError) if len(rest) == 5 else None
                 out.folders.append((lineno, folder_path(rest[0], PolicyError), tenant, principal(rest[2], PolicyError), rest[3], until))
-            elif ptype == NO_INHERIT:
+            elif ptype == NO_INHERIT_LINE:
                 if len(rest) != 2:
                     raise PolicyError(f"a noinherit line needs folder, tenant; got {len(rest)} fields")
                 tenant = check_tenant(rest[1], PolicyError)
@@ -294,7 +308,7 @@ def import_change(
         if replace:
             for t in tenants:
                 conn.execute(delete(db.roles).where(db.roles.c.tenant == t))
-                conn.execute(delete(db.casbin_rule).where(and_(c.ptype.in_(["p", FOLDER_ACL, NO_INHERIT]), c.v1 == t)))
+                conn.execute(delete(db.casbin_rule).where(and_(c.ptype.in_(["p", FOLDER_ACL, *NO_INHERIT_TYPES]), c.v1 == t)))
                 conn.execute(delete(db.casbin_rule).where(and_(c.ptype == "g", c.v2 == t)))
         if rows["roles"]:
             conn.execute(db.roles.insert(), rows["roles"])

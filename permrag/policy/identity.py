@@ -31,12 +31,14 @@ from sqlalchemy.engine import Connection
 from .. import db
 from ..acl import Acl, AclEntry, acl_entries, folder_path
 from ..errors import PolicyError, UnknownSubjectError
-from ..names import check, check_tenant, expiry
+from ..names import Held, as_list, check, check_tenant, expiry, principal
 from .changes import edge_change, need_role
 from .directory import Directory, check_acyclic
+from .folders import FolderEdit, folder_change
 from .exports import read as read_exports
 from .model import GROUP_PREFIX, MAX_DEPTH, USER_PREFIX, Change, Folder, TenantPolicy
-from .persist import FOLDER_ACL, IDENT, NO_INHERIT, ident_row, stamp
+from .persist import IDENT, ident_row
+from .principals import listing, require, require_future
 from .store import DEFAULT_TENANT, Policy
 from .sync import Plan, SyncReport, plan, refuse
 
@@ -80,17 +82,30 @@ class Identity:
         self.policy.refresh()
         return sorted(self.policy.tenant(tenant).inactive)
 
-    def members(self, group: str, tenant: str = DEFAULT_TENANT) -> list[str]:
-        """Direct members of ``group`` (``user:<id>`` / ``group:<id>``)."""
+    def members(self, group: str, tenant: str = DEFAULT_TENANT) -> list[Held]:
+        """Direct members of ``group`` (``user:<id>`` / ``group:<id>``) at the
+        store's clock: an expired membership is not listed, an expiring one
+        carries its end (``.expires_at``, epoch seconds)."""
         self.policy.refresh()
         tp = self.policy.tenant(tenant)
-        return sorted(tp.members.get(tp.resolve(GROUP_PREFIX, group), ()))
+        g = tp.resolve(GROUP_PREFIX, group)
+        return listing(((m, ("g", m, GROUP_PREFIX + g)) for m in tp.members.get(g, ())), tp, self.policy.clock())
 
-    def groups_of(self, user: str, tenant: str = DEFAULT_TENANT, *, now: float | None = None) -> list[str]:
-        """Groups ``user`` is in, directly or through nested groups (unexpired)."""
+    def group_roles(self, group: str, tenant: str = DEFAULT_TENANT) -> dict[str, Held]:
+        """Roles assigned to ``group`` now: role → the role with its ``expires_at``."""
         self.policy.refresh()
         tp = self.policy.tenant(tenant)
-        return sorted(tp.groups_of(USER_PREFIX + tp.resolve(USER_PREFIX, user), now))
+        g = tp.resolve(GROUP_PREFIX, group)
+        return {str(r): r for r in listing(((r, ("g", GROUP_PREFIX + g, r)) for r in tp.group_roles.get(g, ())), tp, self.policy.clock())}
+
+    def groups_of(self, user: str, tenant: str = DEFAULT_TENANT, *, now: float | None = None) -> list[Held]:
+        """Groups ``user`` is in, directly or through nested groups, at ``now``
+        (default: the store's clock); a direct membership carries its ``expires_at``."""
+        self.policy.refresh()
+        tp = self.policy.tenant(tenant)
+        key = USER_PREFIX + tp.resolve(USER_PREFIX, user)
+        at = self.policy.clock() if now is None else now
+        return listing(((g, ("g", key, GROUP_PREFIX + g)) for g in tp.groups_of(key, at)), tp, at)
 
     def folder_acl(self, folder: str, tenant: str = DEFAULT_TENANT) -> Acl:
         self.policy.refresh()
@@ -101,15 +116,21 @@ class Identity:
         )
 
     # ------------------------------------------------------------------ memberships and group roles
-    def add_member(self, group: str, member: str, tenant: str = DEFAULT_TENANT, *, expires_at: object = None) -> bool:
+    def add_member(self, group: str, member: str, tenant: str = DEFAULT_TENANT, *, expires_at: object = None, allow_unknown: bool = False) -> bool:
         """Put ``member`` (``user:<id>``, ``group:<id>``, or a bare user id) in ``group``
-        (each an id or an unambiguous label)."""
+        (each an id or an unambiguous label), until ``expires_at`` (a future time) if given.
+
+        Both must be known to the tenant (else :class:`UnknownPrincipalError`
+        naming the closest one: a misspelt group would be a new, empty one)
+        unless ``allow_unknown`` — how a group the provider does not sync is made."""
         tenant, given = check_tenant(tenant, PolicyError), _member(member)
         named = check("group", group, error=PolicyError)
-        until = expiry(expires_at, "expires_at", PolicyError)
+        until = require_future(expiry(expires_at, "expires_at", PolicyError), self.policy.clock(), "expires_at")
 
         def make(tp: TenantPolicy) -> Change | None:
-            key, group = tp.resolve_key(given), tp.resolve(GROUP_PREFIX, named)
+            where = f"membership of {given} in group:{named}"
+            key = require(tp, given, tenant, where, allow_unknown=allow_unknown)
+            group = require(tp, GROUP_PREFIX + named, tenant, where, allow_unknown=allow_unknown)[len(GROUP_PREFIX) :]
             edge = ("g", key, GROUP_PREFIX + group)
             held = group in tp.member_of.get(key, ())
             if held and tp.expires.get(edge) == until:
@@ -139,16 +160,18 @@ class Identity:
 
         self.policy._one(tenant, make)
 
-    def assign_group(self, group: str, role: str, tenant: str = DEFAULT_TENANT, *, expires_at: object = None) -> bool:
-        """Give every member of ``group`` (transitively) ``role``."""
+    def assign_group(self, group: str, role: str, tenant: str = DEFAULT_TENANT, *, expires_at: object = None, allow_unknown: bool = False) -> bool:
+        """Give every member of ``group`` (transitively) ``role``, until ``expires_at``
+        (a future time) if given. The role must exist; the group must be known
+        to the tenant unless ``allow_unknown`` (as for :meth:`add_member`)."""
         tenant = check_tenant(tenant, PolicyError)
         named = check("group", group, error=PolicyError)
-        until = expiry(expires_at, "expires_at", PolicyError)
+        until = require_future(expiry(expires_at, "expires_at", PolicyError), self.policy.clock(), "expires_at")
 
         def make(tp: TenantPolicy) -> Change | None:
-            group = tp.resolve(GROUP_PREFIX, named)
-            edge = ("g", GROUP_PREFIX + group, role)
             need_role(tp, role, tenant)
+            group = require(tp, GROUP_PREFIX + named, tenant, f"group:{named} assigned {role!r}", allow_unknown=allow_unknown)[len(GROUP_PREFIX) :]
+            edge = ("g", GROUP_PREFIX + group, role)
             held = role in tp.group_roles.get(group, ())
             if held and tp.expires.get(edge) == until:
                 return None
@@ -184,45 +207,36 @@ class Identity:
         *,
         allow: Iterable[object] = (),
         deny: Iterable[object] = (),
-        inherit: bool = True,
+        remove: Iterable[object] = (),
+        inherit: bool | None = None,
+        replace: bool = False,
+        allow_unknown: bool = False,
         tenant: str = DEFAULT_TENANT,
     ) -> bool:
-        """Replace ``folder``'s own ACL. Documents below it (that do not break
-        inheritance) and subfolders (that inherit) get it at the next read."""
+        """Change ``folder``'s own ACL: add the ``allow`` and ``deny`` entries (an
+        entry already there takes the new expiry), drop the principals in
+        ``remove``, set ``inherit`` if given. ``replace=True`` makes the ACL
+        exactly ``allow`` / ``deny`` / ``inherit`` (default true) instead.
+
+        Every principal added must name a user, group or role of the tenant
+        (else :class:`UnknownPrincipalError` naming the closest one) unless
+        ``allow_unknown``; an expiry must be in the future. Documents below
+        the folder (that do not break inheritance) and subfolders (that
+        inherit) get the change at the next read. Returns whether it changed."""
         tenant, path = check_tenant(tenant, PolicyError), folder_path(folder, PolicyError)
-        new = Folder(
-            {e.principal: e.expires_at for e in acl_entries(list(allow), f"allow of folder {path!r}", PolicyError)},
-            {e.principal: e.expires_at for e in acl_entries(list(deny), f"deny of folder {path!r}", PolicyError)},
-            bool(inherit),
+        edit = FolderEdit(
+            acl_entries(as_list(allow, "allow"), f"allow of folder {path!r}", PolicyError),
+            acl_entries(as_list(deny, "deny"), f"deny of folder {path!r}", PolicyError),
+            tuple(principal(p, PolicyError) for p in as_list(remove, "remove")),
+            None if inherit is None else bool(inherit),
+            bool(replace),
+            bool(allow_unknown),
         )
-        c = db.casbin_rule.c
-
-        def make(tp: TenantPolicy) -> Change | None:
-            old = tp.folders.get(path, Folder())
-            if (old.allow, old.deny, old.inherit) == (new.allow, new.deny, new.inherit):
-                return None
-
-            def write(conn: Connection) -> None:
-                conn.execute(delete(db.casbin_rule).where(c.ptype.in_([FOLDER_ACL, NO_INHERIT]), c.v0 == path, c.v1 == tenant))
-                rows = [
-                    {"ptype": FOLDER_ACL, "v0": path, "v1": tenant, "v2": p, "v3": eft, "v4": stamp(t), "v5": None}
-                    for eft, entries in (("allow", new.allow), ("deny", new.deny))
-                    for p, t in sorted(entries.items())
-                ]
-                if not new.inherit:
-                    rows.append({"ptype": NO_INHERIT, "v0": path, "v1": tenant, "v2": "", "v3": None, "v4": None, "v5": None})
-                if rows:
-                    conn.execute(db.casbin_rule.insert(), rows)
-
-            def apply(s: dict[str, TenantPolicy]) -> None:
-                if new.empty():
-                    s[tenant].folders.pop(path, None)
-                else:
-                    s[tenant].folders[path] = new.copy()
-
-            return Change(write, apply, {tenant}, None, None)
-
-        return self.policy._one(tenant, make)
+        edit.check()
+        now = self.policy.clock()
+        for e in (*edit.allow, *edit.deny):
+            require_future(e.expires_at, now, f"expires_at of {e.principal!r} in folder {path!r}")
+        return self.policy._one(tenant, lambda tp: folder_change(tp, tenant, path, edit))
 
     # ------------------------------------------------------------------ sync
     def read(self, sources: Sequence[str | os.PathLike[str]], fmt: str | None = None) -> Directory:
@@ -269,12 +283,12 @@ def _sync_change(tp: TenantPolicy, tenant: str, p: Plan) -> Change:
     """The validated change that applies plan ``p``."""
     added, removed = p.added, p.removed
     _check_added(tp, removed, added)  # applies and reverts: depth and cycles of the new state
-    users: set[str] | None = set()
-    for m, _ in added + removed + p.renewed:
-        users |= _affected(tp, m)  # type: ignore[operator]
-    users |= {k[len(USER_PREFIX) :] for k in p.ident if k.startswith(USER_PREFIX)}  # type: ignore[operator]
+    users: set[str] | None = {k[len(USER_PREFIX) :] for k in p.ident if k.startswith(USER_PREFIX)}
     if any(m.startswith(GROUP_PREFIX) for m, _ in added + removed + p.renewed):
         users = None  # nesting changed: every cached user of the tenant is recomputed
+    else:
+        for m, _ in added + removed + p.renewed:
+            users |= _affected(tp, m)
     c = db.casbin_rule.c
     gone = removed + p.renewed
     rows = [{"ptype": "g", "v0": m, "v1": GROUP_PREFIX + g, "v2": tenant, "v3": None, "v4": None, "v5": None} for m, g in added + p.renewed]

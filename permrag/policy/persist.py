@@ -6,7 +6,7 @@ Rows of ``permrag_casbin_rule``:
 * ``g, subject, object, tenant[, expires]`` — subject ``user:<id>``,
   ``group:<id>`` or a role; object ``group:<id>`` or a role;
 * ``acl, folder, tenant, principal, allow|deny[, expires]`` — a folder's ACL entry;
-* ``noinherit, folder, tenant`` — the folder does not inherit its parent's ACL;
+* ``noinh, folder, tenant`` — the folder does not inherit its parent's ACL;
 * ``ident, user:<id>|group:<id>, tenant, label, inactive`` — what the identity
   provider says of an id: its label (``userName`` / ``displayName``, may be
   empty) and, for a user, ``inactive`` when it is deactivated. Stored with the
@@ -28,7 +28,11 @@ from .. import db
 from .model import GROUP_PREFIX, USER_PREFIX, Folder, TenantPolicy
 
 FOLDER_ACL = "acl"
-NO_INHERIT = "noinherit"
+# The ptype column holds 8 characters (PostgreSQL enforces it): a folder that
+# breaks inheritance is stored as "noinh"; "noinherit" rows that SQLite
+# accepted before are read the same.
+NO_INHERIT = "noinh"
+NO_INHERIT_TYPES = (NO_INHERIT, "noinherit")
 IDENT = "ident"
 INACTIVE = "inactive"
 
@@ -70,7 +74,7 @@ def read_all(conn: Connection) -> dict[str, TenantPolicy]:
         elif ptype == FOLDER_ACL:
             acl = tenants[v1].folders.setdefault(v0, Folder())
             (acl.allow if v3 == "allow" else acl.deny)[v2] = float(v4) if v4 else None
-        elif ptype == NO_INHERIT:
+        elif ptype in NO_INHERIT_TYPES:
             tenants[v1].folders.setdefault(v0, Folder()).inherit = False
         elif ptype == IDENT:
             if v2:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -38,14 +39,16 @@ from sqlalchemy.exc import IntegrityError
 
 from .. import db
 from ..errors import PolicyError, UnknownSubjectError
-from ..names import check, check_role, check_tenant, expiry
+from ..names import Held, check, check_role, check_tenant, expiry
 from .changes import edge_change, set_expiry
 from .changes import need_role as _need_role
 from .csv import import_change as csv_import_change
 from .csv import parse as csv_parse
+from .csv import read as csv_read
 from .csv import render as csv_render
 from .model import USER_PREFIX, Change, TenantPolicy
 from .persist import read_all, stamp
+from .principals import listing, require_future
 from .selectors import parse_selector
 
 log = logging.getLogger(__name__)
@@ -72,8 +75,9 @@ def _user(user: object) -> str:
 class Policy:
     """Roles, assignments and rules of every tenant; ``rag.policy``."""
 
-    def __init__(self, engine: Engine, lock: threading.RLock | None = None) -> None:
+    def __init__(self, engine: Engine, lock: threading.RLock | None = None, clock: Callable[[], float] = time.time) -> None:
         self.engine = engine
+        self.clock = clock  # the store's clock: expiries in the past are refused, listings leave out what has expired
         self.version = 0
         self._tenants: dict[str, TenantPolicy] = {}
         self._listeners: list[Listener] = []
@@ -134,10 +138,11 @@ class Policy:
         self.refresh()
         return [r for r in self.tenant(tenant).rules() if role is None or r[0] == role]
 
-    def roles_of(self, user: str, tenant: str = DEFAULT_TENANT, *, implicit: bool = False) -> list[str]:
-        """The roles a *user* holds (assigned, or with ``implicit`` also inherited)."""
+    def roles_of(self, user: str, tenant: str = DEFAULT_TENANT, *, implicit: bool = False) -> list[Held]:
+        """The roles a *user* holds now (assigned, each with its assignment's ``expires_at``; or with ``implicit`` also inherited)."""
         self.refresh()
-        return sorted(self.tenant(tenant).roles_of_user(user, implicit=implicit))
+        tp, now = self.tenant(tenant), self.clock()
+        return listing(((r, ("g", USER_PREFIX + user, r)) for r in tp.roles_of_user(user, implicit=implicit, now=now)), tp, now)
 
     def parents_of(self, role: str, tenant: str = DEFAULT_TENANT, *, implicit: bool = False) -> list[str]:
         """The roles a *role* inherits (directly, or with ``implicit`` transitively)."""
@@ -145,10 +150,11 @@ class Policy:
         tp = self.tenant(tenant)
         return sorted(tp.inherited(role) - {role} if implicit else tp.parents.get(role, set()))
 
-    def members(self, role: str, tenant: str = DEFAULT_TENANT) -> list[str]:
-        """Users assigned ``role`` directly."""
+    def members(self, role: str, tenant: str = DEFAULT_TENANT) -> list[Held]:
+        """Users assigned ``role`` directly and now (each with its ``expires_at``)."""
         self.refresh()
-        return sorted(self.tenant(tenant).role_users.get(role, set()))
+        tp = self.tenant(tenant)
+        return listing(((u, ("g", USER_PREFIX + u, role)) for u in tp.role_users.get(role, set())), tp, self.clock())
 
     def heirs(self, role: str, tenant: str = DEFAULT_TENANT) -> list[str]:
         """Roles that inherit ``role`` directly."""
@@ -263,7 +269,7 @@ class Policy:
         """Give user ``user`` ``role`` (``user`` is always a user id, whatever roles exist),
         until ``expires_at`` if given (epoch seconds, aware datetime or ISO 8601)."""
         user, tenant = _user(user), _tenant(tenant)
-        until = expiry(expires_at, "expires_at", PolicyError)
+        until = require_future(expiry(expires_at, "expires_at", PolicyError), self.clock(), "expires_at")
         return self._one(tenant, lambda tp: self._assign_user(tp, user, role, tenant, until))
 
     def inherit(self, role: str, parent: str, tenant: str = DEFAULT_TENANT) -> bool:
@@ -385,7 +391,7 @@ class Policy:
     def _add_rule(self, role: str, selector: str, effect: str, tenant: str, expires_at: object = None) -> bool:
         tenant = _tenant(tenant)
         sel = str(parse_selector(selector))
-        until = expiry(expires_at, "expires_at", PolicyError)
+        until = require_future(expiry(expires_at, "expires_at", PolicyError), self.clock(), "expires_at")
         key = ("p", role, sel, effect)
         c = db.casbin_rule.c
 
@@ -430,14 +436,7 @@ class Policy:
         ``replace`` first removes every role, rule and assignment of the
         tenants the file names (and of ``tenant``).
         """
-        name = str(path)
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise PolicyError(f"cannot read policy file {name}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-        except OSError as exc:
-            raise PolicyError(f"cannot read policy file {name}: {exc.strerror or exc}") from None
-        return self.import_text(text, name=name, tenant=tenant, replace=replace)
+        return self.import_text(csv_read(path), name=str(path), tenant=tenant, replace=replace)
 
     def import_text(self, text: str, *, name: str = "<policy>", tenant: str | None = None, replace: bool = False) -> int:
         """:meth:`import_csv` for CSV text already in memory."""
