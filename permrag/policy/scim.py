@@ -93,6 +93,8 @@ def _resource(path: str, where: str, res: Any) -> Resource:
         raise IdentityFileError(path, where, "a resource must be an object")
     kind = _scim_kind(res)
     key = "id" if res.get("id") is not None else "externalId"
+    if res.get(key) is None:
+        raise IdentityFileError(path, f"{where}.id", "missing: a resource is keyed by its id (or, without one, its externalId)")
     ident = name_of(path, f"{where}.{key}", key, res.get(key))
     if kind == "User":
         active = res.get("active", True)
