@@ -1,5 +1,12 @@
 """The audit log: who searched, when, under which policy version, what came back.
 
+Every serve leaves a record (``event``): ``search`` (searches, retrieval,
+recommendations and ``similar``), ``fetch`` (a document read; a refused one
+with ``refused: true`` and no rows), ``check`` (``can_read``, the library's
+and the agent tools', with the answer), ``wrapped-search`` (an answer of a
+LangChain or LlamaIndex ``permissioned()`` wrapper: the retriever and the
+external ids served) and ``warm`` (a process starting to serve).
+
 Two modes:
 
 * ``"sync"`` (default): every record is committed before the call returns;
