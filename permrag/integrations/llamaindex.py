@@ -50,6 +50,14 @@ def classes() -> SimpleNamespace:
         meta.pop("score")
         return NodeWithScore(node=TextNode(id_=h.external_id, text=text, metadata=meta), score=h.score)
 
+    PermissionedRetriever = _search_retriever(BaseRetriever, to_node)
+    PermissionFilteredRetriever = _filtering_retriever(BaseRetriever)
+    return SimpleNamespace(PermissionedRetriever=PermissionedRetriever, PermissionFilteredRetriever=PermissionFilteredRetriever, to_node=to_node)
+
+
+def _search_retriever(BaseRetriever: Any, to_node: Any) -> Any:
+    """The LlamaIndex retriever over ``rag.search`` (a class of ``BaseRetriever``)."""
+
     class PermissionedRetriever(BaseRetriever):
         """Retrieves only rows the bound principal may read."""
 
@@ -78,6 +86,12 @@ def classes() -> SimpleNamespace:
 
         async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
             return [to_node(h) for h in await self.rag.asearch(query_bundle.query_str, user=self.user, tenant=self.tenant, **self.options)]
+
+    return PermissionedRetriever
+
+
+def _filtering_retriever(BaseRetriever: Any) -> Any:
+    """The ``permissioned()`` wrapper class (of ``BaseRetriever``)."""
 
     class PermissionFilteredRetriever(BaseRetriever):
         """Any LlamaIndex retriever, filtered by the caller's bitmap (see :func:`permissioned`)."""
@@ -133,7 +147,7 @@ def classes() -> SimpleNamespace:
                 inner.similarity_top_k = n
             return inner.retrieve(query_bundle)
 
-    return SimpleNamespace(PermissionedRetriever=PermissionedRetriever, PermissionFilteredRetriever=PermissionFilteredRetriever, to_node=to_node)
+    return PermissionFilteredRetriever
 
 
 def retriever(rag: Any, *, user: str, tenant: str = DEFAULT_TENANT, **options: Any) -> Any:
