@@ -189,6 +189,62 @@ def test_a_cli_search_imports_no_torch(tmp_path, minilm) -> None:
     assert [h["external_id"] for h in hits] == _answers(home, minilm)[1][: len(hits)] and hits  # it answered, as the library does
 
 
+def test_help_imports_no_library_dependency() -> None:
+    heavy = (*HEAVY, "sqlalchemy", "numpy", "pymilvus", "casbin", "mcp")
+    code = (
+        "import sys, json, contextlib, io\n"
+        "from permrag.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try:\n        main(args=['--help'], prog_name='permrag')\n    except SystemExit:\n        pass\n"
+        f"print(json.dumps([m for m in {heavy!r} if m in sys.modules]))\n"
+    )
+    res = _run(code)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == []
+
+
+def test_an_mcp_server_answers_without_torch(tmp_path, minilm) -> None:
+    """``permrag mcp --as u`` answers initialize and a search (the default
+    encoder's vectors) and never imports torch."""
+    home = tmp_path / "home"
+    _make(home, minilm)
+    code = (
+        "import atexit, json, sys\n"
+        f"atexit.register(lambda: print('HEAVY ' + json.dumps([m for m in {HEAVY!r} if m in sys.modules]), file=sys.stderr))\n"
+        "from permrag.cli import main\n"
+        "main(args=sys.argv[1:], prog_name='permrag')\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, "--home", str(home), "mcp", "--as", "u", "--mode", "dense"], cwd=ROOT,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(300, proc.kill)  # a hung server fails the test instead of hanging it
+    watchdog.start()
+    replies = {}
+    try:
+        for message in (
+            {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}},
+            {"jsonrpc": "2.0", "method": "notifications/initialized"},
+            {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "search", "arguments": {"query": "who approves large invoices"}}},
+        ):
+            proc.stdin.write(json.dumps(message) + "\n")
+            proc.stdin.flush()
+            while "id" in message and message["id"] not in replies:
+                line = proc.stdout.readline()
+                assert line, proc.stderr.read()[-2000:]
+                reply = json.loads(line)
+                replies[reply.get("id")] = reply
+        proc.stdin.close()  # the end of the session: the server exits
+        err = proc.stderr.read()
+        proc.wait()
+    finally:
+        watchdog.cancel()
+        proc.kill()
+    assert "serverInfo" in replies[1]["result"], replies
+    assert "result" in replies[2], replies[2]
+    passages = replies[2]["result"]["structuredContent"]["passages"]
+    assert [p["external_id"] for p in passages] == _answers(home, minilm)[1]
+    assert err.strip().splitlines()[-1] == "HEAVY []", err[-2000:]
+
+
 def test_base_dependencies_pull_no_torch() -> None:
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
     names = {d.split(";")[0].split("[")[0].split(">")[0].split("=")[0].split("<")[0].strip().lower() for d in deps}

@@ -9,7 +9,6 @@ from rich.console import Console
 from rich.table import Table
 
 from ..names import show_time
-from ..policy import parse_selector
 from .base import StoreCommand, emit, json_opt, main, store, tenant_opt
 from .group_cmds import until
 
@@ -106,6 +105,8 @@ expires_opt = click.option("--expires", "expires", default=None, metavar="TIME",
 
 
 def _rule(ctx, role_name: str, selector: str, tenant: str, deny: bool, expires: str | None = None) -> None:
+    from ..policy import parse_selector  # here: importing the policy package (SQLAlchemy) would slow every command's start
+
     with store(ctx, catalog_only=True) as rag:
         changed = (rag.policy.deny if deny else rag.policy.grant)(role_name, selector, tenant=tenant, expires_at=expires)
         end = rag.policy.tenant(tenant).expires.get(("p", role_name, str(parse_selector(selector)), "deny" if deny else "allow"))
