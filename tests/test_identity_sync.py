@@ -414,3 +414,27 @@ def test_ldif_entries_are_keyed_by_entry_uuid_and_scim_by_external_id_without_an
                                                  {"schemas": [GROUP], "externalId": "grp-1", "displayName": "ops", "members": [{"value": "emp-7"}]}]))  # fmt: skip
     assert rag.identity.sync(scim, tenant="t2").applied and rag.identity.members("ops", "t2") == ["user:emp-7"]
     rag.close()
+
+
+def test_policy_export_keeps_labels_and_deactivations_and_an_import_never_reactivates(tmp_path) -> None:
+    a = PermRAG.open(tmp_path / "a", catalog_only=True)
+    docs = [{"external_id": "team", "acl": {"allow": ["group:g1"]}}, {"external_id": "mine", "acl": {"allow": ["user:u1"]}}]
+    a.add_documents(docs)
+    a.identity.sync(write(tmp_path / "d.json", listing([user("u1", "ann, the lead", active=False), user("u2", "bo"), group("g1", "eng", "u1", "u2")])))
+    text = a.policy.export_csv()
+    assert 'ident, user:u1, default, "ann, the lead", inactive' in text
+    b = PermRAG.open(tmp_path / "b", catalog_only=True)
+    b.add_documents(docs)
+    b.policy.import_text(text)
+    assert b.identity.labels() == a.identity.labels() and b.identity.deactivated() == ["u1"]
+    assert readable(b, ["u1", "u2"]) == readable(a, ["u1", "u2"]) == {"u1": set(), "u2": {"team"}}
+    v = b.policy_version
+    assert b.policy.import_text("ident, user:u1, default, ann\n") == 1  # a new label, but no reactivation
+    assert b.identity.deactivated() == ["u1"] and b.identity.labels()["user:u1"] == "ann" and b.policy_version == v + 1
+    b.policy.import_text(text, replace=True)  # a replace keeps the provider's facts
+    assert b.identity.deactivated() == ["u1"] and not b.can_read("u1", "mine")
+    b.close()
+    b = PermRAG.open(tmp_path / "b", catalog_only=True)  # and so does the store
+    assert b.identity.deactivated() == ["u1"] and b.identity.labels()["user:u1"] == "ann, the lead"
+    a.close()
+    b.close()

@@ -12,9 +12,12 @@
     g, group:eng, viewer, default, 2027-01-01T00:00:00Z   (group eng holds viewer until then)
     acl, /eng/specs, default, group:eng, allow             (a folder's ACL entry)
     noinherit, /eng/specs, default                         (the folder ignores its parent's ACL)
+    ident, user:00u1a, default, ann@example.com, inactive   (the provider's label; the user is deactivated)
 
 A ``p`` line's 7th field and a ``g`` line's 5th are an expiry (ISO 8601);
 casbin itself reads neither (``rag.enforcer()`` drops expired lines).
+An import never reactivates a user: ``ident`` lines set labels and add
+deactivations; only an identity sync lists a user active again.
 
 Every role is declared on a ``# role`` line (casbin skips them as comments),
 so a ``g`` line's subject is a role exactly when the file declares it (or the
@@ -44,7 +47,7 @@ from ..errors import PermragError, PolicyCSVError, PolicyError, RoleCycleError
 from ..names import check, check_role, check_tenant, expiry, principal, show_time
 from .changes import set_expiry
 from .model import GROUP_PREFIX, USER_PREFIX, Change, Folder, TenantPolicy
-from .persist import FOLDER_ACL, NO_INHERIT, NO_INHERIT_TYPES, stamp
+from .persist import FOLDER_ACL, IDENT, NO_INHERIT, NO_INHERIT_TYPES, ident_row, stamp
 
 NO_INHERIT_LINE = "noinherit"  # the line type in files (stored as NO_INHERIT)
 from .selectors import parse_selector
@@ -92,6 +95,9 @@ def render(version: int, tenants: dict[str, TenantPolicy]) -> str:
                     out.write(_line([FOLDER_ACL, path, t, who, eft, *([show_time(entries[who])] if entries[who] is not None else [])]))
             if not f.inherit:
                 out.write(_line([NO_INHERIT_LINE, path, t]))
+        for key in sorted(set(tp.labels) | {USER_PREFIX + u for u in tp.inactive}):
+            off = key.startswith(USER_PREFIX) and key[len(USER_PREFIX) :] in tp.inactive
+            out.write(_line([IDENT, key, t, tp.labels.get(key, ""), *(["inactive"] if off else [])]))
     return out.getvalue()
 
 
@@ -107,6 +113,7 @@ class Parsed:
     edges: list[tuple[int, str, str, str, float | None]] = field(default_factory=list)  # (line, subject as written, object, tenant, until)
     folders: list[tuple[int, str, str, str, str, float | None]] = field(default_factory=list)  # (line, folder, tenant, principal, effect, until)
     no_inherit: list[tuple[int, str, str]] = field(default_factory=list)  # (line, folder, tenant)
+    idents: list[tuple[str, str, str | None, bool]] = field(default_factory=list)  # (user:<id> / group:<id>, tenant, label, deactivated)
 
     def tenants(self) -> set[str]:
         return (
@@ -115,6 +122,7 @@ class Parsed:
             | {e[3] for e in self.edges}
             | {f[2] for f in self.folders}
             | {n[2] for n in self.no_inherit}
+            | {i[1] for i in self.idents}
         )
 
 
@@ -147,28 +155,13 @@ def parse(name: str, text: str, only_tenant: str | None) -> Parsed:
             continue
         try:
             if stripped.startswith("#"):
-                body = stripped[1:].strip()
-                if body.startswith("role,"):
-                    fields = _fields(name, lineno, body)
-                    if len(fields) != 3:
-                        raise PolicyError(f"a role line needs role, tenant; got {len(fields) - 1} fields")
-                    tenant = check_tenant(fields[2], PolicyError)
-                    out.roles.append((lineno, tenant, check_role(fields[1], PolicyError)))
-                    _only(tenant, only_tenant)
+                _comment(name, lineno, stripped[1:].strip(), out, only_tenant)
                 continue
             fields = _fields(name, lineno, stripped)
             ptype, rest = fields[0], fields[1:]
             if ptype == "p":
-                if len(rest) not in (4, 5, 6):
-                    raise PolicyError(f"a p line needs role, tenant, selector, action[, effect[, expires]]; got {len(rest)} fields")
-                role, tenant = check_role(rest[0], PolicyError), check_tenant(rest[1], PolicyError)
-                act, eft = rest[3], rest[4] if len(rest) >= 5 else "allow"
-                if act != ACTION:
-                    raise PolicyError(f"action must be {ACTION!r}, not {act!r}")
-                if eft not in EFFECTS:
-                    raise PolicyError(f"effect must be 'allow' or 'deny', not {eft!r}")
-                until = expiry(rest[5], "expires", PolicyError) if len(rest) == 6 else None
-                out.rules.append((lineno, role, tenant, str(parse_selector(rest[2])), eft, until))
+                out.rules.append((lineno, *_rule(rest)))
+                tenant = out.rules[-1][2]
             elif ptype == "g":
                 if len(rest) not in (3, 4):
                     raise PolicyError(f"a g line needs subject, role or group:<id>, tenant[, expires]; got {len(rest)} fields")
@@ -189,19 +182,77 @@ def parse(name: str, text: str, only_tenant: str | None) -> Parsed:
                     raise PolicyError(f"effect must be 'allow' or 'deny', not {rest[3]!r}")
                 until = expiry(rest[4], "expires", PolicyError) if len(rest) == 5 else None
                 out.folders.append((lineno, folder_path(rest[0], PolicyError), tenant, principal(rest[2], PolicyError), rest[3], until))
+            elif ptype == IDENT:
+                out.idents.append(_ident(rest))
+                tenant = rest[1]
             elif ptype == NO_INHERIT_LINE:
                 if len(rest) != 2:
                     raise PolicyError(f"a noinherit line needs folder, tenant; got {len(rest)} fields")
                 tenant = check_tenant(rest[1], PolicyError)
                 out.no_inherit.append((lineno, folder_path(rest[0], PolicyError), tenant))
             else:
-                raise PolicyError(f"unknown rule type {ptype!r} (expected p, g, acl or noinherit)")
+                raise PolicyError(f"unknown rule type {ptype!r} (expected p, g, acl, noinherit or ident)")
             _only(tenant, only_tenant)
         except PolicyCSVError:
             raise
         except PermragError as exc:
             raise PolicyCSVError(name, lineno, str(exc)) from None
     return out
+
+
+def _rule(rest: list[str]) -> tuple[str, str, str, str, float | None]:
+    """``p, role, tenant, selector, read[, allow|deny[, expires]]`` → (role, tenant, selector, effect, until)."""
+    if len(rest) not in (4, 5, 6):
+        raise PolicyError(f"a p line needs role, tenant, selector, action[, effect[, expires]]; got {len(rest)} fields")
+    role, tenant = check_role(rest[0], PolicyError), check_tenant(rest[1], PolicyError)
+    act, eft = rest[3], rest[4] if len(rest) >= 5 else "allow"
+    if act != ACTION:
+        raise PolicyError(f"action must be {ACTION!r}, not {act!r}")
+    if eft not in EFFECTS:
+        raise PolicyError(f"effect must be 'allow' or 'deny', not {eft!r}")
+    until = expiry(rest[5], "expires", PolicyError) if len(rest) == 6 else None
+    return role, tenant, str(parse_selector(rest[2])), eft, until
+
+
+def _comment(name: str, lineno: int, body: str, out: Parsed, only_tenant: str | None) -> None:
+    """A ``# role, <role>, <tenant>`` line declares a role; other comments are skipped."""
+    if body.startswith("role,"):
+        fields = _fields(name, lineno, body)
+        if len(fields) != 3:
+            raise PolicyError(f"a role line needs role, tenant; got {len(fields) - 1} fields")
+        tenant = check_tenant(fields[2], PolicyError)
+        out.roles.append((lineno, tenant, check_role(fields[1], PolicyError)))
+        _only(tenant, only_tenant)
+
+
+def _ident(rest: list[str]) -> tuple[str, str, str | None, bool]:
+    """``ident, user:<id>|group:<id>, tenant, label[, inactive]``."""
+    if len(rest) not in (3, 4) or (len(rest) == 4 and rest[3] != "inactive"):
+        raise PolicyError("an ident line needs user:<id> or group:<id>, tenant, label (may be empty)[, inactive]")
+    key = rest[0]
+    if not key.startswith((USER_PREFIX, GROUP_PREFIX)):
+        raise PolicyError(f"an ident line names user:<id> or group:<id>, not {key!r}")
+    check("id", key.split(":", 1)[1], error=PolicyError)
+    if len(rest) == 4 and not key.startswith(USER_PREFIX):
+        raise PolicyError(f"only a user can be inactive, not {key!r}")
+    label = check("label", rest[2], error=PolicyError) if rest[2] else None
+    return key, check_tenant(rest[1], PolicyError), label, len(rest) == 4
+
+
+def _apply_idents(parsed: Parsed, states: dict[str, TenantPolicy], rows: dict[str, list[dict]]) -> None:
+    """Labels as the file says; deactivations added, never lifted (only a sync reactivates)."""
+    for key, t, label, off in parsed.idents:
+        tp = states[t]
+        was_off = key.startswith(USER_PREFIX) and key[len(USER_PREFIX) :] in tp.inactive
+        if tp.labels.get(key) == label and was_off >= off:
+            continue
+        if label is None:
+            tp.labels.pop(key, None)
+        else:
+            tp.labels[key] = label
+        if off:
+            tp.inactive.add(key[len(USER_PREFIX) :])
+        rows["ident"].append(ident_row(key, t, label, off or was_off))
 
 
 def _only(tenant: str, only: str | None) -> None:
@@ -221,7 +272,7 @@ def apply(name: str, parsed: Parsed, states: dict[str, TenantPolicy]) -> dict[st
             declared[t].add(obj)
         if subject.startswith(ROLE_PREFIX):
             declared[t].add(subject[len(ROLE_PREFIX) :])
-    rows: dict[str, list[dict]] = {"roles": [], "p": [], "g": []}
+    rows: dict[str, list[dict]] = {"roles": [], "p": [], "g": [], "ident": []}
     for t in sorted(declared):
         for role in sorted(declared[t] - states[t].roles):
             states[t].roles.add(role)
@@ -299,7 +350,8 @@ def import_change(
     """The change an import makes, validated against the stored policy (``current``)."""
     states = {t: (current[t].identity_only() if replace else current[t].copy()) for t in tenants}
     rows = apply(name, parsed, states)
-    counted[0] = len(rows["p"]) + len(rows["g"]) + len(rows["roles"])
+    _apply_idents(parsed, states, rows)
+    counted[0] = sum(len(r) for r in rows.values())
     if not counted[0] and not replace:
         return None
     c = db.casbin_rule.c
@@ -312,7 +364,9 @@ def import_change(
                 conn.execute(delete(db.casbin_rule).where(and_(c.ptype == "g", c.v2 == t)))
         if rows["roles"]:
             conn.execute(db.roles.insert(), rows["roles"])
-        if rows["p"] + rows["g"]:
-            conn.execute(db.casbin_rule.insert(), rows["p"] + rows["g"])
+        for r in rows["ident"]:  # one row per id: the file's replaces the stored one
+            conn.execute(delete(db.casbin_rule).where(c.ptype == IDENT, c.v0 == r["v0"], c.v1 == r["v1"]))
+        if rows["p"] + rows["g"] + rows["ident"]:
+            conn.execute(db.casbin_rule.insert(), rows["p"] + rows["g"] + rows["ident"])
 
     return Change(write, lambda s: s.update(states), tenants, None, None)
