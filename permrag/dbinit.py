@@ -11,27 +11,27 @@ from sqlalchemy import inspect, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from .config import PRIVATE_FILE, Settings, recorded, sqlite_path, store_elsewhere
 from .db import (
     COUNTERS,
-    dispose,
-    make_engine,
     SCHEMA_VERSION,
+    dispose,
     first_line,
     get_setting,
+    make_engine,
     mask,
     meta,
     metadata,
     read_counter,
     settings,
 )
-from .config import PRIVATE_FILE, Settings, recorded, sqlite_path, store_elsewhere
 from .errors import ConfigError, NoStoreError
 
 SCHEMA_LOCK = 0x7065726D72616701  # PostgreSQL advisory lock key: making a database's tables ("permrag" + 1)
 
 
-def open_store(settings: Settings, create: bool | None) -> Engine:
-    """The engine of the store ``settings`` point at, its schema checked.
+def open_store(cfg: Settings, create: bool | None) -> Engine:
+    """The engine of the store ``cfg`` points at, its schema checked.
 
     ``create``: True makes a store where there is none (``permrag init``,
     ``PermRAG.open(..., create=True)``); False never does (every other
@@ -39,12 +39,12 @@ def open_store(settings: Settings, create: bool | None) -> Engine:
     user's first open; :func:`permrag.config.store_elsewhere`), so a home
     whose store is elsewhere, pointed at a database without it, is refused
     with nothing created there."""
-    refused = no_store(mask(settings.database_url))  # the URL as the user gave it, not the driver's
+    refused = no_store(mask(cfg.database_url))  # the URL as the user gave it, not the driver's
     if create is None:
-        create = not store_elsewhere(settings)
+        create = not store_elsewhere(cfg)
         if not create:
-            refused = _elsewhere(settings)
-    engine = make_engine(settings.database_url)
+            refused = _elsewhere(cfg)
+    engine = make_engine(cfg.database_url)
     try:
         init_schema(engine, create=create, refused=refused)
     except BaseException:
@@ -54,14 +54,15 @@ def open_store(settings: Settings, create: bool | None) -> Engine:
 
 
 def no_store(url: str) -> NoStoreError:
+    """The refusal of an open that may not create a store, of a database without one."""
     return NoStoreError(f"no permrag store in {url}", hint="run `permrag init` (or open it with create=True)", cli_hint="run `permrag init`")
 
 
-def _elsewhere(settings: Settings) -> NoStoreError:
-    url, own = mask(settings.database_url), recorded(settings.home).database_url
-    where = "there, which holds none now" if own == settings.database_url else f"in {mask(own)}"
+def _elsewhere(cfg: Settings) -> NoStoreError:
+    url, own = mask(cfg.database_url), recorded(cfg.home).database_url
+    where = "there, which holds none now" if own == cfg.database_url else f"in {mask(own)}"
     return NoStoreError(
-        f"no permrag store in {url}: the home {settings.home} records its store {where}",
+        f"no permrag store in {url}: the home {cfg.home} records its store {where}",
         hint="open it with create=True to make a new store in that database, or give the store's own database_url",
         cli_hint="run `permrag init` (with --force to point the home at another database)",
     )
