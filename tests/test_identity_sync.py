@@ -438,3 +438,20 @@ def test_policy_export_keeps_labels_and_deactivations_and_an_import_never_reacti
     assert b.identity.deactivated() == ["u1"] and b.identity.labels()["user:u1"] == "ann, the lead"
     a.close()
     b.close()
+
+
+def test_cli_user_show_takes_a_label_and_says_deactivated(tmp_path) -> None:
+    home = tmp_path / "home"
+    rag = PermRAG.open(home, catalog_only=True)
+    rag.add_documents([{"external_id": "team", "acl": {"allow": ["group:g1"]}}])
+    rag.identity.sync(write(tmp_path / "d.json", listing([user("u1", "ann", active=False), user("u2", "bo"), user("u3", "bo"), group("g1", "eng", "u1", "u2", "u3")])))
+    rag.close()
+    r = run_cli(home, "user", "show", "ann", "--json")
+    data = json.loads(r.output)
+    assert r.exit_code == 0 and data["user"] == "u1" and data["deactivated"] and data["visible_rows"] == 0, r.output
+    r = run_cli(home, "user", "show", "ann")
+    assert r.exit_code == 0 and r.output.startswith("u1 (ann) in 'default'") and "DEACTIVATED" in r.output, r.output
+    r = run_cli(home, "user", "show", "bo")
+    assert r.exit_code == 1 and "'u2', 'u3'" in r.output and "Traceback" not in r.output, r.output
+    r = run_cli(home, "user", "show", "u2", "--json")
+    assert r.exit_code == 0 and not json.loads(r.output)["deactivated"] and json.loads(r.output)["visible_rows"] == 1

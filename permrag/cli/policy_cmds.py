@@ -189,8 +189,11 @@ def user_unassign(ctx, subject, role_name, force_user, tenant) -> None:
 @json_opt
 @click.pass_context
 def user_show(ctx, name, tenant, as_json) -> None:
-    """A user's roles (assigned and inherited) and how many rows they see."""
+    """A user's roles (assigned and inherited) and how many rows they see; NAME is an id or an unambiguous label."""
     with store(ctx, catalog_only=True) as rag:
+        rag.sync()
+        tp = rag.policy.tenant(tenant)
+        name = tp.resolve("user:", name)
         rag.access.check_user_known(name, tenant)
         vis = rag.visible(name, tenant)
         roles, groups = rag.policy.roles_of(name, tenant), rag.identity.groups_of(name, tenant)
@@ -200,6 +203,8 @@ def user_show(ctx, name, tenant, as_json) -> None:
             "roles": [r.to_json() for r in roles],
             "implicit_roles": rag.policy.roles_of(name, tenant, implicit=True),
             "groups": [g.to_json() for g in groups],
+            "label": tp.label("user:" + name),
+            "deactivated": name in tp.inactive,
             "visible_rows": len(vis),
             "tenant_rows": len(rag.catalog.tenant(tenant).rows),
             "policy_version": rag.policy_version,
@@ -207,9 +212,10 @@ def user_show(ctx, name, tenant, as_json) -> None:
 
         def render() -> None:
             click.echo(
-                f"{name} in {tenant!r}: roles {', '.join(r.shown() for r in roles) or '-'}; all roles {', '.join(data['implicit_roles']) or '-'}; "
-                f"groups {', '.join(g.shown() for g in groups) or '-'}; "
-                f"sees {data['visible_rows']} of {data['tenant_rows']} rows"
+                f"{tp.shown('user:' + name)[5:]} in {tenant!r}: roles {', '.join(r.shown() for r in roles) or '-'}; "
+                f"all roles {', '.join(data['implicit_roles']) or '-'}; groups {', '.join(g.shown() for g in groups) or '-'}; "
+                + ("DEACTIVATED by the identity provider: holds none of them; " if data["deactivated"] else "")
+                + f"sees {data['visible_rows']} of {data['tenant_rows']} rows"
             )
 
         emit(as_json, data, render)
