@@ -366,8 +366,8 @@ class PermRAG:
         """Whether ``user`` may read a row or document, and the path and rule that decide it."""
         return self.access.explain(user, external_id, tenant)
 
-    def who_can_see(self, external_id: str, tenant: str = DEFAULT_TENANT) -> dict[str, list[str]]:
-        """The users and roles that may read a row or document."""
+    def who_can_see(self, external_id: str, tenant: str = DEFAULT_TENANT) -> dict[str, list[Any]]:
+        """The users, groups and roles that may read a row or document now: names (``names.Held``) with the end an expiry puts to it."""
         return self.access.who_can_see(external_id, tenant)
 
     def lint(self, tenant: str = DEFAULT_TENANT) -> list[dict[str, Any]]:

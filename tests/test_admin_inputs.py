@@ -179,6 +179,23 @@ def test_listings_show_each_end_and_never_an_expired_entry(org, clock) -> None:
     assert "bob" not in org.who_can_see("plan")["users"]  # staff held bob's read of the secret plan; it ended
 
 
+def test_who_can_see_shows_when_each_reading_ends(org, clock) -> None:
+    """Each end is checked against the compiled answer at that moment (a reference: the bitmaps then)."""
+    t1, t2 = clock.t + 100, clock.t + 200
+    org.policy.assign_user("bob", "staff", expires_at=t1)  # bob reads the ledger through staff until t1
+    org.identity.add_member("eng", "user:carl", expires_at=t2, allow_unknown=True)  # carl through the folder's allow of eng until t2
+    org.identity.add_member("eng", "user:dora", allow_unknown=True)
+    seen = org.who_can_see("ledger")
+    ends = {kind: {str(h): h.expires_at for h in names} for kind, names in seen.items()}
+    assert ends["users"] == {"alice": None, "bob": t1, "carl": t2, "dora": None}  # dave: a contractor, denied
+    assert ends["groups"]["eng"] is None and ends["roles"]["staff"] is None
+    for moment in (t1 - 1, t1, t2 - 1, t2):
+        clock.t = moment
+        users = {str(u) for u in org.who_can_see("ledger")["users"]}
+        assert users == {u for u, end in ends["users"].items() if end is None or end > moment}
+        assert users == {u for u in ("alice", "bob", "carl", "dora", "dave") if org.access.readable(u, "ledger", "default", quiet=True)}
+
+
 # ---------------------------------------------------------------------- the CLI
 @pytest.fixture
 def cli(tmp_path):
@@ -254,6 +271,9 @@ def test_cli_listings_show_ends_and_hide_expired(cli, tmp_path) -> None:
     run = cli
     ends = int(time.time()) + 3
     soon = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ends))
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text(json.dumps({"external_id": "memo", "text": "memo", "acl": {"allow": ["role:analyst", "user:alice"]}}) + "\n")
+    run("ingest", str(docs), "--encoder", "hash")
     run("user", "assign", "bob", "analyst", "--expires", FUTURE)
     run("user", "assign", "carol", "analyst", "--expires", soon)
     run("group", "add-member", "eng", "user:bob", "--expires", FUTURE)
@@ -268,6 +288,9 @@ def test_cli_listings_show_ends_and_hide_expired(cli, tmp_path) -> None:
     assert shown["roles"] == [{"name": "analyst", "expires_at": "2999-01-01T00:00:00Z"}]
     assert shown["groups"] == [{"name": "eng", "expires_at": "2999-01-01T00:00:00Z"}]
     assert "groups eng (until 2999-01-01T00:00:00Z)" in run("user", "show", "bob")
+    seen = json.loads(run("who-can-see", "memo", "--json"))
+    assert {"name": "bob", "expires_at": "2999-01-01T00:00:00Z"} in seen["users"] and "alice" in seen["users"]
+    assert "bob (until 2999-01-01T00:00:00Z)" in run("who-can-see", "memo")
     assert {"name": "carol", "expires_at": soon} in json.loads(run("role", "list", "--json"))[0]["members"]
     time.sleep(max(0.0, ends - time.time() + 0.2))
     roles = {d["role"]: d for d in json.loads(run("role", "list", "--json"))}

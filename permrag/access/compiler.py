@@ -71,7 +71,7 @@ class Snapshot:
 class Compiler:
     """Computes and caches visible bitmaps for one catalog and policy."""
 
-    def __init__(self, catalog: Catalog, policy: Policy, lock: threading.RLock, clock: Callable[[], float] | None = None) -> None:
+    def __init__(self, catalog: Catalog, policy: Policy, lock: threading.RLock, clock: Callable[[], float] | None = None, *, listen: bool = True) -> None:
         self.catalog = catalog
         self.policy = policy
         self.lock = lock
@@ -84,8 +84,15 @@ class Compiler:
         self._user: dict[str, dict[str, FrozenBitMap]] = defaultdict(dict)
         self._role_view: dict[str, dict[str, FrozenBitMap]] = defaultdict(dict)
         self.stats = {"user_hits": 0, "user_misses": 0, "role_builds": 0, "selector_builds": 0}
-        policy.subscribe(self.on_policy_change)
-        catalog.subscribe(self.on_catalog_change)
+        if listen:  # a compiler for one question (:meth:`at`) is not kept up to date
+            policy.subscribe(self.on_policy_change)
+            catalog.subscribe(self.on_catalog_change)
+
+    def at(self, moment: float) -> "Compiler":
+        """A compiler of the same policy and catalog whose clock reads ``moment``:
+        answers as they will be then, if nothing changes (when access ends).
+        Use it under the state lock and drop it: it does not follow changes."""
+        return Compiler(self.catalog, self.policy, self.lock, lambda: moment, listen=False)
 
     # ------------------------------------------------------------------ lookups
     def visible(self, user: str, tenant: str) -> FrozenBitMap:

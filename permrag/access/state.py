@@ -29,7 +29,7 @@ from ..errors import (
     UnknownSubjectError,
     UnknownTenantError,
 )
-from ..names import check_text
+from ..names import Held, check_text
 from ..policy import Policy
 from ..policy.model import USER_PREFIX
 from .compiler import Compiler, Snapshot
@@ -37,6 +37,12 @@ from .explain import Explanation, explain_document, explain_row
 from .lint import lint
 
 Record = RowRecord | DocumentRecord
+MAX_ENDS = 64  # expiries looked ahead for who_can_see's ends
+
+
+def _sees(compiler: Compiler, kind: str, name: str, tenant: str, ids: Sequence[int]) -> bool:
+    view = {"users": compiler.visible, "groups": compiler.group_visible, "roles": compiler.role_visible}[kind](name, tenant)
+    return all(i in view for i in ids)
 
 
 def check_principal(what: str, name: object) -> str:
@@ -202,25 +208,43 @@ class Access:
                 return explain_document(tp, live, user, rec.external_id, rec.chunks, now, lineage)
             return explain_row(tp, live, user, rec, now, lineage)
 
-    def who_can_see(self, external_id: str, tenant: str) -> dict[str, list[str]]:
-        """The users, groups and roles that may read a row or document (every chunk of it).
+    def who_can_see(self, external_id: str, tenant: str) -> dict[str, list[Held]]:
+        """The users, groups and roles that may read a row or document (every chunk of it) now.
 
         Users are every user the tenant knows — assigned a role, in a group,
         or named by an ACL — who can read it, however they reach it (through
         nested groups included). A group or role is listed when a member
         holding only it could read it; ``groups`` is there when the tenant
-        has groups."""
+        has groups. Each name carries ``expires_at``: when an expiry stored
+        now ends its reading (None: none does)."""
         self.sync()
         ids = self.row_ids(self.row(external_id, tenant))
         with self.lock:
             tp = self.policy.tenant(tenant)
             named = {p[len(USER_PREFIX) :] for p in self.compiler.acls(tenant).principals() if p.startswith(USER_PREFIX)}
-            users = sorted(u for u in tp.users() | named if all(i in self.compiler.visible(u, tenant) for i in ids))
-            groups = sorted(g for g in tp.groups() if all(i in self.compiler.group_visible(g, tenant) for i in ids))
-            roles = sorted(r for r in tp.roles if all(i in self.compiler.role_visible(r, tenant) for i in ids))
-        out = {"users": users, "roles": roles}
-        if tp.groups():
-            out["groups"] = groups
+            subjects = {"users": sorted(tp.users() | named), "roles": sorted(tp.roles), "groups": sorted(tp.groups())}
+            now = {kind: [n for n in names if _sees(self.compiler, kind, n, tenant, ids)] for kind, names in subjects.items()}
+            ends = self._ends(tenant, ids, now)
+        out = {kind: [Held(n, ends.get((kind, n))) for n in names] for kind, names in now.items()}
+        if not tp.groups():
+            del out["groups"]
+        return out
+
+    def _ends(self, tenant: str, ids: Sequence[int], now: dict[str, list[str]]) -> dict[tuple[str, str], float]:
+        """(kind, name) → the first expiry at which it stops reading ``ids`` (under the state lock)."""
+        left = {(kind, n) for kind, names in now.items() for n in names}
+        out: dict[tuple[str, str], float] = {}
+        tp, t = self.policy.tenant(tenant), self.compiler.clock()
+        for _ in range(MAX_ENDS):
+            later = [x for x in (tp.next_expiry(t), self.compiler.at(t).acls(tenant).until) if x is not None]
+            if not left or not later:
+                break
+            t = min(later)
+            then = self.compiler.at(t)
+            for kind, n in sorted(left):
+                if not _sees(then, kind, n, tenant, ids):
+                    out[(kind, n)] = t
+                    left.discard((kind, n))
         return out
 
     def lint(self, tenant: str) -> list[dict[str, Any]]:

@@ -256,12 +256,13 @@ def explain(ctx, external_id, as_user, tenant, as_json) -> None:
 @json_opt
 @click.pass_context
 def who_can_see(ctx, external_id, tenant, as_json) -> None:
-    """The users (through groups too), groups and roles that can read a row or a whole document."""
+    """The users (through groups too), groups and roles that can read a row or a whole document now (each with the end an expiry puts to it)."""
     with store(ctx, catalog_only=True) as rag:
         rag.sync()
         rag.access.check_tenant_known(tenant)
-        data = rag.who_can_see(external_id, tenant)
-        emit(as_json, data, lambda: click.echo("\n".join(f"{k}: {', '.join(v) or '(none)'}" for k, v in data.items())))
+        found = rag.who_can_see(external_id, tenant)
+        data = {k: [h.to_json() for h in v] for k, v in found.items()}
+        emit(as_json, data, lambda: click.echo("\n".join(f"{k}: {', '.join(h.shown() for h in v) or '(none)'}" for k, v in found.items())))
 
 
 @main.command(cls=StoreCommand)
