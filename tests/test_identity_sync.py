@@ -224,6 +224,10 @@ def test_users_and_groups_in_separate_files_resolve_across_files(tmp_path) -> No
     rag = PermRAG.open(home, catalog_only=True)
     assert rag.can_read("u2", "plan") and rag.identity.labels()["group:g2"] == "platform"
     rag.close()
+    r = run_cli(home, "group", "list")
+    assert r.exit_code == 0 and "g1 (engineering): 2 members" in r.output and "g2 (platform): 1 members" in r.output, r.output
+    r = run_cli(home, "group", "list", "--json")
+    assert {d["group"]: d["label"] for d in json.loads(r.output)} == {"g1": "engineering", "g2": "platform"}
     r = run_cli(home, "identity", "sync", str(groups))  # alone, the groups file references users it does not hold
     assert r.exit_code == 1 and "Traceback" not in r.output and "references 'u1'" in r.output, r.output
 
