@@ -253,7 +253,7 @@ def test_mass_removal_is_refused_unless_allowed(store, tmp_path) -> None:
     rag.close()
 
 
-@pytest.mark.parametrize("deny", ["rule", "document", "folder"])
+@pytest.mark.parametrize("deny", ["rule", "document", "folder", "role-acl", "nested"])
 def test_emptying_a_deny_group_is_refused(store, tmp_path, deny) -> None:
     rag = open_store(store)
     rag.policy.add_role("base")
@@ -269,15 +269,24 @@ def test_emptying_a_deny_group_is_refused(store, tmp_path, deny) -> None:
         rag.identity.assign_group("g-ext", "no-fin")
     elif deny == "document":
         rag.update_metadata("books", acl={"folder": "/fin", "deny": ["group:g-ext"]})
+    elif deny == "role-acl":  # a deny ACL entry naming a role the group holds
+        rag.policy.add_role("external")
+        rag.identity.assign_group("g-ext", "external")
+        rag.update_metadata("books", acl={"folder": "/fin", "deny": ["role:external"]})
+    elif deny == "nested":  # the deny names a group above g-ext: g-ext's members hold it through g-ext
+        rag.identity.sync(write(tmp_path / "v1b.json", listing(people + [staff, group("g-ext", "contractors", "u8", "u9"), group("g-out", "outsiders", "g-ext")])))
+        rag.identity.set_folder_acl("/fin", deny=["group:g-out"])
     else:
         rag.identity.set_folder_acl("/fin", deny=["group:g-ext"])
     assert not rag.can_read("u9", "books")
     v = rag.policy_version
-    dropped = write(tmp_path / "v2.json", listing(people + [staff, group("g-ext", "contractors")]))  # 2 of 12 memberships
-    with pytest.raises(MassRemovalError, match=r"every member of group:g-ext \(contractors\), which hold"):
+    outsiders = [group("g-out", "outsiders", "g-ext")] if deny == "nested" else []
+    dropped = write(tmp_path / "v2.json", listing(people + [staff, group("g-ext", "contractors"), *outsiders]))  # 2 of 12 (13) memberships
+    with pytest.raises(MassRemovalError, match=r"every member of group:g-ext \(contractors\)(, group:g-out \(outsiders\))?, which hold") as err:
         rag.identity.sync(dropped)
+    assert "(2 removed, 0 added" in str(err.value)
     assert rag.policy_version == v and not rag.can_read("u9", "books")
-    assert rag.identity.sync(dropped, dry_run=True).emptied_deny_groups == ("g-ext",)
+    assert rag.identity.sync(dropped, dry_run=True).emptied_deny_groups == (("g-ext", "g-out") if deny == "nested" else ("g-ext",))
     assert rag.identity.sync(dropped, allow_mass_removal=True).applied and rag.can_read("u9", "books")
     rag.close()
 
