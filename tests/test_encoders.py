@@ -133,6 +133,18 @@ def test_encoding_from_threads_gives_the_same_vectors(minilm) -> None:
         assert np.allclose(got[i], expected[i::4], atol=1e-5)
 
 
+def test_a_short_batch_and_a_long_one_give_the_same_vectors(minilm) -> None:
+    """A query's few tokens multiply in numpy's own loops, a long batch with
+    BLAS: the same vector either way."""
+    from permrag.embed import minilm as minilm_module
+
+    short = SENTENCES[:6]
+    alone = minilm.encode(short)
+    assert len(short) * max(len(minilm._load().tokenizer.encode(s).ids) for s in short) <= minilm_module._SMALL_BATCH
+    in_long = minilm.encode([SENTENCES[-1]] + short)[1:]  # padded to 256 tokens: past the small-batch size
+    assert np.allclose(alone, in_long, atol=1e-5)
+
+
 DOCS = [{"external_id": f"d{i}", "text": s, "attrs": {"team": "a" if i % 2 else "b"}} for i, s in enumerate(SENTENCES[:17])]
 
 

@@ -34,6 +34,11 @@ _FILES = ("config.json", "tokenizer.json", "model.safetensors")
 # Abramowitz & Stegun 7.1.26: erf to 1.5e-7, numpy has no erf of its own
 _ERF = (0.3275911, 0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
 _GELU_BLOCK = 16_384  # elements per step: the temporaries stay in the CPU cache
+# a batch of at most this many tokens (a query) multiplies with numpy's own
+# loops (einsum), not BLAS: products this small gain nothing from BLAS's
+# threads, and waking them costs tens to hundreds of milliseconds on a busy
+# machine (a process-wide thread limit is no fix: searches run in threads)
+_SMALL_BATCH = 256
 
 
 def packaged_minilm_path() -> str | None:
@@ -75,6 +80,11 @@ def _gelu_inplace(x: np.ndarray) -> None:
         v *= y
 
 
+def _linear(x: np.ndarray, w: np.ndarray, small: bool) -> np.ndarray:
+    """``x @ w``; ``w`` is an ``(in, out)`` view of an ``(out, in)`` matrix."""
+    return np.einsum("ij,kj->ik", x, w.T) if small else x @ w
+
+
 def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
     x = x - x.mean(-1, keepdims=True)
     var = (x * x).mean(-1, keepdims=True)
@@ -100,29 +110,41 @@ class BertModel:
         self.max_length = min(max_length, int(cfg["max_position_embeddings"]))
         raw = load_file(os.path.join(path, "model.safetensors"))
         self.w = self._weights({k.removeprefix("bert."): v for k, v in raw.items()})
-        # the tokenizer counts tokens for chunking: no truncation, no padding
-        self.tokenizer = Tokenizer.from_file(os.path.join(path, "tokenizer.json"))
-        self.tokenizer.no_truncation()
-        self.tokenizer.no_padding()
-        self._batcher = Tokenizer.from_file(os.path.join(path, "tokenizer.json"))
+        self._tokenizer_file = os.path.join(path, "tokenizer.json")
+        self._counter: Tokenizer | None = None
+        self._batcher = Tokenizer.from_file(self._tokenizer_file)
         self._batcher.enable_truncation(self.max_length)
         self._batcher.enable_padding(pad_id=int(cfg.get("pad_token_id", 0)))
 
+    @property
+    def tokenizer(self):
+        """The model's tokenizer without truncation or padding: it counts tokens for chunking."""
+        if self._counter is None:
+            from tokenizers import Tokenizer
+
+            counter = Tokenizer.from_file(self._tokenizer_file)
+            counter.no_truncation()
+            counter.no_padding()
+            self._counter = counter
+        return self._counter
+
     def _weights(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Matrices transposed for ``x @ W``; query, key and value in one product."""
-        w = {k: np.ascontiguousarray(v.T if v.ndim == 2 and ".dense." in k else v, dtype=np.float32) for k, v in raw.items() if k != "embeddings.position_ids"}
+        """Linear layers as ``(in, out)`` views for ``x @ W`` (BLAS reads the
+        transpose without a copy); query, key and value in one product."""
+        w = {k: (v.T if v.ndim == 2 and ".dense." in k else v) for k, v in raw.items() if k != "embeddings.position_ids"}
         for i in range(self.layers):
             p = f"encoder.layer.{i}.attention.self."
-            parts = [raw[f"{p}{n}.weight"].T for n in ("query", "key", "value")]
-            w[f"{p}qkv.weight"] = np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float32)
-            w[f"{p}qkv.bias"] = np.concatenate([raw[f"{p}{n}.bias"] for n in ("query", "key", "value")]).astype(np.float32)
+            w[f"{p}qkv.weight"] = np.concatenate([raw[f"{p}{n}.weight"] for n in ("query", "key", "value")]).T
+            w[f"{p}qkv.bias"] = np.concatenate([raw[f"{p}{n}.bias"] for n in ("query", "key", "value")])
+        if any(v.dtype != np.float32 for v in w.values()):
+            raise ConfigError("the model's weights are not float32")
         return w
 
-    def _layer(self, x: np.ndarray, i: int, bias: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    def _layer(self, x: np.ndarray, i: int, bias: np.ndarray, shape: tuple[int, int], small: bool) -> np.ndarray:
         w, p = self.w, f"encoder.layer.{i}."
         b, n = shape
         h, d = self.heads, self.dim // self.heads
-        qkv = x @ w[p + "attention.self.qkv.weight"]
+        qkv = _linear(x, w[p + "attention.self.qkv.weight"], small)
         qkv += w[p + "attention.self.qkv.bias"]
         q, k, v = qkv.reshape(b, n, 3, h, d).transpose(2, 0, 3, 1, 4)
         s = q @ k.transpose(0, 1, 3, 2)
@@ -132,14 +154,14 @@ class BertModel:
         np.exp(s, out=s)
         s /= s.sum(-1, keepdims=True)
         ctx = (s @ v).transpose(0, 2, 1, 3).reshape(b * n, self.dim)
-        a = ctx @ w[p + "attention.output.dense.weight"]
+        a = _linear(ctx, w[p + "attention.output.dense.weight"], small)
         a += w[p + "attention.output.dense.bias"]
         a += x
         x = _layer_norm(a, w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"], self.eps)
-        inner = x @ w[p + "intermediate.dense.weight"]
+        inner = _linear(x, w[p + "intermediate.dense.weight"], small)
         inner += w[p + "intermediate.dense.bias"]
         _gelu_inplace(inner)
-        out = inner @ w[p + "output.dense.weight"]
+        out = _linear(inner, w[p + "output.dense.weight"], small)
         out += w[p + "output.dense.bias"]
         out += x
         return _layer_norm(out, w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"], self.eps)
@@ -149,13 +171,17 @@ class BertModel:
         encs = self._batcher.encode_batch(texts)
         ids = np.array([e.ids for e in encs], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encs], dtype=np.float32)
+        return self._forward(ids, mask)
+
+    def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         b, n = ids.shape
+        small = ids.size <= _SMALL_BATCH
         w = self.w
         x = w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][:n] + w["embeddings.token_type_embeddings.weight"][0]
         x = _layer_norm(x.reshape(b * n, self.dim), w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], self.eps)
         bias = ((1.0 - mask) * np.float32(-1e9))[:, None, None, :]  # padding gets no attention
         for i in range(self.layers):
-            x = self._layer(x, i, bias, (b, n))
+            x = self._layer(x, i, bias, (b, n), small)
         x = x.reshape(b, n, self.dim) * mask[:, :, None]
         return x.sum(1) / np.maximum(mask.sum(1, keepdims=True), 1e-9)
 
