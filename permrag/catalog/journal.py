@@ -335,11 +335,13 @@ class Journal:
         document follows a replaced source at once."""
         docs: dict[str, set[str]] = defaultdict(set)
         for r in added:
-            docs[r.tenant].update(d for d in r.derived_from if isinstance(d, str))
-        known = {t: self.index.tenant(t).sources for t in {r.tenant for r in (*added, *retired)}}
-        for r in (*added, *retired) if any(known.values()) else ():
-            named = known[r.tenant]
-            docs[r.tenant].update(d for d in (r.external_id, r.parent) if d is not None and d in named)
+            if r.derived_from:
+                docs[r.tenant].update(d for d in r.derived_from if isinstance(d, str))
+        known = {t: self.index.tenant(t).sources for t in {r.tenant for r in added} | {r.tenant for r in retired}}
+        if any(known.values()):  # some tenant has derived rows: which of their sources did this write touch?
+            for r in (*added, *retired):
+                named = known[r.tenant]
+                docs[r.tenant].update(d for d in (r.external_id, r.parent) if d is not None and d in named)
         return {t: document_rows(conn, t, ds) for t, ds in docs.items() if ds}
 
 
