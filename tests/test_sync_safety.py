@@ -301,6 +301,10 @@ def test_a_source_name_clash_is_an_error_and_changes_nothing(store, tmp_path) ->
     with pytest.raises(SourceClashError, match="as source 'docs', not 'other'"):
         store.sync_folder(one, source="other")
     assert docs(store) == before and records(store) == recs
+    from permrag.ingest.sources import sources
+
+    assert store.sync_folder(two, source="docs-y", dry_run=True).added == ["docs-y/b.txt"]
+    assert [s.name for s in sources(store.catalog.engine, "default")] == ["docs"]  # a dry run records no source
     assert store.sync_folder(two, source="docs-y").added == ["docs-y/b.txt"]
     assert store.sync_folder(two).unchanged == 1  # the folder keeps its recorded name
     assert store.sync_folder(two, tenant="t2").added == ["docs/b.txt"]  # names are per tenant
