@@ -84,12 +84,15 @@ def test_can_read_is_audited_as_a_check(store) -> None:
     assert got == [("dave", "pub-1", True, v), ("dave", "sec-1", False, v), ("dave", "no-such", False, v)]
 
 
-def test_a_refused_fetch_is_audited(store) -> None:
+def test_a_refused_fetch_or_similar_is_audited(store) -> None:
     for ext in ("sec-1", "no-such"):
         with pytest.raises(NotReadableError):
             store.fetch(ext, user="dave")
-    got = [(e["external_id"], e["refused"], e["rows"]) for e in reversed(events(store, "fetch"))]
-    assert got == [("sec-1", True, []), ("no-such", True, [])]
+        with pytest.raises(NotReadableError):
+            store.similar(ext, user="dave")
+    for kind in ("fetch", "similar"):
+        got = [(e["user"], e["external_id"], e["refused"], e["rows"]) for e in reversed(events(store, kind))]
+        assert got == [("dave", "sec-1", True, []), ("dave", "no-such", True, [])], kind
 
 
 def test_mcp_refused_fetch_and_can_read_are_audited(store) -> None:

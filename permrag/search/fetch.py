@@ -11,19 +11,28 @@ a refused one too (``refused: true``, no rows).
 
 from __future__ import annotations
 
-from ..catalog import DocumentRecord
+from ..access import Snapshot
+from ..catalog import DocumentRecord, RowRecord
 from ..errors import BackendError, NotReadableError
 from ..results import Hit, Hits
 from .engine import Searcher
 
 
+def readable(searcher: Searcher, event: str, external_id: str, user: str, tenant: str, snap: Snapshot) -> RowRecord | DocumentRecord:
+    """The row or document ``user`` may read, else :class:`NotReadableError` —
+    the refusal written to the audit log as ``event`` with ``refused: true``
+    (a probe for hidden documents leaves a trace)."""
+    rec = searcher.access.readable(user, external_id, tenant, snapshot=snap, quiet=True)
+    if rec is None:
+        searcher.audit.record(event, user, tenant, snap.policy_version, {"external_id": external_id, "rows": [], "refused": True})
+        raise NotReadableError(f"no row {external_id!r} that {user!r} may read in tenant {tenant!r}")
+    return rec
+
+
 def fetch(searcher: Searcher, external_id: str, *, user: str, tenant: str) -> Hits:
     """The rows of ``external_id`` (one row, or a document's chunks in order), each stamped with the policy version."""
     snap = searcher.access.snapshot(user, tenant)
-    rec = searcher.access.readable(user, external_id, tenant, snapshot=snap, quiet=True)
-    if rec is None:  # refused reads are audited too: a probe for hidden documents leaves a trace
-        searcher.audit.record("fetch", user, tenant, snap.policy_version, {"external_id": external_id, "rows": [], "refused": True})
-        raise NotReadableError(f"no row {external_id!r} that {user!r} may read in tenant {tenant!r}")
+    rec = readable(searcher, "fetch", external_id, user, tenant, snap)
     rows = list(rec.chunks) if isinstance(rec, DocumentRecord) else [rec]
     ex = searcher.executor(tenant)
     texts = ex.backend.texts(ex.tenant_no, [r.row_id for r in rows]) if ex else {}

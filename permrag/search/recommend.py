@@ -21,6 +21,7 @@ from ..errors import ArgumentError, BackendError
 from ..names import as_list
 from ..results import Hits
 from .engine import Searcher, check_k
+from .fetch import readable
 
 
 def recommend(searcher: Searcher, vectors: Any, users: Sequence[str], *, tenant: str, k: int = 10) -> dict[str, Hits]:
@@ -59,8 +60,8 @@ def similar(searcher: Searcher, external_id: str, *, user: str, tenant: str, k: 
     """Rows like ``external_id`` (a row or a whole document) that ``user`` may read, the seed excluded."""
     check_k(k)
     snap = searcher.access.snapshot(user, tenant)
-    seed = searcher.access.readable(user, external_id, tenant, snapshot=snap)
-    ids = seed.row_ids if isinstance(seed, DocumentRecord) else [seed.row_id] if seed is not None else []
+    seed = readable(searcher, "similar", external_id, user, tenant, snap)
+    ids = seed.row_ids if isinstance(seed, DocumentRecord) else [seed.row_id]
     ex = searcher.executor(tenant)
     got = [ex.backend.vector(ex.tenant_no, i) for i in ids] if ex else []
     found = [v for v in got if v is not None]
