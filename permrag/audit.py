@@ -2,7 +2,7 @@
 
 Every serve leaves a record (``event``): ``search`` (searches, retrieval,
 recommendations and ``similar``), ``fetch`` (a document read; a refused one
-with ``refused: true`` and no rows), ``check`` (``can_read``, the library's
+with ``refused: true`` and no rows; a refused ``similar`` seed likewise), ``check`` (``can_read``, the library's
 and the agent tools', with the answer), ``wrapped-search`` (an answer of a
 LangChain or LlamaIndex ``permissioned()`` wrapper: the retriever and the
 external ids served) and ``warm`` (a process starting to serve).
