@@ -288,6 +288,9 @@ def test_cli_listings_show_ends_and_hide_expired(cli, tmp_path) -> None:
     assert shown["roles"] == [{"name": "analyst", "expires_at": "2999-01-01T00:00:00Z"}]
     assert shown["groups"] == [{"name": "eng", "expires_at": "2999-01-01T00:00:00Z"}]
     assert "groups eng (until 2999-01-01T00:00:00Z)" in run("user", "show", "bob")
+    users = {d["user"]: d["roles"] for d in json.loads(run("user", "list", "--json"))}
+    assert users["bob"] == [{"name": "analyst", "expires_at": "2999-01-01T00:00:00Z"}] and users["alice"] == ["staff"]
+    assert "bob: analyst (until 2999-01-01T00:00:00Z)" in run("user", "list")
     seen = json.loads(run("who-can-see", "memo", "--json"))
     assert {"name": "bob", "expires_at": "2999-01-01T00:00:00Z"} in seen["users"] and "alice" in seen["users"]
     assert "bob (until 2999-01-01T00:00:00Z)" in run("who-can-see", "memo")
