@@ -153,6 +153,8 @@ def principal(value: object, error: type[PermragError] = CatalogError) -> str:
     text = check("principal", value, max_len=MAX_NAME + 6, error=error)
     for prefix in PRINCIPAL_PREFIXES:
         if text.startswith(prefix):
+            if text == prefix:
+                raise error(f"principal {text!r} names no {prefix[:-1]}: write {prefix}<{'name' if prefix == 'role:' else 'id'}>")
             check(prefix[:-1], text[len(prefix) :], error=error)
             return text
     kind = _KIND.match(text)

@@ -223,7 +223,7 @@ def test_cli_folder_acl_validates_adds_removes_and_replaces(cli) -> None:
     assert "allow group:eng; deny group:contractors; inherits" in out
     for bad in ("bogus:thing", "usr:dave", "group:"):
         err = run("folder", "acl", "/finance", "--allow", bad, code=1)
-        assert "unknown kind" in err or "is empty" in err
+        assert "unknown kind" in err or "names no group" in err
     err = run("folder", "acl", "/finance", "--deny", "group:contractor", code=1)
     assert "did you mean group:contractors?" in err and "--allow-unknown" in err
     out = run("folder", "acl", "/finance", "--allow", "user:alice")  # adds: nothing else is dropped
