@@ -159,3 +159,22 @@ def test_a_summary_of_a_chunk_follows_its_document(store) -> None:
     assert store.rows([gid])[0].derived_from == ("long",)  # the document, not the chunk
     store.add_documents([{"external_id": "long", "text": "now one chunk", "acl": {"allow": ["user:ann"]}}], replace=True)
     assert gid in store.visible("ann")
+
+
+def test_a_store_with_row_id_lineage_opens_and_reads_as_before(tmp_path) -> None:
+    """Stores written before keep row IDs in derived_from: read as they are."""
+    import sqlalchemy as sa
+
+    from permrag import db
+
+    home = tmp_path / "h"
+    with PermRAG.open(home, catalog_only=True) as rag:
+        (src,) = rag.add_documents([{"external_id": "src", "acl": {"allow": ["user:ann"]}}])
+        (gid,) = rag.add_documents([{"external_id": "sum", "derived_from": ["src"]}])
+        with rag.catalog.engine.begin() as conn:  # as an older release wrote it
+            conn.execute(sa.update(db.rows).where(db.rows.c.row_id == gid).values(derived_from=[src]))
+    with PermRAG.open(home, catalog_only=True) as rag:
+        assert rag.rows([gid])[0].derived_from == (src,)
+        assert gid in rag.visible("ann") and rag.explain("ann", "sum").visible
+        rag.update_metadata("src", acl={"allow": ["user:ann", "user:bo"]})  # new row IDs: that lineage cannot follow
+        assert gid not in rag.visible("ann") and rag.explain("ann", "sum").missing_sources == 1
