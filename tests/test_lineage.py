@@ -161,8 +161,9 @@ def test_a_summary_of_a_chunk_follows_its_document(store) -> None:
     assert gid in store.visible("ann")
 
 
-def test_a_store_with_row_id_lineage_opens_and_reads_as_before(tmp_path) -> None:
-    """Stores written before keep row IDs in derived_from: read as they are."""
+def test_a_store_with_row_id_lineage_is_read_by_name_once_opened(tmp_path) -> None:
+    """Stores written by older releases keep row IDs in derived_from: a live
+    source row is read by its name (a chunk by its document), a gone one stays gone."""
     import sqlalchemy as sa
 
     from permrag import db
@@ -170,11 +171,15 @@ def test_a_store_with_row_id_lineage_opens_and_reads_as_before(tmp_path) -> None
     home = tmp_path / "h"
     with PermRAG.open(home, catalog_only=True) as rag:
         (src,) = rag.add_documents([{"external_id": "src", "acl": {"allow": ["user:ann"]}}])
-        (gid,) = rag.add_documents([{"external_id": "sum", "derived_from": ["src"]}])
-        with rag.catalog.engine.begin() as conn:  # as an older release wrote it
+        (old,) = rag.add_documents([{"external_id": "old", "acl": {"allow": ["user:ann"]}}])
+        (gid, gone) = rag.add_documents([{"external_id": "sum", "derived_from": ["src"]}, {"external_id": "sum2", "derived_from": ["src", "old"]}])
+        rag.update_metadata("old", acl={"allow": ["user:ann", "user:bo"]})  # "old" gets a new row ID before the upgrade
+        with rag.catalog.engine.begin() as conn:  # as an older release wrote them
             conn.execute(sa.update(db.rows).where(db.rows.c.row_id == gid).values(derived_from=[src]))
+            conn.execute(sa.update(db.rows).where(db.rows.c.row_id == gone).values(derived_from=[src, old]))
     with PermRAG.open(home, catalog_only=True) as rag:
         assert rag.rows([gid])[0].derived_from == (src,)
         assert gid in rag.visible("ann") and rag.explain("ann", "sum").visible
-        rag.update_metadata("src", acl={"allow": ["user:ann", "user:bo"]})  # new row IDs: that lineage cannot follow
-        assert gid not in rag.visible("ann") and rag.explain("ann", "sum").missing_sources == 1
+        assert gone not in rag.visible("ann") and rag.explain("ann", "sum2").missing_sources == 1  # its row ID was gone already
+        rag.update_metadata("src", acl={"allow": ["user:bo"]})  # new row IDs: followed by name
+        assert gid not in rag.visible("ann") and gid in rag.visible("bo")

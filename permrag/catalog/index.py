@@ -26,7 +26,7 @@ from .. import db, direct
 from ..names import attr_pairs
 from .bitmaps import GONE
 from .layered import Layered
-from .rows import RowRecord, document_rows, split_attrs
+from .rows import RowRecord, chunk_no, document_rows, split_attrs
 
 TENANT_ROWS = ("", "")  # index key of "every live row of the tenant"
 CLASS_ATTR = "#class"  # index keys ("#class", "<id>"): rows of one visibility class
@@ -118,6 +118,9 @@ class AttrIndex:
             select(t.row_id, t.tenant, t.derived_from).where(t.derived_from.is_not(None), t.state == "live")
         ):
             derived[tenant].append((int(rid), tuple(s if isinstance(s, str) else int(s) for s in src)))
+        named = _names_of(conn, {s for rows in derived.values() for _, src in rows for s in src if isinstance(s, int)})
+        for rows in derived.values() if named else ():
+            rows[:] = [(rid, tuple(dict.fromkeys(named.get(s, s) if isinstance(s, int) else s for s in src))) for rid, src in rows]
         tenants = {}
         for tenant in set(raw) | set(derived):
             idx = _build(raw.get(tenant, {}))
@@ -268,6 +271,19 @@ def _resolve(rid: int, lineage: tuple[str | int, ...], rows: Mapping[str, Frozen
             out.add(GONE)
     out.discard(rid)
     return tuple(sorted(out))
+
+
+def _names_of(conn: Connection, row_ids: set[int]) -> dict[int, str]:
+    """Older stores' lineage by row ID, read by name from now on: each live
+    source row → its external id (a chunk → its document), so that the
+    source's next replace keeps the derived row. A source row gone already
+    stays a row ID (never visible)."""
+    t = db.rows.c
+    out: dict[int, str] = {}
+    for part in db.chunks(sorted(row_ids)):
+        for rid, ext, parent in conn.execute(select(t.row_id, t.external_id, t.parent).where(t.row_id.in_(list(part)), t.state == "live")):
+            out[int(rid)] = parent if parent and ext == f"{parent}#{chunk_no(ext)}" else ext
+    return out
 
 
 def _frozen(attrs: dict[str, Mapping[str, FrozenBitMap]]) -> Mapping[str, Mapping[str, FrozenBitMap]]:

@@ -11,9 +11,9 @@ external ids (of a row or a whole document), never row IDs, so that
 replacing a source (a re-ingest, a metadata or ACL update, a regroup — each
 gives it new row IDs) keeps its derived rows; the index resolves each name
 to its live rows (the row of that id and the rows whose parent it is, as a
-``doc:`` selector does; catalog/index.py). Stores written before hold row IDs there (ints):
-those are read as they are, and such a row is readable only while those
-exact rows live.
+``doc:`` selector does; catalog/index.py). Stores written before hold row
+IDs there (ints): the index reads each one still live as its external id (a
+chunk as its document) from the next open on, and one gone already as gone.
 """
 
 from __future__ import annotations

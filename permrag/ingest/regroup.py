@@ -161,9 +161,9 @@ class _Mover:
         self.pending_rows = 0
 
     def _sources(self) -> set[int]:
-        """Row IDs that live derived rows of older stores name as sources (lineage
-        by row ID: moving them would orphan those rows; lineage by document
-        follows a move)."""
+        """Row IDs that live derived rows of older stores name as sources: the
+        index reads them by name once opened, but a process of an older
+        release sharing the store would not (lineage by name follows a move)."""
         t = db.rows.c
         out: set[int] = set()
         with db.reading(self.catalog.engine, "reading derived rows") as conn:
