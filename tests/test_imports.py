@@ -1,6 +1,16 @@
 import permrag
 
 EXPECTED = {
+    "AmbiguousNameError",
+    "IdentityFileError",
+    "MassDeleteError",
+    "MassRemovalError",
+    "NoStoreError",
+    "RepointError",
+    "SourceClashError",
+    "StoreLockedError",
+    "SyncError",
+    "UnknownPrincipalError",
     "AccessDeniedError",
     "ArgumentError",
     "DocumentRecord",
