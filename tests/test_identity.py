@@ -26,7 +26,7 @@ from permrag.errors import IdentityFileError, PermragError, PolicyError
 from permrag.policy.directory import Directory
 from tests.conftest import milvus_ids
 
-DATA = Path(__file__).parent / "data" / "identity"
+DATA = Path(__file__).resolve().parents[1] / "policies" / "identity"  # the example exports the docs use
 
 
 class Clock:
