@@ -92,28 +92,36 @@ class Executor:
             dense = self.run(plan, snap, "dense", vectors, texts, n)
             keyword = self.run(plan, snap, "keyword", vectors, texts, n)
             return [fuse(d, s, k, fusion, weights) for d, s in zip(dense, keyword)]
-        in_process = getattr(plan, "strategy", None) == IN_PROCESS
         if mode == "dense" and vectors is not None and isinstance(plan, (Filter, AllowAll)) and self.local is not None and self._local_ready(plan, snap):
-            # Milvus must answer, and still hold the collection, even when every row is
-            # read back already: a search while the backend is down raises, on either path;
-            # a dropped collection goes the Milvus way. The question runs beside the
-            # ranking (search/probe.py) and its answer is awaited before anything returns.
-            held = held or ask(self.backend.has_tenant, self.tenant_no)
-            try:
-                ranked, failed = self._local(self.local, plan, snap, vectors, k), None
-            except Exception as exc:  # (a read-back from a collection dropped meanwhile: the Milvus way)
-                ranked, failed = None, exc
-            exists = held.result()  # raises what has_tenant raised (the backend is down)
-            if failed is not None and exists:
-                raise failed
-            if exists and ranked is not None:
-                return ranked  # (None: a background-read set left the cache meanwhile; Milvus answers)
-        if in_process:
+            ranked = self._ranked_here(self.local, plan, snap, vectors, k, held)
+            if ranked is not None:
+                return ranked  # (None: the collection is gone, or a background-read set left the cache meanwhile: Milvus answers)
+        if getattr(plan, "strategy", None) == IN_PROCESS:
             # planned for in-process ranking (search/engine.py), so there is no filter to
             # give Milvus: the collection is gone (nothing to find) or the set can't be ranked here
             if mode == "dense" and vectors is not None and self.local is not None and self.local.takes(plan.visible, self.backend):
                 return [[] for _ in texts]
             raise RuntimeError("an in-process plan reached the Milvus path")  # never: engine.py plans it only for dense searches ranked here
+        return self._milvus(plan, snap, mode, vectors, texts, k)
+
+    def _ranked_here(self, local: LocalRanker, plan: Filter | AllowAll, snap: Snapshot, vectors: np.ndarray, k: int, held: Future | None) -> list[list[RawHit]] | None:
+        """The dense top-k ranked in process, once Milvus has said it still holds the
+        collection: a search while the backend is down raises on either path, and a
+        dropped collection goes the Milvus way. The question runs beside the ranking
+        (search/probe.py) and its answer is awaited before anything returns."""
+        held = held or ask(self.backend.has_tenant, self.tenant_no)
+        try:
+            ranked, failed = self._local(local, plan, snap, vectors, k), None
+        except Exception as exc:  # (a read-back from a collection dropped meanwhile: the Milvus way)
+            ranked, failed = None, exc
+        exists = held.result()  # raises what has_tenant raised (the backend is down)
+        if failed is not None and exists:
+            raise failed
+        return ranked if exists else None
+
+    def _milvus(self, plan: Plan, snap: Snapshot, mode: str, vectors: np.ndarray | None, texts: Sequence[str], k: int) -> list[list[RawHit]]:
+        """Verified top-k per query from Milvus under the plan's filter, over-fetching
+        until k verified rows are found, the filter runs out, or ties are settled."""
         results: list[list[RawHit] | None] = [None] * len(texts)
         pending = list(range(len(texts)))
         # One row past what the plan needs: when it scores below the k-th,
