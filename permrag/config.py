@@ -230,8 +230,12 @@ def ensure_home(settings: Settings, *, create: bool = True) -> None:
         if not create:
             raise ConfigError(f"home {str(home)!r} does not exist; run `permrag init` first")
         try:
-            home.mkdir(parents=True, mode=PRIVATE_DIR)
+            home.parent.mkdir(parents=True, exist_ok=True)
+            home.mkdir(mode=PRIVATE_DIR)
             os.chmod(home, PRIVATE_DIR)  # whatever the umask: the home holds documents, the audit log and token hashes
+        except FileExistsError:  # another process made it this moment (with the same mode)
+            if not home.is_dir():
+                raise ConfigError(f"home {str(home)!r} exists and is not a folder") from None
         except OSError as exc:
             raise ConfigError(f"cannot create home {str(home)!r}: {exc}") from exc
 
