@@ -314,3 +314,17 @@ def test_an_unusable_model_folder_is_one_clear_error(tmp_path, minilm) -> None:
     good = tmp_path / "good"
     shutil.copytree(src, good)
     assert np.allclose(MiniLMEncoder(str(good)).encode(["x"]), minilm.encode(["x"]), atol=1e-6)
+
+
+def test_a_large_batch_goes_to_torch_when_installed_with_the_same_vectors(minilm, reference) -> None:
+    """An ingest-sized encode takes sentence-transformers' faster path when torch
+    is installed; its vectors are the numpy path's (the store cannot tell)."""
+    from permrag.embed import minilm as minilm_module
+
+    texts = [f"{SENTENCES[i % 12][:60]} (item {i})" for i in range(minilm_module.BULK_TEXTS + 4)]
+    enc = MiniLMEncoder()
+    bulk = enc.encode(texts)
+    assert enc._bulk is not None  # torch is installed in the test environment (the dev extra)
+    numpy_path = np.vstack([enc.encode(texts[i : i + 100]) for i in range(0, len(texts), 100)])
+    assert ((bulk * numpy_path).sum(axis=1)).min() >= 0.999
+    assert MiniLMEncoder().encode(texts[:5]).shape == (5, 384)  # a query-sized call stays on numpy
