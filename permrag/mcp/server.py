@@ -20,6 +20,7 @@ external ids and the policy version it was computed under.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Annotated, Any, Callable, Literal
 
 from mcp.server.auth.provider import TokenVerifier
@@ -159,16 +160,22 @@ def _result(text: str, structured: BaseModel) -> CallToolResult:
 def serve(rag: Any, *, transport: str = "stdio", host: str = "127.0.0.1", port: int = 8000, **options: Any) -> None:
     """Run :func:`build_server` until interrupted: ``stdio``, or ``http`` (streamable HTTP at ``/mcp``)."""
     server = build_server(rag, issuer_url=f"http://{host}:{port}", **options)
+    if transport not in ("stdio", "http"):
+        raise ConfigError(f"transport must be 'stdio' or 'http', not {transport!r}")
+    # The store warms (encoder loaded, a bound user's rows read back) beside the
+    # server, not before it: a client is answered at once, and a tool call that
+    # comes first simply does what warming would have done.
+    threading.Thread(target=_warm, args=(rag, options.get("principal")), name="permrag-mcp-warm", daemon=True).start()
+    if transport == "stdio":
+        server.run("stdio")
+    else:
+        server.run("streamable-http", host=host, port=port)
+
+
+def _warm(rag: Any, fixed: Principal | None) -> None:
     try:
-        # the first tool call answers at warm speed (benchmarks/bench_coldstart.py);
-        # a server bound to one principal (--as) also reads back that user's rows
-        fixed = options.get("principal")
         rag.warm(**({"users": [fixed.user], "tenant": fixed.tenant} if fixed is not None else {}))
     except BackendError as exc:  # served anyway: each search raises until Milvus answers
         log.warning("warming the store failed: %s", exc)
-    if transport == "stdio":
-        server.run("stdio")
-    elif transport == "http":
-        server.run("streamable-http", host=host, port=port)
-    else:
-        raise ConfigError(f"transport must be 'stdio' or 'http', not {transport!r}")
+    except Exception:  # a closed store (the server stopped first), or anything else: warming is only a head start
+        log.debug("warming the store stopped", exc_info=True)
