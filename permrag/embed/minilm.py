@@ -44,6 +44,7 @@ _SMALL_BATCH = 256
 # same name, about twice as fast on large batches, and loading torch (seconds)
 # pays off only there; a query never imports it
 BULK_TEXTS = 256
+BULK_AFTER = 8  # once torch is loaded, any batch this large goes there too (an ingest's last slice)
 
 
 def packaged_minilm_path() -> str | None:
@@ -228,7 +229,7 @@ class MiniLMEncoder(LazyModel):
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         model = self._load()
         texts = list(texts)
-        if len(texts) >= BULK_TEXTS and _torch_installed():
+        if (len(texts) >= BULK_TEXTS or (self._bulk is not None and len(texts) >= BULK_AFTER)) and _torch_installed():
             return self._bulk_encode(texts)
         out = np.empty((len(texts), model.dim), dtype=np.float32)
         # longest first, as sentence-transformers does: a batch pads to its longest text
