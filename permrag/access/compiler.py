@@ -181,8 +181,8 @@ class Compiler:
                 return now
             self._drop_tenant(tenant)
         acls = self._acls.get(tenant)
-        if acls is not None and acls.until is not None and acls.until <= now:
-            self._drop_tenant(tenant)
+        if acls is not None and ((acls.until is not None and acls.until <= now) or acls.stale(self.policy.tenant(tenant))):
+            self._drop_tenant(tenant)  # an entry expired, or a deny by label now names other ids (a rename)
             acls = None
         if acls is None:
             acls = self._acls[tenant] = TenantAcls.build(self.catalog.tenant(tenant), self.policy.tenant(tenant), now)

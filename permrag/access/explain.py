@@ -17,7 +17,7 @@ from ..catalog.bitmaps import GONE
 from ..names import show_time
 from ..policy import TenantPolicy, parse_selector
 from ..policy.model import GROUP_PREFIX, ROLE_PREFIX, USER_PREFIX
-from .acls import effective_folder
+from .acls import effective_folder, label_denies
 
 
 @dataclass(frozen=True)
@@ -209,6 +209,7 @@ def explain_row(
     if len(reach) == 1 and not any(e.principal == USER_PREFIX + user for e in entries):
         return Explanation(**base, visible=False, decision="unknown-user")
     roles = sorted((k for k in reach if k.startswith(ROLE_PREFIX)), key=lambda k: (len(reach[k].path), k))
+    by_label = label_denies(tp, {e.principal for e in entries if e.effect == "deny"})
 
     def first(effect: str) -> Explanation | None:
         found: list[tuple[int, int, Explanation]] = []
@@ -221,8 +222,9 @@ def explain_row(
                     found.append((len(reach[key].path), 1, Explanation(**base, visible=effect == "allow", decision=effect, path=reach[key].path, rule=rule, expires_at=_sooner(reach[key].expires_at, t))))
                     break
         for e in entries:
-            if e.effect == effect and e.principal in reach:
-                r = reach[e.principal]
+            # a deny naming a label (no such id) holds for the ids so labelled, as in the compiler (access/acls.py)
+            keys = (e.principal, *(by_label.get(e.principal, ()) if effect == "deny" else ()))
+            for r in (reach[k] for k in keys if e.effect == effect and k in reach):
                 found.append((len(r.path), 0, Explanation(**base, visible=effect == "allow", decision=effect, path=r.path, rule=e, expires_at=_sooner(r.expires_at, e.expires_at))))
         return min(found, key=lambda f: (f[0], f[1]))[2] if found else None
 
