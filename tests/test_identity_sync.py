@@ -342,14 +342,19 @@ export_st = st.fixed_dictionaries({
 
 
 def scim_files(tmp: Path, n: int, e: dict) -> list[Path]:
-    res = [user(u, label, active) for u, (label, active) in sorted(e["users"].items())]
+    """A /Users listing and a /Groups listing, each in ``pages`` pages."""
+    users = [user(u, label, active) for u, (label, active) in sorted(e["users"].items())]
+    groups = []
     for g, label in sorted(e["groups"].items()):
         members = [u for u, h in sorted(e["edges"]) if h == g and u in e["users"]]
         members += [m for m, h in sorted(e["nested"]) if h == g and m in e["groups"]]
-        res.append(group(g, label, *members))
-    size = -(-len(res) // e["pages"])
-    chunks = [res[i : i + size] for i in range(0, len(res), size)]
-    return [write(tmp / f"s{n}-p{k}.json", listing(c, total=len(res), start=1 + k * size)) for k, c in enumerate(chunks)]
+        groups.append(group(g, label, *members))
+    out = []
+    for kind, res in (("u", users), ("g", groups)):
+        size = -(-len(res) // e["pages"])
+        chunks = [res[i : i + size] for i in range(0, len(res), size)]
+        out += [write(tmp / f"s{n}-{kind}{k}.json", listing(c, total=len(res), start=1 + k * size)) for k, c in enumerate(chunks)]
+    return out
 
 
 def identity_state(rag: PermRAG, tenant: str) -> tuple:
@@ -468,3 +473,112 @@ def test_cli_user_show_takes_a_label_and_says_deactivated(tmp_path) -> None:
     assert r.exit_code == 1 and "'u2', 'u3'" in r.output and "Traceback" not in r.output, r.output
     r = run_cli(home, "user", "show", "u2", "--json")
     assert r.exit_code == 0 and not json.loads(r.output)["deactivated"] and json.loads(r.output)["visible_rows"] == 1
+
+
+# ---------------------------------------------------------------------- review findings (issue 33, points 2-4)
+def deny_setup(rag: PermRAG, tmp_path: Path, deny: str) -> list[dict]:
+    """staff (u0-u5, role base: reads everything); contractors (u3) nested in external (u2 + contractors);
+    external holds a deny of ``deny``'s kind. 9 memberships."""
+    rag.policy.add_role("base")
+    rag.policy.grant("base", "*")
+    people = [user(f"u{i}", f"p{i}") for i in range(6)]
+    staff = group("g-staff", "staff", *(f"u{i}" for i in range(6)))
+    v1 = listing(people + [staff, group("contractors", "contractors", "u3"), group("external", "external", "u2", "contractors")])
+    rag.identity.sync(write(tmp_path / "v1.json", v1))
+    rag.identity.assign_group("g-staff", "base")
+    rag.add_documents([{"external_id": "books", "attrs": {"dept": "fin"}, "acl": {"folder": "/fin"}}, {"external_id": "memo"}])
+    if deny == "rule":
+        rag.policy.add_role("no-fin")
+        rag.policy.deny("no-fin", "dept:fin")
+        rag.identity.assign_group("external", "no-fin")
+    elif deny == "document":
+        rag.update_metadata("books", acl={"folder": "/fin", "deny": ["group:external"]})
+    else:
+        rag.identity.set_folder_acl("/fin", deny=["group:external"])
+    return people + [staff]
+
+
+@pytest.mark.parametrize("deny", ["document", "folder", "rule"])
+def test_un_nesting_a_group_from_a_deny_group_is_refused_per_user(store, tmp_path, deny) -> None:
+    rag = open_store(store)
+    base = deny_setup(rag, tmp_path, deny)
+    assert readable(rag, ["u2", "u3", "u4"]) == {"u2": {"memo"}, "u3": {"memo"}, "u4": {"memo", "books"}}
+    v = rag.policy_version
+    # only the edge group:contractors → external goes: 1 of 9, and external keeps a direct member
+    unnested = write(tmp_path / "v2.json", listing(base + [group("contractors", "contractors", "u3"), group("external", "external", "u2")]))
+    with pytest.raises(MassRemovalError, match=r"1 user\(s\) \(user:u3 \(p3\)\) would no longer be in group:external, which hold") as err:
+        rag.identity.sync(unnested)
+    assert "(1 removed, 0 added, 9 before)" in str(err.value)
+    assert rag.policy_version == v and readable(rag, ["u3"]) == {"u3": {"memo"}}  # nothing applied
+    dry = rag.identity.sync(unnested, dry_run=True)
+    assert dry.losing_deny == ("u3",) and not dry.emptied_deny_groups and dry.to_dict()["losing_deny"] == ["u3"]
+    # a user taken out of the deny group directly, while it keeps members: refused too
+    direct = write(tmp_path / "v3.json", listing(base + [group("contractors", "contractors", "u3"), group("external", "external", "contractors")]))
+    with pytest.raises(MassRemovalError, match=r"user:u2 \(p2\)\) would no longer be in group:external"):
+        rag.identity.sync(direct)
+    # a user moved between groups that hold no deny, or staying under the deny another way: accepted
+    moved = listing(base + [group("contractors", "contractors", "u3", "u2"), group("external", "external", "contractors")])
+    assert not rag.identity.sync(write(tmp_path / "v4.json", moved), dry_run=True).mass_removal
+    assert rag.identity.sync(unnested, allow_mass_removal=True).applied and readable(rag, ["u3"]) == {"u3": {"memo", "books"}}
+    rag.close()
+
+
+def test_the_per_user_guard_is_fast_for_20k_users_and_60k_memberships() -> None:
+    from permrag.policy.directory import Directory
+    from permrag.policy.model import Folder, TenantPolicy
+    from permrag.policy.sync import guard, plan
+
+    tp, d = TenantPolicy(), Directory()
+    for i in range(20_000):
+        d.users.add(f"u{i}")
+        for k in range(3):  # 60k memberships over 300 groups, ten of them nested in a deny group
+            d.groups.setdefault(f"g{(i * 7 + k * 101) % 300}", set()).add(f"user:u{i}")
+    d.groups["deny"] = {f"group:g{j}" for j in range(10)}
+    for m, g in d.edges():
+        tp.add_member(m, g)
+    tp.folders["/x"] = Folder(deny={"group:deny": None})
+    d.groups["deny"].discard("group:g3")  # un-nest one: its ~200 users lose the deny
+    start = time.perf_counter()
+    why, _, losing = guard(tp, plan(tp, d), d, set())
+    assert time.perf_counter() - start < 5
+    assert losing and set(losing) <= {u[5:] for u in d.groups["g3"]} and "would no longer be in group:deny" in why[-1]
+
+
+def test_a_users_and_a_groups_listing_of_equal_totals_are_not_one_listing(tmp_path) -> None:
+    rag = PermRAG.open(tmp_path, catalog_only=True)
+    people = [user(f"u{i}", f"p{i}") for i in range(4)]
+    groups = [group("g1", "staff", "u0", "u1", "u2", "u3"), group("g2", "deny-me", "u2", "u3")]
+    rag.identity.sync(write(tmp_path / "full.json", listing(people + groups)))
+    v, before = rag.policy_version, rag.identity.members("g2")
+    users = write(tmp_path / "users.json", listing(people[:2], total=4, start=1))  # users 3 and 4 missing
+    grp = write(tmp_path / "groups.json", listing([group("g1", "staff", "u0", "u1"), group("g2", "deny-me")], total=4, start=3))
+    with pytest.raises(IdentityFileError, match="lists 4 Users but its pages give 2"):
+        rag.identity.sync([users, grp], allow_mass_removal=True)
+    # kinds from meta.resourceType, or from the file's own resourceType, count the same way
+    typed = [{"meta": {"resourceType": "Group"}, "id": "g1", "displayName": "staff", "members": [{"value": "u0"}]}, {"meta": {"resourceType": "Group"}, "id": "g2", "displayName": "deny-me"}]
+    grp = write(tmp_path / "typed.json", listing(typed, total=4, start=3))
+    with pytest.raises(IdentityFileError, match="lists 4 Users but its pages give 2"):
+        rag.identity.sync([users, grp], allow_mass_removal=True)
+    empty_users = write(tmp_path / "declared.json", listing([], total=4) | {"resourceType": "User"})
+    with pytest.raises(IdentityFileError, match="lists 4 Users but its pages give 0"):
+        rag.identity.sync([empty_users, write(tmp_path / "g4.json", listing(groups))], allow_mass_removal=True)
+    with pytest.raises(IdentityFileError, match="a Group in a listing of Users"):
+        rag.identity.sync([write(tmp_path / "bad.json", listing(people + groups) | {"resourceType": "User"})])
+    assert rag.policy_version == v and rag.identity.members("g2") == before  # nothing applied
+    rag.close()
+
+
+def test_listings_of_what_a_deactivated_user_holds_are_empty(store, tmp_path) -> None:
+    rag = open_store(store)
+    rag.policy.add_role("reader")
+    active = [user("u1", "ann"), user("u2", "bo"), group("g1", "eng", "u1", "u2")]
+    rag.identity.sync(write(tmp_path / "a.json", listing(active)))
+    rag.policy.assign_user("u1", "reader")
+    assert rag.policy.roles_of("u1") == ["reader"] and rag.identity.groups_of("ann") == ["g1"]
+    rag.identity.sync(write(tmp_path / "b.json", listing([user("u1", "ann", active=False)] + active[1:])))
+    assert rag.policy.roles_of("u1") == [] and rag.policy.roles_of("u1", implicit=True) == []
+    assert rag.identity.groups_of("ann") == [] and rag.identity.groups_of("u2") == ["g1"]
+    assert rag.identity.members("g1") == ["user:u1", "user:u2"]  # stored, masked
+    rag.identity.sync(write(tmp_path / "a.json", listing(active)))  # reactivation restores them
+    assert rag.policy.roles_of("u1") == ["reader"] and rag.identity.groups_of("u1") == ["g1"]
+    rag.close()

@@ -100,10 +100,14 @@ class Identity:
 
     def groups_of(self, user: str, tenant: str = DEFAULT_TENANT, *, now: float | None = None) -> list[Held]:
         """Groups ``user`` is in, directly or through nested groups, at ``now``
-        (default: the store's clock); a direct membership carries its ``expires_at``."""
+        (default: the store's clock); a direct membership carries its ``expires_at``.
+        A deactivated user holds nothing: ``[]`` (the memberships stay stored, masked;
+        reactivation restores them; :meth:`members` still lists them)."""
         self.policy.refresh()
         tp = self.policy.tenant(tenant)
         key = USER_PREFIX + tp.resolve(USER_PREFIX, user)
+        if key[len(USER_PREFIX) :] in tp.inactive:
+            return []
         at = self.policy.clock() if now is None else now
         return listing(((g, ("g", key, GROUP_PREFIX + g)) for g in tp.groups_of(key, at)), tp, at)
 

@@ -10,7 +10,10 @@ are labels, and a user with ``"active": false`` is deactivated. A group's
 All the SCIM files of one sync are read as one export: references resolve
 across files (users in one file, groups in another), and the pages of one
 listing may come as several files, merged and de-duplicated by id. A
-``ListResponse`` whose ``totalResults`` exceeds the resources its listing
+listing is the pages of one ``totalResults`` and one resource kind (Users,
+Groups, or both; from the resources' schemas or ``meta.resourceType``, or the
+file's own ``resourceType``): pages of different kinds are never one listing.
+A ``ListResponse`` whose ``totalResults`` exceeds the resources its listing
 gives (its pages together) is refused: applied as the whole directory, a
 partial export would drop the memberships of everyone on the missing pages,
 deny groups included.
@@ -49,9 +52,12 @@ class Page:
     resources: list[Resource] = field(default_factory=list)
     total: int | None = None
     start: int | None = None
+    declared: str | None = None  # the kind the file itself says it lists ("User" / "Group"), if it says
 
     def kinds(self) -> frozenset[str]:
-        return frozenset(r.kind for r in self.resources)
+        """The resource kinds of its listing: what it declares, else what it gives
+        (both for a listing of the two, e.g. a root query; none for an empty page)."""
+        return frozenset({self.declared} if self.declared else {r.kind for r in self.resources})
 
 
 def parse_page(path: str, text: str) -> Page:
@@ -76,7 +82,22 @@ def parse_page(path: str, text: str) -> Page:
     if not isinstance(resources, list):
         raise IdentityFileError(path, base, "Resources must be a list")
     page.resources = [_resource(path, f"{base}[{i}]", res) for i, res in enumerate(resources)]
+    page.declared = _declared(path, doc) if isinstance(doc, dict) and ("Resources" in doc or "totalResults" in doc) else None
+    for r in page.resources:
+        if page.declared and r.kind != page.declared:
+            raise IdentityFileError(path, r.where, f"a {r.kind} in a listing of {page.declared}s (its resourceType)")
     return page
+
+
+def _declared(path: str, doc: dict[str, Any]) -> str | None:
+    """The kind a ListResponse says it lists: its ``resourceType`` (or ``meta.resourceType``), if any."""
+    meta = doc.get("meta")
+    value = doc.get("resourceType", meta.get("resourceType") if isinstance(meta, dict) else None)
+    if value is None:
+        return None
+    if value not in ("User", "Group"):
+        raise IdentityFileError(path, "$.resourceType", f"must be 'User' or 'Group', not {value!r}")
+    return str(value)
 
 
 def _count(path: str, doc: dict[str, Any], key: str) -> int | None:
@@ -92,6 +113,8 @@ def _resource(path: str, where: str, res: Any) -> Resource:
     if not isinstance(res, dict):
         raise IdentityFileError(path, where, "a resource must be an object")
     kind = _scim_kind(res)
+    if kind == "conflict":
+        raise IdentityFileError(path, f"{where}.meta.resourceType", "contradicts the resource's schemas")
     key = "id" if res.get("id") is not None else "externalId"
     if res.get(key) is None:
         raise IdentityFileError(path, f"{where}.id", "missing: a resource is keyed by its id (or, without one, its externalId)")
@@ -117,6 +140,15 @@ def _resource(path: str, where: str, res: Any) -> Resource:
 
 
 def _scim_kind(res: dict[str, Any]) -> str | None:
+    kind = _schema_kind(res)
+    meta = res.get("meta")
+    typed = meta.get("resourceType") if isinstance(meta, dict) else None
+    if typed in ("User", "Group") and kind not in (None, typed):
+        return "conflict"
+    return kind or (typed if typed in ("User", "Group") else None)
+
+
+def _schema_kind(res: dict[str, Any]) -> str | None:
     schemas = res.get("schemas") or []
     text = " ".join(s for s in schemas if isinstance(s, str)) if isinstance(schemas, list) else ""
     if text.endswith(":User") or ":User " in text or "core:2.0:User" in text:
@@ -145,34 +177,39 @@ def merge_pages(pages: Sequence[Page]) -> dict[tuple[str, str], Resource]:
     return out
 
 
-def _one_listing(pages: Sequence[Page]) -> bool:
-    """Whether ``pages`` can be one listing's: each says where it starts and no two overlap."""
-    spans = sorted((p.start, p.start + len(p.resources)) for p in pages if p.start is not None)
-    return len(spans) == len(pages) and all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+def listings(pages: Sequence[Page]) -> list[list[Page]]:
+    """The pages of each listing: those that declare the same ``totalResults`` and
+    list the same resource kinds (Users, Groups, or both in one listing). Pages of
+    different kinds never count as one listing, so a users and a groups listing of
+    equal totals never make up for each other. An empty page joins the one
+    listing of its total, when there is exactly one."""
+    out: dict[tuple[int, frozenset[str]], list[Page]] = {}
+    for page in pages:
+        if page.total is not None and page.kinds():
+            out.setdefault((page.total, page.kinds()), []).append(page)
+    for page in pages:
+        if page.total is not None and not page.kinds():
+            same = [k for k in out if k[0] == page.total]
+            out.setdefault(same[0] if len(same) == 1 else (page.total, frozenset()), []).append(page)
+    return list(out.values())
 
 
 def _check_complete(pages: Sequence[Page]) -> None:
-    """Pages of one listing declare the same ``totalResults``; together they must
-    give that many distinct resources. Pages of equal totals that cannot be one
-    listing (no ``startIndex``, or overlapping) count only with pages of the same
-    resource types, so a users and a groups listing never make up for each other."""
-    for page in pages:
-        if page.total is None:
-            continue
-        same = [p for p in pages if p.total == page.total]
-        if not _one_listing(same):
-            same = [p for p in same if not p.kinds() or not page.kinds() or p.kinds() == page.kinds()]
+    """Each listing's pages together must give as many distinct resources as its
+    ``totalResults`` declares."""
+    for same in listings(pages):
+        total, kinds = same[0].total or 0, frozenset().union(*(p.kinds() for p in same))
         given = {(r.kind, r.ident) for p in same for r in p.resources}
-        if page.total > len(given):
-            what = " and ".join(sorted(page.kinds())) or "resource"
+        if total > len(given):
+            what = " and ".join(sorted(kinds)) or "resource"
             starts = sorted({p.start for p in same if p.start is not None})
             raise IdentityFileError(
-                page.path,
+                same[0].path,
                 "$.totalResults",
-                f"the export lists {page.total} {what}s but its pages give {len(given)} "
+                f"the export lists {total} {what}s but its pages give {len(given)} "
                 f"({len(same)} file(s): {', '.join(sorted({p.path for p in same}))}"
                 + (f"; startIndex {', '.join(map(str, starts))}" if starts else "")
-                + f"): {page.total - len(given)} missing. A partial export would remove their memberships; "
+                + f"): {total - len(given)} missing. A partial export would remove their memberships; "
                 "give every page of the export in one sync. Nothing was applied",
             )
 

@@ -139,10 +139,11 @@ class Policy:
         return [r for r in self.tenant(tenant).rules() if role is None or r[0] == role]
 
     def roles_of(self, user: str, tenant: str = DEFAULT_TENANT, *, implicit: bool = False) -> list[Held]:
-        """The roles a *user* holds now (assigned, each with its assignment's ``expires_at``; or with ``implicit`` also inherited)."""
+        """The roles a *user* holds now (assigned, each with its assignment's ``expires_at``; or with ``implicit`` also inherited);
+        ``[]`` for a user the identity provider deactivated: they hold nothing (the assignments stay, and reactivation restores them)."""
         self.refresh()
         tp, now = self.tenant(tenant), self.clock()
-        return listing(((r, ("g", USER_PREFIX + user, r)) for r in tp.roles_of_user(user, implicit=implicit, now=now)), tp, now)
+        return [] if user in tp.inactive else listing(((r, ("g", USER_PREFIX + user, r)) for r in tp.roles_of_user(user, implicit=implicit, now=now)), tp, now)
 
     def parents_of(self, role: str, tenant: str = DEFAULT_TENANT, *, implicit: bool = False) -> list[str]:
         """The roles a *role* inherits (directly, or with ``implicit`` transitively)."""
