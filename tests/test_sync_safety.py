@@ -257,10 +257,9 @@ def test_links_out_of_the_root_are_skipped_links_inside_followed_once(lite, tmp_
     (folder / "eng" / "loop").symlink_to(folder / "eng")  # a loop inside
     (folder / "hr" / "alias.txt").symlink_to(folder / "hr" / "leave.txt")
     (folder / "broken.txt").symlink_to(folder / "nowhere.txt")
-    (folder / "hr" / "leave.txt.meta.json").symlink_to(outside / "secret.txt")  # a sidecar from outside
     rep = lite.sync_folder(folder)
     skipped = dict(rep.skipped)
-    assert skipped["leak.txt"] == skipped["leakdir"] == skipped["eng/up"] == skipped["hr/leave.txt.meta.json"] == "link to outside the folder"
+    assert skipped["leak.txt"] == skipped["leakdir"] == skipped["eng/up"] == "link to outside the folder"
     assert skipped["eng/loop"] == skipped["hr/alias.txt"] == "link to an entry listed already"
     assert skipped["broken.txt"] == "broken link"
     assert sorted(rep.added) == sorted(f"docs/{p}" for p in FILES) and rep.ok
@@ -276,7 +275,134 @@ def test_a_link_to_an_unlisted_inside_folder_is_followed(lite, tmp_path) -> None
     assert sorted(rep.added) == ["docs/a.txt", "docs/archive/old.txt"]
 
 
+# ---------------------------------------------------------------------- 3b. a sidecar is never dropped
+DENY = {"deny": ["user:mallory"]}
+
+
+def acl_of(rag: PermRAG, ext: str) -> dict:
+    return rag.row(ext).acl.to_json()
+
+
+def test_a_sidecar_link_inside_the_root_is_followed_even_to_an_entry_listed_already(store, tmp_path) -> None:
+    folder = write(tmp_path / "docs", {"hr/pay.txt": "Salaries of every employee.", "acl/finance.meta.json": json.dumps({"acl": DENY})})
+    (folder / "hr" / "pay.txt.meta.json").symlink_to(folder / "acl" / "finance.meta.json")  # listed after its real target
+    rep = store.sync_folder(folder)
+    assert rep.added == ["docs/hr/pay.txt"] and rep.ok
+    assert "user:mallory" in json.dumps(acl_of(store, "docs/hr/pay.txt"))
+    assert list_folder(folder).sidecars["hr/pay.txt.meta.json"] == (folder / "acl" / "finance.meta.json").resolve()
+
+
+def test_a_sidecar_that_cannot_be_read_fails_its_file_and_keeps_the_stored_version(store, tmp_path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    folder = write(tmp_path / "docs", {"hr/pay.txt": "Salaries of every employee.", "hr/pay.txt.meta.json": json.dumps({"acl": DENY})})
+    store.sync_folder(folder)
+    before, recs = acl_of(store, "docs/hr/pay.txt"), records(store)
+    side = folder / "hr" / "pay.txt.meta.json"
+    (outside / "pay.meta.json").write_text(json.dumps({"acl": {}}))  # moved out, and the deny taken off
+    side.unlink()
+    side.symlink_to(outside / "pay.meta.json")
+    for why in ("link to outside the folder", "broken link"):
+        if why == "broken link":
+            side.unlink()
+            side.symlink_to(folder / "hr" / "gone.meta.json")
+        rep = store.sync_folder(folder)
+        assert not rep.ok and [p for p, _ in rep.failed] == ["hr/pay.txt"] and why in rep.failed[0][1], rep.failed
+        assert not rep.metadata and not rep.changed and not rep.deleted
+        assert acl_of(store, "docs/hr/pay.txt") == before and records(store) == recs
+    side.unlink()
+    side.mkdir()  # not a regular file
+    write(folder, {"new.txt": "A new file with a sidecar gone.", "new/x.txt": "Another new one."})
+    (folder / "new.txt.meta.json").symlink_to(folder / "gone.meta.json")
+    (folder / "new" / "x.txt.attrs.json").symlink_to(folder / "new")
+    rep = store.sync_folder(folder)
+    assert sorted(p for p, _ in rep.failed) == ["hr/pay.txt", "new.txt", "new/x.txt"] and not rep.added  # no new file without its sidecar
+    assert set(docs(store)) == {"docs/hr/pay.txt"} and acl_of(store, "docs/hr/pay.txt") == before
+
+
+def test_a_sidecar_whose_kind_cannot_be_told_fails_its_file(lite, tmp_path, monkeypatch) -> None:
+    folder = write(tmp_path / "docs", {"pay.txt": "Salaries of every employee.", "pay.txt.meta.json": json.dumps({"acl": DENY})})
+    lite.sync_folder(folder)
+    real = os.scandir
+
+    class Entry:
+        def __init__(self, e):
+            self.e, self.name, self.path = e, e.name, e.path
+
+        def __getattr__(self, name):
+            if self.name.endswith(".meta.json"):
+                def fail(*a, **kw):
+                    raise OSError(5, "Input/output error")
+                return fail
+            return getattr(self.e, name)
+
+    class Listed:
+        def __init__(self, path):
+            self.it = real(path)
+
+        def __enter__(self):
+            return [Entry(e) for e in self.it.__enter__()]
+
+        def __exit__(self, *exc):
+            return self.it.__exit__(*exc)
+
+    monkeypatch.setattr(os, "scandir", Listed)
+    rep = lite.sync_folder(folder)
+    assert rep.failed == [("pay.txt", "its sidecar pay.txt.meta.json cannot be read (its kind cannot be told: Input/output error); the file is not stored without it")]
+    assert "user:mallory" in json.dumps(acl_of(lite, "docs/pay.txt"))
+    from permrag.ingest.loaders.folder import load_folder
+
+    assert [p for p, _ in load_folder(folder).failed] == ["pay.txt"]  # a plain ingest refuses it too
+
+
+def test_the_cli_exits_1_for_a_sidecar_out_of_the_folder(tmp_path) -> None:
+    folder = write(tmp_path / "docs", {"pay.txt": "Salaries of every employee."})
+    (folder / "pay.txt.meta.json").symlink_to(write(tmp_path / "out", {"m.json": json.dumps({"acl": DENY})}) / "m.json")
+    runner = CliRunner()
+    home = ["--home", str(tmp_path / "h")]
+    assert runner.invoke(main, [*home, "init", "--encoder", "hash"]).exit_code == 0
+    res = runner.invoke(main, [*home, "ingest", str(folder), "--sync", "--json"])
+    assert res.exit_code == 1 and json.loads(res.stdout)["added"] == []
+
+
 # ---------------------------------------------------------------------- 4. each folder a source of its own
+def test_a_linked_root_is_keyed_by_the_path_given(store, tmp_path) -> None:
+    r1 = write(tmp_path / "r1", FILES)
+    r2 = write(tmp_path / "r2", {**{k: v for k, v in FILES.items() if k != "eng/laptops.txt"}, "eng/phones.txt": "Phones need a PIN."})
+    r3 = write(tmp_path / "r3", {"x.txt": "Nothing like the others."})
+    current = tmp_path / "current"
+    current.symlink_to(r1)
+    rep = store.sync_folder(current)
+    assert rep.source == "current" and sorted(rep.added) == sorted(f"current/{p}" for p in FILES)
+    current.unlink()
+    current.symlink_to(r2)
+    rep = store.sync_folder(current)
+    assert rep.source == "current" and rep.deleted == ["current/eng/laptops.txt"] and rep.added == ["current/eng/phones.txt"]
+    assert set(docs(store)) == {f"current/{p}" for p in r2.rglob("*.txt") for p in [p.relative_to(r2).as_posix()]}
+    current.unlink()
+    current.symlink_to(r3)
+    with pytest.raises(MassDeleteError):
+        store.sync_folder(current)
+    from permrag.ingest.sources import sources
+
+    assert [(s.name, s.root) for s in sources(store.catalog.engine, "default")] == [("current", str(current))]
+    consistent(store)
+
+
+def test_a_root_inside_or_holding_another_source_is_refused(store, tmp_path) -> None:
+    share = write(tmp_path / "share", {"a.txt": "Top level notes.", "sub/b.txt": "Notes further down."})
+    store.sync_folder(share)
+    before, recs = docs(store), records(store)
+    (tmp_path / "link").symlink_to(share)
+    for other, where in ((share / "sub", "lies inside"), (tmp_path, "holds"), (tmp_path / "link", "is")):
+        with pytest.raises(SourceClashError, match=f"{where} the folder {share} of sync source 'share'"):
+            store.sync_folder(other, source="other")
+    assert docs(store) == before and records(store) == recs
+    assert store.sync_folder(share / "sub", tenant="t2").added == ["sub/b.txt"]  # another tenant is another world
+    with pytest.raises(SourceClashError, match="holds the folder .* of sync source 'sub'"):
+        store.sync_folder(share, tenant="t2")
+
+
 def test_two_roots_never_overwrite_or_delete_each_other(store, tmp_path) -> None:
     a = write(tmp_path / "a", {"notes/readme.txt": "Team A writes its notes here.", "a.txt": "Only in A, about budgets."})
     b = write(tmp_path / "b", {"notes/readme.txt": "Team B keeps other notes.", "b.txt": "Only in B, about hiring."})
@@ -329,6 +455,9 @@ def test_a_store_synced_before_sources_keeps_its_ids(store, tmp_path) -> None:
     listing = list_folder(folder)
     sync.record("default", str(listing.root), {rel: hashes(read_file(listing, rel), None, sync.settings()) for rel in listing.files})
     version = store.catalog_version
+    (tmp_path / "via").symlink_to(folder)  # reached through a link: its records are under the real path
+    with pytest.raises(SourceClashError, match="predate sources"):
+        store.sync_folder(tmp_path / "via")
     rep = store.sync_folder(folder)
     assert rep.source == "docs" and rep.unchanged == 4 and not (rep.added or rep.changed or rep.restored or rep.deleted)
     assert store.catalog_version == version

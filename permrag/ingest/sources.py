@@ -3,10 +3,15 @@
 A source has a name (by default the folder's name; ``source=`` /
 ``--source NAME``) and its documents' external ids are ``<name>/<relative
 path>``, so two folders never overwrite or delete each other's documents. A
-name belongs to one folder (its resolved path) per tenant, and a folder to one
-name: a second folder under a taken name, or a folder synced before under
-another name, is refused (:class:`~permrag.errors.SourceClashError`) before
-anything changes.
+folder is keyed by its absolute path as given, not resolved: a link
+``current -> r1`` repointed to ``r2`` is the same source, whose content
+changed (the sync's deletions and its mass-deletion guard apply), and its
+default name is the name typed (``current``). A name belongs to one folder
+per tenant, and a folder to one name: a second folder under a taken name, a
+folder synced before under another name, and a folder that lies inside
+another source's folder or holds one (their real paths compared: the same
+files would be stored twice) are refused
+(:class:`~permrag.errors.SourceClashError`) before anything changes.
 
 Stores whose sync records predate sources keep their ids: a folder that has
 sync records but no source is recorded, at its next sync, as a source whose
@@ -21,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import PurePath
 
@@ -39,7 +45,7 @@ MAX_NAME = 200
 
 @dataclass(frozen=True)
 class Source:
-    """A synced folder of a tenant: its name, resolved path and id prefix."""
+    """A synced folder of a tenant: its name, absolute path (as given) and id prefix."""
 
     tenant: str
     name: str
@@ -78,7 +84,7 @@ def sources(engine: Engine, tenant: str) -> list[Source]:
 
 
 def resolve_source(engine: Engine, tenant: str, root: str, name: str | None, *, has_records: bool) -> tuple[Source, bool]:
-    """The source of folder ``root`` (resolved) in ``tenant``, and whether it
+    """The source of folder ``root`` (absolute, as given) in ``tenant``, and whether it
     is new (not recorded yet: :func:`register` records it)."""
     known = sources(engine, tenant)
     mine = next((s for s in known if s.root == root), None)
@@ -86,6 +92,7 @@ def resolve_source(engine: Engine, tenant: str, root: str, name: str | None, *, 
         if name is not None and name != mine.name:
             raise SourceClashError(f"{root} is synced into tenant {tenant!r} as source {mine.name!r}, not {name!r}: sync it as {mine.name!r} (--source {mine.name})")
         return mine, False
+    _no_overlap(known, tenant, root)
     want = check_source_name(name if name is not None else PurePath(root).name)
     taken = next((s for s in known if s.name == want), None)
     if taken is not None:
@@ -93,6 +100,24 @@ def resolve_source(engine: Engine, tenant: str, root: str, name: str | None, *, 
             f"sync source {want!r} of tenant {tenant!r} is the folder {taken.root}: give {root} a name of its own (--source NAME)"
         )
     return Source(tenant, want, root, "" if has_records else want + "/"), True
+
+
+def _no_overlap(known: list[Source], tenant: str, root: str) -> None:
+    """Refuse a new folder that is, lies inside or holds another source's
+    folder of the tenant, by their real paths now."""
+    real = os.path.realpath(root)
+    for s in known:
+        other = os.path.realpath(s.root)
+        if _within(real, other) or _within(other, real):
+            where = "is" if real == other else "lies inside" if _within(real, other) else "holds"
+            raise SourceClashError(
+                f"{root} {where} the folder {s.root} of sync source {s.name!r} of tenant {tenant!r} (real paths {real}, {other}): "
+                f"its files would be stored twice; sync {s.root} (as {s.name!r}), or give each source a folder of its own"
+            )
+
+
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def register(engine: Engine, source: Source) -> Source:

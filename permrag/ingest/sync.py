@@ -2,8 +2,8 @@
 
 Each synced folder is a *source* (:mod:`.sources`): its documents' external
 ids are ``<source>/<relative path>``. For every file a loader is registered
-for, ``permrag_sync`` (keyed by tenant, resolved folder and external id)
-keeps
+for, ``permrag_sync`` (keyed by tenant, the folder's absolute path as given,
+not resolved, and external id) keeps
 
 * the *content* hash — the file's bytes as read and the chunking settings:
   when it changes, the file is chunked, encoded and written again
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,7 @@ from sqlalchemy import delete, select
 
 from .. import db
 from ..catalog import DEFAULT_TENANT, RowSpec, row_spec
-from ..errors import ArgumentError, CatalogError, MassDeleteError
+from ..errors import ArgumentError, CatalogError, MassDeleteError, SourceClashError
 from ..names import check_tenant
 from .ingest import Ingester
 from .loaders.folder import FileBytes, LoadReport, load_file, read_file, skip_reason
@@ -202,7 +203,7 @@ class FolderSync:
             run.files()
             run.deletions()
         report.seconds = time.perf_counter() - t0
-        log.info("sync of %s (source %r) into %r: %s", plan.listing.root, plan.source.name, tenant, report.describe())
+        log.info("sync of %s (source %r) into %r: %s", plan.source.root, plan.source.name, tenant, report.describe())
         return report
 
     def plan(self, path: str | Path, tenant: str, source: str | None) -> _Plan:
@@ -211,9 +212,12 @@ class FolderSync:
         if not root.is_dir():
             raise ArgumentError(f"{path}: not a folder")
         listing = list_folder(root)
-        key = str(listing.root)
+        key = os.path.abspath(root)  # the folder as given, not where a link to it points (see .sources)
         known = self.state(tenant, key)
         src, new = resolve_source(self.engine, tenant, key, source, has_records=bool(known))
+        real = os.path.realpath(key)
+        if new and not known and real != key and self.state(tenant, real):  # records of an older store, keyed by the real path
+            raise SourceClashError(f"{key} leads to {real}, whose sync records predate sources and are kept under that path: sync {real} to keep its documents' ids")
         present = {src.external_id(rel) for rel in listing.files}
         gone = sorted(e for e in known if e not in present and not listing.covers_unlisted(src.relative(e) or e))
         fresh = [e for e in present if e not in known]
@@ -227,7 +231,7 @@ def guard(plan: _Plan, allow: bool, dry_run: bool, report: SyncReport) -> None:
     n, k = len(plan.gone), len(plan.known)
     if not n or allow or (n < k and 2 * n <= k):
         return
-    why = f"the sync would delete {n} of the {k} documents of source {plan.source.name!r} ({plan.listing.root}), as an emptied or unmounted folder would"
+    why = f"the sync would delete {n} of the {k} documents of source {plan.source.name!r} ({plan.source.root}), as an emptied or unmounted folder would"
     if dry_run:
         report.refused = why
         return
@@ -240,7 +244,7 @@ class _Run:
     def __init__(self, sync: FolderSync, plan: _Plan, tenant: str, folder_attrs: Sequence[str] | None, progress: Callable[[SyncProgress], None] | None, dry_run: bool, report: SyncReport, t0: float) -> None:
         self.sync, self.plan, self.tenant, self.folder_attrs = sync, plan, tenant, folder_attrs
         self.progress, self.dry_run, self.report, self.t0 = progress, dry_run, report, t0
-        self.key = str(plan.listing.root)
+        self.key = plan.source.root
         self.settings = sync.settings()
         self.total = len(plan.listing.files) + len(plan.gone)
         self.done = 0
@@ -281,8 +285,8 @@ class _Run:
             return
         try:
             item = read_file(plan.listing, rel)
-        except OSError as exc:
-            report.failed.append((rel, exc.strerror or str(exc)))
+        except (OSError, CatalogError) as exc:  # its stored version is left as it is
+            report.failed.append((rel, str(exc) if isinstance(exc, CatalogError) else exc.strerror or str(exc)))
             self.step()
             return
         h = hashes(item, self.folder_attrs, self.settings)

@@ -15,7 +15,9 @@ Nothing in a folder aborts the others. A file no loader is registered for,
 an empty file, one that cannot be read (corrupt, not text, bad sidecar, too
 long), a folder that cannot be listed and a link out of the folder are
 reported in :class:`LoadReport` with the reason (the listing:
-:mod:`.walk`); hidden files and folders (``.git``, ``.DS_Store``) and
+:mod:`.walk`). A file whose sidecar cannot be read (a link out of the
+folder, a broken link, not a regular file) is failed, never loaded without
+its sidecar's attributes and ACL; hidden files and folders (``.git``, ``.DS_Store``) and
 sidecars are passed over silently. Each file is read once, with its
 sidecars, and parsed from the bytes read.
 """
@@ -85,7 +87,13 @@ class FileBytes:
 
 
 def read_file(listing: Listing, rel: str) -> FileBytes:
-    """Read the file ``rel`` of ``listing`` and its sidecars (OSError if it cannot)."""
+    """Read the file ``rel`` of ``listing`` and its sidecars (OSError if it
+    cannot; CatalogError if one of its sidecars was not listed as a readable
+    file: the file is not read without it, see :mod:`.walk`)."""
+    for x in SIDECARS:
+        why = listing.bad_sidecars.get(rel + x)
+        if why is not None:
+            raise CatalogError(f"its sidecar {PurePosixPath(rel).name + x} cannot be read ({why}); the file is not stored without it")
     path = listing.files[rel]
     sides = {x: listing.sidecars[rel + x].read_bytes() for x in SIDECARS if rel + x in listing.sidecars}
     return FileBytes(rel, path, path.read_bytes(), sides)
@@ -197,6 +205,9 @@ def load_folder(path: str | Path, folder_attrs: Sequence[str] | None = None, *, 
             continue
         try:
             item = read_file(listing, rel)
+        except CatalogError as exc:
+            report.failed.append((rel, str(exc)))
+            continue
         except OSError as exc:
             report.failed.append((rel, exc.strerror or str(exc)))
             continue

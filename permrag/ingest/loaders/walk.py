@@ -13,6 +13,15 @@ could otherwise pull any file of the host into the store, with attributes of
 their choosing. Links inside are followed, each real folder and file listed
 once (real entries before links to them), so a loop of links ends. Hidden
 entries (``.git``, ``.DS_Store``) are passed over.
+
+Sidecars (``<file>.meta.json``, ``<file>.attrs.json``) carry their file's
+attributes and ACL, so one is never dropped in silence: a sidecar link whose
+target is a regular file inside the root is followed for that sidecar even if
+the target was listed already, and a sidecar that is a link out of the root,
+a broken link, not a regular file or of a kind that cannot be told is
+recorded in :attr:`Listing.bad_sidecars`; its file is then not read at all
+(:func:`.folder.read_file` refuses it), so the file is never stored without
+the ACL its sidecar gives it.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ class Listing:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # links out of the root, special files
     failed: list[tuple[str, str]] = field(default_factory=list)  # what could not be listed, and why
     unlisted: list[str] = field(default_factory=list)  # relative folders not (fully) seen; "" is the root
+    bad_sidecars: dict[str, str] = field(default_factory=dict)  # relative sidecar path → why it cannot be read
 
     def covers_unlisted(self, rel: str) -> bool:
         """Whether ``rel`` may lie below something that could not be listed."""
@@ -83,18 +93,26 @@ def _list_one(out: Listing, rel_dir: str, real_dir: str, seen: set[str], links: 
         if e.name.startswith("."):
             continue
         rel = f"{rel_dir}/{e.name}" if rel_dir else e.name
+        sidecar = rel.endswith(SIDECARS)
         try:
             if e.is_symlink():
                 links.append((rel, e.path))
             elif e.is_dir(follow_symlinks=False):
                 seen.add(e.path)
                 subfolders.append((rel, e.path))
+                if sidecar:  # listed as a folder; the file it is named after is not read
+                    out.bad_sidecars[rel] = "not a regular file"
             elif e.is_file(follow_symlinks=False):
                 seen.add(e.path)
                 _add_file(out, rel, Path(e.path))
+            elif sidecar:
+                out.bad_sidecars[rel] = "not a regular file"
             else:
                 out.skipped.append((rel, "not a regular file"))
         except OSError as exc:  # its kind is unknown: it may be a folder, so nothing below it is deleted
+            if sidecar:  # reported with its file, which is then not read
+                out.bad_sidecars[rel] = f"its kind cannot be told: {_why(exc)}"
+                continue
             out.failed.append((rel, _why(exc)))
             out.unlisted.append(rel)
     return subfolders
@@ -104,6 +122,9 @@ def _follow(out: Listing, rel: str, link: str, seen: set[str]) -> list[tuple[str
     """A link's target, if it is inside the root and not listed yet: a folder
     to list (returned) or a file (added)."""
     target = os.path.realpath(link)
+    if rel.endswith(SIDECARS):
+        _follow_sidecar(out, rel, target)
+        return []
     if not _inside(target, str(out.root)):
         out.skipped.append((rel, "link to outside the folder"))
         return []
@@ -127,6 +148,26 @@ def _follow(out: Listing, rel: str, link: str, seen: set[str]) -> list[tuple[str
     else:
         out.skipped.append((rel, "link to something not a regular file"))
     return []
+
+
+def _follow_sidecar(out: Listing, rel: str, target: str) -> None:
+    """A sidecar link: its target if it is a regular file inside the root
+    (listed already or not: it is read for this sidecar), else a bad sidecar."""
+    if not _inside(target, str(out.root)):
+        out.bad_sidecars[rel] = "link to outside the folder"
+        return
+    try:
+        mode = os.stat(target).st_mode
+    except FileNotFoundError:
+        out.bad_sidecars[rel] = "broken link"
+        return
+    except OSError as exc:
+        out.bad_sidecars[rel] = f"link not followed: {_why(exc)}"
+        return
+    if stat.S_ISREG(mode):
+        out.sidecars[rel] = Path(target)
+    else:
+        out.bad_sidecars[rel] = "link to something not a regular file"
 
 
 def _add_file(out: Listing, rel: str, real: Path) -> None:
