@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from typing import Any, Mapping, Sequence
 
 from .errors import ArgumentError, CatalogError, PermragError
@@ -31,7 +32,11 @@ RESERVED_ATTRS = frozenset({"doc"})
 # Prefixes that name a principal's kind in CSV lines and ACL entries; no role
 # may start with one, so "user:alice" can never be read as a role.
 PRINCIPAL_PREFIXES = ("user:", "group:", "role:")
-_KIND = re.compile(r"([A-Za-z][A-Za-z0-9_\-]*):")  # what a principal's kind looks like: a word and a colon
+KINDS = ("user", "group", "role", "agent")  # kinds of principal, in any case or width, never start a role's name
+# A colon, or a character that looks like one (fullwidth, small, presentation
+# form, modifier letter, ratio): "group：eng" must not pass for a role name.
+_COLON = re.compile("[:\uff1a\ufe55\ufe13\ua789\u2236]")
+_WORD = re.compile(r"[\w\-]+\Z")
 _BAD_CHAR = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 AttrValue = str | list[str]
@@ -67,10 +72,41 @@ def check_tenant(tenant: object, error: type[PermragError] = CatalogError) -> st
     return check("tenant", tenant, error=error)
 
 
+def kind_prefix(text: str) -> str | None:
+    """What stands before ``text``'s first colon-like character when it looks
+    like a principal's kind — a word, in any script, case or width, maybe
+    spaced: ``user``, ``Group``, ``usr``, ``grοup`` (Greek ο), ``1group``,
+    ``group `` — else None."""
+    colon = _COLON.search(text)
+    if colon is None:
+        return None
+    head = text[: colon.start()]
+    return head if _WORD.match(unicodedata.normalize("NFKC", head).strip()) else None
+
+
+def _kind_word(text: str) -> str | None:
+    """The kind ``text`` starts with (``user``, ``group``, ``role``, ``agent``), in any case or width, else None."""
+    head = kind_prefix(text)
+    word = None if head is None else unicodedata.normalize("NFKC", head).strip().casefold()
+    return word if word in KINDS else None
+
+
 def check_role(role: object, error: type[PermragError]) -> str:
     name = check("role", role, error=error)
-    if name.startswith(PRINCIPAL_PREFIXES):
-        raise error(f"role {name!r} must not start with {', '.join(PRINCIPAL_PREFIXES)} (they name principals' kinds)")
+    if _kind_word(name) is not None:
+        raise error(f"role {name!r} must not start with user:, group:, role: or agent: in any case (they name principals' kinds)")
+    return name
+
+
+def check_id(kind: str, value: object, error: type[PermragError] = ArgumentError) -> str:
+    """A user or group id: a name (see :func:`check`) that does not start like a
+    principal (``user:bob``, ``group:eng``, ``usr:dave``, ``Group：eng``): stored
+    as an id, such a name would make a phantom that holds what the principal
+    it looks like was meant to hold — and a deny naming the real one fails open."""
+    name = check(kind, value, error=error)
+    head = kind_prefix(name)
+    if head is not None:
+        raise error(f"{kind} id {_show(name)} starts like a principal ({head!r} and a colon); give the bare {kind} id")
     return name
 
 
@@ -145,22 +181,27 @@ def principal(value: object, error: type[PermragError] = CatalogError) -> str:
     """An ACL entry's principal, normalised: ``user:<id>``, ``group:<id>`` or
     ``role:<name>``; a bare name is a role (as in a policy rule).
 
-    A name that starts like a kind of principal — a word and a colon
-    (``usr:dave``, ``bogus:x``, ``Group:eng``) — is an error, never a role:
+    A name that holds a colon (or a character that looks like one, such as
+    the fullwidth ``：``) is an error unless it starts with exactly ``user:``,
+    ``group:`` or ``role:`` — ``usr:dave``, ``bogus:x``, ``Group:eng``,
+    ``grοup:eng`` (Greek ο), ``group :eng``, ``1group:eng`` are never roles:
     a misspelt kind stored as a role name would name nobody, and a deny
-    entry naming nobody fails open. A role whose name holds such a colon is
-    written ``role:<name>``."""
+    entry naming nobody fails open. A role whose name holds a colon is
+    written ``role:<name>``; a role's name must not start with a kind
+    (``role:user:x``, ``role:Group:eng``: :func:`check_role`), nor a user's
+    or group's id (``user:group:eng``: :func:`check_id`)."""
     text = check("principal", value, max_len=MAX_NAME + 6, error=error)
-    for prefix in PRINCIPAL_PREFIXES:
-        if text.startswith(prefix):
-            if text == prefix:
-                raise error(f"principal {text!r} names no {prefix[:-1]}: write {prefix}<{'name' if prefix == 'role:' else 'id'}>")
-            check(prefix[:-1], text[len(prefix) :], error=error)
-            return text
-    kind = _KIND.match(text)
-    if kind is not None:
-        raise error(f"principal {_show(text)} has an unknown kind {kind.group(1)!r}: write user:<id>, group:<id>, role:<name> or a bare role name")
-    return "role:" + check_role(text, error)
+    colon = _COLON.search(text)
+    if colon is None:
+        return "role:" + check_role(text, error)
+    kind, name = text[: colon.start()], text[colon.end() :]
+    if colon.group() != ":":
+        raise error(f"principal {_show(text)} has U+{ord(colon.group()):04X} where a kind needs a colon (:): write user:<id>, group:<id>, role:<name> or a bare role name")
+    if kind not in ("user", "group", "role"):
+        raise error(f"principal {_show(text)} has an unknown kind {kind!r}: write user:<id>, group:<id>, role:<name> or a bare role name")
+    if not name:
+        raise error(f"principal {text!r} names no {kind}: write {kind}:<{'name' if kind == 'role' else 'id'}>")
+    return f"{kind}:{check_role(name, error) if kind == 'role' else check_id(kind, name, error)}"
 
 
 def expiry(value: object, what: str, error: type[PermragError] = ArgumentError) -> float | None:

@@ -17,9 +17,12 @@ from click.testing import CliRunner
 
 from permrag import PermRAG
 from permrag.cli import main
-from permrag.errors import ArgumentError, CatalogError, PolicyError, UnknownPrincipalError, UnknownRoleError, UnknownSubjectError
+from permrag import db
+from permrag.errors import (ArgumentError, CatalogError, IdentityFileError, PolicyCSVError, PolicyError, UnknownPrincipalError,
+                           UnknownRoleError, UnknownSubjectError)
 
-MALFORMED = ["bogus:x", "usr:dave", "group:", "", "user:", "Group:eng"]
+MALFORMED = ["bogus:x", "usr:dave", "group:", "", "user:", "Group:eng",
+             "gr\u03bfup:eng", "group\uff1aeng", "group :eng", "1group:eng", "role:user:x", "role:Group:eng", "user:group:eng"]
 FUTURE = "2999-01-01T00:00:00Z"
 
 
@@ -74,6 +77,80 @@ def test_a_malformed_principal_is_an_error_everywhere(org, bad) -> None:
     with pytest.raises(CatalogError):
         org.update_metadata("ledger", acl={"deny": [bad]})
     assert (org.policy_version, org.catalog_version, acl_of(org, "/finance")) == before
+
+
+PHANTOMS = ["group:contractors", "user:bob", "usr:dave", "Group:eng", "group\uff1aeng", "AGENT:x", "gr\u03bfup:eng"]
+
+
+def test_a_user_id_is_never_a_principal(org) -> None:
+    p, before = org.policy, (org.policy_version, org.policy.users())
+    for bad in PHANTOMS:
+        for call in (p.assign_user, p.assign, p.unassign_user):
+            with pytest.raises(PolicyError, match="not a user id") as err:
+                call(bad, "no-secrets")
+            assert "assign_group" in str(err.value) and "permrag group assign" in err.value.for_cli()
+    assert (org.policy_version, p.users()) == before
+    with db.transaction(p.engine, "a store made before the check") as conn:  # a phantom stored by an older version
+        db.bump(conn, "policy_version")
+        conn.execute(db.casbin_rule.insert().values(ptype="g", v0="user:group:contractors", v1="no-secrets", v2="default"))
+    found = [f for f in org.lint() if f["kind"] == "principal-like-user"]
+    assert [f["principal"] for f in found] == ["user:group:contractors"] and "named like a principal" in found[0]["message"]
+    p.unassign_user("group:contractors", "no-secrets")  # the cleanup of a stored phantom is allowed
+    assert not [f for f in org.lint() if f["kind"] == "principal-like-user"]
+
+
+def test_identity_csv_refuses_principal_like_ids(org, tmp_path) -> None:
+    before = (org.policy_version, org.policy.export_csv())
+    for line in ("eng,Group:ops", "eng,usr:dave", "eng,role:admin", "group:eng,bob", "eng,user:group:x", "eng,grp\uff1ax"):
+        path = tmp_path / "dir.csv"
+        path.write_text(f"group,member\neng,user:alice\n{line}\n", encoding="utf-8")
+        with pytest.raises(IdentityFileError, match="line 3"):
+            org.identity.sync(path)
+    assert (org.policy_version, org.policy.export_csv()) == before
+
+
+def test_policy_import_checks_what_an_administrator_types(org, clock) -> None:
+    p = org.policy
+    before = (org.policy_version, p.export_csv())
+    head = "# role, staff, default\n"
+    bad = {
+        "p, staff, default, level:public, read, allow, 2020-01-01T00:00:00Z": "in the past",
+        "g, user:bob, staff, default, 2020-01-01T00:00:00Z": "in the past",
+        "acl, /x, default, user:bob, allow, 2020-01-01T00:00:00Z": "in the past",
+        "g, usr:dave, staff, default": "no kind",
+        "g, user:group:eng, staff, default": "starts like a principal",
+        "g, user:carol, Group:eng, default": "misspelt kind",
+        "g, user:carol, role:user:x, default": "must not start with",
+        "g, user:carol, group:contractor, default": "did you mean group:contractors?",
+        "acl, /finance, default, group:contractor, deny": "did you mean group:contractors?",
+        "acl, /finance, default, role:no-secret, deny": "did you mean role:no-secrets?",
+    }
+    for line, why in bad.items():
+        with pytest.raises(PolicyCSVError, match="line 2") as err:
+            p.import_text(head + line + "\n")
+        assert why in str(err.value), (line, str(err.value))
+    assert (org.policy_version, p.export_csv()) == before  # nothing applied
+    assert p.import_text(head + "g, user:carol, group:contractor, default\n", allow_unknown=True) == 1
+    assert p.import_text(head + "g, user:erin, group:contractor, default\n") == 1  # now the store knows it
+    assert p.import_text("g, user:bob, staff, default, 2020-01-01T00:00:00Z\n", allow_expired=True) == 1
+    assert p.import_text("g, user:fay, group:new, default\ng, group:new, staff, default\n") == 2  # declared by the file
+
+
+def test_policy_export_leaves_out_what_has_expired_and_imports_back(org, clock, tmp_path) -> None:
+    p = org.policy
+    p.assign_user("carol", "analyst", expires_at=clock.t + 60)
+    org.identity.add_member("eng", "user:carol", expires_at=clock.t + 60)
+    p.grant("analyst", "level:public", expires_at=clock.t + 60)
+    assert "user:carol" in p.export_csv()
+    clock.t += 120
+    text = p.export_csv()
+    assert "user:carol" not in text and "level:public" not in text and "ident, group:contractors, default" in text
+    fresh = PermRAG.open(tmp_path / "fresh", catalog_only=True, clock=clock)  # SQLite, empty
+    try:
+        assert fresh.policy.import_text(text) > 0
+        assert fresh.policy.export_csv().splitlines()[1:] == text.splitlines()[1:]
+    finally:
+        fresh.close()
 
 
 def test_unknown_principals_in_admin_calls_name_the_closest_one(org) -> None:
@@ -299,3 +376,17 @@ def test_cli_listings_show_ends_and_hide_expired(cli, tmp_path) -> None:
     roles = {d["role"]: d for d in json.loads(run("role", "list", "--json"))}
     assert "carol" not in json.dumps(roles["analyst"]["members"])  # expired: not shown as held
     assert "carol" not in run("role", "list")
+
+
+def test_cli_refuses_principal_user_ids_and_checks_imports(cli, tmp_path) -> None:
+    run = cli
+    err = run("user", "assign", "group:contractors", "analyst", code=1)
+    assert "not a user id" in err and "permrag group assign" in err
+    path = tmp_path / "p.csv"
+    path.write_text("# role, staff, default\ng, user:carol, group:contractor, default\n")
+    err = run("policy", "import", str(path), code=1)
+    assert "line 2" in err and "did you mean group:contractors?" in err and "--allow-unknown" in err
+    assert "imported 1 lines" in run("policy", "import", str(path), "--allow-unknown")
+    path.write_text("g, user:bob, staff, default, 2020-01-01T00:00:00Z\n")
+    assert "in the past" in run("policy", "import", str(path), code=1)
+    assert "imported 1 lines" in run("policy", "import", str(path), "--allow-expired")

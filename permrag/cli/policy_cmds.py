@@ -264,11 +264,13 @@ def policy() -> None:
 @click.argument("file", type=click.Path())
 @click.option("--tenant", default=None, help="Require every line to be in this tenant.")
 @click.option("--replace", is_flag=True, help="Replace the roles and rules of the tenants in the file.")
+@click.option("--allow-expired", is_flag=True, help="Import lines whose expiry has passed (refused otherwise).")
+@click.option("--allow-unknown", is_flag=True, help="Import memberships in, and ACL lines naming, groups, users or roles that neither the store nor the file knows.")
 @click.pass_context
-def policy_import(ctx, file, tenant, replace) -> None:
+def policy_import(ctx, file, tenant, replace, allow_expired, allow_unknown) -> None:
     """Import a casbin CSV policy (all or nothing)."""
     with store(ctx, catalog_only=True) as rag:
-        n = rag.policy.import_csv(file, tenant=tenant, replace=replace)
+        n = rag.policy.import_csv(file, tenant=tenant, replace=replace, allow_expired=allow_expired, allow_unknown=allow_unknown)
         click.echo(f"imported {n} lines (policy version {rag.policy_version})")
 
 

@@ -44,10 +44,11 @@ from sqlalchemy.engine import Connection
 from .. import db
 from ..acl import folder_path
 from ..errors import PermragError, PolicyCSVError, PolicyError, RoleCycleError
-from ..names import check, check_role, check_tenant, expiry, principal, show_time
+from ..names import check, check_id, check_role, check_tenant, kind_prefix, principal, show_time
 from .changes import set_expiry
 from .model import GROUP_PREFIX, USER_PREFIX, Change, Folder, TenantPolicy
 from .persist import FOLDER_ACL, IDENT, NO_INHERIT, NO_INHERIT_TYPES, ident_row, stamp
+from .csv_check import edge, expires, require_known
 
 NO_INHERIT_LINE = "noinherit"  # the line type in files (stored as NO_INHERIT)
 from .selectors import parse_selector
@@ -67,38 +68,47 @@ def _line(fields: Iterable[str]) -> str:
     return ", ".join(_field(f) for f in fields) + "\n"
 
 
-def render(version: int, tenants: dict[str, TenantPolicy]) -> str:
+def render(version: int, tenants: dict[str, TenantPolicy], now: float) -> str:
+    """The file; what has expired by ``now`` is left out, so that an import of it
+    (which refuses past expiries) takes it back as it is."""
     out = io.StringIO()
+    ended = lambda tp, key: not tp.live(key, now)  # noqa: E731
     out.write(f"# permrag policy, version {version}\n")
     for t in sorted(tenants):
         tp = tenants[t]
         for role in sorted(tp.roles):
             out.write("# " + _line(["role", role, t]))
-        for role, sel, eft in tp.rules():
+        for role, sel, eft in (r for r in tp.rules() if not ended(tp, ("p", *r))):
             out.write(_line(["p", role, t, sel, ACTION, eft, *_until(tp, ("p", role, sel, eft))]))
         for role in sorted(tp.parents):
-            for parent in sorted(tp.parents[role]):
-                out.write(_line(["g", role, parent, t, *_until(tp, ("g", role, parent))]))
+            for parent in sorted(p for p in tp.parents[role] if not ended(tp, ("g", role, p))):
+                out.write(_line(["g", _role(role), _role(parent), t, *_until(tp, ("g", role, parent))]))
         for user in sorted(tp.user_roles):
-            for role in sorted(tp.user_roles[user]):
-                out.write(_line(["g", USER_PREFIX + user, role, t, *_until(tp, ("g", USER_PREFIX + user, role))]))
+            for role in sorted(r for r in tp.user_roles[user] if not ended(tp, ("g", USER_PREFIX + user, r))):
+                out.write(_line(["g", USER_PREFIX + user, _role(role), t, *_until(tp, ("g", USER_PREFIX + user, role))]))
         for group in sorted(tp.group_roles):
-            for role in sorted(tp.group_roles[group]):
-                out.write(_line(["g", GROUP_PREFIX + group, role, t, *_until(tp, ("g", GROUP_PREFIX + group, role))]))
+            for role in sorted(r for r in tp.group_roles[group] if not ended(tp, ("g", GROUP_PREFIX + group, r))):
+                out.write(_line(["g", GROUP_PREFIX + group, _role(role), t, *_until(tp, ("g", GROUP_PREFIX + group, role))]))
         for member in sorted(tp.member_of):
-            for group in sorted(tp.member_of[member]):
+            for group in sorted(g for g in tp.member_of[member] if not ended(tp, ("g", member, GROUP_PREFIX + g))):
                 out.write(_line(["g", member, GROUP_PREFIX + group, t, *_until(tp, ("g", member, GROUP_PREFIX + group))]))
         for path in sorted(tp.folders):
             f = tp.folders[path]
             for eft, entries in (("allow", f.allow), ("deny", f.deny)):
-                for who in sorted(entries):
+                for who in sorted(w for w in entries if entries[w] is None or entries[w] > now):
                     out.write(_line([FOLDER_ACL, path, t, who, eft, *([show_time(entries[who])] if entries[who] is not None else [])]))
             if not f.inherit:
                 out.write(_line([NO_INHERIT_LINE, path, t]))
-        for key in sorted(set(tp.labels) | {USER_PREFIX + u for u in tp.inactive}):
+        # every group is declared (an ident line, maybe without a label): an import refuses memberships in unknown groups
+        for key in sorted(set(tp.labels) | {USER_PREFIX + u for u in tp.inactive} | {GROUP_PREFIX + g for g in tp.groups()}):
             off = key.startswith(USER_PREFIX) and key[len(USER_PREFIX) :] in tp.inactive
             out.write(_line([IDENT, key, t, tp.labels.get(key, ""), *(["inactive"] if off else [])]))
     return out.getvalue()
+
+
+def _role(role: str) -> str:
+    """A role as a ``g`` line's subject or object: ``role:<name>`` when its name holds a colon."""
+    return ROLE_PREFIX + role if kind_prefix(role) is not None else role
 
 
 def _until(tp: TenantPolicy, key: tuple[str, ...]) -> list[str]:
@@ -144,8 +154,9 @@ def read(path: str | os.PathLike[str]) -> str:
         raise PolicyError(f"cannot read policy file {path}: {exc.strerror or exc}") from None
 
 
-def parse(name: str, text: str, only_tenant: str | None) -> Parsed:
-    """The lines of a policy file, each checked on its own."""
+def parse(name: str, text: str, only_tenant: str | None, now: float | None) -> Parsed:
+    """The lines of a policy file, each checked on its own; an expiry at or
+    before ``now`` is refused (None: past expiries allowed)."""
     out = Parsed()
     # Split on "\n" only: str.splitlines() would also split on U+2028,
     # U+0085 … which names cannot hold, but a hand-written file might.
@@ -160,27 +171,18 @@ def parse(name: str, text: str, only_tenant: str | None) -> Parsed:
             fields = _fields(name, lineno, stripped)
             ptype, rest = fields[0], fields[1:]
             if ptype == "p":
-                out.rules.append((lineno, *_rule(rest)))
+                out.rules.append((lineno, *_rule(rest, now)))
                 tenant = out.rules[-1][2]
             elif ptype == "g":
-                if len(rest) not in (3, 4):
-                    raise PolicyError(f"a g line needs subject, role or group:<id>, tenant[, expires]; got {len(rest)} fields")
-                subject = check("subject", rest[0], max_len=len(USER_PREFIX) + 256, error=PolicyError)
-                obj = rest[1]
-                if obj.startswith(GROUP_PREFIX):
-                    check("group", obj[len(GROUP_PREFIX) :], error=PolicyError)
-                else:
-                    check_role(obj, PolicyError)
-                tenant = check_tenant(rest[2], PolicyError)
-                until = expiry(rest[3], "expires", PolicyError) if len(rest) == 4 else None
-                out.edges.append((lineno, subject, obj, tenant, until))
+                out.edges.append((lineno, *edge(rest, now)))
+                tenant = out.edges[-1][3]
             elif ptype == FOLDER_ACL:
                 if len(rest) not in (4, 5):
                     raise PolicyError(f"an acl line needs folder, tenant, principal, allow|deny[, expires]; got {len(rest)} fields")
                 tenant = check_tenant(rest[1], PolicyError)
                 if rest[3] not in EFFECTS:
                     raise PolicyError(f"effect must be 'allow' or 'deny', not {rest[3]!r}")
-                until = expiry(rest[4], "expires", PolicyError) if len(rest) == 5 else None
+                until = expires(rest[4], now) if len(rest) == 5 else None
                 out.folders.append((lineno, folder_path(rest[0], PolicyError), tenant, principal(rest[2], PolicyError), rest[3], until))
             elif ptype == IDENT:
                 out.idents.append(_ident(rest))
@@ -200,7 +202,7 @@ def parse(name: str, text: str, only_tenant: str | None) -> Parsed:
     return out
 
 
-def _rule(rest: list[str]) -> tuple[str, str, str, str, float | None]:
+def _rule(rest: list[str], now: float | None) -> tuple[str, str, str, str, float | None]:
     """``p, role, tenant, selector, read[, allow|deny[, expires]]`` → (role, tenant, selector, effect, until)."""
     if len(rest) not in (4, 5, 6):
         raise PolicyError(f"a p line needs role, tenant, selector, action[, effect[, expires]]; got {len(rest)} fields")
@@ -210,7 +212,7 @@ def _rule(rest: list[str]) -> tuple[str, str, str, str, float | None]:
         raise PolicyError(f"action must be {ACTION!r}, not {act!r}")
     if eft not in EFFECTS:
         raise PolicyError(f"effect must be 'allow' or 'deny', not {eft!r}")
-    until = expiry(rest[5], "expires", PolicyError) if len(rest) == 6 else None
+    until = expires(rest[5], now) if len(rest) == 6 else None
     return role, tenant, str(parse_selector(rest[2])), eft, until
 
 
@@ -232,7 +234,7 @@ def _ident(rest: list[str]) -> tuple[str, str, str | None, bool]:
     key = rest[0]
     if not key.startswith((USER_PREFIX, GROUP_PREFIX)):
         raise PolicyError(f"an ident line names user:<id> or group:<id>, not {key!r}")
-    check("id", key.split(":", 1)[1], error=PolicyError)
+    check_id(key.split(":", 1)[0], key.split(":", 1)[1], PolicyError)
     if len(rest) == 4 and not key.startswith(USER_PREFIX):
         raise PolicyError(f"only a user can be inactive, not {key!r}")
     label = check("label", rest[2], error=PolicyError) if rest[2] else None
@@ -345,9 +347,11 @@ def _group_edge(tp: TenantPolicy, subject: str, obj: str, t: str, until: float |
 
 
 def import_change(
-    name: str, parsed: Parsed, tenants: set[str], current: dict[str, TenantPolicy], replace: bool, counted: list[int]
+    name: str, parsed: Parsed, tenants: set[str], current: dict[str, TenantPolicy], replace: bool, counted: list[int], allow_unknown: bool = False
 ) -> Change | None:
     """The change an import makes, validated against the stored policy (``current``)."""
+    if not allow_unknown:
+        require_known(name, parsed, current)
     states = {t: (current[t].identity_only() if replace else current[t].copy()) for t in tenants}
     rows = apply(name, parsed, states)
     _apply_idents(parsed, states, rows)

@@ -12,7 +12,9 @@ that names the id. Names are labels, shown in explanations and listings.
   commas dropped); a user is labelled ``uid`` (else ``sAMAccountName``, else
   ``cn``), a group ``cn``. Folded lines and base64 (``attr::``) values are read.
 * **CSV**: ``group,member`` rows (a header row is optional); ``member`` is
-  ``user:<id>``, ``group:<id>`` or a bare user id. The names are the ids.
+  ``user:<id>``, ``group:<id>`` or a bare user id. The names are the ids,
+  and no id may start like a principal (``Group:ops``, ``usr:dave``,
+  ``role:admin``; ``group:eng`` in the group column): an error naming the line.
 
 Each file is parsed completely before anything is applied, each error naming
 where it is (a JSON path or a line number). A cycle among groups is refused
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import IdentityFileError, PermragError, PolicyError
-from ..names import check
+from ..names import check, check_id
 from .model import GROUP_PREFIX, USER_PREFIX
 
 FORMATS = ("scim", "ldif", "csv")
@@ -205,6 +207,16 @@ def parse_ldif(path: str, text: str) -> Directory:
 
 
 # ---------------------------------------------------------------------- CSV
+def _csv_id(path: str, no: int, kind: str, value: str) -> str:
+    """A CSV field that names a user or group by id: never a principal-like
+    name (``Group:ops``, ``usr:dave``, ``role:admin``, ``group:eng`` in the
+    group column), which would become a user or group that names nobody."""
+    try:
+        return check_id(kind, value, PolicyError)
+    except PermragError as exc:
+        raise IdentityFileError(path, f"line {no}", f"{exc}; a member is user:<id>, group:<id> or a bare user id") from None
+
+
 def parse_csv(path: str, text: str) -> Directory:
     out = Directory()
     rows = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True, strict=True)
@@ -217,13 +229,13 @@ def parse_csv(path: str, text: str) -> Directory:
                 continue
             if len(fields) != 2:
                 raise IdentityFileError(path, f"line {no}", f"expected group,member; got {len(fields)} fields")
-            group = name_of(path, f"line {no}", "group", fields[0])
+            group = _csv_id(path, no, "group", fields[0])
             member = fields[1]
             if member.startswith(GROUP_PREFIX):
-                out.groups.setdefault(name_of(path, f"line {no}", "group", member[len(GROUP_PREFIX) :]), set())
-                key = member
+                key = GROUP_PREFIX + _csv_id(path, no, "group", member[len(GROUP_PREFIX) :])
+                out.groups.setdefault(key[len(GROUP_PREFIX) :], set())
             else:
-                user = name_of(path, f"line {no}", "user", member.removeprefix(USER_PREFIX))
+                user = _csv_id(path, no, "user", member.removeprefix(USER_PREFIX))
                 out.users.add(user)
                 key = USER_PREFIX + user
             out.groups.setdefault(group, set()).add(key)

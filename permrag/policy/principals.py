@@ -24,7 +24,7 @@ import difflib
 from typing import Iterable
 
 from ..errors import PolicyError, UnknownPrincipalError
-from ..names import Held, show_time
+from ..names import Held, check, kind_prefix, show_time
 from .model import ROLE_PREFIX, TenantPolicy
 
 
@@ -69,6 +69,23 @@ def require(tp: TenantPolicy, key: str, tenant: str, where: str, *, allow_unknow
         hint="pass allow_unknown=True to name it anyway",
         cli_hint="pass --allow-unknown to name it anyway",
     )
+
+
+def user_id(user: object) -> str:
+    """A user id given to an assignment: never a principal (``user:bob``,
+    ``group:contractors``, ``usr:dave``, any word and a colon-like character):
+    stored as a user, it would be a phantom that holds the role while the
+    group or user it looks like holds nothing, so a deny meant for them fails
+    open. ``permrag policy check`` lists phantoms stored before this check."""
+    name = check("user", user, error=PolicyError)
+    head = kind_prefix(name)
+    if head is not None:
+        raise PolicyError(
+            f"{name!r} is a principal, not a user id ({head!r} and a colon name a kind)",
+            hint="give the bare user id (bob, not user:bob); to give a group a role use identity.assign_group",
+            cli_hint="give the bare user id (bob, not user:bob); to give a group a role use `permrag group assign`",
+        )
+    return name
 
 
 def listing(items: Iterable[tuple[str, tuple[str, ...]]], tp: TenantPolicy, now: float) -> list[Held]:

@@ -42,13 +42,10 @@ from ..errors import PolicyError, UnknownSubjectError
 from ..names import Held, check, check_role, check_tenant, expiry
 from .changes import edge_change, set_expiry
 from .changes import need_role as _need_role
-from .csv import import_change as csv_import_change
-from .csv import parse as csv_parse
-from .csv import read as csv_read
-from .csv import render as csv_render
+from . import csv as policy_csv
 from .model import USER_PREFIX, Change, TenantPolicy
 from .persist import read_all, stamp
-from .principals import listing, require_future
+from .principals import listing, require_future, user_id
 from .selectors import parse_selector
 
 log = logging.getLogger(__name__)
@@ -69,7 +66,7 @@ def _tenant(tenant: object) -> str:
 
 
 def _user(user: object) -> str:
-    return check("user", user, error=PolicyError)
+    return user_id(user)
 
 
 class Policy:
@@ -262,7 +259,7 @@ class Policy:
         name = check("subject", subject, error=PolicyError)
 
         def make(tp: TenantPolicy) -> Change | None:
-            return self._inherit(tp, name, role, tenant) if name in tp.roles else self._assign_user(tp, name, role, tenant)
+            return self._inherit(tp, name, role, tenant) if name in tp.roles else self._assign_user(tp, user_id(name), role, tenant)
 
         return self._one(tenant, make)
 
@@ -326,7 +323,7 @@ class Policy:
         self._one(tenant, lambda tp: self._uninherit(tp, role, parent, tenant))
 
     def _unassign_user(self, tp: TenantPolicy, user: str, role: str, tenant: str) -> Change:
-        user = tp.resolve(USER_PREFIX, user)
+        user = tp.resolve(USER_PREFIX, user if tp.user_roles.get(user) else user_id(user))  # a stored phantom (user:bob) may be cleaned up
         if role not in tp.user_roles.get(user, ()):
             raise UnknownSubjectError(f"user {user!r} does not hold role {role!r} in tenant {tenant!r}")
         c = db.casbin_rule.c
@@ -422,7 +419,7 @@ class Policy:
         self.refresh()
         with self.lock:
             names = [tenant] if tenant is not None else self.tenants()
-            text = csv_render(self.version, {t: self.tenant(t) for t in names})
+            text = policy_csv.render(self.version, {t: self.tenant(t) for t in names}, self.clock())
         if path is not None:
             try:
                 Path(path).write_text(text, encoding="utf-8")
@@ -430,19 +427,23 @@ class Policy:
                 raise PolicyError(f"cannot write policy file {path}: {exc.strerror or exc}") from None
         return text
 
-    def import_csv(self, path: str | os.PathLike[str], tenant: str | None = None, *, replace: bool = False) -> int:
+    def import_csv(self, path: str | os.PathLike[str], tenant: str | None = None, *, replace: bool = False, **allow: bool) -> int:
         """Add the rules of a casbin CSV file, all or nothing; returns how many lines took effect.
 
         ``tenant`` (optional) requires every line to be in that tenant.
         ``replace`` first removes every role, rule and assignment of the
-        tenants the file names (and of ``tenant``).
+        tenants the file names (and of ``tenant``). A line whose expiry has
+        passed is refused unless ``allow_expired=True``; a membership in, or
+        an ACL line naming, a group, user or role that neither the store nor
+        the file knows is refused unless ``allow_unknown=True`` (csv_check.py).
         """
-        return self.import_text(csv_read(path), name=str(path), tenant=tenant, replace=replace)
+        return self.import_text(policy_csv.read(path), name=str(path), tenant=tenant, replace=replace, **allow)
 
-    def import_text(self, text: str, *, name: str = "<policy>", tenant: str | None = None, replace: bool = False) -> int:
+    def import_text(self, text: str, *, name: str = "<policy>", tenant: str | None = None, replace: bool = False,
+                    allow_expired: bool = False, allow_unknown: bool = False) -> int:
         """:meth:`import_csv` for CSV text already in memory."""
-        parsed = csv_parse(name, text, tenant)
+        parsed = policy_csv.parse(name, text, tenant, None if allow_expired else self.clock())
         tenants = parsed.tenants() | ({tenant} if tenant else set())
         counted: list[int] = [0]
-        self._change(tenants, lambda current: csv_import_change(name, parsed, tenants, current, replace, counted))
+        self._change(tenants, lambda current: policy_csv.import_change(name, parsed, tenants, current, replace, counted, allow_unknown))
         return counted[0]
