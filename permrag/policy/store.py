@@ -42,7 +42,7 @@ from ..errors import PolicyError, UnknownSubjectError
 from ..names import Held, check, check_role, check_tenant, expiry
 from .changes import edge_change, set_expiry
 from .changes import need_role as _need_role
-from . import csv as policy_csv
+from .csv import import_change as csv_import_change, parse as csv_parse, read as csv_read, render as csv_render
 from .model import USER_PREFIX, Change, TenantPolicy
 from .persist import read_all, stamp
 from .principals import listing, require_future, user_id
@@ -419,7 +419,7 @@ class Policy:
         self.refresh()
         with self.lock:
             names = [tenant] if tenant is not None else self.tenants()
-            text = policy_csv.render(self.version, {t: self.tenant(t) for t in names}, self.clock())
+            text = csv_render(self.version, {t: self.tenant(t) for t in names}, self.clock())
         if path is not None:
             try:
                 Path(path).write_text(text, encoding="utf-8")
@@ -437,13 +437,13 @@ class Policy:
         an ACL line naming, a group, user or role that neither the store nor
         the file knows is refused unless ``allow_unknown=True`` (csv_check.py).
         """
-        return self.import_text(policy_csv.read(path), name=str(path), tenant=tenant, replace=replace, **allow)
+        return self.import_text(csv_read(path), name=str(path), tenant=tenant, replace=replace, **allow)
 
     def import_text(self, text: str, *, name: str = "<policy>", tenant: str | None = None, replace: bool = False,
                     allow_expired: bool = False, allow_unknown: bool = False) -> int:
         """:meth:`import_csv` for CSV text already in memory."""
-        parsed = policy_csv.parse(name, text, tenant, None if allow_expired else self.clock())
+        parsed = csv_parse(name, text, tenant, None if allow_expired else self.clock())
         tenants = parsed.tenants() | ({tenant} if tenant else set())
         counted: list[int] = [0]
-        self._change(tenants, lambda current: policy_csv.import_change(name, parsed, tenants, current, replace, counted, allow_unknown))
+        self._change(tenants, lambda current: csv_import_change(name, parsed, tenants, current, replace, counted, allow_unknown))
         return counted[0]
