@@ -99,8 +99,10 @@ def render(version: int, tenants: dict[str, TenantPolicy], now: float) -> str:
                     out.write(_line([FOLDER_ACL, path, t, who, eft, *([show_time(entries[who])] if entries[who] is not None else [])]))
             if not f.inherit:
                 out.write(_line([NO_INHERIT_LINE, path, t]))
-        # every group is declared (an ident line, maybe without a label): an import refuses memberships in unknown groups
-        for key in sorted(set(tp.labels) | {USER_PREFIX + u for u in tp.inactive} | {GROUP_PREFIX + g for g in tp.groups()}):
+        # every group, and every user or group a folder ACL names, is declared (an ident line, maybe
+        # without a label): an import refuses memberships and ACL entries naming nobody it knows
+        named = {who for f in tp.folders.values() for who in (*f.allow, *f.deny) if who.startswith((USER_PREFIX, GROUP_PREFIX))}
+        for key in sorted(set(tp.labels) | {USER_PREFIX + u for u in tp.inactive} | {GROUP_PREFIX + g for g in tp.groups()} | named):
             off = key.startswith(USER_PREFIX) and key[len(USER_PREFIX) :] in tp.inactive
             out.write(_line([IDENT, key, t, tp.labels.get(key, ""), *(["inactive"] if off else [])]))
     return out.getvalue()
