@@ -113,6 +113,16 @@ class MassRemovalError(PolicyError):
     applied) unless the caller allows a mass removal."""
 
 
+class ResourceConflictError(PolicyError):
+    """A provisioning write gives a user a ``userName`` another user holds
+    (SCIM answers 409 Conflict); nothing was changed."""
+
+
+class VersionMismatchError(PolicyError):
+    """A conditional provisioning write names a version of the resource that is
+    not the stored one (SCIM ``If-Match``, answered 412); nothing was changed."""
+
+
 class AmbiguousNameError(PolicyError):
     """A name given to an admin call is the label of several users or groups;
     the message lists their ids."""
@@ -208,4 +218,6 @@ __all__ = [
     "UnknownSubjectError",
     "UnknownTenantError",
     "UnsupportedError",
+    "ResourceConflictError",
+    "VersionMismatchError",
 ]
