@@ -39,6 +39,7 @@ from .exports import read as read_exports
 from .model import GROUP_PREFIX, MAX_DEPTH, USER_PREFIX, Change, Folder, TenantPolicy
 from .persist import IDENT, ident_row
 from .principals import listing, require, require_future
+from .provisioning import Provisioning
 from .store import DEFAULT_TENANT, Policy
 from .sync import Plan, SyncReport, plan, refuse
 
@@ -66,6 +67,11 @@ class Identity:
         (the catalog's side of the mass-removal guard)."""
         self.policy = policy
         self._denied = denied
+
+    def provisioning(self, *, allow_mass_removal: bool = False) -> Provisioning:
+        """Users and groups written one at a time by an identity provider (SCIM,
+        ``permrag serve``): one policy version per write; see policy/provisioning.py."""
+        return Provisioning(self.policy, self._denied, allow_mass_removal=allow_mass_removal)
 
     # ------------------------------------------------------------------ reading
     def groups(self, tenant: str = DEFAULT_TENANT) -> list[str]:

@@ -1,0 +1,437 @@
+"""Live provisioning: an identity provider writes users and groups one at a time
+(SCIM 2.0, ``permrag serve``), as deltas rather than whole exports.
+
+Every write is one policy change (one version, seen by every process at its
+next read); a refused write changes nothing. The state is the one directory
+sync keeps (policy/sync.py), so a provisioned tenant answers exactly like a
+synced one:
+
+* a user ``user:<id>`` is its ``ident`` row: the label (``userName``) and
+  whether it is deactivated (``active: false``: it holds nothing, its
+  memberships stay stored and come back with reactivation). The row also
+  keeps what only the provider reads back: ``externalId`` (``v4``) and a small
+  JSON of ``displayName`` and the created / modified times (``v5``);
+* a group ``group:<id>`` is its ``ident`` row (label ``displayName``) and its
+  direct members, permanent ``g`` edges;
+* the id is permanent: the provider's ``externalId`` when it is a usable id
+  not held by another live resource, else a fresh random one. Deleting a user
+  drops its label and memberships and keeps it deactivated (as a sync does
+  when a user leaves the export), so a deletion never widens access.
+
+A write that replaces a group's members wholesale (SCIM ``PUT``, a ``replace``
+of ``members``, a delete) and would empty a group holding a deny, or take
+more than half of its members, is refused with :class:`MassRemovalError`
+unless provisioning was opened with ``allow_mass_removal``: losing a deny
+widens access. Each resource has a version (SCIM ``meta.version``); a write
+given a version that is no longer the stored one raises
+:class:`VersionMismatchError` inside the change, so nothing is applied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from sqlalchemy import and_, delete, select
+from sqlalchemy.engine import Connection
+
+from .. import db
+from ..errors import MassRemovalError, PolicyError, ResourceConflictError, UnknownSubjectError, VersionMismatchError
+from ..names import check, check_id, check_tenant
+from .model import GROUP_PREFIX, USER_PREFIX, Change, TenantPolicy
+from .persist import IDENT, ident_row
+from .store import DEFAULT_TENANT, Policy
+from .sync import _acl_denied, _denies_itself
+
+Extras = tuple[str | None, dict[str, Any]]  # (externalId, {"d": displayName, "c": created, "m": modified})
+MAX_TEXT = 256
+
+
+@dataclass(frozen=True)
+class UserFields:
+    """What a provider writes of a user."""
+
+    user_name: str
+    display_name: str | None = None
+    external_id: str | None = None
+    active: bool = True
+
+
+@dataclass(frozen=True)
+class GroupFields:
+    """What a provider writes of a group; ``members`` are ``(type, id)`` with
+    type ``"User"``, ``"Group"`` or None (whichever the id names)."""
+
+    display_name: str
+    external_id: str | None = None
+    members: tuple[tuple[str | None, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class ProvisionedUser:
+    id: str
+    user_name: str
+    display_name: str | None
+    external_id: str | None
+    active: bool
+    groups: tuple[tuple[str, str], ...]  # (group id, its label)
+    created: float | None
+    modified: float | None
+
+    @property
+    def version(self) -> str:
+        return _digest(["User", self.id, self.user_name, self.display_name, self.external_id, self.active])
+
+
+@dataclass(frozen=True)
+class ProvisionedGroup:
+    id: str
+    display_name: str
+    external_id: str | None
+    members: tuple[tuple[str, str, str], ...]  # ("User" | "Group", id, label)
+    created: float | None
+    modified: float | None
+
+    @property
+    def version(self) -> str:
+        return _digest(["Group", self.id, self.display_name, self.external_id, [list(m[:2]) for m in self.members]])
+
+
+def _digest(parts: list[Any]) -> str:
+    return hashlib.sha256(json.dumps(parts, ensure_ascii=True).encode()).hexdigest()[:20]
+
+
+def _text(what: str, value: object, *, optional: bool = False) -> str | None:
+    if value is None and optional:
+        return None
+    return check(what, value, max_len=MAX_TEXT, error=PolicyError)
+
+
+def _is_user(tp: TenantPolicy, key: str) -> bool:
+    """A user the provider sees: labelled, or in a group (a deleted one is neither)."""
+    return key in tp.labels or bool(tp.member_of.get(key))
+
+
+def _is_group(tp: TenantPolicy, key: str) -> bool:
+    g = key[len(GROUP_PREFIX) :]
+    return key in tp.labels or bool(tp.members.get(g)) or bool(tp.member_of.get(key))
+
+
+def _decode(ext: str | None, meta: str | None) -> Extras:
+    try:
+        more = json.loads(meta) if meta else {}
+    except ValueError:
+        more = {}
+    return (ext or None), (more if isinstance(more, dict) else {})
+
+
+def _extras(conn: Connection, tenant: str, key: str | None = None) -> dict[str, Extras]:
+    c = db.casbin_rule.c
+    where = [c.ptype == IDENT, c.v1 == tenant] + ([c.v0 == key] if key is not None else [])
+    return {v0: _decode(v4, v5) for v0, v4, v5 in conn.execute(select(c.v0, c.v4, c.v5).where(*where))}
+
+
+def _row(key: str, tenant: str, label: str | None, inactive: bool, ext: str | None, more: dict[str, Any]) -> dict[str, Any]:
+    row = ident_row(key, tenant, label, inactive)
+    row.update(v4=ext, v5=json.dumps(more, ensure_ascii=True, separators=(",", ":")) if more else None)
+    return row
+
+
+def _user(tp: TenantPolicy, uid: str, extras: Extras, now: float) -> ProvisionedUser:
+    key = USER_PREFIX + uid
+    groups = tuple(sorted((g, tp.labels.get(GROUP_PREFIX + g, g)) for g in tp.member_of.get(key, ()) if tp.live(("g", key, GROUP_PREFIX + g), now)))
+    ext, more = extras
+    return ProvisionedUser(uid, tp.labels.get(key, uid), more.get("d"), ext, uid not in tp.inactive, groups, more.get("c"), more.get("m"))
+
+
+def _group(tp: TenantPolicy, gid: str, extras: Extras, now: float) -> ProvisionedGroup:
+    members = []
+    for m in sorted(tp.members.get(gid, ())):
+        if m.startswith((USER_PREFIX, GROUP_PREFIX)) and tp.live(("g", m, GROUP_PREFIX + gid), now):
+            kind, ident = m.split(":", 1)
+            members.append(("User" if kind + ":" == USER_PREFIX else "Group", ident, tp.labels.get(m, ident)))
+    ext, more = extras
+    return ProvisionedGroup(gid, tp.labels.get(GROUP_PREFIX + gid, gid), ext, tuple(members), more.get("c"), more.get("m"))
+
+
+def _new_id(tp: TenantPolicy, prefix: str, external_id: str | None, live: Callable[[TenantPolicy, str], bool]) -> str:
+    """The provider's externalId when it is a usable id no live resource holds, else a random one."""
+    if external_id is not None:
+        try:
+            ident = check_id(prefix.rstrip(":"), external_id, PolicyError)
+        except PolicyError:
+            ident = None
+        if ident is not None and not live(tp, prefix + ident):
+            return ident
+    return uuid.uuid4().hex
+
+
+def _check_version(current: str, wanted: str | None, what: str) -> None:
+    if wanted is not None and wanted != current:
+        raise VersionMismatchError(f"{what} is at version {current!r}, not {wanted!r}: it changed since it was read; nothing was changed")
+
+
+class Provisioning:
+    """Users and groups of one store, written one at a time by an identity provider."""
+
+    def __init__(self, policy: Policy, denied: Callable[[str], set[str]] | None = None, *, allow_mass_removal: bool = False) -> None:
+        self.policy = policy
+        self._denied = denied
+        self.allow_mass_removal = allow_mass_removal
+
+    # ------------------------------------------------------------------ reading
+    def _state(self, tenant: str, key: str | None = None) -> tuple[TenantPolicy, dict[str, Extras], float]:
+        tenant = check_tenant(tenant, PolicyError)
+        self.policy.refresh()
+        with db.reading(self.policy.engine, "reading provisioned identities") as conn:
+            extras = _extras(conn, tenant, key)
+        return self.policy.tenant(tenant), extras, self.policy.clock()
+
+    def users(self, tenant: str = DEFAULT_TENANT) -> list[ProvisionedUser]:
+        """Every user the provider sees (labelled or in a group), by id."""
+        tp, extras, now = self._state(tenant)
+        keys = {k for k in tp.labels if k.startswith(USER_PREFIX)} | {k for k, gs in tp.member_of.items() if gs and k.startswith(USER_PREFIX)}
+        return [_user(tp, k[len(USER_PREFIX) :], extras.get(k, (None, {})), now) for k in sorted(keys)]
+
+    def user(self, uid: str, tenant: str = DEFAULT_TENANT) -> ProvisionedUser:
+        key = USER_PREFIX + _text("user id", uid)  # type: ignore[operator]
+        tp, extras, now = self._state(tenant, key)
+        if not _is_user(tp, key):
+            raise UnknownSubjectError(f"no user with id {uid!r} in tenant {tenant!r}")
+        return _user(tp, uid, extras.get(key, (None, {})), now)
+
+    def groups(self, tenant: str = DEFAULT_TENANT) -> list[ProvisionedGroup]:
+        """Every group the provider sees (labelled, or with members or a parent group), by id."""
+        tp, extras, now = self._state(tenant)
+        keys = {k[len(GROUP_PREFIX) :] for k in tp.labels if k.startswith(GROUP_PREFIX)} | {g for g, ms in tp.members.items() if ms}
+        keys |= {k[len(GROUP_PREFIX) :] for k, gs in tp.member_of.items() if gs and k.startswith(GROUP_PREFIX)}
+        return [_group(tp, g, extras.get(GROUP_PREFIX + g, (None, {})), now) for g in sorted(keys)]
+
+    def group(self, gid: str, tenant: str = DEFAULT_TENANT) -> ProvisionedGroup:
+        key = GROUP_PREFIX + _text("group id", gid)  # type: ignore[operator]
+        tp, extras, now = self._state(tenant, key)
+        if not _is_group(tp, key):
+            raise UnknownSubjectError(f"no group with id {gid!r} in tenant {tenant!r}")
+        return _group(tp, gid, extras.get(key, (None, {})), now)
+
+    # ------------------------------------------------------------------ users
+    def create_user(self, fields: UserFields, tenant: str = DEFAULT_TENANT) -> ProvisionedUser:
+        """Provision a user; its id is the ``externalId`` when usable and free, else random."""
+        return self.user(self._write_user(None, fields, tenant, None), tenant)
+
+    def replace_user(self, uid: str, fields: UserFields, tenant: str = DEFAULT_TENANT, *, if_version: str | None = None) -> ProvisionedUser:
+        """Make user ``uid`` exactly ``fields`` (``active=False``: deactivated, holds nothing)."""
+        return self.user(self._write_user(uid, fields, tenant, if_version), tenant)
+
+    def _write_user(self, uid: str | None, f: UserFields, tenant: str, if_version: str | None) -> str:
+        tenant = check_tenant(tenant, PolicyError)
+        name, shown = _text("userName", f.user_name), _text("displayName", f.display_name, optional=True)
+        ext = _text("externalId", f.external_id, optional=True)
+        now, done = self.policy.clock(), []
+
+        def make(tp: TenantPolicy) -> Change:
+            ident = _new_id(tp, USER_PREFIX, ext, _is_user) if uid is None else uid
+            key = USER_PREFIX + ident
+            if uid is not None and not _is_user(tp, key):
+                raise UnknownSubjectError(f"no user with id {uid!r} in tenant {tenant!r}")
+            lower = str(name).casefold()
+            taken = [k for k, v in tp.labels.items() if k != key and k.startswith(USER_PREFIX) and v.casefold() == lower]
+            if taken:
+                raise ResourceConflictError(f"userName {name!r} is held by user {taken[0][len(USER_PREFIX) :]!r} in tenant {tenant!r}")
+            done.append(ident)
+
+            def write(conn: Connection) -> None:
+                old = _extras(conn, tenant, key).get(key, (None, {}))
+                if uid is not None:
+                    _check_version(_user(tp, ident, old, now).version, if_version, f"user {ident!r}")
+                more = {"d": shown, "c": old[1].get("c", now), "m": now}
+                conn.execute(delete(db.casbin_rule).where(db.casbin_rule.c.ptype == IDENT, db.casbin_rule.c.v0 == key, db.casbin_rule.c.v1 == tenant))
+                conn.execute(db.casbin_rule.insert().values(**_row(key, tenant, name, not f.active, ext, more)))
+
+            def apply(s: dict[str, TenantPolicy]) -> None:
+                t = s[tenant]
+                t.labels[key] = str(name)
+                (t.inactive.discard if f.active else t.inactive.add)(ident)
+
+            return Change(write, apply, {tenant}, set(), {ident})
+
+        self.policy._one(tenant, make)
+        return done[-1]
+
+    def delete_user(self, uid: str, tenant: str = DEFAULT_TENANT, *, if_version: str | None = None) -> None:
+        """Deprovision a user: its label and memberships go, and it stays deactivated
+        (its id holds nothing, whatever still names it)."""
+        tenant = check_tenant(tenant, PolicyError)
+        key, now, c = USER_PREFIX + str(_text("user id", uid)), self.policy.clock(), db.casbin_rule.c
+
+        def make(tp: TenantPolicy) -> Change:
+            if not _is_user(tp, key):
+                raise UnknownSubjectError(f"no user with id {uid!r} in tenant {tenant!r}")
+            groups = sorted(tp.member_of.get(key, ()))
+
+            def write(conn: Connection) -> None:
+                _check_version(_user(tp, uid, _extras(conn, tenant, key).get(key, (None, {})), now).version, if_version, f"user {uid!r}")
+                conn.execute(delete(db.casbin_rule).where(c.ptype == "g", c.v0 == key, c.v1.startswith(GROUP_PREFIX), c.v2 == tenant))
+                conn.execute(delete(db.casbin_rule).where(c.ptype == IDENT, c.v0 == key, c.v1 == tenant))
+                conn.execute(db.casbin_rule.insert().values(**ident_row(key, tenant, None, True)))
+
+            def apply(s: dict[str, TenantPolicy]) -> None:
+                t = s[tenant]
+                for g in groups:
+                    t.remove_member(key, g)
+                t.labels.pop(key, None)
+                t.inactive.add(uid)
+
+            return Change(write, apply, {tenant}, set(), {uid})
+
+        self.policy._one(tenant, make)
+
+    # ------------------------------------------------------------------ groups
+    def create_group(self, fields: GroupFields, tenant: str = DEFAULT_TENANT) -> ProvisionedGroup:
+        """Provision a group with its members; its id is the ``externalId`` when usable and free, else random."""
+        return self.group(self._write_group(None, fields, tenant, None, False), tenant)
+
+    def replace_group(
+        self, gid: str, fields: GroupFields, tenant: str = DEFAULT_TENANT, *, if_version: str | None = None, wholesale: bool = True
+    ) -> ProvisionedGroup:
+        """Make group ``gid`` exactly ``fields``. ``wholesale``: the members were given
+        as a whole (a PUT, a replace of all members), so the mass-removal guard applies;
+        a removal of named members is not."""
+        return self.group(self._write_group(gid, fields, tenant, if_version, wholesale), tenant)
+
+    def _write_group(self, gid: str | None, f: GroupFields, tenant: str, if_version: str | None, wholesale: bool) -> str:
+        tenant = check_tenant(tenant, PolicyError)
+        name, ext = _text("displayName", f.display_name), _text("externalId", f.external_id, optional=True)
+        given = [(kind, str(_text("member value", v))) for kind, v in f.members]
+        now, done, denied = self.policy.clock(), [], self._denied(tenant) if self._denied is not None else set()
+
+        def make(tp: TenantPolicy) -> Change:
+            ident = _new_id(tp, GROUP_PREFIX, ext, _is_group) if gid is None else gid
+            if gid is not None and not _is_group(tp, GROUP_PREFIX + ident):
+                raise UnknownSubjectError(f"no group with id {gid!r} in tenant {tenant!r}")
+            old = set(tp.members.get(ident, ()))
+            kept = {m for m in old if not m.startswith((USER_PREFIX, GROUP_PREFIX))}  # members SCIM does not see (agents)
+            new = {_member_key(tp, kind, v, tenant) for kind, v in given} | kept
+            for m in sorted(new - old):
+                tp.check_member(m, ident)
+            if wholesale and not self.allow_mass_removal:
+                _guard(tp, ident, old, new, denied)
+            done.append(ident)
+            return _group_change(tp, tenant, ident, (name, ext), old, new, (if_version, now))
+
+        self.policy._one(tenant, make)
+        return done[-1]
+
+    def delete_group(self, gid: str, tenant: str = DEFAULT_TENANT, *, if_version: str | None = None) -> None:
+        """Deprovision a group: its label and every membership in or of it go. A
+        group that holds a deny is not emptied this way unless ``allow_mass_removal``."""
+        tenant = check_tenant(tenant, PolicyError)
+        key, now, c = GROUP_PREFIX + str(_text("group id", gid)), self.policy.clock(), db.casbin_rule.c
+        denied = self._denied(tenant) if self._denied is not None else set()
+
+        def make(tp: TenantPolicy) -> Change:
+            if not _is_group(tp, key):
+                raise UnknownSubjectError(f"no group with id {gid!r} in tenant {tenant!r}")
+            old, parents = set(tp.members.get(gid, ())), sorted(tp.member_of.get(key, ()))
+            if not self.allow_mass_removal:
+                _guard(tp, gid, old, set(), denied)
+
+            def write(conn: Connection) -> None:
+                _check_version(_group(tp, gid, _extras(conn, tenant, key).get(key, (None, {})), now).version, if_version, f"group {gid!r}")
+                inside = and_(c.v1 == key, c.v0.startswith(USER_PREFIX) | c.v0.startswith(GROUP_PREFIX))
+                conn.execute(delete(db.casbin_rule).where(c.ptype == "g", c.v2 == tenant, inside | and_(c.v0 == key, c.v1.startswith(GROUP_PREFIX))))
+                conn.execute(delete(db.casbin_rule).where(c.ptype == IDENT, c.v0 == key, c.v1 == tenant))
+
+            def apply(s: dict[str, TenantPolicy]) -> None:
+                t = s[tenant]
+                for m in old:
+                    t.remove_member(m, gid)
+                for p in parents:
+                    t.remove_member(key, p)
+                t.labels.pop(key, None)
+
+            return Change(write, apply, {tenant}, None, None)
+
+        self.policy._one(tenant, make)
+
+
+def _member_key(tp: TenantPolicy, kind: str | None, ident: str, tenant: str) -> str:
+    """``user:<id>`` / ``group:<id>`` of a member reference; it must name a provisioned user or group."""
+    user, group = _is_user(tp, USER_PREFIX + ident), _is_group(tp, GROUP_PREFIX + ident)
+    if kind is not None and kind.casefold() not in ("user", "group"):
+        raise PolicyError(f"member type {kind!r} is not User or Group")
+    if (kind or "").casefold() == "user" or (kind is None and user and not group):
+        if not user:
+            raise UnknownSubjectError(f"member {ident!r}: no user with that id in tenant {tenant!r}")
+        return USER_PREFIX + ident
+    if (kind or "").casefold() == "group" or (kind is None and group and not user):
+        if not group:
+            raise UnknownSubjectError(f"member {ident!r}: no group with that id in tenant {tenant!r}")
+        return GROUP_PREFIX + ident
+    if user and group:
+        raise PolicyError(f"member {ident!r} is the id of a user and of a group: give its type")
+    raise UnknownSubjectError(f"member {ident!r}: no user or group with that id in tenant {tenant!r}")
+
+
+def _users_below(tp: TenantPolicy, direct: set[str]) -> set[str]:
+    users = {m[len(USER_PREFIX) :] for m in direct if m.startswith(USER_PREFIX)}
+    for m in direct:
+        if m.startswith(GROUP_PREFIX):
+            users |= tp.group_users(m[len(GROUP_PREFIX) :])
+    return users
+
+
+def _guard(tp: TenantPolicy, gid: str, old: set[str], new: set[str], denied: set[str]) -> None:
+    """Refuse emptying a deny-holding group, or taking more than half of its members."""
+    removed = old - new
+    if not removed:
+        return
+    acl = _acl_denied(tp, denied)
+    if not any(_denies_itself(tp, g, acl) for g in {gid} | tp.groups_of(GROUP_PREFIX + gid, 0.0)):
+        return
+    shown = tp.shown(GROUP_PREFIX + gid)
+    if _users_below(tp, old) and not _users_below(tp, new):
+        why = f"it removes every member of {shown}, which holds a deny: its members would lose it"
+    elif 2 * len(removed) > len(old):
+        why = f"it removes {len(removed)} of the {len(old)} members of {shown}, which holds a deny (more than half)"
+    else:
+        return
+    raise MassRemovalError(f"provisioning refused: {why}; nothing was applied. Start the server with --allow-mass-removal if it is right")
+
+
+def _group_change(
+    tp: TenantPolicy, tenant: str, gid: str, ident: tuple[str | None, str | None], old: set[str], new: set[str], check: tuple[str | None, float]
+) -> Change:
+    """The change that makes group ``gid`` labelled ``ident[0]`` with direct members ``new``."""
+    key, c = GROUP_PREFIX + gid, db.casbin_rule.c
+    added, removed = sorted(new - old), sorted(old - new)
+    if_version, now = check
+    nested = any(m.startswith(GROUP_PREFIX) for m in added + removed)
+    users = tp.group_users(gid) | _users_below(tp, set(added) | set(removed))
+
+    def write(conn: Connection) -> None:
+        previous = _extras(conn, tenant, key).get(key, (None, {}))
+        if if_version is not None:
+            _check_version(_group(tp, gid, previous, now).version, if_version, f"group {gid!r}")
+        for m in removed:
+            conn.execute(delete(db.casbin_rule).where(c.ptype == "g", c.v0 == m, c.v1 == key, c.v2 == tenant))
+        rows = [{"ptype": "g", "v0": m, "v1": key, "v2": tenant, "v3": None, "v4": None, "v5": None} for m in added]
+        conn.execute(delete(db.casbin_rule).where(c.ptype == IDENT, c.v0 == key, c.v1 == tenant))
+        more = {"c": previous[1].get("c", now), "m": now}
+        for part in db.chunks([*rows, _row(key, tenant, ident[0], False, ident[1], more)], 1000):
+            conn.execute(db.casbin_rule.insert(), list(part))
+
+    def apply(s: dict[str, TenantPolicy]) -> None:
+        t = s[tenant]
+        for m in removed:
+            t.remove_member(m, gid)
+        for m in added:
+            t.add_member(m, gid)
+        t.labels[key] = str(ident[0])
+
+    return Change(write, apply, {tenant}, None if nested else set(), None if nested else users)
+
