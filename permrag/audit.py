@@ -9,6 +9,10 @@ external ids served) and ``warm`` (a process starting to serve).
 
 Two modes:
 
+A delegated request (a user acting through an agent) names both: the user in
+``user``, the acting agent in ``agent`` (a chain of agents: all of them in
+the details' ``agents``).
+
 * ``"sync"`` (default): every record is committed before the call returns;
   a failure to write it fails the search (:class:`BackendError`).
 * ``"async"``: records go to a bounded in-memory queue and a background
@@ -26,7 +30,7 @@ import logging
 import queue
 import threading
 import time
-from typing import Any
+from typing import Any, Sequence
 
 from sqlalchemy import Engine, select
 
@@ -54,9 +58,14 @@ class AuditLog:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def record(self, event: str, user: str | None, tenant: str | None, version: int | None, detail: dict[str, Any]) -> None:
+    def record(
+        self, event: str, user: str | None, tenant: str | None, version: int | None, detail: dict[str, Any], *, agents: Sequence[str] = ()
+    ) -> None:
+        """One record; ``agents``: a delegated request's agents (the acting one first), named beside the user."""
         if self.mode == "off":
             return
+        if len(agents) > 1:
+            detail = {**detail, "agents": list(agents)}  # the whole chain; the agent column holds the acting one
         row = {
             "ts": time.time(),
             "event": event,
@@ -64,6 +73,7 @@ class AuditLog:
             "tenant": tenant,
             "policy_version": version,
             "detail": json.dumps(detail, ensure_ascii=False),
+            "agent": agents[0] if agents else None,
         }
         if self.mode == "sync":
             quick = direct.for_engine(self.engine)
@@ -124,8 +134,8 @@ class AuditLog:
             self._thread.join(timeout=30)
             self._thread = None
 
-    def query(self, *, user: str | None = None, since: float | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """Records, newest first: time, event, user, tenant, policy version and the event's details."""
+    def query(self, *, user: str | None = None, since: float | None = None, limit: int = 100, agent: str | None = None) -> list[dict[str, Any]]:
+        """Records, newest first: time, event, user, agent (None: not delegated), tenant, policy version and the event's details."""
         self.flush()
         a = db.audit.c
         q = select(db.audit).order_by(a.id.desc()).limit(limit)
@@ -133,9 +143,11 @@ class AuditLog:
             q = q.where(a.user == user)
         if since is not None:
             q = q.where(a.ts >= since)
+        if agent is not None:
+            q = q.where(a.agent == agent)
         out = []
         with db.reading(self.engine, "reading the audit log") as conn:
             for r in conn.execute(q):
                 detail = json.loads(r.detail or "{}")
-                out.append({"time": r.ts, "event": r.event, "user": r.user, "tenant": r.tenant, "policy_version": r.policy_version, **detail})
+                out.append({"time": r.ts, "event": r.event, "user": r.user, "agent": r.agent, "tenant": r.tenant, "policy_version": r.policy_version, **detail})
         return out

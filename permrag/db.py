@@ -181,6 +181,7 @@ audit = Table(
     Column("tenant", String(256), nullable=True),
     Column("policy_version", BigInteger, nullable=True),
     Column("detail", Text, nullable=True),
+    Column("agent", String(256), nullable=True),  # a delegated request's agent (added to older stores at open: dbinit.py)
     Index("ix_permrag_audit_user", "user", "ts"),
 )
 
@@ -196,6 +197,8 @@ tokens = Table(
     Column("name", String(256), nullable=True),
     Column("created", Float, nullable=False),
     Column("revoked", Float, nullable=True),
+    Column("agent", String(256), nullable=True),  # the agent the token acts through for ``user`` (None: the user)
+    Column("scopes", String(256), nullable=True),  # space-separated tool scopes (None: every search tool)
 )
 
 sync_state = Table(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import uuid
 
-from sqlalchemy import inspect, select
+from sqlalchemy import Column, inspect, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
@@ -94,10 +94,7 @@ def init_schema(engine: Engine, *, create: bool = True, refused: NoStoreError | 
                     raise refused
                 if not _initialised(conn):
                     conn.rollback()  # the check's reads end before the lock is taken
-                    if engine.dialect.name == "sqlite":
-                        conn.exec_driver_sql("BEGIN IMMEDIATE")
-                    elif engine.dialect.name == "postgresql":
-                        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
+                    _lock(conn)
                     metadata.create_all(conn)
                     have = {k for (k,) in conn.execute(select(meta.c.key))}
                     missing = [{"key": k, "value": v} for k, v in COUNTERS.items() if k not in have]
@@ -112,12 +109,49 @@ def init_schema(engine: Engine, *, create: bool = True, refused: NoStoreError | 
                         "export its policy with the permrag that wrote it and start a new store"
                     )
                 conn.commit()
+                _add_columns(conn)
             return
         except IntegrityError:  # a database of neither kind: another process initialised it at the same moment
             if attempt == 2:
                 raise
         except SQLAlchemyError as exc:
             raise ConfigError(f"cannot open the permrag database {url}: {first_line(exc)}") from None
+
+
+def _lock(conn: Connection) -> None:
+    """Take the database's schema lock for this transaction (SQLite: its write lock)."""
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    elif conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
+
+
+def _missing_columns(conn: Connection) -> list[tuple[str, Column]]:
+    """Nullable columns this version's tables have and the store's lack (the
+    store was made by an older permrag: the audit's and tokens' ``agent``, the tokens' ``scopes``)."""
+    found = inspect(conn)
+    out = []
+    for table in metadata.sorted_tables:
+        have = {c["name"] for c in found.get_columns(table.name)}
+        out += [(table.name, c) for c in table.columns if c.name not in have]
+    return out
+
+
+def _add_columns(conn: Connection) -> None:
+    """Add the missing columns, once, however many processes open an older
+    store at the same moment: each looks, and only when one is missing takes
+    the schema lock, looks again under it (another may have just added it) and adds what is still missing."""
+    if not _missing_columns(conn):
+        conn.rollback()
+        return
+    conn.rollback()
+    _lock(conn)
+    quote = conn.dialect.identifier_preparer.quote
+    for table, column in _missing_columns(conn):
+        if not column.nullable:
+            raise ConfigError(f"the store lacks column {table}.{column.name}, which cannot be added in place")
+        conn.exec_driver_sql(f"ALTER TABLE {quote(table)} ADD COLUMN {quote(column.name)} {column.type.compile(dialect=conn.dialect)}")
+    conn.commit()
 
 
 def _initialised(conn: Connection) -> bool:

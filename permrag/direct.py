@@ -50,7 +50,7 @@ from . import db
 from .errors import BackendError
 
 KEEP = 8  # idle connections kept per engine (the async pool's default threads); more threads at once open and close extra ones
-AUDIT_FIELDS = ("ts", "event", "user", "tenant", "policy_version", "detail")  # as permrag/audit.py writes them
+AUDIT_FIELDS = ("ts", "event", "user", "tenant", "policy_version", "detail", "agent")  # as permrag/audit.py writes them
 _ORPHANS: list[Any] = []  # a forked parent's connections: never used, never closed here
 
 

@@ -31,10 +31,11 @@ ATTR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*\Z")
 RESERVED_ATTRS = frozenset({"doc"})
 # Prefixes that name a principal's kind in CSV lines and ACL entries; no role
 # may start with one, so "user:alice" can never be read as a role.
-PRINCIPAL_PREFIXES = ("user:", "group:", "role:")
+PRINCIPAL_PREFIXES = ("user:", "group:", "role:", "agent:")
 KINDS = ("user", "group", "role", "agent")  # kinds of principal, in any case or width, never start a role's name
 # A colon, or a character that looks like one (fullwidth, small, presentation
 # form, modifier letter, ratio): "group：eng" must not pass for a role name.
+_FORMS = "user:<id>, group:<id>, agent:<id>, role:<name> or a bare role name"
 _COLON = re.compile("[:\uff1a\ufe55\ufe13\ua789\u2236]")
 _WORD = re.compile(r"[\w\-]+\Z")
 _BAD_CHAR = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
@@ -178,8 +179,8 @@ def attr_pairs(attrs: Mapping[str, AttrValue]) -> list[tuple[str, str]]:
 
 
 def principal(value: object, error: type[PermragError] = CatalogError) -> str:
-    """An ACL entry's principal, normalised: ``user:<id>``, ``group:<id>`` or
-    ``role:<name>``; a bare name is a role (as in a policy rule).
+    """An ACL entry's principal, normalised: ``user:<id>``, ``group:<id>``,
+    ``agent:<id>`` or ``role:<name>``; a bare name is a role (as in a policy rule).
 
     A name that holds a colon (or a character that looks like one, such as
     the fullwidth ``：``) is an error unless it starts with exactly ``user:``,
@@ -196,9 +197,9 @@ def principal(value: object, error: type[PermragError] = CatalogError) -> str:
         return "role:" + check_role(text, error)
     kind, name = text[: colon.start()], text[colon.end() :]
     if colon.group() != ":":
-        raise error(f"principal {_show(text)} has U+{ord(colon.group()):04X} where a kind needs a colon (:): write user:<id>, group:<id>, role:<name> or a bare role name")
-    if kind not in ("user", "group", "role"):
-        raise error(f"principal {_show(text)} has an unknown kind {kind!r}: write user:<id>, group:<id>, role:<name> or a bare role name")
+        raise error(f"principal {_show(text)} has U+{ord(colon.group()):04X} where a kind needs a colon (:): write {_FORMS}")
+    if kind not in KINDS:
+        raise error(f"principal {_show(text)} has an unknown kind {kind!r}: write {_FORMS}")
     if not name:
         raise error(f"principal {text!r} names no {kind}: write {kind}:<{'name' if kind == 'role' else 'id'}>")
     return f"{kind}:{check_role(name, error) if kind == 'role' else check_id(kind, name, error)}"

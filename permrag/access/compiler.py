@@ -13,6 +13,10 @@ Caches, each per tenant, each filled lazily:
   principals are ``user:<id>``, each ``group:<g>`` it is in, each
   ``role:<r>`` it holds. A deny — of a rule or of an ACL — always wins.
   A user the identity provider deactivated sees nothing.
+* agent → visible rows, the same way from ``agent:<id>`` (policy/agents.py);
+  (user, agents) → the user's rows ∩ each agent's: a delegated request's
+  bitmap, one intersection, kept while both inputs are the very bitmaps it
+  was made from (so a plan cached for it stays valid, search/engine.py).
 
 Expiring grants, assignments, memberships and ACL entries are read at the
 compiler's clock: each tenant's caches hold until the first expiry after
@@ -44,12 +48,13 @@ from pyroaring import BitMap, FrozenBitMap
 
 from ..catalog import Catalog, Change
 from ..policy import Policy, TenantPolicy, parse_selector
-from ..policy.model import GROUP_PREFIX, ROLE_PREFIX, USER_PREFIX
+from ..policy.model import AGENT_PREFIX, GROUP_PREFIX, ROLE_PREFIX, USER_PREFIX
 from .acls import TenantAcls
 
 log = logging.getLogger(__name__)
 
 EMPTY = FrozenBitMap()
+MAX_PAIRS = 4096  # (user, agents) intersections kept per tenant
 
 
 def _wall() -> float:
@@ -66,6 +71,7 @@ class Snapshot:
     visible: FrozenBitMap
     tenant_rows: FrozenBitMap
     classes: Mapping[int, FrozenBitMap]
+    agents: tuple[str, ...] = ()  # a delegated request: the agents acting for the user (visible = user ∩ every agent)
 
 
 class Compiler:
@@ -83,6 +89,8 @@ class Compiler:
         self._role: dict[str, dict[str, tuple[FrozenBitMap, FrozenBitMap]]] = defaultdict(dict)
         self._user: dict[str, dict[str, FrozenBitMap]] = defaultdict(dict)
         self._role_view: dict[str, dict[str, FrozenBitMap]] = defaultdict(dict)
+        self._agent: dict[str, dict[str, FrozenBitMap]] = defaultdict(dict)
+        self._pair: dict[str, dict[tuple[str, tuple[str, ...]], tuple[tuple[FrozenBitMap, ...], FrozenBitMap]]] = defaultdict(dict)
         self.stats = {"user_hits": 0, "user_misses": 0, "role_builds": 0, "selector_builds": 0}
         if listen:  # a compiler for one question (:meth:`at`) is not kept up to date
             policy.subscribe(self.on_policy_change)
@@ -108,23 +116,55 @@ class Compiler:
             if user in tp.inactive:  # deactivated by the identity provider: every edge and ACL entry masked
                 self._user[tenant][user] = EMPTY
                 return EMPTY
-            key = USER_PREFIX + user
-            roles: set[str] = set()
-            allows, denies = [], []
-            for g in tp.member_of.get(key, ()):
-                if tp.live(("g", key, GROUP_PREFIX + g), now):
-                    g_roles, g_allow, g_deny = self._group_view(tp, tenant, g, now)
-                    roles |= g_roles
-                    allows.append(g_allow)
-                    denies.append(g_deny)
-            own: set[str] = set()
-            for r in tp.user_roles.get(user, ()):
-                if tp.live(("g", key, r), now):
-                    own |= tp.inherited(r, now)
-            a, d = self._acls[tenant].rows([key, *(ROLE_PREFIX + r for r in own - roles)])
-            bm = self._compute(roles | own, [a, *allows], [d, *denies], tenant)
+            bm = self._principal_view(tp, tenant, USER_PREFIX + user, tp.user_roles.get(user, ()), now)
             self._user[tenant][user] = bm
             return bm
+
+    def agent_visible(self, agent: str, tenant: str) -> FrozenBitMap:
+        """Rows *agent* ``agent`` may read in ``tenant`` (empty for unknown agents)."""
+        with self.lock:
+            now = self._fresh(tenant)
+            cached = self._agent[tenant].get(agent)
+            if cached is None:
+                tp = self.policy.tenant(tenant)
+                cached = self._principal_view(tp, tenant, AGENT_PREFIX + agent, tp.agent_roles.get(agent, ()), now)
+                self._agent[tenant][agent] = cached
+            return cached
+
+    def delegated(self, user: str, agents: tuple[str, ...], tenant: str) -> FrozenBitMap:
+        """Rows ``user`` may read through ``agents``: the user's bitmap ∩ every agent's."""
+        with self.lock:
+            parts = (self.visible(user, tenant), *(self.agent_visible(a, tenant) for a in agents))
+            if not agents:
+                return parts[0]
+            hit = self._pair[tenant].get((user, agents))
+            if hit is not None and all(x is y for x, y in zip(hit[0], parts)):
+                return hit[1]
+            out = parts[0]
+            for bm in parts[1:]:
+                out = out & bm
+            out = out if out else EMPTY
+            if len(self._pair[tenant]) >= MAX_PAIRS:
+                self._pair[tenant].clear()
+            self._pair[tenant][(user, agents)] = (parts, out)
+            return out
+
+    def _principal_view(self, tp: TenantPolicy, tenant: str, key: str, assigned: Iterable[str], now: float) -> FrozenBitMap:
+        """The rows of ``key`` (``user:<id>`` or ``agent:<id>``): its groups', its ``assigned`` roles' (inherited) and its ACL entries'."""
+        roles: set[str] = set()
+        allows, denies = [], []
+        for g in tp.member_of.get(key, ()):
+            if tp.live(("g", key, GROUP_PREFIX + g), now):
+                g_roles, g_allow, g_deny = self._group_view(tp, tenant, g, now)
+                roles |= g_roles
+                allows.append(g_allow)
+                denies.append(g_deny)
+        own: set[str] = set()
+        for r in assigned:
+            if tp.live(("g", key, r), now):
+                own |= tp.inherited(r, now)
+        a, d = self._acls[tenant].rows([key, *(ROLE_PREFIX + r for r in own - roles)])
+        return self._compute(roles | own, [a, *allows], [d, *denies], tenant)
 
     def role_visible(self, role: str, tenant: str) -> FrozenBitMap:
         """Rows a holder of *role* ``role`` alone may read (empty for unknown roles)."""
@@ -190,11 +230,11 @@ class Compiler:
         self._until[tenant] = min(times, default=None)
         return now
 
-    def snapshot(self, user: str, tenant: str) -> Snapshot:
-        """The caller's bitmap with the versions it belongs to, taken atomically."""
+    def snapshot(self, user: str, tenant: str, agents: tuple[str, ...] = ()) -> Snapshot:
+        """The caller's bitmap (with ``agents``: the delegated one) with the versions it belongs to, taken atomically."""
         with self.lock:
             idx = self.catalog.tenant(tenant)
-            return Snapshot(tenant, self.policy.version, self.catalog.version, self.visible(user, tenant), idx.rows, idx.classes)
+            return Snapshot(tenant, self.policy.version, self.catalog.version, self.delegated(user, agents, tenant), idx.rows, idx.classes, agents)
 
     def selector_rows(self, selector: str, tenant: str) -> FrozenBitMap:
         """Rows of ``tenant`` that ``selector`` selects."""
@@ -287,6 +327,7 @@ class Compiler:
                 return
             self._until.pop(tenant, None)  # the change may add or remove an expiry
             self._group.pop(tenant, None)  # rebuilt lazily, a few per lookup
+            self._agent.pop(tenant, None)  # agents are few: every change drops theirs
             if roles is None or users is None:
                 self._drop_tenant(tenant)
                 return
@@ -312,6 +353,7 @@ class Compiler:
         self._until.pop(t, None)
         self._acls.pop(t, None)
         self._group.pop(t, None)
+        self._agent.pop(t, None)
         if any(a.startswith("@") for a in ch.attrs):
             self._drop_tenant(t)  # new ACL entries: whose principals they name is not worth tracking
             return
@@ -344,10 +386,10 @@ class Compiler:
                     self._user[t][user] = FrozenBitMap(patched)
 
     def _drop_tenant(self, tenant: str) -> None:
-        for cache in (self._sel, self._role, self._user, self._role_view, self._acls, self._until, self._group):
+        for cache in (self._sel, self._role, self._user, self._role_view, self._acls, self._until, self._group, self._agent, self._pair):
             cache.pop(tenant, None)
 
     def clear(self) -> None:
         with self.lock:
-            for cache in (self._sel, self._role, self._user, self._role_view, self._acls, self._until, self._group):
+            for cache in (self._sel, self._role, self._user, self._role_view, self._acls, self._until, self._group, self._agent, self._pair):
                 cache.clear()

@@ -16,7 +16,7 @@ from ..catalog import RowRecord
 from ..catalog.bitmaps import GONE
 from ..names import show_time
 from ..policy import TenantPolicy, parse_selector
-from ..policy.model import GROUP_PREFIX, ROLE_PREFIX, USER_PREFIX
+from ..policy.model import AGENT_PREFIX, GROUP_PREFIX, ROLE_PREFIX, USER_PREFIX
 from .acls import effective_folder, label_denies
 
 
@@ -54,7 +54,9 @@ class Explanation:
     ``"deactivated"`` (the identity provider deactivated the user);
     for derived rows ``"derived"`` (see ``sources``; ``missing_sources``
     counts sources since deleted); for a document of several chunks
-    ``"document"`` (see ``chunks``: readable only if every chunk is).
+    ``"document"`` (see ``chunks``: readable only if every chunk is); for a
+    delegated request ``"delegated"`` (see ``parties``: the user's explanation,
+    then each agent's — ``user`` ``agent:<id>`` — readable only if all are).
     """
 
     user: str
@@ -69,8 +71,12 @@ class Explanation:
     sources: tuple["Explanation", ...] = field(default=())
     missing_sources: int = 0
     chunks: tuple["Explanation", ...] = field(default=())
+    parties: tuple["Explanation", ...] = field(default=())
 
     def __str__(self) -> str:
+        if self.decision == "delegated":
+            who = " acting through ".join(p.user for p in self.parties)
+            return f"{who} {'CAN' if self.visible else 'CANNOT'} read {self.external_id!r} (tenant {self.tenant!r}): " + "; ".join(str(p) for p in self.parties)
         head = f"{self.user} {'CAN' if self.visible else 'CANNOT'} read {self.external_id!r} (tenant {self.tenant!r})"
         if self.decision == "deactivated":
             return f"{head}: {self.user!r} is deactivated in the identity provider; its memberships, roles and ACL entries hold nothing until it is active again"
@@ -104,6 +110,7 @@ class Explanation:
             "rule": str(self.rule) if self.rule else None,
             "expires_at": show_time(self.expires_at) if self.expires_at is not None else None,
             "chunks": [c.to_dict() for c in self.chunks],
+            **({"parties": [p.to_dict() for p in self.parties]} if self.parties else {}),
             "explanation": str(self),
         }
 
@@ -125,10 +132,11 @@ def _sooner(a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else min(a, b)
 
 
-def principal_paths(tp: TenantPolicy, user: str, now: float) -> dict[str, Reach]:
-    """Shortest live path from ``user`` to each principal it holds: ``user:<id>``,
-    ``group:<g>`` and ``role:<r>`` (paths show groups as ``group:<g>``, roles bare)."""
-    start = USER_PREFIX + user
+def principal_paths(tp: TenantPolicy, user: str, now: float, kind: str = "user") -> dict[str, Reach]:
+    """Shortest live path from ``user`` (``kind`` agent: the agent of that id) to each principal it
+    holds: ``user:<id>``, ``group:<g>`` and ``role:<r>`` (paths show groups as ``group:<g>``, roles bare)."""
+    start = (AGENT_PREFIX if kind == "agent" else USER_PREFIX) + user
+    assigned = tp.agent_roles if kind == "agent" else tp.user_roles
     label = tp.label(start)
     out: dict[str, Reach] = {start: Reach((user if label in (None, user) else f"{user} ({label})",), None)}
     queue: deque[str] = deque([start])
@@ -141,7 +149,7 @@ def principal_paths(tp: TenantPolicy, user: str, now: float) -> dict[str, Reach]
             steps += [(ROLE_PREFIX + p, ("g", role, p), p) for p in sorted(tp.parents.get(role, ()))]
         else:
             steps += [(GROUP_PREFIX + g, ("g", here, GROUP_PREFIX + g), tp.shown(GROUP_PREFIX + g)) for g in sorted(tp.member_of.get(here, ()))]
-            roles = tp.user_roles.get(user, ()) if here == start else tp.group_roles.get(here[len(GROUP_PREFIX) :], ())
+            roles = assigned.get(user, ()) if here == start else tp.group_roles.get(here[len(GROUP_PREFIX) :], ())
             steps += [(ROLE_PREFIX + r, ("g", here, r), r) for r in sorted(roles)]
         for key, edge, shown in steps:
             if key not in out and tp.live(edge, now):
@@ -189,24 +197,28 @@ def explain_row(
     row: RowRecord,
     now: float | None = None,
     lineage: Mapping[int, tuple[int, ...]] = MappingProxyType({}),
+    *,
+    kind: str = "user",
 ) -> Explanation:
     """``live(ids)`` returns the live records among ``ids``; ``lineage`` maps a
-    derived row to its sources' live rows (the index's ``derived``)."""
+    derived row to its sources' live rows (the index's ``derived``); ``kind``:
+    ``user``, or ``agent`` for the agent of id ``user`` (shown as ``agent:<id>``)."""
     now = _clock(now)
-    base = dict(user=user, tenant=row.tenant, external_id=row.external_id, row_id=row.row_id)
-    if user in tp.inactive:
+    key = (AGENT_PREFIX if kind == "agent" else USER_PREFIX) + user
+    base = dict(user=key if kind == "agent" else user, tenant=row.tenant, external_id=row.external_id, row_id=row.row_id)
+    if kind == "user" and user in tp.inactive:
         return Explanation(**base, visible=False, decision="deactivated")
     if row.derived_from:
         needed = lineage.get(row.row_id, (GONE,))  # the live rows of its source documents (GONE: one is gone)
         found = live(needed)
-        sources = tuple(explain_row(tp, live, user, found[s], now, lineage) for s in needed if s in found)
+        sources = tuple(explain_row(tp, live, user, found[s], now, lineage, kind=kind) for s in needed if s in found)
         missing = len(needed) - len(sources)
         return Explanation(
             **base, visible=not missing and all(s.visible for s in sources), decision="derived", sources=sources, missing_sources=missing
         )
-    reach = principal_paths(tp, user, now)
+    reach = principal_paths(tp, user, now, kind)
     entries = acl_rules(tp, row, now)
-    if len(reach) == 1 and not any(e.principal == USER_PREFIX + user for e in entries):
+    if len(reach) == 1 and not any(e.principal == key for e in entries):
         return Explanation(**base, visible=False, decision="unknown-user")
     roles = sorted((k for k in reach if k.startswith(ROLE_PREFIX)), key=lambda k: (len(reach[k].path), k))
     by_label = label_denies(tp, {e.principal for e in entries if e.effect == "deny"})
@@ -239,15 +251,31 @@ def explain_document(
     chunks: Sequence[RowRecord],
     now: float | None = None,
     lineage: Mapping[int, tuple[int, ...]] = MappingProxyType({}),
+    *,
+    kind: str = "user",
 ) -> Explanation:
     """A document of several chunks: readable iff every chunk is."""
-    parts = tuple(explain_row(tp, live, user, c, now, lineage) for c in chunks)
+    parts = tuple(explain_row(tp, live, user, c, now, lineage, kind=kind) for c in chunks)
     return Explanation(
-        user=user,
+        user=parts[0].user,
         tenant=chunks[0].tenant,
         external_id=document,
         row_id=None,
         visible=all(p.visible for p in parts),
         decision="document",
         chunks=parts,
+    )
+
+
+def delegated(parties: Sequence[Explanation]) -> Explanation:
+    """A delegated request's explanation: the user's, then each agent's; readable only if every one is."""
+    first = parties[0]
+    return Explanation(
+        user=first.user,
+        tenant=first.tenant,
+        external_id=first.external_id,
+        row_id=first.row_id,
+        visible=all(p.visible for p in parties),
+        decision="delegated",
+        parties=tuple(parties),
     )

@@ -41,6 +41,8 @@ def lint(policy: Policy, compiler: Compiler, tenant: str) -> list[dict[str, Any]
     held: set[str] = set()
     for u in tp.users():
         held |= tp.roles_of_user(u)
+    for agent in tp.agents():
+        held |= tp.roles_of_user(agent, agent=True)
     for role in sorted(tp.roles):
         deny = BitMap.union(BitMap(), *(compiler.role_rows(r, tenant)[1] for r in tp.inherited(role)))
         rules = [r for r in tp.rules() if r[0] == role]

@@ -31,9 +31,9 @@ from ..errors import (
 )
 from ..names import Held, check_text
 from ..policy import Policy
-from ..policy.model import USER_PREFIX
+from ..policy.model import AGENT_PREFIX, USER_PREFIX
 from .compiler import Compiler, Snapshot
-from .explain import Explanation, explain_document, explain_row
+from .explain import Explanation, delegated, explain_document, explain_row
 from .lint import lint
 
 Record = RowRecord | DocumentRecord
@@ -41,7 +41,7 @@ MAX_ENDS = 64  # expiries looked ahead for who_can_see's ends
 
 
 def _sees(compiler: Compiler, kind: str, name: str, tenant: str, ids: Sequence[int]) -> bool:
-    view = {"users": compiler.visible, "groups": compiler.group_visible, "roles": compiler.role_visible}[kind](name, tenant)
+    view = {"users": compiler.visible, "groups": compiler.group_visible, "roles": compiler.role_visible, "agents": compiler.agent_visible}[kind](name, tenant)
     return all(i in view for i in ids)
 
 
@@ -55,6 +55,19 @@ def check_principal(what: str, name: object) -> str:
     if not isinstance(name, str) or not name:
         raise ArgumentError(f"{what} must be a non-empty string, not {name!r}")
     return check_text(what, name, ArgumentError)
+
+
+def check_agents(agent: object) -> tuple[str, ...]:
+    """The agents a delegated request names: None (no agent), one agent id, or a
+    chain of them (RFC 8693 nested ``act``: the current actor first), each of
+    which must be allowed. Like a user, an agent that could never be stored is
+    simply unknown (it sees nothing)."""
+    if agent is None:
+        return ()
+    chain = [agent] if isinstance(agent, str) else agent
+    if not isinstance(chain, (list, tuple)) or not chain:
+        raise ArgumentError(f"agent must be an agent id or a non-empty list of them, not {agent!r}")
+    return tuple(check_principal("agent", a) for a in chain)
 
 
 class Access:
@@ -122,21 +135,24 @@ class Access:
             return set(self.compiler.acls(tenant).deny)
 
     # ------------------------------------------------------------------ bitmaps
-    def snapshot(self, user: str, tenant: str) -> Snapshot:
-        """The caller's bitmap and the versions it belongs to (after a sync)."""
+    def snapshot(self, user: str, tenant: str, agent: object = None) -> Snapshot:
+        """The caller's bitmap and the versions it belongs to (after a sync); with
+        ``agent`` (an id or a chain), the rows the user *and* every agent may read."""
         check_principal("user", user)
+        agents = check_agents(agent)
         self.sync()
         self.check_tenant_known(tenant)
-        return self.compiler.snapshot(user, tenant)
+        return self.compiler.snapshot(user, tenant, agents)
 
-    def snapshots(self, users: Sequence[str], tenant: str) -> list[Snapshot]:
-        """Snapshots of several users, all of one version."""
+    def snapshots(self, users: Sequence[str], tenant: str, agent: object = None) -> list[Snapshot]:
+        """Snapshots of several users (each through ``agent``, if given), all of one version."""
         for u in users:
             check_principal("user", u)
+        agents = check_agents(agent)
         self.sync()
         self.check_tenant_known(tenant)
         with self.lock:
-            return [self.compiler.snapshot(u, tenant) for u in users]
+            return [self.compiler.snapshot(u, tenant, agents) for u in users]
 
     def visible(self, user: str, tenant: str) -> FrozenBitMap:
         check_principal("user", user)
@@ -165,23 +181,27 @@ class Access:
     def row_ids(self, rec: Record) -> list[int]:
         return rec.row_ids if isinstance(rec, DocumentRecord) else [rec.row_id]
 
-    def can_read(self, user: str, external_id: str, tenant: str) -> bool:
-        """Whether ``user`` may read the row or document; False also when it does not
-        exist. Audited as a ``check`` (the answer is a serve: it tells what exists)."""
-        ok = self.readable(user, external_id, tenant, quiet=True) is not None
+    def can_read(self, user: str, external_id: str, tenant: str, agent: object = None) -> bool:
+        """Whether ``user`` (through ``agent``, if given) may read the row or document; False also
+        when it does not exist. Audited as a ``check`` (the answer is a serve: it tells what exists)."""
+        agents = check_agents(agent)
+        ok = self.readable(user, external_id, tenant, quiet=True, agent=agents) is not None
         if self.audit is not None:
-            self.audit.record("check", user, tenant, self.policy.version, {"external_id": external_id, "readable": ok})
+            self.audit.record("check", user, tenant, self.policy.version, {"external_id": external_id, "readable": ok}, agents=agents)
         return ok
 
-    def readable(self, user: str, external_id: str, tenant: str, *, snapshot: Snapshot | None = None, quiet: bool = False) -> Record | None:
-        """The record if ``user`` may read it; else :class:`NotReadableError`
+    def readable(
+        self, user: str, external_id: str, tenant: str, *, snapshot: Snapshot | None = None, quiet: bool = False, agent: object = None
+    ) -> Record | None:
+        """The record if ``user`` (through ``agent``) may read it; else :class:`NotReadableError`
         (or None when ``quiet``) — the same for a hidden and a missing row."""
         check_principal("user", user)
         check_principal("tenant", tenant)
         snap = snapshot
         if snap is None:
+            agents = check_agents(agent)
             self.sync()
-            snap = self.compiler.snapshot(user, tenant)
+            snap = self.compiler.snapshot(user, tenant, agents)
         rec = self.find(external_id, tenant) if isinstance(external_id, str) and external_id else None
         if rec is not None and all(r in snap.visible for r in self.row_ids(rec)):
             return rec
@@ -190,9 +210,16 @@ class Access:
         raise NotReadableError(f"no row {external_id!r} that {user!r} may read in tenant {tenant!r}")
 
     # ------------------------------------------------------------------ explanations
-    def explain(self, user: str, external_id: str, tenant: str) -> Explanation:
-        """Whether ``user`` may read the row or document, and the path and rule that decide it."""
+    def explain(self, user: str, external_id: str, tenant: str, agent: object = None) -> Explanation:
+        """Whether ``user`` may read the row or document, and the path and rule that decide it;
+        with ``agent`` (an id or a chain), the user's and each agent's, readable only if all are."""
         check_principal("user", user)
+        agents = check_agents(agent)
+        parts = [self._explain(user, external_id, tenant, "user"), *(self._explain(a, external_id, tenant, "agent") for a in agents)]
+        return delegated(parts) if agents else parts[0]
+
+    def _explain(self, name: str, external_id: str, tenant: str, kind: str) -> Explanation:
+        """One principal's explanation (``kind``: user or agent)."""
         self.sync()
         rec = self.row(external_id, tenant)
 
@@ -205,8 +232,8 @@ class Access:
             now = self.compiler.clock()
             lineage = self.catalog.tenant(tenant).derived
             if isinstance(rec, DocumentRecord):
-                return explain_document(tp, live, user, rec.external_id, rec.chunks, now, lineage)
-            return explain_row(tp, live, user, rec, now, lineage)
+                return explain_document(tp, live, name, rec.external_id, rec.chunks, now, lineage, kind=kind)
+            return explain_row(tp, live, name, rec, now, lineage, kind=kind)
 
     def who_can_see(self, external_id: str, tenant: str) -> dict[str, list[Held]]:
         """The users, groups and roles that may read a row or document (every chunk of it) now.
@@ -215,19 +242,23 @@ class Access:
         or named by an ACL — who can read it, however they reach it (through
         nested groups included). A group or role is listed when a member
         holding only it could read it; ``groups`` is there when the tenant
-        has groups. Each name carries ``expires_at``: when an expiry stored
+        has groups, ``agents`` (what each agent may read for a user who may)
+        when it has agents. Each name carries ``expires_at``: when an expiry stored
         now ends its reading (None: none does)."""
         self.sync()
         ids = self.row_ids(self.row(external_id, tenant))
         with self.lock:
             tp = self.policy.tenant(tenant)
             named = {p[len(USER_PREFIX) :] for p in self.compiler.acls(tenant).principals() if p.startswith(USER_PREFIX)}
-            subjects = {"users": sorted(tp.users() | named), "roles": sorted(tp.roles), "groups": sorted(tp.groups())}
+            acl_agents = {p[len(AGENT_PREFIX) :] for p in self.compiler.acls(tenant).principals() if p.startswith(AGENT_PREFIX)}
+            subjects = {"users": sorted(tp.users() | named), "roles": sorted(tp.roles), "groups": sorted(tp.groups()), "agents": sorted(tp.agents() | acl_agents)}
             now = {kind: [n for n in names if _sees(self.compiler, kind, n, tenant, ids)] for kind, names in subjects.items()}
             ends = self._ends(tenant, ids, now)
         out = {kind: [Held(n, ends.get((kind, n))) for n in names] for kind, names in now.items()}
         if not tp.groups():
             del out["groups"]
+        if not subjects["agents"]:
+            del out["agents"]  # ``agents`` is there when the tenant has agents
         return out
 
     def _ends(self, tenant: str, ids: Sequence[int], now: dict[str, list[str]]) -> dict[tuple[str, str], float]:

@@ -46,7 +46,7 @@ from ..acl import folder_path
 from ..errors import PermragError, PolicyCSVError, PolicyError, RoleCycleError
 from ..names import check, check_id, check_role, check_tenant, kind_prefix, principal, show_time
 from .changes import set_expiry
-from .model import GROUP_PREFIX, USER_PREFIX, Change, Folder, TenantPolicy
+from .model import AGENT_PREFIX, GROUP_PREFIX, USER_PREFIX, Change, Folder, TenantPolicy
 from .persist import FOLDER_ACL, IDENT, NO_INHERIT, NO_INHERIT_TYPES, ident_row, stamp
 from .csv_check import edge, expires, require_known
 
@@ -89,6 +89,9 @@ def render(version: int, tenants: dict[str, TenantPolicy], now: float) -> str:
         for group in sorted(tp.group_roles):
             for role in sorted(r for r in tp.group_roles[group] if not ended(tp, ("g", GROUP_PREFIX + group, r))):
                 out.write(_line(["g", GROUP_PREFIX + group, _role(role), t, *_until(tp, ("g", GROUP_PREFIX + group, role))]))
+        for agent in sorted(tp.agent_roles):
+            for role in sorted(r for r in tp.agent_roles[agent] if not ended(tp, ("g", AGENT_PREFIX + agent, r))):
+                out.write(_line(["g", AGENT_PREFIX + agent, _role(role), t, *_until(tp, ("g", AGENT_PREFIX + agent, role))]))
         for member in sorted(tp.member_of):
             for group in sorted(g for g in tp.member_of[member] if not ended(tp, ("g", member, GROUP_PREFIX + g))):
                 out.write(_line(["g", member, GROUP_PREFIX + group, t, *_until(tp, ("g", member, GROUP_PREFIX + group))]))
@@ -101,7 +104,7 @@ def render(version: int, tenants: dict[str, TenantPolicy], now: float) -> str:
                 out.write(_line([NO_INHERIT_LINE, path, t]))
         # every group, and every user or group a folder ACL names, is declared (an ident line, maybe
         # without a label): an import refuses memberships and ACL entries naming nobody it knows
-        named = {who for f in tp.folders.values() for who in (*f.allow, *f.deny) if who.startswith((USER_PREFIX, GROUP_PREFIX))}
+        named = {who for f in tp.folders.values() for who in (*f.allow, *f.deny) if who.startswith((USER_PREFIX, GROUP_PREFIX, AGENT_PREFIX))}
         for key in sorted(set(tp.labels) | {USER_PREFIX + u for u in tp.inactive} | {GROUP_PREFIX + g for g in tp.groups()} | named):
             off = key.startswith(USER_PREFIX) and key[len(USER_PREFIX) :] in tp.inactive
             out.write(_line([IDENT, key, t, tp.labels.get(key, ""), *(["inactive"] if off else [])]))
@@ -230,12 +233,14 @@ def _comment(name: str, lineno: int, body: str, out: Parsed, only_tenant: str | 
 
 
 def _ident(rest: list[str]) -> tuple[str, str, str | None, bool]:
-    """``ident, user:<id>|group:<id>, tenant, label[, inactive]``."""
+    """``ident, user:<id>|group:<id>|agent:<id>, tenant, label[, inactive]`` (an agent's: no label, declares it)."""
     if len(rest) not in (3, 4) or (len(rest) == 4 and rest[3] != "inactive"):
-        raise PolicyError("an ident line needs user:<id> or group:<id>, tenant, label (may be empty)[, inactive]")
+        raise PolicyError("an ident line needs user:<id>, group:<id> or agent:<id>, tenant, label (may be empty)[, inactive]")
     key = rest[0]
-    if not key.startswith((USER_PREFIX, GROUP_PREFIX)):
-        raise PolicyError(f"an ident line names user:<id> or group:<id>, not {key!r}")
+    if not key.startswith((USER_PREFIX, GROUP_PREFIX, AGENT_PREFIX)):
+        raise PolicyError(f"an ident line names user:<id>, group:<id> or agent:<id>, not {key!r}")
+    if key.startswith(AGENT_PREFIX) and rest[2]:
+        raise PolicyError(f"an agent has no label: leave the label of {key!r} empty")
     check_id(key.split(":", 1)[0], key.split(":", 1)[1], PolicyError)
     if len(rest) == 4 and not key.startswith(USER_PREFIX):
         raise PolicyError(f"only a user can be inactive, not {key!r}")
@@ -303,6 +308,8 @@ def apply(name: str, parsed: Parsed, states: dict[str, TenantPolicy]) -> dict[st
         try:
             if role.startswith(GROUP_PREFIX) or subject.startswith(GROUP_PREFIX):
                 _group_edge(tp, subject, role, t, until, rows)
+            elif subject.startswith(AGENT_PREFIX):
+                _agent_edge(tp, subject, role, t, until, rows)
             elif subject.startswith(USER_PREFIX) or not (subject.startswith(ROLE_PREFIX) or subject in declared[t]):
                 user = subject[len(USER_PREFIX) :] if subject.startswith(USER_PREFIX) else subject
                 check("user", user, error=PolicyError)
@@ -326,11 +333,22 @@ def apply(name: str, parsed: Parsed, states: dict[str, TenantPolicy]) -> dict[st
     return rows
 
 
+def _agent_edge(tp: TenantPolicy, subject: str, role: str, t: str, until: float | None, rows: dict[str, list[dict]]) -> None:
+    """``g, agent:<id>, role``: an agent holds a role."""
+    agent = subject[len(AGENT_PREFIX) :]
+    if role in tp.agent_roles.get(agent, ()):
+        return
+    tp.check_assign(subject, role)
+    tp.add_agent(agent, role)
+    set_expiry(tp, ("g", subject, role), until)
+    rows["g"].append({"ptype": "g", "v0": subject, "v1": role, "v2": t, "v3": stamp(until), "v4": None, "v5": None})
+
+
 def _group_edge(tp: TenantPolicy, subject: str, obj: str, t: str, until: float | None, rows: dict[str, list[dict]]) -> None:
     """A ``g`` line about a group: membership (object ``group:<g>``) or a group holding a role."""
     if obj.startswith(GROUP_PREFIX):
         group = obj[len(GROUP_PREFIX) :]
-        member = subject if subject.startswith(GROUP_PREFIX) else USER_PREFIX + check("user", subject.removeprefix(USER_PREFIX), error=PolicyError)
+        member = subject if subject.startswith((GROUP_PREFIX, AGENT_PREFIX)) else USER_PREFIX + check("user", subject.removeprefix(USER_PREFIX), error=PolicyError)
         if group in tp.member_of.get(member, ()):
             return
         tp.check_member(member, group)

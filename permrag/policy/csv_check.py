@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import PolicyCSVError, PolicyError
 from ..names import check, check_id, check_role, check_tenant, expiry, kind_prefix, show_time
-from .model import GROUP_PREFIX, ROLE_PREFIX, USER_PREFIX, TenantPolicy
+from .model import AGENT_PREFIX, GROUP_PREFIX, ROLE_PREFIX, USER_PREFIX, TenantPolicy
 from .principals import exists, names
 
 
@@ -31,17 +31,17 @@ def expires(value: str, now: float | None) -> float | None:
 
 
 def subject_of(text: str) -> str:
-    """A ``g`` line's subject: ``user:<id>``, ``group:<id>``, ``role:<name>`` or a bare
+    """A ``g`` line's subject: ``user:<id>``, ``group:<id>``, ``agent:<id>``, ``role:<name>`` or a bare
     user id or role name — never a misspelt kind (``usr:dave``, ``Group:eng``)."""
     text = check("subject", text, max_len=len(USER_PREFIX) + 256, error=PolicyError)
-    for prefix in (USER_PREFIX, GROUP_PREFIX):
+    for prefix in (USER_PREFIX, GROUP_PREFIX, AGENT_PREFIX):
         if text.startswith(prefix):
             return prefix + check_id(prefix[:-1], text[len(prefix) :], PolicyError)
     if text.startswith(ROLE_PREFIX):
         return ROLE_PREFIX + check_role(text[len(ROLE_PREFIX) :], PolicyError)
     head = kind_prefix(text)
     if head is not None:
-        raise PolicyError(f"subject {text!r} starts with {head!r}, which is no kind: write user:<id>, group:<id>, role:<name> or a bare name")
+        raise PolicyError(f"subject {text!r} starts with {head!r}, which is no kind: write user:<id>, group:<id>, agent:<id>, role:<name> or a bare name")
     return text
 
 
@@ -73,7 +73,7 @@ def _declared(parsed: Any) -> dict[str, set[str]]:
     for _, role, t, *_ in parsed.rules:
         out.setdefault(t, set()).add(ROLE_PREFIX + role)
     for _, subject, obj, t, _ in parsed.edges:
-        bare = not subject.startswith((USER_PREFIX, GROUP_PREFIX, ROLE_PREFIX))
+        bare = not subject.startswith((USER_PREFIX, GROUP_PREFIX, ROLE_PREFIX, AGENT_PREFIX))
         out.setdefault(t, set()).update([USER_PREFIX + subject, ROLE_PREFIX + subject] if bare else [subject])
         if not obj.startswith(GROUP_PREFIX):
             out[t].add(ROLE_PREFIX + obj)

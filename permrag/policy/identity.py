@@ -31,12 +31,12 @@ from sqlalchemy.engine import Connection
 from .. import db
 from ..acl import Acl, AclEntry, acl_entries, folder_path
 from ..errors import PolicyError, UnknownSubjectError
-from ..names import Held, as_list, check, check_tenant, expiry, principal
+from ..names import Held, as_list, check, check_id, check_tenant, expiry, principal
 from .changes import edge_change, need_role
 from .directory import Directory, check_acyclic
 from .folders import FolderEdit, folder_change
 from .exports import read as read_exports
-from .model import GROUP_PREFIX, MAX_DEPTH, USER_PREFIX, Change, Folder, TenantPolicy
+from .model import AGENT_PREFIX, GROUP_PREFIX, MAX_DEPTH, USER_PREFIX, Change, Folder, TenantPolicy
 from .persist import IDENT, ident_row
 from .principals import listing, require, require_future
 from .provisioning import Provisioning
@@ -45,10 +45,12 @@ from .sync import Plan, SyncReport, plan, refuse
 
 
 def _member(member: object) -> str:
-    """``user:<id>`` / ``group:<id>``; a bare name is a user."""
+    """``user:<id>`` / ``group:<id>`` / ``agent:<id>``; a bare name is a user."""
     text = check("member", member, max_len=262, error=PolicyError)
     if text.startswith(GROUP_PREFIX):
         return GROUP_PREFIX + check("group", text[len(GROUP_PREFIX) :], error=PolicyError)
+    if text.startswith(AGENT_PREFIX):
+        return AGENT_PREFIX + check_id("agent", text[len(AGENT_PREFIX) :], PolicyError)
     return USER_PREFIX + check("user", text.removeprefix(USER_PREFIX), error=PolicyError)
 
 
@@ -56,6 +58,8 @@ def _affected(tp: TenantPolicy, member: str) -> set[str]:
     """Users whose groups change when ``member``'s memberships change."""
     if member.startswith(USER_PREFIX):
         return {member[len(USER_PREFIX) :]}
+    if member.startswith(AGENT_PREFIX):
+        return set()  # agents' bitmaps are dropped at every policy change (access/compiler.py)
     return tp.group_users(member[len(GROUP_PREFIX) :])
 
 

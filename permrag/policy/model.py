@@ -37,6 +37,7 @@ MAX_DEPTH = 9
 USER_PREFIX = "user:"  # how a user is written as a casbin subject
 GROUP_PREFIX = "group:"
 ROLE_PREFIX = "role:"
+AGENT_PREFIX = "agent:"  # an agent (acting for users) is a principal of its own kind: never a user, group or role
 
 
 def _graph() -> defaultdict[str, set[str]]:
@@ -107,6 +108,8 @@ class TenantPolicy:
     # provider deactivated (they hold nothing; their edges stay, masked).
     labels: dict[str, str] = field(default_factory=dict)
     inactive: set[str] = field(default_factory=set)
+    agent_roles: dict[str, set[str]] = field(default_factory=_graph)  # agent → roles assigned (g, agent:<id>, role)
+    role_agents: dict[str, set[str]] = field(default_factory=_graph)  # role → agents assigned it
 
     def copy(self) -> "TenantPolicy":
         def dup(d: dict[str, set[str]]) -> defaultdict[str, set[str]]:
@@ -132,6 +135,8 @@ class TenantPolicy:
             {f: acl.copy() for f, acl in self.folders.items()},
             dict(self.labels),
             set(self.inactive),
+            dup(self.agent_roles),
+            dup(self.role_agents),
         )
 
     def identity_only(self) -> "TenantPolicy":
@@ -168,6 +173,8 @@ class TenantPolicy:
 
     def resolve_key(self, key: str) -> str:
         """``user:<id or label>`` / ``group:<id or label>`` → the same key by id."""
+        if key.startswith(AGENT_PREFIX):
+            return key  # agents have no labels
         prefix = GROUP_PREFIX if key.startswith(GROUP_PREFIX) else USER_PREFIX
         return prefix + self.resolve(prefix, key[len(prefix) :])
 
@@ -178,6 +185,8 @@ class TenantPolicy:
         if key.startswith(GROUP_PREFIX):
             g = key[len(GROUP_PREFIX) :]
             return bool(self.members.get(g) or self.group_roles.get(g))
+        if key.startswith(AGENT_PREFIX):
+            return bool(self.agent_roles.get(key[len(AGENT_PREFIX) :]))
         return bool(self.user_roles.get(key[len(USER_PREFIX) :]))
 
     # ------------------------------------------------------------------ expiry
@@ -212,12 +221,12 @@ class TenantPolicy:
                     stack.append(GROUP_PREFIX + g)
         return out
 
-    def roles_of_user(self, user: str, *, implicit: bool = True, now: float | None = None) -> set[str]:
-        """The roles ``user`` holds: assigned ones (to it or, implicit, to its
-        groups), and (implicit) what they inherit."""
+    def roles_of_user(self, user: str, *, implicit: bool = True, now: float | None = None, agent: bool = False) -> set[str]:
+        """The roles ``user`` (with ``agent``: the agent of that id) holds: assigned
+        ones (to it or, implicit, to its groups), and (implicit) what they inherit."""
         t = _now(now)
-        key = USER_PREFIX + user
-        direct = {r for r in self.user_roles.get(user, set()) if self.live(("g", key, r), t)}
+        key = (AGENT_PREFIX if agent else USER_PREFIX) + user
+        direct = {r for r in (self.agent_roles if agent else self.user_roles).get(user, set()) if self.live(("g", key, r), t)}
         if not implicit:
             return direct
         for g in self.groups_of(key, t):
@@ -276,6 +285,11 @@ class TenantPolicy:
         out = {u for u, rs in self.user_roles.items() if rs}
         return out | {k[len(USER_PREFIX) :] for k, gs in self.member_of.items() if gs and k.startswith(USER_PREFIX)}
 
+    def agents(self) -> set[str]:
+        """Agents with at least one assignment or group membership."""
+        out = {a for a, rs in self.agent_roles.items() if rs}
+        return out | {k[len(AGENT_PREFIX) :] for k, gs in self.member_of.items() if gs and k.startswith(AGENT_PREFIX)}
+
     def groups(self) -> set[str]:
         """Groups with a member, a parent group or a role."""
         out = {g for g, ms in self.members.items() if ms} | {g for g, rs in self.group_roles.items() if rs}
@@ -322,7 +336,7 @@ class TenantPolicy:
         if role not in memo:
             memo[role] = 0
             below = [1 + self._down(c, memo) for c in self.children.get(role, ())]
-            if self.role_users.get(role):
+            if self.role_users.get(role) or self.role_agents.get(role):
                 below.append(1)
             below += [1 + self._down_group(g, memo) for g in self.role_groups.get(role, ())]
             memo[role] = max(below, default=0)
@@ -371,6 +385,15 @@ class TenantPolicy:
         self.role_users[role].discard(user)
         self.expires.pop(("g", USER_PREFIX + user, role), None)
 
+    def add_agent(self, agent: str, role: str) -> None:
+        self.agent_roles[agent].add(role)
+        self.role_agents[role].add(agent)
+
+    def remove_agent(self, agent: str, role: str) -> None:
+        self.agent_roles[agent].discard(role)
+        self.role_agents[role].discard(agent)
+        self.expires.pop(("g", AGENT_PREFIX + agent, role), None)
+
     def add_member(self, member: str, group: str) -> None:
         self.member_of[member].add(group)
         self.members[group].add(member)
@@ -404,7 +427,9 @@ class TenantPolicy:
             self.remove_user(user, role)
         for group in list(self.role_groups.get(role, ())):
             self.remove_group_role(group, role)
-        for d in (self.children, self.parents, self.role_users, self.role_groups):
+        for agent in list(self.role_agents.get(role, ())):
+            self.remove_agent(agent, role)
+        for d in (self.children, self.parents, self.role_users, self.role_groups, self.role_agents):
             d.pop(role, None)
 
 

@@ -4,7 +4,7 @@ Rows of ``permrag_casbin_rule``:
 
 * ``p, role, tenant, selector, read, allow|deny[, expires]``
 * ``g, subject, object, tenant[, expires]`` — subject ``user:<id>``,
-  ``group:<id>`` or a role; object ``group:<id>`` or a role;
+  ``group:<id>``, ``agent:<id>`` or a role; object ``group:<id>`` or a role;
 * ``acl, folder, tenant, principal, allow|deny[, expires]`` — a folder's ACL entry;
 * ``noinh, folder, tenant`` — the folder does not inherit its parent's ACL;
 * ``ident, user:<id>|group:<id>, tenant, label, inactive`` — what the identity
@@ -25,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from .. import db
-from .model import GROUP_PREFIX, USER_PREFIX, Folder, TenantPolicy
+from .model import AGENT_PREFIX, GROUP_PREFIX, USER_PREFIX, Folder, TenantPolicy
 
 FOLDER_ACL = "acl"
 # The ptype column holds 8 characters (PostgreSQL enforces it): a folder that
@@ -65,6 +65,8 @@ def read_all(conn: Connection) -> dict[str, TenantPolicy]:
                 tp.add_member(v0, v1[len(GROUP_PREFIX) :])
             elif v0.startswith(USER_PREFIX):
                 tp.add_user(v0[len(USER_PREFIX) :], v1)
+            elif v0.startswith(AGENT_PREFIX):
+                tp.add_agent(v0[len(AGENT_PREFIX) :], v1)
             elif v0.startswith(GROUP_PREFIX):
                 tp.add_group_role(v0[len(GROUP_PREFIX) :], v1)
             else:

@@ -25,7 +25,7 @@ from typing import Iterable
 
 from ..errors import PolicyError, UnknownPrincipalError
 from ..names import Held, check, kind_prefix, show_time
-from .model import ROLE_PREFIX, TenantPolicy
+from .model import AGENT_PREFIX, ROLE_PREFIX, TenantPolicy
 
 
 def exists(tp: TenantPolicy, key: str) -> bool:
@@ -40,7 +40,7 @@ def names(tp: TenantPolicy, kind: str) -> set[str]:
     if kind == "role":
         return set(tp.roles)
     prefix = f"{kind}:"
-    ids = tp.groups() if kind == "group" else tp.users()
+    ids = tp.groups() if kind == "group" else tp.agents() if kind == "agent" else tp.users()
     return ids | {k[len(prefix) :] for k in tp.labels if k.startswith(prefix)} | {v for k, v in tp.labels.items() if k.startswith(prefix)}
 
 
@@ -51,8 +51,8 @@ def closest(tp: TenantPolicy, kind: str, name: str) -> str | None:
 
 
 def resolve(tp: TenantPolicy, key: str) -> str:
-    """A typed principal with a label in place of an id → the principal by id (roles as they are)."""
-    return key if key.startswith(ROLE_PREFIX) else tp.resolve_key(key)
+    """A typed principal with a label in place of an id → the principal by id (roles and agents as they are)."""
+    return key if key.startswith((ROLE_PREFIX, AGENT_PREFIX)) else tp.resolve_key(key)
 
 
 def require(tp: TenantPolicy, key: str, tenant: str, where: str, *, allow_unknown: bool = False) -> str:

@@ -40,6 +40,7 @@ from sqlalchemy.exc import IntegrityError
 from .. import db
 from ..errors import PolicyError, UnknownSubjectError
 from ..names import Held, check, check_role, check_tenant, expiry
+from .agents import AgentPolicy
 from .changes import edge_change, set_expiry
 from .changes import need_role as _need_role
 from .csv import import_change as csv_import_change, parse as csv_parse, read as csv_read, render as csv_render
@@ -69,8 +70,8 @@ def _user(user: object) -> str:
     return user_id(user)
 
 
-class Policy:
-    """Roles, assignments and rules of every tenant; ``rag.policy``."""
+class Policy(AgentPolicy):
+    """Roles, assignments and rules of every tenant (and agents: policy/agents.py); ``rag.policy``."""
 
     def __init__(self, engine: Engine, lock: threading.RLock | None = None, clock: Callable[[], float] = time.time) -> None:
         self.engine = engine

@@ -25,7 +25,7 @@ from typing import Any
 
 from ..errors import MassRemovalError
 from .directory import Directory
-from .model import GROUP_PREFIX, ROLE_PREFIX, USER_PREFIX, TenantPolicy
+from .model import AGENT_PREFIX, GROUP_PREFIX, ROLE_PREFIX, USER_PREFIX, TenantPolicy
 
 Edge = tuple[str, str]  # (member key, group id)
 Ident = tuple[str | None, bool]  # (label, deactivated)
@@ -106,7 +106,7 @@ def stored_ident(tp: TenantPolicy) -> dict[str, Ident]:
 
 def plan(tp: TenantPolicy, d: Directory) -> Plan:
     want = d.edges()
-    have = {(m, g) for m, gs in tp.member_of.items() for g in gs}
+    have = {(m, g) for m, gs in tp.member_of.items() for g in gs if not m.startswith(AGENT_PREFIX)}  # agents' memberships are not the provider's
     renewed = sorted(e for e in want & have if ("g", e[0], GROUP_PREFIX + e[1]) in tp.expires)
     new: dict[str, Ident] = {k: (d.labels.get(k), k[len(USER_PREFIX) :] in d.inactive if k.startswith(USER_PREFIX) else False) for k in d.keys()}
     for u in tp.inactive - d.users:  # dropped from the export: stays deactivated
@@ -123,7 +123,7 @@ def _users_below(members: dict[str, set[str]], group: str) -> set[str]:
         for m in members.get(stack.pop(), ()):
             if m.startswith(USER_PREFIX):
                 users.add(m[len(USER_PREFIX) :])
-            elif m[len(GROUP_PREFIX) :] not in seen:
+            elif m.startswith(GROUP_PREFIX) and m[len(GROUP_PREFIX) :] not in seen:
                 seen.add(m[len(GROUP_PREFIX) :])
                 stack.append(m[len(GROUP_PREFIX) :])
     return users

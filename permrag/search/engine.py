@@ -116,14 +116,15 @@ class Searcher:
         vectors: Any = None,
         pool: int | None = None,
         snapshot: Snapshot | None = None,
+        agent: object = None,
     ) -> list[Hits]:
-        """The top ``k`` rows ``user`` may read for each query, best first."""
+        """The top ``k`` rows ``user`` (through ``agent``: only rows both may read) may read for each query, best first."""
         queries = check_search_args(queries, user, tenant, k, mode, fusion, weights, pool)
         pool = pool if pool is not None else default_pool(fusion, k, MAX_LIMIT)
         backend = self.binding.backend()  # a store bound to another catalog fails here, whatever the caller sees
         mode = resolve_mode(mode, backend.capabilities)
         held = self._ask_early(backend, tenant, mode)
-        snap = snapshot or self.access.snapshot(user, tenant)
+        snap = snapshot or self.access.snapshot(user, tenant, agent)
         plan = self._in_process(snap, mode, backend) or self.plan(snap)
         self.stats.add("searches", len(queries))
         self.stats.add(f"plan:{plan.kind}")
@@ -144,6 +145,7 @@ class Searcher:
             tenant,
             snap.policy_version,
             {"plan": plan.kind, "mode": mode, "k": k, "queries": [q[:200] for q in queries], "rows": [[h.row_id for h in hs] for hs in out]},
+            agents=snap.agents,
         )
         return out
 

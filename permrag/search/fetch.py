@@ -24,14 +24,15 @@ def readable(searcher: Searcher, event: str, external_id: str, user: str, tenant
     (a probe for hidden documents leaves a trace)."""
     rec = searcher.access.readable(user, external_id, tenant, snapshot=snap, quiet=True)
     if rec is None:
-        searcher.audit.record(event, user, tenant, snap.policy_version, {"external_id": external_id, "rows": [], "refused": True})
+        searcher.audit.record(event, user, tenant, snap.policy_version, {"external_id": external_id, "rows": [], "refused": True}, agents=snap.agents)
         raise NotReadableError(f"no row {external_id!r} that {user!r} may read in tenant {tenant!r}")
     return rec
 
 
-def fetch(searcher: Searcher, external_id: str, *, user: str, tenant: str) -> Hits:
-    """The rows of ``external_id`` (one row, or a document's chunks in order), each stamped with the policy version."""
-    snap = searcher.access.snapshot(user, tenant)
+def fetch(searcher: Searcher, external_id: str, *, user: str, tenant: str, agent: object = None) -> Hits:
+    """The rows of ``external_id`` (one row, or a document's chunks in order), each stamped with the policy version;
+    with ``agent``, only if the user and the agent may both read it."""
+    snap = searcher.access.snapshot(user, tenant, agent)
     rec = readable(searcher, "fetch", external_id, user, tenant, snap)
     rows = list(rec.chunks) if isinstance(rec, DocumentRecord) else [rec]
     ex = searcher.executor(tenant)
@@ -40,5 +41,5 @@ def fetch(searcher: Searcher, external_id: str, *, user: str, tenant: str) -> Hi
     if missing:
         raise BackendError(f"row {missing[0]!r} is in the catalog but not in Milvus (run reconcile --full)")
     hits = Hits([Hit(r.row_id, r.external_id, texts[r.row_id], 1.0, dict(r.attrs), r.tenant, r.parent, snap.policy_version) for r in rows], snap.policy_version)
-    searcher.audit.record("fetch", user, tenant, snap.policy_version, {"external_id": external_id, "rows": [r.row_id for r in rows]})
+    searcher.audit.record("fetch", user, tenant, snap.policy_version, {"external_id": external_id, "rows": [r.row_id for r in rows]}, agents=snap.agents)
     return hits

@@ -51,14 +51,15 @@ def retrieve(
     rerank: Reranker | Any = None,
     merge_parents: bool = True,
     variants: Variants | None = None,
+    agent: object = None,
 ) -> Hits:
-    """Top ``k`` after the stages; ``variants`` turns on RAG-Fusion."""
+    """Top ``k`` after the stages; ``variants`` turns on RAG-Fusion; ``agent``: a delegated request (user ∩ agent)."""
     check_k(k)
     check_k(candidates, "candidates")
     scorer = as_reranker(rerank)
     if candidates < k:
         raise ArgumentError(f"candidates ({candidates}) must be at least k ({k})")
-    snap = searcher.access.snapshot(user, tenant)
+    snap = searcher.access.snapshot(user, tenant, agent)
     queries = [query]
     if variants is not None:
         try:

@@ -24,15 +24,15 @@ from .engine import Searcher, check_k
 from .fetch import readable
 
 
-def recommend(searcher: Searcher, vectors: Any, users: Sequence[str], *, tenant: str, k: int = 10) -> dict[str, Hits]:
-    """Top-k rows for each user's vector (dense), one Milvus search per distinct bitmap."""
+def recommend(searcher: Searcher, vectors: Any, users: Sequence[str], *, tenant: str, k: int = 10, agent: object = None) -> dict[str, Hits]:
+    """Top-k rows for each user's vector (dense), one Milvus search per distinct bitmap; with ``agent``, each user's through it."""
     users = as_list(users, "users")
     if not users:
         raise ArgumentError("give at least one user")
     if len(set(users)) != len(users):
         raise ArgumentError("each user may appear once")
     check_k(k)
-    snaps = searcher.access.snapshots(users, tenant)
+    snaps = searcher.access.snapshots(users, tenant, agent)
     vectors = searcher.binding.check_vectors(vectors, len(users))  # one per user
     groups: dict[FrozenBitMap, list[int]] = {}
     for i, snap in enumerate(snaps):
@@ -51,15 +51,15 @@ def recommend(searcher: Searcher, vectors: Any, users: Sequence[str], *, tenant:
         for i, hits in zip(members, raw):
             out[users[i]] = searcher.hits(hits, snaps[i])
             searcher.audit.record(
-                "recommend", users[i], tenant, snaps[i].policy_version, {"plan": plan.kind, "k": k, "rows": [[h.row_id for h in out[users[i]]]]}
+                "recommend", users[i], tenant, snaps[i].policy_version, {"plan": plan.kind, "k": k, "rows": [[h.row_id for h in out[users[i]]]]}, agents=snaps[i].agents
             )
     return out
 
 
-def similar(searcher: Searcher, external_id: str, *, user: str, tenant: str, k: int = 10) -> Hits:
-    """Rows like ``external_id`` (a row or a whole document) that ``user`` may read, the seed excluded."""
+def similar(searcher: Searcher, external_id: str, *, user: str, tenant: str, k: int = 10, agent: object = None) -> Hits:
+    """Rows like ``external_id`` (a row or a whole document) that ``user`` (through ``agent``) may read, the seed excluded."""
     check_k(k)
-    snap = searcher.access.snapshot(user, tenant)
+    snap = searcher.access.snapshot(user, tenant, agent)
     seed = readable(searcher, "similar", external_id, user, tenant, snap)
     ids = seed.row_ids if isinstance(seed, DocumentRecord) else [seed.row_id]
     ex = searcher.executor(tenant)
