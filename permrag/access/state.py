@@ -120,6 +120,25 @@ class Access:
                 f"unknown user {user!r} in tenant {tenant!r} (holds no role, is in no group, no ACL names it; would see nothing)"
             )
 
+    def check_agent_known(self, agent: str, tenant: str) -> None:
+        """Raise :class:`UnknownSubjectError` for an agent that holds no role, is in no
+        group and is named by no ACL in the tenant (a tool that names one reports a typo)."""
+        check_principal("agent", agent)
+        self.sync()
+        self.check_tenant_known(tenant)
+        with self.lock:
+            key = AGENT_PREFIX + agent
+            if self.policy.tenant(tenant).known(key) or self.policy.tenant(tenant).member_of.get(key) or key in self.compiler.acls(tenant).principals():
+                return
+        raise UnknownSubjectError(f"unknown agent {agent!r} in tenant {tenant!r} (holds no role, is in no group, no ACL names it; would see nothing)")
+
+    def agent_visible(self, agent: str, tenant: str) -> FrozenBitMap:
+        """Rows agent ``agent`` may read in ``tenant`` — what it can add to a user's view, never more."""
+        check_principal("agent", agent)
+        check_principal("tenant", tenant)
+        self.sync()
+        return self.compiler.agent_visible(agent, tenant)
+
     def is_known(self, user: str, tenant: str) -> bool:
         """Whether ``user`` holds a role, is in a group, or is named by an ACL entry."""
         with self.lock:
@@ -185,7 +204,7 @@ class Access:
         """Whether ``user`` (through ``agent``, if given) may read the row or document; False also
         when it does not exist. Audited as a ``check`` (the answer is a serve: it tells what exists)."""
         agents = check_agents(agent)
-        ok = self.readable(user, external_id, tenant, quiet=True, agent=agents) is not None
+        ok = self.readable(user, external_id, tenant, quiet=True, agent=agents or None) is not None
         if self.audit is not None:
             self.audit.record("check", user, tenant, self.policy.version, {"external_id": external_id, "readable": ok}, agents=agents)
         return ok

@@ -15,6 +15,19 @@ Two verifiers, usable together (:class:`AnyOf`):
 * :class:`JWTVerifier` — JWTs signed by your identity provider: ``sub`` is
   the user, a ``tenant`` claim (configurable) the tenant, ``exp`` required;
   audience and issuer checked when configured.
+
+Delegation (RFC 8693): a JWT's ``act`` claim names the agent acting for the
+user (``act.sub``); a nested ``act`` is the chain of earlier actors, and every
+one of them must be allowed: the call sees the rows the user and each agent
+may read. An ``act`` without a usable ``sub`` (at any depth), or deeper than
+:data:`MAX_ACTORS`, refuses the whole token. A store token made with
+``--agent`` carries its agent the same way.
+
+Scopes: a tool call needs its scope (``search``, ``fetch``, ``explain``,
+``can_read``). A store token is limited to the scopes it was made with; a
+JWT to the permrag scopes its ``scope`` claim names, if it names any. A
+token that names none may call every search tool (the behaviour before
+scopes), never ``scim``.
 """
 
 from __future__ import annotations
@@ -32,7 +45,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from ..access import check_principal
 from ..catalog import DEFAULT_TENANT
 from ..errors import ArgumentError, ConfigError
-from .tokens import Tokens
+from .tokens import SCOPES, SEARCH_SCOPES, Tokens
 
 log = logging.getLogger(__name__)
 
@@ -40,26 +53,70 @@ HMAC = ("HS256", "HS384", "HS512")
 ALGORITHMS = HMAC + ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "EdDSA")
 
 
+MAX_ACTORS = 8  # agents in one delegation chain
+
+
 @dataclass(frozen=True)
 class Principal:
-    """The user and tenant a call acts as."""
+    """The user and tenant a call acts as; ``agents``: the agents acting for the user
+    (the acting one first; every one must be allowed); ``scopes``: the tools it may
+    call (None: every search tool)."""
 
     user: str
     tenant: str = DEFAULT_TENANT
+    agents: tuple[str, ...] = ()
+    scopes: frozenset[str] | None = None
+
+    def allows(self, scope: str) -> bool:
+        return scope in self.scopes if self.scopes is not None else scope in SEARCH_SCOPES
+
+    @property
+    def agent(self) -> tuple[str, ...] | None:
+        """What the library's ``agent=`` takes: the chain, or None for the user alone."""
+        return self.agents or None
 
 
-def principal_of(context: Any, fixed: Principal | None) -> Principal:
-    """The call's principal: the server's fixed one, else the request's verified token."""
-    if fixed is not None:
-        return fixed
+def principal_of(context: Any, fixed: Principal | None, scope: str | None = None) -> Principal:
+    """The call's principal: the server's fixed one, else the request's verified token;
+    with ``scope``, a :class:`ToolError` unless the principal may make calls of that scope."""
+    who = fixed if fixed is not None else _token_principal(context)
+    if scope is not None and not who.allows(scope):
+        raise ToolError(f"refused: this token's scopes do not include {scope!r}")
+    return who
+
+
+def _token_principal(context: Any) -> Principal:
     request = getattr(context.request_context, "request", None)
     scope = getattr(request, "scope", None) or {}
     user = scope.get("user")
     if isinstance(user, AuthenticatedUser) and user.access_token.subject:
         claims = user.access_token.claims or {}
-        return Principal(user.access_token.subject, str(claims.get("tenant") or DEFAULT_TENANT))
+        agents = tuple(claims.get("agents") or ())
+        return Principal(user.access_token.subject, str(claims.get("tenant") or DEFAULT_TENANT), agents, tool_scopes(user.access_token.scopes))
     # The bearer middleware already answers 401 to such a request; this is the second lock.
     raise ToolError("not authenticated: this server acts only for the owner of a valid bearer token")
+
+
+def tool_scopes(scopes: Sequence[str] | None) -> frozenset[str] | None:
+    """The permrag scopes a token names (None: it names none — every search tool)."""
+    ours = frozenset(scopes or ()) & frozenset(SCOPES)
+    return ours or None
+
+
+def actors(claims: dict[str, Any]) -> tuple[str, ...] | None:
+    """The agents of an RFC 8693 ``act`` claim, the acting one first; () without
+    ``act``; None when it is malformed (not an object, no usable ``sub``, too deep)."""
+    out: list[str] = []
+    act = claims.get("act")
+    while act is not None:
+        if not isinstance(act, dict) or len(out) >= MAX_ACTORS:
+            return None
+        try:
+            out.append(check_principal("agent", act.get("sub")))
+        except ArgumentError:
+            return None
+        act = act.get("act")
+    return tuple(out)
 
 
 def _identity(subject: object, tenant: object) -> tuple[str, str] | None:
@@ -81,7 +138,8 @@ class TableVerifier(TokenVerifier):
         info = await self.runner.run(self.tokens.lookup, token)
         if info is None:
             return None
-        return AccessToken(token=token, client_id=f"permrag-token:{info.id}", scopes=[], subject=info.user, claims={"tenant": info.tenant, "iss": "permrag"})
+        claims = {"tenant": info.tenant, "iss": "permrag", "agents": [info.agent] if info.agent else []}
+        return AccessToken(token=token, client_id=f"permrag-token:{info.id}", scopes=list(info.scopes), subject=info.user, claims=claims)
 
 
 class JWTVerifier(TokenVerifier):
@@ -137,6 +195,10 @@ class JWTVerifier(TokenVerifier):
         if who is None:
             log.info("bearer JWT refused: unusable sub or %s claim", self.tenant_claim)
             return None
+        agents = actors(claims)
+        if agents is None:
+            log.info("bearer JWT refused: an act claim without a usable sub")
+            return None
         scopes = claims.get("scope")
         return AccessToken(
             token=token,
@@ -144,7 +206,7 @@ class JWTVerifier(TokenVerifier):
             scopes=scopes.split() if isinstance(scopes, str) else [],
             expires_at=int(claims["exp"]),
             subject=who[0],
-            claims={"tenant": who[1], "iss": claims.get("iss")},
+            claims={"tenant": who[1], "iss": claims.get("iss"), "agents": list(agents)},
         )
 
 

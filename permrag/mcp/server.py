@@ -1,13 +1,18 @@
-"""The MCP server (``permrag mcp``): search, can_read and fetch as one principal.
+"""The MCP server (``permrag mcp``): search, can_read, fetch and explain as one principal.
 
-Three tools, each one library call on the store's bounded pool
-(:mod:`permrag.search.aio`):
+Four tools, each one library call on the store's bounded pool
+(:mod:`permrag.search.aio`), each needing its scope (mcp/auth.py):
 
 * ``search(query, k, mode)`` — :meth:`~permrag.core.PermRAG.search`;
 * ``can_read(document_id)`` — yes (with the role and rule that allow it) or
   no; the *same* no for a hidden document and one that does not exist;
 * ``fetch(document_id)`` — :meth:`~permrag.core.PermRAG.fetch`: a document's
-  text, only if readable (the same error for hidden and missing).
+  text, only if readable (the same error for hidden and missing);
+* ``explain(document_id)`` — why the principal may or may not read a
+  document it may read; the same 'no' as ``can_read`` for any other.
+
+A principal may be a user acting through agents (a delegation token): every
+tool then answers for the rows the user and every agent may read.
 
 None takes a user or tenant: the principal is fixed when the server starts
 (``--as``, stdio) or is the owner of the request's verified bearer token
@@ -36,7 +41,7 @@ from .auth import Principal, principal_of
 log = logging.getLogger(__name__)
 
 MAX_K = 50
-IDENTITY_ARGS = frozenset({"user", "user_id", "tenant", "as", "as_user", "principal", "subject", "sub"})
+IDENTITY_ARGS = frozenset({"user", "user_id", "tenant", "as", "as_user", "principal", "subject", "sub", "agent", "act", "actor", "scope", "scopes"})
 INSTRUCTIONS = (
     "A permissioned knowledge base. Every answer is computed for the user this connection is authenticated as; "
     "no argument can change that. Cite passages by their external id; each answer carries the policy version "
@@ -55,6 +60,7 @@ class Passage(BaseModel):
 
 class SearchResult(BaseModel):
     user: str = Field(description="Whom the search ran as (fixed by the server).")
+    agent: str | None = Field(default=None, description="The agent acting for the user (fixed by the server); None: the user alone.")
     tenant: str
     policy_version: int = Field(description="The policy version the answer was computed under.")
     mode: str = Field(description="The search mode that ran: 'auto' resolves to hybrid where the backend has BM25, else dense.")
@@ -114,10 +120,11 @@ def build_server(
     async def search(
         query: str, ctx: Context, k: Annotated[int, Field(ge=1, le=MAX_K)] = 5, mode: Mode | None = None
     ) -> Annotated[CallToolResult, SearchResult]:
-        who = principal_of(ctx, principal)
-        hits = await call(rag.search, query, user=who.user, tenant=who.tenant, k=k, mode=mode or default_mode)
+        who = principal_of(ctx, principal, "search")
+        hits = await call(rag.search, query, user=who.user, tenant=who.tenant, k=k, mode=mode or default_mode, agent=who.agent)
         out = SearchResult(
             user=who.user,
+            agent=who.agents[0] if who.agents else None,
             tenant=who.tenant,
             policy_version=hits.policy_version,
             mode=hits.mode,
@@ -128,28 +135,35 @@ def build_server(
 
     @server.tool(description="May the authenticated user read a document (by external id)? The answer is the same 'no' for a document that is hidden and one that does not exist.")
     async def can_read(document_id: str, ctx: Context) -> Annotated[CallToolResult, Permission]:
-        out = await call(_permission, rag, principal_of(ctx, principal), document_id)
+        out = await call(_permission, rag, principal_of(ctx, principal, "can_read"), document_id)
         answer = f"yes: you may read {document_id!r} ({out.why})" if out.readable else f"no: there is no document {document_id!r} that you may read"
         return _result(f"{answer} (policy version {out.policy_version})", out)
 
     @server.tool(description="The full text of a document (by external id) the authenticated user may read; a hidden and a missing document get the same error.")
     async def fetch(document_id: str, ctx: Context) -> Annotated[CallToolResult, FetchedDocument]:
-        who = principal_of(ctx, principal)
-        hits = await call(rag.fetch, document_id, user=who.user, tenant=who.tenant)
+        who = principal_of(ctx, principal, "fetch")
+        hits = await call(rag.fetch, document_id, user=who.user, tenant=who.tenant, agent=who.agent)
         out = FetchedDocument(document_id=document_id, rows=[h.external_id for h in hits], text="\n".join(h.text for h in hits), policy_version=hits.policy_version)
         return _result(f"[{document_id}] {out.text}\n\n(policy version {out.policy_version})", out)
+
+    @server.tool(description="Why the authenticated user (and the agent acting for it) may read a document: the path and rule of each. A document it may not read gets the same 'no' as one that does not exist.")
+    async def explain(document_id: str, ctx: Context) -> Annotated[CallToolResult, Permission]:
+        out = await call(_permission, rag, principal_of(ctx, principal, "explain"), document_id, "explain")
+        answer = f"yes: {out.why}" if out.readable else f"no: there is no document {document_id!r} that you may read"
+        return _result(f"{answer} (policy version {out.policy_version})", out)
 
     return server
 
 
-def _permission(rag: Any, who: Principal, document_id: str) -> Permission:
-    """May ``who`` read the document, and why; audited as a ``check``."""
-    snap = rag.snapshot(who.user, who.tenant)
+def _permission(rag: Any, who: Principal, document_id: str, tool: str = "can_read") -> Permission:
+    """May ``who`` read the document, and why; audited as a ``check`` (``tool``: which tool asked)."""
+    snap = rag.access.snapshot(who.user, who.tenant, who.agent)
     ok = rag.access.readable(who.user, document_id, who.tenant, snapshot=snap, quiet=True) is not None
-    why = rag.explain(who.user, document_id, who.tenant) if ok else None
+    why = rag.access.explain(who.user, document_id, who.tenant, who.agent) if ok else None
     if why is not None and not why.visible:  # revoked between the two answers: say no, like any hidden row
         ok, why = False, None
-    rag.audit.record("check", who.user, who.tenant, snap.policy_version, {"external_id": document_id, "readable": ok, "via": "mcp"})
+    detail = {"external_id": document_id, "readable": ok, "via": "mcp", **({"tool": tool} if tool != "can_read" else {})}
+    rag.audit.record("check", who.user, who.tenant, snap.policy_version, detail, agents=who.agents)
     return Permission(document_id=document_id, readable=ok, why=str(why) if why else None, policy_version=snap.policy_version)
 
 
@@ -170,6 +184,19 @@ def serve(rag: Any, *, transport: str = "stdio", host: str = "127.0.0.1", port: 
         server.run("stdio")
     else:
         server.run("streamable-http", host=host, port=port)
+
+
+def http_app(server: PermragMCP, *, host: str = "127.0.0.1") -> Any:
+    """``server``'s streamable-HTTP ASGI app (its route: ``/mcp``), to mount in a
+    larger application (``permrag serve``) rather than run. That application's
+    lifespan must run ``server.session_manager.run()``: a mounted app's own
+    lifespan never runs."""
+    return server.streamable_http_app(host=host)
+
+
+def warm_beside(rag: Any) -> None:
+    """Warm the store on a daemon thread (see :func:`serve`)."""
+    threading.Thread(target=_warm, args=(rag, None), name="permrag-serve-warm", daemon=True).start()
 
 
 def _warm(rag: Any, fixed: Principal | None) -> None:

@@ -1,7 +1,10 @@
 """The store's bearer tokens for the MCP HTTP server (``permrag token add|list|revoke``).
 
-A token names one principal — a user in a tenant — and nothing else: the
-server acts as that user for every call made with it. Only a SHA-256 of each
+A token names one principal — a user in a tenant, maybe acting through an
+agent (``permrag token add USER --agent AGENT``: every call sees only what
+the user *and* the agent may read) — and the tool scopes it may use
+(``--scope``; none recorded: every search tool, the old behaviour, and never
+``scim``). The server acts as that principal for every call made with it. Only a SHA-256 of each
 token is stored; the token is shown once, when it is made. Tokens are 256
 random bits, so a plain hash is enough (no password-style stretching: there
 is nothing to guess), and a lookup by hash is one indexed query.
@@ -24,6 +27,23 @@ from ..errors import ArgumentError
 log = logging.getLogger(__name__)
 
 PREFIX = "prt_"  # recognisable in logs and secret scanners
+SEARCH_SCOPES = ("search", "fetch", "explain", "can_read")  # one per MCP tool
+SCOPES = SEARCH_SCOPES + ("scim",)  # scim: the SCIM endpoint of `permrag serve`
+
+
+def check_scopes(scopes: object) -> tuple[str, ...]:
+    """Scopes as given (a space-separated string or a list), checked, deduplicated, sorted; () for None."""
+    if scopes is None:
+        return ()
+    items = scopes.split() if isinstance(scopes, str) else scopes
+    if not isinstance(items, (list, tuple, set, frozenset)) or not all(isinstance(x, str) for x in items):
+        raise ArgumentError(f"scopes must be a list of scope names, not {scopes!r}")
+    bad = sorted(set(items) - set(SCOPES))
+    if bad:
+        raise ArgumentError(f"unknown scope(s) {', '.join(map(repr, bad))}: a scope is one of {', '.join(SCOPES)}")
+    if not items:
+        raise ArgumentError("give at least one scope (or none at all: every search tool)")
+    return tuple(sorted(set(items)))
 
 
 @dataclass(frozen=True)
@@ -36,9 +56,16 @@ class TokenInfo:
     name: str | None
     created: float
     revoked: float | None
+    agent: str | None = None  # the agent the token acts through for ``user`` (None: the user alone)
+    scopes: tuple[str, ...] = ()  # () : none recorded — every search tool, no scim
+
+    def allows(self, scope: str) -> bool:
+        """Whether a call needing ``scope`` may be made with this token."""
+        return scope in self.scopes if self.scopes else scope in SEARCH_SCOPES
 
     def to_dict(self) -> dict[str, object]:
-        return {"id": self.id, "user": self.user, "tenant": self.tenant, "name": self.name, "created": self.created, "revoked": self.revoked}
+        return {"id": self.id, "user": self.user, "tenant": self.tenant, "name": self.name, "created": self.created, "revoked": self.revoked,
+                "agent": self.agent, "scopes": list(self.scopes)}
 
 
 def digest(token: str) -> str:
@@ -51,17 +78,21 @@ class Tokens:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def add(self, user: str, tenant: str, *, name: str | None = None) -> tuple[str, TokenInfo]:
-        """Make a token for ``user`` in ``tenant``; returns (the token — shown only now, its record)."""
+    def add(self, user: str, tenant: str, *, name: str | None = None, agent: str | None = None, scopes: object = None) -> tuple[str, TokenInfo]:
+        """Make a token for ``user`` in ``tenant`` (acting through ``agent``, limited to
+        ``scopes`` if given); returns (the token — shown only now, its record)."""
         check_principal("user", user)
         check_principal("tenant", tenant)
+        if agent is not None:
+            check_principal("agent", agent)
         if name is not None and (not isinstance(name, str) or len(name) > 256):
             raise ArgumentError("a token name is a string of at most 256 characters")
         token = PREFIX + secrets.token_urlsafe(32)
-        info = TokenInfo(secrets.token_hex(6), user, tenant, name, time.time(), None)
+        info = TokenInfo(secrets.token_hex(6), user, tenant, name, time.time(), None, agent, check_scopes(scopes))
+        row = {**info.to_dict(), "scopes": " ".join(info.scopes) or None}
         with db.transaction(self.engine, "adding a token") as conn:
-            conn.execute(db.tokens.insert().values(token_hash=digest(token), **info.to_dict()))
-        log.info("token %s made for user %r in tenant %r", info.id, user, tenant)
+            conn.execute(db.tokens.insert().values(token_hash=digest(token), **row))
+        log.info("token %s made for user %r in tenant %r (agent %r, scopes %s)", info.id, user, tenant, agent, info.scopes or "default")
         return token, info
 
     def list(self, *, user: str | None = None) -> list[TokenInfo]:
@@ -95,4 +126,6 @@ class Tokens:
 
 def _info(row: object) -> TokenInfo:
     r = row._mapping  # type: ignore[attr-defined]
-    return TokenInfo(r["id"], r["user"], r["tenant"], r["name"], float(r["created"]), None if r["revoked"] is None else float(r["revoked"]))
+    scopes = tuple(str(r["scopes"] or "").split())
+    revoked = None if r["revoked"] is None else float(r["revoked"])
+    return TokenInfo(r["id"], r["user"], r["tenant"], r["name"], float(r["created"]), revoked, r["agent"], scopes)

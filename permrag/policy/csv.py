@@ -303,6 +303,12 @@ def apply(name: str, parsed: Parsed, states: dict[str, TenantPolicy]) -> dict[st
         if f.inherit:
             f.inherit = False
             rows["g"].append({"ptype": NO_INHERIT, "v0": folder, "v1": t, "v2": "", "v3": None, "v4": None, "v5": None})
+    _edges(name, parsed, states, declared, rows)
+    return rows
+
+
+def _edges(name: str, parsed: Parsed, states: dict[str, TenantPolicy], declared: dict[str, set[str]], rows: dict[str, list[dict]]) -> None:
+    """Apply the file's ``g`` lines (memberships, group roles, agents', users' roles, inheritance)."""
     for lineno, subject, role, t, until in parsed.edges:
         tp = states[t]
         try:
@@ -330,7 +336,6 @@ def apply(name: str, parsed: Parsed, states: dict[str, TenantPolicy]) -> dict[st
                 rows["g"].append({"ptype": "g", "v0": child, "v1": role, "v2": t, "v3": stamp(until), "v4": None, "v5": None})
         except (RoleCycleError, PolicyError) as exc:
             raise PolicyCSVError(name, lineno, str(exc)) from None
-    return rows
 
 
 def _agent_edge(tp: TenantPolicy, subject: str, role: str, t: str, until: float | None, rows: dict[str, list[dict]]) -> None:
