@@ -3,6 +3,6 @@
 
 from .compiler import Compiler, Snapshot
 from .explain import Explanation, Rule
-from .state import Access, check_principal
+from .state import Access, check_agents, check_principal
 
-__all__ = ["Access", "Compiler", "Explanation", "Rule", "Snapshot", "check_principal"]
+__all__ = ["Access", "Compiler", "Explanation", "Rule", "Snapshot", "check_agents", "check_principal"]

@@ -50,7 +50,7 @@ def audit_served(rag: Any, wrapper: str, inner: Any, user: str, tenant: str, sna
         "queries": [query[:200]],
         "external_ids": [str(m.get(id_key)) for m in served],
     }
-    rag.audit.record("wrapped-search", user, tenant, snap.policy_version, detail)
+    rag.audit.record("wrapped-search", user, tenant, snap.policy_version, detail, agents=getattr(snap, "agents", ()))
 
 
 def overfetch(fetch: Callable[[int], list[T]], keep: Callable[[list[T]], list[T]], k: int, *, adjustable: bool) -> list[T]:

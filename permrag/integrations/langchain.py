@@ -15,8 +15,11 @@ agent tools whose principal comes from the application, never the model.
 * :func:`knowledge_tool` and :func:`permission_tool` — tools that act as the
   user named by the run: ``config["configurable"]["user"]`` (and
   ``tenant``), or the LangChain 1.x runtime ``context`` (a mapping or an
-  object with ``user`` / ``user_id`` and ``tenant``). The model's arguments
-  can carry only the query or the document id.
+  object with ``user`` / ``user_id`` and ``tenant``), and the agent acting for
+  that user, from the same place (``agent`` / ``agent_id``): the tools then
+  see only rows the user and the agent may both read. The retrievers take
+  ``agent=`` beside ``user=``. The model's arguments can carry only the
+  query or the document id.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import ConfigDict, Field
 
+from ..access import check_agents
 from ..catalog import DEFAULT_TENANT
 from ..errors import ArgumentError, ConfigError
 from ..names import quote
@@ -60,6 +64,7 @@ class PermissionedRetriever(BaseRetriever):
     rag: Any
     user: str
     tenant: str = DEFAULT_TENANT
+    agent: str | None = None  # the agent acting for ``user``: only rows both may read
     k: int = 4
     mode: str = "auto"
     fusion: str = DEFAULT_FUSION
@@ -82,11 +87,11 @@ class PermissionedRetriever(BaseRetriever):
         return out
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any) -> list[Document]:
-        hits = self.rag.search(query, user=self.user, tenant=self.tenant, **self._settings(kwargs))
+        hits = self.rag.search(query, user=self.user, tenant=self.tenant, agent=self.agent, **self._settings(kwargs))
         return [h.to_document() for h in hits]
 
     async def _aget_relevant_documents(self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any) -> list[Document]:
-        hits = await self.rag.asearch(query, user=self.user, tenant=self.tenant, **self._settings(kwargs))
+        hits = await self.rag.asearch(query, user=self.user, tenant=self.tenant, agent=self.agent, **self._settings(kwargs))
         return [h.to_document() for h in hits]
 
 
@@ -128,7 +133,7 @@ class PermissionFilteredRetriever(BaseRetriever):
         return [d for d, keep in zip(docs, ok) if keep]
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any) -> list[Document]:
-        snap = self.rag.snapshot(self.user, self.tenant)
+        snap = self.rag.snapshot(self.user, self.tenant, agent=self.agent)
         docs = self._serve(query, snap, int(kwargs.pop("k", None) or self._inner_k()))
         audit_served(self.rag, "langchain", self.inner, self.user, self.tenant, snap, query, [d.metadata or {} for d in docs], id_key=self.id_key)
         return docs
@@ -172,6 +177,7 @@ def permissioned(
     *,
     user: str,
     tenant: str = DEFAULT_TENANT,
+    agent: str | None = None,
     k: int | None = None,
     id_key: str = "external_id",
     tenant_key: str | None = "tenant",
@@ -183,22 +189,32 @@ def permissioned(
     the inner store holds one tenant's documents. ``k`` defaults to the inner
     retriever's.
     """
-    return PermissionFilteredRetriever(inner=retriever, rag=rag, user=user, tenant=tenant, k=k, id_key=id_key, tenant_key=tenant_key)
+    return PermissionFilteredRetriever(inner=retriever, rag=rag, user=user, tenant=tenant, agent=agent, k=k, id_key=id_key, tenant_key=tenant_key)
 
 
 def principal(config: RunnableConfig | None) -> tuple[str, str]:
     """(user, tenant) of a run: ``configurable`` first, else the LangChain 1.x runtime context."""
+    user, tenant, _ = delegation(config)
+    return user, tenant
+
+
+def delegation(config: RunnableConfig | None) -> tuple[str, str, str | None]:
+    """(user, tenant, agent) of a run, like :func:`principal`; the agent acting for the user
+    (``configurable["agent"]``, else the context's ``agent`` / ``agent_id``; None: the user alone).
+    Never from the model's arguments: a tool's only arguments are its query or document id."""
     conf = dict((config or {}).get("configurable") or {})
-    user, tenant = conf.get("user"), conf.get("tenant")
+    user, tenant, agent = conf.get("user"), conf.get("tenant"), conf.get("agent")
     runtime = conf.get("__pregel_runtime")
     context = getattr(runtime, "context", None) if runtime is not None else None
-    if context is not None and not user:
+    if context is not None:
         get = context.get if isinstance(context, Mapping) else lambda key: getattr(context, key, None)
-        user = get("user") or get("user_id")
-        tenant = tenant or get("tenant")
+        if not user:
+            user = get("user") or get("user_id")
+            tenant = tenant or get("tenant")
+        agent = agent or get("agent") or get("agent_id")
     if not isinstance(user, str) or not user:
         raise ConfigError("no principal: run with config={'configurable': {'user': ...}} or context={'user': ...}")
-    return user, tenant or DEFAULT_TENANT
+    return user, tenant or DEFAULT_TENANT, (check_agents(agent)[0] if agent is not None else None)
 
 
 def knowledge_tool(rag: Any, *, k: int = 4, mode: str = "auto", fusion: str = DEFAULT_FUSION, weights: tuple[float, float] = DEFAULT_WEIGHTS, name: str = "search_knowledge_base") -> BaseTool:
@@ -210,8 +226,8 @@ def knowledge_tool(rag: Any, *, k: int = 4, mode: str = "auto", fusion: str = DE
 
     def search_knowledge_base(query: str, config: RunnableConfig) -> str:
         """Search the company knowledge base; returns the passages you may read."""
-        user, tenant = principal(config)
-        hits = rag.search(query, user=user, tenant=tenant, k=k, mode=mode, fusion=fusion, weights=weights)
+        user, tenant, agent = delegation(config)
+        hits = rag.search(query, user=user, tenant=tenant, k=k, mode=mode, fusion=fusion, weights=weights, agent=agent)
         if not hits:
             return f"No readable passages found (policy version {hits.policy_version})."
         return "\n\n".join(f"[{h.external_id}] {h.text}" for h in hits)
@@ -226,8 +242,8 @@ def permission_tool(rag: Any, *, name: str = "can_read_document") -> BaseTool:
 
     def can_read_document(document_id: str, config: RunnableConfig) -> str:
         """Check whether you may read a document, by its id."""
-        user, tenant = principal(config)
-        if rag.can_read(user, document_id, tenant):
+        user, tenant, agent = delegation(config)
+        if rag.can_read(user, document_id, tenant, agent=agent):
             return f"yes: you may read {document_id!r}"
         return f"no: there is no document {document_id!r} that you may read"
 

@@ -26,7 +26,7 @@ from types import SimpleNamespace
 from typing import Any, Sequence
 
 from ..catalog import DEFAULT_TENANT
-from ..access import check_principal
+from ..access import check_agents, check_principal
 from ..errors import ArgumentError, ConfigError
 from ..results import Hit
 from ..search import DEFAULT_FUSION, DEFAULT_WEIGHTS, check_k, check_search_args
@@ -73,12 +73,13 @@ def _search_retriever(BaseRetriever: Any, to_node: Any) -> Any:
             weights: Sequence[float] = DEFAULT_WEIGHTS,
             pool: int | None = None,
             callback_manager: Any = None,
+            agent: str | None = None,
         ) -> None:
             check_search_args(["(none yet)"], user, tenant, k, mode, fusion, weights, pool)  # bad options fail here, not at the first query
             self.rag = rag
             self.user = user
             self.tenant = tenant
-            self.options = dict(k=k, mode=mode, fusion=fusion, weights=tuple(weights), pool=pool)
+            self.options = dict(k=k, mode=mode, fusion=fusion, weights=tuple(weights), pool=pool, agent=check_agents(agent) or None)
             super().__init__(callback_manager=callback_manager)
 
         def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
@@ -108,6 +109,7 @@ def _filtering_retriever(BaseRetriever: Any) -> Any:
             tenant_key: str | None = "tenant",
             row_key: str = "row_id",
             callback_manager: Any = None,
+            agent: str | None = None,
         ) -> None:
             if not isinstance(inner, BaseRetriever):
                 raise ArgumentError(f"permissioned() wraps a LlamaIndex BaseRetriever, not {type(inner).__name__}")
@@ -119,13 +121,14 @@ def _filtering_retriever(BaseRetriever: Any) -> Any:
             self.rag = rag
             self.user = user
             self.tenant = tenant
+            self.agent = check_agents(agent) or None
             self.k = k
             self.keys = dict(id_key=id_key, tenant_key=tenant_key, row_key=row_key)
             super().__init__(callback_manager=callback_manager or inner.callback_manager)
 
         def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
             k = self.k or int(getattr(self.inner, "similarity_top_k", None) or 4)
-            snap = self.rag.snapshot(self.user, self.tenant)
+            snap = self.rag.snapshot(self.user, self.tenant, agent=self.agent)
 
             def keep(nodes: list[NodeWithScore]) -> list[NodeWithScore]:
                 ok = readable(self.rag, [n.node.metadata or {} for n in nodes], snap, self.tenant, **self.keys)
@@ -151,23 +154,26 @@ def _filtering_retriever(BaseRetriever: Any) -> Any:
 
 
 def retriever(rag: Any, *, user: str, tenant: str = DEFAULT_TENANT, **options: Any) -> Any:
-    """A LlamaIndex retriever bound to ``user``: ``k``, ``mode``, ``fusion``, ``weights``, ``pool`` as for ``rag.search``."""
-    known = {"k", "mode", "fusion", "weights", "pool", "callback_manager"}
+    """A LlamaIndex retriever bound to ``user`` (and ``agent``, acting for it: only rows both may read):
+    ``k``, ``mode``, ``fusion``, ``weights``, ``pool`` as for ``rag.search``."""
+    known = {"k", "mode", "fusion", "weights", "pool", "callback_manager", "agent"}
     unknown = set(options) - known
     if unknown:
         raise ArgumentError(f"unknown retriever option(s) {sorted(unknown)}; known: {sorted(known)}")
     return classes().PermissionedRetriever(rag, user=user, tenant=tenant, **options)
 
 
-def permissioned(inner: Any, rag: Any, *, user: str, tenant: str = DEFAULT_TENANT, k: int | None = None, id_key: str = "external_id", tenant_key: str | None = "tenant") -> Any:
-    """Wrap the LlamaIndex retriever ``inner`` so it returns only nodes ``user`` may read in ``tenant``.
+def permissioned(
+    inner: Any, rag: Any, *, user: str, tenant: str = DEFAULT_TENANT, k: int | None = None, id_key: str = "external_id", tenant_key: str | None = "tenant", agent: str | None = None
+) -> Any:
+    """Wrap the LlamaIndex retriever ``inner`` so it returns only nodes ``user`` (through ``agent``: and the agent) may read in ``tenant``.
 
     Nodes must carry their external id in ``metadata[id_key]`` and their
     tenant in ``metadata[tenant_key]`` (``tenant_key=None`` only when the
     inner index holds one tenant's nodes). ``k`` defaults to the inner
     retriever's ``similarity_top_k``.
     """
-    return classes().PermissionFilteredRetriever(inner, rag, user=user, tenant=tenant, k=k, id_key=id_key, tenant_key=tenant_key)
+    return classes().PermissionFilteredRetriever(inner, rag, user=user, tenant=tenant, k=k, id_key=id_key, tenant_key=tenant_key, agent=agent)
 
 
 def __getattr__(name: str) -> Any:
