@@ -35,6 +35,7 @@ from ..names import Held, as_list, check, check_id, check_tenant, expiry, princi
 from .changes import edge_change, need_role
 from .directory import Directory, check_acyclic
 from .folders import FolderEdit, folder_change
+from .ldap import LdapRead, LdapSource, Progress, source_of
 from .exports import read as read_exports
 from .model import AGENT_PREFIX, GROUP_PREFIX, MAX_DEPTH, USER_PREFIX, Change, Folder, TenantPolicy
 from .persist import IDENT, ident_row
@@ -291,6 +292,22 @@ class Identity:
 
         applied = self.policy._one(tenant, make)
         return replace(report[-1], applied=applied, policy_version=self.policy.version)
+
+    def read_ldap(self, source: LdapSource | str, *, base: str | None = None, bind_dn: str | None = None, password: str | None = None,
+                  starttls: bool = False, progress: Progress | None = None) -> LdapRead:
+        """Read every user and group of an LDAP directory (policy/ldap.py): a URL with
+        the connection arguments, or an :class:`LdapSource` for every setting. All pages
+        are read or an error raised (:class:`BackendError` / :class:`ConfigError`)."""
+        from .ldap_client import read as read_directory
+
+        return read_directory(source_of(source, base, bind_dn, password, starttls), progress)
+
+    def sync_ldap(self, source: LdapSource | str, *, base: str | None = None, bind_dn: str | None = None, password: str | None = None,
+                  starttls: bool = False, tenant: str = DEFAULT_TENANT, dry_run: bool = False, allow_mass_removal: bool = False) -> SyncReport:
+        """:meth:`sync` from an LDAP directory, read completely first (:meth:`read_ldap`):
+        a connection lost mid-read applies nothing; the guards and ``dry_run`` are :meth:`sync`'s."""
+        got = self.read_ldap(source, base=base, bind_dn=bind_dn, password=password, starttls=starttls)
+        return self.sync(got.directory, tenant=tenant, dry_run=dry_run, allow_mass_removal=allow_mass_removal)
 
 
 def _sync_change(tp: TenantPolicy, tenant: str, p: Plan) -> Change:
