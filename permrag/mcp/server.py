@@ -199,6 +199,19 @@ def warm_beside(rag: Any) -> None:
     threading.Thread(target=_warm, args=(rag, None), name="permrag-serve-warm", daemon=True).start()
 
 
+def http_app(server: PermragMCP, *, host: str = "127.0.0.1") -> Any:
+    """``server``'s streamable-HTTP ASGI app (its route: ``/mcp``), to mount in a
+    larger application (``permrag serve``) rather than run. That application's
+    lifespan must run ``server.session_manager.run()``: a mounted app's own
+    lifespan never runs."""
+    return server.streamable_http_app(host=host)
+
+
+def warm_beside(rag: Any) -> None:
+    """Warm the store on a daemon thread (see :func:`serve`)."""
+    threading.Thread(target=_warm, args=(rag, None), name="permrag-serve-warm", daemon=True).start()
+
+
 def _warm(rag: Any, fixed: Principal | None) -> None:
     try:
         rag.warm(**({"users": [fixed.user], "tenant": fixed.tenant} if fixed is not None else {}))

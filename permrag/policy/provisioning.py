@@ -58,7 +58,7 @@ class UserFields:
     user_name: str
     display_name: str | None = None
     external_id: str | None = None
-    active: bool = True
+    active: bool | None = None  # None: not given (active, and not shown as set)
 
 
 @dataclass(frozen=True)
@@ -81,10 +81,11 @@ class ProvisionedUser:
     groups: tuple[tuple[str, str], ...]  # (group id, its label)
     created: float | None
     modified: float | None
+    active_given: bool = True  # False: the provider never set ``active`` (or removed it)
 
     @property
     def version(self) -> str:
-        return _digest(["User", self.id, self.user_name, self.display_name, self.external_id, self.active])
+        return _digest(["User", self.id, self.user_name, self.display_name, self.external_id, self.active, self.active_given])
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,8 @@ def _user(tp: TenantPolicy, uid: str, extras: Extras, now: float) -> Provisioned
     key = USER_PREFIX + uid
     groups = tuple(sorted((g, tp.labels.get(GROUP_PREFIX + g, g)) for g in tp.member_of.get(key, ()) if tp.live(("g", key, GROUP_PREFIX + g), now)))
     ext, more = extras
-    return ProvisionedUser(uid, tp.labels.get(key, uid), more.get("d"), ext, uid not in tp.inactive, groups, more.get("c"), more.get("m"))
+    active = uid not in tp.inactive
+    return ProvisionedUser(uid, tp.labels.get(key, uid), more.get("d"), ext, active, groups, more.get("c"), more.get("m"), not active or more.get("a", 1) == 1)
 
 
 def _group(tp: TenantPolicy, gid: str, extras: Extras, now: float) -> ProvisionedGroup:
@@ -177,6 +179,9 @@ def _check_version(current: str, wanted: str | None, what: str) -> None:
 
 class Provisioning:
     """Users and groups of one store, written one at a time by an identity provider."""
+
+    UserFields = UserFields
+    GroupFields = GroupFields
 
     def __init__(self, policy: Policy, denied: Callable[[str], set[str]] | None = None, *, allow_mass_removal: bool = False) -> None:
         self.policy = policy
@@ -248,14 +253,14 @@ class Provisioning:
                 old = _extras(conn, tenant, key).get(key, (None, {}))
                 if uid is not None:
                     _check_version(_user(tp, ident, old, now).version, if_version, f"user {ident!r}")
-                more = {"d": shown, "c": old[1].get("c", now), "m": now}
+                more = {"d": shown, "c": old[1].get("c", now), "m": now, "a": 0 if f.active is None else 1}
                 conn.execute(delete(db.casbin_rule).where(db.casbin_rule.c.ptype == IDENT, db.casbin_rule.c.v0 == key, db.casbin_rule.c.v1 == tenant))
-                conn.execute(db.casbin_rule.insert().values(**_row(key, tenant, name, not f.active, ext, more)))
+                conn.execute(db.casbin_rule.insert().values(**_row(key, tenant, name, f.active is False, ext, more)))
 
             def apply(s: dict[str, TenantPolicy]) -> None:
                 t = s[tenant]
                 t.labels[key] = str(name)
-                (t.inactive.discard if f.active else t.inactive.add)(ident)
+                (t.inactive.add if f.active is False else t.inactive.discard)(ident)
 
             return Change(write, apply, {tenant}, set(), {ident})
 
