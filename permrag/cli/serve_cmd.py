@@ -20,9 +20,10 @@ from .base import StoreCommand, main, store, tenant_opt
 @click.option("--tenant-claim", default="tenant", show_default=True, help="/mcp: the JWT claim naming the tenant (else --tenant).")
 @click.option("--allow-mass-removal", is_flag=True, help="/scim/v2: allow a write that empties a deny-holding group or takes more than half of its members.")
 @click.option("--mode", default="auto", show_default=True, type=click.Choice(["auto", "hybrid", "dense", "keyword"]), help="/mcp: default search mode.")
+@click.option("--no-warm", is_flag=True, help="/mcp: do not load the encoder and connect to Milvus at start (the first search does).")
 @click.option("--encoder", default=None, help="Encoder (default: the store's own).")
 @click.pass_context
-def serve_cmd(ctx, host, port, scim_token_file, tenant, use_tokens, jwt_key, jwt_algorithm, jwt_audience, jwt_issuer, tenant_claim, allow_mass_removal, mode, encoder) -> None:
+def serve_cmd(ctx, host, port, scim_token_file, tenant, use_tokens, jwt_key, jwt_algorithm, jwt_audience, jwt_issuer, tenant_claim, allow_mass_removal, mode, no_warm, encoder) -> None:
     """Serve /scim/v2 (users and groups from an identity provider: each write one policy
     version), /mcp (search as each token's owner; with --tokens and/or --jwt-key), /healthz
     and /readyz. A SCIM token never searches and a search token never provisions."""
@@ -53,6 +54,7 @@ def serve_cmd(ctx, host, port, scim_token_file, tenant, use_tokens, jwt_key, jwt
             allow_mass_removal=allow_mass_removal,
             host=host,
             port=port,
+            warm=not no_warm,
         )
         click.echo(f"permrag serving http://{host}:{port}/scim/v2" + (f" and http://{host}:{port}/mcp" if verifiers else ""), err=True)
         run(app, host=host, port=port)

@@ -45,9 +45,11 @@ def build_app(
     allow_mass_removal: bool = False,
     host: str = "127.0.0.1",
     port: int = 8000,
+    warm: bool = True,
 ) -> Starlette:
     """The application for ``rag``. SCIM takes ``scim_secret`` and store tokens with the
-    scim scope (``token_lookup``); ``/mcp`` is mounted when ``mcp_verifier`` is given."""
+    scim scope (``token_lookup``); ``/mcp`` is mounted when ``mcp_verifier`` is given,
+    and the store warms beside it (``warm``: encoder loaded, Milvus connected)."""
     auth = ScimAuth(rag, secret=scim_secret, lookup=token_lookup, tenant=tenant)
 
     async def healthz(request: Request) -> JSONResponse:
@@ -74,10 +76,11 @@ def build_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        warm_beside(rag)
-        if server is None:
+        if server is None:  # SCIM alone never touches Milvus (a Lite file stays free for other processes)
             yield
             return
+        if warm:
+            warm_beside(rag)
         async with server.session_manager.run():
             yield
 

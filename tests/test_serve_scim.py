@@ -1,0 +1,242 @@
+"""``permrag serve`` over real HTTP: a server subprocess on a free port, SCIM 2.0
+requests with httpx, the third-party checker (``scim2 … test``), and every
+write checked by a search in another process (this one, on the same home).
+
+What each test compares with: the search results against a brute force over
+the documents the user should see (from the group → role → rule chain the test
+set up), the checker's own verdicts, filters and pages against the list
+filtered and sliced in Python."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from permrag import PermRAG
+from permrag.mcp import Tokens
+
+PERMRAG = str(Path(sys.executable).parent / "permrag")
+SCIM2 = str(Path(sys.executable).parent / "scim2")
+SCIM = "application/scim+json"
+USER = "urn:ietf:params:scim:schemas:core:2.0:User"
+GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
+PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+DOCS = [
+    {"external_id": f"{dept}-{i}", "text": f"{dept} handbook part {i} on leave and travel", "attrs": {"dept": dept}}
+    for dept in ("eng", "fin")
+    for i in range(3)
+]
+SECRET = "s" * 40
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A store with documents and roles, a SCIM server on it, and this process's own PermRAG."""
+    base = tmp_path_factory.mktemp("serve")
+    home = base / "home"
+    rag = PermRAG.open(home, encoder="hash")
+    rag.add_documents(DOCS)
+    for dept in ("eng", "fin"):
+        rag.policy.add_role(f"{dept}-reader")
+        rag.policy.grant(f"{dept}-reader", f"dept:{dept}")
+    rag.policy.add_role("no-fin")
+    rag.policy.deny("no-fin", "dept:fin")
+    tokens = Tokens(rag.catalog.engine)
+    scim_token, _ = tokens.add("provisioner", "default", scopes=["scim"])
+    search_token, _ = tokens.add("someone", "default")
+    (base / "scim-token").write_text(SECRET + "\n")
+    port = free_port()
+    proc = subprocess.Popen(
+        [PERMRAG, "serve", "--home", str(home), "--port", str(port), "--scim-token-file", str(base / "scim-token"), "--tokens", "--no-warm"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            httpx.get(url + "/healthz", timeout=1).raise_for_status()
+            break
+        except httpx.HTTPError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                raise AssertionError(f"permrag serve did not start: {proc.communicate()[1][-2000:]}")
+            time.sleep(0.2)
+    client = httpx.Client(base_url=url + "/scim/v2", headers={"Authorization": f"Bearer {SECRET}"}, timeout=30)
+    yield {"rag": rag, "url": url, "scim": client, "home": home, "scim_token": scim_token, "search_token": search_token}
+    client.close()
+    rag.close()
+    proc.terminate()
+    _, err = proc.communicate(timeout=30)
+    assert "Traceback" not in err, err[-2000:]
+
+
+def seen(world, user: str) -> list[str]:
+    """What ``user`` finds by a search in this process (not the server's)."""
+    rag = world["rag"]
+    rag.sync()
+    return sorted(h.document for h in rag.search("handbook leave travel", user=user, k=20, mode="dense"))
+
+
+def expected(*depts: str) -> list[str]:
+    return sorted(d["external_id"] for d in DOCS if d["attrs"]["dept"] in depts)
+
+
+def ok(res: httpx.Response, status: int = 200) -> dict:
+    assert res.status_code == status, (res.status_code, res.text)
+    if status != 204:
+        assert res.headers["content-type"].startswith(SCIM)
+        return res.json()
+    return {}
+
+
+def scim_error(res: httpx.Response, status: int, scim_type: str | None = None) -> dict:
+    assert res.status_code == status, (res.status_code, res.text)
+    assert res.headers["content-type"].startswith(SCIM)
+    body = res.json()
+    assert body["schemas"] == ["urn:ietf:params:scim:api:messages:2.0:Error"] and body["status"] == str(status) and body["detail"]
+    if scim_type is not None:
+        assert body.get("scimType") == scim_type, body
+    return body
+
+
+def patch(world, path: str, *ops: dict, **headers: str) -> httpx.Response:
+    return world["scim"].patch(path, json={"schemas": [PATCH], "Operations": list(ops)}, headers=headers)
+
+
+def test_the_checker_reports_no_failing_check(world) -> None:
+    res = subprocess.run(
+        [SCIM2, "--url", world["url"] + "/scim/v2", "-h", f"Authorization: Bearer {SECRET}", "test"], capture_output=True, text=True, timeout=180
+    )
+    verdicts = re.findall(r"^(SUCCESS|ERROR|CRITICAL|SKIPPED|UNKNOWN)\s+(\w+)", res.stdout, re.M)
+    failed = [name for status, name in verdicts if status in ("ERROR", "CRITICAL", "UNKNOWN")]
+    assert not failed, res.stdout[-4000:]
+    assert sum(1 for status, _ in verdicts if status == "SUCCESS") >= 50, res.stdout[-4000:]
+    assert {name for status, name in verdicts if status == "SKIPPED"} <= {"search_with_attributes"}
+
+
+def test_provisioning_is_seen_by_the_next_search_in_another_process(world) -> None:
+    scim = world["scim"]
+    alice = ok(scim.post("/Users", json={"schemas": [USER], "userName": "alice@example.com", "externalId": "00u-alice", "active": True}), 201)
+    assert alice["id"] == "00u-alice" and alice["meta"]["location"].endswith("/scim/v2/Users/00u-alice")
+    assert seen(world, "00u-alice") == []
+    eng = ok(scim.post("/Groups", json={"schemas": [GROUP], "displayName": "Engineering", "members": [{"value": "00u-alice"}]}), 201)
+    world["rag"].identity.assign_group(eng["id"], "eng-reader")
+    assert seen(world, "00u-alice") == expected("eng")
+    # Entra ID: capitalised op, "False" as a string
+    ok(patch(world, "/Users/00u-alice", {"op": "Replace", "path": "active", "value": "False"}))
+    assert seen(world, "00u-alice") == []
+    ok(patch(world, "/Users/00u-alice", {"op": "replace", "value": {"active": True}}))  # Okta: no path
+    assert seen(world, "00u-alice") == expected("eng")
+    renamed = ok(scim.put("/Users/00u-alice", json={"schemas": [USER], "userName": "alice.new@example.com", "externalId": "00u-alice"}))
+    assert renamed["userName"] == "alice.new@example.com" and seen(world, "00u-alice") == expected("eng")
+    assert world["rag"].identity.labels()["user:00u-alice"] == "alice.new@example.com"
+    # Okta's member removal path
+    ok(patch(world, f"/Groups/{eng['id']}", {"op": "remove", "path": 'members[value eq "00u-alice"]'}))
+    assert seen(world, "00u-alice") == []
+    ok(patch(world, f"/Groups/{eng['id']}", {"op": "Add", "path": "members", "value": [{"value": "00u-alice"}]}))
+    assert seen(world, "00u-alice") == expected("eng")
+    ok(scim.delete("/Users/00u-alice"), 204)
+    scim_error(scim.get("/Users/00u-alice"), 404)
+    assert seen(world, "00u-alice") == [] and "00u-alice" in world["rag"].identity.deactivated()
+    assert ok(scim.get(f"/Groups/{eng['id']}")).get("members", []) == []
+
+
+def test_a_failed_write_changes_nothing(world) -> None:
+    scim, rag = world["scim"], world["rag"]
+    bob = ok(scim.post("/Users", json={"schemas": [USER], "userName": "bob"}), 201)
+    rag.sync()
+    version = rag.policy_version
+    scim_error(scim.post("/Users", json={"schemas": [USER], "userName": "BOB"}), 409, "uniqueness")
+    scim_error(scim.post("/Users", json={"schemas": [USER]}), 400, "invalidValue")
+    scim_error(scim.post("/Groups", json={"schemas": [GROUP], "displayName": "x", "members": [{"value": "nobody-here"}]}), 400)
+    scim_error(patch(world, f"/Users/{bob['id']}", {"op": "replace", "path": "active", "value": "maybe"}), 400, "invalidValue")
+    scim_error(patch(world, f"/Users/{bob['id']}", {"op": "replace", "path": "displayName", "value": "ok"}, {"op": "jump"}), 400, "invalidSyntax")
+    scim_error(scim.put(f"/Users/{bob['id']}", json={"schemas": [USER], "userName": "bobby"}, headers={"If-Match": 'W/"stale"'}), 412)
+    scim_error(scim.post("/Users", content=b"{not json", headers={"content-type": SCIM}), 400, "invalidSyntax")
+    rag.sync()
+    assert rag.policy_version == version
+    current = ok(scim.get(f"/Users/{bob['id']}"))
+    assert current["userName"] == "bob" and "displayName" not in current
+    res = scim.put(f"/Users/{bob['id']}", json={"schemas": [USER], "userName": "bobby"}, headers={"If-Match": current["meta"]["version"]})
+    assert ok(res)["userName"] == "bobby" and res.headers["ETag"] == res.json()["meta"]["version"] != current["meta"]["version"]
+
+
+def test_filters_and_pages_match_the_list_filtered_by_hand(world) -> None:
+    scim = world["scim"]
+    for i in range(7):
+        ok(scim.post("/Users", json={"schemas": [USER], "userName": f"page-{i}@corp", "displayName": f"Page {i % 3}", "active": i % 2 == 0}), 201)
+    everyone = ok(scim.get("/Users", params={"count": 1000}))["Resources"]
+    want = [u["id"] for u in everyone if u["userName"].startswith("page-") and u.get("active") is True]
+    got = ok(scim.get("/Users", params={"filter": 'userName sw "PAGE-" and active eq true'}))
+    assert [u["id"] for u in got["Resources"]] == want and got["totalResults"] == len(want) == 4
+    page = ok(scim.get("/Users", params={"filter": 'userName co "page-"', "startIndex": 3, "count": 2, "attributes": "userName"}))
+    names = [u["userName"] for u in everyone if "page-" in u["userName"]]
+    assert [u["userName"] for u in page["Resources"]] == names[2:4] and page["totalResults"] == 7 and page["startIndex"] == 3
+    assert all(set(u) == {"schemas", "id", "userName"} for u in page["Resources"])
+    assert ok(scim.get("/Users", params={"filter": 'displayName eq "page 1"'}))["totalResults"] == 2  # caseExact false
+    excluded = ok(scim.get("/Users", params={"filter": "displayName pr", "excludedAttributes": "displayName"}))
+    assert excluded["totalResults"] >= 7 and all("displayName" not in u for u in excluded["Resources"])
+    searched = ok(scim.post("/Users/.search", json={"filter": 'userName eq "page-3@corp"', "attributes": ["userName"]}))
+    assert [u["userName"] for u in searched["Resources"]] == ["page-3@corp"]
+    for bad in ('userName gt "a"', "not (userName pr)", 'userName eq "a" and (active eq true)', 'emails[type eq "work"]', "userName", 'userName xx "a"'):
+        scim_error(scim.get("/Users", params={"filter": bad}), 400, "invalidFilter")
+
+
+def test_replacing_the_members_of_a_deny_group_wholesale_is_refused(world) -> None:
+    scim, rag = world["scim"], world["rag"]
+    users = [ok(scim.post("/Users", json={"schemas": [USER], "userName": f"contractor-{i}"}), 201)["id"] for i in range(4)]
+    readers = ok(scim.post("/Groups", json={"schemas": [GROUP], "displayName": "all-readers", "members": [{"value": u, "type": "User"} for u in users]}), 201)
+    rag.identity.assign_group(readers["id"], "fin-reader")
+    members = [{"value": u, "type": "User"} for u in users]
+    deny = ok(scim.post("/Groups", json={"schemas": [GROUP], "displayName": "contractors", "members": members}), 201)
+    rag.identity.assign_group(deny["id"], "no-fin")
+    assert all(seen(world, u) == [] for u in users)
+    rag.sync()
+    version = rag.policy_version
+    scim_error(scim.put(f"/Groups/{deny['id']}", json={"schemas": [GROUP], "displayName": "contractors", "members": members[:1]}), 409)
+    scim_error(patch(world, f"/Groups/{deny['id']}", {"op": "replace", "path": "members", "value": []}), 409)
+    scim_error(scim.delete(f"/Groups/{deny['id']}"), 409)
+    rag.sync()
+    assert rag.policy_version == version and all(seen(world, u) == [] for u in users)
+    # naming the members to remove is an ordinary change, not a wholesale one
+    ok(patch(world, f"/Groups/{deny['id']}", {"op": "Remove", "path": "members", "value": [{"value": users[0]}]}))
+    assert seen(world, users[0]) == expected("fin") and seen(world, users[1]) == []
+
+
+def test_tokens_never_cross_between_scim_and_search(world) -> None:
+    scim_url, mcp_url = world["url"] + "/scim/v2/Users", world["url"] + "/mcp"
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    accept = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    for token in (None, "wrong", world["search_token"]):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        scim_error(httpx.get(scim_url, headers=headers), 401)
+        scim_error(httpx.post(scim_url, json={"schemas": [USER], "userName": "intruder"}, headers=headers), 401)
+    assert ok(httpx.get(scim_url, headers={"Authorization": f"Bearer {world['scim_token']}"}))["totalResults"] >= 1
+    for token in (SECRET, world["scim_token"]):
+        res = httpx.post(mcp_url, json=init, headers={**accept, "Authorization": f"Bearer {token}"})
+        assert res.status_code == 401, res.text
+    res = httpx.post(mcp_url, json=init, headers={**accept, "Authorization": f"Bearer {world['search_token']}"})
+    assert res.status_code == 200, res.text
+    assert "intruder" not in [u["userName"] for u in ok(world["scim"].get("/Users", params={"count": 1000}))["Resources"]]
+
+
+def test_health_and_readiness(world) -> None:
+    assert httpx.get(world["url"] + "/healthz").json() == {"status": "ok"}
+    world["rag"].close()  # Milvus Lite serves its file to one process at a time: the server's turn
+    ready = httpx.get(world["url"] + "/readyz", timeout=60)
+    assert ready.status_code == 200 and ready.json()["status"] == "ready", ready.text
