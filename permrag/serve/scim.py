@@ -29,7 +29,21 @@ from ..errors import (
     UnknownSubjectError,
     VersionMismatchError,
 )
-from . import scim_resources as res
+from .scim_resources import (
+    MAX_RESULTS,
+    ScimError,
+    body_object,
+    etag,
+    group_doc,
+    group_fields,
+    list_response,
+    project,
+    resource_types,
+    schemas,
+    service_provider_config,
+    user_doc,
+    user_fields,
+)
 from .scim_filter import FilterError, compile_filter
 from .scim_patch import apply_patch
 
@@ -42,28 +56,28 @@ KINDS = {"Users": "User", "Groups": "Group"}
 def reply(body: Any, status: int = 200, version: str | None = None, location: str | None = None) -> Response:
     headers = {}
     if version is not None:
-        headers["ETag"] = res.etag(version)
+        headers["ETag"] = etag(version)
     if location is not None:
         headers["Location"] = location
     return Response(json.dumps(body), status, headers, media_type=CONTENT_TYPE)
 
 
-def _error(exc: Exception) -> res.ScimError:
-    if isinstance(exc, res.ScimError):
+def _error(exc: Exception) -> ScimError:
+    if isinstance(exc, ScimError):
         return exc
     if isinstance(exc, FilterError):
-        return res.ScimError(400, str(exc), "invalidFilter")
+        return ScimError(400, str(exc), "invalidFilter")
     if isinstance(exc, VersionMismatchError):
-        return res.ScimError(412, str(exc))
+        return ScimError(412, str(exc))
     if isinstance(exc, ResourceConflictError):
-        return res.ScimError(409, str(exc), "uniqueness")
+        return ScimError(409, str(exc), "uniqueness")
     if isinstance(exc, MassRemovalError):
-        return res.ScimError(409, str(exc))
+        return ScimError(409, str(exc))
     if isinstance(exc, (UnknownSubjectError, AmbiguousNameError)):
-        return res.ScimError(404 if "no user with id" in str(exc) or "no group with id" in str(exc) else 400, str(exc), None if "with id" in str(exc) else "invalidValue")
+        return ScimError(404 if "no user with id" in str(exc) or "no group with id" in str(exc) else 400, str(exc), None if "with id" in str(exc) else "invalidValue")
     if isinstance(exc, PolicyError):
-        return res.ScimError(400, str(exc), "invalidValue")
-    return res.ScimError(503 if isinstance(exc, PermragError) else 500, str(exc) if isinstance(exc, PermragError) else "internal error")
+        return ScimError(400, str(exc), "invalidValue")
+    return ScimError(503 if isinstance(exc, PermragError) else 500, str(exc) if isinstance(exc, PermragError) else "internal error")
 
 
 def _if_match(request: Request) -> str | None:
@@ -77,11 +91,11 @@ def _if_match(request: Request) -> str | None:
 async def _body(request: Request) -> Any:
     raw = await request.body()
     if len(raw) > MAX_BODY:
-        raise res.ScimError(413, f"the request body is larger than {MAX_BODY} bytes")
+        raise ScimError(413, f"the request body is larger than {MAX_BODY} bytes")
     try:
         return json.loads(raw or b"null")
     except ValueError:
-        raise res.ScimError(400, "the request body is not JSON", "invalidSyntax") from None
+        raise ScimError(400, "the request body is not JSON", "invalidSyntax") from None
 
 
 def _int(value: str | None, what: str, default: int) -> int:
@@ -90,7 +104,7 @@ def _int(value: str | None, what: str, default: int) -> int:
     try:
         return int(value)
     except ValueError:
-        raise res.ScimError(400, f"{what} must be an integer, not {value!r}", "invalidValue") from None
+        raise ScimError(400, f"{what} must be an integer, not {value!r}", "invalidValue") from None
 
 
 class ScimApp:
@@ -105,7 +119,7 @@ class ScimApp:
         return str(request.url.replace(path=request.scope.get("root_path", ""), query="")).rstrip("/")
 
     def doc(self, kind: str, item: Any, request: Request) -> dict[str, Any]:
-        return res.user_doc(item, self.base(request)) if kind == "User" else res.group_doc(item, self.base(request))
+        return user_doc(item, self.base(request)) if kind == "User" else group_doc(item, self.base(request))
 
     def routes(self) -> list[Route]:
         h = self.handle
@@ -136,50 +150,50 @@ class ScimApp:
 
     # ------------------------------------------------------------------ discovery
     async def spc(self, request: Request, tenant: str) -> Response:
-        return reply(res.service_provider_config(self.base(request)))
+        return reply(service_provider_config(self.base(request)))
 
     async def schemas(self, request: Request, tenant: str) -> Response:
-        return self._discovery(request, res.schemas(self.base(request)), "Schema")
+        return self._discovery(request, schemas(self.base(request)), "Schema")
 
     async def resource_types(self, request: Request, tenant: str) -> Response:
-        return self._discovery(request, res.resource_types(self.base(request)), "ResourceType")
+        return self._discovery(request, resource_types(self.base(request)), "ResourceType")
 
     def _discovery(self, request: Request, items: list[dict[str, Any]], what: str) -> Response:
         wanted = request.path_params.get("id")
         if wanted is None:
-            return reply(res.list_response(items, len(items), 1))
+            return reply(list_response(items, len(items), 1))
         for item in items:
             if item["id"] == wanted:
                 return reply(item)
-        raise res.ScimError(404, f"no {what} {wanted!r}")
+        raise ScimError(404, f"no {what} {wanted!r}")
 
     # ------------------------------------------------------------------ reading
     def _kind(self, request: Request) -> str:
         kind = KINDS.get(request.path_params["kind"])
         if kind is None and request.path_params["kind"] in ("ServiceProviderConfig", "Schemas", "ResourceTypes"):
-            raise res.ScimError(405, f"{request.method} is not allowed on {request.path_params['kind']}")
+            raise ScimError(405, f"{request.method} is not allowed on {request.path_params['kind']}")
         if kind is None:
-            raise res.ScimError(404, f"no resource type at {request.url.path!r} (Users, Groups)")
+            raise ScimError(404, f"no resource type at {request.url.path!r} (Users, Groups)")
         return kind
 
     async def _list(self, request: Request, tenant: str, kind: str, params: dict[str, Any]) -> Response:
         match = compile_filter(params["filter"]) if params.get("filter") not in (None, "") else None
         start = max(1, _int(params.get("startIndex"), "startIndex", 1))
-        count = min(max(0, _int(params.get("count"), "count", res.MAX_RESULTS)), res.MAX_RESULTS)
+        count = min(max(0, _int(params.get("count"), "count", MAX_RESULTS)), MAX_RESULTS)
         items = await self.rag.aio.run(self.prov.users if kind == "User" else self.prov.groups, tenant)
         docs = [self.doc(kind, i, request) for i in items]
         hits = [d for d in docs if match is None or match(d)]
         page = hits[start - 1 : start - 1 + count]
-        shown = [res.project(d, params.get("attributes"), params.get("excludedAttributes")) for d in page]
-        return reply(res.list_response(shown, len(hits), start))
+        shown = [project(d, params.get("attributes"), params.get("excludedAttributes")) for d in page]
+        return reply(list_response(shown, len(hits), start))
 
     async def search(self, request: Request, tenant: str) -> Response:
-        body = res.body_object(await _body(request))
+        body = body_object(await _body(request))
         params = {k: (",".join(v) if isinstance(v, list) else None if v is None else str(v)) for k, v in body.items() if k != "schemas"}
         return await self._list(request, tenant, self._kind(request), params)
 
     async def root_search(self, request: Request, tenant: str) -> Response:
-        raise res.ScimError(501, "searching several resource types at once is not supported: POST /Users/.search or /Groups/.search")
+        raise ScimError(501, "searching several resource types at once is not supported: POST /Users/.search or /Groups/.search")
 
     async def _get(self, kind: str, ident: str, tenant: str) -> Any:
         return await self.rag.aio.run(self.prov.user if kind == "User" else self.prov.group, ident, tenant)
@@ -189,11 +203,11 @@ class ScimApp:
         kind = self._kind(request)
         if request.method == "GET":
             return await self._list(request, tenant, kind, dict(request.query_params))
-        body = res.body_object(await _body(request))
+        body = body_object(await _body(request))
         if kind == "User":
-            made = await self.rag.aio.run(self.prov.create_user, self.prov.UserFields(**res.user_fields(body)), tenant)
+            made = await self.rag.aio.run(self.prov.create_user, self.prov.UserFields(**user_fields(body)), tenant)
         else:
-            made = await self.rag.aio.run(self.prov.create_group, self.prov.GroupFields(**res.group_fields(body)), tenant)
+            made = await self.rag.aio.run(self.prov.create_group, self.prov.GroupFields(**group_fields(body)), tenant)
         doc = self.doc(kind, made, request)
         return reply(doc, 201, made.version, doc["meta"]["location"])
 
@@ -201,7 +215,7 @@ class ScimApp:
         kind, ident = self._kind(request), request.path_params["id"]
         if request.method == "GET":
             found = await self._get(kind, ident, tenant)
-            doc = res.project(self.doc(kind, found, request), request.query_params.get("attributes"), request.query_params.get("excludedAttributes"))
+            doc = project(self.doc(kind, found, request), request.query_params.get("attributes"), request.query_params.get("excludedAttributes"))
             return reply(doc, 200, found.version)
         if request.method == "DELETE":
             remove = self.prov.delete_user if kind == "User" else self.prov.delete_group
@@ -209,7 +223,7 @@ class ScimApp:
             return Response(status_code=204)
         body = await _body(request)
         if request.method == "PUT":
-            return await self._replace(request, tenant, kind, ident, res.body_object(body), _if_match(request), True)
+            return await self._replace(request, tenant, kind, ident, body_object(body), _if_match(request), True)
         tries = 1 if _if_match(request) is not None else 5
         while True:  # PATCH: read, patch, write at the version read (another writer in between: again)
             current = await self._get(kind, ident, tenant)
@@ -223,9 +237,9 @@ class ScimApp:
 
     async def _replace(self, request: Request, tenant: str, kind: str, ident: str, body: dict[str, Any], version: str | None, wholesale: bool) -> Response:
         if kind == "User":
-            done = await self.rag.aio.run(self.prov.replace_user, ident, self.prov.UserFields(**res.user_fields(body)), tenant, if_version=version)
+            done = await self.rag.aio.run(self.prov.replace_user, ident, self.prov.UserFields(**user_fields(body)), tenant, if_version=version)
         else:
-            fields = self.prov.GroupFields(**res.group_fields(body))
+            fields = self.prov.GroupFields(**group_fields(body))
             done = await self.rag.aio.run(self.prov.replace_group, ident, fields, tenant, if_version=version, wholesale=wholesale)
         return reply(self.doc(kind, done, request), 200, done.version)
 
