@@ -361,6 +361,7 @@ def test_cli_errors_are_one_line_and_change_nothing(slapd, tmp_path) -> None:
         ([slapd.url, str(pw), "--base", S, "--password-file", str(pw)], "one LDAP URL"),
         (["ldap://user:secret@127.0.0.1", "--base", S, "--password-file", str(pw)], "carries credentials"),
         ([slapd.url, "--base", S, "--starttls", "--password-file", str(pw)], "StartTLS"),
+        ([slapd.url, "--base", S, "--user-filter", "(nonsense)", "--password-file", str(pw)], "LDAP filter refused"),
     ]
     for args, message in cases:
         r = run_cli(home, *base, *args)
@@ -427,3 +428,48 @@ def test_a_password_never_shows_in_a_source() -> None:
     source = LdapSource("ldap://h", S, bind_dn="cn=x," + S, password="hunter2")
     assert "hunter2" not in repr(source) and "hunter2" not in str(source)
 
+
+
+# ---------------------------------------------------------------------- TLS
+def test_starttls_and_ldaps_check_the_certificate(tmp_path) -> None:
+    if srv.find_slapd() is None:
+        pytest.skip("slapd is not installed") if os.environ.get("PERMRAG_REQUIRE_LDAP") != "1" else pytest.fail("slapd is not installed")
+    ca, cert, key = srv.make_tls(tmp_path / "tls")
+    server = srv.Slapd(tmp_path / "slapd", seed(), tls=(ca, cert, key)).start()
+    try:
+        rag = make_store(tmp_path / "home")
+        for url, starttls in ((server.url, True), (f"ldaps://127.0.0.1:{server.tls_port}", False)):
+            source = LdapSource(url, S, bind_dn=srv.READER_DN, password=srv.READER_PW, starttls=starttls, ca_file=str(ca))
+            assert rag.identity.read_ldap(source).directory.users == {ids(server)[u] for u in USERS}
+        with pytest.raises(ConfigError, match="certificate verify failed"):  # the system's CAs do not know this one
+            rag.identity.read_ldap(LdapSource(server.url, S, bind_dn=srv.READER_DN, password=srv.READER_PW, starttls=True))
+        with pytest.raises(ConfigError, match=r"TLS with ldaps://127.0.0.1:\d+ failed: socket ssl wrapping error: \[SSL: CERTIFICATE_VERIFY_FAILED\]"):
+            rag.identity.read_ldap(LdapSource(f"ldaps://127.0.0.1:{server.tls_port}", S))
+        assert rag.policy.tenant("default").members == {}
+        rag.close()
+        pw = tmp_path / "pw"
+        pw.write_text(srv.READER_PW)
+        r = run_cli(tmp_path / "home", "identity", "sync", server.url, "--base", S, "--bind-dn", srv.READER_DN, "--password-file", str(pw), "--starttls", "--ca-file", str(ca))
+        assert r.exit_code == 0 and f"{len(USERS)} users" in r.output, r.output
+    finally:
+        server.stop()
+    ca, cert, key = srv.make_tls(tmp_path / "tls-other", host="ldap.other.example", ip=None)
+    other = srv.Slapd(tmp_path / "slapd-other", tls=(ca, cert, key)).start()
+    rag = PermRAG.open(tmp_path / "home", catalog_only=True)
+    try:
+        for url, starttls in ((other.url, True), (f"ldaps://127.0.0.1:{other.tls_port}", False)):
+            with pytest.raises(ConfigError, match="certificate is not for '127.0.0.1'"):  # a trusted CA, the wrong name
+                rag.identity.read_ldap(LdapSource(url, S, starttls=starttls, ca_file=str(ca)))
+    finally:
+        rag.close()
+        other.stop()
+
+
+def test_ranged_values_are_merged_until_the_last_range() -> None:
+    from permrag.policy.ldap_client import _merge
+
+    attrs: dict[str, list[bytes]] = {}
+    assert _merge(attrs, "member;range=0-1499", [b"a", b"b"]) == ("member", 1500)
+    assert _merge(attrs, "Member;range=1500-*", [b"c"]) is None
+    assert _merge(attrs, "memberOf", [b"g"]) is None
+    assert attrs == {"member": [b"a", b"b", b"c"], "memberof": [b"g"]}

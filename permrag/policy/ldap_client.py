@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,7 +74,7 @@ def fetch(source: LdapSource, progress: Progress | None = None) -> Fetched:
     except (lx.LDAPCommunicationError, lx.LDAPResponseTimeoutError, OSError) as exc:
         read = len(out.users) + len(out.groups)
         raise BackendError(
-            f"the connection to {source.url} was lost after {read} entries ({out.pages} pages) of the directory: {_why(exc)}; "
+            f"the connection to {source.url} was lost after {read} entries ({out.pages} page(s)) of the directory: {_why(exc)}; "
             "a partial directory is never applied, nothing was changed"
         ) from None
     finally:
@@ -81,7 +82,20 @@ def fetch(source: LdapSource, progress: Progress | None = None) -> Fetched:
 
 
 def _why(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300] or exc.__class__.__name__
+    """The exception's text, without the tuple reprs ldap3 wraps socket errors in."""
+    text = " ".join(str(exc).split())
+    for _ in range(3):
+        wrapped = re.fullmatch(r"\(?(['\"])(.*)\1,?\)?", text)
+        if wrapped is None:
+            break
+        text = wrapped.group(2)
+    return text[:300] or exc.__class__.__name__
+
+
+def _tls_why(exc: BaseException, host: str) -> str:
+    if "doesn't match any name" in str(exc):
+        return f"the server's certificate is not for {host!r} (its names do not include the URL's host)"
+    return _why(exc)
 
 
 def _close(conn: Any) -> None:
@@ -108,7 +122,7 @@ def _connect(source: LdapSource) -> Any:
     auth = ldap3.SIMPLE if source.bind_dn else ldap3.ANONYMOUS
     conn = ldap3.Connection(
         server, user=source.bind_dn, password=source.password, authentication=auth, raise_exceptions=False,
-        receive_timeout=seconds, auto_referrals=False, read_only=True, check_names=False,
+        receive_timeout=seconds, auto_referrals=False, auto_range=False, read_only=True, check_names=False,
     )  # fmt: skip
     try:
         conn.open()
@@ -122,10 +136,10 @@ def _connect(source: LdapSource) -> Any:
             raise ConfigError(f"{source.url} refused the bind {who}: {_describe(conn.result)}; {advice}")
     except lx.LDAPStartTLSError as exc:
         _close(conn)
-        raise ConfigError(f"StartTLS with {source.url} failed: {_why(exc)} (does the server offer TLS, and is its certificate trusted?)") from None
+        raise ConfigError(f"StartTLS with {source.url} failed: {_tls_why(exc, host)} (does the server offer TLS, and is its certificate trusted?)") from None
     except (lx.LDAPSSLConfigurationError, lx.LDAPCertificateError, ssl.SSLError) as exc:
         _close(conn)
-        raise ConfigError(f"TLS with {source.url} failed: {_why(exc)}") from None
+        raise ConfigError(f"TLS with {source.url} failed: {_tls_why(exc, host)}") from None
     except lx.LDAPSocketOpenError as exc:
         raise BackendError(f"cannot reach the LDAP server {source.url}: {_why(exc)}") from None
     except (lx.LDAPCommunicationError, lx.LDAPResponseTimeoutError, OSError) as exc:
@@ -142,9 +156,11 @@ def _describe(result: dict[str, Any] | None) -> str:
 
 
 def _search(conn: Any, source: LdapSource, kind: str, base: str, filt: str, into: list[Entry], out: Fetched, progress: Progress | None) -> None:
-    """Every page of one search into ``into``; raises unless each page succeeded."""
+    """Every page of one search into ``into``, then the rest of every ranged
+    attribute; raises unless each page and range succeeded."""
     cookie: bytes | None = None
     attributes = source.attributes()
+    ranged: list[tuple[int, str, int]] = []  # (entry, attribute, next value to read)
     while True:
         conn.search(
             base, filt, ldap3.SUBTREE, attributes=attributes, paged_size=source.page_size, paged_criticality=True,
@@ -155,10 +171,11 @@ def _search(conn: Any, source: LdapSource, kind: str, base: str, filt: str, into
             _failed(source, kind, base, result, len(into))
         for r in conn.response or ():
             if r.get("type") == "searchResEntry":
-                attrs = {k.lower(): list(v) for k, v in r["raw_attributes"].items() if v}
-                ranged = [k for k in attrs if ";range=" in k]
-                if ranged:
-                    raise BackendError(f"{source.url} gave {r['dn']!r} {ranged[0]} (a ranged attribute that was not read to its end); nothing was changed")
+                attrs: dict[str, list[bytes]] = {}
+                for name, values in r["raw_attributes"].items():
+                    nxt = _merge(attrs, name, values)
+                    if nxt is not None:
+                        ranged.append((len(into), nxt[0], nxt[1]))
                 into.append((r["dn"], attrs))
             elif r.get("type") == "searchResRef":
                 out.referrals += 1
@@ -168,7 +185,41 @@ def _search(conn: Any, source: LdapSource, kind: str, base: str, filt: str, into
         control = (result.get("controls") or {}).get(PAGED_RESULTS)
         cookie = control["value"]["cookie"] if control else None
         if not cookie:
+            break
+    for i, attr, low in ranged:  # after the paged search: no other search may run inside it
+        _read_ranges(conn, source, into[i], attr, low)
+
+
+def _merge(attrs: dict[str, list[bytes]], name: str, values: list[bytes]) -> tuple[str, int] | None:
+    """Add ``values`` of attribute ``name`` to ``attrs``; for a range that is not
+    the last (Active Directory's ``member;range=0-1499``), (attribute, next value)."""
+    attr, _, span = name.lower().partition(";range=")
+    if values:
+        attrs.setdefault(attr, []).extend(values)
+    high = span.partition("-")[2]
+    if not span or high == "*":
+        return None
+    return attr, int(high) + 1
+
+
+def _read_ranges(conn: Any, source: LdapSource, entry: Entry, attr: str, low: int) -> None:
+    """The remaining ranges of ``attr`` of ``entry`` (AD returns large groups' members 1,500 at a time)."""
+    dn, attrs = entry
+    while True:
+        conn.search(dn, "(objectClass=*)", ldap3.BASE, attributes=[f"{attr};range={low}-*"], dereference_aliases=ldap3.DEREF_NEVER)
+        found = [r for r in conn.response or () if r.get("type") == "searchResEntry"]
+        if (conn.result or {}).get("result") != 0 or len(found) != 1:
+            raise BackendError(f"reading {attr} of {dn!r} from value {low} on {source.url} failed: {_describe(conn.result)}; nothing was changed")
+        before = len(attrs.get(attr, []))
+        nxt = None
+        for name, values in found[0]["raw_attributes"].items():
+            if name.lower().partition(";range=")[0] == attr:
+                nxt = _merge(attrs, name, values)
+        if nxt is None:
             return
+        if len(attrs.get(attr, [])) == before:
+            raise BackendError(f"{source.url} returned no more values of {attr} of {dn!r} (from value {low}); nothing was changed")
+        low = nxt[1]
 
 
 def _failed(source: LdapSource, kind: str, base: str, result: dict[str, Any], read: int) -> None:

@@ -111,6 +111,39 @@ def _conf(root: Path, tls: tuple[Path, Path, Path] | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def make_tls(folder: Path, host: str = "localhost", ip: str | None = "127.0.0.1") -> tuple[Path, Path, Path]:
+    """A CA and a server certificate it signed for ``host`` and ``ip``: (CA, certificate, key) PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "permrag test CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1)).add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    names = x509.SubjectAlternativeName([x509.DNSName(host)] + ([x509.IPAddress(ipaddress.ip_address(ip))] if ip else []))
+    cert = (
+        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])).issuer_name(ca_name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1)).add_extension(names, critical=False).sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    paths = folder / "ca.pem", folder / "server.pem", folder / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return paths
+
+
 class Slapd:
     """One slapd: its folder, port and process (see the module docstring)."""
 
@@ -119,6 +152,7 @@ class Slapd:
         self.seed = BASE_LDIF + ("\n" + seed_ldif if seed_ldif else "")
         self.tls = tls
         self.port = 0
+        self.tls_port = 0  # an ldaps:// listener too, when the server has a certificate
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -146,17 +180,20 @@ class Slapd:
         if not (self.root / "slapd.conf").exists():
             self.load()
         self.port = port or self.port or free_port()
+        listen = f"ldap://127.0.0.1:{self.port}/"
+        if self.tls is not None:
+            self.tls_port = self.tls_port or free_port()
+            listen += f" ldaps://127.0.0.1:{self.tls_port}/"
         log = open(self.root / "slapd.log", "ab")
-        self.proc = subprocess.Popen(
-            [binary, "-d", "0", "-f", str(self.root / "slapd.conf"), "-h", f"ldap://127.0.0.1:{self.port}/"], stdout=log, stderr=log
-        )
+        self.proc = subprocess.Popen([binary, "-d", "0", "-f", str(self.root / "slapd.conf"), "-h", listen], stdout=log, stderr=log)
         log.close()
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"slapd exited ({self.proc.returncode}): {(self.root / 'slapd.log').read_text()[-2000:]}")
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                for p in (self.port, self.tls_port) if self.tls_port else (self.port,):
+                    socket.create_connection(("127.0.0.1", p), timeout=0.2).close()
                 return self
             except OSError:
                 time.sleep(0.05)
