@@ -122,6 +122,19 @@ async def answers(client: Client, key: str, world: dict) -> None:
         assert got.structured_content["agent"] == (key.split("+")[1] if "+" in key else None)
 
 
+# stdio first: the HTTP server below holds the Milvus Lite folder until the module ends
+def test_stdio_as_a_user_through_an_agent(world) -> None:
+    async def main() -> None:
+        async with stdio(world["home"], "--as", "erin", "--agent", "bot") as client:
+            await answers(client, "erin+bot", world)
+            assert (await client.call_tool("fetch", {"document_id": "hr-0"})).is_error
+
+    run(main())
+    for args, message in ((["--agent", "bot"], "give --as USER"), (["--as", "erin", "--agent", "bto"], "unknown agent 'bto'")):
+        res = subprocess.run([PERMRAG, "mcp", "--home", str(world["home"]), *args], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert res.returncode == 1 and message in res.stderr and "Traceback" not in res.stderr
+
+
 def test_a_store_token_bound_to_an_agent_sees_only_the_intersection(world, server) -> None:
     async def body(client: Client) -> None:
         assert {t.name for t in (await client.list_tools()).tools} == {"search", "can_read", "fetch", "explain"}
@@ -214,18 +227,6 @@ def test_the_servers_audit_records_name_user_and_agent(world, server) -> None:
     assert [(r["event"], r["user"], r["agent"]) for r in recs] == [("check", "erin", "bot"), ("search", "erin", "bot")]
     assert recs[0]["readable"] is False and recs[1]["agents"] == ["bot", "helper"]
     assert by_bot and all(r["agent"] == "bot" and r["user"] in ("erin", "sam") for r in by_bot)
-
-
-def test_stdio_as_a_user_through_an_agent(world) -> None:
-    async def main() -> None:
-        async with stdio(world["home"], "--as", "erin", "--agent", "bot") as client:
-            await answers(client, "erin+bot", world)
-            assert (await client.call_tool("fetch", {"document_id": "hr-0"})).is_error
-
-    run(main())
-    for args, message in ((["--agent", "bot"], "give --as USER"), (["--as", "erin", "--agent", "bto"], "unknown agent 'bto'")):
-        res = subprocess.run([PERMRAG, "mcp", "--home", str(world["home"]), *args], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
-        assert res.returncode == 1 and message in res.stderr and "Traceback" not in res.stderr
 
 
 def test_token_add_with_agent_and_scopes(world) -> None:
