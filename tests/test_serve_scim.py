@@ -240,3 +240,49 @@ def test_health_and_readiness(world) -> None:
     world["rag"].close()  # Milvus Lite serves its file to one process at a time: the server's turn
     ready = httpx.get(world["url"] + "/readyz", timeout=60)
     assert ready.status_code == 200 and ready.json()["status"] == "ready", ready.text
+
+
+def test_on_postgresql_concurrent_member_patches_all_land_one_version_each(tmp_path, pg_url) -> None:
+    """A server on a PostgreSQL catalog, 16 PATCHes of one group from 8 threads at
+    once: every member lands, each write is one policy version, and another
+    process sees exactly the members and groups the requests made."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    home = tmp_path / "home"
+    subprocess.run([PERMRAG, "init", "--home", str(home), "--database-url", pg_url, "--encoder", "hash"], check=True, capture_output=True, timeout=120)
+    (tmp_path / "tok").write_text(SECRET)
+    port = free_port()
+    proc = subprocess.Popen([PERMRAG, "serve", "--home", str(home), "--port", str(port), "--scim-token-file", str(tmp_path / "tok")], stderr=subprocess.PIPE, text=True)
+    try:
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}/scim/v2", headers={"Authorization": f"Bearer {SECRET}"}, timeout=60)
+        deadline = time.time() + 60
+        while True:
+            try:
+                client.get("/ServiceProviderConfig").raise_for_status()
+                break
+            except httpx.HTTPError:
+                assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
+                time.sleep(0.2)
+        users = [ok(client.post("/Users", json={"schemas": [USER], "userName": f"pg-{i}", "externalId": f"pg-{i}"}), 201)["id"] for i in range(16)]
+        group = ok(client.post("/Groups", json={"schemas": [GROUP], "displayName": "pg-team"}), 201)["id"]
+        other = PermRAG.open(home, catalog_only=True)
+        before = other.policy_version
+
+        def add(u: str) -> int:
+            return patch({"scim": client}, f"/Groups/{group}", {"op": "add", "path": "members", "value": [{"value": u, "type": "User"}]}).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            assert list(pool.map(add, users)) == [200] * 16
+        other.sync()
+        assert sorted(str(m) for m in other.identity.members(group)) == sorted(f"user:{u}" for u in users)
+        assert other.policy_version == before + 16
+        assert all([str(g) for g in other.identity.groups_of(u)] == [group] for u in users)
+        ok(patch({"scim": client}, "/Users/pg-3", {"op": "replace", "path": "active", "value": False}))
+        other.sync()
+        assert other.identity.groups_of("pg-3") == [] and other.identity.deactivated() == ["pg-3"]
+        other.close()
+        client.close()
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert "Traceback" not in err, err[-2000:]

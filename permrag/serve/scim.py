@@ -224,7 +224,7 @@ class ScimApp:
         body = await _body(request)
         if request.method == "PUT":
             return await self._replace(request, tenant, kind, ident, body_object(body), _if_match(request), True)
-        tries = 1 if _if_match(request) is not None else 5
+        tries = 1 if _if_match(request) is not None else 20
         while True:  # PATCH: read, patch, write at the version read (another writer in between: again)
             current = await self._get(kind, ident, tenant)
             doc, wholesale = apply_patch(kind, self.doc(kind, current, request), body)
