@@ -40,7 +40,7 @@ from sqlalchemy import and_, delete, select
 from sqlalchemy.engine import Connection
 
 from .. import db
-from ..errors import MassRemovalError, PolicyError, ResourceConflictError, UnknownSubjectError, VersionMismatchError
+from ..errors import MassRemovalError, PolicyError, ResourceConflictError, UnknownPrincipalError, UnknownSubjectError, VersionMismatchError
 from ..names import check, check_id, check_tenant
 from .model import GROUP_PREFIX, USER_PREFIX, Change, TenantPolicy
 from .persist import IDENT, ident_row
@@ -371,15 +371,15 @@ def _member_key(tp: TenantPolicy, kind: str | None, ident: str, tenant: str) -> 
         raise PolicyError(f"member type {kind!r} is not User or Group")
     if (kind or "").casefold() == "user" or (kind is None and user and not group):
         if not user:
-            raise UnknownSubjectError(f"member {ident!r}: no user with that id in tenant {tenant!r}")
+            raise UnknownPrincipalError(f"member {ident!r}: no user with that id in tenant {tenant!r}")
         return USER_PREFIX + ident
     if (kind or "").casefold() == "group" or (kind is None and group and not user):
         if not group:
-            raise UnknownSubjectError(f"member {ident!r}: no group with that id in tenant {tenant!r}")
+            raise UnknownPrincipalError(f"member {ident!r}: no group with that id in tenant {tenant!r}")
         return GROUP_PREFIX + ident
     if user and group:
         raise PolicyError(f"member {ident!r} is the id of a user and of a group: give its type")
-    raise UnknownSubjectError(f"member {ident!r}: no user or group with that id in tenant {tenant!r}")
+    raise UnknownPrincipalError(f"member {ident!r}: no user or group with that id in tenant {tenant!r}")
 
 
 def _users_below(tp: TenantPolicy, direct: set[str]) -> set[str]:

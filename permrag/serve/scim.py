@@ -21,7 +21,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..errors import (
-    AmbiguousNameError,
     MassRemovalError,
     PermragError,
     PolicyError,
@@ -73,8 +72,8 @@ def _error(exc: Exception) -> ScimError:
         return ScimError(409, str(exc), "uniqueness")
     if isinstance(exc, MassRemovalError):
         return ScimError(409, str(exc))
-    if isinstance(exc, (UnknownSubjectError, AmbiguousNameError)):
-        return ScimError(404 if "no user with id" in str(exc) or "no group with id" in str(exc) else 400, str(exc), None if "with id" in str(exc) else "invalidValue")
+    if isinstance(exc, UnknownSubjectError):  # the resource addressed does not exist
+        return ScimError(404, str(exc))
     if isinstance(exc, PolicyError):
         return ScimError(400, str(exc), "invalidValue")
     return ScimError(503 if isinstance(exc, PermragError) else 500, str(exc) if isinstance(exc, PermragError) else "internal error")
