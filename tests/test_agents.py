@@ -270,3 +270,18 @@ def test_agents_are_a_namespace_of_their_own(lite, tmp_path) -> None:
         with pytest.raises(PermragError):
             other.snapshot("u", agent=[])
         assert other.policy.agents() == [] and other.policy_version == 1  # refused changes changed nothing
+
+
+def test_the_docs_agents_example_runs_as_written(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from tests.test_docs import blocks, env_for
+
+    (code,) = blocks("agents")
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env_for(tmp_path, PERMRAG_ENCODER="hash"), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = res.stdout.splitlines()
+    assert lines[0] == "['hr-salaries', 'kb-reset', 'kb-vpn']" and lines[1] == "['kb-reset', 'kb-vpn']" and lines[2] == "False"
+    assert lines[3].startswith("erin acting through agent:support-bot CANNOT read 'hr-salaries'") and "erin → hr" in lines[3]
+    assert "'agents': ['support-bot']" in lines[4] and lines[5] == "support-bot"

@@ -146,7 +146,7 @@ def build_server(
         out = FetchedDocument(document_id=document_id, rows=[h.external_id for h in hits], text="\n".join(h.text for h in hits), policy_version=hits.policy_version)
         return _result(f"[{document_id}] {out.text}\n\n(policy version {out.policy_version})", out)
 
-    @server.tool(description="Why the authenticated user (and the agent acting for it) may read a document: the path and rule of each. A document it may not read gets the same 'no' as one that does not exist.")
+    @server.tool(description="Why the authenticated user (and the agent acting for it) may read a document (by external id): the path and rule of each. A document it may not read gets the same 'no' as one that does not exist.")
     async def explain(document_id: str, ctx: Context) -> Annotated[CallToolResult, Permission]:
         out = await call(_permission, rag, principal_of(ctx, principal, "explain"), document_id, "explain")
         answer = f"yes: {out.why}" if out.readable else f"no: there is no document {document_id!r} that you may read"
@@ -184,19 +184,6 @@ def serve(rag: Any, *, transport: str = "stdio", host: str = "127.0.0.1", port: 
         server.run("stdio")
     else:
         server.run("streamable-http", host=host, port=port)
-
-
-def http_app(server: PermragMCP, *, host: str = "127.0.0.1") -> Any:
-    """``server``'s streamable-HTTP ASGI app (its route: ``/mcp``), to mount in a
-    larger application (``permrag serve``) rather than run. That application's
-    lifespan must run ``server.session_manager.run()``: a mounted app's own
-    lifespan never runs."""
-    return server.streamable_http_app(host=host)
-
-
-def warm_beside(rag: Any) -> None:
-    """Warm the store on a daemon thread (see :func:`serve`)."""
-    threading.Thread(target=_warm, args=(rag, None), name="permrag-serve-warm", daemon=True).start()
 
 
 def http_app(server: PermragMCP, *, host: str = "127.0.0.1") -> Any:
