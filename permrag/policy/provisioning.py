@@ -188,6 +188,10 @@ class Provisioning:
         self._denied = denied
         self.allow_mass_removal = allow_mass_removal
 
+    def _denials(self, tenant: str) -> set[str]:
+        """Principals the tenant's document ACLs deny (read before a guarded change, outside its lock)."""
+        return self._denied(tenant) if self._denied is not None else set()
+
     # ------------------------------------------------------------------ reading
     def _state(self, tenant: str, key: str | None = None) -> tuple[TenantPolicy, dict[str, Extras], float]:
         tenant = check_tenant(tenant, PolicyError)
@@ -312,7 +316,8 @@ class Provisioning:
         tenant = check_tenant(tenant, PolicyError)
         name, ext = _text("displayName", f.display_name), _text("externalId", f.external_id, optional=True)
         given = [(kind, str(_text("member value", v))) for kind, v in f.members]
-        now, done, denied = self.policy.clock(), [], self._denied(tenant) if self._denied is not None else set()
+        guarded = wholesale and not self.allow_mass_removal
+        now, done, denied = self.policy.clock(), [], self._denials(tenant) if guarded else set()
 
         def make(tp: TenantPolicy) -> Change:
             ident = _new_id(tp, GROUP_PREFIX, ext, _is_group) if gid is None else gid
@@ -323,7 +328,7 @@ class Provisioning:
             new = {_member_key(tp, kind, v, tenant) for kind, v in given} | kept
             for m in sorted(new - old):
                 tp.check_member(m, ident)
-            if wholesale and not self.allow_mass_removal:
+            if guarded:
                 _guard(tp, ident, old, new, denied)
             done.append(ident)
             return _group_change(tp, tenant, ident, (name, ext), old, new, (if_version, now))
@@ -336,7 +341,7 @@ class Provisioning:
         group that holds a deny is not emptied this way unless ``allow_mass_removal``."""
         tenant = check_tenant(tenant, PolicyError)
         key, now, c = GROUP_PREFIX + str(_text("group id", gid)), self.policy.clock(), db.casbin_rule.c
-        denied = self._denied(tenant) if self._denied is not None else set()
+        denied = set() if self.allow_mass_removal else self._denials(tenant)
 
         def make(tp: TenantPolicy) -> Change:
             if not _is_group(tp, key):
