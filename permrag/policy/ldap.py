@@ -36,7 +36,6 @@ from ..errors import ConfigError, IdentityFileError
 from .directory import Directory, check_acyclic, name_of
 from .model import GROUP_PREFIX, USER_PREFIX
 
-
 USER_FILTER = "(|(objectClass=person)(objectClass=posixAccount))"
 GROUP_FILTER = "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames)(objectClass=group)(objectClass=posixGroup))"
 ID_ATTRIBUTES = ("entryUUID", "objectGUID")
@@ -345,7 +344,7 @@ def _key_of(keys: dict[str, str], dn: str) -> str | None:
 
 
 def source_of(
-    source: "LdapSource | str", base: str | None = None, bind_dn: str | None = None, password: str | None = None, starttls: bool = False
+    source: LdapSource | str, base: str | None = None, bind_dn: str | None = None, password: str | None = None, starttls: bool = False
 ) -> LdapSource:
     """``source`` itself, or an :class:`LdapSource` made of a URL and the connection arguments."""
     if isinstance(source, LdapSource):

@@ -173,7 +173,7 @@ class Slapd:
                 raise RuntimeError(f"slapadd failed ({out.returncode}): {out.stderr[-2000:]}")
         return time.perf_counter() - t0
 
-    def start(self, port: int | None = None) -> "Slapd":
+    def start(self, port: int | None = None) -> Slapd:
         binary = find_slapd()
         if binary is None:
             raise RuntimeError("slapd is not installed (Debian package slapd)")
