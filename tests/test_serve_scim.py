@@ -168,10 +168,18 @@ def test_a_failed_write_changes_nothing(world) -> None:
     scim_error(patch(world, f"/Users/{bob['id']}", {"op": "replace", "path": "displayName", "value": "ok"}, {"op": "jump"}), 400, "invalidSyntax")
     scim_error(scim.put(f"/Users/{bob['id']}", json={"schemas": [USER], "userName": "bobby"}, headers={"If-Match": 'W/"stale"'}), 412)
     scim_error(scim.post("/Users", content=b"{not json", headers={"content-type": SCIM}), 400, "invalidSyntax")
+    scim_error(patch(world, f"/Users/{bob['id']}", {"op": "replace", "value": {"id": "someone-else"}}), 400, "mutability")
+    scim_error(patch(world, f"/Users/{bob['id']}", {"op": "remove", "path": "userName"}), 400, "mutability")
+    scim_error(patch(world, "/Users/no-such-user", {"op": "replace", "path": "displayName", "value": "x"}), 404)
     rag.sync()
     assert rag.policy_version == version
     current = ok(scim.get(f"/Users/{bob['id']}"))
     assert current["userName"] == "bob" and "displayName" not in current
+    # what permrag does not store is accepted and left alone (Entra sends emails, Okta name)
+    same = ok(patch(world, f"/Users/{bob['id']}", {"op": "add", "path": 'emails[type eq "work"].value', "value": "b@x"}, {"op": "replace", "value": {"id": bob["id"], "name": {"givenName": "B"}}}))
+    assert "emails" not in same and "name" not in same and same["meta"]["version"] == current["meta"]["version"]
+    rag.sync()
+    version = rag.policy_version
     res = scim.put(f"/Users/{bob['id']}", json={"schemas": [USER], "userName": "bobby"}, headers={"If-Match": current["meta"]["version"]})
     assert ok(res)["userName"] == "bobby" and res.headers["ETag"] == res.json()["meta"]["version"] != current["meta"]["version"]
 
@@ -286,3 +294,20 @@ def test_on_postgresql_concurrent_member_patches_all_land_one_version_each(tmp_p
         proc.terminate()
         _, err = proc.communicate(timeout=30)
     assert "Traceback" not in err, err[-2000:]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "nothing could call this server"),
+        (["--scim-token-file", "short"], "at least 32 characters"),
+        (["--scim-token-file", "missing"], "cannot read the SCIM token file"),
+    ],
+)
+def test_serve_refuses_to_start_without_usable_credentials(tmp_path, args, message) -> None:
+    (tmp_path / "short").write_text("too-short")
+    args = [str(tmp_path / a) if a in ("short", "missing") else a for a in args]
+    home = tmp_path / "home"
+    PermRAG.open(home, catalog_only=True).close()
+    res = subprocess.run([PERMRAG, "serve", "--home", str(home), "--port", str(free_port()), *args], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
