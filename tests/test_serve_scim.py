@@ -243,11 +243,31 @@ def test_tokens_never_cross_between_scim_and_search(world) -> None:
     assert "intruder" not in [u["userName"] for u in ok(world["scim"].get("/Users", params={"count": 1000}))["Resources"]]
 
 
-def test_health_and_readiness(world) -> None:
+def test_health_readiness_and_a_search_through_the_mounted_mcp_server(world) -> None:
+    import asyncio
+
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared._httpx_utils import create_mcp_http_client
+
+    rag = world["rag"]
+    ok(world["scim"].post("/Users", json={"schemas": [USER], "userName": "mcp-user", "externalId": "mcp-user"}), 201)
+    group = ok(world["scim"].post("/Groups", json={"schemas": [GROUP], "displayName": "mcp-readers", "members": [{"value": "mcp-user"}]}), 201)
+    rag.identity.assign_group(group["id"], "eng-reader")
+    token, _ = Tokens(rag.catalog.engine).add("mcp-user", "default")
     assert httpx.get(world["url"] + "/healthz").json() == {"status": "ok"}
-    world["rag"].close()  # Milvus Lite serves its file to one process at a time: the server's turn
+    rag.close()  # Milvus Lite serves its file to one process at a time: the server's turn
     ready = httpx.get(world["url"] + "/readyz", timeout=60)
     assert ready.status_code == 200 and ready.json()["status"] == "ready", ready.text
+
+    async def search() -> list[str]:
+        session = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
+        async with session, Client(streamable_http_client(world["url"] + "/mcp", http_client=session)) as client:
+            got = await client.call_tool("search", {"query": "handbook leave travel", "k": 20, "mode": "dense"})
+            assert not got.is_error, got.content
+            return sorted({p["document"] for p in got.structured_content["passages"]})
+
+    assert asyncio.run(search()) == expected("eng")
 
 
 def test_on_postgresql_concurrent_member_patches_all_land_one_version_each(tmp_path, pg_url) -> None:
