@@ -1,16 +1,20 @@
-"""A store's first open: its tables, counters and store id made, once,
-however many processes open a fresh database at the same moment — and only
-by an open that may create a store; any other finds one or creates nothing."""
+"""A store's open: its tables, counters and store id made, or an older
+store's schema brought to this version (Alembic, :mod:`permrag.migrations`),
+once, however many processes open it at the same moment — and a store made
+only by an open that may create one; any other finds one or creates nothing."""
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
+from dataclasses import dataclass
 
-from sqlalchemy import Column, inspect, select
+from sqlalchemy import inspect, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from . import migrations
 from .config import PRIVATE_FILE, Settings, recorded, sqlite_path, store_elsewhere
 from .db import (
     COUNTERS,
@@ -26,6 +30,8 @@ from .db import (
     settings,
 )
 from .errors import ConfigError, NoStoreError
+
+log = logging.getLogger(__name__)
 
 SCHEMA_LOCK = 0x7065726D72616701  # PostgreSQL advisory lock key: making a database's tables ("permrag" + 1)
 
@@ -69,7 +75,7 @@ def _elsewhere(cfg: Settings) -> NoStoreError:
 
 
 def init_schema(engine: Engine, *, create: bool = True, refused: NoStoreError | None = None) -> None:
-    """Create missing tables, counters and the store id; refuse other schemas.
+    """Make a new store, or bring an older one to this permrag's schema.
 
     Without ``create``, a database that holds no store (no store id) raises
     ``refused`` (default: :class:`NoStoreError` naming the database) and is
@@ -77,12 +83,14 @@ def init_schema(engine: Engine, *, create: bool = True, refused: NoStoreError | 
     A new SQLite file is made private (0600) before SQLite opens it; its
     WAL and SHM files take the database file's mode.
 
-    A store that has them all is only read. Else they are made in one
+    A store at this permrag's head revision is only read. Else, in one
     transaction that first takes the database's write lock (SQLite: ``BEGIN
-    IMMEDIATE``; PostgreSQL: an advisory lock), so processes that open a fresh
-    database at once make its tables one after the other, and the later ones
-    find them (each checking, then creating, failed on "table already
-    exists")."""
+    IMMEDIATE``; PostgreSQL: an advisory lock), a new store gets its tables
+    (stamped at the head) and an older one its pending *additive* revisions
+    (:mod:`permrag.migrations`); processes that open it at once do this one
+    after the other, and the later ones find it done. A store that needs a
+    revision which is not additive is refused, naming ``permrag upgrade``;
+    one a newer permrag upgraded is refused, naming both revisions."""
     url = mask(str(engine.url))
     refused = refused or no_store(url)
     _sqlite_file(engine, create, refused)
@@ -92,30 +100,62 @@ def init_schema(engine: Engine, *, create: bool = True, refused: NoStoreError | 
                 if not create and not _has_store(conn):
                     conn.rollback()
                     raise refused
-                if not _initialised(conn):
+                if not _at_head(conn):
                     conn.rollback()  # the check's reads end before the lock is taken
                     _lock(conn)
-                    metadata.create_all(conn)
-                    have = {k for (k,) in conn.execute(select(meta.c.key))}
-                    missing = [{"key": k, "value": v} for k, v in COUNTERS.items() if k not in have]
-                    if missing:
-                        conn.execute(meta.insert(), missing)
-                    if get_setting(conn, "store_id") is None:
-                        conn.execute(settings.insert().values(key="store_id", value=uuid.uuid4().hex))
-                schema = read_counter(conn, "schema_version")
-                if schema != SCHEMA_VERSION:
-                    raise ConfigError(
-                        f"the database {url} has permrag schema {schema}; this permrag uses {SCHEMA_VERSION}: "
-                        "export its policy with the permrag that wrote it and start a new store"
-                    )
-                conn.commit()
-                _add_columns(conn)
+                    _make_or_migrate(conn, url, at_open=True)
+                    conn.commit()
             return
         except IntegrityError:  # a database of neither kind: another process initialised it at the same moment
             if attempt == 2:
                 raise
         except SQLAlchemyError as exc:
             raise ConfigError(f"cannot open the permrag database {url}: {first_line(exc)}") from None
+
+
+@dataclass(frozen=True)
+class Upgrade:
+    """What ``permrag upgrade`` found (and, unless ``dry_run``, did): the
+    store's revision before (``start``; ``recorded``: whether the store said
+    so, False for a 0.2.0 store), this permrag's head, the revisions run."""
+
+    url: str
+    start: str
+    recorded: bool
+    head: str
+    pending: tuple[migrations.Revision, ...]
+    dry_run: bool
+
+
+def upgrade_store(cfg: Settings, *, dry_run: bool = False) -> Upgrade:
+    """Bring the store ``cfg`` points at to this permrag's head revision,
+    additive or not (``permrag upgrade``); ``dry_run`` only says what would run.
+
+    The revisions run in one transaction under the schema lock: one that
+    fails leaves the store as it was. Never creates a store."""
+    url = mask(cfg.database_url)
+    refused = no_store(url)
+    engine = make_engine(cfg.database_url)
+    try:
+        _sqlite_file(engine, False, refused)
+        with engine.connect() as conn:
+            if not _has_store(conn):
+                raise refused
+            if not dry_run:
+                conn.rollback()
+                _lock(conn)
+            todo = _make_or_migrate(conn, url, at_open=False, dry_run=dry_run)
+            if todo is None:  # not reached: a store with a store id is never made anew
+                raise refused
+            if dry_run:
+                conn.rollback()
+            else:
+                conn.commit()
+        return Upgrade(url, todo.current or migrations.FIRST, todo.stamped, todo.head, todo.pending, dry_run)
+    except SQLAlchemyError as exc:
+        raise ConfigError(f"cannot upgrade the permrag database {url}: {first_line(exc)}") from None
+    finally:
+        dispose(engine)
 
 
 def _lock(conn: Connection) -> None:
@@ -126,40 +166,89 @@ def _lock(conn: Connection) -> None:
         conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
 
 
-def _missing_columns(conn: Connection) -> list[tuple[str, Column]]:
-    """Nullable columns this version's tables have and the store's lack (the
-    store was made by an older permrag: the audit's and tokens' ``agent``, the tokens' ``scopes``)."""
-    found = inspect(conn)
-    out = []
-    for table in metadata.sorted_tables:
-        have = {c["name"] for c in found.get_columns(table.name)}
-        out += [(table.name, c) for c in table.columns if c.name not in have]
-    return out
-
-
-def _add_columns(conn: Connection) -> None:
-    """Add the missing columns, once, however many processes open an older
-    store at the same moment: each looks, and only when one is missing takes
-    the schema lock, looks again under it (another may have just added it) and adds what is still missing."""
-    if not _missing_columns(conn):
-        conn.rollback()
-        return
-    conn.rollback()
-    _lock(conn)
-    quote = conn.dialect.identifier_preparer.quote
-    for table, column in _missing_columns(conn):
-        if not column.nullable:
-            raise ConfigError(f"the store lacks column {table}.{column.name}, which cannot be added in place")
-        conn.exec_driver_sql(f"ALTER TABLE {quote(table)} ADD COLUMN {quote(column.name)} {column.type.compile(dialect=conn.dialect)}")
-    conn.commit()
-
-
-def _initialised(conn: Connection) -> bool:
-    """Whether every table, counter and the store id are there (read only)."""
-    if not set(metadata.tables) <= set(inspect(conn).get_table_names()):
+def _at_head(conn: Connection) -> bool:
+    """Whether every table, counter, the store id and the head revision are there (read only)."""
+    tables = set(inspect(conn).get_table_names())
+    if not set(metadata.tables) <= tables:
         return False
     have = {k for (k,) in conn.execute(select(meta.c.key))}
-    return set(COUNTERS) <= have and get_setting(conn, "store_id") is not None
+    if not set(COUNTERS) <= have or get_setting(conn, "store_id") is None:
+        return False
+    return read_counter(conn, "schema_version") == SCHEMA_VERSION and migrations.recorded(conn, tables) == migrations.HEAD
+
+
+def _make_or_migrate(conn: Connection, url: str, *, at_open: bool, dry_run: bool = False) -> migrations.Plan | None:
+    """Under the schema lock: make a new store (None), or run an older one's
+    pending revisions (its plan); refuse another schema or a newer store."""
+    tables = set(inspect(conn).get_table_names())
+    if meta.name in tables:
+        _check_counter(conn, url)
+    if migrations.VERSION_TABLE not in tables and not _has_store(conn):
+        _make(conn)
+        return None
+    # Alembic is imported only by an open that has work to do
+    from .migrations import runner
+
+    todo = runner.plan(conn, url, before_alembic=True)
+    if dry_run:
+        return todo
+    if at_open and not todo.additive:
+        raise ConfigError(
+            f"the permrag store in {url} is at schema revision {todo.current}; this permrag needs {todo.head}, "
+            f"through revisions that change what older versions read ({', '.join(r.id for r in todo.pending if not r.additive)})",
+            hint="stop every process that uses the store, back it up, and run permrag.dbinit.upgrade_store (permrag upgrade)",
+            cli_hint="stop every process that uses the store, back it up, and run `permrag upgrade`",
+        )
+    if todo.pending or not todo.stamped:
+        _migrate(conn, url, todo)
+    _fill(conn)
+    return todo
+
+
+def _migrate(conn: Connection, url: str, todo: migrations.Plan) -> None:
+    from .migrations import runner
+
+    applied: list[str] = []
+    try:
+        runner.run(conn, todo, applied=applied)
+    except Exception as exc:  # a revision's own error as much as the database's
+        failed = next((r.id for r in todo.pending if r.id not in applied), todo.head)
+        raise ConfigError(
+            f"upgrading the permrag store in {url} from schema revision {todo.current} to {todo.head} failed "
+            f"at revision {failed} ({first_line(exc)}); the store was left at {todo.current}, unchanged",
+            hint="it still opens with the permrag that wrote it",
+        ) from exc
+    log.info("upgraded the permrag store in %s from schema revision %s to %s", url, todo.current, todo.head)
+
+
+def _check_counter(conn: Connection, url: str) -> None:
+    """Refuse a store of another schema family (its ``schema_version``
+    counter; Alembic's revisions are steps inside one family)."""
+    row = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).first()
+    if row is not None and int(row[0]) != SCHEMA_VERSION:
+        raise ConfigError(
+            f"the database {url} has permrag schema {int(row[0])}; this permrag uses {SCHEMA_VERSION}: "
+            "export its policy with the permrag that wrote it and start a new store"
+        )
+
+
+def _make(conn: Connection) -> None:
+    """A new store: this permrag's tables, stamped at the head, with its counters and store id."""
+    from .migrations import runner
+
+    metadata.create_all(conn)
+    runner.stamp_head(conn)
+    _fill(conn)
+
+
+def _fill(conn: Connection) -> None:
+    """The counters a store lacks, and its store id if it has none."""
+    have = {k for (k,) in conn.execute(select(meta.c.key))}
+    missing = [{"key": k, "value": v} for k, v in COUNTERS.items() if k not in have]
+    if missing:
+        conn.execute(meta.insert(), missing)
+    if get_setting(conn, "store_id") is None:
+        conn.execute(settings.insert().values(key="store_id", value=uuid.uuid4().hex))
 
 
 def _has_store(conn: Connection) -> bool:

@@ -1,6 +1,8 @@
 """Upgrades keep stores: a store made by permrag 0.2.0 — that release's own
 code, taken from this repository's history — opens with this version and
-answers every question as before; later writes carry it forward.
+answers every question as before; later writes carry it forward. Its schema
+is brought to this version by Alembic (permrag/migrations): at open, or by
+``permrag upgrade``; a migration that fails leaves it for 0.2.0 to open.
 
 The old store holds what 0.2.0 could make: role rules, a document ACL, a
 folder ACL, groups from an identity export, a folder sync and a derived row.
@@ -8,20 +10,24 @@ folder ACL, groups from an identity export, a folder sync and a derived row.
 
 from __future__ import annotations
 
-import io
 import json
-import os
+import shutil
+import sqlite3
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
+import sqlalchemy as sa
 
 from permrag import PermRAG
+from permrag.errors import ConfigError
+from permrag.migrations import HEAD, VERSION_TABLE, Plan, Revision, runner
+
+from .helpers import old_release
 
 ROOT = Path(__file__).resolve().parents[1]
-RELEASE_0_2_0 = "1fa3a19"
 USERS = ["alice", "bob", "carol", "dave", "nobody"]
 QUERIES = ["leave policy", "salary bands", "storage design", "budget"]
 
@@ -57,24 +63,28 @@ print(json.dumps(out))
 """
 
 
+class OldStore(NamedTuple):
+    home: Path  # opened by the first test (upgraded at open)
+    folder: Path  # the synced folder
+    before: dict  # what 0.2.0 answered
+    code: Path  # 0.2.0's code (PYTHONPATH)
+    pristine: Path  # a copy of the home as 0.2.0 left it
+
+
 @pytest.fixture(scope="module")
-def old_store(tmp_path_factory):
+def old_store(tmp_path_factory) -> OldStore:
     """A home made by 0.2.0, and what 0.2.0 answered in it."""
     base = tmp_path_factory.mktemp("upgrade")
-    archive = subprocess.run(["git", "archive", RELEASE_0_2_0, "permrag"], cwd=ROOT, capture_output=True, timeout=60)
-    assert archive.returncode == 0, f"the release's code must be in this repository's history: {archive.stderr.decode()[:300]}"
-    tarfile.open(fileobj=io.BytesIO(archive.stdout)).extractall(base / "old", filter="data")
+    code = old_release.extract(base / "old")
     folder = base / "handbook"
     (folder / "hr").mkdir(parents=True)
     (folder / "hr" / "holidays.md").write_text("# Holidays\n\nThe office closes for the holidays in December.\n")
     (folder / "eng.txt").write_text("Storage design review checklist for the platform team.\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PERMRAG_")}
-    env.update(PYTHONPATH=str(base / "old"), HF_HUB_OFFLINE="1")
     home = base / "home"
-    res = subprocess.run([sys.executable, "-c", BUILD, str(home), str(folder), ",".join(USERS), ",".join(QUERIES)],
-                         capture_output=True, text=True, env=env, cwd=base, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return home, folder, json.loads(res.stdout.strip().splitlines()[-1])
+    out = old_release.run(code, BUILD, str(home), str(folder), ",".join(USERS), ",".join(QUERIES), cwd=base)
+    pristine = base / "pristine"  # as 0.2.0 left it, for the tests that upgrade a copy
+    shutil.copytree(home, pristine)
+    return OldStore(home, folder, json.loads(out.strip().splitlines()[-1]), code, pristine)
 
 
 def answers(rag: PermRAG) -> dict:
@@ -88,9 +98,11 @@ def answers(rag: PermRAG) -> dict:
 
 
 def test_a_0_2_0_store_answers_as_before_and_takes_new_writes(old_store) -> None:
-    home, folder, before = old_store
+    home, folder, before = old_store.home, old_store.folder, old_store.before
     assert before["alice"]["visible"] and "leave-summary" in before["alice"]["visible"]  # the old store is not empty
+    assert revision(home) is None
     with PermRAG.open(home) as rag:
+        assert revision(home) == HEAD and drift(home) == []  # the open ran the (additive) revisions
         assert answers(rag) == before
         # a re-sync of the same folder changes nothing and keeps the ids 0.2.0 gave its files
         report = rag.sync_folder(folder)
@@ -105,3 +117,129 @@ def test_a_0_2_0_store_answers_as_before_and_takes_new_writes(old_store) -> None
         for u in USERS:
             assert after[u]["visible"] == before[u]["visible"]
             assert {q: set(ids) for q, ids in after[u]["search"].items()} == {q: set(ids) for q, ids in before[u]["search"].items()}
+
+
+def revision(home: Path) -> str | None:
+    """The store's recorded schema revision (None: none recorded, as 0.2.0 left it)."""
+    with sqlite3.connect(home / "permrag.db") as conn:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (VERSION_TABLE,)).fetchall():
+            return None
+        (row,) = conn.execute(f"SELECT version_num FROM {VERSION_TABLE}").fetchall()
+        return row[0]
+
+
+def dump(home: Path) -> list[str]:
+    """Every statement that would rebuild the store's database: schema and rows."""
+    conn = sqlite3.connect(home / "permrag.db")
+    try:
+        return list(conn.iterdump())
+    finally:
+        conn.close()
+
+
+def drift(home: Path) -> list:
+    engine = sa.create_engine(f"sqlite:///{home / 'permrag.db'}")
+    try:
+        with engine.connect() as conn:
+            return runner.drift(conn)
+    finally:
+        engine.dispose()
+
+
+def test_revision_0001_is_the_schema_0_2_0_made(old_store, tmp_path) -> None:
+    """The first revision, run on an empty database, makes the tables, columns
+    and indexes that 0.2.0's own code made."""
+    url = f"sqlite:///{tmp_path / 'first.db'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        runner.run(conn, Plan(None, False, "0001", (Revision("0001", "", True),)))
+    engine.dispose()
+    made = old_release.schema(f"sqlite:///{old_store.pristine / 'permrag.db'}")
+    assert made and old_release.schema(url) == made
+
+
+def cli(home: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "permrag", "--home", str(home), *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_permrag_upgrade_dry_run_changes_nothing_and_the_upgrade_opens_at_head(old_store, tmp_path) -> None:
+    home = tmp_path / "home"
+    shutil.copytree(old_store.pristine, home)
+    before = dump(home)
+    pending = [s.revision for s in reversed(list(runner.scripts().iterate_revisions(HEAD, "0001")))]
+    assert pending and pending[-1] == HEAD
+    res = cli(home, "upgrade", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert "from revision 0001 (made by permrag 0.2.0" in res.stdout and f"to revision {HEAD}" in res.stdout
+    assert [line.split()[0] for line in res.stdout.splitlines() if line.startswith("  ")] == pending
+    assert "nothing was changed" in res.stdout and not res.stderr
+    as_json = json.loads(cli(home, "upgrade", "--dry-run", "--json").stdout)
+    assert (as_json["from"], as_json["from_recorded"], as_json["to"]) == ("0001", False, HEAD)
+    assert [p["revision"] for p in as_json["pending"]] == pending
+    assert dump(home) == before and revision(home) is None
+    res = cli(home, "upgrade")
+    assert res.returncode == 0, res.stderr
+    assert f"ran {len(pending)} revision(s)" in res.stdout and not res.stderr
+    assert revision(home) == HEAD and drift(home) == []
+    res = cli(home, "upgrade")
+    assert res.returncode == 0 and "nothing to run" in res.stdout
+    with PermRAG.open(home) as rag:
+        assert answers(rag) == old_store.before
+
+
+FAILING = """\"\"\"A revision that fails midway (tests only).\"\"\"
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0003"
+down_revision = "{down}"
+branch_labels = None
+depends_on = None
+additive = True
+
+
+def upgrade():
+    op.add_column("permrag_rows", sa.Column("half_done", sa.String(8), nullable=True))
+    op.create_table("permrag_half_done", sa.Column("id", sa.Integer, primary_key=True))
+    op.execute("UPDATE permrag_meta SET value = value + 1 WHERE key = 'policy_version'")
+    op.execute("SELECT no_such_column FROM permrag_rows")
+
+
+def downgrade():
+    pass
+"""
+
+
+def with_revision(tmp_path: Path, text: str) -> str:
+    """A copy of permrag's revisions with one more after the head (a script location)."""
+    location = tmp_path / "migrations"
+    shutil.copytree(Path(runner.HERE) / "versions", location / "versions", ignore=shutil.ignore_patterns("__pycache__"))
+    (location / "versions" / "rev0003_test.py").write_text(text.replace("{down}", HEAD))
+    return str(location)
+
+
+OLD_READ = """
+import json, sys
+from permrag import PermRAG
+rag = PermRAG.open(sys.argv[1], catalog_only=True)
+print(json.dumps({u: sorted(r.external_id for r in rag.rows(rag.visible(u))) for u in sys.argv[2].split(",")}))
+rag.close()
+"""
+
+
+def test_a_failing_migration_leaves_the_store_as_0_2_0_made_it(old_store, tmp_path, monkeypatch) -> None:
+    home = tmp_path / "home"
+    shutil.copytree(old_store.pristine, home)
+    before = dump(home)
+    monkeypatch.setattr(runner, "LOCATION", with_revision(tmp_path, FAILING))
+    with pytest.raises(ConfigError, match="from schema revision 0001 to 0003 failed at revision 0003") as err:
+        PermRAG.open(home, catalog_only=True)
+    assert "left at 0001, unchanged" in str(err.value)
+    assert dump(home) == before and revision(home) is None  # no column, no table, no counter, no stamp
+    visible = json.loads(old_release.run(old_store.code, OLD_READ, str(home), ",".join(USERS)).strip().splitlines()[-1])
+    assert visible == {u: old_store.before[u]["visible"] for u in USERS}  # 0.2.0 still opens it and answers as before
+    monkeypatch.setattr(runner, "LOCATION", runner.HERE)
+    with PermRAG.open(home, catalog_only=True) as rag:  # this permrag's own revisions still run
+        assert revision(home) == HEAD
+        assert {u: sorted(r.external_id for r in rag.rows(rag.visible(u))) for u in USERS} == visible

@@ -1,0 +1,1 @@
+"""The revisions, oldest first by their ``down_revision`` chain (read by Alembic, not imported)."""
