@@ -42,6 +42,11 @@ def readable(rag: Any, metas: Sequence[Mapping[str, Any]], snap: Any, tenant: st
     return out
 
 
+def via(agent: object) -> dict[str, Any]:
+    """Keyword arguments of a library call made through ``agent`` (none for the user alone)."""
+    return {"agent": agent} if agent else {}
+
+
 def audit_served(rag: Any, wrapper: str, inner: Any, user: str, tenant: str, snap: Any, query: str, served: Sequence[Mapping[str, Any]], *, id_key: str) -> None:
     """Record one answer of a ``permissioned()`` wrapper (``served``: the metadata of what it returned)."""
     detail = {

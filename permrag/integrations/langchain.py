@@ -44,7 +44,7 @@ from ..errors import ArgumentError, ConfigError
 from ..names import quote
 from ..results import Hit
 from ..search import DEFAULT_FUSION, DEFAULT_WEIGHTS, check_search_args
-from .filtering import audit_served, overfetch, readable
+from .filtering import audit_served, overfetch, readable, via
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +87,11 @@ class PermissionedRetriever(BaseRetriever):
         return out
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any) -> list[Document]:
-        hits = self.rag.search(query, user=self.user, tenant=self.tenant, agent=self.agent, **self._settings(kwargs))
+        hits = self.rag.search(query, user=self.user, tenant=self.tenant, **via(self.agent), **self._settings(kwargs))
         return [h.to_document() for h in hits]
 
     async def _aget_relevant_documents(self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any) -> list[Document]:
-        hits = await self.rag.asearch(query, user=self.user, tenant=self.tenant, agent=self.agent, **self._settings(kwargs))
+        hits = await self.rag.asearch(query, user=self.user, tenant=self.tenant, **via(self.agent), **self._settings(kwargs))
         return [h.to_document() for h in hits]
 
 
@@ -116,6 +116,7 @@ class PermissionFilteredRetriever(BaseRetriever):
     rag: Any
     user: str
     tenant: str = DEFAULT_TENANT
+    agent: str | None = None  # the agent acting for ``user``: only documents both may read
     k: int | None = None
     id_key: str = "external_id"
     tenant_key: str | None = "tenant"
@@ -133,7 +134,7 @@ class PermissionFilteredRetriever(BaseRetriever):
         return [d for d, keep in zip(docs, ok) if keep]
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any) -> list[Document]:
-        snap = self.rag.snapshot(self.user, self.tenant, agent=self.agent)
+        snap = self.rag.snapshot(self.user, self.tenant, **via(self.agent))
         docs = self._serve(query, snap, int(kwargs.pop("k", None) or self._inner_k()))
         audit_served(self.rag, "langchain", self.inner, self.user, self.tenant, snap, query, [d.metadata or {} for d in docs], id_key=self.id_key)
         return docs
@@ -227,7 +228,7 @@ def knowledge_tool(rag: Any, *, k: int = 4, mode: str = "auto", fusion: str = DE
     def search_knowledge_base(query: str, config: RunnableConfig) -> str:
         """Search the company knowledge base; returns the passages you may read."""
         user, tenant, agent = delegation(config)
-        hits = rag.search(query, user=user, tenant=tenant, k=k, mode=mode, fusion=fusion, weights=weights, agent=agent)
+        hits = rag.search(query, user=user, tenant=tenant, k=k, mode=mode, fusion=fusion, weights=weights, **via(agent))
         if not hits:
             return f"No readable passages found (policy version {hits.policy_version})."
         return "\n\n".join(f"[{h.external_id}] {h.text}" for h in hits)
@@ -243,7 +244,7 @@ def permission_tool(rag: Any, *, name: str = "can_read_document") -> BaseTool:
     def can_read_document(document_id: str, config: RunnableConfig) -> str:
         """Check whether you may read a document, by its id."""
         user, tenant, agent = delegation(config)
-        if rag.can_read(user, document_id, tenant, agent=agent):
+        if rag.can_read(user, document_id, tenant, **via(agent)):
             return f"yes: you may read {document_id!r}"
         return f"no: there is no document {document_id!r} that you may read"
 

@@ -30,7 +30,7 @@ from ..access import check_agents, check_principal
 from ..errors import ArgumentError, ConfigError
 from ..results import Hit
 from ..search import DEFAULT_FUSION, DEFAULT_WEIGHTS, check_k, check_search_args
-from .filtering import audit_served, overfetch, readable
+from .filtering import audit_served, overfetch, readable, via
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def _search_retriever(BaseRetriever: Any, to_node: Any) -> Any:
             self.rag = rag
             self.user = user
             self.tenant = tenant
-            self.options = dict(k=k, mode=mode, fusion=fusion, weights=tuple(weights), pool=pool, agent=check_agents(agent) or None)
+            self.options = dict(k=k, mode=mode, fusion=fusion, weights=tuple(weights), pool=pool, **via(check_agents(agent) or None))
             super().__init__(callback_manager=callback_manager)
 
         def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
@@ -128,7 +128,7 @@ def _filtering_retriever(BaseRetriever: Any) -> Any:
 
         def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
             k = self.k or int(getattr(self.inner, "similarity_top_k", None) or 4)
-            snap = self.rag.snapshot(self.user, self.tenant, agent=self.agent)
+            snap = self.rag.snapshot(self.user, self.tenant, **via(self.agent))
 
             def keep(nodes: list[NodeWithScore]) -> list[NodeWithScore]:
                 ok = readable(self.rag, [n.node.metadata or {} for n in nodes], snap, self.tenant, **self.keys)

@@ -75,6 +75,11 @@ class Principal:
         """What the library's ``agent=`` takes: the chain, or None for the user alone."""
         return self.agents or None
 
+    @property
+    def via(self) -> dict[str, Any]:
+        """Keyword arguments of a library call for this principal's agents (none for the user alone)."""
+        return {"agent": self.agents} if self.agents else {}
+
 
 def principal_of(context: Any, fixed: Principal | None, scope: str | None = None) -> Principal:
     """The call's principal: the server's fixed one, else the request's verified token;

@@ -121,7 +121,7 @@ def build_server(
         query: str, ctx: Context, k: Annotated[int, Field(ge=1, le=MAX_K)] = 5, mode: Mode | None = None
     ) -> Annotated[CallToolResult, SearchResult]:
         who = principal_of(ctx, principal, "search")
-        hits = await call(rag.search, query, user=who.user, tenant=who.tenant, k=k, mode=mode or default_mode, agent=who.agent)
+        hits = await call(rag.search, query, user=who.user, tenant=who.tenant, k=k, mode=mode or default_mode, **who.via)
         out = SearchResult(
             user=who.user,
             agent=who.agents[0] if who.agents else None,
@@ -142,7 +142,7 @@ def build_server(
     @server.tool(description="The full text of a document (by external id) the authenticated user may read; a hidden and a missing document get the same error.")
     async def fetch(document_id: str, ctx: Context) -> Annotated[CallToolResult, FetchedDocument]:
         who = principal_of(ctx, principal, "fetch")
-        hits = await call(rag.fetch, document_id, user=who.user, tenant=who.tenant, agent=who.agent)
+        hits = await call(rag.fetch, document_id, user=who.user, tenant=who.tenant, **who.via)
         out = FetchedDocument(document_id=document_id, rows=[h.external_id for h in hits], text="\n".join(h.text for h in hits), policy_version=hits.policy_version)
         return _result(f"[{document_id}] {out.text}\n\n(policy version {out.policy_version})", out)
 
