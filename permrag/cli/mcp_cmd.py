@@ -26,7 +26,7 @@ from .base import StoreCommand, emit, json_opt, main, store, tenant_opt
 @click.option("--encoder", default=None, help="Encoder (default: the store's own).")
 @click.pass_context
 def mcp_cmd(ctx, as_user, as_agent, tenant, transport, host, port, use_tokens, jwt_key, jwt_algorithm, jwt_audience, jwt_issuer, tenant_claim, mode, encoder) -> None:
-    """Serve search, can_read and fetch to MCP clients, as one principal: --as USER (stdio) or each
+    """Serve search, can_read, fetch and explain to MCP clients, as one principal: --as USER (stdio) or each
     request's bearer token owner (http: --tokens and/or --jwt-key), maybe through an agent (--agent; a
     token's agent; a JWT's act claim). No tool takes a user or agent argument."""
     from ..errors import ConfigError
