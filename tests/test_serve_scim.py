@@ -316,18 +316,18 @@ def test_on_postgresql_concurrent_member_patches_all_land_one_version_each(tmp_p
     assert "Traceback" not in err, err[-2000:]
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        ([], "nothing could call this server"),
-        (["--scim-token-file", "short"], "at least 32 characters"),
-        (["--scim-token-file", "missing"], "cannot read the SCIM token file"),
-    ],
-)
-def test_serve_refuses_to_start_without_usable_credentials(tmp_path, args, message) -> None:
-    (tmp_path / "short").write_text("too-short")
-    args = [str(tmp_path / a) if a in ("short", "missing") else a for a in args]
+def test_serve_refuses_to_start_without_usable_credentials(tmp_path) -> None:
+    from permrag.errors import ConfigError
+    from permrag.serve import read_secret
+
     home = tmp_path / "home"
     PermRAG.open(home, catalog_only=True).close()
-    res = subprocess.run([PERMRAG, "serve", "--home", str(home), "--port", str(free_port()), *args], capture_output=True, text=True, timeout=60)
-    assert res.returncode == 1 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
+    res = subprocess.run([PERMRAG, "serve", "--home", str(home), "--port", str(free_port())], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1 and "nothing could call this server" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    (tmp_path / "short").write_text("too-short\n")
+    (tmp_path / "spaced").write_text("a" * 20 + " " + "b" * 20)
+    for name, message in (("short", "at least 32 characters"), ("spaced", "one word"), ("missing", "cannot read the SCIM token file")):
+        with pytest.raises(ConfigError, match=message):
+            read_secret(tmp_path / name)
+    (tmp_path / "good").write_text(SECRET + "\n")
+    assert read_secret(tmp_path / "good") == SECRET
