@@ -25,7 +25,7 @@ from permrag import PermRAG
 from permrag.errors import ConfigError
 from permrag.migrations import HEAD, VERSION_TABLE, Plan, Revision, runner
 
-from .helpers import old_release
+from .helpers import old_release, revisions
 
 ROOT = Path(__file__).resolve().parents[1]
 USERS = ["alice", "bob", "carol", "dave", "nobody"]
@@ -187,38 +187,6 @@ def test_permrag_upgrade_dry_run_changes_nothing_and_the_upgrade_opens_at_head(o
         assert answers(rag) == old_store.before
 
 
-FAILING = """\"\"\"A revision that fails midway (tests only).\"\"\"
-
-import sqlalchemy as sa
-from alembic import op
-
-revision = "0003"
-down_revision = "{down}"
-branch_labels = None
-depends_on = None
-additive = True
-
-
-def upgrade():
-    op.add_column("permrag_rows", sa.Column("half_done", sa.String(8), nullable=True))
-    op.create_table("permrag_half_done", sa.Column("id", sa.Integer, primary_key=True))
-    op.execute("UPDATE permrag_meta SET value = value + 1 WHERE key = 'policy_version'")
-    op.execute("SELECT no_such_column FROM permrag_rows")
-
-
-def downgrade():
-    pass
-"""
-
-
-def with_revision(tmp_path: Path, text: str) -> str:
-    """A copy of permrag's revisions with one more after the head (a script location)."""
-    location = tmp_path / "migrations"
-    shutil.copytree(Path(runner.HERE) / "versions", location / "versions", ignore=shutil.ignore_patterns("__pycache__"))
-    (location / "versions" / "rev0003_test.py").write_text(text.replace("{down}", HEAD))
-    return str(location)
-
-
 OLD_READ = """
 import json, sys
 from permrag import PermRAG
@@ -232,7 +200,7 @@ def test_a_failing_migration_leaves_the_store_as_0_2_0_made_it(old_store, tmp_pa
     home = tmp_path / "home"
     shutil.copytree(old_store.pristine, home)
     before = dump(home)
-    monkeypatch.setattr(runner, "LOCATION", with_revision(tmp_path, FAILING))
+    monkeypatch.setattr(runner, "LOCATION", revisions.location_with(tmp_path, revisions.FAILING))
     with pytest.raises(ConfigError, match="from schema revision 0001 to 0003 failed at revision 0003") as err:
         PermRAG.open(home, catalog_only=True)
     assert "left at 0001, unchanged" in str(err.value)
