@@ -168,6 +168,7 @@ def test_a_failed_write_changes_nothing(world) -> None:
     scim_error(patch(world, f"/Users/{bob['id']}", {"op": "replace", "path": "displayName", "value": "ok"}, {"op": "jump"}), 400, "invalidSyntax")
     scim_error(scim.put(f"/Users/{bob['id']}", json={"schemas": [USER], "userName": "bobby"}, headers={"If-Match": 'W/"stale"'}), 412)
     scim_error(scim.post("/Users", content=b"{not json", headers={"content-type": SCIM}), 400, "invalidSyntax")
+    scim_error(scim.post("/Users", content=b'{"userName": "' + b"x" * (1 << 21) + b'"}', headers={"content-type": SCIM}), 413)
     scim_error(patch(world, f"/Users/{bob['id']}", {"op": "replace", "value": {"id": "someone-else"}}), 400, "mutability")
     scim_error(patch(world, f"/Users/{bob['id']}", {"op": "remove", "path": "userName"}), 400, "mutability")
     scim_error(patch(world, "/Users/no-such-user", {"op": "replace", "path": "displayName", "value": "x"}), 404)

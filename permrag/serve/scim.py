@@ -88,9 +88,12 @@ def _if_match(request: Request) -> str | None:
 
 
 async def _body(request: Request) -> Any:
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise ScimError(413, f"the request body is larger than {MAX_BODY} bytes")
+    """The JSON body, read no further than :data:`MAX_BODY` bytes."""
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY:
+            raise ScimError(413, f"the request body is larger than {MAX_BODY} bytes")
     try:
         return json.loads(raw or b"null")
     except ValueError:
