@@ -25,7 +25,7 @@ from permrag import migrations as mig
 from permrag.db import dispose, make_engine, metadata
 from permrag.dbinit import init_schema, upgrade_store
 from permrag.errors import ConfigError, NoStoreError
-from permrag.migrations import FIRST, HEAD, VERSION_TABLE, runner
+from permrag.migrations import FIRST, HEAD, VERSION_TABLE, author, runner
 
 from .helpers import old_release, revisions
 
@@ -241,3 +241,32 @@ def test_upgrade_of_a_database_without_a_store_makes_nothing(tmp_path) -> None:
     assert not path.exists()
     res = cli(f"sqlite:///{path}", tmp_path / "home", "upgrade", "--dry-run")
     assert res.returncode == 1 and res.stderr.startswith("error: no permrag store") and not path.exists()
+
+
+def test_a_change_of_permrag_db_becomes_a_revision_that_closes_the_difference(tmp_path) -> None:
+    """The developers' tool (permrag.migrations.author): a table, a nullable
+    column and an index added to the tables become one additive revision
+    after the head; run from an empty database, the revisions then make
+    exactly those tables. A NOT NULL column is not additive."""
+    location = revisions.location_with(tmp_path, "")
+    (Path(location) / "versions" / "rev0003_test.py").unlink()
+    assert author.write("no change", location=location) is None
+    target = sa.MetaData()
+    for table in metadata.sorted_tables:
+        table.to_metadata(target)
+    audit = target.tables["permrag_audit"]
+    audit.append_column(sa.Column("reviewer", sa.String(64), nullable=True))
+    sa.Index("ix_permrag_audit_reviewer", audit.c.reviewer)
+    sa.Table("permrag_reviews", target, sa.Column("id", sa.Integer, primary_key=True), sa.Column("note", sa.Text, nullable=False))
+    path = author.write("Reviews of audit records", target, location=location)
+    assert path is not None and path.name == "rev0003_reviews_of_audit_records.py"
+    text = path.read_text()
+    assert 'down_revision = "' + HEAD + '"' in text and "additive = True" in text
+    url = f"sqlite:///{tmp_path / 'authored.db'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        runner.run(conn, runner.plan(conn, url, location=location), location=location)
+    engine.dispose()
+    assert drift(url, target) == [] and drift(url) != []
+    target.tables["permrag_rows"].append_column(sa.Column("required", sa.String(8), nullable=False))
+    assert not author.additive(author.changes(target, location=location))

@@ -35,6 +35,11 @@ def _scripts(location: str) -> ScriptDirectory:
     return ScriptDirectory(location)
 
 
+def forget() -> None:
+    """Read the revisions again at the next use (one was added)."""
+    _scripts.cache_clear()
+
+
 def head(location: str | None = None) -> str:
     """The newest revision under ``location``; this package's must be :data:`HEAD`."""
     location = location or LOCATION
