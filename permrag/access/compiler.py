@@ -143,7 +143,9 @@ class Compiler:
             out = parts[0]
             for bm in parts[1:]:
                 out = out & bm
-            out = out if out else EMPTY
+            # the common case, an agent that may read all the user may: the user's very bitmap, so the
+            # delegated request shares its plan and its rows read back (both cached per bitmap)
+            out = next((bm for bm in parts if len(bm) == len(out) and bm == out), out) if out else EMPTY
             if len(self._pair[tenant]) >= MAX_PAIRS:
                 self._pair[tenant].clear()
             self._pair[tenant][(user, agents)] = (parts, out)
