@@ -235,13 +235,24 @@ def test_tokens_never_cross_between_scim_and_search(world) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         scim_error(httpx.get(scim_url, headers=headers), 401)
         scim_error(httpx.post(scim_url, json={"schemas": [USER], "userName": "intruder"}, headers=headers), 401)
-    assert ok(httpx.get(scim_url, headers={"Authorization": f"Bearer {world['scim_token']}"}))["totalResults"] >= 1
+    ok(world["scim"].post("/Users", json={"schemas": [USER], "userName": "carol"}), 201)
+    via_secret = ok(world["scim"].get("/Users", params={"count": 1000}))["Resources"]
+    via_token = ok(httpx.get(scim_url, params={"count": 1000}, headers={"Authorization": f"Bearer {world['scim_token']}"}))["Resources"]
+    assert [u["id"] for u in via_token] == [u["id"] for u in via_secret] and "carol" in [u["userName"] for u in via_token]
     for token in (SECRET, world["scim_token"]):
         res = httpx.post(mcp_url, json=init, headers={**accept, "Authorization": f"Bearer {token}"})
         assert res.status_code == 401, res.text
     res = httpx.post(mcp_url, json=init, headers={**accept, "Authorization": f"Bearer {world['search_token']}"})
     assert res.status_code == 200, res.text
     assert "intruder" not in [u["userName"] for u in ok(world["scim"].get("/Users", params={"count": 1000}))["Resources"]]
+    # a store token provisions its own tenant, and only it
+    acme, _ = Tokens(world["rag"].catalog.engine).add("acme-provisioner", "acme", scopes=["scim"])
+    made = ok(httpx.post(scim_url, json={"schemas": [USER], "userName": "acme-only"}, headers={"Authorization": f"Bearer {acme}"}), 201)
+    assert [u["id"] for u in ok(httpx.get(scim_url, headers={"Authorization": f"Bearer {acme}"}))["Resources"]] == [made["id"]]
+    assert "acme-only" not in [u["userName"] for u in ok(world["scim"].get("/Users", params={"count": 1000}))["Resources"]]
+    scim_error(world["scim"].get(f"/Users/{made['id']}"), 404)
+    world["rag"].sync()
+    assert world["rag"].identity.labels("acme") == {f"user:{made['id']}": "acme-only"}
 
 
 def test_health_readiness_and_a_search_through_the_mounted_mcp_server(world) -> None:
