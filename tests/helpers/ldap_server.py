@@ -168,7 +168,7 @@ class Slapd:
         seed.write_text(self.seed)
         t0 = time.perf_counter()
         for path in [seed] + ([ldif_path] if ldif_path else []):
-            out = subprocess.run(["slapadd", "-q", "-f", str(self.root / "slapd.conf"), "-l", str(path)], capture_output=True, text=True)
+            out = subprocess.run([str(Path(find_slapd() or "/usr/sbin/slapd").with_name("slapadd")), "-q", "-f", str(self.root / "slapd.conf"), "-l", str(path)], capture_output=True, text=True)
             if out.returncode:
                 raise RuntimeError(f"slapadd failed ({out.returncode}): {out.stderr[-2000:]}")
         return time.perf_counter() - t0
@@ -215,10 +215,10 @@ class Slapd:
                 self.kill()
         self.proc = None
 
-    def modify(self, ldif: str) -> None:
+    def modify(self, ldif: str, timeout: float = 30) -> None:
         """Apply an LDIF change record as the root DN (``ldapmodify``, a client of its own)."""
         out = subprocess.run(
-            ["ldapmodify", "-x", "-H", self.url, "-D", ROOT_DN, "-w", ROOT_PW], input=ldif, capture_output=True, text=True, timeout=30
+            ["ldapmodify", "-x", "-H", self.url, "-D", ROOT_DN, "-w", ROOT_PW], input=ldif, capture_output=True, text=True, timeout=timeout
         )
         if out.returncode:
             raise RuntimeError(f"ldapmodify failed ({out.returncode}): {out.stderr.strip()}")
