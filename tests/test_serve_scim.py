@@ -86,10 +86,14 @@ def world(tmp_path_factory):
 
 
 def seen(world, user: str) -> list[str]:
-    """What ``user`` finds by a search in this process (not the server's)."""
+    """What ``user`` finds by a search in this process (not the server's), checked
+    against casbin enforcing the stored rules document by document."""
     rag = world["rag"]
     rag.sync()
-    return sorted(h.document for h in rag.search("handbook leave travel", user=user, k=20, mode="dense"))
+    found = sorted(h.document for h in rag.search("handbook leave travel", user=user, k=20, mode="dense"))
+    enforcer = rag.enforcer()
+    assert found == sorted(d["external_id"] for d in DOCS if enforcer.enforce(user, "default", rag.row(d["external_id"]), "read"))
+    return found
 
 
 def expected(*depts: str) -> list[str]:
