@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -268,6 +270,28 @@ def test_a_locked_account_sees_nothing_until_unlocked(slapd, tmp_path) -> None:
     slapd.modify(f"dn: {user_dn('alice')}\nchangetype: modify\ndelete: pwdAccountLockedTime\n")
     assert rag.identity.sync_ldap(reader(slapd)).reactivated == (uid["alice"],)
     assert readable(rag, uid)["alice"] == {"plan", "secret-plan"}
+    rag.close()
+
+
+def test_a_sync_by_another_process_is_seen_at_the_next_query(slapd, tmp_path) -> None:
+    """`permrag identity sync ldap://…` in a process of its own (a real one, no test
+    runner around it): this process, its store already open, sees the lock at its next query."""
+    home = tmp_path / "home"
+    rag = make_store(home)
+    rag.identity.sync_ldap(reader(slapd))
+    assign_roles(rag)
+    uid = ids(slapd)
+    assert readable(rag, uid)["bob"] == {"plan", "secret-plan"}
+    slapd.modify(f"dn: {user_dn('bob')}\nchangetype: modify\nadd: pwdAccountLockedTime\npwdAccountLockedTime: 000001010000Z\n")
+    pw = tmp_path / "pw"
+    pw.write_text(srv.READER_PW)
+    cmd = [sys.executable, "-m", "permrag", "--home", str(home), "identity", "sync", slapd.url, "--base", S, "--bind-dn", srv.READER_DN, "--password-file", str(pw)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0 and "1 deactivated" in out.stdout, out.stdout + out.stderr
+    assert readable(rag, uid) == brute_force(expected_groups(seed_members()), LOCKED | {"bob"})
+    slapd.stop()
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 1 and out.stderr.startswith("error: cannot reach the LDAP server") and "Traceback" not in out.stderr, out.stderr
     rag.close()
 
 
