@@ -22,6 +22,8 @@ import pytest
 import sqlalchemy as sa
 
 from permrag import PermRAG
+from permrag.backends import collection_check
+from permrag.backends.schema import tenant_schema
 from permrag.errors import ConfigError
 from permrag.migrations import HEAD, VERSION_TABLE, Plan, Revision, runner
 
@@ -104,6 +106,7 @@ def test_a_0_2_0_store_answers_as_before_and_takes_new_writes(old_store) -> None
     with PermRAG.open(home) as rag:
         assert revision(home) == HEAD and drift(home) == []  # the open ran the (additive) revisions
         assert answers(rag) == before
+        collection_made_by_0_2_0_passes_the_hook(rag)
         # a re-sync of the same folder changes nothing and keeps the ids 0.2.0 gave its files
         report = rag.sync_folder(folder)
         assert report.ok and not (report.added or report.changed or report.metadata or report.restored or report.deleted), report.describe()
@@ -117,6 +120,23 @@ def test_a_0_2_0_store_answers_as_before_and_takes_new_writes(old_store) -> None
         for u in USERS:
             assert after[u]["visible"] == before[u]["visible"]
             assert {q: set(ids) for q, ids in after[u]["search"].items()} == {q: set(ids) for q, ids in before[u]["search"].items()}
+
+
+def collection_made_by_0_2_0_passes_the_hook(rag: PermRAG) -> None:
+    """The Milvus side's upgrade hook: the collection 0.2.0 made has this
+    permrag's schema; one more field in the schema would be refused, naming permrag upgrade."""
+    from pymilvus import DataType, MilvusClient
+
+    backend = rag.store
+    name = backend.name(rag.catalog.tenants.number("default"))
+    described = backend.client().describe_collection(name)
+    expected, _ = tenant_schema(MilvusClient, rag.encoder.dim, backend.index, backend.capabilities.bm25, backend.analyzer)
+    assert collection_check.differences(described, expected) == []
+    expected.add_field("owner", DataType.VARCHAR, max_length=64)
+    assert collection_check.differences(described, expected) == ["no field 'owner'"]
+    with pytest.raises(ConfigError, match="another schema") as err:
+        collection_check.check(name, described, expected)
+    assert "`permrag upgrade`" in err.value.for_cli()
 
 
 def revision(home: Path) -> str | None:
