@@ -54,12 +54,13 @@ def identity_sync(ctx, files, fmt, dry_run, allow_mass_removal, tenant, as_json,
         raise click.UsageError(f"{', '.join(given)} only go(es) with an ldap:// or ldaps:// URL")
     if urls and fmt:
         raise click.UsageError("--format is for export files, not an LDAP URL")
+    source = _ldap_source(urls[0], ldap) if urls else None  # settings and the password file checked before the store opens
     with store(ctx, catalog_only=True) as rag:
-        if urls:
-            got = rag.identity.read_ldap(_ldap_source(urls[0], ldap))
+        if source is not None:
+            got = rag.identity.read_ldap(source)
             report = rag.identity.sync(got.directory, tenant=tenant, dry_run=dry_run, allow_mass_removal=allow_mass_removal)
             data = report.to_dict() | {"ldap": {"entries": got.entries, "pages": got.pages, "skipped": list(got.skipped), "referrals": got.referrals}}
-            emit(as_json, data, lambda: (_render_read(got), _render_sync(report, dry_run)))
+            emit(as_json, data, lambda: _render_read(got, report, dry_run))
             return
         report = rag.identity.sync(list(files), tenant=tenant, format=fmt, dry_run=dry_run, allow_mass_removal=allow_mass_removal)
         emit(as_json, report.to_dict(), lambda: _render_sync(report, dry_run))
@@ -80,12 +81,13 @@ def _ldap_source(url: str, opts: dict):
     )  # fmt: skip
 
 
-def _render_read(got) -> None:
+def _render_read(got, report, dry_run: bool) -> None:
     click.echo(f"read {got.entries} entries in {got.pages} pages")
     if got.skipped:
         click.echo(f"{len(got.skipped)} reference(s) to entries outside the bases or filters left out: " + "; ".join(got.skipped[:5]))
     if got.referrals:
         click.echo(f"{got.referrals} referral(s) to other servers not followed")
+    _render_sync(report, dry_run)
 
 
 def _render_sync(report, dry_run: bool) -> None:
