@@ -206,6 +206,17 @@ def test_filters_and_pages_match_the_list_filtered_by_hand(world) -> None:
     assert excluded["totalResults"] >= 7 and all("displayName" not in u for u in excluded["Resources"])
     searched = ok(scim.post("/Users/.search", json={"filter": 'userName eq "page-3@corp"', "attributes": ["userName"]}))
     assert [u["userName"] for u in searched["Resources"]] == ["page-3@corp"]
+    # an eq the store looks up directly (id, userName, externalId; a group's displayName) answers as the full scan does
+    three = next(u for u in everyone if u["userName"] == "page-3@corp")
+    for f in (f'id eq "{three["id"]}"', 'userName eq "PAGE-3@corp"', f'userName eq "page-3@corp" and id eq "{three["id"]}"', f'externalId eq "{three["id"]}"'):
+        want = [three["id"]] if "externalId" not in f else []
+        assert [u["id"] for u in ok(scim.get("/Users", params={"filter": f}))["Resources"]] == want, f
+    either = ok(scim.get("/Users", params={"filter": 'userName eq "page-3@corp" or userName eq "page-4@corp"'}))
+    assert sorted(u["userName"] for u in either["Resources"]) == ["page-3@corp", "page-4@corp"]
+    team = ok(scim.post("/Groups", json={"schemas": [GROUP], "displayName": "Filter Team", "externalId": "ext-team"}), 201)
+    for f in ('displayName eq "filter team"', 'externalId eq "ext-team"', 'displayName eq "filter team" and externalId eq "ext-team"'):
+        assert [g["id"] for g in ok(scim.get("/Groups", params={"filter": f}))["Resources"]] == [team["id"]], f
+    assert ok(scim.get("/Groups", params={"filter": 'externalId eq "EXT-TEAM"'}))["totalResults"] == 0  # caseExact
     for bad in ('userName gt "a"', "not (userName pr)", 'userName eq "a" and (active eq true)', 'emails[type eq "work"]', "userName", 'userName xx "a"'):
         scim_error(scim.get("/Users", params={"filter": bad}), 400, "invalidFilter")
 

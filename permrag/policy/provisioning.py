@@ -29,136 +29,36 @@ given a version that is no longer the stored one raises
 
 from __future__ import annotations
 
-import hashlib
-import json
-import time
 import uuid
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
-from sqlalchemy import and_, delete, select
+from sqlalchemy import and_, delete
 from sqlalchemy.engine import Connection
 
 from .. import db
 from ..errors import MassRemovalError, PolicyError, ResourceConflictError, UnknownPrincipalError, UnknownSubjectError, VersionMismatchError
-from ..names import check, check_id, check_tenant
+from ..names import check_id, check_tenant
 from .model import GROUP_PREFIX, USER_PREFIX, Change, TenantPolicy
 from .persist import IDENT, ident_row
+from .provisioned import (
+    Extras,
+    GroupFields,
+    ProvisionedGroup,
+    ProvisionedUser,
+    UserFields,
+    extras_of,
+    group_keys,
+    group_record,
+    ident_record,
+    is_group,
+    is_user,
+    select_keys,
+    text,
+    user_keys,
+    user_record,
+)
 from .store import DEFAULT_TENANT, Policy
 from .sync import _acl_denied, _denies_itself
-
-Extras = tuple[str | None, dict[str, Any]]  # (externalId, {"d": displayName, "c": created, "m": modified})
-MAX_TEXT = 256
-
-
-@dataclass(frozen=True)
-class UserFields:
-    """What a provider writes of a user."""
-
-    user_name: str
-    display_name: str | None = None
-    external_id: str | None = None
-    active: bool | None = None  # None: not given (active, and not shown as set)
-
-
-@dataclass(frozen=True)
-class GroupFields:
-    """What a provider writes of a group; ``members`` are ``(type, id)`` with
-    type ``"User"``, ``"Group"`` or None (whichever the id names)."""
-
-    display_name: str
-    external_id: str | None = None
-    members: tuple[tuple[str | None, str], ...] = ()
-
-
-@dataclass(frozen=True)
-class ProvisionedUser:
-    id: str
-    user_name: str
-    display_name: str | None
-    external_id: str | None
-    active: bool
-    groups: tuple[tuple[str, str], ...]  # (group id, its label)
-    created: float | None
-    modified: float | None
-    active_given: bool = True  # False: the provider never set ``active`` (or removed it)
-
-    @property
-    def version(self) -> str:
-        return _digest(["User", self.id, self.user_name, self.display_name, self.external_id, self.active, self.active_given])
-
-
-@dataclass(frozen=True)
-class ProvisionedGroup:
-    id: str
-    display_name: str
-    external_id: str | None
-    members: tuple[tuple[str, str, str], ...]  # ("User" | "Group", id, label)
-    created: float | None
-    modified: float | None
-
-    @property
-    def version(self) -> str:
-        return _digest(["Group", self.id, self.display_name, self.external_id, [list(m[:2]) for m in self.members]])
-
-
-def _digest(parts: list[Any]) -> str:
-    return hashlib.sha256(json.dumps(parts, ensure_ascii=True).encode()).hexdigest()[:20]
-
-
-def _text(what: str, value: object, *, optional: bool = False) -> str | None:
-    if value is None and optional:
-        return None
-    return check(what, value, max_len=MAX_TEXT, error=PolicyError)
-
-
-def _is_user(tp: TenantPolicy, key: str) -> bool:
-    """A user the provider sees: labelled, or in a group (a deleted one is neither)."""
-    return key in tp.labels or bool(tp.member_of.get(key))
-
-
-def _is_group(tp: TenantPolicy, key: str) -> bool:
-    g = key[len(GROUP_PREFIX) :]
-    return key in tp.labels or bool(tp.members.get(g)) or bool(tp.member_of.get(key))
-
-
-def _decode(ext: str | None, meta: str | None) -> Extras:
-    try:
-        more = json.loads(meta) if meta else {}
-    except ValueError:
-        more = {}
-    return (ext or None), (more if isinstance(more, dict) else {})
-
-
-def _extras(conn: Connection, tenant: str, key: str | None = None) -> dict[str, Extras]:
-    c = db.casbin_rule.c
-    where = [c.ptype == IDENT, c.v1 == tenant] + ([c.v0 == key] if key is not None else [])
-    return {v0: _decode(v4, v5) for v0, v4, v5 in conn.execute(select(c.v0, c.v4, c.v5).where(*where))}
-
-
-def _row(key: str, tenant: str, label: str | None, inactive: bool, ext: str | None, more: dict[str, Any]) -> dict[str, Any]:
-    row = ident_row(key, tenant, label, inactive)
-    row.update(v4=ext, v5=json.dumps(more, ensure_ascii=True, separators=(",", ":")) if more else None)
-    return row
-
-
-def _user(tp: TenantPolicy, uid: str, extras: Extras, now: float) -> ProvisionedUser:
-    key = USER_PREFIX + uid
-    groups = tuple(sorted((g, tp.labels.get(GROUP_PREFIX + g, g)) for g in tp.member_of.get(key, ()) if tp.live(("g", key, GROUP_PREFIX + g), now)))
-    ext, more = extras
-    active = uid not in tp.inactive
-    return ProvisionedUser(uid, tp.labels.get(key, uid), more.get("d"), ext, active, groups, more.get("c"), more.get("m"), not active or more.get("a", 1) == 1)
-
-
-def _group(tp: TenantPolicy, gid: str, extras: Extras, now: float) -> ProvisionedGroup:
-    members = []
-    for m in sorted(tp.members.get(gid, ())):
-        if m.startswith((USER_PREFIX, GROUP_PREFIX)) and tp.live(("g", m, GROUP_PREFIX + gid), now):
-            kind, ident = m.split(":", 1)
-            members.append(("User" if kind + ":" == USER_PREFIX else "Group", ident, tp.labels.get(m, ident)))
-    ext, more = extras
-    return ProvisionedGroup(gid, tp.labels.get(GROUP_PREFIX + gid, gid), ext, tuple(members), more.get("c"), more.get("m"))
-
 
 def _new_id(tp: TenantPolicy, prefix: str, external_id: str | None, live: Callable[[TenantPolicy, str], bool]) -> str:
     """The provider's externalId when it is a usable id no live resource holds, else a random one."""
@@ -197,35 +97,42 @@ class Provisioning:
         tenant = check_tenant(tenant, PolicyError)
         self.policy.refresh()
         with db.reading(self.policy.engine, "reading provisioned identities") as conn:
-            extras = _extras(conn, tenant, key)
+            extras = extras_of(conn, tenant, key)
         return self.policy.tenant(tenant), extras, self.policy.clock()
 
-    def users(self, tenant: str = DEFAULT_TENANT) -> list[ProvisionedUser]:
-        """Every user the provider sees (labelled or in a group), by id."""
-        tp, extras, now = self._state(tenant)
-        keys = {k for k in tp.labels if k.startswith(USER_PREFIX)} | {k for k, gs in tp.member_of.items() if gs and k.startswith(USER_PREFIX)}
-        return [_user(tp, k[len(USER_PREFIX) :], extras.get(k, (None, {})), now) for k in sorted(keys)]
+    def _select(self, tenant: str, keys: Callable[[TenantPolicy], set[str]], where: tuple[str, str] | None) -> tuple[TenantPolicy, list[str], dict[str, Extras], float]:
+        tenant = check_tenant(tenant, PolicyError)
+        self.policy.refresh()
+        tp = self.policy.tenant(tenant)
+        with db.reading(self.policy.engine, "reading provisioned identities") as conn:
+            hit, extras = select_keys(conn, tenant, tp, keys(tp), where)
+        return tp, hit, extras, self.policy.clock()
+
+    def users(self, tenant: str = DEFAULT_TENANT, *, where: tuple[str, str] | None = None) -> list[ProvisionedUser]:
+        """Every user the provider sees (labelled or in a group), by id; ``where`` =
+        (``id`` | ``userName`` | ``externalId``, value) keeps the matching ones."""
+        tp, keys, extras, now = self._select(tenant, user_keys, where)
+        return [user_record(tp, k[len(USER_PREFIX) :], extras.get(k, (None, {})), now) for k in keys]
 
     def user(self, uid: str, tenant: str = DEFAULT_TENANT) -> ProvisionedUser:
-        key = USER_PREFIX + _text("user id", uid)  # type: ignore[operator]
+        key = USER_PREFIX + str(text("user id", uid))
         tp, extras, now = self._state(tenant, key)
-        if not _is_user(tp, key):
+        if not is_user(tp, key):
             raise UnknownSubjectError(f"no user with id {uid!r} in tenant {tenant!r}")
-        return _user(tp, uid, extras.get(key, (None, {})), now)
+        return user_record(tp, uid, extras.get(key, (None, {})), now)
 
-    def groups(self, tenant: str = DEFAULT_TENANT) -> list[ProvisionedGroup]:
-        """Every group the provider sees (labelled, or with members or a parent group), by id."""
-        tp, extras, now = self._state(tenant)
-        keys = {k[len(GROUP_PREFIX) :] for k in tp.labels if k.startswith(GROUP_PREFIX)} | {g for g, ms in tp.members.items() if ms}
-        keys |= {k[len(GROUP_PREFIX) :] for k, gs in tp.member_of.items() if gs and k.startswith(GROUP_PREFIX)}
-        return [_group(tp, g, extras.get(GROUP_PREFIX + g, (None, {})), now) for g in sorted(keys)]
+    def groups(self, tenant: str = DEFAULT_TENANT, *, where: tuple[str, str] | None = None) -> list[ProvisionedGroup]:
+        """Every group the provider sees (labelled, or with members or a parent group), by id;
+        ``where`` = (``id`` | ``displayName`` | ``externalId``, value) keeps the matching ones."""
+        tp, keys, extras, now = self._select(tenant, group_keys, where)
+        return [group_record(tp, k[len(GROUP_PREFIX) :], extras.get(k, (None, {})), now) for k in keys]
 
     def group(self, gid: str, tenant: str = DEFAULT_TENANT) -> ProvisionedGroup:
-        key = GROUP_PREFIX + _text("group id", gid)  # type: ignore[operator]
+        key = GROUP_PREFIX + str(text("group id", gid))
         tp, extras, now = self._state(tenant, key)
-        if not _is_group(tp, key):
+        if not is_group(tp, key):
             raise UnknownSubjectError(f"no group with id {gid!r} in tenant {tenant!r}")
-        return _group(tp, gid, extras.get(key, (None, {})), now)
+        return group_record(tp, gid, extras.get(key, (None, {})), now)
 
     # ------------------------------------------------------------------ users
     def create_user(self, fields: UserFields, tenant: str = DEFAULT_TENANT) -> ProvisionedUser:
@@ -238,14 +145,14 @@ class Provisioning:
 
     def _write_user(self, uid: str | None, f: UserFields, tenant: str, if_version: str | None) -> str:
         tenant = check_tenant(tenant, PolicyError)
-        name, shown = _text("userName", f.user_name), _text("displayName", f.display_name, optional=True)
-        ext = _text("externalId", f.external_id, optional=True)
+        name, shown = text("userName", f.user_name), text("displayName", f.display_name, optional=True)
+        ext = text("externalId", f.external_id, optional=True)
         now, done = self.policy.clock(), []
 
         def make(tp: TenantPolicy) -> Change:
-            ident = _new_id(tp, USER_PREFIX, ext, _is_user) if uid is None else uid
+            ident = _new_id(tp, USER_PREFIX, ext, is_user) if uid is None else uid
             key = USER_PREFIX + ident
-            if uid is not None and not _is_user(tp, key):
+            if uid is not None and not is_user(tp, key):
                 raise UnknownSubjectError(f"no user with id {uid!r} in tenant {tenant!r}")
             lower = str(name).casefold()
             taken = [k for k, v in tp.labels.items() if k != key and k.startswith(USER_PREFIX) and v.casefold() == lower]
@@ -254,12 +161,12 @@ class Provisioning:
             done.append(ident)
 
             def write(conn: Connection) -> None:
-                old = _extras(conn, tenant, key).get(key, (None, {}))
+                old = extras_of(conn, tenant, key).get(key, (None, {}))
                 if uid is not None:
-                    _check_version(_user(tp, ident, old, now).version, if_version, f"user {ident!r}")
+                    _check_version(user_record(tp, ident, old, now).version, if_version, f"user {ident!r}")
                 more = {"d": shown, "c": old[1].get("c", now), "m": now, "a": 0 if f.active is None else 1}
                 conn.execute(delete(db.casbin_rule).where(db.casbin_rule.c.ptype == IDENT, db.casbin_rule.c.v0 == key, db.casbin_rule.c.v1 == tenant))
-                conn.execute(db.casbin_rule.insert().values(**_row(key, tenant, name, f.active is False, ext, more)))
+                conn.execute(db.casbin_rule.insert().values(**ident_record(key, tenant, name, f.active is False, ext, more)))
 
             def apply(s: dict[str, TenantPolicy]) -> None:
                 t = s[tenant]
@@ -275,15 +182,15 @@ class Provisioning:
         """Deprovision a user: its label and memberships go, and it stays deactivated
         (its id holds nothing, whatever still names it)."""
         tenant = check_tenant(tenant, PolicyError)
-        key, now, c = USER_PREFIX + str(_text("user id", uid)), self.policy.clock(), db.casbin_rule.c
+        key, now, c = USER_PREFIX + str(text("user id", uid)), self.policy.clock(), db.casbin_rule.c
 
         def make(tp: TenantPolicy) -> Change:
-            if not _is_user(tp, key):
+            if not is_user(tp, key):
                 raise UnknownSubjectError(f"no user with id {uid!r} in tenant {tenant!r}")
             groups = sorted(tp.member_of.get(key, ()))
 
             def write(conn: Connection) -> None:
-                _check_version(_user(tp, uid, _extras(conn, tenant, key).get(key, (None, {})), now).version, if_version, f"user {uid!r}")
+                _check_version(user_record(tp, uid, extras_of(conn, tenant, key).get(key, (None, {})), now).version, if_version, f"user {uid!r}")
                 conn.execute(delete(db.casbin_rule).where(c.ptype == "g", c.v0 == key, c.v1.startswith(GROUP_PREFIX), c.v2 == tenant))
                 conn.execute(delete(db.casbin_rule).where(c.ptype == IDENT, c.v0 == key, c.v1 == tenant))
                 conn.execute(db.casbin_rule.insert().values(**ident_row(key, tenant, None, True)))
@@ -314,14 +221,14 @@ class Provisioning:
 
     def _write_group(self, gid: str | None, f: GroupFields, tenant: str, if_version: str | None, wholesale: bool) -> str:
         tenant = check_tenant(tenant, PolicyError)
-        name, ext = _text("displayName", f.display_name), _text("externalId", f.external_id, optional=True)
-        given = [(kind, str(_text("member value", v))) for kind, v in f.members]
+        name, ext = text("displayName", f.display_name), text("externalId", f.external_id, optional=True)
+        given = [(kind, str(text("member value", v))) for kind, v in f.members]
         guarded = wholesale and not self.allow_mass_removal
         now, done, denied = self.policy.clock(), [], self._denials(tenant) if guarded else set()
 
         def make(tp: TenantPolicy) -> Change:
-            ident = _new_id(tp, GROUP_PREFIX, ext, _is_group) if gid is None else gid
-            if gid is not None and not _is_group(tp, GROUP_PREFIX + ident):
+            ident = _new_id(tp, GROUP_PREFIX, ext, is_group) if gid is None else gid
+            if gid is not None and not is_group(tp, GROUP_PREFIX + ident):
                 raise UnknownSubjectError(f"no group with id {gid!r} in tenant {tenant!r}")
             old = set(tp.members.get(ident, ()))
             kept = {m for m in old if not m.startswith((USER_PREFIX, GROUP_PREFIX))}  # members SCIM does not see (agents)
@@ -340,18 +247,18 @@ class Provisioning:
         """Deprovision a group: its label and every membership in or of it go. A
         group that holds a deny is not emptied this way unless ``allow_mass_removal``."""
         tenant = check_tenant(tenant, PolicyError)
-        key, now, c = GROUP_PREFIX + str(_text("group id", gid)), self.policy.clock(), db.casbin_rule.c
+        key, now, c = GROUP_PREFIX + str(text("group id", gid)), self.policy.clock(), db.casbin_rule.c
         denied = set() if self.allow_mass_removal else self._denials(tenant)
 
         def make(tp: TenantPolicy) -> Change:
-            if not _is_group(tp, key):
+            if not is_group(tp, key):
                 raise UnknownSubjectError(f"no group with id {gid!r} in tenant {tenant!r}")
             old, parents = set(tp.members.get(gid, ())), sorted(tp.member_of.get(key, ()))
             if not self.allow_mass_removal:
                 _guard(tp, gid, old, set(), denied)
 
             def write(conn: Connection) -> None:
-                _check_version(_group(tp, gid, _extras(conn, tenant, key).get(key, (None, {})), now).version, if_version, f"group {gid!r}")
+                _check_version(group_record(tp, gid, extras_of(conn, tenant, key).get(key, (None, {})), now).version, if_version, f"group {gid!r}")
                 inside = and_(c.v1 == key, c.v0.startswith(USER_PREFIX) | c.v0.startswith(GROUP_PREFIX))
                 conn.execute(delete(db.casbin_rule).where(c.ptype == "g", c.v2 == tenant, inside | and_(c.v0 == key, c.v1.startswith(GROUP_PREFIX))))
                 conn.execute(delete(db.casbin_rule).where(c.ptype == IDENT, c.v0 == key, c.v1 == tenant))
@@ -371,7 +278,7 @@ class Provisioning:
 
 def _member_key(tp: TenantPolicy, kind: str | None, ident: str, tenant: str) -> str:
     """``user:<id>`` / ``group:<id>`` of a member reference; it must name a provisioned user or group."""
-    user, group = _is_user(tp, USER_PREFIX + ident), _is_group(tp, GROUP_PREFIX + ident)
+    user, group = is_user(tp, USER_PREFIX + ident), is_group(tp, GROUP_PREFIX + ident)
     if kind is not None and kind.casefold() not in ("user", "group"):
         raise PolicyError(f"member type {kind!r} is not User or Group")
     if (kind or "").casefold() == "user" or (kind is None and user and not group):
@@ -424,15 +331,15 @@ def _group_change(
     users = tp.group_users(gid) | _users_below(tp, set(added) | set(removed))
 
     def write(conn: Connection) -> None:
-        previous = _extras(conn, tenant, key).get(key, (None, {}))
+        previous = extras_of(conn, tenant, key).get(key, (None, {}))
         if if_version is not None:
-            _check_version(_group(tp, gid, previous, now).version, if_version, f"group {gid!r}")
+            _check_version(group_record(tp, gid, previous, now).version, if_version, f"group {gid!r}")
         for m in removed:
             conn.execute(delete(db.casbin_rule).where(c.ptype == "g", c.v0 == m, c.v1 == key, c.v2 == tenant))
         rows = [{"ptype": "g", "v0": m, "v1": key, "v2": tenant, "v3": None, "v4": None, "v5": None} for m in added]
         conn.execute(delete(db.casbin_rule).where(c.ptype == IDENT, c.v0 == key, c.v1 == tenant))
         more = {"c": previous[1].get("c", now), "m": now}
-        for part in db.chunks([*rows, _row(key, tenant, ident[0], False, ident[1], more)], 1000):
+        for part in db.chunks([*rows, ident_record(key, tenant, ident[0], False, ident[1], more)], 1000):
             conn.execute(db.casbin_rule.insert(), list(part))
 
     def apply(s: dict[str, TenantPolicy]) -> None:

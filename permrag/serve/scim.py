@@ -43,7 +43,7 @@ from .scim_resources import (
     user_doc,
     user_fields,
 )
-from .scim_filter import FilterError, compile_filter
+from .scim_filter import FilterError, matches, narrowing, parse
 from .scim_patch import apply_patch
 
 log = logging.getLogger(__name__)
@@ -179,12 +179,13 @@ class ScimApp:
         return kind
 
     async def _list(self, request: Request, tenant: str, kind: str, params: dict[str, Any]) -> Response:
-        match = compile_filter(params["filter"]) if params.get("filter") not in (None, "") else None
+        groups = parse(params["filter"]) if params.get("filter") not in (None, "") else None
         start = max(1, _int(params.get("startIndex"), "startIndex", 1))
         count = min(max(0, _int(params.get("count"), "count", MAX_RESULTS)), MAX_RESULTS)
-        items = await self.rag.aio.run(self.prov.users if kind == "User" else self.prov.groups, tenant)
+        where = narrowing(groups, kind)  # an eq on an indexed attribute: read only its candidates
+        items = await self.rag.aio.run(self.prov.users if kind == "User" else self.prov.groups, tenant, where=where)
         docs = [self.doc(kind, i, request) for i in items]
-        hits = [d for d in docs if match is None or match(d)]
+        hits = [d for d in docs if groups is None or matches(groups, d)]
         page = hits[start - 1 : start - 1 + count]
         shown = [project(d, params.get("attributes"), params.get("excludedAttributes")) for d in page]
         return reply(list_response(shown, len(hits), start))

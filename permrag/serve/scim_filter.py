@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 CASE_EXACT = frozenset({"id", "externalid", "meta.version"})
 OPERATORS = frozenset({"eq", "ne", "co", "sw", "ew", "pr"})
@@ -35,9 +35,6 @@ class Compare:
     path: str  # lower-cased, schema URN removed: "username", "members.value"
     op: str
     value: Any = None
-
-
-Filter = Callable[[dict[str, Any]], bool]
 
 
 def attribute_path(text: str) -> str:
@@ -170,6 +167,17 @@ def matches(groups: list[list[Compare]], doc: dict[str, Any]) -> bool:
     return False
 
 
-def compile_filter(text: str) -> Filter:
-    groups = parse(text)
-    return lambda doc: matches(groups, doc)
+NARROWING = {"User": {"id": "id", "username": "userName", "externalid": "externalId"}, "Group": {"id": "id", "displayname": "displayName", "externalid": "externalId"}}
+
+
+def narrowing(groups: list[list[Compare]] | None, kind: str) -> tuple[str, str] | None:
+    """(attribute, value) of an ``eq`` every match must pass (a filter without
+    ``or``), on an attribute the store looks up directly; None: read them all.
+    Its candidates are then filtered in full, so it only has to be a superset."""
+    if groups is None or len(groups) != 1:
+        return None
+    for c in groups[0]:
+        attr = NARROWING[kind].get(c.path)
+        if c.op == "eq" and attr is not None and isinstance(c.value, str):
+            return attr, c.value
+    return None
