@@ -5,6 +5,7 @@ script folder is this package, found from this file."""
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from . import FIRST, HEAD, VERSION_TABLE, Plan, Revision, newer, recorded
 
 HERE = str(Path(__file__).resolve().parent)
 LOCATION = HERE  # where the revisions are read from (a test points it at a copy with one more)
+_RUNNING = threading.Lock()  # Alembic's `op` and `context` are process-wide: one run at a time per process
 
 
 def scripts(location: str | None = None) -> ScriptDirectory:
@@ -97,7 +99,7 @@ def run(conn: Connection, todo: Plan, *, location: str | None = None, applied: l
     def steps(rev: object, _context: MigrationContext) -> list:
         return script._upgrade_revs(todo.head, rev)  # what `alembic upgrade` runs
 
-    with EnvironmentContext(Config(), script, fn=steps, destination_rev=todo.head) as env:
+    with _RUNNING, EnvironmentContext(Config(), script, fn=steps, destination_rev=todo.head) as env:
         env.configure(connection=conn, target_metadata=metadata, version_table=VERSION_TABLE, on_version_apply=_note(applied))
         env.run_migrations()
 
