@@ -502,3 +502,15 @@ def test_ranged_values_are_merged_until_the_last_range() -> None:
     assert _merge(attrs, "Member;range=1500-*", [b"c"]) is None
     assert _merge(attrs, "memberOf", [b"g"]) is None
     assert attrs == {"member": [b"a", b"b", b"c"], "memberof": [b"g"]}
+
+
+def test_without_ldap3_a_sync_says_how_to_install_it(tmp_path) -> None:
+    code = (
+        "import sys; sys.modules['ldap3'] = None\n"  # as where the optional extra is not installed
+        "from permrag import PermRAG\n"
+        f"rag = PermRAG.open({str(tmp_path / 'home')!r}, catalog_only=True)\n"
+        "try:\n    rag.identity.sync_ldap('ldap://127.0.0.1', base='dc=example,dc=org')\n"
+        "except Exception as exc:\n    print(type(exc).__name__, exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    assert out.stdout.strip() == "ConfigError LDAP sync needs the ldap3 package; pip install 'permrag[ldap]'", out.stdout + out.stderr
