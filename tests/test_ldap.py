@@ -447,6 +447,7 @@ def test_dn_keys_of_different_entries_differ() -> None:
         ({"url": "ldap://h", "base": S, "user_filter": "(objectClass=person"}, "user_filter"),
         ({"url": "ldap://h", "base": S, "group_filter": "(|(a=b)))("}, "unbalanced"),
         ({"url": "ldap://h", "base": S, "id_attributes": "entryUUID"}, "id_attributes"),
+        ({"url": "ldap://admin:hunter2@h:99999", "base": S}, "'h:99999' carries credentials"),
     ],
 )
 def test_bad_settings_are_refused_before_any_connection(kw: dict, message: str) -> None:

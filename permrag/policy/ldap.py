@@ -103,6 +103,8 @@ class LdapSource:
         """(TLS from the start, host, port) of :attr:`url`."""
         if not isinstance(self.url, str):
             raise ConfigError(f"LDAP URL must be a string, not {type(self.url).__name__}")
+        if "@" in self.url.split("//", 1)[-1].split("/", 1)[0]:  # checked first: no message may repeat a password
+            raise ConfigError(f"LDAP URL {self.url.split('@')[-1]!r} carries credentials: give a bind DN and a password (file) instead")
         try:
             parts = urlsplit(self.url)
             port = parts.port
@@ -110,8 +112,6 @@ class LdapSource:
             raise ConfigError(f"LDAP URL {self.url!r} is not valid ({exc})") from None
         if parts.scheme.lower() not in ("ldap", "ldaps") or not parts.hostname:
             raise ConfigError(f"LDAP URL {self.url!r} must be ldap://HOST[:PORT] or ldaps://HOST[:PORT]")
-        if parts.username is not None or parts.password is not None:
-            raise ConfigError(f"LDAP URL {self.url.split('@')[-1]!r} carries credentials: give a bind DN and a password (file) instead")
         if parts.path not in ("", "/") or parts.query or parts.fragment:
             raise ConfigError(f"LDAP URL {self.url!r} has a path or query: give the base DN separately (--base)")
         tls = parts.scheme.lower() == "ldaps"
