@@ -8,6 +8,8 @@ takes, over real HTTP with ``--clients`` concurrent clients:
 
 * provisioning: every user (``POST /Users``), then every group with its
   members (``POST /Groups``, 5 users each): requests per second;
+* a lookup by ``userName`` (``GET /Users?filter=userName eq "…"``, what
+  providers ask before creating a user): p50 / p99;
 * a membership change → the next correct search in another process (this
   one, on the same home): a ``PATCH`` adding a user to a group that holds a
   department's reader role, then searches until the user finds exactly that
@@ -91,6 +93,19 @@ def provision(url: str, n_users: int, n_groups: int, clients: int) -> dict[str, 
     return {"users": n_users, "groups": n_groups, "users_s": t1 - t0, "groups_s": t2 - t1, "users_per_s": n_users / (t1 - t0), "groups_per_s": n_groups / (t2 - t1)}
 
 
+def lookups(url: str, n_users: int, n: int = 100) -> list[float]:
+    """Seconds of ``GET /Users?filter=userName eq "…"`` (what Okta and Entra ask before a create)."""
+    out = []
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {SECRET}"}, timeout=60) as client:
+        for i in range(n):
+            name = f"u{(i * 7919) % n_users}@corp"
+            t = time.perf_counter()
+            res = client.get("/Users", params={"filter": f'userName eq "{name}"'})
+            out.append(time.perf_counter() - t)
+            assert [u["userName"] for u in res.json()["Resources"]] == [name], res.text
+    return out
+
+
 def until(rag: PermRAG, user: str, want: list[str], started: float, limit: float = 30.0) -> float:
     """Seconds from ``started`` to the first search as ``user`` that finds exactly ``want``."""
     while True:
@@ -153,13 +168,16 @@ def main() -> None:
     proc, url = start(home, base / "token")
     try:
         prov = provision(url, n_users, n_groups, args.clients)
+        found = lookups(url, n_users)
         lat = changes(rag, url, args.trials, n_users)
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
         rag.close()
     rows = {k: {"p50_ms": 1000 * statistics.median(v), "p99_ms": 1000 * pct(v, 0.99), "n": len(v)} for k, v in lat.items()}
-    data = {"machine": machine(), "database": "postgresql" if args.database_url else "sqlite", "clients": args.clients, "provisioning": prov, "change_to_search": rows}
+    lookup = {"p50_ms": 1000 * statistics.median(found), "p99_ms": 1000 * pct(found, 0.99), "n": len(found)}
+    data = {"machine": machine(), "database": "postgresql" if args.database_url else "sqlite", "clients": args.clients, "provisioning": prov,
+            "lookup_by_username": lookup, "change_to_search": rows}  # fmt: skip
     text = "\n".join(
         [
             f"# SCIM provisioning through permrag serve ({machine()}, {data['database']}, {args.clients} clients)",
@@ -168,6 +186,8 @@ def main() -> None:
             "|---|---:|---:|---:|",
             f"| POST /Users | {n_users:,} | {prov['users_s']:.1f} | {prov['users_per_s']:.0f} |",
             f"| POST /Groups (5 members each) | {n_groups:,} | {prov['groups_s']:.1f} | {prov['groups_per_s']:.0f} |",
+            "",
+            f"GET /Users?filter=userName eq …: p50 {lookup['p50_ms']:.1f} ms, p99 {lookup['p99_ms']:.1f} ms ({lookup['n']} lookups at {n_users:,} users)",
             "",
             "| membership PATCH → correct search in another process | p50 ms | p99 ms | trials |",
             "|---|---:|---:|---:|",
