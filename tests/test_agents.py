@@ -25,7 +25,7 @@ from permrag.errors import NotReadableError, PermragError
 from .conftest import MODEL, oracle_selector_match
 from .worlds import random_selector
 
-SETTINGS = settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+SETTINGS = settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
 TENANTS = ["default", "t2"]
 DEPTS = ["kb", "hr", "eng", "fin"]
 
@@ -85,6 +85,7 @@ class Reference:
 
     def __init__(self, w: dict) -> None:
         self.w = w
+        self.seen: dict[tuple[str, str], set[str]] = {}
         self.allow, self.deny = casbin.Enforcer(str(MODEL)), casbin.Enforcer(str(MODEL))
         for e in (self.allow, self.deny):
             e.add_function("selectorMatch", lambda row, dom, sel: oracle_selector_match(row, dom, sel))
@@ -110,7 +111,11 @@ class Reference:
         return allowed and not denied
 
     def visible(self, subjects: list[str], tenant: str) -> set[str]:
-        return {d["external_id"] for d in self.w["docs"] if d["tenant"] == tenant and all(self.reads(s, d) for s in subjects)}
+        """What every one of ``subjects`` may read (each subject's set computed once)."""
+        for s in subjects:
+            if (s, tenant) not in self.seen:
+                self.seen[(s, tenant)] = {d["external_id"] for d in self.w["docs"] if d["tenant"] == tenant and self.reads(s, d)}
+        return set.intersection(*(self.seen[(s, tenant)] for s in subjects))
 
 
 def ids(rag: PermRAG, bitmap) -> set[str]:
@@ -139,7 +144,7 @@ def test_delegated_bitmaps_equal_user_and_agent_reference(seed: int) -> None:
         apply(rag, w)
         ref = Reference(w)
         check(rag, ref, w)
-        for _ in range(4):  # changes after the caches are warm: every (user, agent) answer follows
+        for _ in range(3):  # changes after the caches are warm: every (user, agent) answer follows
             t, agent, role = rng.choice(TENANTS), rng.choice(w["agents"]), f"r{rng.randint(0, 4)}"
             op = rng.choice(["assign", "unassign", "grant"])
             if op == "assign" and rag.policy.assign_agent(agent, role, t):
@@ -285,3 +290,43 @@ def test_the_docs_agents_example_runs_as_written(tmp_path) -> None:
     assert lines[0] == "['hr-salaries', 'kb-reset', 'kb-vpn']" and lines[1] == "['kb-reset', 'kb-vpn']" and lines[2] == "False"
     assert lines[3].startswith("erin acting through agent:support-bot CANNOT read 'hr-salaries'") and "erin → hr" in lines[3]
     assert "'agents': ['support-bot']" in lines[4] and lines[5] == "support-bot"
+
+
+def test_agent_commands(tmp_path) -> None:
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    home = tmp_path / "h"
+    with PermRAG.open(home, encoder="hash") as rag:
+        rag.add_documents(KB[:3] + HR[:2])
+        for role, sel in (("employee", "space:kb"), ("hr", "space:hr"), ("kb-reader", "space:kb")):
+            rag.policy.add_role(role)
+            rag.policy.grant(role, sel)
+        rag.policy.assign_user("erin", "employee")
+        rag.policy.assign_user("erin", "hr")
+    permrag = str(Path(sys.executable).parent / "permrag")
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([permrag, *args, "--home", str(home)], capture_output=True, text=True, timeout=120)
+
+    done = cli("agent", "assign", "support-bot", "kb-reader")
+    assert done.returncode == 0 and "agent 'support-bot' holds 'kb-reader'" in done.stdout, done.stderr
+    assert json.loads(cli("agent", "list", "--json").stdout) == [{"agent": "support-bot", "roles": ["kb-reader"]}]
+    shown = cli("agent", "show", "support-bot", "--json")
+    assert json.loads(shown.stdout)["visible_rows"] == 3, shown.stderr
+    hits = json.loads(cli("search", "password", "--as", "erin", "--agent", "support-bot", "--k", "10", "--json").stdout)
+    assert {h["external_id"] for h in hits} == {"kb-0", "kb-1", "kb-2"}
+    why = cli("explain", "hr-0", "--as", "erin", "--agent", "support-bot")
+    assert why.returncode == 0 and "CANNOT" in why.stdout and "erin → hr" in why.stdout
+    logged = json.loads(cli("audit", "--agent", "support-bot", "--json").stdout)
+    assert [(r["event"], r["user"], r["agent"]) for r in logged] == [("search", "erin", "support-bot")]
+    for args, message in (
+        (("agent", "assign", "agent:x", "kb-reader"), "starts like a principal"),
+        (("search", "password", "--as", "erin", "--agent", "suport-bot"), "unknown agent 'suport-bot'"),
+    ):
+        res = cli(*args)
+        assert res.returncode == 1 and message in res.stderr and "Traceback" not in res.stderr, (args, res.stderr)
+    gone = cli("agent", "unassign", "support-bot", "kb-reader")
+    assert gone.returncode == 0 and "no longer holds 'kb-reader'" in gone.stdout

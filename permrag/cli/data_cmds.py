@@ -204,20 +204,31 @@ def delete(ctx, external_ids, tenant) -> None:
 
 
 # ---------------------------------------------------------------------- queries
+agent_opt = click.option("--agent", default=None, help="The agent acting for the user: only rows both may read.")
+
+
+def _via(agent: str | None) -> dict[str, str]:
+    """Keyword arguments of a library call made through ``agent`` (none for the user alone)."""
+    return {"agent": agent} if agent is not None else {}
+
+
 @main.command(cls=StoreCommand)
 @click.argument("query")
 @click.option("--as", "as_user", required=True, help="Search as this user.")
+@agent_opt
 @tenant_opt
 @click.option("--k", default=5, show_default=True, type=click.IntRange(1, 16384))
 @click.option("--mode", default="auto", show_default=True, type=click.Choice(["auto", "hybrid", "dense", "keyword"]), help="auto: hybrid where the backend has BM25, else dense.")
 @encoder_opt
 @json_opt
 @click.pass_context
-def search(ctx, query, as_user, tenant, k, mode, encoder, as_json) -> None:
-    """Search as a user: only rows the user may read come back (chunks of one document grouped)."""
+def search(ctx, query, as_user, agent, tenant, k, mode, encoder, as_json) -> None:
+    """Search as a user (through --agent: only rows both may read): only rows the user may read come back (chunks of one document grouped)."""
     with store(ctx, encoder=encoder) as rag:
         rag.access.check_user_known(as_user, tenant)
-        hits = rag.search(query, user=as_user, tenant=tenant, k=k, mode=mode)
+        if agent is not None:
+            rag.access.check_agent_known(agent, tenant)
+        hits = rag.search(query, user=as_user, tenant=tenant, k=k, mode=mode, **_via(agent))
 
         def render() -> None:
             if not hits:
@@ -238,15 +249,16 @@ def search(ctx, query, as_user, tenant, k, mode, encoder, as_json) -> None:
 @main.command(cls=StoreCommand)
 @click.argument("external_id")
 @click.option("--as", "as_user", required=True, help="The user to explain for.")
+@agent_opt
 @tenant_opt
 @json_opt
 @click.pass_context
-def explain(ctx, external_id, as_user, tenant, as_json) -> None:
-    """Whether a user may read a row or document, and the path and rule that decide it."""
+def explain(ctx, external_id, as_user, agent, tenant, as_json) -> None:
+    """Whether a user (through --agent: and the agent; both paths) may read a row or document, and the path and rule that decide it."""
     with store(ctx, catalog_only=True) as rag:
         rag.sync()
         rag.access.check_tenant_known(tenant)
-        e = rag.explain(as_user, external_id, tenant)
+        e = rag.explain(as_user, external_id, tenant, **_via(agent))
         emit(as_json, e.to_dict(), lambda: click.echo(str(e)))
 
 
@@ -267,14 +279,15 @@ def who_can_see(ctx, external_id, tenant, as_json) -> None:
 
 @main.command(cls=StoreCommand)
 @click.option("--user", "user_name", default=None, help="Only this user's records.")
+@click.option("--agent", default=None, help="Only records of requests made through this agent.")
 @click.option("--since", default=None, type=float, help="Only since this many hours ago.")
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 100000))
 @json_opt
 @click.pass_context
-def audit(ctx, user_name, since, limit, as_json) -> None:
-    """Searches and recommendations: who, when, under which policy version, what came back."""
+def audit(ctx, user_name, agent, since, limit, as_json) -> None:
+    """Searches and recommendations: who (and through which agent), when, under which policy version, what came back."""
     with store(ctx, catalog_only=True) as rag:
-        rows = rag.audit_log(user=user_name, since=time.time() - since * 3600 if since is not None else None, limit=limit)
+        rows = rag.audit_log(user=user_name, since=time.time() - since * 3600 if since is not None else None, limit=limit, **_via(agent))
 
         def render() -> None:
             t = Table("time", "event", "user", "tenant", "policy v", "plan", "query", "rows")
@@ -282,7 +295,7 @@ def audit(ctx, user_name, since, limit, as_json) -> None:
                 t.add_row(
                     time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["time"])),
                     r["event"],
-                    r["user"] or "",
+                    (r["user"] or "") + (f" via {r['agent']}" if r.get("agent") else ""),
                     r["tenant"] or "",
                     str(r["policy_version"]),
                     r.get("plan", ""),
