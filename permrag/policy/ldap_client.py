@@ -122,7 +122,7 @@ def _connect(source: LdapSource) -> Any:
     auth = ldap3.SIMPLE if source.bind_dn else ldap3.ANONYMOUS
     conn = ldap3.Connection(
         server, user=source.bind_dn, password=source.password, authentication=auth, raise_exceptions=False,
-        receive_timeout=seconds, auto_referrals=False, auto_range=False, read_only=True, check_names=False,
+        receive_timeout=seconds, auto_referrals=False, auto_range=False, read_only=True, check_names=False, return_empty_attributes=False,
     )  # fmt: skip
     try:
         conn.open()
