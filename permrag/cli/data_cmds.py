@@ -223,7 +223,7 @@ def _via(agent: str | None) -> dict[str, str]:
 @json_opt
 @click.pass_context
 def search(ctx, query, as_user, agent, tenant, k, mode, encoder, as_json) -> None:
-    """Search as a user (through --agent: only rows both may read): only rows the user may read come back (chunks of one document grouped)."""
+    """Search as a user: only rows the user (and the --agent acting for it) may read come back (chunks of one document grouped)."""
     with store(ctx, encoder=encoder) as rag:
         rag.access.check_user_known(as_user, tenant)
         if agent is not None:
@@ -254,7 +254,7 @@ def search(ctx, query, as_user, agent, tenant, k, mode, encoder, as_json) -> Non
 @json_opt
 @click.pass_context
 def explain(ctx, external_id, as_user, agent, tenant, as_json) -> None:
-    """Whether a user (through --agent: and the agent; both paths) may read a row or document, and the path and rule that decide it."""
+    """Whether a user (with --agent: the user and the agent) may read a row or document, and the path and rule that decide it."""
     with store(ctx, catalog_only=True) as rag:
         rag.sync()
         rag.access.check_tenant_known(tenant)
