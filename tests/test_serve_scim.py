@@ -248,7 +248,7 @@ def test_tokens_never_cross_between_scim_and_search(world) -> None:
     accept = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
     for token in (None, "wrong", world["search_token"]):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        scim_error(httpx.get(scim_url, headers=headers), 401)
+        assert scim_error(httpx.get(scim_url, headers=headers), 401) and httpx.get(scim_url, headers=headers).headers["WWW-Authenticate"].startswith("Bearer")
         scim_error(httpx.post(scim_url, json={"schemas": [USER], "userName": "intruder"}, headers=headers), 401)
     ok(world["scim"].post("/Users", json={"schemas": [USER], "userName": "carol"}), 201)
     via_secret = ok(world["scim"].get("/Users", params={"count": 1000}))["Resources"]

@@ -21,6 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..errors import (
+    ArgumentError,
     MassRemovalError,
     PermragError,
     PolicyError,
@@ -74,7 +75,7 @@ def _error(exc: Exception) -> ScimError:
         return ScimError(409, str(exc))
     if isinstance(exc, UnknownSubjectError):  # the resource addressed does not exist
         return ScimError(404, str(exc))
-    if isinstance(exc, PolicyError):
+    if isinstance(exc, (PolicyError, ArgumentError)):
         return ScimError(400, str(exc), "invalidValue")
     return ScimError(503 if isinstance(exc, PermragError) else 500, str(exc) if isinstance(exc, PermragError) else "internal error")
 
@@ -146,7 +147,10 @@ class ScimApp:
                 err = _error(exc)
                 if err.status >= 500:
                     log.warning("SCIM %s %s failed: %s", request.method, request.url.path, exc, exc_info=err.status == 500)
-                return reply(err.body(), err.status)
+                res = reply(err.body(), err.status)
+                if err.status == 401:
+                    res.headers["WWW-Authenticate"] = 'Bearer realm="permrag-scim"'
+                return res
 
         return endpoint
 
