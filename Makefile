@@ -18,8 +18,19 @@ install: $(BIN)/.installed
 demo: $(BIN)/.installed
 	$(BIN)/permrag demo
 
-test: $(BIN)/.installed
+# OpenLDAP's slapd and its clients, for tests/test_ldap.py (installed when root; else those tests skip)
+$(BIN)/.slapd: $(BIN)/.installed
+	(command -v slapd || test -x /usr/sbin/slapd) >/dev/null 2>&1 && command -v ldapmodify >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slapd ldap-utils) || \
+	  echo "slapd and ldap-utils could not be installed: tests/test_ldap.py will skip"
+	touch $@
+
+test: $(BIN)/.installed $(BIN)/.slapd
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+# the tests that need no server, no PostgreSQL and no long-running processes (under two minutes)
+test-fast: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not server and not postgres and not slow"
 
 bench: $(BIN)/.installed
 	$(BIN)/pip install -q -e ".[bench]"
@@ -29,4 +40,4 @@ bench-quick: $(BIN)/.installed
 	$(BIN)/pip install -q -e ".[bench]"
 	$(BIN)/python benchmarks/run_all.py --quick
 
-.PHONY: install demo test bench bench-quick
+.PHONY: install demo test test-fast bench bench-quick

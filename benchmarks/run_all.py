@@ -23,6 +23,7 @@ import bench_async  # noqa: E402
 import bench_coldstart  # noqa: E402
 import bench_compile  # noqa: E402
 import bench_identity  # noqa: E402
+import bench_ldap  # noqa: E402
 import bench_ingest  # noqa: E402
 import bench_layout  # noqa: E402
 import bench_peers  # noqa: E402
@@ -44,6 +45,7 @@ STEPS = [
     ("ingest", bench_ingest.main, []),
     ("writes", bench_writes.main, []),
     ("identity", bench_identity.main, []),
+    ("ldap_sync", bench_ldap.main, []),
     ("async", bench_async.main, []),
     ("coldstart", bench_coldstart.main, []),
     ("peers", bench_peers.main, []),

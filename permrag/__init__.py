@@ -28,6 +28,7 @@ from .errors import (
     PolicyCSVError,
     PolicyError,
     RepointError,
+    ResourceConflictError,
     RoleCycleError,
     SelectorError,
     SourceClashError,
@@ -40,6 +41,7 @@ from .errors import (
     UnknownSubjectError,
     UnknownTenantError,
     UnsupportedError,
+    VersionMismatchError,
 )
 
 if TYPE_CHECKING:
@@ -104,6 +106,7 @@ __all__ = [
     "RegroupReport",
     "RepairReport",
     "RepointError",
+    "ResourceConflictError",
     "RoleCycleError",
     "RowRecord",
     "Selector",
@@ -118,5 +121,6 @@ __all__ = [
     "UnknownSubjectError",
     "UnknownTenantError",
     "UnsupportedError",
+    "VersionMismatchError",
     "parse_selector",
 ]

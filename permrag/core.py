@@ -354,20 +354,20 @@ class PermRAG:
         """Row IDs *user* ``user`` may read in ``tenant`` (empty for unknown users)."""
         return self.access.visible(user, tenant)
 
-    def snapshot(self, user: str, tenant: str = DEFAULT_TENANT) -> Snapshot:
-        """The user's bitmap and the policy and catalog versions it belongs to."""
-        return self.access.snapshot(user, tenant)
+    def snapshot(self, user: str, tenant: str = DEFAULT_TENANT, *, agent: str | Sequence[str] | None = None) -> Snapshot:
+        """The user's bitmap (with ``agent``: the rows the user and the agent may both read) and the versions it belongs to."""
+        return self.access.snapshot(user, tenant, agent)
 
-    def can_read(self, user: str, external_id: str, tenant: str = DEFAULT_TENANT) -> bool:
-        """Whether ``user`` may read a row or a whole document (False also if it does not exist); audited as a ``check``."""
-        return self.access.can_read(user, external_id, tenant)
+    def can_read(self, user: str, external_id: str, tenant: str = DEFAULT_TENANT, *, agent: str | Sequence[str] | None = None) -> bool:
+        """Whether ``user`` (through ``agent``) may read a row or a whole document (False also if it does not exist); audited as a ``check``."""
+        return self.access.can_read(user, external_id, tenant, agent)
 
-    def explain(self, user: str, external_id: str, tenant: str = DEFAULT_TENANT) -> Explanation:
-        """Whether ``user`` may read a row or document, and the path and rule that decide it."""
-        return self.access.explain(user, external_id, tenant)
+    def explain(self, user: str, external_id: str, tenant: str = DEFAULT_TENANT, *, agent: str | Sequence[str] | None = None) -> Explanation:
+        """Whether ``user`` (through ``agent``: both paths) may read a row or document, and the path and rule that decide it."""
+        return self.access.explain(user, external_id, tenant, agent)
 
     def who_can_see(self, external_id: str, tenant: str = DEFAULT_TENANT) -> dict[str, list[Any]]:
-        """The users, groups and roles that may read a row or document now: names (``names.Held``) with the end an expiry puts to it."""
+        """The users, groups, roles and agents that may read a row or document now: names (``names.Held``) with the end an expiry puts to it."""
         return self.access.who_can_see(external_id, tenant)
 
     def lint(self, tenant: str = DEFAULT_TENANT) -> list[dict[str, Any]]:
@@ -379,20 +379,20 @@ class PermRAG:
         return build_enforcer(self._engine, self._clock())
 
     # ------------------------------------------------------------------ search
-    def plan(self, user: str, tenant: str = DEFAULT_TENANT) -> Plan:
-        """The filter plan a search by ``user`` in ``tenant`` would use."""
-        return self.searcher.plan(self.access.snapshot(user, tenant))
+    def plan(self, user: str, tenant: str = DEFAULT_TENANT, *, agent: str | Sequence[str] | None = None) -> Plan:
+        """The filter plan a search by ``user`` (through ``agent``) in ``tenant`` would use."""
+        return self.searcher.plan(self.access.snapshot(user, tenant, agent))
 
-    def search(self, query: str, *, user: str, tenant: str = DEFAULT_TENANT, k: int = 10, mode: str = "auto", fusion: str = DEFAULT_FUSION, weights: Sequence[float] = DEFAULT_WEIGHTS, pool: int | None = None) -> Hits:
+    def search(self, query: str, *, user: str, tenant: str = DEFAULT_TENANT, k: int = 10, mode: str = "auto", fusion: str = DEFAULT_FUSION, weights: Sequence[float] = DEFAULT_WEIGHTS, pool: int | None = None, agent: str | Sequence[str] | None = None) -> Hits:
         """The top ``k`` rows ``user`` may read, best first; every hit verified and stamped with
         its policy version. ``mode``: auto (hybrid where the backend has BM25, else dense), hybrid,
         dense, keyword; ``fusion``: weighted or rrf (``weights`` = dense, keyword); ``pool``:
-        candidates per list before hybrid fusion (default 4·k for weighted fusion, k for rrf)."""
-        return self.searcher.search_many([query], user=user, tenant=tenant, k=k, mode=mode, fusion=fusion, weights=weights, pool=pool)[0]
+        candidates per list before hybrid fusion (default 4·k for weighted fusion, k for rrf); ``agent``: a delegated search, only rows the user and the agent may both read."""
+        return self.searcher.search_many([query], user=user, tenant=tenant, k=k, mode=mode, fusion=fusion, weights=weights, pool=pool, agent=agent)[0]
 
-    def search_many(self, queries: Sequence[str], *, user: str, tenant: str = DEFAULT_TENANT, k: int = 10, mode: str = "auto", fusion: str = DEFAULT_FUSION, weights: Sequence[float] = DEFAULT_WEIGHTS, vectors: Any = None, pool: int | None = None) -> list[Hits]:
+    def search_many(self, queries: Sequence[str], *, user: str, tenant: str = DEFAULT_TENANT, k: int = 10, mode: str = "auto", fusion: str = DEFAULT_FUSION, weights: Sequence[float] = DEFAULT_WEIGHTS, vectors: Any = None, pool: int | None = None, agent: str | Sequence[str] | None = None) -> list[Hits]:
         """:meth:`search` for several queries of one caller in one Milvus call."""
-        return self.searcher.search_many(queries, user=user, tenant=tenant, k=k, mode=mode, fusion=fusion, weights=weights, vectors=vectors, pool=pool)
+        return self.searcher.search_many(queries, user=user, tenant=tenant, k=k, mode=mode, fusion=fusion, weights=weights, vectors=vectors, pool=pool, agent=agent)
 
     async def asearch(self, query: str, **options: Any) -> Hits:
         """:meth:`search` without blocking the event loop (on ``rag.aio``'s bounded pool; see :mod:`permrag.search.aio`)."""
@@ -406,21 +406,21 @@ class PermRAG:
         """:meth:`recommend` without blocking the event loop."""
         return await self.aio.run(self.recommend, vectors, **options)
 
-    def fetch(self, external_id: str, *, user: str, tenant: str = DEFAULT_TENANT) -> Hits:
-        """The rows of a row or document ``user`` may read, in order, with their text (else :class:`NotReadableError`)."""
-        return fetch(self.searcher, external_id, user=user, tenant=tenant)
+    def fetch(self, external_id: str, *, user: str, tenant: str = DEFAULT_TENANT, agent: str | Sequence[str] | None = None) -> Hits:
+        """The rows of a row or document ``user`` (through ``agent``) may read, in order, with their text (else :class:`NotReadableError`)."""
+        return fetch(self.searcher, external_id, user=user, tenant=tenant, agent=agent)
 
     def retrieve(self, query: str, *, user: str, tenant: str = DEFAULT_TENANT, k: int = 5, **options: Any) -> Hits:
         """Multi-stage retrieval (rerank, parent merge, RAG-Fusion): see :mod:`permrag.search.pipeline`."""
         return retrieve(self.searcher, query, user=user, tenant=tenant, k=k, **options)
 
-    def recommend(self, vectors: Any, *, users: Sequence[str], tenant: str = DEFAULT_TENANT, k: int = 10) -> dict[str, Hits]:
-        """Top-k rows per user's vector; users with equal bitmaps share one batched search."""
-        return recommend(self.searcher, vectors, users, tenant=tenant, k=k)
+    def recommend(self, vectors: Any, *, users: Sequence[str], tenant: str = DEFAULT_TENANT, k: int = 10, agent: str | Sequence[str] | None = None) -> dict[str, Hits]:
+        """Top-k rows per user's vector (each through ``agent``, if given); users with equal bitmaps share one batched search."""
+        return recommend(self.searcher, vectors, users, tenant=tenant, k=k, agent=agent)
 
-    def similar(self, external_id: str, *, user: str, tenant: str = DEFAULT_TENANT, k: int = 10) -> Hits:
-        """Rows like ``external_id``; a seed the caller may not read is refused as if it did not exist."""
-        return similar(self.searcher, external_id, user=user, tenant=tenant, k=k)
+    def similar(self, external_id: str, *, user: str, tenant: str = DEFAULT_TENANT, k: int = 10, agent: str | Sequence[str] | None = None) -> Hits:
+        """Rows like ``external_id``; a seed the caller (through ``agent``) may not read is refused as if it did not exist."""
+        return similar(self.searcher, external_id, user=user, tenant=tenant, k=k, agent=agent)
 
     def add_generated(self, text: str, *, sources: Sequence[str], user: str, tenant: str = DEFAULT_TENANT, external_id: str | None = None, attrs: Mapping[str, Any] | None = None) -> list[int]:
         """Store generated text visible exactly to those who may read all its sources."""
@@ -430,9 +430,9 @@ class PermRAG:
         """A LangChain retriever bound to ``user`` (built by :mod:`permrag.integrations.langchain`)."""
         return importlib.import_module("permrag.integrations.langchain").as_retriever(self, user=user, tenant=tenant, **options)
 
-    def audit_log(self, *, user: str | None = None, since: float | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """Logged searches and recommendations, newest first."""
-        return self._audit.query(user=user, since=since, limit=limit)
+    def audit_log(self, *, user: str | None = None, since: float | None = None, limit: int = 100, agent: str | None = None) -> list[dict[str, Any]]:
+        """Logged searches and recommendations, newest first (``agent``: only those made through that agent)."""
+        return self._audit.query(user=user, since=since, limit=limit, agent=agent)
 
 
 class _NoVectors(Binding):

@@ -181,7 +181,7 @@ audit = Table(
     Column("tenant", String(256), nullable=True),
     Column("policy_version", BigInteger, nullable=True),
     Column("detail", Text, nullable=True),
-    Column("agent", String(256), nullable=True),  # a delegated request's agent (added to older stores at open: dbinit.py)
+    Column("agent", String(256), nullable=True),  # a delegated request's agent (revision 0002: permrag/migrations)
     Index("ix_permrag_audit_user", "user", "ts"),
 )
 

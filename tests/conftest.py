@@ -17,6 +17,28 @@ MODEL = ROOT / "policies" / "model.conf"  # the reference model; the package shi
 PG_ADMIN_URL = os.environ.get("PERMRAG_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 
 
+# Markers by what a test needs (``make test-fast`` leaves these out): a Milvus
+# server (the fixtures, or a ``server`` parameter of a backend-parametrised test),
+# PostgreSQL, or seconds of processes, crashes and stress (whole modules).
+SERVER_FIXTURES = {"milvus_server", "own_milvus_server", "slapd"}
+SLOW_MODULES = {
+    "test_concurrency", "test_docs", "test_examples", "test_faults", "test_multiprocess", "test_packaging", "test_processes",
+    "test_races", "test_regroup", "test_servers", "test_threads", "test_upgrade", "test_migrations", "test_serve_scim",
+}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        params = set(map(str, getattr(getattr(item, "callspec", None), "params", {}).values()))
+        if names & SERVER_FIXTURES or "server" in params:
+            item.add_marker(pytest.mark.server)
+        if "pg_url" in names or params & {"postgresql", "postgres"}:
+            item.add_marker(pytest.mark.postgres)
+        if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
     return tmp_path / "home"

@@ -2,6 +2,8 @@ import permrag
 
 EXPECTED = {
     "AmbiguousNameError",
+    "ResourceConflictError",
+    "VersionMismatchError",
     "IdentityFileError",
     "MassDeleteError",
     "MassRemovalError",

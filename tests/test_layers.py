@@ -1,13 +1,13 @@
 """The package's shape (issue 13): no import cycle, and no import from a lower
 layer to a higher one. The layer order is the architecture page (docs/architecture.md):
 
-    faces    cli · integrations · demo
+    faces    cli · integrations · demo · mcp · serve
     core     core (and the package's __init__)
     search   search/
     ingest   ingest/
     access   access/
     stores   policy/ · catalog/ · backends/   (none imports another)
-    base     names · acl · results · errors · config · db · dbinit · direct · embed · audit · repair
+    base     names · acl · results · errors · config · db · dbinit · migrations · direct · embed · audit · repair
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "permrag"
 LAYERS = [
-    ["permrag.cli", "permrag.integrations", "permrag.demo", "permrag.mcp", "permrag.__main__"],
+    ["permrag.cli", "permrag.integrations", "permrag.demo", "permrag.mcp", "permrag.serve", "permrag.__main__"],
     ["permrag.core", "permrag"],
     ["permrag.search"],
     ["permrag.ingest"],
     ["permrag.access"],
     ["permrag.policy", "permrag.catalog", "permrag.backends"],
-    ["permrag.names", "permrag.acl", "permrag.results", "permrag.errors", "permrag.config", "permrag.db", "permrag.dbinit", "permrag.direct", "permrag.embed", "permrag.audit", "permrag.repair"],
+    ["permrag.names", "permrag.acl", "permrag.results", "permrag.errors", "permrag.config", "permrag.db", "permrag.dbinit", "permrag.migrations", "permrag.direct", "permrag.embed", "permrag.audit", "permrag.repair"],
 ]
 SEPARATE = {"permrag.policy", "permrag.catalog", "permrag.backends"}  # same layer, but never import each other
 

@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,6 +20,7 @@ from permrag.embed import HashEncoder
 from permrag.search import AllowAll, DenyAll, Filter
 
 from .conftest import open_backend
+from .helpers.reference import assert_top_k, dense_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPTS = [f"d{i}" for i in range(40)]  # 40 departments × 3 levels = 120 classes
@@ -73,15 +73,7 @@ def store(request, tmp_path_factory):
 
 
 def reference(rag: PermRAG, vecs, user: str, query: str) -> dict[int, float]:
-    q = rag.encoder.encode([query])[0]
-    return {r.row_id: float(np.dot(vecs[r.external_id], q)) for r in rag.rows(rag.visible(user))}
-
-
-def assert_top_k(got: list[int], ref: dict[int, float], k: int, tol: float = 1e-4) -> None:
-    n = min(k, len(ref))
-    assert len(got) == n and len(set(got)) == n, (len(got), n)
-    kth = sorted(ref.values(), reverse=True)[n - 1] if n else 0
-    assert {r for r, s in ref.items() if s > kth + tol} <= set(got) <= {r for r, s in ref.items() if s >= kth - tol}
+    return dense_scores(rag, vecs, user, query)
 
 
 def placement(rag: PermRAG, tenant: str = "default") -> dict[int, str]:

@@ -101,7 +101,7 @@ async def exercise(client: Client, user: str, tenant: str, world: dict) -> int:
     """Every tool, compared with the library's answers for ``user``; returns how
     many documents the server fetched as ``user``."""
     tools = (await client.list_tools()).tools
-    assert {t.name for t in tools} == {"search", "can_read", "fetch"}
+    assert {t.name for t in tools} == {"search", "can_read", "fetch", "explain"}
     for t in tools:
         assert not {"user", "tenant", "user_id"} & set(t.input_schema["properties"]), t.name
         assert "external id" in t.description or "by external id" in t.description

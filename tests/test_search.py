@@ -18,6 +18,8 @@ from permrag import PermRAG, PermragError, UnsupportedError
 from permrag.embed import HashEncoder
 from permrag.search import LITE, Planner
 
+from .helpers.reference import assert_top_k, dense_scores
+
 WORDS = [f"w{i}" for i in range(400)] + ["budget", "hiring", "apple", "merger", "secret", "roadmap"]
 N_ROWS = 2000
 FRACTIONS = {"p0001": 2, "p001": 20, "p01": 200, "p05": 1000}  # group → rows (0.1 %, 1 %, 10 %, 50 %)
@@ -70,20 +72,10 @@ def corpus(request, tmp_path_factory):
 
 def dense_reference(rag: PermRAG, vecs, user: str, query: str, tenant: str = "acme") -> dict[int, float]:
     """Exact cosine scores of every visible row (brute force)."""
-    q = rag.encoder.encode([query])[0]
-    recs = rag.rows(rag.visible(user, tenant))
-    return {r.row_id: float(np.dot(vecs[r.external_id], q)) for r in recs}
+    return dense_scores(rag, vecs, user, query, tenant)
 
 
-def assert_same_topk(got: list[int], ref: dict[int, float], k: int, tol: float = 1e-4) -> None:
-    """``got`` is a top-k of ``ref`` (ties at the k-th score may go either way)."""
-    n = min(k, len(ref))
-    assert len(got) == n, f"expected {n} hits, got {len(got)}"
-    assert len(set(got)) == len(got)
-    kth = sorted(ref.values(), reverse=True)[n - 1] if n else 0
-    must = {r for r, s in ref.items() if s > kth + tol}
-    may = {r for r, s in ref.items() if s >= kth - tol}
-    assert must <= set(got) <= may
+assert_same_topk = assert_top_k
 
 
 @contextmanager
