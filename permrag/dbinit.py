@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from . import migrations
-from .config import PRIVATE_FILE, Settings, recorded, sqlite_path, store_elsewhere
+from .config import PRIVATE_FILE, Settings, mask, recorded, sqlite_path, store_elsewhere
 from .db import (
     COUNTERS,
     SCHEMA_VERSION,
@@ -23,7 +23,6 @@ from .db import (
     first_line,
     get_setting,
     make_engine,
-    mask,
     meta,
     metadata,
     read_counter,

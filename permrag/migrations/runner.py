@@ -96,7 +96,7 @@ def run(conn: Connection, todo: Plan, *, location: str | None = None, applied: l
     if not todo.pending:
         return
 
-    def steps(rev: object, _context: MigrationContext) -> list:
+    def steps(rev: str, _context: MigrationContext) -> list[Any]:
         return script._upgrade_revs(todo.head, rev)  # what `alembic upgrade` runs
 
     with _RUNNING, EnvironmentContext(Config(), script, fn=steps, destination_rev=todo.head) as env:
@@ -117,7 +117,7 @@ def stamp_head(conn: Connection, *, location: str | None = None) -> None:
     _context(conn).stamp(scripts(location), head(location))
 
 
-def drift(conn: Connection, target: MetaData = metadata) -> list:
+def drift(conn: Connection, target: MetaData = metadata) -> list[Any]:
     """How the store's schema differs from ``target`` (Alembic's autogenerate
     comparison; empty when they agree). Only permrag's own tables are compared."""
     from alembic.autogenerate import compare_metadata
