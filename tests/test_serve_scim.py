@@ -179,10 +179,16 @@ def test_a_failed_write_changes_nothing(world) -> None:
     rag.sync()
     assert rag.policy_version == version
     current = ok(scim.get(f"/Users/{bob['id']}"))
-    assert current["userName"] == "bob" and "displayName" not in current
+    assert current["userName"] == "bob" and "displayName" not in current and current.get("active", True) is True
     # what permrag does not store is accepted and left alone (Entra sends emails, Okta name)
     same = ok(patch(world, f"/Users/{bob['id']}", {"op": "add", "path": 'emails[type eq "work"].value', "value": "b@x"}, {"op": "replace", "value": {"id": bob["id"], "name": {"givenName": "B"}}}))
     assert "emails" not in same and "name" not in same and same["meta"]["version"] == current["meta"]["version"]
+    ext = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+    same = ok(patch(world, f"/Users/{bob['id']}", {"op": "replace", "path": f"{ext}:active", "value": False}, {"op": "add", "value": {ext: {"userName": "z"}}}))
+    assert same["meta"]["version"] == current["meta"]["version"] and same["userName"] == "bob"
+    core = ok(patch(world, f"/Users/{bob['id']}", {"op": "replace", "path": f"{USER}:displayName", "value": "Bob"}))
+    assert core["displayName"] == "Bob"
+    current = core
     rag.sync()
     version = rag.policy_version
     res = scim.put(f"/Users/{bob['id']}", json={"schemas": [USER], "userName": "bobby"}, headers={"If-Match": current["meta"]["version"]})

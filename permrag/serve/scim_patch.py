@@ -21,7 +21,7 @@ import re
 from typing import Any
 
 from .scim_filter import FilterError, attribute_path, matches, parse
-from .scim_resources import ScimError, body_object, boolean
+from .scim_resources import GROUP, USER, ScimError, body_object, boolean
 
 READ_ONLY = frozenset({"id", "meta", "groups", "schemas"})
 STORED = {"User": {"username", "displayname", "externalid", "active"}, "Group": {"displayname", "externalid", "members"}}
@@ -57,6 +57,9 @@ def apply_patch(kind: str, doc: dict[str, Any], body: Any) -> tuple[dict[str, An
 
 
 def _attr(text: str) -> str:
+    low = text.lower()
+    if low.startswith("urn:") and not low.startswith((USER.lower() + ":", GROUP.lower() + ":")):
+        return "$extension"  # an extension's attribute: never a core one of the same name
     try:
         return attribute_path(text)
     except FilterError:
