@@ -106,7 +106,11 @@ def project(doc: dict[str, Any], attributes: str | None, excluded: str | None) -
 def _field(body: dict[str, Any], name: str) -> Any:
     low = name.lower()
     for k, v in body.items():
-        key = k.rsplit(":", 1)[1] if k.lower().startswith("urn:") else k
+        key = k
+        if k.lower().startswith("urn:"):  # the core schema's attribute by its full name; an extension's is not ours
+            if not k.lower().startswith((USER.lower() + ":", GROUP.lower() + ":")):
+                continue
+            key = k.rsplit(":", 1)[1]
         if key.lower() == low:
             return v
     return None
