@@ -26,27 +26,10 @@ import os
 import threading
 import weakref
 from contextlib import contextmanager
-from typing import Iterator, Sequence, TypeVar
+from typing import Callable, Iterator, Sequence, TypeVar
 
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Column,
-    Engine,
-    Float,
-    Index,
-    Integer,
-    LargeBinary,
-    MetaData,
-    String,
-    Table,
-    Text,
-    UniqueConstraint,
-    create_engine,
-    event,
-    select,
-    update,
-)
+from sqlalchemy import JSON, BigInteger, Column, Engine, Float, Index, Integer, LargeBinary, MetaData, String, Table, Text
+from sqlalchemy import UniqueConstraint, create_engine, event, select, update
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError as SAArgumentError
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -213,6 +196,17 @@ sync_state = Table(
     Column("meta_hash", String(64), nullable=False),  # attributes and ACL
 )
 
+policy_log = Table(
+    "permrag_policy_log",
+    metadata,
+    # One row per policy version (policy/deltas.py): its kind, whom it touched,
+    # the rule rows it added and removed (JSON in ``detail``); pruned by age.
+    Column("version", BigInteger, primary_key=True, autoincrement=False),
+    Column("ts", Float, nullable=False, index=True),
+    Column("kind", String(32), nullable=False),
+    Column("detail", Text, nullable=False),
+)
+
 COUNTERS = {
     "schema_version": SCHEMA_VERSION,
     "policy_version": 0,
@@ -260,8 +254,15 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def on_dispose(engine: Engine, stop: Callable[[], None]) -> None:
+    """Run ``stop`` (a background reader's end) when :func:`dispose` closes ``engine``."""
+    _STOPS.setdefault(engine, []).append(stop)
+
+
 def dispose(engine: Engine) -> None:
-    """Stop the engine's checkpointer (if any) and close its connections."""
+    """Stop the engine's checkpointer (if any) and background readers, and close its connections."""
+    for stop in _STOPS.pop(engine, []):
+        stop()
     ckpt = _CHECKPOINTERS.pop(engine, None)
     if ckpt is not None:
         ckpt.close()
@@ -332,6 +333,7 @@ class Checkpointer:
 
 
 _CHECKPOINTERS: "weakref.WeakKeyDictionary[Engine, Checkpointer]" = weakref.WeakKeyDictionary()
+_STOPS: "weakref.WeakKeyDictionary[Engine, list[Callable[[], None]]]" = weakref.WeakKeyDictionary()
 
 
 def note_commit(engine: Engine) -> None:

@@ -188,6 +188,11 @@ class StoreLockedError(BackendError):
     """Another process holds the store's Milvus Lite folder (Lite serves one process at a time)."""
 
 
+class StaleReadError(BackendError):
+    """A read given ``at_least=<token>`` could not reach the token's policy and
+    catalog versions within its wait: nothing was answered from an older state."""
+
+
 __all__ = [
     "AccessDeniedError",
     "AmbiguousNameError",
@@ -209,6 +214,7 @@ __all__ = [
     "RoleCycleError",
     "SelectorError",
     "SourceClashError",
+    "StaleReadError",
     "StoreLockedError",
     "StoreMismatchError",
     "SyncError",

@@ -49,15 +49,53 @@ class Hit:
         return Document(page_content=text, metadata=meta, id=self.external_id)
 
 
+REASONS = ("deny_all", "fewer_visible", "fewer_matches", "merged_parents", "missing_vectors")
+
+
 class Hits(list):
     """The hits of one query, best first, the policy version they were
     computed under (also for an empty result), and the search mode that ran
-    (``mode="auto"`` resolves to ``hybrid`` or ``dense`` by the backend)."""
+    (``mode="auto"`` resolves to ``hybrid`` or ``dense`` by the backend).
 
-    def __init__(self, hits: Sequence[Hit] = (), policy_version: int = 0, mode: str = "dense") -> None:
+    What the answer is worth (docs/consistency.md): ``consistency_token``
+    names the policy and catalog versions it was computed under (pass it as
+    ``at_least=`` to a later read); ``visible_rows`` is how many rows the
+    caller may read in the tenant; ``complete`` says whether these are the
+    exact top-k of those rows, and ``reason`` why fewer than k came back
+    (one of :data:`REASONS`; None when k did).
+    """
+
+    def __init__(
+        self,
+        hits: Sequence[Hit] = (),
+        policy_version: int = 0,
+        mode: str = "dense",
+        *,
+        catalog_version: int = 0,
+        consistency_token: str = "",
+        visible_rows: int | None = None,
+        complete: bool = True,
+        reason: str | None = None,
+    ) -> None:
         super().__init__(hits)
         self.policy_version = policy_version
         self.mode = mode
+        self.catalog_version = catalog_version
+        self.consistency_token = consistency_token
+        self.visible_rows = visible_rows
+        self.complete = complete
+        self.reason = reason
+
+    def contract(self) -> dict[str, Any]:
+        """The consistency and completeness fields, as one dict (what every face carries)."""
+        return {
+            "consistency_token": self.consistency_token,
+            "policy_version": self.policy_version,
+            "catalog_version": self.catalog_version,
+            "complete": self.complete,
+            "visible_rows": self.visible_rows,
+            "reason": self.reason,
+        }
 
 
 class Stats(dict):

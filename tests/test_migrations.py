@@ -28,6 +28,7 @@ from permrag.errors import ConfigError, NoStoreError
 from permrag.migrations import FIRST, HEAD, VERSION_TABLE, author, runner
 
 from .helpers import old_release, revisions
+from .helpers.revisions import NEXT
 
 MAKE_OLD = """
 import sys
@@ -179,8 +180,8 @@ def test_a_revision_that_fails_midway_changes_nothing(url, tmp_path, monkeypatch
     PermRAG.open(tmp_path / "home", database_url=url, catalog_only=True).close()
     before = state(url)
     monkeypatch.setattr(runner, "LOCATION", revisions.location_with(tmp_path, revisions.FAILING))
-    monkeypatch.setattr(mig, "HEAD", "0003")
-    with pytest.raises(ConfigError, match=f"from schema revision {HEAD} to 0003 failed at revision 0003") as err:
+    monkeypatch.setattr(mig, "HEAD", NEXT)
+    with pytest.raises(ConfigError, match=f"from schema revision {HEAD} to {NEXT} failed at revision {NEXT}") as err:
         PermRAG.open(tmp_path / "home", database_url=url, catalog_only=True)
     assert f"left at {HEAD}, unchanged" in str(err.value)
     assert state(url) == before
@@ -199,16 +200,16 @@ def test_a_store_a_newer_permrag_upgraded_is_refused_and_left_as_it_is(url, tmp_
     PermRAG.open(home, database_url=url, catalog_only=True).close()
     with monkeypatch.context() as newer:  # a newer permrag: one more revision
         newer.setattr(runner, "LOCATION", revisions.location_with(tmp_path, revisions.ADDING))
-        newer.setattr(mig, "HEAD", "0003")
+        newer.setattr(mig, "HEAD", NEXT)
         PermRAG.open(home, database_url=url, catalog_only=True).close()
-    assert revision(url) == "0003"
+    assert revision(url) == NEXT
     before = state(url)
-    with pytest.raises(ConfigError, match=f"at schema revision 0003, which this permrag does not know \\(its newest is {HEAD}\\)") as err:
+    with pytest.raises(ConfigError, match=f"at schema revision {NEXT}, which this permrag does not know \\(its newest is {HEAD}\\)") as err:
         PermRAG.open(home, database_url=url, catalog_only=True)
     assert "pip install -U permrag" in str(err.value)
     res = cli(url, home, "upgrade")
     assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
-    assert res.stderr.startswith("error: ") and "0003" in res.stderr and f"its newest is {HEAD}" in res.stderr
+    assert res.stderr.startswith("error: ") and NEXT in res.stderr and f"its newest is {HEAD}" in res.stderr
     assert state(url) == before
 
 
@@ -220,15 +221,15 @@ def test_a_revision_that_is_not_additive_waits_for_permrag_upgrade(tmp_path, mon
     cfg = config.resolve(home, database_url=url)
     before = state(url)
     monkeypatch.setattr(runner, "LOCATION", revisions.location_with(tmp_path, revisions.REWRITING))
-    monkeypatch.setattr(mig, "HEAD", "0003")
-    with pytest.raises(ConfigError, match="0003") as err:
+    monkeypatch.setattr(mig, "HEAD", NEXT)
+    with pytest.raises(ConfigError, match=NEXT) as err:
         PermRAG.open(home, database_url=url, catalog_only=True)
     assert "permrag upgrade" in err.value.for_cli() and state(url) == before
     plan = upgrade_store(cfg, dry_run=True)
-    assert (plan.start, plan.head, [(r.id, r.additive) for r in plan.pending]) == (HEAD, "0003", [("0003", False)])
+    assert (plan.start, plan.head, [(r.id, r.additive) for r in plan.pending]) == (HEAD, NEXT, [(NEXT, False)])
     assert state(url) == before
     done = upgrade_store(cfg)
-    assert not done.dry_run and revision(url) == "0003"
+    assert not done.dry_run and revision(url) == NEXT
     with PermRAG.open(home, database_url=url, catalog_only=True):
         assert "ix_permrag_audit_event" in {i["name"] for i in sa.inspect(sa.create_engine(url)).get_indexes("permrag_audit")}
 
@@ -249,7 +250,7 @@ def test_a_change_of_permrag_db_becomes_a_revision_that_closes_the_difference(tm
     after the head; run from an empty database, the revisions then make
     exactly those tables. A NOT NULL column is not additive."""
     location = revisions.location_with(tmp_path, "")
-    (Path(location) / "versions" / "rev0003_test.py").unlink()
+    (Path(location) / "versions" / f"rev{NEXT}_test.py").unlink()
     assert author.write("no change", location=location) is None
     target = sa.MetaData()
     for table in metadata.sorted_tables:
@@ -259,7 +260,7 @@ def test_a_change_of_permrag_db_becomes_a_revision_that_closes_the_difference(tm
     sa.Index("ix_permrag_audit_reviewer", audit.c.reviewer)
     sa.Table("permrag_reviews", target, sa.Column("id", sa.Integer, primary_key=True), sa.Column("note", sa.Text, nullable=False))
     path = author.write("Reviews of audit records", target, location=location)
-    assert path is not None and path.name == "rev0003_reviews_of_audit_records.py"
+    assert path is not None and path.name == f"rev{NEXT}_reviews_of_audit_records.py"
     text = path.read_text()
     assert 'down_revision = "' + HEAD + '"' in text and "additive = True" in text
     url = f"sqlite:///{tmp_path / 'authored.db'}"

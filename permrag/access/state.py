@@ -99,8 +99,7 @@ class Access:
                 self.catalog.load()
                 changed = True
             if counters["policy_version"] != self.policy.version:
-                self.policy.load()
-                changed = True
+                changed = self.policy.catch_up() or changed  # by logged deltas (policy/deltas.py)
         return changed
 
     def check_tenant_known(self, tenant: str) -> None:

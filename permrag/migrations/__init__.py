@@ -31,7 +31,7 @@ from ..errors import ConfigError
 
 VERSION_TABLE = "permrag_alembic_version"
 FIRST = "0001"  # the schema of permrag 0.2.0, the revision a store made before Alembic is at
-HEAD = "0002"  # the newest revision in versions/ (runner.head() checks; a new revision moves it)
+HEAD = "0003"  # the newest revision in versions/ (runner.head() checks; a new revision moves it)
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ from ..names import Held, check, check_role, check_tenant, expiry
 from .agents import AgentPolicy
 from .changes import edge_change, set_expiry
 from .changes import need_role as _need_role
+from .deltas import Following, capture, record
 from .csv import import_change as csv_import_change, parse as csv_parse, read as csv_read, render as csv_render
 from .model import USER_PREFIX, Change, TenantPolicy
 from .persist import read_all, stamp
@@ -70,7 +71,7 @@ def _user(user: object) -> str:
     return user_id(user)
 
 
-class Policy(AgentPolicy):
+class Policy(AgentPolicy, Following):
     """Roles, assignments and rules of every tenant (and agents: policy/agents.py); ``rag.policy``."""
 
     def __init__(self, engine: Engine, lock: threading.RLock | None = None, clock: Callable[[], float] = time.time) -> None:
@@ -95,13 +96,8 @@ class Policy(AgentPolicy):
             self._notify(None, None, None)
 
     def refresh(self) -> bool:
-        """Reload if another process changed the stored policy; True if it did."""
-        with db.reading(self.engine, "reading the policy version") as conn:
-            stored = db.read_counter(conn, "policy_version")
-        if stored == self.version:
-            return False
-        self.load()
-        return True
+        """Catch up with what another process changed (policy/deltas.py); True if anything did."""
+        return self.catch_up()
 
     def subscribe(self, listener: Listener) -> None:
         """Call ``listener(tenant, roles, users)`` after every change (``None`` = everything)."""
@@ -185,7 +181,9 @@ class Policy(AgentPolicy):
                     change = make(current)
                     if change is None:
                         raise _NoChange
-                    change.write(conn)
+                    with capture(conn, sorted(change.tenants)) as rows:
+                        change.write(conn)
+                    record(conn, version, change, rows, time.time())
             except _NoChange:
                 if reloaded:
                     self._notify(None, None, None)

@@ -19,12 +19,14 @@ from typing import Any, Callable, Sequence
 from pyroaring import FrozenBitMap
 
 from ..access import Access, Snapshot, check_principal
+from ..access.consistency import DEFAULT_WAIT, reach
 from ..audit import AuditLog
 from ..backends import MAX_LIMIT, Binding, Grouping, RawHit
 from ..catalog import Catalog
 from ..errors import ArgumentError, ConfigError
 from ..names import check_text
 from ..results import Hit, Hits, Stats
+from .contract import stamp
 from .execute import Executor
 from .fusion import DEFAULT_FUSION, DEFAULT_WEIGHTS, default_pool
 from .local import LocalRanker
@@ -117,9 +119,14 @@ class Searcher:
         pool: int | None = None,
         snapshot: Snapshot | None = None,
         agent: object = None,
+        at_least: object = None,
+        wait: float = DEFAULT_WAIT,
     ) -> list[Hits]:
-        """The top ``k`` rows ``user`` (through ``agent``: only rows both may read) may read for each query, best first."""
+        """The top ``k`` rows ``user`` (through ``agent``: only rows both may read) may read for each query, best first;
+        with ``at_least`` (a consistency token), only once this process reflects its versions (access/consistency.py)."""
         queries = check_search_args(queries, user, tenant, k, mode, fusion, weights, pool)
+        if at_least is not None:
+            reach(self.access, at_least, wait)
         pool = pool if pool is not None else default_pool(fusion, k, MAX_LIMIT)
         backend = self.binding.backend()  # a store bound to another catalog fails here, whatever the caller sees
         mode = resolve_mode(mode, backend.capabilities)
@@ -129,7 +136,7 @@ class Searcher:
         self.stats.add("searches", len(queries))
         self.stats.add(f"plan:{plan.kind}")
         if isinstance(plan, DenyAll):
-            out = [Hits((), snap.policy_version, mode) for _ in queries]
+            out = [stamp(self.access.engine, (), snap, k, mode) for _ in queries]
         else:
             backend.capabilities.require(mode)
             if vectors is not None:
@@ -138,7 +145,7 @@ class Searcher:
                 vectors = self.binding.encode(list(queries))
             ex = self.executor(tenant)
             raw = ex.run(plan, snap, mode, vectors, list(queries), k, fusion=fusion, weights=(float(weights[0]), float(weights[1])), pool=pool, held=held) if ex else [[] for _ in queries]
-            out = [self.hits(r, snap, mode) for r in raw]
+            out = [stamp(self.access.engine, self.hits(r, snap, mode), snap, k, mode) for r in raw]
         self.audit.record(
             "search",
             user,

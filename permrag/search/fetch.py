@@ -15,6 +15,8 @@ from ..access import Snapshot
 from ..catalog import DocumentRecord, RowRecord
 from ..errors import BackendError, NotReadableError
 from ..results import Hit, Hits
+from ..access.consistency import reach
+from .contract import stamp
 from .engine import Searcher
 
 
@@ -29,9 +31,11 @@ def readable(searcher: Searcher, event: str, external_id: str, user: str, tenant
     return rec
 
 
-def fetch(searcher: Searcher, external_id: str, *, user: str, tenant: str, agent: object = None) -> Hits:
+def fetch(searcher: Searcher, external_id: str, *, user: str, tenant: str, agent: object = None, at_least: object = None) -> Hits:
     """The rows of ``external_id`` (one row, or a document's chunks in order), each stamped with the policy version;
-    with ``agent``, only if the user and the agent may both read it."""
+    with ``agent``, only if the user and the agent may both read it; ``at_least``: a consistency token to reflect first."""
+    if at_least is not None:
+        reach(searcher.access, at_least)
     snap = searcher.access.snapshot(user, tenant, agent)
     rec = readable(searcher, "fetch", external_id, user, tenant, snap)
     rows = list(rec.chunks) if isinstance(rec, DocumentRecord) else [rec]
@@ -40,6 +44,6 @@ def fetch(searcher: Searcher, external_id: str, *, user: str, tenant: str, agent
     missing = [r.external_id for r in rows if r.row_id not in texts]
     if missing:
         raise BackendError(f"row {missing[0]!r} is in the catalog but not in Milvus (run reconcile --full)")
-    hits = Hits([Hit(r.row_id, r.external_id, texts[r.row_id], 1.0, dict(r.attrs), r.tenant, r.parent, snap.policy_version) for r in rows], snap.policy_version)
+    hits = stamp(searcher.access.engine, [Hit(r.row_id, r.external_id, texts[r.row_id], 1.0, dict(r.attrs), r.tenant, r.parent, snap.policy_version) for r in rows], snap, None, "dense")
     searcher.audit.record("fetch", user, tenant, snap.policy_version, {"external_id": external_id, "rows": [r.row_id for r in rows]}, agents=snap.agents)
     return hits

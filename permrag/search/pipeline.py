@@ -16,8 +16,10 @@ from dataclasses import replace
 from typing import Any, Callable, Sequence
 
 from ..access import Snapshot
+from ..access.consistency import reach
 from ..errors import ArgumentError, ConfigError
 from ..results import Hit, Hits
+from .contract import stamp
 from .engine import Searcher, check_k
 from .fusion import order, rrf
 
@@ -52,10 +54,14 @@ def retrieve(
     merge_parents: bool = True,
     variants: Variants | None = None,
     agent: object = None,
+    at_least: object = None,
 ) -> Hits:
-    """Top ``k`` after the stages; ``variants`` turns on RAG-Fusion; ``agent``: a delegated request (user ∩ agent)."""
+    """Top ``k`` after the stages; ``variants`` turns on RAG-Fusion; ``agent``: a delegated request (user ∩ agent);
+    ``at_least``: a consistency token this process must reflect first."""
     check_k(k)
     check_k(candidates, "candidates")
+    if at_least is not None:
+        reach(searcher.access, at_least)
     scorer = as_reranker(rerank)
     if candidates < k:
         raise ArgumentError(f"candidates ({candidates}) must be at least k ({k})")
@@ -79,7 +85,7 @@ def retrieve(
         hits = [replace(h, score=s) for h, s in sorted(zip(hits, scores), key=lambda hs: -hs[1])]
     if merge_parents:
         hits = merge(searcher, hits, snap)
-    return Hits(hits[:k], snap.policy_version, lists[0].mode)
+    return stamp(searcher.access.engine, hits[:k], snap, k, lists[0].mode, merged=len(hits) < min(k, len(lists[0])))
 
 
 def fuse_hits(lists: Sequence[Sequence[Hit]]) -> list[Hit]:

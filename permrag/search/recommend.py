@@ -20,18 +20,23 @@ from ..catalog import DocumentRecord
 from ..errors import ArgumentError, BackendError
 from ..names import as_list
 from ..results import Hits
+from ..access.consistency import reach
+from .contract import stamp
 from .engine import Searcher, check_k
 from .fetch import readable
 
 
-def recommend(searcher: Searcher, vectors: Any, users: Sequence[str], *, tenant: str, k: int = 10, agent: object = None) -> dict[str, Hits]:
-    """Top-k rows for each user's vector (dense), one Milvus search per distinct bitmap; with ``agent``, each user's through it."""
+def recommend(searcher: Searcher, vectors: Any, users: Sequence[str], *, tenant: str, k: int = 10, agent: object = None, at_least: object = None) -> dict[str, Hits]:
+    """Top-k rows for each user's vector (dense), one Milvus search per distinct bitmap; with ``agent``, each user's through it;
+    ``at_least``: a consistency token this process must reflect first."""
     users = as_list(users, "users")
     if not users:
         raise ArgumentError("give at least one user")
     if len(set(users)) != len(users):
         raise ArgumentError("each user may appear once")
     check_k(k)
+    if at_least is not None:
+        reach(searcher.access, at_least)
     snaps = searcher.access.snapshots(users, tenant, agent)
     vectors = searcher.binding.check_vectors(vectors, len(users))  # one per user
     groups: dict[FrozenBitMap, list[int]] = {}
@@ -49,16 +54,18 @@ def recommend(searcher: Searcher, vectors: Any, users: Sequence[str], *, tenant:
             searcher.binding.backend().capabilities.require("dense")
             raw = ex.run(plan, snap, "dense", vectors[members], ["" for _ in members], k)
         for i, hits in zip(members, raw):
-            out[users[i]] = searcher.hits(hits, snaps[i])
+            out[users[i]] = stamp(searcher.access.engine, searcher.hits(hits, snaps[i]), snaps[i], k, "dense")
             searcher.audit.record(
                 "recommend", users[i], tenant, snaps[i].policy_version, {"plan": plan.kind, "k": k, "rows": [[h.row_id for h in out[users[i]]]]}, agents=snaps[i].agents
             )
     return out
 
 
-def similar(searcher: Searcher, external_id: str, *, user: str, tenant: str, k: int = 10, agent: object = None) -> Hits:
+def similar(searcher: Searcher, external_id: str, *, user: str, tenant: str, k: int = 10, agent: object = None, at_least: object = None) -> Hits:
     """Rows like ``external_id`` (a row or a whole document) that ``user`` (through ``agent``) may read, the seed excluded."""
     check_k(k)
+    if at_least is not None:
+        reach(searcher.access, at_least)
     snap = searcher.access.snapshot(user, tenant, agent)
     seed = readable(searcher, "similar", external_id, user, tenant, snap)
     ids = seed.row_ids if isinstance(seed, DocumentRecord) else [seed.row_id]
@@ -70,4 +77,4 @@ def similar(searcher: Searcher, external_id: str, *, user: str, tenant: str, k: 
     vec = np.mean(np.stack(found), axis=0, keepdims=True)
     vec /= max(float(np.linalg.norm(vec)), 1e-12)
     hits = searcher.search_many([external_id], user=user, tenant=tenant, k=min(k + len(ids), 16_384), mode="dense", vectors=vec, snapshot=snap)[0]
-    return Hits([h for h in hits if h.row_id not in ids][:k], snap.policy_version)
+    return stamp(searcher.access.engine, [h for h in hits if h.row_id not in ids][:k], snap, k, "dense", excluded=len(ids))

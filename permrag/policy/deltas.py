@@ -1,0 +1,381 @@
+"""The policy change log: one typed record per policy version, and how another
+process catches up by applying them instead of reloading everything.
+
+Every policy change (policy/store.py ``_change``, the one way to change) writes,
+in its own transaction, a :class:`Delta` under the version it took: its kind,
+the tenants it touched, the roles and users whose cached bitmaps it changes
+(``None``: all of the tenant's), and the stored rule rows it added and removed
+(``permrag_casbin_rule`` rows as ``(ptype, v0, …, v5)`` and role rows as
+``("role", tenant, name)``). The rows are read off the statements the change
+ran, not rebuilt from its intent, so the log says exactly what the store did.
+
+A process whose copy is at version *v* while the store is at *w* reads the
+deltas *v+1 … w*: if all are there it re-reads only the tenants they name and
+drops only the caches their scopes name (a change in tenant X leaves every
+other tenant's bitmaps, plans and cached rows alone); if one is missing (the
+log was pruned, or written by an older permrag) it reloads everything, as
+before. The rows also let the exposure report (access/exposure.py) rebuild
+the policy as it was at any retained version.
+
+The log is pruned by age (``policy_history_days``, stored in the store's
+settings; default :data:`DEFAULT_DAYS`) but never below the last
+:data:`KEEP_LAST` versions, so a process that slept catches up by deltas.
+
+On PostgreSQL a change also sends ``NOTIFY permrag_policy`` with its version
+(at commit); :class:`Pusher` listens and catches up at once, so a revoke holds
+in the other process before its next search. The per-search version check
+(access/state.py) stays: without the push every answer is still at the stored
+versions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+from sqlalchemy import Delete, delete, event, func, select, text
+from sqlalchemy.engine import Connection, Engine
+
+from .. import db
+from ..errors import ArgumentError
+from .model import Change, TenantPolicy
+from .persist import build, read_all
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DAYS = 90.0
+KEEP_LAST = 1000  # versions always kept, whatever their age
+RETENTION_KEY = "policy_history_days"
+CHANNEL = "permrag_policy"
+Row = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Delta:
+    """One policy version's change, as logged."""
+
+    version: int
+    ts: float
+    kind: str
+    tenants: tuple[str, ...]
+    roles: tuple[str, ...] | None  # None: every role of ``tenants``
+    users: tuple[str, ...] | None  # None: every user of ``tenants``
+    added: tuple[Row, ...] = ()
+    removed: tuple[Row, ...] = ()
+
+    def detail(self) -> str:
+        def opt(v: tuple[str, ...] | None) -> list[str] | None:
+            return None if v is None else sorted(v)
+
+        return json.dumps({"tenants": sorted(self.tenants), "roles": opt(self.roles), "users": opt(self.users), "added": [list(r) for r in self.added], "removed": [list(r) for r in self.removed]})
+
+    @classmethod
+    def from_row(cls, version: int, ts: float, kind: str, detail: str) -> "Delta":
+        d = json.loads(detail)
+
+        def opt(v: list[str] | None) -> tuple[str, ...] | None:
+            return None if v is None else tuple(v)
+
+        return cls(int(version), float(ts), kind, tuple(d["tenants"]), opt(d["roles"]), opt(d["users"]), tuple(tuple(r) for r in d["added"]), tuple(tuple(r) for r in d["removed"]))
+
+
+def kind_of(change: Change) -> str:
+    """A change's kind, from the operation that built it (``grant``, ``assign_user``,
+    ``import``, ``folder``, ``sync``, ``member``…): the first named scope of its
+    in-memory effect that is not a helper's."""
+    parts = [p for p in change.apply.__qualname__.split(".") if p not in ("<locals>", "<lambda>", "make", "apply", "Policy", "Identity", "Provisioning", "AgentPolicy")]
+    name = (parts[0] if parts else "change").strip("_")
+    return {"import_change": "import", "folder_change": "folder", "sync_change": "sync", "edge_change": "edge", "group_change": "group"}.get(name, name)[:32]
+
+
+def _refine(kind: str, rows: list[Row]) -> str:
+    """A shared helper's kind made precise by the first row it wrote."""
+    if not rows or kind not in ("add_rule", "edge"):
+        return kind
+    r = rows[0]
+    if kind == "add_rule":
+        return "deny" if r[0] == "p" and r[5] == "deny" else "grant"
+    if r[0] != "g":
+        return kind
+    if str(r[2]).startswith("group:"):
+        return "member"
+    for prefix, name in (("user:", "assign_user"), ("agent:", "assign_agent"), ("group:", "group_role")):
+        if str(r[1]).startswith(prefix):
+            return name
+    return "inherit"
+
+
+# ---------------------------------------------------------------------- writing
+@contextmanager
+def capture(conn: Connection, tenants: Sequence[str]) -> Iterator[dict[str, list[Row]]]:
+    """Collect the rule rows the statements run inside this block add and remove."""
+    c = db.casbin_rule.c
+    first = int(conn.execute(select(func.coalesce(func.max(c.id), 0))).scalar_one())
+    roles_before = _roles(conn, tenants)
+    removed: list[Row] = []
+
+    def before(_conn: Connection, clause: Any, *_a: Any) -> None:
+        if isinstance(clause, Delete) and clause.table is db.casbin_rule:
+            removed.extend(tuple(r) for r in _conn.execute(select(db.casbin_rule).where(clause.whereclause)) if r[0] <= first)
+
+    out: dict[str, list[Row]] = {"added": [], "removed": []}
+    event.listen(conn, "before_execute", before)
+    try:
+        yield out
+    finally:
+        event.remove(conn, "before_execute", before)
+    cols = (c.ptype, c.v0, c.v1, c.v2, c.v3, c.v4, c.v5)
+    out["added"] = [tuple(r) for r in conn.execute(select(*cols).where(c.id > first).order_by(c.id))]
+    out["removed"] = [tuple(r[1:]) for r in removed]
+    roles_after = _roles(conn, tenants)
+    out["added"] += [("role", t, n) for t, n in sorted(roles_after - roles_before)]
+    out["removed"] += [("role", t, n) for t, n in sorted(roles_before - roles_after)]
+
+
+def _roles(conn: Connection, tenants: Sequence[str]) -> set[tuple[str, str]]:
+    out: set[tuple[str, str]] = set()
+    for part in db.chunks(sorted(tenants)):
+        out |= {(t, n) for t, n in conn.execute(select(db.roles.c.tenant, db.roles.c.name).where(db.roles.c.tenant.in_(part)))}
+    return out
+
+
+def record(conn: Connection, version: int, change: Change, rows: dict[str, list[Row]], now: float) -> Delta:
+    """Log ``change`` as ``version`` (inside its transaction), push it on PostgreSQL, prune old entries."""
+    scope = (lambda v: None if v is None else tuple(sorted(v)))
+    delta = Delta(version, now, _refine(kind_of(change), rows["added"] or rows["removed"]), tuple(sorted(change.tenants)), scope(change.roles), scope(change.users), tuple(rows["added"]), tuple(rows["removed"]))
+    conn.execute(db.policy_log.insert().values(version=version, ts=now, kind=delta.kind, detail=delta.detail()))
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_notify(:ch, :v)"), {"ch": CHANNEL, "v": str(version)})
+    if version % 64 == 0:  # pruning is rare work: one indexed delete every 64 versions
+        keep = retention_days(conn)
+        conn.execute(delete(db.policy_log).where(db.policy_log.c.ts < now - keep * 86400.0, db.policy_log.c.version <= version - KEEP_LAST))
+    return delta
+
+
+def retention_days(conn: Connection) -> float:
+    value = db.get_setting(conn, RETENTION_KEY)
+    return DEFAULT_DAYS if value is None else float(value)
+
+
+def set_retention(engine: Engine, days: object) -> float:
+    """Keep policy history for ``days`` days (a non-negative number); returns it."""
+    if isinstance(days, bool) or not isinstance(days, (int, float)) or not 0 <= days <= 36500:
+        raise ArgumentError(f"policy history retention must be a number of days from 0 to 36500, not {days!r}")
+    with db.transaction(engine, "setting the policy history retention") as conn:
+        db.set_setting(conn, RETENTION_KEY, repr(float(days)))
+    return float(days)
+
+
+def get_retention(engine: Engine) -> float:
+    with db.reading(engine, "reading the policy history retention") as conn:
+        return retention_days(conn)
+
+
+# ---------------------------------------------------------------------- reading
+def read_log(conn: Connection, after: int, upto: int | None = None) -> list[Delta]:
+    """Logged deltas with ``after < version <= upto``, in order."""
+    L = db.policy_log.c
+    q = select(L.version, L.ts, L.kind, L.detail).where(L.version > after).order_by(L.version)
+    if upto is not None:
+        q = q.where(L.version <= upto)
+    return [Delta.from_row(*r) for r in conn.execute(q)]
+
+
+def oldest(conn: Connection) -> int | None:
+    """The oldest retained version (None: nothing logged)."""
+    v = conn.execute(select(func.min(db.policy_log.c.version))).scalar()
+    return None if v is None else int(v)
+
+
+@dataclass
+class CatchUp:
+    """What one catch-up read: the stored version, the deltas up to it (None:
+    not all retained, a full reload) and the tenants they name, re-read."""
+
+    version: int
+    deltas: list[Delta] | None
+    tenants: dict[str, TenantPolicy]
+
+
+def read_catch_up(engine: Engine, have: int) -> CatchUp | None:
+    """The deltas after ``have`` and the tenants they touch, consistent with the
+    stored version (re-read until the version did not move meanwhile); None if
+    the store is at ``have``."""
+    for _ in range(10):
+        with db.reading(engine, "reading policy changes") as conn:
+            version = db.read_counter(conn, "policy_version")
+            if version == have:
+                return None
+            deltas: list[Delta] | None = read_log(conn, have, version) if version > have else None
+            if deltas is not None and [d.version for d in deltas] != list(range(have + 1, version + 1)):
+                deltas = None
+            names = None if deltas is None else {t for d in deltas for t in d.tenants}
+            tenants = read_all(conn, names)
+            if db.read_counter(conn, "policy_version") == version:
+                return CatchUp(version, deltas, tenants)
+    return CatchUp(version, None, read_all_now(engine))
+
+
+def read_all_now(engine: Engine) -> dict[str, TenantPolicy]:
+    with db.reading(engine, "reading the policy") as conn:
+        return read_all(conn)
+
+
+def rebuild(current: Sequence[Row], deltas_after: Sequence[Delta]) -> tuple[list[Row], list[Row]]:
+    """The stored rows as they were before ``deltas_after`` (newest undone first):
+    ``current`` rows (role rows and rule rows, as logged) → (role rows, rule rows)."""
+    rows: dict[Row, int] = {}
+    for r in current:
+        rows[r] = rows.get(r, 0) + 1
+    for d in sorted(deltas_after, key=lambda d: -d.version):
+        for r in d.added:
+            if rows.get(r, 0) > 0:
+                rows[r] -= 1
+        for r in d.removed:
+            rows[r] = rows.get(r, 0) + 1
+    roles = [(r[1], r[2]) for r, n in rows.items() if n > 0 and r[0] == "role"]
+    rules = [r for r, n in rows.items() for _ in range(n) if r[0] != "role"]
+    return roles, rules
+
+
+def stored_rows(conn: Connection, tenant: str) -> list[Row]:
+    """One tenant's stored rows in the log's form."""
+    tp_roles = [("role", tenant, n) for (n,) in conn.execute(select(db.roles.c.name).where(db.roles.c.tenant == tenant))]
+    c = db.casbin_rule.c
+    rules = conn.execute(select(c.ptype, c.v0, c.v1, c.v2, c.v3, c.v4, c.v5).where(((c.ptype == "g") & (c.v2 == tenant)) | ((c.ptype != "g") & (c.v1 == tenant))))
+    return tp_roles + [tuple(r) for r in rules]
+
+
+def policy_at(conn: Connection, tenant: str, version: int) -> TenantPolicy | None:
+    """``tenant``'s policy as it was at ``version`` (None: older than the retained history)."""
+    first = oldest(conn)
+    now = db.read_counter(conn, "policy_version")
+    if version > now or version < 0:
+        raise ArgumentError(f"policy version {version} is not one this store has had (it is at {now})")
+    if version < now and (first is None or first > version + 1):
+        return None
+    later = [d for d in read_log(conn, version, now) if tenant in d.tenants]
+    roles, rules = rebuild(stored_rows(conn, tenant), later)
+    return build(roles, rules).get(tenant) or TenantPolicy()
+
+
+# ---------------------------------------------------------------------- push
+class Pusher:
+    """PostgreSQL ``LISTEN permrag_policy``: on each notification, ``on_change()``
+    (the policy's catch-up) runs at once on this thread. A lost connection is
+    retried; meanwhile the per-search check keeps answers correct."""
+
+    def __init__(self, engine: Engine, on_change: Callable[[], object]) -> None:
+        self.engine = engine
+        self.on_change = on_change
+        self.received = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="permrag-policy-listen", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._listen()
+            except Exception as exc:  # a dropped connection: listen again shortly
+                log.debug("policy push listener: %s", exc)
+                self._stop.wait(1.0)
+
+    def _listen(self) -> None:
+        import select as sel
+
+        raw = self.engine.raw_connection()
+        try:
+            dbapi = raw.driver_connection
+            if hasattr(dbapi, "set_isolation_level"):  # psycopg2
+                dbapi.set_isolation_level(0)
+            else:
+                dbapi.autocommit = True
+            cur = dbapi.cursor()
+            cur.execute(f"LISTEN {CHANNEL}")
+            while not self._stop.is_set():
+                if not sel.select([dbapi], [], [], 0.5)[0]:
+                    continue
+                got = _drain(dbapi)
+                if got:
+                    self.received += got
+                    self.on_change()
+        finally:
+            raw.invalidate()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _drain(dbapi: Any) -> int:
+    """Notifications waiting on a psycopg2 or psycopg 3 connection."""
+    if hasattr(dbapi, "poll"):  # psycopg2
+        dbapi.poll()
+        n = len(dbapi.notifies)
+        dbapi.notifies.clear()
+        return n
+    return sum(1 for _ in dbapi.notifies(timeout=0))
+
+
+class Following:
+    """The catch-up half of :class:`~permrag.policy.store.Policy` (mixed in):
+    apply the logged deltas since this copy's version."""
+
+    engine: Engine
+    lock: Any
+    version: int
+    _tenants: dict[str, TenantPolicy]
+    _pusher: "Pusher | None" = None
+    catch_ups = 0  # catch-ups by deltas (for tests and benchmarks)
+    full_reloads = 0
+
+    def _notify(self, tenant: str | None, roles: set[str] | None, users: set[str] | None) -> None: ...
+
+    def catch_up(self) -> bool:
+        """Bring this copy to the stored version; True if it moved.
+
+        By deltas when every one since this copy's version is logged: only the
+        tenants they name are re-read and only the caches they name dropped;
+        else a full reload."""
+        with self.lock:
+            got = read_catch_up(self.engine, self.version)
+            if got is None:
+                return False
+            if got.deltas is None:
+                self._tenants, self.version = got.tenants, got.version
+                self.full_reloads += 1
+                self._notify(None, None, None)
+                return True
+            for t in {t for d in got.deltas for t in d.tenants}:
+                if t in got.tenants:
+                    self._tenants[t] = got.tenants[t]
+                else:
+                    self._tenants.pop(t, None)
+            self.version = got.version
+            self.catch_ups += 1
+            for d in got.deltas:
+                for t in d.tenants:
+                    self._notify(t, None if d.roles is None else set(d.roles), None if d.users is None else set(d.users))
+            return True
+
+    def follow(self) -> bool:
+        """On PostgreSQL, listen for other processes' changes and catch up as they
+        commit (idempotent); False elsewhere."""
+        if self.engine.dialect.name != "postgresql":
+            return False
+        with self.lock:
+            if self._pusher is None:
+                self._pusher = Pusher(self.engine, self.catch_up)
+                db.on_dispose(self.engine, self.stop_following)
+        return True
+
+    def stop_following(self) -> None:
+        with self.lock:
+            pusher, self._pusher = self._pusher, None
+        if pusher is not None:
+            pusher.close()
