@@ -330,3 +330,23 @@ def test_agent_commands(tmp_path) -> None:
         assert res.returncode == 1 and message in res.stderr and "Traceback" not in res.stderr, (args, res.stderr)
     gone = cli("agent", "unassign", "support-bot", "kb-reader")
     assert gone.returncode == 0 and "no longer holds 'kb-reader'" in gone.stdout
+
+
+def test_identity_sync_deactivates_users_and_leaves_agents_alone(tmp_path) -> None:
+    from .test_identity_sync import group, listing, user, write
+
+    with PermRAG.open(tmp_path / "h", catalog_only=True) as rag:
+        rag.add_documents([{"external_id": f"d{i}", "attrs": {"dept": "eng"}} for i in range(3)])
+        rag.policy.add_role("reader")
+        rag.policy.grant("reader", "dept:eng")
+        people = [user("u1", "ann"), user("u2", "bo"), group("g1", "eng", "u1", "u2")]
+        rag.identity.sync(write(tmp_path / "a.json", listing(people)))
+        rag.identity.assign_group("g1", "reader")
+        rag.identity.add_member("g1", "agent:bot", allow_unknown=True)  # an agent in a group the provider owns
+        assert ids(rag, rag.snapshot("u1", agent="bot").visible) == {"d0", "d1", "d2"}
+        report = rag.identity.sync(write(tmp_path / "b.json", listing([user("u1", "ann", active=False), *people[1:]])))
+        assert report.deactivated == ("u1",) and not report.removed  # the agent's membership is not the provider's to remove
+        assert len(rag.snapshot("u1", agent="bot").visible) == 0  # a deactivated user sees nothing, with any agent
+        assert ids(rag, rag.snapshot("u2", agent="bot").visible) == {"d0", "d1", "d2"}
+        e = rag.explain("u1", "d0", agent="bot")
+        assert not e.visible and e.parties[0].decision == "deactivated" and e.parties[1].visible
