@@ -462,6 +462,7 @@ def test_a_password_never_shows_in_a_source() -> None:
 
 
 # ---------------------------------------------------------------------- TLS
+@pytest.mark.server  # servers of its own (certificates), not the slapd fixture
 def test_starttls_and_ldaps_check_the_certificate(tmp_path) -> None:
     need_slapd()
     ca, cert, key = srv.make_tls(tmp_path / "tls")
