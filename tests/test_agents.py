@@ -350,3 +350,37 @@ def test_identity_sync_deactivates_users_and_leaves_agents_alone(tmp_path) -> No
         assert ids(rag, rag.snapshot("u2", agent="bot").visible) == {"d0", "d1", "d2"}
         e = rag.explain("u1", "d0", agent="bot")
         assert not e.visible and e.parties[0].decision == "deactivated" and e.parties[1].visible
+
+
+def test_langchain_and_llamaindex_take_the_agent_like_the_user(lite) -> None:
+    import re
+
+    from langchain.agents import create_agent
+    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+
+    from permrag.integrations.langchain import knowledge_tool, permission_tool, permissioned
+    from permrag.integrations.llamaindex import retriever
+
+    from .test_langchain import FakeToolModel
+
+    rag = lite
+    kb = {d["external_id"] for d in KB}
+    got = {d.metadata["external_id"] for d in rag.as_retriever(user="erin", agent="support-bot", k=20, mode="dense").invoke("password")}
+    assert got == kb
+    inner = rag.as_retriever(user="erin", k=20, mode="dense")  # sees HR too: the wrapper must take the agent's part away
+    assert {d.metadata["external_id"] for d in permissioned(inner, rag, user="erin", agent="support-bot", k=20).invoke("password")} == kb
+    assert {n.node.metadata["external_id"] for n in retriever(rag, user="erin", agent="support-bot", k=20, mode="dense").retrieve("password")} == kb
+    tool = knowledge_tool(rag, k=20)
+    assert set(tool.args) == {"query"}  # the model can name neither the user nor the agent
+    text = tool.invoke({"query": "salary password"}, config={"configurable": {"user": "erin", "agent": "support-bot"}})
+    assert set(re.findall(r"\[([^\]]+)\]", text)) <= kb and "Salary" not in text
+    check = permission_tool(rag)
+    conf = {"configurable": {"user": "erin", "agent": "support-bot"}}
+    assert check.invoke({"document_id": "hr-0"}, config=conf).startswith("no") and check.invoke({"document_id": "kb-0"}, config=conf).startswith("yes")
+    assert check.invoke({"document_id": "hr-0"}, config={"configurable": {"user": "erin"}}).startswith("yes")  # erin alone may
+    call = [{"name": "search_knowledge_base", "args": {"query": "salary review password"}, "id": "c1"}]
+    model = FakeToolModel(messages=iter([AIMessage(content="", tool_calls=call), AIMessage(content="done")]))
+    out = create_agent(model, tools=[tool], context_schema=dict).invoke({"messages": [HumanMessage("salaries?")]}, context={"user": "erin", "agent": "support-bot"})
+    text = next(m.content for m in out["messages"] if isinstance(m, ToolMessage))
+    cited = set(re.findall(r"\[([^\]]+)\]", text))
+    assert cited and cited <= kb and "Salary" not in text
