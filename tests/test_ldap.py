@@ -159,8 +159,8 @@ def brute_force(groups: dict[str, set[str]], locked: set[str]) -> dict[str, set[
     return out
 
 
-def make_store(path: Path) -> PermRAG:
-    rag = PermRAG.open(path, catalog_only=True)
+def make_store(path: Path, database_url: str | None = None) -> PermRAG:
+    rag = PermRAG.open(path, database_url=database_url, catalog_only=True)
     for role, (sel, _) in ROLES.items():
         rag.policy.add_role(role)
         rag.policy.grant(role, sel)
@@ -224,8 +224,8 @@ def test_active_directory_ids_labels_and_disabled_accounts(slapd) -> None:
 
 
 # ---------------------------------------------------------------------- sync → what each user reads
-def test_sync_gives_each_user_what_brute_force_and_casbin_say(slapd, tmp_path) -> None:
-    rag = make_store(tmp_path / "home")
+def test_sync_gives_each_user_what_brute_force_and_casbin_say(slapd, tmp_path, db_url) -> None:
+    rag = make_store(tmp_path / "home", db_url)  # SQLite, then PostgreSQL
     v0 = rag.policy_version
     report = rag.identity.sync_ldap(slapd.url, base=S, bind_dn=srv.READER_DN, password=srv.READER_PW)
     assert report.applied and rag.policy_version == v0 + 1 and not report.removed
