@@ -208,6 +208,9 @@ def test_worked_example_support_agent_sees_only_the_intersection(lite) -> None:
     assert [h.external_id for h in top] == [h.external_id for h in through][:3]  # the same ranking, cut at k
     for mode in ("hybrid", "keyword"):
         assert {h.external_id for h in rag.search("password", user="erin", k=50, mode=mode, agent="support-bot")} <= alone & bot
+    import asyncio
+
+    assert [h.row_id for h in asyncio.run(rag.asearch("password", user="erin", k=50, mode="dense", agent="support-bot"))] == [h.row_id for h in through]
     many = rag.search_many(["password", "reset"], user="erin", k=50, mode="dense", agent="support-bot")
     assert all({h.external_id for h in hs} <= alone & bot for hs in many)
     assert {h.external_id for h in rag.retrieve("password", user="erin", k=20, candidates=20, agent="support-bot")} <= alone & bot
