@@ -387,3 +387,21 @@ def test_langchain_and_llamaindex_take_the_agent_like_the_user(lite) -> None:
     text = next(m.content for m in out["messages"] if isinstance(m, ToolMessage))
     cited = set(re.findall(r"\[([^\]]+)\]", text))
     assert cited and cited <= kb and "Salary" not in text
+
+
+def test_policy_files_carry_agents(tmp_path) -> None:
+    with PermRAG.open(tmp_path / "a", catalog_only=True) as rag:
+        rag.policy.add_role("kb")
+        rag.policy.grant("kb", "space:kb")
+        rag.policy.assign_agent("bot", "kb", expires_at="2099-01-01T00:00:00Z")
+        rag.identity.set_folder_acl("/kb", allow=["agent:bot"], deny=["agent:other"], allow_unknown=True)  # other: named only here
+        text = rag.policy.export_csv()
+    assert "g, agent:bot, kb, default, 2099-01-01T00:00:00Z" in text and "ident, agent:other, default, " in text
+    with PermRAG.open(tmp_path / "b", catalog_only=True) as again:
+        again.policy.import_text(text)  # no allow_unknown needed: the file declares what it names
+        assert again.policy.export_csv().split("\n", 1)[1] == text.split("\n", 1)[1]  # the same file, version line aside
+        assert [(str(r), r.expires_at) for r in again.policy.roles_of_agent("bot")] == [("kb", 4070908800.0)]
+        for bad in ("g, agent:, kb, default", "g, Agent:x, kb, default", "g, agent:user:x, kb, default", "ident, agent:bot, default, Bot Label"):
+            with pytest.raises(PermragError):
+                again.policy.import_text(bad)
+        assert again.policy.export_csv().split("\n", 1)[1] == text.split("\n", 1)[1]  # refused files changed nothing
