@@ -229,6 +229,24 @@ def test_the_servers_audit_records_name_user_and_agent(world, server) -> None:
     assert by_bot and all(r["agent"] == "bot" and r["user"] in ("erin", "sam") for r in by_bot)
 
 
+def test_an_agents_revoke_in_another_process_holds_for_the_next_call(world, server) -> None:
+    async def search(client: Client) -> list[str]:
+        got = await client.call_tool("search", {"query": "reset step", "k": 5, "mode": "dense"})
+        return [p["external_id"] for p in got.structured_content["passages"]]
+
+    before = run(call_as(server, world["bot"], search))
+    assert before and all(x.startswith("kb-") for x in before)
+    with PermRAG.open(world["home"], catalog_only=True) as rag:
+        rag.policy.unassign_agent("bot", "kb-reader")
+    try:
+        assert run(call_as(server, world["bot"], search)) == []  # the server process sees the revoke at its next call
+        assert run(call_as(server, delegation("erin"), search))  # erin alone still reads
+    finally:
+        with PermRAG.open(world["home"], catalog_only=True) as rag:
+            rag.policy.assign_agent("bot", "kb-reader")
+    assert run(call_as(server, world["bot"], search)) == before
+
+
 def test_token_add_with_agent_and_scopes(world) -> None:
     def cli(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([PERMRAG, "token", *args, "--home", str(world["home"])], capture_output=True, text=True, timeout=120)
