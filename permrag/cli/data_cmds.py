@@ -219,20 +219,22 @@ def _via(agent: str | None) -> dict[str, str]:
 @tenant_opt
 @click.option("--k", default=5, show_default=True, type=click.IntRange(1, 16384))
 @click.option("--mode", default="auto", show_default=True, type=click.Choice(["auto", "hybrid", "dense", "keyword"]), help="auto: hybrid where the backend has BM25, else dense.")
+@click.option("--at-least", "at_least", default=None, help="A consistency token (from an answer or 'permrag consistency-token'): answer only once the store reflects it.")
+@click.option("--contract", is_flag=True, help="With --json: an object with the hits, the consistency token and completeness (complete, visible_rows, reason).")
 @encoder_opt
 @json_opt
 @click.pass_context
-def search(ctx, query, as_user, agent, tenant, k, mode, encoder, as_json) -> None:
+def search(ctx, query, as_user, agent, tenant, k, mode, at_least, contract, encoder, as_json) -> None:
     """Search as a user: only rows the user (and the --agent acting for it) may read come back (chunks of one document grouped)."""
     with store(ctx, encoder=encoder) as rag:
         rag.access.check_user_known(as_user, tenant)
         if agent is not None:
             rag.access.check_agent_known(agent, tenant)
-        hits = rag.search(query, user=as_user, tenant=tenant, k=k, mode=mode, **_via(agent))
+        hits = rag.search(query, user=as_user, tenant=tenant, k=k, mode=mode, **_via(agent), **({"at_least": at_least} if at_least is not None else {}))
 
         def render() -> None:
             if not hits:
-                console.print(f"{as_user} may read no matching row")
+                console.print(f"{as_user} may read no matching row ({hits.reason}; token {hits.consistency_token})")
                 return
             groups: dict[str, list] = {}
             for h in hits:
@@ -242,8 +244,11 @@ def search(ctx, query, as_user, agent, tenant, k, mode, encoder, as_json) -> Non
                 chunks = ", ".join(h.external_id for h in part) if part[0].parent else "—"
                 t.add_row(str(i), doc, chunks, f"{part[0].score:.3f}", part[0].text[:100])
             console.print(t)
+            done = "complete" if hits.complete else "INCOMPLETE"
+            console.print(f"{done}: {len(hits)} of {hits.visible_rows} readable rows" + (f" ({hits.reason})" if hits.reason else "") + f"; token {hits.consistency_token}")
 
-        emit(as_json, [h.to_dict() for h in hits], render)
+        listed = [{**h.to_dict(), "consistency_token": hits.consistency_token} for h in hits]
+        emit(as_json, {"hits": listed, **hits.contract()} if contract else listed, render)
 
 
 @main.command(cls=StoreCommand)

@@ -42,18 +42,28 @@ from ..access import check_agents
 from ..catalog import DEFAULT_TENANT
 from ..errors import ArgumentError, ConfigError
 from ..names import quote
-from ..results import Hit
+from ..results import Hit, Hits
 from ..search import DEFAULT_FUSION, DEFAULT_WEIGHTS, check_search_args
 from .filtering import audit_served, overfetch, readable, via
 
 log = logging.getLogger(__name__)
 
 MAX_PUSHDOWN_IDS = 5000  # beyond this an `expr` list costs more than over-fetching
-SEARCH_KEYS = frozenset({"k", "mode", "fusion", "weights", "pool"})
+SEARCH_KEYS = frozenset({"k", "mode", "fusion", "weights", "pool", "at_least"})
 
 
-def to_document(h: Hit) -> Document:
-    return h.to_document()
+def to_document(h: Hit, hits: Hits | None = None) -> Document:
+    """A hit as a Document; with its answer ``hits``, the metadata carries the
+    answer's consistency token and completeness too (docs/consistency.md)."""
+    doc = h.to_document()
+    if hits is not None:
+        doc.metadata.update(hits.contract())
+    return doc
+
+
+def _at_least(token: Any) -> dict[str, Any]:
+    """Keyword arguments of a read that must reflect ``token`` (none without one)."""
+    return {"at_least": token} if token is not None else {}
 
 
 class PermissionedRetriever(BaseRetriever):
@@ -70,6 +80,7 @@ class PermissionedRetriever(BaseRetriever):
     fusion: str = DEFAULT_FUSION
     weights: tuple[float, float] = DEFAULT_WEIGHTS
     pool: int | None = None
+    at_least: str | None = None  # a consistency token every search must reflect (also per call: invoke(q, at_least=…))
     search_kwargs: dict[str, Any] = Field(default_factory=dict)
 
     def model_post_init(self, __context: Any) -> None:
@@ -81,18 +92,20 @@ class PermissionedRetriever(BaseRetriever):
         unknown = set(overrides) - SEARCH_KEYS
         if unknown:
             raise ArgumentError(f"unknown search arguments {sorted(unknown)}; permrag takes {sorted(SEARCH_KEYS)}")
-        out = {"k": self.k, "mode": self.mode, "fusion": self.fusion, "weights": self.weights, "pool": self.pool}
+        out = {"k": self.k, "mode": self.mode, "fusion": self.fusion, "weights": self.weights, "pool": self.pool, "at_least": self.at_least}
         out.update(self.search_kwargs)
         out.update(overrides)
+        if out["at_least"] is None:
+            del out["at_least"]
         return out
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any) -> list[Document]:
         hits = self.rag.search(query, user=self.user, tenant=self.tenant, **via(self.agent), **self._settings(kwargs))
-        return [h.to_document() for h in hits]
+        return [to_document(h, hits) for h in hits]
 
     async def _aget_relevant_documents(self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any) -> list[Document]:
         hits = await self.rag.asearch(query, user=self.user, tenant=self.tenant, **via(self.agent), **self._settings(kwargs))
-        return [h.to_document() for h in hits]
+        return [to_document(h, hits) for h in hits]
 
 
 def as_retriever(rag: Any, *, user: str, tenant: str = DEFAULT_TENANT, **options: Any) -> PermissionedRetriever:
@@ -228,10 +241,12 @@ def knowledge_tool(rag: Any, *, k: int = 4, mode: str = "auto", fusion: str = DE
     def search_knowledge_base(query: str, config: RunnableConfig) -> str:
         """Search the company knowledge base; returns the passages you may read."""
         user, tenant, agent = delegation(config)
-        hits = rag.search(query, user=user, tenant=tenant, k=k, mode=mode, fusion=fusion, weights=weights, **via(agent))
+        token = ((config or {}).get("configurable") or {}).get("at_least")  # read-your-writes: the application's token, never the model's
+        hits = rag.search(query, user=user, tenant=tenant, k=k, mode=mode, fusion=fusion, weights=weights, **via(agent), **_at_least(token))
         if not hits:
-            return f"No readable passages found (policy version {hits.policy_version})."
-        return "\n\n".join(f"[{h.external_id}] {h.text}" for h in hits)
+            return f"No readable passages found (policy version {hits.policy_version}; {hits.reason})."
+        more = "" if hits.reason is None else f"\n\n({len(hits)} passages: {hits.reason.replace('_', ' ')})"
+        return "\n\n".join(f"[{h.external_id}] {h.text}" for h in hits) + more
 
     return _tool(rag, search_knowledge_base, name)
 

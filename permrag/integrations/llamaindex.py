@@ -44,10 +44,12 @@ def classes() -> SimpleNamespace:
     except ImportError:
         raise ConfigError('the LlamaIndex integration needs llama-index-core: pip install "permrag[llamaindex]"') from None
 
-    def to_node(h: Hit) -> NodeWithScore:
+    def to_node(h: Hit, hits: Any = None) -> NodeWithScore:
         meta = h.to_dict()
         text = meta.pop("text")
         meta.pop("score")
+        if hits is not None:
+            meta.update(hits.contract())  # the answer's consistency token and completeness (docs/consistency.md)
         return NodeWithScore(node=TextNode(id_=h.external_id, text=text, metadata=meta), score=h.score)
 
     PermissionedRetriever = _search_retriever(BaseRetriever, to_node)
@@ -74,19 +76,24 @@ def _search_retriever(BaseRetriever: Any, to_node: Any) -> Any:
             pool: int | None = None,
             callback_manager: Any = None,
             agent: str | None = None,
+            at_least: str | None = None,
         ) -> None:
             check_search_args(["(none yet)"], user, tenant, k, mode, fusion, weights, pool)  # bad options fail here, not at the first query
             self.rag = rag
             self.user = user
             self.tenant = tenant
             self.options = dict(k=k, mode=mode, fusion=fusion, weights=tuple(weights), pool=pool, **via(check_agents(agent) or None))
+            if at_least is not None:  # a consistency token every search must reflect (read-your-writes)
+                self.options["at_least"] = at_least
             super().__init__(callback_manager=callback_manager)
 
         def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-            return [to_node(h) for h in self.rag.search(query_bundle.query_str, user=self.user, tenant=self.tenant, **self.options)]
+            hits = self.rag.search(query_bundle.query_str, user=self.user, tenant=self.tenant, **self.options)
+            return [to_node(h, hits) for h in hits]
 
         async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-            return [to_node(h) for h in await self.rag.asearch(query_bundle.query_str, user=self.user, tenant=self.tenant, **self.options)]
+            hits = await self.rag.asearch(query_bundle.query_str, user=self.user, tenant=self.tenant, **self.options)
+            return [to_node(h, hits) for h in hits]
 
     return PermissionedRetriever
 
@@ -155,8 +162,8 @@ def _filtering_retriever(BaseRetriever: Any) -> Any:
 
 def retriever(rag: Any, *, user: str, tenant: str = DEFAULT_TENANT, **options: Any) -> Any:
     """A LlamaIndex retriever bound to ``user`` (and ``agent``, acting for it: only rows both may read):
-    ``k``, ``mode``, ``fusion``, ``weights``, ``pool`` as for ``rag.search``."""
-    known = {"k", "mode", "fusion", "weights", "pool", "callback_manager", "agent"}
+    ``k``, ``mode``, ``fusion``, ``weights``, ``pool``, ``at_least`` as for ``rag.search``."""
+    known = {"k", "mode", "fusion", "weights", "pool", "callback_manager", "agent", "at_least"}
     unknown = set(options) - known
     if unknown:
         raise ArgumentError(f"unknown retriever option(s) {sorted(unknown)}; known: {sorted(known)}")

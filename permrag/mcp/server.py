@@ -65,6 +65,10 @@ class SearchResult(BaseModel):
     policy_version: int = Field(description="The policy version the answer was computed under.")
     mode: str = Field(description="The search mode that ran: 'auto' resolves to hybrid where the backend has BM25, else dense.")
     passages: list[Passage]
+    consistency_token: str = Field(default="", description="The versions the answer was computed under; pass it as at_least to a later call to read at least this state.")
+    complete: bool = Field(default=True, description="True when the passages are the exact top-k of what the user may read.")
+    visible_rows: int | None = Field(default=None, description="How many rows the user may read in the tenant.")
+    reason: str | None = Field(default=None, description="Why fewer than k passages came back (fewer_visible, deny_all, fewer_matches, missing_vectors); None when k did.")
 
 
 class Permission(BaseModel):
@@ -79,6 +83,7 @@ class FetchedDocument(BaseModel):
     rows: list[str] = Field(description="External ids of the rows the text is made of, in order.")
     text: str
     policy_version: int
+    consistency_token: str = ""
 
 
 class PermragMCP(MCPServer):
@@ -118,10 +123,10 @@ def build_server(
 
     @server.tool(description="Search the knowledge base as the authenticated user; returns only passages that user may read, each with its external id and the policy version of the answer.")
     async def search(
-        query: str, ctx: Context, k: Annotated[int, Field(ge=1, le=MAX_K)] = 5, mode: Mode | None = None
+        query: str, ctx: Context, k: Annotated[int, Field(ge=1, le=MAX_K)] = 5, mode: Mode | None = None, at_least: str | None = None
     ) -> Annotated[CallToolResult, SearchResult]:
         who = principal_of(ctx, principal, "search")
-        hits = await call(rag.search, query, user=who.user, tenant=who.tenant, k=k, mode=mode or default_mode, **who.via)
+        hits = await call(rag.search, query, user=who.user, tenant=who.tenant, k=k, mode=mode or default_mode, **who.via, **_since(at_least))
         out = SearchResult(
             user=who.user,
             agent=who.agents[0] if who.agents else None,
@@ -129,9 +134,14 @@ def build_server(
             policy_version=hits.policy_version,
             mode=hits.mode,
             passages=[Passage(external_id=h.external_id, document=h.document, text=h.text, score=h.score, policy_version=h.policy_version) for h in hits],
+            consistency_token=hits.consistency_token,
+            complete=hits.complete,
+            visible_rows=hits.visible_rows,
+            reason=hits.reason,
         )
         text = "\n\n".join(f"[{p.external_id}] {p.text}" for p in out.passages) or "No readable passages found."
-        return _result(f"{text}\n\n(policy version {out.policy_version})", out)
+        why = "" if out.reason is None else f"; {len(out.passages)} passages: {out.reason.replace('_', ' ')}"
+        return _result(f"{text}\n\n(policy version {out.policy_version}{why})", out)
 
     @server.tool(description="May the authenticated user read a document (by external id)? The answer is the same 'no' for a document that is hidden and one that does not exist.")
     async def can_read(document_id: str, ctx: Context) -> Annotated[CallToolResult, Permission]:
@@ -140,10 +150,12 @@ def build_server(
         return _result(f"{answer} (policy version {out.policy_version})", out)
 
     @server.tool(description="The full text of a document (by external id) the authenticated user may read; a hidden and a missing document get the same error.")
-    async def fetch(document_id: str, ctx: Context) -> Annotated[CallToolResult, FetchedDocument]:
+    async def fetch(document_id: str, ctx: Context, at_least: str | None = None) -> Annotated[CallToolResult, FetchedDocument]:
         who = principal_of(ctx, principal, "fetch")
-        hits = await call(rag.fetch, document_id, user=who.user, tenant=who.tenant, **who.via)
-        out = FetchedDocument(document_id=document_id, rows=[h.external_id for h in hits], text="\n".join(h.text for h in hits), policy_version=hits.policy_version)
+        hits = await call(rag.fetch, document_id, user=who.user, tenant=who.tenant, **who.via, **_since(at_least))
+        out = FetchedDocument(
+            document_id=document_id, rows=[h.external_id for h in hits], text="\n".join(h.text for h in hits), policy_version=hits.policy_version, consistency_token=hits.consistency_token
+        )
         return _result(f"[{document_id}] {out.text}\n\n(policy version {out.policy_version})", out)
 
     @server.tool(description="Why the authenticated user (and the agent acting for it) may read a document (by external id): the path and rule of each. A document it may not read gets the same 'no' as one that does not exist.")
@@ -165,6 +177,11 @@ def _permission(rag: Any, who: Principal, document_id: str, tool: str = "can_rea
     detail = {"external_id": document_id, "readable": ok, "via": "mcp", **({"tool": tool} if tool != "can_read" else {})}
     rag.audit.record("check", who.user, who.tenant, snap.policy_version, detail, agents=who.agents)
     return Permission(document_id=document_id, readable=ok, why=str(why) if why else None, policy_version=snap.policy_version)
+
+
+def _since(token: str | None) -> dict[str, str]:
+    """A read that must reflect the consistency token the client got from an earlier answer (none without one)."""
+    return {"at_least": token} if token is not None else {}
 
 
 def _result(text: str, structured: BaseModel) -> CallToolResult:
