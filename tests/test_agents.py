@@ -405,3 +405,21 @@ def test_policy_files_carry_agents(tmp_path) -> None:
             with pytest.raises(PermragError):
                 again.policy.import_text(bad)
         assert again.policy.export_csv().split("\n", 1)[1] == text.split("\n", 1)[1]  # refused files changed nothing
+
+
+def test_agents_on_sqlite_and_postgresql(home, db_url) -> None:
+    with PermRAG.open(home, database_url=db_url, catalog_only=True) as rag:
+        rag.add_documents([{"external_id": f"{s}-{i}", "attrs": {"space": s}} for s in ("kb", "hr") for i in range(3)])
+        for role, sel in (("kb", "space:kb"), ("all", "*")):
+            rag.policy.add_role(role)
+            rag.policy.grant(role, sel)
+        rag.policy.assign_user("erin", "all")
+        rag.policy.assign_agent("bot", "kb")
+        assert ids(rag, rag.snapshot("erin", agent="bot").visible) == {"kb-0", "kb-1", "kb-2"}
+        assert rag.can_read("erin", "kb-0", agent="bot") and not rag.can_read("erin", "hr-0", agent="bot")
+        assert [(r["user"], r["agent"], r["readable"]) for r in rag.audit_log(agent="bot")] == [("erin", "bot", False), ("erin", "bot", True)]
+        text = rag.policy.export_csv()
+    with PermRAG.open(home, database_url=db_url, catalog_only=True) as again:  # a second open reads the agents back
+        assert again.policy.agents() == ["bot"] and again.policy.export_csv() == text
+        again.policy.unassign_agent("bot", "kb")
+        assert len(again.snapshot("erin", agent="bot").visible) == 0
