@@ -143,11 +143,7 @@ def build_server(
         why = "" if out.reason is None else f"; {len(out.passages)} passages: {out.reason.replace('_', ' ')}"
         return _result(f"{text}\n\n(policy version {out.policy_version}{why})", out)
 
-    @server.tool(description="May the authenticated user read a document (by external id)? The answer is the same 'no' for a document that is hidden and one that does not exist.")
-    async def can_read(document_id: str, ctx: Context) -> Annotated[CallToolResult, Permission]:
-        out = await call(_permission, rag, principal_of(ctx, principal, "can_read"), document_id)
-        answer = f"yes: you may read {document_id!r} ({out.why})" if out.readable else f"no: there is no document {document_id!r} that you may read"
-        return _result(f"{answer} (policy version {out.policy_version})", out)
+    _permission_tools(server, rag, principal, call)
 
     @server.tool(description="The full text of a document (by external id) the authenticated user may read; a hidden and a missing document get the same error.")
     async def fetch(document_id: str, ctx: Context, at_least: str | None = None) -> Annotated[CallToolResult, FetchedDocument]:
@@ -158,13 +154,23 @@ def build_server(
         )
         return _result(f"[{document_id}] {out.text}\n\n(policy version {out.policy_version})", out)
 
+    return server
+
+
+def _permission_tools(server: PermragMCP, rag: Any, principal: Principal | None, call: Callable[..., Any]) -> None:
+    """``can_read`` and ``explain``: one decision each (:func:`_permission`), the same 'no' for hidden and missing."""
+
+    @server.tool(description="May the authenticated user read a document (by external id)? The answer is the same 'no' for a document that is hidden and one that does not exist.")
+    async def can_read(document_id: str, ctx: Context) -> Annotated[CallToolResult, Permission]:
+        out = await call(_permission, rag, principal_of(ctx, principal, "can_read"), document_id)
+        answer = f"yes: you may read {document_id!r} ({out.why})" if out.readable else f"no: there is no document {document_id!r} that you may read"
+        return _result(f"{answer} (policy version {out.policy_version})", out)
+
     @server.tool(description="Why the authenticated user (and the agent acting for it) may read a document (by external id): the path and rule of each. A document it may not read gets the same 'no' as one that does not exist.")
     async def explain(document_id: str, ctx: Context) -> Annotated[CallToolResult, Permission]:
         out = await call(_permission, rag, principal_of(ctx, principal, "explain"), document_id, "explain")
         answer = f"yes: {out.why}" if out.readable else f"no: there is no document {document_id!r} that you may read"
         return _result(f"{answer} (policy version {out.policy_version})", out)
-
-    return server
 
 
 def _permission(rag: Any, who: Principal, document_id: str, tool: str = "can_read") -> Permission:
