@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
-from sqlalchemy import Delete, delete, event, func, select, text
+from sqlalchemy import Delete, bindparam, delete, event, func, select, text
 from sqlalchemy.engine import Connection, Engine
 
 from .. import db
@@ -201,23 +201,47 @@ class CatchUp:
     tenants: dict[str, TenantPolicy]
 
 
+_AFTER = select(db.policy_log.c.version, db.policy_log.c.ts, db.policy_log.c.kind, db.policy_log.c.detail).where(db.policy_log.c.version > bindparam("after")).order_by(db.policy_log.c.version)
+_VERSION = select(db.meta.c.value).where(db.meta.c.key == "policy_version")
+
+
 def read_catch_up(engine: Engine, have: int) -> CatchUp | None:
     """The deltas after ``have`` and the tenants they touch, consistent with the
-    stored version (re-read until the version did not move meanwhile); None if
-    the store is at ``have``."""
+    stored version; None if the store is at ``have``. Three reads: the log, the
+    tenants it names, then the version — equal to the last delta read only if
+    nothing committed in between (a change bumps the version and writes its
+    delta in one transaction), else read again."""
     for _ in range(10):
         with db.reading(engine, "reading policy changes") as conn:
-            version = db.read_counter(conn, "policy_version")
-            if version == have:
-                return None
-            deltas: list[Delta] | None = read_log(conn, have, version) if version > have else None
-            if deltas is not None and [d.version for d in deltas] != list(range(have + 1, version + 1)):
-                deltas = None
+            deltas: list[Delta] | None = [Delta.from_row(*r) for r in conn.execute(_AFTER, {"after": have})]
+            if deltas and [d.version for d in deltas] != list(range(have + 1, have + 1 + len(deltas))):
+                deltas = None  # a gap: pruned, or written by a permrag without the log
             names = None if deltas is None else {t for d in deltas for t in d.tenants}
-            tenants = read_all(conn, names)
-            if db.read_counter(conn, "policy_version") == version:
-                return CatchUp(version, deltas, tenants)
-    return CatchUp(version, None, read_all_now(engine))
+            tenants = read_all(conn, names) if names or deltas is None else {}
+            version = int(conn.execute(_VERSION).scalar_one())
+        if version == have and not deltas:
+            return None
+        if deltas is None or version < have or (deltas and version == deltas[-1].version):
+            return CatchUp(version, deltas, tenants) if deltas is not None and version > have else _full(engine)
+        if not deltas and version > have and not _logged(engine, have + 1):
+            return _full(engine)  # the next version was never logged (an older permrag wrote it)
+    return _full(engine)
+
+
+def _logged(engine: Engine, version: int) -> bool:
+    with db.reading(engine, "reading policy changes") as conn:
+        return conn.execute(select(db.policy_log.c.version).where(db.policy_log.c.version == version)).first() is not None
+
+
+def _full(engine: Engine) -> CatchUp:
+    """A consistent full read (the version re-read until it did not move)."""
+    for _ in range(10):
+        with db.reading(engine, "reading the policy") as conn:
+            version = int(conn.execute(_VERSION).scalar_one())
+            tenants = read_all(conn)
+            if int(conn.execute(_VERSION).scalar_one()) == version:
+                break
+    return CatchUp(version, None, tenants)
 
 
 def read_all_now(engine: Engine) -> dict[str, TenantPolicy]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Iterable
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Connection
 
 from .. import db
@@ -48,18 +48,24 @@ def stamp(expires: float | None) -> str | None:
     return None if expires is None else repr(float(expires))
 
 
+_ROLES = select(db.roles.c.tenant, db.roles.c.name)
+_RULES = select(db.casbin_rule.c.ptype, db.casbin_rule.c.v0, db.casbin_rule.c.v1, db.casbin_rule.c.v2, db.casbin_rule.c.v3, db.casbin_rule.c.v4, db.casbin_rule.c.v5)
+_ROLES_OF = _ROLES.where(db.roles.c.tenant.in_(bindparam("names", expanding=True)))
+_RULES_OF = _RULES.where(  # a g row names its tenant in v2, every other row in v1
+    ((db.casbin_rule.c.ptype == "g") & db.casbin_rule.c.v2.in_(bindparam("g_names", expanding=True)))
+    | ((db.casbin_rule.c.ptype != "g") & db.casbin_rule.c.v1.in_(bindparam("names", expanding=True)))
+)
+
+
 def read_all(conn: Connection, only: Iterable[str] | None = None) -> dict[str, TenantPolicy]:
     """Every tenant's policy as stored (or the tenants ``only`` names)."""
-    c = db.casbin_rule.c
-    roles, rules = select(db.roles.c.tenant, db.roles.c.name), select(c.ptype, c.v0, c.v1, c.v2, c.v3, c.v4, c.v5)
     if only is None:
-        return build(conn.execute(roles), conn.execute(rules))
-    names = sorted(set(only))
+        return build(conn.execute(_ROLES), conn.execute(_RULES))
     role_rows: list = []
     rule_rows: list = []
-    for part in db.chunks(names):  # a g row names its tenant in v2, every other row in v1
-        role_rows += conn.execute(roles.where(db.roles.c.tenant.in_(part))).all()
-        rule_rows += conn.execute(rules.where(((c.ptype == "g") & c.v2.in_(part)) | ((c.ptype != "g") & c.v1.in_(part)))).all()
+    for part in db.chunks(sorted(set(only))):
+        role_rows += conn.execute(_ROLES_OF, {"names": list(part)}).all()
+        rule_rows += conn.execute(_RULES_OF, {"names": list(part), "g_names": list(part)}).all()
     return build(role_rows, rule_rows)
 
 

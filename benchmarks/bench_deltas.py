@@ -1,0 +1,281 @@
+"""Cross-process policy deltas: what a change in one tenant costs a search in
+another tenant of another process, and how fast a revoke holds everywhere.
+
+Two real processes share one store (SQLite, and PostgreSQL when reachable):
+this one searches (Milvus Lite, in-process ranking, hash vectors), a worker
+(``--worker``, catalog only) changes the policy and reports when each change
+committed (``time.time()`` right after the commit; both processes read the
+same clock).
+
+1. **Another tenant's change.** Before each timed search in tenant ``t1`` the
+   worker grants or revokes a rule in tenant ``t0`` (``delta``), or changes
+   nothing (``idle``); ``full reload`` is the behaviour before the change log:
+   this process's catch-up replaced by a full reload (every rule read, every
+   tenant's caches dropped). The three run interleaved, query by query.
+2. **Revoke → enforce.** A row is granted, seen, then revoked. Same process:
+   from the revoke's return to the end of the first search that no longer
+   shows it. Cross process: a thread here searches without pause; from the
+   worker's commit to the end of the first search (finished after the commit)
+   that no longer shows the row — with and without the PostgreSQL push
+   (``rag.follow()``).
+3. **at_least when fresh.** A search with ``at_least=`` a token this process
+   already reflects, against the same search without it (interleaved).
+
+    python benchmarks/bench_deltas.py [--rows 2000] [--tenants 4] [--n 60] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import fresh_postgres, machine, save  # noqa: E402
+
+from permrag import PermRAG  # noqa: E402
+from permrag.embed import HashEncoder  # noqa: E402
+
+DIM = 64
+USERS = 10
+PG_ADMIN = os.environ.get("PERMRAG_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+
+
+# ---------------------------------------------------------------------- the worker process
+def worker(home: str, url: str) -> None:
+    rag = PermRAG.open(home, database_url=url, catalog_only=True)
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        fn = getattr(rag.policy, cmd["op"])
+        try:
+            fn(*cmd["args"])
+            print(json.dumps({"t": time.time()}), flush=True)
+        except Exception as exc:  # the bench reports it
+            print(json.dumps({"error": str(exc)}), flush=True)
+    rag.close()
+
+
+class Worker:
+    def __init__(self, home: Path, url: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", str(home), url], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert json.loads(self.proc.stdout.readline()) == {"ready": True}
+
+    def __call__(self, op: str, *args: str) -> float:
+        self.proc.stdin.write(json.dumps({"op": op, "args": list(args)}) + "\n")
+        self.proc.stdin.flush()
+        got = json.loads(self.proc.stdout.readline())
+        if "error" in got:
+            raise RuntimeError(got["error"])
+        return float(got["t"])
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(30)
+
+
+# ---------------------------------------------------------------------- the store
+def build(home: Path, url: str | None, rows: int, tenants: int) -> PermRAG:
+    rag = PermRAG.open(home, database_url=url, encoder=HashEncoder(DIM), create=True)
+    for t in range(tenants):
+        tenant = f"t{t}"
+        rag.add_documents([{"external_id": f"d{i}", "text": f"doc {i} of {tenant} about topic {i % 50}", "attrs": {"dept": f"dep{i % 20}", "lvl": str(i % 3)}} for i in range(rows)], tenant=tenant)
+        for u in range(USERS):
+            role = f"r{u}"
+            rag.policy.add_role(role, tenant)
+            for d in range(u % 4 + 1):
+                rag.policy.grant(role, f"dept:dep{(u + d) % 20}", tenant)
+            rag.policy.assign_user(f"u{u}", role, tenant)
+        rag.policy.add_role("probe", tenant)
+        rag.policy.assign_user("p", "probe", tenant)
+    return rag
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))] * 1000
+
+
+def cross_tenant(rag: PermRAG, w: Worker, n: int) -> dict[str, list[float]]:
+    """Search in t1 after nothing / a delta in t0 / the same change handled by a full reload."""
+    delta = rag.policy.catch_up
+
+    def full() -> bool:
+        rag.policy.load()
+        return True
+
+    out: dict[str, list[float]] = {"idle": [], "delta": [], "full reload": []}
+    rng = random.Random(1)
+    toggle = [False]
+    for i in range(n):
+        modes = list(out)
+        rng.shuffle(modes)
+        for mode in modes:
+            if mode != "idle":
+                w("revoke" if toggle[0] else "grant", "r0", "lvl:2", "t0")
+                toggle[0] = not toggle[0]
+            rag.policy.catch_up = full if mode == "full reload" else delta  # type: ignore[method-assign]
+            user = f"u{i % USERS}"
+            t = time.perf_counter()
+            rag.search(f"topic {i % 50}", user=user, tenant="t1", k=10, mode="dense")
+            out[mode].append(time.perf_counter() - t)
+    rag.policy.catch_up = delta  # type: ignore[method-assign]
+    return out
+
+
+def revoke_same_process(rag: PermRAG, n: int) -> list[float]:
+    out = []
+    for i in range(n):
+        sel = f"doc:d{i}"
+        rag.policy.grant("probe", sel, "t1")
+        assert any(h.external_id == f"d{i}" for h in rag.search(f"doc {i} of t1", user="p", tenant="t1", k=5, mode="dense"))
+        rag.policy.revoke("probe", sel, "t1")
+        t = time.time()
+        hits = rag.search(f"doc {i} of t1", user="p", tenant="t1", k=5, mode="dense")
+        out.append(time.time() - t)
+        assert all(h.external_id != f"d{i}" for h in hits)
+    return out
+
+
+def revoke_cross_process(rag: PermRAG, w: Worker, n: int) -> list[float]:
+    """The worker revokes; a thread here searches without pause; latency to the first enforcing answer."""
+    log: list[tuple[float, bool]] = []
+    target = [""]
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            doc = target[0]
+            hits = rag.search(f"doc {doc[1:]} of t1" if doc else "doc", user="p", tenant="t1", k=5, mode="dense")
+            log.append((time.time(), any(h.external_id == doc for h in hits)))
+
+    th = threading.Thread(target=loop, daemon=True)
+    th.start()
+    out = []
+    try:
+        for i in range(n):
+            doc = f"d{1000 + i}"
+            w("grant", "probe", f"doc:{doc}", "t1")
+            target[0] = doc
+            deadline = time.time() + 5
+            while not (log and log[-1][1]) and time.time() < deadline:
+                time.sleep(0.0005)
+            committed = w("revoke", "probe", f"doc:{doc}", "t1")
+            deadline = time.time() + 5
+            while time.time() < deadline:
+                after = [(t, seen) for t, seen in list(log) if t > committed]
+                if after and not after[-1][1]:
+                    out.append(next(t for t, seen in after if not seen) - committed)
+                    break
+                time.sleep(0.0005)
+            target[0] = ""
+    finally:
+        stop.set()
+        th.join(10)
+    return out
+
+
+def fresh_cost(rag: PermRAG, n: int) -> dict[str, list[float]]:
+    tok = rag.consistency_token()
+    out: dict[str, list[float]] = {"plain": [], "at_least": []}
+    for i in range(n * 5):
+        for mode in (("plain", "at_least") if i % 2 else ("at_least", "plain")):
+            t = time.perf_counter()
+            rag.search(f"topic {i % 50}", user=f"u{i % USERS}", tenant="t1", k=10, mode="dense", **({"at_least": tok} if mode == "at_least" else {}))
+            out[mode].append(time.perf_counter() - t)
+    return out
+
+
+def run(name: str, url: str | None, args) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        rag = build(Path(tmp) / "a", url, args.rows, args.tenants)
+        w = Worker(Path(tmp) / "b", rag.settings.database_url)
+        try:
+            for u in range(USERS):
+                rag.search("warm", user=f"u{u}", tenant="t1", k=10, mode="dense")
+            res: dict = {"catalog": name}
+            tenant = cross_tenant(rag, w, args.n)
+            res["cross_tenant_ms"] = {m: {"p50": pct(v, 50), "p90": pct(v, 90), "p99": pct(v, 99)} for m, v in tenant.items()}
+            res["revoke_same_process_ms"] = _stats(revoke_same_process(rag, args.n))
+            res["revoke_cross_process_ms"] = _stats(revoke_cross_process(rag, w, args.n))
+            if url is not None and rag.follow():
+                time.sleep(0.3)
+                res["revoke_cross_process_push_ms"] = _stats(revoke_cross_process(rag, w, args.n))
+                rag.policy.stop_following()
+            fresh = fresh_cost(rag, args.n)
+            res["at_least_fresh_ms"] = {m: statistics.median(v) * 1000 for m, v in fresh.items()}
+            res["catch_ups"], res["full_reloads"] = rag.policy.catch_ups, rag.policy.full_reloads
+            return res
+        finally:
+            w.close()
+            rag.close()
+
+
+def _stats(xs: list[float]) -> dict[str, float]:
+    return {"p50": pct(xs, 50), "p99": pct(xs, 99), "n": len(xs)} if xs else {"p50": float("nan"), "p99": float("nan"), "n": 0}
+
+
+def table(results: list[dict], args) -> str:
+    lines = [
+        f"Policy deltas across processes ({args.tenants} tenants × {args.rows:,} rows, {USERS} users each, Milvus Lite, dense k=10, "
+        f"{args.n} rounds; {machine()})",
+        "",
+        "| catalog | search in t1 (ms p50 / p90) | idle | after a change in t0: delta | before (full reload) | full ÷ delta |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        c = r["cross_tenant_ms"]
+        lines.append(
+            f"| {r['catalog']} | | {c['idle']['p50']:.2f} / {c['idle']['p90']:.2f} | {c['delta']['p50']:.2f} / {c['delta']['p90']:.2f} | "
+            f"{c['full reload']['p50']:.2f} / {c['full reload']['p90']:.2f} | {c['full reload']['p50'] / c['delta']['p50']:.2f} |"
+        )
+    lines += ["", "| catalog | revoke → enforce (ms p50 / p99) | same process | other process | other process, push |", "|---|---|---|---|---|"]
+    for r in results:
+        push = r.get("revoke_cross_process_push_ms")
+        s, x = r["revoke_same_process_ms"], r["revoke_cross_process_ms"]
+        lines.append(f"| {r['catalog']} | | {s['p50']:.2f} / {s['p99']:.2f} | {x['p50']:.2f} / {x['p99']:.2f} | " + (f"{push['p50']:.2f} / {push['p99']:.2f} |" if push else "— |"))
+    lines += ["", "| catalog | search, already fresh (ms p50) | plain | at_least | ratio |", "|---|---|---|---|---|"]
+    for r in results:
+        f = r["at_least_fresh_ms"]
+        lines.append(f"| {r['catalog']} | | {f['plain']:.3f} | {f['at_least']:.3f} | {f['at_least'] / f['plain']:.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=2000)
+    ap.add_argument("--tenants", type=int, default=4)
+    ap.add_argument("--n", type=int, default=60)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--worker", nargs=2)
+    args = ap.parse_args(argv)
+    if args.worker:
+        worker(*args.worker)
+        return
+    if args.quick:
+        args.rows, args.n = min(args.rows, 500), min(args.n, 20)
+    results = [run("SQLite", None, args)]
+    try:
+        with fresh_postgres(PG_ADMIN) as url:
+            results.append(run("PostgreSQL", url, args))
+    except Exception as exc:  # no PostgreSQL here: the SQLite rows stand alone
+        print(f"PostgreSQL skipped: {exc.__class__.__name__}: {str(exc).splitlines()[0]}", file=sys.stderr)
+    text = table(results, args)
+    print(text)
+    save("deltas", args.quick, {"machine": machine(), "rows": args.rows, "tenants": args.tenants, "n": args.n, "results": results}, text)
+
+
+if __name__ == "__main__":
+    main()
