@@ -11,7 +11,7 @@ fields it lacks.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import ConfigError
 
@@ -39,3 +39,15 @@ def check(name: str, described: dict[str, Any], expected: Any) -> None:
             hint="stop the processes that use the store and run permrag.dbinit.upgrade_store (permrag upgrade) with this permrag",
             cli_hint="stop the processes that use the store and run `permrag upgrade` with this permrag",
         )
+
+
+def collection_dim(client: Any, name: str, expected_for: Callable[[int], Any]) -> int:
+    """The vector dimension of the tenant collection ``name``, after checking that it is a
+    permrag collection whose fields are those ``expected_for(dim)`` makes."""
+    info = client.describe_collection(name)
+    fields = {f.get("name"): f for f in info.get("fields", [])}
+    if "external_id" not in fields or "dense" not in fields:
+        raise ConfigError(f"collection {name!r} exists but is not a permrag tenant collection")
+    dim = int(fields["dense"].get("params", {}).get("dim"))
+    check(name, info, expected_for(dim))
+    return dim

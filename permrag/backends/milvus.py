@@ -35,6 +35,7 @@ import numpy as np
 from ..config import milvus_kind
 from ..errors import BackendError, ConfigError, StoreLockedError, StoreMismatchError, UnsupportedError
 from .base import MAX_LIMIT, Capabilities, RawHit, detect, raw_hit
+from .collection_check import collection_dim
 from .layout import DEFAULT_GROUPS, Grouping, Partitions, by_partition
 from .lite_files import closed as lite_closed, connect as lite_connect, load_collection, load_when_ready
 from .root import create_root, read_owner
@@ -242,11 +243,8 @@ class MilvusBackend:
             self._ready[tenant_no] = dim
 
     def _dim(self, name: str) -> int:
-        info = self.client().describe_collection(name)
-        fields = {f.get("name"): f for f in info.get("fields", [])}
-        if "external_id" not in fields or "dense" not in fields:
-            raise ConfigError(f"collection {name!r} exists but is not a permrag tenant collection")
-        return int(fields["dense"].get("params", {}).get("dim"))
+        """The collection's vector dimension, once its fields are this permrag's (else: permrag upgrade)."""
+        return collection_dim(self.client(), name, lambda dim: tenant_schema(self.client(), dim, self.index, self.capabilities.bm25, self.analyzer)[0])
 
     def _create(self, name: str, dim: int) -> None:
         c = self.client()
