@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from pyroaring import FrozenBitMap
 
 from . import config, db
-from .access import Access, Compiler, Explanation, Snapshot
+from .access import Access, Compiler, ConsistencyFaces, Explanation, Snapshot
 from .access.enforcer import build_enforcer
 from .audit import AuditLog
 from .backends import Binding, MilvusBackend
@@ -47,7 +47,7 @@ from .search.recommend import recommend, similar
 log = logging.getLogger(__name__)
 
 
-class PermRAG:
+class PermRAG(ConsistencyFaces):
     """A permissioned retrieval store. Build one with :meth:`open`; the constructor does no I/O."""
 
     def __init__(
@@ -383,16 +383,17 @@ class PermRAG:
         """The filter plan a search by ``user`` (through ``agent``) in ``tenant`` would use."""
         return self.searcher.plan(self.access.snapshot(user, tenant, agent))
 
-    def search(self, query: str, *, user: str, tenant: str = DEFAULT_TENANT, k: int = 10, mode: str = "auto", fusion: str = DEFAULT_FUSION, weights: Sequence[float] = DEFAULT_WEIGHTS, pool: int | None = None, agent: str | Sequence[str] | None = None) -> Hits:
+    def search(self, query: str, *, user: str, tenant: str = DEFAULT_TENANT, k: int = 10, mode: str = "auto", fusion: str = DEFAULT_FUSION, weights: Sequence[float] = DEFAULT_WEIGHTS, pool: int | None = None, agent: str | Sequence[str] | None = None, at_least: str | None = None) -> Hits:
         """The top ``k`` rows ``user`` may read, best first; every hit verified and stamped with
         its policy version. ``mode``: auto (hybrid where the backend has BM25, else dense), hybrid,
         dense, keyword; ``fusion``: weighted or rrf (``weights`` = dense, keyword); ``pool``:
-        candidates per list before hybrid fusion (default 4·k for weighted fusion, k for rrf); ``agent``: a delegated search, only rows the user and the agent may both read."""
-        return self.searcher.search_many([query], user=user, tenant=tenant, k=k, mode=mode, fusion=fusion, weights=weights, pool=pool, agent=agent)[0]
+        candidates per list before hybrid fusion (default 4·k for weighted fusion, k for rrf); ``agent``: a delegated search, only rows the user and the agent may both read;
+        ``at_least``: a consistency token (``hits.consistency_token``, :meth:`consistency_token`) this answer must reflect (docs/consistency.md)."""
+        return self.searcher.search_many([query], user=user, tenant=tenant, k=k, mode=mode, fusion=fusion, weights=weights, pool=pool, agent=agent, at_least=at_least)[0]
 
-    def search_many(self, queries: Sequence[str], *, user: str, tenant: str = DEFAULT_TENANT, k: int = 10, mode: str = "auto", fusion: str = DEFAULT_FUSION, weights: Sequence[float] = DEFAULT_WEIGHTS, vectors: Any = None, pool: int | None = None, agent: str | Sequence[str] | None = None) -> list[Hits]:
+    def search_many(self, queries: Sequence[str], *, user: str, tenant: str = DEFAULT_TENANT, k: int = 10, mode: str = "auto", fusion: str = DEFAULT_FUSION, weights: Sequence[float] = DEFAULT_WEIGHTS, vectors: Any = None, pool: int | None = None, agent: str | Sequence[str] | None = None, at_least: str | None = None) -> list[Hits]:
         """:meth:`search` for several queries of one caller in one Milvus call."""
-        return self.searcher.search_many(queries, user=user, tenant=tenant, k=k, mode=mode, fusion=fusion, weights=weights, vectors=vectors, pool=pool, agent=agent)
+        return self.searcher.search_many(queries, user=user, tenant=tenant, k=k, mode=mode, fusion=fusion, weights=weights, vectors=vectors, pool=pool, agent=agent, at_least=at_least)
 
     async def asearch(self, query: str, **options: Any) -> Hits:
         """:meth:`search` without blocking the event loop (on ``rag.aio``'s bounded pool; see :mod:`permrag.search.aio`)."""
@@ -406,21 +407,21 @@ class PermRAG:
         """:meth:`recommend` without blocking the event loop."""
         return await self.aio.run(self.recommend, vectors, **options)
 
-    def fetch(self, external_id: str, *, user: str, tenant: str = DEFAULT_TENANT, agent: str | Sequence[str] | None = None) -> Hits:
+    def fetch(self, external_id: str, *, user: str, tenant: str = DEFAULT_TENANT, agent: str | Sequence[str] | None = None, at_least: str | None = None) -> Hits:
         """The rows of a row or document ``user`` (through ``agent``) may read, in order, with their text (else :class:`NotReadableError`)."""
-        return fetch(self.searcher, external_id, user=user, tenant=tenant, agent=agent)
+        return fetch(self.searcher, external_id, user=user, tenant=tenant, agent=agent, at_least=at_least)
 
     def retrieve(self, query: str, *, user: str, tenant: str = DEFAULT_TENANT, k: int = 5, **options: Any) -> Hits:
         """Multi-stage retrieval (rerank, parent merge, RAG-Fusion): see :mod:`permrag.search.pipeline`."""
         return retrieve(self.searcher, query, user=user, tenant=tenant, k=k, **options)
 
-    def recommend(self, vectors: Any, *, users: Sequence[str], tenant: str = DEFAULT_TENANT, k: int = 10, agent: str | Sequence[str] | None = None) -> dict[str, Hits]:
+    def recommend(self, vectors: Any, *, users: Sequence[str], tenant: str = DEFAULT_TENANT, k: int = 10, agent: str | Sequence[str] | None = None, at_least: str | None = None) -> dict[str, Hits]:
         """Top-k rows per user's vector (each through ``agent``, if given); users with equal bitmaps share one batched search."""
-        return recommend(self.searcher, vectors, users, tenant=tenant, k=k, agent=agent)
+        return recommend(self.searcher, vectors, users, tenant=tenant, k=k, agent=agent, at_least=at_least)
 
-    def similar(self, external_id: str, *, user: str, tenant: str = DEFAULT_TENANT, k: int = 10, agent: str | Sequence[str] | None = None) -> Hits:
+    def similar(self, external_id: str, *, user: str, tenant: str = DEFAULT_TENANT, k: int = 10, agent: str | Sequence[str] | None = None, at_least: str | None = None) -> Hits:
         """Rows like ``external_id``; a seed the caller (through ``agent``) may not read is refused as if it did not exist."""
-        return similar(self.searcher, external_id, user=user, tenant=tenant, k=k, agent=agent)
+        return similar(self.searcher, external_id, user=user, tenant=tenant, k=k, agent=agent, at_least=at_least)
 
     def add_generated(self, text: str, *, sources: Sequence[str], user: str, tenant: str = DEFAULT_TENANT, external_id: str | None = None, attrs: Mapping[str, Any] | None = None) -> list[int]:
         """Store generated text visible exactly to those who may read all its sources."""

@@ -2,6 +2,7 @@ import permrag
 
 EXPECTED = {
     "AmbiguousNameError",
+    "StaleReadError",
     "ResourceConflictError",
     "VersionMismatchError",
     "IdentityFileError",
