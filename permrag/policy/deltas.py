@@ -118,9 +118,11 @@ def capture(conn: Connection, tenants: Sequence[str]) -> Iterator[dict[str, list
     roles_before = _roles(conn, tenants)
     removed: list[Row] = []
 
-    def before(_conn: Connection, clause: Any, *_a: Any) -> None:
+    def before(_conn: Connection, clause: Any, multiparams: Any = None, params: Any = None, *_a: Any) -> None:
         if isinstance(clause, Delete) and clause.table is db.casbin_rule:
-            removed.extend(tuple(r) for r in _conn.execute(select(db.casbin_rule).where(clause.whereclause)) if r[0] <= first)
+            q = select(db.casbin_rule).where(clause.whereclause)
+            for one in multiparams or [params or {}]:  # an executemany: the rows each parameter set deletes
+                removed.extend(tuple(r) for r in _conn.execute(q, one) if r[0] <= first)
 
     out: dict[str, list[Row]] = {"added": [], "removed": []}
     event.listen(conn, "before_execute", before)
