@@ -104,6 +104,7 @@ class Report:
         self.tenant = tenant
         self._policies: dict[int, TenantPolicy | None] = {}
         self._views: dict[tuple[int, str, float], FrozenBitMap] = {}
+        self._later: dict[tuple[int, int], list[tuple[int, float]]] = {}
 
     def policy(self, version: int) -> TenantPolicy | None:
         if version not in self._policies:
@@ -124,12 +125,14 @@ class Report:
 
     def ended(self, user: str, row: int, served: int, upto: int) -> tuple[int | None, float | None]:
         """The first version after ``served`` under which ``user`` no longer reads ``row``."""
-        with db.reading(self.access.engine, "reading the policy history") as conn:
-            later = [d for d in read_log(conn, served, upto) if self.tenant in d.tenants][:MAX_STEPS]
-        for d in later:
-            view = self.visible(d.version, user, d.ts)
+        key = (served, upto)
+        if key not in self._later:
+            with db.reading(self.access.engine, "reading the policy history") as conn:
+                self._later[key] = [(d.version, d.ts) for d in read_log(conn, served, upto) if self.tenant in d.tenants][:MAX_STEPS]
+        for version, ts in self._later[key]:
+            view = self.visible(version, user, ts)
             if view is not None and row not in view:
-                return d.version, d.ts
+                return version, ts
         return None, None
 
     def explain(self, user: str, rec: RowRecord, version: int, at: float) -> tuple[str, str | None]:
