@@ -101,7 +101,7 @@ def server(world, tmp_path_factory):
     assert "Traceback" not in err, err[-2000:]
 
 
-def delegation(sub: str | None, act: object = None, *, key: str = SECRET, scope: str | None = None) -> str:
+def delegation(sub: str | None, act: object = None, *, key: str = SECRET, scope: object = None) -> str:
     claims: dict = {"aud": "permrag-test", "exp": int(time.time() + 600)}
     if sub is not None:
         claims["sub"] = sub
@@ -172,8 +172,11 @@ def tampered(token: str, **changes: object) -> str:
 
 @pytest.mark.parametrize(
     "name",
-    ["act-without-sub", "act-empty-sub", "act-not-an-object", "nested-act-without-sub", "act-sub-not-a-string", "no-sub-only-act", "wrong-key", "replayed-for-sam", "agent-swapped"],
-)
+    [
+        "act-without-sub", "act-empty-sub", "act-not-an-object", "nested-act-without-sub", "act-sub-not-a-string", "no-sub-only-act", "wrong-key",
+        "replayed-for-sam", "agent-swapped", "scim-store-token", "scim-jwt", "scim-beside-search-jwt", "scope-not-a-string",
+    ],
+)  # fmt: skip
 def test_forged_and_partial_delegation_tokens_get_nothing(world, server, name) -> None:
     good = delegation("erin", {"sub": "bot"})
     token = {
@@ -186,6 +189,10 @@ def test_forged_and_partial_delegation_tokens_get_nothing(world, server, name) -
         "wrong-key": delegation("erin", {"sub": "bot"}, key="another-secret-that-is-also-long-enough!!"),
         "replayed-for-sam": tampered(good, sub="sam"),
         "agent-swapped": tampered(good, act={"sub": "helper"}),
+        "scim-store-token": world["scim_only"],  # a SCIM token never searches, on `permrag mcp` too
+        "scim-jwt": delegation("erin", scope="scim"),
+        "scim-beside-search-jwt": delegation("erin", {"sub": "bot"}, scope="search scim"),
+        "scope-not-a-string": delegation("erin", {"sub": "bot"}, scope={"search": True}),
     }[name]
     headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json", "Authorization": f"Bearer {token}"}
     init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}
@@ -213,8 +220,8 @@ def test_a_call_outside_the_tokens_scopes_is_refused(world, server) -> None:
 
     run(call_as(server, world["bot_search_only"], search_only))
     run(call_as(server, delegation("erin", {"sub": "bot"}, scope="openid search"), search_only))
-    run(call_as(server, world["scim_only"], nothing))  # a SCIM token never searches
-    run(call_as(server, delegation("erin", scope="scim"), nothing))
+    run(call_as(server, delegation("erin", {"sub": "bot"}, scope=["search"]), search_only))  # a list limits like the string
+    run(call_as(server, delegation("erin", scope="can_read explain"), nothing))
     run(call_as(server, delegation("erin", {"sub": "bot"}, scope="search fetch"), fetch_too))
 
 

@@ -212,9 +212,10 @@ def principal(config: RunnableConfig | None) -> tuple[str, str]:
     return user, tenant
 
 
-def delegation(config: RunnableConfig | None) -> tuple[str, str, str | None]:
-    """(user, tenant, agent) of a run, like :func:`principal`; the agent acting for the user
-    (``configurable["agent"]``, else the context's ``agent`` / ``agent_id``; None: the user alone).
+def delegation(config: RunnableConfig | None) -> tuple[str, str, tuple[str, ...] | None]:
+    """(user, tenant, agents) of a run, like :func:`principal`; the agent acting for the user
+    (``configurable["agent"]``, else the context's ``agent`` / ``agent_id``): one id or a
+    chain, every one of which must be allowed (None: the user alone).
     Never from the model's arguments: a tool's only arguments are its query or document id."""
     conf = dict((config or {}).get("configurable") or {})
     user, tenant, agent = conf.get("user"), conf.get("tenant"), conf.get("agent")
@@ -228,7 +229,7 @@ def delegation(config: RunnableConfig | None) -> tuple[str, str, str | None]:
         agent = agent or get("agent") or get("agent_id")
     if not isinstance(user, str) or not user:
         raise ConfigError("no principal: run with config={'configurable': {'user': ...}} or context={'user': ...}")
-    return user, tenant or DEFAULT_TENANT, (check_agents(agent)[0] if agent is not None else None)
+    return user, tenant or DEFAULT_TENANT, (check_agents(agent) if agent is not None else None)
 
 
 def knowledge_tool(rag: Any, *, k: int = 4, mode: str = "auto", fusion: str = DEFAULT_FUSION, weights: tuple[float, float] = DEFAULT_WEIGHTS, name: str = "search_knowledge_base") -> BaseTool:

@@ -25,9 +25,12 @@ may read. An ``act`` without a usable ``sub`` (at any depth), or deeper than
 
 Scopes: a tool call needs its scope (``search``, ``fetch``, ``explain``,
 ``can_read``). A store token is limited to the scopes it was made with; a
-JWT to the permrag scopes its ``scope`` claim names, if it names any. A
+JWT to the permrag scopes its ``scope`` / ``scp`` claims name (a string or a
+list of strings; any other shape refuses the token), if they name any. A
 token that names none may call every search tool (the behaviour before
-scopes), never ``scim``.
+scopes). A token carrying the ``scim`` scope (store token or JWT) is refused
+by both verifiers, on ``permrag mcp`` as on ``permrag serve``: a SCIM token
+never searches.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from ..access import check_principal
 from ..catalog import DEFAULT_TENANT
 from ..errors import ArgumentError, ConfigError
-from .tokens import SCOPES, SEARCH_SCOPES, Tokens
+from .tokens import SCOPES, SEARCH_SCOPES, Tokens, provisions
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +127,24 @@ def actors(claims: dict[str, Any]) -> tuple[str, ...] | None:
     return tuple(out)
 
 
+def claim_scopes(claims: dict[str, Any]) -> list[str] | None:
+    """The scopes a JWT names in ``scope`` and ``scp``, each a space-separated string
+    (RFC 8693) or a list of strings (Okta's ``scp``); None when either has another
+    shape: an unreadable claim refuses the token rather than lifting its limits."""
+    out: list[str] = []
+    for name in ("scope", "scp"):
+        value = claims.get(name)
+        if value is None:
+            continue
+        if isinstance(value, str):
+            out += value.split()
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            out += [w for v in value for w in v.split()]
+        else:
+            return None
+    return out
+
+
 def _identity(subject: object, tenant: object) -> tuple[str, str] | None:
     """A token's user and tenant when both are usable names, else None (the token is refused)."""
     try:
@@ -141,7 +162,7 @@ class TableVerifier(TokenVerifier):
 
     async def verify_token(self, token: str) -> AccessToken | None:
         info = await self.runner.run(self.tokens.lookup, token)
-        if info is None:
+        if info is None or provisions(info.scopes):  # a SCIM token never searches, on any server
             return None
         claims = {"tenant": info.tenant, "iss": "permrag", "agents": [info.agent] if info.agent else []}
         return AccessToken(token=token, client_id=f"permrag-token:{info.id}", scopes=list(info.scopes), subject=info.user, claims=claims)
@@ -204,11 +225,14 @@ class JWTVerifier(TokenVerifier):
         if agents is None:
             log.info("bearer JWT refused: an act claim without a usable sub")
             return None
-        scopes = claims.get("scope")
+        scopes = claim_scopes(claims)
+        if scopes is None or provisions(scopes):
+            log.info("bearer JWT refused: a scope claim that is neither a string nor a list of strings, or the scim scope (which never searches)")
+            return None
         return AccessToken(
             token=token,
             client_id=str(claims.get("azp") or claims.get("client_id") or "jwt"),
-            scopes=scopes.split() if isinstance(scopes, str) else [],
+            scopes=scopes,
             expires_at=int(claims["exp"]),
             subject=who[0],
             claims={"tenant": who[1], "iss": claims.get("iss"), "agents": list(agents)},

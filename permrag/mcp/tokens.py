@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 PREFIX = "prt_"  # recognisable in logs and secret scanners
 SEARCH_SCOPES = ("search", "fetch", "explain", "can_read")  # one per MCP tool
-SCOPES = SEARCH_SCOPES + ("scim",)  # scim: the SCIM endpoint of `permrag serve`
+SCIM_SCOPE = "scim"  # the SCIM endpoint of `permrag serve`; never together with a search scope
+SCOPES = SEARCH_SCOPES + (SCIM_SCOPE,)
 
 
 def check_scopes(scopes: object) -> tuple[str, ...]:
@@ -43,7 +44,14 @@ def check_scopes(scopes: object) -> tuple[str, ...]:
         raise ArgumentError(f"unknown scope(s) {', '.join(map(repr, bad))}: a scope is one of {', '.join(SCOPES)}")
     if not items:
         raise ArgumentError("give at least one scope (or none at all: every search tool)")
+    if SCIM_SCOPE in items and len(set(items)) > 1:
+        raise ArgumentError("the scim scope stands alone: a SCIM token never searches and a search token never provisions; make two tokens")
     return tuple(sorted(set(items)))
+
+
+def provisions(scopes: object) -> bool:
+    """Whether a token's scopes include ``scim``: such a token is refused by every search verifier."""
+    return isinstance(scopes, (list, tuple, set, frozenset)) and SCIM_SCOPE in scopes
 
 
 @dataclass(frozen=True)
@@ -85,10 +93,13 @@ class Tokens:
         check_principal("tenant", tenant)
         if agent is not None:
             check_principal("agent", agent)
+        checked = check_scopes(scopes)
+        if agent is not None and SCIM_SCOPE in checked:
+            raise ArgumentError("a SCIM token provisions its tenant; it acts through no agent (drop --agent)")
         if name is not None and (not isinstance(name, str) or len(name) > 256):
             raise ArgumentError("a token name is a string of at most 256 characters")
         token = PREFIX + secrets.token_urlsafe(32)
-        info = TokenInfo(secrets.token_hex(6), user, tenant, name, time.time(), None, agent, check_scopes(scopes))
+        info = TokenInfo(secrets.token_hex(6), user, tenant, name, time.time(), None, agent, checked)
         row = {**info.to_dict(), "scopes": " ".join(info.scopes) or None}
         with db.transaction(self.engine, "adding a token") as conn:
             conn.execute(db.tokens.insert().values(token_hash=digest(token), **row))

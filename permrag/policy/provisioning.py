@@ -19,8 +19,8 @@ synced one:
   when a user leaves the export), so a deletion never widens access.
 
 A write that replaces a group's members wholesale (SCIM ``PUT``, a ``replace``
-of ``members``, a delete) and would empty a group holding a deny, or take
-more than half of its members, is refused with :class:`MassRemovalError`
+of ``members``, a delete) or removes several named members at once, and would
+empty a group holding a deny or take more than half of its members, is refused with :class:`MassRemovalError`
 unless provisioning was opened with ``allow_mass_removal``: losing a deny
 widens access. Each resource has a version (SCIM ``meta.version``); a write
 given a version that is no longer the stored one raises
@@ -140,7 +140,8 @@ class Provisioning:
         return self.user(self._write_user(None, fields, tenant, None), tenant)
 
     def replace_user(self, uid: str, fields: UserFields, tenant: str = DEFAULT_TENANT, *, if_version: str | None = None) -> ProvisionedUser:
-        """Make user ``uid`` exactly ``fields`` (``active=False``: deactivated, holds nothing)."""
+        """Make user ``uid`` exactly ``fields`` (``active=False``: deactivated, holds nothing;
+        ``active=None`` keeps a deactivated user deactivated)."""
         return self.user(self._write_user(uid, fields, tenant, if_version), tenant)
 
     def _write_user(self, uid: str | None, f: UserFields, tenant: str, if_version: str | None) -> str:
@@ -159,6 +160,9 @@ class Provisioning:
             if taken:
                 raise ResourceConflictError(f"userName {name!r} is held by user {taken[0][len(USER_PREFIX) :]!r} in tenant {tenant!r}")
             done.append(ident)
+            # only an explicit ``active: true`` brings a deactivated user back: a replace
+            # that leaves ``active`` out (a PUT without it, a PATCH removing it) keeps it off
+            off = f.active is False or (f.active is None and uid is not None and ident in tp.inactive)
 
             def write(conn: Connection) -> None:
                 old = extras_of(conn, tenant, key).get(key, (None, {}))
@@ -166,12 +170,12 @@ class Provisioning:
                     _check_version(user_record(tp, ident, old, now).version, if_version, f"user {ident!r}")
                 more = {"d": shown, "c": old[1].get("c", now), "m": now, "a": 0 if f.active is None else 1}
                 conn.execute(delete(db.casbin_rule).where(db.casbin_rule.c.ptype == IDENT, db.casbin_rule.c.v0 == key, db.casbin_rule.c.v1 == tenant))
-                conn.execute(db.casbin_rule.insert().values(**ident_record(key, tenant, name, f.active is False, ext, more)))
+                conn.execute(db.casbin_rule.insert().values(**ident_record(key, tenant, name, off, ext, more)))
 
             def apply(s: dict[str, TenantPolicy]) -> None:
                 t = s[tenant]
                 t.labels[key] = str(name)
-                (t.inactive.add if f.active is False else t.inactive.discard)(ident)
+                (t.inactive.add if off else t.inactive.discard)(ident)
 
             return Change(write, apply, {tenant}, set(), {ident})
 
@@ -216,14 +220,17 @@ class Provisioning:
     ) -> ProvisionedGroup:
         """Make group ``gid`` exactly ``fields``. ``wholesale``: the members were given
         as a whole (a PUT, a replace of all members), so the mass-removal guard applies;
-        a removal of named members is not."""
+        to a removal of named members it applies when it names more than one (a single
+        write must not empty a deny group by listing every member)."""
         return self.group(self._write_group(gid, fields, tenant, if_version, wholesale), tenant)
 
     def _write_group(self, gid: str | None, f: GroupFields, tenant: str, if_version: str | None, wholesale: bool) -> str:
         tenant = check_tenant(tenant, PolicyError)
         name, ext = text("displayName", f.display_name), text("externalId", f.external_id, optional=True)
         given = [(kind, str(text("member value", v))) for kind, v in f.members]
-        guarded = wholesale and not self.allow_mass_removal
+        # a wholesale write, or one that names several members to remove, is guarded;
+        # removing one member by name (Okta's way) never is
+        guarded = not self.allow_mass_removal and gid is not None
         now, done, denied = self.policy.clock(), [], self._denials(tenant) if guarded else set()
 
         def make(tp: TenantPolicy) -> Change:
@@ -235,7 +242,7 @@ class Provisioning:
             new = {_member_key(tp, kind, v, tenant) for kind, v in given} | kept
             for m in sorted(new - old):
                 tp.check_member(m, ident)
-            if guarded:
+            if guarded and (wholesale or len(old - new) > 1):
                 _guard(tp, ident, old, new, denied)
             done.append(ident)
             return _group_change(tp, tenant, ident, (name, ext), old, new, (if_version, now))
@@ -259,8 +266,8 @@ class Provisioning:
 
             def write(conn: Connection) -> None:
                 _check_version(group_record(tp, gid, extras_of(conn, tenant, key).get(key, (None, {})), now).version, if_version, f"group {gid!r}")
-                inside = and_(c.v1 == key, c.v0.startswith(USER_PREFIX) | c.v0.startswith(GROUP_PREFIX))
-                conn.execute(delete(db.casbin_rule).where(c.ptype == "g", c.v2 == tenant, inside | and_(c.v0 == key, c.v1.startswith(GROUP_PREFIX))))
+                # every membership in it (agents' too, as ``apply`` drops them) and of it in other groups
+                conn.execute(delete(db.casbin_rule).where(c.ptype == "g", c.v2 == tenant, (c.v1 == key) | and_(c.v0 == key, c.v1.startswith(GROUP_PREFIX))))
                 conn.execute(delete(db.casbin_rule).where(c.ptype == IDENT, c.v0 == key, c.v1 == tenant))
 
             def apply(s: dict[str, TenantPolicy]) -> None:

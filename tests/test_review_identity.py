@@ -1,0 +1,239 @@
+"""Adversarial checks of identity input and delegation: each test is one class of
+defect a hostile or careless identity provider, token or application could
+exploit, held to an independent answer.
+
+* a token carrying the ``scim`` scope never searches, on ``permrag mcp`` as on
+  ``permrag serve``, whatever other scopes ride with it, and a JWT's scope claim
+  in any shape limits it or refuses it, never lifts its limits;
+* deleting a provisioned group leaves the same memberships in this process, in
+  a process that catches up and in a fresh load (agents' included);
+* one SCIM write cannot empty a deny-holding group by naming every member;
+* a deactivated user comes back only by an explicit ``active: true``;
+* an agent chain given to the LangChain tools is kept whole (every agent must
+  be allowed), never cut to its first agent.
+
+The expected answers come from the documents' departments and the rules the
+test wrote (every answer here is small enough to state by hand) and from the
+library's own delegated ``can_read``, whose bitmaps test_agents holds to casbin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import jwt
+import pytest
+from click.testing import CliRunner
+from starlette.testclient import TestClient
+
+from permrag import PermRAG
+from permrag.cli import main
+from permrag.errors import ArgumentError
+from permrag.mcp import JWTVerifier, TableVerifier, Tokens
+from permrag.mcp.auth import tool_scopes
+from permrag.serve.app import build_app
+
+USER = "urn:ietf:params:scim:schemas:core:2.0:User"
+GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
+PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+SECRET = "r" * 40
+JWT_KEY = "a-review-test-hmac-secret-of-32-bytes-or-more"
+DOCS = [{"external_id": f"{dept}-{i}", "text": f"{dept} note {i}", "attrs": {"dept": dept}} for dept in ("kb", "fin") for i in range(2)]
+
+
+def by_dept(*depts: str) -> set[str]:
+    return {d["external_id"] for d in DOCS if d["attrs"]["dept"] in depts}
+
+
+def readable(rag: PermRAG, user: str, agent: object = None) -> set[str]:
+    return {d["external_id"] for d in DOCS if rag.can_read(user, d["external_id"], agent=agent)}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    home = tmp_path_factory.mktemp("review") / "home"
+    rag = PermRAG.open(home, catalog_only=True)
+    rag.add_documents(DOCS)
+    for dept in ("kb", "fin"):
+        rag.policy.add_role(f"{dept}-reader")
+        rag.policy.grant(f"{dept}-reader", f"dept:{dept}")
+    rag.policy.add_role("no-fin")
+    rag.policy.deny("no-fin", "dept:fin")
+    rag.policy.add_role("no-kb")
+    rag.policy.deny("no-kb", "dept:kb")
+    yield {"rag": rag, "home": home}
+    rag.close()
+
+
+def scim(rag: PermRAG, **options) -> TestClient:
+    """The ``permrag serve`` application on ``rag``, called over HTTP (in process)."""
+    return TestClient(build_app(rag, scim_secret=SECRET, **options), headers={"Authorization": f"Bearer {SECRET}"})
+
+
+def ok(res, status: int = 200) -> dict:
+    assert res.status_code == status, (res.status_code, res.text)
+    return res.json() if status != 204 else {}
+
+
+# ---------------------------------------------------------------------- tokens
+def test_a_scim_token_never_searches_on_any_mcp_server(store) -> None:
+    rag = store["rag"]
+    rag.policy.assign_user("prov", "kb-reader")
+    tokens = Tokens(rag.catalog.engine)
+    before = len(tokens.list())
+    for scopes in (["scim", "search"], ["fetch", "scim"], "scim can_read"):
+        with pytest.raises(ArgumentError, match="scim scope stands alone"):
+            tokens.add("prov", "default", scopes=scopes)
+    with pytest.raises(ArgumentError, match="no agent"):
+        tokens.add("prov", "default", scopes=["scim"], agent="bot")
+    assert len(tokens.list()) == before  # nothing was made
+    res = CliRunner().invoke(main, ["--home", str(store["home"]), "token", "add", "prov", "--scope", "scim", "--scope", "search"])
+    assert res.exit_code != 0 and "stands alone" in res.output and "Traceback" not in res.output and len(tokens.list()) == before
+    scim_token, _ = tokens.add("prov", "default", scopes=["scim"])
+    search_token, _ = tokens.add("prov", "default", scopes=["search"])
+    verifier = TableVerifier(tokens, rag.aio)
+    assert asyncio.run(verifier.verify_token(scim_token)) is None  # the plain `permrag mcp` verifier, not only serve's wrapper
+    assert asyncio.run(verifier.verify_token(search_token)).scopes == ["search"]
+
+
+def _jwt(**claims) -> str:
+    return jwt.encode({"sub": "erin", "exp": int(time.time() + 600), **claims}, JWT_KEY, algorithm="HS256")
+
+
+@pytest.mark.parametrize(
+    ("claims", "expected"),
+    [
+        ({}, None),  # no scope: every search tool (the documented default)
+        ({"scope": "openid search"}, {"search"}),
+        ({"scope": ["fetch"]}, {"fetch"}),  # a list limits as the string does
+        ({"scp": ["can_read", "profile"]}, {"can_read"}),  # Okta's scp list
+        ({"scp": "explain"}, {"explain"}),
+        ({"scope": "search", "scp": ["fetch"]}, {"search", "fetch"}),
+        ({"scope": "scim"}, "refused"),
+        ({"scope": "search scim"}, "refused"),
+        ({"scp": ["scim"]}, "refused"),
+        ({"scope": {"search": True}}, "refused"),  # an unreadable claim never lifts the limits
+        ({"scope": ["fetch", 3]}, "refused"),
+        ({"scp": 7}, "refused"),
+    ],
+)
+def test_a_jwt_scope_claim_limits_or_refuses_never_lifts(claims: dict, expected: object) -> None:
+    found = asyncio.run(JWTVerifier(JWT_KEY).verify_token(_jwt(**claims)))
+    if expected == "refused":
+        assert found is None
+    else:
+        assert found is not None and tool_scopes(found.scopes) == (None if expected is None else frozenset(expected))
+
+
+# ---------------------------------------------------------------------- SCIM writes
+def test_deleting_a_group_leaves_the_same_memberships_in_every_process(store) -> None:
+    rag = store["rag"]
+    other = PermRAG.open(store["home"], catalog_only=True)  # another reader, loaded before the change: it catches up
+    try:
+        client = scim(rag, allow_mass_removal=True)
+        u = ok(client.post("/scim/v2/Users", json={"schemas": [USER], "userName": "del-u", "externalId": "del-u"}), 201)["id"]
+        g = ok(client.post("/scim/v2/Groups", json={"schemas": [GROUP], "displayName": "del-g", "members": [{"value": u}]}), 201)["id"]
+        rag.policy.assign_agent("del-bot", "kb-reader")
+        rag.policy.assign_user(u, "kb-reader")
+        rag.identity.add_member(g, "agent:del-bot")
+        rag.identity.assign_group(g, "no-kb")  # the group denies what its members' roles allow
+        assert readable(rag, u, "del-bot") == set()
+        ok(client.delete(f"/scim/v2/Groups/{g}"), 204)
+        fresh = PermRAG.open(store["home"], catalog_only=True)
+        try:
+            other.sync()
+            views = [r.policy.tenant("default").members.get(g, set()) for r in (rag, other, fresh)]
+            assert views == [set(), set(), set()]
+            assert [r.policy.tenant("default").member_of.get("agent:del-bot", set()) for r in (rag, other, fresh)] == [set()] * 3
+            # the agent is out of the deny group everywhere: user and agent both read kb again, alike in every process
+            assert readable(rag, u, "del-bot") == readable(other, u, "del-bot") == readable(fresh, u, "del-bot") == by_dept("kb")
+            for r in (rag, fresh):
+                with pytest.raises(Exception, match="no group with id"):
+                    r.identity.provisioning().group(g)
+        finally:
+            fresh.close()
+        assert client.get(f"/scim/v2/Groups/{g}").status_code == 404
+    finally:
+        other.close()
+
+
+def test_one_write_cannot_empty_a_deny_group_by_naming_every_member(store) -> None:
+    rag = store["rag"]
+    client = scim(rag)
+    users = [ok(client.post("/scim/v2/Users", json={"schemas": [USER], "userName": f"named-{i}"}), 201)["id"] for i in range(4)]
+    readers = ok(client.post("/scim/v2/Groups", json={"schemas": [GROUP], "displayName": "named-readers", "members": [{"value": x} for x in users]}), 201)
+    rag.identity.assign_group(readers["id"], "fin-reader")
+    deny = ok(client.post("/scim/v2/Groups", json={"schemas": [GROUP], "displayName": "named-deny", "members": [{"value": x} for x in users]}), 201)
+    rag.identity.assign_group(deny["id"], "no-fin")
+    assert all(readable(rag, x) == set() for x in users)
+    rag.sync()
+    version = rag.policy_version
+    every = " or ".join(f'value eq "{x}"' for x in users)
+    for op in (
+        {"op": "remove", "path": "members", "value": [{"value": x} for x in users]},  # Entra's value list, every member
+        {"op": "remove", "path": f"members[{every}]"},  # one filter naming every member
+        {"op": "remove", "path": "members", "value": [{"value": x} for x in users[:3]]},  # three of four: more than half
+    ):
+        res = client.patch(f"/scim/v2/Groups/{deny['id']}", json={"schemas": [PATCH], "Operations": [op]})
+        assert res.status_code == 409 and "holds a deny" in res.json()["detail"], res.text
+    two_ops = [{"op": "remove", "path": f'members[value eq "{x}"]'} for x in users]
+    assert client.patch(f"/scim/v2/Groups/{deny['id']}", json={"schemas": [PATCH], "Operations": two_ops}).status_code == 409
+    rag.sync()
+    assert rag.policy_version == version and all(readable(rag, x) == set() for x in users)
+    # one member by name (Okta's removal) is an ordinary change, and so are two of four (not more than half)
+    ok(client.patch(f"/scim/v2/Groups/{deny['id']}", json={"schemas": [PATCH], "Operations": [{"op": "remove", "path": f'members[value eq "{users[0]}"]'}]}))
+    ok(client.patch(f"/scim/v2/Groups/{deny['id']}", json={"schemas": [PATCH], "Operations": [{"op": "remove", "path": "members", "value": [{"value": users[1]}]}]}))
+    assert [readable(rag, x) for x in users] == [by_dept("fin"), by_dept("fin"), set(), set()]
+    # a server started to allow mass removal applies it
+    ok(scim(rag, allow_mass_removal=True).patch(f"/scim/v2/Groups/{deny['id']}", json={"schemas": [PATCH], "Operations": [{"op": "remove", "path": f"members[{every}]"}]}))
+    assert all(readable(rag, x) == by_dept("fin") for x in users)
+
+
+def test_only_an_explicit_active_true_brings_a_deactivated_user_back(store) -> None:
+    rag = store["rag"]
+    client = scim(rag)
+    uid = ok(client.post("/scim/v2/Users", json={"schemas": [USER], "userName": "off-user", "active": False}), 201)["id"]
+    rag.policy.assign_user(uid, "kb-reader")
+    assert readable(rag, uid) == set() and uid in rag.identity.deactivated()
+    writes = [
+        lambda: client.put(f"/scim/v2/Users/{uid}", json={"schemas": [USER], "userName": "off-user", "displayName": "Off"}),  # a PUT without active
+        lambda: client.patch(f"/scim/v2/Users/{uid}", json={"schemas": [PATCH], "Operations": [{"op": "remove", "path": "active"}]}),
+        lambda: client.patch(f"/scim/v2/Users/{uid}", json={"schemas": [PATCH], "Operations": [{"op": "replace", "value": {"displayName": "Still off"}}]}),
+    ]
+    for write in writes:
+        doc = ok(write())
+        assert doc["active"] is False, doc
+        rag.sync()
+        assert readable(rag, uid) == set() and uid in rag.identity.deactivated()
+    for odd in ("0", "no", None, 1, "yes"):
+        res = client.patch(f"/scim/v2/Users/{uid}", json={"schemas": [PATCH], "Operations": [{"op": "replace", "path": "active", "value": odd}]})
+        assert res.status_code == 400, (odd, res.text)
+    assert readable(rag, uid) == set()
+    assert ok(client.patch(f"/scim/v2/Users/{uid}", json={"schemas": [PATCH], "Operations": [{"op": "replace", "path": "active", "value": True}]}))["active"] is True
+    assert readable(rag, uid) == by_dept("kb") and uid not in rag.identity.deactivated()
+    # a user that is active and never had `active` set stays active when a PUT leaves it out
+    free = ok(client.post("/scim/v2/Users", json={"schemas": [USER], "userName": "never-set"}), 201)["id"]
+    rag.policy.assign_user(free, "kb-reader")
+    ok(client.put(f"/scim/v2/Users/{free}", json={"schemas": [USER], "userName": "never-set"}))
+    assert readable(rag, free) == by_dept("kb")
+
+
+# ---------------------------------------------------------------------- agents in LangChain
+def test_an_agent_chain_given_to_the_langchain_tools_is_kept_whole(store) -> None:
+    from permrag.integrations.langchain import delegation, permission_tool
+
+    rag = store["rag"]
+    rag.policy.assign_user("chain-user", "kb-reader")
+    rag.policy.assign_user("chain-user", "fin-reader")
+    rag.policy.assign_agent("chain-bot", "kb-reader")
+    rag.policy.assign_agent("chain-bot", "fin-reader")
+    rag.policy.assign_agent("chain-helper", "kb-reader")  # the earlier actor may read kb only
+    chain = ["chain-bot", "chain-helper"]
+    assert readable(rag, "chain-user", chain) == by_dept("kb") and readable(rag, "chain-user", "chain-bot") == by_dept("kb", "fin")
+    conf = {"configurable": {"user": "chain-user", "agent": chain}}
+    assert delegation(conf) == ("chain-user", "default", ("chain-bot", "chain-helper"))
+    tool = permission_tool(rag)
+    for doc in DOCS:
+        answer = tool.invoke({"document_id": doc["external_id"]}, config=conf)
+        assert answer.startswith("yes") == rag.can_read("chain-user", doc["external_id"], agent=chain) == (doc["attrs"]["dept"] == "kb"), (doc, answer)
