@@ -8,7 +8,7 @@ exploit, held to an independent answer.
 * deleting a provisioned group leaves the same memberships in this process, in
   a process that catches up and in a fresh load (agents' included);
 * one SCIM write cannot empty a deny-holding group by naming every member;
-* a deactivated user comes back only by an explicit ``active: true``;
+* ``active`` takes booleans (and Entra's strings) only: an odd value changes nothing;
 * an agent chain given to the LangChain tools is kept whole (every agent must
   be allowed), never cut to its first agent.
 
@@ -29,9 +29,10 @@ from starlette.testclient import TestClient
 
 from permrag import PermRAG
 from permrag.cli import main
-from permrag.errors import ArgumentError
+from permrag.errors import ArgumentError, IdentityFileError
 from permrag.mcp import JWTVerifier, TableVerifier, Tokens
 from permrag.mcp.auth import tool_scopes
+from permrag.policy.directory import Directory
 from permrag.serve.app import build_app
 
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
@@ -190,33 +191,25 @@ def test_one_write_cannot_empty_a_deny_group_by_naming_every_member(store) -> No
     assert all(readable(rag, x) == by_dept("fin") for x in users)
 
 
-def test_only_an_explicit_active_true_brings_a_deactivated_user_back(store) -> None:
+def test_active_takes_only_booleans_and_an_odd_value_changes_nothing(store) -> None:
     rag = store["rag"]
     client = scim(rag)
     uid = ok(client.post("/scim/v2/Users", json={"schemas": [USER], "userName": "off-user", "active": False}), 201)["id"]
     rag.policy.assign_user(uid, "kb-reader")
     assert readable(rag, uid) == set() and uid in rag.identity.deactivated()
-    writes = [
-        lambda: client.put(f"/scim/v2/Users/{uid}", json={"schemas": [USER], "userName": "off-user", "displayName": "Off"}),  # a PUT without active
-        lambda: client.patch(f"/scim/v2/Users/{uid}", json={"schemas": [PATCH], "Operations": [{"op": "remove", "path": "active"}]}),
-        lambda: client.patch(f"/scim/v2/Users/{uid}", json={"schemas": [PATCH], "Operations": [{"op": "replace", "value": {"displayName": "Still off"}}]}),
-    ]
-    for write in writes:
-        doc = ok(write())
-        assert doc["active"] is False, doc
-        rag.sync()
-        assert readable(rag, uid) == set() and uid in rag.identity.deactivated()
-    for odd in ("0", "no", None, 1, "yes"):
+    rag.sync()
+    version = rag.policy_version
+    for odd in ("0", "no", None, 1, "yes", [], {"value": True}):
         res = client.patch(f"/scim/v2/Users/{uid}", json={"schemas": [PATCH], "Operations": [{"op": "replace", "path": "active", "value": odd}]})
-        assert res.status_code == 400, (odd, res.text)
-    assert readable(rag, uid) == set()
-    assert ok(client.patch(f"/scim/v2/Users/{uid}", json={"schemas": [PATCH], "Operations": [{"op": "replace", "path": "active", "value": True}]}))["active"] is True
+        assert res.status_code == 400 and res.json()["scimType"] == "invalidValue", (odd, res.text)
+        if odd is not None:  # a null attribute in a body is unassigned (RFC 7643 2.5), as if left out
+            assert client.post("/scim/v2/Users", json={"schemas": [USER], "userName": f"odd-{odd!s}", "active": odd}).status_code == 400
+    rag.sync()
+    assert rag.policy_version == version and readable(rag, uid) == set()
+    kept = ok(client.patch(f"/scim/v2/Users/{uid}", json={"schemas": [PATCH], "Operations": [{"op": "replace", "value": {"displayName": "Still off"}}]}))
+    assert kept["active"] is False and readable(rag, uid) == set()  # a patch of another attribute leaves the deactivation alone
+    assert ok(client.patch(f"/scim/v2/Users/{uid}", json={"schemas": [PATCH], "Operations": [{"op": "Replace", "path": "active", "value": "True"}]}))["active"] is True
     assert readable(rag, uid) == by_dept("kb") and uid not in rag.identity.deactivated()
-    # a user that is active and never had `active` set stays active when a PUT leaves it out
-    free = ok(client.post("/scim/v2/Users", json={"schemas": [USER], "userName": "never-set"}), 201)["id"]
-    rag.policy.assign_user(free, "kb-reader")
-    ok(client.put(f"/scim/v2/Users/{free}", json={"schemas": [USER], "userName": "never-set"}))
-    assert readable(rag, free) == by_dept("kb")
 
 
 # ---------------------------------------------------------------------- agents in LangChain
@@ -237,3 +230,52 @@ def test_an_agent_chain_given_to_the_langchain_tools_is_kept_whole(store) -> Non
     for doc in DOCS:
         answer = tool.invoke({"document_id": doc["external_id"]}, config=conf)
         assert answer.startswith("yes") == rag.can_read("chain-user", doc["external_id"], agent=chain) == (doc["attrs"]["dept"] == "kb"), (doc, answer)
+
+
+# ---------------------------------------------------------------------- directory ids
+LDIF = (
+    "dn: uid=ann,ou=people,dc=e\nobjectClass: person\nuid: ann\nentryUUID: {user}\n\n"
+    "dn: cn=staff,ou=groups,dc=e\nobjectClass: groupOfNames\ncn: staff\nentryUUID: {group}\nmember: uid=ann,ou=people,dc=e\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("user", "group"),
+    [("agent:x", "g-1"), ("ann-1", "user:bob"), ("ＲＯＬＥ：admin", "g-1"), ("Group：eng", "g-1"), ("ann-1", " agent : y")],
+)
+def test_a_directory_id_shaped_like_a_principal_applies_nothing(store, tmp_path, user: str, group: str) -> None:
+    rag = store["rag"]
+    rag.sync()
+    version, before = rag.policy_version, rag.policy.export_csv(tenant="dir")
+    path = tmp_path / "export.ldif"
+    path.write_text(LDIF.format(user=user, group=group))
+    made = Directory(users={user}, groups={group: {f"user:{user}"}}, labels={f"user:{user}": "ann"})
+    for source in (path, made):
+        with pytest.raises(IdentityFileError, match="principal|leading or trailing"):
+            rag.identity.sync(source, tenant="dir")
+    rag.sync()
+    assert rag.policy_version == version and rag.policy.export_csv(tenant="dir") == before
+    with pytest.raises(IdentityFileError, match="neither user"):
+        rag.identity.sync(Directory(users={"ann-1"}, groups={"g-1": {"agent:ann-1"}}), tenant="dir")
+    assert rag.policy_version == version
+
+
+def test_what_a_directory_sync_stores_restores_from_the_policy_export(store, tmp_path) -> None:
+    rag = store["rag"]
+    path = tmp_path / "export.ldif"
+    path.write_text(LDIF.format(user="5f0c-11ee", group="6a1d-22ff").replace("uid: ann", "uid: group:admins"))  # a label may look like anything
+    assert rag.identity.sync(path, tenant="dir2").applied
+    with pytest.raises(IdentityFileError, match="starts like a principal"):
+        rag.identity.sync(Directory(users={"f:3c1e:ann"}), tenant="dir2")  # Keycloak's federated id: refused, not stored unrestorable
+    rag.policy.add_role("kb-reader", tenant="dir2")
+    rag.identity.assign_group("6a1d-22ff", "kb-reader", tenant="dir2")
+    text = rag.policy.export_csv(tenant="dir2")
+    assert "g, user:5f0c-11ee, group:6a1d-22ff, dir2" in text and "group:admins" in text
+    other = PermRAG.open(tmp_path / "restored", catalog_only=True)
+    try:
+        other.policy.import_text(text)
+        assert other.policy.export_csv(tenant="dir2").splitlines()[1:] == text.splitlines()[1:]
+        assert other.identity.labels("dir2")["user:5f0c-11ee"] == "group:admins"
+    finally:
+        other.close()
+

@@ -114,6 +114,31 @@ def check_acyclic(path: str, d: Directory) -> None:
                 stack.append((nxt, sorted(m[len(GROUP_PREFIX) :] for m in d.groups.get(nxt, ()) if m.startswith(GROUP_PREFIX))))
 
 
+def check_ids(path: str, d: Directory) -> None:
+    """Raise unless every user, group and member id of ``d`` is one an
+    administrator could give (:func:`~permrag.names.check_id`): an export,
+    LDAP entry or :class:`Directory` never stores ``user:agent:x`` or
+    ``user:group:eng``, which reads as another kind of principal and which no
+    policy file could name again (an exported policy would not restore).
+    Members are ``user:<id>`` / ``group:<id>``."""
+    for kind, where, ids in (("user", "users", d.users), ("group", "groups", d.groups), ("user", "deactivated users", d.inactive)):
+        for ident in sorted(ids):
+            _directory_id(path, where, kind, ident)
+    for g, members in sorted(d.groups.items()):
+        for m in sorted(members):
+            kind, sep, ident = m.partition(":")
+            if not sep or kind + ":" not in (USER_PREFIX, GROUP_PREFIX):
+                raise IdentityFileError(path, f"group {g!r}", f"member {m!r} is neither user:<id> nor group:<id>; nothing was applied")
+            _directory_id(path, f"group {g!r}", kind, ident)
+
+
+def _directory_id(path: str, where: str, kind: str, ident: object) -> None:
+    try:
+        check_id(kind, ident, PolicyError)  # the rule every policy file and API holds ids to, so an export restores
+    except PermragError as exc:
+        raise IdentityFileError(path, where, f"{exc}; nothing was applied") from None
+
+
 # ---------------------------------------------------------------------- LDIF
 GROUP_CLASSES = {"groupofnames", "groupofuniquenames", "group", "posixgroup"}
 

@@ -33,7 +33,7 @@ from ..acl import Acl, AclEntry, acl_entries, folder_path
 from ..errors import PolicyError, UnknownSubjectError
 from ..names import Held, as_list, check, check_id, check_tenant, expiry, principal
 from .changes import edge_change, need_role
-from .directory import Directory, check_acyclic
+from .directory import Directory, check_acyclic, check_ids
 from .folders import FolderEdit, folder_change
 from .ldap import LdapRead, LdapSource, Progress, source_of
 from .exports import read as read_exports
@@ -274,10 +274,12 @@ class Identity:
         unless ``allow_mass_removal``; a ``dry_run`` reports it instead."""
         tenant = check_tenant(tenant, PolicyError)
         if isinstance(source, Directory):
-            directory = source
-            check_acyclic("<directory>", directory)
+            directory, where = source, "<directory>"
+            check_acyclic(where, directory)
         else:
-            directory = self.read([source] if isinstance(source, (str, os.PathLike)) else list(source), format)
+            files = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+            directory, where = self.read(files, format), ", ".join(map(str, files))
+        check_ids(where, directory)  # every source alike: export files, LDAP, a Directory made by hand
         denied = self._denied(tenant) if self._denied is not None else set()
         report: list[SyncReport] = []
 

@@ -140,8 +140,7 @@ class Provisioning:
         return self.user(self._write_user(None, fields, tenant, None), tenant)
 
     def replace_user(self, uid: str, fields: UserFields, tenant: str = DEFAULT_TENANT, *, if_version: str | None = None) -> ProvisionedUser:
-        """Make user ``uid`` exactly ``fields`` (``active=False``: deactivated, holds nothing;
-        ``active=None`` keeps a deactivated user deactivated)."""
+        """Make user ``uid`` exactly ``fields`` (``active=False``: deactivated, holds nothing)."""
         return self.user(self._write_user(uid, fields, tenant, if_version), tenant)
 
     def _write_user(self, uid: str | None, f: UserFields, tenant: str, if_version: str | None) -> str:
@@ -160,9 +159,7 @@ class Provisioning:
             if taken:
                 raise ResourceConflictError(f"userName {name!r} is held by user {taken[0][len(USER_PREFIX) :]!r} in tenant {tenant!r}")
             done.append(ident)
-            # only an explicit ``active: true`` brings a deactivated user back: a replace
-            # that leaves ``active`` out (a PUT without it, a PATCH removing it) keeps it off
-            off = f.active is False or (f.active is None and uid is not None and ident in tp.inactive)
+            off = f.active is False  # left out: SCIM's default, active (the provider could as well send true)
 
             def write(conn: Connection) -> None:
                 old = extras_of(conn, tenant, key).get(key, (None, {}))
