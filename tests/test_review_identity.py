@@ -20,6 +20,7 @@ library's own delegated ``can_read``, whose bitmaps test_agents holds to casbin.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import jwt
@@ -80,7 +81,6 @@ def ok(res, status: int = 200) -> dict:
 # ---------------------------------------------------------------------- tokens
 def test_a_scim_token_never_searches_on_any_mcp_server(store) -> None:
     rag = store["rag"]
-    rag.policy.assign_user("prov", "kb-reader")
     tokens = Tokens(rag.catalog.engine)
     before = len(tokens.list())
     for scopes in (["scim", "search"], ["fetch", "scim"], "scim can_read"):
@@ -91,6 +91,17 @@ def test_a_scim_token_never_searches_on_any_mcp_server(store) -> None:
     assert len(tokens.list()) == before  # nothing was made
     res = CliRunner().invoke(main, ["--home", str(store["home"]), "token", "add", "prov", "--scope", "scim", "--scope", "search"])
     assert res.exit_code != 0 and "stands alone" in res.output and "Traceback" not in res.output and len(tokens.list()) == before
+    # the documented `permrag token add NAME --scope scim` needs no user and no existing tenant: SCIM populates it
+    res = CliRunner().invoke(main, ["--home", str(store["home"]), "token", "add", "provisioner", "--scope", "scim", "--tenant", "fresh", "--json"])
+    assert res.exit_code == 0, res.output
+    made = json.loads(res.output)
+    assert made["scopes"] == ["scim"] and made["tenant"] == "fresh"
+    client = TestClient(build_app(rag, token_lookup=tokens.lookup), headers={"Authorization": f"Bearer {made['token']}"})
+    uid = ok(client.post("/scim/v2/Users", json={"schemas": [USER], "userName": "first-of-fresh"}), 201)["id"]
+    rag.sync()
+    assert rag.identity.labels("fresh") == {f"user:{uid}": "first-of-fresh"} and f"user:{uid}" not in rag.identity.labels()
+    res = CliRunner().invoke(main, ["--home", str(store["home"]), "token", "add", "nobody-known", "--scope", "search"])
+    assert res.exit_code != 0 and "unknown user" in res.output  # a search token still names a user the store knows
     scim_token, _ = tokens.add("prov", "default", scopes=["scim"])
     search_token, _ = tokens.add("prov", "default", scopes=["search"])
     verifier = TableVerifier(tokens, rag.aio)

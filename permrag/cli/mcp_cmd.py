@@ -72,8 +72,12 @@ def token_add(ctx, user, tenant, name, agent, scopes, as_json) -> None:
     """Make a token acting as USER in the tenant (through --agent, limited to --scope); it is printed once and never again."""
     from ..mcp import Tokens
 
+    from ..mcp.tokens import SCIM_SCOPE, check_scopes
+
+    scim_only = check_scopes(list(scopes) or None) == (SCIM_SCOPE,)  # scopes refused before the store is read
     with store(ctx, catalog_only=True) as rag:
-        rag.access.check_user_known(user, tenant)
+        if not scim_only:  # a SCIM token names its provisioner, for a tenant it may populate from nothing
+            rag.access.check_user_known(user, tenant)
         if agent is not None:
             rag.access.check_agent_known(agent, tenant)
         token, info = Tokens(rag.catalog.engine).add(user, tenant, name=name, agent=agent, scopes=list(scopes) or None)
