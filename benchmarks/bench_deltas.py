@@ -12,6 +12,9 @@ same clock).
    nothing (``idle``); ``full reload`` is the behaviour before the change log:
    this process's catch-up replaced by a full reload (every rule read, every
    tenant's caches dropped). The three run interleaved, query by query.
+   Then searches in ``t1`` without pause while the worker changes ``t0``
+   every 200 ms, in windows alternating with idle ones (p99 against idle),
+   without and with the PostgreSQL push.
 2. **Revoke → enforce.** A row is granted, seen, then revoked. Same process:
    from the revoke's return to the end of the first search that no longer
    shows it. Cross process: a thread here searches without pause; from the
@@ -21,7 +24,7 @@ same clock).
 3. **at_least when fresh.** A search with ``at_least=`` a token this process
    already reflects, against the same search without it (interleaved).
 
-    python benchmarks/bench_deltas.py [--rows 2000] [--tenants 4] [--n 60] [--quick]
+    python benchmarks/bench_deltas.py [--rows 2000] [--tenants 4] [--n 60] [--seconds 18] [--quick]
 """
 
 from __future__ import annotations
@@ -187,6 +190,35 @@ def revoke_cross_process(rag: PermRAG, w: Worker, n: int) -> list[float]:
     return out
 
 
+def steady(rag: PermRAG, w: Worker, seconds: float, every: float = 0.2) -> dict[str, list[float]]:
+    """Searches in t1 without pause, in windows that alternate: no change, and the worker
+    changing t0 every ``every`` seconds (the issue's "a change every 200 ms in tenant X")."""
+    out: dict[str, list[float]] = {"idle": [], "changing": []}
+    for window in range(6):
+        mode = "changing" if window % 2 else "idle"
+        stop = threading.Event()
+
+        def changes() -> None:
+            flip = False
+            while not stop.wait(every):
+                w("revoke" if flip else "grant", "r1", "lvl:2", "t0")
+                flip = not flip
+
+        th = threading.Thread(target=changes, daemon=True) if mode == "changing" else None
+        if th is not None:
+            th.start()
+        end, i = time.perf_counter() + seconds / 6, 0
+        while time.perf_counter() < end:
+            t = time.perf_counter()
+            rag.search(f"topic {i % 50}", user=f"u{i % USERS}", tenant="t1", k=10, mode="dense")
+            out[mode].append(time.perf_counter() - t)
+            i += 1
+        stop.set()
+        if th is not None:
+            th.join(5)
+    return out
+
+
 def fresh_cost(rag: PermRAG, n: int) -> dict[str, list[float]]:
     tok = rag.consistency_token()
     out: dict[str, list[float]] = {"plain": [], "at_least": []}
@@ -208,6 +240,12 @@ def run(name: str, url: str | None, args) -> dict:
             res: dict = {"catalog": name}
             tenant = cross_tenant(rag, w, args.n)
             res["cross_tenant_ms"] = {m: {"p50": pct(v, 50), "p90": pct(v, 90), "p99": pct(v, 99)} for m, v in tenant.items()}
+            for key, follow in (("steady_ms", False), ("steady_push_ms", True)):
+                if follow and not (url is not None and rag.follow()):
+                    continue
+                got = steady(rag, w, args.seconds)
+                res[key] = {m: {"p50": pct(v, 50), "p99": pct(v, 99), "n": len(v)} for m, v in got.items()}
+                rag.policy.stop_following()
             res["revoke_same_process_ms"] = _stats(revoke_same_process(rag, args.n))
             res["revoke_cross_process_ms"] = _stats(revoke_cross_process(rag, w, args.n))
             if url is not None and rag.follow():
@@ -243,6 +281,14 @@ def table(results: list[dict], args) -> str:
             f"| {r['catalog']} | {c['idle']['p50']:.2f} / {c['idle']['p90']:.2f} | {c['delta']['p50']:.2f} / {c['delta']['p90']:.2f} | "
             f"{c['full reload']['p50']:.2f} / {c['full reload']['p90']:.2f} | {c['full reload']['p50'] / c['delta']['p50']:.2f} |"
         )
+    lines += ["", "Search in t1 while the other process changes t0 every 200 ms, against idle windows (ms, p50 / p99):", "",
+              "| catalog | idle | changing | p99 ratio | with the push: idle | changing | p99 ratio |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        cells = []
+        for key in ("steady_ms", "steady_push_ms"):
+            v = r.get(key)
+            cells.append("— | — | —" if v is None else f"{v['idle']['p50']:.2f} / {v['idle']['p99']:.2f} | {v['changing']['p50']:.2f} / {v['changing']['p99']:.2f} | {v['changing']['p99'] / v['idle']['p99']:.2f}")
+        lines.append(f"| {r['catalog']} | " + " | ".join(cells) + " |")
     lines += ["", "Revoke → enforce (ms, p50 / p99):", "", "| catalog | same process | other process | other process, push |", "|---|---|---|---|"]
     for r in results:
         push = r.get("revoke_cross_process_push_ms")
@@ -260,6 +306,7 @@ def main(argv=None) -> None:
     ap.add_argument("--rows", type=int, default=2000)
     ap.add_argument("--tenants", type=int, default=4)
     ap.add_argument("--n", type=int, default=60)
+    ap.add_argument("--seconds", type=float, default=18.0, help="searching time of the steady-change run (half of it with changes)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--worker", nargs=2)
     args = ap.parse_args(argv)
@@ -267,7 +314,7 @@ def main(argv=None) -> None:
         worker(*args.worker)
         return
     if args.quick:
-        args.rows, args.n = min(args.rows, 500), min(args.n, 20)
+        args.rows, args.n, args.seconds = min(args.rows, 500), min(args.n, 20), min(args.seconds, 6.0)
     results = [run("SQLite", None, args)]
     try:
         with fresh_postgres(PG_ADMIN) as url:
