@@ -290,3 +290,42 @@ def test_what_a_directory_sync_stores_restores_from_the_policy_export(store, tmp
     finally:
         other.close()
 
+
+
+# ---------------------------------------------------------------------- locked accounts
+ACCOUNTS = {  # uid → (extra LDIF lines, locked?)
+    "open": ("", False),
+    "pp-locked": ("pwdAccountLockedTime: 000001010000Z\n", True),
+    "ad-disabled": ("userAccountControl: 514\n", True),
+    "ad-normal": ("userAccountControl: 512\n", False),
+    "ad-garbled": ("userAccountControl: 0x202\n", True),  # unreadable: fail closed
+    "ipa-locked": ("nsAccountLock: TRUE\n", True),
+    "ipa-open": ("nsAccountLock: false\n", False),
+    "ipa-odd": ("nsAccountLock: maybe\n", True),
+}
+
+
+def test_a_locked_or_disabled_account_is_deactivated_from_ldif_and_ldap_alike(store, tmp_path) -> None:
+    from permrag.policy.ldap import LdapSource, build
+
+    rag = store["rag"]
+    text = "".join(f"dn: uid={u},ou=people,dc=e\nobjectClass: person\nuid: {u}\nentryUUID: id-{u}\n{extra}\n" for u, (extra, _) in ACCOUNTS.items())
+    (tmp_path / "people.ldif").write_text(text)
+    rag.policy.add_role("kb-reader", tenant="locks")
+    rag.policy.grant("kb-reader", "dept:kb", tenant="locks")
+    report = rag.identity.sync(tmp_path / "people.ldif", tenant="locks")
+    want = {f"id-{u}" for u, (_, locked) in ACCOUNTS.items() if locked}
+    assert set(rag.identity.deactivated("locks")) == want and set(report.deactivated) == want
+    # the live LDAP read of the same entries (the attributes as the server sends them) decides the same
+    entries = []
+    for u, (extra, _) in ACCOUNTS.items():
+        attrs = {"objectclass": [b"person"], "uid": [u.encode()], "entryuuid": [f"id-{u}".encode()]}
+        for line in extra.splitlines():
+            name, _, value = line.partition(": ")
+            attrs[name.lower()] = [value.encode()]
+        entries.append((f"uid={u},ou=people,dc=e", attrs))
+    live, _ = build(LdapSource("ldap://127.0.0.1:1", "dc=e"), entries, [])
+    assert live.inactive == want
+    for u in ACCOUNTS:
+        rag.policy.assign_user(f"id-{u}", "kb-reader", tenant="locks")
+    assert {u for u in ACCOUNTS if rag.policy.roles_of(f"id-{u}", "locks")} == {u for u, (_, locked) in ACCOUNTS.items() if not locked}

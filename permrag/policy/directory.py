@@ -29,7 +29,7 @@ import csv
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import IdentityFileError, PermragError, PolicyError
 from ..names import check, check_id
@@ -112,6 +112,28 @@ def check_acyclic(path: str, d: Directory) -> None:
                 state[nxt] = 1
                 trail.append(nxt)
                 stack.append((nxt, sorted(m[len(GROUP_PREFIX) :] for m in d.groups.get(nxt, ()) if m.startswith(GROUP_PREFIX))))
+
+
+ACCOUNTDISABLE = 0x2  # Active Directory userAccountControl's "account disabled" bit
+LOCK_ATTRIBUTES = ("pwdAccountLockedTime", "userAccountControl", "nsAccountLock")
+
+
+def disabled(values: Callable[[str], list[str]]) -> bool:
+    """Whether a directory entry is a locked or disabled account, from its
+    attribute ``values`` (by lower-case name): OpenLDAP ppolicy's
+    ``pwdAccountLockedTime`` present, Active Directory's ``userAccountControl``
+    with bit 2 (``ACCOUNTDISABLE``), 389 DS / FreeIPA's ``nsAccountLock: TRUE``.
+    An unreadable value counts as locked (fail closed). One rule for a live
+    LDAP read and an LDIF export of the same entries."""
+    if any(v.strip() for v in values("pwdaccountlockedtime")):
+        return True
+    for value in values("useraccountcontrol"):
+        try:
+            if int(value.strip()) & ACCOUNTDISABLE:
+                return True
+        except ValueError:
+            return True
+    return any(v.strip().lower() != "false" for v in values("nsaccountlock"))
 
 
 def check_ids(path: str, d: Directory) -> None:
@@ -208,6 +230,8 @@ def parse_ldif(path: str, text: str) -> Directory:
         else:
             key = USER_PREFIX + ident
             out.users.add(ident)
+            if disabled(lambda name: e.get(name, [])):
+                out.inactive.add(ident)
             uid = (e.get("uid") or e.get("samaccountname") or e.get("cn") or [None])[0]
             out.labels[key] = name_of(path, f"line {line}", "user uid", uid)
         keys[_dn_key(e["dn"][0])] = key

@@ -16,8 +16,9 @@ An entry is keyed by its immutable id (``entryUUID``; Active Directory's
 a move changes: rules, ACL entries and denies naming the id survive both.
 Users are labelled ``uid`` (else ``sAMAccountName``, ``cn``, ``displayName``),
 groups ``cn``. A user is deactivated when ``pwdAccountLockedTime`` (the
-ppolicy overlay's lock) is present or Active Directory's ``userAccountControl``
-has bit 2 (ACCOUNTDISABLE). Memberships come from a group's ``member`` /
+ppolicy overlay's lock) is present, Active Directory's ``userAccountControl``
+has bit 2 (ACCOUNTDISABLE) or 389 DS / FreeIPA's ``nsAccountLock`` is TRUE
+(policy/directory.py ``disabled``, the rule LDIF exports follow too). Memberships come from a group's ``member`` /
 ``uniqueMember`` DNs, from ``memberOf`` on its members, and from a
 ``posixGroup``'s ``memberUid``; groups nest. A reference to an entry that
 neither search returned (outside the bases or filters) is left out and
@@ -33,7 +34,7 @@ from typing import Callable, Sequence
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError, IdentityFileError
-from .directory import Directory, check_acyclic, name_of
+from .directory import LOCK_ATTRIBUTES, Directory, check_acyclic, disabled, name_of
 from .model import GROUP_PREFIX, USER_PREFIX
 
 USER_FILTER = "(|(objectClass=person)(objectClass=posixAccount))"
@@ -42,8 +43,7 @@ ID_ATTRIBUTES = ("entryUUID", "objectGUID")
 USER_LABELS = ("uid", "sAMAccountName", "cn", "displayName")
 GROUP_LABELS = ("cn", "sAMAccountName", "displayName")
 MEMBER_ATTRIBUTES = ("member", "uniqueMember", "memberOf", "memberUid")
-STATE_ATTRIBUTES = ("pwdAccountLockedTime", "userAccountControl")
-ACCOUNTDISABLE = 0x2  # userAccountControl's "account disabled" bit
+STATE_ATTRIBUTES = LOCK_ATTRIBUTES
 _ATTR = re.compile(r"[A-Za-z][A-Za-z0-9-]*\Z")
 
 Entry = tuple[str, dict[str, list[bytes]]]  # (DN, lower-case attribute → raw values)
@@ -267,15 +267,7 @@ def _label(source: LdapSource, dn: str, attrs: dict[str, list[bytes]], names: Se
 
 
 def _locked(attrs: dict[str, list[bytes]]) -> bool:
-    if attrs.get("pwdaccountlockedtime"):
-        return True
-    for value in _text(attrs.get("useraccountcontrol", [])):
-        try:
-            if int(value) & ACCOUNTDISABLE:
-                return True
-        except ValueError:
-            return True  # unreadable: fail closed
-    return False
+    return disabled(lambda name: _text(attrs.get(name, [])))
 
 
 def _entries(source: LdapSource, users: Sequence[Entry], groups: Sequence[Entry]) -> tuple[Directory, dict[str, str], dict[str, str | None]]:
