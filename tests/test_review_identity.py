@@ -197,8 +197,20 @@ def test_one_write_cannot_empty_a_deny_group_by_naming_every_member(store) -> No
     ok(client.patch(f"/scim/v2/Groups/{deny['id']}", json={"schemas": [PATCH], "Operations": [{"op": "remove", "path": f'members[value eq "{users[0]}"]'}]}))
     ok(client.patch(f"/scim/v2/Groups/{deny['id']}", json={"schemas": [PATCH], "Operations": [{"op": "remove", "path": "members", "value": [{"value": users[1]}]}]}))
     assert [readable(rag, x) for x in users] == [by_dept("fin"), by_dept("fin"), set(), set()]
+    # one named member that is a group carries its users: removing it is held to the guard too
+    inner = ok(client.post("/scim/v2/Groups", json={"schemas": [GROUP], "displayName": "named-inner", "members": [{"value": x} for x in users[2:]]}), 201)["id"]
+    outer = ok(client.post("/scim/v2/Groups", json={"schemas": [GROUP], "displayName": "named-outer", "members": [{"value": inner, "type": "Group"}]}), 201)["id"]
+    rag.identity.assign_group(outer, "no-fin")
+    ok(client.patch(f"/scim/v2/Groups/{deny['id']}", json={"schemas": [PATCH], "Operations": [{"op": "remove", "path": f'members[value eq "{users[2]}"]'}]}))
+    assert readable(rag, users[2]) == set()  # still denied through the outer group
+    res = client.patch(f"/scim/v2/Groups/{outer}", json={"schemas": [PATCH], "Operations": [{"op": "remove", "path": f'members[value eq "{inner}"]'}]})
+    assert res.status_code == 409 and "holds a deny" in res.json()["detail"], res.text
+    assert client.delete(f"/scim/v2/Groups/{inner}").status_code == 409  # nor by deleting the inner group
+    assert readable(rag, users[2]) == set()
     # a server started to allow mass removal applies it
     ok(scim(rag, allow_mass_removal=True).patch(f"/scim/v2/Groups/{deny['id']}", json={"schemas": [PATCH], "Operations": [{"op": "remove", "path": f"members[{every}]"}]}))
+    assert [readable(rag, x) for x in users] == [by_dept("fin")] * 2 + [set()] * 2  # users 2 and 3 are still in the outer deny group
+    ok(scim(rag, allow_mass_removal=True).delete(f"/scim/v2/Groups/{outer}"), 204)
     assert all(readable(rag, x) == by_dept("fin") for x in users)
 
 

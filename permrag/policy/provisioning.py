@@ -19,7 +19,7 @@ synced one:
   when a user leaves the export), so a deletion never widens access.
 
 A write that replaces a group's members wholesale (SCIM ``PUT``, a ``replace``
-of ``members``, a delete) or removes several named members at once, and would
+of ``members``, a delete) or removes several named members or a group, and would
 empty a group holding a deny or take more than half of its members, is refused with :class:`MassRemovalError`
 unless provisioning was opened with ``allow_mass_removal``: losing a deny
 widens access. Each resource has a version (SCIM ``meta.version``); a write
@@ -217,16 +217,16 @@ class Provisioning:
     ) -> ProvisionedGroup:
         """Make group ``gid`` exactly ``fields``. ``wholesale``: the members were given
         as a whole (a PUT, a replace of all members), so the mass-removal guard applies;
-        to a removal of named members it applies when it names more than one (a single
-        write must not empty a deny group by listing every member)."""
+        to a removal of named members it applies when it names more than one, or a
+        group (a single write must not empty a deny group by listing every member)."""
         return self.group(self._write_group(gid, fields, tenant, if_version, wholesale), tenant)
 
     def _write_group(self, gid: str | None, f: GroupFields, tenant: str, if_version: str | None, wholesale: bool) -> str:
         tenant = check_tenant(tenant, PolicyError)
         name, ext = text("displayName", f.display_name), text("externalId", f.external_id, optional=True)
         given = [(kind, str(text("member value", v))) for kind, v in f.members]
-        # a wholesale write, or one that names several members to remove, is guarded;
-        # removing one member by name (Okta's way) never is
+        # a wholesale write, or one that names several members or a group to remove, is
+        # guarded; removing one user by name (Okta's way) never is
         guarded = not self.allow_mass_removal and gid is not None
         now, done, denied = self.policy.clock(), [], self._denials(tenant) if guarded else set()
 
@@ -239,8 +239,9 @@ class Provisioning:
             new = {_member_key(tp, kind, v, tenant) for kind, v in given} | kept
             for m in sorted(new - old):
                 tp.check_member(m, ident)
-            if guarded and (wholesale or len(old - new) > 1):
-                _guard(tp, ident, old, new, denied)
+            gone = old - new
+            if guarded and (wholesale or len(gone) > 1 or any(m.startswith(GROUP_PREFIX) for m in gone)):
+                _guard(tp, ident, old, new, denied)  # one user removed by name is never a mass removal; a group may hold many
             done.append(ident)
             return _group_change(tp, tenant, ident, (name, ext), old, new, (if_version, now))
 
