@@ -157,7 +157,7 @@ def serves(access: Any, tenant: str, user: str | None, since: float | None) -> l
     if since is not None:
         q = q.where(a.ts >= since)
     with db.reading(access.engine, "reading the audit log") as conn:
-        return conn.execute(q).all()
+        return list(conn.execute(q).all())
 
 
 def exposure(
@@ -189,6 +189,8 @@ def exposure(
         if not rows or who is None or served is None:
             continue
         ref = access.compiler.visible(who, tenant) if version is None else report.visible(ref_version, who, clock)
+        if ref is None:  # (the reference version was checked above: it can be rebuilt)
+            continue
         recs = access.catalog.rows.records([r for r in rows if r not in ref])
         for rid, rec in recs.items():
             decision, path = report.explain(who, rec, int(served), ts)

@@ -120,7 +120,7 @@ def capture(conn: Connection, tenants: Sequence[str]) -> Iterator[dict[str, list
 
     def before(_conn: Connection, clause: Any, multiparams: Any = None, params: Any = None, *_a: Any) -> None:
         if isinstance(clause, Delete) and clause.table is db.casbin_rule:
-            q = select(db.casbin_rule).where(clause.whereclause)
+            q = select(db.casbin_rule) if clause.whereclause is None else select(db.casbin_rule).where(clause.whereclause)
             for one in multiparams or [params or {}]:  # an executemany: the rows each parameter set deletes
                 removed.extend(tuple(r) for r in _conn.execute(q, one) if r[0] <= first)
 
@@ -316,7 +316,7 @@ class Pusher:
 
         raw = self.engine.raw_connection()
         try:
-            dbapi = raw.driver_connection
+            dbapi: Any = raw.driver_connection
             if hasattr(dbapi, "set_isolation_level"):  # psycopg2
                 dbapi.set_isolation_level(0)
             else:
