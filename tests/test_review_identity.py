@@ -341,3 +341,34 @@ def test_a_locked_or_disabled_account_is_deactivated_from_ldif_and_ldap_alike(st
     for u in ACCOUNTS:
         rag.policy.assign_user(f"id-{u}", "kb-reader", tenant="locks")
     assert {u for u in ACCOUNTS if rag.policy.roles_of(f"id-{u}", "locks")} == {u for u, (_, locked) in ACCOUNTS.items() if not locked}
+
+
+# ---------------------------------------------------------------------- error bodies
+def test_a_failing_store_is_reported_without_its_internals(tmp_path, caplog) -> None:
+    home = tmp_path / "home"
+    rag = PermRAG.open(home, catalog_only=True)
+    try:
+        client = scim(rag)
+        assert ok(client.get("/scim/v2/Users"))["totalResults"] == 0
+        for name in ("permrag.db", "permrag.db-shm", "permrag.db-wal"):  # the database goes away under the server
+            if (home / name).exists():
+                (home / name).rename(home / f"{name}.away")
+        (home / "permrag.db").mkdir()
+        rag.catalog.engine.dispose()
+        with caplog.at_level("WARNING", logger="permrag.serve"):
+            ready = client.get("/readyz")  # unauthenticated
+            write = client.post("/scim/v2/Users", json={"schemas": [USER], "userName": "during-outage"})
+        assert ready.status_code == 503 and ready.json() == {"status": "unavailable", "detail": "BackendError; the reason is in the server's log"}
+        body = write.json()
+        assert write.status_code == 503 and body["detail"].startswith("the store is unavailable (BackendError); nothing was changed")
+        for text in (ready.text, write.text):
+            assert "sqlite" not in text.lower() and "open database" not in text and "failed" not in text
+        logged = " ".join(r.getMessage() for r in caplog.records)
+        assert "unable to open database file" in logged  # the operator still sees why
+    finally:
+        if (home / "permrag.db").is_dir():
+            (home / "permrag.db").rmdir()
+        for name in ("permrag.db", "permrag.db-shm", "permrag.db-wal"):
+            if (home / f"{name}.away").exists():
+                (home / f"{name}.away").rename(home / name)
+        rag.close()

@@ -77,7 +77,9 @@ def _error(exc: Exception) -> ScimError:
         return ScimError(404, str(exc))
     if isinstance(exc, (PolicyError, ArgumentError)):
         return ScimError(400, str(exc), "invalidValue")
-    return ScimError(503 if isinstance(exc, PermragError) else 500, str(exc) if isinstance(exc, PermragError) else "internal error")
+    if isinstance(exc, PermragError):  # the store or a backend failed: its message (hosts, accounts) stays in the log
+        return ScimError(503, f"the store is unavailable ({exc.__class__.__name__}); nothing was changed; the reason is in the server's log")
+    return ScimError(500, "internal error")
 
 
 def _if_match(request: Request) -> str | None:
