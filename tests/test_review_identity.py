@@ -372,3 +372,21 @@ def test_a_failing_store_is_reported_without_its_internals(tmp_path, caplog) -> 
             if (home / f"{name}.away").exists():
                 (home / f"{name}.away").rename(home / name)
         rag.close()
+
+
+def test_a_member_uid_several_users_share_refuses_the_read(store) -> None:
+    from permrag.policy.ldap import LdapSource, build
+
+    source = LdapSource("ldap://127.0.0.1:1", "dc=e")
+
+    def person(ou: str, uid: str) -> tuple[str, dict]:
+        return f"uid={uid},ou={ou},dc=e", {"objectclass": [b"posixAccount"], "uid": [uid.encode()], "entryuuid": [f"{ou}-{uid}".encode()]}
+
+    people = [person("staff", "bob"), person("contractors", "BOB"), person("staff", "ann")]
+    deny = ("cn=no-payroll,dc=e", {"objectclass": [b"posixGroup"], "cn": [b"no-payroll"], "entryuuid": [b"g-deny"], "memberuid": [b"ann", b"bob"]})
+    with pytest.raises(IdentityFileError, match="memberUid 'bob' names several users"):
+        build(source, people, [deny])  # leaving both out would lift the group's deny; adding both would widen an allow
+    d, skipped = build(source, people[::2], [deny])
+    assert d.groups == {"g-deny": {"user:staff-ann", "user:staff-bob"}} and skipped == []
+    d, skipped = build(source, people[:1], [deny])  # a uid no user entry has: left out and reported, as before
+    assert d.groups == {"g-deny": {"user:staff-bob"}} and skipped == ["cn=no-payroll,dc=e: memberUid ann"]

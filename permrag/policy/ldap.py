@@ -22,7 +22,9 @@ has bit 2 (ACCOUNTDISABLE) or 389 DS / FreeIPA's ``nsAccountLock`` is TRUE
 ``uniqueMember`` DNs, from ``memberOf`` on its members, and from a
 ``posixGroup``'s ``memberUid``; groups nest. A reference to an entry that
 neither search returned (outside the bases or filters) is left out and
-reported: it names no user or group permrag knows.
+reported: it names no user or group permrag knows. A ``memberUid`` several
+users share refuses the read: adding all of them would widen a group's
+grants, leaving them out would lift its denies.
 """
 
 from __future__ import annotations
@@ -314,8 +316,10 @@ def build(source: LdapSource, users: Sequence[Entry], groups: Sequence[Entry]) -
                         group.add(hit)
                 for uid in _text(attrs.get("memberuid", [])):
                     hit = uids.get(uid.lower())
+                    if hit is None and uid.lower() in uids:  # which one is meant cannot be known: neither guess is safe
+                        raise IdentityFileError(source.url, dn, f"memberUid {uid!r} names several users (they share that uid); give them distinct uids or list members by DN")
                     if hit is None:
-                        skipped.append(f"{dn}: memberUid {uid}" + (" (several users have this uid)" if uid.lower() in uids else ""))
+                        skipped.append(f"{dn}: memberUid {uid}")
                     else:
                         group.add(hit)
             for value in _text(attrs.get("memberof", [])):
