@@ -374,7 +374,11 @@ def test_a_failing_store_is_reported_without_its_internals(tmp_path, caplog) -> 
         rag.close()
 
 
-def test_a_member_uid_several_users_share_refuses_the_read(store) -> None:
+def _ldif(entries: list[tuple[str, dict]]) -> str:
+    return "".join(f"dn: {dn}\n" + "".join(f"{k}: {v.decode()}\n" for k, vs in attrs.items() for v in vs) + "\n" for dn, attrs in entries)
+
+
+def test_a_member_uid_several_users_share_refuses_the_read(store, tmp_path) -> None:
     from permrag.policy.ldap import LdapSource, build
 
     source = LdapSource("ldap://127.0.0.1:1", "dc=e")
@@ -390,3 +394,15 @@ def test_a_member_uid_several_users_share_refuses_the_read(store) -> None:
     assert d.groups == {"g-deny": {"user:staff-ann", "user:staff-bob"}} and skipped == []
     d, skipped = build(source, people[:1], [deny])  # a uid no user entry has: left out and reported, as before
     assert d.groups == {"g-deny": {"user:staff-bob"}} and skipped == ["cn=no-payroll,dc=e: memberUid ann"]
+    # an LDIF export of the same entries gives the same members (it used to drop every memberUid) and the same refusal
+    (tmp_path / "ok.ldif").write_text(_ldif([*people[::2], deny]))
+    live, _ = build(source, people[::2], [deny])
+    assert store["rag"].identity.read([tmp_path / "ok.ldif"]).groups == live.groups
+    (tmp_path / "twice.ldif").write_text(_ldif([*people, deny]))
+    rag = store["rag"]
+    rag.sync()
+    version = rag.policy_version
+    with pytest.raises(IdentityFileError, match="memberUid 'bob' names several users"):
+        rag.identity.sync(tmp_path / "twice.ldif", tenant="uids")
+    rag.sync()
+    assert rag.policy_version == version

@@ -219,6 +219,7 @@ def _ldif_key(path: str, line: int, e: dict[str, list[str]]) -> str:
 def parse_ldif(path: str, text: str) -> Directory:
     entries = _ldif_entries(path, text)
     keys: dict[str, str] = {}  # dn key → user:<id> / group:<id>
+    uids: dict[str, str | None] = {}  # uid (lower-case) → user:<id>; None: several users have it
     out = Directory()
     for line, e in entries:
         classes = {c.lower() for c in e.get("objectclass", [])}
@@ -234,6 +235,8 @@ def parse_ldif(path: str, text: str) -> Directory:
                 out.inactive.add(ident)
             uid = (e.get("uid") or e.get("samaccountname") or e.get("cn") or [None])[0]
             out.labels[key] = name_of(path, f"line {line}", "user uid", uid)
+            for u in e.get("uid", []):
+                uids[u.lower()] = None if u.lower() in uids else key
         keys[_dn_key(e["dn"][0])] = key
 
     def key_of(dn: str, line: int) -> str:
@@ -247,12 +250,23 @@ def parse_ldif(path: str, text: str) -> Directory:
         if key.startswith(GROUP_PREFIX):
             for dn in e.get("member", []) + e.get("uniquemember", []):
                 out.groups[key[len(GROUP_PREFIX) :]].add(key_of(dn, line))
+            for uid in e.get("memberuid", []):  # a posixGroup's members, by uid, as a live LDAP read takes them
+                out.groups[key[len(GROUP_PREFIX) :]].add(_by_uid(path, line, uids, uid))
         for dn in e.get("memberof", []):
             group = key_of(dn, line)
             if not group.startswith(GROUP_PREFIX):
                 raise IdentityFileError(path, f"entry at line {line}", f"memberOf {dn!r} is not a group")
             out.groups[group[len(GROUP_PREFIX) :]].add(key)
     return out
+
+
+def _by_uid(path: str, line: int, uids: dict[str, str | None], uid: str) -> str:
+    if uid.lower() not in uids:
+        raise IdentityFileError(path, f"entry at line {line}", f"memberUid {uid!r} is the uid of no user of this export")
+    hit = uids[uid.lower()]
+    if hit is None:
+        raise IdentityFileError(path, f"entry at line {line}", f"memberUid {uid!r} names several users (they share that uid); give them distinct uids or list members by DN")
+    return hit
 
 
 # ---------------------------------------------------------------------- CSV
