@@ -139,9 +139,20 @@ def test_a_jwt_scope_claim_limits_or_refuses_never_lifts(claims: dict, expected:
 
 
 # ---------------------------------------------------------------------- SCIM writes
-def test_deleting_a_group_leaves_the_same_memberships_in_every_process(store) -> None:
-    rag = store["rag"]
-    other = PermRAG.open(store["home"], catalog_only=True)  # another reader, loaded before the change: it catches up
+def _world(home, db_url=None) -> PermRAG:
+    rag = PermRAG.open(home, database_url=db_url, catalog_only=True)
+    rag.add_documents(DOCS)
+    for dept in ("kb", "fin"):
+        rag.policy.add_role(f"{dept}-reader")
+        rag.policy.grant(f"{dept}-reader", f"dept:{dept}")
+    rag.policy.add_role("no-kb")
+    rag.policy.deny("no-kb", "dept:kb")
+    return rag
+
+
+def test_deleting_a_group_leaves_the_same_memberships_in_every_process(home, db_url) -> None:
+    rag = _world(home, db_url)
+    other = PermRAG.open(home, database_url=db_url, catalog_only=True)  # another reader, loaded before the change: it catches up
     try:
         client = scim(rag, allow_mass_removal=True)
         u = ok(client.post("/scim/v2/Users", json={"schemas": [USER], "userName": "del-u", "externalId": "del-u"}), 201)["id"]
@@ -150,9 +161,10 @@ def test_deleting_a_group_leaves_the_same_memberships_in_every_process(store) ->
         rag.policy.assign_user(u, "kb-reader")
         rag.identity.add_member(g, "agent:del-bot")
         rag.identity.assign_group(g, "no-kb")  # the group denies what its members' roles allow
-        assert readable(rag, u, "del-bot") == set()
+        other.sync()
+        assert readable(rag, u, "del-bot") == readable(other, u, "del-bot") == set()
         ok(client.delete(f"/scim/v2/Groups/{g}"), 204)
-        fresh = PermRAG.open(store["home"], catalog_only=True)
+        fresh = PermRAG.open(home, database_url=db_url, catalog_only=True)
         try:
             other.sync()
             views = [r.policy.tenant("default").members.get(g, set()) for r in (rag, other, fresh)]
@@ -168,6 +180,7 @@ def test_deleting_a_group_leaves_the_same_memberships_in_every_process(store) ->
         assert client.get(f"/scim/v2/Groups/{g}").status_code == 404
     finally:
         other.close()
+        rag.close()
 
 
 def test_one_write_cannot_empty_a_deny_group_by_naming_every_member(store) -> None:
