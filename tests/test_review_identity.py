@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 
 import jwt
@@ -178,6 +180,16 @@ def test_deleting_a_group_leaves_the_same_memberships_in_every_process(home, db_
         finally:
             fresh.close()
         assert client.get(f"/scim/v2/Groups/{g}").status_code == 404
+        # and in another OS process, opened after the change
+        code = (
+            "import sys; from permrag import PermRAG\n"
+            "with PermRAG.open(sys.argv[1], database_url=sys.argv[2] or None, catalog_only=True) as r:\n"
+            "    print(sorted(d for d in ('kb-0', 'kb-1', 'fin-0', 'fin-1') if r.can_read(sys.argv[3], d, agent='del-bot')),"
+            " sorted(r.policy.tenant('default').member_of.get('agent:del-bot', ())))"
+        )
+        res = subprocess.run([sys.executable, "-c", code, str(home), db_url or "", u], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert res.stdout.strip() == f"{sorted(by_dept('kb'))} []"
     finally:
         other.close()
         rag.close()
