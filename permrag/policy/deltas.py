@@ -372,22 +372,42 @@ class Following:
             got = read_catch_up(self.engine, self.version)
             if got is None:
                 return False
-            if got.deltas is None:
-                self._tenants, self.version = got.tenants, got.version
-                self.full_reloads += 1
-                self._notify(None, None, None)
-                return True
+            self._take(got)
+            self._announce(got.deltas)
+            return True
+
+    def _behind(self, conn: Connection, upto: int) -> list[Delta] | None:
+        """Inside a change's transaction (other writers wait on its lock): bring this
+        copy to ``upto`` by the logged deltas (returned, for :meth:`_announce` once
+        the change is done), or by a full read (None)."""
+        deltas: list[Delta] | None = read_log(conn, self.version, upto)
+        if upto < self.version or [d.version for d in deltas or ()] != list(range(self.version + 1, upto + 1)):
+            deltas = None
+        names = None if deltas is None else {t for d in deltas for t in d.tenants}
+        self._take(CatchUp(upto, deltas, read_all(conn, names)))
+        return deltas
+
+    def _take(self, got: CatchUp) -> None:
+        if got.deltas is None:
+            self._tenants = got.tenants
+            self.full_reloads += 1
+        else:
             for t in {t for d in got.deltas for t in d.tenants}:
                 if t in got.tenants:
                     self._tenants[t] = got.tenants[t]
                 else:
                     self._tenants.pop(t, None)
-            self.version = got.version
             self.catch_ups += 1
-            for d in got.deltas:
-                for t in d.tenants:
-                    self._notify(t, None if d.roles is None else set(d.roles), None if d.users is None else set(d.users))
-            return True
+        self.version = got.version
+
+    def _announce(self, deltas: list[Delta] | None) -> None:
+        """Tell the listeners (the compiler's caches) what the deltas touched; None: everything."""
+        if deltas is None:
+            self._notify(None, None, None)
+            return
+        for d in deltas:
+            for t in d.tenants:
+                self._notify(t, None if d.roles is None else set(d.roles), None if d.users is None else set(d.users))
 
     def follow(self) -> bool:
         """On PostgreSQL, listen for other processes' changes and catch up as they

@@ -11,8 +11,8 @@ same database as the catalog:
 Its transaction first bumps the policy version (``db.bump``: the row lock on
 PostgreSQL, the write lock on SQLite, so writers in all processes queue
 there); if the version it took is not this copy's plus one, another process
-changed the policy since, and the copy is reloaded inside the same
-transaction. Only then is the change validated (unknown role, cycle, depth,
+changed the policy since, and the copy catches up (by the logged deltas,
+policy/deltas.py) inside the same transaction. Only then is the change validated (unknown role, cycle, depth,
 already present) and written, so a deny is never skipped, a revoke of a rule
 granted elsewhere is found, and two processes cannot build a cycle between
 them. A change that turns out to change nothing, or fails validation, rolls
@@ -170,13 +170,12 @@ class Policy(AgentPolicy, Following):
     def _change(self, tenants: set[str], make: Callable[[dict[str, TenantPolicy]], Change | None]) -> bool:
         """Validate and apply one change against the stored policy (see the module docstring)."""
         with self.lock:
-            reloaded = False
+            behind: list | None = []  # what another process changed since this copy (None: reloaded whole)
             try:
                 with db.transaction(self.engine, "policy change") as conn:
                     version = db.bump(conn, "policy_version")
                     if version != self.version + 1:
-                        self._tenants, self.version = read_all(conn), version - 1
-                        reloaded = True
+                        behind = self._behind(conn, version - 1)
                     current = {t: self._tenants.get(t) or TenantPolicy() for t in tenants}
                     change = make(current)
                     if change is None:
@@ -185,26 +184,21 @@ class Policy(AgentPolicy, Following):
                         change.write(conn)
                     record(conn, version, change, rows, time.time())
             except _NoChange:
-                if reloaded:
-                    self._notify(None, None, None)
+                self._announce(behind)
                 return False
             except IntegrityError as exc:
-                if reloaded:
-                    self._notify(None, None, None)
+                self._announce(behind)
                 raise PolicyError(f"policy change conflicts with the stored policy: {str(exc.orig).splitlines()[0]}") from None
             except BaseException:
-                if reloaded:
-                    self._notify(None, None, None)
+                self._announce(behind)
                 raise
             for t in change.tenants:
                 self._tenants.setdefault(t, TenantPolicy())
             change.apply(self._tenants)
             self.version = version
-            if reloaded:
-                self._notify(None, None, None)
-            else:
-                for t in change.tenants:
-                    self._notify(t, change.roles, change.users)
+            self._announce(behind)
+            for t in change.tenants:
+                self._notify(t, change.roles, change.users)
             return True
 
     def _one(self, tenant: str, make: Callable[[TenantPolicy], Change | None]) -> bool:
