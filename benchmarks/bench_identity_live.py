@@ -146,7 +146,7 @@ def pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--users", type=int, default=None)
@@ -154,7 +154,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--trials", type=int, default=50)
     ap.add_argument("--database-url", default=None)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     n_users = args.users or (1000 if args.quick else 10_000)
     n_groups = args.groups or (200 if args.quick else 2_000)
     base = Path(tempfile.mkdtemp(prefix="bench-live-"))

@@ -21,8 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_async  # noqa: E402
 import bench_coldstart  # noqa: E402
+import bench_delegation  # noqa: E402
+import bench_deltas  # noqa: E402
 import bench_compile  # noqa: E402
 import bench_identity  # noqa: E402
+import bench_identity_live  # noqa: E402
 import bench_ldap  # noqa: E402
 import bench_ingest  # noqa: E402
 import bench_layout  # noqa: E402
@@ -46,6 +49,9 @@ STEPS = [
     ("writes", bench_writes.main, []),
     ("identity", bench_identity.main, []),
     ("ldap_sync", bench_ldap.main, []),
+    ("identity_live", bench_identity_live.main, []),
+    ("delegation", bench_delegation.main, []),
+    ("deltas", bench_deltas.main, []),
     ("async", bench_async.main, []),
     ("coldstart", bench_coldstart.main, []),
     ("peers", bench_peers.main, []),
