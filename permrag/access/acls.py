@@ -28,8 +28,8 @@ id appears).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from pyroaring import BitMap, FrozenBitMap
 
@@ -97,7 +97,7 @@ class TenantAcls:
     by_label: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, idx: TenantIndex, tp: TenantPolicy, now: float) -> "TenantAcls":
+    def build(cls, idx: TenantIndex, tp: TenantPolicy, now: float) -> TenantAcls:
         # Documents' own permanent entries are the index's bitmaps as they
         # are (no copy: 1M documents file ~100k principals); only principals
         # that also gain rows from expiring entries or folders get a union.

@@ -41,8 +41,8 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
 
 from pyroaring import BitMap, FrozenBitMap
 
@@ -96,7 +96,7 @@ class Compiler:
             policy.subscribe(self.on_policy_change)
             catalog.subscribe(self.on_catalog_change)
 
-    def at(self, moment: float) -> "Compiler":
+    def at(self, moment: float) -> Compiler:
         """A compiler of the same policy and catalog whose clock reads ``moment``:
         answers as they will be then, if nothing changes (when access ends).
         Use it under the state lock and drop it: it does not follow changes."""

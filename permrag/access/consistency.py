@@ -32,7 +32,7 @@ from ..errors import ArgumentError, StaleReadError
 PREFIX = "pr1"
 DEFAULT_WAIT = 2.0  # seconds an at_least read waits for the store to reach the token
 _TOKEN = re.compile(r"pr1\.(0|[1-9][0-9]{0,17})\.(0|[1-9][0-9]{0,17})\.([0-9a-f]{16})")
-_KEYS: "weakref.WeakKeyDictionary[Engine, bytes]" = weakref.WeakKeyDictionary()
+_KEYS: weakref.WeakKeyDictionary[Engine, bytes] = weakref.WeakKeyDictionary()
 _KEYS_LOCK = threading.Lock()
 
 

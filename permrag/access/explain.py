@@ -8,9 +8,9 @@ independent check of the compiled bitmaps (the tests compare the two).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Callable, Mapping, Sequence
 
 from ..catalog import RowRecord
 from ..catalog.bitmaps import GONE
@@ -68,10 +68,10 @@ class Explanation:
     path: tuple[str, ...] = ()
     rule: Rule | AclRule | None = None
     expires_at: float | None = None  # when this decision's path or rule expires (None: never)
-    sources: tuple["Explanation", ...] = field(default=())
+    sources: tuple[Explanation, ...] = field(default=())
     missing_sources: int = 0
-    chunks: tuple["Explanation", ...] = field(default=())
-    parties: tuple["Explanation", ...] = field(default=())
+    chunks: tuple[Explanation, ...] = field(default=())
+    parties: tuple[Explanation, ...] = field(default=())
 
     def __str__(self) -> str:
         if self.decision == "delegated":

@@ -15,7 +15,8 @@ when every one of its chunks is.
 from __future__ import annotations
 
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from pyroaring import FrozenBitMap
 from sqlalchemy import Engine
