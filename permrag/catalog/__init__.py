@@ -12,7 +12,7 @@ another's rows (and so never compile a deny bitmap without them).
 from __future__ import annotations
 
 import threading
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from pyroaring import BitMap
 

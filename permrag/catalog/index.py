@@ -14,9 +14,9 @@ a snapshot taken by a search stays valid while others write.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Iterable, Iterator, Mapping
 
 from pyroaring import BitMap, FrozenBitMap
 from sqlalchemy import and_, bindparam, delete, select, update

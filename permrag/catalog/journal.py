@@ -30,8 +30,8 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 from pyroaring import BitMap, FrozenBitMap
 from sqlalchemy import Engine, delete, select, update

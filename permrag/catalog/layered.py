@@ -12,7 +12,8 @@ map (amortised, about 1/16 of it plus the layer).
 
 from __future__ import annotations
 
-from typing import Iterator, Mapping, TypeVar
+from collections.abc import Iterator, Mapping
+from typing import TypeVar
 
 V = TypeVar("V")
 MIN_LAYER = 256  # values kept on top before a fold, whatever the base's size
@@ -60,7 +61,7 @@ class Layered(Mapping[str, V]):
     def __repr__(self) -> str:
         return f"Layered({dict(self.items())!r})"
 
-    def changed(self, changes: Mapping[str, V | None]) -> "Layered[V]":
+    def changed(self, changes: Mapping[str, V | None]) -> Layered[V]:
         """A new map with ``changes`` applied (None removes a key); this one is left as it is."""
         top = dict(self._top)
         length = self._len

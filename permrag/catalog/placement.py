@@ -40,7 +40,8 @@ from __future__ import annotations
 import json
 import threading
 from collections import defaultdict
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
@@ -63,7 +64,7 @@ def check_layout(groups: int, group_by: str | None) -> None:
         raise ConfigError(f"group_by={group_by!r} places rows in class groups: give groups=N (N > 0) too")
 
 
-def layout_placement(engine: Any, given: tuple[int | None, str | None], backend_options: dict[str, Any], signer: Callable[[], Signer]) -> "Placement | None":
+def layout_placement(engine: Any, given: tuple[int | None, str | None], backend_options: dict[str, Any], signer: Callable[[], Signer]) -> Placement | None:
     """The layout of this process: the ``groups`` and ``group_by`` it was given,
     recorded in the store (settings ``layout``); if it was given neither, the
     recorded ones — so every process of a store (the CLI, a worker opened
