@@ -11,7 +11,8 @@ made by a user through the agent, which sees the rows both may read
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import delete
 from sqlalchemy.engine import Connection

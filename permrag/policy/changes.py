@@ -3,7 +3,7 @@ identity layer (groups, folder ACLs, directory sync)."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from sqlalchemy import delete
 from sqlalchemy.engine import Connection

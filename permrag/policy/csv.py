@@ -34,9 +34,9 @@ from __future__ import annotations
 import csv
 import io
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from sqlalchemy import and_, delete
 from sqlalchemy.engine import Connection
@@ -46,9 +46,9 @@ from ..acl import folder_path
 from ..errors import PermragError, PolicyCSVError, PolicyError, RoleCycleError
 from ..names import check, check_id, check_role, check_tenant, kind_prefix, principal, show_time
 from .changes import set_expiry
+from .csv_check import edge, expires, require_known
 from .model import AGENT_PREFIX, GROUP_PREFIX, USER_PREFIX, Change, Folder, TenantPolicy
 from .persist import FOLDER_ACL, IDENT, NO_INHERIT, NO_INHERIT_TYPES, ident_row, stamp
-from .csv_check import edge, expires, require_known
 
 NO_INHERIT_LINE = "noinherit"  # the line type in files (stored as NO_INHERIT)
 from .selectors import parse_selector

@@ -33,9 +33,10 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from sqlalchemy import Delete, bindparam, delete, event, func, select, text
 from sqlalchemy.engine import Connection, Engine
@@ -74,7 +75,7 @@ class Delta:
         return json.dumps({"tenants": sorted(self.tenants), "roles": opt(self.roles), "users": opt(self.users), "added": [list(r) for r in self.added], "removed": [list(r) for r in self.removed]})
 
     @classmethod
-    def from_row(cls, version: int, ts: float, kind: str, detail: str) -> "Delta":
+    def from_row(cls, version: int, ts: float, kind: str, detail: str) -> Delta:
         d = json.loads(detail)
 
         def opt(v: list[str] | None) -> tuple[str, ...] | None:
@@ -356,7 +357,7 @@ class Following:
     lock: Any
     version: int
     _tenants: dict[str, TenantPolicy]
-    _pusher: "Pusher | None" = None
+    _pusher: Pusher | None = None
     catch_ups = 0  # catch-ups by deltas (for tests and benchmarks)
     full_reloads = 0
 

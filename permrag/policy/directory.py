@@ -27,9 +27,10 @@ import base64
 import binascii
 import csv
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import IdentityFileError, PermragError, PolicyError
 from ..names import check, check_id
@@ -55,7 +56,7 @@ class Directory:
         """Every user and group of the export, as ``user:<id>`` / ``group:<id>``."""
         return {USER_PREFIX + u for u in self.users} | {GROUP_PREFIX + g for g in self.groups}
 
-    def merge(self, other: "Directory") -> None:
+    def merge(self, other: Directory) -> None:
         """Add ``other``'s users and groups; a user deactivated in either stays deactivated."""
         self.users |= other.users
         for g, ms in other.groups.items():

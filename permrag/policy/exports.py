@@ -9,8 +9,8 @@ themselves. The union must be free of group cycles.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import IdentityFileError, PolicyError
 from .directory import FORMATS, Directory, check_acyclic, detect, parse_csv, parse_ldif

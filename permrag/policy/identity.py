@@ -22,8 +22,8 @@ an id or an unambiguous label (:meth:`TenantPolicy.resolve`).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
-from typing import Callable, Iterable, Sequence
 
 from sqlalchemy import bindparam, delete
 from sqlalchemy.engine import Connection
@@ -34,9 +34,9 @@ from ..errors import PolicyError, UnknownSubjectError
 from ..names import Held, as_list, check, check_id, check_tenant, expiry, principal
 from .changes import edge_change, need_role
 from .directory import Directory, check_acyclic, check_ids
+from .exports import read as read_exports
 from .folders import FolderEdit, folder_change
 from .ldap import LdapRead, LdapSource, Progress, source_of
-from .exports import read as read_exports
 from .model import AGENT_PREFIX, GROUP_PREFIX, MAX_DEPTH, USER_PREFIX, Change, Folder, TenantPolicy
 from .persist import IDENT, ident_row
 from .principals import listing, require, require_future

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 from sqlalchemy.engine import Connection
 
@@ -70,7 +70,7 @@ class Folder:
     deny: dict[str, float | None] = field(default_factory=dict)
     inherit: bool = True
 
-    def copy(self) -> "Folder":
+    def copy(self) -> Folder:
         return Folder(dict(self.allow), dict(self.deny), self.inherit)
 
     def empty(self) -> bool:
@@ -111,7 +111,7 @@ class TenantPolicy:
     agent_roles: dict[str, set[str]] = field(default_factory=_graph)  # agent → roles assigned (g, agent:<id>, role)
     role_agents: dict[str, set[str]] = field(default_factory=_graph)  # role → agents assigned it
 
-    def copy(self) -> "TenantPolicy":
+    def copy(self) -> TenantPolicy:
         def dup(d: dict[str, set[str]]) -> defaultdict[str, set[str]]:
             out = _graph()
             for k, v in d.items():
@@ -139,7 +139,7 @@ class TenantPolicy:
             dup(self.role_agents),
         )
 
-    def identity_only(self) -> "TenantPolicy":
+    def identity_only(self) -> TenantPolicy:
         """An empty policy that keeps the provider's labels and deactivations
         (a policy import that replaces everything must not reactivate anyone)."""
         return TenantPolicy(labels=dict(self.labels), inactive=set(self.inactive))

@@ -20,7 +20,7 @@ enforcer adapter drops expired rows and the extra field).
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Iterable
+from collections.abc import Iterable
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Connection

@@ -21,7 +21,7 @@ nobody (access/lint.py).
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from collections.abc import Iterable
 
 from ..errors import PolicyError, UnknownPrincipalError
 from ..names import Held, check, kind_prefix, show_time

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
@@ -22,7 +23,6 @@ from ..errors import PolicyError
 from ..names import check
 from .model import GROUP_PREFIX, USER_PREFIX, TenantPolicy
 from .persist import IDENT, ident_row
-
 
 Extras = tuple[str | None, dict[str, Any]]  # (externalId, {"d": displayName, "c": created, "m": modified})
 MAX_TEXT = 256

@@ -30,7 +30,7 @@ given a version that is no longer the stored one raises
 from __future__ import annotations
 
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 from sqlalchemy import and_, delete
 from sqlalchemy.engine import Connection
@@ -59,6 +59,7 @@ from .provisioned import (
 )
 from .store import DEFAULT_TENANT, Policy
 from .sync import _acl_denied, _denies_itself
+
 
 def _new_id(tp: TenantPolicy, prefix: str, external_id: str | None, live: Callable[[TenantPolicy, str], bool]) -> str:
     """The provider's externalId when it is a usable id no live resource holds, else a random one."""

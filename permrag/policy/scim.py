@@ -22,8 +22,9 @@ deny groups included.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import IdentityFileError
 from .directory import Directory, name_of

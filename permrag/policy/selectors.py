@@ -17,9 +17,9 @@ Both must agree, and the oracle tests check that they do.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Mapping, Sequence
 
 from ..errors import SelectorError
 from ..names import ATTR_NAME, MAX_ID, problem

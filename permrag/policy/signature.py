@@ -20,7 +20,8 @@ placed costs search speed (a partly visible group), never exactness.
 from __future__ import annotations
 
 import threading
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..acl import Acl
 from .selectors import Selector, parse_selector

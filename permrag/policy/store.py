@@ -30,8 +30,8 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from sqlalchemy import Engine, delete
 from sqlalchemy.engine import Connection
@@ -43,8 +43,11 @@ from ..names import Held, check, check_role, check_tenant, expiry
 from .agents import AgentPolicy
 from .changes import edge_change, set_expiry
 from .changes import need_role as _need_role
+from .csv import import_change as csv_import_change
+from .csv import parse as csv_parse
+from .csv import read as csv_read
+from .csv import render as csv_render
 from .deltas import Following, capture, record
-from .csv import import_change as csv_import_change, parse as csv_parse, read as csv_read, render as csv_render
 from .model import USER_PREFIX, Change, TenantPolicy
 from .persist import read_all, stamp
 from .principals import listing, require_future, user_id
