@@ -16,7 +16,8 @@ Two things must never be mixed up silently:
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from sqlalchemy import Engine

@@ -37,8 +37,9 @@ stores keep working.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 # Groups per tenant collection, by backend kind. Lite: a named partition
 # costs about 0.2 ms (1,000 partitions of 100 rows, above). A 2.3.5 server

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +38,9 @@ from ..errors import BackendError, ConfigError, StoreLockedError, StoreMismatchE
 from .base import MAX_LIMIT, Capabilities, RawHit, detect, raw_hit
 from .collection_check import collection_dim
 from .layout import DEFAULT_GROUPS, Grouping, Partitions, by_partition
-from .lite_files import closed as lite_closed, connect as lite_connect, load_collection, load_when_ready
+from .lite_files import closed as lite_closed
+from .lite_files import connect as lite_connect
+from .lite_files import load_collection, load_when_ready
 from .root import create_root, read_owner
 from .schema import analyzer_params, tenant_schema
 
