@@ -28,8 +28,9 @@ import functools
 import itertools
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from ..errors import ConfigError
 

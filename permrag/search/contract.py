@@ -17,7 +17,8 @@ be missing from the top k.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..access import Snapshot
 from ..access.consistency import make_token

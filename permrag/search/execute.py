@@ -33,8 +33,8 @@ other, so a stale plan naming a group cannot make a row visible.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 

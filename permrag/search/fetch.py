@@ -12,10 +12,10 @@ a refused one too (``refused: true``, no rows).
 from __future__ import annotations
 
 from ..access import Snapshot
+from ..access.consistency import reach
 from ..catalog import DocumentRecord, RowRecord
 from ..errors import BackendError, NotReadableError
 from ..results import Hit, Hits
-from ..access.consistency import reach
 from .contract import stamp
 from .engine import Searcher
 

@@ -6,7 +6,8 @@ keyword list) and RAG-Fusion (one list per query variant).
 
 from __future__ import annotations
 
-from typing import Hashable, Iterable, Protocol, Sequence
+from collections.abc import Hashable, Iterable, Sequence
+from typing import Protocol
 
 RRF_K = 60  # reciprocal-rank constant (as Milvus' RRFRanker)
 

@@ -74,7 +74,7 @@ class _Set:
     rows: tuple[_Row, ...]
 
 
-_RANKERS: "weakref.WeakSet[LocalRanker]" = weakref.WeakSet()
+_RANKERS: weakref.WeakSet[LocalRanker] = weakref.WeakSet()
 
 
 def _after_fork() -> None:

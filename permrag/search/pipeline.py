@@ -12,8 +12,9 @@ all chunks would leak).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..access import Snapshot
 from ..access.consistency import reach

@@ -46,8 +46,8 @@ proportion and verifies.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import numpy as np
 from pyroaring import AbstractBitMap, BitMap

@@ -11,16 +11,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from pyroaring import FrozenBitMap
 
+from ..access.consistency import reach
 from ..catalog import DocumentRecord
 from ..errors import ArgumentError, BackendError
 from ..names import as_list
 from ..results import Hits
-from ..access.consistency import reach
 from .contract import stamp
 from .engine import Searcher, check_k
 from .fetch import readable
