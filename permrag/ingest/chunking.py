@@ -18,8 +18,9 @@ keeps its section's page and heading.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from ..errors import ConfigError
 

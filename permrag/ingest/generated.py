@@ -18,7 +18,8 @@ hides it.
 from __future__ import annotations
 
 import uuid
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..access import Access
 from ..catalog import RowRecord, chunk_no

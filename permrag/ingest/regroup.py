@@ -36,8 +36,9 @@ every search before, during and after it is exact (tests/test_regroup.py).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 from sqlalchemy import func, select
 

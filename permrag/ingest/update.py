@@ -11,8 +11,9 @@ in every process at its next read. A catalog-only store just re-publishes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import replace as dc_replace
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

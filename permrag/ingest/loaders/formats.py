@@ -32,7 +32,6 @@ from pathlib import Path
 from ...errors import CatalogError
 from .registry import Parsed, Section, register_loader
 
-
 # ---------------------------------------------------------------------- text
 BOMS = ((b"\x00\x00\xfe\xff", "utf-32"), (b"\xff\xfe\x00\x00", "utf-32"), (b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
 WESTERN_SLACK = 0.1  # how much messier than the detector's best reading a Windows-1252 reading may look

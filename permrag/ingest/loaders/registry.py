@@ -25,9 +25,9 @@ same way with its type, since parsers of real files fail in many ways.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from ...errors import ArgumentError
 
