@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 
-def resolve_encoder(encoder: "Encoder | str | None") -> Encoder:
+def resolve_encoder(encoder: Encoder | str | None) -> Encoder:
     """An encoder from an object or a name.
 
     Names are the encoders' own ``name`` values, so a store can record the

@@ -7,7 +7,8 @@ import importlib.util
 import os
 import re
 import threading
-from typing import Protocol, Sequence, runtime_checkable
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 

@@ -19,7 +19,7 @@ import json
 import logging
 import math
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -4,8 +4,7 @@ first use, so importing permrag never pays for them."""
 
 from __future__ import annotations
 
-import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
