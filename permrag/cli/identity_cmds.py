@@ -7,7 +7,6 @@ import click
 from .base import StoreCommand, emit, json_opt, main, store, tenant_opt
 
 
-
 # ---------------------------------------------------------------------- identity sync
 @main.group()
 def identity() -> None:

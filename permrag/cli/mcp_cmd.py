@@ -71,7 +71,6 @@ def token_group() -> None:
 def token_add(ctx, user, tenant, name, agent, scopes, as_json) -> None:
     """Make a token acting as USER in the tenant (through --agent, limited to --scope); it is printed once and never again."""
     from ..mcp import Tokens
-
     from ..mcp.tokens import SCIM_SCOPE, check_scopes
 
     scim_only = check_scopes(list(scopes) or None) == (SCIM_SCOPE,)  # scopes refused before the store is read
@@ -117,4 +116,4 @@ def token_revoke(ctx, token_id) -> None:
 
 
 def _date(ts: float | None) -> str:
-    return datetime.datetime.fromtimestamp(ts or 0, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return datetime.datetime.fromtimestamp(ts or 0, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
