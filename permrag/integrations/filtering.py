@@ -17,7 +17,8 @@ to whom, in which tenant, under which policy version, and from which retriever.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 MAX_FETCH = 1024

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from langchain_core.callbacks import (
     AsyncCallbackManagerForRetrieverRun,

@@ -22,11 +22,12 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+from collections.abc import Sequence
 from types import SimpleNamespace
-from typing import Any, Sequence
+from typing import Any
 
-from ..catalog import DEFAULT_TENANT
 from ..access import check_agents, check_principal
+from ..catalog import DEFAULT_TENANT
 from ..errors import ArgumentError, ConfigError
 from ..results import Hit
 from ..search import DEFAULT_FUSION, DEFAULT_WEIGHTS, check_k, check_search_args
