@@ -36,9 +36,10 @@ never searches.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import jwt
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
@@ -197,7 +198,7 @@ class JWTVerifier(TokenVerifier):
         self.default_tenant = default_tenant
 
     @classmethod
-    def from_file(cls, path: str | Path, **options: Any) -> "JWTVerifier":
+    def from_file(cls, path: str | Path, **options: Any) -> JWTVerifier:
         try:
             key = Path(path).read_text(encoding="utf-8").strip()
         except (OSError, UnicodeError) as exc:
