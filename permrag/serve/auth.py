@@ -13,8 +13,9 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mcp.server.auth.provider import AccessToken, TokenVerifier
 from starlette.requests import Request

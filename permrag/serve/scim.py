@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -29,6 +30,8 @@ from ..errors import (
     UnknownSubjectError,
     VersionMismatchError,
 )
+from .scim_filter import FilterError, matches, narrowing, parse
+from .scim_patch import apply_patch
 from .scim_resources import (
     MAX_RESULTS,
     ScimError,
@@ -44,8 +47,6 @@ from .scim_resources import (
     user_doc,
     user_fields,
 )
-from .scim_filter import FilterError, matches, narrowing, parse
-from .scim_patch import apply_patch
 
 log = logging.getLogger(__name__)
 CONTENT_TYPE = "application/scim+json"

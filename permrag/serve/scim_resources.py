@@ -41,7 +41,7 @@ class ScimError(Exception):
 
 
 def _when(ts: float | None) -> str | None:
-    return None if ts is None else datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+    return None if ts is None else datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat().replace("+00:00", "Z")
 
 
 def etag(version: str) -> str:
