@@ -19,8 +19,9 @@ below the policy and the catalog, which both use it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from .errors import CatalogError, PermragError
 from .names import check, expiry, principal

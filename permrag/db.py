@@ -25,11 +25,11 @@ import logging
 import os
 import threading
 import weakref
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import TypeVar
 
-from sqlalchemy import JSON, BigInteger, Column, Engine, Float, Index, Integer, LargeBinary, MetaData, String, Table, Text
-from sqlalchemy import UniqueConstraint, create_engine, event, select, update
+from sqlalchemy import JSON, BigInteger, Column, Engine, Float, Index, Integer, LargeBinary, MetaData, String, Table, Text, UniqueConstraint, create_engine, event, select, update
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError as SAArgumentError
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -332,8 +332,8 @@ class Checkpointer:
             thread.join(timeout=10)
 
 
-_CHECKPOINTERS: "weakref.WeakKeyDictionary[Engine, Checkpointer]" = weakref.WeakKeyDictionary()
-_STOPS: "weakref.WeakKeyDictionary[Engine, list[Callable[[], None]]]" = weakref.WeakKeyDictionary()
+_CHECKPOINTERS: weakref.WeakKeyDictionary[Engine, Checkpointer] = weakref.WeakKeyDictionary()
+_STOPS: weakref.WeakKeyDictionary[Engine, list[Callable[[], None]]] = weakref.WeakKeyDictionary()
 
 
 def note_commit(engine: Engine) -> None:

@@ -40,7 +40,8 @@ import json
 import os
 import threading
 import weakref
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import JSON, Engine, Table, bindparam, event, select
 from sqlalchemy.engine import Connection
@@ -215,7 +216,7 @@ def _json(value: Any, none_as_null: bool) -> str | None:
 
 
 _INSERTS: dict[tuple[Any, str, str, tuple[str, ...]], tuple[str, list[int] | None]] = {}
-_DIRECT: "weakref.WeakKeyDictionary[Engine, Direct]" = weakref.WeakKeyDictionary()
+_DIRECT: weakref.WeakKeyDictionary[Engine, Direct] = weakref.WeakKeyDictionary()
 _DIRECT_LOCK = threading.Lock()
 
 

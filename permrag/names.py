@@ -21,7 +21,8 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from .errors import ArgumentError, CatalogError, PermragError
 
@@ -234,7 +235,7 @@ def show_time(ts: float) -> str:
     """Epoch seconds as ISO 8601 UTC (how explain and exports show expiries)."""
     import datetime as _dt
 
-    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    return _dt.datetime.fromtimestamp(ts, _dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 class Held(str):
@@ -244,7 +245,7 @@ class Held(str):
 
     expires_at: float | None
 
-    def __new__(cls, name: str, expires_at: float | None = None) -> "Held":
+    def __new__(cls, name: str, expires_at: float | None = None) -> Held:
         obj = super().__new__(cls, name)
         obj.expires_at = expires_at
         return obj

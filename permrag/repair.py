@@ -28,7 +28,7 @@ class RepairReport:
     def repaired(self) -> bool:
         return bool(self.pending_removed or self.deleted_purged or self.orphans_removed)
 
-    def merge(self, other: "RepairReport | None") -> "RepairReport":
+    def merge(self, other: RepairReport | None) -> RepairReport:
         """This report plus ``other`` (e.g. what opening the store already repaired)."""
         if other is None:
             return self
