@@ -35,10 +35,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import machine, measure, save  # noqa: E402
-
 from dataclasses import replace  # noqa: E402
 
+from common import machine, measure, save  # noqa: E402
 from pyroaring import FrozenBitMap  # noqa: E402
 
 from permrag import PermRAG  # noqa: E402

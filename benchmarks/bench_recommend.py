@@ -24,7 +24,6 @@ from permrag import PermRAG  # noqa: E402
 from permrag.embed import RandomEncoder  # noqa: E402
 
 
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=20_000)

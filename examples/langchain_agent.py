@@ -20,12 +20,12 @@ from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
 from permrag import PermRAG
 from permrag.demo import data_path
-from permrag.integrations.langchain import knowledge_tool
 from permrag.ingest.loaders import load_jsonl
+from permrag.integrations.langchain import knowledge_tool
 
 
 class ScriptedModel(GenericFakeChatModel):
-    def bind_tools(self, tools: Any, **kwargs: Any) -> "ScriptedModel":
+    def bind_tools(self, tools: Any, **kwargs: Any) -> ScriptedModel:
         return self
 
 

@@ -15,11 +15,9 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from permrag import PermRAG
+from permrag import PermRAG, db
 from permrag.cli import main
-from permrag import db
-from permrag.errors import (ArgumentError, CatalogError, IdentityFileError, PolicyCSVError, PolicyError, UnknownPrincipalError,
-                           UnknownRoleError, UnknownSubjectError)
+from permrag.errors import ArgumentError, CatalogError, IdentityFileError, PolicyCSVError, PolicyError, UnknownPrincipalError, UnknownRoleError, UnknownSubjectError
 
 MALFORMED = ["bogus:x", "usr:dave", "group:", "", "user:", "Group:eng",
              "gr\u03bfup:eng", "group\uff1aeng", "group :eng", "1group:eng", "role:user:x", "role:Group:eng", "user:group:eng"]

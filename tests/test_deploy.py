@@ -13,7 +13,6 @@ from permrag.cli import main
 from permrag.embed import HashEncoder, RandomEncoder
 
 
-
 def run(*args, code=0, env=None):
     res = CliRunner().invoke(main, list(args), env=env)
     assert res.exit_code == code, res.output

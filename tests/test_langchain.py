@@ -119,7 +119,7 @@ def test_wrapping_a_retriever_overfetches_until_k_visible(kb) -> None:
 
 
 class FakeToolModel(GenericFakeChatModel):
-    def bind_tools(self, tools: Any, **kwargs: Any) -> "FakeToolModel":
+    def bind_tools(self, tools: Any, **kwargs: Any) -> FakeToolModel:
         return self
 
 

@@ -3,7 +3,7 @@ row the user may see, and the top-k check that allows ties at the k-th score."""
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
