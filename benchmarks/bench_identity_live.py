@@ -62,7 +62,7 @@ def start(home: Path, token: Path) -> tuple[subprocess.Popen, str]:
             return proc, url
         except httpx.HTTPError:
             if proc.poll() is not None or time.time() > deadline:
-                raise SystemExit(f"permrag serve did not start: {proc.communicate()[1][-2000:]}")
+                raise SystemExit(f"permrag serve did not start: {proc.communicate()[1][-2000:]}") from None
             time.sleep(0.2)
 
 

@@ -21,14 +21,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_async  # noqa: E402
 import bench_coldstart  # noqa: E402
+import bench_compile  # noqa: E402
 import bench_delegation  # noqa: E402
 import bench_deltas  # noqa: E402
-import bench_compile  # noqa: E402
 import bench_identity  # noqa: E402
 import bench_identity_live  # noqa: E402
-import bench_ldap  # noqa: E402
 import bench_ingest  # noqa: E402
 import bench_layout  # noqa: E402
+import bench_ldap  # noqa: E402
 import bench_peers  # noqa: E402
 import bench_quality  # noqa: E402
 import bench_recommend  # noqa: E402

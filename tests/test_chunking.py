@@ -17,7 +17,7 @@ from permrag.ingest.chunking import Chunker, token_length
 def words_text(seed: int, n: int = 2000) -> str:
     rng = random.Random(seed)
     out = []
-    for i in range(n):
+    for _ in range(n):
         w = "".join(rng.choice("abcdefghijklmnopqrstuvwxyzé") for _ in range(rng.randint(1, 12)))
         out.append(w)
         r = rng.random()

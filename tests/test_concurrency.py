@@ -203,7 +203,7 @@ def test_revocation_under_load(tmp_path):
     changes = sorted(log.changes)
     stale = 0
     j, newest = 0, 0
-    for started, user, version, _ in sorted(log.searches, key=lambda s: s[0]):
+    for started, _user, version, _ in sorted(log.searches, key=lambda s: s[0]):
         while j < len(changes) and changes[j][0] < started:
             newest = max(newest, changes[j][1])
             j += 1

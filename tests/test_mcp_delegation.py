@@ -93,7 +93,7 @@ def server(world, tmp_path_factory):
         except httpx.HTTPError:
             if proc.poll() is not None or time.time() > deadline:
                 proc.kill()
-                raise AssertionError(f"the MCP server did not start: {proc.communicate()[1][-2000:]}")
+                raise AssertionError(f"the MCP server did not start: {proc.communicate()[1][-2000:]}") from None
             time.sleep(0.2)
     yield url
     proc.terminate()

@@ -66,7 +66,7 @@ def test_revoke_in_one_process_holds_for_the_next_search_in_the_other(store, tmp
 
     proc, out, stop = _start_worker(home, db_url, uri, collection, tmp_path)
     try:
-        for step in range(60):
+        for _ in range(60):
             u = rng.choice(USERS)
             dept = rng.choice(DEPTS)
             if dept in grants[u]:

@@ -74,7 +74,7 @@ def world(tmp_path_factory):
         except httpx.HTTPError:
             if proc.poll() is not None or time.time() > deadline:
                 proc.kill()
-                raise AssertionError(f"permrag serve did not start: {proc.communicate()[1][-2000:]}")
+                raise AssertionError(f"permrag serve did not start: {proc.communicate()[1][-2000:]}") from None
             time.sleep(0.2)
     client = httpx.Client(base_url=url + "/scim/v2", headers={"Authorization": f"Bearer {SECRET}"}, timeout=30)
     yield {"rag": rag, "url": url, "scim": client, "home": home, "scim_token": scim_token, "search_token": search_token}

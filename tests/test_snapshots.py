@@ -76,7 +76,7 @@ def test_a_search_after_another_process_changed_the_policy_answers_at_the_new_ve
         (("policy.deny", "hr", "dept:hr"), lambda: oracle.allow("hr", "default", "dept:hr", "deny")),
         (("policy.unassign_user", "ann", "hr"), lambda: oracle.unassign("ann", "hr", "default")),
     ]
-    for n, ((call, *args), mirror) in enumerate(changes, 1):
+    for _n, ((call, *args), mirror) in enumerate(changes, 1):
         assert "error" not in other(call, *args)
         mirror()
         stored = rag.access.versions()["policy_version"]  # what the other process committed (read apart)

@@ -206,7 +206,7 @@ def _wal_growth(rag, rounds: int = 3, commits: int = 150, pause: float = 0.8) ->
     """WAL file size after each round of small policy commits."""
     wal = Path(rag.settings.home) / "permrag.db-wal"
     sizes = []
-    for r in range(rounds):
+    for _ in range(rounds):
         for i in range(commits):
             rag.policy.grant("r", f"dept:x{i}")
         for i in range(commits):

@@ -114,7 +114,7 @@ def test_readers_always_see_one_consistent_version(tmp_path):
     rag.close()
     assert not errors, errors[0]
     by_policy = {}
-    for (pv, cv), state in states.items():
+    for (pv, _cv), state in states.items():
         by_policy.setdefault(pv, state)
     checked = 0
     for kind, user, pv, cv, got in seen:

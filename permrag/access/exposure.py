@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -140,7 +140,9 @@ class Report:
         tp = self.policy(version)
         if tp is None:
             return "history pruned", None
-        live: Callable[[Sequence[int]], dict[int, RowRecord]] = lambda ids: self.access.catalog.rows.records(ids)
+        def live(ids: Sequence[int]) -> dict[int, RowRecord]:
+            return self.access.catalog.rows.records(ids)
+
         with self.access.lock:
             lineage = self.access.catalog.tenant(self.tenant).derived
             e = explain_row(tp, live, user, rec, at, lineage)

@@ -66,7 +66,7 @@ def _check_milvus(settings) -> None:
             raise ConfigError(f"the Milvus Lite folder {settings.milvus_uri} cannot be made: {parent} does not exist; nothing was written")
         return
     try:
-        backend.capabilities
+        _ = backend.capabilities  # reading it reaches the server
     except BackendError as exc:
         raise BackendError(f"cannot reach the Milvus server at {mask(settings.milvus_uri)} ({exc.message}); nothing was written") from None
     finally:

@@ -91,7 +91,7 @@ class Ingester:
         default_tenant = check_tenant(tenant) if tenant is not None else DEFAULT_TENANT
         specs: list[RowSpec] = []
         texts: list[str] = []
-        for n, raw in enumerate(docs):
+        for raw in docs:
             d = as_mapping(raw)
             spec = row_spec({k: v for k, v in d.items() if k != "sections"}, default_tenant)
             if self.binding is None:
@@ -155,7 +155,7 @@ class Ingester:
         if not specs:
             return []
         if self.binding is not None:
-            self.binding.encoder  # checks the encoder against the store's before anything is written
+            _ = self.binding.encoder  # checks the encoder against the store's before anything is written
         hint = self.catalog.allocator.size_hint(specs)
         ids: list[int] = []
         touched: set[int] = set()

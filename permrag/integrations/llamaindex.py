@@ -24,7 +24,7 @@ import functools
 import logging
 from collections.abc import Sequence
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..access import check_agents, check_principal
 from ..catalog import DEFAULT_TENANT
@@ -32,6 +32,9 @@ from ..errors import ArgumentError, ConfigError
 from ..results import Hit
 from ..search import DEFAULT_FUSION, DEFAULT_WEIGHTS, check_k, check_search_args
 from .filtering import audit_served, overfetch, readable, via
+
+if TYPE_CHECKING:  # the classes are built at first use (llama-index-core is optional)
+    from llama_index.core.schema import NodeWithScore, QueryBundle
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +44,7 @@ def classes() -> SimpleNamespace:
     """The LlamaIndex classes, built once (needs ``llama-index-core``)."""
     try:
         from llama_index.core.retrievers import BaseRetriever
-        from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+        from llama_index.core.schema import NodeWithScore, TextNode
     except ImportError:
         raise ConfigError('the LlamaIndex integration needs llama-index-core: pip install "permrag[llamaindex]"') from None
 

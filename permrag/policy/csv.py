@@ -49,9 +49,9 @@ from .changes import set_expiry
 from .csv_check import edge, expires, require_known
 from .model import AGENT_PREFIX, GROUP_PREFIX, USER_PREFIX, Change, Folder, TenantPolicy
 from .persist import FOLDER_ACL, IDENT, NO_INHERIT, NO_INHERIT_TYPES, ident_row, stamp
+from .selectors import parse_selector
 
 NO_INHERIT_LINE = "noinherit"  # the line type in files (stored as NO_INHERIT)
-from .selectors import parse_selector
 
 ACTION = "read"
 EFFECTS = ("allow", "deny")
@@ -292,13 +292,13 @@ def apply(name: str, parsed: Parsed, states: dict[str, TenantPolicy]) -> dict[st
             rules[role].add(sel)
             set_expiry(states[t], ("p", role, sel, eft), until)
             rows["p"].append({"ptype": "p", "v0": role, "v1": t, "v2": sel, "v3": ACTION, "v4": eft, "v5": stamp(until)})
-    for lineno, folder, t, who, eft, until in parsed.folders:
+    for _lineno, folder, t, who, eft, until in parsed.folders:
         f = states[t].folders.setdefault(folder, Folder())
         entries = f.allow if eft == "allow" else f.deny
         if who not in entries:
             entries[who] = until
             rows["g"].append({"ptype": FOLDER_ACL, "v0": folder, "v1": t, "v2": who, "v3": eft, "v4": stamp(until), "v5": None})
-    for lineno, folder, t in parsed.no_inherit:
+    for _lineno, folder, t in parsed.no_inherit:
         f = states[t].folders.setdefault(folder, Folder())
         if f.inherit:
             f.inherit = False

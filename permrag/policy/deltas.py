@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -146,10 +146,13 @@ def _roles(conn: Connection, tenants: Sequence[str]) -> set[tuple[str, str]]:
     return out
 
 
+def _scope(v: Iterable[str] | None) -> tuple[str, ...] | None:
+    return None if v is None else tuple(sorted(v))
+
+
 def record(conn: Connection, version: int, change: Change, rows: dict[str, list[Row]], now: float) -> Delta:
     """Log ``change`` as ``version`` (inside its transaction), push it on PostgreSQL, prune old entries."""
-    scope = (lambda v: None if v is None else tuple(sorted(v)))
-    delta = Delta(version, now, _refine(kind_of(change), rows["added"] or rows["removed"]), tuple(sorted(change.tenants)), scope(change.roles), scope(change.users), tuple(rows["added"]), tuple(rows["removed"]))
+    delta = Delta(version, now, _refine(kind_of(change), rows["added"] or rows["removed"]), tuple(sorted(change.tenants)), _scope(change.roles), _scope(change.users), tuple(rows["added"]), tuple(rows["removed"]))
     conn.execute(db.policy_log.insert().values(version=version, ts=now, kind=delta.kind, detail=delta.detail()))
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_notify(:ch, :v)"), {"ch": CHANNEL, "v": str(version)})

@@ -232,7 +232,7 @@ def parse_ldif(path: str, text: str) -> Directory:
         else:
             key = USER_PREFIX + ident
             out.users.add(ident)
-            if disabled(lambda name: e.get(name, [])):
+            if disabled(lambda name: e.get(name, [])):  # noqa: B023 (called here, inside the loop)
                 out.inactive.add(ident)
             uid = (e.get("uid") or e.get("samaccountname") or e.get("cn") or [None])[0]
             out.labels[key] = name_of(path, f"line {line}", "user uid", uid)

@@ -228,7 +228,7 @@ def resolve(pages: Sequence[Page]) -> Directory:
         else:
             out.groups.setdefault(ident, set())
             out.labels[GROUP_PREFIX + ident] = r.label
-    for (kind, ident), r in found.items():
+    for (_kind, ident), r in found.items():
         for ref, kind_of, where in r.members:
             if ("User", ref) in found and kind_of in (None, "User"):
                 out.groups[ident].add(USER_PREFIX + ref)
