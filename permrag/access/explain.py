@@ -175,12 +175,7 @@ def acl_rules(tp: TenantPolicy, row: RowRecord, now: float) -> list[AclRule]:
     acl = row.acl
     if acl is None:
         return []
-    out = [
-        AclRule(e.principal, effect, "document", e.expires_at)
-        for effect, entries in (("allow", acl.allow), ("deny", acl.deny))
-        for e in entries
-        if e.expires_at is None or e.expires_at > now
-    ]
+    out = [AclRule(e.principal, effect, "document", e.expires_at) for effect, entries in (("allow", acl.allow), ("deny", acl.deny)) for e in entries if e.expires_at is None or e.expires_at > now]
     if acl.folder is not None and acl.inherit:
         allow, deny = effective_folder(tp, acl.folder, now)
         for effect, entries in (("allow", allow), ("deny", deny)):
@@ -213,9 +208,7 @@ def explain_row(
         found = live(needed)
         sources = tuple(explain_row(tp, live, user, found[s], now, lineage, kind=kind) for s in needed if s in found)
         missing = len(needed) - len(sources)
-        return Explanation(
-            **base, visible=not missing and all(s.visible for s in sources), decision="derived", sources=sources, missing_sources=missing
-        )
+        return Explanation(**base, visible=not missing and all(s.visible for s in sources), decision="derived", sources=sources, missing_sources=missing)
     reach = principal_paths(tp, user, now, kind)
     entries = acl_rules(tp, row, now)
     if len(reach) == 1 and not any(e.principal == key for e in entries):
@@ -231,7 +224,9 @@ def explain_row(
                 if parse_selector(sel).matches(row.external_id, row.attrs, row.parent):
                     t = tp.expires.get(("p", role, sel, effect))
                     rule = Rule(role, sel, effect, t)
-                    found.append((len(reach[key].path), 1, Explanation(**base, visible=effect == "allow", decision=effect, path=reach[key].path, rule=rule, expires_at=_sooner(reach[key].expires_at, t))))
+                    found.append(
+                        (len(reach[key].path), 1, Explanation(**base, visible=effect == "allow", decision=effect, path=reach[key].path, rule=rule, expires_at=_sooner(reach[key].expires_at, t)))
+                    )
                     break
         for e in entries:
             # a deny naming a label (no such id) holds for the ids so labelled, as in the compiler (access/acls.py)

@@ -140,6 +140,7 @@ class Report:
         tp = self.policy(version)
         if tp is None:
             return "history pruned", None
+
         def live(ids: Sequence[int]) -> dict[int, RowRecord]:
             return self.access.catalog.rows.records(ids)
 
@@ -163,9 +164,7 @@ def serves(access: Any, tenant: str, user: str | None, since: float | None) -> l
         return list(conn.execute(q).all())
 
 
-def exposure(
-    access: Any, *, document: str | None = None, user: str | None = None, since: float | None = None, tenant: str = DEFAULT_TENANT, version: int | None = None
-) -> list[Exposure]:
+def exposure(access: Any, *, document: str | None = None, user: str | None = None, since: float | None = None, tenant: str = DEFAULT_TENANT, version: int | None = None) -> list[Exposure]:
     """Audited serves of rows the user may not read under the current policy
     (or the one at ``version``), with the path that allowed each then (see the module docstring)."""
     check_filters(document, user, since, version)

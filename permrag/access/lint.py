@@ -51,24 +51,28 @@ def lint(policy: Policy, compiler: Compiler, tenant: str) -> list[dict[str, Any]
             if not rows:
                 findings.append({"kind": "no-match", "role": role, "selector": sel, "message": f"{eft} {sel} of role {role!r} selects no row"})
             elif eft == "allow" and rows.issubset(deny):
-                findings.append(
-                    {"kind": "shadowed", "role": role, "selector": sel, "message": f"allow {sel} of role {role!r} is wholly overridden by deny rules"}
-                )
+                findings.append({"kind": "shadowed", "role": role, "selector": sel, "message": f"allow {sel} of role {role!r} is wholly overridden by deny rules"})
         if not rules and not tp.parents.get(role):
             findings.append({"kind": "empty-role", "role": role, "selector": None, "message": f"role {role!r} has no rules and inherits nothing"})
         if role not in held:
             findings.append({"kind": "unused-role", "role": role, "selector": None, "message": f"no user holds role {role!r}"})
     findings += unknown_principals(tp, compiler, tenant)
     for u in sorted(u for u in tp.users() if kind_prefix(u) is not None):
-        findings.append({"kind": "principal-like-user", "role": None, "selector": None, "principal": "user:" + u,
-                         "message": f"user {u!r} is named like a principal, not a user: it holds {sorted(tp.roles_of_user(u))} itself, "
-                                    f"and the group or user it looks like holds nothing; unassign it and assign the one meant"})
+        findings.append(
+            {
+                "kind": "principal-like-user",
+                "role": None,
+                "selector": None,
+                "principal": "user:" + u,
+                "message": f"user {u!r} is named like a principal, not a user: it holds {sorted(tp.roles_of_user(u))} itself, "
+                f"and the group or user it looks like holds nothing; unassign it and assign the one meant",
+            }
+        )
     now = compiler.clock()
     for key, t in sorted(tp.expires.items()):
         if t <= now:
             what = f"{key[3]} {key[2]} of role {key[1]!r}" if key[0] == "p" else f"{key[1]} → {key[2]}"
-            findings.append({"kind": "expired", "role": key[1] if key[0] == "p" else None, "selector": key[2] if key[0] == "p" else None,
-                             "message": f"{what} expired at {show_time(t)}"})
+            findings.append({"kind": "expired", "role": key[1] if key[0] == "p" else None, "selector": key[2] if key[0] == "p" else None, "message": f"{what} expired at {show_time(t)}"})
     return findings
 
 
@@ -100,8 +104,18 @@ def unknown_principals(tp: TenantPolicy, compiler: Compiler, tenant: str) -> lis
         ids = labelled.get(p, ())
         if ids:
             message += _label_advice(tp, ids, effects[p])
-        out.append({"kind": "unknown-principal", "role": None, "selector": None, "principal": p, "where": where[p],
-                    "label_of": list(ids), "deny_applied": bool(ids) and "deny" in effects[p], "message": message})
+        out.append(
+            {
+                "kind": "unknown-principal",
+                "role": None,
+                "selector": None,
+                "principal": p,
+                "where": where[p],
+                "label_of": list(ids),
+                "deny_applied": bool(ids) and "deny" in effects[p],
+                "message": message,
+            }
+        )
     return out
 
 

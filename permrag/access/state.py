@@ -116,9 +116,7 @@ class Access:
         self.sync()
         self.check_tenant_known(tenant)
         if not self.is_known(user, tenant):
-            raise UnknownSubjectError(
-                f"unknown user {user!r} in tenant {tenant!r} (holds no role, is in no group, no ACL names it; would see nothing)"
-            )
+            raise UnknownSubjectError(f"unknown user {user!r} in tenant {tenant!r} (holds no role, is in no group, no ACL names it; would see nothing)")
 
     def check_agent_known(self, agent: str, tenant: str) -> None:
         """Raise :class:`UnknownSubjectError` for an agent that holds no role, is in no
@@ -209,9 +207,7 @@ class Access:
             self.audit.record("check", user, tenant, self.policy.version, {"external_id": external_id, "readable": ok}, agents=agents)
         return ok
 
-    def readable(
-        self, user: str, external_id: str, tenant: str, *, snapshot: Snapshot | None = None, quiet: bool = False, agent: object = None
-    ) -> Record | None:
+    def readable(self, user: str, external_id: str, tenant: str, *, snapshot: Snapshot | None = None, quiet: bool = False, agent: object = None) -> Record | None:
         """The record if ``user`` (through ``agent``) may read it; else :class:`NotReadableError`
         (or None when ``quiet``) — the same for a hidden and a missing row."""
         check_principal("user", user)
