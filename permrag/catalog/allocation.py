@@ -151,6 +151,7 @@ class Allocator:
         n = len(specs)
         rid_at = [0] * n  # by position in ``specs``
         cid_at = [0] * n
+
         def source_docs(s: RowSpec) -> tuple[str, ...]:
             return tuple(sorted({sources[(s.tenant, x)] for x in s.derived_from})) if s.derived_from else ()
 
@@ -183,18 +184,13 @@ class Allocator:
                     cid, (rid,) = self._take_ids(conn, s.tenant, self.class_of({}, source_docs(s)), 1)
                     rid_at[i] = rid
                     cid_at[i] = cid
-        return [
-            RowRecord(rid, s.tenant, s.external_id, s.attrs, s.parent, source_docs(s), cid, s.acl)
-            for s, rid, cid in zip(specs, rid_at, cid_at)
-        ]
+        return [RowRecord(rid, s.tenant, s.external_id, s.attrs, s.parent, source_docs(s), cid, s.acl) for s, rid, cid in zip(specs, rid_at, cid_at)]
 
     def _class_row(self, conn: Connection, tenant: str, key: str, attrs: Mapping[str, Any] | None = None, acl: Acl | None = None) -> tuple[int, int, int, int]:
         """(class_id, next_id, end_id, size) of a class, created if new (placed
         by co-visibility where the store asks for it and ``attrs`` are given)."""
         b = db.id_blocks.c
-        row = conn.execute(
-            select(b.class_id, b.next_id, b.end_id, b.size).where(b.tenant == tenant, b.class_key == key).with_for_update()
-        ).first()
+        row = conn.execute(select(b.class_id, b.next_id, b.end_id, b.size).where(b.tenant == tenant, b.class_key == key).with_for_update()).first()
         if row is not None:
             return int(row[0]), int(row[1]), int(row[2]), int(row[3])
         return self._new_class(conn, tenant, key, attrs, acl)
@@ -206,9 +202,7 @@ class Allocator:
         conn.execute(db.id_blocks.insert().values(tenant=tenant, class_key=key, class_id=cid, next_id=0, end_id=0, size=0))
         return cid, 0, 0, 0
 
-    def _take_ids(
-        self, conn: Connection, tenant: str, key: str, n: int, expected: int = 0, attrs: Mapping[str, Any] | None = None, acl: Acl | None = None
-    ) -> tuple[int, list[int]]:
+    def _take_ids(self, conn: Connection, tenant: str, key: str, n: int, expected: int = 0, attrs: Mapping[str, Any] | None = None, acl: Acl | None = None) -> tuple[int, list[int]]:
         """The class's ID and ``n`` fresh row IDs from its blocks."""
         return self._take_blocks(conn, [(tenant, key, n, expected, attrs, acl)])[0]
 

@@ -114,9 +114,7 @@ class AttrIndex:
             raw[tenant][(attr, value)] = FrozenBitMap.deserialize(blob)
         derived: dict[str, list[tuple[int, tuple[str | int, ...]]]] = defaultdict(list)
         t = db.rows.c
-        for rid, tenant, src in conn.execute(
-            select(t.row_id, t.tenant, t.derived_from).where(t.derived_from.is_not(None), t.state == "live")
-        ):
+        for rid, tenant, src in conn.execute(select(t.row_id, t.tenant, t.derived_from).where(t.derived_from.is_not(None), t.state == "live")):
             derived[tenant].append((int(rid), tuple(s if isinstance(s, str) else int(s) for s in src)))
         named = _names_of(conn, {s for rows in derived.values() for _, src in rows for s in src if isinstance(s, int)})
         for rows in derived.values() if named else ():
@@ -228,9 +226,7 @@ class AttrIndex:
         return moved
 
 
-def _with_derived(
-    idx: TenantIndex, added: list[tuple[int, tuple[str | int, ...]]], removed: Iterable[int], sources: Mapping[str, FrozenBitMap]
-) -> tuple[TenantIndex, bool]:
+def _with_derived(idx: TenantIndex, added: list[tuple[int, tuple[str | int, ...]]], removed: Iterable[int], sources: Mapping[str, FrozenBitMap]) -> tuple[TenantIndex, bool]:
     """``idx`` with derived rows added and removed and source documents' rows
     replaced, lineage resolved again; and whether an already known source
     document's rows changed."""

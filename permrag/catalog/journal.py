@@ -153,11 +153,7 @@ class Journal:
                     self._check_new(conn, specs, docs)
                 sources = self._resolve_sources(conn, specs)
                 records = self.allocator.allocate(conn, specs, sources, hint)
-                ingest_id = conn.execute(
-                    db.ingests.insert().values(
-                        host=host, pid=pid, pid_start=start, started=time.time(), row_ids=_blob(r.row_id for r in records)
-                    )
-                ).inserted_primary_key[0]
+                ingest_id = conn.execute(db.ingests.insert().values(host=host, pid=pid, pid_start=start, started=time.time(), row_ids=_blob(r.row_id for r in records))).inserted_primary_key[0]
                 made: dict[tuple[int, int], str] = {}  # (id(attrs), id(acl)) → stored JSON: a document's chunks share them
                 acls: dict[int, str] = {}  # id(acl) → its JSON
                 payload = []
@@ -184,9 +180,7 @@ class Journal:
                     raise ConcurrentChangeError("another writer changed these documents meanwhile; nothing was written (read them again and retry)")
                 done = 0
                 for part in db.chunks(batch.row_ids):
-                    done += conn.execute(
-                        update(db.rows).where(t.row_id.in_(list(part)), t.state == "pending").values(state="live", live_key=t.external_id)
-                    ).rowcount
+                    done += conn.execute(update(db.rows).where(t.row_id.in_(list(part)), t.state == "pending").values(state="live", live_key=t.external_id)).rowcount
                 if done != len(batch.records):
                     raise CatalogError("this ingest was cancelled by a reconcile (its writer looked dead); nothing was published")
                 if batch.ingest_id is not None:
@@ -194,9 +188,7 @@ class Journal:
                 bitmaps = self._persist(conn, batch.records, retired)
                 sources = self._source_rows(conn, batch.records, retired)
         except IntegrityError as exc:
-            raise DuplicateExternalIdError(
-                f"another writer published a row with one of these external ids meanwhile: {str(exc.orig).splitlines()[0]}"
-            ) from None
+            raise DuplicateExternalIdError(f"another writer published a row with one of these external ids meanwhile: {str(exc.orig).splitlines()[0]}") from None
         return Written(version, bitmaps, list(batch.records), retired, sources)
 
     def abort(self, batch: PendingBatch) -> None:
@@ -241,9 +233,7 @@ class Journal:
         with db.reading(self.engine, "reading ingest records") as conn:
             found = conn.execute(select(i.id, i.host, i.pid, i.pid_start, i.started, i.row_ids)).all()
         return [
-            (int(ing_id), list(BitMap.deserialize(blob)))
-            for ing_id, host, pid, pid_start, started, blob in found
-            if not writer_alive(host, int(pid), int(pid_start), float(started), now, stale_after)
+            (int(ing_id), list(BitMap.deserialize(blob))) for ing_id, host, pid, pid_start, started, blob in found if not writer_alive(host, int(pid), int(pid_start), float(started), now, stale_after)
         ]
 
     def drop_pending(self, row_ids: Sequence[int], ingest_id: int) -> None:

@@ -197,9 +197,7 @@ class RowStore:
     def by_external_id(self, external_id: str, tenant: str) -> RowRecord | None:
         t = db.rows.c
         with db.reading(self.engine, "reading rows") as conn:
-            row = conn.execute(
-                select(db.rows).where(t.tenant == tenant, t.live_key == external_id, t.state == "live")
-            ).first()
+            row = conn.execute(select(db.rows).where(t.tenant == tenant, t.live_key == external_id, t.state == "live")).first()
         return None if row is None else record(row)
 
     def document(self, external_id: str, tenant: str) -> list[RowRecord]:
