@@ -22,9 +22,7 @@ def set_expiry(tp: TenantPolicy, key: tuple[str, ...], until: float | None) -> N
         tp.expires[key] = until
 
 
-def edge_change(
-    tenant: str, key: tuple[str, ...], held: bool, until: float | None, add: Callable[[TenantPolicy], None], roles: set[str], users: set[str]
-) -> Change:
+def edge_change(tenant: str, key: tuple[str, ...], held: bool, until: float | None, add: Callable[[TenantPolicy], None], roles: set[str], users: set[str]) -> Change:
     """Store the ``g`` edge ``key`` = ("g", subject, object) with expiry ``until``
     (replacing it when ``held``)."""
     _, v0, v1 = key

@@ -131,14 +131,7 @@ class Parsed:
     idents: list[tuple[str, str, str | None, bool]] = field(default_factory=list)  # (user:<id> / group:<id>, tenant, label, deactivated)
 
     def tenants(self) -> set[str]:
-        return (
-            {t for _, t, _ in self.roles}
-            | {r[2] for r in self.rules}
-            | {e[3] for e in self.edges}
-            | {f[2] for f in self.folders}
-            | {n[2] for n in self.no_inherit}
-            | {i[1] for i in self.idents}
-        )
+        return {t for _, t, _ in self.roles} | {r[2] for r in self.rules} | {e[3] for e in self.edges} | {f[2] for f in self.folders} | {n[2] for n in self.no_inherit} | {i[1] for i in self.idents}
 
 
 def _fields(name: str, lineno: int, text: str) -> list[str]:
@@ -371,9 +364,7 @@ def _group_edge(tp: TenantPolicy, subject: str, obj: str, t: str, until: float |
     rows["g"].append({"ptype": "g", "v0": member, "v1": obj, "v2": t, "v3": stamp(until), "v4": None, "v5": None})
 
 
-def import_change(
-    name: str, parsed: Parsed, tenants: set[str], current: dict[str, TenantPolicy], replace: bool, counted: list[int], allow_unknown: bool = False
-) -> Change | None:
+def import_change(name: str, parsed: Parsed, tenants: set[str], current: dict[str, TenantPolicy], replace: bool, counted: list[int], allow_unknown: bool = False) -> Change | None:
     """The change an import makes, validated against the stored policy (``current``)."""
     if not allow_unknown:
         require_known(name, parsed, current)

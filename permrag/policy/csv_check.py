@@ -23,10 +23,7 @@ def expires(value: str, now: float | None) -> float | None:
     """A line's expiry; one at or before ``now`` is refused: an import is typed input."""
     until = expiry(value, "expires", PolicyError)
     if now is not None and until is not None and until <= now:
-        raise PolicyError(
-            f"expires {show_time(until)} is in the past: the line would import access that never holds; "
-            "drop the line, or allow_expired=True (--allow-expired) imports it as it is"
-        )
+        raise PolicyError(f"expires {show_time(until)} is in the past: the line would import access that never holds; drop the line, or allow_expired=True (--allow-expired) imports it as it is")
     return until
 
 
@@ -94,5 +91,4 @@ def require_known(name: str, parsed: Any, current: dict[str, TenantPolicy]) -> N
         kind, _, what = key.partition(":")
         near = difflib.get_close_matches(what, sorted(names(current[t], kind) | {k.partition(":")[2] for k in mine if k.startswith(kind + ":")}), n=1)
         advice = f"did you mean {kind}:{near[0]}?" if near else f"the tenant has no {kind} of a similar name"
-        raise PolicyCSVError(name, lineno, f"unknown {kind} {what!r} in tenant {t!r}: neither the store nor the file knows it; {advice} "
-                             "(allow_unknown=True / --allow-unknown imports it as it is)")
+        raise PolicyCSVError(name, lineno, f"unknown {kind} {what!r} in tenant {t!r}: neither the store nor the file knows it; {advice} (allow_unknown=True / --allow-unknown imports it as it is)")

@@ -152,7 +152,16 @@ def _scope(v: Iterable[str] | None) -> tuple[str, ...] | None:
 
 def record(conn: Connection, version: int, change: Change, rows: dict[str, list[Row]], now: float) -> Delta:
     """Log ``change`` as ``version`` (inside its transaction), push it on PostgreSQL, prune old entries."""
-    delta = Delta(version, now, _refine(kind_of(change), rows["added"] or rows["removed"]), tuple(sorted(change.tenants)), _scope(change.roles), _scope(change.users), tuple(rows["added"]), tuple(rows["removed"]))
+    delta = Delta(
+        version,
+        now,
+        _refine(kind_of(change), rows["added"] or rows["removed"]),
+        tuple(sorted(change.tenants)),
+        _scope(change.roles),
+        _scope(change.users),
+        tuple(rows["added"]),
+        tuple(rows["removed"]),
+    )
     conn.execute(db.policy_log.insert().values(version=version, ts=now, kind=delta.kind, detail=delta.detail()))
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_notify(:ch, :v)"), {"ch": CHANNEL, "v": str(version)})

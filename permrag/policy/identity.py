@@ -126,9 +126,7 @@ class Identity:
         self.policy.refresh()
         path = folder_path(folder, PolicyError)
         f = self.policy.tenant(tenant).folders.get(path, Folder())
-        return Acl(
-            tuple(AclEntry(p, t) for p, t in sorted(f.allow.items())), tuple(AclEntry(p, t) for p, t in sorted(f.deny.items())), path, f.inherit
-        )
+        return Acl(tuple(AclEntry(p, t) for p, t in sorted(f.allow.items())), tuple(AclEntry(p, t) for p, t in sorted(f.deny.items())), path, f.inherit)
 
     # ------------------------------------------------------------------ memberships and group roles
     def add_member(self, group: str, member: str, tenant: str = DEFAULT_TENANT, *, expires_at: object = None, allow_unknown: bool = False) -> bool:
@@ -295,8 +293,9 @@ class Identity:
         applied = self.policy._one(tenant, make)
         return replace(report[-1], applied=applied, policy_version=self.policy.version)
 
-    def read_ldap(self, source: LdapSource | str, *, base: str | None = None, bind_dn: str | None = None, password: str | None = None,
-                  starttls: bool = False, progress: Progress | None = None) -> LdapRead:
+    def read_ldap(
+        self, source: LdapSource | str, *, base: str | None = None, bind_dn: str | None = None, password: str | None = None, starttls: bool = False, progress: Progress | None = None
+    ) -> LdapRead:
         """Read every user and group of an LDAP directory (policy/ldap.py): a URL with
         the connection arguments, or an :class:`LdapSource` for every setting. All pages
         are read or an error raised (:class:`BackendError` / :class:`ConfigError`)."""
@@ -304,8 +303,18 @@ class Identity:
 
         return read_directory(source_of(source, base, bind_dn, password, starttls), progress)
 
-    def sync_ldap(self, source: LdapSource | str, *, base: str | None = None, bind_dn: str | None = None, password: str | None = None,
-                  starttls: bool = False, tenant: str = DEFAULT_TENANT, dry_run: bool = False, allow_mass_removal: bool = False) -> SyncReport:
+    def sync_ldap(
+        self,
+        source: LdapSource | str,
+        *,
+        base: str | None = None,
+        bind_dn: str | None = None,
+        password: str | None = None,
+        starttls: bool = False,
+        tenant: str = DEFAULT_TENANT,
+        dry_run: bool = False,
+        allow_mass_removal: bool = False,
+    ) -> SyncReport:
         """:meth:`sync` from an LDAP directory, read completely first (:meth:`read_ldap`):
         a connection lost mid-read applies nothing; the guards and ``dry_run`` are :meth:`sync`'s."""
         got = self.read_ldap(source, base=base, bind_dn=bind_dn, password=password, starttls=starttls)
@@ -373,9 +382,7 @@ def _check_added(tp: TenantPolicy, removed: list[tuple[str, str]], added: list[t
             below = tp._down_group(m[len(GROUP_PREFIX) :], down) if m.startswith(GROUP_PREFIX) else 0
             depth = below + 1 + tp._up_group(g, up)
             if depth > MAX_DEPTH:
-                raise PolicyError(
-                    f"{m!r} in group {g!r} makes a chain of {depth} links from a user to its top group or role; at most {MAX_DEPTH} (casbin's reach)"
-                )
+                raise PolicyError(f"{m!r} in group {g!r} makes a chain of {depth} links from a user to its top group or role; at most {MAX_DEPTH} (casbin's reach)")
     finally:
         for m, g in added:
             tp.remove_member(m, g)

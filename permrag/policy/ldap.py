@@ -254,9 +254,7 @@ def _ident(source: LdapSource, dn: str, attrs: dict[str, list[bytes]]) -> str:
         if name.lower() == "objectguid" and len(raw[0]) == 16:
             return str(uuid.UUID(bytes_le=raw[0]))
         return name_of(source.url, dn, name, raw[0].decode("utf-8", "replace"))
-    raise IdentityFileError(
-        source.url, dn, f"has none of {', '.join(source.id_attributes)}: an entry is keyed by its immutable id (the bind account must be able to read it)"
-    )
+    raise IdentityFileError(source.url, dn, f"has none of {', '.join(source.id_attributes)}: an entry is keyed by its immutable id (the bind account must be able to read it)")
 
 
 def _label(source: LdapSource, dn: str, attrs: dict[str, list[bytes]], names: Sequence[str]) -> str:
@@ -339,9 +337,7 @@ def _key_of(keys: dict[str, str], dn: str) -> str | None:
         return None
 
 
-def source_of(
-    source: LdapSource | str, base: str | None = None, bind_dn: str | None = None, password: str | None = None, starttls: bool = False
-) -> LdapSource:
+def source_of(source: LdapSource | str, base: str | None = None, bind_dn: str | None = None, password: str | None = None, starttls: bool = False) -> LdapSource:
     """``source`` itself, or an :class:`LdapSource` made of a URL and the connection arguments."""
     if isinstance(source, LdapSource):
         if base is not None or bind_dn is not None or password is not None or starttls:

@@ -74,8 +74,7 @@ def fetch(source: LdapSource, progress: Progress | None = None) -> Fetched:
     except (lx.LDAPCommunicationError, lx.LDAPResponseTimeoutError, OSError) as exc:
         read = len(out.users) + len(out.groups)
         raise BackendError(
-            f"the connection to {source.url} was lost after {read} entries ({out.pages} page(s)) of the directory: {_why(exc)}; "
-            "a partial directory is never applied, nothing was changed"
+            f"the connection to {source.url} was lost after {read} entries ({out.pages} page(s)) of the directory: {_why(exc)}; a partial directory is never applied, nothing was changed"
         ) from None
     finally:
         _close(conn)

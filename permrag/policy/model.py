@@ -442,5 +442,3 @@ class Change:
     tenants: set[str]
     roles: set[str] | None = field(default_factory=set)  # None: everything in `tenants`
     users: set[str] | None = field(default_factory=set)
-
-

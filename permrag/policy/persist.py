@@ -52,8 +52,7 @@ _ROLES = select(db.roles.c.tenant, db.roles.c.name)
 _RULES = select(db.casbin_rule.c.ptype, db.casbin_rule.c.v0, db.casbin_rule.c.v1, db.casbin_rule.c.v2, db.casbin_rule.c.v3, db.casbin_rule.c.v4, db.casbin_rule.c.v5)
 _ROLES_OF = _ROLES.where(db.roles.c.tenant.in_(bindparam("names", expanding=True)))
 _RULES_OF = _RULES.where(  # a g row names its tenant in v2, every other row in v1
-    ((db.casbin_rule.c.ptype == "g") & db.casbin_rule.c.v2.in_(bindparam("g_names", expanding=True)))
-    | ((db.casbin_rule.c.ptype != "g") & db.casbin_rule.c.v1.in_(bindparam("names", expanding=True)))
+    ((db.casbin_rule.c.ptype == "g") & db.casbin_rule.c.v2.in_(bindparam("g_names", expanding=True))) | ((db.casbin_rule.c.ptype != "g") & db.casbin_rule.c.v1.in_(bindparam("names", expanding=True)))
 )
 
 

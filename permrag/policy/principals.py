@@ -100,4 +100,3 @@ def require_future(until: float | None, now: float, what: str) -> float | None:
     if until is not None and until <= now:
         raise PolicyError(f"{what} {show_time(until)} is in the past; give a future time, or leave it out for access that does not expire")
     return until
-

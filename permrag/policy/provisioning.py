@@ -213,9 +213,7 @@ class Provisioning:
         """Provision a group with its members; its id is the ``externalId`` when usable and free, else random."""
         return self.group(self._write_group(None, fields, tenant, None, False), tenant)
 
-    def replace_group(
-        self, gid: str, fields: GroupFields, tenant: str = DEFAULT_TENANT, *, if_version: str | None = None, wholesale: bool = True
-    ) -> ProvisionedGroup:
+    def replace_group(self, gid: str, fields: GroupFields, tenant: str = DEFAULT_TENANT, *, if_version: str | None = None, wholesale: bool = True) -> ProvisionedGroup:
         """Make group ``gid`` exactly ``fields``. ``wholesale``: the members were given
         as a whole (a PUT, a replace of all members), so the mass-removal guard applies;
         to a removal of named members it applies when it names more than one, or a
@@ -326,9 +324,7 @@ def _guard(tp: TenantPolicy, gid: str, old: set[str], new: set[str], denied: set
     raise MassRemovalError(f"provisioning refused: {why}; nothing was applied. Start the server with --allow-mass-removal if it is right")
 
 
-def _group_change(
-    tp: TenantPolicy, tenant: str, gid: str, ident: tuple[str | None, str | None], old: set[str], new: set[str], check: tuple[str | None, float]
-) -> Change:
+def _group_change(tp: TenantPolicy, tenant: str, gid: str, ident: tuple[str | None, str | None], old: set[str], new: set[str], check: tuple[str | None, float]) -> Change:
     """The change that makes group ``gid`` labelled ``ident[0]`` with direct members ``new``."""
     key, c = GROUP_PREFIX + gid, db.casbin_rule.c
     added, removed = sorted(new - old), sorted(old - new)
@@ -357,4 +353,3 @@ def _group_change(
         t.labels[key] = str(ident[0])
 
     return Change(write, apply, {tenant}, None if nested else set(), None if nested else users)
-

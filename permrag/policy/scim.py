@@ -172,9 +172,7 @@ def merge_pages(pages: Sequence[Page]) -> dict[tuple[str, str], Resource]:
         for r in page.resources:
             seen = out.setdefault((r.kind, r.ident), r)
             if seen.content() != r.content():
-                raise IdentityFileError(
-                    r.path, r.where, f"{r.kind} {r.ident!r} is also at {seen.path}, {seen.where}, with other content (pages of two different exports?)"
-                )
+                raise IdentityFileError(r.path, r.where, f"{r.kind} {r.ident!r} is also at {seen.path}, {seen.where}, with other content (pages of two different exports?)")
     return out
 
 

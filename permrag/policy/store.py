@@ -324,9 +324,7 @@ class Policy(AgentPolicy, Following):
             raise UnknownSubjectError(f"user {user!r} does not hold role {role!r} in tenant {tenant!r}")
         c = db.casbin_rule.c
         return Change(
-            lambda conn: conn.execute(
-                delete(db.casbin_rule).where(c.ptype == "g", c.v0 == USER_PREFIX + user, c.v1 == role, c.v2 == tenant)
-            ),
+            lambda conn: conn.execute(delete(db.casbin_rule).where(c.ptype == "g", c.v0 == USER_PREFIX + user, c.v1 == role, c.v2 == tenant)),
             lambda s: s[tenant].remove_user(user, role),
             {tenant},
             set(),
@@ -435,8 +433,7 @@ class Policy(AgentPolicy, Following):
         """
         return self.import_text(csv_read(path), name=str(path), tenant=tenant, replace=replace, **allow)
 
-    def import_text(self, text: str, *, name: str = "<policy>", tenant: str | None = None, replace: bool = False,
-                    allow_expired: bool = False, allow_unknown: bool = False) -> int:
+    def import_text(self, text: str, *, name: str = "<policy>", tenant: str | None = None, replace: bool = False, allow_expired: bool = False, allow_unknown: bool = False) -> int:
         """:meth:`import_csv` for CSV text already in memory."""
         parsed = csv_parse(name, text, tenant, None if allow_expired else self.clock())
         tenants = parsed.tenants() | ({tenant} if tenant else set())

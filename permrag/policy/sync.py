@@ -165,9 +165,7 @@ def deny_losses(tp: TenantPolicy, p: Plan, d: Directory, denied: set[str]) -> tu
     acl_denied = _acl_denied(tp, denied)
     touched = _touched(tp, p)
     own = {g for g in touched if _denies_itself(tp, g, acl_denied)}  # a touched group's groups above are touched too
-    emptied = sorted(
-        g for g in touched if (g in own or tp.groups_of(GROUP_PREFIX + g, 0.0) & own) and tp.group_users(g) and not _users_below(d.groups, g)
-    )
+    emptied = sorted(g for g in touched if (g in own or tp.groups_of(GROUP_PREFIX + g, 0.0) & own) and tp.group_users(g) and not _users_below(d.groups, g))
     lost: dict[str, set[str]] = {}
     for g in sorted(own):
         gone = _users_below(tp.members, g) - _users_below(d.groups, g)
