@@ -34,8 +34,7 @@ class Capabilities:
     def require(self, mode: str) -> None:
         if mode in ("keyword", "hybrid") and not self.bm25:
             raise UnsupportedError(
-                f"mode {mode!r} needs BM25, which Milvus {self.kind} {'.'.join(map(str, self.version))} lacks "
-                "(Milvus Lite and servers >= 2.5 have it)",
+                f"mode {mode!r} needs BM25, which Milvus {self.kind} {'.'.join(map(str, self.version))} lacks (Milvus Lite and servers >= 2.5 have it)",
                 hint="use mode='dense'",
                 cli_hint="use --mode dense",
             )
@@ -86,9 +85,7 @@ class SearchBackend(Protocol):
 
     def delete(self, tenant_no: int, row_ids: Sequence[int]) -> None: ...
 
-    def search(
-        self, tenant_no: int, mode: str, *, vectors: np.ndarray | None, texts: Sequence[str] | None, expr: str, limit: int, groups: Sequence[int] = ()
-    ) -> list[list[RawHit]]: ...
+    def search(self, tenant_no: int, mode: str, *, vectors: np.ndarray | None, texts: Sequence[str] | None, expr: str, limit: int, groups: Sequence[int] = ()) -> list[list[RawHit]]: ...
 
     def grouping(self, tenant_no: int) -> Any: ...  # layout.Grouping | None
 

@@ -103,8 +103,7 @@ class Binding:
                     enc = resolve_encoder(spec)
                     if recorded is not None and (enc.name != recorded[0] or enc.dim != recorded[1]):
                         raise EncoderMismatchError(
-                            f"this store's vectors were made by encoder {recorded[0]!r} ({recorded[1]}-dim), not {enc.name!r} "
-                            f"({enc.dim}-dim)",
+                            f"this store's vectors were made by encoder {recorded[0]!r} ({recorded[1]}-dim), not {enc.name!r} ({enc.dim}-dim)",
                             hint="open the store without an encoder to use its own",
                             cli_hint="leave out --encoder to use the store's own",
                         )

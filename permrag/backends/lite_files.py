@@ -62,8 +62,7 @@ def load_collection(c: Any, collection: str, lite_dir: str | None) -> None:
     for f in files:
         f.unlink(missing_ok=True)
     log.warning(
-        "Milvus Lite could not load collection %r from %s; removed %d index file(s) "
-        "(a crash may have torn one) and loading again, which rebuilds them",
+        "Milvus Lite could not load collection %r from %s; removed %d index file(s) (a crash may have torn one) and loading again, which rebuilds them",
         collection,
         lite_dir,
         len(files),
@@ -156,8 +155,7 @@ def check_free(path: str) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
     except OSError:
         raise StoreLockedError(
-            f"the Milvus Lite folder {path} is in use by another process: a running `permrag mcp` server, "
-            "or another program with this store open; Milvus Lite serves one process at a time",
+            f"the Milvus Lite folder {path} is in use by another process: a running `permrag mcp` server, or another program with this store open; Milvus Lite serves one process at a time",
             hint="stop that process (or close its PermRAG), or keep a store that several processes use on a Milvus server",
             cli_hint="stop that process, or keep a store that several processes use on a Milvus server (permrag init --milvus-uri http://HOST:19530)",
         ) from None

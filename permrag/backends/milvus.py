@@ -350,9 +350,7 @@ class MilvusBackend:
         try:
             if (parts := self._partition_names(tenant_no, groups)) == []:
                 return out
-            it = self.client().query_iterator(
-                self.name(tenant_no), filter=expr or "row_id >= 0", output_fields=["row_id"], batch_size=1000, consistency_level="Strong", partition_names=parts
-            )
+            it = self.client().query_iterator(self.name(tenant_no), filter=expr or "row_id >= 0", output_fields=["row_id"], batch_size=1000, consistency_level="Strong", partition_names=parts)
             while True:
                 batch = it.next()
                 if not batch:
@@ -392,9 +390,7 @@ class MilvusBackend:
         return np.asarray(got[0]["dense"], dtype=np.float32) if got else None
 
     # ------------------------------------------------------------------ search
-    def search(
-        self, tenant_no: int, mode: str, *, vectors: np.ndarray | None, texts: Sequence[str] | None, expr: str, limit: int, groups: Sequence[int] = ()
-    ) -> list[list[RawHit]]:
+    def search(self, tenant_no: int, mode: str, *, vectors: np.ndarray | None, texts: Sequence[str] | None, expr: str, limit: int, groups: Sequence[int] = ()) -> list[list[RawHit]]:
         """Top ``limit`` rows per query under ``expr`` (in the class groups
         ``groups`` only, if given), best first; ``mode`` is ``dense`` or
         ``keyword`` (hybrid is fused by permrag.search.fusion)."""
@@ -448,4 +444,3 @@ class MilvusBackend:
         elif self.index == "IVF_FLAT":
             params["params"] = {"nprobe": 32}
         return params
-

@@ -23,10 +23,7 @@ def read_owner(c: Any, collection: str, where: str, lite_dir: str | None = None,
     info = c.describe_collection(collection)
     fields = {f.get("name") for f in info.get("fields", [])}
     if fields != {"key", "value", "v"}:
-        raise StoreMismatchError(
-            f"Milvus collection {collection!r} at {where} was not made by this version of permrag "
-            "(an older permrag, or another application): choose another collection name"
-        )
+        raise StoreMismatchError(f"Milvus collection {collection!r} at {where} was not made by this version of permrag (an older permrag, or another application): choose another collection name")
     # Another process of this store may be creating the root at this moment
     # (seen: two processes' first ingests on a fresh server): its index, load
     # and rows come within a second of the collection, so wait for them.
