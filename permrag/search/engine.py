@@ -46,9 +46,7 @@ MAX_PLANS = 4096
 class Searcher:
     """Permissioned search over one store."""
 
-    def __init__(
-        self, access: Access, catalog: Catalog, binding: Binding, planner: Callable[[], Planner], audit: AuditLog, stats: Stats, local: LocalRanker | None = None
-    ) -> None:
+    def __init__(self, access: Access, catalog: Catalog, binding: Binding, planner: Callable[[], Planner], audit: AuditLog, stats: Stats, local: LocalRanker | None = None) -> None:
         self.access = access
         self.catalog = catalog
         self.binding = binding

@@ -211,8 +211,7 @@ class Executor:
             if mismatched:
                 self.stats.add("mismatched_hits", len(mismatched))
             security_log.warning(
-                "verify dropped %d hit(s) outside the caller's bitmap under an exact %s plan and %d whose tenant or "
-                "external id in Milvus disagree with the catalog, in tenant %r: %s",
+                "verify dropped %d hit(s) outside the caller's bitmap under an exact %s plan and %d whose tenant or external id in Milvus disagree with the catalog, in tenant %r: %s",
                 len(suspicious),
                 getattr(plan, "strategy", plan.kind),
                 len(mismatched),
@@ -231,9 +230,7 @@ class Executor:
         for start in range(0, len(ids), CHUNK_IDS):
             part = ids[start : start + CHUNK_IDS]
             exact = Filter(snap.tenant, f"row_id in [{', '.join(str(int(x)) for x in part)}]", "ids", True, len(part), len(part), 0, len(part), 0.0)
-            raw = self.backend.search(
-                self.tenant_no, mode, vectors=vectors[[i]] if vectors is not None else None, texts=[texts[i]], expr=exact.expr, limit=k
-            )
+            raw = self.backend.search(self.tenant_no, mode, vectors=vectors[[i]] if vectors is not None else None, texts=[texts[i]], expr=exact.expr, limit=k)
             merged.extend(self.verify(exact, snap, raw[0]))
         return canonical(merged)[:k]
 

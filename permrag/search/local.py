@@ -212,9 +212,7 @@ class LocalRanker:
         self.clear()
 
     # ------------------------------------------------------------------ ranking
-    def rank(
-        self, backend: Any, tenant_no: int, visible: AbstractBitMap, tenant_rows: AbstractBitMap, vectors: np.ndarray, k: int, *, read: bool = True
-    ) -> list[list[RawHit]] | None:
+    def rank(self, backend: Any, tenant_no: int, visible: AbstractBitMap, tenant_rows: AbstractBitMap, vectors: np.ndarray, k: int, *, read: bool = True) -> list[list[RawHit]] | None:
         """Per query, every visible row with a stored vector, best first (equal
         scores by row ID), cut at the first ``k`` plus any tied with the k-th —
         the caller verifies and may ask for more with a larger ``k``. Rows not

@@ -105,11 +105,7 @@ def merge(searcher: Searcher, hits: list[Hit], snap: Snapshot) -> list[Hit]:
     if not parents:
         return hits
     docs = searcher.catalog.rows.documents(snap.tenant, parents)
-    whole = {
-        p: [r for r in recs if r.row_id in snap.tenant_rows]
-        for p, recs in docs.items()
-        if recs and all(r.row_id in snap.visible for r in recs if r.row_id in snap.tenant_rows)
-    }
+    whole = {p: [r for r in recs if r.row_id in snap.tenant_rows] for p, recs in docs.items() if recs and all(r.row_id in snap.visible for r in recs if r.row_id in snap.tenant_rows)}
     ex = searcher.executor(snap.tenant)
     texts = ex.backend.texts(ex.tenant_no, [r.row_id for recs in whole.values() for r in recs]) if ex and whole else {}
     out: list[Hit] = []

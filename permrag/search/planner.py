@@ -284,9 +284,7 @@ class Planner:
         in_scope = {c: classes[c] for g in groups for c in by_group[g]}
         return self._options(tenant, vis, scope, in_scope, groups)
 
-    def _options(
-        self, tenant: str, vis: AbstractBitMap, scope_rows: AbstractBitMap, classes: Mapping[int, AbstractBitMap] | None, groups: tuple[int, ...]
-    ) -> list[Filter]:
+    def _options(self, tenant: str, vis: AbstractBitMap, scope_rows: AbstractBitMap, classes: Mapping[int, AbstractBitMap] | None, groups: tuple[int, ...]) -> list[Filter]:
         """Every exact form that fits the budget over ``scope_rows`` (the
         rows searched), or else one superset of at most ``max_terms`` ranges."""
         n_vis, n_all = len(vis), len(scope_rows)

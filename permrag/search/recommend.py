@@ -56,9 +56,7 @@ def recommend(searcher: Searcher, vectors: Any, users: Sequence[str], *, tenant:
             raw = ex.run(plan, snap, "dense", vectors[members], ["" for _ in members], k)
         for i, hits in zip(members, raw):
             out[users[i]] = stamp(searcher.access.engine, searcher.hits(hits, snaps[i]), snaps[i], k, "dense")
-            searcher.audit.record(
-                "recommend", users[i], tenant, snaps[i].policy_version, {"plan": plan.kind, "k": k, "rows": [[h.row_id for h in out[users[i]]]]}, agents=snaps[i].agents
-            )
+            searcher.audit.record("recommend", users[i], tenant, snaps[i].policy_version, {"plan": plan.kind, "k": k, "rows": [[h.row_id for h in out[users[i]]]]}, agents=snaps[i].agents)
     return out
 
 
