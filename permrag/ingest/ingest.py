@@ -103,10 +103,7 @@ class Ingester:
             if not text.strip():
                 raise CatalogError(f"document {spec.external_id!r} has no text")
             if len(text) > self.max_document_chars:
-                raise CatalogError(
-                    f"document {spec.external_id!r} has {len(text):,} characters; the limit is "
-                    f"{self.max_document_chars:,} (max_document_chars): split it first"
-                )
+                raise CatalogError(f"document {spec.external_id!r} has {len(text):,} characters; the limit is {self.max_document_chars:,} (max_document_chars): split it first")
             pieces = self.chunker.chunks(text, check_sections(spec.external_id, d.get("sections")), self.length())
             if len(pieces) == 1:
                 specs.append(spec)
@@ -137,18 +134,14 @@ class Ingester:
         return specs, texts
 
     # ------------------------------------------------------------------ write
-    def add_documents(
-        self, docs: Any, *, tenant: str | None = None, replace: bool = False, batch_size: int = 4096, progress: Progress | None = None
-    ) -> list[int]:
+    def add_documents(self, docs: Any, *, tenant: str | None = None, replace: bool = False, batch_size: int = 4096, progress: Progress | None = None) -> list[int]:
         """Ingest documents; returns the row IDs allocated, in order (see the module docstring)."""
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ArgumentError(f"batch_size must be a positive integer, not {batch_size!r}")
         specs, texts = self.specs(docs, tenant)
         return self.write(specs, texts, replace=replace, batch_size=batch_size, progress=progress)
 
-    def write(
-        self, specs: list[RowSpec], texts: list[str], *, replace: bool = False, batch_size: int = 4096, progress: Progress | None = None
-    ) -> list[int]:
+    def write(self, specs: list[RowSpec], texts: list[str], *, replace: bool = False, batch_size: int = 4096, progress: Progress | None = None) -> list[int]:
         """Rows as :meth:`specs` made them (validated, chunked) written: the
         rest of :meth:`add_documents` (a folder sync checks each file as it
         loads it, and writes many files' rows at once)."""

@@ -83,9 +83,7 @@ class RegroupReport:
         return head + tail
 
 
-def regroup(
-    ingester: Ingester, placement: Any, tenant: str, *, dry_run: bool = False, batch_rows: int = BATCH_ROWS, before: Callable[[], Any] | None = None
-) -> RegroupReport:
+def regroup(ingester: Ingester, placement: Any, tenant: str, *, dry_run: bool = False, batch_rows: int = BATCH_ROWS, before: Callable[[], Any] | None = None) -> RegroupReport:
     """Move ``tenant``'s rows to their co-visibility group (see the module
     docstring); ``before``: called once the arguments are checked (the
     store's sync, so the policy of now is the stored one)."""
@@ -209,4 +207,3 @@ class _Mover:
         republish(self.ingester, self.tenant, rows, [rewrite_spec(doc, r) for doc, recs in batch.items() for r in recs], flush=False)
         self.moved_rows += len(rows)
         self.moved_docs += len(batch)
-

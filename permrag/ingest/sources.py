@@ -57,7 +57,7 @@ class Source:
 
     def relative(self, external_id: str) -> str | None:
         """The relative path of one of this source's external ids (None: not one of them)."""
-        return external_id[len(self.prefix):] if external_id.startswith(self.prefix) else None
+        return external_id[len(self.prefix) :] if external_id.startswith(self.prefix) else None
 
 
 def check_source_name(name: object) -> str:
@@ -96,9 +96,7 @@ def resolve_source(engine: Engine, tenant: str, root: str, name: str | None, *, 
     want = check_source_name(name if name is not None else PurePath(root).name)
     taken = next((s for s in known if s.name == want), None)
     if taken is not None:
-        raise SourceClashError(
-            f"sync source {want!r} of tenant {tenant!r} is the folder {taken.root}: give {root} a name of its own (--source NAME)"
-        )
+        raise SourceClashError(f"sync source {want!r} of tenant {tenant!r} is the folder {taken.root}: give {root} a name of its own (--source NAME)")
     return Source(tenant, want, root, "" if has_records else want + "/"), True
 
 

@@ -242,7 +242,9 @@ def guard(plan: _Plan, allow: bool, dry_run: bool, report: SyncReport) -> None:
 class _Run:
     """One sync's pass over the files: its batches, records and progress."""
 
-    def __init__(self, sync: FolderSync, plan: _Plan, tenant: str, folder_attrs: Sequence[str] | None, progress: Callable[[SyncProgress], None] | None, dry_run: bool, report: SyncReport, t0: float) -> None:
+    def __init__(
+        self, sync: FolderSync, plan: _Plan, tenant: str, folder_attrs: Sequence[str] | None, progress: Callable[[SyncProgress], None] | None, dry_run: bool, report: SyncReport, t0: float
+    ) -> None:
         self.sync, self.plan, self.tenant, self.folder_attrs = sync, plan, tenant, folder_attrs
         self.progress, self.dry_run, self.report, self.t0 = progress, dry_run, report, t0
         self.key = plan.source.root
