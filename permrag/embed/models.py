@@ -78,5 +78,3 @@ class StaticEncoder(LazyModel):
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         return normalize(np.asarray(self._load().encode(list(texts)), dtype=np.float32))
-
-
