@@ -190,4 +190,3 @@ for _opt in reversed(_shared_options()):
 
 tenant_opt = click.option("--tenant", default="default", show_default=True, help="Tenant (casbin domain).")
 json_opt = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-

@@ -45,9 +45,7 @@ def init(ctx, encoder, force) -> None:
     for change in changes:
         click.echo(f"changed {change}")
     shown = settings.shown()
-    click.echo(
-        f"initialised {settings.home} (database {shown['database_url']['value']}, Milvus {shown['milvus_uri']['value']}); settings in {path}"
-    )
+    click.echo(f"initialised {settings.home} (database {shown['database_url']['value']}, Milvus {shown['milvus_uri']['value']}); settings in {path}")
 
 
 def _check_milvus(settings) -> None:
@@ -107,7 +105,12 @@ def config_show(ctx, as_json) -> None:
 @encoder_opt
 @click.option("--folder-attrs", default=None, help="Comma-separated attribute names for folder levels.")
 @click.option("--replace", is_flag=True, help="Replace documents that already exist.")
-@click.option("--sync", "sync_", is_flag=True, help="Folder sync: add new files, re-embed changed ones, update metadata-only changes, restore documents changed behind the sync, delete documents whose files are gone.")
+@click.option(
+    "--sync",
+    "sync_",
+    is_flag=True,
+    help="Folder sync: add new files, re-embed changed ones, update metadata-only changes, restore documents changed behind the sync, delete documents whose files are gone.",
+)
 @click.option("--source", default=None, help="With --sync: the folder's source name (default: the folder's name); its documents' ids are <source>/<relative path>.")
 @click.option("--allow-mass-delete", is_flag=True, help="With --sync: let the sync delete more than half of the source's documents, or all of them.")
 @click.option("--dry-run", is_flag=True, help="With --sync: list what the sync would add, change, restore and delete; change nothing.")
@@ -138,8 +141,13 @@ def ingest(ctx, path, tenant, encoder, folder_attrs, replace, sync_, source, all
             docs = loaded.documents
             task = bar.add_task("ingesting", total=None, chunks=0, rate="")
             started = time.perf_counter()
-            ids = rag.add_documents(docs, tenant=tenant, replace=replace, batch_size=256, progress=lambda done, total: bar.update(
-                task, completed=done, total=total, chunks=done, rate=f"{done / max(1e-9, time.perf_counter() - started):.0f} chunks/s"))
+            ids = rag.add_documents(
+                docs,
+                tenant=tenant,
+                replace=replace,
+                batch_size=256,
+                progress=lambda done, total: bar.update(task, completed=done, total=total, chunks=done, rate=f"{done / max(1e-9, time.perf_counter() - started):.0f} chunks/s"),
+            )
             bar.stop()
             data = {"documents": len(docs), "rows": len(ids), "skipped": [list(x) for x in loaded.skipped], "failed": [list(x) for x in loaded.failed], "catalog_version": rag.catalog_version}
             emit(as_json, data, lambda: click.echo(f"ingested {len(docs)} documents as {len(ids)} rows (catalog version {rag.catalog_version})"))
@@ -153,8 +161,13 @@ def ingest(ctx, path, tenant, encoder, folder_attrs, replace, sync_, source, all
 def _sync(rag, bar, path, tenant, attrs, as_json, **options):
     """One folder sync with a progress bar, its report printed; returns the report."""
     task = bar.add_task("checking" if options["dry_run"] else "syncing", total=None, chunks=0, rate="")
-    report = rag.sync_folder(path, tenant=tenant, folder_attrs=attrs, progress=lambda p: bar.update(
-        task, completed=p.done, total=p.files, chunks=p.chunks, rate=f"{p.done / p.elapsed:.1f} files/s" if p.elapsed else ""), **options)
+    report = rag.sync_folder(
+        path,
+        tenant=tenant,
+        folder_attrs=attrs,
+        progress=lambda p: bar.update(task, completed=p.done, total=p.files, chunks=p.chunks, rate=f"{p.done / p.elapsed:.1f} files/s" if p.elapsed else ""),
+        **options,
+    )
     bar.stop()
     data = {**report.to_dict(), "dry_run": options["dry_run"], "catalog_version": rag.catalog_version}
 

@@ -94,10 +94,7 @@ def group_list(ctx, tenant, as_json) -> None:
         rag.sync()
         tp = rag.policy.tenant(tenant)
         listed = [(g, rag.identity.members(g, tenant), list(rag.identity.group_roles(g, tenant).values())) for g in rag.identity.groups(tenant)]
-        data = [
-            {"group": g, "label": tp.label("group:" + g), "members": [m.to_json() for m in ms], "roles": [r.to_json() for r in rs]}
-            for g, ms, rs in listed
-        ]
+        data = [{"group": g, "label": tp.label("group:" + g), "members": [m.to_json() for m in ms], "roles": [r.to_json() for r in rs]} for g, ms, rs in listed]
 
         def render() -> None:
             for g, ms, rs in listed:
@@ -143,9 +140,7 @@ def folder_acl(ctx, path, allow, deny, remove, replace, inherit, expires, allow_
     with store(ctx, catalog_only=True) as rag:
         changed = None
         if not show:
-            changed = rag.identity.set_folder_acl(
-                path, **entries, remove=list(remove), inherit=inherit, replace=replace, allow_unknown=allow_unknown, tenant=tenant
-            )
+            changed = rag.identity.set_folder_acl(path, **entries, remove=list(remove), inherit=inherit, replace=replace, allow_unknown=allow_unknown, tenant=tenant)
         acl = rag.identity.folder_acl(path, tenant)
 
         def render() -> None:

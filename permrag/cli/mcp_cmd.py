@@ -47,9 +47,7 @@ def mcp_cmd(ctx, as_user, as_agent, tenant, transport, host, port, use_tokens, j
             return
         verifiers = [TableVerifier(Tokens(rag.catalog.engine), rag.aio)] if use_tokens else []
         if jwt_key:
-            verifiers.append(
-                JWTVerifier.from_file(jwt_key, algorithm=jwt_algorithm, audience=jwt_audience, issuer=jwt_issuer, tenant_claim=tenant_claim, default_tenant=tenant)
-            )
+            verifiers.append(JWTVerifier.from_file(jwt_key, algorithm=jwt_algorithm, audience=jwt_audience, issuer=jwt_issuer, tenant_claim=tenant_claim, default_tenant=tenant))
         click.echo(f"permrag MCP server on http://{host}:{port}/mcp", err=True)
         serve(rag, transport="http", host=host, port=port, verifier=AnyOf(verifiers), mode=mode)
 
@@ -64,8 +62,9 @@ def token_group() -> None:
 @tenant_opt
 @click.option("--name", default=None, help="A label (which client, which machine).")
 @click.option("--agent", default=None, help="The agent acting for USER with this token: calls see only rows both may read.")
-@click.option("--scope", "scopes", multiple=True, type=click.Choice(["search", "fetch", "explain", "can_read", "scim"]),
-              help="A tool the token may call (repeatable; none given: every search tool, never scim).")
+@click.option(
+    "--scope", "scopes", multiple=True, type=click.Choice(["search", "fetch", "explain", "can_read", "scim"]), help="A tool the token may call (repeatable; none given: every search tool, never scim)."
+)
 @json_opt
 @click.pass_context
 def token_add(ctx, user, tenant, name, agent, scopes, as_json) -> None:
@@ -81,7 +80,11 @@ def token_add(ctx, user, tenant, name, agent, scopes, as_json) -> None:
             rag.access.check_agent_known(agent, tenant)
         token, info = Tokens(rag.catalog.engine).add(user, tenant, name=name, agent=agent, scopes=list(scopes) or None)
     via = f" through agent {agent!r}" if agent else ""
-    emit(as_json, {"token": token, **info.to_dict()}, lambda: click.echo(f"{token}\n(token {info.id} for user {user!r}{via} in tenant {tenant!r}, scopes {' '.join(info.scopes) or 'search fetch explain can_read'}; shown only now)"))
+    emit(
+        as_json,
+        {"token": token, **info.to_dict()},
+        lambda: click.echo(f"{token}\n(token {info.id} for user {user!r}{via} in tenant {tenant!r}, scopes {' '.join(info.scopes) or 'search fetch explain can_read'}; shown only now)"),
+    )
 
 
 @token_group.command("list", cls=StoreCommand)

@@ -85,8 +85,12 @@ def role_list(ctx, tenant, as_json) -> None:
         tp, now = p.tenant(tenant), rag.policy.clock()
         listed = [(r, [(s, e, tp.expires.get(("p", r, s, e))) for _, s, e in p.rules(r, tenant) if tp.live(("p", r, s, e), now)], p.members(r, tenant)) for r in p.roles(tenant)]
         data = [
-            {"role": r, "rules": [f"{e} {s}" if t is None else {"rule": f"{e} {s}", "expires_at": show_time(t)} for s, e, t in rules],
-             "inherits": p.parents_of(r, tenant), "members": [m.to_json() for m in members]}
+            {
+                "role": r,
+                "rules": [f"{e} {s}" if t is None else {"rule": f"{e} {s}", "expires_at": show_time(t)} for s, e, t in rules],
+                "inherits": p.parents_of(r, tenant),
+                "members": [m.to_json() for m in members],
+            }
             for r, rules, members in listed
         ]
 
@@ -247,10 +251,7 @@ def tenant_list(ctx, as_json) -> None:
     with store(ctx, catalog_only=True) as rag:
         rag.sync()
         names = sorted(set(rag.catalog.index.tenants()) | set(rag.policy.tenants()))
-        data = [
-            {"tenant": t, "rows": len(rag.catalog.tenant(t).rows), "roles": len(rag.policy.roles(t)), "users": len(rag.policy.users(t))}
-            for t in names
-        ]
+        data = [{"tenant": t, "rows": len(rag.catalog.tenant(t).rows), "roles": len(rag.policy.roles(t)), "users": len(rag.policy.users(t))} for t in names]
         emit(as_json, data, lambda: click.echo("\n".join(f"{d['tenant']}: {d['rows']} rows, {d['roles']} roles, {d['users']} users" for d in data) or "no tenants"))
 
 
