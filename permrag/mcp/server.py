@@ -123,9 +123,7 @@ def build_server(
             raise ToolError(str(exc)) from None
 
     @server.tool(description="Search the knowledge base as the authenticated user; returns only passages that user may read, each with its external id and the policy version of the answer.")
-    async def search(
-        query: str, ctx: Context, k: Annotated[int, Field(ge=1, le=MAX_K)] = 5, mode: Mode | None = None, at_least: str | None = None
-    ) -> Annotated[CallToolResult, SearchResult]:
+    async def search(query: str, ctx: Context, k: Annotated[int, Field(ge=1, le=MAX_K)] = 5, mode: Mode | None = None, at_least: str | None = None) -> Annotated[CallToolResult, SearchResult]:
         who = principal_of(ctx, principal, "search")
         hits = await call(rag.search, query, user=who.user, tenant=who.tenant, k=k, mode=mode or default_mode, **who.via, **_since(at_least))
         out = SearchResult(
@@ -167,7 +165,9 @@ def _permission_tools(server: PermragMCP, rag: Any, principal: Principal | None,
         answer = f"yes: you may read {document_id!r} ({out.why})" if out.readable else f"no: there is no document {document_id!r} that you may read"
         return _result(f"{answer} (policy version {out.policy_version})", out)
 
-    @server.tool(description="Why the authenticated user (and the agent acting for it) may read a document (by external id): the path and rule of each. A document it may not read gets the same 'no' as one that does not exist.")
+    @server.tool(
+        description="Why the authenticated user (and the agent acting for it) may read a document (by external id): the path and rule of each. A document it may not read gets the same 'no' as one that does not exist."
+    )
     async def explain(document_id: str, ctx: Context) -> Annotated[CallToolResult, Permission]:
         out = await call(_permission, rag, principal_of(ctx, principal, "explain"), document_id, "explain")
         answer = f"yes: {out.why}" if out.readable else f"no: there is no document {document_id!r} that you may read"

@@ -72,8 +72,7 @@ class TokenInfo:
         return scope in self.scopes if self.scopes else scope in SEARCH_SCOPES
 
     def to_dict(self) -> dict[str, object]:
-        return {"id": self.id, "user": self.user, "tenant": self.tenant, "name": self.name, "created": self.created, "revoked": self.revoked,
-                "agent": self.agent, "scopes": list(self.scopes)}
+        return {"id": self.id, "user": self.user, "tenant": self.tenant, "name": self.name, "created": self.created, "revoked": self.revoked, "agent": self.agent, "scopes": list(self.scopes)}
 
 
 def digest(token: str) -> str:
