@@ -55,7 +55,7 @@ def _tokens(text: str) -> list[tuple[str, str]]:
             break
         m = _TOKEN.match(text, pos)
         if m is None:
-            raise FilterError(f"cannot read the filter at {text[pos:pos + 20]!r}")
+            raise FilterError(f"cannot read the filter at {text[pos : pos + 20]!r}")
         kind = m.lastgroup or "other"
         out.append((kind, m.group(kind)))
         pos = m.end()

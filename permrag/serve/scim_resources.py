@@ -232,9 +232,7 @@ def service_provider_config(base: str) -> dict[str, Any]:
         "changePassword": no,
         "sort": no,
         "etag": {"supported": True},
-        "authenticationSchemes": [
-            {"type": "oauthbearertoken", "name": "Bearer token", "description": "permrag serve --scim-token-file, or a store token with the scim scope", "primary": True}
-        ],
+        "authenticationSchemes": [{"type": "oauthbearertoken", "name": "Bearer token", "description": "permrag serve --scim-token-file, or a store token with the scim scope", "primary": True}],
         "meta": {"resourceType": "ServiceProviderConfig", "location": f"{base}/ServiceProviderConfig"},
     }
 
