@@ -75,7 +75,6 @@ def recorded(conn: Connection, tables: set[str]) -> str | None:
 def newer(url: str, current: str, top: str) -> ConfigError:
     """The refusal of a store at a revision this permrag does not know."""
     return ConfigError(
-        f"the permrag store in {url} is at schema revision {current}, which this permrag does not know "
-        f"(its newest is {top}): a newer permrag upgraded it",
+        f"the permrag store in {url} is at schema revision {current}, which this permrag does not know (its newest is {top}): a newer permrag upgraded it",
         hint="open it with that newer permrag (pip install -U permrag); stores are never downgraded",
     )

@@ -13,14 +13,15 @@ additive = True
 
 
 def upgrade() -> None:
-    op.create_table('permrag_policy_log',
-    sa.Column('version', sa.BigInteger(), autoincrement=False, nullable=False),
-    sa.Column('ts', sa.Float(), nullable=False),
-    sa.Column('kind', sa.String(length=32), nullable=False),
-    sa.Column('detail', sa.Text(), nullable=False),
-    sa.PrimaryKeyConstraint('version')
+    op.create_table(
+        "permrag_policy_log",
+        sa.Column("version", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column("ts", sa.Float(), nullable=False),
+        sa.Column("kind", sa.String(length=32), nullable=False),
+        sa.Column("detail", sa.Text(), nullable=False),
+        sa.PrimaryKeyConstraint("version"),
     )
-    op.create_index(op.f('ix_permrag_policy_log_ts'), 'permrag_policy_log', ['ts'], unique=False)
+    op.create_index(op.f("ix_permrag_policy_log_ts"), "permrag_policy_log", ["ts"], unique=False)
 
 
 def downgrade() -> None:
