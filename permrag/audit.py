@@ -45,9 +45,7 @@ MODES = ("sync", "async", "off")
 class AuditLog:
     """Writes and reads ``permrag_audit``."""
 
-    def __init__(
-        self, engine: Engine, mode: str = "sync", *, max_queue: int = 10_000, batch: int = 500, flush_interval: float = 0.5
-    ) -> None:
+    def __init__(self, engine: Engine, mode: str = "sync", *, max_queue: int = 10_000, batch: int = 500, flush_interval: float = 0.5) -> None:
         if mode not in MODES:
             raise ArgumentError(f"audit mode must be one of {', '.join(MODES)}, not {mode!r}")
         self.engine = engine
@@ -59,9 +57,7 @@ class AuditLog:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def record(
-        self, event: str, user: str | None, tenant: str | None, version: int | None, detail: dict[str, Any], *, agents: Sequence[str] = ()
-    ) -> None:
+    def record(self, event: str, user: str | None, tenant: str | None, version: int | None, detail: dict[str, Any], *, agents: Sequence[str] = ()) -> None:
         """One record; ``agents``: a delegated request's agents (the acting one first), named beside the user."""
         if self.mode == "off":
             return

@@ -213,8 +213,7 @@ def _migrate(conn: Connection, url: str, todo: migrations.Plan) -> None:
     except Exception as exc:  # a revision's own error as much as the database's
         failed = next((r.id for r in todo.pending if r.id not in applied), todo.head)
         raise ConfigError(
-            f"upgrading the permrag store in {url} from schema revision {todo.current} to {todo.head} failed "
-            f"at revision {failed} ({first_line(exc)}); the store was left at {todo.current}, unchanged",
+            f"upgrading the permrag store in {url} from schema revision {todo.current} to {todo.head} failed at revision {failed} ({first_line(exc)}); the store was left at {todo.current}, unchanged",
             hint="it still opens with the permrag that wrote it",
         ) from exc
     log.info("upgraded the permrag store in %s from schema revision %s to %s", url, todo.current, todo.head)
@@ -225,10 +224,7 @@ def _check_counter(conn: Connection, url: str) -> None:
     counter; Alembic's revisions are steps inside one family)."""
     row = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).first()
     if row is not None and int(row[0]) != SCHEMA_VERSION:
-        raise ConfigError(
-            f"the database {url} has permrag schema {int(row[0])}; this permrag uses {SCHEMA_VERSION}: "
-            "export its policy with the permrag that wrote it and start a new store"
-        )
+        raise ConfigError(f"the database {url} has permrag schema {int(row[0])}; this permrag uses {SCHEMA_VERSION}: export its policy with the permrag that wrote it and start a new store")
 
 
 def _make(conn: Connection) -> None:

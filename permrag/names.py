@@ -144,9 +144,7 @@ def normalize_value(name: str, value: object) -> str:
         return repr(value)
     if isinstance(value, str):
         return check(f"attribute {name!r} value", value, max_len=MAX_ID, error=CatalogError)
-    raise CatalogError(
-        f"attribute {name!r} holds a {type(value).__name__}; use a string, number, boolean or a list of them"
-    )
+    raise CatalogError(f"attribute {name!r} holds a {type(value).__name__}; use a string, number, boolean or a list of them")
 
 
 def check_attrs(attrs: object) -> dict[str, AttrValue]:
