@@ -144,4 +144,3 @@ def test_store_chunks_in_tokens(tmp_path) -> None:
         assert len(recs) >= 5 and all(r.parent == "d" for r in recs)
     finally:
         rag.close()
-

@@ -108,8 +108,7 @@ def test_policy_export_import_check(store, tmp_path) -> None:
 def test_revoke_unassign_remove(tmp_path) -> None:
     runner = CliRunner()
     h = ["--home", str(tmp_path / "h")]
-    for args in (["init"], ["role", "add", "r"], ["grant", "r", "*"], ["user", "assign", "u", "r"],
-                 ["revoke", "r", "*"], ["user", "unassign", "u", "r"], ["role", "remove", "r"]):
+    for args in (["init"], ["role", "add", "r"], ["grant", "r", "*"], ["user", "assign", "u", "r"], ["revoke", "r", "*"], ["user", "unassign", "u", "r"], ["role", "remove", "r"]):
         res = runner.invoke(main, h + args)
         assert res.exit_code == 0, (args, res.output)
     assert json.loads(runner.invoke(main, h + ["role", "list", "--json"]).output) == []
@@ -174,9 +173,7 @@ def test_missing_home_and_unreachable_milvus(tmp_path) -> None:
     assert CliRunner().invoke(main, ["--home", str(h), "init"]).exit_code == 0
     docs = tmp_path / "d.jsonl"
     docs.write_text('{"external_id": "x", "text": "hello"}\n')
-    res = CliRunner().invoke(
-        main, ["--home", str(h), "--milvus-uri", "http://127.0.0.1:9", "ingest", str(docs), "--encoder", "hash"]
-    )
+    res = CliRunner().invoke(main, ["--home", str(h), "--milvus-uri", "http://127.0.0.1:9", "ingest", str(docs), "--encoder", "hash"])
     assert res.exit_code == 1 and "Milvus" in res.output and len(res.output.strip().splitlines()) == 1
     with PermRAG.open(h, catalog_only=True) as rag:
         assert rag.catalog_version == 0 and rag.catalog.by_state("pending") == []

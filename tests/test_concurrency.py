@@ -54,12 +54,7 @@ class Model:
         roles = self.roles_of(user)
         allow = [s for r, s in self.allow if r in roles]
         deny = [s for r, s in self.deny if r in roles]
-        return {
-            row["external_id"]
-            for row in rows
-            if any(oracle_selector_match(row, TENANT, s) for s in allow)
-            and not any(oracle_selector_match(row, TENANT, s) for s in deny)
-        }
+        return {row["external_id"] for row in rows if any(oracle_selector_match(row, TENANT, s) for s in allow) and not any(oracle_selector_match(row, TENANT, s) for s in deny)}
 
 
 @dataclass

@@ -81,7 +81,21 @@ def test_tokens_are_strict_and_bound_to_their_store(world, tmp_path) -> None:
     other.close()
     assert foreign.split(".")[1:3] != tok.split(".")[1:3] or foreign != tok
     head, p, c, mac = tok.split(".")
-    bad = [foreign, "", "pr1", tok + " ", tok.upper(), f"{head}.{int(p) + 1}.{c}.{mac}", f"{head}.{p}.{c}.{'0' * 16}", f"pr2.{p}.{c}.{mac}", f"{head}.0{p}.{c}.{mac}", f"{head}.-1.{c}.{mac}", 7, None and 1, b"pr1"]
+    bad = [
+        foreign,
+        "",
+        "pr1",
+        tok + " ",
+        tok.upper(),
+        f"{head}.{int(p) + 1}.{c}.{mac}",
+        f"{head}.{p}.{c}.{'0' * 16}",
+        f"pr2.{p}.{c}.{mac}",
+        f"{head}.0{p}.{c}.{mac}",
+        f"{head}.-1.{c}.{mac}",
+        7,
+        None and 1,
+        b"pr1",
+    ]
     before = _audits(rag)
     for token in bad:
         if token is None:

@@ -117,9 +117,7 @@ def store(request, tmp_path_factory):
     # scan of the whole collection is priced lower than six partitions (at 1M rows the
     # default prices choose the groups: benchmarks/results/search_1m_server_covis.md).
     planner = Planner(dataclasses.replace(SERVER if kind == "server" else LITE, partition_ms=0.0))
-    rag = open_backend(
-        kind, tmp_path_factory.mktemp(f"covis-{kind}"), request, encoder=HashEncoder(48), groups=GROUPS, group_by=group_by, local_rows=0, planner=planner
-    )
+    rag = open_backend(kind, tmp_path_factory.mktemp(f"covis-{kind}"), request, encoder=HashEncoder(48), groups=GROUPS, group_by=group_by, local_rows=0, planner=planner)
     make_policy(rag)  # the roles exist before the rows arrive
     docs = docs_for(1500)
     rag.add_documents(docs, batch_size=400)
@@ -316,7 +314,10 @@ def test_two_processes_place_classes_at_once(tmp_path, pg_url, milvus_server) ->
             assert r.vclass % 8 == table[tokens(rag, dict(r.attrs), acl=r.acl)], r.external_id
         where = placement(rag)
         assert all(where[r.row_id] == f"g{r.vclass % 8}" for r in rag.rows(rag.catalog.live_ids()))
-        vecs = dict((r.external_id, v) for r, v in zip(rag.rows(rag.catalog.live_ids()), rag.encoder.encode([f"budget {r.external_id[0]} {r.external_id[1:].replace('-', ' ')}" for r in rag.rows(rag.catalog.live_ids())])))
+        vecs = dict(
+            (r.external_id, v)
+            for r, v in zip(rag.rows(rag.catalog.live_ids()), rag.encoder.encode([f"budget {r.external_id[0]} {r.external_id[1:].replace('-', ' ')}" for r in rag.rows(rag.catalog.live_ids())]))
+        )
         for user in ("u-r1", "u-r3", "u-r5", "acl-1"):
             hits = rag.search("budget p 3", user=user, k=20, mode="dense")
             assert_top_k([h.row_id for h in hits], reference(rag, vecs, user, "budget p 3"), 20)

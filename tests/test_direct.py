@@ -288,10 +288,7 @@ def test_rows_inserted_on_the_driver_are_what_sqlalchemy_inserts(tmp_path, reque
         direct.insert_many(conn, db.rows, ROW_COLUMNS, [row(r, 200, r.stored_attrs(), list(r.derived_from) or None) for r in recs])
     t = db.rows.c
     with engine.connect() as conn:
-        raw = {
-            int(i): (a, d)
-            for i, a, d in conn.execute(sa.select(t.row_id, sa.cast(t.attrs, sa.Text), sa.cast(t.derived_from, sa.Text)))
-        }
+        raw = {int(i): (a, d) for i, a, d in conn.execute(sa.select(t.row_id, sa.cast(t.attrs, sa.Text), sa.cast(t.derived_from, sa.Text)))}
         read = {int(i): (a, d) for i, a, d in conn.execute(sa.select(t.row_id, t.attrs, t.derived_from))}
     for r in recs:
         assert raw[r.row_id + 100] == raw[r.row_id] == raw[r.row_id + 200]

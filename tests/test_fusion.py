@@ -23,10 +23,7 @@ DEPTS = ["hr", "eng", "fin", "ops"]
 def world(tmp_path_factory):
     rng = random.Random(7)
     rag = PermRAG.open(tmp_path_factory.mktemp("fusion") / "h", encoder=HashEncoder(32), chunk_size=4000)
-    docs = [
-        {"external_id": f"d{i}", "text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))), "attrs": {"dept": rng.choice(DEPTS)}}
-        for i in range(400)
-    ]
+    docs = [{"external_id": f"d{i}", "text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))), "attrs": {"dept": rng.choice(DEPTS)}} for i in range(400)]
     rag.add_documents(docs)
     p = rag.policy
     p.add_role("all")
@@ -59,7 +56,16 @@ def reference(rag: PermRAG, user: str, query: str, k: int, pool: int, fusion: st
     return [h.row_id for h in fuse(lists[0], lists[1], k, fusion, weights)]
 
 
-QUERIES = ["hotel travel budget", "pension salary review", "laptop security training", "audit report", "badge", "hotel travel budget policy review", "pension salary audit report security", "laptop badge training leave"]
+QUERIES = [
+    "hotel travel budget",
+    "pension salary review",
+    "laptop security training",
+    "audit report",
+    "badge",
+    "hotel travel budget policy review",
+    "pension salary audit report security",
+    "laptop badge training leave",
+]
 
 
 @pytest.mark.parametrize("path", ["milvus", "local"])
@@ -139,10 +145,12 @@ def test_a_cross_encoder_like_model_is_used_through_predict(world) -> None:
 def test_langchain_documents_with_typed_metadata_in_and_out(tmp_path) -> None:
     rag = PermRAG.open(tmp_path / "h", encoder=HashEncoder(16))
     try:
-        rag.add_documents([
-            Document(page_content="quarterly budget review", metadata={"level": 3, "public": True, "score": 0.5, "tags": ["a", 2, False]}, id="lc1"),
-            Document(page_content="hotel policy", metadata={"level": 1, "public": False}, id="lc2"),
-        ])
+        rag.add_documents(
+            [
+                Document(page_content="quarterly budget review", metadata={"level": 3, "public": True, "score": 0.5, "tags": ["a", 2, False]}, id="lc1"),
+                Document(page_content="hotel policy", metadata={"level": 1, "public": False}, id="lc2"),
+            ]
+        )
         rec = rag.row("lc1")
         assert rec.attrs == {"level": "3", "public": "true", "score": "0.5", "tags": ["2", "a", "false"]}
         p = rag.policy

@@ -113,8 +113,12 @@ def apply(rag: PermRAG, w: World) -> None:
         rag.identity.assign_group(g, r, expires_at=t, allow_unknown=True)
     for path, (fa, fd, inherit) in w.folders.items():
         rag.identity.set_folder_acl(
-            path, allow=[{"principal": p, "expires_at": t} for p, t in fa], deny=[{"principal": p, "expires_at": t} for p, t in fd], inherit=inherit,
-            replace=True, allow_unknown=True,
+            path,
+            allow=[{"principal": p, "expires_at": t} for p, t in fa],
+            deny=[{"principal": p, "expires_at": t} for p, t in fd],
+            inherit=inherit,
+            replace=True,
+            allow_unknown=True,
         )
     rag.add_documents(w.docs)
 
@@ -210,7 +214,9 @@ def test_expiry_is_shown_and_ends_access_without_a_change(tmp_path) -> None:
     rag.policy.grant("reader", "dept:eng")
     rag.identity.add_member("eng", "user:ann", expires_at=T0 + 60, allow_unknown=True)
     rag.identity.assign_group("eng", "reader")
-    rag.add_documents([{"external_id": "spec", "attrs": {"dept": "eng"}}, {"external_id": "memo", "attrs": {"dept": "x"}, "acl": {"allow": [{"principal": "user:bo", "expires_at": "1970-01-12T14:00:00Z"}]}}])
+    rag.add_documents(
+        [{"external_id": "spec", "attrs": {"dept": "eng"}}, {"external_id": "memo", "attrs": {"dept": "x"}, "acl": {"allow": [{"principal": "user:bo", "expires_at": "1970-01-12T14:00:00Z"}]}}]
+    )
     e = rag.explain("ann", "spec")
     assert e.visible and e.path == ("ann", "group:eng", "reader") and e.expires_at == T0 + 60
     assert "1970-01-12T13:47:40Z" in str(e)
@@ -271,8 +277,7 @@ def test_every_format_gives_the_export(tmp_path, name) -> None:
     rag.add_documents([{"external_id": "ledger", "attrs": {"dept": "fin"}}, {"external_id": "plan", "attrs": {"dept": "eng"}, "acl": {"allow": [f"group:{gid('engineering')}"]}}])
     # nested: carol is in platform ⊂ engineering; the user "analyst" is a user, not the role
     assert rag.can_read(uid("carol@example.com"), "plan") and not rag.can_read(uid("erin@example.com"), "plan")
-    assert rag.can_read(uid("analyst"), "ledger") and rag.explain(uid("analyst"), "ledger").path == (
-        tp.shown("user:" + uid("analyst"))[5:], tp.shown("group:" + gid("finance")), "analyst")
+    assert rag.can_read(uid("analyst"), "ledger") and rag.explain(uid("analyst"), "ledger").path == (tp.shown("user:" + uid("analyst"))[5:], tp.shown("group:" + gid("finance")), "analyst")
     assert rag.who_can_see("plan")["users"] == sorted(uid(u) for u in ["alice@example.com", "bob@example.com", "carol@example.com"])
     assert rag.who_can_see("plan")["groups"] == sorted([gid("engineering"), gid("platform")])
     again = rag.identity.sync(DATA / name)
@@ -297,9 +302,7 @@ def test_sync_removes_what_disappeared_and_dry_run_changes_nothing(tmp_path) -> 
 
 
 directories = st.builds(
-    lambda edges: Directory(
-        {m[5:] for m, _ in edges if m.startswith("user:")}, {g: {m for m, h in edges if h == g} for _, g in edges}
-    ),
+    lambda edges: Directory({m[5:] for m, _ in edges if m.startswith("user:")}, {g: {m for m, h in edges if h == g} for _, g in edges}),
     st.lists(
         st.one_of(
             st.tuples(st.sampled_from([f"user:u{i}" for i in range(8)]), st.sampled_from([f"g{i}" for i in range(5)])),
@@ -339,7 +342,11 @@ def test_incremental_sync_equals_a_fresh_import(tmp_path_factory, first: Directo
     "name, text, where",
     [
         ("bad.json", '{"Resources": [\n  {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "id": "1", "userName": "a"},\n  oops\n]}', "line 3"),
-        ("ref.json", json.dumps({"Resources": [{"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "id": "g", "displayName": "x", "members": [{"value": "nope"}]}]}), "$.Resources[0].members[0].value"),
+        (
+            "ref.json",
+            json.dumps({"Resources": [{"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "id": "g", "displayName": "x", "members": [{"value": "nope"}]}]}),
+            "$.Resources[0].members[0].value",
+        ),
         ("name.json", json.dumps({"Resources": [{"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "id": "1", "userName": " padded"}]}), "$.Resources[0].userName"),
         ("nodn.ldif", "version: 1\n\ncn: x\nobjectClass: groupOfNames\n", "line 3"),
         ("dangling.ldif", "dn: cn=x,dc=e\nobjectClass: groupOfNames\ncn: x\nmember: uid=ghost,dc=e\n", "entry at line 1"),
@@ -383,8 +390,12 @@ def test_acl_search_equals_brute_force_on_lite(tmp_path) -> None:
 
     rag = PermRAG.open(tmp_path, encoder="hash")
     docs = [
-        {"external_id": f"d{i}", "text": f"budget plan w{i % 7} w{i % 11} review", "attrs": {"dept": ["eng", "hr"][i % 2]},
-         "acl": {"allow": [f"user:u{i % 5}"] + (["group:leads"] if i % 3 == 0 else []), "folder": f"/team{i % 4}"}}
+        {
+            "external_id": f"d{i}",
+            "text": f"budget plan w{i % 7} w{i % 11} review",
+            "attrs": {"dept": ["eng", "hr"][i % 2]},
+            "acl": {"allow": [f"user:u{i % 5}"] + (["group:leads"] if i % 3 == 0 else []), "folder": f"/team{i % 4}"},
+        }
         for i in range(300)
     ]
     rag.add_documents(docs)

@@ -99,8 +99,7 @@ def test_a_rename_keeps_rules_acls_denies_and_expiry(store, tmp_path) -> None:
     v2 = [user("u1", "alice.ng"), user("u2", "bob"), group("g-fin", "Finance Team", "u1", "u2"), group("g-ext", "external contractors", "u2")]
     report = rag.identity.sync(write(tmp_path / "v2.json", listing(v2)))
     assert report.applied and not report.added and not report.removed
-    assert {(k, a, b) for k, a, b in report.relabelled} == {
-        ("user:u1", "alice", "alice.ng"), ("group:g-fin", "finance", "Finance Team"), ("group:g-ext", "contractors", "external contractors")}
+    assert {(k, a, b) for k, a, b in report.relabelled} == {("user:u1", "alice", "alice.ng"), ("group:g-fin", "finance", "Finance Team"), ("group:g-ext", "contractors", "external contractors")}
     assert readable(rag, ["u1", "u2"]) == before
     ruled = {"ledger", "salaries"}  # casbin knows the role rules (not ACLs): it agrees on the rows they decide
     assert {u: rows & ruled for u, rows in enforced(rag, ["u1", "u2"]).items()} == {u: rows & ruled for u, rows in before.items()}
@@ -363,8 +362,7 @@ def identity_state(rag: PermRAG, tenant: str) -> tuple:
 
 
 DOCS = [{"external_id": "d-all", "attrs": {"dept": "eng"}}] + [
-    {"external_id": f"d{i}", "acl": {"allow": [f"group:g{i % 4}", f"user:u{i % 5}"], "deny": [f"group:g{(i + 1) % 4}"] if i % 3 == 0 else []}}
-    for i in range(8)
+    {"external_id": f"d{i}", "acl": {"allow": [f"group:g{i % 4}", f"user:u{i % 5}"], "deny": [f"group:g{(i + 1) % 4}"] if i % 3 == 0 else []}} for i in range(8)
 ]
 
 

@@ -201,6 +201,8 @@ def test_vectors_encoded_in_slices_for_progress_are_in_the_texts_order(lite, mon
     assert np.array_equal(vectors, lite.ingester.binding.encode(texts))
     assert seen == [7, 14, 21, 28, 35]
     ids = lite.add_documents([{"external_id": f"d{i}", "text": t} for i, t in enumerate(texts)], progress=lambda d, t: None)
-    stored = {r["row_id"]: np.asarray(r["dense"], dtype=np.float32) for r in lite.store.client().query(
-        lite.store.name(lite.catalog.tenants.number("default")), filter="row_id >= 0", output_fields=["row_id", "dense"])}
+    stored = {
+        r["row_id"]: np.asarray(r["dense"], dtype=np.float32)
+        for r in lite.store.client().query(lite.store.name(lite.catalog.tenants.number("default")), filter="row_id >= 0", output_fields=["row_id", "dense"])
+    }
     assert all(np.allclose(stored[i], v, atol=1e-6) for i, v in zip(ids, lite.ingester.binding.encode(texts)))

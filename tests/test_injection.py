@@ -41,7 +41,7 @@ HOSTILE = [
     "row_id > 0",
     "q" * 256,
 ]
-NASTY_CHARS = st.sampled_from(list('"\\\'`()[]{}=<>!&|%$#,. ') + ["or", "and", "not", " in ", "row_id", "vclass", "中", "é", "🙂"])
+NASTY_CHARS = st.sampled_from(list("\"\\'`()[]{}=<>!&|%$#,. ") + ["or", "and", "not", " in ", "row_id", "vclass", "中", "é", "🙂"])
 tenants = st.one_of(
     st.sampled_from(HOSTILE),
     st.lists(st.one_of(NASTY_CHARS, st.text(min_size=1, max_size=3)), min_size=1, max_size=40).map("".join),
@@ -130,11 +130,7 @@ def test_hostile_names_everywhere_still_give_exactly_the_permitted_rows(tmp_path
     rag.policy.grant(role, "dept:a\\", tenant=tenant)
     rag.policy.deny(role, "lvl:2", tenant=tenant)
     rag.policy.assign(user, role, tenant=tenant)
-    permitted = {
-        d["external_id"]
-        for d in docs
-        if d["tenant"] == tenant and d["attrs"]["dept"] in ('v" or row_id >= 0 or "', "a\\") and d["attrs"]["lvl"] != "2"
-    }
+    permitted = {d["external_id"] for d in docs if d["tenant"] == tenant and d["attrs"]["dept"] in ('v" or row_id >= 0 or "', "a\\") and d["attrs"]["lvl"] != "2"}
     assert {r.external_id for r in rag.rows(rag.visible(user, tenant))} == permitted
     assert 5 < len(permitted) < 70
     for query in ['" or row_id >= 0 or "', "budget \\", "hostile' OR 1=1", "中文 budget", "x" * 5000, "* ) or (", "budget"]:

@@ -23,7 +23,20 @@ LAYERS = [
     ["permrag.ingest"],
     ["permrag.access"],
     ["permrag.policy", "permrag.catalog", "permrag.backends"],
-    ["permrag.names", "permrag.acl", "permrag.results", "permrag.errors", "permrag.config", "permrag.db", "permrag.dbinit", "permrag.migrations", "permrag.direct", "permrag.embed", "permrag.audit", "permrag.repair"],
+    [
+        "permrag.names",
+        "permrag.acl",
+        "permrag.results",
+        "permrag.errors",
+        "permrag.config",
+        "permrag.db",
+        "permrag.dbinit",
+        "permrag.migrations",
+        "permrag.direct",
+        "permrag.embed",
+        "permrag.audit",
+        "permrag.repair",
+    ],
 ]
 SEPARATE = {"permrag.policy", "permrag.catalog", "permrag.backends"}  # same layer, but never import each other
 

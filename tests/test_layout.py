@@ -259,4 +259,3 @@ def test_a_flat_collection_still_searches_exactly(tmp_path) -> None:
         assert_top_k([h.row_id for h in hits], reference(rag, vecs, "u", QUERIES[0]), 10)
     finally:
         rag.close()
-

@@ -460,7 +460,6 @@ def test_a_password_never_shows_in_a_source() -> None:
     assert "hunter2" not in repr(source) and "hunter2" not in str(source)
 
 
-
 # ---------------------------------------------------------------------- TLS
 @pytest.mark.server  # servers of its own (certificates), not the slapd fixture
 def test_starttls_and_ldaps_check_the_certificate(tmp_path) -> None:

@@ -21,10 +21,7 @@ from permrag.errors import ArgumentError
 from permrag.integrations.llamaindex import PermissionedRetriever, permissioned, retriever
 
 LEVELS = ["public", "secret", "confidential", "secret", "internal", "secret"]
-DOCS = [
-    {"external_id": f"doc-{i}", "text": f"note {i} on budget, leave and travel {'plans ' * (i % 5)}", "attrs": {"level": LEVELS[i % 6], "team": f"t{i % 5}"}}
-    for i in range(90)
-]
+DOCS = [{"external_id": f"doc-{i}", "text": f"note {i} on budget, leave and travel {'plans ' * (i % 5)}", "attrs": {"level": LEVELS[i % 6], "team": f"t{i % 5}"}} for i in range(90)]
 QUERIES = ["budget leave", "travel plans", "note 17", "leave"]
 USERS = ["alice", "bob", "carol", "nobody"]
 

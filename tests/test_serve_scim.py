@@ -28,11 +28,7 @@ SCIM = "application/scim+json"
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
 PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
-DOCS = [
-    {"external_id": f"{dept}-{i}", "text": f"{dept} handbook part {i} on leave and travel", "attrs": {"dept": dept}}
-    for dept in ("eng", "fin")
-    for i in range(3)
-]
+DOCS = [{"external_id": f"{dept}-{i}", "text": f"{dept} handbook part {i} on leave and travel", "attrs": {"dept": dept}} for dept in ("eng", "fin") for i in range(3)]
 SECRET = "s" * 40
 
 
@@ -123,9 +119,7 @@ def patch(world, path: str, *ops: dict, **headers: str) -> httpx.Response:
 
 
 def test_the_checker_reports_no_failing_check(world) -> None:
-    res = subprocess.run(
-        [SCIM2, "--url", world["url"] + "/scim/v2", "-h", f"Authorization: Bearer {SECRET}", "test"], capture_output=True, text=True, timeout=180
-    )
+    res = subprocess.run([SCIM2, "--url", world["url"] + "/scim/v2", "-h", f"Authorization: Bearer {SECRET}", "test"], capture_output=True, text=True, timeout=180)
     verdicts = re.findall(r"^(SUCCESS|ERROR|CRITICAL|SKIPPED|UNKNOWN)\s+(\w+)", res.stdout, re.M)
     failed = [name for status, name in verdicts if status in ("ERROR", "CRITICAL", "UNKNOWN")]
     assert not failed, res.stdout[-4000:]

@@ -331,8 +331,10 @@ def test_a_sidecar_whose_kind_cannot_be_told_fails_its_file(lite, tmp_path, monk
 
         def __getattr__(self, name):
             if self.name.endswith(".meta.json"):
+
                 def fail(*a, **kw):
                     raise OSError(5, "Input/output error")
+
                 return fail
             return getattr(self.e, name)
 

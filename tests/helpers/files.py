@@ -40,12 +40,7 @@ UTF16 = "Résumé screening: the recruiting team reviews every application withi
 
 
 def html_page() -> str:
-    parts = "".join(
-        f"<h2>Benefit {i}</h2><p>"
-        + f"The company pension plan matches contributions up to five percent of salary, benefit number {i}. " * 4
-        + "</p>"
-        for i in range(3)
-    )
+    parts = "".join(f"<h2>Benefit {i}</h2><p>" + f"The company pension plan matches contributions up to five percent of salary, benefit number {i}. " * 4 + "</p>" for i in range(3))
     return (
         "<html><head><title>Benefits overview</title><script>var tracking = 1;</script></head><body>"
         "<nav><a href='/'>Home</a> | <a href='/about'>About</a></nav>"

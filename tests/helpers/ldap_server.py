@@ -217,9 +217,7 @@ class Slapd:
 
     def modify(self, ldif: str, timeout: float = 30) -> None:
         """Apply an LDIF change record as the root DN (``ldapmodify``, a client of its own)."""
-        out = subprocess.run(
-            ["ldapmodify", "-x", "-H", self.url, "-D", ROOT_DN, "-w", ROOT_PW], input=ldif, capture_output=True, text=True, timeout=timeout
-        )
+        out = subprocess.run(["ldapmodify", "-x", "-H", self.url, "-D", ROOT_DN, "-w", ROOT_PW], input=ldif, capture_output=True, text=True, timeout=timeout)
         if out.returncode:
             raise RuntimeError(f"ldapmodify failed ({out.returncode}): {out.stderr.strip()}")
 

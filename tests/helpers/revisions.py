@@ -28,26 +28,35 @@ def downgrade():
 '''
 
 # Adds a column and a table and moves a counter, then fails on the database.
-FAILING = HEADER.format(next=NEXT, doc="Fails midway (tests only).", down=HEAD, additive=True) + '''
+FAILING = (
+    HEADER.format(next=NEXT, doc="Fails midway (tests only).", down=HEAD, additive=True)
+    + """
 def upgrade():
     op.add_column("permrag_rows", sa.Column("half_done", sa.String(8), nullable=True))
     op.create_table("permrag_half_done", sa.Column("id", sa.Integer, primary_key=True))
     op.execute("UPDATE permrag_meta SET value = value + 1 WHERE key = 'policy_version'")
     op.execute("SELECT no_such_column FROM permrag_rows")
-'''
+"""
+)
 
 # What a newer permrag might add.
-ADDING = HEADER.format(next=NEXT, doc="Adds a nullable column (tests only).", down=HEAD, additive=True) + '''
+ADDING = (
+    HEADER.format(next=NEXT, doc="Adds a nullable column (tests only).", down=HEAD, additive=True)
+    + """
 def upgrade():
     op.add_column("permrag_rows", sa.Column("newer", sa.String(8), nullable=True))
-'''
+"""
+)
 
 # A change older code would misread: waits for `permrag upgrade`.
-REWRITING = HEADER.format(next=NEXT, doc="Rewrites the audit's events (tests only).", down=HEAD, additive=False) + '''
+REWRITING = (
+    HEADER.format(next=NEXT, doc="Rewrites the audit's events (tests only).", down=HEAD, additive=False)
+    + """
 def upgrade():
     op.create_index("ix_permrag_audit_event", "permrag_audit", ["event"])
     op.execute("UPDATE permrag_audit SET event = upper(event)")
-'''
+"""
+)
 
 
 def location_with(tmp_path: Path, text: str) -> str:
