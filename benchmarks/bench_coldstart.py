@@ -133,8 +133,9 @@ def _cpu() -> float:
 
 def cli_search(home: Path, how: str) -> dict:
     cpu, t = _cpu(), time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", RUNNER, how, "--home", str(home), "search", "What is the parental leave policy?", "--as", "alice", "--json"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", RUNNER, how, "--home", str(home), "search", "What is the parental leave policy?", "--as", "alice", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
     wall = time.perf_counter() - t
     if out.returncode or not json.loads(out.stdout):
         raise SystemExit(f"search failed: {out.stderr[-2000:]}")
@@ -159,11 +160,11 @@ def _rpc(proc: subprocess.Popen, message: dict, wait_id: int | None) -> dict | N
 def mcp_start(home: Path, how: str) -> dict:
     """Seconds from spawning ``permrag mcp --as alice`` to its initialize answer and to its first search answer."""
     cpu, t = _cpu(), time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", RUNNER, how, "--home", str(home), "mcp", "--as", "alice"], cwd=ROOT,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RUNNER, how, "--home", str(home), "mcp", "--as", "alice"], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
-        _rpc(proc, {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-                    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "bench", "version": "0"}}}, 1)
+        _rpc(proc, {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "bench", "version": "0"}}}, 1)
         ready = time.perf_counter() - t
         _rpc(proc, {"jsonrpc": "2.0", "method": "notifications/initialized"}, None)
         _rpc(proc, {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "search", "arguments": {"query": "What is the parental leave policy?"}}}, 2)
@@ -193,8 +194,7 @@ def throughput(how: str) -> float:
 
 def model_runs(tmp: Path, runs: int) -> dict:
     """The demo's store, then CLI searches and MCP starts in fresh processes, the two encoders in turns."""
-    subprocess.run([sys.executable, "-m", "permrag", "--home", str(tmp / "model"), "demo"], cwd=ROOT, check=True, capture_output=True, timeout=1800,
-                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    subprocess.run([sys.executable, "-m", "permrag", "--home", str(tmp / "model"), "demo"], cwd=ROOT, check=True, capture_output=True, timeout=1800, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     home = tmp / "model" / "demo"
     out: dict[str, dict] = {how: {"cli": [], "mcp": []} for how in ENCODERS}
     for _ in range(runs):
@@ -223,8 +223,10 @@ def model_table(model: dict, runs: int) -> list[str]:
     ]
     for how, r in model.items():
         m = r["median"]
-        lines.append(f"| {ENCODERS[how]} | {m['cli_wall_s']:.2f} s | {m['cli_cpu_s']:.2f} s | {m['mcp_ready_s']:.2f} s | {m['mcp_first_search_s']:.2f} s "
-                     f"| {m['mcp_cpu_s']:.2f} s | {m['texts_per_s']:.0f} texts/s |")
+        lines.append(
+            f"| {ENCODERS[how]} | {m['cli_wall_s']:.2f} s | {m['cli_cpu_s']:.2f} s | {m['mcp_ready_s']:.2f} s | {m['mcp_first_search_s']:.2f} s "
+            f"| {m['mcp_cpu_s']:.2f} s | {m['texts_per_s']:.0f} texts/s |"
+        )
     return lines
 
 
@@ -254,8 +256,7 @@ def backend_runs(tmp: Path, args) -> list[dict]:
                 med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
                 med["first_over_warm"] = statistics.median(r["first_s"] / r["warm_s"] for r in runs)
                 results.append({"backend": label, "warm_up": warm_up, "rows": args.rows, "runs": runs, "median": med})
-                print(f"  {label}{HOW[warm_up]}: first search {1e3 * med['first_s']:.1f} ms, warm {1e3 * med['warm_s']:.1f} ms "
-                      f"({med['first_over_warm']:.2f}x)", flush=True)
+                print(f"  {label}{HOW[warm_up]}: first search {1e3 * med['first_s']:.1f} ms, warm {1e3 * med['warm_s']:.1f} ms ({med['first_over_warm']:.2f}x)", flush=True)
     finally:
         if server is not None:
             server.stop()
@@ -272,8 +273,10 @@ def backend_table(results: list[dict], args) -> list[str]:
     for r in results:
         m = r["median"]
         warm_up = f"{1e3 * m['warmup_s']:.0f} ms" if r["warm_up"] != "none" else "—"
-        lines.append(f"| {r['backend']} | open{HOW[r['warm_up']]}, search | {1e3 * m['import_s']:.0f} ms | {1e3 * m['open_s']:.0f} ms | {warm_up} | {1e3 * m['first_s']:.1f} ms "
-                     f"| {1e3 * m['warm_s']:.1f} ms | {m['first_over_warm']:.2f}× |")
+        lines.append(
+            f"| {r['backend']} | open{HOW[r['warm_up']]}, search | {1e3 * m['import_s']:.0f} ms | {1e3 * m['open_s']:.0f} ms | {warm_up} | {1e3 * m['first_s']:.1f} ms "
+            f"| {1e3 * m['warm_s']:.1f} ms | {m['first_over_warm']:.2f}× |"
+        )
     return lines
 
 

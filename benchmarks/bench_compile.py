@@ -37,10 +37,7 @@ DEPTS, LEVELS = 200, 5
 
 def make_docs(n: int, seed: int = 1) -> list[dict]:
     rng = random.Random(seed)
-    return [
-        {"external_id": f"d{i}", "attrs": {"dept": f"dept{rng.randrange(DEPTS)}", "cls": f"c{rng.randrange(LEVELS)}"}}
-        for i in range(n)
-    ]
+    return [{"external_id": f"d{i}", "attrs": {"dept": f"dept{rng.randrange(DEPTS)}", "cls": f"c{rng.randrange(LEVELS)}"}} for i in range(n)]
 
 
 def ingest(rag: PermRAG, n_rows: int) -> None:
@@ -188,8 +185,7 @@ def lookups(rag: PermRAG, users: list[str]) -> dict:
 def table(r: dict) -> str:
     c, s = r["contiguous"], r["sequential"]
     lines = [
-        f"Compile benchmark: {r['rows']:,} rows, {r['roles']:,} roles (3 deep), {r['users']:,} users; "
-        f"{r['machine']}",
+        f"Compile benchmark: {r['rows']:,} rows, {r['roles']:,} roles (3 deep), {r['users']:,} users; {r['machine']}",
         "",
         "| measure | result | goal |",
         "|---|---|---|",
@@ -211,10 +207,7 @@ def table(r: dict) -> str:
             f"| {name} | {x['user_bitmap_bytes_mean']:,.0f} | {x['user_bitmap_runs_mean']:,.1f} | "
             f"{x['role_bitmap_bytes_mean']:,.0f} | {x['role_bitmap_runs_mean']:,.1f} | {x['full_compile_s']:.2f} s |"
         )
-    lines.append(
-        f"\nMean visible rows per user: {c['user_bitmap_rows_mean']:,.0f}. "
-        f"Sequential / contiguous bitmap bytes: {s['user_bitmap_bytes_mean'] / c['user_bitmap_bytes_mean']:,.0f}×."
-    )
+    lines.append(f"\nMean visible rows per user: {c['user_bitmap_rows_mean']:,.0f}. Sequential / contiguous bitmap bytes: {s['user_bitmap_bytes_mean'] / c['user_bitmap_bytes_mean']:,.0f}×.")
     return "\n".join(lines)
 
 

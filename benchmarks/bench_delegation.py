@@ -171,7 +171,10 @@ def main(argv=None) -> None:
             f"| {name} | {r['visible_rows']:,} | {r['same_rows_ms']:.2f} ms | {r['delegated_ms']:.2f} ms | {r['ratio']:.3f}× | "
             f"{r['same_results'] and r['hits_in_intersection']} | {r['one_rule_ms']:.2f} ms |"
         )
-    lines += ["", f"A snapshot (the bitmap a request is answered from, versions checked): {snap['user']:.1f} µs for the user, {snap['delegated']:.1f} µs delegated (the (user, agent) intersection cached)."]
+    lines += [
+        "",
+        f"A snapshot (the bitmap a request is answered from, versions checked): {snap['user']:.1f} µs for the user, {snap['delegated']:.1f} µs delegated (the (user, agent) intersection cached).",
+    ]
     text = "\n".join(lines)
     print(text)
     save("delegation", args.quick, data, text)

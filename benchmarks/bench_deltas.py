@@ -221,7 +221,7 @@ def fresh_cost(rag: PermRAG, n: int) -> dict[str, list[float]]:
     tok = rag.consistency_token()
     out: dict[str, list[float]] = {"plain": [], "at_least": []}
     for i in range(n * 5):
-        for mode in (("plain", "at_least") if i % 2 else ("at_least", "plain")):
+        for mode in ("plain", "at_least") if i % 2 else ("at_least", "plain"):
             t = time.perf_counter()
             rag.search(f"topic {i % 50}", user=f"u{i % USERS}", tenant="t1", k=10, mode="dense", **({"at_least": tok} if mode == "at_least" else {}))
             out[mode].append(time.perf_counter() - t)
@@ -265,8 +265,7 @@ def _stats(xs: list[float]) -> dict[str, float]:
 
 def table(results: list[dict], args) -> str:
     lines = [
-        f"Policy deltas across processes ({args.tenants} tenants × {args.rows:,} rows, {USERS} users each, Milvus Lite, dense k=10, "
-        f"{args.n} rounds; {machine()})",
+        f"Policy deltas across processes ({args.tenants} tenants × {args.rows:,} rows, {USERS} users each, Milvus Lite, dense k=10, {args.n} rounds; {machine()})",
         "",
         "Search in tenant t1 of this process (ms, p50 / p90):",
         "",
@@ -279,13 +278,22 @@ def table(results: list[dict], args) -> str:
             f"| {r['catalog']} | {c['idle']['p50']:.2f} / {c['idle']['p90']:.2f} | {c['delta']['p50']:.2f} / {c['delta']['p90']:.2f} | "
             f"{c['full reload']['p50']:.2f} / {c['full reload']['p90']:.2f} | {c['full reload']['p50'] / c['delta']['p50']:.2f} |"
         )
-    lines += ["", "Search in t1 while the other process changes t0 every 200 ms, against idle windows (ms, p50 / p99):", "",
-              "| catalog | idle | changing | p99 ratio | with the push: idle | changing | p99 ratio |", "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Search in t1 while the other process changes t0 every 200 ms, against idle windows (ms, p50 / p99):",
+        "",
+        "| catalog | idle | changing | p99 ratio | with the push: idle | changing | p99 ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         cells = []
         for key in ("steady_ms", "steady_push_ms"):
             v = r.get(key)
-            cells.append("— | — | —" if v is None else f"{v['idle']['p50']:.2f} / {v['idle']['p99']:.2f} | {v['changing']['p50']:.2f} / {v['changing']['p99']:.2f} | {v['changing']['p99'] / v['idle']['p99']:.2f}")
+            cells.append(
+                "— | — | —"
+                if v is None
+                else f"{v['idle']['p50']:.2f} / {v['idle']['p99']:.2f} | {v['changing']['p50']:.2f} / {v['changing']['p99']:.2f} | {v['changing']['p99'] / v['idle']['p99']:.2f}"
+            )
         lines.append(f"| {r['catalog']} | " + " | ".join(cells) + " |")
     lines += ["", "Revoke → enforce (ms, p50 / p99):", "", "| catalog | same process | other process | other process, push |", "|---|---|---|---|"]
     for r in results:

@@ -148,8 +148,7 @@ def catalog_part(n_docs: int, n_groups: int, n_users: int) -> dict:
         t_acls, _ = timed(lambda: rag.compiler.acls("default"))
         t_groups, _ = timed(lambda: rag.compiler.compile_groups("default"))
         t_users, _ = timed(lambda: [rag.compiler.visible(u, "default") for u in users])
-        out.update(open_s=t_open, acl_bitmaps_s=t_acls, group_views_s=t_groups, compile_users_s=t_users,
-                   compile_s=t_open + t_acls + t_groups, full_compile_s=t_open + t_acls + t_groups + t_users)
+        out.update(open_s=t_open, acl_bitmaps_s=t_acls, group_views_s=t_groups, compile_users_s=t_users, compile_s=t_open + t_acls + t_groups, full_compile_s=t_open + t_acls + t_groups + t_users)
         sizes = [len(rag.compiler.visible(u, "default")) for u in users]
         out["visible_rows_median"] = statistics.median(sizes)
         out["visible_fraction_median"] = statistics.median(sizes) / n_docs
@@ -250,9 +249,17 @@ def search_part(n_docs: int, n_groups: int, n_users: int, queries: int) -> dict:
                     acc.append(time.perf_counter() - t)
                     assert {h.row_id for h in hits} <= set(rag.visible(who))
             a, r, x = (1e3 * statistics.median(v) for v in (t_acl, t_role, t_all))
-            results.append({"acl_fraction": f_acl, "role_fraction": f_role, "acl_ms": a, "role_ms": r, "unfiltered_ms": x,
-                            "acl_plan": rag.plan(u).strategy if hasattr(rag.plan(u), "strategy") else type(rag.plan(u)).__name__,
-                            "role_plan": rag.plan(ru).strategy if hasattr(rag.plan(ru), "strategy") else type(rag.plan(ru)).__name__})
+            results.append(
+                {
+                    "acl_fraction": f_acl,
+                    "role_fraction": f_role,
+                    "acl_ms": a,
+                    "role_ms": r,
+                    "unfiltered_ms": x,
+                    "acl_plan": rag.plan(u).strategy if hasattr(rag.plan(u), "strategy") else type(rag.plan(u)).__name__,
+                    "role_plan": rag.plan(ru).strategy if hasattr(rag.plan(ru), "strategy") else type(rag.plan(ru)).__name__,
+                }
+            )
         out["search"] = sorted(results, key=lambda r: r["acl_fraction"])
         rag.close()
     return out
@@ -260,8 +267,7 @@ def search_part(n_docs: int, n_groups: int, n_users: int, queries: int) -> dict:
 
 def table(r: dict) -> str:
     lines = [
-        f"Identity benchmark: {r['docs']:,} documents with ACLs (3–10 principals), {r['groups']:,} groups (5 deep), "
-        f"{r['users']:,} users; {r['machine']}",
+        f"Identity benchmark: {r['docs']:,} documents with ACLs (3–10 principals), {r['groups']:,} groups (5 deep), {r['users']:,} users; {r['machine']}",
         "",
         "| measure | result | goal |",
         "|---|---|---|",

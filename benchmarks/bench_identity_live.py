@@ -81,10 +81,7 @@ def provision(url: str, n_users: int, n_groups: int, clients: int) -> dict[str, 
     with ThreadPoolExecutor(clients) as ex:
         users = list(ex.map(post, [(i, "/Users", {"schemas": [USER], "userName": f"u{i}@corp", "externalId": f"u{i}"}) for i in range(n_users)]))
     t1 = time.perf_counter()
-    groups = [
-        (j, "/Groups", {"schemas": [GROUP], "displayName": f"team-{j}", "members": [{"value": users[(j * 5 + k) % n_users], "type": "User"} for k in range(5)]})
-        for j in range(n_groups)
-    ]
+    groups = [(j, "/Groups", {"schemas": [GROUP], "displayName": f"team-{j}", "members": [{"value": users[(j * 5 + k) % n_users], "type": "User"} for k in range(5)]}) for j in range(n_groups)]
     with ThreadPoolExecutor(clients) as ex:
         list(ex.map(post, groups))
     t2 = time.perf_counter()

@@ -51,7 +51,50 @@ from permrag.ingest import Chunker
 from permrag.ingest.loaders import load_folder
 
 DEPTS = ["hr", "eng", "finance", "legal", "sales", "ops"]
-VOCAB = ["budget", "leave", "travel", "hotel", "pension", "laptop", "badge", "salary", "audit", "policy", "report", "review", "security", "training", "contract", "invoice", "customer", "release", "deploy", "incident", "backup", "password", "vendor", "meeting", "quarter", "forecast", "hiring", "onboarding", "expense", "approval", "director", "manager", "team", "project", "roadmap", "design", "test", "service", "network", "storage", "cloud", "privacy"]
+VOCAB = [
+    "budget",
+    "leave",
+    "travel",
+    "hotel",
+    "pension",
+    "laptop",
+    "badge",
+    "salary",
+    "audit",
+    "policy",
+    "report",
+    "review",
+    "security",
+    "training",
+    "contract",
+    "invoice",
+    "customer",
+    "release",
+    "deploy",
+    "incident",
+    "backup",
+    "password",
+    "vendor",
+    "meeting",
+    "quarter",
+    "forecast",
+    "hiring",
+    "onboarding",
+    "expense",
+    "approval",
+    "director",
+    "manager",
+    "team",
+    "project",
+    "roadmap",
+    "design",
+    "test",
+    "service",
+    "network",
+    "storage",
+    "cloud",
+    "privacy",
+]
 CHUNK = 500
 SYNCS = 11  # hash-encoder syncs (a single run of either side varied by ±15 % here, more than the goal's margin), against one more bare run
 MODEL_SYNCS = 3  # syncs with a model (about 12 s each here)
@@ -158,8 +201,7 @@ def bare_insert(tmp: Path, folder: Path, encoder, same_schema: bool = True) -> d
     vecs = np.ascontiguousarray(vecs, dtype=np.float32)
     if same_schema:
         s, ip = tenant_schema(client, vecs.shape[1], "FLAT", True, None)
-        rows = [{"row_id": i, "tenant": "default", "external_id": f"doc/{i}", "vclass": 1, "text": t, "dense": v}
-                for i, (t, v) in enumerate(zip(texts, vecs))]
+        rows = [{"row_id": i, "tenant": "default", "external_id": f"doc/{i}", "vclass": 1, "text": t, "dense": v} for i, (t, v) in enumerate(zip(texts, vecs))]
     else:
         s = client.create_schema(auto_id=False)
         s.add_field("row_id", DataType.INT64, is_primary=True)
@@ -255,8 +297,17 @@ def run(tmp: Path, folder: Path, n: int, encoder_name: str) -> dict:
     full_s = min(syncs)
     assert rag is not None
     chunks = len(rag.catalog.live_ids())
-    out = {"encoder": enc.name, "files": n, "chunks": chunks, "full_s": full_s, "full_runs_s": syncs, "docs_per_s": n / full_s, "chunks_per_s": chunks / full_s,
-           "classes": classes(rag), "one_folder_filter": one_folder_filter(rag)}
+    out = {
+        "encoder": enc.name,
+        "files": n,
+        "chunks": chunks,
+        "full_s": full_s,
+        "full_runs_s": syncs,
+        "docs_per_s": n / full_s,
+        "chunks_per_s": chunks / full_s,
+        "classes": classes(rag),
+        "one_folder_filter": one_folder_filter(rag),
+    }
     # re-sync after 1 % of the files changed (at least one)
     rng = random.Random(11)
     files = sorted(p for p in folder.rglob("*.md")) + sorted(p for p in folder.rglob("*.txt"))
@@ -314,14 +365,15 @@ def table(results: list[dict]) -> str:
         "Same schema: permrag's collection fields (row identity, visibility class, text with its BM25 function, dense), the goal's baseline; "
         f"runs alternate — bare, permrag, bare, …, bare; each sync into a fresh store; {SYNCS} syncs with hash, {MODEL_SYNCS} with a model — and the faster run of each side counts "
         "(overhead; paired: the median of each sync over the mean of the bare runs either side of it) "
-        "(every run: " + "; ".join(f"{r['encoder']} permrag {' / '.join(f'{x:.2f}' for x in r['full_runs_s'])} s, bare {' / '.join(f'{x:.2f}' for x in r['bare_runs_s'])} s" for r in results)
+        "(every run: "
+        + "; ".join(f"{r['encoder']} permrag {' / '.join(f'{x:.2f}' for x in r['full_runs_s'])} s, bare {' / '.join(f'{x:.2f}' for x in r['bare_runs_s'])} s" for r in results)
         + "). Each run starts from a collected heap (both sides); the collector's time within the runs, median: "
         + "; ".join(f"{r['encoder']} permrag {1e3 * r['gc_s']['permrag']:.0f} ms, bare {1e3 * r['gc_s']['bare']:.0f} ms" for r in results)
         + ". Dense only: row ID, text and dense (no BM25 to compute).",
         "",
         "Visibility classes (catalog/allocation.py keys a class on every attribute unless `policy_attrs` is set):",
         "",
-        "| encoder | classes, all attributes | filter for a one-folder role | classes, `policy_attrs=[\"folder\"]` | filter | full sync with policy_attrs |",
+        '| encoder | classes, all attributes | filter for a one-folder role | classes, `policy_attrs=["folder"]` | filter | full sync with policy_attrs |',
         "|---|---|---|---|---|---|",
     ]
     for r in results:

@@ -137,9 +137,10 @@ def table(res: dict, when: str = "roles made before the ingest") -> str:
     out.append("Plans: " + "; ".join(f"{c['kind']} {c['fraction']:.0%} {n}: {c['layouts'][n]['plan']}" for c in res["table"] for n in names))
     recall = min(c["layouts"][n]["recall"] for c in res["table"] for n in names)
     leaks = sum(c["layouts"][n]["leaked"] for c in res["table"] for n in names)
-    out.append(f"Lowest recall@10 of any cell: {recall:.2f}; rows outside the caller's permissions returned: {leaks}. "
-               f"Ingest s: " + ", ".join(f"{n} {s:.1f}" for n, s in res["ingest_s"].items())
-               + "".join(f"; regroup s, {n}: {s:.1f}" for n, s in res.get("regroup_s", {}).items()))
+    out.append(
+        f"Lowest recall@10 of any cell: {recall:.2f}; rows outside the caller's permissions returned: {leaks}. "
+        f"Ingest s: " + ", ".join(f"{n} {s:.1f}" for n, s in res["ingest_s"].items()) + "".join(f"; regroup s, {n}: {s:.1f}" for n, s in res.get("regroup_s", {}).items())
+    )
     return "\n".join(out)
 
 

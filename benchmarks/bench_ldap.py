@@ -142,7 +142,9 @@ def table(r: dict) -> str:
         )
     return (
         f"LDAP sync from slapd: {r['users']:,} users ({r['inactive']:,} locked), {r['groups']:,} groups, {r['memberships']:,} memberships "
-        f"(slapadd load {r['load_s']:.1f} s; {r['changed_memberships']:,} memberships changed for the last row by ldapmodify, {r['modify_s']:.1f} s)\n\n" + "\n".join(rows) + f"\n\n{r['machine']}; load average at the end {', '.join(map(str, r['load_average']))} (a shared machine)"
+        f"(slapadd load {r['load_s']:.1f} s; {r['changed_memberships']:,} memberships changed for the last row by ldapmodify, {r['modify_s']:.1f} s)\n\n"
+        + "\n".join(rows)
+        + f"\n\n{r['machine']}; load average at the end {', '.join(map(str, r['load_average']))} (a shared machine)"
     )
 
 

@@ -174,9 +174,7 @@ def run(n_chunks: int | None, replicas: int, home: Path) -> dict:
             "permrag": lambda q, user=user: [h.row_id for h in rag.search_many(["q"], user=user, k=K, mode="dense", vectors=q[None, :])[0]],
             "post-filter": lambda q, vis_set=vis_set: [r for r in raw_search(client, coll, q, 10 * K, with_text=True) if r in vis_set][:K],
             "id-in": lambda q, id_expr=id_expr: raw_search(client, coll, q, K, id_expr, with_text=True),
-            "acl-array": lambda q, team_list=team_list: raw_search(
-                client, f"{coll}_acl", q, K, f"array_contains_any(acl, [{team_list}])", with_text=True
-            ),
+            "acl-array": lambda q, team_list=team_list: raw_search(client, f"{coll}_acl", q, K, f"array_contains_any(acl, [{team_list}])", with_text=True),
             "langchain-expr": lc_search,
         }
         measured = measure(fns, queries)
@@ -191,8 +189,14 @@ def run(n_chunks: int | None, replicas: int, home: Path) -> dict:
     rag.close()
     return {
         "backend": f"Milvus Lite {version('milvus-lite')}, langchain-milvus {version('langchain-milvus')}",
-        "rows": n, "unique_chunks": n_unique, "replicas": replicas, "teams": n_teams, "queries": titles,
-        "encode_s": encode_s, "ingest_s": ingest_s, "table": rows,
+        "rows": n,
+        "unique_chunks": n_unique,
+        "replicas": replicas,
+        "teams": n_teams,
+        "queries": titles,
+        "encode_s": encode_s,
+        "ingest_s": ingest_s,
+        "table": rows,
     }
 
 

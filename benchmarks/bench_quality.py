@@ -249,14 +249,22 @@ def evaluate(language: str, prepared: tuple) -> dict:
     rag, docs, queries, depts, ingest_s, tuned = prepared
     texts = [q for q, _ in queries]
     qvecs = rag.encoder.encode(texts)
-    out: dict = {"language": language, "rows": len(docs), "queries": len(queries), "departments": len(depts), "ingest_s": ingest_s,
-                 "encoder": rag.encoder.name, "analyzer": LANGS[language]["analyzer"], "tuned_on_dev": tuned, "modes": {}}
+    out: dict = {
+        "language": language,
+        "rows": len(docs),
+        "queries": len(queries),
+        "departments": len(depts),
+        "ingest_s": ingest_s,
+        "encoder": rag.encoder.name,
+        "analyzer": LANGS[language]["analyzer"],
+        "tuned_on_dev": tuned,
+        "modes": {},
+    }
     # unfiltered quality on the test split (a user who sees everything)
     per_query: dict[str, list[float]] = {}
     configs = list(dict.fromkeys(modes(tuned)))
     for mode, fusion, weights, pool in configs:
-        hits = rag.search_many(texts, user="all", k=K, mode=mode, **options(fusion, weights, pool),
-                               vectors=qvecs if mode != "keyword" else None)
+        hits = rag.search_many(texts, user="all", k=K, mode=mode, **options(fusion, weights, pool), vectors=qvecs if mode != "keyword" else None)
         scores = [ndcg_recall([h.external_id for h in hs], {rel}) for hs, (_, rel) in zip(hits, queries)]
         name = label(mode, fusion, weights, pool)
         per_query[name] = [s[0] for s in scores]
@@ -281,8 +289,7 @@ def evaluate(language: str, prepared: tuple) -> dict:
             visible = rag.visible(user)
             vis_ext = {r.external_id for r in rag.rows(visible)}
             assert vis_ext == {e for e in ext_ids if dept_of[e] in seen}
-            hits = rag.search_many([texts[i] for i in idx], user=user, k=K, mode=mode, **options(fusion, weights, pool),
-                                   vectors=qvecs[idx] if mode != "keyword" else None)
+            hits = rag.search_many([texts[i] for i in idx], user=user, k=K, mode=mode, **options(fusion, weights, pool), vectors=qvecs[idx] if mode != "keyword" else None)
             ref = exact_filtered(store, mode, fusion, weights, pool, qvecs[idx], [texts[i] for i in idx], visible)
             for (i, (_, rel)), hs, rf in zip(mine, hits, ref):
                 got = [h.row_id for h in hs]
@@ -298,9 +305,7 @@ def evaluate(language: str, prepared: tuple) -> dict:
                     brute_compared += 1
                     # equal up to float ties: same rows, or same similarity at every rank
                     got_ext = [h.external_id for h in hs]
-                    brute_equal += got_ext == top or np.allclose(
-                        sorted((row_vecs[ext_ids.index(e)] @ qvecs[i] for e in got_ext), reverse=True),
-                        sorted(sims, reverse=True)[:K], atol=1e-5)
+                    brute_equal += got_ext == top or np.allclose(sorted((row_vecs[ext_ids.index(e)] @ qvecs[i] for e in got_ext), reverse=True), sorted(sims, reverse=True)[:K], atol=1e-5)
         out["modes"][name]["ndcg_permissioned"] = statistics.mean(ndcgs)
         out["modes"][name]["ndcg_same_queries_unfiltered"] = statistics.mean(same_q)
         out["modes"][name]["permissioned_queries"] = len(ndcgs)
@@ -315,10 +320,7 @@ def evaluate(language: str, prepared: tuple) -> dict:
 def table(res: dict) -> str:
     t = res["tuned_on_dev"]
     lines = [
-        (
-            f"### {res['language'].capitalize()}: {res['rows']:,} rows, {res['queries']:,} test queries, {res['departments']} departments; "
-            f"encoder {res['encoder']}, BM25 analyzer `{res['analyzer']}`"
-        ),
+        (f"### {res['language'].capitalize()}: {res['rows']:,} rows, {res['queries']:,} test queries, {res['departments']} departments; encoder {res['encoder']}, BM25 analyzer `{res['analyzer']}`"),
         "",
         (
             f"Chosen on the {t['dev_queries']:,} dev queries: RRF pool {t['rrf_pool']}; weighted fusion {t['weight']:g}/{1 - t['weight']:.2g}, "
@@ -365,8 +367,7 @@ def render(results: list[dict], choice: dict) -> str:
         f"Default fusion chosen on the dev halves of both languages: {choice['fusion']} {choice['weights'][0]:g}/{choice['weights'][1]:g}, "
         f"pool {choice['pool_factor']}k (worst gain over dense {choice['worst_dev_gain_over_dense']:+.4f}); "
         f"the library's default: {lib['fusion']} {lib['weights'][0]:g}/{lib['weights'][1]:g}, pool {lib['pool_factor']}k"
-        f"{'' if lib == {k: choice[k] for k in lib} else ' — DIFFERENT: update permrag/search/fusion.py'}.\n\n"
-        + "\n\n".join(table(r) for r in results)
+        f"{'' if lib == {k: choice[k] for k in lib} else ' — DIFFERENT: update permrag/search/fusion.py'}.\n\n" + "\n\n".join(table(r) for r in results)
     )
 
 

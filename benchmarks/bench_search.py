@@ -191,7 +191,7 @@ def run_backend(label: str, rag: PermRAG, n_rows: int, n_queries: int, budget_s:
         silo = f"{coll}_silo"
         if f < 1.0:
             silo_collection(client, silo, vis_ids, vis_vecs, [texts[j] for j in np.flatnonzero(vis_mask)], uri)
-        id_expr = f'row_id in [{", ".join(map(str, vis_ids.tolist()))}]'
+        id_expr = f"row_id in [{', '.join(map(str, vis_ids.tolist()))}]"
         local = rag.searcher.local
         local.clear()  # the first search reads the visible rows back (when in-process ranking takes the set)
         t0 = time.perf_counter()
@@ -208,6 +208,7 @@ def run_backend(label: str, rag: PermRAG, n_rows: int, n_queries: int, budget_s:
                 return [h.row_id for h in rag.search_many(["q"], user=user, tenant="acme", k=10, mode="dense", vectors=q[None, :])[0]]
             finally:
                 rag.searcher.local = local
+
         team_list = ", ".join(f'"{t}"' for t in team_set)
         fns = {
             "unfiltered": lambda q: raw_search(client, coll, q, 10, with_text=True),
@@ -240,46 +241,79 @@ def run_backend(label: str, rag: PermRAG, n_rows: int, n_queries: int, budget_s:
         pair_ratio = pair["permrag"][0] / pair["silo"][0]
         cells["permrag"]["leaked"] += sum(1 for o in pair["permrag"][1] for r in o if r not in vis_set)
         where = "in process" if rag.stats["local_searches"] > local_before else "Milvus"
-        rows.append({"kind": kind, "fraction": f, "visible": int(vis_mask.sum()), "unfiltered_ms": 1e3 * base_t, "plan": plan.describe()[:160],
-                     "cells": cells, "permrag_ms": cells["permrag"]["ms"], "silo_ms": cells["silo"]["ms"], "silo_ratio": silo_ratio,
-                     "pair_ratio": pair_ratio, "pair_ms": [1e3 * pair["permrag"][0], 1e3 * pair["silo"][0]],
-                     "milvus_silo_ratio": cells["permrag-milvus"]["ms"] / cells["silo"]["ms"], "first_ms": first_ms, "ready_s": ready_s, "ranked": where,
-                     "silo_segments": silo_segments})
-        print(f"  {label} {kind} {f:>6.1%}: permrag ÷ silo {silo_ratio:.2f} (side by side {pair_ratio:.2f}); unfiltered {1e3 * base_t:.1f} ms; " + ", ".join(f"{n} {c['ratio']:.2f}x r{c['recall']:.2f}" for n, c in cells.items()), flush=True)
+        rows.append(
+            {
+                "kind": kind,
+                "fraction": f,
+                "visible": int(vis_mask.sum()),
+                "unfiltered_ms": 1e3 * base_t,
+                "plan": plan.describe()[:160],
+                "cells": cells,
+                "permrag_ms": cells["permrag"]["ms"],
+                "silo_ms": cells["silo"]["ms"],
+                "silo_ratio": silo_ratio,
+                "pair_ratio": pair_ratio,
+                "pair_ms": [1e3 * pair["permrag"][0], 1e3 * pair["silo"][0]],
+                "milvus_silo_ratio": cells["permrag-milvus"]["ms"] / cells["silo"]["ms"],
+                "first_ms": first_ms,
+                "ready_s": ready_s,
+                "ranked": where,
+                "silo_segments": silo_segments,
+            }
+        )
+        print(
+            f"  {label} {kind} {f:>6.1%}: permrag ÷ silo {silo_ratio:.2f} (side by side {pair_ratio:.2f}); unfiltered {1e3 * base_t:.1f} ms; "
+            + ", ".join(f"{n} {c['ratio']:.2f}x r{c['recall']:.2f}" for n, c in cells.items()),
+            flush=True,
+        )
     if "acl-array" not in SKIPPED:
         client.drop_collection(f"{coll}_acl")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MB, this process (Lite's server process apart)
     print(f"  peak RSS of the benchmark process: {peak:,.0f} MB", flush=True)
-    return {"backend": label, "rows": n_rows, "unfiltered_ms": 1e3 * statistics.median(base_all), "ingest_s": ingest_s, "table": rows, "stats": dict(rag.stats), "peak_rss_mb": peak,
-            "segments": coll_segments}
+    return {
+        "backend": label,
+        "rows": n_rows,
+        "unfiltered_ms": 1e3 * statistics.median(base_all),
+        "ingest_s": ingest_s,
+        "table": rows,
+        "stats": dict(rag.stats),
+        "peak_rss_mb": peak,
+        "segments": coll_segments,
+    }
 
 
 def table(res: dict) -> str:
     out = [
-        f"### {res['backend']}: {res['rows']:,} rows, dim {DIM}, dense top-10, unfiltered median {res['unfiltered_ms']:.1f} ms "
-        "(measured beside each row, interleaved)",
+        f"### {res['backend']}: {res['rows']:,} rows, dim {DIM}, dense top-10, unfiltered median {res['unfiltered_ms']:.1f} ms (measured beside each row, interleaved)",
         "",
         "| permissions | visible | ranked | **permrag ÷ silo** | side by side | permrag-milvus ÷ silo | permrag ms | first search ms | background read s | silo ms | "
-        + " | ".join(f"{a} ratio / recall / rows" for a in APPROACHES) + " |",
+        + " | ".join(f"{a} ratio / recall / rows" for a in APPROACHES)
+        + " |",
         "|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(APPROACHES),
     ]
     for row in res["table"]:
-        cells = [f"{row['cells'][a]['ratio']:.2f}× / {row['cells'][a]['recall']:.2f} / {row['cells'][a]['returned']:.1f}" if a in row["cells"] else "not run"
-                 for a in APPROACHES]
+        cells = [f"{row['cells'][a]['ratio']:.2f}× / {row['cells'][a]['recall']:.2f} / {row['cells'][a]['returned']:.1f}" if a in row["cells"] else "not run" for a in APPROACHES]
         side = f"{row['pair_ratio']:.2f}× ({row['pair_ms'][0]:.1f} / {row['pair_ms'][1]:.1f} ms)" if "pair_ratio" in row else "—"
-        head = (f"| {row['kind']} | {row['fraction']:.1%} ({row['visible']:,}) | {row['ranked']} | **{row['silo_ratio']:.2f}×** | {side} | {row['milvus_silo_ratio']:.2f}× "
-                f"| {row['permrag_ms']:.1f} | {row['first_ms']:.1f} | {row.get('ready_s', 0.0):.1f} | {row['silo_ms']:.1f} | ")
+        head = (
+            f"| {row['kind']} | {row['fraction']:.1%} ({row['visible']:,}) | {row['ranked']} | **{row['silo_ratio']:.2f}×** | {side} | {row['milvus_silo_ratio']:.2f}× "
+            f"| {row['permrag_ms']:.1f} | {row['first_ms']:.1f} | {row.get('ready_s', 0.0):.1f} | {row['silo_ms']:.1f} | "
+        )
         out.append(head + " | ".join(cells) + " |")
     out.append("")
     out.append("Plans: " + "; ".join(f"{r['kind']} {r['fraction']:.1%}: {r['plan'].split(':')[0]}" for r in res["table"]))
-    out.append("(side by side: permrag and the silo measured again alone, interleaved with each other only — in the full interleave "
-               "the full-collection scans of the other approaches run between them and leave the CPU caches cold for whatever follows; "
-               "permrag ÷ silo there, permrag ms / silo ms. acl-array is the role-based pattern only: one group per row; empty for ACL users. ranked: where permrag's dense ranking ran; "
-               "first search: permrag's first search of the cell with an empty row cache, which reads the visible rows back by primary key when ranked in process "
-               "(a set over local_rows, up to prefetch_rows, goes to Milvus and is read back in the background: the time until that read is done).)")
+    out.append(
+        "(side by side: permrag and the silo measured again alone, interleaved with each other only — in the full interleave "
+        "the full-collection scans of the other approaches run between them and leave the CPU caches cold for whatever follows; "
+        "permrag ÷ silo there, permrag ms / silo ms. acl-array is the role-based pattern only: one group per row; empty for ACL users. ranked: where permrag's dense ranking ran; "
+        "first search: permrag's first search of the cell with an empty row cache, which reads the visible rows back by primary key when ranked in process "
+        "(a set over local_rows, up to prefetch_rows, goes to Milvus and is read back in the background: the time until that read is done).)"
+    )
     if res.get("segments"):
-        out.append(f"Sealed segments served: the tenant's collection {res['segments']}; silos " + ", ".join(
-            f"{r['kind']} {r['fraction']:.1%} {r['silo_segments']}" for r in res["table"] if r.get("silo_segments")) + ".")
+        out.append(
+            f"Sealed segments served: the tenant's collection {res['segments']}; silos "
+            + ", ".join(f"{r['kind']} {r['fraction']:.1%} {r['silo_segments']}" for r in res["table"] if r.get("silo_segments"))
+            + "."
+        )
     leaks = {a: sum(r["cells"][a]["leaked"] for r in res["table"] if a in r["cells"]) for a in APPROACHES}
     out.append(f"Rows outside the caller's permissions returned: {leaks}")
     return "\n".join(out)
@@ -291,7 +325,12 @@ def layout(rag: PermRAG, group_by: str, policy_first: bool) -> str:
     when = "; policy made before the ingest" if policy_first else "; policy made after the ingest"
     if not n:
         return ", flat (one partition, filters)" + when
-    return f", {n} class-group partitions (" + ({"visibility": "classes by co-visibility", "visibility+acl": "classes by co-visibility, ACLs in the class key"}.get(group_by, "classes by first appearance")) + ")" + when
+    return (
+        f", {n} class-group partitions ("
+        + ({"visibility": "classes by co-visibility", "visibility+acl": "classes by co-visibility, ACLs in the class key"}.get(group_by, "classes by first appearance"))
+        + ")"
+        + when
+    )
 
 
 def start_server(base: Path):
@@ -322,8 +361,11 @@ def main(argv=None) -> None:
     ap.add_argument("--local-rows", type=int, default=None, help="largest visible set read back by a search, ranked in process (default: the library's)")
     ap.add_argument("--prefetch-rows", type=int, default=None, help="largest set read back in the background (default: the library's; 0: none)")
     ap.add_argument("--fractions", default=None, help="comma-separated visible fractions (default: 0.001,0.01,0.1,0.5,1)")
-    ap.add_argument("--postgres", default=None, help="keep the catalog and policy in a fresh database on this PostgreSQL server "
-                    "(an admin URL, e.g. postgresql://postgres@127.0.0.1:5432/test; default: SQLite under the home)")
+    ap.add_argument(
+        "--postgres",
+        default=None,
+        help="keep the catalog and policy in a fresh database on this PostgreSQL server (an admin URL, e.g. postgresql://postgres@127.0.0.1:5432/test; default: SQLite under the home)",
+    )
     ap.add_argument("--audit", default=None, choices=["sync", "async", "off"], help="the store's audit mode (default: the library's, sync)")
     ap.add_argument("--skip", default="", help="comparison approaches not to run, comma-separated (e.g. acl-array: 200 s a query at 1M rows)")
     args = ap.parse_args(argv)

@@ -39,13 +39,11 @@ def version(dist: str) -> str:
         return "?"
 
 
-def raw_search(client, coll: str, q: np.ndarray, limit: int, expr: str = "", field: str = "dense", id_field: str = "row_id",
-               with_text: bool = False) -> list[int]:
+def raw_search(client, coll: str, q: np.ndarray, limit: int, expr: str = "", field: str = "dense", id_field: str = "row_id", with_text: bool = False) -> list[int]:
     """A plain pymilvus dense search; the IDs of the hits (``with_text``:
     fetching the text too, as permrag and an application do)."""
     fields = [id_field, "text"] if with_text else [id_field]
-    res = client.search(coll, data=[q.tolist()], anns_field=field, limit=limit, filter=expr, output_fields=fields,
-                        search_params={"metric_type": "COSINE"})
+    res = client.search(coll, data=[q.tolist()], anns_field=field, limit=limit, filter=expr, output_fields=fields, search_params={"metric_type": "COSINE"})
     return [int((h.get("entity") or {}).get(id_field, h.get("id"))) for h in res[0]]
 
 

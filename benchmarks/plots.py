@@ -1,6 +1,6 @@
 """Plots of the benchmark results (matplotlib PNGs in benchmarks/results/).
 
-    python benchmarks/plots.py [--quick]    # from the JSON the benchmarks wrote
+python benchmarks/plots.py [--quick]    # from the JSON the benchmarks wrote
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ def main(home: str) -> dict[str, list[str]]:
         p.grant("staff", "level:public")
         p.add_role("engineer")
         p.grant("engineer", "dept:eng")
-        p.inherit("engineer", "staff")           # roles inherit roles
+        p.inherit("engineer", "staff")  # roles inherit roles
         p.add_role("hr")
         p.grant("hr", "dept:hr")
         p.assign("alice", "engineer")

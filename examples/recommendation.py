@@ -20,6 +20,7 @@ def main(home: str) -> dict:
         rag.policy.import_csv(data_path("policy.csv"))
         users = ["alice", "li", "bob", "carol", "dave"]
         interests = rag.encoder.encode(["deploying software", "release pipeline", "leave and vacation", "quarterly numbers", "office life"])
+
         def searches_so_far() -> int:  # in Milvus, or ranked in process (small visible sets)
             return rag.stats["milvus_searches"] + rag.stats["local_searches"]
 
