@@ -58,16 +58,9 @@ def lint(policy: Policy, compiler: Compiler, tenant: str) -> list[dict[str, Any]
             findings.append({"kind": "unused-role", "role": role, "selector": None, "message": f"no user holds role {role!r}"})
     findings += unknown_principals(tp, compiler, tenant)
     for u in sorted(u for u in tp.users() if kind_prefix(u) is not None):
-        findings.append(
-            {
-                "kind": "principal-like-user",
-                "role": None,
-                "selector": None,
-                "principal": "user:" + u,
-                "message": f"user {u!r} is named like a principal, not a user: it holds {sorted(tp.roles_of_user(u))} itself, "
-                f"and the group or user it looks like holds nothing; unassign it and assign the one meant",
-            }
-        )
+        held_by_u = sorted(tp.roles_of_user(u))
+        msg = f"user {u!r} is named like a principal, not a user: it holds {held_by_u} itself, and the group or user it looks like holds nothing; unassign it and assign the one meant"
+        findings.append({"kind": "principal-like-user", "role": None, "selector": None, "principal": "user:" + u, "message": msg})
     now = compiler.clock()
     for key, t in sorted(tp.expires.items()):
         if t <= now:
