@@ -11,6 +11,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from ..catalog import RowRecord
 from ..catalog.bitmaps import GONE
@@ -99,7 +100,7 @@ class Explanation:
         until = f" (access through this path ends {show_time(self.expires_at)})" if self.expires_at is not None and self.visible else ""
         return f"{head}: {' → '.join(self.path)} — {self.rule}{until}"
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "user": self.user,
             "tenant": self.tenant,
@@ -200,7 +201,7 @@ def explain_row(
     ``user``, or ``agent`` for the agent of id ``user`` (shown as ``agent:<id>``)."""
     now = _clock(now)
     key = (AGENT_PREFIX if kind == "agent" else USER_PREFIX) + user
-    base = dict(user=key if kind == "agent" else user, tenant=row.tenant, external_id=row.external_id, row_id=row.row_id)
+    base: dict[str, Any] = dict(user=key if kind == "agent" else user, tenant=row.tenant, external_id=row.external_id, row_id=row.row_id)
     if kind == "user" and user in tp.inactive:
         return Explanation(**base, visible=False, decision="deactivated")
     if row.derived_from:
