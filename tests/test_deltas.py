@@ -33,7 +33,7 @@ def _docs() -> list[dict]:
 
 @pytest.fixture
 def pair(tmp_path, db_url):
-    """A store (this process, its caches warm) and two more processes on it."""
+    """A store (this process, its caches warm) and a second process on it."""
     rag = PermRAG.open(tmp_path / "a", database_url=db_url, catalog_only=True, create=True)
     rag.add_documents(_docs())
     for t in TENANTS:
@@ -42,12 +42,19 @@ def pair(tmp_path, db_url):
         rag.policy.grant("r0", "dept:eng", t)
         rag.policy.assign_user("u0", "r0", t)
     url = rag.settings.database_url
-    other, third = Other(tmp_path / "b", url), Other(tmp_path / "c", url)
-    rag.third = third  # type: ignore[attr-defined]
+    other = Other(tmp_path / "b", url)
     yield rag, other, url, tmp_path
-    third.close()
     other.close()
     rag.close()
+
+
+@pytest.fixture
+def trio(pair):
+    """:func:`pair` and a third process."""
+    rag, other, url, tmp = pair
+    third = Other(tmp / "c", url)
+    yield rag, other, third, url, tmp
+    third.close()
 
 
 def _views(rag: PermRAG) -> dict[tuple[str, str], list[int]]:
@@ -92,15 +99,15 @@ def _call(rag: PermRAG, other: Other | None, op: tuple) -> None:
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(steps=st.lists(st.tuples(st.integers(0, 2), st.booleans(), OPS), min_size=1, max_size=10))
-def test_applying_deltas_equals_a_full_reload(pair, steps) -> None:
+def test_applying_deltas_equals_a_full_reload(trio, steps) -> None:
     """Random changes made in three processes: this process — its caches
     filled after some steps, its own changes made sometimes from a copy the
     others moved past — catches up by deltas (never a full reload) and its
     bitmaps equal a fresh full load's, the other processes' and casbin's."""
-    rag, other, url, tmp = pair
+    rag, other, third, url, tmp = trio
     reloads = rag.policy.full_reloads
     for who, warm, op in steps:
-        _call(rag, (None, other, rag.third)[who], op)
+        _call(rag, (None, other, third)[who], op)
         if warm:
             _views(rag)  # fill the caches the next delta must invalidate; else the next change here starts behind
     mine = _views(rag)
@@ -114,7 +121,7 @@ def test_applying_deltas_equals_a_full_reload(pair, steps) -> None:
         fresh.close()
     for (t, u), rows in mine.items():
         assert other("visible", u, t)["ok"] == rows
-        assert rag.third("visible", u, t)["ok"] == rows
+        assert third("visible", u, t)["ok"] == rows
 
 
 def test_a_change_in_one_tenant_leaves_the_other_tenants_caches(pair) -> None:
