@@ -37,6 +37,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import and_, delete
 from sqlalchemy.engine import Connection
@@ -72,7 +73,10 @@ def render(version: int, tenants: dict[str, TenantPolicy], now: float) -> str:
     """The file; what has expired by ``now`` is left out, so that an import of it
     (which refuses past expiries) takes it back as it is."""
     out = io.StringIO()
-    ended = lambda tp, key: not tp.live(key, now)  # noqa: E731
+
+    def ended(tp: TenantPolicy, key: tuple[str, ...]) -> bool:
+        return not tp.live(key, now)
+
     out.write(f"# permrag policy, version {version}\n")
     for t in sorted(tenants):
         tp = tenants[t]
@@ -98,8 +102,8 @@ def render(version: int, tenants: dict[str, TenantPolicy], now: float) -> str:
         for path in sorted(tp.folders):
             f = tp.folders[path]
             for eft, entries in (("allow", f.allow), ("deny", f.deny)):
-                for who in sorted(w for w in entries if entries[w] is None or entries[w] > now):
-                    out.write(_line([FOLDER_ACL, path, t, who, eft, *([show_time(entries[who])] if entries[who] is not None else [])]))
+                for who, until in sorted((w, u) for w, u in entries.items() if u is None or u > now):  # ids are unique: sorted by id
+                    out.write(_line([FOLDER_ACL, path, t, who, eft, *([show_time(until)] if until is not None else [])]))
             if not f.inherit:
                 out.write(_line([NO_INHERIT_LINE, path, t]))
         # every group, and every user or group a folder ACL names, is declared (an ident line, maybe
@@ -241,7 +245,7 @@ def _ident(rest: list[str]) -> tuple[str, str, str | None, bool]:
     return key, check_tenant(rest[1], PolicyError), label, len(rest) == 4
 
 
-def _apply_idents(parsed: Parsed, states: dict[str, TenantPolicy], rows: dict[str, list[dict]]) -> None:
+def _apply_idents(parsed: Parsed, states: dict[str, TenantPolicy], rows: dict[str, list[dict[str, Any]]]) -> None:
     """Labels as the file says; deactivations added, never lifted (only a sync reactivates)."""
     for key, t, label, off in parsed.idents:
         tp = states[t]
@@ -262,7 +266,7 @@ def _only(tenant: str, only: str | None) -> None:
         raise PolicyError(f"tenant {tenant!r} is not {only!r}")
 
 
-def apply(name: str, parsed: Parsed, states: dict[str, TenantPolicy]) -> dict[str, list[dict]]:
+def apply(name: str, parsed: Parsed, states: dict[str, TenantPolicy]) -> dict[str, list[dict[str, Any]]]:
     """Apply ``parsed`` to ``states`` (copies), validating as it goes; the rows to insert."""
     declared: dict[str, set[str]] = {t: set(tp.roles) for t, tp in states.items()}
     for _, t, role in parsed.roles:
@@ -274,7 +278,7 @@ def apply(name: str, parsed: Parsed, states: dict[str, TenantPolicy]) -> dict[st
             declared[t].add(obj)
         if subject.startswith(ROLE_PREFIX):
             declared[t].add(subject[len(ROLE_PREFIX) :])
-    rows: dict[str, list[dict]] = {"roles": [], "p": [], "g": [], "ident": []}
+    rows: dict[str, list[dict[str, Any]]] = {"roles": [], "p": [], "g": [], "ident": []}
     for t in sorted(declared):
         for role in sorted(declared[t] - states[t].roles):
             states[t].roles.add(role)
@@ -300,7 +304,7 @@ def apply(name: str, parsed: Parsed, states: dict[str, TenantPolicy]) -> dict[st
     return rows
 
 
-def _edges(name: str, parsed: Parsed, states: dict[str, TenantPolicy], declared: dict[str, set[str]], rows: dict[str, list[dict]]) -> None:
+def _edges(name: str, parsed: Parsed, states: dict[str, TenantPolicy], declared: dict[str, set[str]], rows: dict[str, list[dict[str, Any]]]) -> None:
     """Apply the file's ``g`` lines (memberships, group roles, agents', users' roles, inheritance)."""
     for lineno, subject, role, t, until in parsed.edges:
         tp = states[t]
@@ -331,7 +335,7 @@ def _edges(name: str, parsed: Parsed, states: dict[str, TenantPolicy], declared:
             raise PolicyCSVError(name, lineno, str(exc)) from None
 
 
-def _agent_edge(tp: TenantPolicy, subject: str, role: str, t: str, until: float | None, rows: dict[str, list[dict]]) -> None:
+def _agent_edge(tp: TenantPolicy, subject: str, role: str, t: str, until: float | None, rows: dict[str, list[dict[str, Any]]]) -> None:
     """``g, agent:<id>, role``: an agent holds a role."""
     agent = subject[len(AGENT_PREFIX) :]
     if role in tp.agent_roles.get(agent, ()):
@@ -342,7 +346,7 @@ def _agent_edge(tp: TenantPolicy, subject: str, role: str, t: str, until: float 
     rows["g"].append({"ptype": "g", "v0": subject, "v1": role, "v2": t, "v3": stamp(until), "v4": None, "v5": None})
 
 
-def _group_edge(tp: TenantPolicy, subject: str, obj: str, t: str, until: float | None, rows: dict[str, list[dict]]) -> None:
+def _group_edge(tp: TenantPolicy, subject: str, obj: str, t: str, until: float | None, rows: dict[str, list[dict[str, Any]]]) -> None:
     """A ``g`` line about a group: membership (object ``group:<g>``) or a group holding a role."""
     if obj.startswith(GROUP_PREFIX):
         group = obj[len(GROUP_PREFIX) :]

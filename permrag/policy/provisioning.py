@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from typing import TypeAlias
 
 from sqlalchemy import and_, delete
 from sqlalchemy.engine import Connection
@@ -81,8 +82,8 @@ def _check_version(current: str, wanted: str | None, what: str) -> None:
 class Provisioning:
     """Users and groups of one store, written one at a time by an identity provider."""
 
-    UserFields = UserFields
-    GroupFields = GroupFields
+    UserFields: TypeAlias = UserFields
+    GroupFields: TypeAlias = GroupFields
 
     def __init__(self, policy: Policy, denied: Callable[[str], set[str]] | None = None, *, allow_mass_removal: bool = False) -> None:
         self.policy = policy
