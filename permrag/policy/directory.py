@@ -211,7 +211,7 @@ def _dn_key(dn: str) -> str:
 
 def _ldif_key(path: str, line: int, e: dict[str, list[str]]) -> str:
     """An entry's id: its entryUUID, else its normalised DN."""
-    uuid = (e.get("entryuuid") or [None])[0]
+    uuid = next(iter(e.get("entryuuid") or []), None)
     if uuid is not None:
         return name_of(path, f"line {line}", "entryUUID", uuid)
     return name_of(path, f"line {line}", "DN", _dn_key(e["dn"][0]))
@@ -228,13 +228,13 @@ def parse_ldif(path: str, text: str) -> Directory:
         if classes & GROUP_CLASSES:
             key = GROUP_PREFIX + ident
             out.groups.setdefault(ident, set())
-            out.labels[key] = name_of(path, f"line {line}", "group cn", (e.get("cn") or [None])[0])
+            out.labels[key] = name_of(path, f"line {line}", "group cn", next(iter(e.get("cn") or []), None))
         else:
             key = USER_PREFIX + ident
             out.users.add(ident)
             if disabled(lambda name: e.get(name, [])):  # noqa: B023 (called here, inside the loop)
                 out.inactive.add(ident)
-            uid = (e.get("uid") or e.get("samaccountname") or e.get("cn") or [None])[0]
+            uid = next(iter(e.get("uid") or e.get("samaccountname") or e.get("cn") or []), None)
             out.labels[key] = name_of(path, f"line {line}", "user uid", uid)
             for u in e.get("uid", []):
                 uids[u.lower()] = None if u.lower() in uids else key

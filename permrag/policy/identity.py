@@ -325,10 +325,11 @@ def _sync_change(tp: TenantPolicy, tenant: str, p: Plan) -> Change:
     """The validated change that applies plan ``p``."""
     added, removed = p.added, p.removed
     _check_added(tp, removed, added)  # applies and reverts: depth and cycles of the new state
-    users: set[str] | None = {k[len(USER_PREFIX) :] for k in p.ident if k.startswith(USER_PREFIX)}
+    users: set[str] | None
     if any(m.startswith(GROUP_PREFIX) for m, _ in added + removed + p.renewed):
         users = None  # nesting changed: every cached user of the tenant is recomputed
     else:
+        users = {k[len(USER_PREFIX) :] for k in p.ident if k.startswith(USER_PREFIX)}
         for m, _ in added + removed + p.renewed:
             users |= _affected(tp, m)
     c = db.casbin_rule.c
@@ -368,7 +369,7 @@ def _check_added(tp: TenantPolicy, removed: list[tuple[str, str]], added: list[t
     :data:`MAX_DEPTH` links. The old state was valid and removals only shorten
     chains, so only chains through an added edge are checked — on ``tp``
     itself, changed and changed back (the caller holds the state lock)."""
-    kept = {("g", m, GROUP_PREFIX + g): tp.expires[("g", m, GROUP_PREFIX + g)] for m, g in removed if ("g", m, GROUP_PREFIX + g) in tp.expires}
+    kept: dict[tuple[str, ...], float] = {("g", m, GROUP_PREFIX + g): tp.expires[("g", m, GROUP_PREFIX + g)] for m, g in removed if ("g", m, GROUP_PREFIX + g) in tp.expires}
     for m, g in removed:
         tp.remove_member(m, g)
     for m, g in added:

@@ -26,7 +26,7 @@ try:
     import ldap3
     from ldap3.core import exceptions as lx
 except ModuleNotFoundError:  # the optional extra permrag[ldap]
-    ldap3 = None  # type: ignore[assignment]
+    ldap3 = None
 
 log = logging.getLogger(__name__)
 

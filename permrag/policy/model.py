@@ -437,7 +437,7 @@ class TenantPolicy:
 class Change:
     """A validated change: its SQL, its in-memory effect, and whom it touches."""
 
-    write: Callable[[Connection], None]
+    write: Callable[[Connection], object]  # what it returns is not used
     apply: Callable[[dict[str, TenantPolicy]], None]
     tenants: set[str]
     roles: set[str] | None = field(default_factory=set)  # None: everything in `tenants`

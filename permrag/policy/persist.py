@@ -20,7 +20,8 @@ enforcer adapter drops expired rows and the extra field).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Connection
@@ -60,15 +61,15 @@ def read_all(conn: Connection, only: Iterable[str] | None = None) -> dict[str, T
     """Every tenant's policy as stored (or the tenants ``only`` names)."""
     if only is None:
         return build(conn.execute(_ROLES), conn.execute(_RULES))
-    role_rows: list = []
-    rule_rows: list = []
+    role_rows: list[Sequence[Any]] = []
+    rule_rows: list[Sequence[Any]] = []
     for part in db.chunks(sorted(set(only))):
         role_rows += conn.execute(_ROLES_OF, {"names": list(part)}).all()
         rule_rows += conn.execute(_RULES_OF, {"names": list(part), "g_names": list(part)}).all()
     return build(role_rows, rule_rows)
 
 
-def build(role_rows: Iterable, rule_rows: Iterable) -> dict[str, TenantPolicy]:
+def build(role_rows: Iterable[Sequence[Any]], rule_rows: Iterable[Sequence[Any]]) -> dict[str, TenantPolicy]:
     """Tenants' policies from stored rows: (tenant, role) and (ptype, v0, …, v5)."""
     tenants: dict[str, TenantPolicy] = defaultdict(TenantPolicy)
     for tenant, name in role_rows:

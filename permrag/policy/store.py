@@ -47,7 +47,7 @@ from .csv import import_change as csv_import_change
 from .csv import parse as csv_parse
 from .csv import read as csv_read
 from .csv import render as csv_render
-from .deltas import Following, capture, record
+from .deltas import Delta, Following, capture, record
 from .model import USER_PREFIX, Change, TenantPolicy
 from .persist import read_all, stamp
 from .principals import listing, require_future, user_id
@@ -173,7 +173,7 @@ class Policy(AgentPolicy, Following):
     def _change(self, tenants: set[str], make: Callable[[dict[str, TenantPolicy]], Change | None]) -> bool:
         """Validate and apply one change against the stored policy (see the module docstring)."""
         with self.lock:
-            behind: list | None = []  # what another process changed since this copy (None: reloaded whole)
+            behind: list[Delta] | None = []  # what another process changed since this copy (None: reloaded whole)
             try:
                 with db.transaction(self.engine, "policy change") as conn:
                     version = db.bump(conn, "policy_version")
