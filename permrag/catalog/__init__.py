@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 
 from pyroaring import BitMap
+from sqlalchemy import Engine
 
 from .. import db
 from ..errors import UnknownRowError
@@ -22,6 +23,7 @@ from .allocation import Allocator
 from .bitmaps import as_array, n_runs, size_bytes
 from .index import AttrIndex, TenantIndex
 from .journal import Change, Journal, PendingBatch, Written
+from .planstats import PlannerStats
 from .rows import DEFAULT_TENANT, DocumentRecord, RowRecord, RowSpec, RowStore, chunk_no, row_spec
 from .tenants import TenantRegistry
 
@@ -34,7 +36,7 @@ Listener = Callable[["list[Change] | None", "set[str] | None"], None]
 class Catalog:
     """One store's rows; ``rag.catalog``."""
 
-    def __init__(self, engine, lock: threading.RLock | None = None, *, allocation: str = "contiguous", policy_attrs: Iterable[str] | None = None) -> None:
+    def __init__(self, engine: Engine, lock: threading.RLock | None = None, *, allocation: str = "contiguous", policy_attrs: Iterable[str] | None = None) -> None:
         self.engine = engine
         self.lock = lock or threading.RLock()
         self.rows = RowStore(engine)
@@ -42,6 +44,7 @@ class Catalog:
         self.allocator = Allocator(allocation, policy_attrs)
         self.journal = Journal(engine, self.index, self.allocator)
         self.tenants = TenantRegistry(engine)
+        self.stats = PlannerStats(engine)  # planner statistics after bulk writes (PostgreSQL)
         self.version = 0
         self._listeners: list[Listener] = []
 
@@ -100,11 +103,15 @@ class Catalog:
 
     def publish(self, batch: PendingBatch) -> Written:
         with self.lock:
-            return self._take(self.journal.publish(batch))
+            written = self._take(self.journal.publish(batch))
+        self.stats.changed(len(written.added) + len(written.retired))  # committed and taken over: outside the lock
+        return written
 
     def retire(self, tenant: str, external_ids: Sequence[str]) -> Written:
         with self.lock:
-            return self._take(self.journal.retire(tenant, external_ids))
+            written = self._take(self.journal.retire(tenant, external_ids))
+        self.stats.changed(len(written.retired))
+        return written
 
     def add(self, specs: Sequence[RowSpec], hint: dict[tuple[str, str], int] | None = None) -> Written:
         """Prepare and publish in one go (a catalog without a vector store)."""

@@ -47,11 +47,11 @@ def class_key(payload: object) -> str:
     return hashlib.sha1(raw.encode()).hexdigest()
 
 
-def _memo_key(keep: Mapping[str, Any], keys: list[tuple[str, str]]) -> tuple | None:
+def _memo_key(keep: Mapping[str, Any], keys: list[tuple[str, str]]) -> tuple[Any, ...] | None:
     """A hashable form of normalised attributes (strings and lists of
     strings); None for anything else, which is keyed by its JSON alone (a
     tuple would equate ``True`` with ``1``)."""
-    out = []
+    out: list[tuple[str, Any]] = []
     for k, v in keep.items():
         if type(v) is str:
             out.append((k, v))
@@ -71,7 +71,7 @@ class Allocator:
         self.mode = mode
         self.policy_attrs = frozenset(policy_attrs) if policy_attrs is not None else None
         self.placement: Any = None  # catalog/placement.Placement: class IDs by co-visibility (set by the store)
-        self._memo: dict[tuple, str] = {}  # kept (attr, value) pairs and ACL keys → class key
+        self._memo: dict[tuple[Any, ...], str] = {}  # kept (attr, value) pairs and ACL keys → class key
 
     def class_of(self, attrs: Mapping[str, Any], derived: Sequence[str] | None = None, acl: Acl | None = None) -> str:
         """The class key of a row. Under co-visibility placement with ACLs

@@ -13,7 +13,7 @@ map (amortised, about 1/16 of it plus the layer).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 V = TypeVar("V")
 MIN_LAYER = 256  # values kept on top before a fold, whatever the base's size
@@ -35,7 +35,7 @@ class Layered(Mapping[str, V]):
             return value
         return self._base[key]
 
-    def get(self, key: str, default=None):  # type: ignore[override]  # the hot path: one or two dict lookups
+    def get(self, key: str, default: Any = None) -> Any:  # the hot path: one or two dict lookups
         if key in self._top:
             value = self._top[key]
             return default if value is None else value
@@ -43,7 +43,7 @@ class Layered(Mapping[str, V]):
 
     def __contains__(self, key: object) -> bool:
         if key in self._top:
-            return self._top[key] is not None  # type: ignore[index]
+            return self._top[key] is not None
         return key in self._base
 
     def __iter__(self) -> Iterator[str]:

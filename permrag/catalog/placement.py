@@ -84,6 +84,8 @@ def layout_placement(engine: Any, given: tuple[int | None, str | None], backend_
     backend_options["groups"] = groups
     if group_by in (None, "class"):
         return None
+    if groups is None:  # check_layout refuses this at open
+        raise ConfigError(f"group_by={group_by!r} places rows in class groups: give groups=N (N > 0) too")
     return Placement(int(groups), signer(), acls=group_by == "visibility+acl")
 
 

@@ -275,7 +275,7 @@ def _documents_query(engine: Engine, tenant: str, parents: Sequence[str]) -> dic
         for part in db.chunks(sorted(set(parents))):
             for row in named_rows(conn, tenant, part):
                 rec = record(row)
-                for key in {rec.parent, rec.external_id} & out.keys():
+                for key in out.keys() & {rec.parent, rec.external_id}:
                     out[key].append(rec)
     for recs in out.values():
         recs.sort(key=lambda r: (chunk_no(r.external_id), r.external_id))
