@@ -30,12 +30,13 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from pyroaring import BitMap, FrozenBitMap
 from sqlalchemy import Engine, delete, select, update
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, CursorResult
 from sqlalchemy.exc import IntegrityError
 
 from .. import db, direct
@@ -153,7 +154,7 @@ class Journal:
                     self._check_new(conn, specs, docs)
                 sources = self._resolve_sources(conn, specs)
                 records = self.allocator.allocate(conn, specs, sources, hint)
-                ingest_id = conn.execute(db.ingests.insert().values(host=host, pid=pid, pid_start=start, started=time.time(), row_ids=_blob(r.row_id for r in records))).inserted_primary_key[0]
+                ingest_id = _inserted_id(conn.execute(db.ingests.insert().values(host=host, pid=pid, pid_start=start, started=time.time(), row_ids=_blob(r.row_id for r in records))))
                 made: dict[tuple[int, int], str] = {}  # (id(attrs), id(acl)) → stored JSON: a document's chunks share them
                 acls: dict[int, str] = {}  # id(acl) → its JSON
                 payload = []
@@ -254,9 +255,8 @@ class Journal:
             for part in db.chunks(ordered, 500):
                 for row in named_rows(conn, tenant, part):
                     found[int(row.row_id)] = record(row)
-        ids = sorted(found)
-        for part in db.chunks(ids, INSERT_CHUNK):
-            conn.execute(update(db.rows).where(t.row_id.in_(list(part))).values(state="deleted", live_key=None))
+        for id_part in db.chunks(sorted(found), INSERT_CHUNK):
+            conn.execute(update(db.rows).where(t.row_id.in_(list(id_part))).values(state="deleted", live_key=None))
         return list(found.values())
 
     def _persist(self, conn: Connection, added: list[RowRecord], retired: list[RowRecord]) -> dict[str, dict[tuple[str, str], FrozenBitMap]]:
@@ -348,7 +348,14 @@ def stored_json(r: RowRecord, acls: dict[int, str]) -> str:
     return "{" + field + "}" if text == "{}" else f"{text[:-1]}, {field}}}"
 
 
-def _blob(ids) -> bytes:
+def _inserted_id(result: CursorResult[Any]) -> int:
+    key = result.inserted_primary_key
+    if key is None:
+        raise CatalogError("the database returned no id for the ingest record; nothing was written")
+    return int(key[0])
+
+
+def _blob(ids: Iterable[int]) -> bytes:
     bm = BitMap(ids)
     bm.run_optimize()
     return bm.serialize()
