@@ -27,12 +27,13 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import JSON, BigInteger, Column, Engine, Float, Index, Integer, LargeBinary, MetaData, String, Table, Text, UniqueConstraint, create_engine, event, select, update
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError as SAArgumentError
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.sql.expression import Executable
 
 from .config import mask
 from .errors import BackendError, ConfigError
@@ -242,7 +243,7 @@ def make_engine(url: str) -> Engine:
     if engine.dialect.name == "sqlite":
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record):  # pragma: no cover - trivial
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:  # pragma: no cover - trivial
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA busy_timeout=30000")  # first: switching a fresh file to WAL waits for another opener's lock
             cur.execute("PRAGMA journal_mode=WAL")
@@ -407,14 +408,11 @@ def set_setting(conn: Connection, key: str, value: str) -> None:
     upsert(conn, settings, ("key",), [{"key": key, "value": value}])
 
 
-def upsert(conn: Connection, table: Table, keys: Sequence[str], rows: Sequence[dict]) -> None:
-    """Insert ``rows`` into ``table``, or overwrite the rows whose primary key
-    (``keys``) is there: one ``INSERT … ON CONFLICT DO UPDATE`` a slice, so
-    writers racing on a new key never fail on the key (an UPDATE that finds
-    nothing, then an INSERT, did on PostgreSQL: both found nothing, the second
-    insert broke the key). The last writer's values stay. Rows are written in
-    key order, so two writers of overlapping keys lock them in one order (no
-    deadlock)."""
+def upsert(conn: Connection, table: Table, keys: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+    """Insert ``rows`` into ``table``, or overwrite the rows whose primary key (``keys``) is there: one ``INSERT … ON CONFLICT DO UPDATE``
+    a slice, so writers racing on a new key never fail on the key (an UPDATE that finds nothing, then an INSERT, did on PostgreSQL: both
+    found nothing, the second insert broke the key). The last writer's values stay. Rows are written in key order, so two writers of
+    overlapping keys lock them in one order (no deadlock)."""
     if not rows:
         return
     rows = sorted(rows, key=lambda r: tuple(r[k] for k in keys))
@@ -423,16 +421,20 @@ def upsert(conn: Connection, table: Table, keys: Sequence[str], rows: Sequence[d
         upsert_rowwise(conn, table, keys, rows)
         return
     if name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
+        from sqlalchemy.dialects import postgresql
+
+        pg = postgresql.insert(table)
+        stmt: Executable = pg.on_conflict_do_update(index_elements=list(keys), set_={c: pg.excluded[c] for c in rows[0] if c not in keys})
     else:
-        from sqlalchemy.dialects.sqlite import insert
-    stmt = insert(table)
-    stmt = stmt.on_conflict_do_update(index_elements=list(keys), set_={c: stmt.excluded[c] for c in rows[0] if c not in keys})
+        from sqlalchemy.dialects import sqlite
+
+        lite = sqlite.insert(table)
+        stmt = lite.on_conflict_do_update(index_elements=list(keys), set_={c: lite.excluded[c] for c in rows[0] if c not in keys})
     for part in chunks(rows):
         conn.execute(stmt, list(part))
 
 
-def upsert_rowwise(conn: Connection, table: Table, keys: Sequence[str], rows: Sequence[dict]) -> None:
+def upsert_rowwise(conn: Connection, table: Table, keys: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
     """:func:`upsert` for a database without ``ON CONFLICT``: each row updated,
     else inserted in a savepoint; an insert that lost the race to another
     writer becomes an update."""

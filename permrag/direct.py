@@ -112,7 +112,7 @@ class Direct:
             return out
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _is_disconnect(self, exc: BaseException, conn: Any) -> bool:
+    def _is_disconnect(self, exc: Any, conn: Any) -> bool:  # exc: the driver's DBAPI Error (of the dialect's driver module)
         try:
             return bool(self.dialect.is_disconnect(exc, conn, None))
         except Exception:  # pragma: no cover - a dialect that cannot tell
@@ -132,6 +132,8 @@ class Direct:
             # the driver's connection alone: the pool's wrapper refers back to the engine
             conn = fairy.dbapi_connection
             del fairy
+            if conn is None:
+                raise BackendError("the pool gave no driver connection")
             self.dialect.set_isolation_level(conn, "AUTOCOMMIT")
         except Exception as exc:
             raise BackendError(f"{what} failed: {db.first_line(exc)}") from exc
@@ -166,7 +168,7 @@ class Direct:
         self._idle.close_all()
 
 
-class _Idle(list):
+class _Idle(list[Any]):
     """Idle connections, and the process they belong to."""
 
     def __init__(self) -> None:
@@ -183,7 +185,7 @@ class _Idle(list):
                 pass
 
 
-def insert_many(conn: Connection, table: Table, columns: Sequence[str], values: Sequence[tuple], *, as_text: Sequence[str] = ()) -> None:
+def insert_many(conn: Connection, table: Table, columns: Sequence[str], values: Sequence[tuple[Any, ...]], *, as_text: Sequence[str] = ()) -> None:
     """Rows (tuples in ``columns``' order) inserted in ``conn``'s transaction by
     one ``executemany`` of the driver: SQLAlchemy's per-row parameter
     processing was most of the catalog's insert of an ingest's rows. JSON
@@ -196,12 +198,12 @@ def insert_many(conn: Connection, table: Table, columns: Sequence[str], values: 
     found = _INSERTS.get(key)
     if found is None:
         c = table.insert().values({k: bindparam(k) for k in columns}).compile(dialect=conn.dialect)
-        order = [list(columns).index(k) for k in c.positiontup] if c.positional else None
+        order = [list(columns).index(k) for k in c.positiontup or ()] if c.positional else None
         if order == list(range(len(columns))):
             order = []  # the columns' own order
         found = _INSERTS[key] = (str(c), order)
     sql, order = found
-    json_at = {i: table.c[k].type.none_as_null for i, k in enumerate(columns) if isinstance(table.c[k].type, JSON) and k not in as_text}
+    json_at = {i: t.none_as_null for i, k in enumerate(columns) if isinstance(t := table.c[k].type, JSON) and k not in as_text}
     if json_at:
         values = [tuple(_json(v, json_at[i]) if i in json_at else v for i, v in enumerate(row)) for row in values]
     if order is None:

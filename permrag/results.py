@@ -53,7 +53,7 @@ class Hit:
 REASONS = ("deny_all", "fewer_visible", "fewer_matches", "merged_parents", "missing_vectors")
 
 
-class Hits(list):
+class Hits(list[Hit]):
     """The hits of one query, best first, the policy version they were
     computed under (also for an empty result), and the search mode that ran
     (``mode="auto"`` resolves to ``hybrid`` or ``dense`` by the backend).
@@ -99,7 +99,7 @@ class Hits(list):
         }
 
 
-class Stats(dict):
+class Stats(dict[str, int]):
     """Counters of what searches did (``rag.stats``), safe to bump from many threads."""
 
     def __init__(self) -> None:

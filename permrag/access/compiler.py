@@ -296,7 +296,7 @@ class Compiler:
                     n += 1
         return n
 
-    def _compute(self, roles: set[str], acl_allow: list, acl_deny: list, tenant: str) -> FrozenBitMap:
+    def _compute(self, roles: set[str], acl_allow: list[BitMap | FrozenBitMap], acl_deny: list[BitMap | FrozenBitMap], tenant: str) -> FrozenBitMap:
         """``(∪ role allows ∪ acl_allow) − (∪ role denies ∪ acl_deny)``, then derived rows."""
         pairs = [self.role_rows(r, tenant) for r in roles]
         allows = [a for a in acl_allow if a] + [a for a, _ in pairs if a]
@@ -319,6 +319,8 @@ class Compiler:
             out = FrozenBitMap(allow)
         if pairs:
             out = FrozenBitMap(out, optimize=True)
+        elif isinstance(out, BitMap):
+            out = FrozenBitMap(out)  # one ACL bitmap alone: frozen as on every other path
         return out if out else EMPTY
 
     # ------------------------------------------------------------------ invalidation

@@ -142,7 +142,8 @@ class Report:
             return "history pruned", None
 
         def live(ids: Sequence[int]) -> dict[int, RowRecord]:
-            return self.access.catalog.rows.records(ids)
+            records: dict[int, RowRecord] = self.access.catalog.rows.records(ids)
+            return records
 
         with self.access.lock:
             lineage = self.access.catalog.tenant(self.tenant).derived
