@@ -37,7 +37,10 @@ class SentenceTransformerEncoder(LazyModel):
         except Exception as exc:  # model loading raises many kinds of errors
             raise ConfigError(f"cannot load embedding model {path!r}: {exc}") from exc
         get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-        return model, int(get_dim())
+        dim = get_dim()
+        if dim is None:
+            raise ConfigError(f"embedding model {path!r} does not say the dimension of its vectors")
+        return model, int(dim)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         model = self._load()

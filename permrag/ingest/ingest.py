@@ -98,8 +98,7 @@ class Ingester:
                 specs.append(spec)
                 texts.append("")
                 continue
-            text = d.get("text")
-            check_text(f"text of document {spec.external_id!r}", text)
+            text = check_text(f"text of document {spec.external_id!r}", d.get("text"))
             if not text.strip():
                 raise CatalogError(f"document {spec.external_id!r} has no text")
             if len(text) > self.max_document_chars:

@@ -48,7 +48,7 @@ def doc_print(rows: Sequence[tuple[str, Mapping[str, Any]]]) -> str | None:
     without changing the document."""
     if not rows:
         return None
-    parts = sorted(([ext, attrs] for ext, attrs in rows), key=lambda p: p[0])
+    parts = [[ext, attrs] for ext, attrs in sorted(rows, key=lambda r: r[0])]
     return _sha(json.dumps(parts, sort_keys=True, default=str).encode())[:32]
 
 

@@ -95,8 +95,9 @@ def regroup(ingester: Ingester, placement: Any, tenant: str, *, dry_run: bool = 
         )
     catalog = ingester.catalog
     no = catalog.tenants.number(tenant)
-    grouping = ingester.binding.backend().grouping(no) if ingester.binding is not None and no is not None else None
-    if grouping is None:
+    binding = ingester.binding
+    grouping = binding.backend().grouping(no) if binding is not None and no is not None else None
+    if grouping is None or binding is None or no is None:
         return RegroupReport(tenant, 0, 0, 0, 0, 0, 0, 0, 0, dry_run)
     if grouping.groups != placement.groups:
         raise ConfigError(f"tenant {tenant!r}'s collection has {grouping.groups} groups, the store was opened with groups={placement.groups}")
@@ -116,11 +117,11 @@ def regroup(ingester: Ingester, placement: Any, tenant: str, *, dry_run: bool = 
         if not dry_run:
             home = {key: target[toks] for _, toks, _, key in signed}
             catalog.allocator.forget(conn, tenant, lambda key, cid: key not in home or cid % placement.groups == home[key])
-    counts = [len(classes), len(set(target)), sum(n for n, _ in misplaced)]
+    counts = (len(classes), len(set(target)), sum(n for n, _ in misplaced))
     if dry_run or not misplaced:
         return RegroupReport(tenant, placement.groups, *counts, 0, 0, 0, 0, dry_run)
     mover = _Mover(ingester, tenant, batch_rows)
-    backend = ingester.binding.backend()
+    backend = binding.backend()
     try:
         mover.move({cid for _, cid in misplaced})
     except BaseException:
