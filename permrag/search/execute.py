@@ -119,7 +119,7 @@ class Executor:
             raise failed
         return ranked if exists else None
 
-    def _milvus(self, plan: Plan, snap: Snapshot, mode: str, vectors: np.ndarray | None, texts: Sequence[str], k: int) -> list[list[RawHit]]:
+    def _milvus(self, plan: AllowAll | Filter, snap: Snapshot, mode: str, vectors: np.ndarray | None, texts: Sequence[str], k: int) -> list[list[RawHit]]:
         """Verified top-k per query from Milvus under the plan's filter, over-fetching
         until k verified rows are found, the filter runs out, or ties are settled."""
         results: list[list[RawHit] | None] = [None] * len(texts)

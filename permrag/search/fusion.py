@@ -29,8 +29,11 @@ def default_pool(fusion: str, k: int, limit: int) -> int:
 
 
 class Ranked(Protocol):
-    row_id: int
-    score: float
+    @property
+    def row_id(self) -> int: ...
+
+    @property
+    def score(self) -> float: ...
 
 
 def rrf(lists: Iterable[Sequence[Ranked]]) -> dict[int, float]:

@@ -262,7 +262,7 @@ class LocalRanker:
         if not read and any(r is None for r in rows):
             return None  # evicted meanwhile (the cache is shared): asked again by a later search
         present = [i for i, r in enumerate(rows) if r is not None]
-        kept = tuple(rows[i] for i in present)  # type: ignore[misc]
+        kept = tuple(r for r in rows if r is not None)
         dim = kept[0].unit.shape[0] if kept else 0
         matrix = np.stack([r.unit for r in kept]) if kept else np.zeros((0, dim), dtype=np.float32)
         built = _Set(visible, ids[present], matrix, kept)
