@@ -45,7 +45,7 @@ def mcp_cmd(ctx, as_user, as_agent, tenant, transport, host, port, use_tokens, j
                 rag.access.check_agent_known(as_agent, tenant)
             serve(rag, principal=Principal(as_user, tenant, (as_agent,) if as_agent else ()), mode=mode)
             return
-        verifiers = [TableVerifier(Tokens(rag.catalog.engine), rag.aio)] if use_tokens else []
+        verifiers: list[TableVerifier | JWTVerifier] = [TableVerifier(Tokens(rag.catalog.engine), rag.aio)] if use_tokens else []
         if jwt_key:
             verifiers.append(JWTVerifier.from_file(jwt_key, algorithm=jwt_algorithm, audience=jwt_audience, issuer=jwt_issuer, tenant_claim=tenant_claim, default_tenant=tenant))
         click.echo(f"permrag MCP server on http://{host}:{port}/mcp", err=True)

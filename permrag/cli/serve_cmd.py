@@ -39,7 +39,7 @@ def serve_cmd(ctx, host, port, scim_token_file, tenant, use_tokens, jwt_key, jwt
     secret = read_secret(scim_token_file) if scim_token_file else None
     with store(ctx, encoder=encoder) as rag:
         tokens = Tokens(rag.catalog.engine) if use_tokens else None
-        verifiers = [TableVerifier(tokens, rag.aio)] if tokens is not None else []
+        verifiers: list[TableVerifier | JWTVerifier] = [TableVerifier(tokens, rag.aio)] if tokens is not None else []
         if jwt_key:
             verifiers.append(JWTVerifier.from_file(jwt_key, algorithm=jwt_algorithm, audience=jwt_audience, issuer=jwt_issuer, tenant_claim=tenant_claim, default_tenant=tenant))
         app = build_app(

@@ -24,7 +24,7 @@ import functools
 import logging
 from collections.abc import Sequence
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from ..access import check_agents, check_principal
 from ..catalog import DEFAULT_TENANT
@@ -37,6 +37,14 @@ if TYPE_CHECKING:  # the classes are built at first use (llama-index-core is opt
     from llama_index.core.schema import NodeWithScore, QueryBundle
 
 log = logging.getLogger(__name__)
+
+
+class _Keys(TypedDict):
+    """Where a wrapped retriever's nodes carry their external id, tenant and row id (metadata keys)."""
+
+    id_key: str
+    tenant_key: str | None
+    row_key: str
 
 
 @functools.cache
@@ -134,7 +142,7 @@ def _filtering_retriever(BaseRetriever: Any) -> Any:
             self.tenant = tenant
             self.agent = check_agents(agent) or None
             self.k = k
-            self.keys = dict(id_key=id_key, tenant_key=tenant_key, row_key=row_key)
+            self.keys = _Keys(id_key=id_key, tenant_key=tenant_key, row_key=row_key)
             super().__init__(callback_manager=callback_manager or inner.callback_manager)
 
         def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
