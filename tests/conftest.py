@@ -52,12 +52,15 @@ def rag(home: Path) -> Iterator[PermRAG]:
     r.close()
 
 
+TEST_TICK_MS = int(os.environ.get("PERMRAG_TEST_TICK_MS", "20"))  # Milvus' default: 200 (tests/helpers/milvus_server.py)
+
+
 def start_milvus_server(base_dir: Path, port: int | None = None):
     """Start a Milvus server (PyPI package ``milvus``) on ``port`` (default: a
     free one), its embedded etcd on free ports too (tests/helpers/milvus_server.py)."""
     from .helpers.milvus_server import start
 
-    return start(base_dir, port)
+    return start(base_dir, port, tick_ms=TEST_TICK_MS)
 
 
 def kill_milvus_server(server) -> None:
