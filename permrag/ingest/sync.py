@@ -180,7 +180,7 @@ class FolderSync:
 
     def sync(
         self,
-        path: str | Path,
+        path: str | os.PathLike[str],
         *,
         tenant: str = DEFAULT_TENANT,
         folder_attrs: Sequence[str] | None = None,
@@ -207,7 +207,7 @@ class FolderSync:
         log.info("sync of %s (source %r) into %r: %s", plan.source.root, plan.source.name, tenant, report.describe())
         return report
 
-    def plan(self, path: str | Path, tenant: str, source: str | None) -> _Plan:
+    def plan(self, path: str | os.PathLike[str], tenant: str, source: str | None) -> _Plan:
         """List the folder and compare it with the records and the catalog; changes nothing."""
         root = Path(path)
         if not root.is_dir():
@@ -398,6 +398,6 @@ class _Run:
         self.report.deleted = list(gone)
 
 
-def sync_folder(ingester: Ingester, path: str | Path, *, update_metadata: UpdateMetadata | None = None, **options: Any) -> SyncReport:
+def sync_folder(ingester: Ingester, path: str | os.PathLike[str], *, update_metadata: UpdateMetadata | None = None, **options: Any) -> SyncReport:
     """:meth:`FolderSync.sync` in one call."""
     return FolderSync(ingester, update_metadata).sync(path, **options)
