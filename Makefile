@@ -28,6 +28,13 @@ $(BIN)/.slapd: $(BIN)/.installed
 test: $(BIN)/.installed $(BIN)/.slapd
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
+# ruff (lint and format check) and mypy over the package: zero findings (CI runs it before the tests)
+LINTED := permrag tests benchmarks examples
+lint: $(BIN)/.installed
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/mypy
+
 # the tests that need no server, no PostgreSQL and no long-running processes (under two minutes)
 test-fast: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not server and not postgres and not slow"
@@ -40,4 +47,4 @@ bench-quick: $(BIN)/.installed
 	$(BIN)/pip install -q -e ".[bench]"
 	$(BIN)/python benchmarks/run_all.py --quick
 
-.PHONY: install demo test test-fast bench bench-quick
+.PHONY: install demo lint test test-fast bench bench-quick
