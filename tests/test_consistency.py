@@ -277,3 +277,64 @@ def test_at_least_waits_for_the_other_process_commit(ryw) -> None:
     th.join(15)
     assert out["took"] >= 0.3 and out["hits"].policy_version == rag.policy_version
     assert list(out["hits"]) == [] and out["hits"].reason == "deny_all"
+
+
+def test_permissioned_wrappers_take_at_least(ryw) -> None:
+    """LangChain's and LlamaIndex's ``permissioned()`` take ``at_least`` (LangChain: as a
+    field and per call): a token of a version not yet committed makes the wrapper wait
+    for the other process's deny, and it then serves exactly what casbin allows; a bad
+    token (or an unknown per-call option) is an error, and nothing is audited."""
+    from langchain_core.documents import Document
+    from llama_index.core.retrievers import BaseRetriever as LlamaRetriever
+    from llama_index.core.schema import NodeWithScore, TextNode
+
+    from permrag.integrations.langchain import permissioned as lc_permissioned
+    from permrag.integrations.llamaindex import permissioned as li_permissioned
+
+    from .test_langchain import ListRetriever
+
+    class NodeList(LlamaRetriever):
+        def __init__(self, nodes: list) -> None:
+            self.nodes = nodes
+            super().__init__()
+
+        def _retrieve(self, query_bundle) -> list:
+            return list(self.nodes)
+
+    rag, other, _ = ryw
+    metas = [{"external_id": d["external_id"], "tenant": "default"} for d in _docs()]
+    lc_inner = ListRetriever(docs=[Document(page_content=m["external_id"], metadata=m) for m in metas], k=30)
+    li_inner = NodeList([NodeWithScore(node=TextNode(id_=m["external_id"], text="x", metadata=m), score=1.0) for m in metas])
+
+    def allowed() -> set[str]:
+        mine = _readable(rag, "ann")
+        return {r.external_id for r in rag.rows(rag.catalog.tenant("default").rows) if r.row_id in mine}
+
+    lc = lc_permissioned(lc_inner, rag, user="ann", k=30)
+    assert {d.metadata["external_id"] for d in lc.invoke("q", at_least=rag.consistency_token())} == allowed() != set()
+    before = _audits(rag)
+    for bad in (lambda: lc.invoke("q", at_least="pr1.x"), lambda: lc.invoke("q", mode="dense"), lambda: lc_permissioned(lc_inner, rag, user="ann", at_least="pr1.1.1.zz").invoke("q")):
+        with pytest.raises(ArgumentError):
+            bad()
+    with pytest.raises(ArgumentError):
+        li_permissioned(li_inner, rag, user="ann", at_least=7).retrieve("q")
+    assert _audits(rag) == before, "a refused read left an audit record"
+
+    target = make_token(rag._engine, rag.policy_version + 1, rag.catalog_version)
+    readers = {
+        "langchain, per call": lambda: [d.metadata["external_id"] for d in lc.invoke("q", at_least=target)],
+        "langchain, field": lambda: [d.metadata["external_id"] for d in lc_permissioned(lc_inner, rag, user="ann", k=30, at_least=target).invoke("q")],
+        "llamaindex": lambda: [n.node.node_id for n in li_permissioned(li_inner, rag, user="ann", k=30, at_least=target).retrieve("q")],
+    }
+    out: dict = {}
+    threads = [threading.Thread(target=lambda n=n, f=f: out.__setitem__(n, f())) for n, f in readers.items()]
+    for th in threads:
+        th.start()
+    time.sleep(0.4)
+    assert out == {}, "a wrapper answered before the store reached its token"
+    assert other("policy.deny", "eng", "doc:d3") == {"ok": True}
+    for th in threads:
+        th.join(15)
+    want = allowed()
+    assert "d3" not in want and want
+    assert {n: set(v) for n, v in out.items()} == dict.fromkeys(readers, want)

@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 MAX_PUSHDOWN_IDS = 5000  # beyond this an `expr` list costs more than over-fetching
 SEARCH_KEYS = frozenset({"k", "mode", "fusion", "weights", "pool", "at_least"})
+WRAPPED_KEYS = frozenset({"k", "at_least"})  # what a permissioned() retriever takes per call
 
 
 def to_document(h: Hit, hits: Hits | None = None) -> Document:
@@ -135,6 +136,7 @@ class PermissionFilteredRetriever(BaseRetriever):
     id_key: str = "external_id"
     tenant_key: str | None = "tenant"
     row_key: str = "row_id"
+    at_least: str | None = None  # a consistency token every answer must reflect (also per call: invoke(q, at_least=…))
 
     def _inner_k(self) -> int:
         if self.k is not None:
@@ -148,8 +150,14 @@ class PermissionFilteredRetriever(BaseRetriever):
         return [d for d, keep in zip(docs, ok) if keep]
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any) -> list[Document]:
+        unknown = set(kwargs) - WRAPPED_KEYS
+        if unknown:
+            raise ArgumentError(f"unknown search arguments {sorted(unknown)}; a permissioned() retriever takes {sorted(WRAPPED_KEYS)}")
+        token = kwargs.get("at_least", self.at_least)
+        if token is not None:
+            self.rag.wait_for(token)  # read-your-writes: this process reflects the token before the bitmap is taken
         snap = self.rag.snapshot(self.user, self.tenant, **via(self.agent))
-        docs = self._serve(query, snap, int(kwargs.pop("k", None) or self._inner_k()))
+        docs = self._serve(query, snap, int(kwargs.get("k") or self._inner_k()))
         audit_served(self.rag, "langchain", self.inner, self.user, self.tenant, snap, query, [d.metadata or {} for d in docs], id_key=self.id_key)
         return docs
 
@@ -196,15 +204,17 @@ def permissioned(
     k: int | None = None,
     id_key: str = "external_id",
     tenant_key: str | None = "tenant",
+    at_least: str | None = None,
 ) -> PermissionFilteredRetriever:
     """Wrap ``retriever`` so it returns only documents ``user`` may read in ``tenant``.
 
     Documents must carry their external id in ``metadata[id_key]`` and their
     tenant in ``metadata[tenant_key]``; pass ``tenant_key=None`` only when
     the inner store holds one tenant's documents. ``k`` defaults to the inner
-    retriever's.
+    retriever's. ``at_least`` (here, or per call: ``invoke(q, at_least=…)``):
+    a consistency token each answer must reflect (docs/consistency.md).
     """
-    return PermissionFilteredRetriever(inner=retriever, rag=rag, user=user, tenant=tenant, agent=agent, k=k, id_key=id_key, tenant_key=tenant_key)
+    return PermissionFilteredRetriever(inner=retriever, rag=rag, user=user, tenant=tenant, agent=agent, k=k, id_key=id_key, tenant_key=tenant_key, at_least=at_least)
 
 
 def principal(config: RunnableConfig | None) -> tuple[str, str]:

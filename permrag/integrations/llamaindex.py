@@ -129,6 +129,7 @@ def _filtering_retriever(BaseRetriever: Any) -> Any:
             row_key: str = "row_id",
             callback_manager: Any = None,
             agent: str | None = None,
+            at_least: str | None = None,
         ) -> None:
             if not isinstance(inner, BaseRetriever):
                 raise ArgumentError(f"permissioned() wraps a LlamaIndex BaseRetriever, not {type(inner).__name__}")
@@ -143,10 +144,13 @@ def _filtering_retriever(BaseRetriever: Any) -> Any:
             self.agent = check_agents(agent) or None
             self.k = k
             self.keys = _Keys(id_key=id_key, tenant_key=tenant_key, row_key=row_key)
+            self.at_least = at_least  # a consistency token every answer must reflect (read-your-writes)
             super().__init__(callback_manager=callback_manager or inner.callback_manager)
 
         def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
             k = self.k or int(getattr(self.inner, "similarity_top_k", None) or 4)
+            if self.at_least is not None:
+                self.rag.wait_for(self.at_least)  # this process reflects the token before the bitmap is taken
             snap = self.rag.snapshot(self.user, self.tenant, **via(self.agent))
 
             def keep(nodes: list[NodeWithScore]) -> list[NodeWithScore]:
@@ -183,16 +187,27 @@ def retriever(rag: Any, *, user: str, tenant: str = DEFAULT_TENANT, **options: A
 
 
 def permissioned(
-    inner: Any, rag: Any, *, user: str, tenant: str = DEFAULT_TENANT, k: int | None = None, id_key: str = "external_id", tenant_key: str | None = "tenant", agent: str | None = None
+    inner: Any,
+    rag: Any,
+    *,
+    user: str,
+    tenant: str = DEFAULT_TENANT,
+    k: int | None = None,
+    id_key: str = "external_id",
+    tenant_key: str | None = "tenant",
+    agent: str | None = None,
+    at_least: str | None = None,
 ) -> Any:
     """Wrap the LlamaIndex retriever ``inner`` so it returns only nodes ``user`` (through ``agent``: and the agent) may read in ``tenant``.
 
     Nodes must carry their external id in ``metadata[id_key]`` and their
     tenant in ``metadata[tenant_key]`` (``tenant_key=None`` only when the
     inner index holds one tenant's nodes). ``k`` defaults to the inner
-    retriever's ``similarity_top_k``.
+    retriever's ``similarity_top_k``. ``at_least``: a consistency token each
+    answer must reflect (docs/consistency.md); LlamaIndex's ``retrieve`` takes
+    no per-call options, so set it here or on the wrapper's ``at_least``.
     """
-    return classes().PermissionFilteredRetriever(inner, rag, user=user, tenant=tenant, k=k, id_key=id_key, tenant_key=tenant_key, agent=agent)
+    return classes().PermissionFilteredRetriever(inner, rag, user=user, tenant=tenant, k=k, id_key=id_key, tenant_key=tenant_key, agent=agent, at_least=at_least)
 
 
 def __getattr__(name: str) -> Any:
