@@ -43,7 +43,7 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import JSON, Engine, Table, bindparam, event, select
+from sqlalchemy import JSON, Engine, Table, bindparam, event, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import QueuePool
 
@@ -206,11 +206,55 @@ def insert_many(conn: Connection, table: Table, columns: Sequence[str], values: 
     json_at = {i: t.none_as_null for i, k in enumerate(columns) if isinstance(t := table.c[k].type, JSON) and k not in as_text}
     if json_at:
         values = [tuple(_json(v, json_at[i]) if i in json_at else v for i, v in enumerate(row)) for row in values]
+    if conn.dialect.name == "postgresql":  # one statement of column arrays, not a statement per row
+        _insert_arrays(conn, table, columns, values, json_at.keys() | {columns.index(k) for k in as_text})
+        return
     if order is None:
         args: Sequence[Any] = [dict(zip(columns, row)) for row in values]
     else:
         args = [tuple(row[i] for i in order) for row in values] if order else values
     conn.exec_driver_sql(sql, args)
+
+
+def update_many(conn: Connection, table: Table, keys: Sequence[str], columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+    """Set ``columns`` of the rows of ``table`` whose ``keys`` match each of
+    ``rows`` (dicts of both; rows already locked by the caller, one per key).
+    On PostgreSQL one ``UPDATE … FROM unnest(…)`` of column arrays: an
+    ``executemany`` runs a statement per row there (most of a large ingest's
+    catalog time); elsewhere (and for JSON columns) an ``executemany`` of one statement."""
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql" and not any(isinstance(table.c[c].type, JSON) for c in columns):
+        names = [*keys, *columns]
+        pairs = ", ".join(f"{_q(conn, c)} = v.{_q(conn, c)}" for c in columns)
+        match = " AND ".join(f"t.{_q(conn, k)} = v.{_q(conn, k)}" for k in keys)
+        source, params = _arrays(conn, table, names, [tuple(r[c] for c in names) for r in rows], set())
+        conn.exec_driver_sql(f"UPDATE {_q(conn, table.name)} AS t SET {pairs} FROM {source} WHERE {match}", params)
+        return
+    where = [table.c[k] == bindparam(f"k_{k}") for k in keys]
+    stmt = update(table).where(*where).values({c: bindparam(f"k_{c}") for c in columns})
+    conn.execute(stmt, [{f"k_{c}": r[c] for c in (*keys, *columns)} for r in rows])
+
+
+def _insert_arrays(conn: Connection, table: Table, columns: Sequence[str], values: Sequence[tuple[Any, ...]], json_at: set[int]) -> None:
+    source, params = _arrays(conn, table, columns, values, json_at)
+    picked = ", ".join(f"v.{_q(conn, c)}::JSON" if i in json_at else f"v.{_q(conn, c)}" for i, c in enumerate(columns))
+    cols = ", ".join(_q(conn, c) for c in columns)
+    conn.exec_driver_sql(f"INSERT INTO {_q(conn, table.name)} ({cols}) SELECT {picked} FROM {source}", params)
+
+
+def _arrays(conn: Connection, table: Table, columns: Sequence[str], values: Sequence[tuple[Any, ...]], json_at: set[int]) -> tuple[str, dict[str, list[Any]]]:
+    """``unnest(%(a0)s::T[], …) AS v(columns)`` and its parameters: one array
+    per column (JSON columns as text, cast by the caller)."""
+    casts = ", ".join(
+        f"%(a{i})s::{'TEXT' if i in json_at or isinstance(table.c[c].type, JSON) else table.c[c].type.compile(conn.dialect)}[]" for i, c in enumerate(columns)
+    )
+    params = {f"a{i}": [row[i] for row in values] for i in range(len(columns))}
+    return f"unnest({casts}) AS v({', '.join(_q(conn, c) for c in columns)})", params
+
+
+def _q(conn: Connection, name: str) -> str:
+    return conn.dialect.identifier_preparer.quote(name)
 
 
 def _json(value: Any, none_as_null: bool) -> str | None:

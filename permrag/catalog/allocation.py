@@ -22,10 +22,10 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.engine import Connection
 
-from .. import db
+from .. import db, direct
 from ..acl import Acl
 from ..errors import CatalogError
 from .bitmaps import MAX_ROW_ID
@@ -252,10 +252,9 @@ class Allocator:
                 ids.extend(range(start, start + take))
                 nxt, end = start + take, start + size
                 start += size
-            records.append({"k_tenant": tenant, "k_key": key, "k_next": nxt, "k_end": end, "k_size": size})
+            records.append({"tenant": tenant, "class_key": key, "next_id": nxt, "end_id": end, "size": size})
             out.append((cid, ids))
-        stmt = update(db.id_blocks).where(b.tenant == bindparam("k_tenant"), b.class_key == bindparam("k_key"))
-        conn.execute(stmt.values(next_id=bindparam("k_next"), end_id=bindparam("k_end"), size=bindparam("k_size")), records)
+        direct.update_many(conn, db.id_blocks, ("tenant", "class_key"), ("next_id", "end_id", "size"), records)
         return out
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from pyroaring import BitMap, FrozenBitMap
-from sqlalchemy import and_, bindparam, delete, select, update
+from sqlalchemy import and_, bindparam, delete, select
 from sqlalchemy.engine import Connection
 
 from .. import db, direct
@@ -169,7 +169,7 @@ class AttrIndex:
             if key in current:
                 if bm or key == TENANT_ROWS:
                     bm.run_optimize()
-                    updates.append({"k_attr": key[0], "k_value": key[1], "k_bitmap": bm.serialize()})
+                    updates.append({"tenant": tenant, "attr": key[0], "value": key[1], "bitmap": bm.serialize()})
                 else:
                     deletes.append({"k_attr": key[0], "k_value": key[1]})
             elif bm or key == TENANT_ROWS:
@@ -179,7 +179,7 @@ class AttrIndex:
         # of a statement per key would dominate a large folder sync)
         where = and_(a.tenant == tenant, a.attr == bindparam("k_attr"), a.value == bindparam("k_value"))
         if updates:
-            conn.execute(update(db.attr_index).where(where).values(bitmap=bindparam("k_bitmap")), updates)
+            direct.update_many(conn, db.attr_index, ("tenant", "attr", "value"), ("bitmap",), updates)
         if deletes:
             conn.execute(delete(db.attr_index).where(where), deletes)
         if inserts:  # new keys: one per file for ``source`` and ``title`` in a folder sync
