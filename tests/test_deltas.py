@@ -138,6 +138,48 @@ def test_a_change_in_one_tenant_leaves_the_other_tenants_caches(pair) -> None:
     assert rag.compiler.stats["user_misses"] - before["user_misses"] == 1  # only u0 in t0 was recomputed
 
 
+USER_DELTAS = [
+    ("policy.assign_user", "u2", "r0", "t0"),
+    ("identity.add_member", "g0", "user:u1", "t0"),
+    ("identity.provisioning().delete_user", "u2", "t0"),  # a deactivation: memberships gone, sees nothing
+    ("policy.unassign_user", "u0", "r0", "t0"),
+]
+
+
+def test_a_change_naming_users_drops_only_those_users(pair) -> None:
+    """An assignment, a membership, a deactivation made in another process: here the
+    catch-up drops only the named user's cached bitmap — every other user's, in the
+    same tenant too, is the very same object (not recompiled), with its plan — and
+    every bitmap equals casbin's and a fresh full load's."""
+    rag, other, url, tmp = pair
+    rag.policy.assign_user("u1", "r0", "t0")
+    rag.policy.grant("r1", "dept:hr", "t0")
+    rag.identity.assign_group("g0", "r1", "t0", allow_unknown=True)
+    rag.identity.add_member("g0", "user:u2", "t0", allow_unknown=True)
+    for call, *args in USER_DELTAS:
+        named = args[1][len("user:") :] if call == "identity.add_member" else args[0]
+        before = _views(rag)
+        cached = {(t, u): rag.compiler.visible(u, t) for t in TENANTS for u in USERS}
+        plans = {key: rag.searcher.plan(rag.snapshot(key[1], key[0])) for key in cached}
+        misses = rag.compiler.stats["user_misses"]
+        kwargs = {"allow_unknown": True} if call == "identity.add_member" else {}
+        assert "error" not in other(call, *args, **kwargs), call
+        after = _views(rag)  # catches up once, by deltas
+        assert rag.compiler.stats["user_misses"] - misses == 1, f"{call}: more than {named}'s bitmap recompiled"
+        for (t, u), bm in cached.items():
+            if (t, u) != ("t0", named):
+                assert rag.compiler.visible(u, t) is bm, f"{call} dropped {u}'s cached bitmap in {t}"
+                assert rag.searcher.plan(rag.snapshot(u, t)) is plans[(t, u)]
+        assert after == _enforced(rag), call
+        assert after[("t0", named)] != before[("t0", named)], f"{call} changed nothing for {named}: a vacuous step"
+    assert rag.policy.full_reloads == 0 and after[("t0", "u2")] == []
+    fresh = PermRAG.open(tmp / "a", database_url=url, catalog_only=True)
+    try:
+        assert _views(fresh) == after
+    finally:
+        fresh.close()
+
+
 def test_a_pruned_log_means_a_full_reload_and_the_same_answer(pair) -> None:
     rag, other, url, tmp = pair
     _views(rag)
