@@ -246,9 +246,7 @@ def _insert_arrays(conn: Connection, table: Table, columns: Sequence[str], value
 def _arrays(conn: Connection, table: Table, columns: Sequence[str], values: Sequence[tuple[Any, ...]], json_at: set[int]) -> tuple[str, dict[str, list[Any]]]:
     """``unnest(%(a0)s::T[], …) AS v(columns)`` and its parameters: one array
     per column (JSON columns as text, cast by the caller)."""
-    casts = ", ".join(
-        f"%(a{i})s::{'TEXT' if i in json_at or isinstance(table.c[c].type, JSON) else table.c[c].type.compile(conn.dialect)}[]" for i, c in enumerate(columns)
-    )
+    casts = ", ".join(f"%(a{i})s::{'TEXT' if i in json_at or isinstance(table.c[c].type, JSON) else table.c[c].type.compile(conn.dialect)}[]" for i, c in enumerate(columns))
     params = {f"a{i}": [row[i] for row in values] for i in range(len(columns))}
     return f"unnest({casts}) AS v({', '.join(_q(conn, c) for c in columns)})", params
 

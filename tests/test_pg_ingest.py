@@ -70,9 +70,7 @@ def test_bulk_ingest_plans_with_fresh_statistics_and_matches_sqlite(tmp_path, pg
         with engine.connect() as conn:
             tenant_rows = estimate(conn, "SELECT row_id FROM permrag_rows WHERE tenant = 'acme'")
             by_name, by_parent = (estimate(conn, str(s.compile(engine, compile_kwargs={"literal_binds": True}))) for s in named("acme", names))
-            real_parent = conn.exec_driver_sql(
-                "SELECT count(*) FROM permrag_rows WHERE tenant = 'acme' AND live_key IS NOT NULL AND parent = ANY(%(p)s)", {"p": names}
-            ).scalar()
+            real_parent = conn.exec_driver_sql("SELECT count(*) FROM permrag_rows WHERE tenant = 'acme' AND live_key IS NOT NULL AND parent = ANY(%(p)s)", {"p": names}).scalar()
         # never analyzed, the planner expected a handful of rows here (4 for 13,500)
         assert rows / 2 <= tenant_rows <= rows * 2, tenant_rows
         assert pg.catalog.stats.runs >= 1

@@ -57,9 +57,7 @@ def late(request, tmp_path_factory):
     signature (and, with ACLs in the key, its ACL's), so few groups hold all."""
     kind, group_by = request.param
     planner = Planner(dataclasses.replace(SERVER if kind == "server" else LITE, partition_ms=0.0))  # as in test_covis.py
-    rag = open_backend(
-        kind, tmp_path_factory.mktemp(f"regroup-{kind}"), request, encoder=HashEncoder(48), groups=GROUPS, group_by=group_by, local_rows=0, planner=planner
-    )
+    rag = open_backend(kind, tmp_path_factory.mktemp(f"regroup-{kind}"), request, encoder=HashEncoder(48), groups=GROUPS, group_by=group_by, local_rows=0, planner=planner)
     docs = docs_for(1500)
     rag.add_documents(docs, batch_size=400)
     vecs = dict(zip((d["external_id"] for d in docs), rag.encoder.encode([d["text"] for d in docs])))
@@ -250,9 +248,7 @@ def test_a_regroup_beside_another_writing_process(tmp_path, pg_url, milvus_serve
         docs = docs_for(600)
         rag.add_documents(docs, batch_size=200)
         make_policy(rag)
-        writer = subprocess.Popen(
-            [sys.executable, "-c", WRITER, str(tmp_path / "w"), pg_url, milvus_server, collection], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "w"), pg_url, milvus_server, collection], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         first = regroup(rag.ingester, rag.catalog.allocator.placement, "default", batch_rows=10, before=rag.sync)
         out, err = writer.communicate(timeout=600)
         assert writer.returncode == 0 and out.strip() == "done", out + err[-2000:]
