@@ -157,7 +157,7 @@ def _filtering_retriever(BaseRetriever: Any) -> Any:
                 ok = readable(self.rag, [n.node.metadata or {} for n in nodes], snap, self.tenant, **self.keys)
                 return [n for n, yes in zip(nodes, ok) if yes]
 
-            served = overfetch(lambda n: self._fetch(query_bundle, n), keep, k, adjustable=hasattr(self.inner, "similarity_top_k")) if snap.visible else []
+            served = overfetch(lambda n: _fetch(self.inner, query_bundle, n), keep, k, adjustable=hasattr(self.inner, "similarity_top_k")) if snap.visible else []
             metas = [n.node.metadata or {} for n in served]
             audit_served(self.rag, "llamaindex", self.inner, self.user, self.tenant, snap, query_bundle.query_str, metas, id_key=self.keys["id_key"])
             return served
@@ -166,14 +166,16 @@ def _filtering_retriever(BaseRetriever: Any) -> Any:
             # The same over-fetch loop, on the store's bounded pool (see permrag.search.aio).
             return await self.rag.aio.run(self._retrieve, query_bundle)
 
-        def _fetch(self, query_bundle: QueryBundle, n: int) -> list[NodeWithScore]:
-            inner = self.inner
-            if hasattr(inner, "similarity_top_k"):
-                inner = copy.copy(inner)  # the caller's retriever keeps its own top-k
-                inner.similarity_top_k = n
-            return inner.retrieve(query_bundle)
-
     return PermissionFilteredRetriever
+
+
+def _fetch(inner: Any, query_bundle: QueryBundle, n: int) -> list[NodeWithScore]:
+    """The top ``n`` of ``inner`` (a LlamaIndex retriever), its own top-k left as it is."""
+    if hasattr(inner, "similarity_top_k"):
+        inner = copy.copy(inner)
+        inner.similarity_top_k = n
+    nodes: list[NodeWithScore] = inner.retrieve(query_bundle)
+    return nodes
 
 
 def retriever(rag: Any, *, user: str, tenant: str = DEFAULT_TENANT, **options: Any) -> Any:
