@@ -9,12 +9,13 @@ load) and casbin's ``enforce`` over the stored rules."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import delete
+from sqlalchemy import delete, select, update
 
 from permrag import ArgumentError, PermRAG, PermragError, db
 
@@ -242,3 +243,123 @@ def test_postgresql_pushes_changes_to_a_following_process(tmp_path, pg_url) -> N
     finally:
         other.close()
         rag.close()
+
+
+# ---------------------------------------------------------------------- typed records
+def _every_kind(rag: PermRAG) -> dict[str, list]:
+    """One change of every kind in t0 → the typed changes its record must hold (None: not checked op by op)."""
+    from permrag.policy.directory import Directory
+    from permrag.policy.provisioned import UserFields
+    from permrag.policy.records import Edge, FolderEntry, Ident, RoleDef, Rule
+
+    p, i = rag.policy, rag.identity
+    steps = [
+        ("add_role", lambda: p.add_role("r9", "t0"), [RoleDef(True, "t0", "r9")]),
+        ("grant", lambda: p.grant("r9", "dept:hr", "t0"), [Rule(True, "t0", "r9", "dept:hr", "allow", None)]),
+        ("deny", lambda: p.deny("r9", "lvl:1", "t0", expires_at=4e9), [Rule(True, "t0", "r9", "lvl:1", "deny", 4e9)]),
+        ("assign_user", lambda: p.assign_user("u1", "r9", "t0"), [Edge(True, "t0", "user:u1", "r9", None)]),
+        ("inherit", lambda: p.inherit("r1", "r9", "t0"), [Edge(True, "t0", "r1", "r9", None)]),
+        ("assign_agent", lambda: p.assign_agent("bot", "r9", "t0"), [Edge(True, "t0", "agent:bot", "r9", None)]),
+        ("member", lambda: i.add_member("g0", "user:u2", "t0", allow_unknown=True), [Edge(True, "t0", "user:u2", "group:g0", None)]),
+        ("group_role", lambda: i.assign_group("g0", "r9", "t0"), [Edge(True, "t0", "group:g0", "r9", None)]),
+        ("folder", lambda: i.set_folder_acl("/hr", allow=["user:u1"], tenant="t0"), [FolderEntry(True, "t0", "/hr", "user:u1", "allow", None)]),
+        ("sync", lambda: i.sync(Directory(users={"u2"}, groups={"g0": {"user:u2"}}, inactive={"u2"}), tenant="t0", allow_mass_removal=True), None),
+        ("write_user", lambda: i.provisioning().create_user(UserFields("ann.b"), "t0"), None),
+        ("unassign_group", lambda: i.unassign_group("g0", "r9", "t0"), [Edge(False, "t0", "group:g0", "r9", None)]),
+        ("unassign_agent", lambda: p.unassign_agent("bot", "r9", "t0"), [Edge(False, "t0", "agent:bot", "r9", None)]),
+        ("uninherit", lambda: p.uninherit("r1", "r9", "t0"), [Edge(False, "t0", "r1", "r9", None)]),
+        ("unassign_user", lambda: p.unassign_user("u1", "r9", "t0"), [Edge(False, "t0", "user:u1", "r9", None)]),
+        ("revoke", lambda: p.revoke("r9", "dept:hr", "t0"), [Rule(False, "t0", "r9", "dept:hr", "allow", None)]),
+        ("import", lambda: p.import_text("p, r9, t0, doc:x1, read, allow\ng, user:u0, r9, t0\n"), None),
+        ("remove_role", lambda: p.remove_role("r9", "t0"), None),
+    ]
+    out = {}
+    for name, call, want in steps:
+        v = rag.policy_version
+        call()
+        assert rag.policy_version == v + 1, name
+        out[name] = want
+    assert any(isinstance(op, Ident) for op in _log(rag, rag.policy_version - len(steps))[10].ops())
+    return out
+
+
+def _log(rag: PermRAG, after: int) -> list:
+    from permrag.policy.deltas import read_log
+
+    with db.reading(rag._engine, "test") as conn:
+        return read_log(conn, after)
+
+
+def test_every_kind_of_change_is_a_typed_record_read_back_strictly(tmp_path) -> None:
+    """Each kind of policy change is logged as a record that parses back to the same
+    value, whose typed changes name what the operation did; anything else in the
+    log is refused, never read as a smaller change."""
+    from permrag.policy.records import Delta, MalformedRecord, parse
+
+    rag = PermRAG.open(tmp_path / "a", catalog_only=True, create=True)
+    try:
+        rag.add_documents(_docs())
+        for r in ROLES:
+            rag.policy.add_role(r, "t0")
+        start = rag.policy_version
+        wants = _every_kind(rag)
+        log = _log(rag, start)
+    finally:
+        rag.close()
+    assert [d.kind for d in log] == list(wants)
+    for d, (kind, want) in zip(log, wants.items()):
+        assert parse(d.version, d.ts, d.kind, d.detail()) == d == Delta.from_row(d.version, d.ts, d.kind, d.detail())
+        assert d.tenants == ("t0",) and d.ops(), kind
+        if want is not None:
+            assert d.ops() == want, kind
+    by_kind = {d.kind: d for d in log}
+    assert {op.principal for op in by_kind["sync"].ops() if hasattr(op, "inactive") and op.inactive} == {"user:u2"}
+    assert {type(op).__name__ for op in by_kind["remove_role"].ops()} == {"RoleDef", "Rule", "Edge"}
+    d = log[1]
+    good = json.loads(d.detail())
+    bad = [
+        (0, d.ts, d.kind, d.detail()),
+        (True, d.ts, d.kind, d.detail()),
+        (d.version, "now", d.kind, d.detail()),
+        (d.version, d.ts, "", d.detail()),
+        (d.version, d.ts, "x" * 33, d.detail()),
+        (d.version, d.ts, d.kind, "{"),
+        (d.version, d.ts, d.kind, None),
+        (d.version, d.ts, d.kind, "[]"),
+        (d.version, d.ts, d.kind, json.dumps({**good, "extra": 1})),
+        (d.version, d.ts, d.kind, json.dumps({**good, "tenants": []})),
+        (d.version, d.ts, d.kind, json.dumps({**good, "tenants": "t0"})),
+        (d.version, d.ts, d.kind, json.dumps({**good, "users": [1]})),
+        (d.version, d.ts, d.kind, json.dumps({**good, "added": [["p", "r9", "t0", "dept:hr", "read", "maybe", None]]})),
+        (d.version, d.ts, d.kind, json.dumps({**good, "added": [["p", "r9", "t0", "dept:hr", "read", "allow", "soon"]]})),
+        (d.version, d.ts, d.kind, json.dumps({**good, "added": [["q", "r9", "t0", "x", None, None, None]]})),
+        (d.version, d.ts, d.kind, json.dumps({**good, "added": [["g", "user:u1", "r9"]]})),
+        (d.version, d.ts, d.kind, json.dumps({**good, "removed": [["role", "t0"]]})),
+        (d.version, d.ts, d.kind, json.dumps({**good, "removed": {}})),
+    ]
+    for args in bad:
+        with pytest.raises(MalformedRecord):
+            parse(*args)
+
+
+def test_a_record_whose_typed_changes_reach_past_its_scope_drops_the_tenant(pair) -> None:
+    """The catch-up checks a record's scope against its typed changes: an assignment of
+    a user the scope leaves out (a damaged or hostile record) drops every cached bitmap
+    of the tenant instead of leaving that user's stale; a malformed record means a
+    full reload — and the answers equal casbin's either way."""
+    rag, other, _url, _tmp = pair
+    _views(rag)
+    assert other("policy.assign_user", "u1", "r0", "t0") == {"ok": True}
+    with db.transaction(rag._engine, "test: narrow the record") as conn:
+        L = db.policy_log.c
+        v, detail = conn.execute(select(L.version, L.detail).order_by(L.version.desc())).first()
+        conn.execute(update(db.policy_log).where(L.version == v).values(detail=json.dumps({**json.loads(detail), "users": ["u2"]})))
+    cached = rag.compiler.visible("u0", "t0")
+    mine = _views(rag)
+    assert rag.policy.full_reloads == 0 and mine == _enforced(rag) and mine[("t0", "u1")]
+    assert rag.compiler.visible("u0", "t0") is not cached, "the record's own scope was trusted: the tenant was not dropped"
+    assert other("policy.assign_user", "u2", "r0", "t0") == {"ok": True}
+    with db.transaction(rag._engine, "test: damage the record") as conn:
+        conn.execute(update(db.policy_log).where(db.policy_log.c.version == v + 1).values(detail="{not json"))
+    mine = _views(rag)
+    assert rag.policy.full_reloads == 1 and mine == _enforced(rag) and mine[("t0", "u2")]

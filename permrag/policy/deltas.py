@@ -7,7 +7,9 @@ the tenants it touched, the roles and users whose cached bitmaps it changes
 (``None``: all of the tenant's), and the stored rule rows it added and removed
 (``permrag_casbin_rule`` rows as ``(ptype, v0, …, v5)`` and role rows as
 ``("role", tenant, name)``). The rows are read off the statements the change
-ran, not rebuilt from its intent, so the log says exactly what the store did.
+ran, not rebuilt from its intent, so the log says exactly what the store did;
+policy/records.py reads a record back strictly and names each row as a typed
+change (a rule, an assignment, a membership, a folder ACL entry…).
 
 A process whose copy is at version *v* while the store is at *w* reads the
 deltas *v+1 … w*: if all are there it re-reads only the tenants they name and
@@ -30,7 +32,6 @@ versions.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -42,9 +43,10 @@ from sqlalchemy import Delete, bindparam, delete, event, func, select, text
 from sqlalchemy.engine import Connection, Engine
 
 from .. import db
-from ..errors import ArgumentError
+from ..errors import ArgumentError, PolicyError
 from .model import Change, TenantPolicy
 from .persist import build, read_all
+from .records import Delta, MalformedRecord
 
 log = logging.getLogger(__name__)
 
@@ -53,35 +55,6 @@ KEEP_LAST = 1000  # versions always kept, whatever their age
 RETENTION_KEY = "policy_history_days"
 CHANNEL = "permrag_policy"
 Row = tuple[Any, ...]
-
-
-@dataclass(frozen=True)
-class Delta:
-    """One policy version's change, as logged."""
-
-    version: int
-    ts: float
-    kind: str
-    tenants: tuple[str, ...]
-    roles: tuple[str, ...] | None  # None: every role of ``tenants``
-    users: tuple[str, ...] | None  # None: every user of ``tenants``
-    added: tuple[Row, ...] = ()
-    removed: tuple[Row, ...] = ()
-
-    def detail(self) -> str:
-        def opt(v: tuple[str, ...] | None) -> list[str] | None:
-            return None if v is None else sorted(v)
-
-        return json.dumps({"tenants": sorted(self.tenants), "roles": opt(self.roles), "users": opt(self.users), "added": [list(r) for r in self.added], "removed": [list(r) for r in self.removed]})
-
-    @classmethod
-    def from_row(cls, version: int, ts: float, kind: str, detail: str) -> Delta:
-        d = json.loads(detail)
-
-        def opt(v: list[str] | None) -> tuple[str, ...] | None:
-            return None if v is None else tuple(v)
-
-        return cls(int(version), float(ts), kind, tuple(d["tenants"]), opt(d["roles"]), opt(d["users"]), tuple(tuple(r) for r in d["added"]), tuple(tuple(r) for r in d["removed"]))
 
 
 def kind_of(change: Change) -> str:
@@ -191,13 +164,18 @@ def get_retention(engine: Engine) -> float:
 
 
 # ---------------------------------------------------------------------- reading
-def read_log(conn: Connection, after: int, upto: int | None = None) -> list[Delta]:
-    """Logged deltas with ``after < version <= upto``, in order."""
+def _between(conn: Connection, after: int, upto: int | None) -> Any:
     L = db.policy_log.c
     q = select(L.version, L.ts, L.kind, L.detail).where(L.version > after).order_by(L.version)
-    if upto is not None:
-        q = q.where(L.version <= upto)
-    return [Delta.from_row(*r) for r in conn.execute(q)]
+    return conn.execute(q if upto is None else q.where(L.version <= upto))
+
+
+def read_log(conn: Connection, after: int, upto: int | None = None) -> list[Delta]:
+    """Logged deltas with ``after < version <= upto``, in order; :class:`PolicyError` if one is malformed."""
+    try:
+        return [Delta.from_row(*r) for r in _between(conn, after, upto)]
+    except MalformedRecord as exc:
+        raise PolicyError(f"the policy change log is damaged ({exc}): older policy versions cannot be rebuilt from it") from None
 
 
 def oldest(conn: Connection) -> int | None:
@@ -228,7 +206,7 @@ def read_catch_up(engine: Engine, have: int) -> CatchUp | None:
     delta in one transaction), else read again."""
     for _ in range(10):
         with db.reading(engine, "reading policy changes") as conn:
-            deltas: list[Delta] | None = [Delta.from_row(*r) for r in conn.execute(_AFTER, {"after": have})]
+            deltas = _parsed(conn.execute(_AFTER, {"after": have}))
             if deltas and [d.version for d in deltas] != list(range(have + 1, have + 1 + len(deltas))):
                 deltas = None  # a gap: pruned, or written by a permrag without the log
             names = None if deltas is None else {t for d in deltas for t in d.tenants}
@@ -241,6 +219,15 @@ def read_catch_up(engine: Engine, have: int) -> CatchUp | None:
         if not deltas and version > have and not _logged(engine, have + 1):
             return _full(engine)  # the next version was never logged (an older permrag wrote it)
     return _full(engine)
+
+
+def _parsed(rows: Iterable[Any]) -> list[Delta] | None:
+    """Records read back strictly (records.py); None if one is malformed: a full reload."""
+    try:
+        return [Delta.from_row(*r) for r in rows]
+    except MalformedRecord as exc:
+        log.warning("policy change log: %s; reloading the whole policy", exc)
+        return None
 
 
 def _logged(engine: Engine, version: int) -> bool:
@@ -393,7 +380,7 @@ class Following:
         """Inside a change's transaction (other writers wait on its lock): bring this
         copy to ``upto`` by the logged deltas (returned, for :meth:`_announce` once
         the change is done), or by a full read (None)."""
-        deltas: list[Delta] | None = read_log(conn, self.version, upto)
+        deltas = _parsed(_between(conn, self.version, upto))
         if upto < self.version or [d.version for d in deltas or ()] != list(range(self.version + 1, upto + 1)):
             deltas = None
         names = None if deltas is None else {t for d in deltas for t in d.tenants}
@@ -419,8 +406,9 @@ class Following:
             self._notify(None, None, None)
             return
         for d in deltas:
+            roles, users = d.scope()  # the recorded scope, widened if the typed changes reach past it
             for t in d.tenants:
-                self._notify(t, None if d.roles is None else set(d.roles), None if d.users is None else set(d.users))
+                self._notify(t, roles, users)
 
     def follow(self) -> bool:
         """On PostgreSQL, listen for other processes' changes and catch up as they

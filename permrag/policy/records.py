@@ -1,0 +1,221 @@
+"""One logged policy change as a typed value, written and read back strictly.
+
+A record of the change log (policy/deltas.py) is a :class:`Delta`: the
+version, its kind, the tenants it touched, the roles and users whose cached
+bitmaps it changes, and the stored rows it added and removed. The rows are
+the exact statements' effect; :meth:`Delta.ops` names each one as a typed
+change — a :class:`Rule`, an :class:`Edge` (an assignment, a membership, a
+group's role, an agent's role, a role inheritance), a :class:`RoleDef`, a
+:class:`FolderEntry` or an :class:`Ident` (a label or deactivation from the
+identity provider) — each with the principals, roles and selectors it names.
+
+The log is written by other processes (and possibly other permrag versions):
+:func:`parse` checks every field's type and every row's shape and raises
+:class:`MalformedRecord` for anything else, so a damaged record is never read
+as a smaller change than it was (the catch-up then reloads everything).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .model import AGENT_PREFIX, GROUP_PREFIX, USER_PREFIX
+from .persist import FOLDER_ACL, IDENT, INACTIVE, NO_INHERIT_TYPES
+
+Row = tuple[Any, ...]
+RULE_TYPES = ("p", "g", FOLDER_ACL, IDENT, *NO_INHERIT_TYPES)  # stored rows: (ptype, v0 … v5)
+MAX_KIND = 32
+
+
+class MalformedRecord(ValueError):
+    """A change-log record that is not one permrag writes."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """``role`` may (``allow``) or may not (``deny``) read ``selector`` in ``tenant``."""
+
+    added: bool
+    tenant: str
+    role: str
+    selector: str
+    effect: str
+    expires: float | None
+
+
+@dataclass(frozen=True)
+class Edge:
+    """A ``g`` edge: ``subject`` holds ``target`` (a role, or a group it is a member of)."""
+
+    added: bool
+    tenant: str
+    subject: str
+    target: str
+    expires: float | None
+
+    @property
+    def kind(self) -> str:
+        """``membership``, ``assignment`` (a user's role), ``agent_role``, ``group_role`` or ``inheritance``."""
+        if self.target.startswith(GROUP_PREFIX):
+            return "membership"
+        for prefix, name in ((USER_PREFIX, "assignment"), (AGENT_PREFIX, "agent_role"), (GROUP_PREFIX, "group_role")):
+            if self.subject.startswith(prefix):
+                return name
+        return "inheritance"
+
+
+@dataclass(frozen=True)
+class RoleDef:
+    added: bool
+    tenant: str
+    role: str
+
+
+@dataclass(frozen=True)
+class FolderEntry:
+    """A folder's ACL entry (``principal`` allowed or denied), or with ``principal``
+    None its flag that it does not inherit its parent's ACL."""
+
+    added: bool
+    tenant: str
+    folder: str
+    principal: str | None
+    effect: str | None
+    expires: float | None
+
+
+@dataclass(frozen=True)
+class Ident:
+    """What the identity provider says of ``principal``: its label, and whether it is deactivated."""
+
+    added: bool
+    tenant: str
+    principal: str
+    label: str
+    inactive: bool
+
+
+Op = Rule | Edge | RoleDef | FolderEntry | Ident
+
+
+def _expiry(text: Any) -> float | None:
+    return None if text is None else float(text)
+
+
+def op_of(row: Row, added: bool) -> Op:
+    """The typed change one logged row stands for."""
+    if row[0] == "role":
+        return RoleDef(added, row[1], row[2])
+    ptype, v0, v1, v2, v3, v4, v5 = row
+    if ptype == "p":
+        return Rule(added, v1, v0, v2, v4, _expiry(v5))
+    if ptype == "g":
+        return Edge(added, v2, v0, v1, _expiry(v3))
+    if ptype == FOLDER_ACL:
+        return FolderEntry(added, v1, v0, v2, v3, _expiry(v4))
+    if ptype == IDENT:
+        return Ident(added, v1, v0, v2 or "", v3 == INACTIVE)
+    return FolderEntry(added, v1, v0, None, None, None)
+
+
+@dataclass(frozen=True)
+class Delta:
+    """One policy version's change, as logged."""
+
+    version: int
+    ts: float
+    kind: str
+    tenants: tuple[str, ...]
+    roles: tuple[str, ...] | None  # None: every role of ``tenants``
+    users: tuple[str, ...] | None  # None: every user of ``tenants``
+    added: tuple[Row, ...] = ()
+    removed: tuple[Row, ...] = ()
+
+    def detail(self) -> str:
+        def opt(v: tuple[str, ...] | None) -> list[str] | None:
+            return None if v is None else sorted(v)
+
+        return json.dumps({"tenants": sorted(self.tenants), "roles": opt(self.roles), "users": opt(self.users), "added": [list(r) for r in self.added], "removed": [list(r) for r in self.removed]})
+
+    @classmethod
+    def from_row(cls, version: Any, ts: Any, kind: Any, detail: Any) -> Delta:
+        return parse(version, ts, kind, detail)
+
+    def ops(self) -> list[Op]:
+        """The typed changes: rows removed first, then rows added (the order they were written)."""
+        return [op_of(r, False) for r in self.removed] + [op_of(r, True) for r in self.added]
+
+    def scope(self) -> tuple[set[str] | None, set[str] | None]:
+        """(roles, users) whose cached bitmaps another process drops for this change
+        (None: all of the tenants'): the recorded scope, checked against the typed
+        changes — a rule of a role outside it, or an edge or deactivation of a user
+        outside it, and the record is not trusted to be narrow: everything."""
+        if self.roles is None or self.users is None:
+            return None, None
+        roles, users = set(self.roles), set(self.users)
+        for op in self.ops():
+            if isinstance(op, Rule) and op.role not in roles:
+                return None, None
+            if isinstance(op, Edge) and op.kind == "inheritance" and op.subject not in roles:
+                return None, None
+            named = op.subject if isinstance(op, Edge) else op.principal if isinstance(op, Ident) else ""
+            if named.startswith(USER_PREFIX) and named[len(USER_PREFIX) :] not in users:
+                return None, None
+            if isinstance(op, FolderEntry):
+                return None, None
+        return roles, users
+
+
+def _names(value: Any, what: str, nullable: bool) -> tuple[str, ...] | None:
+    if value is None and nullable:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise MalformedRecord(f"{what} must be a list of names")
+    return tuple(value)
+
+
+def _row(value: Any) -> Row:
+    if not isinstance(value, list) or not value:
+        raise MalformedRecord("a logged row must be a non-empty list")
+    if value[0] == "role":
+        if len(value) != 3 or not all(isinstance(v, str) and v for v in value):
+            raise MalformedRecord("a role row must be ['role', tenant, name]")
+        return tuple(value)
+    if value[0] not in RULE_TYPES or len(value) != 7 or not all(isinstance(v, str) for v in value[:4]) or not all(v is None or isinstance(v, str) for v in value[4:]):
+        raise MalformedRecord(f"not a stored rule row: {str(value)[:80]}")
+    if value[0] == "p" and value[5] not in ("allow", "deny"):
+        raise MalformedRecord("a rule row's effect must be allow or deny")
+    try:
+        _expiry(value[6] if value[0] == "p" else value[4] if value[0] == "g" else value[5] if value[0] == FOLDER_ACL else None)
+    except ValueError:
+        raise MalformedRecord("a row's expiry must be a number") from None
+    return tuple(value)
+
+
+def parse(version: Any, ts: Any, kind: Any, detail: Any) -> Delta:
+    """A stored record as a :class:`Delta`; :class:`MalformedRecord` for anything permrag does not write."""
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise MalformedRecord(f"a record's version must be a positive integer, not {version!r}")
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)):
+        raise MalformedRecord(f"record {version}: its time must be a number")
+    if not isinstance(kind, str) or not kind or len(kind) > MAX_KIND:
+        raise MalformedRecord(f"record {version}: its kind must be a short name")
+    try:
+        d = json.loads(detail) if isinstance(detail, str) else None
+    except ValueError:
+        d = None
+    if not isinstance(d, dict) or set(d) != {"tenants", "roles", "users", "added", "removed"}:
+        raise MalformedRecord(f"record {version}: its detail is not a change record")
+    if not isinstance(d["added"], list) or not isinstance(d["removed"], list):
+        raise MalformedRecord(f"record {version}: added and removed must be lists of rows")
+    try:
+        tenants = _names(d["tenants"], "tenants", False) or ()
+        roles, users = _names(d["roles"], "roles", True), _names(d["users"], "users", True)
+        added, removed = tuple(_row(r) for r in d["added"]), tuple(_row(r) for r in d["removed"])
+    except MalformedRecord as exc:
+        raise MalformedRecord(f"record {version}: {exc}") from None
+    if not tenants:
+        raise MalformedRecord(f"record {version}: it names no tenant")
+    return Delta(version, float(ts), kind, tenants, roles, users, added, removed)
