@@ -202,6 +202,16 @@ class Allocator:
         conn.execute(db.id_blocks.insert().values(tenant=tenant, class_key=key, class_id=cid, next_id=0, end_id=0, size=0))
         return cid, 0, 0, 0
 
+    def _new_classes(self, conn: Connection, new: Sequence[tuple[str, str]], blocks: dict[tuple[str, str], tuple[int, int, int, int]]) -> None:
+        """Classes ``new`` (tenant, key; distinct, in order) created and entered in ``blocks``, numbered in that order."""
+        if not new:
+            return
+        first = db.bump(conn, "next_class_id", len(new)) - len(new)
+        for i, key in enumerate(new):
+            blocks[key] = (first + i, 0, 0, 0)
+        rows = [(t, k, blocks[(t, k)][0], 0, 0, 0) for t, k in new]
+        direct.insert_many(conn, db.id_blocks, ("tenant", "class_key", "class_id", "next_id", "end_id", "size"), rows)
+
     def _take_ids(self, conn: Connection, tenant: str, key: str, n: int, expected: int = 0, attrs: Mapping[str, Any] | None = None, acl: Acl | None = None) -> tuple[int, list[int]]:
         """The class's ID and ``n`` fresh row IDs from its blocks."""
         return self._take_blocks(conn, [(tenant, key, n, expected, attrs, acl)])[0]
@@ -227,6 +237,8 @@ class Allocator:
                 q = select(b.class_key, b.class_id, b.next_id, b.end_id, b.size).where(b.tenant == tenant, b.class_key.in_(list(part))).with_for_update()
                 for key, cid, nxt, end, size in conn.execute(q):
                     blocks[(tenant, key)] = (int(cid), int(nxt), int(end), int(size))
+        if self.placement is None:  # new classes at once: one counter bump, one insert (the same IDs as one at a time)
+            self._new_classes(conn, list(dict.fromkeys((t, k) for t, k, *_ in wanted if (t, k) not in blocks)), blocks)
         plans: list[tuple[int, list[int], list[int]]] = []  # (class ID, IDs from its current block, sizes of its new blocks)
         total = 0
         for tenant, key, n, expected, attrs, acl in wanted:
