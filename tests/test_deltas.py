@@ -363,3 +363,38 @@ def test_a_record_whose_typed_changes_reach_past_its_scope_drops_the_tenant(pair
         conn.execute(update(db.policy_log).where(db.policy_log.c.version == v + 1).values(detail="{not json"))
     mine = _views(rag)
     assert rag.policy.full_reloads == 1 and mine == _enforced(rag) and mine[("t0", "u2")]
+
+
+def test_a_records_scope_is_checked_row_by_row() -> None:
+    """Each kind of row a record may hold, inside and outside the scope it records."""
+    from permrag.policy.records import Delta
+
+    def scope(*rows: tuple, roles=("r0",), users=("u0",)):
+        return Delta(1, 0.0, "x", ("t0",), roles, users, tuple(rows)).scope()
+
+    narrow = ({"r0"}, {"u0"})
+    inside = [
+        ("p", "r0", "t0", "*", "read", "allow", None),
+        ("g", "r0", "r1", "t0", None, None, None),  # r0 inherits r1
+        ("g", "user:u0", "r5", "t0", None, None, None),
+        ("g", "user:u0", "group:g", "t0", None, None, None),
+        ("g", "group:a", "group:b", "t0", None, None, None),
+        ("g", "group:a", "r5", "t0", None, None, None),
+        ("g", "agent:bot", "r5", "t0", None, None, None),
+        ("ident", "group:a", "t0", "Sales", None, None, None),
+        ("ident", "user:u0", "t0", "", "inactive", None, None),
+        ("role", "t0", "r7"),
+    ]
+    outside = [
+        ("p", "r1", "t0", "*", "read", "deny", None),
+        ("g", "r1", "r0", "t0", None, None, None),
+        ("g", "user:u1", "r0", "t0", None, None, None),
+        ("g", "user:u1", "group:g", "t0", None, None, None),
+        ("ident", "user:u1", "t0", "", "inactive", None, None),
+        ("acl", "/f", "t0", "user:u0", "allow", None, None),
+        ("noinh", "/f", "t0", "", None, None, None),
+    ]
+    assert scope(*inside) == narrow
+    for row in outside:
+        assert scope(*inside, row) == (None, None), row
+    assert scope(*inside, roles=None) == (None, None) and scope(users=None) == (None, None)

@@ -155,15 +155,14 @@ class Delta:
         if self.roles is None or self.users is None:
             return None, None
         roles, users = set(self.roles), set(self.users)
-        for op in self.ops():
-            if isinstance(op, Rule) and op.role not in roles:
+        for r in (*self.removed, *self.added):  # the rows read directly: a sync batch logs thousands
+            if r[0] == "p" and r[1] not in roles:
                 return None, None
-            if isinstance(op, Edge) and op.kind == "inheritance" and op.subject not in roles:
+            if r[0] == "g" and not r[2].startswith(GROUP_PREFIX) and not r[1].startswith((USER_PREFIX, AGENT_PREFIX, GROUP_PREFIX)) and r[1] not in roles:
+                return None, None  # a role inheritance outside the scope's roles
+            if r[0] in ("g", IDENT) and r[1].startswith(USER_PREFIX) and r[1][len(USER_PREFIX) :] not in users:
                 return None, None
-            named = op.subject if isinstance(op, Edge) else op.principal if isinstance(op, Ident) else ""
-            if named.startswith(USER_PREFIX) and named[len(USER_PREFIX) :] not in users:
-                return None, None
-            if isinstance(op, FolderEntry):
+            if r[0] == FOLDER_ACL or r[0] in NO_INHERIT_TYPES:
                 return None, None
         return roles, users
 
