@@ -49,7 +49,7 @@ from ..errors import (
 from ..repair import owner, writer_alive
 from .allocation import Allocator
 from .index import AttrIndex
-from .rows import ACL_FIELD, RowRecord, RowSpec, document_rows, named_rows, record
+from .rows import ACL_FIELD, RowRecord, RowSpec, document_rows, named_rows, one_of, record
 
 INSERT_CHUNK = 5000
 ROW_COLUMNS = ("row_id", "tenant", "external_id", "live_key", "attrs", "parent", "derived_from", "state", "vclass", "ingest_id")
@@ -181,7 +181,7 @@ class Journal:
                     raise ConcurrentChangeError("another writer changed these documents meanwhile; nothing was written (read them again and retry)")
                 done = 0
                 for part in db.chunks(batch.row_ids):
-                    done += conn.execute(update(db.rows).where(t.row_id.in_(list(part)), t.state == "pending").values(state="live", live_key=t.external_id)).rowcount
+                    done += conn.execute(update(db.rows).where(one_of(t.row_id, part, conn.dialect.name), t.state == "pending").values(state="live", live_key=t.external_id)).rowcount
                 if done != len(batch.records):
                     raise CatalogError("this ingest was cancelled by a reconcile (its writer looked dead); nothing was published")
                 if batch.ingest_id is not None:

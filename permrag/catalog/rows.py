@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyroaring import BitMap, FrozenBitMap
-from sqlalchemy import Engine, select
+from sqlalchemy import ARRAY, Engine, any_, bindparam, select
 
 from .. import db
 from ..acl import Acl, parse_acl
@@ -226,7 +226,15 @@ class RowStore:
             return BitMap(int(i) for i in conn.execute(select(db.rows.c.row_id).where(db.rows.c.state.in_(list(states)))).scalars())
 
 
-def named(tenant: str, names: Sequence[str], parents: Sequence[str] | None = None, columns: Sequence[Any] = ()) -> list[Any]:
+def one_of(column: Any, values: Sequence[Any], dialect: str = "") -> Any:
+    """``column IN (values)``; on PostgreSQL ``column = ANY(:array)``, one
+    parameter instead of one per value (the same index condition)."""
+    if dialect == "postgresql":
+        return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
+    return column.in_(list(values))
+
+
+def named(tenant: str, names: Sequence[str], parents: Sequence[str] | None = None, columns: Sequence[Any] = (), dialect: str = "") -> list[Any]:
     """Statements for the live rows of ``tenant`` called one of ``names``, and
     for the chunks of one of ``parents`` (default: ``names``): one per index,
     (tenant, live_key) and (tenant, parent), run apart and merged by row ID
@@ -236,17 +244,17 @@ def named(tenant: str, names: Sequence[str], parents: Sequence[str] | None = Non
     the tenant index and read every live row of the tenant on every write."""
     t = db.rows.c
     cols = list(columns) or [db.rows]
-    out = [select(*cols).where(t.tenant == tenant, t.live_key.in_(list(names)))]
+    out = [select(*cols).where(t.tenant == tenant, one_of(t.live_key, names, dialect))]
     chunks_of = list(names if parents is None else parents)
     if chunks_of:
-        out.append(select(*cols).where(t.tenant == tenant, t.parent.in_(chunks_of), t.live_key.is_not(None)))
+        out.append(select(*cols).where(t.tenant == tenant, one_of(t.parent, chunks_of, dialect), t.live_key.is_not(None)))
     return out
 
 
 def named_rows(conn: Any, tenant: str, names: Sequence[str], parents: Sequence[str] | None = None, columns: Sequence[Any] = ()) -> list[Any]:
     """The rows of :func:`named`'s statements, each once (``columns`` must include ``row_id``)."""
     found: dict[int, Any] = {}
-    for stmt in named(tenant, names, parents, columns):
+    for stmt in named(tenant, names, parents, columns, conn.dialect.name):
         for row in conn.execute(stmt):
             found.setdefault(int(row.row_id), row)
     return list(found.values())
