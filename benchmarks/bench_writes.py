@@ -111,20 +111,18 @@ def bulk_ingest(url: str, docs: list[dict]) -> dict[str, dict]:
     first alternates), so that the shared machine's load weighs on both alike."""
     out: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as home:
-        stores = {"sqlite": PermRAG.open(Path(home) / "s", catalog_only=True, create=True),
-                  "postgres": PermRAG.open(Path(home) / "p", database_url=url, catalog_only=True, create=True)}
+        stores = {"sqlite": PermRAG.open(Path(home) / "s", catalog_only=True, create=True), "postgres": PermRAG.open(Path(home) / "p", database_url=url, catalog_only=True, create=True)}
         calls: dict[str, list[float]] = {k: [] for k in stores}
         ids: dict[str, list[int]] = {k: [] for k in stores}
         for n, lo in enumerate(range(0, len(docs), BULK_CALL)):
-            for k in (("sqlite", "postgres") if n % 2 == 0 else ("postgres", "sqlite")):
+            for k in ("sqlite", "postgres") if n % 2 == 0 else ("postgres", "sqlite"):
                 t = time.perf_counter()
                 ids[k] += stores[k].add_documents(docs[lo : lo + BULK_CALL])
                 calls[k].append(time.perf_counter() - t)
         assert ids["sqlite"] == ids["postgres"], "the two catalogs gave different row IDs"
         for k, rag in stores.items():
             assert len(rag.catalog.live_ids()) == len(docs)
-            out[k] = {"total_s": sum(calls[k]), "calls_s": calls[k], "first_s": calls[k][0], "last_s": calls[k][-1],
-                      "analyzes": getattr(getattr(rag.catalog, "stats", None), "runs", 0)}
+            out[k] = {"total_s": sum(calls[k]), "calls_s": calls[k], "first_s": calls[k][0], "last_s": calls[k][-1], "analyzes": getattr(getattr(rag.catalog, "stats", None), "runs", 0)}
             rag.close()
     return out
 
@@ -155,8 +153,14 @@ def bulk(args) -> None:
             f"{s['first_s']:.2f} / {s['last_s']:.2f} s | {p['first_s']:.2f} / {p['last_s']:.2f} s | {p['analyzes']} |"
         )
     last = rows[-1]
-    lines += ["", f"Every call at {last['rows']:,} rows, PostgreSQL: " + ", ".join(f"{x:.1f}" for x in last["postgres"]["calls_s"])
-              + " s; SQLite: " + ", ".join(f"{x:.1f}" for x in last["sqlite"]["calls_s"]) + " s."]
+    lines += [
+        "",
+        f"Every call at {last['rows']:,} rows, PostgreSQL: "
+        + ", ".join(f"{x:.1f}" for x in last["postgres"]["calls_s"])
+        + " s; SQLite: "
+        + ", ".join(f"{x:.1f}" for x in last["sqlite"]["calls_s"])
+        + " s.",
+    ]
     text = "\n".join(lines)
     print(text)
     save(args.out or "writes_bulk", args.quick, {"machine": machine(), "rows": rows}, text)

@@ -47,10 +47,11 @@ from .csv import import_change as csv_import_change
 from .csv import parse as csv_parse
 from .csv import read as csv_read
 from .csv import render as csv_render
-from .deltas import Delta, Following, capture, record
+from .deltas import Following, capture, record
 from .model import USER_PREFIX, Change, TenantPolicy
 from .persist import read_all, stamp
 from .principals import listing, require_future, user_id
+from .records import Delta
 from .selectors import parse_selector
 
 log = logging.getLogger(__name__)
