@@ -29,7 +29,7 @@ from .. import db, direct
 from ..acl import Acl
 from ..errors import CatalogError
 from .bitmaps import MAX_ROW_ID
-from .rows import RowRecord, RowSpec
+from .rows import RowRecord, RowSpec, one_of
 
 MIN_BLOCK = 64
 MAX_BLOCK = 1 << 22
@@ -234,7 +234,7 @@ class Allocator:
             keys[tenant].add(key)
         for tenant, names in keys.items():
             for part in db.chunks(sorted(names)):
-                q = select(b.class_key, b.class_id, b.next_id, b.end_id, b.size).where(b.tenant == tenant, b.class_key.in_(list(part))).with_for_update()
+                q = select(b.class_key, b.class_id, b.next_id, b.end_id, b.size).where(b.tenant == tenant, one_of(b.class_key, part, conn.dialect.name)).with_for_update()
                 for key, cid, nxt, end, size in conn.execute(q):
                     blocks[(tenant, key)] = (int(cid), int(nxt), int(end), int(size))
         if self.placement is None:  # new classes at once: one counter bump, one insert (the same IDs as one at a time)

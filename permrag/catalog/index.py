@@ -26,7 +26,7 @@ from .. import db, direct
 from ..names import attr_pairs
 from .bitmaps import GONE
 from .layered import Layered
-from .rows import RowRecord, chunk_no, document_rows, split_attrs
+from .rows import RowRecord, chunk_no, document_rows, one_of, split_attrs
 
 TENANT_ROWS = ("", "")  # index key of "every live row of the tenant"
 CLASS_ATTR = "#class"  # index keys ("#class", "<id>"): rows of one visibility class
@@ -152,7 +152,7 @@ class AttrIndex:
         # key; the few pairs no row touched are left out here
         names = sorted({k[0] for k in keys})
         for part in db.chunks(sorted({k[1] for k in keys}), 500):
-            q = select(a.attr, a.value, a.bitmap).where(a.tenant == tenant, a.attr.in_(names), a.value.in_(list(part))).with_for_update()
+            q = select(a.attr, a.value, a.bitmap).where(a.tenant == tenant, one_of(a.attr, names, conn.dialect.name), one_of(a.value, part, conn.dialect.name)).with_for_update()
             for attr, value, blob in conn.execute(q):
                 if (attr, value) in keys:
                     current[(attr, value)] = BitMap.deserialize(blob)
