@@ -88,8 +88,9 @@ def world(tmp_path_factory):
     return world
 
 
-def run(coro):
-    return asyncio.run(coro)
+def run(coro, timeout: float = 180.0):
+    """Run a client session to its end; a server that stops answering fails the test instead of hanging it."""
+    return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
 def passages(result) -> list[tuple[str, str, int]]:

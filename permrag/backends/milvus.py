@@ -278,21 +278,23 @@ class MilvusBackend:
             raise self._fail("listing partitions", exc) from None
 
     def _known(self, tenant_no: int) -> bool:
-        """Whether the tenant's collection exists, loading it if needed (reads)."""
+        """Whether the tenant's collection exists, loading it if needed (reads). One thread
+        loads at a time: Milvus Lite left a collection loading forever when two loaded it at once."""
         if tenant_no in self._ready:
             return True
         name = self.name(tenant_no)
-        try:
-            c = self.client()
-            if not c.has_collection(name):
-                return False
-            load_collection(c, name, self._lite)
-            self._read_layout(tenant_no)
-            self._ready[tenant_no] = self._dim(name)
-        except (ConfigError, BackendError):
-            raise
-        except Exception as exc:
-            raise self._fail("collection load", exc) from None
+        with self._lock:
+            try:
+                c = self.client()
+                if tenant_no in self._ready or not c.has_collection(name):
+                    return tenant_no in self._ready
+                load_collection(c, name, self._lite)
+                self._read_layout(tenant_no)
+                self._ready[tenant_no] = self._dim(name)
+            except (ConfigError, BackendError):
+                raise
+            except Exception as exc:
+                raise self._fail("collection load", exc) from None
         return True
 
     def insert(self, tenant_no: int, rows: Sequence[dict[str, Any]]) -> None:
