@@ -7,7 +7,7 @@ layer to a higher one. The layer order is the architecture page (docs/architectu
     ingest   ingest/
     access   access/
     stores   policy/ · catalog/ · backends/   (none imports another)
-    base     names · acl · results · errors · config · db · dbinit · migrations · direct · embed · audit · repair
+    base     names · acl · results · errors · config · db · sqlite_wal · dbinit · migrations · direct · embed · audit · repair
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ LAYERS = [
         "permrag.errors",
         "permrag.config",
         "permrag.db",
+        "permrag.sqlite_wal",
         "permrag.dbinit",
         "permrag.migrations",
         "permrag.direct",
