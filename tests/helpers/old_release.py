@@ -27,11 +27,34 @@ def extract(dest: Path, commit: str = RELEASE_0_2_0) -> Path:
     return dest
 
 
+# After the script: 0.2.0 left its Milvus Lite server to the interpreter's exit,
+# where a request still held by one of Lite's worker threads could keep the
+# process alive for good (later releases release the server at close). Here
+# the server is released as later releases do — given 60 s — and the process
+# ends; Lite's write-ahead log keeps what was written either way.
+EPILOGUE = """
+import os as _os, sys as _sys, threading as _threading
+def _release():
+    try:
+        from milvus_lite.server_manager import server_manager_instance
+        server_manager_instance.release_all()
+    except Exception:
+        pass
+_t = _threading.Thread(target=_release, daemon=True)
+_t.start()
+_t.join(60)
+_sys.stdout.flush()
+_sys.stderr.flush()
+_os._exit(0)
+"""
+
+
 def run(code_dir: Path, script: str, *args: str, cwd: Path | None = None) -> str:
     """Run ``script`` with the old release importable as ``permrag``; its stdout."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PERMRAG_")}
     env.update(PYTHONPATH=str(code_dir), HF_HUB_OFFLINE="1")
-    res = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=env, cwd=cwd or code_dir, timeout=600, check=False)
+    command = [sys.executable, "-c", script + EPILOGUE, *args]
+    res = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd or code_dir, timeout=300, check=False)
     assert res.returncode == 0, res.stderr[-3000:]
     return res.stdout
 
