@@ -196,3 +196,33 @@ def test_a_made_store_opens_while_another_process_holds_its_write_lock(tmp_path)
     finally:
         writer.execute("ROLLBACK")
         writer.close()
+
+
+def test_switching_to_wal_waits_out_a_lock_sqlite_answers_at_once(tmp_path):
+    """SQLite refuses ``PRAGMA journal_mode=WAL`` at once ("database is
+    locked", its busy handler not asked) while another connection holds the
+    file: the switch is retried until the lock goes, and raises only once
+    its wait is over."""
+    import sqlite3
+    import threading
+    import time
+
+    from permrag.sqlite_wal import to_wal
+
+    path = tmp_path / "fresh.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        other.execute("PRAGMA journal_mode=WAL")  # what the switch meets: no waiting of SQLite's own
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        to_wal(other.cursor(), wait_s=0.2)  # still held when the wait is over
+    release = threading.Timer(0.3, lambda: holder.execute("COMMIT"))
+    release.start()
+    started = time.monotonic()
+    to_wal(other.cursor(), wait_s=10)
+    assert time.monotonic() - started >= 0.2
+    assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    release.join()
+    holder.close()
+    other.close()
