@@ -150,9 +150,14 @@ def revoke_same_process(rag: PermRAG, n: int) -> list[float]:
     return out
 
 
-def revoke_cross_process(rag: PermRAG, w: Worker, n: int) -> list[float]:
-    """The worker revokes; a thread here searches without pause; latency to the first enforcing answer."""
+def revoke_cross_process(rag: PermRAG, w: Worker, n: int, first_doc: int) -> list[float]:
+    """The worker revokes; a thread here searches without pause; latency to the first enforcing answer.
+
+    This thread waits on a condition the searcher signals after each answer and
+    reads only the answers given since the commit: a waiter that polled and
+    copied the whole log would hold the GIL against the searcher it times."""
     log: list[tuple[float, bool]] = []
+    cond = threading.Condition()
     target = [""]
     stop = threading.Event()
 
@@ -160,27 +165,33 @@ def revoke_cross_process(rag: PermRAG, w: Worker, n: int) -> list[float]:
         while not stop.is_set():
             doc = target[0]
             hits = rag.search(f"doc {doc[1:]} of t1" if doc else "doc", user="p", tenant="t1", k=5, mode="dense")
-            log.append((time.time(), any(h.external_id == doc for h in hits)))
+            with cond:
+                log.append((time.time(), any(h.external_id == doc for h in hits)))
+                cond.notify_all()
+
+    def first(pos: int, test) -> tuple[float, bool] | None:
+        return next((e for e in log[pos:] if test(e)), None)
 
     th = threading.Thread(target=loop, daemon=True)
     th.start()
     out = []
     try:
         for i in range(n):
-            doc = f"d{1000 + i}"
+            doc = f"d{first_doc + i}"  # rows the same-process run (d0 …) never touched
             w("grant", "probe", f"doc:{doc}", "t1")
-            target[0] = doc
-            deadline = time.time() + 5
-            while not (log and log[-1][1]) and time.time() < deadline:
-                time.sleep(0.0005)
+            with cond:
+                pos = len(log)
+                target[0] = doc
+                if not cond.wait_for(lambda: first(pos, lambda e: e[1]) is not None, timeout=5):
+                    raise RuntimeError(f"the row granted on {doc} never showed: no revoke to time")
+                pos = len(log)
             committed = w("revoke", "probe", f"doc:{doc}", "t1")
-            deadline = time.time() + 5
-            while time.time() < deadline:
-                after = [(t, seen) for t, seen in list(log) if t > committed]
-                if after and not after[-1][1]:
-                    out.append(next(t for t, seen in after if not seen) - committed)
-                    break
-                time.sleep(0.0005)
+            with cond:
+                if not cond.wait_for(lambda: first(pos, lambda e: e[0] > committed and not e[1]) is not None, timeout=5):
+                    raise RuntimeError(f"the revoke on {doc} did not hold within 5 s")
+                hit = first(pos, lambda e: e[0] > committed and not e[1])
+                assert hit is not None
+                out.append(hit[0] - committed)
             target[0] = ""
     finally:
         stop.set()
@@ -245,10 +256,10 @@ def run(name: str, url: str | None, args) -> dict:
                 res[key] = {m: {"p50": pct(v, 50), "p99": pct(v, 99), "n": len(v)} for m, v in got.items()}
                 rag.policy.stop_following()
             res["revoke_same_process_ms"] = _stats(revoke_same_process(rag, args.n))
-            res["revoke_cross_process_ms"] = _stats(revoke_cross_process(rag, w, args.n))
+            res["revoke_cross_process_ms"] = _stats(revoke_cross_process(rag, w, args.n, args.rows // 2))
             if url is not None and rag.follow():
                 time.sleep(0.3)
-                res["revoke_cross_process_push_ms"] = _stats(revoke_cross_process(rag, w, args.n))
+                res["revoke_cross_process_push_ms"] = _stats(revoke_cross_process(rag, w, args.n, args.rows // 2))
                 rag.policy.stop_following()
             fresh = fresh_cost(rag, args.n)
             res["at_least_fresh_ms"] = {m: statistics.median(v) * 1000 for m, v in fresh.items()}
@@ -321,6 +332,8 @@ def main(argv=None) -> None:
         return
     if args.quick:
         args.rows, args.n, args.seconds = min(args.rows, 500), min(args.n, 20), min(args.seconds, 6.0)
+    if args.n > args.rows // 2:
+        ap.error("--n must be at most half of --rows (the revoke runs each probe rows of their own)")
     results = [run("SQLite", None, args)]
     try:
         with fresh_postgres(PG_ADMIN) as url:
