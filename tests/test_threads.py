@@ -126,3 +126,47 @@ def test_readers_always_see_one_consistent_version(tmp_path):
             assert got <= _visible(a, d, u, user, rows), (user, pv)
         checked += 1
     assert checked >= 300 and len(states) >= 50
+
+
+FIRST_TOUCH = r"""
+import sys, threading
+from permrag import PermRAG
+from permrag.embed import HashEncoder
+
+home = sys.argv[1]
+for round in range(int(sys.argv[2])):
+    # each open starts a new Milvus Lite server in this process: its collections are opened afresh
+    rag = PermRAG.open(home, encoder=HashEncoder(32))
+    backend, no = rag.store, rag.catalog.tenants.number("default")
+    start = threading.Barrier(2)
+    asked = []
+    probe = threading.Thread(target=lambda: (start.wait(), asked.append(backend.has_tenant(no))))
+    probe.start()
+    start.wait()
+    loaded = backend._known(no)  # the first load, as a search makes it, while the probe asks
+    probe.join()
+    hits = rag.search("doc 1", user="u", k=3, mode="dense")
+    assert loaded and asked == [True] and len(hits) == 3, (loaded, asked, hits)
+    rag.close()
+print("rounds", sys.argv[2])
+"""
+
+
+def test_a_first_load_and_a_check_beside_it_never_leave_the_collection_loading(tmp_path):
+    """A search asks whether the tenant's collection exists on a worker thread
+    while it loads that collection (search/probe.py). Milvus Lite opens a
+    collection on the first request without a lock of its own: a check that
+    came at the same moment as the first load made a second copy, which took
+    the loaded one's place, and the load then waited for ever. The first
+    touch of a collection is one at a time; each round here ends."""
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    with PermRAG.open(home, encoder=HashEncoder(32), create=True) as rag:
+        rag.add_documents([{"external_id": f"d{i}", "text": f"doc {i}", "attrs": {"k": "v"}} for i in range(40)])
+        rag.policy.add_role("r")
+        rag.policy.grant("r", "k:v")
+        rag.policy.assign_user("u", "r")
+    res = subprocess.run([sys.executable, "-c", FIRST_TOUCH, str(home), "25"], capture_output=True, text=True, timeout=120, check=False)
+    assert res.returncode == 0 and "rounds 25" in res.stdout, res.stderr[-3000:]

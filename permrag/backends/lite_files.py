@@ -36,6 +36,18 @@ _users: dict[str, int] = {}  # Lite folder → this process's open clients of it
 _users_lock = threading.Lock()
 
 SIDECAR_SUFFIXES = (".idx", ".sidx")
+_folder_locks: dict[str, threading.RLock] = {}
+
+
+def folder_lock(uri: str) -> threading.RLock:
+    """The lock of this process's backends of one Lite folder. Milvus Lite
+    opens a collection on the first request that names it, without a lock
+    of its own: two threads that open one at once leave two copies, and the
+    one kept may not be the one loaded. Whatever may open a collection first
+    (a load, a check beside it) holds this lock."""
+    path = os.path.abspath(uri)
+    with _users_lock:
+        return _folder_locks.setdefault(path, threading.RLock())
 
 
 def sidecars(lite_dir: str | Path, collection: str) -> list[Path]:

@@ -12,16 +12,13 @@ statistics (IDF, average length) ever include another tenant's rows, a
 tenant is pinned without any filter, and a filter bug cannot cross tenants.
 Inside it, rows may live in partitions by visibility-class group (layout.py).
 
-**Binding.** The root holds the store id of the catalog that created it.
-Opening it from another catalog raises :class:`StoreMismatchError` — two
-homes on one Milvus, or one home opened against the wrong database, never
-share rows silently.
+**Binding.** The root holds the store id of the catalog that created it; opened
+from another catalog it raises :class:`StoreMismatchError` — two homes on one
+Milvus, or one home on the wrong database, never share rows silently.
 
-Capabilities are detected, not assumed: Milvus Lite and servers ≥ 2.5 have
-BM25; a 2.3 server has not (keyword or hybrid search raises
-:class:`UnsupportedError`). Consistency is ``Bounded`` by default (a Strong
-search on a 2.3 server waits for the next time tick: 200 ms against 21 ms).
-Every pymilvus failure becomes :class:`BackendError`.
+Capabilities are detected: Milvus Lite and servers ≥ 2.5 have BM25, a 2.3 server
+has not (keyword or hybrid search there raises :class:`UnsupportedError`).
+Consistency is ``Bounded`` by default. Every pymilvus failure becomes :class:`BackendError`.
 """
 
 from __future__ import annotations
@@ -29,6 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -40,6 +38,7 @@ from .collection_check import collection_dim
 from .layout import DEFAULT_GROUPS, Grouping, Partitions, by_partition
 from .lite_files import closed as lite_closed
 from .lite_files import connect as lite_connect
+from .lite_files import folder_lock as lite_lock
 from .lite_files import load_collection, load_when_ready
 from .root import create_root, read_owner
 from .schema import analyzer_params, tenant_schema
@@ -98,7 +97,7 @@ class MilvusBackend:
         self._ready: dict[int, int] = {}  # tenant number → dim of its loaded collection
         self._parts: dict[int, Partitions] = {}  # tenant number → its collection's partitions and grouping
         self._bound: str | None = None
-        self._lock = threading.RLock()
+        self._lock = lite_lock(uri) if self._lite else threading.RLock()  # Lite: one per folder, shared by this process's backends of it
 
     # ------------------------------------------------------------------ connection
     def client(self) -> Any:
@@ -122,7 +121,7 @@ class MilvusBackend:
     def _fail(self, what: str, exc: Exception) -> BackendError:
         """The error to raise; a lost server connection also drops the client,
         so the next call reconnects (pymilvus does not, after a server restart)."""
-        if "not loaded" in str(exc):
+        if "not loaded" in str(exc) or "call load()" in str(exc):  # (a server's words; Milvus Lite's)
             self._ready.clear()  # the next call loads again (a restarted server forgets)
         if self.kind == "server" and _is_connection_error(exc):
             with self._lock:
@@ -210,8 +209,11 @@ class MilvusBackend:
         return f"{self.collection}_t{int(tenant_no)}"
 
     def has_tenant(self, tenant_no: int) -> bool:
-        try:  # (the load state, not has_collection: the same answer, 0.8 against 1.0-1.3 ms on a server)
-            return self.client().get_load_state(self.name(tenant_no))["state"].name != "NotExist"
+        """Whether the tenant's collection exists (asked beside a search). Before this backend
+        loaded it, under the lock: never beside a first load (lite_files.folder_lock)."""
+        try:  # (the load state, not has_collection: the same answer, and cheaper on a server)
+            with nullcontext() if tenant_no in self._ready else self._lock:
+                return self.client().get_load_state(self.name(tenant_no))["state"].name != "NotExist"
         except Exception as exc:
             raise self._fail("collection check", exc) from None
 
