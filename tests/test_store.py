@@ -229,11 +229,13 @@ def test_wal_checkpoints_run_off_the_write_path(home) -> None:
     ckpt = db._CHECKPOINTERS[rag._engine]
     kept = _wal_growth(rag)
     assert ckpt.runs >= 2
-    assert kept[-1] <= kept[0], kept  # reused from the start after each checkpoint
+    # reused from the start after each checkpoint: bounded by about one round's writes (a loaded
+    # machine may let one round outrun a checkpoint and raise the high-water mark a little)
+    assert max(kept) <= 1.5 * kept[0], kept
     ckpt.close()
     grown = _wal_growth(rag)
     assert grown[0] < grown[1] < grown[2], grown
-    assert grown[2] > 2 * kept[-1], (kept, grown)
+    assert grown[2] > 2 * max(kept), (kept, grown)
     rag.close()
     assert not (home / "permrag.db-wal").exists() or (home / "permrag.db-wal").stat().st_size == 0
     # everything committed is in the database after close
