@@ -209,8 +209,7 @@ class MilvusBackend:
         return f"{self.collection}_t{int(tenant_no)}"
 
     def has_tenant(self, tenant_no: int) -> bool:
-        """Whether the tenant's collection exists (asked beside a search). Before this backend
-        loaded it, under the lock: never beside a first load (lite_files.folder_lock)."""
+        """Whether the tenant's collection exists (asked beside a search); under the lock until loaded here (lite_files.folder_lock)."""
         try:  # (the load state, not has_collection: the same answer, and cheaper on a server)
             with nullcontext() if tenant_no in self._ready else self._lock:
                 return self.client().get_load_state(self.name(tenant_no))["state"].name != "NotExist"
@@ -337,7 +336,8 @@ class MilvusBackend:
         """Numbers of the tenants that have a collection of this store."""
         prefix = f"{self.collection}_t"
         try:
-            names = self.client().list_collections()
+            with self._lock:  # Milvus Lite opens every collection to list them: never beside a first load
+                names = self.client().list_collections()
         except Exception as exc:
             raise self._fail("listing collections", exc) from None
         return sorted(int(n[len(prefix) :]) for n in names if n.startswith(prefix) and n[len(prefix) :].isdigit())
