@@ -112,14 +112,17 @@ def delegation(sub: str | None, act: object = None, *, key: str = SECRET, scope:
     return jwt.encode(claims, key, algorithm="HS256")
 
 
-async def answers(client: Client, key: str, world: dict) -> None:
-    """Every search equals the library's delegated search for ``key`` (user+agents)."""
+async def answers(client: Client, key: str, world: dict) -> dict[str, list[str]]:
+    """Every search equals the library's delegated search for ``key`` (user+agents); the ids, by query."""
+    out = {}
     for q in QUERIES:
         got = await client.call_tool("search", {"query": q, "k": 5, "mode": "dense"})
         assert not got.is_error, got.content
         assert [[p["external_id"], p["text"]] for p in got.structured_content["passages"]] == world["expected"][f"{key}|{q}"]
         assert got.structured_content["user"] == key.split("+")[0]
         assert got.structured_content["agent"] == (key.split("+")[1] if "+" in key else None)
+        out[q] = [p["external_id"] for p in got.structured_content["passages"]]
+    return out
 
 
 # stdio first: the HTTP server below holds the Milvus Lite folder until the module ends
@@ -156,10 +159,21 @@ def test_a_store_token_bound_to_an_agent_sees_only_the_intersection(world, serve
 
 
 def test_delegation_jwts_act_and_nested_chains(world, server) -> None:
-    run(call_as(server, delegation("erin", {"sub": "bot"}), lambda c: answers(c, "erin+bot", world)))
-    run(call_as(server, delegation("sam", {"sub": "bot"}), lambda c: answers(c, "sam+bot", world)))
-    run(call_as(server, delegation("erin", {"sub": "bot", "act": {"sub": "helper"}}), lambda c: answers(c, "erin+bot+helper", world)))
-    run(call_as(server, delegation("erin"), lambda c: answers(c, "erin", world)))
+    got = {}
+
+    def as_key(key: str):
+        async def body(client: Client) -> None:
+            got[key] = await answers(client, key, world)  # each equal to the library's delegated search
+
+        return body
+
+    run(call_as(server, delegation("erin", {"sub": "bot"}), as_key("erin+bot")))
+    run(call_as(server, delegation("sam", {"sub": "bot"}), as_key("sam+bot")))
+    run(call_as(server, delegation("erin", {"sub": "bot", "act": {"sub": "helper"}}), as_key("erin+bot+helper")))
+    run(call_as(server, delegation("erin"), as_key("erin")))
+    assert set(got) == {"erin+bot", "sam+bot", "erin+bot+helper", "erin"}
+    assert got["erin+bot"] != got["erin"]  # the agent narrows what the user alone is served
+    assert got["erin+bot+helper"] != got["erin+bot"]  # and every actor of the chain narrows it again
 
 
 def tampered(token: str, **changes: object) -> str:
