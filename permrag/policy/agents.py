@@ -14,16 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import delete
-from sqlalchemy.engine import Connection
-
-from .. import db
 from ..errors import PolicyError, UnknownSubjectError
 from ..names import Held, check_id, check_tenant, expiry
 from .changes import edge_change
 from .changes import need_role as _need_role
-from .model import AGENT_PREFIX, Change, TenantPolicy
+from .model import AGENT_PREFIX, TenantPolicy
 from .principals import listing, require_future
+from .records import Change, Edge
 
 
 def agent_id(agent: object) -> str:
@@ -52,23 +49,18 @@ class AgentPolicy:
                 return None
             if not held:
                 tp.check_assign(AGENT_PREFIX + agent, role)
-            return edge_change(tenant, key, held, until, lambda t: t.add_agent(agent, role), set(), set())
+            return edge_change(tenant, key, held, until, set(), set())
 
         return self._one(tenant, make)
 
     def unassign_agent(self, agent: str, role: str, tenant: str = "default") -> None:
         """Take ``role`` away from agent ``agent``."""
         agent, tenant = agent_id(agent), check_tenant(tenant, PolicyError)
-        c = db.casbin_rule.c
 
         def make(tp: TenantPolicy) -> Change:
             if role not in tp.agent_roles.get(agent, ()):
                 raise UnknownSubjectError(f"agent {agent!r} does not hold role {role!r} in tenant {tenant!r}")
-
-            def write(conn: Connection) -> None:
-                conn.execute(delete(db.casbin_rule).where(c.ptype == "g", c.v0 == AGENT_PREFIX + agent, c.v1 == role, c.v2 == tenant))
-
-            return Change(write, lambda s: s[tenant].remove_agent(agent, role), {tenant}, set(), set())
+            return Change.of("unassign_agent", {tenant}, [Edge(False, tenant, AGENT_PREFIX + agent, role)], set(), set())
 
         self._one(tenant, make)
 

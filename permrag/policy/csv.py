@@ -39,22 +39,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, delete
-from sqlalchemy.engine import Connection
-
-from .. import db
 from ..acl import folder_path
 from ..errors import PermragError, PolicyCSVError, PolicyError, RoleCycleError
 from ..names import check, check_id, check_role, check_tenant, kind_prefix, principal, show_time
-from .changes import set_expiry
+from .changes import set_expiry, tenant_ops
 from .csv_check import edge, expires, require_known
-from .model import AGENT_PREFIX, GROUP_PREFIX, USER_PREFIX, Change, Folder, TenantPolicy
-from .persist import FOLDER_ACL, IDENT, NO_INHERIT, NO_INHERIT_TYPES, ident_row, stamp
+from .model import AGENT_PREFIX, GROUP_PREFIX, USER_PREFIX, Folder, TenantPolicy
+from .persist import FOLDER_ACL, IDENT, NO_INHERIT, ident_row, stamp
+from .records import Change, Ident, Op, RoleDef, op_of
 from .selectors import parse_selector
 
 NO_INHERIT_LINE = "noinherit"  # the line type in files (stored as NO_INHERIT)
 
 ACTION = "read"
+COLUMNS = ("ptype", "v0", "v1", "v2", "v3", "v4", "v5")
 EFFECTS = ("allow", "deny")
 ROLE_PREFIX = "role:"
 
@@ -378,19 +376,8 @@ def import_change(name: str, parsed: Parsed, tenants: set[str], current: dict[st
     counted[0] = sum(len(r) for r in rows.values())
     if not counted[0] and not replace:
         return None
-    c = db.casbin_rule.c
-
-    def write(conn: Connection) -> None:
-        if replace:
-            for t in tenants:
-                conn.execute(delete(db.roles).where(db.roles.c.tenant == t))
-                conn.execute(delete(db.casbin_rule).where(and_(c.ptype.in_(["p", FOLDER_ACL, *NO_INHERIT_TYPES]), c.v1 == t)))
-                conn.execute(delete(db.casbin_rule).where(and_(c.ptype == "g", c.v2 == t)))
-        if rows["roles"]:
-            conn.execute(db.roles.insert(), rows["roles"])
-        for r in rows["ident"]:  # one row per id: the file's replaces the stored one
-            conn.execute(delete(db.casbin_rule).where(c.ptype == IDENT, c.v0 == r["v0"], c.v1 == r["v1"]))
-        if rows["p"] + rows["g"] + rows["ident"]:
-            conn.execute(db.casbin_rule.insert(), rows["p"] + rows["g"] + rows["ident"])
-
-    return Change(write, lambda s: s.update(states), tenants, None, None)
+    ops: list[Op] = [op for t in sorted(tenants) for op in tenant_ops(current[t], t)] if replace else []
+    ops += [Ident(False, r["v1"], r["v0"]) for r in rows["ident"]]  # one row per id: the file's replaces the stored one
+    ops += [RoleDef(True, r["tenant"], r["name"]) for r in rows["roles"]]
+    ops += [op_of(tuple(r[k] for k in COLUMNS), True) for r in rows["p"] + rows["g"] + rows["ident"]]
+    return Change.of("import", tenants, ops, None, None)

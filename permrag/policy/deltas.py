@@ -6,14 +6,16 @@ in its own transaction, a :class:`Delta` under the version it took: its kind,
 the tenants it touched, the roles and users whose cached bitmaps it changes
 (``None``: all of the tenant's), and the stored rule rows it added and removed
 (``permrag_casbin_rule`` rows as ``(ptype, v0, …, v5)`` and role rows as
-``("role", tenant, name)``). The rows are read off the statements the change
-ran, not rebuilt from its intent, so the log says exactly what the store did;
-policy/records.py reads a record back strictly and names each row as a typed
-change (a rule, an assignment, a membership, a folder ACL entry…).
+``("role", tenant, name)``). The rows are those policy/writes.py removed (read
+as stored, just before their delete) and inserted, so the log says exactly
+what the store did; policy/records.py reads a record back strictly and names
+each row as a typed change (a rule, an assignment, a membership, a folder ACL
+entry…).
 
 A process whose copy is at version *v* while the store is at *w* reads the
-deltas *v+1 … w*: if all are there it re-reads only the tenants they name and
-drops only the caches their scopes name (a change in tenant X leaves every
+deltas *v+1 … w*: if all are there it applies their rows to its copy
+(persist.py ``apply_rows``, as the writing process did) without reading any
+tenant, and drops only the caches their scopes name (a change in tenant X leaves every
 other tenant's bitmaps, plans and cached rows alone); if one is missing (the
 log was pruned, or written by an older permrag) it reloads everything, as
 before. The rows also let the exposure report (access/exposure.py) rebuild
@@ -34,19 +36,18 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Delete, bindparam, delete, event, func, select, text
+from sqlalchemy import bindparam, delete, func, select, text
 from sqlalchemy.engine import Connection, Engine
 
 from .. import db
 from ..errors import ArgumentError, PolicyError
-from .model import Change, TenantPolicy
-from .persist import build, read_all
-from .records import Delta, MalformedRecord
+from .model import TenantPolicy
+from .persist import apply_rows, build, read_all
+from .records import Change, Delta, MalformedRecord
 
 log = logging.getLogger(__name__)
 
@@ -57,84 +58,16 @@ CHANNEL = "permrag_policy"
 Row = tuple[Any, ...]
 
 
-def kind_of(change: Change) -> str:
-    """A change's kind, from the operation that built it (``grant``, ``assign_user``,
-    ``import``, ``folder``, ``sync``, ``member``…): the first named scope of its
-    in-memory effect that is not a helper's."""
-    parts = [p for p in change.apply.__qualname__.split(".") if p not in ("<locals>", "<lambda>", "make", "apply", "Policy", "Identity", "Provisioning", "AgentPolicy")]
-    name = (parts[0] if parts else "change").strip("_")
-    return {"import_change": "import", "folder_change": "folder", "sync_change": "sync", "edge_change": "edge", "group_change": "group"}.get(name, name)[:32]
-
-
-def _refine(kind: str, rows: list[Row]) -> str:
-    """A shared helper's kind made precise by the first row it wrote."""
-    if not rows or kind not in ("add_rule", "edge"):
-        return kind
-    r = rows[0]
-    if kind == "add_rule":
-        return "deny" if r[0] == "p" and r[5] == "deny" else "grant"
-    if r[0] != "g":
-        return kind
-    if str(r[2]).startswith("group:"):
-        return "member"
-    for prefix, name in (("user:", "assign_user"), ("agent:", "assign_agent"), ("group:", "group_role")):
-        if str(r[1]).startswith(prefix):
-            return name
-    return "inherit"
-
-
 # ---------------------------------------------------------------------- writing
-@contextmanager
-def capture(conn: Connection, tenants: Sequence[str]) -> Iterator[dict[str, list[Row]]]:
-    """Collect the rule rows the statements run inside this block add and remove."""
-    c = db.casbin_rule.c
-    first = int(conn.execute(select(func.coalesce(func.max(c.id), 0))).scalar_one())
-    roles_before = _roles(conn, tenants)
-    removed: list[Row] = []
-
-    def before(_conn: Connection, clause: Any, multiparams: Any = None, params: Any = None, *_a: Any) -> None:
-        if isinstance(clause, Delete) and clause.table is db.casbin_rule:
-            q = select(db.casbin_rule) if clause.whereclause is None else select(db.casbin_rule).where(clause.whereclause)
-            for one in multiparams or [params or {}]:  # an executemany: the rows each parameter set deletes
-                removed.extend(tuple(r) for r in _conn.execute(q, one) if r[0] <= first)
-
-    out: dict[str, list[Row]] = {"added": [], "removed": []}
-    event.listen(conn, "before_execute", before)
-    try:
-        yield out
-    finally:
-        event.remove(conn, "before_execute", before)
-    cols = (c.ptype, c.v0, c.v1, c.v2, c.v3, c.v4, c.v5)
-    out["added"] = [tuple(r) for r in conn.execute(select(*cols).where(c.id > first).order_by(c.id))]
-    out["removed"] = [tuple(r[1:]) for r in removed]
-    roles_after = _roles(conn, tenants)
-    out["added"] += [("role", t, n) for t, n in sorted(roles_after - roles_before)]
-    out["removed"] += [("role", t, n) for t, n in sorted(roles_before - roles_after)]
-
-
-def _roles(conn: Connection, tenants: Sequence[str]) -> set[tuple[str, str]]:
-    out: set[tuple[str, str]] = set()
-    for part in db.chunks(sorted(tenants)):
-        out |= {(t, n) for t, n in conn.execute(select(db.roles.c.tenant, db.roles.c.name).where(db.roles.c.tenant.in_(part)))}
-    return out
-
-
 def _scope(v: Iterable[str] | None) -> tuple[str, ...] | None:
     return None if v is None else tuple(sorted(v))
 
 
-def record(conn: Connection, version: int, change: Change, rows: dict[str, list[Row]], now: float) -> Delta:
-    """Log ``change`` as ``version`` (inside its transaction), push it on PostgreSQL, prune old entries."""
-    delta = Delta(
-        version,
-        now,
-        _refine(kind_of(change), rows["added"] or rows["removed"]),
-        tuple(sorted(change.tenants)),
-        _scope(change.roles),
-        _scope(change.users),
-        tuple(rows["added"]),
-        tuple(rows["removed"]),
-    )
+def record(conn: Connection, version: int, change: Change, rows: tuple[list[Row], list[Row]], now: float) -> Delta:
+    """Log ``change`` as ``version`` with the (removed, added) rows its statements
+    changed (inside its transaction), push it on PostgreSQL, prune old entries."""
+    removed, added = rows
+    delta = Delta(version, now, change.kind, tuple(sorted(change.tenants)), _scope(change.roles), _scope(change.users), tuple(added), tuple(removed))
     conn.execute(db.policy_log.insert().values(version=version, ts=now, kind=delta.kind, detail=delta.detail()))
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_notify(:ch, :v)"), {"ch": CHANNEL, "v": str(version)})
@@ -186,8 +119,8 @@ def oldest(conn: Connection) -> int | None:
 
 @dataclass
 class CatchUp:
-    """What one catch-up read: the stored version, the deltas up to it (None:
-    not all retained, a full reload) and the tenants they name, re-read."""
+    """What one catch-up read: the stored version and the deltas up to it, or
+    (``deltas`` None: not all retained) every tenant's policy, read whole."""
 
     version: int
     deltas: list[Delta] | None
@@ -199,23 +132,22 @@ _VERSION = select(db.meta.c.value).where(db.meta.c.key == "policy_version")
 
 
 def read_catch_up(engine: Engine, have: int) -> CatchUp | None:
-    """The deltas after ``have`` and the tenants they touch, consistent with the
-    stored version; None if the store is at ``have``. Three reads: the log, the
-    tenants it names, then the version — equal to the last delta read only if
-    nothing committed in between (a change bumps the version and writes its
-    delta in one transaction), else read again."""
+    """The deltas after ``have``, consistent with the stored version; None if the
+    store is at ``have``. Two reads: the log, then the version — equal to the
+    last delta read only if nothing committed in between (a change bumps the
+    version and writes its delta in one transaction), else read again. The
+    deltas' rows are applied to the copy (persist.py ``apply_rows``): no
+    tenant is read again."""
     for _ in range(10):
         with db.reading(engine, "reading policy changes") as conn:
             deltas = _parsed(conn.execute(_AFTER, {"after": have}))
             if deltas and [d.version for d in deltas] != list(range(have + 1, have + 1 + len(deltas))):
                 deltas = None  # a gap: pruned, or written by a permrag without the log
-            names = None if deltas is None else {t for d in deltas for t in d.tenants}
-            tenants = read_all(conn, names) if names or deltas is None else {}
             version = int(conn.execute(_VERSION).scalar_one())
         if version == have and not deltas:
             return None
         if deltas is None or version < have or (deltas and version == deltas[-1].version):
-            return CatchUp(version, deltas, tenants) if deltas is not None and version > have else _full(engine)
+            return CatchUp(version, deltas, {}) if deltas is not None and version > have else _full(engine)
         if not deltas and version > have and not _logged(engine, have + 1):
             return _full(engine)  # the next version was never logged (an older permrag wrote it)
     return _full(engine)
@@ -365,8 +297,8 @@ class Following:
     def catch_up(self) -> bool:
         """Bring this copy to the stored version; True if it moved.
 
-        By deltas when every one since this copy's version is logged: only the
-        tenants they name are re-read and only the caches they name dropped;
+        By deltas when every one since this copy's version is logged: their rows
+        are applied to the copy and only the caches they name dropped;
         else a full reload."""
         with self.lock:
             got = read_catch_up(self.engine, self.version)
@@ -383,8 +315,7 @@ class Following:
         deltas = _parsed(_between(conn, self.version, upto))
         if upto < self.version or [d.version for d in deltas or ()] != list(range(self.version + 1, upto + 1)):
             deltas = None
-        names = None if deltas is None else {t for d in deltas for t in d.tenants}
-        self._take(CatchUp(upto, deltas, read_all(conn, names)))
+        self._take(CatchUp(upto, deltas, read_all(conn) if deltas is None else {}))
         return deltas
 
     def _take(self, got: CatchUp) -> None:
@@ -392,11 +323,8 @@ class Following:
             self._tenants = got.tenants
             self.full_reloads += 1
         else:
-            for t in {t for d in got.deltas for t in d.tenants}:
-                if t in got.tenants:
-                    self._tenants[t] = got.tenants[t]
-                else:
-                    self._tenants.pop(t, None)
+            for d in got.deltas:
+                apply_rows(self._tenants, d.removed, d.added, d.tenants)
             self.catch_ups += 1
         self.version = got.version
 

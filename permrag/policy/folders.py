@@ -11,15 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import delete
-from sqlalchemy.engine import Connection
-
-from .. import db
 from ..acl import AclEntry
 from ..errors import ArgumentError, UnknownSubjectError
-from .model import Change, Folder, TenantPolicy
-from .persist import FOLDER_ACL, NO_INHERIT, NO_INHERIT_TYPES, stamp
+from .model import Folder, TenantPolicy
 from .principals import require, resolve
+from .records import Change, FolderEntry
 
 
 @dataclass(frozen=True)
@@ -63,24 +59,10 @@ def folder_change(tp: TenantPolicy, tenant: str, path: str, edit: FolderEdit) ->
     old = tp.folders.get(path, Folder())
     if (old.allow, old.deny, old.inherit) == (new.allow, new.deny, new.inherit):
         return None
-    c = db.casbin_rule.c
-
-    def write(conn: Connection) -> None:
-        conn.execute(delete(db.casbin_rule).where(c.ptype.in_([FOLDER_ACL, *NO_INHERIT_TYPES]), c.v0 == path, c.v1 == tenant))
-        rows = [
-            {"ptype": FOLDER_ACL, "v0": path, "v1": tenant, "v2": p, "v3": eft, "v4": stamp(t), "v5": None}
-            for eft, entries in (("allow", new.allow), ("deny", new.deny))
-            for p, t in sorted(entries.items())
-        ]
-        if not new.inherit:
-            rows.append({"ptype": NO_INHERIT, "v0": path, "v1": tenant, "v2": "", "v3": None, "v4": None, "v5": None})
-        if rows:
-            conn.execute(db.casbin_rule.insert(), rows)
-
-    def apply(s: dict[str, TenantPolicy]) -> None:
-        if new.empty():
-            s[tenant].folders.pop(path, None)
-        else:
-            s[tenant].folders[path] = new.copy()
-
-    return Change(write, apply, {tenant}, None, None)
+    ops: list[FolderEntry] = []
+    for eft, was, now in (("allow", old.allow, new.allow), ("deny", old.deny, new.deny)):
+        ops += [FolderEntry(False, tenant, path, p, eft) for p in sorted(was) if p not in now or now[p] != was[p]]
+        ops += [FolderEntry(True, tenant, path, p, eft, t) for p, t in sorted(now.items()) if p not in was or was[p] != t]
+    if old.inherit != new.inherit:
+        ops.append(FolderEntry(new.inherit is False, tenant, path, None))
+    return Change.of("folder", {tenant}, ops, None, None)

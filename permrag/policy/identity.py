@@ -25,10 +25,6 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 
-from sqlalchemy import bindparam, delete
-from sqlalchemy.engine import Connection
-
-from .. import db
 from ..acl import Acl, AclEntry, acl_entries, folder_path
 from ..errors import PolicyError, UnknownSubjectError
 from ..names import Held, as_list, check, check_id, check_tenant, expiry, principal
@@ -37,10 +33,10 @@ from .directory import Directory, check_acyclic, check_ids
 from .exports import read as read_exports
 from .folders import FolderEdit, folder_change
 from .ldap import LdapRead, LdapSource, Progress, source_of
-from .model import AGENT_PREFIX, GROUP_PREFIX, MAX_DEPTH, USER_PREFIX, Change, Folder, TenantPolicy
-from .persist import IDENT, ident_row
+from .model import AGENT_PREFIX, GROUP_PREFIX, MAX_DEPTH, USER_PREFIX, Folder, TenantPolicy
 from .principals import listing, require, require_future
 from .provisioning import Provisioning
+from .records import Change, Edge, Ident, Op
 from .store import DEFAULT_TENANT, Policy
 from .sync import Plan, SyncReport, plan, refuse
 
@@ -150,26 +146,19 @@ class Identity:
                 return None
             if not held:
                 tp.check_member(key, group)
-            return edge_change(tenant, edge, held, until, lambda t: t.add_member(key, group), set(), _affected(tp, key))
+            return edge_change(tenant, edge, held, until, set(), _affected(tp, key))
 
         return self.policy._one(tenant, make)
 
     def remove_member(self, group: str, member: str, tenant: str = DEFAULT_TENANT) -> None:
         named = group
         tenant, given = check_tenant(tenant, PolicyError), _member(member)
-        c = db.casbin_rule.c
 
         def make(tp: TenantPolicy) -> Change:
             key, group = tp.resolve_key(given), tp.resolve(GROUP_PREFIX, named)
             if group not in tp.member_of.get(key, ()):
                 raise UnknownSubjectError(f"{key!r} is not a member of group {group!r} in tenant {tenant!r}")
-            return Change(
-                lambda conn: conn.execute(delete(db.casbin_rule).where(c.ptype == "g", c.v0 == key, c.v1 == GROUP_PREFIX + group, c.v2 == tenant)),
-                lambda s: s[tenant].remove_member(key, group),
-                {tenant},
-                set(),
-                _affected(tp, key),
-            )
+            return Change.of("remove_member", {tenant}, [Edge(False, tenant, key, GROUP_PREFIX + group)], set(), _affected(tp, key))
 
         self.policy._one(tenant, make)
 
@@ -190,26 +179,19 @@ class Identity:
                 return None
             if not held:
                 tp.check_group_role(group, role)
-            return edge_change(tenant, edge, held, until, lambda t: t.add_group_role(group, role), set(), tp.group_users(group))
+            return edge_change(tenant, edge, held, until, set(), tp.group_users(group))
 
         return self.policy._one(tenant, make)
 
     def unassign_group(self, group: str, role: str, tenant: str = DEFAULT_TENANT) -> None:
         tenant = check_tenant(tenant, PolicyError)
-        c = db.casbin_rule.c
         named = group
 
         def make(tp: TenantPolicy) -> Change:
             group = tp.resolve(GROUP_PREFIX, named)
             if role not in tp.group_roles.get(group, ()):
                 raise UnknownSubjectError(f"group {group!r} does not hold role {role!r} in tenant {tenant!r}")
-            return Change(
-                lambda conn: conn.execute(delete(db.casbin_rule).where(c.ptype == "g", c.v0 == GROUP_PREFIX + group, c.v1 == role, c.v2 == tenant)),
-                lambda s: s[tenant].remove_group_role(group, role),
-                {tenant},
-                set(),
-                tp.group_users(group),
-            )
+            return Change.of("unassign_group", {tenant}, [Edge(False, tenant, GROUP_PREFIX + group, role)], set(), tp.group_users(group))
 
         self.policy._one(tenant, make)
 
@@ -332,36 +314,11 @@ def _sync_change(tp: TenantPolicy, tenant: str, p: Plan) -> Change:
         users = {k[len(USER_PREFIX) :] for k in p.ident if k.startswith(USER_PREFIX)}
         for m, _ in added + removed + p.renewed:
             users |= _affected(tp, m)
-    c = db.casbin_rule.c
-    gone = removed + p.renewed
-    rows = [{"ptype": "g", "v0": m, "v1": GROUP_PREFIX + g, "v2": tenant, "v3": None, "v4": None, "v5": None} for m, g in added + p.renewed]
-    idents = [ident_row(k, tenant, label, off) for k, (label, off) in sorted(p.ident.items()) if label is not None or off]
-
-    def write(conn: Connection) -> None:
-        if gone:
-            where = [c.ptype == "g", c.v0 == bindparam("m"), c.v1 == bindparam("g"), c.v2 == tenant]
-            conn.execute(delete(db.casbin_rule).where(*where), [{"m": m, "g": GROUP_PREFIX + g} for m, g in gone])
-        if p.ident:
-            stale = delete(db.casbin_rule).where(c.ptype == IDENT, c.v0 == bindparam("k"), c.v1 == tenant)
-            conn.execute(stale, [{"k": k} for k in sorted(p.ident)])
-        for part in db.chunks(rows + idents, 1000):
-            conn.execute(db.casbin_rule.insert(), list(part))
-
-    def apply(s: dict[str, TenantPolicy]) -> None:
-        t = s[tenant]
-        for m, g in removed + p.renewed:
-            t.remove_member(m, g)
-        for m, g in added + p.renewed:
-            t.add_member(m, g)
-        for k, (label, off) in p.ident.items():
-            if label is None:
-                t.labels.pop(k, None)
-            else:
-                t.labels[k] = label
-            if k.startswith(USER_PREFIX):
-                (t.inactive.add if off else t.inactive.discard)(k[len(USER_PREFIX) :])
-
-    return Change(write, apply, {tenant}, None if users is None else set(), users)
+    ops: list[Op] = [Edge(False, tenant, m, GROUP_PREFIX + g) for m, g in removed + p.renewed]
+    ops += [Ident(False, tenant, k) for k in sorted(p.ident)]
+    ops += [Edge(True, tenant, m, GROUP_PREFIX + g) for m, g in added + p.renewed]
+    ops += [Ident(True, tenant, k, label or "", off) for k, (label, off) in sorted(p.ident.items()) if label is not None or off]
+    return Change.of("sync", {tenant}, ops, None if users is None else set(), users)
 
 
 def _check_added(tp: TenantPolicy, removed: list[tuple[str, str]], added: list[tuple[str, str]]) -> None:

@@ -27,9 +27,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-
-from sqlalchemy.engine import Connection
+from dataclasses import dataclass, field, fields
 
 from ..errors import AmbiguousNameError, RoleCycleError
 
@@ -138,6 +136,14 @@ class TenantPolicy:
             dup(self.agent_roles),
             dup(self.role_agents),
         )
+
+    def empty(self) -> bool:
+        """Nothing stored: no role, rule, edge, folder ACL, label or deactivation."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if any(value.values()) if isinstance(value, defaultdict) else value:
+                return False
+        return True
 
     def identity_only(self) -> TenantPolicy:
         """An empty policy that keeps the provider's labels and deactivations
@@ -431,14 +437,3 @@ class TenantPolicy:
             self.remove_agent(agent, role)
         for d in (self.children, self.parents, self.role_users, self.role_groups, self.role_agents):
             d.pop(role, None)
-
-
-@dataclass
-class Change:
-    """A validated change: its SQL, its in-memory effect, and whom it touches."""
-
-    write: Callable[[Connection], object]  # what it returns is not used
-    apply: Callable[[dict[str, TenantPolicy]], None]
-    tenants: set[str]
-    roles: set[str] | None = field(default_factory=set)  # None: everything in `tenants`
-    users: set[str] | None = field(default_factory=set)

@@ -19,7 +19,6 @@ enforcer adapter drops expired rows and the extra field).
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -28,6 +27,8 @@ from sqlalchemy.engine import Connection
 
 from .. import db
 from .model import AGENT_PREFIX, GROUP_PREFIX, USER_PREFIX, Folder, TenantPolicy
+
+Row = tuple[Any, ...]
 
 FOLDER_ACL = "acl"
 # The ptype column holds 8 characters (PostgreSQL enforces it): a folder that
@@ -71,37 +72,133 @@ def read_all(conn: Connection, only: Iterable[str] | None = None) -> dict[str, T
 
 def build(role_rows: Iterable[Sequence[Any]], rule_rows: Iterable[Sequence[Any]]) -> dict[str, TenantPolicy]:
     """Tenants' policies from stored rows: (tenant, role) and (ptype, v0, …, v5)."""
-    tenants: dict[str, TenantPolicy] = defaultdict(TenantPolicy)
+    tenants: dict[str, TenantPolicy] = {}
     for tenant, name in role_rows:
-        tenants[tenant].roles.add(name)
-    for ptype, v0, v1, v2, v3, v4, v5 in rule_rows:
-        if ptype == "p":
-            tp = tenants[v1]
-            (tp.allow if v4 == "allow" else tp.deny)[v0].add(v2)
-            if v5:
-                tp.expires[("p", v0, v2, v4)] = float(v5)
-        elif ptype == "g":
-            tp = tenants[v2]
-            if v1.startswith(GROUP_PREFIX):
-                tp.add_member(v0, v1[len(GROUP_PREFIX) :])
-            elif v0.startswith(USER_PREFIX):
-                tp.add_user(v0[len(USER_PREFIX) :], v1)
-            elif v0.startswith(AGENT_PREFIX):
-                tp.add_agent(v0[len(AGENT_PREFIX) :], v1)
-            elif v0.startswith(GROUP_PREFIX):
-                tp.add_group_role(v0[len(GROUP_PREFIX) :], v1)
-            else:
-                tp.add_inherit(v0, v1)
-            if v3:
-                tp.expires[("g", v0, v1)] = float(v3)
-        elif ptype == FOLDER_ACL:
-            acl = tenants[v1].folders.setdefault(v0, Folder())
-            (acl.allow if v3 == "allow" else acl.deny)[v2] = float(v4) if v4 else None
-        elif ptype in NO_INHERIT_TYPES:
-            tenants[v1].folders.setdefault(v0, Folder()).inherit = False
-        elif ptype == IDENT:
-            if v2:
-                tenants[v1].labels[v0] = v2
-            if v3 == INACTIVE and v0.startswith(USER_PREFIX):
-                tenants[v1].inactive.add(v0[len(USER_PREFIX) :])
-    return dict(tenants)
+        add_row(tenants, ("role", tenant, name))
+    for row in rule_rows:
+        add_row(tenants, tuple(row))
+    return tenants
+
+
+def _tenant_of(tenants: dict[str, TenantPolicy], row: Row) -> TenantPolicy:
+    t = row[1] if row[0] == "role" else row[3] if row[0] == "g" else row[2]
+    tp = tenants.get(t)
+    if tp is None:
+        tp = tenants[t] = TenantPolicy()
+    return tp
+
+
+def add_row(tenants: dict[str, TenantPolicy], row: Row) -> None:
+    """What one stored row adds to its tenant's policy, in the log's form:
+    ``("role", tenant, name)`` or ``(ptype, v0, …, v5)``. The one reading of a
+    row: a full load (:func:`build`), a change in this process and another
+    process's catch-up (:func:`apply_rows`) all go through it."""
+    tp = _tenant_of(tenants, row)
+    if row[0] == "role":
+        tp.roles.add(row[2])
+        return
+    ptype, v0, v1, v2, v3, v4, v5 = row
+    if ptype == "p":
+        (tp.allow if v4 == "allow" else tp.deny)[v0].add(v2)
+        if v5:
+            tp.expires[("p", v0, v2, v4)] = float(v5)
+    elif ptype == "g":
+        if v1.startswith(GROUP_PREFIX):
+            tp.add_member(v0, v1[len(GROUP_PREFIX) :])
+        elif v0.startswith(USER_PREFIX):
+            tp.add_user(v0[len(USER_PREFIX) :], v1)
+        elif v0.startswith(AGENT_PREFIX):
+            tp.add_agent(v0[len(AGENT_PREFIX) :], v1)
+        elif v0.startswith(GROUP_PREFIX):
+            tp.add_group_role(v0[len(GROUP_PREFIX) :], v1)
+        else:
+            tp.add_inherit(v0, v1)
+        if v3:
+            tp.expires[("g", v0, v1)] = float(v3)
+    elif ptype == FOLDER_ACL:
+        acl = tp.folders.setdefault(v0, Folder())
+        (acl.allow if v3 == "allow" else acl.deny)[v2] = float(v4) if v4 else None
+    elif ptype in NO_INHERIT_TYPES:
+        tp.folders.setdefault(v0, Folder()).inherit = False
+    elif ptype == IDENT:
+        if v2:
+            tp.labels[v0] = v2
+        if v3 == INACTIVE and v0.startswith(USER_PREFIX):
+            tp.inactive.add(v0[len(USER_PREFIX) :])
+
+
+def remove_row(tenants: dict[str, TenantPolicy], row: Row) -> None:
+    """The inverse of :func:`add_row`: what removing one stored row takes away
+    (matched by its key: the expiry and the identity extras do not matter)."""
+    tp = _tenant_of(tenants, row)
+    if row[0] == "role":
+        tp.roles.discard(row[2])
+        return
+    ptype, v0, v1, v2, v3, v4, _ = row
+    if ptype == "p":
+        (tp.allow if v4 == "allow" else tp.deny).get(v0, set()).discard(v2)
+        tp.expires.pop(("p", v0, v2, v4), None)
+    elif ptype == "g":
+        if v1.startswith(GROUP_PREFIX):
+            tp.remove_member(v0, v1[len(GROUP_PREFIX) :])
+        elif v0.startswith(USER_PREFIX):
+            tp.remove_user(v0[len(USER_PREFIX) :], v1)
+        elif v0.startswith(AGENT_PREFIX):
+            tp.remove_agent(v0[len(AGENT_PREFIX) :], v1)
+        elif v0.startswith(GROUP_PREFIX):
+            tp.remove_group_role(v0[len(GROUP_PREFIX) :], v1)
+        else:
+            tp.remove_inherit(v0, v1)
+        tp.expires.pop(("g", v0, v1), None)
+    elif ptype == FOLDER_ACL or ptype in NO_INHERIT_TYPES:
+        acl = tp.folders.get(v0)
+        if acl is None:
+            return
+        if ptype == FOLDER_ACL:
+            (acl.allow if v3 == "allow" else acl.deny).pop(v2, None)
+        else:
+            acl.inherit = True
+        if acl.empty():
+            del tp.folders[v0]
+    elif ptype == IDENT:
+        tp.labels.pop(v0, None)
+        if v0.startswith(USER_PREFIX):
+            tp.inactive.discard(v0[len(USER_PREFIX) :])
+
+
+def apply_rows(tenants: dict[str, TenantPolicy], removed: Iterable[Row], added: Iterable[Row], names: Iterable[str]) -> None:
+    """One logged change applied to a copy of the policy at the version before
+    it: its removed rows, then its added rows. A tenant of ``names`` left with
+    nothing is dropped, as a full load would not have it."""
+    for row in removed:
+        remove_row(tenants, row)
+    for row in added:
+        add_row(tenants, row)
+    for t in names:
+        tp = tenants.get(t)
+        if tp is not None and tp.empty():
+            del tenants[t]
+
+
+def rows_of(tp: TenantPolicy, tenant: str, *, identity: bool = True) -> list[Row]:
+    """The stored rows (log form) whose :func:`build` is ``tp`` — every row of
+    the tenant; ``identity=False`` leaves out the identity provider's (ident) rows."""
+    rows: list[Row] = [("role", tenant, r) for r in sorted(tp.roles)]
+    for eft, by_role in (("allow", tp.allow), ("deny", tp.deny)):
+        for role, sels in sorted(by_role.items()):
+            rows += [("p", role, tenant, s, "read", eft, stamp(tp.expires.get(("p", role, s, eft)))) for s in sorted(sels)]
+    edges = [(s, o) for s, os in tp.parents.items() for o in os]
+    edges += [(USER_PREFIX + u, r) for u, rs in tp.user_roles.items() for r in rs]
+    edges += [(AGENT_PREFIX + a, r) for a, rs in tp.agent_roles.items() for r in rs]
+    edges += [(GROUP_PREFIX + g, r) for g, rs in tp.group_roles.items() for r in rs]
+    edges += [(m, GROUP_PREFIX + g) for m, gs in tp.member_of.items() for g in gs]
+    rows += [("g", s, o, tenant, stamp(tp.expires.get(("g", s, o))), None, None) for s, o in sorted(edges)]
+    for path, acl in sorted(tp.folders.items()):
+        for eft, entries in (("allow", acl.allow), ("deny", acl.deny)):
+            rows += [(FOLDER_ACL, path, tenant, p, eft, stamp(t), None) for p, t in sorted(entries.items())]
+        if not acl.inherit:
+            rows.append((NO_INHERIT, path, tenant, "", None, None, None))
+    if identity:
+        keys = sorted(set(tp.labels) | {USER_PREFIX + u for u in tp.inactive})
+        rows += [tuple(ident_row(k, tenant, tp.labels.get(k), k.startswith(USER_PREFIX) and k[len(USER_PREFIX) :] in tp.inactive).values()) for k in keys]
+    return rows

@@ -31,16 +31,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
-from sqlalchemy import and_, delete
 from sqlalchemy.engine import Connection
 
 from .. import db
 from ..errors import MassRemovalError, PolicyError, ResourceConflictError, UnknownPrincipalError, UnknownSubjectError, VersionMismatchError
 from ..names import check_id, check_tenant
-from .model import GROUP_PREFIX, USER_PREFIX, Change, TenantPolicy
-from .persist import IDENT, ident_row
+from .model import GROUP_PREFIX, USER_PREFIX, TenantPolicy
 from .provisioned import (
     Extras,
     GroupFields,
@@ -58,6 +56,7 @@ from .provisioned import (
     user_keys,
     user_record,
 )
+from .records import Change, Edge, Ident, Op, op_of
 from .store import DEFAULT_TENANT, Policy
 from .sync import _acl_denied, _denies_itself
 
@@ -151,7 +150,7 @@ class Provisioning:
         ext = text("externalId", f.external_id, optional=True)
         now, done = self.policy.clock(), []
 
-        def make(tp: TenantPolicy) -> Change:
+        def make(tp: TenantPolicy, conn: Connection) -> Change:
             ident = _new_id(tp, USER_PREFIX, ext, is_user) if uid is None else uid
             key = USER_PREFIX + ident
             if uid is not None and not is_user(tp, key):
@@ -162,52 +161,29 @@ class Provisioning:
                 raise ResourceConflictError(f"userName {name!r} is held by user {taken[0][len(USER_PREFIX) :]!r} in tenant {tenant!r}")
             done.append(ident)
             off = f.active is False  # left out: SCIM's default, active (the provider could as well send true)
+            old = extras_of(conn, tenant, key).get(key, (None, {}))
+            if uid is not None:
+                _check_version(user_record(tp, ident, old, now).version, if_version, f"user {ident!r}")
+            more = {"d": shown, "c": old[1].get("c", now), "m": now, "a": 0 if f.active is None else 1}
+            return Change.of("write_user", {tenant}, [Ident(False, tenant, key), _ident(ident_record(key, tenant, name, off, ext, more))], set(), {ident})
 
-            def write(conn: Connection) -> None:
-                old = extras_of(conn, tenant, key).get(key, (None, {}))
-                if uid is not None:
-                    _check_version(user_record(tp, ident, old, now).version, if_version, f"user {ident!r}")
-                more = {"d": shown, "c": old[1].get("c", now), "m": now, "a": 0 if f.active is None else 1}
-                conn.execute(delete(db.casbin_rule).where(db.casbin_rule.c.ptype == IDENT, db.casbin_rule.c.v0 == key, db.casbin_rule.c.v1 == tenant))
-                conn.execute(db.casbin_rule.insert().values(**ident_record(key, tenant, name, off, ext, more)))
-
-            def apply(s: dict[str, TenantPolicy]) -> None:
-                t = s[tenant]
-                t.labels[key] = str(name)
-                (t.inactive.add if off else t.inactive.discard)(ident)
-
-            return Change(write, apply, {tenant}, set(), {ident})
-
-        self.policy._one(tenant, make)
+        self.policy._one_reading(tenant, make)
         return done[-1]
 
     def delete_user(self, uid: str, tenant: str = DEFAULT_TENANT, *, if_version: str | None = None) -> None:
         """Deprovision a user: its label and memberships go, and it stays deactivated
         (its id holds nothing, whatever still names it)."""
         tenant = check_tenant(tenant, PolicyError)
-        key, now, c = USER_PREFIX + str(text("user id", uid)), self.policy.clock(), db.casbin_rule.c
+        key, now = USER_PREFIX + str(text("user id", uid)), self.policy.clock()
 
-        def make(tp: TenantPolicy) -> Change:
+        def make(tp: TenantPolicy, conn: Connection) -> Change:
             if not is_user(tp, key):
                 raise UnknownSubjectError(f"no user with id {uid!r} in tenant {tenant!r}")
-            groups = sorted(tp.member_of.get(key, ()))
+            _check_version(user_record(tp, uid, extras_of(conn, tenant, key).get(key, (None, {})), now).version, if_version, f"user {uid!r}")
+            ops: list[Op] = [Edge(False, tenant, key, GROUP_PREFIX + g) for g in sorted(tp.member_of.get(key, ()))]
+            return Change.of("delete_user", {tenant}, [*ops, Ident(False, tenant, key), Ident(True, tenant, key, "", True)], set(), {uid})
 
-            def write(conn: Connection) -> None:
-                _check_version(user_record(tp, uid, extras_of(conn, tenant, key).get(key, (None, {})), now).version, if_version, f"user {uid!r}")
-                conn.execute(delete(db.casbin_rule).where(c.ptype == "g", c.v0 == key, c.v1.startswith(GROUP_PREFIX), c.v2 == tenant))
-                conn.execute(delete(db.casbin_rule).where(c.ptype == IDENT, c.v0 == key, c.v1 == tenant))
-                conn.execute(db.casbin_rule.insert().values(**ident_row(key, tenant, None, True)))
-
-            def apply(s: dict[str, TenantPolicy]) -> None:
-                t = s[tenant]
-                for g in groups:
-                    t.remove_member(key, g)
-                t.labels.pop(key, None)
-                t.inactive.add(uid)
-
-            return Change(write, apply, {tenant}, set(), {uid})
-
-        self.policy._one(tenant, make)
+        self.policy._one_reading(tenant, make)
 
     # ------------------------------------------------------------------ groups
     def create_group(self, fields: GroupFields, tenant: str = DEFAULT_TENANT) -> ProvisionedGroup:
@@ -230,7 +206,7 @@ class Provisioning:
         guarded = not self.allow_mass_removal and gid is not None
         now, done, denied = self.policy.clock(), [], self._denials(tenant) if guarded else set()
 
-        def make(tp: TenantPolicy) -> Change:
+        def make(tp: TenantPolicy, conn: Connection) -> Change:
             ident = _new_id(tp, GROUP_PREFIX, ext, is_group) if gid is None else gid
             if gid is not None and not is_group(tp, GROUP_PREFIX + ident):
                 raise UnknownSubjectError(f"no group with id {gid!r} in tenant {tenant!r}")
@@ -243,42 +219,33 @@ class Provisioning:
             if guarded and (wholesale or len(gone) > 1 or any(m.startswith(GROUP_PREFIX) for m in gone)):
                 _guard(tp, ident, old, new, denied)  # one user removed by name is never a mass removal; a group may hold many
             done.append(ident)
-            return _group_change(tp, tenant, ident, (name, ext), old, new, (if_version, now))
+            previous = extras_of(conn, tenant, GROUP_PREFIX + ident).get(GROUP_PREFIX + ident, (None, {}))
+            if if_version is not None:
+                _check_version(group_record(tp, ident, previous, now).version, if_version, f"group {ident!r}")
+            return _group_change(tp, tenant, ident, (name, ext), old, new, (previous, now))
 
-        self.policy._one(tenant, make)
+        self.policy._one_reading(tenant, make)
         return done[-1]
 
     def delete_group(self, gid: str, tenant: str = DEFAULT_TENANT, *, if_version: str | None = None) -> None:
         """Deprovision a group: its label and every membership in or of it go. A
         group that holds a deny is not emptied this way unless ``allow_mass_removal``."""
         tenant = check_tenant(tenant, PolicyError)
-        key, now, c = GROUP_PREFIX + str(text("group id", gid)), self.policy.clock(), db.casbin_rule.c
+        key, now = GROUP_PREFIX + str(text("group id", gid)), self.policy.clock()
         denied = set() if self.allow_mass_removal else self._denials(tenant)
 
-        def make(tp: TenantPolicy) -> Change:
+        def make(tp: TenantPolicy, conn: Connection) -> Change:
             if not is_group(tp, key):
                 raise UnknownSubjectError(f"no group with id {gid!r} in tenant {tenant!r}")
             old, parents = set(tp.members.get(gid, ())), sorted(tp.member_of.get(key, ()))
             if not self.allow_mass_removal:
                 _guard(tp, gid, old, set(), denied)
+            _check_version(group_record(tp, gid, extras_of(conn, tenant, key).get(key, (None, {})), now).version, if_version, f"group {gid!r}")
+            # every membership in it (agents' too) and of it in other groups
+            ops: list[Op] = [*(Edge(False, tenant, m, key) for m in sorted(old)), *(Edge(False, tenant, key, GROUP_PREFIX + p) for p in parents)]
+            return Change.of("delete_group", {tenant}, [*ops, Ident(False, tenant, key)], None, None)
 
-            def write(conn: Connection) -> None:
-                _check_version(group_record(tp, gid, extras_of(conn, tenant, key).get(key, (None, {})), now).version, if_version, f"group {gid!r}")
-                # every membership in it (agents' too, as ``apply`` drops them) and of it in other groups
-                conn.execute(delete(db.casbin_rule).where(c.ptype == "g", c.v2 == tenant, (c.v1 == key) | and_(c.v0 == key, c.v1.startswith(GROUP_PREFIX))))
-                conn.execute(delete(db.casbin_rule).where(c.ptype == IDENT, c.v0 == key, c.v1 == tenant))
-
-            def apply(s: dict[str, TenantPolicy]) -> None:
-                t = s[tenant]
-                for m in old:
-                    t.remove_member(m, gid)
-                for p in parents:
-                    t.remove_member(key, p)
-                t.labels.pop(key, None)
-
-            return Change(write, apply, {tenant}, None, None)
-
-        self.policy._one(tenant, make)
+        self.policy._one_reading(tenant, make)
 
 
 def _member_key(tp: TenantPolicy, kind: str | None, ident: str, tenant: str) -> str:
@@ -325,32 +292,20 @@ def _guard(tp: TenantPolicy, gid: str, old: set[str], new: set[str], denied: set
     raise MassRemovalError(f"provisioning refused: {why}; nothing was applied. Start the server with --allow-mass-removal if it is right")
 
 
-def _group_change(tp: TenantPolicy, tenant: str, gid: str, ident: tuple[str | None, str | None], old: set[str], new: set[str], check: tuple[str | None, float]) -> Change:
-    """The change that makes group ``gid`` labelled ``ident[0]`` with direct members ``new``."""
-    key, c = GROUP_PREFIX + gid, db.casbin_rule.c
+def _group_change(tp: TenantPolicy, tenant: str, gid: str, ident: tuple[str | None, str | None], old: set[str], new: set[str], stored: tuple[Extras, float]) -> Change:
+    """The change that makes group ``gid`` labelled ``ident[0]`` with direct members ``new``
+    (``stored``: the group's stored extras, and now)."""
+    key = GROUP_PREFIX + gid
     added, removed = sorted(new - old), sorted(old - new)
-    if_version, now = check
+    previous, now = stored
     nested = any(m.startswith(GROUP_PREFIX) for m in added + removed)
     users = tp.group_users(gid) | _users_below(tp, set(added) | set(removed))
+    more = {"c": previous[1].get("c", now), "m": now}
+    ops: list[Op] = [*(Edge(False, tenant, m, key) for m in removed), Ident(False, tenant, key)]
+    ops += [Edge(True, tenant, m, key) for m in added] + [_ident(ident_record(key, tenant, ident[0], False, ident[1], more))]
+    return Change.of("group", {tenant}, ops, None if nested else set(), None if nested else users)
 
-    def write(conn: Connection) -> None:
-        previous = extras_of(conn, tenant, key).get(key, (None, {}))
-        if if_version is not None:
-            _check_version(group_record(tp, gid, previous, now).version, if_version, f"group {gid!r}")
-        for m in removed:
-            conn.execute(delete(db.casbin_rule).where(c.ptype == "g", c.v0 == m, c.v1 == key, c.v2 == tenant))
-        rows = [{"ptype": "g", "v0": m, "v1": key, "v2": tenant, "v3": None, "v4": None, "v5": None} for m in added]
-        conn.execute(delete(db.casbin_rule).where(c.ptype == IDENT, c.v0 == key, c.v1 == tenant))
-        more = {"c": previous[1].get("c", now), "m": now}
-        for part in db.chunks([*rows, ident_record(key, tenant, ident[0], False, ident[1], more)], 1000):
-            conn.execute(db.casbin_rule.insert(), list(part))
 
-    def apply(s: dict[str, TenantPolicy]) -> None:
-        t = s[tenant]
-        for m in removed:
-            t.remove_member(m, gid)
-        for m in added:
-            t.add_member(m, gid)
-        t.labels[key] = str(ident[0])
-
-    return Change(write, apply, {tenant}, None if nested else set(), None if nested else users)
+def _ident(row: dict[str, Any]) -> Op:
+    """The typed addition of a stored identity row."""
+    return op_of(tuple(row[k] for k in ("ptype", "v0", "v1", "v2", "v3", "v4", "v5")), True)

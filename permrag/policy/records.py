@@ -18,11 +18,12 @@ as a smaller change than it was (the catch-up then reloads everything).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from .model import AGENT_PREFIX, GROUP_PREFIX, USER_PREFIX
-from .persist import FOLDER_ACL, IDENT, INACTIVE, NO_INHERIT_TYPES
+from .persist import FOLDER_ACL, IDENT, INACTIVE, NO_INHERIT, NO_INHERIT_TYPES, stamp
 
 Row = tuple[Any, ...]
 RULE_TYPES = ("p", "g", FOLDER_ACL, IDENT, *NO_INHERIT_TYPES)  # stored rows: (ptype, v0 … v5)
@@ -42,7 +43,10 @@ class Rule:
     role: str
     selector: str
     effect: str
-    expires: float | None
+    expires: float | None = None
+
+    def row(self) -> Row:
+        return ("p", self.role, self.tenant, self.selector, "read", self.effect, stamp(self.expires))
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,10 @@ class Edge:
     tenant: str
     subject: str
     target: str
-    expires: float | None
+    expires: float | None = None
+
+    def row(self) -> Row:
+        return ("g", self.subject, self.target, self.tenant, stamp(self.expires), None, None)
 
     @property
     def kind(self) -> str:
@@ -65,12 +72,20 @@ class Edge:
                 return name
         return "inheritance"
 
+    @property
+    def verb(self) -> str:
+        """The logged kind of a change that adds this edge (``member``, ``assign_user``…)."""
+        return {"membership": "member", "assignment": "assign_user", "agent_role": "assign_agent", "inheritance": "inherit"}.get(self.kind, self.kind)
+
 
 @dataclass(frozen=True)
 class RoleDef:
     added: bool
     tenant: str
     role: str
+
+    def row(self) -> Row:
+        return ("role", self.tenant, self.role)
 
 
 @dataclass(frozen=True)
@@ -82,22 +97,53 @@ class FolderEntry:
     tenant: str
     folder: str
     principal: str | None
-    effect: str | None
-    expires: float | None
+    effect: str | None = None
+    expires: float | None = None
+
+    def row(self) -> Row:
+        if self.principal is None:
+            return (NO_INHERIT, self.folder, self.tenant, "", None, None, None)
+        return (FOLDER_ACL, self.folder, self.tenant, self.principal, self.effect, stamp(self.expires), None)
 
 
 @dataclass(frozen=True)
 class Ident:
-    """What the identity provider says of ``principal``: its label, and whether it is deactivated."""
+    """What the identity provider says of ``principal``: its label, whether it is
+    deactivated, and the provisioning extras kept beside them (its ``externalId``
+    and a JSON object of SCIM metadata: policy/provisioned.py)."""
 
     added: bool
     tenant: str
     principal: str
-    label: str
-    inactive: bool
+    label: str = ""
+    inactive: bool = False
+    external_id: str | None = None
+    extras: str | None = None
+
+    def row(self) -> Row:
+        return (IDENT, self.principal, self.tenant, self.label, INACTIVE if self.inactive else None, self.external_id, self.extras)
 
 
 Op = Rule | Edge | RoleDef | FolderEntry | Ident
+
+
+@dataclass(frozen=True)
+class Change:
+    """A validated policy change, as data: its kind, the typed rows it removes
+    (matched by key) and adds, and whose cached bitmaps it changes (``None``:
+    all of the tenants'). policy/writes.py turns it into SQL; the rows the
+    statements then removed and added are logged (policy/deltas.py) and applied
+    to every process's copy the same way (persist.py ``apply_rows``)."""
+
+    kind: str
+    tenants: frozenset[str]
+    ops: tuple[Op, ...]
+    roles: frozenset[str] | None = frozenset()
+    users: frozenset[str] | None = frozenset()
+
+    @classmethod
+    def of(cls, kind: str, tenants: Iterable[str], ops: Iterable[Op], roles: Iterable[str] | None = (), users: Iterable[str] | None = ()) -> Change:
+        return cls(kind[:MAX_KIND], frozenset(tenants), tuple(ops), None if roles is None else frozenset(roles), None if users is None else frozenset(users))
 
 
 def _expiry(text: Any) -> float | None:
@@ -116,7 +162,7 @@ def op_of(row: Row, added: bool) -> Op:
     if ptype == FOLDER_ACL:
         return FolderEntry(added, v1, v0, v2, v3, _expiry(v4))
     if ptype == IDENT:
-        return Ident(added, v1, v0, v2 or "", v3 == INACTIVE)
+        return Ident(added, v1, v0, v2 or "", v3 == INACTIVE, v4, v5)
     return FolderEntry(added, v1, v0, None, None, None)
 
 

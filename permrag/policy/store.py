@@ -12,11 +12,15 @@ Its transaction first bumps the policy version (``db.bump``: the row lock on
 PostgreSQL, the write lock on SQLite, so writers in all processes queue
 there); if the version it took is not this copy's plus one, another process
 changed the policy since, and the copy catches up (by the logged deltas,
-policy/deltas.py) inside the same transaction. Only then is the change validated (unknown role, cycle, depth,
-already present) and written, so a deny is never skipped, a revoke of a rule
-granted elsewhere is found, and two processes cannot build a cycle between
-them. A change that turns out to change nothing, or fails validation, rolls
-back and leaves the version where it was.
+policy/deltas.py) inside the same transaction. Only then is the change
+validated (unknown role, cycle, depth, already present) and built: a
+:class:`~permrag.policy.records.Change`, data — its kind, the typed rows it
+removes and adds, and whose caches it touches. policy/writes.py writes it;
+the rows it removed and added are logged under the version and applied to
+this copy exactly as every other process applies them. So a deny is never
+skipped, a revoke of a rule granted elsewhere is found, and two processes
+cannot build a cycle between them. A change that turns out to change nothing,
+or fails validation, rolls back and leaves the version where it was.
 
 Changes hold the state lock (shared with the catalog and the compiler) from
 before their transaction until listeners (the compiler's cache invalidation)
@@ -33,7 +37,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import Engine, delete
+from sqlalchemy import Engine
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -41,18 +45,19 @@ from .. import db
 from ..errors import PolicyError, UnknownSubjectError
 from ..names import Held, check, check_role, check_tenant, expiry
 from .agents import AgentPolicy
-from .changes import edge_change, set_expiry
+from .changes import edge_change, role_ops
 from .changes import need_role as _need_role
 from .csv import import_change as csv_import_change
 from .csv import parse as csv_parse
 from .csv import read as csv_read
 from .csv import render as csv_render
-from .deltas import Following, capture, record
-from .model import USER_PREFIX, Change, TenantPolicy
-from .persist import read_all, stamp
+from .deltas import Following, record
+from .model import USER_PREFIX, TenantPolicy
+from .persist import apply_rows, read_all
 from .principals import listing, require_future, user_id
-from .records import Delta
+from .records import Change, Delta, Edge, RoleDef, Rule
 from .selectors import parse_selector
+from .writes import write
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +176,7 @@ class Policy(AgentPolicy, Following):
         return sorted(self.tenant(tenant).users())
 
     # ------------------------------------------------------------------ the one way to change
-    def _change(self, tenants: set[str], make: Callable[[dict[str, TenantPolicy]], Change | None]) -> bool:
+    def _change(self, tenants: set[str], make: Callable[..., Change | None], *, reads: bool = False) -> bool:
         """Validate and apply one change against the stored policy (see the module docstring)."""
         with self.lock:
             behind: list[Delta] | None = []  # what another process changed since this copy (None: reloaded whole)
@@ -181,12 +186,10 @@ class Policy(AgentPolicy, Following):
                     if version != self.version + 1:
                         behind = self._behind(conn, version - 1)
                     current = {t: self._tenants.get(t) or TenantPolicy() for t in tenants}
-                    change = make(current)
+                    change = make(current, conn) if reads else make(current)
                     if change is None:
                         raise _NoChange
-                    with capture(conn, sorted(change.tenants)) as rows:
-                        change.write(conn)
-                    record(conn, version, change, rows, time.time())
+                    delta = record(conn, version, change, write(conn, change), time.time())
             except _NoChange:
                 self._announce(behind)
                 return False
@@ -196,17 +199,20 @@ class Policy(AgentPolicy, Following):
             except BaseException:
                 self._announce(behind)
                 raise
-            for t in change.tenants:
-                self._tenants.setdefault(t, TenantPolicy())
-            change.apply(self._tenants)
+            apply_rows(self._tenants, delta.removed, delta.added, delta.tenants)  # what the store did, as every other process applies it
             self.version = version
             self._announce(behind)
-            for t in change.tenants:
-                self._notify(t, change.roles, change.users)
+            roles, users = (None if v is None else set(v) for v in (change.roles, change.users))
+            for t in sorted(change.tenants):
+                self._notify(t, roles, users)
             return True
 
     def _one(self, tenant: str, make: Callable[[TenantPolicy], Change | None]) -> bool:
         return self._change({tenant}, lambda cur: make(cur[tenant]))
+
+    def _one_reading(self, tenant: str, make: Callable[[TenantPolicy, Connection], Change | None]) -> bool:
+        """:meth:`_one` for a change that reads the store in its transaction (a version check, stored extras)."""
+        return self._change({tenant}, lambda cur, conn: make(cur[tenant], conn), reads=True)
 
     # ------------------------------------------------------------------ changes
     def add_role(self, role: str, tenant: str = DEFAULT_TENANT) -> bool:
@@ -216,31 +222,18 @@ class Policy(AgentPolicy, Following):
         def make(tp: TenantPolicy) -> Change | None:
             if role in tp.roles:
                 return None
-            return Change(
-                lambda conn: conn.execute(db.roles.insert().values(tenant=tenant, name=role)),
-                lambda s: s[tenant].roles.add(role),
-                {tenant},
-                {role},
-                set(),
-            )
+            return Change.of("add_role", {tenant}, [RoleDef(True, tenant, role)], {role})
 
         return self._one(tenant, make)
 
     def remove_role(self, role: str, tenant: str = DEFAULT_TENANT) -> None:
         """Delete a role with its rules, its inheritance and its assignments."""
         tenant = _tenant(tenant)
-        c = db.casbin_rule.c
 
         def make(tp: TenantPolicy) -> Change:
             _need_role(tp, role, tenant)
             roles, users = tp.holders(role)
-
-            def write(conn: Connection) -> None:
-                conn.execute(delete(db.roles).where(db.roles.c.tenant == tenant, db.roles.c.name == role))
-                conn.execute(delete(db.casbin_rule).where(c.ptype == "p", c.v0 == role, c.v1 == tenant))
-                conn.execute(delete(db.casbin_rule).where(c.ptype == "g", c.v2 == tenant, (c.v0 == role) | (c.v1 == role)))
-
-            return Change(write, lambda s: s[tenant].drop_role(role), {tenant}, roles, users)
+            return Change.of("remove_role", {tenant}, role_ops(tp, tenant, role), roles, users)
 
         self._one(tenant, make)
 
@@ -281,7 +274,7 @@ class Policy(AgentPolicy, Following):
             return None
         if not held:
             tp.check_assign(user, role)
-        return edge_change(tenant, key, held, until, lambda t: t.add_user(user, role), set(), {user})
+        return edge_change(tenant, key, held, until, set(), {user})
 
     def _inherit(self, tp: TenantPolicy, role: str, parent: str, tenant: str) -> Change | None:
         _need_role(tp, role, tenant)
@@ -290,13 +283,7 @@ class Policy(AgentPolicy, Following):
             return None
         tp.check_inherit(role, parent)
         roles, users = tp.holders(role)
-        return Change(
-            lambda conn: conn.execute(db.casbin_rule.insert().values(ptype="g", v0=role, v1=parent, v2=tenant)),
-            lambda s: s[tenant].add_inherit(role, parent),
-            {tenant},
-            roles,
-            users,
-        )
+        return Change.of("inherit", {tenant}, [Edge(True, tenant, role, parent)], roles, users)
 
     def unassign(self, subject: str, role: str, tenant: str = DEFAULT_TENANT) -> None:
         """Take ``role`` away from ``subject`` (a role that inherits it, else a user)."""
@@ -323,27 +310,13 @@ class Policy(AgentPolicy, Following):
         user = tp.resolve(USER_PREFIX, user if tp.user_roles.get(user) else user_id(user))  # a stored phantom (user:bob) may be cleaned up
         if role not in tp.user_roles.get(user, ()):
             raise UnknownSubjectError(f"user {user!r} does not hold role {role!r} in tenant {tenant!r}")
-        c = db.casbin_rule.c
-        return Change(
-            lambda conn: conn.execute(delete(db.casbin_rule).where(c.ptype == "g", c.v0 == USER_PREFIX + user, c.v1 == role, c.v2 == tenant)),
-            lambda s: s[tenant].remove_user(user, role),
-            {tenant},
-            set(),
-            {user},
-        )
+        return Change.of("unassign_user", {tenant}, [Edge(False, tenant, USER_PREFIX + user, role)], set(), {user})
 
     def _uninherit(self, tp: TenantPolicy, role: str, parent: str, tenant: str) -> Change:
         if parent not in tp.parents.get(role, ()):
             raise UnknownSubjectError(f"role {role!r} does not inherit {parent!r} in tenant {tenant!r}")
         roles, users = tp.holders(role)
-        c = db.casbin_rule.c
-        return Change(
-            lambda conn: conn.execute(delete(db.casbin_rule).where(c.ptype == "g", c.v0 == role, c.v1 == parent, c.v2 == tenant)),
-            lambda s: s[tenant].remove_inherit(role, parent),
-            {tenant},
-            roles,
-            users,
-        )
+        return Change.of("uninherit", {tenant}, [Edge(False, tenant, role, parent)], roles, users)
 
     def grant(self, role: str, selector: str, tenant: str = DEFAULT_TENANT, *, expires_at: object = None) -> bool:
         """Allow ``role`` to read the rows ``selector`` selects (until ``expires_at``); False if already allowed."""
@@ -357,27 +330,14 @@ class Policy(AgentPolicy, Following):
         """Remove the allow and deny rules of ``role`` for ``selector``."""
         tenant = _tenant(tenant)
         sel = str(parse_selector(selector))
-        c = db.casbin_rule.c
 
         def make(tp: TenantPolicy) -> Change:
             _need_role(tp, role, tenant)
-            if sel not in tp.allow.get(role, ()) and sel not in tp.deny.get(role, ()):
+            effects = [eft for eft, by in (("allow", tp.allow), ("deny", tp.deny)) if sel in by.get(role, ())]
+            if not effects:
                 raise PolicyError(f"role {role!r} has no rule for {sel!r} in tenant {tenant!r}")
             roles, users = tp.holders(role)
-
-            def apply(s: dict[str, TenantPolicy]) -> None:
-                s[tenant].allow.get(role, set()).discard(sel)
-                s[tenant].deny.get(role, set()).discard(sel)
-                for eft in ("allow", "deny"):
-                    s[tenant].expires.pop(("p", role, sel, eft), None)
-
-            return Change(
-                lambda conn: conn.execute(delete(db.casbin_rule).where(c.ptype == "p", c.v0 == role, c.v1 == tenant, c.v2 == sel)),
-                apply,
-                {tenant},
-                roles,
-                users,
-            )
+            return Change.of("revoke", {tenant}, [Rule(False, tenant, role, sel, eft) for eft in effects], roles, users)
 
         self._one(tenant, make)
 
@@ -386,7 +346,6 @@ class Policy(AgentPolicy, Following):
         sel = str(parse_selector(selector))
         until = require_future(expiry(expires_at, "expires_at", PolicyError), self.clock(), "expires_at")
         key = ("p", role, sel, effect)
-        c = db.casbin_rule.c
 
         def make(tp: TenantPolicy) -> Change | None:
             _need_role(tp, role, tenant)
@@ -394,17 +353,8 @@ class Policy(AgentPolicy, Following):
             if held and tp.expires.get(key) == until:
                 return None
             roles, users = tp.holders(role)
-
-            def write(conn: Connection) -> None:
-                if held:
-                    conn.execute(delete(db.casbin_rule).where(c.ptype == "p", c.v0 == role, c.v1 == tenant, c.v2 == sel, c.v4 == effect))
-                conn.execute(db.casbin_rule.insert().values(ptype="p", v0=role, v1=tenant, v2=sel, v3=ACTION, v4=effect, v5=stamp(until)))
-
-            def apply(s: dict[str, TenantPolicy]) -> None:
-                (s[tenant].allow if effect == "allow" else s[tenant].deny)[role].add(sel)
-                set_expiry(s[tenant], key, until)
-
-            return Change(write, apply, {tenant}, roles, users)
+            gone = [Rule(False, tenant, role, sel, effect)] if held else []
+            return Change.of("grant" if effect == "allow" else "deny", {tenant}, [*gone, Rule(True, tenant, role, sel, effect, until)], roles, users)
 
         return self._one(tenant, make)
 

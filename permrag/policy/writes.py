@@ -1,0 +1,88 @@
+"""A policy :class:`~permrag.policy.records.Change` turned into SQL.
+
+A change is data — typed rows to remove and rows to add (policy/records.py)
+— so its statements are derived here, one way for every kind of change: each
+removal deletes the stored rows of its key (a rule: role, tenant, selector,
+effect; an edge: subject, object, tenant; a folder entry: folder, tenant,
+principal, effect; the no-inherit flag: folder, tenant; an identity row:
+principal, tenant; a role: tenant, name), read first so that the log holds
+the rows exactly as they were stored; then the additions are inserted in
+batches. Removals run first, so a change that replaces a row (a new expiry, a
+relabelled user) removes the old one and writes the new one.
+
+:func:`write` returns the rows it removed and added, in the log's form: that
+is what the change log records and what every process applies to its copy.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import bindparam, delete, literal, select
+from sqlalchemy.engine import Connection
+
+from .. import db
+from .persist import FOLDER_ACL, IDENT, NO_INHERIT_TYPES
+from .records import Change, Edge, FolderEntry, Ident, Op, RoleDef, Row, Rule
+
+_c = db.casbin_rule.c
+_b: list[Any] = [bindparam(f"b{i}") for i in range(4)]
+# key shape → the rows it names, with bound parameters b0…b3
+_WHERE: dict[str, Any] = {
+    "p": (_c.ptype == "p", _c.v0 == _b[0], _c.v1 == _b[1], _c.v2 == _b[2], _c.v4 == _b[3]),
+    "g": (_c.ptype == "g", _c.v0 == _b[0], _c.v1 == _b[1], _c.v2 == _b[2]),
+    FOLDER_ACL: (_c.ptype == FOLDER_ACL, _c.v0 == _b[0], _c.v1 == _b[1], _c.v2 == _b[2], _c.v3 == _b[3]),
+    "noinh": (_c.ptype.in_(NO_INHERIT_TYPES), _c.v0 == _b[0], _c.v1 == _b[1]),
+    IDENT: (_c.ptype == IDENT, _c.v0 == _b[0], _c.v1 == _b[1]),
+}
+_ROLE = (db.roles.c.tenant == _b[0], db.roles.c.name == _b[1])
+_SELECTS: dict[str, Any] = {k: select(_c.ptype, _c.v0, _c.v1, _c.v2, _c.v3, _c.v4, _c.v5).where(*w) for k, w in _WHERE.items()}
+_SELECTS["role"] = select(literal("role"), db.roles.c.tenant, db.roles.c.name).where(*_ROLE)
+_DELETES: dict[str, Any] = {k: delete(db.casbin_rule).where(*w) for k, w in _WHERE.items()}
+_DELETES["role"] = delete(db.roles).where(*_ROLE)
+BATCH = 1000
+
+
+def _key(op: Op) -> tuple[str, tuple[Any, ...]]:
+    """The key shape of a removal and the values that name its rows."""
+    if isinstance(op, RoleDef):
+        return "role", (op.tenant, op.role)
+    if isinstance(op, Rule):
+        return "p", (op.role, op.tenant, op.selector, op.effect)
+    if isinstance(op, Edge):
+        return "g", (op.subject, op.target, op.tenant)
+    if isinstance(op, FolderEntry):
+        return ("noinh", (op.folder, op.tenant)) if op.principal is None else (FOLDER_ACL, (op.folder, op.tenant, op.principal, op.effect))
+    if isinstance(op, Ident):
+        return IDENT, (op.principal, op.tenant)
+    raise TypeError(f"not a policy change: {op!r}")
+
+
+def write(conn: Connection, change: Change) -> tuple[list[Row], list[Row]]:
+    """Run ``change``'s statements in ``conn``'s transaction: its removals, then
+    its additions; returns (the rows removed, as they were stored; the rows added)."""
+    keys: dict[str, dict[tuple[Any, ...], None]] = defaultdict(dict)
+    for op in change.ops:
+        if not op.added:
+            shape, values = _key(op)
+            keys[shape][values] = None
+    removed: list[Row] = []
+    for shape, named in keys.items():
+        params = [{f"b{i}": v for i, v in enumerate(values)} for values in named]
+        for one in params:
+            removed += [tuple(r) for r in conn.execute(_SELECTS[shape], one)]
+        for part in db.chunks(params, BATCH):
+            conn.execute(_DELETES[shape], list(part))
+    added = [op.row() for op in change.ops if op.added]
+    roles = [{"tenant": r[1], "name": r[2]} for r in added if r[0] == "role"]
+    rules = [_columns(r) for r in added if r[0] != "role"]
+    for table, rows in ((db.roles, roles), (db.casbin_rule, rules)):
+        for part in db.chunks(rows, BATCH):
+            conn.execute(table.insert(), list(part))
+    return removed, [r for r in added if r[0] == "role"] + [r for r in added if r[0] != "role"]
+
+
+def _columns(row: Sequence[Any]) -> dict[str, Any]:
+    return dict(zip(("ptype", "v0", "v1", "v2", "v3", "v4", "v5"), row))
