@@ -1,7 +1,8 @@
 """The two statements every request makes, straight on the driver.
 
 Each search reads the stored versions (one ``SELECT`` of ``permrag_meta``)
-and, with the synchronous audit, commits its audit record. Through the
+and, with the synchronous audit, commits its audit record; when the policy
+version moved, the search reads the change log's new records here too. Through the
 engine each of them costs a pool checkout with a liveness ping, SQLAlchemy's
 statement machinery and a rollback on return — several times the statement
 itself on a local PostgreSQL. Here they run on driver connections of their
@@ -68,6 +69,8 @@ class Direct:
         self._closed = False
         self.counters_sql = self._compile(select(db.meta.c.key, db.meta.c.value))
         self.audit_sql = self._compile(db.audit.insert().values({k: bindparam(k) for k in AUDIT_FIELDS}))
+        L = db.policy_log.c
+        self.log_sql = self._compile(select(L.version, L.ts, L.kind, L.detail).where(L.version > bindparam("after")).order_by(L.version))
         self.opened = 0  # connections opened (for tests)
 
     def _compile(self, stmt: Any) -> tuple[str, Sequence[str] | None]:
@@ -79,6 +82,10 @@ class Direct:
         """The stored counters (``policy_version``, ``catalog_version``, ...), as committed now."""
         rows = self._run(self.counters_sql, {}, True, "reading the policy version")
         return {str(k): int(v) for k, v in rows}
+
+    def policy_log(self, after: int) -> list[Any]:
+        """The policy change log's records after version ``after``, as committed now."""
+        return list(self._run(self.log_sql, {"after": after}, True, "reading policy changes"))
 
     def insert_audit(self, row: dict[str, Any]) -> None:
         """One audit record, committed when this returns."""

@@ -233,8 +233,8 @@ def test_postgresql_pushes_changes_to_a_following_process(tmp_path, pg_url) -> N
         assert rag.follow() is True
         assert len(rag.visible("u0", "t0")) == 9
         time.sleep(0.3)  # the listener is up
+        want = rag.policy.version + 1  # read before the change: the push may apply it before other() returns
         other("policy.revoke", "r0", "*", "t0")
-        want = rag.policy.version + 1
         deadline = time.monotonic() + 5
         while rag.policy.version < want and time.monotonic() < deadline:
             time.sleep(0.01)  # no read from this thread: only the push can move the copy

@@ -95,12 +95,16 @@ class Access:
         """Reload what another process changed; True if anything was reloaded."""
         counters = self.versions()
         changed = False
-        with self.lock:
-            if counters["catalog_version"] != self.catalog.version:
-                self.catalog.load()
-                changed = True
-            if counters["policy_version"] != self.policy.version:
-                changed = self.policy.catch_up() or changed  # by logged deltas (policy/deltas.py)
+        if counters["catalog_version"] != self.catalog.version:
+            with self.lock:
+                if counters["catalog_version"] != self.catalog.version:
+                    self.catalog.load()
+                    changed = True
+        if counters["policy_version"] > self.policy.version:
+            # by logged deltas (policy/deltas.py), read without the state lock
+            changed = self.policy.catch_up(counters["policy_version"]) or changed
+        elif counters["policy_version"] < self.policy.version:
+            changed = self.policy.catch_up() or changed  # the store went back (a restore): reload
         return changed
 
     def check_tenant_known(self, tenant: str) -> None:

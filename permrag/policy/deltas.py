@@ -43,7 +43,7 @@ from typing import Any
 from sqlalchemy import bindparam, delete, func, select, text
 from sqlalchemy.engine import Connection, Engine
 
-from .. import db
+from .. import db, direct
 from ..errors import ArgumentError, PolicyError
 from .model import TenantPolicy
 from .persist import apply_rows, build, read_all
@@ -131,9 +131,29 @@ _AFTER = select(db.policy_log.c.version, db.policy_log.c.ts, db.policy_log.c.kin
 _VERSION = select(db.meta.c.value).where(db.meta.c.key == "policy_version")
 
 
-def read_catch_up(engine: Engine, have: int) -> CatchUp | None:
+def read_catch_up(engine: Engine, have: int, seen: int | None = None) -> CatchUp | None:
     """The deltas after ``have``, consistent with the stored version; None if the
-    store is at ``have``. Two reads: the log, then the version — equal to the
+    store is at ``have`` (or at ``seen``, the version a caller just read, and
+    this copy is there already).
+
+    First one read of the log on the driver connection (direct.py): every
+    record is committed with its version, so the records from ``have + 1``
+    on, without a gap, bring the copy to a version the store had — the last
+    one's, which is at least ``seen`` (the log is read after ``seen`` was).
+    Anything else (no record, a gap, a malformed record) takes the path below.
+    """
+    quick = direct.for_engine(engine)
+    if quick is not None:
+        deltas = _parsed(quick.policy_log(have))
+        if deltas and [d.version for d in deltas] == list(range(have + 1, have + 1 + len(deltas))) and deltas[-1].version >= (seen or 0):
+            return CatchUp(deltas[-1].version, deltas, {})
+        if not deltas and (seen <= have if seen is not None else quick.counters()["policy_version"] == have):
+            return None  # nothing new (a store that went back takes the path below: a full reload)
+    return _read_catch_up(engine, have)
+
+
+def _read_catch_up(engine: Engine, have: int) -> CatchUp | None:
+    """:func:`read_catch_up` through the engine. Two reads: the log, then the version — equal to the
     last delta read only if nothing committed in between (a change bumps the
     version and writes its delta in one transaction), else read again. The
     deltas' rows are applied to the copy (persist.py ``apply_rows``): no
@@ -294,19 +314,32 @@ class Following:
 
     def _notify(self, tenant: str | None, roles: set[str] | None, users: set[str] | None) -> None: ...
 
-    def catch_up(self) -> bool:
-        """Bring this copy to the stored version; True if it moved.
+    def catch_up(self, seen: int | None = None) -> bool:
+        """Bring this copy to the stored version (at least ``seen``, a version the
+        caller read); True if it moved.
 
         By deltas when every one since this copy's version is logged: their rows
         are applied to the copy and only the caches they name dropped;
-        else a full reload."""
-        with self.lock:
-            got = read_catch_up(self.engine, self.version)
-            if got is None:
-                return False
-            self._take(got)
-            self._announce(got.deltas)
-            return True
+        else a full reload. The store is read without the state lock (searches
+        of other tenants go on meanwhile); what was read is applied under it if
+        the copy is still at the version it was read for, else read again."""
+        for _ in range(100):
+            have = self.version
+            got = read_catch_up(self.engine, have, seen)
+            with self.lock:
+                if self.version == have:
+                    return self._apply(got)
+                if seen is not None and self.version >= seen:  # another thread brought the copy there meanwhile
+                    return True
+        with self.lock:  # moved under us a hundred times: read under the lock
+            return self._apply(read_catch_up(self.engine, self.version, seen))
+
+    def _apply(self, got: CatchUp | None) -> bool:
+        if got is None:
+            return False
+        self._take(got)
+        self._announce(got.deltas)
+        return True
 
     def _behind(self, conn: Connection, upto: int) -> list[Delta] | None:
         """Inside a change's transaction (other writers wait on its lock): bring this
