@@ -113,7 +113,7 @@ def cross_tenant(rag: PermRAG, w: Worker, n: int) -> dict[str, list[float]]:
     """Search in t1 after nothing / a delta in t0 / the same change handled by a full reload."""
     delta = rag.policy.catch_up
 
-    def full() -> bool:
+    def full(seen: int | None = None) -> bool:
         rag.policy.load()
         return True
 

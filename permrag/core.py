@@ -7,7 +7,6 @@ reconcile. Three long signatures stay on one line each (``# fmt: skip``): this m
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import threading
@@ -428,8 +427,16 @@ class PermRAG(ConsistencyFaces):
         return add_generated(self.ingester, self.access, text, sources=sources, user=user, tenant=tenant, external_id=external_id, attrs=attrs)
 
     def as_retriever(self, *, user: str, tenant: str = DEFAULT_TENANT, **options: Any) -> Any:
-        """A LangChain retriever bound to ``user`` (built by :mod:`permrag.integrations.langchain`)."""
-        return importlib.import_module("permrag.integrations.langchain").as_retriever(self, user=user, tenant=tenant, **options)
+        """Deprecated: use :func:`permrag.integrations.langchain.as_retriever` (``as_retriever(rag, user=…)``).
+
+        The façade does not build its faces; this alias stays for one release
+        (the one import from the core to a face, listed in tests/test_layers.py)."""
+        import warnings
+
+        from .integrations.langchain import as_retriever
+
+        warnings.warn("rag.as_retriever(...) is deprecated: use permrag.integrations.langchain.as_retriever(rag, ...)", DeprecationWarning, stacklevel=2)
+        return as_retriever(self, user=user, tenant=tenant, **options)
 
     def audit_log(self, *, user: str | None = None, since: float | None = None, limit: int = 100, agent: str | None = None) -> list[dict[str, Any]]:
         """Logged searches and recommendations, newest first (``agent``: only those made through that agent)."""

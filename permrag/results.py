@@ -41,14 +41,6 @@ class Hit:
             "policy_version": self.policy_version,
         }
 
-    def to_document(self) -> Any:
-        """This hit as a LangChain ``Document`` (needs ``langchain-core``)."""
-        from langchain_core.documents import Document
-
-        meta = self.to_dict()
-        text = meta.pop("text")
-        return Document(page_content=text, metadata=meta, id=self.external_id)
-
 
 REASONS = ("deny_all", "fewer_visible", "fewer_matches", "merged_parents", "missing_vectors")
 

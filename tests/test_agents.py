@@ -361,16 +361,16 @@ def test_langchain_and_llamaindex_take_the_agent_like_the_user(lite) -> None:
     from langchain.agents import create_agent
     from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
-    from permrag.integrations.langchain import knowledge_tool, permission_tool, permissioned
+    from permrag.integrations.langchain import as_retriever, knowledge_tool, permission_tool, permissioned
     from permrag.integrations.llamaindex import retriever
 
     from .test_langchain import FakeToolModel
 
     rag = lite
     kb = {d["external_id"] for d in KB}
-    got = {d.metadata["external_id"] for d in rag.as_retriever(user="erin", agent="support-bot", k=20, mode="dense").invoke("password")}
+    got = {d.metadata["external_id"] for d in as_retriever(rag, user="erin", agent="support-bot", k=20, mode="dense").invoke("password")}
     assert got == kb
-    inner = rag.as_retriever(user="erin", k=20, mode="dense")  # sees HR too: the wrapper must take the agent's part away
+    inner = as_retriever(rag, user="erin", k=20, mode="dense")  # sees HR too: the wrapper must take the agent's part away
     assert {d.metadata["external_id"] for d in permissioned(inner, rag, user="erin", agent="support-bot", k=20).invoke("password")} == kb
     assert {n.node.metadata["external_id"] for n in retriever(rag, user="erin", agent="support-bot", k=20, mode="dense").retrieve("password")} == kb
     tool = knowledge_tool(rag, k=20)

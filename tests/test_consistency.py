@@ -171,14 +171,16 @@ def test_partitioned_store_and_retrieve_carry_the_fields(tmp_path) -> None:
 
 # ---------------------------------------------------------------------- faces
 def test_every_face_carries_token_and_completeness(world) -> None:
+    from permrag.integrations.langchain import as_retriever
+
     rag, _ = world
     lib = rag.search("leave policy", user="cy", k=5, mode="dense")
     want = lib.contract()
     assert want["reason"] == "fewer_visible" and want["visible_rows"] == 2
 
-    docs = rag.as_retriever(user="cy", k=5, mode="dense").invoke("leave policy")
+    docs = as_retriever(rag, user="cy", k=5, mode="dense").invoke("leave policy")
     assert docs and all({k: d.metadata[k] for k in want} == want for d in docs)
-    docs = rag.as_retriever(user="cy", k=5, mode="dense", at_least=lib.consistency_token).invoke("leave policy")
+    docs = as_retriever(rag, user="cy", k=5, mode="dense", at_least=lib.consistency_token).invoke("leave policy")
     assert docs[0].metadata["consistency_token"] == lib.consistency_token
 
     from permrag.integrations.llamaindex import retriever as li_retriever

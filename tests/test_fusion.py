@@ -12,6 +12,7 @@ from langchain_core.documents import Document
 
 from permrag import ArgumentError, ConfigError, PermRAG
 from permrag.embed import HashEncoder
+from permrag.integrations.langchain import to_document
 from permrag.search.execute import canonical, fuse
 from permrag.search.fusion import DEFAULT_FUSION, DEFAULT_WEIGHTS, default_pool
 
@@ -166,7 +167,7 @@ def test_langchain_documents_with_typed_metadata_in_and_out(tmp_path) -> None:
         for user in ("u", "v", "w"):
             hits = rag.search("budget hotel", user=user, k=5)
             assert [h.external_id for h in hits] == ["lc1"]
-            doc = hits[0].to_document()
+            doc = to_document(hits[0])
             assert doc.page_content == "quarterly budget review" and doc.id == "lc1" and doc.metadata["attrs"]["level"] == "3"
     finally:
         rag.close()

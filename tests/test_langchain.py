@@ -16,7 +16,7 @@ from langchain_tests.integration_tests import RetrieversIntegrationTests
 
 from permrag import PermRAG
 from permrag.embed import HashEncoder
-from permrag.integrations.langchain import PermissionedRetriever, knowledge_tool, permissioned
+from permrag.integrations.langchain import PermissionedRetriever, as_retriever, knowledge_tool, permissioned
 
 DOCS = [
     {"external_id": "pub-1", "text": "budget planning guide for every team", "attrs": {"level": "public"}},
@@ -90,8 +90,11 @@ class TestPermissionedRetrieverStandard(RetrieversIntegrationTests):
 
 
 def test_documents_carry_row_metadata(kb) -> None:
-    docs = kb.as_retriever(user="dave", k=3).invoke("budget")
+    docs = as_retriever(kb, user="dave", k=3).invoke("budget")
     assert len(docs) == 3
+    with pytest.warns(DeprecationWarning, match="integrations.langchain.as_retriever"):
+        old = kb.as_retriever(user="dave", k=3)  # the façade's alias, deprecated for one release
+    assert [d.id for d in old.invoke("budget")] == [d.id for d in docs]
     for d in docs:
         assert {"row_id", "external_id", "score", "policy_version"} <= set(d.metadata)
         assert d.metadata["external_id"] in visible_ext(kb, "dave")
@@ -192,12 +195,12 @@ def test_langchain_milvus_gets_the_filter_pushed_into_expr(kb, tmp_path) -> None
 def test_as_retriever_takes_search_kwargs_and_refuses_unknown_arguments(kb) -> None:
     from permrag import ArgumentError
 
-    assert len(kb.as_retriever(user="dave", search_kwargs={"k": 1}).invoke("budget")) == 1
-    assert len(kb.as_retriever(user="dave", k=2, mode="dense").invoke("budget")) == 2
+    assert len(as_retriever(kb, user="dave", search_kwargs={"k": 1}).invoke("budget")) == 1
+    assert len(as_retriever(kb, user="dave", k=2, mode="dense").invoke("budget")) == 2
     with pytest.raises(ArgumentError):
-        kb.as_retriever(user="dave", top_k=3)
+        as_retriever(kb, user="dave", top_k=3)
     with pytest.raises(ArgumentError):
-        kb.as_retriever(user="dave", search_kwargs={"filter": "x"})
+        as_retriever(kb, user="dave", search_kwargs={"filter": "x"})
 
 
 def _lc_milvus(tmp_path):

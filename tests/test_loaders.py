@@ -21,6 +21,7 @@ from permrag.ingest.loaders import (
     register_loader,
     unregister_loader,
 )
+from permrag.integrations.langchain import to_document
 
 from .helpers.files import LATIN1, MD, PDF_PAGES, UTF16, make_folder, write_pdf
 
@@ -192,7 +193,7 @@ def test_folder_ingest_stores_chunks_with_page_and_heading(tmp_path, folder) -> 
         rag.policy.assign_user("u", "all")
         hit = rag.search("hotel stays need director approval", user="u", k=1, mode="keyword")[0]
         assert hit.parent == "hr/expenses.pdf" and hit.attrs["page"] == "2"
-        d = hit.to_document()
+        d = to_document(hit)
         assert d.metadata["attrs"]["page"] == "2" and d.id == hit.external_id
         written = {r.external_id: r.stored_attrs() for r in rag.rows(rag.catalog.live_ids())}
     finally:

@@ -57,10 +57,11 @@ WRAPPED_KEYS = frozenset({"k", "at_least"})  # what a permissioned() retriever t
 def to_document(h: Hit, hits: Hits | None = None) -> Document:
     """A hit as a Document; with its answer ``hits``, the metadata carries the
     answer's consistency token and completeness too (docs/consistency.md)."""
-    doc = h.to_document()
+    meta = h.to_dict()
+    text = meta.pop("text")
     if hits is not None:
-        doc.metadata.update(hits.contract())
-    return doc
+        meta.update(hits.contract())
+    return Document(page_content=text, metadata=meta, id=h.external_id)
 
 
 def _at_least(token: Any) -> dict[str, Any]:
