@@ -13,8 +13,11 @@ same clock).
    this process's catch-up replaced by a full reload (every rule read, every
    tenant's caches dropped). The three run interleaved, query by query.
    Then searches in ``t1`` without pause while the worker changes ``t0``
-   every 200 ms, in windows alternating with idle ones (p99 against idle),
-   without and with the PostgreSQL push.
+   every 200 ms (on its own clock: no thread of this process drives it), in
+   windows taking turns with idle ones and with a control — a worker making
+   the same changes in another store, which measures what a second busy
+   process costs this one on the machine — without and with the PostgreSQL
+   push.
 2. **Revoke → enforce.** A row is granted, seen, then revoked. Same process:
    from the revoke's return to the end of the first search that no longer
    shows it. Cross process: a thread here searches without pause; from the
@@ -60,6 +63,9 @@ def worker(home: str, url: str) -> None:
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         cmd = json.loads(line)
+        if cmd["op"] == "cycle":  # change the policy on its own clock (no thread in the searching process)
+            print(json.dumps({"t": time.time(), "n": cycle(rag, *cmd["args"])}), flush=True)
+            continue
         fn = getattr(rag.policy, cmd["op"])
         try:
             fn(*cmd["args"])
@@ -67,6 +73,16 @@ def worker(home: str, url: str) -> None:
         except Exception as exc:  # the bench reports it
             print(json.dumps({"error": str(exc)}), flush=True)
     rag.close()
+
+
+def cycle(rag: PermRAG, every: float, seconds: float, role: str, selector: str, tenant: str) -> int:
+    """Grant and revoke ``selector`` for ``role`` in turn, one change every ``every`` seconds, for ``seconds``."""
+    end, n = time.monotonic() + seconds, 0
+    while time.monotonic() + every < end:
+        time.sleep(every)
+        (rag.policy.revoke if n % 2 else rag.policy.grant)(role, selector, tenant)
+        n += 1
+    return n
 
 
 class Worker:
@@ -81,6 +97,14 @@ class Worker:
         if "error" in got:
             raise RuntimeError(got["error"])
         return float(got["t"])
+
+    def start(self, op: str, *args: object) -> None:
+        """Send a command without waiting for its answer (:meth:`wait`)."""
+        self.proc.stdin.write(json.dumps({"op": op, "args": list(args)}) + "\n")
+        self.proc.stdin.flush()
+
+    def wait(self) -> dict:
+        return json.loads(self.proc.stdout.readline())
 
     def close(self) -> None:
         self.proc.stdin.close()
@@ -199,33 +223,37 @@ def revoke_cross_process(rag: PermRAG, w: Worker, n: int, first_doc: int) -> lis
     return out
 
 
-def steady(rag: PermRAG, w: Worker, seconds: float, every: float = 0.2) -> dict[str, list[float]]:
-    """Searches in t1 without pause, in windows that alternate: no change, and the worker
-    changing t0 every ``every`` seconds (the issue's "a change every 200 ms in tenant X")."""
-    out: dict[str, list[float]] = {"idle": [], "changing": []}
-    for window in range(6):
-        mode = "changing" if window % 2 else "idle"
-        stop = threading.Event()
-
-        def changes() -> None:
-            flip = False
-            while not stop.wait(every):
-                w("revoke" if flip else "grant", "r1", "lvl:2", "t0")
-                flip = not flip
-
-        th = threading.Thread(target=changes, daemon=True) if mode == "changing" else None
-        if th is not None:
-            th.start()
-        end, i = time.perf_counter() + seconds / 6, 0
+def steady(rag: PermRAG, workers: dict[str, Worker], seconds: float, every: float = 0.2) -> dict[str, list[float]]:
+    """Searches in t1 without pause, in windows that take turns: no change (``idle``);
+    the worker changing t0 every ``every`` seconds (``changing``: the issue's "a change
+    every 200 ms in tenant X"); and the control — a worker making the same changes at
+    the same pace in *another store* (``control``: what a second busy process costs
+    this one on this machine, with nothing of this store changed)."""
+    out: dict[str, list[float]] = {"idle": [], "changing": [], "control": []}
+    windows = 15
+    for window in range(windows):
+        mode = ("idle", "changing", "control")[window % 3]
+        if mode != "idle":  # the worker changes t0 on its own clock for this window
+            workers[mode].start("cycle", every, seconds / windows, "r1", "lvl:2", "t0")
+        end, i = time.perf_counter() + seconds / windows, 0
         while time.perf_counter() < end:
             t = time.perf_counter()
             rag.search(f"topic {i % 50}", user=f"u{i % USERS}", tenant="t1", k=10, mode="dense")
             out[mode].append(time.perf_counter() - t)
             i += 1
-        stop.set()
-        if th is not None:
-            th.join(5)
+        if mode != "idle" and not workers[mode].wait().get("n"):
+            raise RuntimeError(f"the worker made no change in a {mode} window")
     return out
+
+
+def control_store(home: Path, url: str | None) -> str:
+    """A small store of its own (the control's worker changes its t0)."""
+    rag = PermRAG.open(home, database_url=url, catalog_only=True, create=True)
+    try:
+        rag.policy.add_role("r1", "t0")
+        return rag.settings.database_url
+    finally:
+        rag.close()
 
 
 def fresh_cost(rag: PermRAG, n: int) -> dict[str, list[float]]:
@@ -239,10 +267,11 @@ def fresh_cost(rag: PermRAG, n: int) -> dict[str, list[float]]:
     return out
 
 
-def run(name: str, url: str | None, args) -> dict:
+def run(name: str, url: str | None, args, control_url: str | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         rag = build(Path(tmp) / "a", url, args.rows, args.tenants)
         w = Worker(Path(tmp) / "b", rag.settings.database_url)
+        wc = Worker(Path(tmp) / "d", control_store(Path(tmp) / "c", control_url))
         try:
             for u in range(USERS):
                 rag.search("warm", user=f"u{u}", tenant="t1", k=10, mode="dense")
@@ -252,7 +281,7 @@ def run(name: str, url: str | None, args) -> dict:
             for key, follow in (("steady_ms", False), ("steady_push_ms", True)):
                 if follow and not (url is not None and rag.follow()):
                     continue
-                got = steady(rag, w, args.seconds)
+                got = steady(rag, {"changing": w, "control": wc}, args.seconds)
                 res[key] = {m: {"p50": pct(v, 50), "p99": pct(v, 99), "n": len(v)} for m, v in got.items()}
                 rag.policy.stop_following()
             res["revoke_same_process_ms"] = _stats(revoke_same_process(rag, args.n))
@@ -267,6 +296,7 @@ def run(name: str, url: str | None, args) -> dict:
             return res
         finally:
             w.close()
+            wc.close()
             rag.close()
 
 
@@ -291,21 +321,19 @@ def table(results: list[dict], args) -> str:
         )
     lines += [
         "",
-        "Search in t1 while the other process changes t0 every 200 ms, against idle windows (ms, p50 / p99):",
+        "Search in t1 while the other process changes t0 every 200 ms (changing), in windows taking turns with no change (idle)",
+        "and with the same changes made at the same pace in another store (control: a second busy process, nothing of this store changed) (ms, p50 / p99):",
         "",
-        "| catalog | idle | changing | p99 ratio | with the push: idle | changing | p99 ratio |",
+        "| catalog | push | idle | control | changing | p99 changing ÷ idle | p99 changing ÷ control |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        cells = []
-        for key in ("steady_ms", "steady_push_ms"):
+        for key, push in (("steady_ms", "no"), ("steady_push_ms", "yes")):
             v = r.get(key)
-            cells.append(
-                "— | — | —"
-                if v is None
-                else f"{v['idle']['p50']:.2f} / {v['idle']['p99']:.2f} | {v['changing']['p50']:.2f} / {v['changing']['p99']:.2f} | {v['changing']['p99'] / v['idle']['p99']:.2f}"
-            )
-        lines.append(f"| {r['catalog']} | " + " | ".join(cells) + " |")
+            if v is None:
+                continue
+            cells = " | ".join(f"{v[m]['p50']:.2f} / {v[m]['p99']:.2f}" for m in ("idle", "control", "changing"))
+            lines.append(f"| {r['catalog']} | {push} | {cells} | {v['changing']['p99'] / v['idle']['p99']:.2f} | {v['changing']['p99'] / v['control']['p99']:.2f} |")
     lines += ["", "Revoke → enforce (ms, p50 / p99):", "", "| catalog | same process | other process | other process, push |", "|---|---|---|---|"]
     for r in results:
         push = r.get("revoke_cross_process_push_ms")
@@ -323,7 +351,7 @@ def main(argv=None) -> None:
     ap.add_argument("--rows", type=int, default=2000)
     ap.add_argument("--tenants", type=int, default=4)
     ap.add_argument("--n", type=int, default=60)
-    ap.add_argument("--seconds", type=float, default=18.0, help="searching time of the steady-change run (half of it with changes)")
+    ap.add_argument("--seconds", type=float, default=18.0, help="searching time of the steady-change run (a third each: idle, changing, control)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--worker", nargs=2)
     args = ap.parse_args(argv)
@@ -336,8 +364,8 @@ def main(argv=None) -> None:
         ap.error("--n must be at most half of --rows (the revoke runs each probe rows of their own)")
     results = [run("SQLite", None, args)]
     try:
-        with fresh_postgres(PG_ADMIN) as url:
-            results.append(run("PostgreSQL", url, args))
+        with fresh_postgres(PG_ADMIN) as url, fresh_postgres(PG_ADMIN) as control:
+            results.append(run("PostgreSQL", url, args, control))
     except Exception as exc:  # no PostgreSQL here: the SQLite rows stand alone
         print(f"PostgreSQL skipped: {exc.__class__.__name__}: {str(exc).splitlines()[0]}", file=sys.stderr)
     text = table(results, args)
