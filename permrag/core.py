@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -183,13 +184,10 @@ class PermRAG(ConsistencyFaces):
         return self.binding
 
     def _planner(self) -> Planner:
-        if self.planner is not None:
-            return self.planner
-        return Planner(self.calibration.model())
+        return self.planner if self.planner is not None else Planner(self.calibration.model())
 
     def calibrate(self, tenant: str | None = None) -> CostModel:
-        """Measure this store's search costs on ``tenant``'s collection (default:
-        the largest) and keep them for the planner; see :mod:`permrag.search.calibrate`."""
+        """Measure search costs on ``tenant``'s collection (default: the largest) for the planner (:mod:`permrag.search.calibrate`)."""
         sizes = self._tenant_sizes()
         if tenant is None:
             tenant = max(sizes, key=lambda t: sizes[t], default=DEFAULT_TENANT)
@@ -427,12 +425,7 @@ class PermRAG(ConsistencyFaces):
         return add_generated(self.ingester, self.access, text, sources=sources, user=user, tenant=tenant, external_id=external_id, attrs=attrs)
 
     def as_retriever(self, *, user: str, tenant: str = DEFAULT_TENANT, **options: Any) -> Any:
-        """Deprecated: use :func:`permrag.integrations.langchain.as_retriever` (``as_retriever(rag, user=…)``).
-
-        The façade does not build its faces; this alias stays for one release
-        (the one import from the core to a face, listed in tests/test_layers.py)."""
-        import warnings
-
+        """Deprecated for one release (the core's one import of a face, tests/test_layers.py): use ``permrag.integrations.langchain.as_retriever(rag, …)``."""
         from .integrations.langchain import as_retriever
 
         warnings.warn("rag.as_retriever(...) is deprecated: use permrag.integrations.langchain.as_retriever(rag, ...)", DeprecationWarning, stacklevel=2)

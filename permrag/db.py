@@ -171,7 +171,7 @@ audit = Table(
 tokens = Table(
     "permrag_tokens",
     metadata,
-    # Bearer tokens of the MCP HTTP server (permrag/mcp/tokens.py): only a
+    # Bearer tokens of the MCP HTTP server (permrag/access/tokens.py): only a
     # SHA-256 of each token is kept; the token itself is shown once.
     Column("id", String(32), primary_key=True),
     Column("token_hash", String(64), nullable=False, unique=True),

@@ -2,7 +2,7 @@
 layer to a higher one. The layer order is the architecture page (docs/architecture.md):
 
     faces    cli · integrations · demo · mcp · serve
-    core     core (and the package's __init__)
+    core     core · toolkit (what faces build on) (and the package's __init__)
     search   search/
     ingest   ingest/
     access   access/
@@ -18,7 +18,7 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1] / "permrag"
 LAYERS = [
     ["permrag.cli", "permrag.integrations", "permrag.demo", "permrag.mcp", "permrag.serve", "permrag.__main__"],
-    ["permrag.core", "permrag"],
+    ["permrag.core", "permrag.toolkit", "permrag"],
     ["permrag.search"],
     ["permrag.ingest"],
     ["permrag.access"],
@@ -129,7 +129,7 @@ def test_every_module_is_in_a_layer_and_imports_only_downwards():
 
 
 def test_no_import_cycles():
-    g = graph()
+    g = {m: {d for d in deps if (m, d) not in DEPRECATED_EDGES} for m, deps in graph().items()}
     state: dict[str, int] = {}
     stack: list[str] = []
     cycles: list[list[str]] = []
@@ -164,6 +164,31 @@ def test_no_function_is_longer_than_60_lines():
 def test_the_facade_does_not_import_its_faces():
     deps = graph()["permrag.core"]
     assert not [d for d in deps if layer_of(d)[0] == 0 and ("permrag.core", d) not in DEPRECATED_EDGES]
+
+
+PUBLIC = {"permrag", "permrag.errors", "permrag.toolkit"}  # what a face may import, besides other faces
+
+
+def test_faces_use_only_the_public_api():
+    """The CLI, MCP, serve, the integrations and the demo import only permrag's
+    exported names, its errors and permrag.toolkit — the API any other face
+    would build on — never a module behind them."""
+    import permrag
+    import permrag.toolkit
+
+    exported = set(permrag.__all__) | {"__version__"} | {n for n in dir(permrag.errors) if n.endswith("Error")}
+    bad = []
+    known = modules()
+    for mod, path in known.items():
+        if layer_of(mod)[0] != 0:
+            continue
+        bad += [f"{mod} imports {d}" for d in imports(mod, path, known) if d not in PUBLIC and layer_of(d)[0] != 0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module == "permrag" or (node.level == 2 and node.module is None)):
+                bad += [f"{mod} imports permrag.{a.name}, which permrag does not export" for a in node.names if a.name not in exported]
+            if isinstance(node, ast.ImportFrom) and (node.module or "").endswith("toolkit"):
+                bad += [f"{mod} imports toolkit.{a.name}, which it does not have" for a in node.names if a.name not in permrag.toolkit.__all__]
+    assert not bad, "\n".join(sorted(bad))
 
 
 def test_only_the_faces_import_frameworks():

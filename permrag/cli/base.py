@@ -69,7 +69,7 @@ class Store:
         self.given = {k: v for k, v in given.items() if v is not None}
 
     def settings(self) -> Any:
-        from .. import config
+        from ..toolkit import config
 
         g = self.given
         return config.resolve(
@@ -81,7 +81,7 @@ class Store:
         )
 
     def open(self, *, create: bool = False, **options: Any) -> Any:
-        from ..core import PermRAG
+        from .. import PermRAG
 
         g = self.given
         if g.get("collection"):

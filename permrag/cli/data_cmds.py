@@ -30,7 +30,7 @@ def init(ctx, encoder, force) -> None:
     database, Milvus or collection is refused (the change is printed) unless
     --force; a Milvus server must answer (a Milvus Lite folder's parent must
     exist) before anything is written."""
-    from .. import config
+    from ..toolkit import config
 
     st = ctx.find_root().obj
     if encoder:
@@ -53,9 +53,8 @@ def _check_milvus(settings) -> None:
     folder (made on first use) needs its parent folder, or to be in the home."""
     from pathlib import Path
 
-    from ..backends import MilvusBackend
-    from ..config import mask
     from ..errors import BackendError, ConfigError
+    from ..toolkit import MilvusBackend, mask
 
     backend = MilvusBackend(settings.milvus_uri, token=settings.milvus_token)  # checks the URI's form
     if settings.milvus_kind == "lite":
@@ -83,7 +82,7 @@ def config_show(ctx, as_json) -> None:
     """The settings every command uses, where each comes from; secrets masked.
 
     Warns about store files or folders that other local users may open."""
-    from .. import config
+    from ..toolkit import config
 
     settings = ctx.find_root().obj.settings()
     data, warnings = settings.shown(), config.wide_files(settings)
@@ -124,7 +123,7 @@ def ingest(ctx, path, tenant, encoder, folder_attrs, replace, sync_, source, all
     exit code is 1 if any file or folder could not be read (with --sync,
     nothing below an unreadable folder is deleted) or a --dry-run finds the
     sync would be refused."""
-    from ..ingest.loaders import LoadReport, load_path
+    from ..toolkit import LoadReport, load_path
 
     if not sync_ and (source is not None or allow_mass_delete or dry_run):
         raise click.UsageError("--source, --allow-mass-delete and --dry-run go with --sync")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from ..names import show_time
+from ..toolkit import show_time
 from .base import StoreCommand, emit, json_opt, main, store, tenant_opt
 
 expires_opt = click.option("--expires", default=None, metavar="TIME", help="Ends at TIME, in the future (ISO 8601 with a zone, e.g. 2027-01-01T00:00:00Z).")

@@ -66,7 +66,7 @@ def identity_sync(ctx, files, fmt, dry_run, allow_mass_removal, tenant, as_json,
 
 
 def _ldap_source(url: str, opts: dict):
-    from ..policy.ldap import GROUP_FILTER, USER_FILTER, LdapSource, read_password
+    from ..toolkit import GROUP_FILTER, USER_FILTER, LdapSource, read_password
 
     if not opts["base"]:
         raise click.UsageError("an LDAP URL needs --base DN (where users and groups are searched)")

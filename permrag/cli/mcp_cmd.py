@@ -70,7 +70,7 @@ def token_group() -> None:
 def token_add(ctx, user, tenant, name, agent, scopes, as_json) -> None:
     """Make a token acting as USER in the tenant (through --agent, limited to --scope); it is printed once and never again."""
     from ..mcp import Tokens
-    from ..mcp.tokens import SCIM_SCOPE, check_scopes
+    from ..toolkit import SCIM_SCOPE, check_scopes
 
     scim_only = check_scopes(list(scopes) or None) == (SCIM_SCOPE,)  # scopes refused before the store is read
     with store(ctx, catalog_only=True) as rag:

@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..names import show_time
+from ..toolkit import show_time
 from .base import StoreCommand, emit, json_opt, main, store, tenant_opt
 from .group_cmds import until
 
@@ -109,7 +109,7 @@ expires_opt = click.option("--expires", "expires", default=None, metavar="TIME",
 
 
 def _rule(ctx, role_name: str, selector: str, tenant: str, deny: bool, expires: str | None = None) -> None:
-    from ..policy import parse_selector  # here: importing the policy package (SQLAlchemy) would slow every command's start
+    from .. import parse_selector  # here: importing the policy package (SQLAlchemy) would slow every command's start
 
     with store(ctx, catalog_only=True) as rag:
         changed = (rag.policy.deny if deny else rag.policy.grant)(role_name, selector, tenant=tenant, expires_at=expires)

@@ -9,7 +9,7 @@ import click
 from .base import StoreCommand, emit, json_opt, main
 
 if TYPE_CHECKING:
-    from ..dbinit import Upgrade
+    from ..toolkit import Upgrade
 
 
 @main.command("upgrade", cls=StoreCommand)
@@ -21,7 +21,7 @@ def upgrade_cmd(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
     one that fails leaves the store as it was. Opening a store already runs
     the additive ones; this runs every one. Stop the other processes that use
     the store and back it up first."""
-    from ..dbinit import upgrade_store
+    from ..toolkit import upgrade_store
 
     done = upgrade_store(ctx.find_root().obj.settings(), dry_run=dry_run)
     data = {

@@ -15,8 +15,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ..core import PermRAG
-from ..ingest.loaders import load_jsonl
+from .. import PermRAG
+from ..toolkit import load_jsonl
 
 USERS = ["alice", "bob", "carol", "dave", "erin", "li"]
 QUESTIONS = [

@@ -39,12 +39,9 @@ from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import ConfigDict, Field
 
-from ..access import check_agents
-from ..catalog import DEFAULT_TENANT
+from .. import Hit, Hits
 from ..errors import ArgumentError, ConfigError
-from ..names import quote
-from ..results import Hit, Hits
-from ..search import DEFAULT_FUSION, DEFAULT_WEIGHTS, check_search_args
+from ..toolkit import DEFAULT_FUSION, DEFAULT_TENANT, DEFAULT_WEIGHTS, check_agents, check_search_args, quote
 from .filtering import audit_served, overfetch, readable, via
 
 log = logging.getLogger(__name__)

@@ -26,11 +26,9 @@ from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from ..access import check_agents, check_principal
-from ..catalog import DEFAULT_TENANT
+from .. import Hit
 from ..errors import ArgumentError, ConfigError
-from ..results import Hit
-from ..search import DEFAULT_FUSION, DEFAULT_WEIGHTS, check_k, check_search_args
+from ..toolkit import DEFAULT_FUSION, DEFAULT_TENANT, DEFAULT_WEIGHTS, check_agents, check_k, check_principal, check_search_args
 from .filtering import audit_served, overfetch, readable, via
 
 if TYPE_CHECKING:  # the classes are built at first use (llama-index-core is optional)

@@ -6,8 +6,8 @@ token names the user). See :mod:`permrag.mcp.server` and
 :mod:`permrag.mcp.auth`.
 """
 
+from ..toolkit import TokenInfo, Tokens
 from .auth import AnyOf, JWTVerifier, Principal, TableVerifier
 from .server import build_server, serve
-from .tokens import TokenInfo, Tokens
 
 __all__ = ["AnyOf", "JWTVerifier", "Principal", "TableVerifier", "TokenInfo", "Tokens", "build_server", "serve"]

@@ -11,7 +11,7 @@ runs, and refuses requests without a valid token with 401).
 Two verifiers, usable together (:class:`AnyOf`):
 
 * :class:`TableVerifier` — tokens made with ``permrag token add`` (only their
-  hash is stored; see :mod:`permrag.mcp.tokens`);
+  hash is stored; see :mod:`permrag.access.tokens`);
 * :class:`JWTVerifier` — JWTs signed by your identity provider: ``sub`` is
   the user, a ``tenant`` claim (configurable) the tenant, ``exp`` required;
   audience and issuer checked when configured.
@@ -46,10 +46,8 @@ from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken, TokenVerifier
 from mcp.server.mcpserver.exceptions import ToolError
 
-from ..access import check_principal
-from ..catalog import DEFAULT_TENANT
 from ..errors import ArgumentError, ConfigError
-from .tokens import SCOPES, SEARCH_SCOPES, Tokens, provisions
+from ..toolkit import DEFAULT_TENANT, SCOPES, SEARCH_SCOPES, Tokens, check_principal, provisions
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,6 @@
-"""The store's bearer tokens for the MCP HTTP server (``permrag token add|list|revoke``).
+"""The store's bearer tokens for the MCP HTTP server and ``permrag serve``
+(``permrag token add|list|revoke``); the faces reach them through
+:mod:`permrag.toolkit`.
 
 A token names one principal — a user in a tenant, maybe acting through an
 agent (``permrag token add USER --agent AGENT``: every call sees only what
@@ -21,8 +23,8 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, select, update
 
 from .. import db
-from ..access import check_principal
 from ..errors import ArgumentError
+from .state import check_principal
 
 log = logging.getLogger(__name__)
 
