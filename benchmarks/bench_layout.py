@@ -9,7 +9,7 @@ what the layout does. Per visible fraction, interleaved query by query:
 each store's unfiltered search, each store's permrag search for the role
 user, and a silo holding only that user's rows. Also an ACL user: rows
 scattered over every class in the flat and first-appearance layouts; under
-co-visibility with ACLs (``group_by="visibility+acl"``) a row's ACL is part
+co-visibility with ACLs (``partition_by="visibility+acl"``) a row's ACL is part
 of its class key, so they fill groups of their own (``"visibility"``, roles
 only, was measured here before: README).
 
@@ -37,7 +37,7 @@ from common import machine, measure, raw_search, save, settle  # noqa: E402
 from permrag import PermRAG  # noqa: E402
 from permrag.embed import RandomEncoder  # noqa: E402
 
-LAYOUTS = {"flat": dict(groups=0), "class groups": dict(groups=64), "co-visibility+acl": dict(groups=64, group_by="visibility+acl")}
+LAYOUTS = {"flat": dict(partitions=0), "class groups": dict(partitions=64), "co-visibility+acl": dict(partitions=64, partition_by="visibility+acl")}
 FRACTIONS = [0.01, 0.1, 0.5]
 
 

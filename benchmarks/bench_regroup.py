@@ -27,7 +27,7 @@ from common import machine, save  # noqa: E402
 
 
 def layouts(group_by: str) -> dict:
-    g = dict(groups=64, group_by=group_by)
+    g = dict(partitions=64, partition_by=group_by)
     return {"policy first": g, "policy after": {**g, "policy": "after"}, "policy after, regrouped": {**g, "policy": "after", "regroup": True}}
 
 
@@ -41,7 +41,7 @@ def main(argv=None) -> None:
     if args.quick:
         args.rows, args.queries = 10_000, 8
     res = bench_layout.run(args.rows, args.queries, 2.0 if args.quick else 8.0, layouts(args.group_by))
-    when = f"64 groups, group_by={args.group_by!r}; roles made before the ingest, after it, and after it then regrouped"
+    when = f"64 groups, partition_by={args.group_by!r}; roles made before the ingest, after it, and after it then regrouped"
     text = f"Regroup benchmark ({machine()}); permrag ÷ a per-user silo, per store, measured interleaved.\n\n" + bench_layout.table(res, when)
     print(text)
     save("regroup", args.quick, {"machine": machine(), "group_by": args.group_by, **res}, text)

@@ -22,7 +22,7 @@ granted a random set of teams: whole visibility classes) and **ACL-heavy**
 (documents carry per-document ACLs naming the user; in a flat store or
 one grouped by class the ACL is not part of the visibility class, so the
 visible rows are scattered over every class; under co-visibility placement
-with ACLs, ``group_by="visibility+acl"``, it is, and the rows an ACL names
+with ACLs, ``partition_by="visibility+acl"``, it is, and the rows an ACL names
 fill groups of their own).
 
 Every approach fetches the hits' text (as permrag and an application do).
@@ -388,7 +388,7 @@ def main(argv=None) -> None:
         if not args.skip_lite:
             print(f"Milvus Lite, {args.lite_rows:,} rows", flush=True)
             gb = {"group_by": args.group_by} if args.lite_groups else {}
-            with PermRAG.open(Path(tmp) / "lite", encoder=RandomEncoder(DIM), groups=args.lite_groups, **gb, **opened(local)) as rag:
+            with PermRAG.open(Path(tmp) / "lite", encoder=RandomEncoder(DIM), partitions=args.lite_groups, **gb, **opened(local)) as rag:
                 label = "Milvus Lite " + version("milvus-lite") + layout(rag, args.group_by, args.policy_first) + db_label
                 results.append(run_backend(label, rag, args.lite_rows, args.queries, budget, args.policy_first))
         if not args.skip_server:
@@ -397,7 +397,7 @@ def main(argv=None) -> None:
             try:
                 uri = f"http://127.0.0.1:{server.listen_port}"
                 gb = {"group_by": args.group_by} if args.server_groups else {}
-                with PermRAG.open(Path(tmp) / "srv", encoder=RandomEncoder(DIM), milvus_uri=uri, groups=args.server_groups, **gb, **opened(local)) as rag:
+                with PermRAG.open(Path(tmp) / "srv", encoder=RandomEncoder(DIM), milvus_uri=uri, partitions=args.server_groups, **gb, **opened(local)) as rag:
                     label = "Milvus server " + rag.store.client().get_server_version() + layout(rag, args.group_by, args.policy_first) + db_label
                     results.append(run_backend(label, rag, args.server_rows, args.queries, budget, args.policy_first))
             finally:

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from .catalog import DocumentRecord, RowRecord
     from .core import PermRAG
     from .ingest.regroup import RegroupReport
+    from .options import Options
     from .policy import Selector, parse_selector
     from .repair import RepairReport
     from .results import Hit, Hits
@@ -60,6 +61,7 @@ _LAZY = {
     "RowRecord": ".catalog",
     "PermRAG": ".core",
     "RegroupReport": ".ingest.regroup",
+    "Options": ".options",
     "Selector": ".policy",
     "parse_selector": ".policy",
     "RepairReport": ".repair",
@@ -100,6 +102,7 @@ __all__ = [
     "MassRemovalError",
     "NoStoreError",
     "NotReadableError",
+    "Options",
     "PermRAG",
     "PermragError",
     "PolicyCSVError",

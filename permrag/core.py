@@ -27,20 +27,21 @@ from .catalog.placement import check_layout, layout_placement
 from .dbinit import open_store
 from .embed import Encoder
 from .errors import BackendError, ConfigError
-from .ingest import MAX_DOCUMENT_CHARS, Chunker, Ingester, add_generated, reconcile
+from .ingest import Chunker, Ingester, add_generated, reconcile
 from .ingest.regroup import RegroupReport, regroup
 from .ingest.sync import SyncReport, sync_folder
 from .ingest.update import KEEP, update_metadata
+from .options import Options
 from .policy import Policy
 from .policy.identity import Identity
 from .policy.signature import Signer
 from .repair import RepairReport
 from .results import Hits, Stats
 from .search import DEFAULT_FUSION, DEFAULT_WEIGHTS, LITE, SERVER, CostModel, Plan, Planner, Searcher
-from .search.aio import DEFAULT_WORKERS, AsyncRunner
+from .search.aio import AsyncRunner
 from .search.calibrate import Calibration
 from .search.fetch import fetch
-from .search.local import LOCAL_ROWS, PREFETCH_ROWS, LocalRanker
+from .search.local import LocalRanker
 from .search.pipeline import retrieve
 from .search.recommend import recommend, similar
 
@@ -50,57 +51,24 @@ log = logging.getLogger(__name__)
 class PermRAG(ConsistencyFaces):
     """A permissioned retrieval store. Build one with :meth:`open`; the constructor does no I/O."""
 
-    def __init__(
-        self,
-        settings: config.Settings,
-        *,
-        allocation: str = "contiguous",
-        policy_attrs: Iterable[str] | None = None,
-        encoder: Encoder | str | None = None,
-        chunk_size: int = 1000,
-        chunk_overlap: int = 100,
-        chunk_unit: str = "chars",
-        collection: str | None = None,
-        index: str = "FLAT",
-        consistency: str = "Bounded",
-        analyzer: str | dict[str, Any] | None = None,
-        catalog_only: bool = False,
-        planner: Planner | None = None,
-        stale_ingest_after: float = 3600.0,
-        max_document_chars: int = MAX_DOCUMENT_CHARS,
-        audit: str = "sync",
-        async_workers: int = DEFAULT_WORKERS,
-        clock: Callable[[], float] | None = None,
-        groups: int | None = None,
-        group_by: str | None = None,
-        local_rows: int = LOCAL_ROWS,
-        prefetch_rows: int = PREFETCH_ROWS,
-    ) -> None:
-        if chunk_size > 16_000:
-            raise ConfigError("chunk_size is at most 16000 characters (Milvus VARCHAR holds 65535 bytes)")
+    def __init__(self, settings: config.Settings, options: Options | None = None, **given: Any) -> None:
+        o = self.options = Options.of(given, options)
         self.settings = settings
-        self.planner = planner
+        self.planner = o.planner
         self.last_repair: RepairReport | None = None
         self.stats = Stats()
-        self._stale_ingest_after = stale_ingest_after
         self._lock = threading.RLock()  # the state lock: policy, catalog index and compiler caches
-        self._options: dict[str, Any] = dict(allocation=allocation, policy_attrs=policy_attrs, audit=audit, max_document_chars=max_document_chars)
-        self._clock = clock or (lambda: time.time())  # when expiring access ends (tests pass a fake clock)
-        self._chunker = Chunker(chunk_size, chunk_overlap, chunk_unit)
-        self._catalog_only = catalog_only
-        self._encoder = encoder if encoder is not None else settings.encoder
-        self._collection = collection or (settings.collection if settings.sources.get("collection") else None)
-        self._backend_options: dict[str, Any] = dict(token=settings.milvus_token, index=index, consistency=consistency, analyzer=analyzer, groups=groups)
-        self._layout = (groups, group_by)  # as given; the store's recorded layout fills in on connect (catalog/placement.py)
-        if not catalog_only:
-            check_layout(MilvusBackend(settings.milvus_uri, **self._backend_options).groups, group_by)  # checks the options; no I/O
-        if isinstance(local_rows, bool) or not isinstance(local_rows, int) or local_rows < 0:
-            raise ConfigError(f"local_rows {local_rows!r} must be a non-negative integer (0: always search in Milvus)")
-        if isinstance(prefetch_rows, bool) or not isinstance(prefetch_rows, int) or prefetch_rows < 0:
-            raise ConfigError(f"prefetch_rows {prefetch_rows!r} must be a non-negative integer (0: no background read)")
-        self._local = LocalRanker(local_rows, prefetch_rows=prefetch_rows)
+        self._clock = o.clock or (lambda: time.time())  # when expiring access ends (tests pass a fake clock)
+        self._chunker = Chunker(o.chunk_size, o.chunk_overlap, o.chunk_unit)
+        self._encoder = o.encoder if o.encoder is not None else settings.encoder
+        self._collection = o.collection or (settings.collection if settings.sources.get("collection") else None)
+        self._backend_options: dict[str, Any] = dict(token=settings.milvus_token, index=o.index, consistency=o.consistency, analyzer=o.analyzer, groups=o.partitions)
+        self._layout = (o.partitions, o.partition_by)  # as given; the store's recorded layout fills in on connect (catalog/placement.py)
+        if not o.catalog_only:
+            check_layout(MilvusBackend(settings.milvus_uri, **self._backend_options).groups, o.partition_by)  # checks the options; no I/O
+        self._local = LocalRanker(o.local_rows, prefetch_rows=o.prefetch_rows)
         self._engine: Any = None
-        self.aio = AsyncRunner(async_workers)  # the bounded pool of asearch & co.; threads start on first use
+        self.aio = AsyncRunner(o.async_workers)  # the bounded pool of asearch & co.; threads start on first use
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -112,14 +80,17 @@ class PermRAG(ConsistencyFaces):
         milvus_uri: str | None = None,
         milvus_token: str | None = None,
         create: bool | None = None,
-        **options: Any,
+        options: Options | None = None,
+        **given: Any,
     ) -> PermRAG:
         """Open the store under ``home``. ``create``: True makes one where the database has none, False never does
         (:class:`NoStoreError`), None only for a home that records no store yet (:func:`permrag.dbinit.open_store`).
 
         Settings not given come from ``PERMRAG_*`` variables, then the home's
-        ``config.toml`` (see :mod:`permrag.config`). ``options`` are the
-        constructor's: ``encoder`` (an encoder, a model name or path,
+        ``config.toml`` (see :mod:`permrag.config`). The store's options come as
+        one :class:`~permrag.Options` (``options=``), as keywords, or both (the
+        keywords win), checked together before anything opens (an unknown name
+        is an error naming the closest): ``encoder`` (an encoder, a model name or path,
         ``"hash"``, ``"static"``; default: the store's own, else the
         packaged all-MiniLM-L6-v2), ``collection``, ``chunk_size``,
         ``chunk_overlap``, ``chunk_unit`` (``"chars"`` or ``"tokens"`` of the encoder), ``index`` (FLAT, HNSW, IVF_FLAT), ``consistency``,
@@ -127,52 +98,53 @@ class PermRAG(ConsistencyFaces):
         params), ``allocation``, ``policy_attrs``, ``planner``,
         ``max_document_chars``, ``stale_ingest_after``, ``audit`` (``"sync"``,
         ``"async"``, ``"off"``), ``async_workers`` (threads of the pool the
-        async methods run on), ``groups`` (partitions by visibility-class group
-        in a new tenant collection; 0: flat; default by backend, see
-        backends/layout.py), ``group_by`` (``"class"``: a class's group by order
+        async methods run on), ``partitions`` (partitions of a new tenant
+        collection, by visibility class; 0: one, filters only; default by
+        backend, see backends/layout.py), ``partition_by`` (``"class"``: a class's partition by order
         of first appearance; ``"visibility"``: classes that the same role rules
-        select share a group; ``"visibility+acl"``: and whose ACLs name the
-        same principals, catalog/placement.py; ``groups`` and ``group_by``
+        select share a partition; ``"visibility+acl"``: and whose ACLs name the
+        same principals, catalog/placement.py; ``partitions`` and ``partition_by``
         given are recorded in the store, and a process that gives neither
-        uses the recorded ones), ``local_rows`` (largest visible set whose dense
+        uses the recorded ones; their old names ``groups`` and ``group_by``
+        are deprecated), ``local_rows`` (largest visible set whose dense
         ranking runs in process, exact, from cached stored vectors; 0: never;
         see search/local.py), ``prefetch_rows`` (largest set read back in the
         background while its first searches go to Milvus, then ranked in process;
         0: none) and ``catalog_only`` (no vector store).
         Milvus is connected on first use, so opening is cheap.
         """
-        encoder = options.get("encoder")
+        opts = Options.of(given, options)
         settings = config.resolve(
             home,
             database_url=database_url,
             milvus_uri=milvus_uri,
             milvus_token=milvus_token,
-            collection=options.get("collection"),
-            encoder=encoder if isinstance(encoder, str) else None,
+            collection=opts.collection,
+            encoder=opts.encoder if isinstance(opts.encoder, str) else None,
         )
         config.ensure_home(settings, create=create is not False)
-        rag = cls(settings, **options)
+        rag = cls(settings, opts)
         rag._connect(create)
         rag._repair_on_open()
         return rag
 
     def _connect(self, create: bool | None) -> None:
         self._engine = open_store(self.settings, create)
-        o = self._options
+        o = self.options
         self.policy = Policy(self._engine, self._lock, self._clock)
-        self.catalog = Catalog(self._engine, self._lock, allocation=o["allocation"], policy_attrs=o["policy_attrs"])
+        self.catalog = Catalog(self._engine, self._lock, allocation=o.allocation, policy_attrs=o.policy_attrs)
         self.compiler = Compiler(self.catalog, self.policy, self._lock, self._clock)
         self.identity = Identity(self.policy, denied=lambda tenant: self.access.denied_principals(tenant))
-        self._audit = AuditLog(self._engine, o["audit"])
+        self._audit = AuditLog(self._engine, o.audit)
         self.access = Access(self._engine, self.policy, self.catalog, self.compiler, self._lock, self._audit)
-        self.binding = None if self._catalog_only else Binding(self._engine, self._make_backend, self._collection, self._encoder)
-        self.ingester = Ingester(self.catalog, self.binding, self._chunker, o["max_document_chars"])
+        self.binding = None if self.options.catalog_only else Binding(self._engine, self._make_backend, self._collection, self._encoder)
+        self.ingester = Ingester(self.catalog, self.binding, self._chunker, o.max_document_chars)
         kind = self.settings.milvus_kind
         self.calibration = Calibration(self._engine, kind, SERVER if kind == "server" else LITE)
         self.searcher = Searcher(self.access, self.catalog, self._binding(), self._planner, self._audit, self.stats, self._local)
         self.catalog.load()
         self.policy.load()
-        if not self._catalog_only:
+        if not self.options.catalog_only:
             self.catalog.allocator.placement = layout_placement(self._engine, self._layout, self._backend_options, lambda: Signer(self.policy))
 
     def _make_backend(self, collection: str) -> MilvusBackend:
@@ -212,7 +184,7 @@ class PermRAG(ConsistencyFaces):
 
     def _repair_on_open(self) -> None:
         self.last_repair = None
-        if not self.catalog.journal.dead_ingests(self._stale_ingest_after) and not self.catalog.rows.by_state("deleted"):
+        if not self.catalog.journal.dead_ingests(self.options.stale_ingest_after) and not self.catalog.rows.by_state("deleted"):
             return
         try:
             self.last_repair = self.reconcile()
@@ -223,7 +195,7 @@ class PermRAG(ConsistencyFaces):
 
     def reconcile(self, *, full: bool = False) -> RepairReport:
         """Repair catalog and Milvus after a crash; ``full`` also compares every Milvus row ID (see ingest/reconcile)."""
-        return reconcile(self.catalog, self.binding, full=full, stale_after=self._stale_ingest_after)
+        return reconcile(self.catalog, self.binding, full=full, stale_after=self.options.stale_ingest_after)
 
     def close(self) -> None:
         self.aio.close()  # first: running async calls finish before the engine goes
@@ -330,9 +302,14 @@ class PermRAG(ConsistencyFaces):
         """Change a document's ``attrs`` and/or ``acl`` (None removes it) without re-encoding; atomic. See :mod:`permrag.ingest.update`."""
         return update_metadata(self.ingester, external_id, tenant=tenant, attrs=attrs, acl=acl)
 
-    def regroup(self, tenant: str = DEFAULT_TENANT, *, dry_run: bool = False) -> RegroupReport:
-        """Move ``tenant``'s rows to their co-visibility groups under the policy of now (stored, after :meth:`sync`); see :mod:`permrag.ingest.regroup`."""
+    def repartition(self, tenant: str = DEFAULT_TENANT, *, dry_run: bool = False) -> RegroupReport:
+        """Move ``tenant``'s rows to their co-visibility partitions under the policy of now (stored, after :meth:`sync`); see :mod:`permrag.ingest.regroup`."""
         return regroup(self.ingester, self.catalog.allocator.placement, tenant, dry_run=dry_run, before=self.sync)
+
+    def regroup(self, tenant: str = DEFAULT_TENANT, *, dry_run: bool = False) -> RegroupReport:
+        """Deprecated name of :meth:`repartition` (one release)."""
+        warnings.warn("rag.regroup() is deprecated: use rag.repartition()", DeprecationWarning, stacklevel=2)
+        return self.repartition(tenant, dry_run=dry_run)
 
     def delete(self, external_ids: Sequence[str] | str, *, tenant: str = DEFAULT_TENANT) -> int:
         """Delete rows and whole documents by external id; returns how many rows."""

@@ -155,7 +155,7 @@ def test_keyword_search_says_fewer_matches(world) -> None:
 
 def test_partitioned_store_and_retrieve_carry_the_fields(tmp_path) -> None:
     """A store grouped into partitions (the partition route) and multi-stage retrieval."""
-    rag = _open(tmp_path / "g", groups=4, group_by="visibility")
+    rag = _open(tmp_path / "g", partitions=4, partition_by="visibility")
     try:
         rag.add_documents(_docs())
         _policy(rag)

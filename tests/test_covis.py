@@ -1,4 +1,4 @@
-"""Co-visibility placement (catalog/placement.py, ``group_by="visibility"``,
+"""Co-visibility placement (catalog/placement.py, ``partition_by="visibility"``,
 and ``"visibility+acl"`` with rows' ACLs in the class key and signature):
 classes that the same role rules (and ACL principals) select share a class group, so a role's
 rows fill whole partitions and its search names them with no filter — and
@@ -117,7 +117,7 @@ def store(request, tmp_path_factory):
     # scan of the whole collection is priced lower than six partitions (at 1M rows the
     # default prices choose the groups: benchmarks/results/search_1m_server_covis.md).
     planner = Planner(dataclasses.replace(SERVER if kind == "server" else LITE, partition_ms=0.0))
-    rag = open_backend(kind, tmp_path_factory.mktemp(f"covis-{kind}"), request, encoder=HashEncoder(48), groups=GROUPS, group_by=group_by, local_rows=0, planner=planner)
+    rag = open_backend(kind, tmp_path_factory.mktemp(f"covis-{kind}"), request, encoder=HashEncoder(48), partitions=GROUPS, partition_by=group_by, local_rows=0, planner=planner)
     make_policy(rag)  # the roles exist before the rows arrive
     docs = docs_for(1500)
     rag.add_documents(docs, batch_size=400)
@@ -209,7 +209,7 @@ def test_writes_keep_rows_in_their_signature_group(store) -> None:
 
 def test_when_groups_run_out_a_signature_joins_the_nearest(tmp_path) -> None:
     home = tmp_path / "h"
-    rag = PermRAG.open(home, encoder=HashEncoder(48), groups=2, group_by="visibility", local_rows=0)
+    rag = PermRAG.open(home, encoder=HashEncoder(48), partitions=2, partition_by="visibility", local_rows=0)
     try:
         for role, dept in (("a", "d0"), ("b", "d1"), ("c", "d2")):
             rag.policy.add_role(role)
@@ -228,7 +228,7 @@ def test_when_groups_run_out_a_signature_joins_the_nearest(tmp_path) -> None:
         assert_covisible(rag, 2)
     finally:
         rag.close()
-    rag = PermRAG.open(home, encoder=HashEncoder(48), groups=2, group_by="visibility", local_rows=0)
+    rag = PermRAG.open(home, encoder=HashEncoder(48), partitions=2, partition_by="visibility", local_rows=0)
     try:  # a reopened store (another process, later) keeps the stored mapping
         rag.add_documents([{"external_id": "y", "text": "y", "attrs": {"dept": ["d2", "d1"], "lvl": "9"}}])
         assert rag.row("y").vclass % 2 == 1
@@ -257,12 +257,12 @@ def test_the_nearest_signature_is_found_through_shared_tokens_only(known_sigs, m
 
 
 def test_group_by_is_checked(tmp_path) -> None:
-    with pytest.raises(ConfigError, match="groups=N"):
-        PermRAG.open(tmp_path / "a", encoder=HashEncoder(48), group_by="visibility", groups=0)
-    with pytest.raises(ConfigError, match="groups=N"):
-        PermRAG.open(tmp_path / "c", encoder=HashEncoder(48), group_by="visibility+acl")
-    with pytest.raises(ConfigError, match="group_by"):
-        PermRAG.open(tmp_path / "b", encoder=HashEncoder(48), groups=4, group_by="role")
+    with pytest.raises(ConfigError, match="partitions=N"):
+        PermRAG.open(tmp_path / "a", encoder=HashEncoder(48), partition_by="visibility", partitions=0)
+    with pytest.raises(ConfigError, match="partitions=N"):
+        PermRAG.open(tmp_path / "c", encoder=HashEncoder(48), partition_by="visibility+acl")
+    with pytest.raises(ConfigError, match="partition_by"):
+        PermRAG.open(tmp_path / "b", encoder=HashEncoder(48), partitions=4, partition_by="role")
 
 
 WORKER = """
@@ -270,7 +270,7 @@ import random, sys
 from permrag import PermRAG
 from permrag.embed import HashEncoder
 home, db_url, uri, collection, prefix = sys.argv[1:6]
-layout = dict(groups=8, group_by="visibility+acl") if prefix == "p" else {}  # q: the layout the store recorded
+layout = dict(partitions=8, partition_by="visibility+acl") if prefix == "p" else {}  # q: the layout the store recorded
 rag = PermRAG.open(home, database_url=db_url, milvus_uri=uri, encoder=HashEncoder(48), collection=collection,
                    consistency="Strong", local_rows=0, **layout)
 assert rag.catalog.allocator.placement.groups == 8 and rag.catalog.allocator.placement.acls
@@ -287,9 +287,9 @@ print("done")
 def test_two_processes_place_classes_at_once(tmp_path, pg_url, milvus_server) -> None:
     """Both ingests succeed, one group per signature (ACLs included), every row in
     its signature's group — also the rows of the process opened without
-    ``groups``/``group_by``, which takes the layout the store recorded."""
+    ``partitions``/``partition_by``, which takes the layout the store recorded."""
     collection = f"cv_{abs(hash(str(tmp_path))) % 10**8}"
-    opts = dict(database_url=pg_url, milvus_uri=milvus_server, encoder=HashEncoder(48), collection=collection, consistency="Strong", groups=8, group_by="visibility+acl", local_rows=0)
+    opts = dict(database_url=pg_url, milvus_uri=milvus_server, encoder=HashEncoder(48), collection=collection, consistency="Strong", partitions=8, partition_by="visibility+acl", local_rows=0)
     rag = PermRAG.open(tmp_path / "main", **opts)
     try:
         rng = random.Random(5)

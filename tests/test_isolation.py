@@ -463,7 +463,7 @@ import sys, time
 from permrag import PermRAG
 from permrag.embed import HashEncoder
 home, db_url, uri, collection, start, me = sys.argv[1:7]
-rag = PermRAG.open(home, database_url=db_url, milvus_uri=uri, encoder=HashEncoder(32), collection=collection, consistency="Strong", groups=4)
+rag = PermRAG.open(home, database_url=db_url, milvus_uri=uri, encoder=HashEncoder(32), collection=collection, consistency="Strong", partitions=4)
 while time.time() < float(start):  # all processes reach the fresh store's first use at one moment
     time.sleep(0.001)
 rag.add_documents([{"external_id": f"{me}-{i}", "text": f"budget {me} {i}", "attrs": {"dept": f"d{i % 3}"}} for i in range(20)])
@@ -491,7 +491,7 @@ def test_processes_of_one_store_first_use_a_fresh_milvus_at_once(tmp_path, pg_ur
     outs = [proc.communicate(timeout=300) for proc in procs]
     for proc, (out, err) in zip(procs, outs):
         assert proc.returncode == 0, err[-3000:]
-        assert out.strip() == "Grouping(groups=4)", out
+        assert out.strip() == "Grouping(partitions=4)", out
     rag = PermRAG.open(tmp_path / "main", database_url=pg_url, milvus_uri=milvus_server, encoder=ENC, collection=collection, consistency="Strong")
     try:
         live = rag.catalog.live_ids()

@@ -2,7 +2,7 @@
 layer to a higher one. The layer order is the architecture page (docs/architecture.md):
 
     faces    cli · integrations · demo · mcp · serve
-    core     core · toolkit (what faces build on) (and the package's __init__)
+    core     core · options · toolkit (what faces build on) (and the package's __init__)
     search   search/
     ingest   ingest/
     access   access/
@@ -18,7 +18,7 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1] / "permrag"
 LAYERS = [
     ["permrag.cli", "permrag.integrations", "permrag.demo", "permrag.mcp", "permrag.serve", "permrag.__main__"],
-    ["permrag.core", "permrag.toolkit", "permrag"],
+    ["permrag.core", "permrag.options", "permrag.toolkit", "permrag"],
     ["permrag.search"],
     ["permrag.ingest"],
     ["permrag.access"],

@@ -46,7 +46,7 @@ def docs_for(n: int, seed: int = 3) -> list[dict]:
 
 @pytest.fixture(scope="module", params=["lite", "server"])
 def store(request, tmp_path_factory):
-    rag = open_backend(request.param, tmp_path_factory.mktemp(f"layout-{request.param}"), request, encoder=HashEncoder(48), groups=GROUPS, local_rows=0)
+    rag = open_backend(request.param, tmp_path_factory.mktemp(f"layout-{request.param}"), request, encoder=HashEncoder(48), partitions=GROUPS, local_rows=0)
     docs = docs_for(1500)
     rag.add_documents(docs, batch_size=400)
     p = rag.policy
@@ -211,7 +211,7 @@ import os, signal, sys
 from permrag import PermRAG
 from permrag.embed import HashEncoder
 home, uri, collection = sys.argv[1:4]
-rag = PermRAG.open(home, milvus_uri=uri or None, encoder=HashEncoder(48), collection=collection, consistency="Strong", groups=16, local_rows=0)
+rag = PermRAG.open(home, milvus_uri=uri or None, encoder=HashEncoder(48), collection=collection, consistency="Strong", partitions=16, local_rows=0)
 docs = lambda p, n: [{"external_id": f"{p}{i}", "text": f"budget {p} {i}", "attrs": {"dept": f"d{i % 40}", "lvl": "1"}} for i in range(n)]
 rag.add_documents(docs("a", 200))
 store, real = rag.store, rag.store.insert
@@ -243,8 +243,8 @@ def test_crash_between_milvus_and_catalog_is_repaired_in_every_group(backend, tm
 
 
 def test_a_flat_collection_still_searches_exactly(tmp_path) -> None:
-    """groups=0 (and collections made before the layout) keep one partition and filters."""
-    rag = PermRAG.open(tmp_path / "flat", encoder=HashEncoder(48), groups=0, local_rows=0)
+    """partitions=0 (and collections made before the layout) keep one partition and filters."""
+    rag = PermRAG.open(tmp_path / "flat", encoder=HashEncoder(48), partitions=0, local_rows=0)
     try:
         docs = docs_for(300)
         rag.add_documents(docs)

@@ -1,4 +1,4 @@
-"""``rag.regroup()`` (ingest/regroup.py): rows placed before the policy
+"""``rag.repartition()`` (ingest/regroup.py): rows placed before the policy
 existed — or before it changed — move to their co-visibility group, and no
 answer changes on the way: searches equal brute force before and after, on
 Milvus Lite and on a real server, with another process writing the same
@@ -57,7 +57,7 @@ def late(request, tmp_path_factory):
     signature (and, with ACLs in the key, its ACL's), so few groups hold all."""
     kind, group_by = request.param
     planner = Planner(dataclasses.replace(SERVER if kind == "server" else LITE, partition_ms=0.0))  # as in test_covis.py
-    rag = open_backend(kind, tmp_path_factory.mktemp(f"regroup-{kind}"), request, encoder=HashEncoder(48), groups=GROUPS, group_by=group_by, local_rows=0, planner=planner)
+    rag = open_backend(kind, tmp_path_factory.mktemp(f"regroup-{kind}"), request, encoder=HashEncoder(48), partitions=GROUPS, partition_by=group_by, local_rows=0, planner=planner)
     docs = docs_for(1500)
     rag.add_documents(docs, batch_size=400)
     vecs = dict(zip((d["external_id"] for d in docs), rag.encoder.encode([d["text"] for d in docs])))
@@ -72,11 +72,11 @@ def test_a_policy_made_after_the_rows_is_placed_by_a_regroup(late) -> None:
     make_policy(rag)
     assert_exact(rag, vecs, ks=(10,))  # exact before the regroup: groups partly visible, residual filters
     ids = set(rag.catalog.live_ids())
-    dry = rag.regroup(dry_run=True)
+    dry = rag.repartition(dry_run=True)
     assert dry.dry_run and dry.misplaced_rows > 500 and dry.moved_rows == 0 and dry.groups == GROUPS
     assert set(rag.catalog.live_ids()) == ids and stored_groups(rag) == before  # a dry run writes nothing
 
-    report = rag.regroup()
+    report = rag.repartition()
     assert report.moved_rows == report.misplaced_rows == dry.misplaced_rows and report.moved_documents == report.moved_rows
     assert report.changed_documents == report.kept_documents == 0
     table = assert_covisible(rag, GROUPS)  # every row, physically too, in its signature's group under the policy of now
@@ -90,7 +90,7 @@ def test_a_policy_made_after_the_rows_is_placed_by_a_regroup(late) -> None:
     hits = rag.search(QUERIES[0], user="u-all", k=50, mode="dense")
     assert all(h.text == texts[h.external_id] for h in hits)  # stored texts moved with the rows
     assert_exact(rag, vecs)
-    again = rag.regroup()  # a settled store: the same map, nothing to move
+    again = rag.repartition()  # a settled store: the same map, nothing to move
     assert again.misplaced_rows == again.moved_rows == 0 and stored_groups(rag) == table
 
 
@@ -103,15 +103,15 @@ def test_a_policy_change_then_a_regroup(late) -> None:
     rag.policy.grant("late", "lvl:3")  # a rule on every third of every department
     rag.policy.assign("u-late", "late")
     assert_exact(rag, vecs, users=["u-eng", "u-big", "u-late"], ks=(10,))
-    report = rag.regroup()
+    report = rag.repartition()
     assert report.moved_rows > 0
     assert_covisible(rag, GROUPS)
     assert_exact(rag, vecs, users=USERS + ["u-late"], ks=(1, 50))
-    assert rag.regroup().moved_rows == 0
+    assert rag.repartition().moved_rows == 0
 
 
 def test_regroup_moves_the_sources_of_derived_rows_and_keeps_their_lineage(tmp_path) -> None:
-    rag = PermRAG.open(tmp_path / "h", encoder=HashEncoder(48), groups=8, group_by="visibility", local_rows=0, chunk_size=200, chunk_overlap=0)
+    rag = PermRAG.open(tmp_path / "h", encoder=HashEncoder(48), partitions=8, partition_by="visibility", local_rows=0, chunk_size=200, chunk_overlap=0)
     try:
         rag.add_documents([{"external_id": f"{d}{i}", "text": f"{d} note {i}", "attrs": {"dept": d}} for d, n in (("a", 3), ("b", 15)) for i in range(n)])
         long_text = " ".join(f"chapter{i} words" for i in range(120))
@@ -124,7 +124,7 @@ def test_regroup_moves_the_sources_of_derived_rows_and_keeps_their_lineage(tmp_p
         before = {e: rag.row(e).vclass for e in ("a0", "a1", "a2", "b0")}
         chunks = [(c.external_id, c.row_id) for c in rag.row("book").chunks]
         assert len(chunks) > 3
-        report = rag.regroup()  # +rb (15 rows) keeps the group all rows share; +ra's 13 move
+        report = rag.repartition()  # +rb (15 rows) keeps the group all rows share; +ra's 13 move
         assert report.misplaced_rows == 3 + len(chunks) and report.kept_documents == 0 and report.moved_documents == 4  # lineage by name: a0, a1 move too
         assert rag.can_read("u-ra", "sum") and not rag.can_read("u-rb", "sum")  # "sum" follows its sources' new row IDs
         assert {h.external_id for h in rag.search("summary note", user="u-ra", k=10, mode="dense")} >= {"a0", "a1", "a2", "sum"}
@@ -145,7 +145,7 @@ def test_a_rewrite_never_overwrites_a_change_made_after_its_read(tmp_path, vecto
     still what the catalog holds; a re-ingest or an update in between wins
     (with vectors the stale rows are gone from Milvus before the write; in a
     catalog-only store the publishing transaction finds the change)."""
-    opts = dict(encoder=HashEncoder(48), groups=4, group_by="visibility", local_rows=0) if vectors else dict(catalog_only=True)
+    opts = dict(encoder=HashEncoder(48), partitions=4, partition_by="visibility", local_rows=0) if vectors else dict(catalog_only=True)
     rag = PermRAG.open(tmp_path / "h", **opts)
     try:
         rag.add_documents([{"external_id": "x", "text": "first text", "attrs": {"dept": "a"}}, {"external_id": "y", "text": "other", "attrs": {"dept": "a"}}])
@@ -182,37 +182,39 @@ def test_a_metadata_update_keeps_the_rows_whose_parent_the_document_is(tmp_path)
 
 
 def test_regroup_needs_co_visibility_placement(tmp_path) -> None:
-    rag = PermRAG.open(tmp_path / "h", encoder=HashEncoder(48), groups=4, local_rows=0)  # groups by first appearance
+    rag = PermRAG.open(tmp_path / "h", encoder=HashEncoder(48), partitions=4, local_rows=0)  # groups by first appearance
     try:
         rag.add_documents([{"external_id": "x", "text": "x"}])
-        with pytest.raises(ConfigError, match="group_by='visibility'"):
-            rag.regroup()
+        with pytest.raises(ConfigError, match="partition_by='visibility'"):
+            rag.repartition()
     finally:
         rag.close()
-    flat = PermRAG.open(tmp_path / "f", encoder=HashEncoder(48), groups=4, group_by="visibility")
+    flat = PermRAG.open(tmp_path / "f", encoder=HashEncoder(48), partitions=4, partition_by="visibility")
     try:
-        assert flat.regroup("nobody-here").groups == 0  # a tenant without a collection: nothing to do
+        assert flat.repartition("nobody-here").groups == 0  # a tenant without a collection: nothing to do
     finally:
         flat.close()
 
 
 def test_the_cli_regroups(tmp_path) -> None:
     home = tmp_path / "h"
-    rag = PermRAG.open(home, encoder=HashEncoder(48), groups=8, group_by="visibility", local_rows=0)
+    rag = PermRAG.open(home, encoder=HashEncoder(48), partitions=8, partition_by="visibility", local_rows=0)
     rag.add_documents([{"external_id": f"d{i}", "text": f"note {i}", "attrs": {"dept": f"d{i % 4}"}} for i in range(40)])
     for i in range(4):
         rag.policy.add_role(f"r{i}")
         rag.policy.grant(f"r{i}", f"dept:d{i}")
     rag.close()
     runner = CliRunner()
-    res = runner.invoke(main, ["--home", str(home), "regroup", "--dry-run"])  # the layout the store recorded
-    assert res.exit_code == 0 and "30 rows outside their group" in res.output and "dry run" in res.output, res.output
-    res = runner.invoke(main, ["--home", str(home), "regroup", "--json"])
+    res = runner.invoke(main, ["--home", str(home), "repartition", "--dry-run"])  # the layout the store recorded
+    assert res.exit_code == 0 and "30 rows outside their partition" in res.output and "dry run" in res.output, res.output
+    res = runner.invoke(main, ["--home", str(home), "regroup", "--dry-run"])  # the old name, for one release
+    assert res.exit_code == 0 and "deprecated" in res.stderr and "30 rows outside their partition" in res.stdout, res.output
+    res = runner.invoke(main, ["--home", str(home), "repartition", "--json"])
     assert res.exit_code == 0 and '"moved_rows": 30' in res.output, res.output
-    PermRAG.open(tmp_path / "plain", encoder=HashEncoder(48), groups=4).close()  # groups by first appearance
-    res = runner.invoke(main, ["--home", str(tmp_path / "plain"), "regroup"])
-    assert res.exit_code == 1 and res.output.startswith("error:") and "group_by='visibility'" in res.output and "Traceback" not in res.output, res.output
-    rag = PermRAG.open(home, encoder=HashEncoder(48), groups=8, group_by="visibility", local_rows=0)
+    PermRAG.open(tmp_path / "plain", encoder=HashEncoder(48), partitions=4).close()  # groups by first appearance
+    res = runner.invoke(main, ["--home", str(tmp_path / "plain"), "repartition"])
+    assert res.exit_code == 1 and res.output.startswith("error:") and "partition_by='visibility'" in res.output and "Traceback" not in res.output, res.output
+    rag = PermRAG.open(home, encoder=HashEncoder(48), partitions=8, partition_by="visibility", local_rows=0)
     try:
         table = stored_groups(rag)
         assert all(r.vclass % 8 == table[tokens(rag, dict(r.attrs))] for r in rag.rows(rag.catalog.live_ids()))
@@ -226,7 +228,7 @@ from permrag import PermRAG
 from permrag.embed import HashEncoder
 home, db_url, uri, collection = sys.argv[1:5]
 rag = PermRAG.open(home, database_url=db_url, milvus_uri=uri, encoder=HashEncoder(48), collection=collection,
-                   consistency="Strong", groups=8, group_by="visibility", local_rows=0)
+                   consistency="Strong", partitions=8, partition_by="visibility", local_rows=0)
 for i in range(0, 60, 3):  # documents the regroup is moving, changed under it
     rag.update_metadata(f"r{i}", attrs={"dept": "d1", "lvl": "9"})
     rag.add_documents([{"external_id": f"new{i}", "text": f"budget new {i}", "attrs": {"dept": f"d{i % 40}", "lvl": "1"}}])
@@ -242,7 +244,7 @@ def test_a_regroup_beside_another_writing_process(tmp_path, pg_url, milvus_serve
     No update is lost, nothing is doubled or left behind in Milvus, every
     search equals brute force, and a second regroup settles the rest."""
     collection = f"rg_{abs(hash(str(tmp_path))) % 10**8}"
-    opts = dict(database_url=pg_url, milvus_uri=milvus_server, encoder=HashEncoder(48), collection=collection, consistency="Strong", groups=8, group_by="visibility", local_rows=0)
+    opts = dict(database_url=pg_url, milvus_uri=milvus_server, encoder=HashEncoder(48), collection=collection, consistency="Strong", partitions=8, partition_by="visibility", local_rows=0)
     rag = PermRAG.open(tmp_path / "main", **opts)
     try:
         docs = docs_for(600)
@@ -265,8 +267,8 @@ def test_a_regroup_beside_another_writing_process(tmp_path, pg_url, milvus_serve
         vecs = {d["external_id"]: v for d, v in zip(docs, rag.encoder.encode([d["text"] for d in docs]))}
         vecs |= dict(zip((f"new{i}" for i in range(0, 60, 3)), rag.encoder.encode([f"budget new {i}" for i in range(0, 60, 3)])))
         assert_exact(rag, vecs, users=["u-eng", "u-big", "u-fin", "u-all", "acl-1"], ks=(10, 100))
-        rag.regroup()
-        assert rag.regroup().moved_rows == 0
+        rag.repartition()
+        assert rag.repartition().moved_rows == 0
         table = stored_groups(rag)
         for r in rag.rows(rag.catalog.live_ids()):
             assert r.vclass % 8 == table[tokens(rag, dict(r.attrs))], r.external_id
@@ -279,7 +281,7 @@ def test_the_layout_is_recorded_for_processes_opened_without_it(tmp_path) -> Non
     ``groups`` nor ``group_by`` groups and places as the store was set up;
     explicit options win for their process and are recorded."""
     home = tmp_path / "h"
-    rag = PermRAG.open(home, encoder=HashEncoder(48), groups=8, group_by="visibility", local_rows=0)
+    rag = PermRAG.open(home, encoder=HashEncoder(48), partitions=8, partition_by="visibility", local_rows=0)
     for i in range(3):
         rag.policy.add_role(f"r{i}")
         rag.policy.grant(f"r{i}", f"dept:d{i}")
@@ -295,9 +297,9 @@ def test_the_layout_is_recorded_for_processes_opened_without_it(tmp_path) -> Non
     finally:
         rag.close()
     runner = CliRunner()
-    res = runner.invoke(main, ["--home", str(home), "regroup", "--dry-run"])  # no flags: the recorded layout
-    assert res.exit_code == 0 and "0 rows outside their group" in res.output and "over 8 groups" in res.output, res.output
-    rag = PermRAG.open(home, encoder=HashEncoder(48), groups=4)  # explicit: wins, and is recorded
+    res = runner.invoke(main, ["--home", str(home), "repartition", "--dry-run"])  # no flags: the recorded layout
+    assert res.exit_code == 0 and "0 rows outside their partition" in res.output and "over 8 partitions" in res.output, res.output
+    rag = PermRAG.open(home, encoder=HashEncoder(48), partitions=4)  # explicit: wins, and is recorded
     rag.close()
     rag = PermRAG.open(home, encoder=HashEncoder(48))
     try:
@@ -312,8 +314,8 @@ def test_a_regroup_touches_one_tenant_of_one_store(tmp_path, milvus_server) -> N
     leaves the other tenant and the other store exactly as they were."""
     tag = f"rt_{abs(hash(str(tmp_path))) % 10**8}"
     opts = dict(milvus_uri=milvus_server, encoder=HashEncoder(48), consistency="Strong", local_rows=0)
-    a = PermRAG.open(tmp_path / "a", collection=f"{tag}_a", groups=8, group_by="visibility", **opts)
-    b = PermRAG.open(tmp_path / "b", collection=f"{tag}_b", groups=8, group_by="visibility", **opts)
+    a = PermRAG.open(tmp_path / "a", collection=f"{tag}_a", partitions=8, partition_by="visibility", **opts)
+    b = PermRAG.open(tmp_path / "b", collection=f"{tag}_b", partitions=8, partition_by="visibility", **opts)
     try:
         docs = [{"external_id": f"x{i}", "text": f"note {i}", "attrs": {"dept": f"d{i % 3}"}} for i in range(30)]
         for rag in (a, b):
@@ -323,14 +325,53 @@ def test_a_regroup_touches_one_tenant_of_one_store(tmp_path, milvus_server) -> N
                     rag.policy.add_role(f"r{i}", tenant=tenant)
                     rag.policy.grant(f"r{i}", f"dept:d{i}", tenant=tenant)
         before = {(name, t): (sorted(milvus_ids(rag, t)), placement(rag, t)) for name, rag in (("a", a), ("b", b)) for t in ("default", "other")}
-        assert a.regroup("default").moved_rows == 20  # two of the three signatures leave the group all rows share
+        assert a.repartition("default").moved_rows == 20  # two of the three signatures leave the group all rows share
         assert sorted(milvus_ids(a, "default")) != before[("a", "default")][0]
         for key in (("a", "other"), ("b", "default"), ("b", "other")):
             rag = a if key[0] == "a" else b
             assert (sorted(milvus_ids(rag, key[1])), placement(rag, key[1])) == before[key], key
-        assert b.regroup("default", dry_run=True).misplaced_rows == 20 and a.regroup("other", dry_run=True).misplaced_rows == 20
+        assert b.repartition("default", dry_run=True).misplaced_rows == 20 and a.repartition("other", dry_run=True).misplaced_rows == 20
         table = stored_groups(a)
         assert all(r.vclass % 8 == table[tokens(a, dict(r.attrs))] for r in a.rows(a.catalog.live_ids()) if r.tenant == "default")
     finally:
         a.close()
         b.close()
+
+
+def test_options_are_one_checked_value_and_the_old_partition_names_still_work(tmp_path) -> None:
+    """``PermRAG.open`` takes an :class:`Options` or keywords (checked together,
+    an unknown name refused with the closest); ``groups=``/``group_by=`` and
+    ``rag.regroup()`` are the deprecated names of ``partitions=``/
+    ``partition_by=`` and ``rag.repartition()``, and mean the same."""
+    import warnings
+
+    from permrag import Options
+
+    enc = HashEncoder(48)
+    base = Options(encoder=enc, partitions=4, partition_by="visibility", local_rows=0)
+    with pytest.raises(ConfigError, match="did you mean 'partitions'"):
+        PermRAG.open(tmp_path / "x", options=base, partitons=4)
+    for bad in (dict(chunk_size=0), dict(local_rows=-1), dict(partitions="4"), dict(catalog_only="yes"), dict(stale_ingest_after=-1)):
+        with pytest.raises(ConfigError):
+            Options.of(bad)
+    with pytest.raises(ConfigError, match="not also its old name"):
+        Options.of({"groups": 4, "partitions": 4})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        old = PermRAG.open(tmp_path / "old", encoder=enc, groups=4, group_by="visibility", local_rows=0)
+    assert {str(w.message).split(" is deprecated")[0] for w in caught if w.category is DeprecationWarning} == {"the option groups=", "the option group_by="}
+    new = PermRAG.open(tmp_path / "new", options=base)
+    try:
+        assert old.options == new.options == Options.of({"local_rows": 0}, base)
+        docs = [{"external_id": f"d{i}", "text": f"note {i}", "attrs": {"dept": f"d{i % 4}"}} for i in range(40)]
+        for rag in (old, new):
+            rag.add_documents(docs)
+            for i in range(4):
+                rag.policy.add_role(f"r{i}")
+                rag.policy.grant(f"r{i}", f"dept:d{i}")
+        with pytest.warns(DeprecationWarning, match="repartition"):
+            a = old.regroup(dry_run=True)
+        assert a == new.repartition(dry_run=True) and a.misplaced_rows == 30
+    finally:
+        old.close()
+        new.close()

@@ -522,7 +522,7 @@ def test_a_regroup_is_not_a_change(tmp_path) -> None:
     """A regroup moves rows to new IDs; the documents stay what they were and
     the next sync writes nothing."""
     folder = write(tmp_path / "docs", FILES)
-    rag = PermRAG.open(tmp_path / "g", encoder=HashEncoder(32), chunk_size=200, chunk_overlap=10, groups=4, group_by="visibility")
+    rag = PermRAG.open(tmp_path / "g", encoder=HashEncoder(32), chunk_size=200, chunk_overlap=10, partitions=4, partition_by="visibility")
     try:
         rag.sync_folder(folder)
         before = {r.external_id: r.row_id for r in rag.rows(rag.catalog.tenant_rows("default"))}
@@ -530,7 +530,7 @@ def test_a_regroup_is_not_a_change(tmp_path) -> None:
         rag.policy.grant("hr", "folder:hr")
         rag.policy.add_role("eng")
         rag.policy.grant("eng", "folder:eng")
-        rag.regroup("default")
+        rag.repartition("default")
         after = {r.external_id: r.row_id for r in rag.rows(rag.catalog.tenant_rows("default"))}
         assert after.keys() == before.keys() and after != before  # rows did move
         version = rag.catalog_version

@@ -57,11 +57,11 @@ LAYOUT_SETTING = "layout"  # {"groups": N, "group_by": ...}: what the store was 
 
 
 def check_layout(groups: int, group_by: str | None) -> None:
-    """``group_by`` as given to ``PermRAG.open`` (``groups``: the groups the backend will use)."""
+    """``partition_by`` as given to ``PermRAG.open`` (``groups``: the partitions the backend will use)."""
     if group_by is not None and group_by not in GROUP_BY:
-        raise ConfigError(f"group_by must be 'class', 'visibility' or 'visibility+acl', not {group_by!r}")
+        raise ConfigError(f"partition_by must be 'class', 'visibility' or 'visibility+acl', not {group_by!r}")
     if group_by not in (None, "class") and not groups:
-        raise ConfigError(f"group_by={group_by!r} places rows in class groups: give groups=N (N > 0) too")
+        raise ConfigError(f"partition_by={group_by!r} places rows in partitions by class: give partitions=N (N > 0) too")
 
 
 def layout_placement(engine: Any, given: tuple[int | None, str | None], backend_options: dict[str, Any], signer: Callable[[], Signer]) -> Placement | None:
@@ -85,7 +85,7 @@ def layout_placement(engine: Any, given: tuple[int | None, str | None], backend_
     if group_by in (None, "class"):
         return None
     if groups is None:  # check_layout refuses this at open
-        raise ConfigError(f"group_by={group_by!r} places rows in class groups: give groups=N (N > 0) too")
+        raise ConfigError(f"partition_by={group_by!r} places rows in partitions by class: give partitions=N (N > 0) too")
     return Placement(int(groups), signer(), acls=group_by == "visibility+acl")
 
 

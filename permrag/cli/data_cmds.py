@@ -1,4 +1,4 @@
-"""``permrag init|config|ingest|delete|search|explain|who-can-see|audit|reconcile|regroup|demo``."""
+"""``permrag init|config|ingest|delete|search|explain|who-can-see|audit|reconcile|repartition|demo``."""
 
 from __future__ import annotations
 
@@ -339,14 +339,29 @@ def reconcile(ctx, full, as_json) -> None:
 
 @main.command(cls=StoreCommand)
 @tenant_opt
-@click.option("--dry-run", is_flag=True, help="Only count the rows outside their group; move nothing.")
+@click.option("--dry-run", is_flag=True, help="Only count the rows outside their partition; move nothing.")
+@json_opt
+@click.pass_context
+def repartition(ctx, tenant, dry_run, as_json) -> None:
+    """Move a tenant's rows to their co-visibility partitions under the current policy (after policy changes; searches stay exact throughout)."""
+    _repartition(ctx, tenant, dry_run, as_json)
+
+
+def _repartition(ctx: click.Context, tenant: str, dry_run: bool, as_json: bool) -> None:
+    with store(ctx) as rag:  # the layout the store recorded (catalog/placement.py)
+        report = rag.repartition(tenant, dry_run=dry_run)
+        emit(as_json, report.to_dict(), lambda: click.echo(report.describe()))
+
+
+@main.command(cls=StoreCommand, hidden=True)
+@tenant_opt
+@click.option("--dry-run", is_flag=True)
 @json_opt
 @click.pass_context
 def regroup(ctx, tenant, dry_run, as_json) -> None:
-    """Move a tenant's rows to their co-visibility groups under the current policy (after policy changes; searches stay exact throughout)."""
-    with store(ctx) as rag:  # the layout the store recorded (catalog/placement.py)
-        report = rag.regroup(tenant, dry_run=dry_run)
-        emit(as_json, report.to_dict(), lambda: click.echo(report.describe()))
+    """Deprecated name of ``permrag repartition`` (one release)."""
+    click.echo("warning: 'permrag regroup' is deprecated: use 'permrag repartition'", err=True)
+    _repartition(ctx, tenant, dry_run, as_json)
 
 
 @main.command(cls=StoreCommand)

@@ -71,8 +71,8 @@ class RegroupReport:
 
     def describe(self) -> str:
         if not self.groups:
-            return f"tenant {self.tenant!r}: its collection is not grouped (flat); nothing to regroup"
-        head = f"tenant {self.tenant!r}: {self.classes} classes, {self.signatures} signatures over {self.groups} groups; {self.misplaced_rows} rows outside their group"
+            return f"tenant {self.tenant!r}: its collection has one partition (flat); nothing to repartition"
+        head = f"tenant {self.tenant!r}: {self.classes} classes, {self.signatures} signatures over {self.groups} partitions; {self.misplaced_rows} rows outside their partition"
         if self.dry_run:
             return head + " (dry run: nothing moved)"
         tail = f"; moved {self.moved_rows} rows of {self.moved_documents} documents"
@@ -90,8 +90,8 @@ def regroup(ingester: Ingester, placement: Any, tenant: str, *, dry_run: bool = 
     tenant = check_tenant(tenant, ArgumentError)
     if placement is None:
         raise ConfigError(
-            "regroup places rows by co-visibility: this store does not; open it once with "
-            "PermRAG.open(..., groups=N, group_by='visibility') (or 'visibility+acl'), which every later process, the CLI too, takes over"
+            "repartition places rows by co-visibility: this store does not; open it once with "
+            "PermRAG.open(..., partitions=N, partition_by='visibility') (or 'visibility+acl'), which every later process, the CLI too, takes over"
         )
     catalog = ingester.catalog
     no = catalog.tenants.number(tenant)
@@ -100,7 +100,7 @@ def regroup(ingester: Ingester, placement: Any, tenant: str, *, dry_run: bool = 
     if grouping is None or binding is None or no is None:
         return RegroupReport(tenant, 0, 0, 0, 0, 0, 0, 0, 0, dry_run)
     if grouping.groups != placement.groups:
-        raise ConfigError(f"tenant {tenant!r}'s collection has {grouping.groups} groups, the store was opened with groups={placement.groups}")
+        raise ConfigError(f"tenant {tenant!r}'s collection has {grouping.groups} partitions, the store was opened with partitions={placement.groups}")
     if before is not None:
         before()
     with db.transaction(catalog.engine, "regrouping") as conn:
