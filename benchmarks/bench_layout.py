@@ -43,7 +43,7 @@ FRACTIONS = [0.01, 0.1, 0.5]
 
 def run(n_rows: int, n_queries: int, budget_s: float, layouts: dict | None = None) -> dict:
     """``layouts``: name → PermRAG.open options, plus ``policy="after"`` (roles
-    made after the ingest) and ``regroup=True`` (then ``rag.regroup()``, timed)."""
+    made after the ingest) and ``regroup=True`` (then ``rag.repartition()``, timed)."""
     saved = bench_search.FRACTIONS[:]  # bench_search's users and ACLs are made per fraction: ours, for this run
     bench_search.FRACTIONS[:] = FRACTIONS
     try:
@@ -72,7 +72,7 @@ def _run(n_rows: int, n_queries: int, budget_s: float, layouts: dict) -> dict:
                     users = bench_search.make_users(rag, n_rows // bench_search.TEAM_SIZE)
                 if spec.get("regroup"):
                     t0 = time.perf_counter()
-                    report = rag.regroup("acme")
+                    report = rag.repartition("acme")
                     regroup_s[name] = time.perf_counter() - t0
                     print(f"  {name}: {report.describe()} in {regroup_s[name]:.1f} s", flush=True)
             client = next(iter(stores.values())).store.client()

@@ -387,7 +387,7 @@ def main(argv=None) -> None:
             local["database_url"] = lambda: stack.enter_context(fresh_postgres(args.postgres))
         if not args.skip_lite:
             print(f"Milvus Lite, {args.lite_rows:,} rows", flush=True)
-            gb = {"group_by": args.group_by} if args.lite_groups else {}
+            gb = {"partition_by": args.group_by} if args.lite_groups else {}
             with PermRAG.open(Path(tmp) / "lite", encoder=RandomEncoder(DIM), partitions=args.lite_groups, **gb, **opened(local)) as rag:
                 label = "Milvus Lite " + version("milvus-lite") + layout(rag, args.group_by, args.policy_first) + db_label
                 results.append(run_backend(label, rag, args.lite_rows, args.queries, budget, args.policy_first))
@@ -396,7 +396,7 @@ def main(argv=None) -> None:
             server = start_server(Path(tmp) / "server")
             try:
                 uri = f"http://127.0.0.1:{server.listen_port}"
-                gb = {"group_by": args.group_by} if args.server_groups else {}
+                gb = {"partition_by": args.group_by} if args.server_groups else {}
                 with PermRAG.open(Path(tmp) / "srv", encoder=RandomEncoder(DIM), milvus_uri=uri, partitions=args.server_groups, **gb, **opened(local)) as rag:
                     label = "Milvus server " + rag.store.client().get_server_version() + layout(rag, args.group_by, args.policy_first) + db_label
                     results.append(run_backend(label, rag, args.server_rows, args.queries, budget, args.policy_first))

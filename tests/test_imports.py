@@ -28,6 +28,7 @@ EXPECTED = {
     "Explanation",
     "Hit",
     "Hits",
+    "Options",
     "PermRAG",
     "PermragError",
     "PolicyCSVError",

@@ -491,7 +491,7 @@ def test_processes_of_one_store_first_use_a_fresh_milvus_at_once(tmp_path, pg_ur
     outs = [proc.communicate(timeout=300) for proc in procs]
     for proc, (out, err) in zip(procs, outs):
         assert proc.returncode == 0, err[-3000:]
-        assert out.strip() == "Grouping(partitions=4)", out
+        assert out.strip() == "Grouping(groups=4)", out
     rag = PermRAG.open(tmp_path / "main", database_url=pg_url, milvus_uri=milvus_server, encoder=ENC, collection=collection, consistency="Strong")
     try:
         live = rag.catalog.live_ids()
