@@ -19,7 +19,8 @@ PG_ADMIN_URL = os.environ.get("PERMRAG_TEST_PG", "postgresql+psycopg2://postgres
 
 # Markers by what a test needs (``make test-fast`` leaves these out): a Milvus
 # server (the fixtures, or a ``server`` parameter of a backend-parametrised test),
-# PostgreSQL, or seconds of processes, crashes and stress (whole modules).
+# PostgreSQL, or seconds of processes, crashes and stress, subprocess servers,
+# real embedding models and long property runs over Milvus (whole modules).
 SERVER_FIXTURES = {"milvus_server", "own_milvus_server", "slapd"}
 SLOW_MODULES = {
     "test_concurrency",
@@ -36,6 +37,12 @@ SLOW_MODULES = {
     "test_upgrade",
     "test_migrations",
     "test_serve_scim",
+    "test_covis",  # property runs over Milvus Lite placements
+    "test_mcp",  # stdio and HTTP MCP servers in subprocesses
+    "test_mcp_delegation",
+    "test_encoders",  # the real MiniLM and static models
+    "test_multilingual",
+    "test_defaults",  # every face, each on a store of its own
 }
 
 
