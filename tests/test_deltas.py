@@ -446,7 +446,8 @@ def test_every_kind_of_change_leaves_the_writer_and_a_follower_equal_to_the_stor
             lambda: rag.identity.set_folder_acl("/hr", allow=["user:u0"], replace=True, allow_unknown=True, tenant="t0"),
             lambda: rag.policy.grant("r0", "dept:hr", "t0", expires_at=4e9),
             lambda: rag.policy.grant("r0", "dept:hr", "t0"),
-            lambda: rag.policy.import_text("p, r5, t0, *, read, allow\ng, user:u0, r5, t0\n", replace=True),
+            lambda: rag.policy.import_text("".join(f"p, r7, t0, doc:x{n}, read, allow\ng, user:v{n}, r7, t0\n" for n in range(40)), allow_unknown=True),
+            lambda: rag.policy.import_text("p, r5, t0, *, read, allow\ng, user:u0, r5, t0\n", replace=True),  # many removals of a shape: read by tenant
             lambda: rag.policy.import_text("p, r6, t1, *, read, allow\n"),
         ]
         for i, step in enumerate(steps):

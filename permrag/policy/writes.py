@@ -6,7 +6,9 @@ removal deletes the stored rows of its key (a rule: role, tenant, selector,
 effect; an edge: subject, object, tenant; a folder entry: folder, tenant,
 principal, effect; the no-inherit flag: folder, tenant; an identity row:
 principal, tenant; a role: tenant, name), read first so that the log holds
-the rows exactly as they were stored; then the additions are inserted in
+the rows exactly as they were stored (a few by one indexed read per key;
+many — a replacing import, a large sync — by one read of the tenant's rows
+of that type, then deleted by id); then the additions are inserted in
 batches. Removals run first, so a change that replaces a row (a new expiry, a
 relabelled user) removes the old one and writes the new one.
 
@@ -38,11 +40,22 @@ _WHERE: dict[str, Any] = {
     IDENT: (_c.ptype == IDENT, _c.v0 == _b[0], _c.v1 == _b[1]),
 }
 _ROLE = (db.roles.c.tenant == _b[0], db.roles.c.name == _b[1])
-_SELECTS: dict[str, Any] = {k: select(_c.ptype, _c.v0, _c.v1, _c.v2, _c.v3, _c.v4, _c.v5).where(*w) for k, w in _WHERE.items()}
-_SELECTS["role"] = select(literal("role"), db.roles.c.tenant, db.roles.c.name).where(*_ROLE)
-_DELETES: dict[str, Any] = {k: delete(db.casbin_rule).where(*w) for k, w in _WHERE.items()}
-_DELETES["role"] = delete(db.roles).where(*_ROLE)
+_COLS = (_c.id, _c.ptype, _c.v0, _c.v1, _c.v2, _c.v3, _c.v4, _c.v5)
+_SELECTS: dict[str, Any] = {k: select(*_COLS).where(*w) for k, w in _WHERE.items()}
+# Many removals of one shape: the tenant's rows of that type, read once and matched here.
+_TENANT_ROWS: dict[str, Any] = {k: select(*_COLS).where(w[0], (_c.v2 if k == "g" else _c.v1) == _b[0]) for k, w in _WHERE.items()}
+_KEY_OF: dict[str, Any] = {  # a stored row (ptype, v0 … v5) → the key a removal names it by
+    "p": lambda r: (r[1], r[2], r[3], r[5]),
+    "g": lambda r: (r[1], r[2], r[3]),
+    FOLDER_ACL: lambda r: (r[1], r[2], r[3], r[4]),
+    "noinh": lambda r: (r[1], r[2]),
+    IDENT: lambda r: (r[1], r[2]),
+}
+_TENANT_AT = {"p": 1, "g": 2, FOLDER_ACL: 1, "noinh": 1, IDENT: 1}  # where a key holds its tenant
+_ROLE_ROW = select(literal("role"), db.roles.c.tenant, db.roles.c.name).where(*_ROLE)
+_ROLE_DELETE = delete(db.roles).where(*_ROLE)
 BATCH = 1000
+FEW = 32  # up to this many removals of one shape: one indexed read per key
 
 
 def _key(op: Op) -> tuple[str, tuple[Any, ...]]:
@@ -70,11 +83,16 @@ def write(conn: Connection, change: Change) -> tuple[list[Row], list[Row]]:
             keys[shape][values] = None
     removed: list[Row] = []
     for shape, named in keys.items():
-        params = [{f"b{i}": v for i, v in enumerate(values)} for values in named]
-        for one in params:
-            removed += [tuple(r) for r in conn.execute(_SELECTS[shape], one)]
-        for part in db.chunks(params, BATCH):
-            conn.execute(_DELETES[shape], list(part))
+        if shape == "role":
+            params = [{"b0": t, "b1": n} for t, n in named]
+            for one in params:
+                removed += [tuple(r) for r in conn.execute(_ROLE_ROW, one)]
+            conn.execute(_ROLE_DELETE, params)
+            continue
+        found = _stored(conn, shape, list(named))
+        removed += [row for _, row in found]
+        for ids in db.chunks([i for i, _ in found], BATCH):
+            conn.execute(delete(db.casbin_rule).where(_c.id.in_(list(ids))))
     added = [op.row() for op in change.ops if op.added]
     roles = [{"tenant": r[1], "name": r[2]} for r in added if r[0] == "role"]
     rules = [_columns(r) for r in added if r[0] != "role"]
@@ -82,6 +100,20 @@ def write(conn: Connection, change: Change) -> tuple[list[Row], list[Row]]:
         for part in db.chunks(rows, BATCH):
             conn.execute(table.insert(), list(part))
     return removed, [r for r in added if r[0] == "role"] + [r for r in added if r[0] != "role"]
+
+
+def _stored(conn: Connection, shape: str, named: list[tuple[Any, ...]]) -> list[tuple[int, Row]]:
+    """(id, row) of every stored row the keys ``named`` name: by one indexed read
+    per key, or — for many — by one read of each tenant's rows of the type."""
+    out: list[tuple[int, Row]] = []
+    if len(named) <= FEW:
+        for values in named:
+            out += [(r[0], tuple(r[1:])) for r in conn.execute(_SELECTS[shape], {f"b{i}": v for i, v in enumerate(values)})]
+        return out
+    wanted, key_of = set(named), _KEY_OF[shape]
+    for tenant in sorted({values[_TENANT_AT[shape]] for values in named}):
+        out += [(r[0], tuple(r[1:])) for r in conn.execute(_TENANT_ROWS[shape], {"b0": tenant}) if key_of(tuple(r[1:])) in wanted]
+    return out
 
 
 def _columns(row: Sequence[Any]) -> dict[str, Any]:
