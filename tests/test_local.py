@@ -119,6 +119,29 @@ def test_in_process_ranking_equals_brute_force_and_the_milvus_path(world, user) 
     assert rag.stats["dropped_hits"] == 0
 
 
+def test_each_search_takes_one_route_decided_once(world) -> None:
+    """Deny, in process or Milvus is decided once per search (search/execute.py
+    ``Route``) and the search goes that way: a small dense set ranks here, the
+    same search without in-process ranking asks Milvus, a user who sees nothing
+    reaches no backend."""
+    rag, _ = world
+    user = USERS[1]
+    counts = lambda: {k: rag.stats[f"route:{k}"] for k in ("deny", "here", "milvus")}  # noqa: E731
+    local, searches = rag.stats["local_searches"], rag.stats["milvus_searches"]
+    start = counts()
+    rag.search("budget", user=user, tenant="acme", k=5, mode="dense")
+    assert counts()["here"] == start["here"] + 1 and rag.stats["local_searches"] == local + 1 and rag.stats["milvus_searches"] == searches
+    saved, rag.searcher.local = rag.searcher.local, None
+    try:
+        rag.search("budget", user=user, tenant="acme", k=5, mode="dense")
+    finally:
+        rag.searcher.local = saved
+    assert counts()["milvus"] == start["milvus"] + 1 and rag.stats["milvus_searches"] > searches
+    searches = rag.stats["milvus_searches"]
+    assert rag.search("budget", user="nobody-at-all", tenant="acme", k=5, mode="dense") == []
+    assert counts()["deny"] == start["deny"] + 1 and rag.stats["milvus_searches"] == searches and rag.stats["local_searches"] == local + 1
+
+
 def _tied(a, b) -> bool:
     return len(a) == len(b) and all(abs(x.score - y.score) < 1e-5 for x, y in zip(a, b))
 

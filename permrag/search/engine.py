@@ -28,7 +28,7 @@ from ..errors import ArgumentError, ConfigError
 from ..names import check_text
 from ..results import Hit, Hits, Stats
 from .contract import stamp
-from .execute import Executor
+from .execute import Executor, Route
 from .fusion import DEFAULT_FUSION, DEFAULT_WEIGHTS, default_pool
 from .local import LocalRanker
 from .planner import DenyAll, Filter, Plan, Planner, in_process
@@ -55,6 +55,7 @@ class Searcher:
         self.stats = stats
         self.local = local  # small visible sets ranked in process (search/local.py); None: always Milvus
         self._plans: dict[tuple[str, int, int], tuple[FrozenBitMap, Plan]] = {}
+        self._executors: dict[tuple[int, int], Executor] = {}
         self._plans_lock = threading.Lock()
 
     # ------------------------------------------------------------------ plans
@@ -98,10 +99,19 @@ class Searcher:
         return backend.grouping(no)
 
     def executor(self, tenant: str) -> Executor | None:
+        """The tenant collection's executor (one per collection and backend, kept)."""
         no = self.catalog.tenants.number(tenant)
         if no is None:
             return None
-        return Executor(self.binding.backend(), no, self.catalog.rows.records, self.stats, self.local)
+        backend = self.binding.backend()
+        key = (no, id(backend))
+        with self._plans_lock:
+            ex = self._executors.get(key)
+            if ex is None or ex.backend is not backend or ex.local is not self.local:
+                if len(self._executors) >= MAX_PLANS:
+                    self._executors.clear()
+                ex = self._executors[key] = Executor(backend, no, self.catalog.rows.records, self.stats, self.local)
+        return ex
 
     # ------------------------------------------------------------------ search
     def search_many(
@@ -132,8 +142,11 @@ class Searcher:
         held = self._ask_early(backend, tenant, mode)
         snap = snapshot or self.access.snapshot(user, tenant, agent)
         plan = self._in_process(snap, mode, backend) or self.plan(snap)
+        ex = None if isinstance(plan, DenyAll) else self.executor(tenant)  # None too: the tenant has no collection yet
+        route = ex.route(plan, snap, mode) if ex is not None else Route("deny", plan)  # the one decision: deny, here or Milvus
         self.stats.add("searches", len(queries))
         self.stats.add(f"plan:{plan.kind}")
+        self.stats.add(f"route:{route.kind}")
         if isinstance(plan, DenyAll):
             out = [stamp(self.access.engine, (), snap, k, mode) for _ in queries]
         else:
@@ -142,8 +155,7 @@ class Searcher:
                 vectors = self.binding.check_vectors(vectors, len(queries))
             elif mode != "keyword":
                 vectors = self.binding.encode(list(queries))
-            ex = self.executor(tenant)
-            raw = ex.run(plan, snap, mode, vectors, list(queries), k, fusion=fusion, weights=(float(weights[0]), float(weights[1])), pool=pool, held=held) if ex else [[] for _ in queries]
+            raw = ex.run(route, snap, mode, vectors, list(queries), k, fusion=fusion, weights=(float(weights[0]), float(weights[1])), pool=pool, held=held) if ex else [[] for _ in queries]
             out = [stamp(self.access.engine, self.hits(r, snap, mode), snap, k, mode) for r in raw]
         self.audit.record(
             "search",

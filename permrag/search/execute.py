@@ -25,6 +25,12 @@ vector, read back once; its hits pass the same verify. Milvus is still asked whe
 it holds the collection, so a search while the backend is down raises on
 either path (the question runs beside the ranking: search/probe.py).
 
+Which way a search goes — nothing visible (no backend call), ranked in
+process, or Milvus under the plan — is decided once per request
+(:meth:`Executor.route`, a :class:`Route`) and passed down; a route in
+process falls back to Milvus only at run time, when the collection is gone
+or a background-read set left the cache.
+
 A plan may name class groups (partitions, backends/layout.py) instead of,
 or besides, a filter. A row searched through a group is verified like any
 other, so a stale plan naming a group cannot make a row visible.
@@ -35,6 +41,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -53,6 +60,20 @@ security_log = logging.getLogger("permrag.security")
 CHUNK_IDS = 5_000
 
 Records = Callable[[Sequence[int]], Mapping[int, RowRecord]]
+ROUTES = ("deny", "here", "milvus")
+
+
+@dataclass(frozen=True)
+class Route:
+    """How one search runs, decided once (:meth:`Executor.route`) and passed down:
+    ``deny`` (nothing visible: no backend call), ``here`` (its dense ranking in
+    process, search/local.py; a hybrid search's keyword half still asks Milvus)
+    or ``milvus`` (the plan's filter and partitions). A ``here`` route falls back
+    to Milvus only at run time, when the collection is gone or a background-read
+    set left the cache meanwhile."""
+
+    kind: str
+    plan: Plan
 
 
 class Executor:
@@ -65,9 +86,20 @@ class Executor:
         self.stats = stats
         self.local = local
 
+    def route(self, plan: Plan, snap: Snapshot, mode: str) -> Route:
+        """The one decision of how a search runs (see :class:`Route`); asking whether
+        a larger set is read back already queues its background read (search/local.py)."""
+        if isinstance(plan, DenyAll):
+            return Route("deny", plan)
+        if getattr(plan, "strategy", None) == IN_PROCESS:
+            return Route("here", plan)  # planned for in-process ranking (search/engine.py): there is no filter for Milvus
+        if mode in ("dense", "hybrid") and isinstance(plan, (Filter, AllowAll)) and self.local is not None and self._local_ready(plan, snap):
+            return Route("here", plan)
+        return Route("milvus", plan)
+
     def run(
         self,
-        plan: Plan,
+        plan: Plan | Route,
         snap: Snapshot,
         mode: str,
         vectors: np.ndarray | None,
@@ -79,29 +111,37 @@ class Executor:
         pool: int | None = None,
         held: Future | None = None,
     ) -> list[list[RawHit]]:
-        """Verified top-k per query (``pool``: candidates per list before hybrid fusion;
-        ``held``: the collection check of this search, asked already — search/engine.py)."""
-        if isinstance(plan, DenyAll):
+        """Verified top-k per query along ``plan``'s route (a :class:`Route` decided by the
+        caller, or decided here once); ``pool``: candidates per list before hybrid fusion;
+        ``held``: the collection check of this search, asked already — search/engine.py."""
+        route = plan if isinstance(plan, Route) else self.route(plan, snap, mode)
+        if route.kind == "deny":
             return [[] for _ in texts]
         if mode == "hybrid":
             # Fusion is done here, over two verified candidate lists (each with
             # its own over-fetch under a superset plan); ties break towards
             # the dense list, which Milvus' rankers do not do, and which ranks
-            # better.
+            # better. The route holds for the dense half; the keyword half asks Milvus.
             n = max(k, pool or k)
-            dense = self.run(plan, snap, "dense", vectors, texts, n)
-            keyword = self.run(plan, snap, "keyword", vectors, texts, n)
+            dense = self._along(route, snap, "dense", vectors, texts, n, held)
+            keyword = self._along(Route("milvus", route.plan), snap, "keyword", vectors, texts, n, None)
             return [fuse(d, s, k, fusion, weights) for d, s in zip(dense, keyword)]
-        if mode == "dense" and vectors is not None and isinstance(plan, (Filter, AllowAll)) and self.local is not None and self._local_ready(plan, snap):
+        return self._along(route, snap, mode, vectors, texts, k, held)
+
+    def _along(self, route: Route, snap: Snapshot, mode: str, vectors: np.ndarray | None, texts: Sequence[str], k: int, held: Future | None) -> list[list[RawHit]]:
+        """One list (dense or keyword) along ``route``."""
+        plan = route.plan
+        if route.kind == "here" and mode == "dense" and vectors is not None and isinstance(plan, (Filter, AllowAll)) and self.local is not None:
             ranked = self._ranked_here(self.local, plan, snap, vectors, k, held)
             if ranked is not None:
                 return ranked  # (None: the collection is gone, or a background-read set left the cache meanwhile: Milvus answers)
-        if getattr(plan, "strategy", None) == IN_PROCESS:
+        if isinstance(plan, Filter) and plan.strategy == IN_PROCESS:
             # planned for in-process ranking (search/engine.py), so there is no filter to
             # give Milvus: the collection is gone (nothing to find) or the set can't be ranked here
             if mode == "dense" and vectors is not None and self.local is not None and self.local.takes(plan.visible, self.backend):
                 return [[] for _ in texts]
             raise RuntimeError("an in-process plan reached the Milvus path")  # never: engine.py plans it only for dense searches ranked here
+        assert isinstance(plan, (Filter, AllowAll))
         return self._milvus(plan, snap, mode, vectors, texts, k)
 
     def _ranked_here(self, local: LocalRanker, plan: Filter | AllowAll, snap: Snapshot, vectors: np.ndarray, k: int, held: Future | None) -> list[list[RawHit]] | None:
