@@ -52,7 +52,7 @@ class PermRAG(ConsistencyFaces):
     """A permissioned retrieval store. Build one with :meth:`open`; the constructor does no I/O."""
 
     def __init__(self, settings: config.Settings, options: Options | None = None, **given: Any) -> None:
-        o = self.options = Options.of(given, options)
+        o = self.options = options if options is not None and not given else Options.of(given, options)  # (open() checked them already)
         self.settings = settings
         self.planner = o.planner
         self.last_repair: RepairReport | None = None

@@ -38,6 +38,19 @@ ROLE_PREFIX = "role:"
 AGENT_PREFIX = "agent:"  # an agent (acting for users) is a principal of its own kind: never a user, group or role
 
 
+def edge_parts(subject: str, target: str) -> tuple[str, str, str]:
+    """What a stored ``g`` edge is, as the :class:`TenantPolicy` methods that
+    hold it (``add_<kind>`` / ``remove_<kind>``) and their arguments:
+    ``member`` (member, group), ``user`` (user, role), ``agent`` (agent, role),
+    ``group_role`` (group, role) or ``inherit`` (role, parent)."""
+    if target.startswith(GROUP_PREFIX):
+        return "member", subject, target[len(GROUP_PREFIX) :]
+    for prefix, kind in ((USER_PREFIX, "user"), (AGENT_PREFIX, "agent"), (GROUP_PREFIX, "group_role")):
+        if subject.startswith(prefix):
+            return kind, subject[len(prefix) :], target
+    return "inherit", subject, target
+
+
 def _graph() -> defaultdict[str, set[str]]:
     return defaultdict(set)
 

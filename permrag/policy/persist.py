@@ -26,7 +26,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Connection
 
 from .. import db
-from .model import AGENT_PREFIX, GROUP_PREFIX, USER_PREFIX, Folder, TenantPolicy
+from .model import AGENT_PREFIX, GROUP_PREFIX, USER_PREFIX, Folder, TenantPolicy, edge_parts
 
 Row = tuple[Any, ...]
 
@@ -103,16 +103,8 @@ def add_row(tenants: dict[str, TenantPolicy], row: Row) -> None:
         if v5:
             tp.expires[("p", v0, v2, v4)] = float(v5)
     elif ptype == "g":
-        if v1.startswith(GROUP_PREFIX):
-            tp.add_member(v0, v1[len(GROUP_PREFIX) :])
-        elif v0.startswith(USER_PREFIX):
-            tp.add_user(v0[len(USER_PREFIX) :], v1)
-        elif v0.startswith(AGENT_PREFIX):
-            tp.add_agent(v0[len(AGENT_PREFIX) :], v1)
-        elif v0.startswith(GROUP_PREFIX):
-            tp.add_group_role(v0[len(GROUP_PREFIX) :], v1)
-        else:
-            tp.add_inherit(v0, v1)
+        kind, a, b = edge_parts(v0, v1)
+        getattr(tp, "add_" + kind)(a, b)
         if v3:
             tp.expires[("g", v0, v1)] = float(v3)
     elif ptype == FOLDER_ACL:
@@ -139,16 +131,8 @@ def remove_row(tenants: dict[str, TenantPolicy], row: Row) -> None:
         (tp.allow if v4 == "allow" else tp.deny).get(v0, set()).discard(v2)
         tp.expires.pop(("p", v0, v2, v4), None)
     elif ptype == "g":
-        if v1.startswith(GROUP_PREFIX):
-            tp.remove_member(v0, v1[len(GROUP_PREFIX) :])
-        elif v0.startswith(USER_PREFIX):
-            tp.remove_user(v0[len(USER_PREFIX) :], v1)
-        elif v0.startswith(AGENT_PREFIX):
-            tp.remove_agent(v0[len(AGENT_PREFIX) :], v1)
-        elif v0.startswith(GROUP_PREFIX):
-            tp.remove_group_role(v0[len(GROUP_PREFIX) :], v1)
-        else:
-            tp.remove_inherit(v0, v1)
+        kind, a, b = edge_parts(v0, v1)
+        getattr(tp, "remove_" + kind)(a, b)
         tp.expires.pop(("g", v0, v1), None)
     elif ptype == FOLDER_ACL or ptype in NO_INHERIT_TYPES:
         acl = tp.folders.get(v0)

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .model import AGENT_PREFIX, GROUP_PREFIX, USER_PREFIX
+from .model import AGENT_PREFIX, GROUP_PREFIX, USER_PREFIX, edge_parts
 from .persist import FOLDER_ACL, IDENT, INACTIVE, NO_INHERIT, NO_INHERIT_TYPES, stamp
 
 Row = tuple[Any, ...]
@@ -65,12 +65,7 @@ class Edge:
     @property
     def kind(self) -> str:
         """``membership``, ``assignment`` (a user's role), ``agent_role``, ``group_role`` or ``inheritance``."""
-        if self.target.startswith(GROUP_PREFIX):
-            return "membership"
-        for prefix, name in ((USER_PREFIX, "assignment"), (AGENT_PREFIX, "agent_role"), (GROUP_PREFIX, "group_role")):
-            if self.subject.startswith(prefix):
-                return name
-        return "inheritance"
+        return {"member": "membership", "user": "assignment", "agent": "agent_role", "group_role": "group_role", "inherit": "inheritance"}[edge_parts(self.subject, self.target)[0]]
 
     @property
     def verb(self) -> str:
