@@ -21,6 +21,12 @@ from pathlib import Path
 
 _GIVEN: set[int] = set()  # ports this process handed out (never twice)
 _LOCK = threading.Lock()
+# The package's start() changes the process's working directory to the
+# server's folder around its Popen; two threads starting servers at once
+# could launch one server in the other's folder (reading its config, its
+# ports). Launches hold this lock; the wait for health does not.
+_LAUNCH = threading.Lock()
+START_TIMEOUT_S = 400  # two servers booting beside a busy test run on 2 cores took > 180 s
 SLICES = 32  # the range below the ephemeral one, split by process
 
 
@@ -87,7 +93,7 @@ def start(base_dir: Path, port: int | None = None, *, tick_ms: int | None = None
     from milvus import MilvusServer
 
     base_dir = Path(base_dir)
-    server = MilvusServer()
+    server = MilvusServer(wait_for_started=False)
     server.config.try_bind_port = _bind
     server.set_base_dir(str(base_dir))
     server.listen_port = port or free_port()
@@ -128,7 +134,19 @@ def start(base_dir: Path, port: int | None = None, *, tick_ms: int | None = None
         cfg.write_text(text, encoding="utf-8")
 
     server.config.write_config = write_config
-    server.start()
+    with _LAUNCH:
+        cwd = os.getcwd()
+        try:
+            server.start()  # launches only (wait_for_started=False)
+        finally:
+            os.chdir(cwd)
+    try:
+        server.wait_started(timeout=START_TIMEOUT_S * 1000)
+    except BaseException as exc:
+        log = Path(server.config.base_data_dir) / "logs" / "milvus-stderr.log"
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+        server.stop()
+        raise RuntimeError(f"Milvus server did not start: {exc}; its stderr ends:\n{tail}") from exc
     if port is not None and server.listen_port != port:
         server.stop()
         raise RuntimeError(f"Milvus server came up on {server.listen_port}, not {port}")
