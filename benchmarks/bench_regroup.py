@@ -4,7 +4,7 @@ the same policy made before them and a per-user silo (one Milvus server).
 Co-visibility placement places a class by the roles that exist when its
 first row arrives. Rows ingested before any role all have the empty
 signature and share one group: every role's search then names that group
-with a residual filter. ``rag.repartition()`` (ingest/regroup.py) moves the
+with a residual filter. ``rag.repartition()`` (placement/repartition.py) moves the
 rows to their groups under the policy of now; this measures what that
 gives back and what it costs (its time beside the ingest's). The stores
 share rows, roles and ACL users with bench_layout.py (``--group-by``

@@ -39,7 +39,7 @@ the goal's ratio, permrag ÷ silo.
         # the 1M server run as measured (22 min on 2 cores)
     python benchmarks/bench_search.py --skip-lite --server-rows 1000000 --server-groups 64 --group-by visibility --policy-first --skip post-filter,id-in,acl-array --tag 1m_server_covis
     python benchmarks/bench_search.py --skip-lite --server-rows 1000000 --server-groups 32 --group-by visibility+acl --policy-first --skip post-filter,id-in,acl-array --tag 1m_server_covis32
-        # the same with co-visibility placement (catalog/placement.py): the roles made before the ingest
+        # the same with co-visibility placement (placement/covis.py): the roles made before the ingest
         # (the latest 1M run, results/search_1m_server_covis.md: --group-by visibility+acl)
     python benchmarks/bench_search.py --skip-server --lite-rows 1000000 --lite-groups 64 --group-by visibility+acl --policy-first --skip post-filter,id-in,acl-array --tag 1m_lite_covis
         # the same on Milvus Lite (results/search_1m_lite_covis.md; 50 % included: 8.6 GB peak)
@@ -355,7 +355,7 @@ def main(argv=None) -> None:
     ap.add_argument("--skip-lite", action="store_true")
     ap.add_argument("--lite-groups", type=int, default=None, help="class-group partitions per collection on Lite (default: the library's)")
     ap.add_argument("--server-groups", type=int, default=None, help="the same on the server")
-    ap.add_argument("--group-by", default="class", choices=["class", "visibility", "visibility+acl"], help="how classes map to groups (with --*-groups; visibility: catalog/placement.py)")
+    ap.add_argument("--group-by", default="class", choices=["class", "visibility", "visibility+acl"], help="how classes map to groups (with --*-groups; visibility: placement/covis.py)")
     ap.add_argument("--policy-first", action="store_true", help="make the roles before the ingest (co-visibility placement needs them)")
     ap.add_argument("--tag", default="", help="suffix of the results' file name (e.g. 1m)")
     ap.add_argument("--local-rows", type=int, default=None, help="largest visible set read back by a search, ranked in process (default: the library's)")

@@ -40,9 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import fresh_postgres, machine, save  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
-from permrag import PermRAG, db  # noqa: E402
+from permrag import PermRAG
 from permrag.catalog import Catalog, RowSpec  # noqa: E402
-from permrag.dbinit import init_schema  # noqa: E402
+from permrag.storage import db  # noqa: E402
+from permrag.storage.create import init_schema  # noqa: E402
 
 DEPTS = ("eng", "hr", "finance", "legal", "sales", "ops")
 WRITE_FILES = 50

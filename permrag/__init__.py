@@ -49,24 +49,25 @@ if TYPE_CHECKING:
     from .access import Explanation
     from .catalog import DocumentRecord, RowRecord
     from .core import PermRAG
-    from .ingest.regroup import RegroupReport
+    from .domain.repair import RepairReport
+    from .domain.results import Hit, Hits
     from .options import Options
+    from .placement.repartition import RegroupReport, RepartitionReport
     from .policy import Selector, parse_selector
-    from .repair import RepairReport
-    from .results import Hit, Hits
 
 _LAZY = {
     "Explanation": ".access",
     "DocumentRecord": ".catalog",
     "RowRecord": ".catalog",
     "PermRAG": ".core",
-    "RegroupReport": ".ingest.regroup",
+    "RegroupReport": ".placement.repartition",
+    "RepartitionReport": ".placement.repartition",
     "Options": ".options",
     "Selector": ".policy",
     "parse_selector": ".policy",
-    "RepairReport": ".repair",
-    "Hit": ".results",
-    "Hits": ".results",
+    "RepairReport": ".domain.repair",
+    "Hit": ".domain.results",
+    "Hits": ".domain.results",
 }
 
 
@@ -108,6 +109,7 @@ __all__ = [
     "PolicyCSVError",
     "PolicyError",
     "RegroupReport",
+    "RepartitionReport",
     "RepairReport",
     "RepointError",
     "ResourceConflictError",

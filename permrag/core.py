@@ -17,26 +17,24 @@ from typing import Any
 
 from pyroaring import FrozenBitMap
 
-from . import config, db
+from . import config
 from .access import Access, Compiler, ConsistencyFaces, Explanation, Snapshot
 from .access.enforcer import build_enforcer
-from .audit import AuditLog
 from .backends import Binding, MilvusBackend
 from .catalog import DEFAULT_TENANT, Catalog, DocumentRecord, RowRecord, as_array
-from .catalog.placement import check_layout, layout_placement
-from .dbinit import open_store
+from .domain.repair import RepairReport
+from .domain.results import Hits, Stats
 from .embed import Encoder
 from .errors import BackendError, ConfigError
 from .ingest import Chunker, Ingester, add_generated, reconcile
-from .ingest.regroup import RegroupReport, regroup
 from .ingest.sync import SyncReport, sync_folder
 from .ingest.update import KEEP, update_metadata
 from .options import Options
+from .placement.covis import check_layout, layout_placement
+from .placement.repartition import RepartitionReport, repartition
+from .placement.signature import Signer
 from .policy import Policy
 from .policy.identity import Identity
-from .policy.signature import Signer
-from .repair import RepairReport
-from .results import Hits, Stats
 from .search import DEFAULT_FUSION, DEFAULT_WEIGHTS, LITE, SERVER, CostModel, Plan, Planner, Searcher
 from .search.aio import AsyncRunner
 from .search.calibrate import Calibration
@@ -44,6 +42,9 @@ from .search.fetch import fetch
 from .search.local import LocalRanker
 from .search.pipeline import retrieve
 from .search.recommend import recommend, similar
+from .storage import db
+from .storage.audit import AuditLog
+from .storage.create import open_store
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class PermRAG(ConsistencyFaces):
         self._encoder = o.encoder if o.encoder is not None else settings.encoder
         self._collection = o.collection or (settings.collection if settings.sources.get("collection") else None)
         self._backend_options: dict[str, Any] = dict(token=settings.milvus_token, index=o.index, consistency=o.consistency, analyzer=o.analyzer, groups=o.partitions)
-        self._layout = (o.partitions, o.partition_by)  # as given; the store's recorded layout fills in on connect (catalog/placement.py)
+        self._layout = (o.partitions, o.partition_by)  # as given; the store's recorded layout fills in on connect (placement/covis.py)
         if not o.catalog_only:
             check_layout(MilvusBackend(settings.milvus_uri, **self._backend_options).groups, o.partition_by)  # checks the options; no I/O
         self._local = LocalRanker(o.local_rows, prefetch_rows=o.prefetch_rows)
@@ -84,7 +85,7 @@ class PermRAG(ConsistencyFaces):
         **given: Any,
     ) -> PermRAG:
         """Open the store under ``home``. ``create``: True makes one where the database has none, False never does
-        (:class:`NoStoreError`), None only for a home that records no store yet (:func:`permrag.dbinit.open_store`).
+        (:class:`NoStoreError`), None only for a home that records no store yet (:func:`permrag.storage.create.open_store`).
 
         Settings not given come from ``PERMRAG_*`` variables, then the home's
         ``config.toml`` (see :mod:`permrag.config`). The store's options come as
@@ -100,10 +101,10 @@ class PermRAG(ConsistencyFaces):
         ``"async"``, ``"off"``), ``async_workers`` (threads of the pool the
         async methods run on), ``partitions`` (partitions of a new tenant
         collection, by visibility class; 0: one, filters only; default by
-        backend, see backends/layout.py), ``partition_by`` (``"class"``: a class's partition by order
+        backend, see placement/layout.py), ``partition_by`` (``"class"``: a class's partition by order
         of first appearance; ``"visibility"``: classes that the same role rules
         select share a partition; ``"visibility+acl"``: and whose ACLs name the
-        same principals, catalog/placement.py; ``partitions`` and ``partition_by``
+        same principals, placement/covis.py; ``partitions`` and ``partition_by``
         given are recorded in the store, and a process that gives neither
         uses the recorded ones; their old names ``groups`` and ``group_by``
         are deprecated), ``local_rows`` (largest visible set whose dense
@@ -302,11 +303,11 @@ class PermRAG(ConsistencyFaces):
         """Change a document's ``attrs`` and/or ``acl`` (None removes it) without re-encoding; atomic. See :mod:`permrag.ingest.update`."""
         return update_metadata(self.ingester, external_id, tenant=tenant, attrs=attrs, acl=acl)
 
-    def repartition(self, tenant: str = DEFAULT_TENANT, *, dry_run: bool = False) -> RegroupReport:
-        """Move ``tenant``'s rows to their co-visibility partitions under the policy of now (stored, after :meth:`sync`); see :mod:`permrag.ingest.regroup`."""
-        return regroup(self.ingester, self.catalog.allocator.placement, tenant, dry_run=dry_run, before=self.sync)
+    def repartition(self, tenant: str = DEFAULT_TENANT, *, dry_run: bool = False) -> RepartitionReport:
+        """Move ``tenant``'s rows to their co-visibility partitions under the policy of now (stored, after :meth:`sync`); see :mod:`permrag.placement.repartition`."""
+        return repartition(self.ingester, self.catalog.allocator.placement, tenant, dry_run=dry_run, before=self.sync)
 
-    def regroup(self, tenant: str = DEFAULT_TENANT, *, dry_run: bool = False) -> RegroupReport:
+    def regroup(self, tenant: str = DEFAULT_TENANT, *, dry_run: bool = False) -> RepartitionReport:
         """Deprecated name of :meth:`repartition` (one release)."""
         warnings.warn("rag.regroup() is deprecated: use rag.repartition()", DeprecationWarning, stacklevel=2)
         return self.repartition(tenant, dry_run=dry_run)

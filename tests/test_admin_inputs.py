@@ -15,9 +15,10 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from permrag import PermRAG, db
+from permrag import PermRAG
 from permrag.cli import main
 from permrag.errors import ArgumentError, CatalogError, IdentityFileError, PolicyCSVError, PolicyError, UnknownPrincipalError, UnknownRoleError, UnknownSubjectError
+from permrag.storage import db
 
 MALFORMED = ["bogus:x", "usr:dave", "group:", "", "user:", "Group:eng", "gr\u03bfup:eng", "group\uff1aeng", "group :eng", "1group:eng", "role:user:x", "role:Group:eng", "user:group:eng"]
 FUTURE = "2999-01-01T00:00:00Z"

@@ -206,7 +206,7 @@ def test_a_store_of_another_schema_is_refused_and_left_as_it_was(store_kind, tmp
     adds nothing to it: neither the table nor a counter."""
     from sqlalchemy import inspect, text
 
-    from permrag import db
+    from permrag.storage import db
 
     url = request.getfixturevalue("pg_url") if store_kind == "postgres" else f"sqlite:///{tmp_path / 'permrag.db'}"
     PermRAG.open(tmp_path / "home", database_url=url, catalog_only=True).close()

@@ -95,7 +95,7 @@ def test_a_stored_model_that_cannot_be_read_gives_the_defaults(tmp_path) -> None
     assert cal.load(good.replace('"format": 1', '"format": 99'), "lite") is None
     rag = PermRAG.open(tmp_path / "h", encoder=HashEncoder(32))
     try:
-        from permrag import db
+        from permrag.storage import db
 
         with db.transaction(rag._engine, "test") as conn:
             db.set_setting(conn, cal.SETTING, "garbage")

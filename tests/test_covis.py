@@ -1,4 +1,4 @@
-"""Co-visibility placement (catalog/placement.py, ``partition_by="visibility"``,
+"""Co-visibility placement (placement/covis.py, ``partition_by="visibility"``,
 and ``"visibility+acl"`` with rows' ACLs in the class key and signature):
 classes that the same role rules (and ACL principals) select share a class group, so a role's
 rows fill whole partitions and its search names them with no filter — and
@@ -20,11 +20,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from permrag import PermRAG, db
+from permrag import PermRAG
+from permrag.domain.selectors import parse_selector
 from permrag.embed import HashEncoder
 from permrag.errors import ConfigError
-from permrag.policy.selectors import parse_selector
 from permrag.search import LITE, SERVER, AllowAll, Filter, Planner
+from permrag.storage import db
 
 from .conftest import open_backend
 from .test_layout import (
@@ -243,7 +244,7 @@ def test_when_groups_run_out_a_signature_joins_the_nearest(tmp_path) -> None:
 @given(st.lists(st.frozensets(st.sampled_from("abcdefg"), max_size=4), min_size=1, max_size=12, unique=True), st.frozensets(st.sampled_from("abcdefgh"), max_size=4))
 def test_the_nearest_signature_is_found_through_shared_tokens_only(known_sigs, mine) -> None:
     """The token index finds what comparing with every known signature finds."""
-    from permrag.catalog.placement import _add, _Known, _nearest
+    from permrag.placement.covis import _add, _Known, _nearest
 
     known = _Known()
     for i, toks in enumerate(known_sigs):

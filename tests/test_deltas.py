@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import delete, select, update
 
-from permrag import ArgumentError, PermRAG, PermragError, db
+from permrag import ArgumentError, PermRAG, PermragError
+from permrag.storage import db
 
 from .test_multiprocess import Other
 

@@ -1,5 +1,5 @@
 """The versions read and the audit insert of every search run on driver
-connections of their own (permrag/direct.py). These tests check what the
+connections of their own (permrag/storage/direct.py). These tests check what the
 engine's pool gave them and what they must keep: a connection the server
 dropped is replaced without failing the search; a forked child never uses its
 parent's sessions; an audit write that fails fails the search; the record is
@@ -16,9 +16,10 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from permrag import BackendError, PermRAG, db, direct
-from permrag.dbinit import init_schema
+from permrag import BackendError, PermRAG
 from permrag.embed import HashEncoder
+from permrag.storage import db, direct
+from permrag.storage.create import init_schema
 
 from .conftest import PG_ADMIN_URL, Oracle
 from .test_multiprocess import Other
@@ -262,9 +263,9 @@ def test_rows_inserted_on_the_driver_are_what_sqlalchemy_inserts(tmp_path, reque
     their stored attrs built as JSON text (journal.stored_json). The same rows
     through SQLAlchemy's insert must store the same text, byte for byte, and
     read back equal; so must insert_many serialising the JSON itself."""
-    from permrag.acl import parse_acl
     from permrag.catalog.journal import ROW_COLUMNS, stored_json
     from permrag.catalog.rows import RowRecord
+    from permrag.domain.acl import parse_acl
 
     url = request.getfixturevalue("pg_url") if backend == "postgresql" else f"sqlite:///{tmp_path}/c.db"
     engine = db.make_engine(url)

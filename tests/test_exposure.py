@@ -14,9 +14,10 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import delete
 
-from permrag import ArgumentError, PermRAG, UnknownRowError, db
+from permrag import ArgumentError, PermRAG, UnknownRowError
 from permrag.cli import main
 from permrag.embed import HashEncoder
+from permrag.storage import db
 
 
 def _docs() -> list[dict]:

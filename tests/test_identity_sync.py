@@ -135,7 +135,7 @@ def test_admin_calls_take_an_id_or_an_unambiguous_label(tmp_path) -> None:
 
 
 def test_a_store_made_before_ids_keeps_its_group_names_as_ids(tmp_path) -> None:
-    from permrag import db
+    from permrag.storage import db
 
     rag = PermRAG.open(tmp_path, catalog_only=True)
     rag.add_documents([{"external_id": "ledger", "acl": {"deny": ["group:finance"], "allow": ["user:dave", "user:erin"]}}])

@@ -34,6 +34,7 @@ EXPECTED = {
     "PolicyCSVError",
     "PolicyError",
     "RegroupReport",
+    "RepartitionReport",
     "RepairReport",
     "RoleCycleError",
     "RowRecord",

@@ -144,7 +144,7 @@ def test_chunk_ids_and_texts_over_the_limits_write_nothing(tmp_path) -> None:
     """A chunk's id (``<id>#<n>``) must fit MAX_ID and its text MAX_TEXT_BYTES
     (UTF-8): either refused, the whole call writes nothing; just within both, it goes in."""
     from permrag.backends import MAX_TEXT_BYTES
-    from permrag.names import MAX_ID
+    from permrag.domain.names import MAX_ID
 
     with PermRAG.open(tmp_path / "h", encoder=HashEncoder(32), chunk_size=300, chunk_overlap=30) as rag:
         n = len(rag.ingester.chunker.chunks(LONG))

@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 from pyroaring import BitMap, FrozenBitMap
 
 from permrag import CatalogError, PermRAG
+from permrag.domain.names import check_tenant
 from permrag.embed import HashEncoder
-from permrag.names import check_tenant
 from permrag.search import LITE, SERVER, Planner
 
 HOSTILE = [

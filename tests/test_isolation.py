@@ -25,8 +25,8 @@ from permrag import (
     StoreMismatchError,
     UnknownRowError,
 )
+from permrag.domain.names import problem
 from permrag.embed import HashEncoder
-from permrag.names import problem
 
 from .conftest import milvus_ids
 

@@ -3,11 +3,13 @@ layer to a higher one. The layer order is the architecture page (docs/architectu
 
     faces    cli · integrations · demo · mcp · serve
     core     core · options · toolkit (what faces build on) (and the package's __init__)
-    search   search/
-    ingest   ingest/
-    access   access/
-    stores   policy/ · catalog/ · backends/   (none imports another)
-    base     names · acl · results · errors · config · db · sqlite_wal · dbinit · migrations · direct · embed · audit · repair
+    search     search/
+    ingest     ingest/ · placement/repartition
+    access     access/
+    stores     policy/ · catalog/ · backends/   (none imports another)
+    placement  placement/ (layout, signature, co-visibility placement)
+    storage    storage/ (schema, engine, creation and migrations, the fast path, audit) · embed/
+    domain     domain/ (names, ACL values, selectors, results, repair reports) · errors · config
 """
 
 from __future__ import annotations
@@ -20,24 +22,12 @@ LAYERS = [
     ["permrag.cli", "permrag.integrations", "permrag.demo", "permrag.mcp", "permrag.serve", "permrag.__main__"],
     ["permrag.core", "permrag.options", "permrag.toolkit", "permrag"],
     ["permrag.search"],
-    ["permrag.ingest"],
+    ["permrag.ingest", "permrag.placement.repartition"],  # a repartition moves rows through the ingester
     ["permrag.access"],
     ["permrag.policy", "permrag.catalog", "permrag.backends"],
-    [
-        "permrag.names",
-        "permrag.acl",
-        "permrag.results",
-        "permrag.errors",
-        "permrag.config",
-        "permrag.db",
-        "permrag.sqlite_wal",
-        "permrag.dbinit",
-        "permrag.migrations",
-        "permrag.direct",
-        "permrag.embed",
-        "permrag.audit",
-        "permrag.repair",
-    ],
+    ["permrag.placement"],
+    ["permrag.storage", "permrag.embed"],
+    ["permrag.domain", "permrag.errors", "permrag.config"],
 ]
 SEPARATE = {"permrag.policy", "permrag.catalog", "permrag.backends"}  # same layer, but never import each other
 

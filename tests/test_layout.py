@@ -1,4 +1,4 @@
-"""Rows kept in partitions by visibility-class group (backends/layout.py):
+"""Rows kept in partitions by visibility-class group (placement/layout.py):
 searches that name groups stay exact and leak-free, and every write path
 (ingest, replace, metadata update, delete, crash repair) keeps each row in
 the partition of its class — on Milvus Lite and on a real server."""

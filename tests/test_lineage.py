@@ -166,7 +166,7 @@ def test_a_store_with_row_id_lineage_is_read_by_name_once_opened(tmp_path) -> No
     source row is read by its name (a chunk by its document), a gone one stays gone."""
     import sqlalchemy as sa
 
-    from permrag import db
+    from permrag.storage import db
 
     home = tmp_path / "h"
     with PermRAG.open(home, catalog_only=True) as rag:

@@ -1,8 +1,8 @@
-"""The catalog's schema revisions (permrag/migrations), on SQLite and PostgreSQL.
+"""The catalog's schema revisions (permrag/storage/migrations), on SQLite and PostgreSQL.
 
 * a new store (``create_all`` stamped at the head), a database taken through
   every revision, and a store made by permrag 0.2.0 then opened here have one
-  schema, and Alembic's comparison finds no difference from permrag.db's
+  schema, and Alembic's comparison finds no difference from permrag.storage.db's
   tables (so a table or column added there without a revision fails here);
 * processes that open an old store at the same moment migrate it once;
 * a revision that fails midway changes nothing; a store a newer permrag
@@ -21,11 +21,11 @@ import pytest
 import sqlalchemy as sa
 
 from permrag import PermRAG, config
-from permrag import migrations as mig
-from permrag.db import dispose, make_engine, metadata
-from permrag.dbinit import init_schema, upgrade_store
 from permrag.errors import ConfigError, NoStoreError
-from permrag.migrations import FIRST, HEAD, VERSION_TABLE, author, runner
+from permrag.storage import migrations as mig
+from permrag.storage.create import init_schema, upgrade_store
+from permrag.storage.db import dispose, make_engine, metadata
+from permrag.storage.migrations import FIRST, HEAD, VERSION_TABLE, author, runner
 
 from .helpers import old_release, revisions
 from .helpers.revisions import NEXT
@@ -145,10 +145,10 @@ def test_fresh_migrated_and_0_2_0_stores_have_one_schema_the_metadata(url, old_c
 WORKER = """
 import logging, os, sys, time
 from pathlib import Path
-from permrag.db import make_engine, dispose
-from permrag.dbinit import init_schema
+from permrag.storage.db import make_engine, dispose
+from permrag.storage.create import init_schema
 logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(name)s %(message)s")
-logging.getLogger("permrag.dbinit").setLevel(logging.INFO)
+logging.getLogger("permrag.storage.create").setLevel(logging.INFO)
 gate, me, n = Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 (gate / me).touch()
 while len(list(gate.iterdir())) < n:
@@ -245,7 +245,7 @@ def test_upgrade_of_a_database_without_a_store_makes_nothing(tmp_path) -> None:
 
 
 def test_a_change_of_permrag_db_becomes_a_revision_that_closes_the_difference(tmp_path) -> None:
-    """The developers' tool (permrag.migrations.author): a table, a nullable
+    """The developers' tool (permrag.storage.migrations.author): a table, a nullable
     column and an index added to the tables become one additive revision
     after the head; run from an empty database, the revisions then make
     exactly those tables. A NOT NULL column is not additive."""

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from permrag import PermRAG, db
-from permrag.dbinit import init_schema
+from permrag import PermRAG
 from permrag.embed import HashEncoder
+from permrag.storage import db
+from permrag.storage.create import init_schema
 
 from .conftest import milvus_ids
 
@@ -207,7 +208,7 @@ def test_switching_to_wal_waits_out_a_lock_sqlite_answers_at_once(tmp_path):
     import threading
     import time
 
-    from permrag.sqlite_wal import to_wal
+    from permrag.storage.sqlite_wal import to_wal
 
     path = tmp_path / "fresh.db"
     holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)

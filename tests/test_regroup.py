@@ -1,4 +1,4 @@
-"""``rag.repartition()`` (ingest/regroup.py): rows placed before the policy
+"""``rag.repartition()`` (placement/repartition.py): rows placed before the policy
 existed — or before it changed — move to their co-visibility group, and no
 answer changes on the way: searches equal brute force before and after, on
 Milvus Lite and on a real server, with another process writing the same
@@ -20,8 +20,8 @@ from permrag.catalog import RowSpec
 from permrag.cli import main
 from permrag.embed import HashEncoder
 from permrag.errors import ConfigError
-from permrag.ingest.regroup import regroup
 from permrag.ingest.update import republish
+from permrag.placement.repartition import repartition
 from permrag.search import LITE, SERVER, Filter, Planner
 
 from .conftest import milvus_ids, open_backend
@@ -251,7 +251,7 @@ def test_a_regroup_beside_another_writing_process(tmp_path, pg_url, milvus_serve
         rag.add_documents(docs, batch_size=200)
         make_policy(rag)
         writer = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "w"), pg_url, milvus_server, collection], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        first = regroup(rag.ingester, rag.catalog.allocator.placement, "default", batch_rows=10, before=rag.sync)
+        first = repartition(rag.ingester, rag.catalog.allocator.placement, "default", batch_rows=10, before=rag.sync)
         out, err = writer.communicate(timeout=600)
         assert writer.returncode == 0 and out.strip() == "done", out + err[-2000:]
         assert first.moved_rows > 0

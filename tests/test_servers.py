@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from .conftest import start_milvus_server
-from .helpers.milvus_server import START_TIMEOUT_S
 
 pytestmark = pytest.mark.server
 

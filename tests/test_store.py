@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from pyroaring import BitMap
 
-from permrag import CatalogError, DuplicateExternalIdError, PermRAG, UnknownRowError, db
+from permrag import CatalogError, DuplicateExternalIdError, PermRAG, UnknownRowError
 from permrag.catalog import n_runs
+from permrag.storage import db
 
 from .conftest import Oracle
 from .worlds import apply_world_policy, load_world, make_world

@@ -91,7 +91,7 @@ def consistent(rag: PermRAG, tenant: str = "default") -> None:
 def records(rag: PermRAG) -> dict:
     from sqlalchemy import select
 
-    from permrag import db
+    from permrag.storage import db
 
     with rag.catalog.engine.connect() as conn:
         return {(r.root, r.external_id): (r.content_hash, r.meta_hash) for r in conn.execute(select(db.sync_state))}

@@ -1,7 +1,7 @@
 """Upgrades keep stores: a store made by permrag 0.2.0 — that release's own
 code, taken from this repository's history — opens with this version and
 answers every question as before; later writes carry it forward. Its schema
-is brought to this version by Alembic (permrag/migrations): at open, or by
+is brought to this version by Alembic (permrag/storage/migrations): at open, or by
 ``permrag upgrade``; a migration that fails leaves it for 0.2.0 to open.
 
 The old store holds what 0.2.0 could make: role rules, a document ACL, a
@@ -25,7 +25,7 @@ from permrag import PermRAG
 from permrag.backends import collection_check
 from permrag.backends.schema import tenant_schema
 from permrag.errors import ConfigError
-from permrag.migrations import HEAD, VERSION_TABLE, Plan, Revision, runner
+from permrag.storage.migrations import HEAD, VERSION_TABLE, Plan, Revision, runner
 
 from .helpers import old_release, revisions
 

@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 
 from pyroaring import BitMap, FrozenBitMap
 
-from ..acl import ALLOW_KEY, DENY_KEY, EXPIRING, FOLDER_KEY, split_expiring
 from ..catalog.index import TenantIndex
+from ..domain.acl import ALLOW_KEY, DENY_KEY, EXPIRING, FOLDER_KEY, split_expiring
 from ..policy import TenantPolicy
 from ..policy.model import GROUP_PREFIX, USER_PREFIX, parent_folder
 

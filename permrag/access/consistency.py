@@ -26,8 +26,8 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from .. import db
 from ..errors import ArgumentError, StaleReadError
+from ..storage import db
 
 PREFIX = "pr1"
 DEFAULT_WAIT = 2.0  # seconds an at_least read waits for the store to reach the token

@@ -14,10 +14,10 @@ import casbin
 from casbin import persist
 from sqlalchemy import Engine, select
 
-from .. import db
 from ..catalog import RowRecord
 from ..policy import MODEL_PATH, USER_PREFIX, parse_selector
 from ..policy.persist import IDENT, INACTIVE
+from ..storage import db
 
 
 def selector_match(row: RowRecord, tenant: str, selector: str) -> bool:

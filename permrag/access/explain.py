@@ -15,7 +15,7 @@ from typing import Any
 
 from ..catalog import RowRecord
 from ..catalog.bitmaps import GONE
-from ..names import show_time
+from ..domain.names import show_time
 from ..policy import TenantPolicy, parse_selector
 from ..policy.model import AGENT_PREFIX, GROUP_PREFIX, ROLE_PREFIX, USER_PREFIX
 from .acls import effective_folder, label_denies

@@ -30,11 +30,11 @@ from typing import Any
 from pyroaring import FrozenBitMap
 from sqlalchemy import select
 
-from .. import db
 from ..catalog import DEFAULT_TENANT, DocumentRecord, RowRecord
 from ..errors import ArgumentError, UnknownRowError
 from ..policy import TenantPolicy
 from ..policy.deltas import policy_at, read_log
+from ..storage import db
 from .compiler import Compiler
 from .explain import explain_row
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from pyroaring import BitMap
 
-from ..names import kind_prefix, show_time
+from ..domain.names import kind_prefix, show_time
 from ..policy import Policy, TenantPolicy
 from ..policy.principals import exists
 from .acls import label_denies

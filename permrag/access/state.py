@@ -21,8 +21,8 @@ from typing import Any
 from pyroaring import FrozenBitMap
 from sqlalchemy import Engine
 
-from .. import db, direct
 from ..catalog import DEFAULT_TENANT, Catalog, DocumentRecord, RowRecord
+from ..domain.names import Held, check_text
 from ..errors import (
     ArgumentError,
     NotReadableError,
@@ -30,9 +30,9 @@ from ..errors import (
     UnknownSubjectError,
     UnknownTenantError,
 )
-from ..names import Held, check_text
 from ..policy import Policy
 from ..policy.model import AGENT_PREFIX, USER_PREFIX
+from ..storage import db, direct
 from .compiler import Compiler, Snapshot
 from .explain import Explanation, delegated, explain_document, explain_row
 from .lint import lint

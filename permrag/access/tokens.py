@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, select, update
 
-from .. import db
 from ..errors import ArgumentError
+from ..storage import db
 from .state import check_principal
 
 log = logging.getLogger(__name__)

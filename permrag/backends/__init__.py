@@ -1,8 +1,8 @@
 """Search backends behind one small protocol (base.py); Milvus is the one built in."""
 
+from ..placement.layout import Grouping
 from .base import MAX_LIMIT, MAX_TEXT_BYTES, Capabilities, RawHit, SearchBackend, detect
 from .binding import Binding
-from .layout import Grouping
 from .milvus import MilvusBackend
 from .schema import analyzer_params
 

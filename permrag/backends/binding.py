@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Engine
 
-from .. import db
 from ..embed import Encoder, resolve_encoder
 from ..errors import ArgumentError, ConfigError, EncoderMismatchError, PermragError
+from ..storage import db
 from .milvus import MilvusBackend
 
 

@@ -37,7 +37,7 @@ def check(name: str, described: dict[str, Any], expected: Any) -> None:
     if found:
         raise ConfigError(
             f"collection {name!r} was made with another schema than this permrag's ({'; '.join(found)})",
-            hint="stop the processes that use the store and run permrag.dbinit.upgrade_store (permrag upgrade) with this permrag",
+            hint="stop the processes that use the store and run permrag.storage.create.upgrade_store (permrag upgrade) with this permrag",
             cli_hint="stop the processes that use the store and run `permrag upgrade` with this permrag",
         )
 

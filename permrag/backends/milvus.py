@@ -33,9 +33,9 @@ import numpy as np
 
 from ..config import milvus_kind
 from ..errors import BackendError, ConfigError, StoreLockedError, StoreMismatchError, UnsupportedError
+from ..placement.layout import DEFAULT_GROUPS, Grouping, Partitions, by_partition
 from .base import MAX_LIMIT, Capabilities, RawHit, detect, raw_hit
 from .collection_check import collection_dim
-from .layout import DEFAULT_GROUPS, Grouping, Partitions, by_partition
 from .lite_files import closed as lite_closed
 from .lite_files import connect as lite_connect
 from .lite_files import folder_lock as lite_lock

@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pyroaring import BitMap
 from sqlalchemy import Engine
 
-from .. import db
 from ..errors import UnknownRowError
+from ..storage import db
 from .allocation import Allocator
 from .bitmaps import as_array, n_runs, size_bytes
 from .index import AttrIndex, TenantIndex

@@ -16,8 +16,6 @@ filtered as ``vclass in [...]``, however scattered the classes' IDs are.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -25,9 +23,10 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.engine import Connection
 
-from .. import db, direct
-from ..acl import Acl
+from ..domain.acl import Acl
+from ..domain.names import class_key
 from ..errors import CatalogError
+from ..storage import db, direct
 from .bitmaps import MAX_ROW_ID
 from .rows import RowRecord, RowSpec, one_of
 
@@ -40,11 +39,6 @@ MAX_BLOCK = 1 << 22
 # checks every class against the caller's bitmap (search/planner.py).
 SOURCE_ATTRS = frozenset({"source", "title", "page", "heading"})
 MEMO = 4096  # class keys remembered (the memo starts again when full)
-
-
-def class_key(payload: object) -> str:
-    raw = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha1(raw.encode()).hexdigest()
 
 
 def _memo_key(keep: Mapping[str, Any], keys: list[tuple[str, str]]) -> tuple[Any, ...] | None:
@@ -101,7 +95,7 @@ class Allocator:
     def forget(self, conn: Connection, tenant: str, keep: Callable[[str, int], bool]) -> int:
         """Drop the tenant's class records (key → class ID and ID blocks) that
         ``keep(key, class_id)`` rejects: the next row of such a class starts a
-        new class, placed anew (ingest/regroup.py). Rows keep their class."""
+        new class, placed anew (placement/repartition.py). Rows keep their class."""
         b = db.id_blocks.c
         gone = [k for k, cid in conn.execute(select(b.class_key, b.class_id).where(b.tenant == tenant)) if not keep(k, int(cid))]
         for part in db.chunks(gone):

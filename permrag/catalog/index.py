@@ -22,8 +22,8 @@ from pyroaring import BitMap, FrozenBitMap
 from sqlalchemy import and_, bindparam, delete, select
 from sqlalchemy.engine import Connection
 
-from .. import db, direct
-from ..names import attr_pairs
+from ..domain.names import attr_pairs
+from ..storage import db, direct
 from .bitmaps import GONE
 from .layered import Layered
 from .rows import RowRecord, chunk_no, document_rows, one_of, split_attrs

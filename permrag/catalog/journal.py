@@ -39,14 +39,14 @@ from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.engine import Connection, CursorResult
 from sqlalchemy.exc import IntegrityError
 
-from .. import db, direct
+from ..domain.repair import owner, writer_alive
 from ..errors import (
     CatalogError,
     ConcurrentChangeError,
     DuplicateExternalIdError,
     UnknownRowError,
 )
-from ..repair import owner, writer_alive
+from ..storage import db, direct
 from .allocation import Allocator
 from .index import AttrIndex
 from .rows import ACL_FIELD, RowRecord, RowSpec, document_rows, named_rows, one_of, record

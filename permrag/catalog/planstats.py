@@ -28,7 +28,7 @@ import threading
 
 from sqlalchemy import Engine, text
 
-from .. import db
+from ..storage import db
 
 log = logging.getLogger(__name__)
 

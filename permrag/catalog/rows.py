@@ -27,10 +27,10 @@ from typing import Any
 from pyroaring import BitMap, FrozenBitMap
 from sqlalchemy import ARRAY, Engine, any_, bindparam, select
 
-from .. import db
-from ..acl import Acl, parse_acl
+from ..domain.acl import Acl, parse_acl
+from ..domain.names import AttrValue, check_attrs, check_external_id, check_tenant
 from ..errors import CatalogError, UnknownRowError
-from ..names import AttrValue, check_attrs, check_external_id, check_tenant
+from ..storage import db
 
 DEFAULT_TENANT = "default"
 RECORD_CACHE = 200_000  # row records kept for the search path

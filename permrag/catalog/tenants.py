@@ -12,8 +12,8 @@ import threading
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 
-from .. import db
 from ..errors import BackendError
+from ..storage import db
 
 
 class TenantRegistry:

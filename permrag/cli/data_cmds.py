@@ -348,7 +348,7 @@ def repartition(ctx, tenant, dry_run, as_json) -> None:
 
 
 def _repartition(ctx: click.Context, tenant: str, dry_run: bool, as_json: bool) -> None:
-    with store(ctx) as rag:  # the layout the store recorded (catalog/placement.py)
+    with store(ctx) as rag:  # the layout the store recorded (placement/covis.py)
         report = rag.repartition(tenant, dry_run=dry_run)
         emit(as_json, report.to_dict(), lambda: click.echo(report.describe()))
 

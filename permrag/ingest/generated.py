@@ -23,8 +23,8 @@ from typing import Any
 
 from ..access import Access
 from ..catalog import RowRecord, chunk_no
+from ..domain.names import as_list
 from ..errors import ArgumentError
-from ..names import as_list
 from .ingest import Ingester
 
 

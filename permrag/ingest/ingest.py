@@ -34,8 +34,8 @@ from ..catalog import (
     RowSpec,
     row_spec,
 )
+from ..domain.names import check_attrs, check_external_id, check_tenant, check_text
 from ..errors import ArgumentError, BackendError, CatalogError
-from ..names import check_attrs, check_external_id, check_tenant, check_text
 from .chunking import Chunker, Length, token_length
 
 log = logging.getLogger(__name__)

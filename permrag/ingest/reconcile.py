@@ -23,7 +23,7 @@ from collections import defaultdict
 
 from ..backends import Binding
 from ..catalog import Catalog
-from ..repair import RepairReport
+from ..domain.repair import RepairReport
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from .. import db
 from ..catalog.rows import named_rows
+from ..storage import db
 from .loaders.folder import FileBytes
 from .loaders.walk import SIDECARS
 

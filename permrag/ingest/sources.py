@@ -34,8 +34,8 @@ from sqlalchemy import insert, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from .. import db
 from ..errors import ArgumentError, SourceClashError
+from ..storage import db
 
 log = logging.getLogger(__name__)
 

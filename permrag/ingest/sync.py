@@ -40,10 +40,10 @@ from typing import Any, Protocol
 
 from sqlalchemy import delete, select
 
-from .. import db
 from ..catalog import DEFAULT_TENANT, RowSpec, row_spec
+from ..domain.names import check_tenant
 from ..errors import ArgumentError, CatalogError, MassDeleteError, SourceClashError
-from ..names import check_tenant
+from ..storage import db
 from .ingest import Ingester
 from .loaders.folder import FileBytes, LoadReport, load_file, read_file, skip_reason
 from .loaders.walk import Listing, list_folder

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from ..acl import parse_acl
 from ..catalog import RowRecord, RowSpec
+from ..domain.acl import parse_acl
+from ..domain.names import check_attrs, check_external_id, check_tenant
 from ..errors import BackendError, CatalogError, ConcurrentChangeError, UnknownRowError
-from ..names import check_attrs, check_external_id, check_tenant
 from .ingest import Ingester
 
 KEEP: Any = object()  # "leave as it is"

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ..domain.names import Held, check_id, check_tenant, expiry
 from ..errors import PolicyError, UnknownSubjectError
-from ..names import Held, check_id, check_tenant, expiry
 from .changes import edge_change
 from .changes import need_role as _need_role
 from .model import AGENT_PREFIX, TenantPolicy

@@ -39,15 +39,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..acl import folder_path
+from ..domain.acl import folder_path
+from ..domain.names import check, check_id, check_role, check_tenant, kind_prefix, principal, show_time
+from ..domain.selectors import parse_selector
 from ..errors import PermragError, PolicyCSVError, PolicyError, RoleCycleError
-from ..names import check, check_id, check_role, check_tenant, kind_prefix, principal, show_time
 from .changes import set_expiry, tenant_ops
 from .csv_check import edge, expires, require_known
 from .model import AGENT_PREFIX, GROUP_PREFIX, USER_PREFIX, Folder, TenantPolicy
 from .persist import FOLDER_ACL, IDENT, NO_INHERIT, ident_row, stamp
 from .records import Change, Ident, Op, RoleDef, op_of
-from .selectors import parse_selector
 
 NO_INHERIT_LINE = "noinherit"  # the line type in files (stored as NO_INHERIT)
 

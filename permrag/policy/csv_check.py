@@ -13,8 +13,8 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
+from ..domain.names import check, check_id, check_role, check_tenant, expiry, kind_prefix, show_time
 from ..errors import PolicyCSVError, PolicyError
-from ..names import check, check_id, check_role, check_tenant, expiry, kind_prefix, show_time
 from .model import AGENT_PREFIX, GROUP_PREFIX, ROLE_PREFIX, USER_PREFIX, TenantPolicy
 from .principals import exists, names
 

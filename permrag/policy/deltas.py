@@ -43,8 +43,8 @@ from typing import Any
 from sqlalchemy import bindparam, delete, func, select, text
 from sqlalchemy.engine import Connection, Engine
 
-from .. import db, direct
 from ..errors import ArgumentError, PolicyError
+from ..storage import db, direct
 from .model import TenantPolicy
 from .persist import apply_rows, build, read_all
 from .records import Change, Delta, MalformedRecord

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..domain.names import check, check_id
 from ..errors import IdentityFileError, PermragError, PolicyError
-from ..names import check, check_id
 from .model import GROUP_PREFIX, USER_PREFIX
 
 FORMATS = ("scim", "ldif", "csv")
@@ -139,7 +139,7 @@ def disabled(values: Callable[[str], list[str]]) -> bool:
 
 def check_ids(path: str, d: Directory) -> None:
     """Raise unless every user, group and member id of ``d`` is one an
-    administrator could give (:func:`~permrag.names.check_id`): an export,
+    administrator could give (:func:`~permrag.domain.names.check_id`): an export,
     LDAP entry or :class:`Directory` never stores ``user:agent:x`` or
     ``user:group:eng``, which reads as another kind of principal and which no
     policy file could name again (an exported policy would not restore).

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..acl import AclEntry
+from ..domain.acl import AclEntry
 from ..errors import ArgumentError, UnknownSubjectError
 from .model import Folder, TenantPolicy
 from .principals import require, resolve

@@ -25,9 +25,9 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 
-from ..acl import Acl, AclEntry, acl_entries, folder_path
+from ..domain.acl import Acl, AclEntry, acl_entries, folder_path
+from ..domain.names import Held, as_list, check, check_id, check_tenant, expiry, principal
 from ..errors import PolicyError, UnknownSubjectError
-from ..names import Held, as_list, check, check_id, check_tenant, expiry, principal
 from .changes import edge_change, need_role
 from .directory import Directory, check_acyclic, check_ids
 from .exports import read as read_exports

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Connection
 
-from .. import db
+from ..storage import db
 from .model import AGENT_PREFIX, GROUP_PREFIX, USER_PREFIX, Folder, TenantPolicy, edge_parts
 
 Row = tuple[Any, ...]

@@ -23,8 +23,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
+from ..domain.names import Held, check, kind_prefix, show_time
 from ..errors import PolicyError, UnknownPrincipalError
-from ..names import Held, check, kind_prefix, show_time
 from .model import AGENT_PREFIX, ROLE_PREFIX, TenantPolicy
 
 

@@ -18,9 +18,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
-from .. import db
+from ..domain.names import check
 from ..errors import PolicyError
-from ..names import check
+from ..storage import db
 from .model import GROUP_PREFIX, USER_PREFIX, TenantPolicy
 from .persist import IDENT, ident_row
 

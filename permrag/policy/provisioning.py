@@ -35,9 +35,9 @@ from typing import Any, TypeAlias
 
 from sqlalchemy.engine import Connection
 
-from .. import db
+from ..domain.names import check_id, check_tenant
 from ..errors import MassRemovalError, PolicyError, ResourceConflictError, UnknownPrincipalError, UnknownSubjectError, VersionMismatchError
-from ..names import check_id, check_tenant
+from ..storage import db
 from .model import GROUP_PREFIX, USER_PREFIX, TenantPolicy
 from .provisioned import (
     Extras,

@@ -41,9 +41,10 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from .. import db
+from ..domain.names import Held, check, check_role, check_tenant, expiry
+from ..domain.selectors import parse_selector
 from ..errors import PolicyError, UnknownSubjectError
-from ..names import Held, check, check_role, check_tenant, expiry
+from ..storage import db
 from .agents import AgentPolicy
 from .changes import edge_change, role_ops
 from .changes import need_role as _need_role
@@ -56,7 +57,6 @@ from .model import USER_PREFIX, TenantPolicy
 from .persist import apply_rows, read_all
 from .principals import listing, require_future, user_id
 from .records import Change, Delta, Edge, RoleDef, Rule
-from .selectors import parse_selector
 from .writes import write
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import bindparam, delete, literal, select
 from sqlalchemy.engine import Connection
 
-from .. import db
+from ..storage import db
 from .persist import FOLDER_ACL, IDENT, NO_INHERIT_TYPES
 from .records import Change, Edge, FolderEntry, Ident, Op, RoleDef, Row, Rule
 

@@ -142,7 +142,7 @@ class Calibration:
 
     def _load(self) -> tuple[CostModel, int] | None:
         if not self._read:
-            from .. import db
+            from ..storage import db
 
             with db.reading(self._engine, "reading the cost model") as conn:
                 self._stored = load(db.get_setting(conn, SETTING), self.kind)
@@ -166,7 +166,7 @@ class Calibration:
 
     def run(self, backend: Any, tenant_no: int, rows: int, dim: int, row_ids: Any = None) -> CostModel:
         """Probe the tenant's collection (``row_ids``: its rows) and store the result."""
-        from .. import db
+        from ..storage import db
 
         model = probe(backend, tenant_no, rows, dim, self.defaults, row_ids=row_ids)
         with db.transaction(self._engine, "storing the cost model") as conn:

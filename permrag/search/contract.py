@@ -22,7 +22,7 @@ from typing import Any
 
 from ..access import Snapshot
 from ..access.consistency import make_token
-from ..results import Hit, Hits
+from ..domain.results import Hit, Hits
 
 
 def visible_rows(snap: Snapshot) -> int:

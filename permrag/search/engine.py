@@ -21,12 +21,12 @@ from pyroaring import FrozenBitMap
 
 from ..access import Access, Snapshot, check_principal
 from ..access.consistency import DEFAULT_WAIT, reach
-from ..audit import AuditLog
 from ..backends import MAX_LIMIT, Binding, Grouping, RawHit
 from ..catalog import Catalog
+from ..domain.names import check_text
+from ..domain.results import Hit, Hits, Stats
 from ..errors import ArgumentError, ConfigError
-from ..names import check_text
-from ..results import Hit, Hits, Stats
+from ..storage.audit import AuditLog
 from .contract import stamp
 from .execute import Executor, Route
 from .fusion import DEFAULT_FUSION, DEFAULT_WEIGHTS, default_pool

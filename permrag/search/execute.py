@@ -31,7 +31,7 @@ process, or Milvus under the plan — is decided once per request
 process falls back to Milvus only at run time, when the collection is gone
 or a background-read set left the cache.
 
-A plan may name class groups (partitions, backends/layout.py) instead of,
+A plan may name class groups (partitions, placement/layout.py) instead of,
 or besides, a filter. A row searched through a group is verified like any
 other, so a stale plan naming a group cannot make a row visible.
 """
@@ -48,7 +48,7 @@ import numpy as np
 from ..access import Snapshot
 from ..backends import MAX_LIMIT, RawHit, SearchBackend
 from ..catalog import RowRecord, as_array
-from ..results import Stats
+from ..domain.results import Stats
 from .fusion import order, rrf, weighted
 from .local import LocalRanker
 from .planner import IN_PROCESS, AllowAll, DenyAll, Filter, Plan

@@ -14,8 +14,8 @@ from __future__ import annotations
 from ..access import Snapshot
 from ..access.consistency import reach
 from ..catalog import DocumentRecord, RowRecord
+from ..domain.results import Hit, Hits
 from ..errors import BackendError, NotReadableError
-from ..results import Hit, Hits
 from .contract import stamp
 from .engine import Searcher
 

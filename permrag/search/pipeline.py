@@ -18,8 +18,8 @@ from typing import Any
 
 from ..access import Snapshot
 from ..access.consistency import reach
+from ..domain.results import Hit, Hits
 from ..errors import ArgumentError, ConfigError
-from ..results import Hit, Hits
 from .contract import stamp
 from .engine import Searcher, check_k
 from .fusion import order, rrf

@@ -27,7 +27,7 @@ left-deep chain ("unsupported expr proto node") and accepts a balanced tree
 of many more terms.
 
 **Class groups.** Where the tenant's collection keeps rows in partitions by
-visibility-class group (backends/layout.py), a plan may name the groups that
+visibility-class group (placement/layout.py), a plan may name the groups that
 hold visible rows: no filter at all when they hold nothing else, else a
 residual filter in any of the forms above, taken over the named groups' rows
 only. On Milvus Lite that is the only way under the cost of a pass over every
@@ -248,7 +248,7 @@ class Planner:
         grouping: Grouping | None = None,
     ) -> Plan:
         """The cheapest exact plan (or a superset): over the whole collection,
-        or — where the collection is grouped (backends/layout.py) — over the
+        or — where the collection is grouped (placement/layout.py) — over the
         class groups that hold visible rows, with a residual filter only if
         those groups hold hidden rows too."""
         vis = visible if visible.issubset(tenant_rows) else BitMap(visible) & BitMap(tenant_rows)

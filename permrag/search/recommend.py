@@ -19,9 +19,9 @@ from pyroaring import FrozenBitMap
 
 from ..access.consistency import reach
 from ..catalog import DocumentRecord
+from ..domain.names import as_list
+from ..domain.results import Hits
 from ..errors import ArgumentError, BackendError
-from ..names import as_list
-from ..results import Hits
 from .contract import stamp
 from .engine import Searcher, check_k
 from .fetch import readable

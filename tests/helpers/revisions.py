@@ -1,12 +1,12 @@
 """Test-only schema revisions, each after permrag's head, in a copy of
-permrag's script folder (point ``permrag.migrations.runner.LOCATION`` at it)."""
+permrag's script folder (point ``permrag.storage.migrations.runner.LOCATION`` at it)."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
-from permrag.migrations import HEAD, runner
+from permrag.storage.migrations import HEAD, runner
 
 NEXT = f"{int(HEAD) + 1:04d}"  # the revision a newer permrag would add
 

@@ -3,7 +3,7 @@
 The first release whose stores later versions open; a store that release
 made carries no revision and is stamped at this one.
 
-Frozen: these are the tables as 0.2.0 defined them, never permrag.db's
+Frozen: these are the tables as 0.2.0 defined them, never permrag.storage.db's
 (which moves on); a later change is a later revision.
 """
 

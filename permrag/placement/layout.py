@@ -48,7 +48,7 @@ from typing import Any
 # 3.7 ms with 100 partitions of 1,000 rows.
 #
 # Off by default (0: one flat partition, filters as before). Measured at 1M
-# rows on a 2.3.5 server with co-visibility placement (catalog/placement.py,
+# rows on a 2.3.5 server with co-visibility placement (placement/covis.py,
 # ``group_by="visibility"``, roles made before the ingest): a role seeing
 # 50 % at 0.84-1.10x a silo (0.94x against 2.68x flat at 200k,
 # bench_layout.py); an ACL user seeing 50 % at 1.28x (ACLs in the class key).

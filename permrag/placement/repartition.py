@@ -1,12 +1,12 @@
-"""Rows moved to their co-visibility group under the policy of now
-(``rag.regroup()``, ``permrag regroup``).
+"""Rows moved to their co-visibility partition under the policy of now
+(``rag.repartition()``, ``permrag repartition``; ``regroup`` before 0.3).
 
-Co-visibility placement (catalog/placement.py) puts a new class in the group
+Co-visibility placement (placement/covis.py) puts a new class in the partition
 of its signature under the policy of the moment, and a row never moves by
 itself. So classes placed before a policy change — or before any role
 existed, when every class has the empty signature and shares one group —
 stay where they were: exact, but their readers' searches name partly visible
-groups with a residual filter instead of whole groups. A regroup re-places
+groups with a residual filter instead of whole groups. A repartition re-places
 every class of a tenant under the current policy:
 
 * In one catalog transaction holding the allocation lock (no class is placed
@@ -29,7 +29,7 @@ every class of a tenant under the current policy:
   derived row names its sources' row IDs; new IDs would hide it) and derived
   rows themselves (they have no class of their own to place).
 
-Placement never decides visibility, so a regroup changes search speed only:
+Placement never decides visibility, so a repartition changes search speed only:
 every search before, during and after it is exact (tests/test_regroup.py).
 """
 
@@ -42,19 +42,19 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from .. import db
 from ..catalog import RowRecord
 from ..catalog.rows import record
+from ..domain.names import check_tenant
 from ..errors import ArgumentError, ConcurrentChangeError, ConfigError
-from ..names import check_tenant
-from .ingest import Ingester
-from .update import republish, rewrite_spec
+from ..ingest.ingest import Ingester
+from ..ingest.update import republish, rewrite_spec
+from ..storage import db
 
 BATCH_ROWS = 5000  # as an ingest batch
 
 
 @dataclass(frozen=True)
-class RegroupReport:
+class RepartitionReport:
     tenant: str
     groups: int  # partitions of the tenant's collection (0: flat, nothing to do)
     classes: int  # live classes looked at
@@ -83,7 +83,10 @@ class RegroupReport:
         return head + tail
 
 
-def regroup(ingester: Ingester, placement: Any, tenant: str, *, dry_run: bool = False, batch_rows: int = BATCH_ROWS, before: Callable[[], Any] | None = None) -> RegroupReport:
+RegroupReport = RepartitionReport  # its name before 0.3 (kept for one release)
+
+
+def repartition(ingester: Ingester, placement: Any, tenant: str, *, dry_run: bool = False, batch_rows: int = BATCH_ROWS, before: Callable[[], Any] | None = None) -> RepartitionReport:
     """Move ``tenant``'s rows to their co-visibility group (see the module
     docstring); ``before``: called once the arguments are checked (the
     store's sync, so the policy of now is the stored one)."""
@@ -98,7 +101,7 @@ def regroup(ingester: Ingester, placement: Any, tenant: str, *, dry_run: bool = 
     binding = ingester.binding
     grouping = binding.backend().grouping(no) if binding is not None and no is not None else None
     if grouping is None or binding is None or no is None:
-        return RegroupReport(tenant, 0, 0, 0, 0, 0, 0, 0, 0, dry_run)
+        return RepartitionReport(tenant, 0, 0, 0, 0, 0, 0, 0, 0, dry_run)
     if grouping.groups != placement.groups:
         raise ConfigError(f"tenant {tenant!r}'s collection has {grouping.groups} partitions, the store was opened with partitions={placement.groups}")
     if before is not None:
@@ -119,7 +122,7 @@ def regroup(ingester: Ingester, placement: Any, tenant: str, *, dry_run: bool = 
             catalog.allocator.forget(conn, tenant, lambda key, cid: key not in home or cid % placement.groups == home[key])
     counts = (len(classes), len(set(target)), sum(n for n, _ in misplaced))
     if dry_run or not misplaced:
-        return RegroupReport(tenant, placement.groups, *counts, 0, 0, 0, 0, dry_run)
+        return RepartitionReport(tenant, placement.groups, *counts, 0, 0, 0, 0, dry_run)
     mover = _Mover(ingester, tenant, batch_rows)
     backend = binding.backend()
     try:
@@ -131,7 +134,7 @@ def regroup(ingester: Ingester, placement: Any, tenant: str, *, dry_run: bool = 
         raise
     if backend.kind == "lite":
         backend.flush(no)  # once, at the end (BM25 statistics from sealed segments, as after an ingest)
-    return RegroupReport(tenant, placement.groups, *counts, mover.moved_rows, mover.moved_docs, len(mover.kept), mover.changed)
+    return RepartitionReport(tenant, placement.groups, *counts, mover.moved_rows, mover.moved_docs, len(mover.kept), mover.changed)
 
 
 def _live_classes(conn: Any, tenant: str) -> list[tuple[int, int, RowRecord]]:

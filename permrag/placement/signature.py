@@ -1,5 +1,5 @@
 """Which role rules select a class of rows: the key co-visibility placement
-groups classes by (catalog/placement.py).
+groups classes by (placement/covis.py).
 
 Rows with equal policy-relevant attributes form a visibility class; two
 classes selected by the same attribute rules (the same roles' allows and
@@ -23,8 +23,8 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from ..acl import Acl
-from .selectors import Selector, parse_selector
+from ..domain.acl import Acl
+from ..domain.selectors import Selector, parse_selector
 
 
 class Signer:

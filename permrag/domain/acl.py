@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import CatalogError, PermragError
+from ..errors import CatalogError, PermragError
 from .names import check, expiry, principal
 
 ALLOW_KEY, DENY_KEY, FOLDER_KEY = "@allow", "@deny", "@folder"

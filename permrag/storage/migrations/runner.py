@@ -1,5 +1,5 @@
 """Alembic, run in-process on the caller's connection and transaction
-(see :mod:`permrag.migrations`): no ``alembic.ini``, no ``env.py``; the
+(see :mod:`permrag.storage.migrations`): no ``alembic.ini``, no ``env.py``; the
 script folder is this package, found from this file."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from alembic.util import CommandError
 from sqlalchemy import MetaData, inspect
 from sqlalchemy.engine import Connection
 
+from ...errors import ConfigError
 from ..db import metadata
-from ..errors import ConfigError
 from . import FIRST, HEAD, VERSION_TABLE, Plan, Revision, newer, recorded
 
 HERE = str(Path(__file__).resolve().parent)
@@ -49,7 +49,7 @@ def head(location: str | None = None) -> str:
     if len(found) != 1:
         raise ConfigError(f"the permrag revisions in {location} have {len(found)} heads ({', '.join(found)}); they must form one line")
     if location == HERE and found[0] != HEAD:
-        raise ConfigError(f"the newest permrag revision is {found[0]} but permrag.migrations.HEAD says {HEAD}: set HEAD to {found[0]}")
+        raise ConfigError(f"the newest permrag revision is {found[0]} but permrag.storage.migrations.HEAD says {HEAD}: set HEAD to {found[0]}")
     return found[0]
 
 

@@ -48,11 +48,11 @@ from sqlalchemy import JSON, Engine, Table, bindparam, event, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import QueuePool
 
+from ..errors import BackendError
 from . import db
-from .errors import BackendError
 
 KEEP = 8  # idle connections kept per engine (the async pool's default threads); more threads at once open and close extra ones
-AUDIT_FIELDS = ("ts", "event", "user", "tenant", "policy_version", "detail", "agent")  # as permrag/audit.py writes them
+AUDIT_FIELDS = ("ts", "event", "user", "tenant", "policy_version", "detail", "agent")  # as permrag/storage/audit.py writes them
 _ORPHANS: list[Any] = []  # a forked parent's connections: never used, never closed here
 
 

@@ -1,14 +1,14 @@
-"""A new revision, written from the difference between permrag.db's tables
+"""A new revision, written from the difference between permrag.storage.db's tables
 and the revisions (for developers)::
 
-    python -m permrag.migrations.author "what changed"
+    python -m permrag.storage.migrations.author "what changed"
 
 Every revision runs on an empty in-memory SQLite database, Alembic's
-autogenerate compares the result with :data:`permrag.db.metadata`, and the
+autogenerate compares the result with :data:`permrag.storage.db.metadata`, and the
 operations it finds become ``versions/revNNNN_<slug>.py``, with ``additive``
 set when they only add (tables, nullable columns, indexes). Review the file
 (autogenerate sees no renames and no data changes), then set
-:data:`permrag.migrations.HEAD` to its revision.
+:data:`permrag.storage.migrations.HEAD` to its revision.
 """
 
 from __future__ import annotations
@@ -90,6 +90,6 @@ def write(message: str, target: MetaData = metadata, *, location: str | None = N
 
 if __name__ == "__main__":  # pragma: no cover - a developer's command
     if len(sys.argv) != 2:
-        sys.exit('usage: python -m permrag.migrations.author "what changed"')
+        sys.exit('usage: python -m permrag.storage.migrations.author "what changed"')
     made = write(sys.argv[1])
-    print(f"wrote {made}: review it, then set permrag.migrations.HEAD to its revision" if made else "nothing to write: the revisions make permrag.db's tables")
+    print(f"wrote {made}: review it, then set permrag.storage.migrations.HEAD to its revision" if made else "nothing to write: the revisions make permrag.storage.db's tables")

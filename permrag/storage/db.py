@@ -33,8 +33,8 @@ from sqlalchemy.exc import ArgumentError as SAArgumentError
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.sql.expression import Executable
 
-from .config import mask
-from .errors import BackendError, ConfigError
+from ..config import mask
+from ..errors import BackendError, ConfigError
 from .sqlite_wal import Checkpointer, to_wal
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ id_blocks = Table(
     Column("size", BigInteger, nullable=False),
 )
 
-# Co-visibility placement (catalog/placement.py): which class group the
+# Co-visibility placement (placement/covis.py): which class group the
 # classes of one role-rule signature go to, per tenant.
 class_groups = Table(
     "permrag_class_groups",
@@ -164,7 +164,7 @@ audit = Table(
     Column("tenant", String(256), nullable=True),
     Column("policy_version", BigInteger, nullable=True),
     Column("detail", Text, nullable=True),
-    Column("agent", String(256), nullable=True),  # a delegated request's agent (revision 0002: permrag/migrations)
+    Column("agent", String(256), nullable=True),  # a delegated request's agent (revision 0002: permrag/storage/migrations)
     Index("ix_permrag_audit_user", "user", "ts"),
 )
 
@@ -214,7 +214,7 @@ COUNTERS = {
     "next_row_id": 1,
     "next_class_id": 1,
     "next_tenant_no": 1,
-    "placement_version": 0,  # bumped when a regroup rewrites the signature → group map (catalog/placement.py)
+    "placement_version": 0,  # bumped when a regroup rewrites the signature → group map (placement/covis.py)
 }
 
 
@@ -274,7 +274,7 @@ _STOPS: weakref.WeakKeyDictionary[Engine, list[Callable[[], None]]] = weakref.We
 
 
 def note_commit(engine: Engine) -> None:
-    """A commit made on a connection outside the engine's pool (permrag/direct.py): SQLite's checkpointer follows it too."""
+    """A commit made on a connection outside the engine's pool (permrag/storage/direct.py): SQLite's checkpointer follows it too."""
     ckpt = _CHECKPOINTERS.get(engine)
     if ckpt is not None:
         ckpt._committed(None)

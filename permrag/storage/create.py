@@ -1,5 +1,5 @@
 """A store's open: its tables, counters and store id made, or an older
-store's schema brought to this version (Alembic, :mod:`permrag.migrations`),
+store's schema brought to this version (Alembic, :mod:`permrag.storage.migrations`),
 once, however many processes open it at the same moment — and a store made
 only by an open that may create one; any other finds one or creates nothing."""
 
@@ -14,21 +14,10 @@ from sqlalchemy import inspect, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from ..config import PRIVATE_FILE, Settings, mask, recorded, sqlite_path, store_elsewhere
+from ..errors import ConfigError, NoStoreError
 from . import migrations
-from .config import PRIVATE_FILE, Settings, mask, recorded, sqlite_path, store_elsewhere
-from .db import (
-    COUNTERS,
-    SCHEMA_VERSION,
-    dispose,
-    first_line,
-    get_setting,
-    make_engine,
-    meta,
-    metadata,
-    read_counter,
-    settings,
-)
-from .errors import ConfigError, NoStoreError
+from .db import COUNTERS, SCHEMA_VERSION, dispose, first_line, get_setting, make_engine, meta, metadata, read_counter, settings
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +75,7 @@ def init_schema(engine: Engine, *, create: bool = True, refused: NoStoreError | 
     transaction that first takes the database's write lock (SQLite: ``BEGIN
     IMMEDIATE``; PostgreSQL: an advisory lock), a new store gets its tables
     (stamped at the head) and an older one its pending *additive* revisions
-    (:mod:`permrag.migrations`); processes that open it at once do this one
+    (:mod:`permrag.storage.migrations`); processes that open it at once do this one
     after the other, and the later ones find it done. A store that needs a
     revision which is not additive is refused, naming ``permrag upgrade``;
     one a newer permrag upgraded is refused, naming both revisions."""
@@ -195,7 +184,7 @@ def _make_or_migrate(conn: Connection, url: str, *, at_open: bool, dry_run: bool
         raise ConfigError(
             f"the permrag store in {url} is at schema revision {todo.current}; this permrag needs {todo.head}, "
             f"through revisions that change what older versions read ({', '.join(r.id for r in todo.pending if not r.additive)})",
-            hint="stop every process that uses the store, back it up, and run permrag.dbinit.upgrade_store (permrag upgrade)",
+            hint="stop every process that uses the store, back it up, and run permrag.storage.create.upgrade_store (permrag upgrade)",
             cli_hint="stop every process that uses the store, back it up, and run `permrag upgrade`",
         )
     if todo.pending or not todo.stamped:

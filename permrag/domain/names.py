@@ -18,13 +18,15 @@ attribute given as ``3`` or ``"3"``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .errors import ArgumentError, CatalogError, PermragError
+from ..errors import ArgumentError, CatalogError, PermragError
 
 MAX_NAME = 256  # tenants, users, groups, roles
 MAX_ID = 1024  # external ids, attribute values, selectors
@@ -271,3 +273,11 @@ def as_list(value: object, what: str) -> list[Any]:
     if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
         raise ArgumentError(f"{what} must be a list, not {type(value).__name__}")
     return list(value)
+
+
+def class_key(payload: object) -> str:
+    """A stable key of a JSON value: the SHA-1 of its canonical JSON (sorted
+    keys, no spaces). The catalog keys visibility classes by it and
+    placement keys signatures by it."""
+    raw = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha1(raw.encode()).hexdigest()

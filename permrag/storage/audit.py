@@ -35,8 +35,8 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
+from ..errors import ArgumentError
 from . import db, direct
-from .errors import ArgumentError
 
 log = logging.getLogger(__name__)
 MODES = ("sync", "async", "off")

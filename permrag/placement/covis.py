@@ -1,5 +1,5 @@
 """Co-visibility placement: classes that the same role rules select share a
-class group (a Milvus partition, backends/layout.py).
+class group (a Milvus partition, placement/layout.py).
 
 A grouped collection keeps a row of class ``c`` in partition ``g<c mod N>``.
 Handed out in order of first appearance, class IDs spread classes over the
@@ -8,7 +8,7 @@ about half of every group visible and its search scans every partition with
 a residual filter: no faster than a flat collection. Placed by
 co-visibility, a new class gets the ID ``c ≡ g (mod N)`` of the group ``g``
 its *signature* owns — the role rules that select it under the policy of the
-moment (policy/signature.py) — so a role's rows fill whole groups and its
+moment (placement/signature.py) — so a role's rows fill whole groups and its
 search names them with no filter, as over a silo of its own.
 
 * The first ``N`` distinct signatures of a tenant get a group each; a later
@@ -24,7 +24,7 @@ search names them with no filter, as over a silo of its own.
   (``placement_version``, bumped by a regroup) differs, so an ACL-heavy
   store with thousands of signatures does not compare each new one with
   every other.
-* ``rag.regroup()`` (ingest/regroup.py) rebuilds the map from the classes
+* ``rag.regroup()`` (placement/repartition.py) rebuilds the map from the classes
   live now under the policy of now and moves the rows outside their group;
   other processes see the new map through ``placement_version``.
 * Class IDs skip at most ``N - 1`` numbers per new class; they are 64-bit.
@@ -46,10 +46,10 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
-from .. import db
-from ..acl import Acl
+from ..domain.acl import Acl
+from ..domain.names import class_key
 from ..errors import ConfigError
-from .allocation import class_key
+from ..storage import db
 
 Signer = Callable[[str, Mapping[str, Any], "Acl | None"], "Sequence[str] | None"]
 GROUP_BY = ("class", "visibility", "visibility+acl")
@@ -145,7 +145,7 @@ class Placement:
     def replan(self, conn: Connection, tenant: str, classes: Sequence[tuple[int, tuple[str, ...], int]], write: bool = True) -> dict[tuple[str, ...], int]:
         """A new signature → group map for the tenant's live classes under the
         policy of now (``classes``: class ID, signature tokens, live rows; a
-        regroup, ingest/regroup.py). Largest signature first, each keeps the
+        regroup, placement/repartition.py). Largest signature first, each keeps the
         group that holds most of its rows unless a larger one took it, else
         takes the lowest free group, else the nearest's — so a settled store
         gets the map it has, and nothing moves. ``write``: stored in place of

@@ -1,14 +1,14 @@
 """The catalog database's schema changes, as Alembic revisions run in-process.
 
 Revision ``0001`` is the schema of permrag 0.2.0; each later revision is one
-change of :mod:`permrag.db`'s tables (``versions/``). The revision a store is
+change of :mod:`permrag.storage.db`'s tables (``versions/``). The revision a store is
 at lives in its own table, ``permrag_alembic_version`` (a PostgreSQL database
 shared with another Alembic project keeps the two apart). A store made before
 Alembic (0.2.0) has no such table: it is taken to be at ``0001``.
 
 Every function here (and in :mod:`.runner`, which holds the Alembic side,
 imported only when a store is made or migrated) works inside the caller's transaction and never commits:
-:mod:`permrag.dbinit` takes the schema lock first, runs the pending revisions
+:mod:`permrag.storage.create` takes the schema lock first, runs the pending revisions
 and commits once, so a revision that fails midway leaves the store as it was
 (SQLite and PostgreSQL both roll DDL back). No ``alembic.ini`` and no
 ``env.py``: the script folder is this package, found from this file, so a
@@ -16,7 +16,7 @@ wheel install runs the same revisions as a checkout.
 
 A revision declares ``additive = True`` when it only adds (tables, nullable
 columns, indexes): a process still running the previous permrag reads and
-writes the store as before, so :func:`permrag.dbinit.open_store` applies such
+writes the store as before, so :func:`permrag.storage.create.open_store` applies such
 revisions at open. Any other revision waits for ``permrag upgrade``.
 """
 
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 
 VERSION_TABLE = "permrag_alembic_version"
 FIRST = "0001"  # the schema of permrag 0.2.0, the revision a store made before Alembic is at

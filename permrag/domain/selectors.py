@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from ..errors import SelectorError
-from ..names import ATTR_NAME, MAX_ID, problem
+from .names import ATTR_NAME, MAX_ID, problem
 
 AttrValue = str | Sequence[str]
 
