@@ -18,11 +18,11 @@ install: $(BIN)/.installed
 demo: $(BIN)/.installed
 	$(BIN)/permrag demo
 
-# OpenLDAP's slapd and its clients, for tests/test_ldap.py (installed when root; else those tests skip)
+# OpenLDAP's slapd and its clients, for tests/system/test_ldap.py (installed when root; else those tests skip)
 $(BIN)/.slapd: $(BIN)/.installed
 	(command -v slapd || test -x /usr/sbin/slapd) >/dev/null 2>&1 && command -v ldapmodify >/dev/null 2>&1 || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slapd ldap-utils) || \
-	  echo "slapd and ldap-utils could not be installed: tests/test_ldap.py will skip"
+	  echo "slapd and ldap-utils could not be installed: tests/system/test_ldap.py will skip"
 	touch $@
 
 test: $(BIN)/.installed $(BIN)/.slapd
@@ -35,7 +35,11 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
 
-# the tests that need no server, no PostgreSQL, no subprocesses and no real model (570 tests, under 2 minutes on 2 cores)
+# no Milvus and no server (tests/unit/conftest.py refuses both)
+test-unit: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -n 2 tests/unit
+
+# the tests that need no server, no PostgreSQL, no subprocesses and no real model (570 tests, under 3 minutes on 2 cores)
 test-fast: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not server and not postgres and not slow"
 
@@ -47,4 +51,4 @@ bench-quick: $(BIN)/.installed
 	$(BIN)/pip install -q -e ".[bench]"
 	$(BIN)/python benchmarks/run_all.py --quick
 
-.PHONY: install demo lint test test-fast bench bench-quick
+.PHONY: install demo lint test test-unit test-fast bench bench-quick

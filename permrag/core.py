@@ -403,7 +403,7 @@ class PermRAG(ConsistencyFaces):
         return add_generated(self.ingester, self.access, text, sources=sources, user=user, tenant=tenant, external_id=external_id, attrs=attrs)
 
     def as_retriever(self, *, user: str, tenant: str = DEFAULT_TENANT, **options: Any) -> Any:
-        """Deprecated for one release (the core's one import of a face, tests/test_layers.py): use ``permrag.integrations.langchain.as_retriever(rag, …)``."""
+        """Deprecated for one release (the core's one import of a face, tests/unit/test_layers.py): use ``permrag.integrations.langchain.as_retriever(rag, …)``."""
         from .integrations.langchain import as_retriever
 
         warnings.warn("rag.as_retriever(...) is deprecated: use permrag.integrations.langchain.as_retriever(rag, ...)", DeprecationWarning, stacklevel=2)

@@ -4,7 +4,7 @@ and for anyone writing another face (a web app, a bot, another framework).
 
 The faces import only ``permrag``'s exported names (``PermRAG``, ``Hit``,
 ``Hits``, the errors…), :mod:`permrag.errors` and this module;
-``tests/test_layers.py`` checks it. Everything here is a stable name:
+``tests/unit/test_layers.py`` checks it. Everything here is a stable name:
 
 * argument checks the faces share, so that every face refuses what the
   library refuses, in the library's words: :func:`check_principal`,

@@ -31,7 +31,7 @@ SLOW_MODULES = {
     "test_packaging",
     "test_processes",
     "test_races",
-    "test_regroup",
+    "test_repartition",
     "test_servers",
     "test_threads",
     "test_upgrade",

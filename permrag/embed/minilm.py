@@ -2,7 +2,7 @@
 
 The model is a 6-layer BERT with mean pooling and L2 normalisation. Running
 its forward pass with numpy and the ``tokenizers`` package gives the vectors
-sentence-transformers gives (within cosine 0.999, tests/test_encoders.py),
+sentence-transformers gives (within cosine 0.999, tests/integration/test_encoders.py),
 while a fresh process never imports torch or transformers, which would be
 most of a one-off CLI search's or an MCP server start's time. Its name is the
 one the sentence-transformers encoder of the same model records, so a store

@@ -30,7 +30,7 @@ every class of a tenant under the current policy:
   rows themselves (they have no class of their own to place).
 
 Placement never decides visibility, so a repartition changes search speed only:
-every search before, during and after it is exact (tests/test_regroup.py).
+every search before, during and after it is exact (tests/integration/test_repartition.py).
 """
 
 from __future__ import annotations

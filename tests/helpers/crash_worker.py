@@ -1,4 +1,4 @@
-"""A process that dies by SIGKILL at a chosen point, for tests/test_faults.py.
+"""A process that dies by SIGKILL at a chosen point, for tests/system/test_faults.py.
 
 ``ingest``: ingest 100 rows, then start a second ingest and die right after
 its second batch reached Milvus, before the catalog published it (the worst

@@ -9,7 +9,7 @@ attributes), the database, and the seed entries loaded offline with
 ``slapadd`` before the server starts. Accounts: the root DN (no limits),
 ``cn=reader`` (a sync account with unlimited paged searches) and
 ``cn=capped`` (paged searches stop after a few entries, as a server's size
-limit would). Shared by tests/test_ldap.py and benchmarks/bench_ldap.py.
+limit would). Shared by tests/system/test_ldap.py and benchmarks/bench_ldap.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """permrag 0.2.0 — that release's own code, taken from this repository's
 history — run in a subprocess, and a database's schema as plain data (for
-comparing stores made by different code). Shared by tests/test_upgrade.py
-and tests/test_migrations.py."""
+comparing stores made by different code). Shared by tests/system/test_upgrade.py
+and tests/system/test_migrations.py."""
 
 from __future__ import annotations
 

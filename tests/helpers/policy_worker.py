@@ -1,6 +1,6 @@
 """A second process that runs commands sent on stdin, one JSON line each:
 ``{"call": "policy.deny", "args": [...], "kwargs": {...}}`` → one JSON line
-on stdout with the result or the error. Used by tests/test_multiprocess.py
+on stdout with the result or the error. Used by tests/system/test_multiprocess.py
 to act on a store from a process whose in-memory copy is out of date."""
 
 from __future__ import annotations

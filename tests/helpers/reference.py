@@ -8,10 +8,22 @@ from collections.abc import Mapping
 import numpy as np
 
 
-def dense_scores(rag, vectors: Mapping[str, np.ndarray], user: str, query: str, tenant: str = "default") -> dict[int, float]:
-    """Row ID → exact cosine score of every row ``user`` may read (vectors by external id, unit length)."""
-    q = rag.encoder.encode([query])[0]
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v)
+
+
+def dense_scores(rag, vectors: Mapping[str, np.ndarray], user: str, query: str, tenant: str = "default", encoder=None) -> dict[int, float]:
+    """Row ID → exact cosine score of every row ``user`` may read (vectors by
+    external id, unit length; the query encoded by ``encoder``, default the store's)."""
+    q = _unit((encoder or rag.encoder).encode([query])[0])
     return {r.row_id: float(np.dot(vectors[r.external_id], q)) for r in rag.rows(rag.visible(user, tenant))}
+
+
+def text_scores(rag, encoder, texts: Mapping[str, str], user: str, query: str, tenant: str = "default") -> dict[int, float]:
+    """:func:`dense_scores` from the texts a test wrote (external id → text), encoded here."""
+    rows = rag.rows(rag.visible(user, tenant))
+    vectors = {r.external_id: _unit(encoder.encode([texts[r.external_id]])[0]) for r in rows}
+    return dense_scores(rag, vectors, user, query, tenant, encoder)
 
 
 def assert_top_k(got: list[int], ref: Mapping[int, float], k: int, tol: float = 1e-4) -> None:

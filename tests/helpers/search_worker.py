@@ -1,4 +1,4 @@
-"""A second process for tests/test_processes.py: searches in a loop and logs
+"""A second process for tests/system/test_processes.py: searches in a loop and logs
 each search's start time (CLOCK_MONOTONIC, shared by all processes of the
 machine), policy version and rows, until the stop file appears."""
 

@@ -1,4 +1,4 @@
-"""One process of tests/test_multiprocess.py's stress test.
+"""One process of tests/system/test_multiprocess.py's stress test.
 
 For ``seconds`` it ingests (into tenant ``acme``, and now and then into
 ``globex``), grants, denies, revokes, assigns and unassigns at random and
