@@ -91,7 +91,7 @@ def build(home: Path, uri: str | None, rows: int) -> None:
         rag.policy.add_role("one-team")
         rag.policy.grant("one-team", "team:t7")
         rag.policy.assign_user("u", "one-team")
-        rag.store.flush(rag.catalog.tenants.number("default"))
+        rag.backend.flush(rag.catalog.tenants.number("default"))
 
 
 def child(home: Path, uri: str | None, warm_up: str = "none") -> dict:

@@ -106,7 +106,7 @@ def lookups(url: str, n_users: int, n: int = 100) -> list[float]:
 def until(rag: PermRAG, user: str, want: list[str], started: float, limit: float = 30.0) -> float:
     """Seconds from ``started`` to the first search as ``user`` that finds exactly ``want``."""
     while True:
-        rag.sync()
+        rag.refresh()
         got = sorted({h.document for h in rag.search("policy handbook", user=user, k=50, mode="dense")})
         if got == want:
             return time.perf_counter() - started

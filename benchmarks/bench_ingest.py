@@ -257,11 +257,11 @@ def one_folder_filter(rag: PermRAG) -> dict:
 def full_sync(home: Path, folder: Path, enc, n: int) -> tuple[PermRAG, float]:
     """A fresh store (Milvus Lite started before the clock, as the bare client is) and its timed first sync of ``folder``."""
     rag = PermRAG.open(home, encoder=enc, chunk_size=CHUNK, chunk_overlap=50)
-    assert rag.store is not None
+    assert rag.backend is not None
     # Milvus Lite starts on the store's first Milvus call: started here, before the clock,
     # as the bare side's client is (it was ~0.13-0.16 s of the timed sync; creating the
     # store's collections stays timed, as the bare side's create_collection is)
-    rag.store.client()
+    rag.backend.client()
     GC.start()
     t0 = time.perf_counter()
     rep = rag.sync_folder(folder)
@@ -336,7 +336,7 @@ def run(tmp: Path, folder: Path, n: int, encoder_name: str) -> dict:
     out["overhead_dense_only"] = full_s / dense_only["total_s"]
     # the same folder with classes keyed on the folder alone
     rag = PermRAG.open(tmp / f"p-{encoder_name}", encoder=enc, chunk_size=CHUNK, chunk_overlap=50, policy_attrs=["folder"])
-    assert rag.store is not None
+    assert rag.backend is not None
     t0 = time.perf_counter()
     rag.sync_folder(folder)
     out["policy_attrs_full_s"] = time.perf_counter() - t0

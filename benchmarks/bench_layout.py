@@ -75,10 +75,10 @@ def _run(n_rows: int, n_queries: int, budget_s: float, layouts: dict) -> dict:
                     report = rag.repartition("acme")
                     regroup_s[name] = time.perf_counter() - t0
                     print(f"  {name}: {report.describe()} in {regroup_s[name]:.1f} s", flush=True)
-            client = next(iter(stores.values())).store.client()
-            colls = {n: r.store.name(r.catalog.tenants.number("acme")) for n, r in stores.items()}
+            client = next(iter(stores.values())).backend.client()
+            colls = {n: r.backend.name(r.catalog.tenants.number("acme")) for n, r in stores.items()}
             for n, r in stores.items():  # at rest everywhere, as the silo will be: sealed segments loaded
-                r.store.flush(r.catalog.tenants.number("acme"))
+                r.backend.flush(r.catalog.tenants.number("acme"))
                 settle(uri, colls[n], n_rows)
             rng = np.random.default_rng(11)
             queries = rng.standard_normal((n_queries, dim)).astype(np.float32)

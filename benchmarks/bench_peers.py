@@ -135,8 +135,8 @@ def run(n_chunks: int | None, replicas: int, home: Path) -> dict:
     t0 = time.perf_counter()
     ids = np.asarray(rag.add_documents(docs, batch_size=5000))
     ingest_s = time.perf_counter() - t0
-    client = rag.store.client()
-    coll = rag.store.name(rag.catalog.tenants.number("default"))  # the tenant's own collection
+    client = rag.backend.client()
+    coll = rag.backend.name(rag.catalog.tenants.number("default"))  # the tenant's own collection
     acl_collection(client, f"{coll}_acl", ids, teams, vecs, texts)
     lc = langchain_store(rag.settings.milvus_uri, texts, vecs, ids, teams)
     team_of = np.asarray([int(t[4:]) for t in teams])

@@ -277,7 +277,7 @@ def evaluate(language: str, prepared: tuple) -> dict:
     dept_of = {d["external_id"]: d["attrs"]["dept"] for d in docs}
     row_vecs = rag.encoder.encode([d["text"] for d in docs])
     ext_ids = [d["external_id"] for d in docs]
-    store = (rag.store, rag.catalog.tenants.number("default"))
+    store = (rag.backend, rag.catalog.tenants.number("default"))
     for mode, fusion, weights, pool in configs:
         name = label(mode, fusion, weights, pool)
         ndcgs, same_q, equal, compared, brute_equal, brute_compared = [], [], 0, 0, 0, 0

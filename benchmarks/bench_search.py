@@ -7,7 +7,7 @@ holding a random set of teams, the hard case for ID ranges), dense top-10:
 * **permrag** — ``rag.search`` (policy lookup, plan, Milvus or — for a
   visible set of at most ``local_rows`` rows, or up to ``prefetch_rows`` once
   read back in the background — exact ranking in process from cached stored
-  vectors (search/local.py), verify, catalog);
+  vectors (search/in_process.py), verify, catalog);
 * **permrag-milvus** — the same with in-process ranking off: every search
   asks Milvus with the planned filter or class groups;
 * **post-filter** — unfiltered top-100, then drop what the caller may not see
@@ -159,10 +159,10 @@ def run_backend(label: str, rag: PermRAG, n_rows: int, n_queries: int, budget_s:
     teams, ids, vecs, n_teams, ingest_s = build(rag, n_rows)
     if not policy_first:
         users = make_users(rag, n_teams)
-    client = rag.store.client()
-    coll = rag.store.name(rag.catalog.tenants.number("acme"))  # the tenant's own collection
+    client = rag.backend.client()
+    coll = rag.backend.name(rag.catalog.tenants.number("acme"))  # the tenant's own collection
     texts = [f"doc {i}" for i in range(n_rows)]  # as ingested: every approach fetches the hits' text, as permrag does
-    uri = rag.store.uri
+    uri = rag.backend.uri
     if "acl-array" not in SKIPPED:
         acl_collection(client, f"{coll}_acl", ids, teams, vecs, texts, uri)
     rng = np.random.default_rng(11)
@@ -170,7 +170,7 @@ def run_backend(label: str, rag: PermRAG, n_rows: int, n_queries: int, budget_s:
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     team_of = np.asarray([int(t[4:]) for t in teams])
 
-    rag.store.flush(rag.catalog.tenants.number("acme"))  # at rest, as the silo will be: sealed segments loaded
+    rag.backend.flush(rag.catalog.tenants.number("acme"))  # at rest, as the silo will be: sealed segments loaded
     settle(uri, coll, n_rows)
     coll_segments = loaded_segments(uri, coll)
     rows = []
@@ -321,7 +321,7 @@ def table(res: dict) -> str:
 
 def layout(rag: PermRAG, group_by: str, policy_first: bool) -> str:
     """How the store lays out new tenant collections, for the table's title."""
-    n = rag.store.groups
+    n = rag.backend.groups
     when = "; policy made before the ingest" if policy_first else "; policy made after the ingest"
     if not n:
         return ", flat (one partition, filters)" + when
@@ -398,7 +398,7 @@ def main(argv=None) -> None:
                 uri = f"http://127.0.0.1:{server.listen_port}"
                 gb = {"partition_by": args.group_by} if args.server_groups else {}
                 with PermRAG.open(Path(tmp) / "srv", encoder=RandomEncoder(DIM), milvus_uri=uri, partitions=args.server_groups, **gb, **opened(local)) as rag:
-                    label = "Milvus server " + rag.store.client().get_server_version() + layout(rag, args.group_by, args.policy_first) + db_label
+                    label = "Milvus server " + rag.backend.client().get_server_version() + layout(rag, args.group_by, args.policy_first) + db_label
                     results.append(run_backend(label, rag, args.server_rows, args.queries, budget, args.policy_first))
             finally:
                 server.stop()

@@ -1,7 +1,7 @@
 """The PermRAG façade: opens a store, wires its parts, and delegates.
 
 Each public method is one call into the part that owns the concept: ``access`` (who may read what, at the stored
-versions), ``searcher`` (permissioned search), ``ingester`` (documents in and out), the policy store, the audit log,
+versions), ``searcher`` (permissioned search), ``ingester`` (documents in and out), the versioned policy, the audit log,
 reconcile. Three long signatures stay on one line each (``# fmt: skip``): this module is at its line limit.
 """
 
@@ -39,7 +39,7 @@ from .search import DEFAULT_FUSION, DEFAULT_WEIGHTS, LITE, SERVER, CostModel, Pl
 from .search.aio import AsyncRunner
 from .search.calibrate import Calibration
 from .search.fetch import fetch
-from .search.local import LocalRanker
+from .search.in_process import InProcessRanker
 from .search.pipeline import retrieve
 from .search.recommend import recommend, similar
 from .storage import db
@@ -67,7 +67,7 @@ class PermRAG(ConsistencyFaces):
         self._layout = (o.partitions, o.partition_by)  # as given; the store's recorded layout fills in on connect (placement/covis.py)
         if not o.catalog_only:
             check_layout(MilvusBackend(settings.milvus_uri, **self._backend_options).groups, o.partition_by)  # checks the options; no I/O
-        self._local = LocalRanker(o.local_rows, prefetch_rows=o.prefetch_rows)
+        self._local = InProcessRanker(o.local_rows, prefetch_rows=o.prefetch_rows)
         self._engine: Any = None
         self.aio = AsyncRunner(o.async_workers)  # the bounded pool of asearch & co.; threads start on first use
 
@@ -109,7 +109,7 @@ class PermRAG(ConsistencyFaces):
         uses the recorded ones; their old names ``groups`` and ``group_by``
         are deprecated), ``local_rows`` (largest visible set whose dense
         ranking runs in process, exact, from cached stored vectors; 0: never;
-        see search/local.py), ``prefetch_rows`` (largest set read back in the
+        see search/in_process.py), ``prefetch_rows`` (largest set read back in the
         background while its first searches go to Milvus, then ranked in process;
         0: none) and ``catalog_only`` (no vector store).
         Milvus is connected on first use, so opening is cheap.
@@ -165,9 +165,9 @@ class PermRAG(ConsistencyFaces):
         if tenant is None:
             tenant = max(sizes, key=lambda t: sizes[t], default=DEFAULT_TENANT)
         no = self.catalog.tenants.number(tenant)
-        if not sizes.get(tenant) or no is None or not self.store.has_tenant(no):
+        if not sizes.get(tenant) or no is None or not self.backend.has_tenant(no):
             raise ConfigError(f"tenant {tenant!r} holds no rows to measure searches on")
-        return self.calibration.run(self.store, no, sizes[tenant], self.encoder.dim, as_array(self.catalog.tenant(tenant).rows))
+        return self.calibration.run(self.backend, no, sizes[tenant], self.encoder.dim, as_array(self.catalog.tenant(tenant).rows))
 
     def _tenant_sizes(self) -> dict[str, int]:
         """Live rows per tenant, from the in-memory catalog index (no query, no copy)."""
@@ -233,31 +233,43 @@ class PermRAG(ConsistencyFaces):
     def catalog_version(self) -> int:
         return self.catalog.version
 
+    def refresh(self) -> bool:
+        """Catch up with what other processes changed (policy and catalog); True if
+        anything changed here. Every read does it first; call it to pay it ahead."""
+        return self.access.refresh()
+
     def sync(self) -> bool:
-        """Reload what another process changed; True if anything was reloaded."""
-        return self.access.sync()
+        """Deprecated name of :meth:`refresh` (one release): "sync" is folder and directory sync."""
+        warnings.warn("rag.sync() is deprecated: use rag.refresh()", DeprecationWarning, stacklevel=2)
+        return self.refresh()
 
     @property
     def encoder(self) -> Encoder:
         return self._binding().encoder
 
     @property
-    def store(self) -> MilvusBackend:
-        """The Milvus backend (bound to this store on first use)."""
+    def backend(self) -> MilvusBackend:
+        """The Milvus backend: the collections of this store's tenants (bound on first use)."""
         return self._binding().backend()
+
+    @property
+    def store(self) -> MilvusBackend:
+        """Deprecated name of :attr:`backend` (one release): "store" is the home folder."""
+        warnings.warn("rag.store is deprecated: use rag.backend", DeprecationWarning, stacklevel=2)
+        return self.backend
 
     def warm(self, *, users: Sequence[str] = (), tenant: str = DEFAULT_TENANT) -> dict[str, float]:
         """Pay now what a process's first searches would: connect to Milvus
         (importing pymilvus), check the store's binding, load the encoder,
         load every tenant's collection and search one row in it, and read
-        back the rows in-process ranking will need (search/local.py): every
+        back the rows in-process ranking will need (search/in_process.py): every
         row of each tenant of at most ``local_rows`` rows, and the visible
         rows of ``users`` in ``tenant`` with their records (a larger set gets its filter form
         chosen, and one of at most ``prefetch_rows`` its background read queued). For servers (``permrag mcp`` calls it at start, naming its
         ``--as`` user); returns seconds per step."""
         steps: dict[str, float] = {}
         t = time.perf_counter()
-        store = self.store
+        store = self.backend
         steps["connect"] = time.perf_counter() - t
         t = time.perf_counter()
         probe = self.encoder.encode(["warm"])
@@ -304,8 +316,8 @@ class PermRAG(ConsistencyFaces):
         return update_metadata(self.ingester, external_id, tenant=tenant, attrs=attrs, acl=acl)
 
     def repartition(self, tenant: str = DEFAULT_TENANT, *, dry_run: bool = False) -> RepartitionReport:
-        """Move ``tenant``'s rows to their co-visibility partitions under the policy of now (stored, after :meth:`sync`); see :mod:`permrag.placement.repartition`."""
-        return repartition(self.ingester, self.catalog.allocator.placement, tenant, dry_run=dry_run, before=self.sync)
+        """Move ``tenant``'s rows to their co-visibility partitions under the policy of now (stored, after :meth:`refresh`); see :mod:`permrag.placement.repartition`."""
+        return repartition(self.ingester, self.catalog.allocator.placement, tenant, dry_run=dry_run, before=self.refresh)
 
     def regroup(self, tenant: str = DEFAULT_TENANT, *, dry_run: bool = False) -> RepartitionReport:
         """Deprecated name of :meth:`repartition` (one release)."""

@@ -21,7 +21,7 @@ from .errors import ConfigError
 from .ingest import MAX_DOCUMENT_CHARS
 from .search import Planner
 from .search.aio import DEFAULT_WORKERS
-from .search.local import LOCAL_ROWS, PREFETCH_ROWS
+from .search.in_process import LOCAL_ROWS, PREFETCH_ROWS
 
 RENAMED = {"groups": "partitions", "group_by": "partition_by"}  # old name → new (deprecated for one release)
 

@@ -140,7 +140,7 @@ def open_backend(backend: str, tmp: Path, request, **kwargs) -> PermRAG:
 def milvus_ids(rag: PermRAG, tenant: str = "default") -> set[int]:
     """Every row ID in the tenant's Milvus collection."""
     no = rag.catalog.tenants.number(tenant)
-    return rag.store.all_ids(no) if no is not None else set()
+    return rag.backend.all_ids(no) if no is not None else set()
 
 
 def _pg_available() -> str | None:

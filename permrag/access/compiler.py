@@ -16,7 +16,7 @@ Caches, each per tenant, each filled lazily:
 * agent → visible rows, the same way from ``agent:<id>`` (policy/agents.py);
   (user, agents) → the user's rows ∩ each agent's: a delegated request's
   bitmap, one intersection, kept while both inputs are the very bitmaps it
-  was made from (so a plan cached for it stays valid, search/engine.py).
+  was made from (so a plan cached for it stays valid, search/searcher.py).
 
 Expiring grants, assignments, memberships and ACL entries are read at the
 compiler's clock: each tenant's caches hold until the first expiry after
@@ -24,7 +24,7 @@ they were filled, and the first lookup at or after it drops them, so an
 expiry takes effect at the next query in every process without a cron.
 
 A policy change drops the role entries it touched and the cached users and
-roles that hold them (the policy store reports exactly those). An ingest
+roles that hold them (the versioned policy reports exactly those). An ingest
 drops only the selectors whose attribute (or doc id) the new rows carry, the
 roles that use them and their holders; new derived rows are patched into the
 cached users. So a revoke costs a few set operations, and the next

@@ -84,7 +84,7 @@ def reach(access: Any, token: object, wait: float = DEFAULT_WAIT) -> tuple[int, 
         return policy, catalog
     deadline, pause = time.monotonic() + wait, 0.001
     while True:
-        access.sync()
+        access.refresh()
         if access.policy.version >= policy and access.catalog.version >= catalog:
             return policy, catalog
         left = deadline - time.monotonic()
@@ -99,7 +99,7 @@ def reach(access: Any, token: object, wait: float = DEFAULT_WAIT) -> tuple[int, 
 
 def current_token(access: Any) -> str:
     """The token of the stored versions now (after catching up): what a write just made holds."""
-    access.sync()
+    access.refresh()
     return make_token(access.engine, access.policy.version, access.catalog.version)
 
 

@@ -169,7 +169,7 @@ def exposure(access: Any, *, document: str | None = None, user: str | None = Non
     """Audited serves of rows the user may not read under the current policy
     (or the one at ``version``), with the path that allowed each then (see the module docstring)."""
     check_filters(document, user, since, version)
-    access.sync()
+    access.refresh()
     access.check_tenant_known(tenant)
     wanted: set[int] | None = None
     if document is not None:

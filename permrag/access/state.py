@@ -91,7 +91,7 @@ class Access:
         with db.reading(self.engine, "reading the policy version") as conn:
             return db.read_counters(conn)
 
-    def sync(self) -> bool:
+    def refresh(self) -> bool:
         """Reload what another process changed; True if anything was reloaded."""
         counters = self.versions()
         changed = False
@@ -110,6 +110,10 @@ class Access:
     def check_tenant_known(self, tenant: str) -> None:
         """Raise :class:`UnknownTenantError` for a tenant with neither rows nor policy."""
         check_principal("tenant", tenant)
+        self._tenant_known(tenant)
+
+    def _tenant_known(self, tenant: str) -> None:
+        """:meth:`check_tenant_known` of a name checked already."""
         if tenant != DEFAULT_TENANT and not self.catalog.has_tenant(tenant) and not self.policy.has_tenant(tenant):
             raise UnknownTenantError(f"unknown tenant {tenant!r}: it has no rows and no policy")
 
@@ -117,7 +121,7 @@ class Access:
         """Raise :class:`UnknownSubjectError` for a user who holds no role in the
         tenant. (The library lets unknown users see nothing; a tool that names
         a user — the CLI — reports a typo instead.)"""
-        self.sync()
+        self.refresh()
         self.check_tenant_known(tenant)
         if not self.is_known(user, tenant):
             raise UnknownSubjectError(f"unknown user {user!r} in tenant {tenant!r} (holds no role, is in no group, no ACL names it; would see nothing)")
@@ -126,7 +130,7 @@ class Access:
         """Raise :class:`UnknownSubjectError` for an agent that holds no role, is in no
         group and is named by no ACL in the tenant (a tool that names one reports a typo)."""
         check_principal("agent", agent)
-        self.sync()
+        self.refresh()
         self.check_tenant_known(tenant)
         with self.lock:
             key = AGENT_PREFIX + agent
@@ -138,7 +142,7 @@ class Access:
         """Rows agent ``agent`` may read in ``tenant`` — what it can add to a user's view, never more."""
         check_principal("agent", agent)
         check_principal("tenant", tenant)
-        self.sync()
+        self.refresh()
         return self.compiler.agent_visible(agent, tenant)
 
     def is_known(self, user: str, tenant: str) -> bool:
@@ -151,7 +155,7 @@ class Access:
 
     def denied_principals(self, tenant: str) -> set[str]:
         """Principals some document or folder ACL of ``tenant`` denies (at the stored versions)."""
-        self.sync()
+        self.refresh()
         with self.lock:
             return set(self.compiler.acls(tenant).deny)
 
@@ -160,9 +164,15 @@ class Access:
         """The caller's bitmap and the versions it belongs to (after a sync); with
         ``agent`` (an id or a chain), the rows the user *and* every agent may read."""
         check_principal("user", user)
-        agents = check_agents(agent)
-        self.sync()
-        self.check_tenant_known(tenant)
+        check_principal("tenant", tenant)
+        return self.snapshot_of(user, tenant, check_agents(agent))
+
+    def snapshot_of(self, user: str, tenant: str, agents: tuple[str, ...]) -> Snapshot:
+        """:meth:`snapshot` of names the caller checked already (the search path
+        checks its arguments once, search/searcher.py); ``agents``: as
+        :func:`check_agents` returns them."""
+        self.refresh()
+        self._tenant_known(tenant)
         return self.compiler.snapshot(user, tenant, agents)
 
     def snapshots(self, users: Sequence[str], tenant: str, agent: object = None) -> list[Snapshot]:
@@ -170,7 +180,7 @@ class Access:
         for u in users:
             check_principal("user", u)
         agents = check_agents(agent)
-        self.sync()
+        self.refresh()
         self.check_tenant_known(tenant)
         with self.lock:
             return [self.compiler.snapshot(u, tenant, agents) for u in users]
@@ -178,7 +188,7 @@ class Access:
     def visible(self, user: str, tenant: str) -> FrozenBitMap:
         check_principal("user", user)
         check_principal("tenant", tenant)
-        self.sync()
+        self.refresh()
         return self.compiler.visible(user, tenant)
 
     # ------------------------------------------------------------------ rows and documents
@@ -219,7 +229,7 @@ class Access:
         snap = snapshot
         if snap is None:
             agents = check_agents(agent)
-            self.sync()
+            self.refresh()
             snap = self.compiler.snapshot(user, tenant, agents)
         rec = self.find(external_id, tenant) if isinstance(external_id, str) and external_id else None
         if rec is not None and all(r in snap.visible for r in self.row_ids(rec)):
@@ -239,7 +249,7 @@ class Access:
 
     def _explain(self, name: str, external_id: str, tenant: str, kind: str) -> Explanation:
         """One principal's explanation (``kind``: user or agent)."""
-        self.sync()
+        self.refresh()
         rec = self.row(external_id, tenant)
 
         def live(ids: Sequence[int]) -> dict[int, RowRecord]:
@@ -264,7 +274,7 @@ class Access:
         has groups, ``agents`` (what each agent may read for a user who may)
         when it has agents. Each name carries ``expires_at``: when an expiry stored
         now ends its reading (None: none does)."""
-        self.sync()
+        self.refresh()
         ids = self.row_ids(self.row(external_id, tenant))
         with self.lock:
             tp = self.policy.tenant(tenant)
@@ -298,6 +308,6 @@ class Access:
         return out
 
     def lint(self, tenant: str) -> list[dict[str, Any]]:
-        self.sync()
+        self.refresh()
         with self.lock:
             return lint(self.policy, self.compiler, tenant)

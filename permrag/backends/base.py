@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -58,13 +58,16 @@ def detect(kind: str, version_text: str) -> Capabilities:
 
 @dataclass(frozen=True)
 class RawHit:
-    """A hit as the backend stored it; verified against the catalog before use."""
+    """A hit as the backend stored it; verified against the catalog before use.
+    ``record``: the catalog record it was verified against (set by the verify
+    step, so that a request reads each hit's record once)."""
 
     row_id: int
     score: float
     text: str
     tenant: str = ""
     external_id: str = ""
+    record: Any = field(default=None, compare=False, repr=False)
 
 
 class SearchBackend(Protocol):

@@ -24,7 +24,7 @@ from .bitmaps import as_array, n_runs, size_bytes
 from .index import AttrIndex, TenantIndex
 from .journal import Change, Journal, PendingBatch, Written
 from .planstats import PlannerStats
-from .rows import DEFAULT_TENANT, DocumentRecord, RowRecord, RowSpec, RowStore, chunk_no, row_spec
+from .rows import DEFAULT_TENANT, DocumentRecord, RowRecord, Rows, RowSpec, chunk_no, row_spec
 from .tenants import TenantRegistry
 
 # (changes, tenants): the publishes' changes for incremental recompiles, and
@@ -39,7 +39,7 @@ class Catalog:
     def __init__(self, engine: Engine, lock: threading.RLock | None = None, *, allocation: str = "contiguous", policy_attrs: Iterable[str] | None = None) -> None:
         self.engine = engine
         self.lock = lock or threading.RLock()
-        self.rows = RowStore(engine)
+        self.rows = Rows(engine)
         self.index = AttrIndex()
         self.allocator = Allocator(allocation, policy_attrs)
         self.journal = Journal(engine, self.index, self.allocator)

@@ -141,7 +141,7 @@ def record(row: Any) -> RowRecord:
     )
 
 
-class RowStore:
+class Rows:
     """Row lookups by ID, external id and state, with a cache for the search path.
 
     A record never changes while its ID exists (a replaced document gets new

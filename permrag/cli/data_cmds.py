@@ -209,7 +209,7 @@ def _progress(off: bool):
 def delete(ctx, external_ids, tenant) -> None:
     """Delete rows or whole documents (with their chunks) by external id."""
     with store(ctx) as rag:
-        rag.sync()
+        rag.refresh()
         rag.access.check_tenant_known(tenant)
         n = rag.delete(list(external_ids), tenant=tenant)
         click.echo(f"deleted {n} rows (catalog version {rag.catalog_version})")
@@ -273,7 +273,7 @@ def search(ctx, query, as_user, agent, tenant, k, mode, at_least, contract, enco
 def explain(ctx, external_id, as_user, agent, tenant, as_json) -> None:
     """Whether a user (with --agent: the user and the agent) may read a row or document, and the path and rule that decide it."""
     with store(ctx, catalog_only=True) as rag:
-        rag.sync()
+        rag.refresh()
         rag.access.check_tenant_known(tenant)
         e = rag.explain(as_user, external_id, tenant, **_via(agent))
         emit(as_json, e.to_dict(), lambda: click.echo(str(e)))
@@ -287,7 +287,7 @@ def explain(ctx, external_id, as_user, agent, tenant, as_json) -> None:
 def who_can_see(ctx, external_id, tenant, as_json) -> None:
     """The users (through groups too), groups and roles that can read a row or a whole document now (each with the end an expiry puts to it)."""
     with store(ctx, catalog_only=True) as rag:
-        rag.sync()
+        rag.refresh()
         rag.access.check_tenant_known(tenant)
         found = rag.who_can_see(external_id, tenant)
         data = {k: [h.to_json() for h in v] for k, v in found.items()}

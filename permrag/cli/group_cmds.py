@@ -91,7 +91,7 @@ def group_unassign(ctx, group_name, role_name, tenant) -> None:
 def group_list(ctx, tenant, as_json) -> None:
     """List groups with their direct members and roles (expiring ones with their end; expired ones not at all)."""
     with store(ctx, catalog_only=True) as rag:
-        rag.sync()
+        rag.refresh()
         tp = rag.policy.tenant(tenant)
         listed = [(g, rag.identity.members(g, tenant), list(rag.identity.group_roles(g, tenant).values())) for g in rag.identity.groups(tenant)]
         data = [{"group": g, "label": tp.label("group:" + g), "members": [m.to_json() for m in ms], "roles": [r.to_json() for r in rs]} for g, ms, rs in listed]

@@ -16,7 +16,7 @@ console = Console()
 
 
 def _known_tenant(rag, tenant: str) -> None:
-    rag.sync()
+    rag.refresh()
     rag.access.check_tenant_known(tenant)
 
 
@@ -195,7 +195,7 @@ def user_unassign(ctx, subject, role_name, force_user, tenant) -> None:
 def user_show(ctx, name, tenant, as_json) -> None:
     """A user's roles (assigned and inherited) and how many rows they see; NAME is an id or an unambiguous label."""
     with store(ctx, catalog_only=True) as rag:
-        rag.sync()
+        rag.refresh()
         tp = rag.policy.tenant(tenant)
         name = tp.resolve("user:", name)
         rag.access.check_user_known(name, tenant)
@@ -249,7 +249,7 @@ def tenant() -> None:
 def tenant_list(ctx, as_json) -> None:
     """Tenants with rows or policy, with their row, role and user counts."""
     with store(ctx, catalog_only=True) as rag:
-        rag.sync()
+        rag.refresh()
         names = sorted(set(rag.catalog.index.tenants()) | set(rag.policy.tenants()))
         data = [{"tenant": t, "rows": len(rag.catalog.tenant(t).rows), "roles": len(rag.policy.roles(t)), "users": len(rag.policy.users(t))} for t in names]
         emit(as_json, data, lambda: click.echo("\n".join(f"{d['tenant']}: {d['rows']} rows, {d['roles']} roles, {d['users']} users" for d in data) or "no tenants"))
@@ -285,7 +285,7 @@ def policy_export(ctx, file, tenant) -> None:
         if tenant is not None:
             _known_tenant(rag, tenant)
         else:
-            rag.sync()
+            rag.refresh()
         if file == "-":
             sys.stdout.write(rag.policy.export_csv(tenant=tenant))
             return

@@ -1,4 +1,4 @@
-"""Building blocks of policy changes shared by the policy store and the
+"""Building blocks of policy changes shared by the versioned policy and the
 identity layer (groups, folder ACLs, directory sync)."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The policy change log: one typed record per policy version, and how another
 process catches up by applying them instead of reloading everything.
 
-Every policy change (policy/store.py ``_change``, the one way to change) writes,
+Every policy change (policy/versioned.py ``_change``, the one way to change) writes,
 in its own transaction, a :class:`Delta` under the version it took: its kind,
 the tenants it touched, the roles and users whose cached bitmaps it changes
 (``None``: all of the tenant's), and the stored rule rows it added and removed
@@ -301,7 +301,7 @@ def _drain(dbapi: Any) -> int:
 
 
 class Following:
-    """The catch-up half of :class:`~permrag.policy.store.Policy` (mixed in):
+    """The catch-up half of :class:`~permrag.policy.versioned.Policy` (mixed in):
     apply the logged deltas since this copy's version."""
 
     engine: Engine

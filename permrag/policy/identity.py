@@ -37,8 +37,8 @@ from .model import AGENT_PREFIX, GROUP_PREFIX, MAX_DEPTH, USER_PREFIX, Folder, T
 from .principals import listing, require, require_future
 from .provisioning import Provisioning
 from .records import Change, Edge, Ident, Op
-from .store import DEFAULT_TENANT, Policy
 from .sync import Plan, SyncReport, plan, refuse
+from .versioned import DEFAULT_TENANT, Policy
 
 
 def _member(member: object) -> str:

@@ -57,8 +57,8 @@ from .provisioned import (
     user_record,
 )
 from .records import Change, Edge, Ident, Op, op_of
-from .store import DEFAULT_TENANT, Policy
 from .sync import _acl_denied, _denies_itself
+from .versioned import DEFAULT_TENANT, Policy
 
 
 def _new_id(tp: TenantPolicy, prefix: str, external_id: str | None, live: Callable[[TenantPolicy, str], bool]) -> str:

@@ -1,7 +1,7 @@
 """Permissioned search: planner → execute (over-fetch, verify) → fusion, the
 :class:`Searcher` engine, multi-stage retrieval and recommendations."""
 
-from .engine import FUSIONS, MAX_QUERY_CHARS, MODES, Searcher, check_k, check_search_args
+from .searcher import FUSIONS, MAX_QUERY_CHARS, MODES, Searcher, check_k, check_search_args
 from .fusion import DEFAULT_FUSION, DEFAULT_WEIGHTS
 from .planner import LITE, SERVER, AllowAll, CostModel, DenyAll, Filter, Plan, Planner
 

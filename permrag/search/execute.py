@@ -20,7 +20,7 @@ Milvus' largest limit it falls back to exact ID-list filters in chunks.
 
 A dense search of at most ``local_rows`` visible rows — or of a larger set
 read back in the background already (up to ``prefetch_rows``) — is ranked in
-process instead (search/local.py): every visible row scored from its stored
+process instead (search/in_process.py): every visible row scored from its stored
 vector, read back once; its hits pass the same verify. Milvus is still asked whether
 it holds the collection, so a search while the backend is down raises on
 either path (the question runs beside the ranking: search/probe.py).
@@ -41,7 +41,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -50,7 +50,7 @@ from ..backends import MAX_LIMIT, RawHit, SearchBackend
 from ..catalog import RowRecord, as_array
 from ..domain.results import Stats
 from .fusion import order, rrf, weighted
-from .local import LocalRanker
+from .in_process import InProcessRanker
 from .planner import IN_PROCESS, AllowAll, DenyAll, Filter, Plan
 from .probe import ask
 
@@ -67,7 +67,7 @@ ROUTES = ("deny", "here", "milvus")
 class Route:
     """How one search runs, decided once (:meth:`Executor.route`) and passed down:
     ``deny`` (nothing visible: no backend call), ``here`` (its dense ranking in
-    process, search/local.py; a hybrid search's keyword half still asks Milvus)
+    process, search/in_process.py; a hybrid search's keyword half still asks Milvus)
     or ``milvus`` (the plan's filter and partitions). A ``here`` route falls back
     to Milvus only at run time, when the collection is gone or a background-read
     set left the cache meanwhile."""
@@ -79,7 +79,7 @@ class Route:
 class Executor:
     """Executes plans on one backend for one tenant collection; counts what verify dropped."""
 
-    def __init__(self, backend: SearchBackend, tenant_no: int, records: Records, stats: Stats, local: LocalRanker | None = None) -> None:
+    def __init__(self, backend: SearchBackend, tenant_no: int, records: Records, stats: Stats, local: InProcessRanker | None = None) -> None:
         self.backend = backend
         self.tenant_no = tenant_no
         self.records = records
@@ -88,11 +88,11 @@ class Executor:
 
     def route(self, plan: Plan, snap: Snapshot, mode: str) -> Route:
         """The one decision of how a search runs (see :class:`Route`); asking whether
-        a larger set is read back already queues its background read (search/local.py)."""
+        a larger set is read back already queues its background read (search/in_process.py)."""
         if isinstance(plan, DenyAll):
             return Route("deny", plan)
         if getattr(plan, "strategy", None) == IN_PROCESS:
-            return Route("here", plan)  # planned for in-process ranking (search/engine.py): there is no filter for Milvus
+            return Route("here", plan)  # planned for in-process ranking (search/searcher.py): there is no filter for Milvus
         if mode in ("dense", "hybrid") and isinstance(plan, (Filter, AllowAll)) and self.local is not None and self._local_ready(plan, snap):
             return Route("here", plan)
         return Route("milvus", plan)
@@ -113,7 +113,7 @@ class Executor:
     ) -> list[list[RawHit]]:
         """Verified top-k per query along ``plan``'s route (a :class:`Route` decided by the
         caller, or decided here once); ``pool``: candidates per list before hybrid fusion;
-        ``held``: the collection check of this search, asked already — search/engine.py."""
+        ``held``: the collection check of this search, asked already — search/searcher.py."""
         route = plan if isinstance(plan, Route) else self.route(plan, snap, mode)
         if route.kind == "deny":
             return [[] for _ in texts]
@@ -123,35 +123,36 @@ class Executor:
             # the dense list, which Milvus' rankers do not do, and which ranks
             # better. The route holds for the dense half; the keyword half asks Milvus.
             n = max(k, pool or k)
-            dense = self._along(route, snap, "dense", vectors, texts, n, held)
-            keyword = self._along(Route("milvus", route.plan), snap, "keyword", vectors, texts, n, None)
+            known: dict[int, RowRecord] = {}  # the records this request read: each once, over both lists
+            dense = self._along(route, snap, "dense", vectors, texts, n, held, known)
+            keyword = self._along(Route("milvus", route.plan), snap, "keyword", vectors, texts, n, None, known)
             return [fuse(d, s, k, fusion, weights) for d, s in zip(dense, keyword)]
-        return self._along(route, snap, mode, vectors, texts, k, held)
+        return self._along(route, snap, mode, vectors, texts, k, held, {})
 
-    def _along(self, route: Route, snap: Snapshot, mode: str, vectors: np.ndarray | None, texts: Sequence[str], k: int, held: Future | None) -> list[list[RawHit]]:
-        """One list (dense or keyword) along ``route``."""
+    def _along(self, route: Route, snap: Snapshot, mode: str, vectors: np.ndarray | None, texts: Sequence[str], k: int, held: Future | None, known: dict[int, RowRecord]) -> list[list[RawHit]]:
+        """One list (dense or keyword) along ``route``; ``known``: the records the request read so far."""
         plan = route.plan
         if route.kind == "here" and mode == "dense" and vectors is not None and isinstance(plan, (Filter, AllowAll)) and self.local is not None:
-            ranked = self._ranked_here(self.local, plan, snap, vectors, k, held)
+            ranked = self._ranked_here(self.local, plan, snap, vectors, k, held, known)
             if ranked is not None:
                 return ranked  # (None: the collection is gone, or a background-read set left the cache meanwhile: Milvus answers)
         if isinstance(plan, Filter) and plan.strategy == IN_PROCESS:
-            # planned for in-process ranking (search/engine.py), so there is no filter to
+            # planned for in-process ranking (search/searcher.py), so there is no filter to
             # give Milvus: the collection is gone (nothing to find) or the set can't be ranked here
             if mode == "dense" and vectors is not None and self.local is not None and self.local.takes(plan.visible, self.backend):
                 return [[] for _ in texts]
             raise RuntimeError("an in-process plan reached the Milvus path")  # never: engine.py plans it only for dense searches ranked here
         assert isinstance(plan, (Filter, AllowAll))
-        return self._milvus(plan, snap, mode, vectors, texts, k)
+        return self._milvus(plan, snap, mode, vectors, texts, k, known)
 
-    def _ranked_here(self, local: LocalRanker, plan: Filter | AllowAll, snap: Snapshot, vectors: np.ndarray, k: int, held: Future | None) -> list[list[RawHit]] | None:
+    def _ranked_here(self, local: InProcessRanker, plan: Filter | AllowAll, snap: Snapshot, vectors: np.ndarray, k: int, held: Future | None, known: dict[int, RowRecord]) -> list[list[RawHit]] | None:
         """The dense top-k ranked in process, once Milvus has said it still holds the
         collection: a search while the backend is down raises on either path, and a
         dropped collection goes the Milvus way. The question runs beside the ranking
         (search/probe.py) and its answer is awaited before anything returns."""
         held = held or ask(self.backend.has_tenant, self.tenant_no)
         try:
-            ranked, failed = self._local(local, plan, snap, vectors, k), None
+            ranked, failed = self._local(local, plan, snap, vectors, k, known), None
         except Exception as exc:  # (a read-back from a collection dropped meanwhile: the Milvus way)
             ranked, failed = None, exc
         exists = held.result()  # raises what has_tenant raised (the backend is down)
@@ -159,7 +160,7 @@ class Executor:
             raise failed
         return ranked if exists else None
 
-    def _milvus(self, plan: AllowAll | Filter, snap: Snapshot, mode: str, vectors: np.ndarray | None, texts: Sequence[str], k: int) -> list[list[RawHit]]:
+    def _milvus(self, plan: AllowAll | Filter, snap: Snapshot, mode: str, vectors: np.ndarray | None, texts: Sequence[str], k: int, known: dict[int, RowRecord]) -> list[list[RawHit]]:
         """Verified top-k per query from Milvus under the plan's filter, over-fetching
         until k verified rows are found, the filter runs out, or ties are settled."""
         results: list[list[RawHit] | None] = [None] * len(texts)
@@ -181,7 +182,7 @@ class Executor:
             self.stats.add("milvus_searches", 1)
             still = []
             for i, hits in zip(pending, raw):
-                ok = self.verify(plan, snap, hits)
+                ok = self.verify(plan, snap, hits, known)
                 complete = len(hits) < limit
                 if len(ok) >= k and not complete and limit < TIE_FETCH and hits[-1].row_id != ok[k - 1].row_id and hits[-1].score >= ok[k - 1].score:
                     # Rows tied with the k-th may lie beyond what Milvus
@@ -191,7 +192,7 @@ class Executor:
                 elif len(ok) >= k or complete:
                     results[i] = canonical(ok)[:k]
                 elif limit >= MAX_LIMIT:
-                    results[i] = self._by_id_chunks(snap, mode, vectors, texts, i, k)
+                    results[i] = self._by_id_chunks(snap, mode, vectors, texts, i, k, known)
                 else:
                     still.append(i)
             if still:
@@ -205,12 +206,12 @@ class Executor:
     def _local_ready(self, plan: Filter | AllowAll, snap: Snapshot) -> bool:
         """Whether a dense search is ranked in process: a small set (read back now if
         need be), or a larger one read back in the background already — if not, its
-        background read is queued and the plan goes to Milvus (search/local.py)."""
+        background read is queued and the plan goes to Milvus (search/in_process.py)."""
         assert self.local is not None
         return self.local.takes(plan.visible, self.backend) or self.local.ready(self.backend, self.tenant_no, snap.visible, snap.tenant_rows, plan.visible)
 
-    def _local(self, local: LocalRanker, plan: Filter | AllowAll, snap: Snapshot, vectors: np.ndarray, k: int) -> list[list[RawHit]] | None:
-        """Every visible row scored in process (search/local.py); verified like Milvus hits.
+    def _local(self, local: InProcessRanker, plan: Filter | AllowAll, snap: Snapshot, vectors: np.ndarray, k: int, known: dict[int, RowRecord]) -> list[list[RawHit]] | None:
+        """Every visible row scored in process (search/in_process.py); verified like Milvus hits.
         A small set is read back now if need be; a larger one only if built already (else None)."""
         read = local.takes(plan.visible, self.backend)
         ranked = local.rank(self.backend, self.tenant_no, snap.visible, snap.tenant_rows, vectors, k, read=read)
@@ -218,21 +219,28 @@ class Executor:
             return None
         out = []
         for i, hits in enumerate(ranked):
-            ok = self.verify(plan, snap, hits)
+            ok = self.verify(plan, snap, hits, known)
             if len(ok) < k and len(hits) < plan.visible:
                 # verify dropped some: rank the whole set and verify the rows past these
                 # (the order is canonical, so the first len(hits) are the same rows)
                 whole = local.rank(self.backend, self.tenant_no, snap.visible, snap.tenant_rows, vectors[[i]], plan.visible, read=read)
                 if whole is None:
                     return None
-                ok += self.verify(plan, snap, whole[0][len(hits) :])
+                ok += self.verify(plan, snap, whole[0][len(hits) :], known)
             out.append(ok[:k])
         self.stats.add("local_searches", 1)  # one per batch of queries, as milvus_searches counts
         return out
 
-    def verify(self, plan: Plan, snap: Snapshot, hits: list[RawHit]) -> list[RawHit]:
+    def verify(self, plan: Plan, snap: Snapshot, hits: list[RawHit], known: dict[int, RowRecord] | None = None) -> list[RawHit]:
+        """The hits the caller may read whose stored tenant and external id agree with
+        the catalog, each with the record it was checked against. ``known``: the
+        records this request read already (a later over-fetch round returns the same
+        rows again); what is read here is added to it."""
         inside = [h for h in hits if h.row_id in snap.visible]
-        recs = self.records([h.row_id for h in inside]) if inside else {}
+        recs = known if known is not None else {}
+        missing = [h.row_id for h in inside if h.row_id not in recs]
+        if missing:
+            recs.update(self.records(missing))
         ok: list[RawHit] = []
         mismatched: list[int] = []
         for h in inside:
@@ -240,7 +248,7 @@ class Executor:
             if rec is None or rec.tenant != snap.tenant or h.tenant != rec.tenant or h.external_id != rec.external_id:
                 mismatched.append(h.row_id)
             else:
-                ok.append(h)
+                ok.append(replace(h, record=rec))
         outside = [h.row_id for h in hits if h.row_id not in snap.visible]
         suspicious = [r for r in outside if r in snap.tenant_rows] if plan.exact else []
         discarded = len(outside) - len(suspicious)
@@ -260,7 +268,7 @@ class Executor:
             )
         return ok
 
-    def _by_id_chunks(self, snap: Snapshot, mode: str, vectors: np.ndarray | None, texts: Sequence[str], i: int, k: int) -> list[RawHit]:
+    def _by_id_chunks(self, snap: Snapshot, mode: str, vectors: np.ndarray | None, texts: Sequence[str], i: int, k: int, known: dict[int, RowRecord]) -> list[RawHit]:
         """Exact fallback: search each chunk of visible IDs, keep the best k."""
         from .planner import Filter
 
@@ -271,7 +279,7 @@ class Executor:
             part = ids[start : start + CHUNK_IDS]
             exact = Filter(snap.tenant, f"row_id in [{', '.join(str(int(x)) for x in part)}]", "ids", True, len(part), len(part), 0, len(part), 0.0)
             raw = self.backend.search(self.tenant_no, mode, vectors=vectors[[i]] if vectors is not None else None, texts=[texts[i]], expr=exact.expr, limit=k)
-            merged.extend(self.verify(exact, snap, raw[0]))
+            merged.extend(self.verify(exact, snap, raw[0], known))
         return canonical(merged)[:k]
 
 
@@ -293,4 +301,4 @@ def fuse(dense: list[RawHit], keyword: list[RawHit], k: int, fusion: str, weight
     scores = rrf([dense, keyword]) if fusion == "rrf" else weighted([dense, keyword], weights)
     by_id = {h.row_id: h for h in keyword}
     by_id.update({h.row_id: h for h in dense})
-    return [RawHit(rid, scores[rid], by_id[rid].text, by_id[rid].tenant, by_id[rid].external_id) for rid in order(scores, dense)[:k]]
+    return [replace(by_id[rid], score=scores[rid]) for rid in order(scores, dense)[:k]]

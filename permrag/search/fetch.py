@@ -17,7 +17,7 @@ from ..catalog import DocumentRecord, RowRecord
 from ..domain.results import Hit, Hits
 from ..errors import BackendError, NotReadableError
 from .contract import stamp
-from .engine import Searcher
+from .searcher import Searcher
 
 
 def readable(searcher: Searcher, event: str, external_id: str, user: str, tenant: str, snap: Snapshot) -> RowRecord | DocumentRecord:

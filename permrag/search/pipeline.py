@@ -21,7 +21,7 @@ from ..access.consistency import reach
 from ..domain.results import Hit, Hits
 from ..errors import ArgumentError, ConfigError
 from .contract import stamp
-from .engine import Searcher, check_k
+from .searcher import Searcher, check_k
 from .fusion import order, rrf
 
 Reranker = Callable[[str, list[Hit]], Sequence[float]]

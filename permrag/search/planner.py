@@ -181,7 +181,7 @@ class Filter:
 
 Plan = DenyAll | AllowAll | Filter
 
-IN_PROCESS = "in-process"  # the strategy of a dense search ranked in process (search/local.py)
+IN_PROCESS = "in-process"  # the strategy of a dense search ranked in process (search/in_process.py)
 
 
 def in_process(tenant: str, visible: int) -> Filter:

@@ -1,11 +1,11 @@
 """Ask the backend a question on a worker thread while the search goes on.
 
-A search ranked in process (search/local.py) still asks Milvus whether it
+A search ranked in process (search/in_process.py) still asks Milvus whether it
 holds the tenant's collection, so a search while the backend is down raises
 and a collection dropped behind permrag's back returns nothing. That round
 trip (a gRPC call to a server) costs about as much as ranking a small set,
 so it must not run before the ranking. A dense search asks it on a worker
-thread as it starts (search/engine.py), and the snapshot, the plan, the
+thread as it starts (search/searcher.py), and the snapshot, the plan, the
 encoding and the ranking run meanwhile (the gRPC call releases the GIL); the
 search waits for the answer before anything is returned or audited, so the
 guarantee is the same and the cost is the longer of the two, not their sum.

@@ -23,7 +23,7 @@ from ..domain.names import as_list
 from ..domain.results import Hits
 from ..errors import ArgumentError, BackendError
 from .contract import stamp
-from .engine import Searcher, check_k
+from .searcher import Searcher, check_k
 from .fetch import readable
 
 

@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 
 
 def _ready(rag: Any) -> dict[str, Any]:
-    rag.sync()
-    rag.store.has_tenant(0)  # any answer from Milvus will do
+    rag.refresh()
+    rag.backend.has_tenant(0)  # any answer from Milvus will do
     return {"status": "ready", "policy_version": rag.policy_version, "catalog_version": rag.catalog_version}
 
 

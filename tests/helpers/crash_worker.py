@@ -25,7 +25,7 @@ def main() -> None:
     point, home, uri, collection = sys.argv[1:5]
     rag = PermRAG.open(home, milvus_uri=uri or None, encoder=HashEncoder(64), collection=collection, consistency="Strong")
     rag.add_documents(docs("a", 100))
-    store = rag.store
+    store = rag.backend
     if point == "ingest":
         real_insert, calls = store.insert, []
 

@@ -92,7 +92,7 @@ def main() -> None:
         wait = time.monotonic() + 120
         while not all(Path(o + ".done").exists() for o in others.split(",") if o) and time.monotonic() < wait:
             time.sleep(0.05)
-        rag.sync()
+        rag.refresh()
         final = {u: sorted(r.external_id for r in rag.rows(rag.visible(u, TENANT))) for u in USERS}
         log(kind="final", v=rag.policy_version, cv=rag.catalog_version, visible=final)
     rag.close()

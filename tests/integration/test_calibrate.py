@@ -49,7 +49,7 @@ def test_the_model_is_measured_kept_and_reused(backend, tmp_path, request, small
         assert rag.calibration.measured_rows == 1600
         kept = rag.calibration.model()
         uri = rag.settings.milvus_uri
-        collection = rag.store.collection
+        collection = rag.backend.collection
     finally:
         rag.close()
     again = PermRAG.open(tmp_path / "h", encoder=HashEncoder(32), milvus_uri=uri, collection=collection)

@@ -135,7 +135,7 @@ def test_classes_of_one_signature_share_a_group(store) -> None:
     assert not any(t.endswith("one-doc") or t.endswith("all") for sig in table for t in sig)
     assert any(t.startswith("@allow:user:acl-") for sig in table for t in sig) == with_acls(rag)
     no = rag.catalog.tenants.number("default")
-    assert len(rag.store.client().list_partitions(rag.store.name(no))) == len(table) + 2  # + _default and the marker
+    assert len(rag.backend.client().list_partitions(rag.backend.name(no))) == len(table) + 2  # + _default and the marker
 
 
 @pytest.mark.parametrize("user", ["u-eng", "u-fin", "u-big", "u-glob", "acl-1", "acl-4"])

@@ -539,13 +539,13 @@ def test_acl_update_is_metadata_only_and_atomic(tmp_path) -> None:
     rag.add_documents([{"external_id": "big", "text": long, "attrs": {"dept": "eng"}, "acl": {"allow": ["user:ann"]}}])
     before_rows = {r.external_id: r for r in rag.row("big").chunks}
     encoded = Counting.calls
-    stored = rag.store.stored(rag.catalog.tenants.number("default"), [r.row_id for r in before_rows.values()])
+    stored = rag.backend.stored(rag.catalog.tenants.number("default"), [r.row_id for r in before_rows.values()])
     assert rag.can_read("ann", "big") and not rag.can_read("bo", "big")
     rag.update_metadata("big", acl={"allow": ["user:bo"]})
     assert Counting.calls == encoded  # no chunk re-encoded
     after = rag.row("big").chunks
     assert [r.external_id for r in after] == list(before_rows) and len(after) > 3
-    new = rag.store.stored(rag.catalog.tenants.number("default"), [r.row_id for r in after])
+    new = rag.backend.stored(rag.catalog.tenants.number("default"), [r.row_id for r in after])
     for r in after:
         old = stored[before_rows[r.external_id].row_id]
         assert new[r.row_id]["text"] == old["text"] and np.allclose(new[r.row_id]["dense"], old["dense"])

@@ -109,7 +109,7 @@ def test_verify_drops_hits_a_filter_let_through(lite, caplog) -> None:
     snap = replace(lite.snapshot("root"), visible=visible)
     lying = Filter("default", "", "ranges", True, 5, 5, 0, 0, 0.0)
     vec = lite.encoder.encode(["budget"])
-    ex = Executor(lite.store, lite.catalog.tenants.number("default"), lite.catalog.rows.records, lite.stats)
+    ex = Executor(lite.backend, lite.catalog.tenants.number("default"), lite.catalog.rows.records, lite.stats)
     with caplog.at_level(logging.WARNING, logger="permrag.security"):
         out = ex.run(lying, snap, "dense", vec, ["budget"], 10)
     assert {h.row_id for h in out[0]} <= set(visible)
@@ -173,7 +173,7 @@ def test_an_ingest_stopped_by_its_progress_callback_flushes_what_it_wrote(lite) 
     """Milvus Lite's rows are flushed after each ingest (its BM25 statistics
     for unflushed rows depend on the filter); a callback that raises after
     the first batch leaves that batch written and flushed."""
-    store = lite.store
+    store = lite.backend
     real, flushes = store.flush, []
     store.flush = lambda no: (flushes.append(no), real(no))[1]
 
@@ -203,6 +203,6 @@ def test_vectors_encoded_in_slices_for_progress_are_in_the_texts_order(lite, mon
     ids = lite.add_documents([{"external_id": f"d{i}", "text": t} for i, t in enumerate(texts)], progress=lambda d, t: None)
     stored = {
         r["row_id"]: np.asarray(r["dense"], dtype=np.float32)
-        for r in lite.store.client().query(lite.store.name(lite.catalog.tenants.number("default")), filter="row_id >= 0", output_fields=["row_id", "dense"])
+        for r in lite.backend.client().query(lite.backend.name(lite.catalog.tenants.number("default")), filter="row_id >= 0", output_fields=["row_id", "dense"])
     }
     assert all(np.allclose(stored[i], v, atol=1e-6) for i, v in zip(ids, lite.ingester.binding.encode(texts)))

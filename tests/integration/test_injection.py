@@ -92,8 +92,8 @@ def test_hostile_tenants_get_collections_holding_exactly_their_rows(hostile_stor
         assert len(want) == 5
         no = rag.catalog.tenants.number(t)
         numbers.add(no)
-        assert rag.store.all_ids(no) == want, t
-        assert rag.store.name(no) == f"permrag_t{no}"
+        assert rag.backend.all_ids(no) == want, t
+        assert rag.backend.name(no) == f"permrag_t{no}"
     assert len(numbers) == len(HOSTILE) + 1
 
 
@@ -102,7 +102,7 @@ def test_hostile_tenants_get_collections_holding_exactly_their_rows(hostile_stor
 def test_fuzzed_tenants_reach_only_their_own_rows(hostile_store, tenant):
     rag = hostile_store
     no = rag.catalog.tenants.number(tenant)
-    got = rag.store.all_ids(no) if no is not None else set()
+    got = rag.backend.all_ids(no) if no is not None else set()
     assert got == set(rag.catalog.tenant_rows(tenant))
 
 

@@ -97,7 +97,7 @@ def test_verify_drops_hits_whose_milvus_identity_disagrees(tmp_path, caplog):
     rag = PermRAG.open(tmp_path / "h", encoder=ENC, local_rows=0)
     rag.add_documents(_docs("d", 10))
     _everyone(rag)
-    backend = rag.store
+    backend = rag.backend
     real = backend.search
 
     def forged(tenant_no, mode, **kw):
@@ -121,13 +121,13 @@ def test_reconcile_never_deletes_a_batch_being_published(tmp_path):
     writer = PermRAG.open(home, encoder=ENC)
     writer.add_documents(_docs("a", 5))
     fixer = PermRAG.open(home, encoder=ENC)
-    real = fixer.store.all_ids
+    real = fixer.backend.all_ids
 
     def list_while_another_process_publishes(tenant_no, expr=""):
         writer.add_documents(_docs("b", 7))  # prepared, written to Milvus and published meanwhile
         return real(tenant_no, expr)
 
-    fixer.store.all_ids = list_while_another_process_publishes
+    fixer.backend.all_ids = list_while_another_process_publishes
     report = fixer.reconcile(full=True)
     assert report.orphans_removed == 0 and report.missing == []
     assert len(milvus_ids(writer)) == 12
@@ -141,11 +141,11 @@ def test_reconcile_removes_real_orphans(tmp_path):
     rag = PermRAG.open(tmp_path / "h", encoder=ENC)
     rag.add_documents(_docs("a", 5))
     no = rag.catalog.tenants.number("default")
-    rag.store.insert(no, [{"row_id": 999_999, "tenant": "default", "external_id": "ghost", "vclass": 0, "text": "x", "dense": [1.0] + [0.0] * 31}])
+    rag.backend.insert(no, [{"row_id": 999_999, "tenant": "default", "external_id": "ghost", "vclass": 0, "text": "x", "dense": [1.0] + [0.0] * 31}])
     report = rag.reconcile(full=True)
     assert report.orphans_removed == 1 and 999_999 not in milvus_ids(rag)
     rag.add_documents([{"external_id": "o", "text": "other tenant", "tenant": "other"}])
-    assert rag.store.all_ids() == milvus_ids(rag) | milvus_ids(rag, "other") and len(rag.store.all_ids()) == 6
+    assert rag.backend.all_ids() == milvus_ids(rag) | milvus_ids(rag, "other") and len(rag.backend.all_ids()) == 6
     assert rag.catalog.by_external_id("a0").row_id in milvus_ids(rag)
     with pytest.raises(UnknownRowError):
         rag.catalog.by_external_id("o")  # a row of another tenant
@@ -351,17 +351,17 @@ def test_a_failed_replace_keeps_the_old_version(tmp_path):
     assert broken.row("memo").row_ids == old
     broken.close()
     rag = PermRAG.open(home, encoder=ENC)
-    real_insert = rag.store.insert
+    real_insert = rag.backend.insert
 
     def insert_fails(no, rows):
         real_insert(no, rows)
         raise BackendError("Milvus insert failed: simulated")
 
-    rag.store.insert = insert_fails
+    rag.backend.insert = insert_fails
     with pytest.raises(BackendError):
         rag.add_documents([{"external_id": "memo", "text": "new memo"}], replace=True)
     assert rag.row("memo").row_ids == old and milvus_ids(rag) == set(old)
-    rag.store.insert = real_insert
+    rag.backend.insert = real_insert
     new = rag.add_documents([{"external_id": "memo", "text": "new memo"}], replace=True)
     assert rag.row("memo").row_id == new[0] and milvus_ids(rag) == set(new)
     rag.close()
@@ -456,7 +456,7 @@ rag = PermRAG.open(home, database_url=db_url, milvus_uri=uri, encoder=HashEncode
 while time.time() < float(start):  # all processes reach the fresh store's first use at one moment
     time.sleep(0.001)
 rag.add_documents([{"external_id": f"{me}-{i}", "text": f"budget {me} {i}", "attrs": {"dept": f"d{i % 3}"}} for i in range(20)])
-print(rag.store.grouping(rag.catalog.tenants.number("default")))
+print(rag.backend.grouping(rag.catalog.tenants.number("default")))
 rag.close()
 """
 
@@ -486,7 +486,7 @@ def test_processes_of_one_store_first_use_a_fresh_milvus_at_once(tmp_path, pg_ur
         live = rag.catalog.live_ids()
         assert len(live) == 60 and milvus_ids(rag) == set(live)
         no = rag.catalog.tenants.number("default")
-        empty = rag.store.client().query(rag.store.name(no), filter="row_id >= 0", output_fields=["row_id"], partition_names=["_default"], consistency_level="Strong")
+        empty = rag.backend.client().query(rag.backend.name(no), filter="row_id >= 0", output_fields=["row_id"], partition_names=["_default"], consistency_level="Strong")
         assert empty == []  # every row in a class-group partition
     finally:
         rag.close()

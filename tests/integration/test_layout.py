@@ -79,7 +79,7 @@ def reference(rag: PermRAG, vecs, user: str, query: str) -> dict[int, float]:
 def placement(rag: PermRAG, tenant: str = "default") -> dict[int, str]:
     """row ID → the partition Milvus holds it in."""
     no = rag.catalog.tenants.number(tenant)
-    c, name = rag.store.client(), rag.store.name(no)
+    c, name = rag.backend.client(), rag.backend.name(no)
     out: dict[int, str] = {}
     for part in c.list_partitions(name):
         got = c.query(name, filter="row_id >= 0", output_fields=["row_id"], partition_names=[part], consistency_level="Strong", limit=16384)
@@ -91,7 +91,7 @@ def placement(rag: PermRAG, tenant: str = "default") -> dict[int, str]:
 
 def assert_placed(rag: PermRAG, tenant: str = "default") -> None:
     """Every live row is in its class group's partition, and nothing else is in Milvus."""
-    grouping = rag.store.grouping(rag.catalog.tenants.number(tenant))
+    grouping = rag.backend.grouping(rag.catalog.tenants.number(tenant))
     assert grouping == Grouping(GROUPS)
     where = placement(rag, tenant)
     live = rag.rows(rag.catalog.live_ids())
@@ -104,7 +104,7 @@ def test_rows_sit_in_the_partition_of_their_class(store) -> None:
     rag, _, _ = store
     assert_placed(rag)
     no = rag.catalog.tenants.number("default")
-    assert len(rag.store.client().list_partitions(rag.store.name(no))) == GROUPS + 2  # + _default and the marker
+    assert len(rag.backend.client().list_partitions(rag.backend.name(no))) == GROUPS + 2  # + _default and the marker
 
 
 @pytest.mark.parametrize("user", ["u-f0", "u-f1", "u-f10", "u-f50", "u-all", "acl-1", "nobody"])
@@ -129,7 +129,7 @@ def test_small_visible_sets_name_only_their_groups(store) -> None:
     rag, _, backend = store
     for user in ("u-f0", "u-f1", "u-f10"):
         plan = rag.plan(user)
-        grouping = rag.store.grouping(rag.catalog.tenants.number("default"))
+        grouping = rag.backend.grouping(rag.catalog.tenants.number("default"))
         holding = {grouping.of(r.vclass) for r in rag.rows(rag.visible(user))}
         if backend == "lite" and user != "u-f10":  # on Lite a filter costs a pass over every row in scope
             assert set(plan.groups) == holding, plan.describe()
@@ -214,7 +214,7 @@ home, uri, collection = sys.argv[1:4]
 rag = PermRAG.open(home, milvus_uri=uri or None, encoder=HashEncoder(48), collection=collection, consistency="Strong", partitions=16, local_rows=0)
 docs = lambda p, n: [{"external_id": f"{p}{i}", "text": f"budget {p} {i}", "attrs": {"dept": f"d{i % 40}", "lvl": "1"}} for i in range(n)]
 rag.add_documents(docs("a", 200))
-store, real = rag.store, rag.store.insert
+store, real = rag.backend, rag.backend.insert
 def insert_then_die(no, rows):
     real(no, rows)
     store.flush(no)
@@ -251,7 +251,7 @@ def test_a_flat_collection_still_searches_exactly(tmp_path) -> None:
         rag.policy.add_role("r")
         rag.policy.grant("r", "dept:d1")
         rag.policy.assign("u", "r")
-        assert rag.store.grouping(rag.catalog.tenants.number("default")) is None
+        assert rag.backend.grouping(rag.catalog.tenants.number("default")) is None
         plan = rag.plan("u")
         assert isinstance(plan, Filter) and plan.groups == () and plan.expr
         vecs = dict(zip((d["external_id"] for d in docs), rag.encoder.encode([d["text"] for d in docs])))

@@ -78,7 +78,7 @@ def test_a_sync_stores_windows_1252_text_right(tmp_path) -> None:
     try:
         assert rag.sync_folder(tmp_path / "docs").added == ["docs/memo.txt"]
         no = rag.catalog.tenants.number("default")
-        stored = rag.store.client().query(rag.store.name(no), filter="row_id >= 0", output_fields=["text"])
+        stored = rag.backend.client().query(rag.backend.name(no), filter="row_id >= 0", output_fields=["text"])
         assert [h["text"] for h in stored] == [WIN1252]
     finally:
         rag.close()

@@ -1,4 +1,4 @@
-"""Small visible sets ranked in process (search/local.py): exact against brute
+"""Small visible sets ranked in process (search/in_process.py): exact against brute
 force and against the Milvus path, no Milvus search once the rows are read, no
 row outside the snapshot, forged rows dropped, bounded memory, and correct
 after another process replaced, deleted and re-permissioned rows — on Milvus
@@ -18,7 +18,7 @@ import pytest
 
 from permrag import ConfigError, PermRAG
 from permrag.embed import HashEncoder
-from permrag.search.local import LocalRanker
+from permrag.search.in_process import InProcessRanker
 
 from ..conftest import open_backend
 from ..helpers.reference import assert_top_k, text_scores
@@ -141,7 +141,7 @@ def _tied(a, b) -> bool:
 
 def test_once_read_a_visible_set_costs_no_milvus_call(world) -> None:
     rag, text = world
-    calls = Calls(rag.store)
+    calls = Calls(rag.backend)
     try:
         rag.searcher.local.clear()
         first = rag.search("budget w1", user="u-sales", tenant="acme", k=10, mode="dense")
@@ -159,7 +159,7 @@ def test_once_read_a_visible_set_costs_no_milvus_call(world) -> None:
         assert_top_k([h.row_id for h in hits], reference(rag, text, "sally", "budget w1"), 10)
         assert calls.n == {"search": 0, "stored": 1}
         # hybrid: the dense half in process, the keyword half in Milvus
-        if rag.store.capabilities.bm25:
+        if rag.backend.capabilities.bm25:
             rag.search("budget w1", user="u-sales", tenant="acme", k=10, mode="hybrid")
             assert calls.n == {"search": 1, "stored": 1}
         assert len(first) == 10
@@ -170,8 +170,8 @@ def test_once_read_a_visible_set_costs_no_milvus_call(world) -> None:
 def test_sets_larger_than_local_rows_go_to_milvus(world) -> None:
     rag, text = world
     saved = rag.searcher.local
-    rag.searcher.local = LocalRanker(max_rows=50)
-    calls = Calls(rag.store)
+    rag.searcher.local = InProcessRanker(max_rows=50)
+    calls = Calls(rag.backend)
     try:
         assert len(rag.visible("u-eng", "acme")) > 50
         hits = rag.search("budget w1", user="u-eng", tenant="acme", k=10, mode="dense")
@@ -213,10 +213,10 @@ def test_a_set_ranked_in_process_is_not_planned(world) -> None:
             assert_top_k([h.row_id for h in hits], reference(rag, text, "olga", q), 10)
             assert {h.row_id for h in hits} <= set(rag.visible("olga", "acme"))
         assert counting.calls == 0
-        if rag.store.capabilities.bm25:
+        if rag.backend.capabilities.bm25:
             rag.search("budget w1", user="olga", tenant="acme", k=10, mode="hybrid")
             assert counting.calls == 1
-        rag.searcher.local = LocalRanker(max_rows=50)
+        rag.searcher.local = InProcessRanker(max_rows=50)
         hits = rag.search("budget w1", user="olga", tenant="acme", k=10, mode="dense")
         assert_top_k([h.row_id for h in hits], reference(rag, text, "olga", "budget w1"), 10)
         assert counting.calls >= 1
@@ -236,8 +236,8 @@ def test_in_process_plan_of_a_dropped_collection_finds_nothing(backend, tmp_path
     rag.policy.assign_user("e", "eng", tenant="acme")
     assert len(rag.search("budget", user="e", tenant="acme", k=5, mode="dense")) == 5
     no = rag.catalog.tenants.number("acme")
-    rag.store.client().drop_collection(rag.store.name(no))
-    calls = Calls(rag.store)
+    rag.backend.client().drop_collection(rag.backend.name(no))
+    calls = Calls(rag.backend)
     try:
         assert len(rag.search("budget", user="e", tenant="acme", k=5, mode="dense")) == 0
         assert calls.n["search"] == 0
@@ -256,8 +256,8 @@ def test_forged_stored_rows_are_dropped_in_process_too(world, caplog) -> None:
     catalog is dropped and logged, as on the Milvus path."""
     rag, text = world
     saved = rag.searcher.local
-    rag.searcher.local = LocalRanker()
-    backend = rag.store
+    rag.searcher.local = InProcessRanker()
+    backend = rag.backend
     real = backend.stored
 
     def forged(tenant_no, row_ids, fields=("text", "dense"), **kw):
@@ -287,7 +287,7 @@ def test_forged_stored_rows_are_dropped_in_process_too(world, caplog) -> None:
 def test_the_cache_stays_within_its_budget(world) -> None:
     rag, text = world
     saved = rag.searcher.local
-    small = rag.searcher.local = LocalRanker(cache_mb=0.05)  # about 200 rows of 48 dims with texts
+    small = rag.searcher.local = InProcessRanker(cache_mb=0.05)  # about 200 rows of 48 dims with texts
     try:
         for user in USERS + [f"u-{d}" for d in DEPTS]:
             for q in QUERIES[:2]:
@@ -381,7 +381,7 @@ def test_warm_loads_every_collection_and_reads_back_what_will_be_ranked(tmp_path
     with PermRAG.open(home, encoder=ENC, local_rows=100) as rag:  # acme (300 rows) is too big to read whole
         steps = rag.warm(users=["e"], tenant="acme")
         assert set(steps) == {"connect", "encoder", "collections", "users"}
-        calls = Calls(rag.store)
+        calls = Calls(rag.backend)
         try:
             for q in QUERIES:
                 hits = rag.search(q, user="e", tenant="acme", k=10, mode="dense")
@@ -391,7 +391,7 @@ def test_warm_loads_every_collection_and_reads_back_what_will_be_ranked(tmp_path
         finally:
             calls.restore()
     with PermRAG.open(home, encoder=ENC, local_rows=0) as rag:  # nothing is read back when nothing is ranked in process
-        calls = Calls(rag.store)
+        calls = Calls(rag.backend)
         try:
             rag.warm(users=["e"], tenant="acme")
             assert calls.n["stored"] == 0
@@ -437,8 +437,8 @@ def test_a_larger_set_is_read_back_in_the_background(world) -> None:
     exact on the new state throughout."""
     rag, text = world
     saved = rag.searcher.local
-    rag.searcher.local = local = LocalRanker(max_rows=50, prefetch_rows=1_000)
-    calls = Calls(rag.store)
+    rag.searcher.local = local = InProcessRanker(max_rows=50, prefetch_rows=1_000)
+    calls = Calls(rag.backend)
     try:
         rag.policy.add_role("eng-all", tenant="acme")
         rag.policy.grant("eng-all", "dept:eng", tenant="acme")
@@ -453,7 +453,7 @@ def test_a_larger_set_is_read_back_in_the_background(world) -> None:
             hits = rag.search(q, user="erin", tenant="acme", k=10, mode="dense")
             assert_top_k([h.row_id for h in hits], reference(rag, text, "erin", q), 10)
         assert calls.n == before  # ranked in process: no search, no read
-        if rag.store.capabilities.bm25:
+        if rag.backend.capabilities.bm25:
             rag.search("budget w1", user="erin", tenant="acme", k=10, mode="hybrid")
             assert calls.n == {"search": before["search"] + 1, "stored": before["stored"]}  # the keyword half only
         # a policy change: a new bitmap, not built yet (its rows are) — exact on the new state throughout
@@ -478,9 +478,9 @@ def test_a_larger_set_is_read_back_in_the_background(world) -> None:
 def test_sets_over_prefetch_rows_or_the_cache_are_never_read_back(world) -> None:
     rag, text = world
     saved = rag.searcher.local
-    calls = Calls(rag.store)
+    calls = Calls(rag.backend)
     try:
-        for local in (LocalRanker(max_rows=50, prefetch_rows=100), LocalRanker(max_rows=50, cache_mb=0.01, prefetch_rows=1_000)):
+        for local in (InProcessRanker(max_rows=50, prefetch_rows=100), InProcessRanker(max_rows=50, cache_mb=0.01, prefetch_rows=1_000)):
             rag.searcher.local = local
             for q in QUERIES:
                 hits = rag.search(q, user="u-eng", tenant="acme", k=10, mode="dense")
@@ -517,7 +517,7 @@ def test_a_forked_child_gets_fresh_locks_and_no_reader() -> None:
     import os
     import time
 
-    local = LocalRanker(max_rows=10, prefetch_rows=1_000)
+    local = InProcessRanker(max_rows=10, prefetch_rows=1_000)
     with local._lock:  # as the background reader holds it mid-update
         pid = os.fork()
         if pid == 0:  # the child: must not block on the parent's lock

@@ -251,11 +251,11 @@ def test_a_regroup_beside_another_writing_process(tmp_path, pg_url, milvus_serve
         rag.add_documents(docs, batch_size=200)
         make_policy(rag)
         writer = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "w"), pg_url, milvus_server, collection], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        first = repartition(rag.ingester, rag.catalog.allocator.placement, "default", batch_rows=10, before=rag.sync)
+        first = repartition(rag.ingester, rag.catalog.allocator.placement, "default", batch_rows=10, before=rag.refresh)
         out, err = writer.communicate(timeout=600)
         assert writer.returncode == 0 and out.strip() == "done", out + err[-2000:]
         assert first.moved_rows > 0
-        rag.sync()
+        rag.refresh()
         live = rag.rows(rag.catalog.live_ids())
         names = [r.external_id for r in live]
         assert len(names) == len(set(names)) and set(names) == {d["external_id"] for d in docs} | {f"new{i}" for i in range(0, 60, 3)}
@@ -291,7 +291,7 @@ def test_the_layout_is_recorded_for_processes_opened_without_it(tmp_path) -> Non
         assert rag.catalog.allocator.placement.groups == 8 and not rag.catalog.allocator.placement.acls
         rag.add_documents([{"external_id": f"x{i}", "text": f"note {i}", "attrs": {"dept": f"d{i % 3}"}} for i in range(9)])
         rag.add_documents([{"external_id": "t", "text": "other tenant"}], tenant="other")
-        assert rag.store.grouping(rag.catalog.tenants.number("other")).groups == 8  # a new tenant's collection is grouped too
+        assert rag.backend.grouping(rag.catalog.tenants.number("other")).groups == 8  # a new tenant's collection is grouped too
         table = stored_groups(rag)
         assert len(table) == 3 and all(r.vclass % 8 == table[tokens(rag, dict(r.attrs))] for r in rag.rows(rag.catalog.live_ids()) if r.tenant == "default")
     finally:
@@ -303,7 +303,7 @@ def test_the_layout_is_recorded_for_processes_opened_without_it(tmp_path) -> Non
     rag.close()
     rag = PermRAG.open(home, encoder=HashEncoder(48))
     try:
-        assert rag.catalog.allocator.placement is None and rag.store.groups == 4
+        assert rag.catalog.allocator.placement is None and rag.backend.groups == 4
     finally:
         rag.close()
 

@@ -100,7 +100,7 @@ def test_a_scim_token_never_searches_on_any_mcp_server(store) -> None:
     assert made["scopes"] == ["scim"] and made["tenant"] == "fresh"
     client = TestClient(build_app(rag, token_lookup=tokens.lookup), headers={"Authorization": f"Bearer {made['token']}"})
     uid = ok(client.post("/scim/v2/Users", json={"schemas": [USER], "userName": "first-of-fresh"}), 201)["id"]
-    rag.sync()
+    rag.refresh()
     assert rag.identity.labels("fresh") == {f"user:{uid}": "first-of-fresh"} and f"user:{uid}" not in rag.identity.labels()
     res = CliRunner().invoke(main, ["--home", str(store["home"]), "token", "add", "nobody-known", "--scope", "search"])
     assert res.exit_code != 0 and "unknown user" in res.output  # a search token still names a user the store knows
@@ -163,12 +163,12 @@ def test_deleting_a_group_leaves_the_same_memberships_in_every_process(home, db_
         rag.policy.assign_user(u, "kb-reader")
         rag.identity.add_member(g, "agent:del-bot")
         rag.identity.assign_group(g, "no-kb")  # the group denies what its members' roles allow
-        other.sync()
+        other.refresh()
         assert readable(rag, u, "del-bot") == readable(other, u, "del-bot") == set()
         ok(client.delete(f"/scim/v2/Groups/{g}"), 204)
         fresh = PermRAG.open(home, database_url=db_url, catalog_only=True)
         try:
-            other.sync()
+            other.refresh()
             views = [r.policy.tenant("default").members.get(g, set()) for r in (rag, other, fresh)]
             assert views == [set(), set(), set()]
             assert [r.policy.tenant("default").member_of.get("agent:del-bot", set()) for r in (rag, other, fresh)] == [set()] * 3
@@ -204,7 +204,7 @@ def test_one_write_cannot_empty_a_deny_group_by_naming_every_member(store) -> No
     deny = ok(client.post("/scim/v2/Groups", json={"schemas": [GROUP], "displayName": "named-deny", "members": [{"value": x} for x in users]}), 201)
     rag.identity.assign_group(deny["id"], "no-fin")
     assert all(readable(rag, x) == set() for x in users)
-    rag.sync()
+    rag.refresh()
     version = rag.policy_version
     every = " or ".join(f'value eq "{x}"' for x in users)
     for op in (
@@ -216,7 +216,7 @@ def test_one_write_cannot_empty_a_deny_group_by_naming_every_member(store) -> No
         assert res.status_code == 409 and "holds a deny" in res.json()["detail"], res.text
     two_ops = [{"op": "remove", "path": f'members[value eq "{x}"]'} for x in users]
     assert client.patch(f"/scim/v2/Groups/{deny['id']}", json={"schemas": [PATCH], "Operations": two_ops}).status_code == 409
-    rag.sync()
+    rag.refresh()
     assert rag.policy_version == version and all(readable(rag, x) == set() for x in users)
     # one member by name (Okta's removal) is an ordinary change, and so are two of four (not more than half)
     ok(client.patch(f"/scim/v2/Groups/{deny['id']}", json={"schemas": [PATCH], "Operations": [{"op": "remove", "path": f'members[value eq "{users[0]}"]'}]}))
@@ -245,14 +245,14 @@ def test_active_takes_only_booleans_and_an_odd_value_changes_nothing(store) -> N
     uid = ok(client.post("/scim/v2/Users", json={"schemas": [USER], "userName": "off-user", "active": False}), 201)["id"]
     rag.policy.assign_user(uid, "kb-reader")
     assert readable(rag, uid) == set() and uid in rag.identity.deactivated()
-    rag.sync()
+    rag.refresh()
     version = rag.policy_version
     for odd in ("0", "no", None, 1, "yes", [], {"value": True}):
         res = client.patch(f"/scim/v2/Users/{uid}", json={"schemas": [PATCH], "Operations": [{"op": "replace", "path": "active", "value": odd}]})
         assert res.status_code == 400 and res.json()["scimType"] == "invalidValue", (odd, res.text)
         if odd is not None:  # a null attribute in a body is unassigned (RFC 7643 2.5), as if left out
             assert client.post("/scim/v2/Users", json={"schemas": [USER], "userName": f"odd-{odd!s}", "active": odd}).status_code == 400
-    rag.sync()
+    rag.refresh()
     assert rag.policy_version == version and readable(rag, uid) == set()
     kept = ok(client.patch(f"/scim/v2/Users/{uid}", json={"schemas": [PATCH], "Operations": [{"op": "replace", "value": {"displayName": "Still off"}}]}))
     assert kept["active"] is False and readable(rag, uid) == set()  # a patch of another attribute leaves the deactivation alone
@@ -293,7 +293,7 @@ LDIF = (
 )
 def test_a_directory_id_shaped_like_a_principal_applies_nothing(store, tmp_path, user: str, group: str) -> None:
     rag = store["rag"]
-    rag.sync()
+    rag.refresh()
     version, before = rag.policy_version, rag.policy.export_csv(tenant="dir")
     path = tmp_path / "export.ldif"
     path.write_text(LDIF.format(user=user, group=group))
@@ -301,7 +301,7 @@ def test_a_directory_id_shaped_like_a_principal_applies_nothing(store, tmp_path,
     for source in (path, made):
         with pytest.raises(IdentityFileError, match="principal|leading or trailing"):
             rag.identity.sync(source, tenant="dir")
-    rag.sync()
+    rag.refresh()
     assert rag.policy_version == version and rag.policy.export_csv(tenant="dir") == before
     with pytest.raises(IdentityFileError, match="neither user"):
         rag.identity.sync(Directory(users={"ann-1"}, groups={"g-1": {"agent:ann-1"}}), tenant="dir")
@@ -424,9 +424,9 @@ def test_a_member_uid_several_users_share_refuses_the_read(store, tmp_path) -> N
     assert store["rag"].identity.read([tmp_path / "ok.ldif"]).groups == live.groups
     (tmp_path / "twice.ldif").write_text(_ldif([*people, deny]))
     rag = store["rag"]
-    rag.sync()
+    rag.refresh()
     version = rag.policy_version
     with pytest.raises(IdentityFileError, match="memberUid 'bob' names several users"):
         rag.identity.sync(tmp_path / "twice.ldif", tenant="uids")
-    rag.sync()
+    rag.refresh()
     assert rag.policy_version == version

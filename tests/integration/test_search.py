@@ -78,7 +78,7 @@ def dense_reference(rag: PermRAG, vecs, user: str, query: str, tenant: str = "ac
 @contextmanager
 def through(rag: PermRAG, path: str):
     """Search ``path``: "local" (small visible sets ranked in process,
-    search/local.py — the default) or "milvus" (every search asks Milvus)."""
+    search/in_process.py — the default) or "milvus" (every search asks Milvus)."""
     saved = rag.searcher.local
     if path == "milvus":
         rag.searcher.local = None
@@ -175,7 +175,7 @@ def test_keyword_and_hybrid_are_exact(corpus, path) -> None:
 
 def _keyword_and_hybrid(rag, vecs) -> int | None:
     """Hybrid queries checked against the reference (None without BM25)."""
-    if not rag.store.capabilities.bm25:
+    if not rag.backend.capabilities.bm25:
         for mode in ("keyword", "hybrid"):
             with pytest.raises(UnsupportedError):
                 rag.search("budget", user="user-p01", tenant="acme", mode=mode)
@@ -262,11 +262,11 @@ def _no_leak(rag, rules, query, k) -> None:
     if plan.kind != "deny-all":
         # The filter itself, evaluated by Milvus over every row of the class groups the plan names
         # (every row of the tenant's collection if it names none):
-        matched = rag.store.all_ids(rag.catalog.tenants.number("acme"), plan.expr, getattr(plan, "groups", ()))
+        matched = rag.backend.all_ids(rag.catalog.tenants.number("acme"), plan.expr, getattr(plan, "groups", ()))
         assert matched == set(vis) if plan.exact else matched >= set(vis), plan.describe()
     else:
         assert len(vis) == 0
-    modes = ["dense"] + (["keyword", "hybrid"] if rag.store.capabilities.bm25 else [])
+    modes = ["dense"] + (["keyword", "hybrid"] if rag.backend.capabilities.bm25 else [])
     for mode in modes:
         hits = rag.search(query, user=user, tenant="acme", k=k, mode=mode)
         assert {h.row_id for h in hits} <= set(vis), f"leak in mode {mode}"
@@ -287,3 +287,38 @@ def test_bad_search_arguments(corpus) -> None:
             rag.search(q, user="user-all", tenant="acme")
     with pytest.raises(PermragError, match="shape"):
         rag.search_many(["q"], user="user-all", tenant="acme", mode="dense", vectors=np.zeros((1, 3)))
+
+
+@pytest.mark.parametrize("mode", ["dense", "hybrid", "keyword"])
+def test_a_search_reads_each_hits_record_once(tmp_path, monkeypatch, mode) -> None:
+    """The verify step reads the records of the hits it checks, and the hits
+    are built from those same records: a request asks the catalog for a
+    hit's record once (on every route: in process, Milvus, hybrid fusion)."""
+    from permrag.catalog.rows import Rows
+
+    asked: list[int] = []
+    real = Rows.records
+
+    def counting(self, row_ids):
+        ids = list(row_ids)
+        asked.extend(ids)
+        return real(self, ids)
+
+    monkeypatch.setattr(Rows, "records", counting)
+    rag = PermRAG.open(tmp_path / "h", encoder=HashEncoder(64))
+    try:
+        rag.add_documents([{"external_id": f"d{i}", "text": f"budget w{i} w{i % 7}", "attrs": {"d": str(i % 3)}} for i in range(60)])
+        rag.policy.add_role("r")
+        rag.policy.grant("r", "d:1")
+        rag.policy.assign("u", "r")
+        for local_rows in (None, 0):  # the in-process route, then Milvus only
+            if local_rows == 0:
+                rag.searcher.local = None
+            rag.search("budget w4", user="u", k=5, mode=mode)  # warm: plans, caches
+            asked.clear()
+            hits = rag.search("budget w4", user="u", k=5, mode=mode)
+            assert len(hits) == 5 and all(h.attrs["d"] == "1" for h in hits)
+            for h in hits:
+                assert asked.count(h.row_id) <= 1, (mode, local_rows, h.row_id, asked.count(h.row_id))
+    finally:
+        rag.close()

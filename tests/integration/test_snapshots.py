@@ -34,7 +34,7 @@ def row(i: int) -> dict:
 def pair(request, tmp_path, pg_url, milvus_server):
     """This process (``rag``), another process on the same store (``other``: PostgreSQL
     and the server's collection), and the casbin oracle that every change is also made in.
-    This process ranks the visible rows in process (search/local.py) or asks Milvus
+    This process ranks the visible rows in process (search/in_process.py) or asks Milvus
     with the planner's filter. (Hybrid search needs BM25: not on a 2.3 server.)"""
     collection = f"snap_{uuid.uuid4().hex[:8]}"
     rag = PermRAG.open(tmp_path / "a", database_url=pg_url, milvus_uri=milvus_server, collection=collection, encoder=HashEncoder(DIM), local_rows=10_000 if request.param == "in process" else 0)

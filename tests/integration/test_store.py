@@ -72,12 +72,12 @@ def test_sync_sees_other_process_changes(home) -> None:
     a.policy.add_role("eng")
     a.policy.grant("eng", "dept:eng")
     a.policy.assign("alice", "eng")
-    assert b.sync() is True
+    assert b.refresh() is True
     assert len(b.visible("alice")) == 1
     a.policy.revoke("eng", "dept:eng")
-    assert b.sync() is True
+    assert b.refresh() is True
     assert len(b.visible("alice")) == 0
-    assert b.sync() is False
+    assert b.refresh() is False
     a.close()
     b.close()
 

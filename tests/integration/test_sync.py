@@ -212,7 +212,7 @@ def test_a_sync_of_many_batches_flushes_milvus_lite_once(tmp_path, monkeypatch) 
         (folder / f"f{i:02d}.txt").write_text(f"note {i} about budget travel and roadmap item {i}\n" * 8, encoding="utf-8")
     monkeypatch.setattr("permrag.ingest.sync.BATCH_ROWS", 5)  # several writes per sync
     rag = PermRAG.open(tmp_path / "h", encoder=HashEncoder(32), chunk_size=120, chunk_overlap=10)
-    store = rag.store
+    store = rag.backend
     real, flushes, writes = store.flush, [], []
     store.flush = lambda no: (flushes.append(no), real(no))[1]
     real_write = rag.ingester.write

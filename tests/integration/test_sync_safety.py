@@ -74,7 +74,7 @@ def docs(rag: PermRAG, tenant: str = "default") -> dict[str, int]:
 def stored_texts(rag: PermRAG, tenant: str = "default") -> dict[str, str]:
     """Each live document's text as Milvus holds it (chunks joined in order)."""
     no = rag.catalog.tenants.number(tenant)
-    rows = rag.store.client().query(rag.store.name(no), filter="row_id >= 0", output_fields=["row_id", "text"])
+    rows = rag.backend.client().query(rag.backend.name(no), filter="row_id >= 0", output_fields=["row_id", "text"])
     recs = {r.row_id: r for r in rag.rows(rag.catalog.tenant_rows(tenant))}
     out: dict[str, list[tuple[str, str]]] = {}
     for h in rows:

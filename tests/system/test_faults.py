@@ -205,7 +205,7 @@ def test_reconcile_leaves_a_running_writers_batch_alone(tmp_path):
     a = PermRAG.open(home, encoder=HashEncoder(64))
     a.add_documents([{"external_id": "x0", "text": "hello"}])
     batch = a.catalog.prepare([row_spec({"external_id": "x1"})])
-    a.store.insert(a.catalog.tenants.number("default"), [{"row_id": batch.row_ids[0], "tenant": "default", "external_id": "x1", "vclass": 0, "text": "hi", "dense": [0.1] * 64}])
+    a.backend.insert(a.catalog.tenants.number("default"), [{"row_id": batch.row_ids[0], "tenant": "default", "external_id": "x1", "vclass": 0, "text": "hi", "dense": [0.1] * 64}])
     b = PermRAG.open(home, encoder=HashEncoder(64), catalog_only=True)
     assert b.last_repair is None and len(b.catalog.by_state("pending")) == 1
     b.close()
@@ -234,7 +234,7 @@ from permrag.embed import HashEncoder
 from tests.system.test_faults import QUERIES, USERS, _ranked, _world
 rag = PermRAG.open(sys.argv[1], encoder=HashEncoder(64))
 _world(rag)
-rag.store.flush(rag.catalog.tenants.number("default"))
+rag.backend.flush(rag.catalog.tenants.number("default"))
 print(json.dumps({f"{u}|{q}": _ranked(rag.search(q, user=u, k=10, mode="dense")) for u in USERS for q in QUERIES}))
 rag.close()
 """

@@ -78,7 +78,7 @@ def world(tmp_path_factory):
     """The store (the server subprocesses open it) and the library's answers on it."""
     base = tmp_path_factory.mktemp("mcp")
     home, out = base / "home", base / "world.json"
-    code = f"from tests.test_mcp import build; build({str(home)!r}, {str(out)!r})"
+    code = f"from tests.system.test_mcp import build; build({str(home)!r}, {str(out)!r})"
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     world = json.loads(out.read_text())

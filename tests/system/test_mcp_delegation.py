@@ -69,7 +69,7 @@ def build(home: str, out: str) -> None:
 def world(tmp_path_factory):
     base = tmp_path_factory.mktemp("deleg")
     home, out = base / "home", base / "world.json"
-    res = subprocess.run([sys.executable, "-c", f"from tests.test_mcp_delegation import build; build({str(home)!r}, {str(out)!r})"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    res = subprocess.run([sys.executable, "-c", f"from tests.system.test_mcp_delegation import build; build({str(home)!r}, {str(out)!r})"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     w = json.loads(out.read_text())
     w["home"] = home

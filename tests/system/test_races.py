@@ -90,7 +90,7 @@ def test_two_processes_syncing_one_folder_at_once_both_succeed(tmp_path, pg_url,
         assert sorted(docs.values()) == sorted(f"{folder.name}/{f.name}" for f in folder.iterdir())  # one row a file, none twice
         assert milvus_ids(rag) == set(live)
         no = rag.catalog.tenants.number("default")
-        stored = rag.store.client().query(rag.store.name(no), filter="row_id >= 0", output_fields=["row_id", "text"], consistency_level="Strong")
+        stored = rag.backend.client().query(rag.backend.name(no), filter="row_id >= 0", output_fields=["row_id", "text"], consistency_level="Strong")
         assert {docs[h["row_id"]]: h["text"] for h in stored} == {f"{folder.name}/{f.name}": f.read_text() for f in folder.iterdir()}
         again = rag.sync_folder(folder)
         assert again.unchanged == 30 and not (again.added or again.changed or again.deleted or again.failed)

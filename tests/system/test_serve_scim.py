@@ -85,7 +85,7 @@ def seen(world, user: str) -> list[str]:
     """What ``user`` finds by a search in this process (not the server's), checked
     against casbin enforcing the stored rules document by document."""
     rag = world["rag"]
-    rag.sync()
+    rag.refresh()
     found = sorted(h.document for h in rag.search("handbook leave travel", user=user, k=20, mode="dense"))
     enforcer = rag.enforcer()
     assert found == sorted(d["external_id"] for d in DOCS if enforcer.enforce(user, "default", rag.row(d["external_id"]), "read"))
@@ -157,7 +157,7 @@ def test_provisioning_is_seen_by_the_next_search_in_another_process(world) -> No
 def test_a_failed_write_changes_nothing(world) -> None:
     scim, rag = world["scim"], world["rag"]
     bob = ok(scim.post("/Users", json={"schemas": [USER], "userName": "bob"}), 201)
-    rag.sync()
+    rag.refresh()
     version = rag.policy_version
     scim_error(scim.post("/Users", json={"schemas": [USER], "userName": "BOB"}), 409, "uniqueness")
     scim_error(scim.post("/Users", json={"schemas": [USER]}), 400, "invalidValue")
@@ -170,7 +170,7 @@ def test_a_failed_write_changes_nothing(world) -> None:
     scim_error(patch(world, f"/Users/{bob['id']}", {"op": "replace", "value": {"id": "someone-else"}}), 400, "mutability")
     scim_error(patch(world, f"/Users/{bob['id']}", {"op": "remove", "path": "userName"}), 400, "mutability")
     scim_error(patch(world, "/Users/no-such-user", {"op": "replace", "path": "displayName", "value": "x"}), 404)
-    rag.sync()
+    rag.refresh()
     assert rag.policy_version == version
     current = ok(scim.get(f"/Users/{bob['id']}"))
     assert current["userName"] == "bob" and "displayName" not in current and current.get("active", True) is True
@@ -183,7 +183,7 @@ def test_a_failed_write_changes_nothing(world) -> None:
     core = ok(patch(world, f"/Users/{bob['id']}", {"op": "replace", "path": f"{USER}:displayName", "value": "Bob"}))
     assert core["displayName"] == "Bob"
     current = core
-    rag.sync()
+    rag.refresh()
     version = rag.policy_version
     res = scim.put(f"/Users/{bob['id']}", json={"schemas": [USER], "userName": "bobby"}, headers={"If-Match": current["meta"]["version"]})
     assert ok(res)["userName"] == "bobby" and res.headers["ETag"] == res.json()["meta"]["version"] != current["meta"]["version"]
@@ -230,12 +230,12 @@ def test_replacing_the_members_of_a_deny_group_wholesale_is_refused(world) -> No
     deny = ok(scim.post("/Groups", json={"schemas": [GROUP], "displayName": "contractors", "members": members}), 201)
     rag.identity.assign_group(deny["id"], "no-fin")
     assert all(seen(world, u) == [] for u in users)
-    rag.sync()
+    rag.refresh()
     version = rag.policy_version
     scim_error(scim.put(f"/Groups/{deny['id']}", json={"schemas": [GROUP], "displayName": "contractors", "members": members[:1]}), 409)
     scim_error(patch(world, f"/Groups/{deny['id']}", {"op": "replace", "path": "members", "value": []}), 409)
     scim_error(scim.delete(f"/Groups/{deny['id']}"), 409)
-    rag.sync()
+    rag.refresh()
     assert rag.policy_version == version and all(seen(world, u) == [] for u in users)
     # naming the members to remove is an ordinary change, not a wholesale one
     ok(patch(world, f"/Groups/{deny['id']}", {"op": "Remove", "path": "members", "value": [{"value": users[0]}]}))
@@ -266,7 +266,7 @@ def test_tokens_never_cross_between_scim_and_search(world) -> None:
     assert [u["id"] for u in ok(httpx.get(scim_url, headers={"Authorization": f"Bearer {acme}"}))["Resources"]] == [made["id"]]
     assert "acme-only" not in [u["userName"] for u in ok(world["scim"].get("/Users", params={"count": 1000}))["Resources"]]
     scim_error(world["scim"].get(f"/Users/{made['id']}"), 404)
-    world["rag"].sync()
+    world["rag"].refresh()
     assert world["rag"].identity.labels("acme") == {f"user:{made['id']}": "acme-only"}
 
 
@@ -328,12 +328,12 @@ def test_on_postgresql_concurrent_member_patches_all_land_one_version_each(tmp_p
 
         with ThreadPoolExecutor(8) as pool:
             assert list(pool.map(add, users)) == [200] * 16
-        other.sync()
+        other.refresh()
         assert sorted(str(m) for m in other.identity.members(group)) == sorted(f"user:{u}" for u in users)
         assert other.policy_version == before + 16
         assert all([str(g) for g in other.identity.groups_of(u)] == [group] for u in users)
         ok(patch({"scim": client}, "/Users/pg-3", {"op": "replace", "path": "active", "value": False}))
-        other.sync()
+        other.refresh()
         assert other.identity.groups_of("pg-3") == [] and other.identity.deactivated() == ["pg-3"]
         other.close()
         client.close()

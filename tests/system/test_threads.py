@@ -137,7 +137,7 @@ home = sys.argv[1]
 for round in range(int(sys.argv[2])):
     # each open starts a new Milvus Lite server in this process: its collections are opened afresh
     rag = PermRAG.open(home, encoder=HashEncoder(32))
-    backend, no = rag.store, rag.catalog.tenants.number("default")
+    backend, no = rag.backend, rag.catalog.tenants.number("default")
     start = threading.Barrier(2)
     asked = []
     probe = threading.Thread(target=lambda: (start.wait(), asked.append(backend.has_tenant(no))))

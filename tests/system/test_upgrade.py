@@ -127,7 +127,7 @@ def collection_made_by_0_2_0_passes_the_hook(rag: PermRAG) -> None:
     permrag's schema; one more field in the schema would be refused, naming permrag upgrade."""
     from pymilvus import DataType, MilvusClient
 
-    backend = rag.store
+    backend = rag.backend
     name = backend.name(rag.catalog.tenants.number("default"))
     described = backend.client().describe_collection(name)
     expected, _ = tenant_schema(MilvusClient, rag.encoder.dim, backend.index, backend.capabilities.bm25, backend.analyzer)

@@ -47,7 +47,7 @@ def reference(rag: PermRAG, user: str, query: str, k: int, pool: int, fusion: st
     expr = f"row_id in [{', '.join(map(str, sorted(visible)))}]"
     no = rag.catalog.tenants.number("default")
     vec = rag.encoder.encode([query])
-    full = [canonical(rag.store.search(no, m, vectors=vec, texts=[query], expr=expr, limit=len(visible))[0]) for m in ("dense", "keyword")]
+    full = [canonical(rag.backend.search(no, m, vectors=vec, texts=[query], expr=expr, limit=len(visible))[0]) for m in ("dense", "keyword")]
     if near is not None:
         top = [h.score for h in full[0][: pool + 1]]
         near.append(any(0 < a - b < 1e-5 for a, b in zip(top, top[1:])))
@@ -72,7 +72,7 @@ QUERIES = [
 @pytest.mark.parametrize("fusion,weights", [("rrf", (0.5, 0.5)), ("weighted", (0.8, 0.2))])
 def test_hybrid_with_pools_equals_the_exact_filtered_reference(world, user, fusion, weights, path) -> None:
     """On Milvus' path the reference's searches are the same computation: equal
-    lists. Ranked in process (search/local.py), the dense scores are the same
+    lists. Ranked in process (search/in_process.py), the dense scores are the same
     cosine in another float32 summation order, so two rows a few 1e-8 apart
     may swap: the lists must be equal wherever no such near-tie exists."""
     saved = world.searcher.local

@@ -22,7 +22,7 @@ A set of at most ``max_rows`` rows is read back by the search that first
 needs it. A larger one, up to ``prefetch_rows`` (and what fits the cache), is
 read back *in the background*: the searches that find it not read yet go to
 Milvus with the planner's filter, exact as ever, and once the read is done
-the set is ranked here (:meth:`LocalRanker.ready`). A read that large takes
+the set is ranked here (:meth:`InProcessRanker.ready`). A read that large takes
 far longer than a search, so no search waits for it.
 """
 
@@ -74,7 +74,7 @@ class _Set:
     rows: tuple[_Row, ...]
 
 
-_RANKERS: weakref.WeakSet[LocalRanker] = weakref.WeakSet()
+_RANKERS: weakref.WeakSet[InProcessRanker] = weakref.WeakSet()
 
 
 def _after_fork() -> None:
@@ -92,7 +92,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
 
 
-class LocalRanker:
+class InProcessRanker:
     """The per-store cache of stored rows and built matrices, and the ranking itself."""
 
     def __init__(self, max_rows: int = LOCAL_ROWS, cache_mb: float = CACHE_MB, prefetch_rows: int = 0) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from pyroaring import FrozenBitMap
 
-from ..access import Access, Snapshot, check_principal
+from ..access import Access, Snapshot, check_agents, check_principal
 from ..access.consistency import DEFAULT_WAIT, reach
 from ..backends import MAX_LIMIT, Binding, Grouping, RawHit
 from ..catalog import Catalog
@@ -30,7 +30,7 @@ from ..storage.audit import AuditLog
 from .contract import stamp
 from .execute import Executor, Route
 from .fusion import DEFAULT_FUSION, DEFAULT_WEIGHTS, default_pool
-from .local import LocalRanker
+from .in_process import InProcessRanker
 from .planner import DenyAll, Filter, Plan, Planner, in_process
 from .probe import ask
 
@@ -46,14 +46,14 @@ MAX_PLANS = 4096
 class Searcher:
     """Permissioned search over one store."""
 
-    def __init__(self, access: Access, catalog: Catalog, binding: Binding, planner: Callable[[], Planner], audit: AuditLog, stats: Stats, local: LocalRanker | None = None) -> None:
+    def __init__(self, access: Access, catalog: Catalog, binding: Binding, planner: Callable[[], Planner], audit: AuditLog, stats: Stats, local: InProcessRanker | None = None) -> None:
         self.access = access
         self.catalog = catalog
         self.binding = binding
         self.planner = planner
         self.audit = audit
         self.stats = stats
-        self.local = local  # small visible sets ranked in process (search/local.py); None: always Milvus
+        self.local = local  # small visible sets ranked in process (search/in_process.py); None: always Milvus
         self._plans: dict[tuple[str, int, int], tuple[FrozenBitMap, Plan]] = {}
         self._executors: dict[tuple[int, int], Executor] = {}
         self._plans_lock = threading.Lock()
@@ -61,12 +61,16 @@ class Searcher:
     # ------------------------------------------------------------------ plans
     def plan(self, snap: Snapshot) -> Plan:
         """The filter for ``snap`` (cached per tenant, catalog version and bitmap)."""
+        return self.plan_of(snap, self.catalog.tenants.number(snap.tenant))
+
+    def plan_of(self, snap: Snapshot, no: int | None) -> Plan:
+        """:meth:`plan`, given the tenant's collection number (None: none yet)."""
         key = (snap.tenant, snap.catalog_version, id(snap.visible))
         with self._plans_lock:
             hit = self._plans.get(key)
         if hit is not None and hit[0] is snap.visible:
             return hit[1]
-        grouping = self.grouping(snap.tenant) if 0 < len(snap.visible) < len(snap.tenant_rows) else None
+        grouping = self.grouping_of(no) if 0 < len(snap.visible) < len(snap.tenant_rows) else None
         plan = self.planner().plan(snap.visible, snap.tenant_rows, snap.tenant, snap.classes, grouping)
         with self._plans_lock:
             if len(self._plans) >= MAX_PLANS:
@@ -76,7 +80,7 @@ class Searcher:
 
     def _in_process(self, snap: Snapshot, mode: str, backend: Any) -> Filter | None:
         """A dense search of a small, partly visible set is ranked in process
-        (search/local.py): it needs no filter form, so none is planned. (A larger
+        (search/in_process.py): it needs no filter form, so none is planned. (A larger
         set read back in the background is planned — once per bitmap, cached —
         and the executor ranks it in process while its rows stay cached, or
         searches Milvus with that plan.)"""
@@ -89,7 +93,10 @@ class Searcher:
 
     def grouping(self, tenant: str) -> Grouping | None:
         """How the tenant's collection keeps rows in class groups (None: flat, or no vectors)."""
-        no = self.catalog.tenants.number(tenant)
+        return self.grouping_of(self.catalog.tenants.number(tenant))
+
+    def grouping_of(self, no: int | None) -> Grouping | None:
+        """:meth:`grouping` of the collection numbered ``no`` (None: none yet)."""
         if no is None:
             return None
         try:
@@ -100,7 +107,10 @@ class Searcher:
 
     def executor(self, tenant: str) -> Executor | None:
         """The tenant collection's executor (one per collection and backend, kept)."""
-        no = self.catalog.tenants.number(tenant)
+        return self.executor_of(self.catalog.tenants.number(tenant))
+
+    def executor_of(self, no: int | None) -> Executor | None:
+        """:meth:`executor` of the collection numbered ``no`` (None: none yet)."""
         if no is None:
             return None
         backend = self.binding.backend()
@@ -133,16 +143,18 @@ class Searcher:
     ) -> list[Hits]:
         """The top ``k`` rows ``user`` (through ``agent``: only rows both may read) may read for each query, best first;
         with ``at_least`` (a consistency token), only once this process reflects its versions (access/consistency.py)."""
-        queries = check_search_args(queries, user, tenant, k, mode, fusion, weights, pool)
+        queries = check_search_args(queries, user, tenant, k, mode, fusion, weights, pool)  # user and tenant: checked here, once
+        agents = check_agents(agent)
         if at_least is not None:
             reach(self.access, at_least, wait)
         pool = pool if pool is not None else default_pool(fusion, k, MAX_LIMIT)
         backend = self.binding.backend()  # a store bound to another catalog fails here, whatever the caller sees
         mode = resolve_mode(mode, backend.capabilities)
-        held = self._ask_early(backend, tenant, mode)
-        snap = snapshot or self.access.snapshot(user, tenant, agent)
-        plan = self._in_process(snap, mode, backend) or self.plan(snap)
-        ex = None if isinstance(plan, DenyAll) else self.executor(tenant)  # None too: the tenant has no collection yet
+        snap = snapshot or self.access.snapshot_of(user, tenant, agents)
+        no = self.catalog.tenants.number(tenant)  # once, at the snapshot's catalog version (None: no collection yet)
+        held = self._ask_early(backend, no, mode)
+        plan = self._in_process(snap, mode, backend) or self.plan_of(snap, no)
+        ex = None if isinstance(plan, DenyAll) else self.executor_of(no)
         route = ex.route(plan, snap, mode) if ex is not None else Route("deny", plan)  # the one decision: deny, here or Milvus
         self.stats.add("searches", len(queries))
         self.stats.add(f"plan:{plan.kind}")
@@ -167,21 +179,23 @@ class Searcher:
         )
         return out
 
-    def _ask_early(self, backend: Any, tenant: str, mode: str) -> Future | None:
+    def _ask_early(self, backend: Any, no: int | None, mode: str) -> Future | None:
         """A dense search may be ranked in process, which asks Milvus whether it holds
         the collection (search/execute.py): asked now, on a worker thread, the answer
         comes while the snapshot, the plan, the encoding and the ranking run. A search
         that goes to Milvus after all leaves it unread (one metadata call, in the background)."""
-        if mode != "dense" or self.local is None or self.local.max_rows <= 0:
+        if mode != "dense" or self.local is None or self.local.max_rows <= 0 or no is None:
             return None
-        no = self.catalog.tenants.number(tenant)
-        return None if no is None else ask(backend.has_tenant, no)
+        return ask(backend.has_tenant, no)
 
     def hits(self, raw: list[RawHit], snap: Snapshot, mode: str = "dense") -> Hits:
-        """Verified raw hits as :class:`Hit` objects with their catalog records."""
+        """Verified raw hits as :class:`Hit` objects with their catalog records
+        (those the verify step read; read here only for a hit without one)."""
         if not raw:
             return Hits((), snap.policy_version, mode)
-        recs = self.catalog.rows.records(h.row_id for h in raw)
+        recs = {h.row_id: h.record for h in raw if h.record is not None}
+        if len(recs) < len(raw):
+            recs.update(self.catalog.rows.records(h.row_id for h in raw if h.record is None))
         return Hits(
             [
                 Hit(h.row_id, recs[h.row_id].external_id, h.text, h.score, dict(recs[h.row_id].attrs), recs[h.row_id].tenant, recs[h.row_id].parent, snap.policy_version)

@@ -1,4 +1,4 @@
-"""The policy store: versioned, transactional changes with casbin semantics.
+"""The versioned policy: transactional changes with casbin semantics.
 
 Rules persist as casbin rules of ``model.conf`` through SQLAlchemy, in the
 same database as the catalog:

@@ -1,0 +1,101 @@
+"""The planner alone (search/planner.py), no Milvus: every plan's expression,
+evaluated over the tenant's rows, selects exactly the visible rows (exact
+plans) or a superset of them (over-fetch plans), in whatever partitions the
+plan names; "sees nothing" and "sees everything" are told apart from a filter."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pyroaring import BitMap
+
+from permrag.placement.layout import Grouping
+from permrag.search.planner import LITE, SERVER, AllowAll, DenyAll, Filter, Planner
+
+
+def selected(plan: Filter, vclass_of: dict[int, int], grouping: Grouping | None) -> set[int]:
+    """The rows of the tenant a plan lets through: its partitions, then its
+    expression (Milvus' filter syntax for these forms is Python's)."""
+    code = compile(plan.expr, "<plan>", "eval") if plan.expr else None
+    out = set()
+    for row, vclass in vclass_of.items():
+        if plan.groups and (grouping is None or grouping.of(vclass) not in plan.groups):
+            continue
+        if code is None or eval(code, {"__builtins__": {}}, {"row_id": row, "vclass": vclass}):
+            out.add(row)
+    return out
+
+
+@st.composite
+def tenants(draw):
+    """Rows in classes of contiguous blocks (as permission-aware IDs give them),
+    with gaps (other tenants' IDs), and a visible set made of whole classes
+    plus and minus a few single rows."""
+    n_classes = draw(st.integers(1, 12))
+    vclass_of: dict[int, int] = {}
+    classes: dict[int, BitMap] = {}
+    at = 0
+    for c in range(n_classes):
+        for _ in range(draw(st.integers(1, 3))):  # a class's blocks
+            at += draw(st.integers(0, 40))  # a gap: IDs of no row of this tenant
+            size = draw(st.integers(1, 60))
+            for r in range(at, at + size):
+                vclass_of[r] = c
+                classes.setdefault(c, BitMap()).add(r)
+            at += size
+    rows = BitMap(vclass_of)
+    whole = draw(st.sets(st.sampled_from(sorted(classes)), max_size=n_classes))
+    visible = BitMap()
+    for c in whole:
+        visible |= classes[c]
+    ids = sorted(rows)
+    visible |= BitMap(draw(st.sets(st.sampled_from(ids), max_size=8)))
+    visible -= BitMap(draw(st.sets(st.sampled_from(ids), max_size=8)))
+    return vclass_of, rows, classes, visible
+
+
+@pytest.mark.parametrize("model", [LITE, SERVER], ids=["lite", "server"])
+@pytest.mark.parametrize("partitions", [None, 4])
+@settings(max_examples=150, deadline=None)
+@given(world=tenants())
+def test_every_plan_selects_exactly_the_visible_rows_or_a_superset(model, partitions, world) -> None:
+    vclass_of, rows, classes, visible = world
+    grouping = Grouping(partitions) if partitions else None
+    plan = Planner(model).plan(visible, rows, "t", classes, grouping)
+    want = set(visible & rows)
+    if not want:
+        assert isinstance(plan, DenyAll)
+        return
+    if want == set(rows):
+        assert isinstance(plan, AllowAll) and plan.visible == len(rows)
+        return
+    assert isinstance(plan, Filter) and plan.visible == len(want)
+    got = selected(plan, vclass_of, grouping)
+    if plan.exact:
+        assert got == want, plan.describe()
+    else:
+        assert want <= got, plan.describe()
+        assert plan.fetch_limit(10) >= 10
+    # every form the planner weighs, not only the cheapest it chose (on small
+    # tenants the cost models often prefer an over-fetching scan)
+    planner = Planner(model)
+    forms = planner._options("t", visible & rows, rows, classes, ())
+    if grouping is not None:
+        forms += planner._grouped("t", visible & rows, rows, classes, grouping)
+    for form in forms:
+        got = selected(form, vclass_of, grouping)
+        assert got == want if form.exact else want <= got, form.describe()
+        assert form.candidates == len(got) or not form.exact, form.describe()
+
+
+def test_rows_outside_the_tenant_never_widen_a_plan() -> None:
+    """A visible set may name IDs the tenant does not hold (another tenant's
+    rows): the plan is of the tenant's visible rows only."""
+    rows = BitMap(range(100, 200))
+    vclass_of = dict.fromkeys(rows, 0)
+    plan = Planner(LITE).plan(BitMap(range(0, 150)), rows, "t", {0: rows})
+    assert isinstance(plan, Filter) and plan.visible == 50
+    got = selected(plan, vclass_of, None)
+    assert got == set(range(100, 150)) if plan.exact else set(range(100, 150)) <= got
+    assert isinstance(Planner(LITE).plan(BitMap(range(0, 100)), rows, "t"), DenyAll)
