@@ -22,6 +22,12 @@ PG_ADMIN_URL = os.environ.get("PERMRAG_TEST_PG", "postgresql+psycopg2://postgres
 # PostgreSQL, or seconds of processes, crashes and stress, subprocess servers,
 # real embedding models and long property runs over Milvus (whole modules).
 SERVER_FIXTURES = {"milvus_server", "own_milvus_server", "slapd"}
+def examples(n: int) -> int:
+    """Property-test examples: ``n``, or a quarter of it (at least 2) under
+    ``make test-fast`` (PERMRAG_TEST_FAST=1); ``make test`` and CI run all ``n``."""
+    return max(2, n // 4) if os.environ.get("PERMRAG_TEST_FAST") == "1" else n
+
+
 SLOW_MODULES = {
     "test_concurrency",
     "test_docs",

@@ -10,10 +10,10 @@ from hypothesis import strategies as st
 
 from permrag import PermRAG, RoleCycleError
 
-from ..conftest import Oracle
+from ..conftest import Oracle, examples
 from ..worlds import apply_world_policy, load_world, make_doc, make_world, random_selector
 
-SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+SETTINGS = settings(max_examples=examples(12), deadline=None, suppress_health_check=list(HealthCheck))
 
 
 def ext_ids(rag: PermRAG, bitmap, tenant: str) -> set[str]:
