@@ -40,7 +40,7 @@ test-unit: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -n 2 tests/unit
 
 # the tests that need no server, no PostgreSQL, no subprocesses and no real model, with a quarter of
-# the property tests' examples (under 2 minutes on 2 cores; make test runs them all)
+# the property tests' examples (about 2 minutes on 2 cores; make test runs them all); tests/system is left out whole
 test-fast: $(BIN)/.installed
 	PERMRAG_TEST_FAST=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not server and not postgres and not slow"
 

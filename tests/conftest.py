@@ -22,33 +22,20 @@ PG_ADMIN_URL = os.environ.get("PERMRAG_TEST_PG", "postgresql+psycopg2://postgres
 # PostgreSQL, or seconds of processes, crashes and stress, subprocess servers,
 # real embedding models and long property runs over Milvus (whole modules).
 SERVER_FIXTURES = {"milvus_server", "own_milvus_server", "slapd"}
+
+
 def examples(n: int) -> int:
     """Property-test examples: ``n``, or a quarter of it (at least 2) under
     ``make test-fast`` (PERMRAG_TEST_FAST=1); ``make test`` and CI run all ``n``."""
     return max(2, n // 4) if os.environ.get("PERMRAG_TEST_FAST") == "1" else n
 
 
+# Slow outside tests/system (where every module is: processes, servers, packaging).
 SLOW_MODULES = {
-    "test_concurrency",
-    "test_docs",
-    "test_examples",
-    "test_faults",
-    "test_multiprocess",
-    "test_packaging",
-    "test_processes",
-    "test_races",
     "test_repartition",
-    "test_servers",
-    "test_threads",
-    "test_upgrade",
-    "test_migrations",
-    "test_serve_scim",
     "test_covis",  # property runs over Milvus Lite placements
-    "test_mcp",  # stdio and HTTP MCP servers in subprocesses
-    "test_mcp_delegation",
     "test_encoders",  # the real MiniLM and static models
     "test_multilingual",
-    "test_defaults",  # every face, each on a store of its own
 }
 
 
@@ -60,7 +47,8 @@ def pytest_collection_modifyitems(config, items) -> None:
             item.add_marker(pytest.mark.server)
         if "pg_url" in names or params & {"postgresql", "postgres"}:
             item.add_marker(pytest.mark.postgres)
-        if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+        layer, module = item.module.__name__.split(".")[-2:]
+        if layer == "system" or module in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
 
 

@@ -22,10 +22,10 @@ from hypothesis import strategies as st
 from permrag import PermRAG
 from permrag.errors import NotReadableError, PermragError
 
-from ..conftest import MODEL, oracle_selector_match
+from ..conftest import MODEL, examples, oracle_selector_match
 from ..worlds import random_selector
 
-SETTINGS = settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
+SETTINGS = settings(max_examples=examples(6), deadline=None, suppress_health_check=list(HealthCheck))
 TENANTS = ["default", "t2"]
 DEPTS = ["kb", "hr", "eng", "fin"]
 
@@ -295,6 +295,7 @@ def test_the_docs_agents_example_runs_as_written(tmp_path) -> None:
     assert "'agents': ['support-bot']" in lines[4] and lines[5] == "support-bot"
 
 
+@pytest.mark.slow  # a subprocess, a stress run or a timed wait: left out by make test-fast
 def test_agent_commands(tmp_path) -> None:
     import json
     import subprocess

@@ -67,6 +67,7 @@ async def concurrently(rag, todo, mode: str) -> tuple[list, int, int]:
 
 
 @pytest.mark.parametrize("backend", ["lite", "server"])
+@pytest.mark.slow  # a subprocess, a stress run or a timed wait: left out by make test-fast
 def test_200_concurrent_asearch_equal_sequential_search_on_bounded_threads(backend, tmp_path, request, capsys) -> None:
     mode = "hybrid" if backend == "lite" else "dense"  # the test server (2.3) has no BM25
     # Session consistency: reads see this client's writes without waiting for the
@@ -187,6 +188,7 @@ def test_one_pool_serves_every_store_call(tmp_path, request) -> None:
         rag.close()
 
 
+@pytest.mark.slow  # a subprocess, a stress run or a timed wait: left out by make test-fast
 def test_the_readme_async_snippet_runs_as_written(tmp_path) -> None:
     import subprocess
     import sys

@@ -27,7 +27,7 @@ from permrag.errors import ConfigError
 from permrag.search import LITE, SERVER, AllowAll, Filter, Planner
 from permrag.storage import db
 
-from ..conftest import open_backend
+from ..conftest import examples, open_backend
 from ..integration.test_layout import (
     DEPTS,
     QUERIES,
@@ -172,7 +172,7 @@ def test_partly_visible_groups_and_acl_users_stay_exact(store, user) -> None:
             assert_top_k([h.row_id for h in hits], reference(rag, vecs, user, q), k)
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=examples(15), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
 def test_no_leak_fuzz_after_the_policy_moves_on(store, data) -> None:
     """Rules made after placement cut across the groups: answers stay exact."""
@@ -240,7 +240,7 @@ def test_when_groups_run_out_a_signature_joins_the_nearest(tmp_path) -> None:
         rag.close()
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.lists(st.frozensets(st.sampled_from("abcdefg"), max_size=4), min_size=1, max_size=12, unique=True), st.frozensets(st.sampled_from("abcdefgh"), max_size=4))
 def test_the_nearest_signature_is_found_through_shared_tokens_only(known_sigs, mine) -> None:
     """The token index finds what comparing with every known signature finds."""

@@ -20,6 +20,7 @@ from sqlalchemy import delete, select, update
 from permrag import ArgumentError, PermRAG, PermragError
 from permrag.storage import db
 
+from ..conftest import examples
 from ..system.test_multiprocess import Other
 
 TENANTS = ("t0", "t1")
@@ -99,7 +100,7 @@ def _call(rag: PermRAG, other: Other | None, op: tuple) -> None:
         pass
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=examples(12), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(steps=st.lists(st.tuples(st.integers(0, 2), st.booleans(), OPS), min_size=1, max_size=10))
 def test_applying_deltas_equals_a_full_reload(trio, steps) -> None:
     """Random changes made in three processes: this process — its caches

@@ -180,6 +180,7 @@ def live_frames(wal) -> int:
     return frames
 
 
+@pytest.mark.slow  # a subprocess, a stress run or a timed wait: left out by make test-fast
 def test_sqlite_checkpoints_after_audited_searches_alone(tmp_path):
     """Searches alone commit audit records (on their own connections): the
     checkpointer follows them, so the log restarts and stays short. Control:

@@ -26,6 +26,8 @@ from permrag.errors import IdentityFileError, PermragError, PolicyError
 from permrag.policy.directory import Directory
 from tests.conftest import milvus_ids
 
+from ..conftest import examples
+
 DATA = Path(__file__).resolve().parents[2] / "policies" / "identity"  # the example exports the docs use
 
 
@@ -183,7 +185,7 @@ def worlds(draw) -> World:
     return w
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(w=worlds())
 def test_compiled_bitmaps_equal_the_reference_at_every_moment(tmp_path_factory, w: World) -> None:
     clock = Clock(T0)
@@ -314,7 +316,7 @@ directories = st.builds(
 )
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(30), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(first=directories, second=directories)
 def test_incremental_sync_equals_a_fresh_import(tmp_path_factory, first: Directory, second: Directory) -> None:
     a = PermRAG.open(tmp_path_factory.mktemp("a"), catalog_only=True)

@@ -22,6 +22,8 @@ from permrag.errors import AmbiguousNameError, IdentityFileError, MassRemovalErr
 from tests.integration.test_identity import run_cli
 from tests.system.test_multiprocess import Other
 
+from ..conftest import examples
+
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 GROUP = "urn:ietf:params:scim:schemas:core:2.0:Group"
 
@@ -373,7 +375,7 @@ def test_incremental_sync_equals_a_fresh_import(request, tmp_path, backend) -> N
     rag = PermRAG.open(tmp_path / "home", database_url=url, catalog_only=True, clock=clock)
     count = [0]
 
-    @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @settings(max_examples=examples(20), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
     @given(steps=st.lists(export_st, min_size=1, max_size=4))
     def check(steps: list[dict]) -> None:
         count[0] += 1

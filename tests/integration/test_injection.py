@@ -27,6 +27,8 @@ from permrag.domain.names import check_tenant
 from permrag.embed import HashEncoder
 from permrag.search import LITE, SERVER, Planner
 
+from ..conftest import examples
+
 HOSTILE = [
     'a" or row_id >= 0 or "',
     '" || tenant != "',
@@ -59,7 +61,7 @@ def _valid(t: str) -> bool:
 INT_ONLY = re.compile(r"^(?:[ \[\](),0-9]|row_id|vclass|in|and|or|not|>=|<=|==|<|>)*$")
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(tenant=tenants.filter(_valid), data=st.data())
 def test_plans_hold_only_integers_and_keywords(tenant, data):
     rows = BitMap(range(100, 100 + data.draw(st.integers(2, 400))))
@@ -97,7 +99,7 @@ def test_hostile_tenants_get_collections_holding_exactly_their_rows(hostile_stor
     assert len(numbers) == len(HOSTILE) + 1
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(120), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(tenant=tenants.filter(_valid))
 def test_fuzzed_tenants_reach_only_their_own_rows(hostile_store, tenant):
     rag = hostile_store

@@ -17,7 +17,7 @@ from permrag import ArgumentError, BackendError, CatalogError, ConfigError, NotR
 from permrag.domain.names import problem
 from permrag.embed import HashEncoder
 
-from ..conftest import milvus_ids
+from ..conftest import examples, milvus_ids
 
 ENC = HashEncoder(32)
 
@@ -202,7 +202,7 @@ def test_demo_policy_gives_the_auditor_user_nothing(tmp_path):
 NAME = st.text(min_size=1, max_size=12)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=list(HealthCheck))
 @given(role=NAME, user=NAME, tenant=NAME, value=NAME)
 def test_csv_export_import_is_the_identity_for_every_accepted_name(tmp_path_factory, role, user, tenant, value):
     home = tmp_path_factory.mktemp("csv")

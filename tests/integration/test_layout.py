@@ -19,7 +19,7 @@ from permrag.backends import Grouping
 from permrag.embed import HashEncoder
 from permrag.search import AllowAll, DenyAll, Filter
 
-from ..conftest import open_backend
+from ..conftest import examples, open_backend
 from ..helpers.reference import assert_top_k, dense_scores
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -177,7 +177,7 @@ def draw_role(rag: PermRAG, data, parents: list[str] | None = None) -> tuple[str
     return user, data.draw(st.sampled_from(QUERIES)), data.draw(st.sampled_from([1, 5, 30]))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
 def test_no_leak_fuzz_across_groups(store, data) -> None:
     """Random grants, denies and document grants over many classes and groups:

@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 from permrag import PermRAG
 from permrag.errors import UnknownRowError
 
+from ..conftest import examples
+
 USERS = ("ann", "bob", "cy", "dee")
 PRINCIPALS = {"ann": {"user:ann", "role:reader"}, "bob": {"user:bob", "role:boss"}, "cy": {"user:cy"}, "dee": {"user:dee", "group:team"}}
 ACLS = [
@@ -103,7 +105,7 @@ OPS = st.lists(
 )
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=examples(12), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(ops=OPS)
 def test_derived_rows_follow_their_sources(store, ops) -> None:
     tenant = f"t{next(_tenants)}"  # each example in a tenant of its own

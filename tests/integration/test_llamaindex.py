@@ -157,6 +157,7 @@ def test_the_module_imports_without_llama_index() -> None:
     assert 'pip install "permrag[llamaindex]"' in res.stdout
 
 
+@pytest.mark.slow  # a subprocess, a stress run or a timed wait: left out by make test-fast
 def test_the_readme_llamaindex_snippet_runs_as_written(tmp_path) -> None:
     from ..system.test_docs import blocks, env_for
 

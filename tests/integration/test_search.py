@@ -18,6 +18,7 @@ from permrag import PermRAG, PermragError, UnsupportedError
 from permrag.embed import HashEncoder
 from permrag.search import LITE, Planner
 
+from ..conftest import examples
 from ..helpers.reference import assert_top_k, dense_scores
 
 WORDS = [f"w{i}" for i in range(400)] + ["budget", "hiring", "apple", "merger", "secret", "roadmap"]
@@ -236,7 +237,7 @@ SEL = st.one_of(
 )
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=examples(15), deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     rules=st.lists(st.tuples(SEL, st.booleans()), min_size=1, max_size=6),
     query=st.lists(st.sampled_from(WORDS), min_size=1, max_size=5).map(" ".join),

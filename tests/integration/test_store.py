@@ -217,6 +217,7 @@ def _wal_growth(rag, rounds: int = 3, commits: int = 150, pause: float = 0.8) ->
     return sizes
 
 
+@pytest.mark.slow  # a subprocess, a stress run or a timed wait: left out by make test-fast
 def test_wal_checkpoints_run_off_the_write_path(home) -> None:
     """SQLite's automatic checkpoint (a sync inside whichever commit crosses
     1,000 pages) is off on every connection; the background checkpointer keeps

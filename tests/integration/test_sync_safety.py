@@ -611,6 +611,7 @@ def test_a_loader_that_reads_the_file_itself_is_checked(lite, tmp_path) -> None:
 
 
 # ---------------------------------------------------------------------- 10. quiet third-party libraries
+@pytest.mark.slow  # a subprocess, a stress run or a timed wait: left out by make test-fast
 def test_json_output_is_only_json_with_a_broken_pdf(tmp_path) -> None:
     folder = write(tmp_path / "docs", {"a.txt": "Plain notes about the budget."})
     (folder / "broken.pdf").write_bytes(b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\n garbage without an end")

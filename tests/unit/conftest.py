@@ -7,14 +7,18 @@ from __future__ import annotations
 import pytest
 
 
-@pytest.fixture(autouse=True)
-def _no_milvus(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(scope="package", autouse=True)
+def _no_milvus():
+    """For the whole package, before any module's fixtures (a module-scoped
+    store made before a function-scoped guard would slip past it)."""
     from permrag.backends import milvus
 
     def refuse(self, *args, **kwargs):
         raise AssertionError("a unit test made a Milvus backend: move it to tests/integration")
 
-    monkeypatch.setattr(milvus.MilvusBackend, "__init__", refuse)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(milvus.MilvusBackend, "__init__", refuse)
+        yield
 
 
 @pytest.fixture

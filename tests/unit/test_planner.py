@@ -13,6 +13,8 @@ from pyroaring import BitMap
 from permrag.placement.layout import Grouping
 from permrag.search.planner import LITE, SERVER, AllowAll, DenyAll, Filter, Planner
 
+from ..conftest import examples
+
 
 def selected(plan: Filter, vclass_of: dict[int, int], grouping: Grouping | None) -> set[int]:
     """The rows of the tenant a plan lets through: its partitions, then its
@@ -57,7 +59,7 @@ def tenants(draw):
 
 @pytest.mark.parametrize("model", [LITE, SERVER], ids=["lite", "server"])
 @pytest.mark.parametrize("partitions", [None, 4])
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(world=tenants())
 def test_every_plan_selects_exactly_the_visible_rows_or_a_superset(model, partitions, world) -> None:
     vclass_of, rows, classes, visible = world
