@@ -21,8 +21,8 @@ from ..access.consistency import reach
 from ..domain.results import Hit, Hits
 from ..errors import ArgumentError, ConfigError
 from .contract import stamp
-from .searcher import Searcher, check_k
 from .fusion import order, rrf
+from .searcher import Searcher, check_k
 
 Reranker = Callable[[str, list[Hit]], Sequence[float]]
 Variants = Callable[[str], Sequence[str]]

@@ -23,8 +23,8 @@ from ..domain.names import as_list
 from ..domain.results import Hits
 from ..errors import ArgumentError, BackendError
 from .contract import stamp
-from .searcher import Searcher, check_k
 from .fetch import readable
+from .searcher import Searcher, check_k
 
 
 def recommend(searcher: Searcher, vectors: Any, users: Sequence[str], *, tenant: str, k: int = 10, agent: object = None, at_least: object = None) -> dict[str, Hits]:
