@@ -61,21 +61,26 @@ class Searcher:
     # ------------------------------------------------------------------ plans
     def plan(self, snap: Snapshot) -> Plan:
         """The filter for ``snap`` (cached per tenant, catalog version and bitmap)."""
-        return self.plan_of(snap, self.catalog.tenants.number(snap.tenant))
+        return self._cached(snap) or self._planned(snap, self.catalog.tenants.number(snap.tenant))
 
     def plan_of(self, snap: Snapshot, no: int | None) -> Plan:
         """:meth:`plan`, given the tenant's collection number (None: none yet)."""
-        key = (snap.tenant, snap.catalog_version, id(snap.visible))
+        return self._cached(snap) or self._planned(snap, no)
+
+    def _cached(self, snap: Snapshot) -> Plan | None:
         with self._plans_lock:
-            hit = self._plans.get(key)
-        if hit is not None and hit[0] is snap.visible:
-            return hit[1]
+            hit = self._plans.get((snap.tenant, snap.catalog_version, id(snap.visible)))
+        return hit[1] if hit is not None and hit[0] is snap.visible else None
+
+    def _planned(self, snap: Snapshot, no: int | None) -> Plan:
+        """A new plan for ``snap`` (the tenant's number is looked up only for one: a
+        tenant with no rows yet has none, and looking costs a query each time)."""
         grouping = self.grouping_of(no) if 0 < len(snap.visible) < len(snap.tenant_rows) else None
         plan = self.planner().plan(snap.visible, snap.tenant_rows, snap.tenant, snap.classes, grouping)
         with self._plans_lock:
             if len(self._plans) >= MAX_PLANS:
                 self._plans.clear()
-            self._plans[key] = (snap.visible, plan)
+            self._plans[(snap.tenant, snap.catalog_version, id(snap.visible))] = (snap.visible, plan)
         return plan
 
     def _in_process(self, snap: Snapshot, mode: str, backend: Any) -> Filter | None:
