@@ -1,6 +1,6 @@
 """One process of tests/system/test_multiprocess.py's stress test.
 
-For ``seconds`` it ingests (into tenant ``acme``, and now and then into
+For ``seconds``, and for at least ``min_ops`` operations, it ingests (into tenant ``acme``, and now and then into
 ``globex``), grants, denies, revokes, assigns and unassigns at random and
 searches ``acme`` in between, on a store it may share with other processes
 (PostgreSQL + one Milvus server, which another *store* uses at the same
@@ -34,7 +34,7 @@ def selectors() -> list[str]:
 
 
 def main() -> None:
-    home, db_url, uri, collection, seed, seconds, out, me, others = sys.argv[1:10]
+    home, db_url, uri, collection, seed, seconds, out, me, others, min_ops = sys.argv[1:11]
     rng = random.Random(int(seed))
     rag = PermRAG.open(home, database_url=db_url or None, milvus_uri=uri, collection=collection, encoder=HashEncoder(32))
     p = rag.policy
@@ -48,8 +48,10 @@ def main() -> None:
             if p.add_role(role, tenant=TENANT):
                 log(kind="change", v=p.version, op="add_role", role=role)
         deadline = time.monotonic() + float(seconds)
-
-        while time.monotonic() < deadline:
+        ops = 0
+        # for the time given *and* a floor of operations: a slow or loaded machine still does enough to check
+        while time.monotonic() < deadline or ops < int(min_ops):
+            ops += 1
             roll = rng.random()
             role = rng.choice(ROLES)
             try:

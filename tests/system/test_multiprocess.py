@@ -132,6 +132,7 @@ def test_concurrent_publishes_never_hide_a_row_from_a_deny(two, tmp_path, pg_url
 
 # ---------------------------------------------------------------- the stress test
 SECONDS = int(os.environ.get("PERMRAG_STRESS_SECONDS", "15"))  # longer runs: PERMRAG_STRESS_SECONDS=300
+MIN_OPS = 300  # each worker's floor of operations, however slow the machine: the counts asserted below need them
 
 
 class Model:
@@ -239,7 +240,7 @@ def test_two_processes_ingest_change_and_search_for_a_while(tmp_path, pg_url, mi
         peers = ",".join(str(o) for j, o in enumerate(outs) if j != i)
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "tests.helpers.stress_worker", str(tmp_path / f"h{i}"), db_url, milvus_server, coll, str(i + 1), str(SECONDS), str(outs[i]), prefix, peers],
+                [sys.executable, "-m", "tests.helpers.stress_worker", str(tmp_path / f"h{i}"), db_url, milvus_server, coll, str(i + 1), str(SECONDS), str(outs[i]), prefix, peers, str(MIN_OPS)],
                 cwd=ROOT,
                 stderr=open(tmp_path / f"w{i}.err", "w"),
             )
