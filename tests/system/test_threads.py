@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 
 from permrag import PermRAG
 from permrag.embed import HashEncoder
 
 from ..conftest import oracle_selector_match
+from ..helpers.load import run_until
 
 SECONDS = 12
 DEPTS = ["a", "b", "c", "d"]
@@ -107,8 +107,7 @@ def test_readers_always_see_one_consistent_version(tmp_path):
     threads = [threading.Thread(target=reader, args=(s,)) for s in range(6)] + [threading.Thread(target=writer)]
     for t in threads:
         t.start()
-    time.sleep(SECONDS)
-    stop.set()
+    run_until(stop, SECONDS, lambda: len(seen) >= 300 and len(states) >= 50)
     for t in threads:
         t.join(60)
     rag.close()
