@@ -25,12 +25,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyroaring import BitMap, FrozenBitMap
-from sqlalchemy import ARRAY, Engine, any_, bindparam, select
+from sqlalchemy import ARRAY, Engine, String, any_, bindparam, cast, select
 
 from ..domain.acl import Acl, parse_acl
 from ..domain.names import AttrValue, check_attrs, check_external_id, check_tenant
 from ..errors import CatalogError, UnknownRowError
 from ..storage import db
+from ..storage.direct import pg_array
 
 DEFAULT_TENANT = "default"
 RECORD_CACHE = 200_000  # row records kept for the search path
@@ -230,6 +231,9 @@ def one_of(column: Any, values: Sequence[Any], dialect: str = "") -> Any:
     """``column IN (values)``; on PostgreSQL ``column = ANY(:array)``, one
     parameter instead of one per value (the same index condition)."""
     if dialect == "postgresql":
+        text = pg_array(list(values))
+        if isinstance(text, str):  # the array's text form, cast by the server
+            return column == any_(cast(bindparam(None, text, type_=String), ARRAY(column.type)))
         return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
     return column.in_(list(values))
 

@@ -260,8 +260,22 @@ def _arrays(conn: Connection, table: Table, columns: Sequence[str], values: Sequ
     """``unnest(%(a0)s::T[], …) AS v(columns)`` and its parameters: one array
     per column (JSON columns as text, cast by the caller)."""
     casts = ", ".join(f"%(a{i})s::{'TEXT' if i in json_at or isinstance(table.c[c].type, JSON) else table.c[c].type.compile(conn.dialect)}[]" for i, c in enumerate(columns))
-    params = {f"a{i}": [row[i] for row in values] for i in range(len(columns))}
+    params = {f"a{i}": pg_array([row[i] for row in values]) for i in range(len(columns))}
     return f"unnest({casts}) AS v({', '.join(_q(conn, c) for c in columns)})", params
+
+
+def pg_array(values: list[Any]) -> Any:
+    """``values`` as PostgreSQL's text form of an array (``{1,2,NULL,"a b"}``)
+    where every value is None, an int or a str, for a ``%s::T[]`` cast; else
+    ``values`` unchanged, for the driver to send. The driver's own array
+    dumper is pure Python per element: it was a tenth of a bulk ingest's time
+    on PostgreSQL."""
+    kinds = set(map(type, values))
+    if kinds <= {int}:
+        return "{" + ",".join(map(str, values)) + "}"
+    if not kinds <= {int, str, type(None)}:
+        return values  # bool, float, …: the driver knows them
+    return "{" + ",".join("NULL" if v is None else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' if type(v) is str else str(v) for v in values) + "}"
 
 
 def _q(conn: Connection, name: str) -> str:

@@ -258,7 +258,7 @@ def test_a_store_dropped_without_close_lets_its_engine_and_connections_go(tmp_pa
         assert not thread.is_alive()
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql+psycopg2", "postgresql+psycopg"])
 def test_rows_inserted_on_the_driver_are_what_sqlalchemy_inserts(tmp_path, request, backend):
     """An ingest's rows go in by one driver executemany (direct.insert_many),
     their stored attrs built as JSON text (journal.stored_json). The same rows
@@ -268,7 +268,7 @@ def test_rows_inserted_on_the_driver_are_what_sqlalchemy_inserts(tmp_path, reque
     from permrag.catalog.rows import RowRecord
     from permrag.domain.acl import parse_acl
 
-    url = request.getfixturevalue("pg_url") if backend == "postgresql" else f"sqlite:///{tmp_path}/c.db"
+    url = with_driver(request.getfixturevalue("pg_url"), backend) if backend != "sqlite" else f"sqlite:///{tmp_path}/c.db"
     engine = db.make_engine(url)
     init_schema(engine)
     acl = parse_acl({"allow": ["user:ann", {"principal": "group:x", "expires_at": 4102444800.5}], "deny": ["user:eve"], "folder": "/eng/ops"})
@@ -297,3 +297,60 @@ def test_rows_inserted_on_the_driver_are_what_sqlalchemy_inserts(tmp_path, reque
         assert read[r.row_id + 100] == read[r.row_id] == (r.stored_attrs(), list(r.derived_from) or None)
     assert raw[1][1] is None and raw[5][1] is not None  # no derivation: SQL NULL, as SQLAlchemy writes it
     db.dispose(engine)
+
+
+def with_driver(url: str, driver: str) -> str:
+    """``url`` (a PostgreSQL URL of any driver) with ``driver`` (``postgresql+psycopg``, …)."""
+    return driver + url[url.index("://") :]
+
+
+HOSTILE = ["plain", 'quo"te', "back\\slash", '\\"', "a,b", "{braces}", "NULL", "null", "", " spaced ", "é中文😀", "tab\tand\nnewline", "'single'"]
+
+
+@pytest.mark.parametrize("driver", ["postgresql+psycopg2", "postgresql+psycopg"])
+def test_arrays_sent_as_text_read_back_every_value(pg_url, driver):
+    """On PostgreSQL the bulk statements send a column's values as one array in
+    its text form (direct.pg_array), built by permrag, not by the driver.
+    Hostile strings (quotes, backslashes, commas, braces, the word NULL, the
+    empty string) and big or negative integers must reach the server as they
+    were, with both drivers; a value of another type goes to the driver."""
+    engine = db.make_engine(with_driver(pg_url, driver))
+    ints = [0, -1, 2**62, None, 7]
+    try:
+        with engine.connect() as conn:
+            assert direct.pg_array(HOSTILE) != HOSTILE and direct.pg_array(ints) != ints  # both as text
+            assert conn.exec_driver_sql("SELECT %(a)s::TEXT[]", {"a": direct.pg_array(HOSTILE)}).scalar_one() == HOSTILE
+            assert conn.exec_driver_sql("SELECT %(a)s::BIGINT[]", {"a": direct.pg_array(ints)}).scalar_one() == ints
+            assert conn.exec_driver_sql("SELECT %(a)s::TEXT[]", {"a": direct.pg_array([])}).scalar_one() == []
+            other = [1.5, True]
+            assert direct.pg_array(other) is other  # the driver sends those
+    finally:
+        db.dispose(engine)
+
+
+@pytest.mark.parametrize("driver", ["postgresql+psycopg2", "postgresql+psycopg"])
+def test_rows_of_hostile_names_are_found_and_updated_in_bulk(tmp_path, pg_url, driver):
+    """The lookups by name (rows.one_of: ``= ANY(array)``) and the bulk update
+    (direct.update_many: ``UPDATE … FROM unnest(arrays)``) find each row of a
+    hostile name, and only it, with both drivers."""
+    from permrag.catalog.rows import named_rows
+
+    engine = db.make_engine(with_driver(pg_url, driver))
+    init_schema(engine)
+    t = db.rows.c
+    try:
+        with engine.begin() as conn:
+            values = [(i + 1, "t", name, None, "{}", None, None, "pending", 0, None) for i, name in enumerate(HOSTILE)]
+            from permrag.catalog.journal import ROW_COLUMNS
+
+            direct.insert_many(conn, db.rows, ROW_COLUMNS, values, as_text=("attrs",))
+            direct.update_many(conn, db.rows, ["row_id"], ["state", "live_key"], [{"row_id": i + 1, "state": "live", "live_key": name} for i, name in enumerate(HOSTILE)])
+        with engine.connect() as conn:
+            stored = {r.external_id: (int(r.row_id), r.state, r.live_key) for r in conn.execute(sa.select(t.row_id, t.external_id, t.state, t.live_key))}
+            assert stored == {name: (i + 1, "live", name) for i, name in enumerate(HOSTILE)}
+            for i, name in enumerate(HOSTILE):
+                assert [int(r.row_id) for r in named_rows(conn, "t", [name], parents=[], columns=[t.row_id])] == [i + 1], name
+            both = named_rows(conn, "t", ["NULL", "null", "missing"], parents=[], columns=[t.row_id])
+            assert sorted(int(r.row_id) for r in both) == [HOSTILE.index("NULL") + 1, HOSTILE.index("null") + 1]
+    finally:
+        db.dispose(engine)
