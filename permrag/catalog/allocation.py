@@ -227,7 +227,7 @@ class Allocator:
         for tenant, key, *_ in wanted:
             keys[tenant].add(key)
         for tenant, names in keys.items():
-            for part in db.chunks(sorted(names)):
+            for part in db.parts(conn, sorted(names)):
                 q = select(b.class_key, b.class_id, b.next_id, b.end_id, b.size).where(b.tenant == tenant, one_of(b.class_key, part, conn.dialect.name)).with_for_update()
                 for key, cid, nxt, end, size in conn.execute(q):
                     blocks[(tenant, key)] = (int(cid), int(nxt), int(end), int(size))

@@ -151,7 +151,7 @@ class AttrIndex:
         # one statement per 500 values: attr IN … AND value IN … is a seek per pair in the primary
         # key; the few pairs no row touched are left out here
         names = sorted({k[0] for k in keys})
-        for part in db.chunks(sorted({k[1] for k in keys}), 500):
+        for part in db.parts(conn, sorted({k[1] for k in keys}), 500):
             q = select(a.attr, a.value, a.bitmap).where(a.tenant == tenant, one_of(a.attr, names, conn.dialect.name), one_of(a.value, part, conn.dialect.name)).with_for_update()
             for attr, value, blob in conn.execute(q):
                 if (attr, value) in keys:

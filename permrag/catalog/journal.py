@@ -180,7 +180,7 @@ class Journal:
                 if batch.expect is not None and {r.row_id for r in retired} != batch.expect:
                     raise ConcurrentChangeError("another writer changed these documents meanwhile; nothing was written (read them again and retry)")
                 done = 0
-                for part in db.chunks(batch.row_ids):
+                for part in db.parts(conn, batch.row_ids):
                     done += conn.execute(update(db.rows).where(one_of(t.row_id, part, conn.dialect.name), t.state == "pending").values(state="live", live_key=t.external_id)).rowcount
                 if done != len(batch.records):
                     raise CatalogError("this ingest was cancelled by a reconcile (its writer looked dead); nothing was published")

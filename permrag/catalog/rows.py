@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyroaring import BitMap, FrozenBitMap
-from sqlalchemy import ARRAY, Engine, String, any_, bindparam, cast, select
+from sqlalchemy import ARRAY, Engine, any_, bindparam, cast, select
+from sqlalchemy.types import NullType
 
 from ..domain.acl import Acl, parse_acl
 from ..domain.names import AttrValue, check_attrs, check_external_id, check_tenant
@@ -233,7 +234,8 @@ def one_of(column: Any, values: Sequence[Any], dialect: str = "") -> Any:
     if dialect == "postgresql":
         text = pg_array(list(values))
         if isinstance(text, str):  # the array's text form, cast by the server
-            return column == any_(cast(bindparam(None, text, type_=String), ARRAY(column.type)))
+            # (an untyped parameter, cast once: the server takes it as the array's own type, a constant the planner reads)
+            return column == any_(cast(bindparam(None, text, type_=NullType()), ARRAY(column.type)))
         return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
     return column.in_(list(values))
 

@@ -317,6 +317,17 @@ def chunks(values: Sequence[T], size: int = IN_CHUNK) -> Iterator[Sequence[T]]:
         yield values[i : i + size]
 
 
+ARRAY_CHUNK = 50_000  # values per PostgreSQL array parameter
+
+
+def parts(conn: Connection, values: Sequence[T], size: int = IN_CHUNK) -> Iterator[Sequence[T]]:
+    """``values`` in slices for a lookup by ``catalog.rows.one_of`` on ``conn``:
+    ``size`` a slice where it is an ``IN (...)`` list, and far fewer slices on
+    PostgreSQL, where it is one array parameter (each statement that scans an
+    index for the slice's rows reads that index once, not once per slice)."""
+    return chunks(values, ARRAY_CHUNK if conn.dialect.name == "postgresql" else size)
+
+
 def bump(conn: Connection, key: str, by: int = 1) -> int:
     """Add ``by`` to counter ``key`` in this transaction; returns the new value.
 
