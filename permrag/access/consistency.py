@@ -16,6 +16,7 @@ a process whose write is still committing), then :class:`StaleReadError`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -48,6 +49,7 @@ def _key(engine: Engine) -> bytes:
     return key
 
 
+@functools.lru_cache(maxsize=1024)  # every answer at one pair of versions carries the same token
 def _mac(key: bytes, policy: int, catalog: int) -> str:
     return hmac.new(key, f"{PREFIX}.{policy}.{catalog}".encode(), hashlib.sha256).hexdigest()[:16]
 
