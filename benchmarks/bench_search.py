@@ -75,12 +75,14 @@ from common import (  # noqa: E402
 from common import machine as machine_line  # noqa: E402
 
 from permrag import PermRAG  # noqa: E402
+from permrag.backends.schema import INDEX_BUILD  # noqa: E402
 from permrag.embed import RandomEncoder  # noqa: E402
 
 DIM = 384
 TEAM_SIZE = 100  # rows per team: one team is 0.1 % of 100k rows
 FRACTIONS = [0.001, 0.01, 0.1, 0.5, 1.0]
 APPROACHES = ["permrag", "permrag-milvus", "post-filter", "id-in", "acl-array", "silo"]
+INDEX = ["FLAT"]  # --index: the dense index of permrag's collection, the silo and every comparison
 SKIPPED: set[str] = set()  # --skip: comparison approaches left out of a run (never permrag, the silo or unfiltered)
 
 
@@ -144,7 +146,7 @@ def silo_collection(client, name: str, ids, vecs, texts, uri: str = "") -> None:
     s.add_field("text", DataType.VARCHAR, max_length=256)
     s.add_field("dense", DataType.FLOAT_VECTOR, dim=DIM)
     ip = client.prepare_index_params()
-    ip.add_index("dense", index_type="FLAT", metric_type="COSINE")
+    ip.add_index("dense", index_type=INDEX[0], metric_type="COSINE", params=dict(INDEX_BUILD[INDEX[0]]))  # as permrag's collection
     client.create_collection(name, schema=s, index_params=ip, consistency_level="Bounded")
     for j in range(0, len(ids), 5000):  # built per batch (memory at 1M rows)
         client.insert(name, [{"row_id": int(i), "text": t, "dense": v.tolist()} for i, v, t in zip(ids[j : j + 5000], vecs[j : j + 5000], texts[j : j + 5000])])
@@ -164,7 +166,7 @@ def run_backend(label: str, rag: PermRAG, n_rows: int, n_queries: int, budget_s:
     texts = [f"doc {i}" for i in range(n_rows)]  # as ingested: every approach fetches the hits' text, as permrag does
     uri = rag.backend.uri
     if "acl-array" not in SKIPPED:
-        acl_collection(client, f"{coll}_acl", ids, teams, vecs, texts, uri)
+        acl_collection(client, f"{coll}_acl", ids, teams, vecs, texts, uri, index=INDEX[0])
     rng = np.random.default_rng(11)
     queries = rng.standard_normal((n_queries, DIM)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
@@ -210,14 +212,15 @@ def run_backend(label: str, rag: PermRAG, n_rows: int, n_queries: int, budget_s:
                 rag.searcher.local = local
 
         team_list = ", ".join(f'"{t}"' for t in team_set)
+        ix = INDEX[0]
         fns = {
-            "unfiltered": lambda q: raw_search(client, coll, q, 10, with_text=True),
+            "unfiltered": lambda q: raw_search(client, coll, q, 10, with_text=True, index=ix),
             "permrag": lambda q: [h.row_id for h in rag.search_many(["q"], user=user, tenant="acme", k=10, mode="dense", vectors=q[None, :])[0]],
             "permrag-milvus": milvus_only,
-            "post-filter": lambda q: [r for r in raw_search(client, coll, q, 100, with_text=True) if r in vis_set][:10],
-            "id-in": lambda q: raw_search(client, coll, q, 10, id_expr, with_text=True),
-            "acl-array": (lambda q: raw_search(client, f"{coll}_acl", q, 10, f"array_contains_any(acl, [{team_list}])", with_text=True)) if kind == "role" else (lambda q: []),
-            "silo": (lambda q: raw_search(client, silo, q, 10, with_text=True)) if f < 1.0 else (lambda q: raw_search(client, coll, q, 10, with_text=True)),
+            "post-filter": lambda q: [r for r in raw_search(client, coll, q, 100, with_text=True, index=ix) if r in vis_set][:10],
+            "id-in": lambda q: raw_search(client, coll, q, 10, id_expr, with_text=True, index=ix),
+            "acl-array": (lambda q: raw_search(client, f"{coll}_acl", q, 10, f"array_contains_any(acl, [{team_list}])", with_text=True, index=ix)) if kind == "role" else (lambda q: []),
+            "silo": (lambda q: raw_search(client, silo, q, 10, with_text=True, index=ix)) if f < 1.0 else (lambda q: raw_search(client, coll, q, 10, with_text=True, index=ix)),
         }
         for name in SKIPPED:
             fns.pop(name, None)
@@ -367,20 +370,24 @@ def main(argv=None) -> None:
         help="keep the catalog and policy in a fresh database on this PostgreSQL server (an admin URL, e.g. postgresql://postgres@127.0.0.1:5432/test; default: SQLite under the home)",
     )
     ap.add_argument("--audit", default=None, choices=["sync", "async", "off"], help="the store's audit mode (default: the library's, sync)")
+    ap.add_argument("--index", default="FLAT", choices=sorted(INDEX_BUILD), help="the dense index of permrag's collection and of every comparison, built and searched alike")
     ap.add_argument("--skip", default="", help="comparison approaches not to run, comma-separated (e.g. acl-array: 200 s a query at 1M rows)")
     args = ap.parse_args(argv)
     if args.fractions:
         FRACTIONS[:] = sorted(float(x) for x in args.fractions.split(","))
     SKIPPED.update(x for x in args.skip.split(",") if x)
+    INDEX[0] = args.index
     if SKIPPED - {"post-filter", "id-in", "acl-array"}:
         ap.error("--skip takes post-filter, id-in, acl-array")
     local = {k: v for k, v in (("local_rows", args.local_rows), ("prefetch_rows", args.prefetch_rows)) if v is not None}
+    if args.index != "FLAT":
+        local["index"] = args.index
     if args.quick:
         args.lite_rows, args.server_rows, args.queries = 5_000, 10_000, 8
     budget = 2.0 if args.quick else 8.0  # seconds per slow approach and fraction
     results = []
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
-        db_label = ("; catalog on PostgreSQL" if args.postgres else "") + (f"; audit {args.audit}" if args.audit else "")
+        db_label = ("; catalog on PostgreSQL" if args.postgres else "") + (f"; audit {args.audit}" if args.audit else "") + (f"; {args.index} index" if args.index != "FLAT" else "")
         if args.audit:
             local["audit"] = args.audit
         if args.postgres:  # one fresh database per store

@@ -39,15 +39,18 @@ def version(dist: str) -> str:
         return "?"
 
 
-def raw_search(client, coll: str, q: np.ndarray, limit: int, expr: str = "", field: str = "dense", id_field: str = "row_id", with_text: bool = False) -> list[int]:
+def raw_search(client, coll: str, q: np.ndarray, limit: int, expr: str = "", field: str = "dense", id_field: str = "row_id", with_text: bool = False, index: str = "FLAT") -> list[int]:
     """A plain pymilvus dense search; the IDs of the hits (``with_text``:
-    fetching the text too, as permrag and an application do)."""
+    fetching the text too, as permrag and an application do; ``index``: the
+    collection's dense index, searched with permrag's parameters for it)."""
+    from permrag.backends.schema import dense_search_params
+
     fields = [id_field, "text"] if with_text else [id_field]
-    res = client.search(coll, data=[q.tolist()], anns_field=field, limit=limit, filter=expr, output_fields=fields, search_params={"metric_type": "COSINE"})
+    res = client.search(coll, data=[q.tolist()], anns_field=field, limit=limit, filter=expr, output_fields=fields, search_params=dense_search_params(index, limit))
     return [int((h.get("entity") or {}).get(id_field, h.get("id"))) for h in res[0]]
 
 
-def acl_collection(client, name: str, ids, acl: list[str], vecs: np.ndarray, texts: list[str] | None = None, uri: str = "") -> None:
+def acl_collection(client, name: str, ids, acl: list[str], vecs: np.ndarray, texts: list[str] | None = None, uri: str = "", index: str = "FLAT") -> None:
     """A second collection with an ``acl`` ARRAY field (one group per row):
     the row-level RBAC pattern, filtered with ``array_contains_any`` (on a
     server, searched once settled: :func:`settle`)."""
@@ -61,8 +64,10 @@ def acl_collection(client, name: str, ids, acl: list[str], vecs: np.ndarray, tex
     s.add_field("dense", DataType.FLOAT_VECTOR, dim=vecs.shape[1])
     if texts is not None:
         s.add_field("text", DataType.VARCHAR, max_length=65535)
+    from permrag.backends.schema import INDEX_BUILD
+
     ip = client.prepare_index_params()
-    ip.add_index("dense", index_type="FLAT", metric_type="COSINE")
+    ip.add_index("dense", index_type=index, metric_type="COSINE", params=dict(INDEX_BUILD[index]))
     client.create_collection(name, schema=s, index_params=ip, consistency_level="Bounded")
     for j in range(0, len(ids), 5000):  # built per batch: 1M rows of float lists at once would take ~10 GB
         rows = [{"row_id": int(i), "acl": [t], "dense": v.tolist()} for i, t, v in zip(ids[j : j + 5000], acl[j : j + 5000], vecs[j : j + 5000])]

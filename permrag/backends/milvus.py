@@ -41,7 +41,7 @@ from .lite_files import connect as lite_connect
 from .lite_files import folder_lock as lite_lock
 from .lite_files import load_collection, load_when_ready
 from .root import create_root, read_owner
-from .schema import analyzer_params, tenant_schema
+from .schema import analyzer_params, dense_search_params, tenant_schema
 
 log = logging.getLogger(__name__)
 
@@ -442,9 +442,4 @@ class MilvusBackend:
             raise self._fail("search", exc) from None
 
     def _dense_params(self, limit: int) -> dict[str, Any]:
-        params: dict[str, Any] = {"metric_type": "COSINE"}
-        if self.index == "HNSW":
-            params["params"] = {"ef": max(64, 2 * limit)}
-        elif self.index == "IVF_FLAT":
-            params["params"] = {"nprobe": 32}
-        return params
+        return dense_search_params(self.index, limit)

@@ -40,6 +40,20 @@ def root_schema(client: Any) -> tuple[Any, Any]:
     return s, ip
 
 
+# The dense index's build and search parameters (one place: benchmarks compare a silo built alike).
+INDEX_BUILD: dict[str, dict[str, int]] = {"FLAT": {}, "HNSW": {"M": 16, "efConstruction": 200}, "IVF_FLAT": {"nlist": 128}}
+
+
+def dense_search_params(index: str, limit: int) -> dict[str, Any]:
+    """A dense search's parameters for ``index`` when ``limit`` hits are asked for."""
+    params: dict[str, Any] = {"metric_type": "COSINE"}
+    if index == "HNSW":
+        params["params"] = {"ef": max(64, 2 * limit)}
+    elif index == "IVF_FLAT":
+        params["params"] = {"nprobe": 32}
+    return params
+
+
 def tenant_schema(client: Any, dim: int, index: str, bm25: bool, analyzer: dict[str, Any] | None) -> tuple[Any, Any]:
     """A tenant's collection: row identity, visibility class, text (+ BM25) and the dense vector."""
     from pymilvus import DataType, Function, FunctionType
@@ -55,12 +69,7 @@ def tenant_schema(client: Any, dim: int, index: str, bm25: bool, analyzer: dict[
     s.add_field("text", DataType.VARCHAR, max_length=MAX_TEXT_BYTES, **text_kwargs)
     s.add_field("dense", DataType.FLOAT_VECTOR, dim=dim)
     ip = client.prepare_index_params()
-    params: dict[str, Any] = {}
-    if index == "HNSW":
-        params = {"M": 16, "efConstruction": 200}
-    elif index == "IVF_FLAT":
-        params = {"nlist": 128}
-    ip.add_index("dense", index_type=index, metric_type="COSINE", params=params)
+    ip.add_index("dense", index_type=index, metric_type="COSINE", params=dict(INDEX_BUILD[index]))
     if bm25:
         s.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
         s.add_function(Function(name="text_bm25", function_type=FunctionType.BM25, input_field_names=["text"], output_field_names=["sparse"]))
