@@ -88,7 +88,9 @@ class SearchBackend(Protocol):
 
     def delete(self, tenant_no: int, row_ids: Sequence[int]) -> None: ...
 
-    def search(self, tenant_no: int, mode: str, *, vectors: np.ndarray | None, texts: Sequence[str] | None, expr: str, limit: int, groups: Sequence[int] = ()) -> list[list[RawHit]]: ...
+    def search(
+        self, tenant_no: int, mode: str, *, vectors: np.ndarray | None, texts: Sequence[str] | None, expr: str, limit: int, groups: Sequence[int] = (), admits: float = 1.0
+    ) -> list[list[RawHit]]: ...
 
     def grouping(self, tenant_no: int) -> Any: ...  # layout.Grouping | None
 

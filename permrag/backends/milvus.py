@@ -394,10 +394,13 @@ class MilvusBackend:
         return np.asarray(got[0]["dense"], dtype=np.float32) if got else None
 
     # ------------------------------------------------------------------ search
-    def search(self, tenant_no: int, mode: str, *, vectors: np.ndarray | None, texts: Sequence[str] | None, expr: str, limit: int, groups: Sequence[int] = ()) -> list[list[RawHit]]:
+    def search(
+        self, tenant_no: int, mode: str, *, vectors: np.ndarray | None, texts: Sequence[str] | None, expr: str, limit: int, groups: Sequence[int] = (), admits: float = 1.0
+    ) -> list[list[RawHit]]:
         """Top ``limit`` rows per query under ``expr`` (in the class groups
         ``groups`` only, if given), best first; ``mode`` is ``dense`` or
-        ``keyword`` (hybrid is fused by permrag.search.fusion)."""
+        ``keyword`` (hybrid is fused by permrag.search.fusion); ``admits``: the
+        share of the tenant's rows the caller may see (an ANN index searches wider)."""
         self.capabilities.require(mode)
         n = len(vectors) if vectors is not None else len(texts or ())
         if not self._known(tenant_no):
@@ -405,15 +408,15 @@ class MilvusBackend:
         if (parts := self._partition_names(tenant_no, groups)) == []:  # none of the groups holds a row yet
             return [[] for _ in range(n)]
         try:
-            return self._search(tenant_no, mode, vectors, texts, expr, limit, parts)
+            return self._search(tenant_no, mode, vectors, texts, expr, limit, parts, admits)
         except BackendError as exc:
             if "not loaded" not in str(exc):
                 raise
         # A restarted server comes back with the collection released: load it and ask again.
         self._known(tenant_no)
-        return self._search(tenant_no, mode, vectors, texts, expr, limit, parts)
+        return self._search(tenant_no, mode, vectors, texts, expr, limit, parts, admits)
 
-    def _search(self, tenant_no, mode, vectors, texts, expr, limit, parts) -> list[list[RawHit]]:
+    def _search(self, tenant_no, mode, vectors, texts, expr, limit, parts, admits=1.0) -> list[list[RawHit]]:
         limit = max(1, min(limit, MAX_LIMIT))
         c = self.client()
         common: dict[str, Any] = {
@@ -427,7 +430,7 @@ class MilvusBackend:
             if mode == "dense":
                 if vectors is None:
                     raise ConfigError("a dense search needs query vectors")
-                res = c.search(self.name(tenant_no), data=[v.tolist() for v in vectors], anns_field="dense", search_params=self._dense_params(limit), **common)
+                res = c.search(self.name(tenant_no), data=[v.tolist() for v in vectors], anns_field="dense", search_params=dense_search_params(self.index, limit, admits), **common)
                 return [[raw_hit(h, 1.0) for h in hits] for hits in res]
             if mode == "keyword":
                 if texts is None:
@@ -440,6 +443,3 @@ class MilvusBackend:
             raise
         except Exception as exc:
             raise self._fail("search", exc) from None
-
-    def _dense_params(self, limit: int) -> dict[str, Any]:
-        return dense_search_params(self.index, limit)

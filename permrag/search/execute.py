@@ -169,6 +169,9 @@ class Executor:
         # no row beyond can tie with the k-th and one search is enough (with
         # exactly k, the k-th itself looked like a tie: every search was made twice).
         limit = plan.fetch_limit(k) + 1
+        # the share of the index's rows the caller may see: an ANN index searches that much wider (a
+        # superset plan's filter admits more, but only the visible rows among its hits count)
+        admits = min(1.0, plan.visible / max(1, len(snap.tenant_rows)))
         while pending:
             raw = self.backend.search(
                 self.tenant_no,
@@ -178,6 +181,7 @@ class Executor:
                 expr=plan.expr,
                 limit=limit,
                 groups=getattr(plan, "groups", ()),
+                admits=admits,
             )
             self.stats.add("milvus_searches", 1)
             still = []
@@ -278,7 +282,9 @@ class Executor:
         for start in range(0, len(ids), CHUNK_IDS):
             part = ids[start : start + CHUNK_IDS]
             exact = Filter(snap.tenant, f"row_id in [{', '.join(str(int(x)) for x in part)}]", "ids", True, len(part), len(part), 0, len(part), 0.0)
-            raw = self.backend.search(self.tenant_no, mode, vectors=vectors[[i]] if vectors is not None else None, texts=[texts[i]], expr=exact.expr, limit=k)
+            raw = self.backend.search(
+                self.tenant_no, mode, vectors=vectors[[i]] if vectors is not None else None, texts=[texts[i]], expr=exact.expr, limit=k, admits=len(part) / max(1, len(snap.tenant_rows))
+            )
             merged.extend(self.verify(exact, snap, raw[0], known))
         return canonical(merged)[:k]
 

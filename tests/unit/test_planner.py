@@ -101,3 +101,21 @@ def test_rows_outside_the_tenant_never_widen_a_plan() -> None:
     got = selected(plan, vclass_of, None)
     assert got == set(range(100, 150)) if plan.exact else set(range(100, 150)) <= got
     assert isinstance(Planner(LITE).plan(BitMap(range(0, 100)), rows, "t"), DenyAll)
+
+
+def test_an_ann_search_widens_with_the_share_its_filter_admits() -> None:
+    """backends/schema.dense_search_params: no filter searches as a silo does;
+    a caller who may see a share s of the rows widens HNSW's ef and IVF's nprobe
+    by 1/s², bounded (EF_MAX, every list); FLAT takes no search parameter."""
+    from permrag.backends.schema import EF_MAX, INDEX_BUILD, dense_search_params
+
+    assert dense_search_params("FLAT", 10, 0.001) == {"metric_type": "COSINE"}
+    assert dense_search_params("HNSW", 10)["params"] == {"ef": 64}
+    assert dense_search_params("HNSW", 100)["params"] == {"ef": 200}
+    assert dense_search_params("HNSW", 10, 0.5)["params"] == {"ef": 256}
+    assert dense_search_params("HNSW", 10, 0.0)["params"] == {"ef": EF_MAX}
+    assert dense_search_params("IVF_FLAT", 10)["params"] == {"nprobe": 32}
+    assert dense_search_params("IVF_FLAT", 10, 0.75)["params"] == {"nprobe": 57}
+    assert dense_search_params("IVF_FLAT", 10, 0.01)["params"] == {"nprobe": INDEX_BUILD["IVF_FLAT"]["nlist"]}
+    efs = [dense_search_params("HNSW", 10, s)["params"]["ef"] for s in (1.0, 0.8, 0.5, 0.2)]
+    assert efs == sorted(efs) and len(set(efs)) == len(efs)
