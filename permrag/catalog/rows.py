@@ -26,7 +26,7 @@ from typing import Any
 
 from pyroaring import BitMap, FrozenBitMap
 from sqlalchemy import ARRAY, Engine, any_, bindparam, cast, select
-from sqlalchemy.types import NullType
+from sqlalchemy.types import UserDefinedType
 
 from ..domain.acl import Acl, parse_acl
 from ..domain.names import AttrValue, check_attrs, check_external_id, check_tenant
@@ -228,6 +228,20 @@ class Rows:
             return BitMap(int(i) for i in conn.execute(select(db.rows.c.row_id).where(db.rows.c.state.in_(list(states)))).scalars())
 
 
+class _ArrayText(UserDefinedType[str]):
+    """An array's text form as a parameter the driver sends untyped (no ``::VARCHAR``
+    bind cast, which the planner would not fold), and as a quoted literal where a
+    statement is rendered with its values (EXPLAIN)."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "TEXT"
+
+    def literal_processor(self, dialect: Any) -> Any:
+        return lambda value: "'" + str(value).replace("'", "''") + "'"
+
+
 def one_of(column: Any, values: Sequence[Any], dialect: str = "") -> Any:
     """``column IN (values)``; on PostgreSQL ``column = ANY(:array)``, one
     parameter instead of one per value (the same index condition)."""
@@ -235,7 +249,7 @@ def one_of(column: Any, values: Sequence[Any], dialect: str = "") -> Any:
         text = pg_array(list(values))
         if isinstance(text, str):  # the array's text form, cast by the server
             # (an untyped parameter, cast once: the server takes it as the array's own type, a constant the planner reads)
-            return column == any_(cast(bindparam(None, text, type_=NullType()), ARRAY(column.type)))
+            return column == any_(cast(bindparam(None, text, type_=_ArrayText()), ARRAY(column.type)))
         return column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
     return column.in_(list(values))
 
