@@ -67,7 +67,7 @@ class PermRAG(ConsistencyFaces):
         self._layout = (o.partitions, o.partition_by)  # as given; the store's recorded layout fills in on connect (placement/covis.py)
         if not o.catalog_only:
             check_layout(MilvusBackend(settings.milvus_uri, **self._backend_options).groups, o.partition_by)  # checks the options; no I/O
-        self._local = InProcessRanker(o.local_rows, prefetch_rows=o.prefetch_rows)
+        self._local = InProcessRanker(o.local_rows, o.cache_mb, o.prefetch_rows)
         self._engine: Any = None
         self.aio = AsyncRunner(o.async_workers)  # the bounded pool of asearch & co.; threads start on first use
 
@@ -111,7 +111,8 @@ class PermRAG(ConsistencyFaces):
         ranking runs in process, exact, from cached stored vectors; 0: never;
         see search/in_process.py), ``prefetch_rows`` (largest set read back in the
         background while its first searches go to Milvus, then ranked in process;
-        0: none) and ``catalog_only`` (no vector store).
+        0: none), ``cache_mb`` (MiB of stored rows kept for in-process ranking, all
+        tenants together; ``rag.cache_memory()`` reports it) and ``catalog_only`` (no vector store).
         Milvus is connected on first use, so opening is cheap.
         """
         opts = Options.of(given, options)
@@ -257,6 +258,11 @@ class PermRAG(ConsistencyFaces):
         """Deprecated name of :attr:`backend` (one release): "store" is the home folder."""
         warnings.warn("rag.store is deprecated: use rag.backend", DeprecationWarning, stacklevel=2)
         return self.backend
+
+    def cache_memory(self) -> dict[str, int]:
+        """What in-process ranking holds now: rows, bytes (within ``budget_bytes``, the
+        ``cache_mb`` option), copies, sets, and sets not cached for want of room."""
+        return self._local.memory()
 
     def warm(self, *, users: Sequence[str] = (), tenant: str = DEFAULT_TENANT) -> dict[str, float]:
         """Pay now what a process's first searches would: connect to Milvus

@@ -21,7 +21,7 @@ from .errors import ConfigError
 from .ingest import MAX_DOCUMENT_CHARS
 from .search import Planner
 from .search.aio import DEFAULT_WORKERS
-from .search.in_process import LOCAL_ROWS, PREFETCH_ROWS
+from .search.in_process import CACHE_MB, LOCAL_ROWS, PREFETCH_ROWS
 
 RENAMED = {"groups": "partitions", "group_by": "partition_by"}  # old name → new (deprecated for one release)
 
@@ -50,6 +50,7 @@ class Options:
     partition_by: str | None = None
     local_rows: int = LOCAL_ROWS
     prefetch_rows: int = PREFETCH_ROWS
+    cache_mb: int = CACHE_MB
     catalog_only: bool = False
 
     def __post_init__(self) -> None:
@@ -58,6 +59,7 @@ class Options:
         _count("async_workers", self.async_workers, 1, 1024, "")
         _count("local_rows", self.local_rows, 0, None, "(0: always search in Milvus)")
         _count("prefetch_rows", self.prefetch_rows, 0, None, "(0: no background read)")
+        _count("cache_mb", self.cache_mb, 1, None, "(MiB of rows kept for in-process ranking, every tenant together)")
         if self.partitions is not None:
             _count("partitions", self.partitions, 0, 4096, "(0: one partition, filters only)")
         if isinstance(self.stale_ingest_after, bool) or not isinstance(self.stale_ingest_after, (int, float)) or self.stale_ingest_after < 0:

@@ -293,7 +293,8 @@ def test_the_cache_stays_within_its_budget(world) -> None:
             for q in QUERIES[:2]:
                 hits = rag.search(q, user=user, tenant="acme", k=10, mode="dense")
                 assert_top_k([h.row_id for h in hits], reference(rag, text, user, q), 10)
-            assert small._row_bytes <= small.budget and small._set_bytes <= small.budget
+            used = small.memory()
+            assert used["bytes"] <= used["budget_bytes"] and used["copy_bytes"] <= used["copy_budget_bytes"]
     finally:
         rag.searcher.local = saved
 
@@ -535,3 +536,90 @@ def test_a_forked_child_gets_fresh_locks_and_no_reader() -> None:
             pytest.fail("the forked child blocked on the parent's cache lock")
         time.sleep(0.05)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def _round(rag, text, users, ranker, rounds: int, after=None) -> None:
+    """Each user searches in turn, ``rounds`` times; every answer is brute-force exact and
+    the cache stays within its budget."""
+    for _ in range(rounds):
+        for user in users:
+            hits = rag.search("budget w1", user=user, tenant="acme", k=10, mode="dense")
+            assert_top_k([h.row_id for h in hits], reference(rag, text, user, "budget w1"), 10)
+            ranker.wait()
+            used = ranker.memory()
+            assert used["bytes"] <= used["budget_bytes"] and used["copy_bytes"] <= used["copy_budget_bytes"]
+            if after is not None:
+                after(user)
+
+
+def _bytes_per_row(rag, user: str) -> float:
+    probe = InProcessRanker()
+    snap = rag.access.snapshot(user, "acme")
+    probe.prefill(rag.backend, rag.catalog.tenants.number("acme"), snap.visible, snap.tenant_rows)
+    used = probe.memory()
+    return used["bytes"] / used["rows"]
+
+
+def test_the_sets_of_many_users_share_their_rows(world) -> None:
+    """Overlapping visible sets hold each row once: the cache's rows are the union of the sets."""
+    rag, text = world
+    saved = rag.searcher.local
+    ranker = rag.searcher.local = InProcessRanker()
+    try:
+        users = ["u-eng", "narrow", "acl-0", "acl-1", "u-hr"]
+        _round(rag, text, users, ranker, 1)
+        tenant = rag.catalog.tenant_rows("acme")
+        union = set()
+        for u in users:
+            union |= set(rag.visible(u, "acme") & tenant)
+        assert sum(len(rag.visible(u, "acme") & tenant) for u in users) > len(union)  # the sets overlap
+        assert ranker.memory()["rows"] == len(union)
+    finally:
+        rag.searcher.local = saved
+
+
+def test_users_in_turn_keep_what_fits_and_read_nothing_again(world) -> None:
+    """A round of users whose sets do not fit the cache together: the sets searched
+    recently stay, the others go to Milvus without being read back again — no set takes
+    turns in the cache — and every answer stays exact."""
+    rag, text = world
+    saved = rag.searcher.local
+    per_row = _bytes_per_row(rag, "u-eng")
+    sizes = {u: len(rag.visible(u, "acme") & rag.catalog.tenant_rows("acme")) for u in [f"u-{d}" for d in DEPTS]}
+    budget_rows = 2.5 * max(sizes.values())  # two sets fit, not three
+    ranker = rag.searcher.local = InProcessRanker(max_rows=1, prefetch_rows=10_000, cache_mb=budget_rows * per_row / 2**20)
+    calls = Calls(rag.backend)
+    try:
+        users = [f"u-{d}" for d in DEPTS]
+        _round(rag, text, users, ranker, 1)  # each set's first search goes to Milvus and queues its background read
+        assert ranker.prefetched == 2 and ranker.memory()["sets"] == 2
+        calls.n.update(search=0, stored=0)
+        local = rag.stats["local_searches"]
+        _round(rag, text, users, ranker, 2)
+        assert calls.n["stored"] == 0  # nothing read back again
+        assert rag.stats["local_searches"] - local == 2 * 2  # the two sets kept are ranked in process
+        assert calls.n["search"] == 2 * 3  # the three others ask Milvus
+    finally:
+        calls.restore()
+        rag.searcher.local = saved
+
+
+@pytest.mark.parametrize("copy_mb", [0, 128], ids=["ranked-from-the-arena", "ranked-from-copies"])
+def test_a_cache_too_small_for_the_round_evicts_the_least_recent_and_stays_exact(world, monkeypatch, copy_mb) -> None:
+    """With no set protected (RECENT_S = 0), a round larger than the cache rebuilds the
+    arena around the sets searched last: every answer exact, memory within budget,
+    and the sets kept across a rebuild ranked from the new arena."""
+    import permrag.search.in_process as in_process
+
+    rag, text = world
+    monkeypatch.setattr(in_process, "RECENT_S", 0.0)
+    saved = rag.searcher.local
+    per_row = _bytes_per_row(rag, "u-eng")
+    ranker = rag.searcher.local = InProcessRanker(cache_mb=600 * per_row / 2**20, copy_mb=copy_mb)  # two department sets of 240 rows fit, not three
+    users = [f"u-{d}" for d in DEPTS] + ["narrow", "acl-2"]
+    try:
+        _round(rag, text, users, ranker, 2)
+        assert ranker.memory()["rows"] * per_row <= ranker.budget
+        assert ranker.memory()["sets"] < len(users)  # sets were evicted to make room
+    finally:
+        rag.searcher.local = saved
