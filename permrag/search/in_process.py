@@ -317,12 +317,13 @@ class InProcessRanker:
         """The stored rows of ``ids`` (those Milvus has); ``chunk``: a background read, that many
         rows at a time, None once the ranker is closed (0: a search's read, at once)."""
         out: dict[int, Row] = {}
-        for start in range(0, len(ids), chunk or len(ids)):
+        step = chunk or len(ids)
+        for start in range(0, len(ids), step):
             if chunk and self._closed:
                 return None
             # at the store's search consistency, as a Milvus search would read (a 2.3
             # server's Strong read waits for the next time tick)
-            stored = backend.stored(tenant_no, ids[start : start + chunk], ("text", "dense", "tenant", "external_id"), strong=False)
+            stored = backend.stored(tenant_no, ids[start : start + step], ("text", "dense", "tenant", "external_id"), strong=False)
             out.update((i, row_of(rec)) for i, rec in stored.items())
         if out:
             sample = next(iter(out.values()))
