@@ -33,6 +33,7 @@ import bench_peers  # noqa: E402
 import bench_quality  # noqa: E402
 import bench_recommend  # noqa: E402
 import bench_regroup  # noqa: E402
+import bench_round  # noqa: E402
 import bench_search  # noqa: E402
 import bench_writes  # noqa: E402
 import plots  # noqa: E402
@@ -41,6 +42,7 @@ from common import RESULTS, machine  # noqa: E402
 STEPS = [
     ("compile", bench_compile.main, []),
     ("search", bench_search.main, []),
+    ("round", bench_round.main, []),
     ("layout", bench_layout.main, []),
     ("regroup", bench_regroup.main, []),
     ("recommend", bench_recommend.main, []),
