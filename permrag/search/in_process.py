@@ -31,8 +31,7 @@ A set of at most ``max_rows`` rows is read back by the search that first
 needs it. A larger one, up to ``prefetch_rows`` (and what fits the cache), is
 read back *in the background*: the searches that find it not read yet go to
 Milvus with the planner's filter, and once the read is done the set is ranked
-here (:meth:`InProcessRanker.ready`). A read that large takes far longer than
-a search, so no search waits for it.
+here (:meth:`InProcessRanker.ready`): no search waits for a read that large.
 """
 
 from __future__ import annotations
