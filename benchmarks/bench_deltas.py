@@ -112,8 +112,12 @@ class Worker:
 
 
 # ---------------------------------------------------------------------- the store
+MILVUS: dict[str, str] = {}  # --server: the searching store's Milvus (its URI and version); else Milvus Lite
+
+
 def build(home: Path, url: str | None, rows: int, tenants: int) -> PermRAG:
-    rag = PermRAG.open(home, database_url=url, encoder=HashEncoder(DIM), create=True)
+    on_server = {"milvus_uri": MILVUS["uri"], "collection": f"deltas_{'pg' if url else 'sqlite'}"} if MILVUS else {}  # each store its own collection
+    rag = PermRAG.open(home, database_url=url, encoder=HashEncoder(DIM), create=True, **on_server)
     for t in range(tenants):
         tenant = f"t{t}"
         rag.add_documents([{"external_id": f"d{i}", "text": f"doc {i} of {tenant} about topic {i % 50}", "attrs": {"dept": f"dep{i % 20}", "lvl": str(i % 3)}} for i in range(rows)], tenant=tenant)
@@ -306,7 +310,7 @@ def _stats(xs: list[float]) -> dict[str, float]:
 
 def table(results: list[dict], args) -> str:
     lines = [
-        f"Policy deltas across processes ({args.tenants} tenants × {args.rows:,} rows, {USERS} users each, Milvus Lite, dense k=10, {args.n} rounds; {machine()})",
+        f"Policy deltas across processes ({args.tenants} tenants × {args.rows:,} rows, {USERS} users each, {MILVUS.get('label', 'Milvus Lite')}, dense k=10, {args.n} rounds; {machine()})",
         "",
         "Search in tenant t1 of this process (ms, p50 / p90):",
         "",
@@ -354,6 +358,8 @@ def main(argv=None) -> None:
     ap.add_argument("--seconds", type=float, default=18.0, help="searching time of the steady-change run (a third each: idle, changing, control)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--worker", nargs=2)
+    ap.add_argument("--server", action="store_true", help="the searching store on a Milvus server (started here) instead of Milvus Lite")
+    ap.add_argument("--tag", default="", help="suffix of the results' file name (e.g. server)")
     args = ap.parse_args(argv)
     if args.worker:
         worker(*args.worker)
@@ -362,15 +368,26 @@ def main(argv=None) -> None:
         args.rows, args.n, args.seconds = min(args.rows, 500), min(args.n, 20), min(args.seconds, 6.0)
     if args.n > args.rows // 2:
         ap.error("--n must be at most half of --rows (the revoke runs each probe rows of their own)")
-    results = [run("SQLite", None, args)]
-    try:
-        with fresh_postgres(PG_ADMIN) as url, fresh_postgres(PG_ADMIN) as control:
-            results.append(run("PostgreSQL", url, args, control))
-    except Exception as exc:  # no PostgreSQL here: the SQLite rows stand alone
-        print(f"PostgreSQL skipped: {exc.__class__.__name__}: {str(exc).splitlines()[0]}", file=sys.stderr)
+    with tempfile.TemporaryDirectory() as tmp:
+        server = None
+        if args.server:
+            from bench_search import start_server
+
+            server = start_server(Path(tmp) / "server")
+            MILVUS.update(uri=f"http://127.0.0.1:{server.listen_port}", label="Milvus server 2.3.5")
+        try:
+            results = [run("SQLite", None, args)]
+            try:
+                with fresh_postgres(PG_ADMIN) as url, fresh_postgres(PG_ADMIN) as control:
+                    results.append(run("PostgreSQL", url, args, control))
+            except Exception as exc:  # no PostgreSQL here: the SQLite rows stand alone
+                print(f"PostgreSQL skipped: {exc.__class__.__name__}: {str(exc).splitlines()[0]}", file=sys.stderr)
+        finally:
+            if server is not None:
+                server.stop()
     text = table(results, args)
     print(text)
-    save("deltas", args.quick, {"machine": machine(), "rows": args.rows, "tenants": args.tenants, "n": args.n, "results": results}, text)
+    save("deltas" + (f"_{args.tag}" if args.tag else ""), args.quick, {"machine": machine(), "rows": args.rows, "tenants": args.tenants, "n": args.n, "results": results}, text)
 
 
 if __name__ == "__main__":

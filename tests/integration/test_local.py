@@ -312,6 +312,23 @@ def test_local_rows_must_be_a_non_negative_integer(tmp_path) -> None:
         assert rag.stats["local_searches"] == 0 and rag.stats["milvus_searches"] >= 1
 
 
+def test_cache_mb_is_checked_sets_the_budget_and_is_reported(tmp_path) -> None:
+    for bad in (0, -5, 1.5, "512", True, None):
+        with pytest.raises(ConfigError, match="cache_mb"):
+            PermRAG.open(tmp_path / "h", encoder=ENC, cache_mb=bad)
+    with PermRAG.open(tmp_path / "h", encoder=ENC, cache_mb=1) as rag:
+        docs = _docs(200)
+        rag.add_documents(docs)
+        rag.policy.add_role("eng", tenant="acme")
+        rag.policy.grant("eng", "dept:eng", tenant="acme")
+        rag.policy.assign_user("e", "eng", tenant="acme")
+        hits = rag.search("budget", user="e", tenant="acme", k=5, mode="dense")
+        assert_top_k([h.row_id for h in hits], text_scores(rag, ENC, {d["external_id"]: d["text"] for d in docs}, "e", "budget", "acme"), 5)
+        used = rag.cache_memory()
+        assert used["budget_bytes"] == 2**20 and 0 < used["bytes"] <= used["budget_bytes"]
+        assert used["rows"] == len(rag.visible("e", "acme")) and used["sets"] == 1
+
+
 CHANGER = textwrap.dedent(
     """
     import sys
