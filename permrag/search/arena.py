@@ -97,7 +97,7 @@ class VisibleSet:
         """The block to score and, unless it is the set's own rows in order, which of its scores are the set's."""
         if copy is not None:
             return copy, None
-        if len(self.slots) == self.arena.n or WHOLE_ARENA * len(self.slots) >= self.arena.n:
+        if WHOLE_ARENA * len(self.slots) >= self.arena.n:  # (the whole arena too)
             block = self.arena.vectors
             return block[: min(self.arena.n, len(block))], self.slots
         return self.arena.vectors[self.slots], None
