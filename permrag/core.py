@@ -13,6 +13,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from pyroaring import FrozenBitMap
@@ -31,6 +32,7 @@ from .ingest.sync import SyncReport, sync_folder
 from .ingest.update import KEEP, update_metadata
 from .options import Options
 from .placement.covis import check_layout, layout_placement
+from .placement.keeper import Keeper
 from .placement.repartition import RepartitionReport, repartition
 from .placement.signature import Signer
 from .policy import Policy
@@ -69,6 +71,7 @@ class PermRAG(ConsistencyFaces):
             check_layout(MilvusBackend(settings.milvus_uri, **self._backend_options).groups, o.partition_by)  # checks the options; no I/O
         self._local = InProcessRanker(o.local_rows, o.cache_mb, o.prefetch_rows)
         self._engine: Any = None
+        self.keeper: Keeper | None = None
         self.aio = AsyncRunner(o.async_workers)  # the bounded pool of asearch & co.; threads start on first use
 
     # ------------------------------------------------------------------ lifecycle
@@ -91,28 +94,14 @@ class PermRAG(ConsistencyFaces):
         ``config.toml`` (see :mod:`permrag.config`). The store's options come as
         one :class:`~permrag.Options` (``options=``), as keywords, or both (the
         keywords win), checked together before anything opens (an unknown name
-        is an error naming the closest): ``encoder`` (an encoder, a model name or path,
-        ``"hash"``, ``"static"``; default: the store's own, else the
-        packaged all-MiniLM-L6-v2), ``collection``, ``chunk_size``,
-        ``chunk_overlap``, ``chunk_unit`` (``"chars"`` or ``"tokens"`` of the encoder), ``index`` (FLAT, HNSW, IVF_FLAT), ``consistency``,
-        ``analyzer`` (``"standard"``, ``"jieba"``, ``"english"`` or Milvus
-        params), ``allocation``, ``policy_attrs``, ``planner``,
-        ``max_document_chars``, ``stale_ingest_after``, ``audit`` (``"sync"``,
-        ``"async"``, ``"off"``), ``async_workers`` (threads of the pool the
-        async methods run on), ``partitions`` (partitions of a new tenant
-        collection, by visibility class; 0: one, filters only; default by
-        backend, see placement/layout.py), ``partition_by`` (``"class"``: a class's partition by order
-        of first appearance; ``"visibility"``: classes that the same role rules
-        select share a partition; ``"visibility+acl"``: and whose ACLs name the
-        same principals, placement/covis.py; ``partitions`` and ``partition_by``
-        given are recorded in the store, and a process that gives neither
-        uses the recorded ones; their old names ``groups`` and ``group_by``
-        are deprecated), ``local_rows`` (largest visible set whose dense
-        ranking runs in process, exact, from cached stored vectors; 0: never;
-        see search/in_process.py), ``prefetch_rows`` (largest set read back in the
-        background while its first searches go to Milvus, then ranked in process;
-        0: none), ``cache_mb`` (MiB of stored rows kept for in-process ranking, all
-        tenants together; ``rag.cache_memory()`` reports it) and ``catalog_only`` (no vector store).
+        is an error naming the closest). Each option, its default and what it
+        does: docs/configuration.md ("Options of a store"): ``encoder``,
+        ``collection``, ``chunk_size``, ``chunk_overlap``, ``chunk_unit``,
+        ``index``, ``consistency``, ``analyzer``, ``allocation``,
+        ``policy_attrs``, ``planner``, ``max_document_chars``,
+        ``stale_ingest_after``, ``audit``, ``async_workers``, ``clock``,
+        ``partitions``, ``partition_by``, ``repartition_every``, ``local_rows``,
+        ``prefetch_rows``, ``cache_mb`` and ``catalog_only``.
         Milvus is connected on first use, so opening is cheap.
         """
         opts = Options.of(given, options)
@@ -147,7 +136,9 @@ class PermRAG(ConsistencyFaces):
         self.catalog.load()
         self.policy.load()
         if not self.options.catalog_only:
-            self.catalog.allocator.placement = layout_placement(self._engine, self._layout, self._backend_options, lambda: Signer(self.policy))
+            placement = self.catalog.allocator.placement = layout_placement(self._engine, self._layout, self._backend_options, lambda: Signer(self.policy), self.settings.milvus_kind)
+            if placement is not None and o.repartition_every:  # rows follow the policy in the background (placement/keeper.py)
+                self.keeper = Keeper(self._engine, lambda: list(self.catalog.tenants.all()), partial(repartition, self.ingester, placement, before=self.refresh), o.repartition_every).start()
 
     def _make_backend(self, collection: str) -> MilvusBackend:
         return MilvusBackend(self.settings.milvus_uri, collection=collection, **self._backend_options)
@@ -201,6 +192,8 @@ class PermRAG(ConsistencyFaces):
 
     def close(self) -> None:
         self.aio.close()  # first: running async calls finish before the engine goes
+        if self.keeper is not None:
+            self.keeper.close()  # stops between two batches of a move
         if self._engine is None:
             return
         self._audit.close()

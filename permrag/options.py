@@ -19,6 +19,7 @@ from typing import Any
 from .embed import Encoder
 from .errors import ConfigError
 from .ingest import MAX_DOCUMENT_CHARS
+from .placement.keeper import EVERY_S
 from .search import Planner
 from .search.aio import DEFAULT_WORKERS
 from .search.in_process import CACHE_MB, LOCAL_ROWS, PREFETCH_ROWS
@@ -51,6 +52,7 @@ class Options:
     local_rows: int = LOCAL_ROWS
     prefetch_rows: int = PREFETCH_ROWS
     cache_mb: int = CACHE_MB
+    repartition_every: float = EVERY_S
     catalog_only: bool = False
 
     def __post_init__(self) -> None:
@@ -64,6 +66,8 @@ class Options:
             _count("partitions", self.partitions, 0, 4096, "(0: one partition, filters only)")
         if isinstance(self.stale_ingest_after, bool) or not isinstance(self.stale_ingest_after, (int, float)) or self.stale_ingest_after < 0:
             raise ConfigError(f"stale_ingest_after {self.stale_ingest_after!r} must be a number of seconds (>= 0)")
+        if isinstance(self.repartition_every, bool) or not isinstance(self.repartition_every, (int, float)) or not 0 <= self.repartition_every < float("inf"):
+            raise ConfigError(f"repartition_every {self.repartition_every!r} must be a number of seconds (>= 0; 0: rows move only by rag.repartition())")
         if not isinstance(self.catalog_only, bool):
             raise ConfigError(f"catalog_only {self.catalog_only!r} must be True or False")
         for name in ("collection", "chunk_unit", "index", "consistency", "allocation", "audit", "partition_by"):

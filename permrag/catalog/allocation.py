@@ -196,14 +196,21 @@ class Allocator:
         conn.execute(db.id_blocks.insert().values(tenant=tenant, class_key=key, class_id=cid, next_id=0, end_id=0, size=0))
         return cid, 0, 0, 0
 
-    def _new_classes(self, conn: Connection, new: Sequence[tuple[str, str]], blocks: dict[tuple[str, str], tuple[int, int, int, int]]) -> None:
-        """Classes ``new`` (tenant, key; distinct, in order) created and entered in ``blocks``, numbered in that order."""
+    def _new_classes(self, conn: Connection, new: Sequence[tuple[str, str, Mapping[str, Any] | None, Acl | None]], blocks: dict[tuple[str, str], tuple[int, int, int, int]]) -> None:
+        """Classes ``new`` (tenant, key, attrs, acl; distinct, in order) created
+        and entered in ``blocks``, numbered in that order (placed by
+        co-visibility where the store asks for it and attrs are given)."""
         if not new:
             return
-        first = db.bump(conn, "next_class_id", len(new)) - len(new)
-        for i, key in enumerate(new):
-            blocks[key] = (first + i, 0, 0, 0)
-        rows = [(t, k, blocks[(t, k)][0], 0, 0, 0) for t, k in new]
+        placed = [i for i, (_, _, attrs, _) in enumerate(new) if attrs is not None] if self.placement is not None else []
+        cids = dict(zip(placed, self.placement.class_ids(conn, [(new[i][0], new[i][2] or {}, new[i][3]) for i in placed]))) if placed and self.placement is not None else {}
+        rest = [i for i in range(len(new)) if i not in cids]
+        if rest:
+            first = db.bump(conn, "next_class_id", len(rest)) - len(rest)
+            cids.update((i, first + j) for j, i in enumerate(rest))
+        for i, (t, k, _, _) in enumerate(new):
+            blocks[(t, k)] = (cids[i], 0, 0, 0)
+        rows = [(t, k, blocks[(t, k)][0], 0, 0, 0) for t, k, _, _ in new]
         direct.insert_many(conn, db.id_blocks, ("tenant", "class_key", "class_id", "next_id", "end_id", "size"), rows)
 
     def _take_ids(self, conn: Connection, tenant: str, key: str, n: int, expected: int = 0, attrs: Mapping[str, Any] | None = None, acl: Acl | None = None) -> tuple[int, list[int]]:
@@ -231,8 +238,8 @@ class Allocator:
                 q = select(b.class_key, b.class_id, b.next_id, b.end_id, b.size).where(b.tenant == tenant, one_of(b.class_key, part, conn.dialect.name)).with_for_update()
                 for key, cid, nxt, end, size in conn.execute(q):
                     blocks[(tenant, key)] = (int(cid), int(nxt), int(end), int(size))
-        if self.placement is None:  # new classes at once: one counter bump, one insert (the same IDs as one at a time)
-            self._new_classes(conn, list(dict.fromkeys((t, k) for t, k, *_ in wanted if (t, k) not in blocks)), blocks)
+        # new classes at once: one counter bump, one insert (the same IDs as one at a time)
+        self._new_classes(conn, [(t, k, attrs, acl) for t, k, _, _, attrs, acl in {(w[0], w[1]): w for w in wanted if (w[0], w[1]) not in blocks}.values()], blocks)
         plans: list[tuple[int, list[int], list[int]]] = []  # (class ID, IDs from its current block, sizes of its new blocks)
         total = 0
         for tenant, key, n, expected, attrs, acl in wanted:

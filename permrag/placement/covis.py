@@ -49,10 +49,13 @@ from sqlalchemy.engine import Connection
 from ..domain.acl import Acl
 from ..domain.names import class_key
 from ..errors import ConfigError
-from ..storage import db
+from ..storage import db, direct
+from .layout import DEFAULT_GROUPS
 
 Signer = Callable[[str, Mapping[str, Any], "Acl | None"], "Sequence[str] | None"]
 GROUP_BY = ("class", "visibility", "visibility+acl")
+POSTINGS = 64  # signatures a token lists for _nearest: the first to carry it (they own the groups; later ones joined theirs)
+DEFAULT_GROUP_BY = "visibility+acl"  # a store given no layout: classes by co-visibility, ACLs included
 LAYOUT_SETTING = "layout"  # {"groups": N, "group_by": ...}: what the store was last opened with
 
 
@@ -64,27 +67,32 @@ def check_layout(groups: int, group_by: str | None) -> None:
         raise ConfigError(f"partition_by={group_by!r} places rows in partitions by class: give partitions=N (N > 0) too")
 
 
-def layout_placement(engine: Any, given: tuple[int | None, str | None], backend_options: dict[str, Any], signer: Callable[[], Signer]) -> Placement | None:
+def layout_placement(engine: Any, given: tuple[int | None, str | None], backend_options: dict[str, Any], signer: Callable[[], Signer], kind: str) -> Placement | None:
     """The layout of this process: the ``groups`` and ``group_by`` it was given,
     recorded in the store (settings ``layout``); if it was given neither, the
     recorded ones — so every process of a store (the CLI, a worker opened
-    with defaults) groups new collections and places new classes alike.
+    with defaults) groups new collections and places new classes alike. A
+    store that records none and is given none chooses the backend's default
+    (``DEFAULT_GROUPS`` partitions by co-visibility, ACLs included) and
+    records it. ``kind``: the backend's (``"lite"`` or ``"server"``).
     Sets ``backend_options["groups"]``; returns the co-visibility placement, if any."""
     groups, group_by = given
     with db.transaction(engine, "reading the store's layout") as conn:
         raw = db.get_setting(conn, LAYOUT_SETTING)
         stored = json.loads(raw) if raw else None
-        if groups is None and group_by is None:
-            if stored is not None:
-                groups, group_by = stored["groups"], stored["group_by"]
+        if groups is None and group_by is None and stored is not None:
+            groups, group_by = stored["groups"], stored["group_by"]
         else:
-            mine = {"groups": groups, "group_by": group_by or "class"}
+            if groups is None:
+                groups = DEFAULT_GROUPS[kind]
+            group_by = group_by or (DEFAULT_GROUP_BY if given == (None, None) and groups else "class")
+            mine = {"groups": groups, "group_by": group_by}
             if mine != stored:
                 db.set_setting(conn, LAYOUT_SETTING, json.dumps(mine))
     backend_options["groups"] = groups
     if group_by in (None, "class"):
         return None
-    if groups is None:  # check_layout refuses this at open
+    if not groups:  # check_layout refuses this at open
         raise ConfigError(f"partition_by={group_by!r} places rows in partitions by class: give partitions=N (N > 0) too")
     return Placement(int(groups), signer(), acls=group_by == "visibility+acl")
 
@@ -96,6 +104,8 @@ class _Known:
         self.sigs: dict[str, tuple[int, frozenset[str]]] = {}  # signature key → (group, tokens)
         self.by_token: dict[str, list[str]] = defaultdict(list)
         self.empty_groups: set[int] = set()  # groups of the empty signature (at most one)
+        self.used: set[int] = set()  # groups some signature owns
+        self.free = 0  # no group below it is free
         self.version = -1  # the map's placement_version when read (a regroup rewrites the map)
 
 
@@ -111,33 +121,46 @@ class Placement:
         self._known: dict[str, _Known] = {}
         self._lock = threading.Lock()
 
-    def class_id(self, conn: Connection, tenant: str, attrs: Mapping[str, Any], acl: Acl | None = None) -> int | None:
-        """A fresh class ID in the group of the signature of ``attrs`` and
-        ``acl`` (None: place as usual)."""
-        tokens = self.signer(tenant, attrs, acl if self.acls else None)
-        if tokens is None:
-            return None
-        g = self.group(conn, tenant, tuple(tokens))
-        cur = db.read_counter(conn, "next_class_id")
-        cid = cur + (g - cur) % self.groups
-        db.bump(conn, "next_class_id", cid + 1 - cur)
-        return cid
+    def class_id(self, conn: Connection, tenant: str, attrs: Mapping[str, Any], acl: Acl | None = None) -> int:
+        """A fresh class ID in the group of the signature of ``attrs`` and ``acl``."""
+        return self.class_ids(conn, [(tenant, attrs, acl)])[0]
 
-    def group(self, conn: Connection, tenant: str, tokens: tuple[str, ...]) -> int:
-        """The group of a signature, assigned (and stored) on first sight."""
-        t = db.class_groups.c
+    def class_ids(self, conn: Connection, wanted: Sequence[tuple[str, Mapping[str, Any], Acl | None]]) -> list[int]:
+        """Fresh class IDs for new classes (tenant, attrs, acl), each in the group
+        of its signature (a signature the policy could not give, as it changed
+        meanwhile: the next ID, placed as usual). A few statements for all of
+        them: the caller holds the allocation lock, so the tenant's stored
+        signatures are read (when changed) once, new ones written in one
+        insert, and the class counter bumped once."""
+        start = cur = db.read_counter(conn, "next_class_id")
+        fresh: list[dict[str, Any]] = []
+        known: dict[str, _Known] = {}
+        out = []
+        for tenant, attrs, acl in wanted:
+            tokens = self.signer(tenant, attrs, acl if self.acls else None)
+            if tokens is not None:
+                if tenant not in known:
+                    known[tenant] = self._refresh(conn, tenant)
+                g = self._group(known[tenant], tenant, tuple(tokens), fresh)
+                cur += (g - cur) % self.groups
+            out.append(cur)
+            cur += 1
+        if fresh:
+            direct.insert_many(conn, db.class_groups, ("tenant", "signature", "grp", "tokens"), [tuple(r.values()) for r in fresh])
+        if cur != start:
+            db.bump(conn, "next_class_id", cur - start)
+        return out
+
+    def _group(self, known: _Known, tenant: str, tokens: tuple[str, ...], fresh: list[dict[str, Any]]) -> int:
+        """The group of a signature, assigned on first sight (its row added to ``fresh``)."""
         key = class_key(["covis", list(tokens)])
-        row = conn.execute(select(t.grp).where(t.tenant == tenant, t.signature == key)).first()
-        if row is not None:
-            return int(row[0]) % self.groups
-        known = self._refresh(conn, tenant)
-        used = {g for g, _ in known.sigs.values()}
-        free = [g for g in range(self.groups) if g not in used]
-        if free:
-            g = free[0]
-        else:
-            g = _nearest(known, frozenset(tokens))
-        conn.execute(db.class_groups.insert().values(tenant=tenant, signature=key, grp=g, tokens=json.dumps(list(tokens))))
+        found = known.sigs.get(key)
+        if found is not None:
+            return found[0]
+        free = next((g for g in range(known.free, self.groups) if g not in known.used), None)
+        g = free if free is not None else _nearest(known, frozenset(tokens))
+        known.free = free if free is not None else self.groups
+        fresh.append({"tenant": tenant, "signature": key, "grp": g, "tokens": json.dumps(list(tokens))})
         with self._lock:
             _add(known, key, g, frozenset(tokens))
         return g
@@ -204,8 +227,11 @@ def _add(known: _Known, sig: str, g: int, tokens: frozenset[str]) -> None:
     if sig in known.sigs:
         return
     known.sigs[sig] = (g, tokens)
+    known.used.add(g)
     for tok in tokens:
-        known.by_token[tok].append(sig)
+        posted = known.by_token[tok]
+        if len(posted) < POSTINGS:
+            posted.append(sig)
     if not tokens:
         known.empty_groups.add(g)
 
@@ -215,7 +241,7 @@ def _nearest(known: _Known, mine: frozenset[str]) -> int:
     (Jaccard over the tokens; ties: the lower group). Only signatures that
     share a token (or, for the empty signature, the empty one) can score
     above 0; with none, every known signature ties at 0: the lowest group."""
-    best = (0.0, min(g for g, _ in known.sigs.values()))
+    best = (0.0, min(known.used))
     if not mine:
         return min(known.empty_groups) if known.empty_groups else best[1]
     shared: dict[str, int] = defaultdict(int)

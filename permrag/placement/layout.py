@@ -47,23 +47,18 @@ from typing import Any
 # an unfiltered search took 1.2 s and a one-partition search 138 ms, against
 # 3.7 ms with 100 partitions of 1,000 rows.
 #
-# Off by default (0: one flat partition, filters as before). Measured at 1M
-# rows on a 2.3.5 server with co-visibility placement (placement/covis.py,
-# ``group_by="visibility"``, roles made before the ingest): a role seeing
-# 50 % at 0.84-1.10x a silo (0.94x against 2.68x flat at 200k,
-# bench_layout.py); an ACL user seeing 50 % at 1.28x (ACLs in the class key).
-# It stays opt-in because what it gains depends on the policy existing before the rows (a later policy
-# leaves groups partly visible: exact, not faster, until rag.regroup()) and on how many
-# signatures a tenant has, which the store cannot know when it is created.
-# (A Lite store SIGKILLed mid-ingest could fail to load afterwards, "No data
-# left in file", flat or grouped: Lite writes index sidecars in place from a
-# background thread; lite_files.py rebuilds a torn one.) Opt in with
-# ``PermRAG.open(..., groups=N, group_by="visibility")``. Suggested: groups of
-# ~30,000 rows, at most 64 (at 1M rows on a 2-core 2.3.5 server 32 groups put
-# 50 % at 0.95-1.19x the silo in two runs, 64 groups at 1.19-1.31x: each sealed
-# segment a search names costs ~0.3-0.4 ms of its own; at 200k rows 64 groups
-# measured 0.94x).
-DEFAULT_GROUPS = {"lite": 0, "server": 0}
+# A store opened with no layout options chooses this many, placed by
+# co-visibility with ACLs in the key (placement/covis.py), and records it.
+# Measured at 1M rows, roles made before the ingest (bench_search): on a
+# 2-core 2.3.5 server 32 groups put 50 % at 1.11-1.19x a silo (64 groups
+# 1.19-1.31x: each sealed segment a search names costs ~0.3-0.4 ms of its
+# own; flat 1.69-1.97x); on Lite 3.2.2 64 groups put 50 % at 0.76-0.81x.
+# Roles made after the ingest leave groups partly visible (exact, not
+# faster) until the rows move: the store's placement keeper does that in the
+# background (placement/keeper.py), rag.repartition() at once. Partitions are
+# created on first use, so a tenant with 5 classes has 5. ``partitions=0``
+# keeps one partition and filters only.
+DEFAULT_GROUPS = {"lite": 64, "server": 32}
 MARKER = "permrag_groups_"
 _MARKER_RE = re.compile(rf"^{MARKER}(\d+)$")
 

@@ -86,10 +86,13 @@ class RepartitionReport:
 RegroupReport = RepartitionReport  # its name before 0.3 (kept for one release)
 
 
-def repartition(ingester: Ingester, placement: Any, tenant: str, *, dry_run: bool = False, batch_rows: int = BATCH_ROWS, before: Callable[[], Any] | None = None) -> RepartitionReport:
+def repartition(
+    ingester: Ingester, placement: Any, tenant: str, *, dry_run: bool = False, batch_rows: int = BATCH_ROWS, before: Callable[[], Any] | None = None, tick: Callable[[], Any] | None = None
+) -> RepartitionReport:
     """Move ``tenant``'s rows to their co-visibility group (see the module
     docstring); ``before``: called once the arguments are checked (the
-    store's sync, so the policy of now is the stored one)."""
+    store's sync, so the policy of now is the stored one); ``tick``: called
+    before each batch is written (the placement keeper stops or renews its lease there)."""
     tenant = check_tenant(tenant, ArgumentError)
     if placement is None:
         raise ConfigError(
@@ -123,7 +126,7 @@ def repartition(ingester: Ingester, placement: Any, tenant: str, *, dry_run: boo
     counts = (len(classes), len(set(target)), sum(n for n, _ in misplaced))
     if dry_run or not misplaced:
         return RepartitionReport(tenant, placement.groups, *counts, 0, 0, 0, 0, dry_run)
-    mover = _Mover(ingester, tenant, batch_rows)
+    mover = _Mover(ingester, tenant, batch_rows, tick)
     backend = binding.backend()
     try:
         mover.move({cid for _, cid in misplaced})
@@ -152,8 +155,9 @@ def _live_classes(conn: Any, tenant: str) -> list[tuple[int, int, RowRecord]]:
 class _Mover:
     """Rewrites whole documents in batches of about ``batch_rows`` rows."""
 
-    def __init__(self, ingester: Ingester, tenant: str, batch_rows: int) -> None:
+    def __init__(self, ingester: Ingester, tenant: str, batch_rows: int, tick: Callable[[], Any] | None = None) -> None:
         self.ingester = ingester
+        self.tick = tick
         self.tenant = tenant
         self.batch_rows = batch_rows
         self.catalog = ingester.catalog
@@ -197,6 +201,8 @@ class _Mover:
         batch, self.pending, self.pending_rows = self.pending, {}, 0
         if not batch:
             return
+        if self.tick is not None:
+            self.tick()
         try:
             self._write(batch)
         except ConcurrentChangeError:

@@ -24,6 +24,7 @@ from permrag import PermRAG
 from permrag.domain.selectors import parse_selector
 from permrag.embed import HashEncoder
 from permrag.errors import ConfigError
+from permrag.placement.layout import DEFAULT_GROUPS
 from permrag.search import LITE, SERVER, AllowAll, Filter, Planner
 from permrag.storage import db
 
@@ -118,7 +119,7 @@ def store(request, tmp_path_factory):
     # scan of the whole collection is priced lower than six partitions (at 1M rows the
     # default prices choose the groups: benchmarks/results/search_1m_server_covis.md).
     planner = Planner(dataclasses.replace(SERVER if kind == "server" else LITE, partition_ms=0.0))
-    rag = open_backend(kind, tmp_path_factory.mktemp(f"covis-{kind}"), request, encoder=HashEncoder(48), partitions=GROUPS, partition_by=group_by, local_rows=0, planner=planner)
+    rag = open_backend(kind, tmp_path_factory.mktemp(f"covis-{kind}"), request, encoder=HashEncoder(48), partitions=GROUPS, partition_by=group_by, local_rows=0, repartition_every=0, planner=planner)
     make_policy(rag)  # the roles exist before the rows arrive
     docs = docs_for(1500)
     rag.add_documents(docs, batch_size=400)
@@ -260,8 +261,8 @@ def test_the_nearest_signature_is_found_through_shared_tokens_only(known_sigs, m
 def test_group_by_is_checked(tmp_path) -> None:
     with pytest.raises(ConfigError, match="partitions=N"):
         PermRAG.open(tmp_path / "a", encoder=HashEncoder(48), partition_by="visibility", partitions=0)
-    with pytest.raises(ConfigError, match="partitions=N"):
-        PermRAG.open(tmp_path / "c", encoder=HashEncoder(48), partition_by="visibility+acl")
+    with PermRAG.open(tmp_path / "c", encoder=HashEncoder(48), partition_by="visibility") as rag:  # the backend's default count
+        assert rag.catalog.allocator.placement.groups == DEFAULT_GROUPS["lite"] and not rag.catalog.allocator.placement.acls
     with pytest.raises(ConfigError, match="partition_by"):
         PermRAG.open(tmp_path / "b", encoder=HashEncoder(48), partitions=4, partition_by="role")
 

@@ -57,7 +57,7 @@ def late(request, tmp_path_factory):
     signature (and, with ACLs in the key, its ACL's), so few groups hold all."""
     kind, group_by = request.param
     planner = Planner(dataclasses.replace(SERVER if kind == "server" else LITE, partition_ms=0.0))  # as in test_covis.py
-    rag = open_backend(kind, tmp_path_factory.mktemp(f"regroup-{kind}"), request, encoder=HashEncoder(48), partitions=GROUPS, partition_by=group_by, local_rows=0, planner=planner)
+    rag = open_backend(kind, tmp_path_factory.mktemp(f"regroup-{kind}"), request, encoder=HashEncoder(48), partitions=GROUPS, partition_by=group_by, local_rows=0, repartition_every=0, planner=planner)
     docs = docs_for(1500)
     rag.add_documents(docs, batch_size=400)
     vecs = dict(zip((d["external_id"] for d in docs), rag.encoder.encode([d["text"] for d in docs])))

@@ -1,0 +1,201 @@
+"""A store given no layout chooses one, and its placement keeper
+(placement/keeper.py) moves the rows a later policy left outside their
+partitions in the background: every search before, during and after equals
+brute force, on Milvus Lite and on a real server; the keepers of two
+processes sharing one store (PostgreSQL, server) move each row once."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from permrag import PermRAG
+from permrag.embed import HashEncoder
+from permrag.errors import ConfigError
+from permrag.placement.covis import LAYOUT_SETTING
+from permrag.placement.keeper import LEASE
+from permrag.placement.layout import DEFAULT_GROUPS
+from permrag.storage import db
+
+from ..helpers.reference import assert_top_k
+from ..integration.test_covis import assert_covisible, make_policy
+from ..integration.test_layout import QUERIES, docs_for
+
+ROOT = Path(__file__).resolve().parents[2]
+USERS = ["u-eng", "u-fin", "u-big", "u-glob", "u-all", "acl-1", "nobody"]
+
+
+def _opts(kind: str, request, **more):
+    opts = dict(encoder=HashEncoder(48), local_rows=0, **more)
+    if kind == "server":
+        opts.update(milvus_uri=request.getfixturevalue("milvus_server"), consistency="Strong")
+    return opts
+
+
+def expected(rag: PermRAG, users=USERS) -> dict[str, set[str]]:
+    """Each user's readable documents, by external id (a row move changes row IDs, not these)."""
+    return {u: {r.external_id for r in rag.rows(rag.visible(u))} for u in users}
+
+
+def assert_exact(rag: PermRAG, vecs, readable: dict[str, set[str]], k: int = 10) -> None:
+    for user, docs in readable.items():
+        for q in QUERIES:
+            qv = rag.encoder.encode([q])[0]
+            qv = qv / np.linalg.norm(qv)
+            ref = {e: float(vecs[e] @ qv) for e in docs}
+            hits = rag.search(q, user=user, k=k, mode="dense")
+            assert {h.external_id for h in hits} <= docs, user
+            assert_top_k([h.external_id for h in hits], ref, k)
+
+
+def stored_layout(rag: PermRAG) -> dict:
+    with rag._engine.connect() as conn:
+        return json.loads(db.get_setting(conn, LAYOUT_SETTING))
+
+
+@pytest.mark.parametrize("kind", ["lite", "server"])
+def test_a_store_given_no_layout_chooses_one_and_other_processes_take_it(kind, tmp_path, request) -> None:
+    collection = f"k_{uuid.uuid4().hex[:10]}"
+    rag = PermRAG.open(tmp_path / "h", collection=collection, **_opts(kind, request, repartition_every=0))
+    try:
+        assert stored_layout(rag) == {"groups": DEFAULT_GROUPS[kind], "group_by": "visibility+acl"}
+        make_policy(rag)  # roles before the rows: each class goes to its signature's group at once
+        docs = docs_for(600)
+        rag.add_documents(docs, batch_size=300)
+        no = rag.catalog.tenants.number("default")
+        assert rag.backend.grouping(no).groups == DEFAULT_GROUPS[kind]
+        assert_covisible(rag, DEFAULT_GROUPS[kind])  # every row in its signature's group
+        vecs = dict(zip((d["external_id"] for d in docs), rag.encoder.encode([d["text"] for d in docs])))
+        assert_exact(rag, vecs, expected(rag))
+    finally:
+        rag.close()
+    script = "import sys, json; from permrag import PermRAG; r = PermRAG.open(sys.argv[1], collection=sys.argv[2], milvus_uri=sys.argv[3] or None, encoder='hash');"
+    script += "p = r.catalog.allocator.placement; print(json.dumps([p.groups, p.acls])); r.close()"
+    uri = request.getfixturevalue("milvus_server") if kind == "server" else ""
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "h"), collection, uri], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [DEFAULT_GROUPS[kind], True]  # another process, no options: the recorded layout
+
+
+@pytest.mark.parametrize("kind", ["lite", "server"])
+def test_the_keeper_moves_what_a_late_policy_left_behind_while_searches_stay_exact(kind, tmp_path, request) -> None:
+    collection = f"k_{uuid.uuid4().hex[:10]}"
+    docs = docs_for(1200)
+    with PermRAG.open(tmp_path / "h", collection=collection, **_opts(kind, request, repartition_every=0)) as rag:
+        rag.add_documents(docs, batch_size=400)
+        make_policy(rag)  # after the rows: most classes sit in the group of the empty signature
+        readable = expected(rag)
+        misplaced = rag.repartition(dry_run=True).misplaced_rows
+        assert misplaced > 500
+    vecs = {d["external_id"]: v / (v @ v) ** 0.5 for d, v in zip(docs, HashEncoder(48).encode([d["text"] for d in docs]))}
+    rag = PermRAG.open(tmp_path / "h", collection=collection, **_opts(kind, request, repartition_every=0.2))
+    try:
+        assert rag.keeper is not None
+        rounds, deadline = 0, time.monotonic() + 180
+        while rag.keeper.runs == 0 and time.monotonic() < deadline:  # searched while the rows move
+            assert_exact(rag, vecs, readable)
+            rounds += 1
+        assert rag.keeper.runs == 1 and rag.keeper.moved_rows == misplaced, (rag.keeper.runs, rag.keeper.moved_rows, misplaced)
+        assert rounds >= 1
+        assert rag.repartition(dry_run=True).misplaced_rows == 0
+        assert_covisible(rag, DEFAULT_GROUPS[kind])
+        assert_exact(rag, vecs, readable)
+        with rag._engine.connect() as conn:
+            assert json.loads(db.get_setting(conn, LEASE) or "{}") == {}  # given back
+        rag.policy.assign("u-new", "eng")  # a membership changes no signature: nothing to move
+        time.sleep(1.0)
+        assert rag.keeper.moved_rows == misplaced and rag.keeper.settled == rag.policy_version
+    finally:
+        rag.close()
+    assert not rag.keeper._thread.is_alive()
+
+
+def test_a_lease_another_process_holds_keeps_this_keeper_off_until_it_expires(tmp_path) -> None:
+    home = tmp_path / "h"
+    with PermRAG.open(home, encoder=HashEncoder(48), local_rows=0, repartition_every=0) as rag:
+        rag.add_documents(docs_for(300), batch_size=300)
+        make_policy(rag)
+        misplaced = rag.repartition(dry_run=True).misplaced_rows
+        assert misplaced > 0
+        with db.transaction(rag._engine, "test") as conn:
+            db.set_setting(conn, LEASE, json.dumps({"holder": "someone-else", "until": time.time() + 3600}))
+    rag = PermRAG.open(home, encoder=HashEncoder(48), local_rows=0, repartition_every=3600)  # looks by hand below
+    try:
+        keeper = rag.keeper
+        assert keeper.look() is False  # the first look only notes the version
+        assert keeper.look() is True and keeper.runs == 0 and keeper.settled is None  # quiet, misplaced rows, but another holds the lease
+        assert rag.repartition(dry_run=True).misplaced_rows == misplaced
+        with db.transaction(rag._engine, "test") as conn:
+            db.set_setting(conn, LEASE, json.dumps({"holder": "someone-else", "until": time.time() - 1}))  # its holder died
+        assert keeper.look() is True and keeper.runs == 1 and keeper.moved_rows == misplaced
+        assert keeper.look() is False  # settled
+    finally:
+        rag.close()
+
+
+def test_repartition_every_is_checked_and_zero_turns_the_keeper_off(tmp_path) -> None:
+    for bad in (-1, float("nan"), float("inf"), "60", True, None):
+        with pytest.raises(ConfigError, match="repartition_every"):
+            PermRAG.open(tmp_path / "x", encoder=HashEncoder(48), repartition_every=bad)
+    with PermRAG.open(tmp_path / "a", encoder=HashEncoder(48), repartition_every=0) as rag:
+        assert rag.keeper is None
+    with PermRAG.open(tmp_path / "b", encoder=HashEncoder(48), partitions=0) as rag:
+        assert rag.keeper is None  # one partition: nothing to place
+    with PermRAG.open(tmp_path / "c", encoder=HashEncoder(48)) as rag:
+        assert rag.keeper is not None and rag.keeper.every == 60.0
+
+
+WORKER = """
+import json, sys, time
+from permrag import PermRAG
+from permrag.embed import HashEncoder
+home, db_url, uri, collection = sys.argv[1:5]
+rag = PermRAG.open(home, database_url=db_url, milvus_uri=uri, encoder=HashEncoder(48), collection=collection, consistency="Strong", local_rows=0, repartition_every=0.2)
+readable = json.load(open(sys.argv[5]))
+deadline = time.monotonic() + 240
+while time.monotonic() < deadline:
+    for user, docs in readable.items():
+        got = {h.external_id for h in rag.search("budget w3", user=user, k=20, mode="dense")}
+        assert got <= set(docs), ("leak", user, sorted(got - set(docs)))
+        assert len(got) == min(20, len(docs)), ("short", user, len(got))
+    if rag.keeper.settled is not None and rag.keeper.settled == rag.policy_version:
+        break
+print(json.dumps({"moved": rag.keeper.moved_rows, "runs": rag.keeper.runs, "settled": rag.keeper.settled is not None}))
+rag.close()
+"""
+
+
+def test_keepers_of_two_processes_move_each_row_once(tmp_path, pg_url, milvus_server) -> None:
+    collection = f"k_{uuid.uuid4().hex[:10]}"
+    home = tmp_path / "h"
+    opts = dict(database_url=pg_url, milvus_uri=milvus_server, encoder=HashEncoder(48), collection=collection, consistency="Strong", local_rows=0, repartition_every=0)
+    with PermRAG.open(home, **opts) as rag:
+        rag.add_documents(docs_for(1500), batch_size=500)
+        make_policy(rag)
+        misplaced = rag.repartition(dry_run=True).misplaced_rows
+        assert misplaced > 500
+        (tmp_path / "readable.json").write_text(json.dumps({u: sorted(d) for u, d in expected(rag).items()}))
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(home), pg_url, milvus_server, collection, str(tmp_path / "readable.json")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=400) for p in procs]
+    for p, (_out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    done = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    assert all(d["settled"] for d in done)
+    assert sum(d["moved"] for d in done) == misplaced, done  # each row moved once, by one of them
+    with PermRAG.open(home, **opts) as rag:
+        assert rag.repartition(dry_run=True).misplaced_rows == 0
+        assert_covisible(rag, DEFAULT_GROUPS["server"])
