@@ -12,6 +12,7 @@ chooses the placement of all three, default ``visibility+acl``).
 
     python benchmarks/bench_regroup.py            # 100k rows (about 10 minutes on 2 cores)
     python benchmarks/bench_regroup.py --quick    # 10k rows
+    python benchmarks/bench_regroup.py --defaults # stores given no layout option; the placement keeper instead of a regroup
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ import bench_layout  # noqa: E402
 from common import machine, save  # noqa: E402
 
 
-def layouts(group_by: str) -> dict:
+def layouts(group_by: str, defaults: bool = False) -> dict:
+    if defaults:  # no layout option: the store chooses (32 partitions on a server, visibility+acl) and its keeper moves rows
+        return {"defaults, policy first": {}, "defaults, policy after": {"policy": "after"}, "defaults, policy after, keeper": {"policy": "after", "keeper": True}}
     g = dict(partitions=64, partition_by=group_by)
     return {"policy first": g, "policy after": {**g, "policy": "after"}, "policy after, regrouped": {**g, "policy": "after", "regroup": True}}
 
@@ -37,14 +40,19 @@ def main(argv=None) -> None:
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--queries", type=int, default=20)
     ap.add_argument("--group-by", default="visibility+acl", choices=["visibility", "visibility+acl"])
+    ap.add_argument("--defaults", action="store_true", help="stores opened with no layout option; the third moved by its placement keeper")
     args = ap.parse_args(argv)
     if args.quick:
         args.rows, args.queries = 10_000, 8
-    res = bench_layout.run(args.rows, args.queries, 2.0 if args.quick else 8.0, layouts(args.group_by))
+    res = bench_layout.run(args.rows, args.queries, 2.0 if args.quick else 8.0, layouts(args.group_by, args.defaults))
     when = f"64 groups, partition_by={args.group_by!r}; roles made before the ingest, after it, and after it then regrouped"
+    if args.defaults:
+        when = (
+            "no layout option (the store's choice: 32 partitions by co-visibility, ACLs included); roles made before the ingest, after it, and after it with the placement keeper left to move the rows"
+        )
     text = f"Regroup benchmark ({machine()}); permrag ÷ a per-user silo, per store, measured interleaved.\n\n" + bench_layout.table(res, when)
     print(text)
-    save("regroup", args.quick, {"machine": machine(), "group_by": args.group_by, **res}, text)
+    save("regroup_defaults" if args.defaults else "regroup", args.quick, {"machine": machine(), "group_by": args.group_by, **res}, text)
 
 
 if __name__ == "__main__":

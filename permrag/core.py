@@ -13,7 +13,6 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from functools import partial
 from typing import Any
 
 from pyroaring import FrozenBitMap
@@ -138,7 +137,7 @@ class PermRAG(ConsistencyFaces):
         if not self.options.catalog_only:
             placement = self.catalog.allocator.placement = layout_placement(self._engine, self._layout, self._backend_options, lambda: Signer(self.policy), self.settings.milvus_kind)
             if placement is not None and o.repartition_every:  # rows follow the policy in the background (placement/keeper.py)
-                self.keeper = Keeper(self._engine, lambda: list(self.catalog.tenants.all()), partial(repartition, self.ingester, placement, before=self.refresh), o.repartition_every).start()
+                self.keeper = Keeper(self, o.repartition_every).start()
 
     def _make_backend(self, collection: str) -> MilvusBackend:
         return MilvusBackend(self.settings.milvus_uri, collection=collection, **self._backend_options)

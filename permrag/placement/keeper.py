@@ -34,12 +34,13 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+import weakref
 from typing import Any
 
 from sqlalchemy import func, select
 
 from ..storage import db
+from .repartition import repartition
 
 log = logging.getLogger(__name__)
 
@@ -48,29 +49,45 @@ MISPLACED_SHARE = 0.01  # a tenant with this share of its live rows outside thei
 LEASE = "placement_lease"
 LEASE_S = 300.0  # a lease not renewed for this long is free (its holder died)
 
-Repartition = Callable[..., Any]  # (tenant, *, dry_run, tick) -> RepartitionReport
-
 
 class Stopped(Exception):
     """Raised between two batches of a move when the store closes."""
 
 
 class Keeper:
-    """The background placement keeper of one open store (see the module docstring)."""
+    """The background placement keeper of one open store (see the module docstring).
 
-    def __init__(self, engine: Any, tenants: Callable[[], list[str]], repartition: Repartition, every: float = EVERY_S) -> None:
-        self.engine = engine
-        self.tenants = tenants
-        self.repartition = repartition
+    It holds its store weakly: a store dropped without ``close()`` is
+    collected as before, and its keeper stops."""
+
+    def __init__(self, store: Any, every: float = EVERY_S) -> None:
+        self._stop = threading.Event()
+        stop = self._stop
+        self._store = weakref.ref(store, lambda _: stop.set())
         self.every = every
         self.me = uuid.uuid4().hex
         self.settled: int | None = None  # the policy version last checked through
         self.seen: int | None = None  # the version of the previous look
         self.moved_rows = 0  # every row this keeper moved
         self.runs = 0  # repartitions this keeper ran
-        self._stop = threading.Event()
         self._renewed = 0.0
         self._thread = threading.Thread(target=self._loop, name="permrag-placement", daemon=True)
+
+    def _engine(self) -> Any:
+        store = self._store()
+        if store is None:
+            raise Stopped()
+        return store.catalog.engine
+
+    def _repartition(self, tenant: str, **kw: Any) -> Any:
+        store = self._store()
+        if store is None:
+            raise Stopped()
+        return repartition(store.ingester, store.catalog.allocator.placement, tenant, before=store.refresh, **kw)
+
+    def _tenants(self) -> list[str]:
+        store = self._store()
+        return [] if store is None else list(store.catalog.tenants.all())
 
     def start(self) -> Keeper:
         self._thread.start()
@@ -92,21 +109,21 @@ class Keeper:
 
     def look(self) -> bool:
         """One look (see the module docstring); True if it checked the tenants."""
-        with db.reading(self.engine, "reading the policy version") as conn:
+        with db.reading(self._engine(), "reading the policy version") as conn:
             version = db.read_counter(conn, "policy_version")
         quiet, self.seen = version == self.seen, version
         if version == self.settled or not quiet:
             return False
         todo = []
-        for tenant in self.tenants():
-            report = self.repartition(tenant, dry_run=True)
-            if report.groups and report.misplaced_rows and report.misplaced_rows >= MISPLACED_SHARE * _live(self.engine, tenant):
+        for tenant in self._tenants():
+            report = self._repartition(tenant, dry_run=True)
+            if report.groups and report.misplaced_rows and report.misplaced_rows >= MISPLACED_SHARE * _live(self._engine(), tenant):
                 todo.append(tenant)
         if todo and not self._lease(take=True):
             return True  # another process moves them; look again later
         try:
             for tenant in todo:
-                report = self.repartition(tenant, tick=self._tick)
+                report = self._repartition(tenant, tick=self._tick)
                 self.moved_rows += report.moved_rows
                 self.runs += 1
         finally:
@@ -125,7 +142,7 @@ class Keeper:
     def _lease(self, *, take: bool) -> bool:
         """Take (or renew) the store's placement lease, or give it back; True if this keeper holds it."""
         now = time.time()
-        with db.transaction(self.engine, "taking the placement lease") as conn:
+        with db.transaction(self._engine(), "taking the placement lease") as conn:
             db.bump(conn, "next_row_id", 0)  # the allocation lock: one lease change at a time
             raw = db.get_setting(conn, LEASE)
             held = json.loads(raw) if raw else {}

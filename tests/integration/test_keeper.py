@@ -199,3 +199,24 @@ def test_keepers_of_two_processes_move_each_row_once(tmp_path, pg_url, milvus_se
     with PermRAG.open(home, **opts) as rag:
         assert rag.repartition(dry_run=True).misplaced_rows == 0
         assert_covisible(rag, DEFAULT_GROUPS["server"])
+
+
+def test_a_store_dropped_without_close_is_collected_and_its_keeper_stops(tmp_path) -> None:
+    import gc
+    import weakref
+
+    rag = PermRAG.open(tmp_path / "h", encoder=HashEncoder(48), repartition_every=0.05)
+    rag.add_documents(docs_for(50))
+    make_policy(rag)
+    assert rag.search(QUERIES[0], user="u-all", k=5, mode="dense")
+    thread, store = rag.keeper._thread, weakref.ref(rag)
+    time.sleep(0.3)  # the keeper has looked (and moved) meanwhile
+    assert thread.is_alive()
+    del rag
+    deadline = time.monotonic() + 10
+    while store() is not None and time.monotonic() < deadline:  # (a look in progress holds it for a moment)
+        gc.collect()
+        time.sleep(0.01)
+    assert store() is None  # the keeper holds its store weakly
+    thread.join(timeout=10)
+    assert not thread.is_alive()
