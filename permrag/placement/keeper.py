@@ -44,7 +44,7 @@ from .repartition import repartition
 
 log = logging.getLogger(__name__)
 
-EVERY_S = 60.0  # the default period of a keeper's look (Options.repartition_every)
+EVERY_S = 300.0  # the default period of a keeper's look (Options.repartition_every): rows move 5-10 minutes after the policy settles
 MISPLACED_SHARE = 0.01  # a tenant with this share of its live rows outside their groups is repartitioned
 LEASE = "placement_lease"
 LEASE_S = 300.0  # a lease not renewed for this long is free (its holder died)

@@ -149,7 +149,7 @@ def test_repartition_every_is_checked_and_zero_turns_the_keeper_off(tmp_path) ->
     with PermRAG.open(tmp_path / "b", encoder=HashEncoder(48), partitions=0) as rag:
         assert rag.keeper is None  # one partition: nothing to place
     with PermRAG.open(tmp_path / "c", encoder=HashEncoder(48)) as rag:
-        assert rag.keeper is not None and rag.keeper.every == 60.0
+        assert rag.keeper is not None and rag.keeper.every == 300.0
 
 
 WORKER = """
