@@ -41,10 +41,14 @@ def main(argv=None) -> None:
     ap.add_argument("--queries", type=int, default=20)
     ap.add_argument("--group-by", default="visibility+acl", choices=["visibility", "visibility+acl"])
     ap.add_argument("--defaults", action="store_true", help="stores opened with no layout option; the third moved by its placement keeper")
+    ap.add_argument("--late-only", action="store_true", help="with --defaults: only the two stores whose roles come after the ingest")
     args = ap.parse_args(argv)
     if args.quick:
         args.rows, args.queries = 10_000, 8
-    res = bench_layout.run(args.rows, args.queries, 2.0 if args.quick else 8.0, layouts(args.group_by, args.defaults))
+    chosen = layouts(args.group_by, args.defaults)
+    if args.late_only:
+        chosen = {n: spec for n, spec in chosen.items() if spec.get("policy") == "after"}
+    res = bench_layout.run(args.rows, args.queries, 2.0 if args.quick else 8.0, chosen)
     when = f"64 groups, partition_by={args.group_by!r}; roles made before the ingest, after it, and after it then regrouped"
     if args.defaults:
         when = (
@@ -52,7 +56,8 @@ def main(argv=None) -> None:
         )
     text = f"Regroup benchmark ({machine()}); permrag ÷ a per-user silo, per store, measured interleaved.\n\n" + bench_layout.table(res, when)
     print(text)
-    save("regroup_defaults" if args.defaults else "regroup", args.quick, {"machine": machine(), "group_by": args.group_by, **res}, text)
+    name = ("regroup_defaults" if args.defaults else "regroup") + (f"_{args.rows // 1000}k" if args.rows != 100_000 and not args.quick else "")
+    save(name, args.quick, {"machine": machine(), "group_by": args.group_by, **res}, text)
 
 
 if __name__ == "__main__":

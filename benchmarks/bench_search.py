@@ -328,12 +328,9 @@ def layout(rag: PermRAG, group_by: str, policy_first: bool) -> str:
     when = "; policy made before the ingest" if policy_first else "; policy made after the ingest"
     if not n:
         return ", flat (one partition, filters)" + when
-    return (
-        f", {n} class-group partitions ("
-        + ({"visibility": "classes by co-visibility", "visibility+acl": "classes by co-visibility, ACLs in the class key"}.get(group_by, "classes by first appearance"))
-        + ")"
-        + when
-    )
+    placement = rag.catalog.allocator.placement  # what the store chose, given options or not
+    how = "classes by first appearance" if placement is None else "classes by co-visibility, ACLs in the class key" if placement.acls else "classes by co-visibility"
+    return f", {n} class-group partitions ({how})" + when
 
 
 def start_server(base: Path):

@@ -244,6 +244,11 @@ class Ingester:
         try:
             for no, part in rows.items():
                 backend.insert(no, part)
+                if replace and backend.kind == "server" and backend.consistency != "Strong":
+                    # a replace retires rows at publish: one Strong read first, so that the server
+                    # serves the new rows to every search that follows, Bounded ones too (their
+                    # old rows must not leave answers before the new ones can enter them)
+                    backend.stored(no, [part[0]["row_id"]], ("row_id",), strong=True)
             written = self.catalog.publish(batch)
         except BaseException:
             self._undo(batch, numbers)

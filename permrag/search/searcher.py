@@ -38,6 +38,7 @@ MODES = ("auto", "hybrid", "dense", "keyword")  # auto: hybrid where the backend
 FUSIONS = ("rrf", "weighted")
 MAX_QUERY_CHARS = 10_000
 MAX_PLANS = 4096
+MOVED_RETRIES = 2  # searches asked again when rows moved in another process left an answer short (search_many)
 # Hybrid search fuses each list's top ``pool`` candidates; without ``pool``
 # that is fusion.default_pool: k for RRF (a larger pool lets a row at middling
 # ranks in both lists outscore the best dense row), 4·k for weighted fusion.
@@ -155,6 +156,29 @@ class Searcher:
         pool = pool if pool is not None else default_pool(fusion, k, MAX_LIMIT)
         backend = self.binding.backend()  # a store bound to another catalog fails here, whatever the caller sees
         mode = resolve_mode(mode, backend.capabilities)
+        args = (backend, list(queries), user, tenant, agents, k, mode, dict(fusion=fusion, weights=(float(weights[0]), float(weights[1])), pool=pool), vectors)
+        for attempt in range(MOVED_RETRIES + 1):
+            snap, plan, out = self._once(snapshot, *args)
+            # Rows another process moved or replaced after this snapshot was taken have left
+            # Milvus under the IDs it knows: an answer short of them is asked again at the
+            # versions of now (a caller's own snapshot is answered as it is).
+            if snapshot is not None or attempt == MOVED_RETRIES or all(h.complete for h in out) or not self.access.refresh():
+                break
+            self.stats.add("searches:again")
+        self.audit.record(
+            "search",
+            user,
+            tenant,
+            snap.policy_version,
+            {"plan": plan.kind, "mode": mode, "k": k, "queries": [q[:200] for q in queries], "rows": [[h.row_id for h in hs] for hs in out]},
+            agents=snap.agents,
+        )
+        return out
+
+    def _once(
+        self, snapshot: Snapshot | None, backend: Any, queries: list[str], user: str, tenant: str, agents: Any, k: int, mode: str, how: dict[str, Any], vectors: Any
+    ) -> tuple[Snapshot, Plan, list[Hits]]:
+        """One search of ``queries`` at one snapshot (``snapshot``, else the caller's of now)."""
         snap = snapshot or self.access.snapshot_of(user, tenant, agents)
         no = self.catalog.tenants.number(tenant)  # once, at the snapshot's catalog version (None: no collection yet)
         held = self._ask_early(backend, no, mode)
@@ -165,24 +189,14 @@ class Searcher:
         self.stats.add(f"plan:{plan.kind}")
         self.stats.add(f"route:{route.kind}")
         if isinstance(plan, DenyAll):
-            out = [stamp(self.access.engine, (), snap, k, mode) for _ in queries]
-        else:
-            backend.capabilities.require(mode)
-            if vectors is not None:
-                vectors = self.binding.check_vectors(vectors, len(queries))
-            elif mode != "keyword":
-                vectors = self.binding.encode(list(queries))
-            raw = ex.run(route, snap, mode, vectors, list(queries), k, fusion=fusion, weights=(float(weights[0]), float(weights[1])), pool=pool, held=held) if ex else [[] for _ in queries]
-            out = [stamp(self.access.engine, self.hits(r, snap, mode), snap, k, mode) for r in raw]
-        self.audit.record(
-            "search",
-            user,
-            tenant,
-            snap.policy_version,
-            {"plan": plan.kind, "mode": mode, "k": k, "queries": [q[:200] for q in queries], "rows": [[h.row_id for h in hs] for hs in out]},
-            agents=snap.agents,
-        )
-        return out
+            return snap, plan, [stamp(self.access.engine, (), snap, k, mode) for _ in queries]
+        backend.capabilities.require(mode)
+        if vectors is not None:
+            vectors = self.binding.check_vectors(vectors, len(queries))
+        elif mode != "keyword":
+            vectors = self.binding.encode(queries)
+        raw = ex.run(route, snap, mode, vectors, queries, k, held=held, **how) if ex else [[] for _ in queries]
+        return snap, plan, [stamp(self.access.engine, self.hits(r, snap, mode), snap, k, mode) for r in raw]
 
     def _ask_early(self, backend: Any, no: int | None, mode: str) -> Future | None:
         """A dense search may be ranked in process, which asks Milvus whether it holds

@@ -210,8 +210,10 @@ def test_a_store_dropped_without_close_is_collected_and_its_keeper_stops(tmp_pat
     make_policy(rag)
     assert rag.search(QUERIES[0], user="u-all", k=5, mode="dense")
     thread, store = rag.keeper._thread, weakref.ref(rag)
-    time.sleep(0.3)  # the keeper has looked (and moved) meanwhile
-    assert thread.is_alive()
+    deadline = time.monotonic() + 120
+    while (rag.keeper.runs == 0 or rag.keeper.settled != rag.policy_version) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the keeper has looked and moved meanwhile (while it moves, it holds its store)
+    assert rag.keeper.runs == 1 and thread.is_alive()
     del rag
     deadline = time.monotonic() + 10
     while store() is not None and time.monotonic() < deadline:  # (a look in progress holds it for a moment)
@@ -220,3 +222,40 @@ def test_a_store_dropped_without_close_is_collected_and_its_keeper_stops(tmp_pat
     assert store() is None  # the keeper holds its store weakly
     thread.join(timeout=10)
     assert not thread.is_alive()
+
+
+@pytest.mark.parametrize("kind", ["lite", "server"])
+def test_an_answer_short_of_rows_moved_after_its_snapshot_is_asked_again(kind, tmp_path, request) -> None:
+    """Another store object (as another process would) moves the rows right
+    after this search took its snapshot: the old IDs have left Milvus, so the
+    first answer comes back short; it is asked again at the versions of now."""
+    collection = f"k_{uuid.uuid4().hex[:10]}"
+    opts = _opts(kind, request, repartition_every=0, collection=collection)
+    a = PermRAG.open(tmp_path / "h", **opts)
+    b = None
+    try:
+        docs = docs_for(400)
+        a.add_documents(docs, batch_size=400)
+        make_policy(a)
+        readable = expected(a)
+        b = PermRAG.open(tmp_path / "h", **opts)
+        take, moved = a.access.snapshot_of, []
+
+        def racing(*args, **kw):
+            snap = take(*args, **kw)
+            if not moved:
+                moved.append(b.repartition())  # after this snapshot, before its Milvus search
+            return snap
+
+        a.access.snapshot_of = racing
+        vecs = {d["external_id"]: v / np.linalg.norm(v) for d, v in zip(docs, a.encoder.encode([d["text"] for d in docs]))}
+        before = a.stats["searches:again"]
+        assert_exact(a, vecs, {"u-fin": readable["u-fin"]})
+        assert moved and moved[0].moved_rows > 0
+        assert a.stats["searches:again"] > before  # the first answer was short, and asked again
+        hits = a.search(QUERIES[1], user="u-big", k=10, mode="dense")
+        assert hits.complete and len(hits) == 10
+    finally:
+        a.close()
+        if b is not None:
+            b.close()

@@ -4,7 +4,7 @@ layer to a higher one. The layer order is the architecture page (docs/architectu
     faces    cli · integrations · demo · mcp · serve
     core     core · options · toolkit (what faces build on) (and the package's __init__)
     search     search/
-    ingest     ingest/ · placement/repartition
+    ingest     ingest/ · placement/repartition · placement/keeper
     access     access/
     stores     policy/ · catalog/ · backends/   (none imports another)
     placement  placement/ (layout, signature, co-visibility placement)
@@ -22,7 +22,7 @@ LAYERS = [
     ["permrag.cli", "permrag.integrations", "permrag.demo", "permrag.mcp", "permrag.serve", "permrag.__main__"],
     ["permrag.core", "permrag.options", "permrag.toolkit", "permrag"],
     ["permrag.search"],
-    ["permrag.ingest", "permrag.placement.repartition"],  # a repartition moves rows through the ingester
+    ["permrag.ingest", "permrag.placement.repartition", "permrag.placement.keeper"],  # a repartition moves rows through the ingester; the keeper runs repartitions
     ["permrag.access"],
     ["permrag.policy", "permrag.catalog", "permrag.backends"],
     ["permrag.placement"],
