@@ -213,6 +213,7 @@ class Ingester:
         step: Callable[[int], None] | None = None,
         vectors: Any = None,
         expect: frozenset[int] | None = None,
+        later: Callable[[Sequence[RowRecord]], None] | None = None,
     ) -> list[int]:
         """One batch written and published (``expect``: the row IDs a replace
         must find live at publish, else ConcurrentChangeError and nothing written)."""
@@ -254,7 +255,9 @@ class Ingester:
             self._undo(batch, numbers)
             raise
         touched.update(numbers.values())
-        if written.retired:
+        if written.retired and later is not None:
+            later(written.retired)  # the caller drops them (retired already: invisible; a crash leaves them to reconcile)
+        elif written.retired:
             try:
                 self._drop(written.retired, touched)
             except BackendError as exc:  # the replace is done; the old rows are invisible already

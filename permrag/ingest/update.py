@@ -11,7 +11,7 @@ in every process at its next read. A catalog-only store just re-publishes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace as dc_replace
 from typing import Any
 
@@ -76,13 +76,14 @@ def rewrite_spec(doc: str, r: RowRecord, attrs: Mapping[str, Any] | None = None,
     return RowSpec(r.external_id, r.tenant, dict(r.attrs if attrs is None else attrs), r.parent, (), chunk_of=None if r.external_id == doc else doc, acl=r.acl if acl is KEEP else acl)
 
 
-def republish(ingester: Ingester, tenant: str, rows: Sequence[RowRecord], specs: Sequence[RowSpec], *, flush: bool = True) -> list[int]:
+def republish(ingester: Ingester, tenant: str, rows: Sequence[RowRecord], specs: Sequence[RowSpec], *, flush: bool = True, later: Callable[[Sequence[RowRecord]], None] | None = None) -> list[int]:
     """Re-insert ``rows`` (whole documents) as ``specs`` under new IDs with their
     stored texts and vectors, retiring them in the publishing transaction — only
     if they are still exactly the documents' live rows then (else
     ConcurrentChangeError, nothing written: a re-ingest or another update
     meanwhile is never overwritten with what was read before it). ``flush``:
-    flush Milvus Lite afterwards (a caller writing many batches flushes once)."""
+    flush Milvus Lite afterwards (a caller writing many batches flushes once);
+    ``later``: given the retired rows instead of dropping them from Milvus at once."""
     catalog = ingester.catalog
     hint = catalog.allocator.size_hint(specs)
     expect = frozenset(r.row_id for r in rows)
@@ -102,7 +103,7 @@ def republish(ingester: Ingester, tenant: str, rows: Sequence[RowRecord], specs:
     texts = [stored[r.row_id]["text"] for r in rows]
     vectors = np.asarray([stored[r.row_id]["dense"] for r in rows], dtype=np.float32)
     touched: set[int] = set()
-    ids = ingester._batch([dc_replace(s) for s in specs], texts, hint, True, touched, vectors=vectors, expect=expect)
+    ids = ingester._batch([dc_replace(s) for s in specs], texts, hint, True, touched, vectors=vectors, expect=expect, later=later)
     if flush and backend.kind == "lite":
         for t in sorted(touched):
             backend.flush(t)  # as after an ingest (ingest.py): BM25 statistics from sealed segments

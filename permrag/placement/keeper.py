@@ -48,6 +48,7 @@ EVERY_S = 300.0  # the default period of a keeper's look (Options.repartition_ev
 MISPLACED_SHARE = 0.01  # a tenant with this share of its live rows outside their groups is repartitioned
 LEASE = "placement_lease"
 LEASE_S = 300.0  # a lease not renewed for this long is free (its holder died)
+GRACE_S = 5.0  # moved rows' old copies stay in Milvus this long after the run (retired: no bitmap holds them)
 
 
 class Stopped(Exception):
@@ -85,6 +86,12 @@ class Keeper:
             raise Stopped()
         return repartition(store.ingester, store.catalog.allocator.placement, tenant, before=store.refresh, **kw)
 
+    def _drop(self, retired: list[Any]) -> None:
+        """The moved rows' old copies out of Milvus and the catalog (what is left: the next open's reconcile)."""
+        store = self._store()
+        if store is not None:
+            store.ingester._drop(retired)
+
     def _tenants(self) -> list[str]:
         store = self._store()
         return [] if store is None else list(store.catalog.tenants.all())
@@ -121,12 +128,16 @@ class Keeper:
                 todo.append(tenant)
         if todo and not self._lease(take=True):
             return True  # another process moves them; look again later
+        retired: list[Any] = []
         try:
             for tenant in todo:
-                report = self._repartition(tenant, tick=self._tick)
+                report = self._repartition(tenant, tick=self._tick, later=retired.extend)
                 self.moved_rows += report.moved_rows
                 self.runs += 1
         finally:
+            if retired:
+                self._stop.wait(GRACE_S)  # searches whose snapshot predates a batch still find its old rows
+                self._drop(retired)
             if todo:
                 self._lease(take=False)
         self.settled = version

@@ -36,7 +36,7 @@ every search before, during and after it is exact (tests/integration/test_repart
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -87,12 +87,22 @@ RegroupReport = RepartitionReport  # its name before 0.3 (kept for one release)
 
 
 def repartition(
-    ingester: Ingester, placement: Any, tenant: str, *, dry_run: bool = False, batch_rows: int = BATCH_ROWS, before: Callable[[], Any] | None = None, tick: Callable[[], Any] | None = None
+    ingester: Ingester,
+    placement: Any,
+    tenant: str,
+    *,
+    dry_run: bool = False,
+    batch_rows: int = BATCH_ROWS,
+    before: Callable[[], Any] | None = None,
+    tick: Callable[[], Any] | None = None,
+    later: Callable[[Sequence[RowRecord]], None] | None = None,
 ) -> RepartitionReport:
     """Move ``tenant``'s rows to their co-visibility group (see the module
     docstring); ``before``: called once the arguments are checked (the
     store's sync, so the policy of now is the stored one); ``tick``: called
-    before each batch is written (the placement keeper stops or renews its lease there)."""
+    before each batch is written (the placement keeper stops or renews its lease there); ``later``:
+    given each batch's retired rows instead of dropping them from Milvus at once (the keeper drops
+    them a while later, so that searches whose snapshot predates a batch still find its rows)."""
     tenant = check_tenant(tenant, ArgumentError)
     if placement is None:
         raise ConfigError(
@@ -126,7 +136,7 @@ def repartition(
     counts = (len(classes), len(set(target)), sum(n for n, _ in misplaced))
     if dry_run or not misplaced:
         return RepartitionReport(tenant, placement.groups, *counts, 0, 0, 0, 0, dry_run)
-    mover = _Mover(ingester, tenant, batch_rows, tick)
+    mover = _Mover(ingester, tenant, batch_rows, tick, later)
     backend = binding.backend()
     try:
         mover.move({cid for _, cid in misplaced})
@@ -155,9 +165,10 @@ def _live_classes(conn: Any, tenant: str) -> list[tuple[int, int, RowRecord]]:
 class _Mover:
     """Rewrites whole documents in batches of about ``batch_rows`` rows."""
 
-    def __init__(self, ingester: Ingester, tenant: str, batch_rows: int, tick: Callable[[], Any] | None = None) -> None:
+    def __init__(self, ingester: Ingester, tenant: str, batch_rows: int, tick: Callable[[], Any] | None = None, later: Callable[[Sequence[RowRecord]], None] | None = None) -> None:
         self.ingester = ingester
         self.tick = tick
+        self.later = later
         self.tenant = tenant
         self.batch_rows = batch_rows
         self.catalog = ingester.catalog
@@ -214,6 +225,6 @@ class _Mover:
 
     def _write(self, batch: dict[str, list[RowRecord]]) -> None:
         rows = [r for recs in batch.values() for r in recs]
-        republish(self.ingester, self.tenant, rows, [rewrite_spec(doc, r) for doc, recs in batch.items() for r in recs], flush=False)
+        republish(self.ingester, self.tenant, rows, [rewrite_spec(doc, r) for doc, recs in batch.items() for r in recs], flush=False, later=self.later)
         self.moved_rows += len(rows)
         self.moved_docs += len(batch)

@@ -159,11 +159,14 @@ class Searcher:
         args = (backend, list(queries), user, tenant, agents, k, mode, dict(fusion=fusion, weights=(float(weights[0]), float(weights[1])), pool=pool), vectors)
         for attempt in range(MOVED_RETRIES + 1):
             snap, plan, out = self._once(snapshot, *args)
-            # Rows another process moved or replaced after this snapshot was taken have left
-            # Milvus under the IDs it knows: an answer short of them is asked again at the
-            # versions of now (a caller's own snapshot is answered as it is).
-            if snapshot is not None or attempt == MOVED_RETRIES or all(h.complete for h in out) or not self.access.refresh():
+            # Rows moved or replaced after this snapshot was taken (by another process, or by this
+            # one's placement keeper) have left Milvus under the IDs it knows: an answer short of
+            # them is asked again at the versions of now (a caller's own snapshot is answered as it is).
+            if snapshot is not None or attempt == MOVED_RETRIES or all(h.complete for h in out):
                 break
+            self.access.refresh()
+            if self.catalog.version == snap.catalog_version:
+                break  # nothing moved meanwhile: the answer is what the store holds
             self.stats.add("searches:again")
         self.audit.record(
             "search",
