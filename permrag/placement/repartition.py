@@ -86,16 +86,12 @@ class RepartitionReport:
 RegroupReport = RepartitionReport  # its name before 0.3 (kept for one release)
 
 
+Hook = Callable[[], Any]
+Later = Callable[[Sequence[RowRecord]], None]
+
+
 def repartition(
-    ingester: Ingester,
-    placement: Any,
-    tenant: str,
-    *,
-    dry_run: bool = False,
-    batch_rows: int = BATCH_ROWS,
-    before: Callable[[], Any] | None = None,
-    tick: Callable[[], Any] | None = None,
-    later: Callable[[Sequence[RowRecord]], None] | None = None,
+    ingester: Ingester, placement: Any, tenant: str, *, dry_run: bool = False, batch_rows: int = BATCH_ROWS, before: Hook | None = None, tick: Hook | None = None, later: Later | None = None
 ) -> RepartitionReport:
     """Move ``tenant``'s rows to their co-visibility group (see the module
     docstring); ``before``: called once the arguments are checked (the
@@ -165,7 +161,7 @@ def _live_classes(conn: Any, tenant: str) -> list[tuple[int, int, RowRecord]]:
 class _Mover:
     """Rewrites whole documents in batches of about ``batch_rows`` rows."""
 
-    def __init__(self, ingester: Ingester, tenant: str, batch_rows: int, tick: Callable[[], Any] | None = None, later: Callable[[Sequence[RowRecord]], None] | None = None) -> None:
+    def __init__(self, ingester: Ingester, tenant: str, batch_rows: int, tick: Hook | None = None, later: Later | None = None) -> None:
         self.ingester = ingester
         self.tick = tick
         self.later = later
