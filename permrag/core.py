@@ -39,6 +39,7 @@ from .policy.identity import Identity
 from .search import DEFAULT_FUSION, DEFAULT_WEIGHTS, LITE, SERVER, CostModel, Plan, Planner, Searcher
 from .search.aio import AsyncRunner
 from .search.calibrate import Calibration
+from .search.execute import indexed_alone
 from .search.fetch import fetch
 from .search.in_process import InProcessRanker
 from .search.pipeline import retrieve
@@ -291,8 +292,9 @@ class PermRAG(ConsistencyFaces):
                 self._local.prefill(store, no, snap.visible, snap.tenant_rows)
                 self.catalog.rows.records(snap.visible)  # the records every hit is verified against
             elif no is not None:
-                self.searcher.plan(snap)  # its filter form chosen once (cached per bitmap)
-                self._local.ready(store, no, snap.visible, snap.tenant_rows, len(snap.visible))  # a larger set: read back in the background
+                plan = self.searcher.plan(snap)  # its filter form chosen once (cached per bitmap)
+                if not indexed_alone(plan, store):  # a larger set: read back in the background
+                    self._local.ready(store, no, snap.visible, snap.tenant_rows, len(snap.visible))
         steps["users"] = time.perf_counter() - t
         self._audit.record("warm", None, None, self.policy_version, {"steps": steps})  # when this process began to serve
         return steps

@@ -42,6 +42,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -74,6 +75,19 @@ class Route:
 
     kind: str
     plan: Plan
+
+
+def indexed_alone(plan: Plan, backend: Any) -> bool:
+    """Whether Milvus' ANN index (HNSW, IVF) searches exactly the visible rows under
+    ``plan``, as a per-user silo's index would: everything visible, or class groups
+    of visible rows alone, with no residual filter. Such a set larger than
+    ``local_rows`` is not read back for in-process ranking: the index answers it in
+    about a silo's time with a silo's recall, while exact ranking in process costs
+    time in proportion to the set (bench_search --index HNSW). With FLAT, and where a
+    residual filter would narrow an ANN search, the background read stays (exact)."""
+    if getattr(backend, "index", "FLAT") == "FLAT":
+        return False
+    return isinstance(plan, AllowAll) or (isinstance(plan, Filter) and plan.exact and not plan.expr and plan.strategy != IN_PROCESS)
 
 
 class Executor:
@@ -169,9 +183,10 @@ class Executor:
         # no row beyond can tie with the k-th and one search is enough (with
         # exactly k, the k-th itself looked like a tie: every search was made twice).
         limit = plan.fetch_limit(k) + 1
-        # the share of the index's rows the caller may see: an ANN index searches that much wider (a
-        # superset plan's filter admits more, but only the visible rows among its hits count)
-        admits = min(1.0, plan.visible / max(1, len(snap.tenant_rows)))
+        # the share of the rows searched (the named groups', or the tenant's) the caller may see: an ANN
+        # index searches that much wider (a superset plan's filter admits more, but only the visible rows
+        # among its hits count); a plan naming groups of visible rows alone searches like a silo
+        admits = min(1.0, plan.visible / max(1, getattr(plan, "scope", 0) or len(snap.tenant_rows)))
         while pending:
             raw = self.backend.search(
                 self.tenant_no,
@@ -212,7 +227,9 @@ class Executor:
         need be), or a larger one read back in the background already — if not, its
         background read is queued and the plan goes to Milvus (search/in_process.py)."""
         assert self.local is not None
-        return self.local.takes(plan.visible, self.backend) or self.local.ready(self.backend, self.tenant_no, snap.visible, snap.tenant_rows, plan.visible)
+        if self.local.takes(plan.visible, self.backend):
+            return True
+        return not indexed_alone(plan, self.backend) and self.local.ready(self.backend, self.tenant_no, snap.visible, snap.tenant_rows, plan.visible)
 
     def _local(self, local: InProcessRanker, plan: Filter | AllowAll, snap: Snapshot, vectors: np.ndarray, k: int, known: dict[int, RowRecord]) -> list[list[RawHit]] | None:
         """Every visible row scored in process (search/in_process.py); verified like Milvus hits.

@@ -164,6 +164,7 @@ class Filter:
     cost_ms: float
     kind: str = field(default="filter")
     groups: tuple[int, ...] = ()  # class groups (partitions) searched; () = the whole collection
+    scope: int = 0  # rows the search walks (the named groups' rows; 0: the tenant's), of which ``visible`` count
 
     def fetch_limit(self, k: int) -> int:
         """How many hits to ask for so that k visible ones are likely among them."""
@@ -280,7 +281,7 @@ class Planner:
         groups = tuple(sorted(named))
         if len(scope) == len(vis):
             cost = self.model.cost(len(vis), 0, 0, scope=len(scope), filtered=False, partitions=len(groups))
-            return [Filter(tenant, "", "groups", True, len(vis), len(vis), 0, 0, cost, groups=groups)]
+            return [Filter(tenant, "", "groups", True, len(vis), len(vis), 0, 0, cost, groups=groups, scope=len(scope))]
         in_scope = {c: classes[c] for g in groups for c in by_group[g]}
         return self._options(tenant, vis, scope, in_scope, groups)
 
@@ -300,7 +301,7 @@ class Planner:
             expr = f"not ({body})" if strategy.startswith("not") else body
             field_rows = n_all if "classes" in strategy else 0
             cost = m.cost(n_vis, terms, ids, field_rows, scope=n_all, partitions=len(groups))
-            options.append(Filter(tenant, expr, strategy, True, n_vis, n_vis, terms, ids, cost, groups=groups))
+            options.append(Filter(tenant, expr, strategy, True, n_vis, n_vis, terms, ids, cost, groups=groups, scope=n_all))
 
         vf, vl, v_gaps = _tenant_runs(t_arr, as_array(vis))
         hf, hl, _ = _tenant_runs(t_arr, as_array(hidden))
@@ -335,7 +336,7 @@ class Planner:
             # IDs or ranges, but a filterless search of a few times k rows is
             # far cheaper than evaluating that long a filter.
             cost = m.cost(n_all, 0, 0, scope=n_all, filtered=False, partitions=len(groups))
-            options.append(Filter(tenant, "", "scan", False, n_vis, n_all, 0, 0, cost, groups=groups))
+            options.append(Filter(tenant, "", "scan", False, n_vis, n_all, 0, 0, cost, groups=groups, scope=n_all))
         return options or [self._superset(tenant, vf, vl, v_gaps, n_vis, n_all, groups)]
 
     def _superset(self, tenant: str, firsts: np.ndarray, lasts: np.ndarray, gaps: np.ndarray, n_vis: int, scope: int, groups: tuple[int, ...]) -> Filter:
@@ -351,4 +352,4 @@ class Planner:
         body, terms, ids = _terms_expr(f2, l2)
         candidates = n_vis + extra
         cost = m.cost(candidates, terms, ids, scope=scope, partitions=len(groups))
-        return Filter(tenant, body, "superset", False, n_vis, candidates, terms, ids, cost, groups=groups)
+        return Filter(tenant, body, "superset", False, n_vis, candidates, terms, ids, cost, groups=groups, scope=scope)

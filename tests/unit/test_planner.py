@@ -89,6 +89,9 @@ def test_every_plan_selects_exactly_the_visible_rows_or_a_superset(model, partit
         got = selected(form, vclass_of, grouping)
         assert got == want if form.exact else want <= got, form.describe()
         assert form.candidates == len(got) or not form.exact, form.describe()
+        # the rows the search walks (its groups', or the tenant's): an ANN search widens by visible / scope
+        walked = [r for r, c in vclass_of.items() if not form.groups or (grouping is not None and grouping.of(c) in form.groups)]
+        assert form.scope == len(walked), form.describe()
 
 
 def test_rows_outside_the_tenant_never_widen_a_plan() -> None:
@@ -119,3 +122,29 @@ def test_an_ann_search_widens_with_the_share_its_filter_admits() -> None:
     assert dense_search_params("IVF_FLAT", 10, 0.01)["params"] == {"nprobe": INDEX_BUILD["IVF_FLAT"]["nlist"]}
     efs = [dense_search_params("HNSW", 10, s)["params"]["ef"] for s in (1.0, 0.8, 0.5, 0.2)]
     assert efs == sorted(efs) and len(set(efs)) == len(efs)
+
+
+def test_only_an_ann_set_searched_without_a_residual_filter_skips_in_process_ranking() -> None:
+    """search/execute.indexed_alone: with HNSW or IVF, everything visible, or class
+    groups of visible rows alone, go to the index as a silo's would; a residual
+    filter, a superset, FLAT, or a plan ranked in process do not."""
+    from types import SimpleNamespace
+
+    from permrag.search.execute import indexed_alone
+    from permrag.search.planner import in_process
+
+    rows = BitMap(range(0, 400))
+    classes = {c: BitMap(range(c * 100, c * 100 + 100)) for c in range(4)}
+    planner, grouping = Planner(SERVER), Grouping(4)
+    (alone,) = planner._grouped("t", classes[0] | classes[1], rows, classes, grouping)
+    assert isinstance(alone, Filter) and alone.strategy == "groups" and alone.scope == 200 and not alone.expr
+    forms = planner._grouped("t", classes[0] | BitMap(range(100, 150)), rows, classes, grouping)
+    mixed = min((f for f in forms if f.exact), key=lambda f: f.cost_ms)
+    scan = next(f for f in forms if not f.exact)
+    assert mixed.expr and mixed.scope == 200 and scan.scope == 200
+    hnsw, ivf, flat = (SimpleNamespace(index=i) for i in ("HNSW", "IVF_FLAT", "FLAT"))
+    for ann in (hnsw, ivf):
+        assert indexed_alone(alone, ann) and indexed_alone(AllowAll("t", 400), ann)
+        assert not indexed_alone(mixed, ann) and not indexed_alone(scan, ann) and not indexed_alone(in_process("t", 200), ann)
+    assert not indexed_alone(alone, flat) and not indexed_alone(AllowAll("t", 400), flat)
+    assert not indexed_alone(alone, object())  # a backend that names no index: FLAT
