@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
@@ -37,7 +38,7 @@ from .probe import ask
 MODES = ("auto", "hybrid", "dense", "keyword")  # auto: hybrid where the backend has BM25, else dense
 FUSIONS = ("rrf", "weighted")
 MAX_QUERY_CHARS = 10_000
-MAX_PLANS = 4096
+MAX_PLANS = 4096  # plans kept, least recently used out first (plans of older catalog versions age out)
 MOVED_RETRIES = 2  # searches asked again when rows moved in another process left an answer short (search_many)
 # Hybrid search fuses each list's top ``pool`` candidates; without ``pool``
 # that is fusion.default_pool: k for RRF (a larger pool lets a row at middling
@@ -55,7 +56,7 @@ class Searcher:
         self.audit = audit
         self.stats = stats
         self.local = local  # small visible sets ranked in process (search/in_process.py); None: always Milvus
-        self._plans: dict[tuple[str, int, int], tuple[FrozenBitMap, Plan]] = {}
+        self._plans: OrderedDict[tuple[str, int, int], tuple[FrozenBitMap, Plan]] = OrderedDict()
         self._executors: dict[tuple[int, int], Executor] = {}
         self._plans_lock = threading.Lock()
 
@@ -70,7 +71,10 @@ class Searcher:
 
     def _cached(self, snap: Snapshot) -> Plan | None:
         with self._plans_lock:
-            hit = self._plans.get((snap.tenant, snap.catalog_version, id(snap.visible)))
+            key = (snap.tenant, snap.catalog_version, id(snap.visible))
+            hit = self._plans.get(key)
+            if hit is not None:
+                self._plans.move_to_end(key)
         return hit[1] if hit is not None and hit[0] is snap.visible else None
 
     def _planned(self, snap: Snapshot, no: int | None) -> Plan:
@@ -79,8 +83,8 @@ class Searcher:
         grouping = self.grouping_of(no) if 0 < len(snap.visible) < len(snap.tenant_rows) else None
         plan = self.planner().plan(snap.visible, snap.tenant_rows, snap.tenant, snap.classes, grouping)
         with self._plans_lock:
-            if len(self._plans) >= MAX_PLANS:
-                self._plans.clear()
+            while len(self._plans) >= MAX_PLANS:
+                self._plans.popitem(last=False)  # the least recently used: the others' plans stay
             self._plans[(snap.tenant, snap.catalog_version, id(snap.visible))] = (snap.visible, plan)
         return plan
 

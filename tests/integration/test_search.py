@@ -323,3 +323,24 @@ def test_a_search_reads_each_hits_record_once(tmp_path, monkeypatch, mode) -> No
                 assert asked.count(h.row_id) <= 1, (mode, local_rows, h.row_id, asked.count(h.row_id))
     finally:
         rag.close()
+
+
+def test_the_plan_cache_keeps_the_plans_searched_most_recently(tmp_path, monkeypatch) -> None:
+    """Past MAX_PLANS the least recently used plan goes, not every plan: a user
+    who searches all the time keeps its plan while others come and go."""
+    import permrag.search.searcher as searcher
+
+    monkeypatch.setattr(searcher, "MAX_PLANS", 4)
+    with PermRAG.open(tmp_path / "h", encoder=HashEncoder(16), partitions=0) as rag:
+        rag.add_documents([{"external_id": f"d{i}", "text": f"doc {i}", "attrs": {"team": f"t{i}"}} for i in range(8)])
+        for i in range(8):
+            rag.policy.add_role(f"r{i}")
+            rag.policy.grant(f"r{i}", f"team:t{i}")
+            rag.policy.assign_user(f"u{i}", f"r{i}")
+        hot = rag.access.snapshot("u0", "default")
+        plan = rag.searcher.plan(hot)
+        for i in range(1, 8):  # seven other users, the hot one between each
+            rag.searcher.plan(rag.access.snapshot(f"u{i}", "default"))
+            assert rag.searcher._cached(hot) is plan, f"the hot user's plan was dropped after user {i}"
+        assert len(rag.searcher._plans) == 4
+        assert rag.searcher._cached(rag.access.snapshot("u1", "default")) is None  # the coldest went
