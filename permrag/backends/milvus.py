@@ -91,7 +91,7 @@ class MilvusBackend:
         self.token = token
         self.collection = collection
         self.index = index
-        self.groups = DEFAULT_GROUPS[self.kind] if groups is None else groups  # new tenant collections (layout.py); 0: flat
+        self.groups = (DEFAULT_GROUPS[self.kind] if index == "FLAT" else 0) if groups is None else groups  # new tenant collections (layout.py); 0: flat
         self._client: Any = None
         self._caps: Capabilities | None = None
         self._ready: dict[int, int] = {}  # tenant number → dim of its loaded collection

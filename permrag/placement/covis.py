@@ -73,8 +73,8 @@ def layout_placement(engine: Any, given: tuple[int | None, str | None], backend_
     recorded ones — so every process of a store (the CLI, a worker opened
     with defaults) groups new collections and places new classes alike. A
     store that records none and is given none chooses the backend's default
-    (``DEFAULT_GROUPS`` partitions by co-visibility, ACLs included) and
-    records it. ``kind``: the backend's (``"lite"`` or ``"server"``).
+    (``DEFAULT_GROUPS`` partitions by co-visibility, ACLs included; one
+    partition under an ANN index) and records it. ``kind``: the backend's (``"lite"`` or ``"server"``).
     Sets ``backend_options["groups"]``; returns the co-visibility placement, if any."""
     groups, group_by = given
     with db.transaction(engine, "reading the store's layout") as conn:
@@ -83,8 +83,8 @@ def layout_placement(engine: Any, given: tuple[int | None, str | None], backend_
         if groups is None and group_by is None and stored is not None:
             groups, group_by = stored["groups"], stored["group_by"]
         else:
-            if groups is None:
-                groups = DEFAULT_GROUPS[kind]
+            if groups is None:  # (an ANN index stays flat: placement/layout.py)
+                groups = DEFAULT_GROUPS[kind] if backend_options.get("index", "FLAT") == "FLAT" else 0
             group_by = group_by or (DEFAULT_GROUP_BY if given == (None, None) and groups else "class")
             mine = {"groups": groups, "group_by": group_by}
             if mine != stored:

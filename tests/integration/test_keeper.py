@@ -84,6 +84,22 @@ def test_a_store_given_no_layout_chooses_one_and_other_processes_take_it(kind, t
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [DEFAULT_GROUPS[kind], True]  # another process, no options: the recorded layout
 
 
+@pytest.mark.parametrize("index", ["HNSW", "IVF_FLAT"])
+def test_a_store_with_an_ann_index_given_no_layout_stays_flat(index, tmp_path) -> None:
+    """Each partition's segments carry an index of their own, and a search pays for
+    every segment it names: an ANN store given no layout keeps one partition, and
+    records it (no keeper: nothing to move). An explicit layout still wins."""
+    with PermRAG.open(tmp_path / "h", encoder=HashEncoder(48), index=index) as rag:
+        assert stored_layout(rag) == {"groups": 0, "group_by": "class"}
+        assert rag.keeper is None
+        rag.add_documents(docs_for(50))
+        assert rag.backend.grouping(rag.catalog.tenants.number("default")) is None
+    with PermRAG.open(tmp_path / "g", encoder=HashEncoder(48), index=index, partitions=8, partition_by="visibility+acl", repartition_every=0) as rag:
+        assert stored_layout(rag) == {"groups": 8, "group_by": "visibility+acl"}
+        rag.add_documents(docs_for(50))
+        assert rag.backend.grouping(rag.catalog.tenants.number("default")).groups == 8
+
+
 @pytest.mark.parametrize("kind", ["lite", "server"])
 def test_the_keeper_moves_what_a_late_policy_left_behind_while_searches_stay_exact(kind, tmp_path, request) -> None:
     collection = f"k_{uuid.uuid4().hex[:10]}"

@@ -74,10 +74,11 @@ def _silo(client, uri: str, name: str, index: str, ids: np.ndarray, vecs: np.nda
 
 @pytest.mark.parametrize("index", ["HNSW", "IVF_FLAT"])
 def test_recall_at_least_a_silos_with_the_same_index(tmp_path, milvus_server, index) -> None:
-    """Three stores of one collection: the default options (sets this size are
-    ranked in process), every search sent to Milvus, and ``local_rows=500`` (sets
-    over it take the route of large sets). One role is made before the ingest, so
-    the default layout gives its rows groups of their own; the others after it.
+    """Three stores of one collection laid out in partitions by co-visibility: the
+    default search options (sets this size are ranked in process), every search
+    sent to Milvus, and ``local_rows=500`` (sets over it take the route of large
+    sets). One role is made before the ingest, so its rows get groups of their
+    own; the others after it.
     A set over ``local_rows`` that its groups hold alone, or everything, is
     searched by Milvus' index over exactly those rows with a silo's parameters,
     not read back for in-process ranking (which costs time in proportion to the
@@ -85,8 +86,9 @@ def test_recall_at_least_a_silos_with_the_same_index(tmp_path, milvus_server, in
     from pymilvus import MilvusClient
 
     collection = f"ann_{uuid.uuid4().hex[:8]}"
-    common = {"milvus_uri": milvus_server, "collection": collection, "encoder": RandomEncoder(DIM), "index": index, "consistency": "Strong"}
-    rag = PermRAG.open(tmp_path / "h", **common)
+    common = {"milvus_uri": milvus_server, "collection": collection, "encoder": RandomEncoder(DIM), "index": index, "consistency": "Strong", "repartition_every": 0}
+    # (an ANN store given no layout stays flat; the groups' route needs one, as a store may choose)
+    rag = PermRAG.open(tmp_path / "h", **common, partitions=8, partition_by="visibility+acl")
     client = MilvusClient(milvus_server)
     stores = {"default": rag}
     try:
